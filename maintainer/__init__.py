@@ -1,0 +1,1 @@
+"""The maintainer service: watches every shard and sweeps the checkpoint store."""

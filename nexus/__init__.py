@@ -1,0 +1,1 @@
+"""Nexus: a Kubernetes-native, high-throughput, asynchronous request-scheduling proxy."""

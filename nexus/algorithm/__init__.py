@@ -1,0 +1,1 @@
+"""Helpers for writing algorithm containers that follow the Nexus contract."""

@@ -1,0 +1,1 @@
+"""Shared core: configuration, run model, stores, queues, shard clients, lifecycle."""

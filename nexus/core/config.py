@@ -1,0 +1,376 @@
+"""Settings: one frozen dataclass per service, built from shared sections.
+
+A service's settings class is a frozen dataclass whose fields are *sections* (themselves
+frozen dataclasses such as :class:`PostgresSettings`). Values come from, in rising
+precedence:
+
+1. the defaults written below, each with its unit and the reason for it;
+2. an optional YAML or TOML file (``NEXUS__CONFIG_FILE`` or ``--config``) of the shape
+   ``{section: {key: value}}``;
+3. environment variables ``NEXUS__SECTION__KEY`` (upper case).
+
+Settings are loaded once, at start-up, and validated completely before anything connects:
+a wrong or missing value raises :class:`ConfigError` whose one-line message names the key
+and what was expected, and the process exits with status 2.
+
+Keys of a section the service does not have are ignored, so one environment or file can
+serve every service; an unknown key inside a section the service *does* have is an error,
+because it is almost always a typo.
+
+Durations are seconds (``float``) and also accept ``500ms``, ``30s``, ``5m``, ``24h``,
+``7d``; sizes are bytes (``int``) and also accept ``512KiB``, ``1MiB``, ``2GiB``.
+Structured values (lists, mappings) are JSON in the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+from nexus.core.errors import ConfigError
+
+ENV_PREFIX = "NEXUS__"
+CONFIG_FILE_ENV = "NEXUS__CONFIG_FILE"
+
+S = TypeVar("S")
+
+
+class _Unit:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+SECONDS = _Unit("seconds")
+BYTES = _Unit("bytes")
+
+Seconds = Annotated[float, SECONDS]
+"""A duration in seconds; also written ``500ms``, ``30s``, ``5m``, ``24h``, ``7d``."""
+
+Bytes = Annotated[int, BYTES]
+"""A size in bytes; also written ``512KiB``, ``1MiB``, ``2GiB`` (or ``kB``/``MB``/``GB``)."""
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|kB|MB|GB)?\s*$")
+_SIZE_UNITS = {
+    None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
+    "kB": 1000, "MB": 1000**2, "GB": 1000**3,
+}  # fmt: skip
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``text`` (``"24h"`` → ``86400.0``); ``ValueError`` when malformed."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text`` (``"1MiB"`` → ``1048576``); ``ValueError`` when malformed."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r}")
+    return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+
+
+def check(predicate: Callable[[Any], bool], expected: str) -> dict[str, Any]:
+    """Field metadata: the value must satisfy ``predicate``; ``expected`` says what is wanted."""
+    return {"check": (predicate, expected)}
+
+
+def positive() -> dict[str, Any]:
+    return check(lambda v: v > 0, "a value > 0")
+
+
+def at_least(low: float) -> dict[str, Any]:
+    return check(lambda v: v >= low, f"a value ≥ {low:g}")
+
+
+# -- shared sections ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Logging of every service."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Root log level. INFO logs every state change a person might ask about, not every run."""
+    format: Literal["json", "text"] = "json"
+    """``json`` for machines (one object per line), ``text`` for people at a terminal."""
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The HTTP server of a service (public API, probes and metrics)."""
+
+    host: str = "0.0.0.0"
+    """Listen address. All interfaces, because in a pod the kubelet probes the pod IP."""
+    port: int = field(default=8080, metadata=check(lambda v: 0 <= v < 65536, "a port number"))
+    """Listen port; 0 picks a free one (tests)."""
+    shutdown_timeout: Seconds = field(default=20.0, metadata=positive())
+    """How long in-flight requests may take to finish after SIGTERM. Shorter than the pod's
+    30 s termination grace period, so that clients are closed before the SIGKILL."""
+    drain_delay: Seconds = field(default=2.0, metadata=at_least(0))
+    """Time between turning not-ready and closing the listener, so that load balancers stop
+    sending new requests before the port closes (0 in tests)."""
+    max_body_size: Bytes = field(default=1024**2, metadata=positive())
+    """Largest request body accepted; larger ones get 413."""
+    backlog: int = field(default=1024, metadata=positive())
+    """Listen backlog; bursts of thousands of connections must not be refused."""
+
+
+@dataclass(frozen=True)
+class PostgresSettings:
+    """The checkpoint store."""
+
+    dsn: str = "postgresql://nexus@127.0.0.1:5432/nexus"
+    """libpq connection URI of the checkpoint database."""
+    pool_min_size: int = field(default=2, metadata=at_least(1))
+    """Connections kept open; the group-commit writer needs one, readers the rest."""
+    pool_max_size: int = field(default=8, metadata=at_least(2))
+    """Upper bound per process. Batching makes a few connections enough; more only costs
+    the server memory and context switches."""
+    command_timeout: Seconds = field(default=10.0, metadata=positive())
+    """A statement that takes longer is cancelled and the caller gets a 503."""
+    batch_max_size: int = field(default=500, metadata=positive())
+    """Largest number of writes group-committed in one round trip."""
+    batch_max_delay: Seconds = field(default=0.002, metadata=at_least(0))
+    """How long a write may wait for company before its batch is sent. 2 ms is invisible
+    next to an HTTP round trip and lets a busy writer fill its batches."""
+    max_pending: int = field(default=20_000, metadata=positive())
+    """Writes waiting for the store beyond this are refused (the API answers 503)."""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Virtual queues, throttle state, heartbeats and leases."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """redis:// URL (rediss:// for TLS)."""
+    key_prefix: str = "nexus"
+    """Every key starts with this, so several deployments (or tests) can share a server."""
+    max_connections: int = field(default=32, metadata=positive())
+    """Connection pool size per process; commands are pipelined, so few are needed."""
+    socket_timeout: Seconds = field(default=5.0, metadata=positive())
+    """A command without an answer for this long counts as Redis being unavailable."""
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """S3-compatible object storage for inputs and results."""
+
+    endpoint_url: str | None = None
+    """S3 endpoint; unset means AWS."""
+    region: str = "us-east-1"
+    access_key_id: str = ""
+    secret_access_key: str = ""
+    bucket: str = "nexus"
+    """Bucket holding inputs (``inputs/algorithm={name}/{id}``) and results."""
+    prefix: str = ""
+    """Key prefix inside the bucket, for sharing a bucket between deployments."""
+    addressing_style: Literal["path", "virtual", "auto"] = "path"
+    """``path`` works with every S3 server, including local ones."""
+    max_connections: int = field(default=64, metadata=positive())
+    """Concurrent connections to the storage endpoint per process."""
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """The Kubernetes clusters Nexus talks to."""
+
+    kubeconfig_dir: Path = Path("/etc/nexus/shards")
+    """Folder of ``<shard-name>.kubeconfig`` files, one per shard cluster."""
+    controller_kubeconfig: Path | None = None
+    """Kubeconfig of the controller cluster holding templates and workgroups; unset means
+    in-cluster configuration."""
+    controller_namespace: str = "nexus"
+    """Namespace of the NexusAlgorithmTemplate and NexusAlgorithmWorkgroup resources."""
+    runtime_namespace: str = "nexus"
+    """Namespace on each shard where algorithm Jobs run."""
+    create_rate: dict[str, float] = field(default_factory=dict)
+    """Job creations per second allowed on a shard, by shard name, across all scheduler
+    pods. Shards not named here get ``default_create_rate``."""
+    default_create_rate: float = field(default=50.0, metadata=positive())
+    """Kubernetes' default API Priority and Fairness budget for a workload is small; 50/s
+    is safe for a dedicated API server and is raised per shard when measured."""
+    request_timeout: Seconds = field(default=10.0, metadata=positive())
+    """A call to a shard's API server that takes longer is treated as a network error."""
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def load_settings(
+    cls: type[S],
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> S:
+    """Build ``cls`` from defaults, the optional file and the environment; validate all.
+
+    ``cls`` is a frozen dataclass of sections. Raises :class:`ConfigError` naming the first
+    offending key.
+    """
+    env = os.environ if env is None else env
+    path = config_file or env.get(CONFIG_FILE_ENV) or None
+    file_values = _read_file(Path(path)) if path else {}
+    hints = get_type_hints(cls, include_extras=True)
+    sections: dict[str, Any] = {}
+    for section in dataclasses.fields(cls):  # type: ignore[arg-type]
+        section_cls = hints[section.name]
+        if not dataclasses.is_dataclass(section_cls):
+            raise TypeError(f"{cls.__name__}.{section.name} is not a settings section")
+        raw: dict[str, tuple[Any, str]] = {}
+        in_file = file_values.get(section.name, {})
+        if not isinstance(in_file, Mapping):
+            raise ConfigError(f"{section.name} in {path}: expected a mapping of settings")
+        for key, value in in_file.items():
+            raw[str(key)] = (value, f"{section.name}.{key} in {path}")
+        env_prefix = f"{ENV_PREFIX}{section.name.upper()}__"
+        for name, value in env.items():
+            if name.startswith(env_prefix):
+                raw[name[len(env_prefix) :].lower()] = (value, name)
+        sections[section.name] = _build(section_cls, raw, env_prefix)  # type: ignore[arg-type]
+    return cls(**sections)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}: cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{CONFIG_FILE_ENV}: {path} is not valid: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{CONFIG_FILE_ENV}: {path} must hold a mapping of sections")
+    return data
+
+
+def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str) -> Any:
+    """``cls`` from ``raw`` (key → (value, origin)); ``where`` prefixes names in errors."""
+    hints = get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, (_, origin) in raw.items():
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{origin}: unknown setting (this section has: {known})")
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        if name in raw:
+            value, origin = raw[name]
+            values[name] = _convert(value, hints[name], origin, from_env=isinstance(value, str))
+        else:
+            has_default = spec.default is not dataclasses.MISSING
+            if not has_default and spec.default_factory is dataclasses.MISSING:
+                missing = f"{where}{name.upper()}" if where.endswith("__") else f"{where}.{name}"
+                raise ConfigError(f"{missing}: required setting is missing")
+            continue
+        checker = spec.metadata.get("check")
+        if checker is not None:
+            predicate, expected = checker
+            if values[name] is not None and not predicate(values[name]):
+                raise ConfigError(f"{origin}: expected {expected}, got {values[name]!r}")
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, origin: str, *, from_env: bool) -> Any:
+    """``value`` as type ``hint``; ``ConfigError`` naming ``origin`` when it is not one."""
+    unit = None
+    if get_origin(hint) is Annotated:
+        hint, unit, *_ = get_args(hint)
+    kind = get_origin(hint)
+
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{origin}: expected {expected}, got {value!r}")
+
+    if kind in (types.UnionType, typing.Union):
+        options = [a for a in get_args(hint) if a is not type(None)]
+        if value is None or (from_env and value == ""):
+            return None
+        return _convert(value, options[0], origin, from_env=from_env)
+    if kind is Literal:
+        choices = get_args(hint)
+        if value not in choices:
+            raise fail("one of " + ", ".join(map(str, choices)))
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise fail("true or false")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return parse_size(value) if unit is BYTES else int(value.strip())
+            except ValueError:
+                pass
+        raise fail("a size such as 1048576 or 1MiB" if unit is BYTES else "an integer")
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return parse_duration(value) if unit is SECONDS else float(value.strip())
+            except ValueError:
+                pass
+        raise fail("a duration such as 30s, 5m or 24h" if unit is SECONDS else "a number")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise fail("a string")
+    if hint is Path:
+        if isinstance(value, str) and value:
+            return Path(value)
+        raise fail("a path")
+    if kind in (tuple, list, dict) or dataclasses.is_dataclass(hint):
+        if from_env and isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                if kind in (tuple, list):  # a plain comma-separated list is fine too
+                    value = [part.strip() for part in value.split(",") if part.strip()]
+                else:
+                    raise fail("a JSON object") from None
+        if kind in (tuple, list):
+            if not isinstance(value, list | tuple):
+                raise fail("a list")
+            (item,) = get_args(hint)[:1]
+            items = [
+                _convert(v, item, f"{origin}[{i}]", from_env=False) for i, v in enumerate(value)
+            ]
+            return tuple(items)
+        if kind is dict:
+            if not isinstance(value, Mapping):
+                raise fail("a mapping")
+            key_hint, value_hint = get_args(hint)
+            return {
+                _convert(k, key_hint, origin, from_env=False): _convert(
+                    v, value_hint, f"{origin}.{k}", from_env=False
+                )
+                for k, v in value.items()
+            }
+        if not isinstance(value, Mapping):
+            raise fail("a mapping")
+        nested = {str(k): (v, f"{origin}.{k}") for k, v in value.items()}
+        return _build(hint, nested, origin)
+    raise TypeError(f"unsupported settings type {hint!r} at {origin}")

@@ -1,0 +1,201 @@
+"""How every Nexus process starts, runs and stops.
+
+A service is an aiohttp application built by a ``create_app(settings)`` factory. Clients
+(Postgres, Redis, S3, shards) are opened in the application's ``cleanup_ctx`` and kept under
+``web.AppKey``\\ s; background loops are started there through :class:`Lifecycle` before the
+``yield`` and are drained and cancelled after it. :func:`serve` adds the probes and the
+metrics route and runs the application under uvloop.
+
+Guarantees:
+
+* ``/health/ready`` answers 200 only after start-up has finished and turns 503 the moment
+  shutdown begins; ``/health/live`` answers 200 while the event loop turns.
+* SIGTERM or SIGINT → not ready → ``drain_delay`` (load balancers notice) → the listener
+  closes → loops are told to stop taking work and get until the shutdown deadline to
+  finish → in-flight requests finish within ``shutdown_timeout`` → clients are closed →
+  exit status 0.
+* A background loop that ends with an exception stops the process with exit status 1: a
+  half-working pod is worse than a restarted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import uvloop
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from nexus.core.config import HttpSettings, LogSettings
+from nexus.core.logs import configure as configure_logs
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_CRASHED = 1
+EXIT_CONFIG = 2
+
+
+class Lifecycle:
+    """The state of one service process: readiness, stopping, and its background loops."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ready = False
+        self.exit_code = EXIT_OK
+        self.stopping = asyncio.Event()
+        """Set when shutdown begins; loops stop taking new work when they see it."""
+        self.stop_requested = asyncio.Event()
+        """Set by a signal or a crashed loop; :func:`serve` then shuts the process down."""
+        self._loops: dict[str, asyncio.Task[None]] = {}
+
+    def start_loop(self, name: str, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` until shutdown. If it raises, the whole process stops with status 1.
+
+        A loop should watch :attr:`stopping` and return once its in-flight work is done.
+        """
+        task = asyncio.create_task(coro, name=f"{self.name}:{name}")
+        self._loops[name] = task
+        task.add_done_callback(lambda t: self._loop_done(name, t))
+        return task
+
+    def _loop_done(self, name: str, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            if not self.stopping.is_set():
+                self.crash(f"background loop {name!r} was cancelled")
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("background loop crashed", exc_info=exc, extra={"loop": name, "exit": 1})
+            self.crash(f"background loop {name!r} crashed: {exc!r}")
+        elif not self.stopping.is_set():
+            self.crash(f"background loop {name!r} returned before shutdown")
+
+    def crash(self, reason: str) -> None:
+        """Stop the process with a non-zero exit status."""
+        if self.exit_code == EXIT_OK:
+            log.error("stopping the process: %s", reason)
+        self.exit_code = EXIT_CRASHED
+        self.ready = False
+        self.stop_requested.set()
+
+    async def stop_loops(self, timeout: float) -> None:
+        """Tell the loops to stop, give them ``timeout`` seconds, then cancel the rest."""
+        self.stopping.set()
+        tasks = [t for t in self._loops.values() if not t.done()]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            log.warning("loop did not stop in time; cancelling", extra={"loop": task.get_name()})
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=max(1.0, timeout / 4))
+
+
+LIFECYCLE = web.AppKey("nexus.lifecycle", Lifecycle)
+
+
+def create_base_app(name: str, http: HttpSettings) -> web.Application:
+    """An application with the lifecycle, probes and metrics every service has."""
+    app = web.Application(client_max_size=http.max_body_size, handler_args={"access_log": None})
+    app[LIFECYCLE] = Lifecycle(name)
+    app.router.add_get("/health/live", _live)
+    app.router.add_get("/health/ready", _ready)
+    app.router.add_get("/metrics", _metrics)
+    app.on_shutdown.append(_stop_loops_on_shutdown(http.shutdown_timeout))
+    return app
+
+
+def _stop_loops_on_shutdown(timeout: float) -> Callable[[web.Application], Awaitable[None]]:
+    async def stop(app: web.Application) -> None:
+        await app[LIFECYCLE].stop_loops(timeout)
+
+    return stop
+
+
+async def _live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "live"})
+
+
+async def _ready(request: web.Request) -> web.Response:
+    if request.app[LIFECYCLE].ready:
+        return web.json_response({"status": "ready"})
+    return web.json_response(
+        {"error": "not_ready", "message": "the service is starting or stopping"}, status=503
+    )
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(REGISTRY)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def run_app(
+    app: web.Application,
+    http: HttpSettings,
+    *,
+    on_listening: Callable[[int], None] | None = None,
+) -> int:
+    """Serve ``app`` until SIGTERM/SIGINT or a crashed loop; return the exit status.
+
+    ``on_listening`` gets the bound port once the service is ready (useful with port 0).
+    """
+    lifecycle = app[LIFECYCLE]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lifecycle.stop_requested.set)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=http.shutdown_timeout
+    )
+    try:
+        await runner.setup()  # on_startup and cleanup_ctx up to their yield
+        site = web.TCPSite(runner, http.host, http.port, backlog=http.backlog, reuse_address=True)
+        await site.start()
+        port = _bound_port(runner)
+        if not lifecycle.stop_requested.is_set():
+            lifecycle.ready = True
+            log.info("service ready", extra={"port": port})
+            if on_listening is not None:
+                on_listening(port)
+        await lifecycle.stop_requested.wait()
+        log.info("shutting down", extra={"exitCode": lifecycle.exit_code})
+        lifecycle.ready = False
+        if http.drain_delay and lifecycle.exit_code == EXIT_OK:
+            await asyncio.sleep(http.drain_delay)
+    finally:
+        lifecycle.ready = False
+        await asyncio.shield(runner.cleanup())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped", extra={"exitCode": lifecycle.exit_code})
+    return lifecycle.exit_code
+
+
+def _bound_port(runner: web.AppRunner) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple):
+            return int(address[1])
+    return 0
+
+
+def serve(
+    name: str,
+    factory: Callable[[], Awaitable[web.Application]],
+    http: HttpSettings,
+    logs: LogSettings,
+    *,
+    on_listening: Callable[[int], None] | None = None,
+) -> int:
+    """Configure logs, run ``factory()``'s application under uvloop, return the exit status."""
+    configure_logs(logs, name)
+
+    async def main() -> int:
+        app = await factory()
+        return await run_app(app, http, on_listening=on_listening)
+
+    return uvloop.run(main())

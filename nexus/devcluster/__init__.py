@@ -1,0 +1,1 @@
+"""A local Kubernetes API emulator with a simulated kubelet, one per shard."""

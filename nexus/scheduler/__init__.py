@@ -1,0 +1,1 @@
+"""The scheduler service: public API, submission, virtual queue, dispatch."""

@@ -1,0 +1,1 @@
+"""The receiver service: takes completions from algorithm containers."""
