@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scheduler": ("nexus.scheduler.cli", "run the scheduler service (public API, dispatch)"),
     "receiver": ("receiver.cli", "run the receiver service (algorithm completions)"),
     "maintainer": ("maintainer.cli", "run the maintainer service (watches and sweeps)"),
-    "migrate": ("nexus.core.migrations", "apply checkpoint-store migrations and exit"),
+    "migrate": ("nexus.migrate", "apply checkpoint-store migrations and exit"),
 }
 
 

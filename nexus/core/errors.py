@@ -13,6 +13,7 @@ failed::
     │   └── ShardUnavailable     a shard's API server cannot be reached or answered 5xx
     ├── ShardRejected            a shard answered 4xx that retrying will not change
     ├── ShardThrottled           a shard answered 429; carries the Retry-After delay
+    ├── CheckpointRejected       the store cannot hold a value of this run (bad input)
     ├── TransitionRejected       the run is not in a stage that allows the transition
     └── RunNotFound              no checkpoint for that (algorithm, request id)
 
@@ -66,6 +67,10 @@ class ShardThrottled(NexusError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CheckpointRejected(NexusError):
+    """The checkpoint store refused a run's data, e.g. a string PostgreSQL cannot hold."""
 
 
 class TransitionRejected(NexusError):

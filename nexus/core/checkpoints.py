@@ -1,0 +1,450 @@
+"""The checkpoint store: every run's durable record, in PostgreSQL (the only asyncpg user).
+
+Guarantees:
+
+* **Durable before acknowledged.** :meth:`CheckpointStore.insert` returns only after the row
+  is committed, so a read right after it (on any pod) finds the run.
+* **Group commit.** Inserts and transitions from any number of concurrent callers are
+  written as one ``INSERT … SELECT FROM unnest(…)`` / ``UPDATE … FROM unnest(…)`` per batch
+  (see :mod:`nexus.core.grouping`): one round trip for hundreds of runs.
+* **Transitions are enforced in SQL.** An update matches only rows whose current stage may
+  move to the target (the ``run_transitions`` table), and a trigger refuses anything else,
+  so two writers racing on one run can never move a terminal run.
+* **Idempotency keys.** The same ``(caller, Idempotency-Key)`` names one run for 24 hours;
+  a second insert returns the first run's id and creates nothing.
+* **Migrations** are versioned SQL files applied at start-up under an advisory lock, in one
+  transaction, so several pods starting at once apply each exactly once.
+
+Connection, protocol and timeout errors surface as :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.resources
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+from nexus.core.config import PostgresSettings
+from nexus.core.errors import CheckpointRejected, StoreUnavailable
+from nexus.core.grouping import GroupCommitter
+from nexus.core.runs import Checkpoint, NewRun, RunKey, Stage, Transition
+
+log = logging.getLogger(__name__)
+
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+"""How long an Idempotency-Key names its first run (DESIGN §2)."""
+
+_MIGRATION_LOCK = 0x6E657875  # "nexu": one advisory lock id for every migrating process
+_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+
+_CONNECTION_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+    asyncpg.AdminShutdownError,
+)
+# A value PostgreSQL cannot hold (e.g. NUL in a string): the item's fault, not the batch's.
+_DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+
+if TYPE_CHECKING:
+    Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
+else:
+    Connection = PoolConnectionProxy
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, file name, SQL) of every migration shipped with the package, in order."""
+    found = []
+    for entry in importlib.resources.files("nexus.core").joinpath("sql").iterdir():
+        match = _MIGRATION_FILE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.name, entry.read_text()))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migration versions must be 1..n without gaps, found {versions}")
+    return found
+
+
+async def apply_migrations(dsn: str) -> int:
+    """Bring the schema at ``dsn`` up to date; return its version. Safe to run concurrently."""
+    try:
+        conn = await asyncpg.connect(dsn)
+    except _CONNECTION_ERRORS as exc:
+        raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
+    try:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            applied = {
+                r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
+            }
+            version = max(applied, default=0)
+            for version, name, sql in migrations():
+                if version in applied:
+                    continue
+                await conn.execute(sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                )
+                log.info("applied migration", extra={"migration": name})
+            return version
+    finally:
+        await conn.close()
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """Outcome of an insert: the run's id and whether this call created it."""
+
+    id: UUID
+    created: bool
+
+
+_INSERT = """
+INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,
+                  applied_configuration, configuration_overrides, payload_valid_for,
+                  payload_uri, payload_inline, content_hash, tag, api_version, parent,
+                  idempotency_key)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                     $6::jsonb[], $7::jsonb[], $8::interval[], $9::text[], $10::bytea[],
+                     $11::text[], $12::text[], $13::text[], $14::jsonb[], $15::text[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+_IDEMPOTENT_MATCHES = """
+SELECT r.caller, r.idempotency_key, r.id, r.received_at < now() - $3::interval AS expired
+FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
+  ON r.caller = k.caller AND r.idempotency_key = k.key
+"""
+
+_EXPIRE_KEYS = """
+UPDATE runs r SET idempotency_key = NULL
+FROM unnest($1::text[], $2::text[]) AS k(caller, key)
+WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now() - $3::interval
+"""
+
+_TRANSITION = """
+UPDATE runs r SET
+    lifecycle_stage = u.to_stage,
+    result_uri = COALESCE(u.result_uri, r.result_uri),
+    algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
+    algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
+    job_uid = COALESCE(u.job_uid, r.job_uid),
+    shard = COALESCE(u.shard, r.shard),
+    sent_at = COALESCE(u.sent_at, r.sent_at),
+    attempts = r.attempts + u.attempts
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
+     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+          sent_at, attempts)
+WHERE r.algorithm = u.algorithm AND r.id = u.id
+  AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+  AND EXISTS (SELECT 1 FROM run_transitions t
+              WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+RETURNING r.algorithm, r.id
+"""
+
+_COLUMNS = """
+algorithm, id, lifecycle_stage, caller, received_by_host, received_at, last_modified,
+applied_configuration, payload_valid_for, payload_uri, payload_inline IS NOT NULL AS has_inline,
+result_uri, algorithm_failure_cause, algorithm_failure_details, sent_at,
+configuration_overrides, content_hash, tag, api_version, job_uid, parent, shard, attempts,
+idempotency_key
+"""
+
+
+def _checkpoint(row: asyncpg.Record) -> Checkpoint:
+    return Checkpoint(
+        algorithm=row["algorithm"],
+        id=row["id"],
+        stage=Stage(row["lifecycle_stage"]),
+        caller=row["caller"],
+        received_by_host=row["received_by_host"],
+        received_at=row["received_at"],
+        last_modified=row["last_modified"],
+        applied_configuration=row["applied_configuration"],
+        payload_valid_for=row["payload_valid_for"],
+        payload_uri=row["payload_uri"],
+        has_inline_payload=row["has_inline"],
+        result_uri=row["result_uri"],
+        failure_cause=row["algorithm_failure_cause"],
+        failure_details=row["algorithm_failure_details"],
+        sent_at=row["sent_at"],
+        configuration_overrides=row["configuration_overrides"],
+        content_hash=row["content_hash"],
+        tag=row["tag"],
+        api_version=row["api_version"],
+        job_uid=row["job_uid"],
+        parent=row["parent"],
+        shard=row["shard"],
+        attempts=row["attempts"],
+        idempotency_key=row["idempotency_key"],
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        encoder=lambda value: orjson.dumps(value).decode(),
+        decoder=orjson.loads,
+        format="text",
+    )
+
+
+class CheckpointStore:
+    """Reads and group-committed writes of run checkpoints."""
+
+    def __init__(self, pool: asyncpg.Pool, settings: PostgresSettings) -> None:
+        self._pool = pool
+        options: dict[str, Any] = {
+            "overloaded": lambda: StoreUnavailable("too many checkpoint writes are waiting"),
+            "max_batch": settings.batch_max_size,
+            "max_delay": settings.batch_max_delay,
+            "max_in_flight": max(1, settings.pool_max_size // 4),
+            "max_pending": settings.max_pending,
+        }
+        self._inserts: GroupCommitter[NewRun, Admission] = GroupCommitter(
+            "checkpoint-insert", self._write_inserts, **options
+        )
+        self._transitions: GroupCommitter[Transition, bool] = GroupCommitter(
+            "checkpoint-transition", self._write_transitions, **options
+        )
+
+    @classmethod
+    async def open(cls, settings: PostgresSettings) -> CheckpointStore:
+        """Connect a pool to the store (the schema must be migrated already)."""
+        try:
+            pool = await asyncpg.create_pool(
+                settings.dsn,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                command_timeout=settings.command_timeout,
+                init=_init_connection,
+            )
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
+        return cls(pool, settings)
+
+    async def close(self) -> None:
+        """Write what is waiting, then close every connection."""
+        await self._inserts.close()
+        await self._transitions.close()
+        await self._pool.close()
+
+    @property
+    def pending_writes(self) -> int:
+        return self._inserts.pending + self._transitions.pending
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def insert(self, run: NewRun) -> Admission:
+        """Record a new run; with an idempotency key already used, return the first run."""
+        return await self._inserts.submit(run)
+
+    async def transition(self, change: Transition) -> bool:
+        """Apply ``change`` if the run's current stage allows it; return whether it did."""
+        return await self._transitions.submit(change)
+
+    async def _write_inserts(self, runs: Sequence[NewRun]) -> Sequence[Admission | Exception]:
+        try:
+            return await self._insert_batch(runs)
+        except _DATA_ERRORS as exc:
+            if len(runs) == 1:
+                return [CheckpointRejected(f"the run cannot be stored: {exc}")]
+        # One bad run must not fail its neighbours: write each on its own.
+        results: list[Admission | Exception] = []
+        for run in runs:
+            (result,) = await self._write_inserts([run])
+            results.append(result)
+        return results
+
+    async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission]:
+        columns: list[list[Any]] = [[] for _ in range(15)]
+        for run in runs:
+            for column, value in zip(columns, _insert_row(run), strict=True):
+                column.append(value)
+        async with self._connection() as conn, conn.transaction():
+            inserted = {row["id"] for row in await conn.fetch(_INSERT, *columns)}
+            results = [Admission(run.id, True) for run in runs]
+            losers = [i for i, run in enumerate(runs) if run.id not in inserted]
+            if losers:
+                await self._resolve_conflicts(conn, runs, losers, results)
+        return results
+
+    async def _resolve_conflicts(
+        self,
+        conn: Connection,
+        runs: Sequence[NewRun],
+        losers: list[int],
+        results: list[Admission],
+    ) -> None:
+        """Point each idempotent duplicate at its first run; retry keys that have expired."""
+        keyed = [i for i in losers if runs[i].idempotency_key is not None]
+        for i in losers:
+            if runs[i].idempotency_key is None:  # the same request id twice: it exists
+                results[i] = Admission(runs[i].id, False)
+        if not keyed:
+            return
+        callers = [runs[i].caller for i in keyed]
+        keys = [runs[i].idempotency_key for i in keyed]
+        rows = await conn.fetch(_IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
+        if any(row["expired"] for row in rows):
+            await conn.execute(_EXPIRE_KEYS, callers, keys, IDEMPOTENCY_WINDOW)
+            for i in keyed:  # rare: one statement each keeps this path simple
+                await conn.fetch(_INSERT, *([value] for value in _insert_row(runs[i])))
+            rows = await conn.fetch(_IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
+        first = {(row["caller"], row["idempotency_key"]): row["id"] for row in rows}
+        for i in keyed:
+            run = runs[i]
+            owner = first.get((run.caller, run.idempotency_key))
+            if owner is None:  # the first run was deleted in between: nothing names the key
+                raise StoreUnavailable("idempotency key conflict could not be resolved; retry")
+            results[i] = Admission(owner, owner == run.id)
+
+    async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
+        # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
+        # twice in one batch has its later changes applied in a following statement.
+        applied: list[bool] = [False] * len(changes)
+        rounds: list[list[int]] = []
+        seen: dict[RunKey, int] = {}
+        for index, change in enumerate(changes):
+            depth = seen.get(change.key, 0)
+            seen[change.key] = depth + 1
+            if depth == len(rounds):
+                rounds.append([])
+            rounds[depth].append(index)
+        async with self._connection() as conn:
+            for indices in rounds:
+                batch = [changes[i] for i in indices]
+                rows = await conn.fetch(_TRANSITION, *_transition_columns(batch))
+                done = {(row["algorithm"], row["id"]) for row in rows}
+                for i in indices:
+                    applied[i] = (changes[i].algorithm, changes[i].id) in done
+        return applied
+
+    # -- reads ---------------------------------------------------------------------------
+
+    async def get(self, algorithm: str, run_id: UUID) -> Checkpoint | None:
+        """The run's checkpoint, or ``None`` when there is none."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2", algorithm, run_id
+            )
+        return None if row is None else _checkpoint(row)
+
+    async def get_many(self, keys: Iterable[RunKey]) -> dict[RunKey, Checkpoint]:
+        """Checkpoints of ``keys`` in one round trip; missing runs are absent from the result."""
+        keys = list(keys)
+        if not keys:
+            return {}
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
+                " ON r.algorithm = k.a AND r.id = k.i",
+                [k.algorithm for k in keys],
+                [k.id for k in keys],
+            )
+        found = (_checkpoint(row) for row in rows)
+        return {c.key: c for c in found}
+
+    async def by_tag(self, algorithm: str, tag: str, limit: int = 1000) -> list[Checkpoint]:
+        """Runs of ``algorithm`` carrying ``tag``, newest first, at most ``limit``."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
+                " ORDER BY received_at DESC LIMIT $3",
+                algorithm,
+                tag,
+                limit,
+            )
+        return [_checkpoint(row) for row in rows]
+
+    async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
+        """The input kept with the checkpoint, or ``None``."""
+        async with self._connection() as conn:
+            value = await conn.fetchval(
+                "SELECT payload_inline FROM runs WHERE algorithm = $1 AND id = $2",
+                algorithm,
+                run_id,
+            )
+        return None if value is None else bytes(value)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        return _Connection(self._pool)
+
+
+def _insert_row(run: NewRun) -> tuple[Any, ...]:
+    """The values of ``run`` in the column order of ``_INSERT``."""
+    return (
+        run.algorithm, run.id, run.stage.value, run.caller, run.received_by_host,
+        run.applied_configuration, run.configuration_overrides, run.payload_valid_for,
+        run.payload_uri, run.payload_inline, run.content_hash, run.tag, run.api_version,
+        run.parent, run.idempotency_key,
+    )  # fmt: skip
+
+
+def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
+    return [
+        [c.algorithm for c in batch],
+        [c.id for c in batch],
+        [c.to.value for c in batch],
+        [c.expect.value if c.expect else None for c in batch],
+        [c.result_uri for c in batch],
+        [c.cause for c in batch],
+        [c.details for c in batch],
+        [c.job_uid for c in batch],
+        [c.shard for c in batch],
+        [c.sent_at for c in batch],
+        [c.attempts for c in batch],
+    ]
+
+
+class _Connection:
+    """``async with`` a pooled connection; connection-level failures become StoreUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: Connection | None = None
+
+    async def __aenter__(self) -> Connection:
+        try:
+            conn = await self._pool.acquire()
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc
+        self._conn = conn
+        return conn
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        assert self._conn is not None
+        await self._pool.release(self._conn)
+        if isinstance(exc, _CONNECTION_ERRORS):
+            raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc

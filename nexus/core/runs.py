@@ -1,0 +1,184 @@
+"""The run: its lifecycle stages, the transitions between them, and its checkpoint record.
+
+A run is one request to execute one algorithm once. Its checkpoint (one row in PostgreSQL,
+see :mod:`nexus.core.checkpoints`) is the single source of truth about it; Redis queues and
+Kubernetes Jobs only ever point at a checkpoint.
+
+Lifecycle::
+
+    NEW ──► BUFFERED ──► RUNNING ──► COMPLETED
+     │         │  ▲         │        FAILED
+     │         │  └─retry   │        DEADLINE_EXCEEDED
+     └─────────┴────────────┴──────► SCHEDULING_FAILED
+                                     CANCELLED
+
+``BUFFERED`` may go straight to a finished stage because a fast algorithm can report its
+completion before the batched ``RUNNING`` write lands. The five finished stages are
+terminal: once there, a run never changes again. The same table is enforced in SQL (the
+``run_transitions`` table and a trigger), so that no writer, however buggy or late, can move
+a terminal run; :data:`ALLOWED` here mirrors it for code that wants to know in advance, and a
+test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+
+class Stage(enum.StrEnum):
+    """Lifecycle stage of a run, as stored and as shown to clients (``status``)."""
+
+    NEW = "NEW"
+    BUFFERED = "BUFFERED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    SCHEDULING_FAILED = "SCHEDULING_FAILED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset(
+    {
+        Stage.COMPLETED,
+        Stage.FAILED,
+        Stage.SCHEDULING_FAILED,
+        Stage.DEADLINE_EXCEEDED,
+        Stage.CANCELLED,
+    }
+)
+ACTIVE = frozenset(Stage) - TERMINAL
+
+ALLOWED: frozenset[tuple[Stage, Stage]] = frozenset(
+    {
+        (Stage.NEW, Stage.BUFFERED),
+        (Stage.NEW, Stage.SCHEDULING_FAILED),
+        (Stage.NEW, Stage.DEADLINE_EXCEEDED),
+        (Stage.NEW, Stage.CANCELLED),
+        # a dispatch attempt that did not create a Job records its attempt and stays queued
+        (Stage.BUFFERED, Stage.BUFFERED),
+        (Stage.BUFFERED, Stage.RUNNING),
+        (Stage.BUFFERED, Stage.COMPLETED),
+        (Stage.BUFFERED, Stage.FAILED),
+        (Stage.BUFFERED, Stage.SCHEDULING_FAILED),
+        (Stage.BUFFERED, Stage.DEADLINE_EXCEEDED),
+        (Stage.BUFFERED, Stage.CANCELLED),
+        # a second RUNNING (the watch seeing the pod start) only fills in what is missing
+        (Stage.RUNNING, Stage.RUNNING),
+        (Stage.RUNNING, Stage.COMPLETED),
+        (Stage.RUNNING, Stage.FAILED),
+        (Stage.RUNNING, Stage.SCHEDULING_FAILED),
+        (Stage.RUNNING, Stage.DEADLINE_EXCEEDED),
+        (Stage.RUNNING, Stage.CANCELLED),
+    }
+)
+"""Every (from, to) pair a checkpoint may take; anything else is refused by the store."""
+
+
+def may_move(current: Stage, target: Stage) -> bool:
+    """Whether a run in ``current`` may move to ``target``."""
+    return (current, target) in ALLOWED
+
+
+@dataclass(frozen=True, slots=True)
+class RunKey:
+    """Identifies a run: the algorithm it runs and its request id."""
+
+    algorithm: str
+    id: UUID
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    """What the scheduler writes when it accepts a run (the first checkpoint)."""
+
+    algorithm: str
+    id: UUID
+    stage: Stage
+    caller: str
+    received_by_host: str
+    applied_configuration: dict[str, Any]
+    payload_valid_for: timedelta
+    payload_uri: str | None = None
+    payload_inline: bytes | None = None
+    configuration_overrides: dict[str, Any] | None = None
+    content_hash: str | None = None
+    tag: str | None = None
+    parent: dict[str, str] | None = None
+    idempotency_key: str | None = None
+    api_version: str = "v1.2"
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.algorithm, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A move of one run to ``to``; the fields that are not ``None`` are recorded with it.
+
+    ``expect`` narrows the move to runs currently in that stage (compare-and-set), e.g. the
+    maintainer marks ``RUNNING`` only what is still ``BUFFERED``. ``attempts`` is added to
+    the run's attempt counter.
+    """
+
+    algorithm: str
+    id: UUID
+    to: Stage
+    expect: Stage | None = None
+    result_uri: str | None = None
+    cause: str | None = None
+    details: str | None = None
+    job_uid: str | None = None
+    shard: str | None = None
+    sent_at: datetime | None = None
+    attempts: int = 0
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.algorithm, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A run as stored: everything known about it."""
+
+    algorithm: str
+    id: UUID
+    stage: Stage
+    caller: str
+    received_by_host: str
+    received_at: datetime
+    last_modified: datetime
+    applied_configuration: dict[str, Any]
+    payload_valid_for: timedelta
+    payload_uri: str | None
+    has_inline_payload: bool
+    result_uri: str | None
+    failure_cause: str | None
+    failure_details: str | None
+    sent_at: datetime | None
+    configuration_overrides: dict[str, Any] | None
+    content_hash: str | None
+    tag: str | None
+    api_version: str
+    job_uid: str | None
+    parent: dict[str, str] | None
+    shard: str | None
+    attempts: int
+    idempotency_key: str | None
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.algorithm, self.id)

@@ -1,0 +1,287 @@
+"""The checkpoint store against a real PostgreSQL: migrations, the state machine enforced in
+SQL under concurrent writers, group commit with read-your-writes, idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from itertools import product
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from nexus.core.checkpoints import CheckpointStore, apply_migrations, migrations
+from nexus.core.config import PostgresSettings
+from nexus.core.errors import CheckpointRejected
+from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
+
+
+def new_run(
+    algorithm: str = "echo",
+    *,
+    caller: str = "tester",
+    key: str | None = None,
+    tag: str | None = None,
+    configuration: dict[str, object] | None = None,
+    stage: Stage = Stage.BUFFERED,
+) -> NewRun:
+    return NewRun(
+        algorithm=algorithm,
+        id=uuid.uuid4(),
+        stage=stage,
+        caller=caller,
+        received_by_host="test-host",
+        applied_configuration=configuration or {"image": "echo:1"},
+        payload_valid_for=timedelta(hours=24),
+        payload_inline=b'{"x": 1}',
+        idempotency_key=key,
+        tag=tag,
+    )
+
+
+@pytest.fixture
+async def store(postgres_dsn: str) -> AsyncIterator[CheckpointStore]:
+    store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=8))
+    yield store
+    await store.close()
+
+
+def batch_stats(writer: str) -> tuple[float, float]:
+    """(batches, rows) written so far by ``writer``, from its metrics."""
+    count = REGISTRY.get_sample_value("nexus_group_commit_batch_size_count", {"writer": writer})
+    total = REGISTRY.get_sample_value("nexus_group_commit_batch_size_sum", {"writer": writer})
+    return count or 0.0, total or 0.0
+
+
+# -- migrations ----------------------------------------------------------------------------
+
+
+async def test_migrations_twice_are_a_no_op(postgres_dsn: str) -> None:
+    latest = len(migrations())
+    assert await apply_migrations(postgres_dsn) == latest
+    assert await apply_migrations(postgres_dsn) == latest
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    finally:
+        await conn.close()
+    assert [r["version"] for r in rows] == list(range(1, latest + 1))
+
+
+async def test_concurrent_migrations_apply_each_version_once(empty_database_dsn: str) -> None:
+    versions = await asyncio.gather(*(apply_migrations(empty_database_dsn) for _ in range(6)))
+    assert set(versions) == {len(migrations())}
+    conn = await asyncpg.connect(empty_database_dsn)
+    try:
+        rows = await conn.fetch("SELECT version FROM schema_migrations")
+        tables = await conn.fetchval("SELECT count(*) FROM pg_tables WHERE tablename = 'runs'")
+    finally:
+        await conn.close()
+    assert sorted(r["version"] for r in rows) == list(range(1, len(migrations()) + 1))
+    assert tables == 1
+
+
+async def test_sql_transition_table_matches_the_model(postgres_dsn: str) -> None:
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        rows = await conn.fetch("SELECT from_stage, to_stage FROM run_transitions")
+        terminal = await conn.fetch("SELECT stage FROM run_stages WHERE terminal")
+    finally:
+        await conn.close()
+    assert {(Stage(r["from_stage"]), Stage(r["to_stage"])) for r in rows} == ALLOWED
+    assert {Stage(r["stage"]) for r in terminal} == TERMINAL
+
+
+# -- state machine -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("source", "target"), list(product(Stage, Stage)))
+async def test_every_transition_is_enforced_in_sql(
+    store: CheckpointStore, source: Stage, target: Stage
+) -> None:
+    if source == Stage.NEW:
+        run = new_run(stage=Stage.NEW)
+        await store.insert(run)
+    else:
+        run = new_run()
+        await store.insert(run)
+        path = {
+            Stage.BUFFERED: [],
+            Stage.RUNNING: [Stage.RUNNING],
+        }.get(source, [source])
+        for step in path:
+            assert await store.transition(Transition(run.algorithm, run.id, step))
+    applied = await store.transition(Transition(run.algorithm, run.id, target, cause="x"))
+    assert applied == ((source, target) in ALLOWED)
+    stored = await store.get(run.algorithm, run.id)
+    assert stored is not None
+    assert stored.stage == (target if applied else source)
+
+
+async def test_terminal_run_cannot_be_moved_even_by_raw_sql(
+    store: CheckpointStore, postgres_dsn: str
+) -> None:
+    run = new_run()
+    await store.insert(run)
+    assert await store.transition(Transition(run.algorithm, run.id, Stage.COMPLETED))
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        with pytest.raises(asyncpg.CheckViolationError, match="may not move from COMPLETED"):
+            await conn.execute("UPDATE runs SET lifecycle_stage = 'FAILED' WHERE id = $1", run.id)
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute("UPDATE runs SET result_uri = 'forged' WHERE id = $1", run.id)
+        # bookkeeping that does not touch the outcome stays possible
+        await conn.execute("UPDATE runs SET idempotency_key = NULL WHERE id = $1", run.id)
+    finally:
+        await conn.close()
+
+
+async def test_concurrent_writers_racing_on_one_run_leave_one_winner(
+    postgres_dsn: str,
+) -> None:
+    settings = PostgresSettings(dsn=postgres_dsn, pool_max_size=4, batch_max_delay=0)
+    stores = [await CheckpointStore.open(settings) for _ in range(4)]
+    try:
+        for _ in range(10):
+            run = new_run()
+            await stores[0].insert(run)
+            targets = [Stage.COMPLETED, Stage.FAILED, Stage.CANCELLED, Stage.DEADLINE_EXCEEDED]
+            changes = [
+                Transition(run.algorithm, run.id, target, cause=f"writer-{i}")
+                for i, target in enumerate(targets * 5)
+            ]
+            results = await asyncio.gather(
+                *(stores[i % 4].transition(change) for i, change in enumerate(changes))
+            )
+            assert sum(results) == 1
+            winner = changes[results.index(True)]
+            stored = await stores[1].get(run.algorithm, run.id)
+            assert stored is not None
+            assert stored.stage == winner.to
+            assert stored.failure_cause == winner.cause
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_run_named_twice_in_one_batch_gets_both_changes(store: CheckpointStore) -> None:
+    run = new_run()
+    await store.insert(run)
+    running, done = await asyncio.gather(
+        store.transition(Transition(run.algorithm, run.id, Stage.RUNNING, job_uid="uid-1")),
+        store.transition(Transition(run.algorithm, run.id, Stage.COMPLETED, result_uri="r")),
+    )
+    assert (running, done) == (True, True)
+    stored = await store.get(run.algorithm, run.id)
+    assert stored is not None
+    assert (stored.stage, stored.job_uid, stored.result_uri) == (Stage.COMPLETED, "uid-1", "r")
+
+
+async def test_expected_stage_narrows_a_transition(store: CheckpointStore) -> None:
+    run = new_run()
+    await store.insert(run)
+    assert await store.transition(Transition(run.algorithm, run.id, Stage.RUNNING))
+    # the watch marks RUNNING only what is still BUFFERED
+    again = Transition(run.algorithm, run.id, Stage.RUNNING, expect=Stage.BUFFERED, attempts=1)
+    assert not await store.transition(again)
+    stored = await store.get(run.algorithm, run.id)
+    assert stored is not None
+    assert stored.attempts == 0
+
+
+# -- group commit --------------------------------------------------------------------------
+
+
+async def test_group_commit_every_caller_sees_its_own_row(store: CheckpointStore) -> None:
+    batches_before, rows_before = batch_stats("checkpoint-insert")
+
+    async def submit_and_read(run: NewRun) -> bool:
+        admission = await store.insert(run)
+        stored = await store.get(run.algorithm, run.id)  # read-your-writes
+        return admission.created and stored is not None and stored.id == run.id
+
+    runs = [new_run(configuration={"n": i}) for i in range(2000)]
+    assert all(await asyncio.gather(*(submit_and_read(r) for r in runs)))
+    batches_after, rows_after = batch_stats("checkpoint-insert")
+    assert rows_after - rows_before == 2000
+    assert batches_after - batches_before < 2000 / 5  # many runs per round trip
+    found = await store.get_many(RunKey(r.algorithm, r.id) for r in runs)
+    assert {k.id for k in found} == {r.id for r in runs}
+    assert found[runs[7].key].applied_configuration == {"n": 7}
+
+
+async def test_one_bad_run_does_not_fail_its_batch(store: CheckpointStore) -> None:
+    good = [new_run() for _ in range(20)]
+    bad = new_run(configuration={"text": "nul \u0000 inside"})
+    results = await asyncio.gather(
+        *(store.insert(r) for r in [*good[:10], bad, *good[10:]]), return_exceptions=True
+    )
+    assert isinstance(results[10], CheckpointRejected)
+    assert all(
+        not isinstance(r, BaseException) and r.created for i, r in enumerate(results) if i != 10
+    )
+    assert await store.get(bad.algorithm, bad.id) is None
+
+
+async def test_transitions_are_group_committed(store: CheckpointStore) -> None:
+    runs = [new_run() for _ in range(500)]
+    await asyncio.gather(*(store.insert(r) for r in runs))
+    batches_before, _ = batch_stats("checkpoint-transition")
+    applied = await asyncio.gather(
+        *(store.transition(Transition(r.algorithm, r.id, Stage.RUNNING, shard="s")) for r in runs)
+    )
+    assert all(applied)
+    batches_after, _ = batch_stats("checkpoint-transition")
+    assert batches_after - batches_before < 100
+
+
+# -- idempotency ---------------------------------------------------------------------------
+
+
+async def test_idempotency_key_returns_the_first_run(store: CheckpointStore) -> None:
+    first, *others = [new_run(key="order-17") for _ in range(5)]
+    admitted = await store.insert(first)
+    duplicates = await asyncio.gather(*(store.insert(r) for r in others))
+    assert admitted.created
+    assert all(d.id == first.id and not d.created for d in duplicates)
+    for r in others:
+        assert await store.get(r.algorithm, r.id) is None
+    # another caller's identical key is another run
+    other_caller = new_run(key="order-17", caller="someone-else")
+    assert (await store.insert(other_caller)).created
+
+
+async def test_concurrent_duplicates_create_one_run(store: CheckpointStore) -> None:
+    runs = [new_run(key="burst") for _ in range(50)]
+    results = await asyncio.gather(*(store.insert(r) for r in runs))
+    assert len({r.id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+
+
+async def test_idempotency_key_expires_after_24_hours(
+    store: CheckpointStore, postgres_dsn: str
+) -> None:
+    first = new_run(key="daily")
+    await store.insert(first)
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        await conn.execute(
+            "UPDATE runs SET received_at = now() - interval '25 hours' WHERE id = $1", first.id
+        )
+    finally:
+        await conn.close()
+    second = new_run(key="daily")
+    admitted = await store.insert(second)
+    assert admitted == type(admitted)(second.id, True)
+
+
+async def test_by_tag_and_inline_payload(store: CheckpointStore) -> None:
+    tagged = [new_run(tag="batch-1") for _ in range(3)]
+    await asyncio.gather(*(store.insert(r) for r in [*tagged, new_run(tag="other")]))
+    found = await store.by_tag("echo", "batch-1")
+    assert {c.id for c in found} == {r.id for r in tagged}
+    assert await store.inline_payload("echo", tagged[0].id) == b'{"x": 1}'
+    assert await store.by_tag("echo", "nothing") == []
