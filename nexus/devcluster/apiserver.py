@@ -1,0 +1,378 @@
+"""The REST surface of a shard: Kubernetes API paths, verbs and answers over aiohttp.
+
+Requests are routed by the path shapes of the real API server
+(``/api/v1/namespaces/{ns}/pods/{name}/log``, ``/apis/{group}/{version}/{plural}``, ...)
+and answered with the status codes and bodies kubernetes-asyncio expects: ``201`` with the
+object on create, ``200`` with a ``…List`` (``metadata.resourceVersion``, ``continue``) on
+list, a ``Status`` on every error. Every request but the probes and ``/metrics`` must carry
+``Authorization: Bearer <the shard's token>`` (``401`` otherwise); every resource request
+passes the emulated API Priority and Fairness first (:mod:`.fairness`).
+
+Only the paths Nexus uses exist; anything else is ``404`` (unknown resources) or ``405``
+(known resource, verb not served — e.g. creating a Pod directly: pods come from Jobs).
+"""
+
+from __future__ import annotations
+
+import base64
+import bisect
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from nexus.devcluster import discovery
+from nexus.devcluster.deletion import GarbageCollector, choose_policy
+from nexus.devcluster.events import EventRecorder
+from nexus.devcluster.fairness import Fairness
+from nexus.devcluster.kubelet import Kubelet
+from nexus.devcluster.patching import apply_patch
+from nexus.devcluster.selectors import selector_predicate
+from nexus.devcluster.statuses import ApiError, new_uid, now_iso, random_suffix
+from nexus.devcluster.store import Collection, Obj, ObjectStore, Resource
+from nexus.devcluster.validation import check_name, default_job, validate_job
+from nexus.devcluster.watching import WatchSettings, serve_watch
+
+_JSON = "application/json"
+_OPEN_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
+
+
+def error_response(error: ApiError) -> web.Response:
+    return web.Response(
+        body=error.body(), status=error.code, content_type=_JSON, headers=error.headers
+    )
+
+
+async def _body(request: web.Request) -> Any:
+    raw = await request.read()
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError.bad_request(f"the body of the request is not valid JSON: {exc}") from exc
+
+
+class ApiServer:
+    """Handlers of one shard's API; :meth:`application` builds the aiohttp app."""
+
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        fairness: Fairness,
+        registry: CollectorRegistry,
+        token: str,
+        collector: GarbageCollector,
+        kubelet: Kubelet,
+        recorder: EventRecorder,
+        watch: WatchSettings,
+    ) -> None:
+        self.store = store
+        self.fairness = fairness
+        self.registry = registry
+        self.authorization = f"Bearer {token}"
+        self.collector = collector
+        self.kubelet = kubelet
+        self.recorder = recorder
+        self.watch = watch
+        self._namespace_uids: dict[str, str] = {}
+        self._started = now_iso()
+
+    def application(self) -> web.Application:
+        app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
+        add = app.router.add_route
+        add("GET", "/version", self._version)
+        add("GET", "/api", self._core_versions)
+        add("GET", "/apis", self._groups)
+        add("GET", "/metrics", self._metrics)
+        for probe in ("/healthz", "/livez", "/readyz"):
+            add("GET", probe, self._probe)
+        add("GET", "/api/v1/namespaces/{namespace}", self._namespace)
+        add("GET", "/api/{version}", self._resources)
+        add("GET", "/apis/{group}/{version}", self._resources)
+        for prefix in ("/api/{version}", "/apis/{group}/{version}"):
+            add("*", prefix + "/{plural}", self._collection)
+            add("*", prefix + "/namespaces/{namespace}/{plural}", self._collection)
+            add("*", prefix + "/namespaces/{namespace}/{plural}/{name}", self._item)
+            add("*", prefix + "/namespaces/{namespace}/{plural}/{name}/{sub}", self._subresource)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if (
+            request.headers.get("Authorization") != self.authorization
+            and request.path not in _OPEN_PATHS
+        ):
+            return error_response(ApiError.unauthorized())
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except ApiError as error:
+            return error_response(error)
+
+    # -- discovery -----------------------------------------------------------------------
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return _json(discovery.version_info())
+
+    async def _core_versions(self, request: web.Request) -> web.Response:
+        return _json(discovery.core_versions(request.host))
+
+    async def _groups(self, request: web.Request) -> web.Response:
+        return _json(discovery.group_list())
+
+    async def _probe(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _resources(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        listing = discovery.resource_list(info.get("group", ""), info["version"])
+        if listing is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return _json(listing)
+
+    async def _namespace(self, request: web.Request) -> web.Response:
+        name = request.match_info["namespace"]
+        uid = self._namespace_uids.setdefault(name, new_uid())
+        return _json(discovery.namespace(name, uid, self._started))
+
+    # -- resources -----------------------------------------------------------------------
+
+    def _resource(self, request: web.Request) -> tuple[Resource, Collection]:
+        info = request.match_info
+        resource = discovery.lookup(info.get("group", ""), info["version"], info["plural"])
+        if resource is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        return resource, self.store.collection(resource.plural)
+
+    async def _collection(self, request: web.Request) -> web.StreamResponse:
+        resource, collection = self._resource(request)
+        namespace = request.match_info.get("namespace")
+        method = request.method
+        if method == "GET":
+            watching = request.query.get("watch", "").lower() in ("true", "1")
+            verb = "watch" if watching else "list"
+        elif method == "POST" and namespace is not None:
+            verb = "create"
+        else:
+            raise ApiError.method_not_allowed()
+        release = self.fairness.admit(verb, resource.plural)
+        try:
+            if verb == "create":
+                assert namespace is not None
+                return self._create(resource, namespace, await _body(request), request.query)
+            query = request.query
+            predicate = selector_predicate(
+                query.get("labelSelector"), query.get("fieldSelector"), resource.plural
+            )
+            if verb == "watch":
+                return await serve_watch(
+                    request, self.store, collection, namespace, predicate, self.watch
+                )
+            return self._list(collection, namespace, predicate, query)
+        finally:
+            if release:
+                self.fairness.release(verb)
+
+    async def _item(self, request: web.Request) -> web.Response:
+        resource, _ = self._resource(request)
+        info = request.match_info
+        namespace, name = info["namespace"], info["name"]
+        verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
+            request.method
+        )
+        if verb is None or (resource.plural == "pods" and verb in ("update", "patch")):
+            raise ApiError.method_not_allowed()
+        release = self.fairness.admit(verb, resource.plural)
+        try:
+            if verb == "get":
+                return _json(self.store.require(resource.plural, namespace, name))
+            body = await _body(request)
+            if verb == "delete":
+                options = body if isinstance(body, dict) else {}
+                policy = choose_policy(resource.plural, request.query, options)
+                grace_text = request.query.get("gracePeriodSeconds")
+                grace = options.get("gracePeriodSeconds") if grace_text is None else grace_text
+                code, answer = self.collector.delete(
+                    resource.plural,
+                    namespace,
+                    name,
+                    policy,
+                    None if grace is None else float(grace),
+                    options.get("preconditions"),
+                )
+                return _json(answer, code)
+            old = self.store.require(resource.plural, namespace, name)
+            if verb == "patch":
+                content_type = request.headers.get("Content-Type", _JSON)
+                body = apply_patch(old, content_type, body)
+            return self._replace(resource, old, body, request.query, patch=verb == "patch")
+        finally:
+            if release:
+                self.fairness.release(verb)
+
+    async def _subresource(self, request: web.Request) -> web.Response:
+        resource, _ = self._resource(request)
+        info = request.match_info
+        namespace, name, sub = info["namespace"], info["name"], info["sub"]
+        if request.method != "GET" or (resource.plural, sub) not in (
+            ("pods", "log"),
+            ("jobs", "status"),
+        ):
+            raise ApiError.method_not_allowed()
+        release = self.fairness.admit("get", f"{resource.plural}/{sub}")
+        try:
+            if sub == "status":
+                return _json(self.store.require(resource.plural, namespace, name))
+            log = self.kubelet.read_log(namespace, name)
+            tail = request.query.get("tailLines")
+            if tail is not None:
+                lines = log.splitlines(keepends=True)
+                log = b"".join(lines[-int(tail) :]) if int(tail) > 0 else b""
+            limit = request.query.get("limitBytes")
+            if limit is not None:
+                log = log[: int(limit)]
+            return web.Response(body=log, content_type="text/plain", charset="utf-8")
+        finally:
+            if release:
+                self.fairness.release("get")
+
+    # -- verbs ---------------------------------------------------------------------------
+
+    def _create(self, resource: Resource, namespace: str, body: Any, query: Any) -> web.Response:
+        if not isinstance(body, dict):
+            raise ApiError.bad_request("the body of a create must be a JSON object")
+        metadata = dict(body.get("metadata") or {})
+        if metadata.get("namespace") not in (None, "", namespace):
+            raise ApiError.bad_request(
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request"
+            )
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = f"{metadata['generateName']}{random_suffix()}"
+        uid = new_uid()
+        for key in ("resourceVersion", "deletionTimestamp", "managedFields", "selfLink"):
+            metadata.pop(key, None)
+        metadata.update(namespace=namespace, uid=uid, creationTimestamp=now_iso())
+        obj: Obj = {**body, "kind": resource.kind, "apiVersion": resource.api_version}
+        obj["metadata"] = metadata
+        if resource.plural == "jobs":
+            validate_job(obj)
+            if not metadata.get("name"):
+                raise ApiError.invalid("batch", "Job", "", check_name("", "metadata.name"))
+            metadata["generation"] = 1
+            default_job(obj, uid)
+            obj["status"] = {}
+        else:
+            causes = check_name(metadata.get("name"), "metadata.name")
+            if causes:
+                raise ApiError.invalid(
+                    resource.group, resource.kind, metadata.get("name") or "", causes
+                )
+            if resource.group:
+                metadata["generation"] = 1
+        if query.get("dryRun") == "All":
+            return _json(obj, 201)
+        created = self.store.create(resource.plural, obj)
+        if resource.plural == "events":
+            self.recorder.track(created)
+        return _json(created, 201)
+
+    def _replace(
+        self, resource: Resource, old: Obj, body: Any, query: Any, *, patch: bool
+    ) -> web.Response:
+        if not isinstance(body, dict):
+            raise ApiError.bad_request("the body of an update must be a JSON object")
+        old_meta = old["metadata"]
+        metadata = dict(body.get("metadata") or {})
+        name = old_meta["name"]
+        if metadata.get("name", name) != name:
+            raise ApiError.bad_request(
+                f"the name of the object ({metadata.get('name')}) does not match the name on "
+                f"the URL ({name})"
+            )
+        wanted = metadata.get("resourceVersion")
+        if wanted and wanted != old_meta["resourceVersion"]:
+            raise ApiError.conflict(
+                resource.group,
+                resource.plural,
+                name,
+                "the object has been modified; please apply your changes "
+                "to the latest version and try again",
+            )
+        for key in ("name", "namespace", "uid", "creationTimestamp", "generation"):
+            if key in old_meta:
+                metadata[key] = old_meta[key]
+            else:
+                metadata.pop(key, None)
+        for key in ("deletionTimestamp", "ownerReferences") if not patch else ():
+            if key in old_meta and key not in metadata:
+                metadata[key] = old_meta[key]
+        obj: Obj = {**body, "kind": resource.kind, "apiVersion": resource.api_version}
+        obj["metadata"] = metadata
+        if resource.plural == "jobs":
+            validate_job(obj)
+            obj["status"] = old.get("status", {})
+        if query.get("dryRun") == "All":
+            return _json(obj)
+        changed = obj.get("spec") != old.get("spec")
+        stored = self.store.replace(resource.plural, obj, bump_generation=changed)
+        return _json(stored)
+
+    def _list(
+        self, collection: Collection, namespace: str | None, predicate: Any, query: Any
+    ) -> web.Response:
+        resource = collection.resource
+        limit_text = query.get("limit")
+        limit = int(limit_text) if limit_text and limit_text.isdigit() else 0
+        token = query.get("continue")
+        objects = collection.objects
+        list_rv = self.store.rv
+        if not limit and not token:
+            items = [objects[k] for k in sorted(objects) if namespace is None or k[0] == namespace]
+            if predicate is not None:
+                items = [obj for obj in items if predicate(obj)]
+            meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
+        else:
+            keys = sorted(k for k in objects if namespace is None or k[0] == namespace)
+            start = 0
+            if token:
+                try:
+                    state = orjson.loads(base64.urlsafe_b64decode(token.encode()))
+                    list_rv = int(state["rv"])
+                    start = bisect.bisect_right(keys, tuple(state["after"]))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise ApiError.bad_request(f"continue key is not valid: {exc}") from exc
+            items = []
+            index = start
+            while index < len(keys) and (not limit or len(items) < limit):
+                obj = objects[keys[index]]
+                if predicate is None or predicate(obj):
+                    items.append(obj)
+                index += 1
+            meta = {"resourceVersion": str(list_rv)}
+            if index < len(keys):
+                after = list(keys[index - 1])
+                meta["continue"] = base64.urlsafe_b64encode(
+                    orjson.dumps({"rv": list_rv, "after": after})
+                ).decode()
+                if predicate is None:
+                    meta["remainingItemCount"] = len(keys) - index
+        return _json(
+            {
+                "kind": f"{resource.kind}List",
+                "apiVersion": resource.api_version,
+                "metadata": meta,
+                "items": items,
+            }
+        )

@@ -1,0 +1,412 @@
+"""The simulated kubelet: takes a created pod through Pending → Running → Succeeded/Failed.
+
+The kubelet owns everything that happens to a pod after the Job controller creates it:
+starting its container through the shard's runtime (:mod:`.processes` runs the command as
+a local process, :mod:`.simulation` plays the algorithm contract without one), writing
+``status`` the way a real kubelet does (``phase``, ``conditions``, ``startTime``,
+``containerStatuses[].state`` with ``waiting``/``running``/``terminated``, reasons and exit
+codes), emitting its Events (``Pulling``, ``Pulled``, ``Created``, ``Started``,
+``Killing``, image-pull ``Failed``/``BackOff``) and stopping the container when the pod is
+deleted (``Killing``, then gone).
+
+Guarantees:
+
+* a pod is removed from the store only once its container has stopped; a deleted pod
+  whose container was still running ends ``Failed`` first (exit 143 after SIGTERM, 137
+  after SIGKILL), as in Kubernetes;
+* the kubelet runs on timers (``loop.call_later``) — no task per pod; the runtimes decide
+  how many tasks they need (a fixed worker pool for simulated pods);
+* container logs are kept per pod, bounded to ``log_limit`` bytes (the newest kept), until
+  the pod is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from nexus.devcluster.events import EventRecorder
+from nexus.devcluster.statuses import ApiError, now_iso
+from nexus.devcluster.store import Obj, ObjectStore
+
+#: Env variable or annotation naming the fault a pod must show (see :mod:`.simulation`).
+FAULT_ENV = "NEXUS_DEVCLUSTER_FAULT"
+FAULT_ANNOTATION = "devcluster.nexus/fault"
+
+
+@dataclass(frozen=True)
+class KubeletSettings:
+    """How the simulated kubelet of a shard behaves."""
+
+    start_delay: float = 0.0
+    """Seconds from pod creation to a running container (image cached, no real pull)."""
+    image_pull_backoff: float = 10.0
+    """First image-pull back-off in seconds; doubles per retry up to 300, as the kubelet."""
+    log_limit: int = 1024 * 1024
+    """Bytes of container output kept per pod (the newest)."""
+
+
+@dataclass(eq=False)
+class PodRun:
+    """One pod's container as the kubelet runs it."""
+
+    namespace: str
+    name: str
+    uid: str
+    container: dict[str, Any]
+    env: dict[str, str]
+    fault: str | None
+    grace: float
+    image: str
+    started_at: str = ""
+    container_id: str = ""
+    log: bytearray = field(default_factory=bytearray)
+    timer: asyncio.TimerHandle | None = None
+    exited: bool = False
+    deleting: bool = False
+    pull_backoff: float = 0.0
+    handle: Any = None  # runtime-specific state
+
+    def write_log(self, data: bytes, limit: int) -> None:
+        self.log += data
+        if len(self.log) > limit:
+            del self.log[: len(self.log) - limit]
+
+
+class Runtime(Protocol):
+    """Runs containers for the kubelet; reports each exit with ``kubelet.exited``."""
+
+    def start(self, run: PodRun) -> None: ...
+
+    def kill(self, run: PodRun, grace: float) -> None: ...
+
+    def draw_fault(self) -> str | None: ...
+
+    async def close(self) -> None: ...
+
+
+def _condition(kind: str, status: bool, now: str, reason: str | None = None) -> dict[str, Any]:
+    condition: dict[str, Any] = {
+        "type": kind,
+        "status": "True" if status else "False",
+        "lastProbeTime": None,
+        "lastTransitionTime": now,
+    }
+    if reason:
+        condition["reason"] = reason
+    return condition
+
+
+class Kubelet:
+    """The node agent of one shard: one node, ``devcluster-node``, as big as needed."""
+
+    def __init__(
+        self, store: ObjectStore, recorder: EventRecorder, settings: KubeletSettings
+    ) -> None:
+        self.store = store
+        self.recorder = recorder
+        self.settings = settings
+        self.runtime: Runtime | None = None
+        self.runs: dict[tuple[str, str], PodRun] = {}
+        self.forced_faults: dict[tuple[str, str], str] = {}
+        """Faults injected from Python for every pod of a Job: (namespace, job) → fault."""
+        self.terminated: dict[str, int] = {}
+        """Containers ended, by reason (Completed, Error, OOMKilled, StartError)."""
+        store.subscribe("pods", self._on_pod_change)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def admit(self, pod: Obj) -> None:
+        """Take a newly created pod; its container starts after ``start_delay``."""
+        metadata, spec = pod["metadata"], pod["spec"]
+        container = spec["containers"][0]
+        env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or ()}
+        annotations = metadata.get("annotations") or {}
+        job = (metadata.get("labels") or {}).get("batch.kubernetes.io/job-name", "")
+        fault = (
+            self.forced_faults.get((metadata["namespace"], job))
+            or env.get(FAULT_ENV)
+            or annotations.get(FAULT_ANNOTATION)
+            or None
+        )
+        if fault is None and job:
+            owner = self.store.get("jobs", metadata["namespace"], job)
+            if owner is not None:
+                fault = (owner["metadata"].get("annotations") or {}).get(FAULT_ANNOTATION)
+        run = PodRun(
+            namespace=metadata["namespace"],
+            name=metadata["name"],
+            uid=metadata["uid"],
+            container=container,
+            env=env,
+            fault=fault,
+            grace=float(spec.get("terminationGracePeriodSeconds", 30)),
+            image=str(container.get("image", "")),
+        )
+        self.runs[(run.namespace, run.name)] = run
+        if self.runtime is None:
+            return  # kubelet off: pods stay Pending, as on a cluster without nodes
+        loop = asyncio.get_running_loop()
+        if self.settings.start_delay > 0:
+            run.timer = loop.call_later(self.settings.start_delay, self._start, run)
+        else:
+            loop.call_soon(self._start, run)
+
+    def _pod(self, run: PodRun) -> Obj | None:
+        return self.store.get("pods", run.namespace, run.name)
+
+    def _start(self, run: PodRun) -> None:
+        run.timer = None
+        pod = self._pod(run)
+        if pod is None or run.deleting or self.runtime is None:
+            return
+        container_path = f"spec.containers{{{run.container['name']}}}"
+        if run.fault is None:
+            run.fault = self.runtime.draw_fault()
+        if run.fault == "image-pull":
+            self._pull_failed(run)
+            return
+        record = self.recorder.record
+        if run.container.get("imagePullPolicy") == "Always":
+            record(
+                pod,
+                "Normal",
+                "Pulling",
+                f'Pulling image "{run.image}"',
+                "kubelet",
+                field_path=container_path,
+            )
+            record(
+                pod,
+                "Normal",
+                "Pulled",
+                f'Successfully pulled image "{run.image}" in 0s',
+                "kubelet",
+                field_path=container_path,
+            )
+        else:
+            record(
+                pod,
+                "Normal",
+                "Pulled",
+                f'Container image "{run.image}" already present on machine',
+                "kubelet",
+                field_path=container_path,
+            )
+        record(
+            pod,
+            "Normal",
+            "Created",
+            f"Created container: {run.container['name']}",
+            "kubelet",
+            field_path=container_path,
+        )
+        record(
+            pod,
+            "Normal",
+            "Started",
+            f"Started container {run.container['name']}",
+            "kubelet",
+            field_path=container_path,
+        )
+        now = now_iso()
+        run.started_at = now
+        run.container_id = "containerd://" + secrets.token_hex(32)
+        status = self._base_status(pod, now)
+        status["phase"] = "Running"
+        status["conditions"] = [
+            _condition(kind, True, now)
+            for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
+        ] + [_condition("PodScheduled", True, pod["metadata"]["creationTimestamp"])]
+        status["containerStatuses"] = [
+            self._container_status(run, {"running": {"startedAt": now}}, ready=True)
+        ]
+        self.store.update("pods", run.namespace, run.name, status=status)
+        self.runtime.start(run)
+
+    def _base_status(self, pod: Obj, now: str) -> dict[str, Any]:
+        old = pod.get("status") or {}
+        ip = old.get("podIP") or f"10.244.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        return {
+            "hostIP": "10.0.0.1",
+            "hostIPs": [{"ip": "10.0.0.1"}],
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+            "startTime": old.get("startTime") or now,
+            "qosClass": old.get("qosClass", "BestEffort"),
+        }
+
+    def _container_status(self, run: PodRun, state: dict[str, Any], *, ready: bool) -> Obj:
+        status: dict[str, Any] = {
+            "name": run.container["name"],
+            "state": state,
+            "lastState": {},
+            "ready": ready,
+            "restartCount": 0,
+            "image": run.image,
+            "imageID": "" if not run.container_id else f"{run.image}@sha256:{'0' * 64}",
+            "started": "running" in state,
+        }
+        if run.container_id:
+            status["containerID"] = run.container_id
+        return status
+
+    def _pull_failed(self, run: PodRun, pulling: bool = True) -> None:
+        """Image pull fails forever: each attempt ErrImagePull, then ImagePullBackOff."""
+        run.timer = None
+        pod = self._pod(run)
+        if pod is None or run.deleting:
+            return
+        path = f"spec.containers{{{run.container['name']}}}"
+
+        def record(event_type: str, reason: str, message: str) -> None:
+            self.recorder.record(pod, event_type, reason, message, "kubelet", field_path=path)
+
+        if pulling:
+            record("Normal", "Pulling", f'Pulling image "{run.image}"')
+            record(
+                "Warning",
+                "Failed",
+                f'Failed to pull image "{run.image}": rpc error: code = '
+                f'NotFound desc = failed to pull and unpack image "{run.image}": not found',
+            )
+            record("Warning", "Failed", "Error: ErrImagePull")
+            reason = "ErrImagePull"
+            message = f'failed to pull and unpack image "{run.image}": not found'
+        else:
+            record("Normal", "BackOff", f'Back-off pulling image "{run.image}"')
+            record("Warning", "Failed", "Error: ImagePullBackOff")
+            reason = "ImagePullBackOff"
+            message = f'Back-off pulling image "{run.image}"'
+        now = now_iso()
+        status = self._base_status(pod, now)
+        status["phase"] = "Pending"
+        status["conditions"] = [
+            _condition("PodReadyToStartContainers", True, now),
+            _condition("Initialized", True, now),
+            _condition("Ready", False, now, "ContainersNotReady"),
+            _condition("ContainersReady", False, now, "ContainersNotReady"),
+            _condition("PodScheduled", True, pod["metadata"]["creationTimestamp"]),
+        ]
+        waiting = {"waiting": {"reason": reason, "message": message}}
+        status["containerStatuses"] = [self._container_status(run, waiting, ready=False)]
+        self.store.update("pods", run.namespace, run.name, status=status)
+        base = self.settings.image_pull_backoff
+        if pulling:
+            delay = min(1.0, base / 10)  # the kubelet backs off right after a failed pull
+        else:
+            run.pull_backoff = base if run.pull_backoff == 0 else min(300.0, run.pull_backoff * 2)
+            delay = run.pull_backoff
+        run.timer = asyncio.get_running_loop().call_later(
+            delay, self._pull_failed, run, not pulling
+        )
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def exited(self, run: PodRun, exit_code: int, reason: str, message: str | None = None) -> None:
+        """The runtime reports that ``run``'s container stopped with ``exit_code``."""
+        if run.exited:
+            return
+        run.exited = True
+        self.terminated[reason] = self.terminated.get(reason, 0) + 1
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        pod = self._pod(run)
+        if pod is not None:
+            now = now_iso()
+            terminated: dict[str, Any] = {
+                "exitCode": exit_code,
+                "reason": reason,
+                "startedAt": run.started_at or now,
+                "finishedAt": now,
+            }
+            if run.container_id:
+                terminated["containerID"] = run.container_id
+            if message:
+                terminated["message"] = message
+            succeeded = exit_code == 0 and not run.deleting
+            status = self._base_status(pod, now)
+            status["phase"] = "Succeeded" if succeeded else "Failed"
+            done = "PodCompleted" if succeeded else "PodFailed"
+            status["conditions"] = [
+                _condition("PodReadyToStartContainers", False, now),
+                _condition("Initialized", True, run.started_at or now, done),
+                _condition("Ready", False, now, done),
+                _condition("ContainersReady", False, now, done),
+                _condition("PodScheduled", True, pod["metadata"]["creationTimestamp"]),
+            ]
+            state = {"terminated": terminated}
+            status["containerStatuses"] = [self._container_status(run, state, ready=False)]
+            self.store.update("pods", run.namespace, run.name, status=status)
+        if run.deleting:
+            self.store.delete("pods", run.namespace, run.name)
+
+    def terminate(self, pod: Obj, grace: float | None) -> Obj:
+        """Delete ``pod``: stop its container (``Killing``), then remove it; the answer body."""
+        metadata = pod["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        run = self.runs.get(key)
+        if run is None or run.exited or not run.started_at:
+            if run is not None:
+                run.deleting = True
+                if run.timer is not None:
+                    run.timer.cancel()
+            gone = self.store.delete("pods", *key)
+            if gone is None:
+                raise ApiError.not_found("", "pods", metadata["name"])
+            return gone
+        if run.deleting:
+            return pod
+        run.deleting = True
+        seconds = run.grace if grace is None else grace
+        self.recorder.record(
+            pod,
+            "Normal",
+            "Killing",
+            f"Stopping container {run.container['name']}",
+            "kubelet",
+            field_path=f"spec.containers{{{run.container['name']}}}",
+        )
+        marked = self.store.replace(
+            "pods",
+            {
+                **pod,
+                "metadata": {
+                    **metadata,
+                    "deletionTimestamp": now_iso(),
+                    "deletionGracePeriodSeconds": int(seconds),
+                },
+            },
+        )
+        assert self.runtime is not None
+        self.runtime.kill(run, seconds)
+        return marked
+
+    def _on_pod_change(self, change: Any) -> None:
+        if change.type == "DELETED":
+            metadata = change.obj["metadata"]
+            run = self.runs.pop((metadata["namespace"], metadata["name"]), None)
+            if run is not None and not run.exited:
+                run.deleting = True
+                if run.timer is not None:
+                    run.timer.cancel()
+                if self.runtime is not None and run.started_at:
+                    self.runtime.kill(run, 0.0)
+
+    def read_log(self, namespace: str, name: str) -> bytes:
+        """The container's output, as ``GET …/pods/{name}/log`` answers it."""
+        pod = self.store.require("pods", namespace, name)
+        run = self.runs.get((namespace, name))
+        if run is None or not run.started_at:
+            container = pod["spec"]["containers"][0]["name"]
+            statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+            waiting = statuses[0].get("state", {}).get("waiting", {})
+            reason = waiting.get("reason", "ContainerCreating")
+            raise ApiError.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: {reason}'
+            )
+        return bytes(run.log)

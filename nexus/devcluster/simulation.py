@@ -1,0 +1,260 @@
+"""Simulated containers: the algorithm contract of DESIGN §3 played without a process.
+
+A simulated pod reads what a real algorithm container would — ``--sas-uri=<url>`` and
+``--request-id=<id>`` in its args, ``NEXUS__RECEIVER_URL``, ``NEXUS__RUN_TOKEN``,
+``NEXUS__RESULT_UPLOAD_URL``, ``NEXUS__ALGORITHM_NAME``, ``NEXUS__REQUEST_ID`` in its env —
+and after a duration drawn from the shard's distribution:
+
+1. ``GET`` the input URL (if given);
+2. ``PUT`` a result to ``NEXUS__RESULT_UPLOAD_URL`` (if given): the input itself when it is
+   JSON, else ``{"requestId": ..., "ok": true}``;
+3. ``POST {"cause": null, "message": null, "sasUri": null}`` to
+   ``{NEXUS__RECEIVER_URL}/algorithm/v1.2/complete/{algorithm}/requests/{id}`` with
+   ``Authorization: Bearer {NEXUS__RUN_TOKEN}`` (if a receiver is given);
+4. exits 0. A step that fails (non-2xx, connection error, timeout) ends the container with
+   exit code 1 and a log line saying why, as a real container would.
+
+Faults, drawn per pod from the shard's mix or forced by env ``NEXUS_DEVCLUSTER_FAULT`` /
+annotation ``devcluster.nexus/fault``:
+
+``oom``        killed after the duration: ``OOMKilled``, exit 137, nothing reported;
+``image-pull`` never runs: ``ErrImagePull``/``ImagePullBackOff`` (played by the kubelet);
+``exit``       reads its input, reports a *failure* completion
+               (``{"cause": "AlgorithmFailed", "message": ...}``), then exits 1;
+``silent``     exits 0 after the duration without reporting anything;
+``hang``       runs until killed (``activeDeadlineSeconds`` or deletion).
+
+All simulated pods share one ``aiohttp.ClientSession`` (pooled connections) and a fixed
+pool of worker tasks that performs the HTTP steps; the waiting itself is a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import aiohttp
+import orjson
+
+from nexus.devcluster.kubelet import PodRun
+
+if TYPE_CHECKING:
+    from nexus.devcluster.kubelet import Kubelet
+
+FAULTS = ("oom", "image-pull", "exit", "silent", "hang")
+
+
+def parse_distribution(text: str) -> Callable[[], float]:
+    """``fixed:S``, ``uniform:A,B`` or ``exponential:MEAN`` (seconds) as a sampler."""
+    kind, _, params = text.partition(":")
+    try:
+        values = [float(v) for v in params.split(",")] if params else []
+    except ValueError as exc:
+        raise ValueError(f"bad duration distribution {text!r}: numbers expected") from exc
+    if kind == "fixed" and len(values) == 1 and values[0] >= 0:
+        fixed = values[0]
+        return lambda: fixed
+    if kind == "uniform" and len(values) == 2 and 0 <= values[0] <= values[1]:
+        low, high = values
+        return lambda: random.uniform(low, high)
+    if kind == "exponential" and len(values) == 1 and values[0] > 0:
+        rate = 1.0 / values[0]
+        return lambda: random.expovariate(rate)
+    raise ValueError(
+        f"bad duration distribution {text!r}: use fixed:S, uniform:A,B or exponential:MEAN"
+    )
+
+
+def parse_faults(text: str) -> dict[str, float]:
+    """``oom=0.01,hang=0.02`` as ``{fault: probability}``; the total must be ≤ 1."""
+    faults: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}: choose from {', '.join(FAULTS)}")
+        try:
+            faults[name] = float(value)
+        except ValueError as exc:
+            raise ValueError(f"fault {name!r} needs a probability, e.g. {name}=0.01") from exc
+    if any(p < 0 for p in faults.values()) or sum(faults.values()) > 1:
+        raise ValueError("fault probabilities must be ≥ 0 and add up to at most 1")
+    return faults
+
+
+@dataclass(frozen=True)
+class SimulationSettings:
+    """How simulated containers behave on a shard."""
+
+    duration: str = "fixed:0.05"
+    """How long the algorithm "works" before calling out: ``fixed:S``, ``uniform:A,B``,
+    ``exponential:MEAN`` (seconds)."""
+    faults: str = ""
+    """Fault mix, e.g. ``oom=0.01,image-pull=0.01,exit=0.01,silent=0.01,hang=0.01``."""
+    concurrency: int = 64
+    """Worker tasks (and pooled connections) performing simulated pods' HTTP calls."""
+    request_timeout: float = 10.0
+    """Seconds before a simulated pod gives up on one HTTP call (and fails)."""
+
+
+class _StepFailed(Exception):
+    pass
+
+
+def _argument(args: list[str], name: str) -> str | None:
+    flag = f"--{name}"
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1 :]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _stopped(run: PodRun) -> bool:
+    """Whether the container was killed while a call was in flight (state changes on awaits)."""
+    return run.exited or run.deleting
+
+
+class SimulatedRuntime:
+    """Runs simulated containers for one shard's kubelet."""
+
+    def __init__(self, kubelet: Kubelet, settings: SimulationSettings) -> None:
+        self.kubelet = kubelet
+        self.settings = settings
+        self.duration = parse_distribution(settings.duration)
+        self.faults = parse_faults(settings.faults)
+        self.queue: asyncio.Queue[PodRun] = asyncio.Queue()
+        self.session: aiohttp.ClientSession | None = None
+        self.workers: list[asyncio.Task[None]] = []
+
+    def set_faults(self, faults: dict[str, float]) -> None:
+        """Change the fault mix for pods started from now on."""
+        self.faults = parse_faults(",".join(f"{k}={v}" for k, v in faults.items()))
+
+    async def open(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
+            skip_auto_headers=("User-Agent",),
+        )
+        self.workers = [
+            asyncio.create_task(self._work(), name=f"devcluster-simulated-pod-{i}")
+            for i in range(self.settings.concurrency)
+        ]
+
+    async def close(self) -> None:
+        for worker in self.workers:
+            worker.cancel()
+        await asyncio.gather(*self.workers, return_exceptions=True)
+        self.workers = []
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    def draw_fault(self) -> str | None:
+        if not self.faults:
+            return None
+        draw = random.random()
+        for fault, probability in self.faults.items():
+            if draw < probability:
+                return fault
+            draw -= probability
+        return None
+
+    def start(self, run: PodRun) -> None:
+        if run.fault == "hang":
+            run.write_log(b"working (this will take a while)\n", self.kubelet.settings.log_limit)
+            return
+        loop = asyncio.get_running_loop()
+        delay = self.duration()
+        if run.fault == "oom":
+            run.timer = loop.call_later(delay, self.kubelet.exited, run, 137, "OOMKilled")
+        elif run.fault == "silent":
+            run.timer = loop.call_later(delay, self.kubelet.exited, run, 0, "Completed")
+        else:
+            run.timer = loop.call_later(delay, self.queue.put_nowait, run)
+
+    def kill(self, run: PodRun, grace: float) -> None:
+        # A simulated container stops at once on SIGTERM (exit 143) or SIGKILL (137).
+        self.kubelet.exited(run, 143 if grace > 0 else 137, "Error")
+
+    async def _work(self) -> None:
+        while True:
+            run = await self.queue.get()
+            if run.exited or run.deleting:
+                continue
+            try:
+                await self._play(run)
+            except _StepFailed as failure:
+                self._log(run, f"error: {failure}")
+                if not run.exited:
+                    self.kubelet.exited(run, 1, "Error")
+
+    def _log(self, run: PodRun, line: str) -> None:
+        run.write_log(line.encode() + b"\n", self.kubelet.settings.log_limit)
+
+    async def _call(self, method: str, url: str, **kwargs: object) -> bytes:
+        assert self.session is not None
+        try:
+            async with self.session.request(method, url, **kwargs) as response:  # type: ignore[arg-type]
+                body = await response.read()
+                if not 200 <= response.status < 300:
+                    raise _StepFailed(f"{method} {url} answered {response.status}: {body[:200]!r}")
+                return body
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _StepFailed(f"{method} {url} failed: {exc!r}") from exc
+
+    async def _play(self, run: PodRun) -> None:
+        env = run.env
+        args = [str(a) for a in (run.container.get("args") or ())]
+        input_url = _argument(args, "sas-uri")
+        request_id = _argument(args, "request-id") or env.get("NEXUS__REQUEST_ID", "")
+        algorithm = env.get("NEXUS__ALGORITHM_NAME", "")
+        receiver = env.get("NEXUS__RECEIVER_URL", "").rstrip("/")
+        upload_url = env.get("NEXUS__RESULT_UPLOAD_URL")
+        body = b""
+        if input_url:
+            body = await self._call("GET", input_url)
+            self._log(run, f"read {len(body)} bytes of input")
+        if _stopped(run):
+            return
+        completion_url = (
+            f"{receiver}/algorithm/v1.2/complete/{algorithm}/requests/{request_id}"
+            if receiver
+            else None
+        )
+        headers = {
+            "Authorization": f"Bearer {env.get('NEXUS__RUN_TOKEN', '')}",
+            "Content-Type": "application/json",
+        }
+        if run.fault == "exit":
+            if completion_url:
+                failure = {"cause": "AlgorithmFailed", "message": "simulated failure: exit 1"}
+                await self._call(
+                    "POST", completion_url, data=orjson.dumps(failure), headers=headers
+                )
+                self._log(run, "reported failure")
+            self._log(run, "exiting with code 1")
+            self.kubelet.exited(run, 1, "Error")
+            return
+        if upload_url:
+            try:
+                orjson.loads(body)
+                result = body
+            except orjson.JSONDecodeError:
+                result = orjson.dumps({"requestId": request_id, "ok": True})
+            await self._call(
+                "PUT", upload_url, data=result, headers={"Content-Type": "application/json"}
+            )
+            self._log(run, "uploaded result")
+        if _stopped(run):
+            return
+        if completion_url:
+            completion = {"cause": None, "message": None, "sasUri": None}
+            await self._call("POST", completion_url, data=orjson.dumps(completion), headers=headers)
+            self._log(run, "reported completion")
+        self.kubelet.exited(run, 0, "Completed")

@@ -1,0 +1,264 @@
+"""The object store of one shard: every object, a cluster-wide resourceVersion, watch history.
+
+The store plays etcd and the API server's watch cache in one. Guarantees:
+
+* **One monotonic ``resourceVersion``** across all resources of the shard; every write
+  (create, replace, delete) takes the next one, and a deleted object's last version is
+  the deletion's.
+* **Stored objects are never mutated.** A write stores a new dict; readers, the watch
+  history and answers already being written may keep a reference without copying. Code
+  that changes an object builds new dicts for the parts it changes (``{**old, ...}``).
+* **Bounded history per resource.** The last ``history_size`` changes of each resource
+  are kept for watches that resume from a version; a watch from a version older than the
+  oldest kept change gets ``410 Expired``, as from a real server after compaction.
+* **Cheap fan-out.** A change is serialised at most once per event type (lazily, only if
+  a watcher wants it) and the bytes are appended to each matching watcher's buffer. A
+  watcher whose buffer exceeds its byte budget is closed, as a real server drops a watcher
+  that cannot keep up; the client then resumes from its last version.
+* **Selector transitions.** A watcher with a selector sees ``ADDED`` when a modified object
+  starts to match and ``DELETED`` when it stops matching, as from the watch cache.
+
+Controllers subscribe to a resource with :meth:`ObjectStore.subscribe`; their callbacks run
+synchronously after each change is fanned out and must only note work for later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from nexus.devcluster.selectors import Predicate
+from nexus.devcluster.statuses import ApiError
+
+Obj = dict[str, Any]
+Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """What the API calls a resource: its group, version, plural and kind."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+
+@dataclass(slots=True)
+class Change:
+    """One write, as kept in the history and sent to watchers."""
+
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    obj: Obj
+    old: Obj | None = None
+    lines: dict[str, bytes] = field(default_factory=dict)
+
+    def line(self, event_type: str, obj: Obj | None = None) -> bytes:
+        """The watch event line, serialised once per distinct event type."""
+        cached = self.lines.get(event_type)
+        if cached is None:
+            body = {"type": event_type.rstrip("*"), "object": self.obj if obj is None else obj}
+            cached = orjson.dumps(body) + b"\n"
+            self.lines[event_type] = cached
+        return cached
+
+
+class Watcher:
+    """One open watch: what it selects and the bytes waiting to be written to it."""
+
+    __slots__ = ("budget", "buffered", "closed", "lines", "namespace", "predicate", "waiter")
+
+    def __init__(self, namespace: str | None, predicate: Predicate | None, budget: int) -> None:
+        self.namespace = namespace
+        self.predicate = predicate
+        self.budget = budget
+        self.lines: list[bytes] = []
+        self.buffered = 0
+        self.closed = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def push(self, line: bytes) -> None:
+        if self.closed:
+            return
+        self.lines.append(line)
+        self.buffered += len(line)
+        if self.buffered > self.budget:  # too slow: drop it like a real server
+            self.lines.clear()
+            self.buffered = 0
+            self.closed = True
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def take(self) -> bytes:
+        """Everything buffered, joined into one write."""
+        data = b"".join(self.lines)
+        self.lines.clear()
+        self.buffered = 0
+        return data
+
+    def offer(self, change: Change) -> None:
+        """Push ``change`` if this watcher selects it, with selector transitions applied."""
+        obj = change.obj
+        if self.namespace is not None and obj["metadata"].get("namespace") != self.namespace:
+            return
+        predicate = self.predicate
+        if predicate is None:
+            self.push(change.line(change.type))
+            return
+        now = predicate(obj)
+        if change.type != "MODIFIED" or change.old is None:
+            if now:
+                self.push(change.line(change.type))
+            return
+        before = predicate(change.old)
+        if now and before:
+            self.push(change.line("MODIFIED"))
+        elif now:
+            self.push(change.line("ADDED"))
+        elif before:
+            old = change.old
+            gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(change.rv)}}
+            self.push(change.line("DELETED*", gone))
+
+
+class Collection:
+    """The objects of one resource, their recent changes and their watchers."""
+
+    def __init__(self, resource: Resource, history_size: int) -> None:
+        self.resource = resource
+        self.objects: dict[Key, Obj] = {}
+        self.history: deque[Change] = deque()
+        self.history_size = history_size
+        self.evicted_rv = 0
+        """Highest version no longer in :attr:`history`; watches from before it get 410."""
+        self.watchers: set[Watcher] = set()
+        self.listeners: list[Callable[[Change], None]] = []
+
+    def record(self, change: Change) -> None:
+        if len(self.history) >= self.history_size:
+            self.evicted_rv = self.history.popleft().rv
+        self.history.append(change)
+        for watcher in self.watchers:
+            watcher.offer(change)
+        for listener in self.listeners:
+            listener(change)
+
+    def changes_since(self, rv: int) -> list[Change]:
+        """Changes after ``rv``; ``410 Expired`` when some of them are no longer kept."""
+        if rv < self.evicted_rv:
+            raise ApiError.expired(f"too old resource version: {rv} ({self.evicted_rv + 1})")
+        newer: list[Change] = []
+        for change in reversed(self.history):
+            if change.rv <= rv:
+                break
+            newer.append(change)
+        newer.reverse()
+        return newer
+
+
+class ObjectStore:
+    """All collections of one shard and the version counter they share."""
+
+    def __init__(self, resources: list[Resource], history_size: int) -> None:
+        self.rv = 1
+        self.collections = {r.plural: Collection(r, history_size) for r in resources}
+
+    def collection(self, plural: str) -> Collection:
+        return self.collections[plural]
+
+    def subscribe(self, plural: str, listener: Callable[[Change], None]) -> None:
+        """Call ``listener`` after every change of ``plural`` (synchronously; keep it cheap)."""
+        self.collections[plural].listeners.append(listener)
+
+    def _next_rv(self) -> int:
+        self.rv += 1
+        return self.rv
+
+    def get(self, plural: str, namespace: str, name: str) -> Obj | None:
+        return self.collections[plural].objects.get((namespace, name))
+
+    def require(self, plural: str, namespace: str, name: str) -> Obj:
+        obj = self.collections[plural].objects.get((namespace, name))
+        if obj is None:
+            resource = self.collections[plural].resource
+            raise ApiError.not_found(resource.group, plural, name)
+        return obj
+
+    def create(self, plural: str, obj: Obj) -> Obj:
+        """Store a new object (its metadata already complete but for the version)."""
+        collection = self.collections[plural]
+        metadata = obj["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        if key in collection.objects:
+            raise ApiError.already_exists(collection.resource.group, plural, metadata["name"])
+        rv = self._next_rv()
+        metadata["resourceVersion"] = str(rv)
+        collection.objects[key] = obj
+        collection.record(Change(rv, "ADDED", obj))
+        return obj
+
+    def replace(self, plural: str, obj: Obj, *, bump_generation: bool = False) -> Obj:
+        """Store a new version of an existing object; ``obj`` must be a new dict."""
+        collection = self.collections[plural]
+        metadata = obj["metadata"]
+        key = (metadata["namespace"], metadata["name"])
+        old = collection.objects.get(key)
+        if old is None:
+            raise ApiError.not_found(collection.resource.group, plural, metadata["name"])
+        rv = self._next_rv()
+        metadata = {**metadata, "resourceVersion": str(rv)}
+        if bump_generation:
+            metadata["generation"] = int(old["metadata"].get("generation", 1)) + 1
+        obj = {**obj, "metadata": metadata}
+        collection.objects[key] = obj
+        collection.record(Change(rv, "MODIFIED", obj, old))
+        return obj
+
+    def update(self, plural: str, namespace: str, name: str, **sections: Any) -> Obj | None:
+        """Replace top-level sections (``status=...``) of an object; ``None`` if it is gone."""
+        old = self.collections[plural].objects.get((namespace, name))
+        if old is None:
+            return None
+        return self.replace(plural, {**old, **sections})
+
+    def delete(self, plural: str, namespace: str, name: str) -> Obj | None:
+        """Remove an object; the ``DELETED`` event carries the deletion's version."""
+        collection = self.collections[plural]
+        old = collection.objects.pop((namespace, name), None)
+        if old is None:
+            return None
+        rv = self._next_rv()
+        gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(rv)}}
+        collection.record(Change(rv, "DELETED", gone))
+        return gone
+
+    def items(
+        self, plural: str, namespace: str | None, predicate: Predicate | None = None
+    ) -> Iterator[Obj]:
+        """Objects of ``plural`` in ``namespace`` (all when ``None``) that match, unsorted."""
+        for (ns, _), obj in self.collections[plural].objects.items():
+            if namespace is not None and ns != namespace:
+                continue
+            if predicate is None or predicate(obj):
+                yield obj
+
+    def count(self, plural: str) -> int:
+        return len(self.collections[plural].objects)
