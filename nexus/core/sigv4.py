@@ -1,0 +1,187 @@
+"""AWS Signature Version 4 for the few S3 calls made without an S3 client library.
+
+The local SeaweedFS server (:mod:`nexus.core.localservices`) enforces signatures, so
+checking that it is ready, and making or emptying a bucket for a test, needs signed
+requests. The S3 client library may only be imported by :mod:`nexus.core.storage`, and
+these calls must work before (and without) it, so this module signs with ``hmac`` and
+``hashlib`` alone, following the published algorithm:
+
+* :meth:`Signer.headers` signs a request in its ``Authorization`` header, with the payload
+  hash in ``x-amz-content-sha256``;
+* :meth:`Signer.presign` makes a presigned URL (query-string authentication,
+  ``UNSIGNED-PAYLOAD``, only the ``host`` header signed), the kind handed to algorithms;
+* :func:`request` sends a signed request with :mod:`http.client` and returns the answer.
+
+Both are checked byte for byte against botocore's signers in the tests. Not supported on
+purpose: session tokens, chunked (streaming) payload signing, virtual-host addressing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import parse_qsl, quote, urlsplit
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+MAX_PRESIGN_SECONDS = 7 * 24 * 3600
+"""The longest validity S3 accepts for a presigned URL (7 days)."""
+
+
+def uri_encode(text: str, *, keep_slash: bool = False) -> str:
+    """Percent-encode everything but the RFC 3986 unreserved characters (and ``/``)."""
+    return quote(text, safe="/~" if keep_slash else "~")
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs requests for one set of credentials in one region."""
+
+    access_key_id: str
+    secret_access_key: str
+    region: str = "us-east-1"
+    service: str = "s3"
+
+    def headers(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, str]:
+        """All headers to send with the request, ``Authorization`` included.
+
+        ``url`` must already be percent-encoded the way it will be sent (see
+        :func:`object_url`); ``headers`` are extra headers to sign and send.
+        """
+        stamp = _timestamp(now)
+        parts = urlsplit(url)
+        signed = {k.lower(): " ".join(v.split()) for k, v in (headers or {}).items()}
+        signed["host"] = parts.netloc
+        signed["x-amz-date"] = stamp
+        signed["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+        canonical, names = self._canonical(
+            method, parts.path, _query_pairs(parts.query), signed, signed["x-amz-content-sha256"]
+        )
+        scope = self._scope(stamp)
+        signature = self._signature(stamp, scope, canonical)
+        signed["authorization"] = (
+            f"{ALGORITHM} Credential={self.access_key_id}/{scope}, "
+            f"SignedHeaders={names}, Signature={signature}"
+        )
+        return signed
+
+    def presign(
+        self, method: str, url: str, *, expires_in: int, now: datetime | None = None
+    ) -> str:
+        """``url`` with query-string authentication valid for ``expires_in`` seconds."""
+        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+            raise ValueError(f"expires_in must be 1..{MAX_PRESIGN_SECONDS} s, not {expires_in}")
+        stamp = _timestamp(now)
+        parts = urlsplit(url)
+        scope = self._scope(stamp)
+        query = [
+            *_query_pairs(parts.query),
+            ("X-Amz-Algorithm", ALGORITHM),
+            ("X-Amz-Credential", f"{self.access_key_id}/{scope}"),
+            ("X-Amz-Date", stamp),
+            ("X-Amz-Expires", str(expires_in)),
+            ("X-Amz-SignedHeaders", "host"),
+        ]
+        canonical, _ = self._canonical(
+            method, parts.path, query, {"host": parts.netloc}, UNSIGNED_PAYLOAD
+        )
+        query.append(("X-Amz-Signature", self._signature(stamp, scope, canonical)))
+        encoded = "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in query)
+        return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}?{encoded}"
+
+    def _canonical(
+        self,
+        method: str,
+        path: str,
+        query: list[tuple[str, str]],
+        headers: dict[str, str],
+        payload_hash: str,
+    ) -> tuple[str, str]:
+        names = sorted(headers)
+        canonical_query = "&".join(
+            f"{k}={v}" for k, v in sorted((uri_encode(k), uri_encode(v)) for k, v in query)
+        )
+        lines = [
+            method.upper(),
+            path or "/",
+            canonical_query,
+            *(f"{name}:{headers[name]}" for name in names),
+            "",
+            ";".join(names),
+            payload_hash,
+        ]
+        return "\n".join(lines), ";".join(names)
+
+    def _scope(self, stamp: str) -> str:
+        return f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
+
+    def _signature(self, stamp: str, scope: str, canonical: str) -> str:
+        to_sign = "\n".join(
+            [ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
+        )
+        key = ("AWS4" + self.secret_access_key).encode()
+        for part in (stamp[:8], self.region, self.service, "aws4_request"):
+            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+def object_url(endpoint_url: str, bucket: str = "", key: str = "") -> str:
+    """Path-style URL of a bucket or an object, percent-encoded for signing and sending."""
+    path = "/".join(uri_encode(part, keep_slash=True) for part in (bucket, key) if part)
+    return f"{endpoint_url.rstrip('/')}/{path}"
+
+
+def request(
+    signer: Signer,
+    method: str,
+    url: str,
+    *,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> Response:
+    """Send a signed request; connection errors propagate as :class:`OSError`."""
+    parts = urlsplit(url)
+    signed = signer.headers(method, url, body=body, headers=headers)
+    signed["content-length"] = str(len(body))
+    connection_class = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_class(parts.netloc, timeout=timeout)
+    try:
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        connection.request(method, target, body=body, headers=signed)
+        answer = connection.getresponse()
+        return Response(answer.status, dict(answer.getheaders()), answer.read())
+    finally:
+        connection.close()
+
+
+def _query_pairs(query: str) -> list[tuple[str, str]]:
+    """Decoded ``(name, value)`` pairs of a query string (``?acl`` gives ``("acl", "")``)."""
+    return parse_qsl(query, keep_blank_values=True)
+
+
+def _timestamp(now: datetime | None) -> str:
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return moment.strftime("%Y%m%dT%H%M%SZ")
