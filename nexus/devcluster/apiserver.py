@@ -87,15 +87,16 @@ class ApiServer:
     def application(self) -> web.Application:
         app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
         add = app.router.add_route
-        add("GET", "/version", self._version)
-        add("GET", "/api", self._core_versions)
-        add("GET", "/apis", self._groups)
+        for slash in ("", "/"):  # kubernetes-asyncio asks for "/version/", "/apis/" ...
+            add("GET", "/version" + slash, self._version)
+            add("GET", "/api" + slash, self._core_versions)
+            add("GET", "/apis" + slash, self._groups)
+            add("GET", "/api/{version}" + slash, self._resources)
+            add("GET", "/apis/{group}/{version}" + slash, self._resources)
         add("GET", "/metrics", self._metrics)
         for probe in ("/healthz", "/livez", "/readyz"):
             add("GET", probe, self._probe)
         add("GET", "/api/v1/namespaces/{namespace}", self._namespace)
-        add("GET", "/api/{version}", self._resources)
-        add("GET", "/apis/{group}/{version}", self._resources)
         for prefix in ("/api/{version}", "/apis/{group}/{version}"):
             add("*", prefix + "/{plural}", self._collection)
             add("*", prefix + "/namespaces/{namespace}/{plural}", self._collection)
