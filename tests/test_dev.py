@@ -1,0 +1,127 @@
+"""``nexus dev``: one READY line, real servers, and nothing left behind after a signal."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import is_alive
+
+from nexus.core.localprocesses import descendants
+from nexus.core.localservers import redis_ping
+from nexus.core.localservices import LocalPostgres, PostgresInfo, S3Info
+from nexus.dev import READY_PREFIX
+
+# Variables that would make `nexus dev` use running servers instead of starting its own.
+EXTERNAL = {"PGHOST", "NEXUS_REDIS_URL", "NEXUS_S3_ENDPOINT_URL"}
+
+
+class DevProcess:
+    """``nexus dev`` in a subprocess, its stdout read by a thread (so waits have deadlines)."""
+
+    def __init__(self, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nexus", "dev", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def ready(self, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line.startswith(READY_PREFIX):
+                    ready: dict[str, Any] = json.loads(line.removeprefix(READY_PREFIX))
+                    return ready
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.proc.kill()
+        _, err = self.proc.communicate(timeout=30)
+        raise AssertionError(f"no READY line; stdout {self.lines}, stderr:\n{err}")
+
+    def finish(self, sig: signal.Signals, timeout: float = 60) -> tuple[int, str]:
+        self.proc.send_signal(sig)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=30)
+            raise AssertionError(f"nexus dev did not exit on {sig.name}:\n{err}") from None
+        self._reader.join(timeout=10)
+        return self.proc.returncode, err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None:
+    dev = DevProcess()
+    ready = dev.ready()
+    children = descendants(dev.proc.pid)
+    assert children  # postgres (and its helpers), redis, weed
+
+    pg = PostgresInfo(**{k: v for k, v in ready["postgres"].items() if k != "dsn"})
+    assert ready["postgres"]["dsn"] == pg.dsn
+    checker = LocalPostgres(external=pg)
+    assert checker.psql("SELECT 1") == "1"
+    host, port = ready["redis"]["url"].removeprefix("redis://").split("/")[0].split(":")
+    assert redis_ping(host, int(port))
+    s3 = ready["s3"]
+    info = S3Info(s3["endpointUrl"], s3["accessKeyId"], s3["secretAccessKey"], s3["region"])
+    assert info.call("GET").status == 200
+    workdir = Path(ready["workdir"])
+    assert workdir.is_dir()
+
+    code, err = dev.finish(sig)
+    assert code == 0, err
+    assert [pid for pid in children if is_alive(pid)] == []
+    assert not workdir.exists()
+    assert [line for line in dev.lines if line.startswith(READY_PREFIX)] == dev.lines  # one line
+
+
+def test_dev_keeps_its_workdir_when_asked() -> None:
+    # Not pytest's tmp_path: as root, PostgreSQL runs as another user, who must be able to
+    # pass through every parent directory, and pytest's are private.
+    parent = Path(tempfile.mkdtemp(prefix="nexus-dev-test-"))
+    parent.chmod(0o755)
+    try:
+        dev = DevProcess("--workdir", str(parent), "--keep")
+        workdir = Path(dev.ready()["workdir"])
+        assert workdir.parent == parent
+        code, err = dev.finish(signal.SIGTERM)
+        assert code == 0, err
+        assert (workdir / "postgres" / "data" / "PG_VERSION").exists()
+    finally:
+        shutil.rmtree(parent)
+
+
+def test_dev_help_documents_every_option() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus", "dev", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    for option in ("--workdir", "--keep", "--binaries", "--log-format"):
+        assert option in done.stdout
