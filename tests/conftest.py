@@ -46,12 +46,15 @@ def local_services() -> Iterator[LocalServices]:
 
 @pytest.fixture(scope="session")
 def test_databases(local_services: LocalServices) -> Iterator[TestDatabases]:
-    databases = TestDatabases(local_services.postgres)
+    # An external server may be shared with other sessions: the template is this one's.
+    external = local_services.postgres.external
+    template = f"nexus_template_{os.getpid()}" if external else "nexus_template"
+    databases = TestDatabases(local_services.postgres, template)
     databases.create_template()
     try:
         yield databases
     finally:
-        if local_services.postgres.external:
+        if external:
             databases.drop_template()
 
 
