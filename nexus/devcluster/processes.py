@@ -29,7 +29,7 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from nexus.devcluster.kubelet import PodRun
 from nexus.devcluster.validation import memory_bytes
@@ -63,9 +63,9 @@ class _Container(asyncio.SubprocessProtocol):
         self.limit: int | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.SubprocessTransport)
-        self.transport = transport
-        self.pid = transport.get_pid()
+        # uvloop's process transport does not derive from asyncio's, but has its methods.
+        self.transport = cast(asyncio.SubprocessTransport, transport)
+        self.pid = self.transport.get_pid()
 
     def pipe_data_received(self, fd: int, data: bytes | str) -> None:
         raw = data.encode() if isinstance(data, str) else data

@@ -15,13 +15,16 @@ from .conftest import NS, connect, eventually, job_manifest
 async def test_create_fills_what_the_server_adds(batch: client.BatchV1Api) -> None:
     created = await batch.create_namespaced_job(NS, job_manifest("alpha", backoffLimit=2))
     meta = created.metadata
-    assert meta.uid and meta.creation_timestamp and meta.generation == 1
+    assert meta.uid
+    assert meta.creation_timestamp
+    assert meta.generation == 1
     assert int(meta.resource_version) > 0
     labels = created.spec.template.metadata.labels
     assert labels["controller-uid"] == meta.uid
     assert labels["batch.kubernetes.io/job-name"] == "alpha" == labels["job-name"]
     assert created.spec.selector.match_labels == {"batch.kubernetes.io/controller-uid": meta.uid}
-    assert created.spec.backoff_limit == 2 and created.spec.completions == 1
+    assert created.spec.backoff_limit == 2
+    assert created.spec.completions == 1
     fetched = await batch.read_namespaced_job("alpha", NS)
     assert fetched.metadata.uid == meta.uid
     status = await batch.read_namespaced_job_status("alpha", NS)
@@ -34,7 +37,8 @@ async def test_create_twice_is_409_already_exists(batch: client.BatchV1Api) -> N
         await batch.create_namespaced_job(NS, job_manifest("twice"))
     assert caught.value.status == 409
     assert '"reason":"AlreadyExists"' in caught.value.body
-    assert '"kind":"Status"' in caught.value.body and '"code":409' in caught.value.body
+    assert '"kind":"Status"' in caught.value.body
+    assert '"code":409' in caught.value.body
 
 
 async def test_get_missing_is_404_not_found(batch: client.BatchV1Api) -> None:
@@ -50,15 +54,32 @@ async def test_get_missing_is_404_not_found(batch: client.BatchV1Api) -> None:
     [
         (lambda j: j["metadata"].update(name="Not_A_Name"), "metadata.name"),
         (lambda j: j["metadata"].update(name="x" * 64), "metadata.name"),
-        (lambda j: j["spec"]["template"]["spec"].update(containers=[]), "spec.template.spec.containers"),
-        (lambda j: j["spec"]["template"]["spec"]["containers"][0].pop("image"), "spec.template.spec.containers[0].image"),
-        (lambda j: j["spec"]["template"]["spec"]["containers"][0].pop("name"), "spec.template.spec.containers[0].name"),
-        (lambda j: j["spec"]["template"]["spec"].update(restartPolicy="Always"), "spec.template.spec.restartPolicy"),
+        (
+            lambda j: j["spec"]["template"]["spec"].update(containers=[]),
+            "spec.template.spec.containers",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].pop("image"),
+            "spec.template.spec.containers[0].image",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].pop("name"),
+            "spec.template.spec.containers[0].name",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"].update(restartPolicy="Always"),
+            "spec.template.spec.restartPolicy",
+        ),
         (lambda j: j["spec"].update(backoffLimit=-1), "spec.backoffLimit"),
         (lambda j: j["spec"].update(activeDeadlineSeconds=0), "spec.activeDeadlineSeconds"),
-        (lambda j: j["spec"]["template"]["spec"]["containers"][0].update(resources={"limits": {"memory": "lots"}}), "spec.template.spec.containers[0].resources.limits[memory]"),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].update(
+                resources={"limits": {"memory": "lots"}}
+            ),
+            "spec.template.spec.containers[0].resources.limits[memory]",
+        ),
     ],
-)  # fmt: skip
+)
 async def test_invalid_jobs_are_422_with_causes(
     batch: client.BatchV1Api, change: object, field: str
 ) -> None:
@@ -99,7 +120,8 @@ async def test_label_and_field_selectors(batch: client.BatchV1Api) -> None:
     assert caught.value.status == 400
     with pytest.raises(ApiException) as caught:
         await names(field_selector="spec.parallelism=1")
-    assert caught.value.status == 400 and "field label not supported" in caught.value.body
+    assert caught.value.status == 400
+    assert "field label not supported" in caught.value.body
 
 
 async def test_all_namespaces_paging_and_list_version(batch: client.BatchV1Api) -> None:
@@ -132,12 +154,15 @@ async def test_pods_logs_and_pod_delete(batch: client.BatchV1Api, core: client.C
         return done[0] if done else None
 
     pod = await eventually(succeeded)
-    assert pod.metadata.name.startswith("logged-") and len(pod.metadata.name) == len("logged-") + 5
+    assert pod.metadata.name.startswith("logged-")
+    assert len(pod.metadata.name) == len("logged-") + 5
     owner = pod.metadata.owner_references[0]
     assert (owner.kind, owner.name, owner.controller) == ("Job", "logged", True)
     terminated = pod.status.container_statuses[0].state.terminated
     assert (terminated.reason, terminated.exit_code) == ("Completed", 0)
-    assert terminated.started_at and terminated.finished_at and pod.status.start_time
+    assert terminated.started_at
+    assert terminated.finished_at
+    assert pod.status.start_time
     assert {c.type for c in pod.status.conditions} >= {"Ready", "PodScheduled", "Initialized"}
     everywhere = await core.list_pod_for_all_namespaces(field_selector="status.phase=Succeeded")
     assert pod.metadata.name in [p.metadata.name for p in everywhere.items]
@@ -163,9 +188,13 @@ async def test_events_of_a_job(batch: client.BatchV1Api, core: client.CoreV1Api)
         assert ("Pod", reason) in reasons
     events = await core.list_event_for_all_namespaces(field_selector="reason=SuccessfulCreate")
     event = events.items[0]
-    assert event.involved_object.name == "told" and event.involved_object.uid
-    assert event.source.component == "job-controller" and event.type == "Normal"
-    assert event.count == 1 and event.first_timestamp and event.last_timestamp
+    assert event.involved_object.name == "told"
+    assert event.involved_object.uid
+    assert event.source.component == "job-controller"
+    assert event.type == "Normal"
+    assert event.count == 1
+    assert event.first_timestamp
+    assert event.last_timestamp
 
 
 async def test_discovery_namespace_and_version(api: client.ApiClient) -> None:

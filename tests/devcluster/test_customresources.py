@@ -32,7 +32,8 @@ async def test_crud_and_patches(api: client.ApiClient) -> None:
     crd = client.CustomObjectsApi(api)
     plural = "nexusalgorithmtemplates"
     created = await crd.create_namespaced_custom_object(GROUP, VERSION, NS, plural, template("t1"))
-    assert created["metadata"]["uid"] and created["metadata"]["generation"] == 1
+    assert created["metadata"]["uid"]
+    assert created["metadata"]["generation"] == 1
     with pytest.raises(ApiException) as caught:
         await crd.create_namespaced_custom_object(GROUP, VERSION, NS, plural, template("t1"))
     assert caught.value.status == 409
@@ -43,16 +44,25 @@ async def test_crud_and_patches(api: client.ApiClient) -> None:
     assert got["spec"]["container"]["versionTag"] == "1.0"
 
     patched = await crd.patch_namespaced_custom_object(
-        GROUP, VERSION, NS, plural, "t1",
+        GROUP,
+        VERSION,
+        NS,
+        plural,
+        "t1",
         {"spec": {"container": {"versionTag": "2.0"}, "computeResources": None}},
         _content_type=MERGE,
-    )  # fmt: skip
+    )
     assert patched["spec"]["container"] == {"image": "algo", "registry": "reg", "versionTag": "2.0"}
-    assert "computeResources" not in patched["spec"] and patched["metadata"]["generation"] == 2
+    assert "computeResources" not in patched["spec"]
+    assert patched["metadata"]["generation"] == 2
     json_patched = await crd.patch_namespaced_custom_object(
-        GROUP, VERSION, NS, plural, "t1",
+        GROUP,
+        VERSION,
+        NS,
+        plural,
+        "t1",
         [{"op": "replace", "path": "/spec/runtimeEnvironment/maximumRetries", "value": 5}],
-    )  # fmt: skip
+    )
     assert json_patched["spec"]["runtimeEnvironment"]["maximumRetries"] == 5
     with pytest.raises(ApiException) as caught:  # a dict without the merge content type
         await crd.patch_namespaced_custom_object(GROUP, VERSION, NS, plural, "t1", {"spec": {}})
@@ -84,9 +94,11 @@ async def test_watch_workgroups(api: client.ApiClient) -> None:
     crd = client.CustomObjectsApi(api)
     plural = "nexusalgorithmworkgroups"
     body = {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "NexusAlgorithmWorkgroup",
-        "metadata": {"name": "wg"}, "spec": {"description": "d", "cluster": "shard-a"},
-    }  # fmt: skip
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "NexusAlgorithmWorkgroup",
+        "metadata": {"name": "wg"},
+        "spec": {"description": "d", "cluster": "shard-a"},
+    }
 
     async def changes() -> list[tuple[str, str]]:
         seen: list[tuple[str, str]] = []

@@ -18,9 +18,14 @@ async def _parent_with_children(batch: client.BatchV1Api) -> Any:
         NS, job_manifest("parent", env={"NEXUS_DEVCLUSTER_FAULT": "hang"})
     )
     child = job_manifest("child", env={"NEXUS_DEVCLUSTER_FAULT": "hang"})
-    child["metadata"]["ownerReferences"] = [{
-        "apiVersion": "batch/v1", "kind": "Job", "name": "parent", "uid": parent.metadata.uid,
-    }]  # fmt: skip
+    child["metadata"]["ownerReferences"] = [
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": "parent",
+            "uid": parent.metadata.uid,
+        }
+    ]
     await batch.create_namespaced_job(NS, child)
     return parent
 
@@ -47,7 +52,8 @@ async def test_background_deletes_owner_then_dependents(
         status = await batch.delete_namespaced_job("parent", NS, body=options)
     else:
         status = await batch.delete_namespaced_job("parent", NS, propagation_policy="Background")
-    assert status.status == "Success" and status.details.name == "parent"
+    assert status.status == "Success"
+    assert status.details.name == "parent"
 
     async def all_gone() -> bool:
         return await _names(batch, core) == (set(), set())
@@ -92,18 +98,22 @@ async def test_orphan_keeps_dependents_without_owner_reference(
     pods = (await core.list_namespaced_pod(NS)).items
     assert {p.metadata.labels["job-name"] for p in pods} == {"parent", "child"}
     orphan = next(p for p in pods if p.metadata.labels["job-name"] == "parent")
-    assert not orphan.metadata.owner_references and orphan.status.phase == "Running"
+    assert not orphan.metadata.owner_references
+    assert orphan.status.phase == "Running"
 
 
 async def test_jobs_are_orphaned_by_default_as_in_kubernetes(
     batch: client.BatchV1Api, core: client.CoreV1Api
 ) -> None:
-    await batch.create_namespaced_job(NS, job_manifest("lonely", env={"NEXUS_DEVCLUSTER_FAULT": "hang"}))  # fmt: skip
+    await batch.create_namespaced_job(
+        NS, job_manifest("lonely", env={"NEXUS_DEVCLUSTER_FAULT": "hang"})
+    )
     await eventually(lambda: _running(core, 1))
     await batch.delete_namespaced_job("lonely", NS)
     await asyncio.sleep(0.05)
     jobs, pods = await _names(batch, core)
-    assert jobs == set() and pods == {"lonely"}
+    assert jobs == set()
+    assert pods == {"lonely"}
 
 
 async def test_delete_missing_is_404_and_preconditions_conflict(batch: client.BatchV1Api) -> None:

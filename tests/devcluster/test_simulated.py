@@ -1,0 +1,189 @@
+"""Simulated pods play the algorithm contract against a tiny server; every fault shows."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest_asyncio
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from nexus.devcluster.shards import Shard
+
+from .conftest import NS, events_for, eventually, finished_job, job_manifest
+
+
+@dataclass
+class Recorded:
+    requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
+    input_status: int = 200
+    input_body: bytes = b'{"x": 1}'
+
+
+@dataclass
+class Algorithm:
+    """What a run needs: the receiver/storage server and the Job manifest that uses it."""
+
+    base: str
+    recorded: Recorded
+
+    def manifest(self, name: str, fault: str | None = None, **spec: Any) -> dict[str, Any]:
+        env = {
+            "NEXUS__RECEIVER_URL": f"{self.base}/",
+            "NEXUS__RUN_TOKEN": "run-token",
+            "NEXUS__RESULT_UPLOAD_URL": f"{self.base}/results/{name}",
+            "NEXUS__ALGORITHM_NAME": "algo",
+            "NEXUS__REQUEST_ID": name,
+        }
+        if fault:
+            env["NEXUS_DEVCLUSTER_FAULT"] = fault
+        args = [f"--sas-uri={self.base}/inputs/{name}?sig=abc", f"--request-id={name}"]
+        return job_manifest(name, args=args, env=env, backoffLimit=0, **spec)
+
+
+@pytest_asyncio.fixture
+async def algorithm() -> AsyncIterator[Algorithm]:
+    recorded = Recorded()
+
+    async def handle(request: web.Request) -> web.Response:
+        body = await request.read()
+        recorded.requests.append((request.method, request.path_qs, dict(request.headers), body))
+        if request.path.startswith("/inputs/"):
+            return web.Response(body=recorded.input_body, status=recorded.input_status)
+        return web.Response(status=201 if request.method == "PUT" else 200)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield Algorithm(f"http://127.0.0.1:{port}", recorded)
+    finally:
+        await runner.cleanup()
+
+
+async def pod_of(core: client.CoreV1Api, job: str) -> client.V1Pod:
+    pods = (await core.list_namespaced_pod(NS, label_selector=f"job-name={job}")).items
+    assert len(pods) == 1
+    return pods[0]
+
+
+async def test_contract_requests_exactly(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("run-1"))
+    job = await finished_job(batch, "run-1")
+    assert job.status.succeeded == 1
+    calls = [(m, p) for m, p, _, _ in algorithm.recorded.requests]
+    assert calls == [
+        ("GET", "/inputs/run-1?sig=abc"),
+        ("PUT", "/results/run-1"),
+        ("POST", "/algorithm/v1.2/complete/algo/requests/run-1"),
+    ]
+    _, _, put_headers, put_body = algorithm.recorded.requests[1]
+    assert put_body == b'{"x": 1}'
+    assert put_headers["Content-Type"] == "application/json"
+    _, _, headers, body = algorithm.recorded.requests[2]
+    assert headers["Authorization"] == "Bearer run-token"
+    assert body == b'{"cause":null,"message":null,"sasUri":null}'
+    log = await core.read_namespaced_pod_log((await pod_of(core, "run-1")).metadata.name, NS)
+    assert "reported completion" in log
+
+
+async def test_non_json_input_gets_a_small_result(
+    batch: client.BatchV1Api, algorithm: Algorithm
+) -> None:
+    algorithm.recorded.input_body = b"\x00binary"
+    await batch.create_namespaced_job(NS, algorithm.manifest("run-2"))
+    await finished_job(batch, "run-2")
+    assert algorithm.recorded.requests[1][3] == b'{"requestId":"run-2","ok":true}'
+
+
+async def test_failed_call_fails_the_pod_with_a_log_line(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    algorithm.recorded.input_status = 403
+    await batch.create_namespaced_job(NS, algorithm.manifest("run-3"))
+    job = await finished_job(batch, "run-3")
+    assert job.status.failed == 1
+    pod = await pod_of(core, "run-3")
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("Error", 1)
+    log = await core.read_namespaced_pod_log(pod.metadata.name, NS)
+    assert "answered 403" in log
+    assert [m for m, *_ in algorithm.recorded.requests] == ["GET"]
+
+
+async def test_oom_fault(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("oom", "oom"))
+    job = await finished_job(batch, "oom")
+    assert job.status.failed == 1
+    terminated = (await pod_of(core, "oom")).status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)
+    assert not algorithm.recorded.requests
+
+
+async def test_exit_fault_reports_failure_then_exits_1(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("exit", "exit"))
+    await finished_job(batch, "exit")
+    terminated = (await pod_of(core, "exit")).status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("Error", 1)
+    method, path, _, body = algorithm.recorded.requests[-1]
+    assert (method, path) == ("POST", "/algorithm/v1.2/complete/algo/requests/exit")
+    assert b'"cause":"AlgorithmFailed"' in body
+
+
+async def test_silent_fault_exits_0_without_reporting(
+    batch: client.BatchV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("silent", "silent"))
+    job = await finished_job(batch, "silent")
+    assert job.status.succeeded == 1
+    assert not algorithm.recorded.requests
+
+
+async def test_hang_fault_runs_until_the_deadline(
+    batch: client.BatchV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(
+        NS, algorithm.manifest("hang", "hang", activeDeadlineSeconds=1)
+    )
+    job = await finished_job(batch, "hang")
+    assert job.status.conditions[-1].reason == "DeadlineExceeded"
+    assert not algorithm.recorded.requests
+
+
+async def test_image_pull_fault_never_runs(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("pull", "image-pull"))
+
+    async def backing_off() -> Any:
+        pod = await pod_of(core, "pull")
+        waiting = pod.status.container_statuses and pod.status.container_statuses[0].state.waiting
+        return pod if waiting and waiting.reason == "ImagePullBackOff" else None
+
+    pod = await eventually(backing_off)
+    assert pod.status.phase == "Pending"
+    events = await events_for(core, pod.metadata.name)
+    reasons = {(kind, reason) for kind, reason, _ in events}
+    assert {("Warning", "Failed"), ("Normal", "BackOff"), ("Normal", "Pulling")} <= reasons
+    assert any(message == "Error: ErrImagePull" for *_, message in events)
+    assert any(message == "Error: ImagePullBackOff" for *_, message in events)
+    assert not algorithm.recorded.requests
+
+
+async def test_random_fault_mix(shard: Shard, batch: client.BatchV1Api) -> None:
+    shard.set_fault_mix({"silent": 0.0, "exit": 1.0})
+    await batch.create_namespaced_job(NS, job_manifest("mixed", backoffLimit=0))
+    job = await finished_job(batch, "mixed")
+    assert job.status.failed == 1
