@@ -188,9 +188,8 @@ async def metric(session: aiohttp.ClientSession, url: str, name: str) -> float:
     async with session.get(f"{url}/metrics") as response:
         text = await response.text()
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            if name + "{" in line or line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
+        if line.startswith((name + " ", name + "{")):
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
@@ -207,9 +206,11 @@ async def wait_metric(url: str, name: str, done: Any, timeout: float) -> float:
 
 async def figure_a(args: argparse.Namespace, mode: str) -> dict[str, Any]:
     count = int(args.create_jobs * args.scale)
-    async with emulator("--mode", mode, "--duration", "fixed:0.01") as emu:
-        async with await fast_client(emu.kubeconfig, args.inflight) as api:
-            created, _, seconds = await create_many(api, count, args.inflight, "a")
+    async with (
+        emulator("--mode", mode, "--duration", "fixed:0.01") as emu,
+        await fast_client(emu.kubeconfig, args.inflight) as api,
+    ):
+        created, _, seconds = await create_many(api, count, args.inflight, "a")
     rate = created / seconds
     print(
         f"(a) {rate:,.0f} creates/s unthrottled, kubelet {mode} ({created} Jobs, "
@@ -224,11 +225,13 @@ async def figure_a(args: argparse.Namespace, mode: str) -> dict[str, Any]:
 
 
 async def figure_b(args: argparse.Namespace) -> dict[str, Any]:
-    async with emulator("--mode", "off", "--mutating-rate", "100") as emu:
-        async with await fast_client(emu.kubeconfig, args.inflight) as api:
-            created, throttled, seconds = await create_many(
-                api, 10**9, args.inflight, "b", duration=args.throttle_seconds
-            )
+    async with (
+        emulator("--mode", "off", "--mutating-rate", "100") as emu,
+        await fast_client(emu.kubeconfig, args.inflight) as api,
+    ):
+        created, throttled, seconds = await create_many(
+            api, 10**9, args.inflight, "b", duration=args.throttle_seconds
+        )
     share = throttled / max(1, created + throttled)
     print(
         f"(b) limit 100/s: {created / seconds:,.1f} creates/s accepted, {share:.1%} of "
