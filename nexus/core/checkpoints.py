@@ -223,6 +223,7 @@ class CheckpointStore:
 
     def __init__(self, pool: asyncpg.Pool, settings: PostgresSettings) -> None:
         self._pool = pool
+        self.max_pending_writes = settings.max_pending
         options: dict[str, Any] = {
             "overloaded": lambda: StoreUnavailable("too many checkpoint writes are waiting"),
             "max_batch": settings.batch_max_size,

@@ -175,6 +175,9 @@ class StorageSettings:
 
     endpoint_url: str | None = None
     """S3 endpoint; unset means AWS."""
+    presign_endpoint_url: str | None = None
+    """Endpoint written into presigned URLs, when algorithm containers and clients reach
+    storage by another address than Nexus does; unset means ``endpoint_url``."""
     region: str = "us-east-1"
     access_key_id: str = ""
     secret_access_key: str = ""
@@ -211,6 +214,14 @@ class ShardSettings:
     """A call to a shard's API server that takes longer is treated as a network error."""
 
 
+@dataclass(frozen=True)
+class SigningSettings:
+    """Keys for run tokens and signed links; the scheduler and the receiver share them."""
+
+    keys: tuple[str, ...] = ()
+    """HMAC keys, newest first: the first signs, all verify (so keys can rotate)."""
+
+
 # -- loading -----------------------------------------------------------------------------
 
 
@@ -243,7 +254,12 @@ def load_settings(
         for name, value in env.items():
             if name.startswith(env_prefix):
                 raw[name[len(env_prefix) :].lower()] = (value, name)
-        sections[section.name] = _build(section_cls, raw, env_prefix)  # type: ignore[arg-type]
+        base = None  # a service may give a section other defaults (e.g. another port)
+        if section.default is not dataclasses.MISSING:
+            base = section.default
+        elif section.default_factory is not dataclasses.MISSING:
+            base = section.default_factory()
+        sections[section.name] = _build(section_cls, raw, env_prefix, base)  # type: ignore[arg-type]
     return cls(**sections)
 
 
@@ -263,8 +279,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str) -> Any:
-    """``cls`` from ``raw`` (key → (value, origin)); ``where`` prefixes names in errors."""
+def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str, base: Any = None) -> Any:
+    """``cls`` from ``raw`` (key → (value, origin)), other fields from ``base`` or the
+    defaults; ``where`` prefixes names in errors."""
     hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, (_, origin) in raw.items():
@@ -276,6 +293,9 @@ def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str) -> An
         if name in raw:
             value, origin = raw[name]
             values[name] = _convert(value, hints[name], origin, from_env=isinstance(value, str))
+        elif base is not None:
+            values[name] = getattr(base, name)
+            continue
         else:
             has_default = spec.default is not dataclasses.MISSING
             if not has_default and spec.default_factory is dataclasses.MISSING:

@@ -1,0 +1,1 @@
+"""Example algorithms installed by ``nexus dev``."""

@@ -1,0 +1,38 @@
+"""``python -m nexus.algorithm.examples <name> --sas-uri=… --request-id=…``
+
+* ``echo``: the result is the run's own ``algorithmParameters``.
+* ``maybe-fail``: like ``echo``, unless the parameters ask otherwise —
+  ``{"fail": "<message>"}`` reports a failure with cause ``RequestedFailure``;
+  ``{"exitCode": <n>}`` exits with that code without reporting anything (as a crashing
+  container would); ``{"sleepSeconds": <s>}`` waits first (to try cancellation and
+  deadlines).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from nexus.algorithm.contract import Run
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("echo", "maybe-fail"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    run = Run.from_environment(rest)
+    parameters = run.input()
+    if name == "maybe-fail" and isinstance(parameters, dict):
+        time.sleep(float(parameters.get("sleepSeconds", 0)))
+        if "exitCode" in parameters:
+            return int(parameters["exitCode"])
+        if "fail" in parameters:
+            run.fail("RequestedFailure", str(parameters["fail"]))
+            return 0
+    run.succeed(parameters)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

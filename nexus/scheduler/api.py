@@ -1,0 +1,246 @@
+"""The public HTTP API v1.2 (DESIGN §2): run, results, tags, metadata, payload, cancel.
+
+Handlers are thin: they authenticate, validate what the path carries, call the submitter,
+the checkpoint store or the queue, and shape the answer. Path parameters are checked before
+anything else: an algorithm name must be a DNS-1123 label and a request id a UUID, so that
+no path trick reaches a key, a URL or a query.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.errors import DependencyError
+from nexus.core.httpapi import ApiError, bad_request, json_response, read_json_object
+from nexus.core.logs import request_id as current_request
+from nexus.core.queues import QueueBackend
+from nexus.core.runs import TERMINAL, Checkpoint, Stage, Transition
+from nexus.core.shards import ShardClient
+from nexus.core.signing import Signer
+from nexus.core.templates import DNS_LABEL
+from nexus.scheduler.authentication import Authenticator
+from nexus.scheduler.links import CONTENT_ROUTE, Links
+from nexus.scheduler.submission import Submitter
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/algorithm/v1.2"
+CANCELLATION_POLICIES = ("Background", "Foreground", "Orphan")
+
+
+@dataclass
+class Scheduler:
+    """What the handlers work with."""
+
+    store: CheckpointStore
+    queues: QueueBackend
+    submitter: Submitter
+    links: Links
+    signer: Signer
+    authenticator: Authenticator
+    shards: dict[str, ShardClient]
+
+
+SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
+
+
+def _algorithm(request: web.Request) -> str:
+    name = request.match_info["algorithm"]
+    if not DNS_LABEL.match(name):
+        raise bad_request(
+            f"algorithmName: {name[:80]!r} is not a valid algorithm name"
+            " (lower-case letters, digits and '-', at most 63)"
+        )
+    return name
+
+
+def _request_id(request: web.Request) -> uuid.UUID:
+    raw = request.match_info["request_id"]
+    try:
+        parsed = uuid.UUID(raw)
+    except ValueError:
+        raise bad_request(f"requestId: {raw[:80]!r} is not a request id (UUID)") from None
+    current_request.set(str(parsed))
+    return parsed
+
+
+def _authorized(request: web.Request, algorithm: str) -> None:
+    request.app[SCHEDULER].authenticator.authorize(request.headers.get("Authorization"), algorithm)
+
+
+async def _checkpoint(request: web.Request, algorithm: str, run_id: uuid.UUID) -> Checkpoint:
+    run = await request.app[SCHEDULER].store.get(algorithm, run_id)
+    if run is None:
+        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+    return run
+
+
+def _error_message(run: Checkpoint) -> str | None:
+    if run.stage not in TERMINAL or run.stage == Stage.COMPLETED:
+        return None
+    parts = [p for p in (run.failure_cause, run.failure_details) if p]
+    return ": ".join(parts) if parts else run.stage.value.lower().replace("_", " ")
+
+
+def _result(scheduler: Scheduler, run: Checkpoint) -> dict[str, Any]:
+    return {
+        "requestId": str(run.id),
+        "status": run.stage.value,
+        "resultUri": scheduler.links.result_url(run) if run.stage == Stage.COMPLETED else None,
+        "runErrorMessage": _error_message(run),
+    }
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+async def run(request: web.Request) -> web.Response:
+    algorithm = _algorithm(request)
+    scheduler = request.app[SCHEDULER]
+    principal = scheduler.authenticator.authorize(request.headers.get("Authorization"), algorithm)
+    body = await read_json_object(request)
+    accepted = await scheduler.submitter.submit(
+        principal, algorithm, body, request.headers.get("Idempotency-Key")
+    )
+    return json_response({"requestId": str(accepted.request_id)}, status=202)
+
+
+async def result(request: web.Request) -> web.Response:
+    algorithm, run_id = _algorithm(request), _request_id(request)
+    _authorized(request, algorithm)
+    run = await _checkpoint(request, algorithm, run_id)
+    return json_response(_result(request.app[SCHEDULER], run))
+
+
+async def results_by_tag(request: web.Request) -> web.Response:
+    algorithm = _algorithm(request)
+    _authorized(request, algorithm)
+    tag = request.match_info["tag"]
+    scheduler = request.app[SCHEDULER]
+    runs = await scheduler.store.by_tag(algorithm, tag)
+    return json_response([_result(scheduler, run) for run in runs])
+
+
+async def metadata(request: web.Request) -> web.Response:
+    algorithm, run_id = _algorithm(request), _request_id(request)
+    _authorized(request, algorithm)
+    scheduler = request.app[SCHEDULER]
+    run = await _checkpoint(request, algorithm, run_id)
+    body: dict[str, Any] = {
+        "algorithm": run.algorithm,
+        "requestId": str(run.id),
+        "lifecycleStage": run.stage.value,
+        "payloadUri": run.payload_uri,
+        "payloadInline": run.has_inline_payload,
+        "resultUri": run.result_uri,
+        "algorithmFailureCause": run.failure_cause,
+        "algorithmFailureDetails": run.failure_details,
+        "receivedByHost": run.received_by_host,
+        "receivedAt": run.received_at.isoformat(),
+        "sentAt": run.sent_at.isoformat() if run.sent_at else None,
+        "lastModified": run.last_modified.isoformat(),
+        "appliedConfiguration": run.applied_configuration,
+        "configurationOverrides": run.configuration_overrides,
+        "contentHash": run.content_hash,
+        "tag": run.tag,
+        "apiVersion": run.api_version,
+        "jobUid": run.job_uid,
+        "parent": run.parent,
+        "payloadValidFor": f"{int(run.payload_valid_for.total_seconds())}s",
+        "shard": run.shard or run.applied_configuration.get("shard"),
+        "attempts": run.attempts,
+        "caller": run.caller,
+        "queuePosition": None,
+    }
+    if run.stage == Stage.BUFFERED:
+        try:
+            pods = await scheduler.queues.pods()
+            where = await scheduler.submitter.queue_position(run, pods.live)
+        except DependencyError as exc:
+            log.warning("queue position unavailable: %s", exc)
+            where = None
+        if where is not None:
+            body["queuePosition"] = where[1]
+            body["queuedOn"] = where[0]
+    return json_response(body)
+
+
+async def payload(request: web.Request) -> web.Response:
+    algorithm, run_id = _algorithm(request), _request_id(request)
+    _authorized(request, algorithm)
+    run = await _checkpoint(request, algorithm, run_id)
+    url = request.app[SCHEDULER].links.input_url(run)
+    raise web.HTTPFound(url)
+
+
+async def payload_content(request: web.Request) -> web.Response:
+    """An inline input, for the holder of a signed link (no bearer token)."""
+    algorithm, run_id = _algorithm(request), _request_id(request)
+    scheduler = request.app[SCHEDULER]
+    path = CONTENT_ROUTE.format(algorithm=algorithm, request_id=run_id)
+    problem = scheduler.signer.check_path(
+        path, request.query.get("expires", ""), request.query.get("signature", "")
+    )
+    if problem is not None:
+        raise ApiError(403, "forbidden", problem)
+    content = await scheduler.store.inline_payload(algorithm, run_id)
+    if content is None:
+        raise ApiError(404, "not_found", f"run {run_id} has no input kept inline")
+    return web.Response(body=content, content_type="application/json")
+
+
+async def cancel(request: web.Request) -> web.Response:
+    algorithm, run_id = _algorithm(request), _request_id(request)
+    principal = request.app[SCHEDULER].authenticator.authorize(
+        request.headers.get("Authorization"), algorithm
+    )
+    body = await read_json_object(request) if request.can_read_body else {}
+    reason = body.get("reason") or "cancelled on request"
+    initiator = body.get("initiator") or principal.caller
+    policy = body.get("cancellationPolicy") or "Background"
+    for name, value in (("reason", reason), ("initiator", initiator)):
+        if not isinstance(value, str) or len(value) > 1000:
+            raise bad_request(f"{name}: expected a string of at most 1000 characters")
+    if policy not in CANCELLATION_POLICIES:
+        raise bad_request(f"cancellationPolicy: expected one of {', '.join(CANCELLATION_POLICIES)}")
+    scheduler = request.app[SCHEDULER]
+    run = await _checkpoint(request, algorithm, run_id)
+    if run.stage in TERMINAL:
+        raise ApiError(409, "conflict", f"run {run_id} is already {run.stage.value}")
+    change = Transition(
+        algorithm,
+        run_id,
+        Stage.CANCELLED,
+        cause="cancelled",
+        details=f"{reason} (by {initiator})",
+    )
+    if not await scheduler.store.transition(change):
+        current = await _checkpoint(request, algorithm, run_id)
+        raise ApiError(409, "conflict", f"run {run_id} is already {current.stage.value}")
+    shard = run.shard or run.applied_configuration.get("shard")
+    client = scheduler.shards.get(shard or "")
+    if client is not None and run.stage in (Stage.BUFFERED, Stage.RUNNING):
+        try:
+            deleted = await client.delete_job(str(run_id), policy)
+            log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
+        except DependencyError as exc:
+            # The run is cancelled; its Job, if any, expires with its deadline and TTL.
+            log.warning("cancelled, but the job could not be deleted: %s", exc)
+    return json_response({"requestId": str(run_id), "status": Stage.CANCELLED.value})
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_post(f"{PREFIX}/run/{{algorithm}}", run)
+    r.add_get(f"{PREFIX}/results/{{algorithm}}/requests/{{request_id}}", result)
+    r.add_get(f"{PREFIX}/results/{{algorithm}}/tags/{{tag}}", results_by_tag)
+    r.add_get(f"{PREFIX}/metadata/{{algorithm}}/requests/{{request_id}}", metadata)
+    r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}", payload)
+    r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}/content", payload_content)
+    r.add_post(f"{PREFIX}/cancel/{{algorithm}}/requests/{{request_id}}", cancel)

@@ -1,0 +1,199 @@
+"""The scheduler service: ``create_app(settings)`` wires clients, loops and routes.
+
+Start-up order: migrations, then clients (Postgres, Redis, S3, every shard and the
+controller cluster), then the catalog of templates (listed before the pod reports ready),
+then the heartbeat, and finally the loops: catalog watches, dispatch per shard, queue depth.
+
+Shutdown (see :mod:`nexus.core.lifecycle`): the listener closes, the dispatcher finishes the
+creations it started, in-flight requests finish, then this pod's queue — ready and in-flight
+runs alike — is handed over to a live pod in one atomic step (or, when none is alive, left
+for the maintainer to adopt), and the clients are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.errors import DependencyError
+from nexus.core.httpapi import error_middleware
+from nexus.core.lifecycle import LIFECYCLE, create_base_app
+from nexus.core.queues import QueueBackend, RunQueue
+from nexus.core.shards import ShardClient, open_shards
+from nexus.core.signing import Signer
+from nexus.core.storage import PayloadStore
+from nexus.core.templates import Catalog
+from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
+from nexus.scheduler.authentication import Authenticator
+from nexus.scheduler.catalog import CatalogWatcher
+from nexus.scheduler.dispatching import Dispatcher
+from nexus.scheduler.links import Links
+from nexus.scheduler.openapi import add_openapi_route
+from nexus.scheduler.settings import SchedulerSettings
+from nexus.scheduler.submission import Submitter
+from nexus.scheduler.throttling import ShardThrottle
+
+log = logging.getLogger(__name__)
+
+
+async def create_app(settings: SchedulerSettings) -> web.Application:
+    # Credentials are checked before anything connects: a bad key is a configuration error.
+    signer = Signer(settings.signing.keys)
+    authenticator = Authenticator(settings.auth)
+    app = create_base_app("scheduler", settings.http)
+    app.middlewares.append(error_middleware)
+    add_routes(app)
+    add_openapi_route(app)
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await _open(app, settings, signer, authenticator, stack)
+            yield
+
+    app.cleanup_ctx.append(clients)
+    return app
+
+
+async def _open(
+    app: web.Application,
+    settings: SchedulerSettings,
+    signer: Signer,
+    authenticator: Authenticator,
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    s, lifecycle = settings, app[LIFECYCLE]
+    await apply_migrations(s.postgres.dsn)
+    store = await CheckpointStore.open(s.postgres)
+    stack.push_async_callback(store.close)
+    queues = QueueBackend.connect(s.redis)
+    stack.push_async_callback(queues.close)
+    await queues.ping()
+    payloads = await PayloadStore.open(s.storage)
+    stack.push_async_callback(payloads.close)
+    shards = await open_shards(
+        s.shards.kubeconfig_dir, s.shards.runtime_namespace, s.shards.request_timeout
+    )
+    for client in shards.values():
+        stack.push_async_callback(client.close)
+    if not shards:
+        log.warning("no shard kubeconfigs found", extra={"directory": str(s.shards.kubeconfig_dir)})
+    if s.shards.controller_kubeconfig is not None:
+        controller = await ShardClient.from_kubeconfig(
+            "controller",
+            s.shards.controller_kubeconfig,
+            s.shards.controller_namespace,
+            s.shards.request_timeout,
+        )
+    else:
+        controller = await ShardClient.in_cluster(
+            "controller", s.shards.controller_namespace, s.shards.request_timeout
+        )
+    stack.push_async_callback(controller.close)
+    catalog = Catalog()
+    watcher = CatalogWatcher(controller, s.shards.controller_namespace, catalog)
+    await watcher.load()
+
+    section = s.scheduler
+    queue = queues.queue(section.pod_name)
+    await queue.heartbeat(section.heartbeat_ttl)
+    links = Links(payloads, signer, section)
+    throttles = {
+        name: ShardThrottle(
+            queues,
+            name,
+            s.shards.create_rate.get(name, s.shards.default_create_rate),
+            burst_seconds=section.throttle_burst,
+            recovery=section.throttle_recovery,
+        )
+        for name in shards
+    }
+    dispatcher = Dispatcher(
+        queue=queue,
+        store=store,
+        shards=shards,
+        throttles=throttles,
+        links=links,
+        catalog=catalog,
+        settings=section,
+    )
+    submitter = Submitter(
+        store=store,
+        payloads=payloads,
+        queue=queue,
+        catalog=catalog,
+        shards=frozenset(shards),
+        settings=section,
+        pushed=dispatcher.notify,
+        batch_max_delay=s.postgres.batch_max_delay,
+    )
+    # closed in reverse: pending pushes land first, then the queue is handed over
+    stack.push_async_callback(_hand_over, queues, queue)
+    stack.push_async_callback(submitter.close)
+    app[SCHEDULER] = Scheduler(
+        store=store,
+        queues=queues,
+        submitter=submitter,
+        links=links,
+        signer=signer,
+        authenticator=authenticator,
+        shards=shards,
+    )
+    lifecycle.start_loop("catalog", watcher.run(lifecycle.stopping))
+    lifecycle.start_loop("dispatch", dispatcher.run(lifecycle.stopping))
+    lifecycle.start_loop(
+        "heartbeat",
+        _heartbeat(
+            queue, submitter, section.heartbeat_interval, section.heartbeat_ttl, lifecycle.stopping
+        ),
+    )
+    lifecycle.start_loop(
+        "queue-depth", _measure_depth(queue, submitter, list(shards), lifecycle.stopping)
+    )
+
+
+async def _heartbeat(
+    queue: RunQueue, submitter: Submitter, interval: float, ttl: float, stopping: asyncio.Event
+) -> None:
+    """Keep this pod's queue from being adopted; track Redis health for back-pressure."""
+    while not stopping.is_set():
+        try:
+            await queue.heartbeat(ttl)
+            submitter.redis_healthy = True
+        except DependencyError as exc:
+            submitter.redis_healthy = False
+            log.warning("heartbeat failed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), interval)
+
+
+async def _measure_depth(
+    queue: RunQueue, submitter: Submitter, shards: list[str], stopping: asyncio.Event
+) -> None:
+    """Refresh the queue depth the submitter compares with its limit (once a second)."""
+    while not stopping.is_set():
+        for shard in shards:
+            try:
+                submitter.queue_depth[shard] = await queue.depth(shard)
+            except DependencyError:
+                break  # the heartbeat reports Redis trouble
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), 1.0)
+
+
+async def _hand_over(queues: QueueBackend, queue: RunQueue) -> None:
+    """Give this pod's runs to a live pod, so that nothing waits for the maintainer."""
+    try:
+        pods = await queues.pods()
+        others = [p for p in pods.live if p != queue.pod]
+        if not others:
+            log.info("no live pod to hand the queue to; the maintainer will adopt it")
+            return
+        moved = await queues.adopt(queue.pod, others[0])
+        log.info("queue handed over", extra={"to": others[0], "runs": moved})
+    except DependencyError as exc:
+        log.warning("queue hand-over failed; the maintainer will adopt it: %s", exc)

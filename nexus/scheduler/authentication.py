@@ -1,0 +1,135 @@
+"""Who is calling, and may they run this algorithm.
+
+Two kinds of bearer credentials are accepted on every client route (probes and metrics
+need none):
+
+* **service tokens** from configuration, stored only as SHA-256 digests; each names its
+  caller and the algorithms it may run;
+* **JWTs** signed with HS256 (shared secret) or RS256 (public key), whose issuer and
+  audience are checked, whose caller is the ``sub`` claim and whose algorithms claim lists
+  what the bearer may run, with the same meaning as a token's list.
+
+Verified JWTs are remembered until they expire (bounded), so a busy client does not pay for
+a signature check on every request. 401 means no valid credential; 403 means a valid one
+that may not run the algorithm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import jwt
+
+from nexus.core.errors import ConfigError
+from nexus.core.httpapi import ApiError
+from nexus.scheduler.settings import AuthSettings
+
+_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller."""
+
+    caller: str
+    algorithms: frozenset[str]
+
+    def may_run(self, algorithm: str) -> bool:
+        return "*" in self.algorithms or algorithm in self.algorithms
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": 'Bearer realm="nexus"'})
+
+
+class Authenticator:
+    """Turns an ``Authorization`` header into a :class:`Principal` or a 401."""
+
+    def __init__(self, settings: AuthSettings) -> None:
+        self._tokens = {
+            t.sha256.lower(): Principal(t.caller, frozenset(t.algorithms))
+            for t in settings.service_tokens
+        }
+        for token in settings.service_tokens:
+            if len(token.sha256) != 64:
+                raise ConfigError(
+                    f"NEXUS__AUTH__SERVICE_TOKENS: the token of {token.caller!r} must be given"
+                    " as its 64-character hex SHA-256"
+                )
+        self._keys: dict[str, str] = {}
+        if settings.jwt_hs256_secret:
+            self._keys["HS256"] = settings.jwt_hs256_secret
+        if settings.jwt_rs256_public_key:
+            self._keys["RS256"] = settings.jwt_rs256_public_key
+        if self._keys and not settings.jwt_issuer:
+            raise ConfigError("NEXUS__AUTH__JWT_ISSUER: required when JWTs are enabled")
+        if not self._tokens and not self._keys:
+            raise ConfigError(
+                "NEXUS__AUTH__SERVICE_TOKENS: configure at least one service token or a JWT key"
+            )
+        self._settings = settings
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+
+    def authenticate(self, header: str | None) -> Principal:
+        if not header:
+            raise _unauthorized("an Authorization: Bearer <token> header is required")
+        scheme, _, credential = header.partition(" ")
+        credential = credential.strip()
+        if scheme.lower() != "bearer" or not credential:
+            raise _unauthorized("the Authorization header must be 'Bearer <token>'")
+        principal = self._tokens.get(hashlib.sha256(credential.encode()).hexdigest())
+        if principal is not None:
+            return principal
+        if credential.count(".") == 2 and self._keys:
+            return self._jwt(credential)
+        raise _unauthorized("the bearer token is not valid")
+
+    def _jwt(self, token: str) -> Principal:
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if now < expires + self._settings.jwt_leeway:
+                return principal
+            del self._verified[token]
+        s = self._settings
+        try:
+            algorithm = str(jwt.get_unverified_header(token).get("alg"))
+            key = self._keys.get(algorithm)
+            if key is None:
+                raise _unauthorized(f"JWTs signed with {algorithm} are not accepted")
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=s.jwt_audience,
+                issuer=s.jwt_issuer,
+                leeway=s.jwt_leeway,
+                options={"require": ["exp", "iss", "aud", s.jwt_caller_claim]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise _unauthorized("the JWT has expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"the JWT is not valid: {exc}") from exc
+        allowed = claims.get(s.jwt_algorithms_claim, [])
+        if isinstance(allowed, str):
+            allowed = [allowed]
+        principal = Principal(str(claims[s.jwt_caller_claim]), frozenset(map(str, allowed)))
+        self._verified[token] = (principal, float(claims["exp"]))
+        if len(self._verified) > _CACHE_SIZE:
+            self._verified.popitem(last=False)
+        return principal
+
+    def authorize(self, header: str | None, algorithm: str) -> Principal:
+        """The caller, if it may run ``algorithm``; else 401 or 403."""
+        principal = self.authenticate(header)
+        if not principal.may_run(algorithm):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"caller {principal.caller!r} may not run algorithm {algorithm!r}",
+            )
+        return principal

@@ -1,0 +1,165 @@
+"""The Kubernetes Job of a run (DESIGN §3), built from its applied configuration.
+
+The Job and its single container are named after the request id, so creating it twice is
+harmless (the second answer is 409). The container gets the input URL and the request id
+through the template's ``args`` placeholders (``{sas-uri}``, ``{request-id}``), and the
+``NEXUS__*`` environment of the algorithm contract, including a run token that proves its
+completion to the receiver and a presigned URL for uploading the result.
+
+Failure handling is Kubernetes': ``backoffLimit`` from ``maximumRetries``,
+``activeDeadlineSeconds`` from ``deadlineSeconds``, and a ``podFailurePolicy`` that fails the
+Job at once on a fatal exit code and, when the template lists transient exit codes, on any
+other code too: then only transient failures are retried.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from nexus.core.runs import Checkpoint
+from nexus.core.templates import Workgroup
+
+ALGORITHM_LABEL = "science.sneaksanddata.com/algorithm-template-name"
+COMPONENT_LABEL = "science.sneaksanddata.com/nexus-component"
+REQUEST_LABEL = "science.sneaksanddata.com/request-id"
+SHARD_ANNOTATION = "science.sneaksanddata.com/shard"
+ALGORITHM_RUN = "algorithm-run"
+
+PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
+
+
+@dataclass(frozen=True, slots=True)
+class RunLinks:
+    """The per-run URLs and secrets a Job carries."""
+
+    input_url: str
+    result_upload_url: str
+    receiver_url: str
+    run_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParentJob:
+    """The parent run's Job, when it runs on the same shard (owner references are local)."""
+
+    name: str
+    uid: str
+
+
+def _arguments(template_args: list[str], values: dict[str, str]) -> list[str]:
+    if not template_args:
+        return [f"--sas-uri={values['{sas-uri}']}", f"--request-id={values['{request-id}']}"]
+    result = []
+    for arg in template_args:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        result.append(arg)
+    return result
+
+
+def _exit_code_rule(container: str, operator: str, codes: list[int]) -> dict[str, Any]:
+    return {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": container, "operator": operator, "values": sorted(codes)},
+    }
+
+
+def build_job(
+    run: Checkpoint,
+    links: RunLinks,
+    *,
+    workgroup: Workgroup | None,
+    parent: ParentJob | None,
+    ttl_after_finished: int,
+) -> dict[str, Any]:
+    """The Job object for ``run``."""
+    config = run.applied_configuration
+    name = str(run.id)
+    image = config["image"]
+    if config.get("registry"):
+        image = f"{config['registry']}/{image}"
+    image = f"{image}:{config['versionTag']}"
+    labels = {
+        ALGORITHM_LABEL: run.algorithm,
+        COMPONENT_LABEL: ALGORITHM_RUN,
+        REQUEST_LABEL: name,
+    }
+    env = {
+        **config.get("env", {}),
+        "NEXUS__ALGORITHM_NAME": run.algorithm,
+        "NEXUS__SHARD_NAME": config["shard"],
+        "NEXUS__REQUEST_ID": name,
+        "NEXUS__RECEIVER_URL": links.receiver_url,
+        "NEXUS__RUN_TOKEN": links.run_token,
+        "NEXUS__RESULT_UPLOAD_URL": links.result_upload_url,
+    }
+    if run.parent:
+        env["NEXUS__PARENT_REQUEST_ID"] = run.parent["requestId"]
+        env["NEXUS__PARENT_ALGORITHM_NAME"] = run.parent["algorithmName"]
+    values = {"{sas-uri}": links.input_url, "{request-id}": name, "{algorithm-name}": run.algorithm}
+    limits: dict[str, str] = {
+        "cpu": config["cpuLimit"],
+        "memory": config["memoryLimit"],
+        **config.get("customResources", {}),
+    }
+    container: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "args": _arguments(config.get("args") or [], values),
+        "env": [{"name": k, "value": v} for k, v in env.items()],
+        "resources": {
+            "limits": limits,
+            "requests": {"cpu": config["cpuLimit"], "memory": config["memoryLimit"]},
+        },
+    }
+    if config.get("command"):
+        container["command"] = config["command"]
+    if config.get("envFrom"):
+        container["envFrom"] = config["envFrom"]
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if config.get("serviceAccountName"):
+        pod_spec["serviceAccountName"] = config["serviceAccountName"]
+    if workgroup is not None:
+        if workgroup.tolerations:
+            pod_spec["tolerations"] = workgroup.tolerations
+        if workgroup.affinity:
+            pod_spec["affinity"] = workgroup.affinity
+    spec: dict[str, Any] = {
+        "backoffLimit": config["maximumRetries"],
+        "activeDeadlineSeconds": config["deadlineSeconds"],
+        "ttlSecondsAfterFinished": ttl_after_finished,
+        "template": {
+            "metadata": {"labels": labels, "annotations": config.get("annotations") or {}},
+            "spec": pod_spec,
+        },
+    }
+    rules = []
+    if config.get("fatalExitCodes"):
+        rules.append(_exit_code_rule(name, "In", config["fatalExitCodes"]))
+    if config.get("transientExitCodes"):  # then only transient failures are retried
+        rules.append(_exit_code_rule(name, "NotIn", config["transientExitCodes"]))
+    if rules:
+        spec["podFailurePolicy"] = {"rules": rules}
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": labels,
+        "annotations": {SHARD_ANNOTATION: config["shard"]},
+    }
+    if parent is not None:
+        metadata["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": parent.name,
+                "uid": parent.uid,
+                "blockOwnerDeletion": False,
+            }
+        ]
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def serialise(job: dict[str, Any]) -> bytes:
+    return orjson.dumps(job)

@@ -1,0 +1,61 @@
+"""The URLs a run hands out: its input, its result upload, its result, its receiver.
+
+Every URL is made when it is handed out, never stored, so none expires before it is used:
+inputs in object storage get a presigned GET valid for the run's ``payloadValidFor``;
+inputs kept inline get a link to the scheduler signed with HMAC for as long; results get a
+presigned PUT valid until the run's deadline (plus a margin) and, when read, a fresh
+presigned GET.
+"""
+
+from __future__ import annotations
+
+from nexus.core.runs import Checkpoint
+from nexus.core.signing import Signer
+from nexus.core.storage import PayloadStore
+from nexus.scheduler.settings import SchedulerSection
+
+CONTENT_ROUTE = "/algorithm/v1.2/payload/{algorithm}/requests/{request_id}/content"
+RESULT_READ_SECONDS = 3600.0
+"""A result URL handed to a client is valid for an hour; asking again gives a new one."""
+
+
+class Links:
+    def __init__(self, payloads: PayloadStore, signer: Signer, settings: SchedulerSection) -> None:
+        self.payloads = payloads
+        self.signer = signer
+        self._public = settings.public_url.rstrip("/")
+        self._receiver = settings.receiver_url.rstrip("/")
+        self._receivers = {k: v.rstrip("/") for k, v in settings.receiver_urls.items()}
+        self._margin = settings.result_url_margin
+
+    def input_url(self, run: Checkpoint) -> str:
+        """Where the algorithm (or a client) reads the run's input."""
+        valid_for = run.payload_valid_for.total_seconds()
+        key = self.payloads.key_of(run.payload_uri) if run.payload_uri else None
+        if key is not None:
+            return self.payloads.presign_get(key, valid_for)
+        if run.payload_uri:  # an input stored elsewhere by reference
+            return run.payload_uri
+        path = CONTENT_ROUTE.format(algorithm=run.algorithm, request_id=run.id)
+        return self._public + self.signer.sign_path(path, valid_for)
+
+    def result_upload_url(self, run: Checkpoint) -> str:
+        seconds = float(run.applied_configuration.get("deadlineSeconds", 3600)) + self._margin
+        return self.payloads.presign_put(
+            self.payloads.result_key(run.algorithm, str(run.id)), seconds
+        )
+
+    def result_url(self, run: Checkpoint) -> str | None:
+        """A fresh URL of the run's result, if it has one."""
+        if not run.result_uri:
+            return None
+        key = self.payloads.key_of(run.result_uri)
+        if key is None:
+            return run.result_uri  # the algorithm reported a location of its own
+        return self.payloads.presign_get(key, RESULT_READ_SECONDS)
+
+    def receiver_url(self, shard: str) -> str:
+        return self._receivers.get(shard, self._receiver)
+
+    def run_token(self, run: Checkpoint) -> str:
+        return self.signer.run_token(run.algorithm, str(run.id))

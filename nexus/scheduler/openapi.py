@@ -1,0 +1,254 @@
+"""``GET /openapi.json``: the OpenAPI 3 description of the scheduler's API v1.2.
+
+Written out by hand rather than generated, because it is a contract with existing clients:
+a change here is a change of the wire format and should be reviewed as one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from nexus.core.httpapi import json_response
+
+_ID = {
+    "name": "requestId",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "format": "uuid"},
+}
+_ALG = {
+    "name": "algorithmName",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"},
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _json(schema: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+    }
+
+
+_COMMON = {
+    "401": _error("No valid bearer token"),
+    "403": _error("The caller may not run this algorithm"),
+    "400": _error("Invalid input; the message names the field"),
+}
+
+_STATUSES = [
+    "NEW", "BUFFERED", "RUNNING", "COMPLETED", "FAILED", "SCHEDULING_FAILED",
+    "DEADLINE_EXCEEDED", "CANCELLED",
+]  # fmt: skip
+
+DOCUMENT: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {
+        "title": "Nexus scheduler",
+        "version": "1.2",
+        "description": "Submit algorithm runs, follow them, fetch their results.",
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error", "message"],
+                "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+            },
+            "RunRequest": {
+                "type": "object",
+                "required": ["algorithmParameters"],
+                "properties": {
+                    "algorithmParameters": {"type": "object", "additionalProperties": True},
+                    "algorithmName": {"type": "string", "nullable": True},
+                    "customConfiguration": {
+                        "type": "object",
+                        "nullable": True,
+                        "additionalProperties": False,
+                        "properties": {
+                            "image": {"type": "string"},
+                            "imageRepository": {"type": "string"},
+                            "registry": {"type": "string"},
+                            "versionTag": {"type": "string"},
+                            "imageTag": {"type": "string"},
+                            "version": {"type": "string"},
+                            "cpuLimit": {"type": "string"},
+                            "memoryLimit": {"type": "string"},
+                            "workgroup": {"type": "string"},
+                            "deadlineSeconds": {"type": "integer", "minimum": 1},
+                            "maximumRetries": {"type": "integer", "minimum": 0},
+                            "customResources": {
+                                "type": "object",
+                                "additionalProperties": {"type": "string"},
+                            },
+                        },
+                    },
+                    "parentRequest": {
+                        "type": "object",
+                        "nullable": True,
+                        "required": ["requestId", "algorithmName"],
+                        "properties": {
+                            "requestId": {"type": "string", "format": "uuid"},
+                            "algorithmName": {"type": "string"},
+                        },
+                    },
+                    "tag": {"type": "string", "nullable": True, "maxLength": 128},
+                    "payloadValidFor": {"type": "string", "nullable": True, "example": "24h"},
+                },
+            },
+            "Accepted": {
+                "type": "object",
+                "required": ["requestId"],
+                "properties": {"requestId": {"type": "string", "format": "uuid"}},
+            },
+            "Result": {
+                "type": "object",
+                "required": ["requestId", "status"],
+                "properties": {
+                    "requestId": {"type": "string", "format": "uuid"},
+                    "status": {"type": "string", "enum": _STATUSES},
+                    "resultUri": {"type": "string", "nullable": True},
+                    "runErrorMessage": {"type": "string", "nullable": True},
+                },
+            },
+            "Results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+            "Checkpoint": {"type": "object", "additionalProperties": True},
+            "Cancellation": {
+                "type": "object",
+                "properties": {
+                    "reason": {"type": "string"},
+                    "initiator": {"type": "string"},
+                    "cancellationPolicy": {
+                        "type": "string",
+                        "enum": ["Background", "Foreground", "Orphan"],
+                    },
+                },
+            },
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/algorithm/v1.2/run/{algorithmName}": {
+            "post": {
+                "summary": "Submit a run",
+                "parameters": [
+                    _ALG,
+                    {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}
+                    },
+                },
+                "responses": {
+                    "202": _json("Accepted", "Accepted; the run is durable"),
+                    **_COMMON,
+                    "404": _error("Unknown algorithm"),
+                    "413": _error("Body too large"),
+                    "429": _error("Queue full; retry after Retry-After"),
+                    "503": _error("A dependency is unavailable; retry after Retry-After"),
+                },
+            }
+        },
+        "/algorithm/v1.2/results/{algorithmName}/requests/{requestId}": {
+            "get": {
+                "summary": "A run's status and result",
+                "parameters": [_ALG, _ID],
+                "responses": {
+                    "200": _json("Result", "The run"),
+                    **_COMMON,
+                    "404": _error("Unknown run"),
+                },
+            }
+        },
+        "/algorithm/v1.2/results/{algorithmName}/tags/{tag}": {
+            "get": {
+                "summary": "Runs carrying a tag",
+                "parameters": [
+                    _ALG,
+                    {"name": "tag", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": {"200": _json("Results", "The runs, newest first"), **_COMMON},
+            }
+        },
+        "/algorithm/v1.2/metadata/{algorithmName}/requests/{requestId}": {
+            "get": {
+                "summary": "A run's whole checkpoint, with its queue position while queued",
+                "parameters": [_ALG, _ID],
+                "responses": {
+                    "200": _json("Checkpoint", "The checkpoint"),
+                    **_COMMON,
+                    "404": _error("Unknown run"),
+                },
+            }
+        },
+        "/algorithm/v1.2/payload/{algorithmName}/requests/{requestId}": {
+            "get": {
+                "summary": "Redirect to a fresh URL of the run's input",
+                "parameters": [_ALG, _ID],
+                "responses": {
+                    "302": {"description": "Location holds the input URL"},
+                    **_COMMON,
+                    "404": _error("Unknown run"),
+                },
+            }
+        },
+        "/algorithm/v1.2/cancel/{algorithmName}/requests/{requestId}": {
+            "post": {
+                "summary": "Cancel a run",
+                "parameters": [_ALG, _ID],
+                "requestBody": {
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/Cancellation"}
+                        }
+                    }
+                },
+                "responses": {
+                    "200": _json("Result", "Cancelled"),
+                    **_COMMON,
+                    "404": _error("Unknown run"),
+                    "409": _error("The run has already finished"),
+                },
+            }
+        },
+        "/health/live": {
+            "get": {"security": [], "responses": {"200": {"description": "The process runs"}}}
+        },
+        "/health/ready": {
+            "get": {
+                "security": [],
+                "responses": {
+                    "200": {"description": "Ready for traffic"},
+                    "503": _error("Starting or stopping"),
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "security": [],
+                "responses": {"200": {"description": "Prometheus text exposition"}},
+            }
+        },
+    },
+}
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(DOCUMENT)
+
+
+def add_openapi_route(app: web.Application) -> None:
+    app.router.add_get("/openapi.json", openapi)

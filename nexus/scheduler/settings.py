@@ -1,0 +1,111 @@
+"""The scheduler's settings: shared sections plus its own ``auth``, ``signing`` and
+``scheduler`` sections (``NEXUS__SCHEDULER__PUBLIC_URL`` and so on)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from nexus.core.config import (
+    HttpSettings,
+    LogSettings,
+    PostgresSettings,
+    RedisSettings,
+    Seconds,
+    ShardSettings,
+    SigningSettings,
+    StorageSettings,
+    at_least,
+    positive,
+)
+
+
+@dataclass(frozen=True)
+class ServiceToken:
+    """A bearer token for a caller (a backend or a person), stored as its SHA-256."""
+
+    caller: str
+    sha256: str
+    """Hex SHA-256 of the token; the token itself is never configured or logged."""
+    algorithms: tuple[str, ...] = ("*",)
+    """Algorithms the caller may run; ``*`` means all."""
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may call the public API (every route except probes and metrics)."""
+
+    service_tokens: tuple[ServiceToken, ...] = ()
+    jwt_hs256_secret: str = ""
+    """Shared secret for HS256 JWTs; empty disables HS256."""
+    jwt_rs256_public_key: str = ""
+    """PEM public key for RS256 JWTs; empty disables RS256."""
+    jwt_issuer: str = ""
+    """Required ``iss`` of JWTs (required when JWTs are enabled)."""
+    jwt_audience: str = "nexus"
+    """Required ``aud`` of JWTs."""
+    jwt_algorithms_claim: str = "nexus/algorithms"
+    """Claim listing the algorithms a JWT's bearer may run (``*`` for all), like tokens do."""
+    jwt_caller_claim: str = "sub"
+    jwt_leeway: Seconds = field(default=30.0, metadata=at_least(0))
+    """Clock skew tolerated on ``exp``/``nbf``."""
+
+
+def _default_pod_name() -> str:
+    # Pod names are unique in Kubernetes; several local processes share a host name.
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"{host}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class SchedulerSection:
+    """The scheduler's own behaviour."""
+
+    pod_name: str = field(default_factory=_default_pod_name)
+    """This process's identity: names its queue and heartbeat. Unique per process."""
+    public_url: str = "http://127.0.0.1:8080"
+    """Base URL clients and algorithm containers use to reach the scheduler (for signed
+    links to inline inputs)."""
+    receiver_url: str = "http://127.0.0.1:8081"
+    """Receiver base URL given to algorithm containers, unless ``receiver_urls`` names one
+    for the run's shard."""
+    receiver_urls: dict[str, str] = field(default_factory=dict)
+    """Receiver base URL by shard name (each shard has its own receiver)."""
+    max_queue_depth: int = field(default=200_000, metadata=positive())
+    """Runs waiting in this pod's queue for one shard beyond which new runs get 429."""
+    heartbeat_interval: Seconds = field(default=2.0, metadata=positive())
+    heartbeat_ttl: Seconds = field(default=10.0, metadata=positive())
+    """A pod whose heartbeat is older than this is dead and its queue is adopted."""
+    dispatch_batch: int = field(default=200, metadata=positive())
+    """Runs taken off the queue per round trip."""
+    dispatch_concurrency: int = field(default=64, metadata=positive())
+    """Job creations in flight per shard."""
+    dispatch_idle_poll: Seconds = field(default=0.25, metadata=positive())
+    """How often an idle dispatcher looks for runs that others put on its queue."""
+    max_dispatch_attempts: int = field(default=8, metadata=positive())
+    """Failed creations (5xx, network) before a run is SCHEDULING_FAILED."""
+    retry_base_delay: Seconds = field(default=1.0, metadata=positive())
+    retry_max_delay: Seconds = field(default=60.0, metadata=positive())
+    throttle_burst: Seconds = field(default=0.1, metadata=positive())
+    """Burst of a shard's throttle, as seconds' worth of its rate."""
+    throttle_recovery: float = field(default=0.05, metadata=positive())
+    """After a 429, the rate regains this share of its configured value per second."""
+    job_ttl_after_finished: int = field(default=3600, metadata=at_least(0))
+    """Seconds Kubernetes keeps a finished Job (``ttlSecondsAfterFinished``)."""
+    result_url_margin: Seconds = field(default=3600.0, metadata=at_least(0))
+    """A result upload URL stays valid this long past the run's deadline."""
+    max_tag_length: int = field(default=128, metadata=positive())
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    http: HttpSettings = field(default_factory=HttpSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    shards: ShardSettings = field(default_factory=ShardSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    signing: SigningSettings = field(default_factory=SigningSettings)
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)

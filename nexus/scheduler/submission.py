@@ -1,0 +1,289 @@
+"""Accepting a run: validate → buffer the input → checkpoint ``BUFFERED`` → queue → 202.
+
+Guarantees:
+
+* **Nothing half-written on refusal.** Every check that can refuse a request (input, the
+  caller's rights, the template and overrides, the parent, queue depth, store and Redis
+  health) happens before anything is written. If the checkpoint cannot be written, an
+  input already uploaded is deleted again and the client gets a 503.
+* **Durable before acknowledged.** The checkpoint insert is group-committed and awaited, so
+  the run is readable (from any pod) the moment the 202 is sent.
+* **Queued, or found.** The queue push is pipelined in batches. If Redis fails after the
+  checkpoint landed, the client still gets its 202: the run is durable, and the
+  maintainer's sweep queues ``BUFFERED`` runs that no queue holds.
+* **Idempotency.** With an ``Idempotency-Key``, a repeat of the same caller's request
+  within 24 hours returns the first run's id and creates nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from prometheus_client import Counter
+
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.config import parse_duration
+from nexus.core.errors import DependencyError, QueueUnavailable
+from nexus.core.grouping import GroupCommitter
+from nexus.core.httpapi import ApiError, bad_request
+from nexus.core.queues import QueuedRun, RunQueue
+from nexus.core.runs import Checkpoint, NewRun, Stage
+from nexus.core.storage import MAX_PRESIGN_SECONDS, PayloadStore
+from nexus.core.templates import (
+    DNS_LABEL,
+    Catalog,
+    InvalidConfiguration,
+    apply,
+    normalise_overrides,
+)
+from nexus.scheduler.authentication import Principal
+from nexus.scheduler.settings import SchedulerSection
+
+log = logging.getLogger(__name__)
+
+ACCEPTED = Counter("nexus_runs_accepted_total", "Runs accepted (202), by algorithm.", ["algorithm"])
+REFUSED = Counter(
+    "nexus_runs_refused_total", "Runs refused for load (429/503), by reason.", ["reason"]
+)
+QUEUE_LATER = Counter(
+    "nexus_runs_queued_later_total",
+    "Accepted runs whose queue push failed; the maintainer's sweep queues them.",
+)
+
+MAX_IDEMPOTENCY_KEY = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    request_id: uuid.UUID
+    created: bool
+
+
+def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{name}: expected a string, got {type(value).__name__}")
+    if not value or len(value) > limit:
+        raise bad_request(f"{name}: expected 1 to {limit} characters, got {len(value)}")
+    if not value.isprintable():
+        raise bad_request(f"{name}: must not contain control characters")
+    return value
+
+
+def _parent(body: dict[str, Any]) -> dict[str, str] | None:
+    raw = body.get("parentRequest")
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise bad_request("parentRequest: expected an object with requestId and algorithmName")
+    request_id, algorithm = raw.get("requestId"), raw.get("algorithmName")
+    try:
+        parsed = uuid.UUID(str(request_id)) if isinstance(request_id, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise bad_request("parentRequest.requestId: expected a request id (UUID)")
+    if not isinstance(algorithm, str) or not DNS_LABEL.match(algorithm):
+        raise bad_request("parentRequest.algorithmName: expected an algorithm name")
+    return {"requestId": str(parsed), "algorithmName": algorithm}
+
+
+class Submitter:
+    """Accepts runs for this scheduler pod."""
+
+    def __init__(
+        self,
+        *,
+        store: CheckpointStore,
+        payloads: PayloadStore,
+        queue: RunQueue,
+        catalog: Catalog,
+        shards: frozenset[str],
+        settings: SchedulerSection,
+        pushed: Any,
+        batch_max_delay: float,
+    ) -> None:
+        self.store = store
+        self.payloads = payloads
+        self.catalog = catalog
+        self.shards = shards
+        self.settings = settings
+        self.host = settings.pod_name
+        self.queue_depth: dict[str, int] = {}
+        """Runs waiting per shard on this pod's queue, refreshed by a background loop."""
+        self.redis_healthy = True
+        self._pushed = pushed  # called with the shard after a successful push
+        self._queue = queue
+        self._pushes: GroupCommitter[QueuedRun, None] = GroupCommitter(
+            "queue-push",
+            self._push,
+            overloaded=lambda: QueueUnavailable("too many queue pushes are waiting"),
+            max_batch=500,
+            max_delay=batch_max_delay,
+            max_in_flight=2,
+            max_pending=50_000,
+        )
+
+    async def _push(self, runs: Any) -> list[None]:
+        await self._queue.push(runs)
+        for shard in {r.shard for r in runs}:
+            self._pushed(shard)
+        return [None] * len(runs)
+
+    async def close(self) -> None:
+        await self._pushes.close()
+
+    async def submit(
+        self,
+        principal: Principal,
+        algorithm: str,
+        body: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> Accepted:
+        """Validate and accept a run request; 4xx/5xx as :class:`ApiError`."""
+        parameters = body.get("algorithmParameters", ...)
+        if parameters is ...:
+            raise bad_request("algorithmParameters: required field is missing")
+        if not isinstance(parameters, dict):
+            raise bad_request(
+                f"algorithmParameters: expected an object, got {type(parameters).__name__}"
+            )
+        named = body.get("algorithmName")
+        if named is not None and named != algorithm:
+            raise bad_request(f"algorithmName: {named!r} does not match the path's {algorithm!r}")
+        tag = _text_field(body, "tag", self.settings.max_tag_length)
+        parent = _parent(body)
+        if idempotency_key is not None and (
+            not idempotency_key
+            or len(idempotency_key) > MAX_IDEMPOTENCY_KEY
+            or not idempotency_key.isprintable()
+        ):
+            raise bad_request(
+                f"Idempotency-Key: expected 1 to {MAX_IDEMPOTENCY_KEY} printable characters"
+            )
+        template = self.catalog.template(algorithm)
+        if template is None:
+            raise ApiError(404, "unknown_algorithm", f"no algorithm named {algorithm!r} is defined")
+        try:
+            overrides = normalise_overrides(body.get("customConfiguration"))
+            applied = apply(template, overrides, self.catalog)
+        except InvalidConfiguration as exc:
+            raise bad_request(str(exc), "invalid_configuration") from exc
+        valid_for = self._valid_for(body.get("payloadValidFor"), template.payload_valid_for)
+        shard = applied["shard"]
+        if shard not in self.shards:
+            raise bad_request(
+                f"customConfiguration.workgroup: workgroup {applied['workgroup']!r} runs on shard"
+                f" {shard!r}, which this scheduler cannot reach",
+                "invalid_configuration",
+            )
+        if (
+            parent is not None
+            and await self.store.get(parent["algorithmName"], uuid.UUID(parent["requestId"]))
+            is None
+        ):
+            raise bad_request(
+                f"parentRequest: no run {parent['requestId']}"
+                f" of algorithm {parent['algorithmName']!r}"
+            )
+        self._check_load(shard)
+
+        run_id = uuid.uuid4()
+        payload = orjson.dumps(parameters)
+        inline = template.inline_payloads and len(payload) <= template.inline_limit
+        key = None if inline else self.payloads.input_key(algorithm, str(run_id))
+        if key is not None:
+            await self.payloads.put(key, payload)
+        run = NewRun(
+            algorithm=algorithm,
+            id=run_id,
+            stage=Stage.BUFFERED,
+            caller=principal.caller,
+            received_by_host=self.host,
+            applied_configuration=applied,
+            payload_valid_for=timedelta(seconds=valid_for),
+            payload_uri=self.payloads.uri(key) if key else None,
+            payload_inline=payload if inline else None,
+            configuration_overrides=overrides or None,
+            content_hash=hashlib.sha256(payload).hexdigest(),
+            tag=tag,
+            parent=parent,
+            idempotency_key=idempotency_key,
+        )
+        try:
+            admission = await self.store.insert(run)
+        except BaseException:
+            if key is not None:
+                await self._forget_input(key)
+            raise
+        if not admission.created:
+            if key is not None:
+                await self._forget_input(key)
+            return Accepted(admission.id, created=False)
+        try:
+            await self._pushes.submit(QueuedRun(shard, run.key, time.time() * 1000))
+        except QueueUnavailable as exc:
+            QUEUE_LATER.inc()
+            self.redis_healthy = False
+            log.warning("run accepted but not queued; the sweep will queue it: %s", exc)
+        ACCEPTED.labels(algorithm).inc()
+        return Accepted(run_id, created=True)
+
+    async def queue_position(self, run: Checkpoint, pods: list[str]) -> tuple[str, int] | None:
+        """(pod, rank) of a queued run among ``pods``' queues for its shard, if waiting."""
+        shard = run.applied_configuration["shard"]
+        return await self._queue.position(shard, run.key, pods)
+
+    def _valid_for(self, raw: Any, default: float) -> float:
+        if raw is None:
+            return default
+        if not isinstance(raw, str):
+            raise bad_request("payloadValidFor: expected a duration such as 30m, 24h or 7d")
+        try:
+            seconds = parse_duration(raw)
+        except ValueError:
+            raise bad_request(
+                f"payloadValidFor: {raw!r} is not a duration such as 30m, 24h or 7d"
+            ) from None
+        if not 60 <= seconds <= MAX_PRESIGN_SECONDS:
+            raise bad_request("payloadValidFor: must be between 1m and 7d")
+        return seconds
+
+    def _check_load(self, shard: str) -> None:
+        if not self.redis_healthy:
+            REFUSED.labels("queue_unavailable").inc()
+            raise ApiError(
+                503, "unavailable", "the queue is unavailable; retry later", {"Retry-After": "5"}
+            )
+        if self.queue_depth.get(shard, 0) >= self.settings.max_queue_depth:
+            REFUSED.labels("queue_full").inc()
+            raise ApiError(
+                429,
+                "overloaded",
+                f"too many runs are waiting for shard {shard!r}; retry later",
+                {"Retry-After": "10"},
+            )
+        if self.store.pending_writes >= self.store.max_pending_writes:
+            REFUSED.labels("store_busy").inc()
+            raise ApiError(
+                503,
+                "overloaded",
+                "the checkpoint store is saturated; retry later",
+                {"Retry-After": "2"},
+            )
+
+    async def _forget_input(self, key: str) -> None:
+        try:
+            await asyncio.shield(self.payloads.delete([key]))
+        except DependencyError as exc:
+            log.warning("could not delete an unused input %s: %s", key, exc)

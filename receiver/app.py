@@ -1,0 +1,32 @@
+"""The receiver service: ``create_app(settings)`` wires the checkpoint store and routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.httpapi import error_middleware
+from nexus.core.lifecycle import create_base_app
+from nexus.core.signing import Signer
+from nexus.core.storage import ObjectNames
+from receiver.completions import RECEIVER, Receiver, add_routes
+from receiver.settings import ReceiverSettings
+
+
+async def create_app(settings: ReceiverSettings) -> web.Application:
+    signer = Signer(settings.signing.keys)  # a missing key stops the process at once
+    app = create_base_app("receiver", settings.http)
+    app.middlewares.append(error_middleware)
+    add_routes(app)
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        await apply_migrations(settings.postgres.dsn)
+        store = await CheckpointStore.open(settings.postgres)
+        app[RECEIVER] = Receiver(store, signer, ObjectNames(settings.storage), settings.receiver)
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(clients)
+    return app

@@ -1,0 +1,121 @@
+"""Completions: an algorithm container reports how its run ended (DESIGN §3).
+
+``POST /algorithm/v1.2/complete/{algorithmName}/requests/{requestId}`` with
+``{"cause", "message", "sasUri"}`` (or the older ``{"errorCause", "errorDetails",
+"resultUri"}``). No cause means ``COMPLETED``, with the result at ``sasUri`` or, when that is
+absent, at the run's default result location (stored as a key, presigned on every read);
+a cause means ``FAILED`` with that cause and message.
+
+Guarantees:
+
+* **Only the run completes itself.** The request must carry the run's token
+  (``Authorization: Bearer <NEXUS__RUN_TOKEN>``), an HMAC of the run checked without a
+  database read; token-less completions are refused unless a setting admits them.
+* **Idempotent.** A run that has finished is not changed; the answer says what it is.
+* **Group-committed.** Concurrent completions become one UPDATE per batch.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.httpapi import ApiError, bad_request, json_response, read_json_object
+from nexus.core.logs import request_id as current_request
+from nexus.core.runs import Stage, Transition
+from nexus.core.signing import Signer
+from nexus.core.storage import ObjectNames
+from nexus.core.templates import DNS_LABEL
+from receiver.settings import ReceiverSection
+
+COMPLETIONS = Counter(
+    "nexus_completions_total",
+    "Completions received, by outcome (completed, failed, duplicate, refused).",
+    ["outcome"],
+)
+MAX_URI = 4096
+
+
+@dataclass
+class Receiver:
+    store: CheckpointStore
+    signer: Signer
+    names: ObjectNames
+    settings: ReceiverSection
+
+
+RECEIVER = web.AppKey("nexus.receiver", Receiver)
+
+
+def _optional_text(body: dict[str, Any], *names: str, limit: int, cut: bool) -> str | None:
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise bad_request(f"{name}: expected a string or null, got {type(value).__name__}")
+        if len(value) > limit:
+            if not cut:
+                raise bad_request(f"{name}: longer than {limit} characters")
+            value = value[:limit] + "…"
+        return value
+    return None
+
+
+def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id: str) -> None:
+    header = request.headers.get("Authorization")
+    if header is None:
+        if receiver.settings.allow_tokenless_completions:
+            return
+        COMPLETIONS.labels("refused").inc()
+        raise ApiError(401, "unauthorized", "a completion must carry its run token (Bearer)")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not receiver.signer.check_run_token(
+        algorithm, run_id, token.strip()
+    ):
+        COMPLETIONS.labels("refused").inc()
+        raise ApiError(401, "unauthorized", "the run token does not match this run")
+
+
+async def complete(request: web.Request) -> web.Response:
+    receiver = request.app[RECEIVER]
+    algorithm = request.match_info["algorithm"]
+    raw_id = request.match_info["request_id"]
+    if not DNS_LABEL.match(algorithm):
+        raise bad_request(f"algorithmName: {algorithm[:80]!r} is not a valid algorithm name")
+    try:
+        run_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise bad_request(f"requestId: {raw_id[:80]!r} is not a request id (UUID)") from None
+    current_request.set(str(run_id))
+    _authorize(receiver, request, algorithm, str(run_id))
+    body = await read_json_object(request)
+    limit = receiver.settings.max_message_length
+    cause = _optional_text(body, "cause", "errorCause", limit=1024, cut=True)
+    message = _optional_text(body, "message", "errorDetails", limit=limit, cut=True)
+    location = _optional_text(body, "sasUri", "resultUri", limit=MAX_URI, cut=False)
+    if cause is None:
+        if location is not None and not location.startswith(("https://", "http://", "s3://")):
+            raise bad_request("sasUri: expected an http(s):// or s3:// URL")
+        result = location or receiver.names.uri(receiver.names.result_key(algorithm, str(run_id)))
+        change = Transition(algorithm, run_id, Stage.COMPLETED, result_uri=result)
+    else:
+        change = Transition(algorithm, run_id, Stage.FAILED, cause=cause, details=message)
+    if await receiver.store.transition(change):
+        COMPLETIONS.labels("completed" if cause is None else "failed").inc()
+        return json_response({"requestId": str(run_id), "status": change.to.value})
+    current = await receiver.store.get(algorithm, run_id)
+    if current is None:
+        COMPLETIONS.labels("refused").inc()
+        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+    COMPLETIONS.labels("duplicate").inc()
+    return json_response({"requestId": str(run_id), "status": current.stage.value})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/algorithm/v1.2/complete/{algorithm}/requests/{request_id}", complete)

@@ -1,0 +1,336 @@
+"""The whole system in the test's event loop: local clusters, receiver and schedulers.
+
+Everything is real and talks over loopback HTTP: the scheduler and receiver applications
+are the ones ``nexus scheduler`` / ``nexus receiver`` run, on the test's PostgreSQL
+database, Redis key prefix and S3 bucket; the shards are the project's API emulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import socket
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from harness import S3Bucket
+
+from nexus.core.config import (
+    HttpSettings,
+    LogSettings,
+    PostgresSettings,
+    RedisSettings,
+    ShardSettings,
+    SigningSettings,
+    StorageSettings,
+)
+from nexus.core.lifecycle import LIFECYCLE
+from nexus.devcluster.shards import DevCluster, ShardSpec
+from nexus.scheduler.app import create_app as create_scheduler
+from nexus.scheduler.settings import AuthSettings, SchedulerSection, SchedulerSettings, ServiceToken
+from receiver.app import create_app as create_receiver
+from receiver.settings import ReceiverSection, ReceiverSettings
+
+TOKEN = "test-token-" + "x" * 20
+OTHER_TOKEN = "limited-token-" + "y" * 20
+SIGNING_KEY = "signing-key-for-tests-0123456789"
+NAMESPACE = "nexus"
+GROUP = "/apis/science.sneaksanddata.com/v1/namespaces/nexus"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def template(
+    name: str,
+    *,
+    workgroup: str = "default",
+    command: Sequence[str] = ("python", "-m", "nexus.algorithm.examples", "echo"),
+    inline: bool = True,
+    deadline: int = 60,
+    retries: int = 0,
+    **spec: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "science.sneaksanddata.com/v1",
+        "kind": "NexusAlgorithmTemplate",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "container": {
+                "image": f"algorithms/{name}",
+                "registry": "example.io",
+                "versionTag": "1.0",
+            },
+            "computeResources": {"cpuLimit": "1", "memoryLimit": "1Gi"},
+            "workgroupRef": {
+                "name": workgroup,
+                "group": "science.sneaksanddata.com",
+                "kind": "NexusAlgorithmWorkgroup",
+            },
+            "command": list(command),
+            "args": ["--sas-uri={sas-uri}", "--request-id={request-id}"],
+            "runtimeEnvironment": {"deadlineSeconds": deadline, "maximumRetries": retries},
+            "errorHandlingBehaviour": {"transientExitCodes": [], "fatalExitCodes": []},
+            "payloadConfiguration": {"payloadValidFor": "1h", "inline": inline},
+            **spec,
+        },
+    }
+
+
+def workgroup(name: str, shard: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "science.sneaksanddata.com/v1",
+        "kind": "NexusAlgorithmWorkgroup",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "description": f"runs on {shard}",
+            "cluster": shard,
+            "tolerations": [],
+            "affinity": {},
+        },
+    }
+
+
+@dataclass
+class SchedulerProcess:
+    """A scheduler application served in this event loop."""
+
+    settings: SchedulerSettings
+    app: web.Application
+    runner: web.AppRunner
+    stopped: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.http.port}"
+
+    @property
+    def pod(self) -> str:
+        return self.settings.scheduler.pod_name
+
+    async def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.app[LIFECYCLE].ready = False
+            await self.runner.cleanup()
+
+
+@dataclass
+class System:
+    cluster: DevCluster
+    kubeconfig_dir: Path
+    receiver_url: str
+    schedulers: list[SchedulerProcess]
+    session: aiohttp.ClientSession
+    base_settings: SchedulerSettings
+    _stack: contextlib.AsyncExitStack = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return self.schedulers[0].url
+
+    def headers(self, token: str = TOKEN, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}", **extra}
+
+    async def submit(
+        self,
+        algorithm: str,
+        body: dict[str, Any] | None = None,
+        *,
+        url: str | None = None,
+        token: str = TOKEN,
+        **headers: str,
+    ) -> str:
+        async with self.session.post(
+            f"{url or self.url}/algorithm/v1.2/run/{algorithm}",
+            json={"algorithmParameters": {}} if body is None else body,
+            headers=self.headers(token, **headers),
+        ) as response:
+            answer = await response.json()
+            assert response.status == 202, (response.status, answer)
+            return str(answer["requestId"])
+
+    async def get(self, path: str, token: str = TOKEN) -> tuple[int, Any]:
+        async with self.session.get(
+            f"{self.url}{path}", headers=self.headers(token), allow_redirects=False
+        ) as response:
+            body = (
+                await response.json()
+                if response.content_type == "application/json"
+                else await response.read()
+            )
+            return response.status, body
+
+    async def result(self, algorithm: str, request_id: str) -> dict[str, Any]:
+        status, body = await self.get(f"/algorithm/v1.2/results/{algorithm}/requests/{request_id}")
+        assert status == 200, (status, body)
+        return dict(body)
+
+    async def wait_for(
+        self, algorithm: str, request_id: str, *statuses: str, timeout: float = 30.0
+    ) -> dict[str, Any]:
+        """Poll the result until the run is in one of ``statuses`` (default: any terminal)."""
+        wanted = set(statuses) or {
+            "COMPLETED",
+            "FAILED",
+            "SCHEDULING_FAILED",
+            "DEADLINE_EXCEEDED",
+            "CANCELLED",
+        }
+        loop = __import__("asyncio").get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            answer = await self.result(algorithm, request_id)
+            if answer["status"] in wanted:
+                return answer
+            if loop.time() > deadline:
+                raise AssertionError(f"run {request_id} stayed {answer['status']}, wanted {wanted}")
+            await __import__("asyncio").sleep(0.05)
+
+    async def apply(self, shard: str, obj: dict[str, Any]) -> None:
+        """Create a custom resource on ``shard`` (the controller in single-cluster mode)."""
+        plural = {
+            "NexusAlgorithmTemplate": "nexusalgorithmtemplates",
+            "NexusAlgorithmWorkgroup": "nexusalgorithmworkgroups",
+        }[obj["kind"]]
+        target = self.cluster[shard]
+        async with self.session.post(
+            f"{target.url}{GROUP}/{plural}",
+            json=obj,
+            headers={"Authorization": f"Bearer {target.token}"},
+        ) as response:
+            assert response.status in (201, 409), await response.text()
+
+    async def start_scheduler(self, **section: Any) -> SchedulerProcess:
+        port = free_port()
+        base = self.base_settings
+        settings = replace(
+            base,
+            http=replace(base.http, port=port),
+            scheduler=replace(
+                base.scheduler,
+                pod_name=f"scheduler-{uuid.uuid4().hex[:6]}",
+                public_url=f"http://127.0.0.1:{port}",
+                **section,
+            ),
+        )
+        process = await _serve_scheduler(settings)
+        self.schedulers.append(process)
+        return process
+
+
+async def _serve(app: web.Application, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    app[LIFECYCLE].ready = True
+    return runner
+
+
+async def _serve_scheduler(settings: SchedulerSettings) -> SchedulerProcess:
+    app = await create_scheduler(settings)
+    runner = await _serve(app, settings.http.port)
+    return SchedulerProcess(settings, app, runner)
+
+
+@contextlib.asynccontextmanager
+async def local_system(
+    tmp_path: Path,
+    *,
+    postgres_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    s3: S3Bucket,
+    shards: Sequence[ShardSpec] = (ShardSpec(name="shard-0", mode="simulated"),),
+    schedulers: int = 1,
+    templates: Sequence[dict[str, Any]] = (),
+    workgroups: Sequence[tuple[str, str]] = (("default", "shard-0"),),
+    create_rate: dict[str, float] | None = None,
+    section: dict[str, Any] | None = None,
+    receiver: ReceiverSection | None = None,
+) -> AsyncIterator[System]:
+    kubeconfigs = tmp_path / "shards"
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = DevCluster(list(shards), kubeconfigs)
+        await cluster.start()
+        stack.push_async_callback(cluster.stop)
+        session = aiohttp.ClientSession()
+        stack.push_async_callback(session.close)
+        http = HttpSettings(host="127.0.0.1", port=0, drain_delay=0, shutdown_timeout=5)
+        postgres = PostgresSettings(dsn=postgres_dsn, pool_max_size=6)
+        storage = StorageSettings(
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            bucket=s3.bucket,
+        )
+        signing = SigningSettings(keys=(SIGNING_KEY,))
+        receiver_port = free_port()
+        receiver_settings = ReceiverSettings(
+            http=replace(http, port=receiver_port),
+            log=LogSettings(format="text"),
+            postgres=postgres,
+            storage=storage,
+            signing=signing,
+            receiver=receiver or ReceiverSection(),
+        )
+        receiver_app = await create_receiver(receiver_settings)
+        receiver_runner = await _serve(receiver_app, receiver_port)
+        stack.push_async_callback(receiver_runner.cleanup)
+        first_shard = shards[0].name
+        base = SchedulerSettings(
+            http=http,
+            log=LogSettings(format="text"),
+            postgres=postgres,
+            redis=RedisSettings(url=redis_url, key_prefix=redis_prefix),
+            storage=storage,
+            shards=ShardSettings(
+                kubeconfig_dir=kubeconfigs,
+                controller_kubeconfig=kubeconfigs / f"{first_shard}.kubeconfig",
+                controller_namespace=NAMESPACE,
+                runtime_namespace=NAMESPACE,
+                create_rate=create_rate or {},
+                default_create_rate=5000,
+            ),
+            auth=AuthSettings(
+                service_tokens=(
+                    ServiceToken("tester", hashlib.sha256(TOKEN.encode()).hexdigest()),
+                    ServiceToken(
+                        "limited", hashlib.sha256(OTHER_TOKEN.encode()).hexdigest(), ("echo",)
+                    ),
+                )
+            ),
+            signing=signing,
+            scheduler=SchedulerSection(
+                receiver_url=f"http://127.0.0.1:{receiver_port}",
+                heartbeat_interval=0.5,
+                heartbeat_ttl=3,
+                dispatch_idle_poll=0.05,
+                retry_base_delay=0.2,
+                retry_max_delay=1,
+                **(section or {}),
+            ),
+        )
+        system = System(
+            cluster, kubeconfigs, f"http://127.0.0.1:{receiver_port}", [], session, base, stack
+        )
+        for name, shard in workgroups:
+            await system.apply(first_shard, workgroup(name, shard))
+        for obj in templates:
+            await system.apply(first_shard, obj)
+        for _ in range(schedulers):
+            await system.start_scheduler()
+        try:
+            yield system
+        finally:
+            for process in reversed(system.schedulers):
+                await process.stop()
