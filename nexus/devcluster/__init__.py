@@ -1,1 +1,20 @@
-"""A local Kubernetes API emulator with a simulated kubelet, one per shard."""
+"""A local Kubernetes API emulator with a simulated kubelet, one per shard.
+
+Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
+(kubernetes-asyncio) over the real REST API. The pieces, from the wire inwards:
+
+* :mod:`.apiserver`, :mod:`.watching`, :mod:`.discovery` — paths, verbs, watches, answers;
+* :mod:`.fairness` — emulated API Priority and Fairness (429) and request metrics;
+* :mod:`.store` — objects, the shared ``resourceVersion``, watch history and fan-out;
+* :mod:`.selectors`, :mod:`.validation`, :mod:`.patching`, :mod:`.statuses` — what the
+  server checks, fills in and answers;
+* :mod:`.jobcontroller`, :mod:`.deletion`, :mod:`.events` — Job controller, garbage
+  collector, Events;
+* :mod:`.kubelet`, :mod:`.simulation`, :mod:`.processes` — pods and their containers;
+* :mod:`.shards`, :mod:`.cli` — running shards in-process or as ``nexus devcluster``.
+"""
+
+from nexus.devcluster.fairness import Limits
+from nexus.devcluster.shards import DevCluster, Shard, ShardSpec
+
+__all__ = ["DevCluster", "Limits", "Shard", "ShardSpec"]
