@@ -108,7 +108,11 @@ class Dispatcher:
     async def _loop(self, shard: str, stopping: asyncio.Event) -> None:
         batches: set[asyncio.Task[None]] = set()
         wake = self._wake[shard]
+        gate = asyncio.Lock()
         failures = 0
+        # Take no more than the throttle can soon let through: what stays on the queue keeps
+        # its place (and a queue position a client can see), and other pods can adopt it.
+        count = min(self.settings.dispatch_batch, max(1, int(self.throttles[shard].burst)))
         while not stopping.is_set():
             for finished in [t for t in batches if t.done()]:
                 batches.discard(finished)
@@ -116,25 +120,32 @@ class Dispatcher:
             if len(batches) >= 2:  # overlap one batch's creations with the next pop
                 await asyncio.wait(batches, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            # One batch at a time waits for creation tokens; the next is popped only when it
+            # has them, so runs wait on the queue, not in this process.
+            await gate.acquire()
             wake.clear()
             try:
-                runs = await self.queue.pop(shard, self.settings.dispatch_batch)
+                runs = await self.queue.pop(shard, count)
                 failures = 0
             except DependencyError as exc:
+                gate.release()
                 failures += 1
                 log.warning("cannot pop the queue: %s", exc, extra={"shard": shard})
                 await _wait(stopping, min(5.0, 0.1 * 2**failures))
                 continue
             if not runs:
+                gate.release()
                 await _wait(wake, self.settings.dispatch_idle_poll, stopping)
                 continue
-            batches.add(asyncio.create_task(self._dispatch(shard, runs, stopping)))
+            batches.add(asyncio.create_task(self._dispatch(shard, runs, gate, stopping)))
         if batches:
             await asyncio.gather(*batches)
 
-    async def _dispatch(self, shard: str, runs: list[QueuedRun], stopping: asyncio.Event) -> None:
+    async def _dispatch(
+        self, shard: str, runs: list[QueuedRun], gate: asyncio.Lock, stopping: asyncio.Event
+    ) -> None:
         try:
-            await self._dispatch_batch(shard, runs, stopping)
+            await self._dispatch_batch(shard, runs, gate, stopping)
         except DependencyError as exc:
             # Whatever was not settled is still in flight in Redis: hand it back to the queue.
             log.warning("dispatch batch failed; requeueing: %s", exc, extra={"shard": shard})
@@ -156,34 +167,40 @@ class Dispatcher:
                 await _wait(stopping, min(5.0, 0.2 * 2**attempt))
 
     async def _dispatch_batch(
-        self, shard: str, runs: list[QueuedRun], stopping: asyncio.Event
+        self, shard: str, runs: list[QueuedRun], gate: asyncio.Lock, stopping: asyncio.Event
     ) -> None:
-        found = await self.store.get_many(r.key for r in runs)
-        ready: list[tuple[QueuedRun, Checkpoint]] = []
-        stale: list[QueuedRun] = []
-        for run in runs:
-            checkpoint = found.get(run.key)
-            if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
-                stale.append(run)
-            else:
-                ready.append((run, checkpoint))
-        if stale:
-            SKIPPED.inc(len(stale))
-            await self.queue.settle(stale)
-        parents = await self._parents([c for _, c in ready])
-        throttle = self.throttles[shard]
         creations: list[asyncio.Task[Outcome]] = []
-        pending = ready
-        while pending and not stopping.is_set():
-            granted = await throttle.acquire(len(pending), stopping)
-            chunk, pending = pending[:granted], pending[granted:]
-            for run, checkpoint in chunk:
-                await self._creating[shard].acquire()
-                creations.append(
-                    asyncio.create_task(
-                        self._create(shard, run, checkpoint, parents.get(checkpoint.key))
+        try:
+            found = await self.store.get_many(r.key for r in runs)
+            ready: list[tuple[QueuedRun, Checkpoint]] = []
+            stale: list[QueuedRun] = []
+            for run in runs:
+                checkpoint = found.get(run.key)
+                if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
+                    stale.append(run)
+                else:
+                    ready.append((run, checkpoint))
+            if stale:
+                SKIPPED.inc(len(stale))
+                await self.queue.settle(stale)
+            parents = await self._parents([c for _, c in ready])
+            throttle = self.throttles[shard]
+            pending = ready
+            while pending and not stopping.is_set():
+                granted = await throttle.acquire(len(pending), stopping)
+                chunk, pending = pending[:granted], pending[granted:]
+                for run, checkpoint in chunk:
+                    await self._creating[shard].acquire()
+                    creations.append(
+                        asyncio.create_task(
+                            self._create(shard, run, checkpoint, parents.get(checkpoint.key))
+                        )
                     )
-                )
+        except BaseException:
+            await asyncio.gather(*creations, return_exceptions=True)
+            raise
+        finally:
+            gate.release()
         outcomes = await asyncio.gather(*creations)
         if pending:  # stopping: not created, give them back at once
             await self._give_back(shard, [r for r, _ in pending], 0, stopping)

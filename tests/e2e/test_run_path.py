@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import orjson
 import pytest
 from harness import S3Bucket
-from support.system import local_system, template
+from prometheus_client import REGISTRY
+from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template
 
+from nexus.core import sigv4
+from nexus.core.signing import Signer
+from nexus.devcluster.fairness import Limits
 from nexus.devcluster.shards import ShardSpec
+from nexus.scheduler.api import SCHEDULER
 
 
 @pytest.mark.parametrize("mode", ["simulated", "process"])
@@ -32,3 +43,395 @@ async def test_echo_completes_and_its_result_is_its_parameters(
         async with system.session.get(answer["resultUri"]) as response:
             assert response.status == 200
             assert await response.json() == parameters
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+MAYBE_FAIL = ("python", "-m", "nexus.algorithm.examples", "maybe-fail")
+
+
+def system_for(
+    tmp_path: Path,
+    postgres_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    s3: S3Bucket,
+    **options: Any,
+) -> Any:
+    return local_system(
+        tmp_path,
+        postgres_dsn=postgres_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        s3=s3,
+        **options,
+    )
+
+
+def job_of(system: System, shard: str, request_id: str) -> dict[str, Any] | None:
+    stored = system.cluster[shard].store.get("jobs", NAMESPACE, request_id)
+    return None if stored is None else dict(stored)
+
+
+# -- failures, cancellation ------------------------------------------------------------------
+
+
+async def test_a_failing_run_reports_its_cause(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-0", mode="process")],
+        templates=[template("maybe-fail", command=MAYBE_FAIL)],
+    ) as system:
+        request_id = await system.submit(
+            "maybe-fail", {"algorithmParameters": {"fail": "x must be positive"}}
+        )
+        answer = await system.wait_for("maybe-fail", request_id)
+        assert answer["status"] == "FAILED"
+        assert answer["runErrorMessage"] == "RequestedFailure: x must be positive"
+        assert answer["resultUri"] is None
+
+
+async def test_cancel_before_dispatch_never_creates_the_job(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    # one creation every 10 s: the first run takes the only token, the others wait queued
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("echo")],
+        create_rate={"shard-0": 0.1},
+    ) as system:
+        first = await system.submit("echo")
+        queued = await system.submit("echo")
+        await system.wait_for("echo", first, "RUNNING")
+        status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{queued}")
+        assert status == 200
+        assert metadata["lifecycleStage"] == "BUFFERED"
+        async with system.session.post(
+            f"{system.url}/algorithm/v1.2/cancel/echo/requests/{queued}",
+            json={
+                "reason": "changed my mind",
+                "initiator": "alice",
+                "cancellationPolicy": "Background",
+            },
+            headers=system.headers(),
+        ) as response:
+            assert response.status == 200, await response.text()
+        answer = await system.wait_for("echo", queued)
+        assert answer["status"] == "CANCELLED"
+        assert "changed my mind (by alice)" in answer["runErrorMessage"]
+        assert job_of(system, "shard-0", queued) is None
+        # cancelling again, or cancelling anything finished, is a conflict that changes nothing
+        async with system.session.post(
+            f"{system.url}/algorithm/v1.2/cancel/echo/requests/{queued}",
+            json={},
+            headers=system.headers(),
+        ) as response:
+            assert response.status == 409
+            assert (await response.json())["error"] == "conflict"
+
+
+async def test_cancel_after_dispatch_deletes_the_job(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-0", mode="process")],
+        templates=[template("maybe-fail", command=MAYBE_FAIL)],
+    ) as system:
+        request_id = await system.submit(
+            "maybe-fail", {"algorithmParameters": {"sleepSeconds": 30}}
+        )
+        await system.wait_for("maybe-fail", request_id, "RUNNING")
+        assert job_of(system, "shard-0", request_id) is not None
+        async with system.session.post(
+            f"{system.url}/algorithm/v1.2/cancel/maybe-fail/requests/{request_id}",
+            json={"reason": "too slow", "initiator": "bob", "cancellationPolicy": "Foreground"},
+            headers=system.headers(),
+        ) as response:
+            assert response.status == 200
+        answer = await system.result("maybe-fail", request_id)
+        assert answer["status"] == "CANCELLED"
+        for _ in range(100):
+            if job_of(system, "shard-0", request_id) is None:
+                break
+            await asyncio.sleep(0.05)
+        assert job_of(system, "shard-0", request_id) is None
+        # the container's late completion cannot move a cancelled run
+        assert (await system.result("maybe-fail", request_id))["status"] == "CANCELLED"
+
+
+# -- tags, idempotency, parents ----------------------------------------------------------------
+
+
+async def test_results_by_tag_and_idempotency(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path, postgres_dsn, redis_url, redis_prefix, s3, templates=[template("echo")]
+    ) as system:
+        tagged = {
+            await system.submit("echo", {"algorithmParameters": {"i": i}, "tag": "batch-7"})
+            for i in range(3)
+        }
+        other = await system.submit("echo", {"algorithmParameters": {}, "tag": "batch-8"})
+        for request_id in [*tagged, other]:
+            await system.wait_for("echo", request_id)
+        status, listed = await system.get("/algorithm/v1.2/results/echo/tags/batch-7")
+        assert status == 200
+        assert {r["requestId"] for r in listed} == tagged
+        assert all(r["status"] == "COMPLETED" and r["resultUri"] for r in listed)
+        status, listed = await system.get("/algorithm/v1.2/results/echo/tags/nothing-here")
+        assert (status, listed) == (200, [])
+
+        first = await system.submit(
+            "echo", {"algorithmParameters": {"n": 1}}, **{"Idempotency-Key": "order-42"}
+        )
+        again = await system.submit(
+            "echo", {"algorithmParameters": {"n": 1}}, **{"Idempotency-Key": "order-42"}
+        )
+        assert first == again
+        await system.wait_for("echo", first)
+        assert job_of(system, "shard-0", first) is not None
+        different = await system.submit(
+            "echo", {"algorithmParameters": {"n": 1}}, **{"Idempotency-Key": "order-43"}
+        )
+        assert different != first
+
+
+async def test_a_child_run_is_owned_by_its_parent_job(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-0", mode="process")],
+        templates=[template("maybe-fail", command=MAYBE_FAIL), template("echo")],
+    ) as system:
+        parent = await system.submit("maybe-fail", {"algorithmParameters": {"sleepSeconds": 20}})
+        await system.wait_for("maybe-fail", parent, "RUNNING")
+        child = await system.submit(
+            "echo",
+            {
+                "algorithmParameters": {"child": True},
+                "parentRequest": {"requestId": parent, "algorithmName": "maybe-fail"},
+            },
+        )
+        await system.wait_for("echo", child)
+        job = job_of(system, "shard-0", child)
+        parent_job = job_of(system, "shard-0", parent)
+        assert job is not None and parent_job is not None
+        owners = job["metadata"]["ownerReferences"]
+        assert owners == [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": parent,
+                "uid": parent_job["metadata"]["uid"],
+                "blockOwnerDeletion": False,
+            }
+        ]
+        env = {
+            e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["NEXUS__PARENT_REQUEST_ID"] == parent
+        assert env["NEXUS__PARENT_ALGORITHM_NAME"] == "maybe-fail"
+        status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{child}")
+        assert metadata["parent"] == {"requestId": parent, "algorithmName": "maybe-fail"}
+
+
+# -- shards, throttling, scheduler pods --------------------------------------------------------
+
+
+async def test_runs_land_on_the_shard_of_their_workgroup(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-a"), ShardSpec(name="shard-b")],
+        workgroups=[("group-a", "shard-a"), ("group-b", "shard-b")],
+        templates=[
+            template("echo-a", workgroup="group-a"),
+            template("echo-b", workgroup="group-b"),
+        ],
+    ) as system:
+        on_a = await system.submit("echo-a")
+        on_b = await system.submit("echo-b")
+        moved = await system.submit(
+            "echo-a", {"algorithmParameters": {}, "customConfiguration": {"workgroup": "group-b"}}
+        )
+        for algorithm, request_id in (("echo-a", on_a), ("echo-b", on_b), ("echo-a", moved)):
+            assert (await system.wait_for(algorithm, request_id))["status"] == "COMPLETED"
+        assert job_of(system, "shard-a", on_a) and not job_of(system, "shard-b", on_a)
+        assert job_of(system, "shard-b", on_b) and not job_of(system, "shard-a", on_b)
+        assert job_of(system, "shard-b", moved) and not job_of(system, "shard-a", moved)
+        _, metadata = await system.get(f"/algorithm/v1.2/metadata/echo-a/requests/{moved}")
+        assert metadata["shard"] == "shard-b"
+        assert metadata["appliedConfiguration"]["workgroup"] == "group-b"
+
+
+async def test_a_throttled_shard_slows_down_and_every_run_completes(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    # The API server takes 20 creations a second; the scheduler was told 200: it meets 429s.
+    limited = ShardSpec(name="shard-0", limits=Limits(mutating_rate=20, mutating_burst=5))
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[limited],
+        templates=[template("echo")],
+        create_rate={"shard-0": 200},
+    ) as system:
+        ids = await asyncio.gather(
+            *(system.submit("echo", {"algorithmParameters": {"i": i}}) for i in range(60))
+        )
+        for request_id in ids:
+            assert (await system.wait_for("echo", request_id, timeout=60))["status"] == "COMPLETED"
+        rejected = REGISTRY.get_sample_value(
+            "nexus_throttle_rejections_total", {"shard": "shard-0"}
+        )
+        assert rejected and rejected >= 1
+        assert all(job_of(system, "shard-0", i) for i in ids)
+
+
+async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        schedulers=2,
+        templates=[template("echo")],
+        create_rate={"shard-0": 40},
+    ) as system:
+        first, second = system.schedulers
+        ids = await asyncio.gather(
+            *(
+                system.submit("echo", {"algorithmParameters": {"i": i}}, url=first.url)
+                for i in range(80)
+            )
+        )
+        await first.stop()  # most of its runs are still queued or in flight
+        for request_id in ids:
+            answer = await system.wait_for("echo", request_id, timeout=60)
+            assert answer["status"] == "COMPLETED", answer
+        pods = await second.app[SCHEDULER].queues.pods()
+        assert first.pod not in pods.live + pods.dead
+
+
+# -- links -------------------------------------------------------------------------------------
+
+
+async def test_input_links_are_refused_once_altered_or_expired(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("inline"), template("stored", inline=False)],
+    ) as system:
+        parameters = {"secret": 42}
+        for algorithm in ("inline", "stored"):
+            request_id = await system.submit(algorithm, {"algorithmParameters": parameters})
+            async with system.session.get(
+                f"{system.url}/algorithm/v1.2/payload/{algorithm}/requests/{request_id}",
+                headers=system.headers(),
+                allow_redirects=False,
+            ) as response:
+                assert response.status == 302
+                url = response.headers["Location"]
+            async with system.session.get(url) as response:
+                assert response.status == 200, algorithm
+                assert orjson.loads(await response.read()) == parameters
+            for altered in _altered(url):
+                async with system.session.get(altered) as response:
+                    assert response.status == 403, (algorithm, altered)
+        # an expired link, signed by the scheduler's own key an hour ago
+        request_id = await system.submit("inline", {"algorithmParameters": parameters})
+        path = f"/algorithm/v1.2/payload/inline/requests/{request_id}/content"
+        old = Signer((SIGNING_KEY,)).sign_path(path, 60, now=time.time() - 3600)
+        async with system.session.get(system.url + old) as response:
+            assert response.status == 403
+            assert "expired" in (await response.json())["message"]
+        # an expired presigned S3 URL
+        stored = await system.submit("stored", {"algorithmParameters": parameters})
+        key = f"inputs/algorithm=stored/{stored}"
+        expired = sigv4.Signer(s3.access_key_id, s3.secret_access_key, s3.region).presign(
+            "GET", s3.url(key), expires_in=60, now=datetime.now(UTC) - timedelta(hours=1)
+        )
+        async with system.session.get(expired) as response:
+            assert response.status == 403
+
+
+def _altered(url: str) -> list[str]:
+    """The URL with its signature changed, and with its expiry pushed out."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    changed = []
+    for index, (name, value) in enumerate(query):
+        if name.lower() in ("signature", "x-amz-signature"):
+            flipped = ("0" if value[0] != "0" else "1") + value[1:]
+            changed.append(query[:index] + [(name, flipped)] + query[index + 1 :])
+        if name.lower() in ("expires", "x-amz-expires"):
+            changed.append(query[:index] + [(name, str(int(value) + 1000))] + query[index + 1 :])
+    return [urlunsplit(parts._replace(query=urlencode(q))) for q in changed]
+
+
+async def test_metadata_shows_the_queue_position_while_queued(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path,
+        postgres_dsn,
+        redis_url,
+        redis_prefix,
+        s3,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("echo")],
+        create_rate={"shard-0": 0.1},
+    ) as system:
+        first = await system.submit("echo")
+        await system.wait_for("echo", first, "RUNNING")
+        waiting = [await system.submit("echo") for _ in range(3)]
+        await asyncio.sleep(0.2)  # the dispatcher has taken what it could
+        positions = []
+        for request_id in waiting:
+            status, metadata = await system.get(
+                f"/algorithm/v1.2/metadata/echo/requests/{request_id}"
+            )
+            assert status == 200
+            positions.append(metadata["queuePosition"])
+        # one of them may be in flight, waiting for a token; the others queue in order
+        ranked = [p for p in positions if p is not None]
+        assert ranked == sorted(ranked) and len(ranked) >= 2

@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 from harness import S3Bucket
+from multidict import CIMultiDictProxy
 
 from nexus.core.config import (
     HttpSettings,
@@ -135,7 +137,8 @@ class System:
 
     @property
     def url(self) -> str:
-        return self.schedulers[0].url
+        """The first scheduler still running."""
+        return next(s for s in self.schedulers if not s.stopped).url
 
     def headers(self, token: str = TOKEN, **extra: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {token}", **extra}
@@ -168,6 +171,33 @@ class System:
                 else await response.read()
             )
             return response.status, body
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        base: str | None = None,
+        token: str | None = TOKEN,
+        headers: dict[str, str] | None = None,
+        **options: Any,
+    ) -> tuple[int, Any, CIMultiDictProxy[str]]:
+        """(status, body, headers) of any request; ``path`` is sent exactly as written
+        (``%2e%2e`` stays encoded), ``token=None`` sends no Authorization header, and a JSON
+        answer is decoded."""
+        sent = dict(headers or {})
+        if token is not None:
+            sent.setdefault("Authorization", f"Bearer {token}")
+        url = yarl.URL(f"{base or self.url}{path}", encoded=True)
+        async with self.session.request(
+            method, url, headers=sent, allow_redirects=False, **options
+        ) as response:
+            body = (
+                await response.json()
+                if response.content_type == "application/json"
+                else await response.read()
+            )
+            return response.status, body, response.headers
 
     async def result(self, algorithm: str, request_id: str) -> dict[str, Any]:
         status, body = await self.get(f"/algorithm/v1.2/results/{algorithm}/requests/{request_id}")
@@ -256,7 +286,10 @@ async def local_system(
     create_rate: dict[str, float] | None = None,
     section: dict[str, Any] | None = None,
     receiver: ReceiverSection | None = None,
+    auth: dict[str, Any] | None = None,
 ) -> AsyncIterator[System]:
+    """The whole system; ``auth`` adds settings (JWT keys, issuer…) to the schedulers'
+    :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``."""
     kubeconfigs = tmp_path / "shards"
     async with contextlib.AsyncExitStack() as stack:
         cluster = DevCluster(list(shards), kubeconfigs)
@@ -307,7 +340,8 @@ async def local_system(
                     ServiceToken(
                         "limited", hashlib.sha256(OTHER_TOKEN.encode()).hexdigest(), ("echo",)
                     ),
-                )
+                ),
+                **(auth or {}),
             ),
             signing=signing,
             scheduler=SchedulerSection(
