@@ -253,7 +253,7 @@ async def test_a_child_run_is_owned_by_its_parent_job(
         }
         assert env["NEXUS__PARENT_REQUEST_ID"] == parent
         assert env["NEXUS__PARENT_ALGORITHM_NAME"] == "maybe-fail"
-        status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{child}")
+        _status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{child}")
         assert metadata["parent"] == {"requestId": parent, "algorithmName": "maybe-fail"}
 
 
@@ -402,9 +402,9 @@ def _altered(url: str) -> list[str]:
     for index, (name, value) in enumerate(query):
         if name.lower() in ("signature", "x-amz-signature"):
             flipped = ("0" if value[0] != "0" else "1") + value[1:]
-            changed.append(query[:index] + [(name, flipped)] + query[index + 1 :])
+            changed.append([*query[:index], (name, flipped), *query[index + 1 :]])
         if name.lower() in ("expires", "x-amz-expires"):
-            changed.append(query[:index] + [(name, str(int(value) + 1000))] + query[index + 1 :])
+            changed.append([*query[:index], (name, str(int(value) + 1000)), *query[index + 1 :]])
     return [urlunsplit(parts._replace(query=urlencode(q))) for q in changed]
 
 
