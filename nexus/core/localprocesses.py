@@ -175,19 +175,23 @@ def unprivileged_user() -> RunAs | None:
     raise LocalServiceError("running as root, and neither user 'postgres' nor 'nobody' exists")
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, *, partner_offset: int = 0) -> list[int]:
     """``count`` distinct ports that can be bound on 127.0.0.1 right now.
 
     They come from below the ephemeral range, where only listeners live, so a port stays
     available to its server across a restart (an outgoing connection could take an
-    ephemeral one in between).
+    ephemeral one in between). With ``partner_offset``, each port ``p`` also has
+    ``p + partner_offset`` free (SeaweedFS puts gRPC at HTTP + 10000).
     """
-    ceiling = _ephemeral_floor()
+    ceiling = _ephemeral_floor() - partner_offset
+    taken: set[int] = set()
     chosen: list[int] = []
     for _ in range(count * 50):
         port = random.randrange(_PORT_FLOOR, ceiling)
-        if port not in chosen and _bindable(port):
+        wanted = {port, port + partner_offset}
+        if not wanted & taken and all(_bindable(p) for p in wanted):
             chosen.append(port)
+            taken |= wanted
             if len(chosen) == count:
                 return chosen
     raise LocalServiceError(f"could not find {count} free ports in {_PORT_FLOOR}..{ceiling}")
@@ -198,7 +202,7 @@ def _ephemeral_floor() -> int:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         low = 32768
-    return max(low, _PORT_FLOOR + 1000)
+    return max(low, _PORT_FLOOR + 12000)
 
 
 def _bindable(port: int) -> bool:

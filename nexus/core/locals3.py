@@ -10,11 +10,16 @@ Guarantees beyond the common ones:
   (:class:`S3Info`), so every request must be signed: unsigned requests, tampered
   presigned URLs (path, expiry, signature) and expired ones are refused with 403, as by
   AWS. Buckets are not created on upload (``-s3.autoCreateBucket=false``), as on AWS.
-* **Contained.** Every listener (ten ports: HTTP and gRPC of master, volume, filer, S3 and
-  the embedded admin server; the gRPC ports are set explicitly, since SeaweedFS would
-  otherwise take ``port + 10000``) binds 127.0.0.1; data, logs (``-logdir``), the admin
-  data and the filer's and gateway's unix sockets live in the server's directory.
-  Telemetry, WebDAV, the admin UI, IAM, Iceberg and Lance endpoints are off.
+* **Contained.** Every listener binds 127.0.0.1: ten ports, HTTP and gRPC of master,
+  volume, filer, S3 and the embedded admin server. Each gRPC port is its HTTP port + 10000,
+  SeaweedFS' own convention, which some of its clients assume whatever they are told (the
+  maintenance worker of ``weed mini`` dials the admin server that way), so both are
+  checked free and passed explicitly. Data, logs (``-logdir``), the admin data and the
+  filer's and gateway's unix sockets live in the server's directory. Telemetry, WebDAV,
+  the admin UI, IAM, Iceberg and Lance endpoints are off.
+* **Ready means readable.** After a restart, :meth:`~LocalServer.start` also waits until
+  the volume server has reported its volumes to the master, so objects written before
+  the restart can be read as soon as it returns.
 * **Ports are checked.** ``weed mini`` silently moves to another port when one is taken;
   its log line saying so fails the start instead (and a first start retries elsewhere).
 
@@ -28,11 +33,12 @@ from __future__ import annotations
 import json
 import secrets
 import stat
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from nexus.core import sigv4
-from nexus.core.localprocesses import BinarySource, find_weed
+from nexus.core.localprocesses import BinarySource, find_weed, free_ports
 from nexus.core.localservers import LocalServer
 
 
@@ -74,6 +80,10 @@ class LocalS3(LocalServer[S3Info]):
         super().__init__(directory, external=external, binaries=binaries)
         self.secret_access_key = secrets.token_urlsafe(24)
 
+    def _choose_ports(self) -> list[int]:
+        """HTTP and gRPC port of each component, gRPC = HTTP + 10000 as SeaweedFS assumes."""
+        return [port + grpc for port in free_ports(5, partner_offset=10000) for grpc in (0, 10000)]
+
     def _prepare(self) -> None:
         assert self.directory is not None
         for sub in ("data", "logs", "admin"):
@@ -106,13 +116,33 @@ class LocalS3(LocalServer[S3Info]):
         ]  # fmt: skip
 
     def _probe(self) -> bool:
-        return self._info().call("GET").status == 200
+        if self._info().call("GET").status != 200:
+            return False
+        # The gateway answers before the volume server has told the master which volumes
+        # it holds; until then, objects written before a restart answer 500. Its first
+        # heartbeat reports them all, so one registered volume means all are.
+        assert self.directory is not None
+        if not any((self.directory / "data").glob("*.dat")):
+            return True
+        master = f"http://127.0.0.1:{self.ports[0]}/dir/status"
+        with urllib.request.urlopen(master, timeout=2) as answer:
+            topology = json.load(answer)["Topology"]
+        nodes = [
+            node
+            for center in topology.get("DataCenters") or []
+            for rack in center.get("Racks") or []
+            for node in rack.get("DataNodes") or []
+        ]
+        return any(node.get("Volumes", 0) > 0 for node in nodes)
 
     def _after_exit(self) -> None:
         # weed also listens on /tmp/seaweedfs-<name>-grpc-<port>.sock, a path it hard-codes;
-        # it removes them when stopped gracefully, not when killed.
+        # it removes them (and its other sockets) when stopped gracefully, not when killed.
+        assert self.directory is not None
+        sockets = [self.directory / "filer.sock", self.directory / "s3.sock"]
         for i, name in enumerate(self._GRPC_SOCKETS):
-            path = Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[2 * i + 1]}.sock")
+            sockets.append(Path(f"/tmp/seaweedfs-{name}-grpc-{self.ports[2 * i + 1]}.sock"))
+        for path in sockets:
             path.unlink(missing_ok=True)
 
     def _info(self) -> S3Info:

@@ -140,7 +140,7 @@ class LocalServer(Generic[InfoT]):
         self.directory.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             if not self._started_once:
-                self.ports = free_ports(self.ports_needed)
+                self.ports = self._choose_ports()
                 self._prepare()
             self._process = ServerProcess(
                 self.name,
@@ -222,6 +222,9 @@ class LocalServer(Generic[InfoT]):
 
     def _run_as(self) -> RunAs | None:
         return None
+
+    def _choose_ports(self) -> list[int]:
+        return free_ports(self.ports_needed)
 
     def _after_exit(self) -> None:
         """Clean-up after the process is gone (files it could not remove itself)."""
