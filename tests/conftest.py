@@ -30,6 +30,16 @@ from harness import S3Bucket, TestDatabases, bucket_name, describe_tasks, leaked
 
 from nexus.core.localservices import LocalPostgres, LocalRedis, LocalS3, LocalServices
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest-asyncio (1.5) asks for "the current event loop" around async tests, and on
+    # Python 3.11 that quietly creates one, never closed, if nothing was ever set: an
+    # "unclosed event loop" ResourceWarning, an error here, lands on some later test
+    # (pytest-dev/pytest-asyncio#724). Setting "no loop" once makes the question fail
+    # instead, which pytest-asyncio handles.
+    asyncio.set_event_loop(None)
+
+
 # -- session-wide servers ---------------------------------------------------------------
 
 

@@ -331,3 +331,7 @@ def test_free_ports_are_distinct_and_below_the_ephemeral_range() -> None:
     ports = free_ports(20)
     assert len(set(ports)) == 20
     assert all(1024 < port < low for port in ports)
+    bases = free_ports(5, partner_offset=10000)
+    every = {*bases, *(port + 10000 for port in bases)}
+    assert len(every) == 10
+    assert all(1024 < port < low for port in every)
