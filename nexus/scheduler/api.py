@@ -52,7 +52,7 @@ SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
 
 def _algorithm(request: web.Request) -> str:
     name = request.match_info["algorithm"]
-    if not DNS_LABEL.match(name):
+    if not DNS_LABEL.fullmatch(name):  # fullmatch: ``$`` alone admits a trailing newline
         raise bad_request(
             f"algorithmName: {name[:80]!r} is not a valid algorithm name"
             " (lower-case letters, digits and '-', at most 63)"
@@ -123,6 +123,8 @@ async def results_by_tag(request: web.Request) -> web.Response:
     _authorized(request, algorithm)
     tag = request.match_info["tag"]
     scheduler = request.app[SCHEDULER]
+    if not tag.isprintable():  # no run carries one, and PostgreSQL text cannot hold NUL
+        raise bad_request("tag: must not contain control characters")
     runs = await scheduler.store.by_tag(algorithm, tag)
     return json_response([_result(scheduler, run) for run in runs])
 
@@ -207,6 +209,8 @@ async def cancel(request: web.Request) -> web.Response:
     for name, value in (("reason", reason), ("initiator", initiator)):
         if not isinstance(value, str) or len(value) > 1000:
             raise bad_request(f"{name}: expected a string of at most 1000 characters")
+        if "\x00" in value:  # PostgreSQL text cannot hold it
+            raise bad_request(f"{name}: must not contain NUL characters")
     if policy not in CANCELLATION_POLICIES:
         raise bad_request(f"cancellationPolicy: expected one of {', '.join(CANCELLATION_POLICIES)}")
     scheduler = request.app[SCHEDULER]

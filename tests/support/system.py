@@ -7,6 +7,7 @@ database, Redis key prefix and S3 bucket; the shards are the project's API emula
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import socket
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
+import orjson
 import yarl
 from aiohttp import web
 from harness import S3Bucket
@@ -134,6 +137,8 @@ class System:
     session: aiohttp.ClientSession
     base_settings: SchedulerSettings
     _stack: contextlib.AsyncExitStack = field(repr=False)
+    postgres_dsn: str = ""
+    bucket: S3Bucket | None = None
 
     @property
     def url(self) -> str:
@@ -199,6 +204,17 @@ class System:
             )
             return response.status, body, response.headers
 
+    async def stored(self) -> tuple[int, set[str]]:
+        """What refused requests must not leave behind: the number of rows in ``runs`` and
+        the input objects in the bucket."""
+        assert self.bucket is not None
+        connection = await asyncpg.connect(self.postgres_dsn)
+        try:
+            rows = int(await connection.fetchval("SELECT count(*) FROM runs"))
+        finally:
+            await connection.close()
+        return rows, {key for key in self.bucket.keys() if "inputs/" in key}  # noqa: SIM118
+
     async def result(self, algorithm: str, request_id: str) -> dict[str, Any]:
         status, body = await self.get(f"/algorithm/v1.2/results/{algorithm}/requests/{request_id}")
         assert status == 200, (status, body)
@@ -255,6 +271,31 @@ class System:
         process = await _serve_scheduler(settings)
         self.schedulers.append(process)
         return process
+
+
+async def send_raw(base: str, request: bytes, timeout: float = 10.0) -> tuple[int, Any]:
+    """Send ``request`` exactly as given (bytes no HTTP client would send, or a whole body
+    whatever the answer) on a new connection; (status, body) of the answer, the body
+    decoded when it is JSON."""
+    url = yarl.URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        async with asyncio.timeout(timeout):
+            writer.write(request)
+            await writer.drain()
+            status = int((await reader.readline()).split()[1])
+            length, json = -1, False
+            while (line := await reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+                elif name.strip().lower() == "content-type":
+                    json = value.strip().startswith("application/json")
+            body = await (reader.readexactly(length) if length >= 0 else reader.read())
+            return status, orjson.loads(body) if json else body
+    finally:
+        writer.close()
+        await writer.wait_closed()
 
 
 async def _serve(app: web.Application, port: int) -> web.AppRunner:
@@ -355,7 +396,15 @@ async def local_system(
             ),
         )
         system = System(
-            cluster, kubeconfigs, f"http://127.0.0.1:{receiver_port}", [], session, base, stack
+            cluster,
+            kubeconfigs,
+            f"http://127.0.0.1:{receiver_port}",
+            [],
+            session,
+            base,
+            stack,
+            postgres_dsn=postgres_dsn,
+            bucket=s3,
         )
         for name, shard in workgroups:
             await system.apply(first_shard, workgroup(name, shard))
