@@ -1,0 +1,51 @@
+-- Move every run of a dead pod -- queued, delayed or in flight -- to a live pod's ready
+-- queues, keeping their priorities (so they go ahead of newer runs), and forget the dead pod.
+-- Atomic: a run is in exactly one place before and after. A run the live pod already holds
+-- in flight is not queued again; one it already has queued keeps the older priority.
+-- KEYS: pods, dead-shards, dead-inflight, live-shards, live-inflight,
+--       then per shard: dead-ready, dead-delayed, live-ready
+-- ARGV: dead-pod, live-pod, shard1, shard2, ...
+-- Returns how many runs moved, or -1 (and changes nothing) when the dead pod has runs for a
+-- shard that is not listed: the caller read its shards before they changed, and retries.
+local pods, dead_shards, dead_inflight = KEYS[1], KEYS[2], KEYS[3]
+local live_shards, live_inflight = KEYS[4], KEYS[5]
+local targets = {}
+for s = 3, #ARGV do
+  targets[ARGV[s]] = 6 + (s - 3) * 3
+end
+for _, shard in ipairs(redis.call('SMEMBERS', dead_shards)) do
+  if not targets[shard] then
+    return -1
+  end
+end
+local held = redis.call('ZRANGE', dead_inflight, 0, -1, 'WITHSCORES')
+local parsed = {}
+for i = 1, #held, 2 do
+  local shard, member = string.match(held[i], '^([^/]+)/(.+)$')
+  if not shard or not targets[shard] then
+    return -1
+  end
+  parsed[#parsed + 1] = {shard, member, held[i + 1]}
+end
+local moved = 0
+local function give(shard, member, priority)
+  if redis.call('ZSCORE', live_inflight, shard .. '/' .. member) then
+    return
+  end
+  moved = moved + redis.call('ZADD', KEYS[targets[shard] + 2], 'LT', priority, member)
+end
+for s = 3, #ARGV do
+  local base = targets[ARGV[s]]
+  local queued = redis.call('ZRANGE', KEYS[base], 0, -1, 'WITHSCORES')
+  for i = 1, #queued, 2 do
+    give(ARGV[s], queued[i], queued[i + 1])
+  end
+  redis.call('DEL', KEYS[base], KEYS[base + 1])
+  redis.call('SADD', live_shards, ARGV[s])
+end
+for _, run in ipairs(parsed) do
+  give(run[1], run[2], run[3])
+end
+redis.call('DEL', dead_inflight, dead_shards)
+redis.call('ZREM', pods, ARGV[1])
+return moved

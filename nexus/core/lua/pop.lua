@@ -1,0 +1,29 @@
+-- Take up to ARGV[1] runs off a pod's ready queue for one shard, oldest first, moving them to
+-- the pod's in-flight set in the same step: a popped run is never only in this process.
+-- Runs whose retry delay has passed come back to the ready queue first, with their original
+-- priority, so they go ahead of newer runs. A due entry whose run is no longer in flight
+-- (settled, or handed to another pod meanwhile) is dropped: it is recorded elsewhere.
+-- KEYS: ready, delayed, inflight        ARGV: count, shard
+local ready, delayed, inflight = KEYS[1], KEYS[2], KEYS[3]
+local count, shard = tonumber(ARGV[1]), ARGV[2]
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, 1000)
+for _, member in ipairs(due) do
+  local held = shard .. '/' .. member
+  local priority = redis.call('ZSCORE', inflight, held)
+  if priority then
+    redis.call('ZADD', ready, priority, member)
+    redis.call('ZREM', inflight, held)
+  end
+  redis.call('ZREM', delayed, member)
+end
+if count < 1 then
+  return {}
+end
+local taken = redis.call('ZRANGE', ready, 0, count - 1, 'WITHSCORES')
+for i = 1, #taken, 2 do
+  redis.call('ZREM', ready, taken[i])
+  redis.call('ZADD', inflight, taken[i + 1], shard .. '/' .. taken[i])
+end
+return taken

@@ -1,0 +1,337 @@
+"""Virtual queues, heartbeats, the distributed throttle and leases, in Redis.
+
+This is the only module that talks to Redis. Every key name is made here (:class:`KeySpace`)
+and every multi-key operation is one Lua script (``nexus/core/lua/*.lua``), so each is atomic
+and costs one round trip.
+
+Queues: each scheduler pod owns one *ready* sorted set per shard, scored by the run's
+priority (the time it was first received, in ms), so runs that were delayed or recovered go
+ahead of newer ones. A pop moves runs from *ready* to the pod's *in-flight* set in the same
+script, so a run taken off the queue but not yet turned into a Job survives a crash of the
+pod; it is acknowledged (removed) only after its checkpoint records the outcome. A retry
+delay keeps the run in flight and lists it in the *delayed* set until it is due. Each pod
+keeps a heartbeat in the *pods* set; when it expires, :meth:`QueueBackend.adopt` moves
+everything the dead pod held to a live pod's ready queues, atomically.
+
+Every key starts with the configured prefix. Redis Cluster: all queue keys share one hash
+tag (``<prefix>:{q}:…``) because adoption moves runs between pods' keys in one script;
+throttle buckets and leases are single keys.
+
+Connection and timeout errors surface as :class:`QueueUnavailable`.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from nexus.core.config import RedisSettings
+from nexus.core.errors import QueueUnavailable
+from nexus.core.runs import RunKey
+
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _script(name: str) -> str:
+    return importlib.resources.files("nexus.core").joinpath("lua", f"{name}.lua").read_text()
+
+
+class KeySpace:
+    """Every Redis key name Nexus uses."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        # every key starts with the prefix (so deployments and tests sharing a server can
+        # find and delete their own); the hash tag puts all queue state in one slot
+        self._queues = f"{prefix}:{{q}}"
+
+    @property
+    def pods(self) -> str:
+        """Sorted set: scheduler pod → heartbeat expiry (ms, Redis clock)."""
+        return f"{self._queues}:pods"
+
+    def shards(self, pod: str) -> str:
+        """Set: the shards a pod has queues for."""
+        return f"{self._queues}:shards:{pod}"
+
+    def ready(self, pod: str, shard: str) -> str:
+        """Sorted set: ``algorithm/id`` → priority, runs waiting for dispatch."""
+        return f"{self._queues}:ready:{pod}:{shard}"
+
+    def delayed(self, pod: str, shard: str) -> str:
+        """Sorted set: ``algorithm/id`` → due time (ms), runs waiting out a retry delay."""
+        return f"{self._queues}:delayed:{pod}:{shard}"
+
+    def inflight(self, pod: str) -> str:
+        """Sorted set: ``shard/algorithm/id`` → priority, runs taken but not yet settled."""
+        return f"{self._queues}:inflight:{pod}"
+
+    def throttle(self, shard: str) -> str:
+        """Hash: the token bucket of a shard's Job creations."""
+        return f"{self.prefix}:throttle:{{{shard}}}"
+
+    def lease(self, name: str) -> str:
+        """String: the holder of a named lease."""
+        return f"{self.prefix}:lease:{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedRun:
+    """A run on a queue: which shard it is for, which run, and its priority (ms)."""
+
+    shard: str
+    key: RunKey
+    priority: float
+
+    @property
+    def member(self) -> str:
+        return f"{self.key.algorithm}/{self.key.id}"
+
+    @classmethod
+    def parse(cls, shard: str, member: str | bytes, priority: Any) -> QueuedRun:
+        text = member.decode() if isinstance(member, bytes) else member
+        algorithm, _, run_id = text.partition("/")
+        return cls(shard, RunKey(algorithm, UUID(run_id)), float(priority))
+
+
+@dataclass(frozen=True, slots=True)
+class Pods:
+    """Scheduler pods known to Redis, by whether their heartbeat is current."""
+
+    live: list[str]
+    dead: list[str]
+
+
+class QueueBackend:
+    """A Redis connection with Nexus's scripts loaded; hands out per-pod :class:`RunQueue`."""
+
+    def __init__(self, client: aioredis.Redis | RedisCluster, keys: KeySpace) -> None:
+        self.client = client
+        self.keys = keys
+        self._scripts: dict[str, AsyncScript] = {}
+        for name in (
+            "push", "pop", "delay", "settle", "adopt", "position", "missing", "throttle",
+            "backoff", "heartbeat", "pods", "lease", "release",
+        ):  # fmt: skip
+            self._scripts[name] = client.register_script(_script(name))
+
+    @classmethod
+    def connect(cls, settings: RedisSettings) -> QueueBackend:
+        """A client for ``settings.url`` (``redis+cluster://`` selects Redis Cluster)."""
+        options: dict[str, Any] = {
+            "max_connections": settings.max_connections,
+            "socket_timeout": settings.socket_timeout,
+            "socket_connect_timeout": settings.socket_timeout,
+            "health_check_interval": 30,
+        }
+        client: aioredis.Redis | RedisCluster
+        if settings.url.startswith("redis+cluster://"):
+            url = "redis://" + settings.url.removeprefix("redis+cluster://")
+            client = RedisCluster.from_url(url, **options)
+        else:
+            client = aioredis.Redis.from_url(url=settings.url, **options)
+        return cls(client, KeySpace(settings.key_prefix))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one of the scripts; Redis failures become :class:`QueueUnavailable`."""
+        try:
+            return await self._scripts[script](keys=list(keys), args=list(args))
+        except _UNAVAILABLE as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+        except RedisError as exc:
+            raise QueueUnavailable(f"redis refused {script}: {exc}") from exc
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+
+    def queue(self, pod: str) -> RunQueue:
+        return RunQueue(self, pod)
+
+    # -- pods ------------------------------------------------------------------------------
+
+    async def pods(self) -> Pods:
+        """Live and dead scheduler pods, by the Redis clock."""
+        names = [_text(n) for n in await self.run("pods", [self.keys.pods], [])]
+        split = names.index("")
+        return Pods(live=names[:split], dead=names[split + 1 :])
+
+    async def adopt(self, dead: str, live: str) -> int:
+        """Move all runs of pod ``dead`` to pod ``live``'s queues; return how many moved.
+
+        Also a pod's own hand-over when it stops, so ``dead`` need not have expired yet.
+        """
+        if dead == live:
+            raise ValueError(f"pod {dead!r} cannot adopt its own queue")
+        k = self.keys
+        for _ in range(5):
+            # The script must name every key it touches, so the shards are read first; it
+            # refuses (-1) if the dead pod has runs for a shard this read did not see.
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.smembers(k.shards(dead))
+                    pipe.zrange(k.inflight(dead), 0, -1)
+                    members, held = await pipe.execute()
+            except (*_UNAVAILABLE, RedisError) as exc:
+                raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+            names = {_text(s) for s in members}
+            names.update(_text(h).partition("/")[0] for h in held)
+            shards = sorted(names)
+            keys = [k.pods, k.shards(dead), k.inflight(dead), k.shards(live), k.inflight(live)]
+            for shard in shards:
+                keys += [k.ready(dead, shard), k.delayed(dead, shard), k.ready(live, shard)]
+            moved = int(await self.run("adopt", keys, [dead, live, *shards]))
+            if moved >= 0:
+                return moved
+        raise QueueUnavailable(f"the queues of pod {dead} kept changing during adoption")
+
+    async def missing(self, shard: str, runs: Sequence[RunKey], pods: Iterable[str]) -> set[RunKey]:
+        """Which of ``runs`` (all for ``shard``) are in no queue of ``pods``."""
+        if not runs:
+            return set()
+        keys = []
+        for pod in pods:
+            keys += [self.keys.ready(pod, shard), self.keys.inflight(pod)]
+        members = [f"{r.algorithm}/{r.id}" for r in runs]
+        found = await self.run("missing", keys, [shard, *members])
+        return {QueuedRun.parse(shard, m, 0).key for m in found}
+
+    # -- throttle --------------------------------------------------------------------------
+
+    async def take_tokens(
+        self, shard: str, want: int, rate: float, burst: float, recovery: float
+    ) -> tuple[int, float, float]:
+        """Up to ``want`` Job creations for ``shard`` now; if none, seconds to wait; and the
+        share of ``rate`` in force after 429s."""
+        granted, wait_ms, factor = await self.run(
+            "throttle", [self.keys.throttle(shard)], [want, rate, burst, recovery]
+        )
+        return int(granted), int(wait_ms) / 1000, float(_text(factor))
+
+    async def back_off(self, shard: str, retry_after: float, floor: float) -> float:
+        """The shard said 429: pause it for ``retry_after`` s and halve its rate (not below
+        ``floor`` of the configured rate); return the new rate factor."""
+        factor = await self.run(
+            "backoff", [self.keys.throttle(shard)], [int(retry_after * 1000), floor]
+        )
+        return float(_text(factor))
+
+    # -- leases ----------------------------------------------------------------------------
+
+    async def hold_lease(self, name: str, holder: str, ttl: float) -> bool:
+        """Take or renew lease ``name`` for ``ttl`` s; whether ``holder`` has it now."""
+        current = await self.run("lease", [self.keys.lease(name)], [holder, int(ttl * 1000)])
+        return _text(current) == holder
+
+    async def release_lease(self, name: str, holder: str) -> None:
+        await self.run("release", [self.keys.lease(name)], [holder])
+
+
+class RunQueue:
+    """The virtual queue of one scheduler pod."""
+
+    def __init__(self, backend: QueueBackend, pod: str) -> None:
+        self.backend = backend
+        self.pod = pod
+        self._keys = backend.keys
+
+    async def heartbeat(self, ttl: float) -> None:
+        """Register this pod as alive for ``ttl`` seconds."""
+        await self.backend.run("heartbeat", [self._keys.pods], [self.pod, int(ttl * 1000)])
+
+    async def push(self, runs: Sequence[QueuedRun]) -> None:
+        """Put ``runs`` on this pod's queues (one script per shard, pipelined)."""
+        by_shard: dict[str, list[Any]] = defaultdict(list)
+        for run in runs:
+            by_shard[run.shard] += [run.priority, run.member]
+        if not by_shard:
+            return
+        if len(by_shard) == 1:
+            ((shard, args),) = by_shard.items()
+            await self.backend.run("push", self._push_keys(shard), [shard, *args])
+            return
+        script = self.backend._scripts["push"]
+        try:
+            async with self.backend.client.pipeline(transaction=False) as pipe:
+                batch: Any = pipe  # a pipeline queues script calls like a client
+                for shard, args in by_shard.items():
+                    await script(keys=self._push_keys(shard), args=[shard, *args], client=batch)
+                await pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+        except RedisError as exc:
+            raise QueueUnavailable(f"redis refused push: {exc}") from exc
+
+    def _push_keys(self, shard: str) -> list[str]:
+        k = self._keys
+        return [k.ready(self.pod, shard), k.shards(self.pod), k.inflight(self.pod)]
+
+    async def pop(self, shard: str, count: int) -> list[QueuedRun]:
+        """Take up to ``count`` runs for ``shard``, oldest first, into the in-flight set."""
+        k = self._keys
+        keys = [k.ready(self.pod, shard), k.delayed(self.pod, shard), k.inflight(self.pod)]
+        flat = await self.backend.run("pop", keys, [count, shard])
+        return [QueuedRun.parse(shard, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    async def settle(self, runs: Sequence[QueuedRun]) -> None:
+        """Forget in-flight ``runs`` (delayed ones included): their outcome is recorded in
+        their checkpoints."""
+        if not runs:
+            return
+        shards = sorted({r.shard for r in runs})
+        keys = [self._keys.inflight(self.pod), *(self._keys.delayed(self.pod, s) for s in shards)]
+        members = [f"{r.shard}/{r.member}" for r in runs]
+        await self.backend.run("settle", keys, [len(shards), *shards, *members])
+
+    async def delay(self, shard: str, runs: Sequence[QueuedRun], seconds: float) -> None:
+        """Give in-flight ``runs`` back to the queue after ``seconds``, at their priority.
+
+        Runs no longer in flight here (settled, or adopted by another pod) are left alone.
+        """
+        if runs:
+            keys = [self._keys.delayed(self.pod, shard), self._keys.inflight(self.pod)]
+            delay_ms = max(0, int(seconds * 1000))
+            await self.backend.run("delay", keys, [delay_ms, shard, *(r.member for r in runs)])
+
+    async def shards(self) -> set[str]:
+        """The shards this pod has queues for (including empty ones)."""
+        try:
+            members = await self.backend.client.smembers(self._keys.shards(self.pod))
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+        return {_text(m) for m in members}
+
+    async def depth(self, shard: str) -> int:
+        """Runs waiting on this pod's queue for ``shard``."""
+        try:
+            return int(await self.backend.client.zcard(self._keys.ready(self.pod, shard)))
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def position(
+        self, shard: str, key: RunKey, pods: Sequence[str]
+    ) -> tuple[str, int] | None:
+        """(pod, 0-based rank) of a queued run among ``pods``' queues, or ``None``."""
+        keys = [self._keys.ready(pod, shard) for pod in pods]
+        found = await self.backend.run("position", keys, [f"{key.algorithm}/{key.id}", *pods])
+        return (_text(found[0]), int(found[1])) if found else None
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

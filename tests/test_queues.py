@@ -1,0 +1,414 @@
+"""Virtual queues, pods and leases on a real Redis: order, atomic moves, adoption, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+
+from nexus.core.config import RedisSettings
+from nexus.core.errors import QueueUnavailable
+from nexus.core.localservices import LocalRedis
+from nexus.core.queues import Pods, QueueBackend, QueuedRun, RunQueue
+from nexus.core.runs import RunKey
+
+SHARD = "shard-a"
+OTHER = "shard-b"
+_IDS = itertools.count(1)
+
+
+def run(priority: float, shard: str = SHARD, algorithm: str = "algo") -> QueuedRun:
+    """A queued run with a fresh id (ids sort in creation order, priorities decide)."""
+    return QueuedRun(shard, RunKey(algorithm, uuid.UUID(int=next(_IDS))), priority)
+
+
+@pytest_asyncio.fixture
+async def backend(redis_url: str, redis_prefix: str) -> AsyncIterator[QueueBackend]:
+    queues = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
+    try:
+        yield queues
+    finally:
+        await queues.close()
+
+
+async def places(backend: QueueBackend, pod: str, item: QueuedRun) -> list[str]:
+    """Where ``item`` is held for ``pod``: any of ready, delayed, inflight."""
+    k, client = backend.keys, backend.client
+    found = []
+    if await client.zscore(k.ready(pod, item.shard), item.member) is not None:
+        found.append("ready")
+    if await client.zscore(k.delayed(pod, item.shard), item.member) is not None:
+        found.append("delayed")
+    if await client.zscore(k.inflight(pod), f"{item.shard}/{item.member}") is not None:
+        found.append("inflight")
+    return found
+
+
+async def test_every_key_starts_with_the_prefix(backend: QueueBackend, redis_prefix: str) -> None:
+    queue = backend.queue("pod-1")
+    await queue.heartbeat(10)
+    await queue.push([run(1), run(2, OTHER)])
+    popped = await queue.pop(SHARD, 1)
+    await queue.delay(SHARD, popped, 10)
+    await backend.take_tokens(SHARD, 1, 10, 10, 0.1)
+    assert await backend.hold_lease("maintainer", "me", 10)
+    keys = [k.decode() async for k in backend.client.scan_iter(match="*", count=1000)]
+    mine = [k for k in keys if redis_prefix in k]
+    assert len(mine) == 7  # pods, shards, ready (other shard), delayed, in flight, bucket, lease
+    assert all(k.startswith(redis_prefix) for k in mine)
+
+
+async def test_pop_takes_oldest_priority_first(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    runs = [run(p) for p in (300, 100, 200, 50, 400)]
+    await queue.push(runs)
+    assert await queue.depth(SHARD) == 5
+    first = await queue.pop(SHARD, 2)
+    assert [r.priority for r in first] == [50, 100]
+    rest = await queue.pop(SHARD, 10)
+    assert [r.priority for r in rest] == [200, 300, 400]
+    assert await queue.pop(SHARD, 10) == []
+    # what comes back is what went in
+    assert {r.key for r in first + rest} == {r.key for r in runs}
+    assert all(r.shard == SHARD for r in first + rest)
+
+
+async def test_pop_of_nothing_takes_nothing(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    await queue.push([run(1), run(2)])
+    assert await queue.pop(SHARD, 0) == []
+    assert await queue.pop(SHARD, -1) == []
+    assert await queue.depth(SHARD) == 2
+    assert await queue.pop("no-such-shard", 5) == []
+
+
+async def test_priorities_keep_millisecond_precision(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    now_ms = 1_790_000_000_123.0
+    items = [run(now_ms + 1), run(now_ms)]
+    await queue.push(items)
+    popped = await queue.pop(SHARD, 2)
+    assert [r.priority for r in popped] == [now_ms, now_ms + 1]
+
+
+async def test_push_is_idempotent_and_keeps_the_first_place(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    early, late = run(100), run(200)
+    await queue.push([early, late])
+    await queue.push([QueuedRun(SHARD, early.key, 999)])  # pushed again, later
+    assert await queue.depth(SHARD) == 2
+    popped = await queue.pop(SHARD, 2)
+    assert [(r.key, r.priority) for r in popped] == [(early.key, 100), (late.key, 200)]
+
+
+async def test_a_run_in_flight_is_not_queued_twice(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    item = run(100)
+    await queue.push([item])
+    assert [r.key for r in await queue.pop(SHARD, 1)] == [item.key]
+    await queue.push([item])
+    assert await places(backend, "pod-1", item) == ["inflight"]
+    assert await queue.depth(SHARD) == 0
+
+
+async def test_pop_moves_runs_in_flight_until_settled(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    a, b = run(1), run(2)
+    await queue.push([a, b])
+    assert await places(backend, "pod-1", a) == ["ready"]
+    popped = await queue.pop(SHARD, 1)
+    assert [r.key for r in popped] == [a.key]
+    assert await places(backend, "pod-1", a) == ["inflight"]
+    assert await places(backend, "pod-1", b) == ["ready"]
+    # in flight still counts as queued for the maintainer, but has no queue position
+    assert await backend.missing(SHARD, [a.key, b.key], ["pod-1"]) == set()
+    assert await queue.position(SHARD, a.key, ["pod-1"]) is None
+    await queue.settle(popped)
+    assert await places(backend, "pod-1", a) == []
+    assert await backend.missing(SHARD, [a.key, b.key], ["pod-1"]) == {a.key}
+    await queue.settle([])  # nothing to do
+
+
+async def test_delayed_run_comes_back_when_due_ahead_of_newer_ones(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    old = run(100)
+    await queue.push([old])
+    held = await queue.pop(SHARD, 1)
+    await queue.delay(SHARD, held, 0.3)
+    assert sorted(await places(backend, "pod-1", old)) == ["delayed", "inflight"]
+    newer = [run(200), run(300)]
+    await queue.push(newer)
+    # not due yet: newer runs go, the delayed one waits (and is not lost)
+    (first,) = await queue.pop(SHARD, 1)
+    assert first.key == newer[0].key
+    assert await backend.missing(SHARD, [old.key], ["pod-1"]) == set()
+    await asyncio.sleep(0.35)
+    popped = await queue.pop(SHARD, 1)
+    assert [(r.key, r.priority) for r in popped] == [(old.key, 100)]
+    assert await places(backend, "pod-1", old) == ["inflight"]
+
+
+async def test_delay_of_zero_is_due_at_once(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    item = run(5)
+    await queue.push([item, run(10)])
+    held = await queue.pop(SHARD, 1)
+    await queue.delay(SHARD, held, 0)
+    popped = await queue.pop(SHARD, 1)
+    assert [r.key for r in popped] == [item.key]
+
+
+async def test_a_settled_run_never_comes_back(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    item = run(5)
+    await queue.push([item])
+    held = await queue.pop(SHARD, 1)
+    await queue.delay(SHARD, held, 0)
+    await queue.settle(held)  # e.g. cancelled while it waited out its delay
+    assert await places(backend, "pod-1", item) == []
+    assert await queue.pop(SHARD, 5) == []
+    # delaying a run that is not in flight does not queue it either
+    await queue.delay(SHARD, held, 0)
+    assert await queue.pop(SHARD, 5) == []
+    assert await places(backend, "pod-1", item) == []
+
+
+async def test_pipelined_push_to_several_shards(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    items = [run(i, shard=f"shard-{i % 3}") for i in range(30)]
+    await queue.push(items)
+    await queue.push([])
+    assert await queue.shards() == {"shard-0", "shard-1", "shard-2"}
+    for index in range(3):
+        shard = f"shard-{index}"
+        assert await queue.depth(shard) == 10
+        popped = await queue.pop(shard, 100)
+        assert [r.key for r in popped] == [r.key for r in items if r.shard == shard]
+
+
+async def test_pods_live_and_dead_by_heartbeat(backend: QueueBackend) -> None:
+    assert await backend.pods() == Pods(live=[], dead=[])
+    await backend.queue("pod-a").heartbeat(30)
+    await backend.queue("pod-b").heartbeat(0.05)
+    pods = await backend.pods()
+    assert sorted(pods.live) == ["pod-a", "pod-b"]
+    assert pods.dead == []
+    await asyncio.sleep(0.1)
+    pods = await backend.pods()
+    assert pods.live == ["pod-a"]
+    assert pods.dead == ["pod-b"]
+    await backend.queue("pod-b").heartbeat(30)  # back from the dead
+    assert sorted((await backend.pods()).live) == ["pod-a", "pod-b"]
+
+
+async def test_adopt_moves_everything_keeping_priorities(backend: QueueBackend) -> None:
+    dead, live = backend.queue("pod-dead"), backend.queue("pod-live")
+    await dead.heartbeat(0.01)
+    await live.heartbeat(30)
+    queued_a = [run(10), run(40)]
+    queued_b = [run(20, OTHER)]
+    flying = run(5)
+    delayed = run(8)
+    await dead.push([flying, delayed, *queued_a, *queued_b])
+    taken = await dead.pop(SHARD, 2)  # flying (5) and delayed (8)
+    assert [r.key for r in taken] == [flying.key, delayed.key]
+    await dead.delay(SHARD, [taken[1]], 3600)
+    own = [run(30), run(1000)]  # the live pod's own runs: newer and older ones
+    await live.push(own)
+    await asyncio.sleep(0.02)
+    assert (await backend.pods()).dead == ["pod-dead"]
+
+    moved = await backend.adopt("pod-dead", "pod-live")
+
+    assert moved == 5
+    assert await backend.pods() == Pods(live=["pod-live"], dead=[])
+    for item in (flying, delayed, *queued_a, *queued_b):
+        assert await places(backend, "pod-dead", item) == []
+        assert await places(backend, "pod-live", item) == ["ready"]
+    assert await dead.shards() == set()
+    assert await live.shards() == {SHARD, OTHER}
+    popped = await live.pop(SHARD, 10)
+    assert [(r.key, r.priority) for r in popped] == [
+        (flying.key, 5),
+        (delayed.key, 8),
+        (queued_a[0].key, 10),
+        (own[0].key, 30),
+        (queued_a[1].key, 40),
+        (own[1].key, 1000),
+    ]
+    assert [r.key for r in await live.pop(OTHER, 10)] == [queued_b[0].key]
+    # nothing of the dead pod is left in Redis
+    k = backend.keys
+    for key in (k.inflight("pod-dead"), k.ready("pod-dead", SHARD), k.delayed("pod-dead", SHARD)):
+        assert not await backend.client.exists(key)
+
+
+async def test_adopt_keeps_each_run_in_one_place(backend: QueueBackend) -> None:
+    dead, live = backend.queue("pod-dead"), backend.queue("pod-live")
+    shared, only_dead, flying_here = run(50), run(60), run(70)
+    await dead.push([shared, only_dead, flying_here])
+    await live.push([QueuedRun(SHARD, shared.key, 80), flying_here])
+    await live.pop(SHARD, 0)
+    taken = await live.pop(SHARD, 2)  # the live pod holds both of its runs in flight
+    assert {r.key for r in taken} == {shared.key, flying_here.key}
+    await live.settle([r for r in taken if r.key == shared.key])
+    await live.push([QueuedRun(SHARD, shared.key, 80)])  # queued on both pods, newer here
+
+    await backend.adopt("pod-dead", "pod-live")
+
+    assert await places(backend, "pod-live", flying_here) == ["inflight"]
+    assert await places(backend, "pod-live", shared) == ["ready"]
+    assert await places(backend, "pod-live", only_dead) == ["ready"]
+    popped = await live.pop(SHARD, 10)
+    assert [(r.key, r.priority) for r in popped] == [(shared.key, 50), (only_dead.key, 60)]
+
+
+async def test_adopt_of_an_empty_or_unknown_pod(backend: QueueBackend) -> None:
+    await backend.queue("pod-gone").heartbeat(0.001)
+    await asyncio.sleep(0.01)
+    assert await backend.adopt("pod-gone", "pod-live") == 0
+    assert await backend.adopt("never-seen", "pod-live") == 0
+    assert (await backend.pods()).dead == []
+    with pytest.raises(ValueError, match="own queue"):
+        await backend.adopt("pod-live", "pod-live")
+
+
+async def test_adopt_finds_shards_known_only_from_runs_in_flight(backend: QueueBackend) -> None:
+    dead = backend.queue("pod-dead")
+    item = run(7, OTHER)
+    await dead.push([item])
+    await dead.pop(OTHER, 1)
+    await backend.client.delete(backend.keys.shards("pod-dead"))  # e.g. lost or edited
+    assert await backend.adopt("pod-dead", "pod-live") == 1
+    assert await places(backend, "pod-live", item) == ["ready"]
+
+
+async def test_missing_finds_runs_in_no_queue(backend: QueueBackend) -> None:
+    a, b = backend.queue("pod-a"), backend.queue("pod-b")
+    ready_a, flying_b, delayed_b, nowhere = run(1), run(2), run(3), run(4)
+    other_shard = run(5, OTHER)
+    await a.push([ready_a])
+    await b.push([flying_b, delayed_b, other_shard])
+    await b.pop(SHARD, 1)
+    (held,) = await b.pop(SHARD, 1)
+    await b.delay(SHARD, [held], 3600)
+    keys = [r.key for r in (ready_a, flying_b, delayed_b, nowhere)]
+    assert await backend.missing(SHARD, keys, ["pod-a", "pod-b"]) == {nowhere.key}
+    # only the pods named count
+    assert await backend.missing(SHARD, keys, ["pod-a"]) == {
+        flying_b.key,
+        delayed_b.key,
+        nowhere.key,
+    }
+    assert await backend.missing(SHARD, keys, []) == set(keys)
+    assert await backend.missing(SHARD, [], ["pod-a"]) == set()
+    # a run queued for another shard is missing for this one
+    assert await backend.missing(SHARD, [other_shard.key], ["pod-b"]) == {other_shard.key}
+
+
+async def test_position_ranks_within_the_pod_that_holds_it(backend: QueueBackend) -> None:
+    a, b = backend.queue("pod-a"), backend.queue("pod-b")
+    on_a = [run(p) for p in (10, 20, 30)]
+    on_b = [run(p) for p in (5, 25)]
+    await a.push(on_a)
+    await b.push(on_b)
+    pods = ["pod-a", "pod-b"]
+    assert await a.position(SHARD, on_a[0].key, pods) == ("pod-a", 0)
+    assert await a.position(SHARD, on_a[2].key, pods) == ("pod-a", 2)
+    assert await a.position(SHARD, on_b[1].key, pods) == ("pod-b", 1)
+    assert await a.position(SHARD, run(1).key, pods) is None
+    assert await a.position(SHARD, on_a[0].key, ["pod-b"]) is None
+    await a.pop(SHARD, 1)
+    assert await a.position(SHARD, on_a[2].key, pods) == ("pod-a", 1)
+
+
+async def test_concurrent_pops_never_hand_out_a_run_twice(
+    backend: QueueBackend, redis_url: str, redis_prefix: str
+) -> None:
+    queue = backend.queue("pod-1")
+    items = [run(i) for i in range(600)]
+    await queue.push(items)
+    # two clients (as if two processes) and many coroutines on each, popping one queue
+    other = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
+    try:
+        queues: list[RunQueue] = [queue, other.queue("pod-1")]
+
+        async def worker(index: int) -> list[QueuedRun]:
+            mine: list[QueuedRun] = []
+            q = queues[index % 2]
+            while batch := await q.pop(SHARD, 1 + index % 7):
+                mine += batch
+                await asyncio.sleep(0)
+            return mine
+
+        results = await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(24))), 20)
+    finally:
+        await other.close()
+    handed = [r.key for batch in results for r in batch]
+    assert len(handed) == len(items)
+    assert set(handed) == {r.key for r in items}
+    assert sum(1 for batch in results if batch) > 1  # really concurrent
+
+
+async def test_redis_down_is_queue_unavailable_and_recovers(private_redis: LocalRedis) -> None:
+    settings = RedisSettings(url=private_redis.info.url, key_prefix="t", socket_timeout=1.0)
+    backend = QueueBackend.connect(settings)
+    try:
+        queue = backend.queue("pod-1")
+        await queue.push([run(1)])
+        await backend.ping()
+        private_redis.kill()
+        calls = [
+            backend.ping(),
+            queue.heartbeat(5),
+            queue.push([run(2)]),
+            queue.push([run(3), run(4, OTHER)]),
+            queue.pop(SHARD, 1),
+            queue.settle([run(1)]),
+            queue.delay(SHARD, [run(1)], 1),
+            queue.depth(SHARD),
+            queue.shards(),
+            queue.position(SHARD, run(1).key, ["pod-1"]),
+            backend.pods(),
+            backend.adopt("pod-1", "pod-2"),
+            backend.missing(SHARD, [run(1).key], ["pod-1"]),
+            backend.take_tokens(SHARD, 1, 10, 10, 0.1),
+            backend.back_off(SHARD, 1, 0.1),
+            backend.hold_lease("x", "me", 5),
+            backend.release_lease("x", "me"),
+        ]
+        for call in calls:
+            with pytest.raises(QueueUnavailable):
+                await asyncio.wait_for(call, 10)
+        # a restarted Redis is empty: the scripts are loaded again on first use
+        await asyncio.to_thread(private_redis.restart)
+        await asyncio.wait_for(queue.push([run(7)]), 10)
+        assert [r.priority for r in await queue.pop(SHARD, 5)] == [7]
+    finally:
+        await backend.close()
+
+
+async def test_leases_are_exclusive_renewable_and_expire(backend: QueueBackend) -> None:
+    assert await backend.hold_lease("leader", "a", 0.3)
+    assert not await backend.hold_lease("leader", "b", 0.3)
+    await asyncio.sleep(0.2)
+    assert await backend.hold_lease("leader", "a", 0.3)  # renewed: pushed out again
+    await asyncio.sleep(0.2)
+    assert not await backend.hold_lease("leader", "b", 0.3)  # a's renewal still holds
+    await asyncio.sleep(0.35)
+    assert await backend.hold_lease("leader", "b", 5)  # a's lease expired
+    assert not await backend.hold_lease("leader", "a", 5)
+    assert await backend.hold_lease("other", "a", 5)  # leases are independent
+
+
+async def test_lease_release_only_by_its_holder(backend: QueueBackend) -> None:
+    assert await backend.hold_lease("leader", "a", 30)
+    await backend.release_lease("leader", "b")
+    assert not await backend.hold_lease("leader", "b", 30)
+    await backend.release_lease("leader", "a")
+    assert await backend.hold_lease("leader", "b", 30)
+    await backend.release_lease("never-held", "a")
