@@ -1,0 +1,262 @@
+"""Object storage on a real S3 server (SeaweedFS): objects, buckets, presigned URLs."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from unittest import mock
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import aiohttp
+import botocore.session
+import pytest
+import pytest_asyncio
+from botocore.config import Config
+from harness import S3Bucket
+from yarl import URL
+
+from nexus.core.config import StorageSettings
+from nexus.core.errors import StorageUnavailable
+from nexus.core.storage import MAX_PRESIGN_SECONDS, ObjectNames, PayloadStore
+
+NOW = datetime(2026, 11, 22, 2, 0, 0, tzinfo=UTC)
+
+
+def settings_for(s3: S3Bucket, **changes: object) -> StorageSettings:
+    base = StorageSettings(
+        endpoint_url=s3.endpoint_url,
+        region=s3.region,
+        access_key_id=s3.access_key_id,
+        secret_access_key=s3.secret_access_key,
+        bucket=s3.bucket,
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture
+async def store(s3: S3Bucket) -> AsyncIterator[PayloadStore]:
+    opened = await PayloadStore.open(settings_for(s3))
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        yield session
+
+
+def test_object_names_and_references() -> None:
+    names = ObjectNames(StorageSettings(bucket="data", prefix="nexus/"))
+    assert names.input_key("algo", "123") == "nexus/inputs/algorithm=algo/123"
+    assert names.result_key("algo", "123") == "nexus/results/algorithm=algo/123"
+    uri = names.uri(names.input_key("algo", "123"))
+    assert uri == "s3://data/nexus/inputs/algorithm=algo/123"
+    assert names.key_of(uri) == "nexus/inputs/algorithm=algo/123"
+    assert names.key_of("s3://other/nexus/inputs/x") is None
+    assert names.key_of("https://example.com/data/x") is None
+
+
+async def test_put_get_delete_roundtrip(store: PayloadStore, s3: S3Bucket) -> None:
+    key = store.input_key("algo", "run-1")
+    body = b'{"x": [1, 2, 3], "text": "\xc3\xa9"}'
+    await store.put(key, body)
+    assert await store.get(key) == body
+    assert s3.get(key) == body  # really in the bucket
+    await store.put(key, b"{}")  # overwrite
+    assert await store.get(key) == b"{}"
+    await store.delete([key, "absent/key"])
+    assert await store.get(key) is None
+    await store.delete([])
+
+
+async def test_get_of_a_missing_key_is_none(store: PayloadStore) -> None:
+    assert await store.get("no/such/key") is None
+
+
+async def test_delete_many_in_chunks(store: PayloadStore, s3: S3Bucket) -> None:
+    keys = [f"many/{i:04d}" for i in range(1003)]
+    semaphore = asyncio.Semaphore(32)
+
+    async def put(key: str) -> None:
+        async with semaphore:
+            await store.put(key, b"1")
+
+    await asyncio.gather(*(put(k) for k in keys))
+    await store.delete(keys)
+    remaining = s3.keys()
+    assert [k for k in remaining if k.startswith("many/")] == []
+
+
+async def test_ensure_bucket_creates_once_and_is_idempotent(s3: S3Bucket) -> None:
+    fresh = S3Bucket(s3.info, f"{s3.bucket[:50]}-fresh")
+    store = await PayloadStore.open(settings_for(s3, bucket=fresh.bucket))
+    try:
+        await store.ensure_bucket()
+        await store.ensure_bucket()
+        await store.put("k", b"v")
+        assert fresh.get("k") == b"v"
+    finally:
+        await store.close()
+        fresh.delete()
+
+
+async def test_ensure_bucket_of_an_existing_bucket_keeps_it(
+    store: PayloadStore, s3: S3Bucket
+) -> None:
+    s3.put("kept", b"yes")
+    await store.ensure_bucket()
+    assert await store.get("kept") == b"yes"
+
+
+async def test_presigned_get_and_put_work_with_plain_http(
+    store: PayloadStore, http: aiohttp.ClientSession
+) -> None:
+    key = store.result_key("algo", "run-2")
+    async with http.put(store.presign_put(key, 60), data=b"result bytes") as answer:
+        assert answer.status == 200, await answer.text()
+    assert await store.get(key) == b"result bytes"
+    async with http.get(store.presign_get(key, 60)) as answer:
+        assert answer.status == 200
+        assert await answer.read() == b"result bytes"
+
+
+@pytest.mark.parametrize("key", ["dir/sub dir/a+b=c&d.json", "ünïcödé/~tilde*star'quote"])
+async def test_presigned_urls_of_awkward_keys(
+    store: PayloadStore, http: aiohttp.ClientSession, key: str
+) -> None:
+    async with http.put(URL(store.presign_put(key, 60), encoded=True), data=b"x") as a:
+        assert a.status == 200, await a.text()
+    async with http.get(URL(store.presign_get(key, 60), encoded=True)) as a:
+        assert a.status == 200
+        assert await a.read() == b"x"
+
+
+def _with_query(url: str, **changes: str) -> str:
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.update(changes)
+    encoded = "&".join(f"{k}={v}" for k, v in query.items())
+    return urlunsplit(parts._replace(query=encoded))
+
+
+async def test_tampered_presigned_urls_are_refused(
+    store: PayloadStore, http: aiohttp.ClientSession
+) -> None:
+    await store.put("secret/a", b"a")
+    await store.put("secret/b", b"b")
+    url = store.presign_get("secret/a", 60)
+    signature = dict(parse_qsl(urlsplit(url).query))["X-Amz-Signature"]
+    tampered = [
+        url.replace("secret/a", "secret/b"),  # another object
+        _with_query(url, **{"X-Amz-Expires": "604800"}),  # a longer validity
+        _with_query(
+            url, **{"X-Amz-Signature": ("0" if signature[0] != "0" else "1") + signature[1:]}
+        ),
+    ]
+    for bad in tampered:
+        async with http.get(URL(bad, encoded=True)) as answer:
+            assert answer.status == 403, bad
+    put = store.presign_put("secret/a", 60)
+    async with http.put(put.replace("secret/a", "secret/c"), data=b"evil") as answer:
+        assert answer.status == 403
+    async with http.get(url) as answer:  # the untouched URL still works
+        assert answer.status == 200
+
+
+async def test_expired_presigned_urls_are_refused(
+    store: PayloadStore, http: aiohttp.ClientSession
+) -> None:
+    await store.put("old", b"o")
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with http.get(store.presign_get("old", 60, now=an_hour_ago)) as answer:
+        assert answer.status == 403
+    async with http.put(store.presign_put("old", 60, now=an_hour_ago), data=b"new") as answer:
+        assert answer.status == 403
+    assert await store.get("old") == b"o"
+    fresh = store.presign_get("old", 60, now=datetime.now(UTC) - timedelta(seconds=30))
+    async with http.get(fresh) as answer:  # signed in the past, still within its validity
+        assert answer.status == 200
+
+
+def test_validity_is_clamped_to_what_s3_accepts(store: PayloadStore) -> None:
+    def expires(url: str) -> str:
+        return dict(parse_qsl(urlsplit(url).query))["X-Amz-Expires"]
+
+    assert expires(store.presign_get("k", 0)) == "1"
+    assert expires(store.presign_get("k", 90.7)) == "90"
+    assert expires(store.presign_put("k", 10**9)) == str(MAX_PRESIGN_SECONDS)
+
+
+@pytest.fixture
+def frozen_botocore_clock() -> Iterator[None]:
+    with mock.patch("botocore.auth.get_current_datetime", return_value=NOW.replace(tzinfo=None)):
+        yield
+
+
+@pytest.mark.usefixtures("frozen_botocore_clock")
+@pytest.mark.parametrize("key", ["inputs/algorithm=algo/0f6e", "dir/sub dir/a+b=c&d.json", "ü/~*'"])
+def test_presigned_urls_equal_botocores(s3: S3Bucket, key: str) -> None:
+    session = botocore.session.get_session()
+    client = session.create_client(
+        "s3",
+        region_name=s3.region,
+        endpoint_url=s3.endpoint_url,
+        aws_access_key_id=s3.access_key_id,
+        aws_secret_access_key=s3.secret_access_key,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    names = PayloadStore.__new__(PayloadStore)  # presigning needs no connection
+    PayloadStore.__init__(names, None, settings_for(s3), None)  # type: ignore[arg-type]
+    try:
+        for method, operation in (("GET", "get_object"), ("PUT", "put_object")):
+            theirs = client.generate_presigned_url(
+                operation, Params={"Bucket": s3.bucket, "Key": key}, ExpiresIn=900
+            )
+            ours = (names.presign_get if method == "GET" else names.presign_put)(key, 900, now=NOW)
+            assert ours == theirs
+    finally:
+        client.close()
+
+
+def test_presigned_urls_use_the_public_endpoint(s3: S3Bucket) -> None:
+    settings = settings_for(s3, presign_endpoint_url="https://objects.example.com/")
+    names = PayloadStore(None, settings, None)  # type: ignore[arg-type]
+    url = names.presign_get("a/b", 60)
+    assert url.startswith(f"https://objects.example.com/{s3.bucket}/a/b?X-Amz-Algorithm=")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_storage_down_is_storage_unavailable(s3: S3Bucket) -> None:
+    settings = settings_for(s3, endpoint_url=f"http://127.0.0.1:{_closed_port()}")
+    store = await PayloadStore.open(settings)
+    try:
+        calls = (store.put("k", b"v"), store.get("k"), store.delete(["k"]), store.ensure_bucket())
+        # concurrently: each is retried a few times with backoff before it gives up
+        outcomes = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), 30)
+        assert all(isinstance(o, StorageUnavailable) for o in outcomes), outcomes
+    finally:
+        await store.close()
+
+
+async def test_wrong_credentials_are_storage_unavailable(s3: S3Bucket) -> None:
+    store = await PayloadStore.open(settings_for(s3, secret_access_key="not-the-secret"))
+    try:
+        with pytest.raises(StorageUnavailable):
+            await store.put("k", b"v")
+        with pytest.raises(StorageUnavailable):
+            await store.get("k")
+        with pytest.raises(StorageUnavailable):
+            await store.ensure_bucket()
+    finally:
+        await store.close()
