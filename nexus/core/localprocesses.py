@@ -45,7 +45,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from nexus.core.errors import NexusError
 
@@ -278,7 +278,7 @@ class ServerProcess:
         log.debug("started %s", self.name, extra={"pid": self._proc.pid, "argv": self.argv})
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the server to shut down; SIGKILL its group if it has not within ``timeout``."""
+        """Ask the server to shut down; :meth:`kill` it if it has not within ``timeout``."""
         proc = self._proc
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -329,9 +329,10 @@ def run(
     cwd: Path,
     env: Mapping[str, str],
     run_as: RunAs | None,
-    stdout: int | object,
+    stdout: IO[bytes],
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in a new session, as ``run_as`` if given, stdin closed."""
+    """Start ``argv`` in a new session, as ``run_as`` if given, stdin closed, stdout and
+    stderr to ``stdout``."""
     args = [str(arg) for arg in argv]
     try:
         return subprocess.Popen(
@@ -339,7 +340,7 @@ def run(
             cwd=cwd,
             env=dict(env),
             stdin=subprocess.DEVNULL,
-            stdout=stdout,  # type: ignore[arg-type]
+            stdout=stdout,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             user=run_as.uid if run_as else None,

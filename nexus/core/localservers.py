@@ -17,8 +17,9 @@ share one life cycle (:class:`LocalServer`) and each guarantees:
 * a server built with ``external=info`` starts nothing and refuses to be stopped, killed
   or restarted: it belongs to someone else.
 
-Settings are chosen for throwaway speed, never for durability. PostgreSQL trusts loopback
-connections, runs with ``fsync=off`` and 200 connections, keeps its socket in its own
+Settings are chosen for throwaway speed. PostgreSQL trusts loopback connections, runs with
+``fsync=off`` (no protection against OS crashes, yet a killed server keeps every commit it
+acknowledged, as fault tests need) and 200 connections, keeps its socket in its own
 directory, and runs as user ``postgres`` (else ``nobody``) when we are root, since it
 refuses root. Redis keeps nothing on disk (``--save "" --appendonly no``): a restarted
 Redis is empty.
@@ -249,6 +250,7 @@ class LocalPostgres(LocalServer[PostgresInfo]):
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for clients to leave
     max_connections = 200
+    _bin_dir: Path | None = None
 
     def _run_as(self) -> RunAs | None:
         return unprivileged_user()
@@ -259,8 +261,6 @@ class LocalPostgres(LocalServer[PostgresInfo]):
         if self._bin_dir is None:
             self._bin_dir = find_postgres(self.binaries).path
         return self._bin_dir
-
-    _bin_dir: Path | None = None
 
     def _prepare(self) -> None:
         assert self.directory is not None
@@ -315,7 +315,7 @@ class LocalPostgres(LocalServer[PostgresInfo]):
 
     def _after_exit(self) -> None:
         # After a SIGKILL the lock file stays; were its pid reused by the time we restart,
-        # the new postmaster would refuse to start. The whole group is dead, so drop it.
+        # the new postmaster would refuse to start. It and its children are dead: drop it.
         assert self.directory is not None
         (self.directory / "data" / "postmaster.pid").unlink(missing_ok=True)
 
