@@ -1,0 +1,369 @@
+"""Algorithm templates and workgroups, and the configuration a run is given.
+
+``NexusAlgorithmTemplate`` and ``NexusAlgorithmWorkgroup`` custom resources (DESIGN §5) are
+parsed here into frozen dataclasses; a :class:`Catalog` keeps the current ones in memory
+(the scheduler fills it from a watch). When a run is accepted, its template, the request's
+``customConfiguration`` overrides and the workgroup are folded into one flat *applied
+configuration*, stored with the checkpoint: the run is dispatched exactly as it was accepted,
+even if the template changes in between.
+
+Overrides are validated field by field; an error names the field (``customConfiguration.
+cpuLimit``) and what was expected. Older clients' names (``imageRepository``, ``imageTag``,
+``version``) are accepted as aliases.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nexus.core.config import parse_duration
+
+# Patterns end in \Z, not $ ($ also matches before a final newline) and spell digits
+# [0-9] (\d also matches non-ASCII digits): a value that passes must be usable as is.
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\Z")
+"""A Kubernetes object name that is also safe as a path segment and a label value."""
+
+_CPU = re.compile(r"^([0-9]+(\.[0-9]+)?|[0-9]+m)\Z")
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?\Z")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?\Z")
+_IMAGE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*\Z")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*\Z")
+_RESOURCE = re.compile(r"^([a-z0-9.-]+/)?[a-zA-Z0-9._-]+\Z")
+
+MAX_DEADLINE_SECONDS = 7 * 24 * 3600
+MAX_RETRIES = 100
+DEFAULT_PAYLOAD_VALID_FOR = 24 * 3600.0
+DEFAULT_INLINE_LIMIT = 64 * 1024
+
+
+class InvalidConfiguration(ValueError):
+    """A template or an override is not valid; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Workgroup:
+    name: str
+    shard: str
+    description: str = ""
+    capabilities: dict[str, Any] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)
+    affinity: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    name: str
+    image: str
+    registry: str
+    version_tag: str
+    service_account: str | None
+    cpu_limit: str
+    memory_limit: str
+    custom_resources: dict[str, str]
+    workgroup: str
+    command: list[str]
+    args: list[str]
+    env: dict[str, str]
+    env_from: list[dict[str, Any]]
+    annotations: dict[str, str]
+    deadline_seconds: int
+    maximum_retries: int
+    transient_exit_codes: list[int]
+    fatal_exit_codes: list[int]
+    payload_valid_for: float
+    inline_payloads: bool
+    inline_limit: int
+
+
+def _get(obj: dict[str, Any], path: str, default: Any = None) -> Any:
+    value: Any = obj
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def _env(raw: Any) -> dict[str, str]:
+    """Template env as a mapping, from a ``[{name, value}]`` list or a plain mapping."""
+    if isinstance(raw, dict):
+        return {str(k): str(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return {
+            str(e["name"]): str(e.get("value", ""))
+            for e in raw
+            if isinstance(e, dict) and "name" in e
+        }
+    return {}
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidConfiguration(where, "expected an object")
+    return value
+
+
+def _whole(value: Any, where: str, default: int) -> int:
+    """A whole number from a custom resource field (YAML may give ``"30"``)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        raise InvalidConfiguration(where, "expected a whole number")
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise InvalidConfiguration(where, f"expected a whole number, not {value!r}") from None
+    if number < 0 or (isinstance(value, float) and value != number):
+        raise InvalidConfiguration(where, f"expected a whole number >= 0, not {value!r}")
+    return number
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    """A list of strings (a lone string would otherwise be split into characters)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str | int | float) for v in value):
+        raise InvalidConfiguration(where, "expected a list of strings")
+    return [str(v) for v in value]
+
+
+def _codes(value: Any, where: str) -> list[int]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise InvalidConfiguration(where, "expected a list of exit codes")
+    return [_whole(code, f"{where}[{i}]", 0) for i, code in enumerate(value)]
+
+
+def parse_workgroup(obj: dict[str, Any]) -> Workgroup:
+    """A workgroup from its custom resource; ``InvalidConfiguration`` when unusable."""
+    name = _get(obj, "metadata.name", "")
+    if not isinstance(name, str) or not name:
+        raise InvalidConfiguration("workgroup metadata.name", "is required")
+    where = f"workgroup {name}.spec"
+    spec = _mapping(obj.get("spec"), where)
+    shard = spec.get("cluster")
+    if not isinstance(shard, str) or not shard:
+        raise InvalidConfiguration(f"{where}.cluster", "must name a shard")
+    tolerations = spec.get("tolerations") or []
+    if not isinstance(tolerations, list) or not all(isinstance(t, dict) for t in tolerations):
+        raise InvalidConfiguration(f"{where}.tolerations", "expected a list of objects")
+    return Workgroup(
+        name=name,
+        shard=shard,
+        description=str(spec.get("description") or ""),
+        capabilities=_mapping(spec.get("capabilities"), f"{where}.capabilities"),
+        tolerations=tolerations,
+        affinity=_mapping(spec.get("affinity"), f"{where}.affinity"),
+    )
+
+
+def parse_template(obj: dict[str, Any]) -> Template:
+    """A template from its custom resource; ``InvalidConfiguration`` when unusable."""
+    name = _get(obj, "metadata.name", "")
+    if not isinstance(name, str) or not name:
+        raise InvalidConfiguration("template metadata.name", "is required")
+    where = f"template {name}.spec"
+    spec = _mapping(obj.get("spec"), where)
+    image = _get(spec, "container.image")
+    if not isinstance(image, str) or not image:
+        raise InvalidConfiguration(f"{where}.container.image", "is required")
+    workgroup = _get(spec, "workgroupRef.name")
+    if not isinstance(workgroup, str) or not workgroup:
+        raise InvalidConfiguration(f"{where}.workgroupRef.name", "is required")
+    runtime = _mapping(spec.get("runtimeEnvironment"), f"{where}.runtimeEnvironment")
+    errors = _mapping(spec.get("errorHandlingBehaviour"), f"{where}.errorHandlingBehaviour")
+    payload = _mapping(spec.get("payloadConfiguration"), f"{where}.payloadConfiguration")
+    resources = _mapping(
+        _get(spec, "computeResources.customResources"), f"{where}.computeResources.customResources"
+    )
+    valid_for = payload.get("payloadValidFor")
+    try:
+        payload_valid_for = (
+            parse_duration(str(valid_for)) if valid_for else DEFAULT_PAYLOAD_VALID_FOR
+        )
+    except ValueError as exc:
+        raise InvalidConfiguration(
+            f"{where}.payloadConfiguration.payloadValidFor", str(exc)
+        ) from exc
+    rt, eh = f"{where}.runtimeEnvironment", f"{where}.errorHandlingBehaviour"
+    pc = f"{where}.payloadConfiguration"
+    annotations = _mapping(runtime.get("annotations"), f"{rt}.annotations")
+    env_from = runtime.get("mappedEnvironmentVariables") or []
+    if not isinstance(env_from, list) or not all(isinstance(e, dict) for e in env_from):
+        raise InvalidConfiguration(f"{rt}.mappedEnvironmentVariables", "expected a list of objects")
+    return Template(
+        name=name,
+        image=image,
+        registry=str(_get(spec, "container.registry", "") or ""),
+        version_tag=str(_get(spec, "container.versionTag", "latest") or "latest"),
+        service_account=str(_get(spec, "container.serviceAccountName") or "") or None,
+        cpu_limit=str(_get(spec, "computeResources.cpuLimit", "1")),
+        memory_limit=str(_get(spec, "computeResources.memoryLimit", "1Gi")),
+        custom_resources={str(k): str(v) for k, v in resources.items()},
+        workgroup=workgroup,
+        command=_strings(spec.get("command"), f"{where}.command"),
+        args=_strings(spec.get("args"), f"{where}.args"),
+        env=_env(runtime.get("environmentVariables")),
+        env_from=env_from,
+        annotations={str(k): str(v) for k, v in annotations.items()},
+        deadline_seconds=_whole(runtime.get("deadlineSeconds"), f"{rt}.deadlineSeconds", 0) or 3600,
+        maximum_retries=_whole(runtime.get("maximumRetries"), f"{rt}.maximumRetries", 0),
+        transient_exit_codes=_codes(errors.get("transientExitCodes"), f"{eh}.transientExitCodes"),
+        fatal_exit_codes=_codes(errors.get("fatalExitCodes"), f"{eh}.fatalExitCodes"),
+        payload_valid_for=payload_valid_for,
+        inline_payloads=bool(payload.get("inline", False)),
+        inline_limit=_whole(
+            payload.get("inlineMaxBytes"), f"{pc}.inlineMaxBytes", DEFAULT_INLINE_LIMIT
+        )
+        or DEFAULT_INLINE_LIMIT,
+    )
+
+
+class Catalog:
+    """The templates and workgroups currently defined, by name."""
+
+    def __init__(self) -> None:
+        self.templates: dict[str, Template] = {}
+        self.workgroups: dict[str, Workgroup] = {}
+
+    def template(self, name: str) -> Template | None:
+        return self.templates.get(name)
+
+    def workgroup(self, name: str) -> Workgroup | None:
+        return self.workgroups.get(name)
+
+
+# -- overrides ---------------------------------------------------------------------------
+
+OVERRIDE_ALIASES = {"imageRepository": "image", "imageTag": "versionTag", "version": "versionTag"}
+OVERRIDES = frozenset(
+    {
+        "image", "registry", "versionTag", "cpuLimit", "memoryLimit", "workgroup",
+        "deadlineSeconds", "maximumRetries", "customResources",
+    }
+)  # fmt: skip
+
+
+def _string(name: str, value: Any, pattern: re.Pattern[str], expected: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise InvalidConfiguration(f"customConfiguration.{name}", f"expected {expected}")
+    return value
+
+
+def _quantity(name: str, value: Any, pattern: re.Pattern[str], expected: str) -> str:
+    """A resource quantity above zero (a zero limit would never let the container run)."""
+    text = _string(name, value, pattern, expected)
+    if not any(c in "123456789" for c in text.rstrip("KMGTikm")):
+        raise InvalidConfiguration(f"customConfiguration.{name}", f"expected {expected}, not 0")
+    return text
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidConfiguration(
+            f"customConfiguration.{name}", f"expected an integer from {low} to {high}"
+        )
+    return value
+
+
+def _custom_resources(name: str, value: Any) -> dict[str, str]:
+    def quantity(v: Any) -> bool:
+        if isinstance(v, bool):
+            return False
+        if isinstance(v, int):
+            return v >= 0
+        return isinstance(v, str) and _QUANTITY.match(v) is not None
+
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and _RESOURCE.match(k) and quantity(v) for k, v in value.items()
+    ):
+        raise InvalidConfiguration(
+            f"customConfiguration.{name}",
+            'expected an object of resource name to quantity, e.g. {"nvidia.com/gpu": "1"}',
+        )
+    return {k: str(v) for k, v in value.items()}
+
+
+def normalise_overrides(raw: Any) -> dict[str, Any]:
+    """Validated overrides under their current names; aliases folded in."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidConfiguration("customConfiguration", "expected an object")
+    result: dict[str, Any] = {}
+    given_as: dict[str, str] = {}  # current name -> the name the request used
+    for given, value in raw.items():
+        name = OVERRIDE_ALIASES.get(given, given)
+        if name not in OVERRIDES:
+            allowed = ", ".join(sorted(OVERRIDES | set(OVERRIDE_ALIASES)))
+            raise InvalidConfiguration(
+                f"customConfiguration.{given}", f"unknown field (allowed: {allowed})"
+            )
+        if value is None:
+            continue
+        if name in given_as:  # e.g. both imageTag and versionTag: which one was meant?
+            raise InvalidConfiguration(
+                f"customConfiguration.{given}",
+                f"conflicts with customConfiguration.{given_as[name]}",
+            )
+        given_as[name] = given
+        if name == "image":
+            result[name] = _string(given, value, _IMAGE, "an image name such as team/model")
+        elif name == "registry":
+            result[name] = _string(given, value, _REGISTRY, "a registry host such as ghcr.io")
+        elif name == "versionTag":
+            result[name] = _string(given, value, _TAG, "an image tag such as 1.2.3")
+        elif name == "cpuLimit":
+            result[name] = _quantity(given, value, _CPU, "a CPU quantity such as 500m or 2")
+        elif name == "memoryLimit":
+            result[name] = _quantity(given, value, _MEMORY, "a memory quantity such as 512Mi")
+        elif name == "workgroup":
+            result[name] = _string(given, value, DNS_LABEL, "a workgroup name")
+        elif name == "deadlineSeconds":
+            result[name] = _integer(given, value, 1, MAX_DEADLINE_SECONDS)
+        elif name == "maximumRetries":
+            result[name] = _integer(given, value, 0, MAX_RETRIES)
+        else:  # customResources
+            result[name] = _custom_resources(given, value)
+    return result
+
+
+def apply(template: Template, overrides: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+    """The applied configuration of a run: the template with validated overrides."""
+    workgroup_name = overrides.get("workgroup", template.workgroup)
+    workgroup = catalog.workgroup(workgroup_name)
+    if workgroup is None:
+        where = "customConfiguration.workgroup" if "workgroup" in overrides else "template"
+        raise InvalidConfiguration(where, f"workgroup {workgroup_name!r} does not exist")
+    return {
+        "image": overrides.get("image", template.image),
+        "registry": overrides.get("registry", template.registry),
+        "versionTag": overrides.get("versionTag", template.version_tag),
+        "serviceAccountName": template.service_account,
+        "cpuLimit": overrides.get("cpuLimit", template.cpu_limit),
+        "memoryLimit": overrides.get("memoryLimit", template.memory_limit),
+        "customResources": {**template.custom_resources, **overrides.get("customResources", {})},
+        "workgroup": workgroup.name,
+        "shard": workgroup.shard,
+        # copies: the applied configuration is the run's own, the template stays as it is
+        "command": list(template.command),
+        "args": list(template.args),
+        "env": dict(template.env),
+        "envFrom": [dict(e) for e in template.env_from],
+        "annotations": dict(template.annotations),
+        "deadlineSeconds": overrides.get("deadlineSeconds", template.deadline_seconds),
+        "maximumRetries": overrides.get("maximumRetries", template.maximum_retries),
+        "transientExitCodes": list(template.transient_exit_codes),
+        "fatalExitCodes": list(template.fatal_exit_codes),
+    }
