@@ -1,0 +1,114 @@
+"""What every Nexus HTTP API shares: JSON errors, body parsing, dependency failures.
+
+Every error answer is ``{"error": "<code>", "message": "<human text>"}`` with a 4xx/5xx
+status (DESIGN §2). Handlers raise :class:`ApiError`; :func:`error_middleware` renders it,
+turns a body over the size limit into 413, and a real component that is unavailable into
+503 with ``Retry-After`` — bad input never becomes a 5xx, and an outage never looks like the
+client's fault. Anything else unexpected is logged once, with the request id, and answered
+500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from nexus.core.errors import (
+    DependencyError,
+    QueueUnavailable,
+    ShardUnavailable,
+    StorageUnavailable,
+    StoreUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+JSON = "application/json"
+TOO_LARGE = "the request body is larger than this server accepts (NEXUS__HTTP__MAX_BODY_SIZE)"
+_UNAVAILABLE: dict[type[DependencyError], str] = {
+    StoreUnavailable: "the checkpoint store",
+    QueueUnavailable: "the queue",
+    StorageUnavailable: "object storage",
+    ShardUnavailable: "the cluster's API server",
+}
+
+
+class ApiError(Exception):
+    """An answer other than success; ``code`` is machine-readable, ``message`` for people."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON answer serialised with orjson."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type=JSON, headers=headers)
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
+    return json_response({"error": code, "message": message}, status, headers)
+
+
+def bad_request(message: str, code: str = "invalid_request") -> ApiError:
+    return ApiError(400, code, message)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400/413 naming what is wrong with it."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        raise ApiError(413, "payload_too_large", TOO_LARGE) from exc
+    if not raw:
+        raise bad_request("the body is empty; expected a JSON object", "malformed_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise bad_request(f"the body is not valid JSON: {exc}", "malformed_json") from exc
+    if not isinstance(body, dict):
+        raise bad_request(
+            f"the body must be a JSON object, not {type(body).__name__}", "malformed_json"
+        )
+    return body
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Render :class:`ApiError` and failures of real components as JSON error answers."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    except DependencyError as exc:
+        # the client learns what is down, not where it runs (the log has the details)
+        log.warning("dependency unavailable: %s", exc, extra={"path": request.path})
+        message = f"{_UNAVAILABLE.get(type(exc), 'a service Nexus depends on')} is unavailable"
+        return error_response(503, "unavailable", f"{message}; retry later", {"Retry-After": "5"})
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, "payload_too_large", TOO_LARGE)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = exc.reason.lower().replace(" ", "_")
+        message = "no such route" if exc.status == 404 else exc.reason
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        return error_response(exc.status, code, message, headers)
+    except Exception:
+        log.exception("unexpected error", extra={"path": request.path})
+        return error_response(500, "internal_error", "an unexpected error occurred")

@@ -1,0 +1,190 @@
+"""The shared error middleware and body parsing, on a real aiohttp server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from nexus.core.errors import (
+    DependencyError,
+    QueueUnavailable,
+    ShardUnavailable,
+    StorageUnavailable,
+    StoreUnavailable,
+)
+from nexus.core.httpapi import ApiError, error_middleware, json_response, read_json_object
+
+MAX_BODY = 1024
+
+
+async def echo(request: web.Request) -> web.Response:
+    return json_response({"got": await read_json_object(request)}, 201)
+
+
+async def refuse(request: web.Request) -> web.Response:
+    raise ApiError(409, "conflict", "the run has finished", {"X-Run-Stage": "COMPLETED"})
+
+
+async def dependency(request: web.Request) -> web.Response:
+    kinds: dict[str, type[DependencyError]] = {
+        "queue": QueueUnavailable,
+        "store": StoreUnavailable,
+        "storage": StorageUnavailable,
+        "shard": ShardUnavailable,
+        "other": DependencyError,
+    }
+    raise kinds[request.match_info["kind"]]("redis at 10.1.2.3:6379: Connection refused")
+
+
+async def crash(request: web.Request) -> web.Response:
+    raise RuntimeError("secret internals: password=hunter2")
+
+
+async def redirect(request: web.Request) -> web.Response:
+    raise web.HTTPFound("/elsewhere")
+
+
+async def fine(request: web.Request) -> web.Response:
+    return json_response({"ok": True})
+
+
+@pytest_asyncio.fixture
+async def base_url() -> AsyncIterator[str]:
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app.router.add_post("/echo", echo)
+    app.router.add_get("/refuse", refuse)
+    app.router.add_get("/dependency/{kind}", dependency)
+    app.router.add_get("/crash", crash)
+    app.router.add_get("/redirect", redirect)
+    app.router.add_get("/fine", fine)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield session
+
+
+async def call(
+    http: aiohttp.ClientSession, method: str, url: str, **kwargs: Any
+) -> tuple[int, dict[str, Any], Any]:
+    async with http.request(method, url, allow_redirects=False, **kwargs) as answer:
+        body = await answer.json() if answer.content_type == "application/json" else None
+        return answer.status, dict(answer.headers), body
+
+
+async def test_success_passes_through(http: aiohttp.ClientSession, base_url: str) -> None:
+    status, _, body = await call(http, "GET", f"{base_url}/fine")
+    assert (status, body) == (200, {"ok": True})
+    status, _, body = await call(http, "POST", f"{base_url}/echo", data=b'{"a": [1]}')
+    assert (status, body) == (201, {"got": {"a": [1]}})
+
+
+async def test_api_error_becomes_its_json_answer(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    status, headers, body = await call(http, "GET", f"{base_url}/refuse")
+    assert status == 409
+    assert body == {"error": "conflict", "message": "the run has finished"}
+    assert headers["X-Run-Stage"] == "COMPLETED"
+    assert headers["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "not list"),
+        (b'"text"', "not str"),
+        (b"null", "not NoneType"),
+        (b"\xff\xfe", "not valid JSON"),
+    ],
+)
+async def test_bad_bodies_are_400_naming_the_problem(
+    http: aiohttp.ClientSession, base_url: str, body: bytes, fragment: str
+) -> None:
+    status, _, answer = await call(http, "POST", f"{base_url}/echo", data=body)
+    assert status == 400
+    assert answer["error"] == "malformed_json"
+    assert fragment in answer["message"]
+
+
+async def test_oversize_body_is_413(http: aiohttp.ClientSession, base_url: str) -> None:
+    status, _, answer = await call(
+        http, "POST", f"{base_url}/echo", data=b"[" + b"1," * MAX_BODY + b"1]"
+    )
+    assert status == 413
+    assert answer["error"] == "payload_too_large"
+    assert "NEXUS__HTTP__MAX_BODY_SIZE" in answer["message"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "what"),
+    [
+        ("queue", "the queue"),
+        ("store", "the checkpoint store"),
+        ("storage", "object storage"),
+        ("shard", "API server"),
+        ("other", "depends on"),
+    ],
+)
+async def test_unavailable_dependency_is_503_with_retry_after(
+    http: aiohttp.ClientSession,
+    base_url: str,
+    kind: str,
+    what: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="nexus.core.httpapi"):
+        status, headers, answer = await call(http, "GET", f"{base_url}/dependency/{kind}")
+    assert status == 503
+    assert int(headers["Retry-After"]) > 0
+    assert answer["error"] == "unavailable"
+    assert what in answer["message"]
+    assert "10.1.2.3" not in answer["message"]  # where it runs stays in the log
+    assert any("10.1.2.3" in r.getMessage() for r in caplog.records)
+
+
+async def test_unexpected_error_is_500_without_internals(
+    http: aiohttp.ClientSession, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="nexus.core.httpapi"):
+        status, _, answer = await call(http, "GET", f"{base_url}/crash")
+    assert status == 500
+    assert answer == {"error": "internal_error", "message": "an unexpected error occurred"}
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1  # logged once, with the traceback
+    assert "hunter2" in str(logged[0].exc_info[1])
+
+
+async def test_routing_errors_are_json_too(http: aiohttp.ClientSession, base_url: str) -> None:
+    status, _, answer = await call(http, "GET", f"{base_url}/no/such/route")
+    assert status == 404
+    assert answer == {"error": "not_found", "message": "no such route"}
+    status, headers, answer = await call(http, "DELETE", f"{base_url}/fine")
+    assert status == 405
+    assert answer["error"] == "method_not_allowed"
+    assert "GET" in headers["Allow"]
+
+
+async def test_redirects_are_not_errors(http: aiohttp.ClientSession, base_url: str) -> None:
+    status, headers, _ = await call(http, "GET", f"{base_url}/redirect")
+    assert status == 302
+    assert headers["Location"] == "/elsewhere"
