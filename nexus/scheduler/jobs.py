@@ -19,14 +19,15 @@ from typing import Any
 
 import orjson
 
+from nexus.core.labels import (
+    ALGORITHM_LABEL,
+    ALGORITHM_RUN,
+    COMPONENT_LABEL,
+    REQUEST_LABEL,
+    SHARD_ANNOTATION,
+)
 from nexus.core.runs import Checkpoint
 from nexus.core.templates import Workgroup
-
-ALGORITHM_LABEL = "science.sneaksanddata.com/algorithm-template-name"
-COMPONENT_LABEL = "science.sneaksanddata.com/nexus-component"
-REQUEST_LABEL = "science.sneaksanddata.com/request-id"
-SHARD_ANNOTATION = "science.sneaksanddata.com/shard"
-ALGORITHM_RUN = "algorithm-run"
 
 PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
 
