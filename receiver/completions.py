@@ -63,6 +63,10 @@ def _optional_text(body: dict[str, Any], *names: str, limit: int, cut: bool) -> 
             if not cut:
                 raise bad_request(f"{name}: longer than {limit} characters")
             value = value[:limit] + "…"
+        if "\x00" in value:  # PostgreSQL text cannot hold NUL; a message keeps the rest
+            if not cut:
+                raise bad_request(f"{name}: must not contain NUL characters")
+            value = value.replace("\x00", "\ufffd")
         return value
     return None
 
@@ -86,7 +90,7 @@ async def complete(request: web.Request) -> web.Response:
     receiver = request.app[RECEIVER]
     algorithm = request.match_info["algorithm"]
     raw_id = request.match_info["request_id"]
-    if not DNS_LABEL.match(algorithm):
+    if not DNS_LABEL.fullmatch(algorithm):  # ``$`` alone admits a trailing newline
         raise bad_request(f"algorithmName: {algorithm[:80]!r} is not a valid algorithm name")
     try:
         run_id = uuid.UUID(raw_id)

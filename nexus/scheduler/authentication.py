@@ -80,6 +80,9 @@ class Authenticator:
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
             raise _unauthorized("the Authorization header must be 'Bearer <token>'")
+        # Tokens and JWTs are ASCII; bytes that are not UTF-8 arrive here as surrogates.
+        if not credential.isascii():
+            raise _unauthorized("the bearer token is not valid")
         principal = self._tokens.get(hashlib.sha256(credential.encode()).hexdigest())
         if principal is not None:
             return principal
@@ -117,7 +120,11 @@ class Authenticator:
         allowed = claims.get(s.jwt_algorithms_claim, [])
         if isinstance(allowed, str):
             allowed = [allowed]
-        principal = Principal(str(claims[s.jwt_caller_claim]), frozenset(map(str, allowed)))
+        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
+            raise _unauthorized(
+                f"the JWT's {s.jwt_algorithms_claim} claim must be a list of algorithm names"
+            )
+        principal = Principal(str(claims[s.jwt_caller_claim]), frozenset(allowed))
         self._verified[token] = (principal, float(claims["exp"]))
         if len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)
