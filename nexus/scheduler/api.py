@@ -52,7 +52,7 @@ SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
 
 def _algorithm(request: web.Request) -> str:
     name = request.match_info["algorithm"]
-    if not DNS_LABEL.fullmatch(name):  # fullmatch: ``$`` alone admits a trailing newline
+    if not DNS_LABEL.match(name):
         raise bad_request(
             f"algorithmName: {name[:80]!r} is not a valid algorithm name"
             " (lower-case letters, digits and '-', at most 63)"

@@ -93,7 +93,7 @@ def _parent(body: dict[str, Any]) -> dict[str, str] | None:
         parsed = None
     if parsed is None:
         raise bad_request("parentRequest.requestId: expected a request id (UUID)")
-    if not isinstance(algorithm, str) or not DNS_LABEL.fullmatch(algorithm):
+    if not isinstance(algorithm, str) or not DNS_LABEL.match(algorithm):
         raise bad_request("parentRequest.algorithmName: expected an algorithm name")
     return {"requestId": str(parsed), "algorithmName": algorithm}
 

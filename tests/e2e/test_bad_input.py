@@ -181,6 +181,8 @@ async def test_overrides_are_validated_and_older_names_accepted(
         Case("bad alias imageRepository", "customConfiguration.imageRepository", json=overrides(imageRepository="../x")),
         Case("bad alias version", "customConfiguration.version", json=overrides(version="")),
         Case("bad customResources", "customConfiguration.customResources", json=overrides(customResources=["gpu"])),
+        Case("newline after an override", "customConfiguration.versionTag", json=overrides(versionTag="1.0\n")),
+        Case("newline after a quantity", "customConfiguration.cpuLimit", json=overrides(cpuLimit="1\n")),
         Case("NUL in an override", "customConfiguration.versionTag", json=overrides(versionTag="1.0\u0000")),
         Case("NUL in an override's name", "customConfiguration.", json=overrides(**{"cpu\u0000Limit": "1"})),
         Case("NUL in a resource quantity", "customConfiguration.customResources", json=overrides(customResources={"nvidia.com/gpu": "1\u0000"})),
