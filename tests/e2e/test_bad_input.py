@@ -146,6 +146,7 @@ async def test_bodies_that_are_not_run_requests(
         Case("payloadValidFor a number", "payloadValidFor", json=run_with(payloadValidFor=3600)),
         Case("algorithmName mismatch", "algorithmName", json=run_with(algorithmName="other")),
         Case("algorithmName a number", "algorithmName", json=run_with(algorithmName=1)),
+        Case("nested too deep", "not valid JSON", data=b'{"algorithmParameters": {"a": ' + b"[" * 2000 + b"]" * 2000 + b"}}"),
         Case("number beyond a double", "not valid JSON", data=b'{"algorithmParameters": {"a": 1e400}}'),
     ]  # fmt: skip
     async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
@@ -244,6 +245,22 @@ async def test_run_options_are_validated(
         ]  # fmt: skip
         for case in cases:
             await check.refused(case)
+
+        # header bytes that are not UTF-8 reach the server as surrogates
+        before = await check.stored()
+        body = orjson.dumps(VALID)
+        request = (
+            (
+                f"POST {RUN} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            ).encode()
+            + b"Idempotency-Key: \xff\xfe\r\n\r\n"
+            + body
+        )
+        status, answer = await send_raw(check.system.url, request)
+        assert status == 400 and "Idempotency-Key" in answer["message"], (status, answer)
+        assert await check.stored() == before
+        await check.healthy("Idempotency-Key not UTF-8")
 
         # valid ones at the limits are accepted
         request_id = await check.system.submit(
