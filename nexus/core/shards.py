@@ -1,0 +1,360 @@
+"""Kubernetes clusters, through kubernetes-asyncio (the only module that imports it).
+
+A :class:`ShardClient` is one cluster reached through a kubeconfig file (or the in-cluster
+service account). kubernetes-asyncio loads the configuration, authenticates (tokens, client
+certificates, exec plugins and their refresh) and owns the connection pool; Nexus uses it
+*raw*: requests go through ``ApiClient.call_api(..., _preload_content=False)`` and answers
+are parsed with orjson into plain dicts, because model deserialisation costs ~100 µs per
+object and Nexus never needs the models. Job creation, the hot path, posts pre-serialised
+bytes on the client's own aiohttp session. That session is rebuilt with ``trust_env`` off:
+proxy look-ups on every request halve the client's throughput.
+
+Answers are mapped to outcomes, not exceptions, where the caller decides per status
+(:class:`CreateResult`); elsewhere a 429 raises :class:`ShardThrottled`, another 4xx
+:class:`ShardRejected`, and 5xx, timeouts and connection errors :class:`ShardUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
+
+_NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_JSON = {"Content-Type": "application/json", "Accept": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A kind of object in the API: where it lives and how it is named in URLs."""
+
+    group: str  # "" for the core group
+    version: str
+    plural: str
+
+    def path(self, namespace: str | None, name: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        where = (
+            f"{base}/namespaces/{namespace}/{self.plural}" if namespace else f"{base}/{self.plural}"
+        )
+        return f"{where}/{name}" if name else where
+
+
+JOBS = Resource("batch", "v1", "jobs")
+PODS = Resource("", "v1", "pods")
+EVENTS = Resource("", "v1", "events")
+TEMPLATES = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmtemplates")
+WORKGROUPS = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmworkgroups")
+
+
+@dataclass(frozen=True, slots=True)
+class CreateResult:
+    """What a shard said to a Job creation."""
+
+    status: int
+    uid: str | None = None
+    message: str = ""
+    retry_after: float = 0.0
+
+    @property
+    def created(self) -> bool:
+        """The Job exists now: created by this call (201) or an earlier one (409)."""
+        return self.status in (200, 201, 202, 409)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
+    object: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    items: list[dict[str, Any]]
+    resource_version: str
+    next_page: str | None
+
+
+class ResourceExpired(Exception):
+    """A watch's resourceVersion is too old (410 Gone): relist, then watch again."""
+
+
+def _retry_after(headers: Any) -> float:
+    try:
+        return max(0.0, float(headers.get("Retry-After", "1")))
+    except ValueError:
+        return 1.0
+
+
+def _message(body: bytes) -> str:
+    try:
+        status = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body[:500].decode(errors="replace")
+    return str(status.get("message", "")) if isinstance(status, dict) else str(status)
+
+
+class ShardClient:
+    """One Kubernetes cluster, used without model (de)serialisation."""
+
+    def __init__(self, name: str, api: ApiClient, namespace: str, timeout: float) -> None:
+        self.name = name
+        self.namespace = namespace
+        self._api = api
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._host: str = api.configuration.host or ""
+        old = api.rest_client.pool_manager
+        connector = old.connector
+        old.detach()
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, read_bufsize=2**21
+        )
+        api.rest_client.pool_manager = self._session
+        # what the client library adds to each request, for the requests made without it
+        rest = api.rest_client
+        self._connection: dict[str, Any] = {}
+        if rest.proxy:
+            self._connection["proxy"] = rest.proxy
+        if rest.proxy_headers:
+            self._connection["proxy_headers"] = rest.proxy_headers
+        if rest.server_hostname:
+            self._connection["server_hostname"] = rest.server_hostname
+
+    @classmethod
+    async def from_kubeconfig(
+        cls, name: str, path: Path, namespace: str, timeout: float = 10.0
+    ) -> ShardClient:
+        configuration = Configuration()
+        await kube_config.load_kube_config(
+            config_file=str(path), client_configuration=configuration, persist_config=False
+        )
+        configuration.connection_pool_maxsize = 256
+        return cls(name, ApiClient(configuration), namespace, timeout)
+
+    @classmethod
+    async def in_cluster(cls, name: str, namespace: str, timeout: float = 10.0) -> ShardClient:
+        configuration = Configuration()
+        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        configuration.connection_pool_maxsize = 256
+        return cls(name, ApiClient(configuration), namespace, timeout)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _auth_headers(self) -> dict[str, str]:
+        headers = {**_JSON, **self._api.default_headers}
+        await self._api.update_params_for_auth(headers, [], ["BearerToken"])
+        return headers
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Sequence[tuple[str, Any]] = (),
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> aiohttp.ClientResponse:
+        try:
+            response: aiohttp.ClientResponse = await self._api.call_api(
+                path,
+                method,
+                query_params=list(query),
+                header_params={"Accept": "application/json", "Content-Type": content_type},
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
+                _request_timeout=timeout or self._timeout,
+            )
+        except _NETWORK_ERRORS as exc:
+            raise ShardUnavailable(f"shard {self.name}: {method} {path}: {exc!r}") from exc
+        return response
+
+    async def _json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any] | None:
+        """The answer's JSON, ``None`` for 404; other failures raise."""
+        response = await self._call(method, path, **kwargs)
+        try:
+            body = await response.read()
+        except _NETWORK_ERRORS as exc:
+            raise ShardUnavailable(f"shard {self.name}: {method} {path}: {exc!r}") from exc
+        finally:
+            response.release()
+        self._raise_for(response, body, f"{method} {path}")
+        if response.status == 404:
+            return None
+        try:
+            result: dict[str, Any] = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ShardUnavailable(f"shard {self.name}: {method} {path}: not JSON") from exc
+        return result
+
+    def _raise_for(self, response: aiohttp.ClientResponse, body: bytes, what: str) -> None:
+        status = response.status
+        if status < 400 or status == 404:
+            return
+        message = f"shard {self.name}: {what}: {status} {_message(body)}"
+        if status == 429:
+            raise ShardThrottled(message, retry_after=_retry_after(response.headers))
+        if status >= 500:
+            raise ShardUnavailable(message)
+        raise ShardRejected(message, status=status, reason=_message(body))
+
+    # -- jobs ------------------------------------------------------------------------------
+
+    async def create_job(self, body: bytes) -> CreateResult:
+        """POST a serialised Job; the status decides, nothing is raised for 4xx/5xx."""
+        url = self._host + JOBS.path(self.namespace)
+        try:
+            headers = await self._auth_headers()
+            async with self._session.post(
+                url, data=body, headers=headers, timeout=self._timeout, **self._connection
+            ) as response:
+                answer = await response.read()
+                status = response.status
+                retry_after = _retry_after(response.headers) if status == 429 else 0.0
+        except _NETWORK_ERRORS as exc:
+            raise ShardUnavailable(f"shard {self.name}: create job: {exc!r}") from exc
+        if status in (200, 201, 202):
+            try:
+                uid = orjson.loads(answer).get("metadata", {}).get("uid")
+            except (orjson.JSONDecodeError, AttributeError):
+                uid = None  # created all the same; the watch will tell the uid
+            return CreateResult(status, uid=uid)
+        return CreateResult(status, message=_message(answer), retry_after=retry_after)
+
+    async def delete_job(self, name: str, propagation: str = "Background") -> bool:
+        """Delete Job ``name``; whether it existed."""
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        found = await self._json(
+            "DELETE",
+            JOBS.path(self.namespace, name),
+            query=[("propagationPolicy", propagation)],
+            body=body,
+        )
+        return found is not None
+
+    # -- generic reads and watches ---------------------------------------------------------
+
+    async def get(
+        self, resource: Resource, name: str, namespace: str | None = None
+    ) -> dict[str, Any] | None:
+        return await self._json("GET", resource.path(namespace or self.namespace, name))
+
+    async def list(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        limit: int = 500,
+        page: str | None = None,
+    ) -> Listing:
+        """One page of objects (``next_page`` continues), with the list's resourceVersion."""
+        query: list[tuple[str, Any]] = [("limit", limit)]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        if page:
+            query.append(("continue", page))
+        where = resource.path(namespace or self.namespace)
+        answer = await self._json("GET", where, query=query)
+        if answer is None:  # the resource type is not served (e.g. a CRD not installed)
+            raise ShardRejected(
+                f"shard {self.name}: GET {where}: 404 not found", status=404, reason="NotFound"
+            )
+        meta = answer.get("metadata") or {}
+        return Listing(
+            answer.get("items") or [],
+            str(meta.get("resourceVersion", "")),
+            meta.get("continue") or None,
+        )
+
+    async def list_all(self, resource: Resource, **kwargs: Any) -> Listing:
+        """Every object, following pages; the resourceVersion is the first page's."""
+        first = await self.list(resource, **kwargs)
+        items, page = list(first.items), first.next_page
+        while page:
+            more = await self.list(resource, page=page, **kwargs)
+            items += more.items
+            page = more.next_page
+        return Listing(items, first.resource_version, None)
+
+    async def watch(
+        self,
+        resource: Resource,
+        resource_version: str,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        """Changes after ``resource_version`` until the server ends the watch.
+
+        Raises :class:`ResourceExpired` when the version is too old to resume from.
+        """
+        query: list[tuple[str, Any]] = [
+            ("watch", "true"),
+            ("allowWatchBookmarks", "true"),
+            ("resourceVersion", resource_version),
+            ("timeoutSeconds", timeout_seconds),
+        ]
+        if label_selector:
+            query.append(("labelSelector", label_selector))
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self._timeout.total, sock_read=timeout_seconds + 30
+        )
+        response = await self._call(
+            "GET", resource.path(namespace or self.namespace), query=query, timeout=timeout
+        )
+        try:
+            if response.status == 410:
+                raise ResourceExpired(f"shard {self.name}: {resource.plural} at {resource_version}")
+            if response.status >= 400:
+                self._raise_for(response, await response.read(), f"watch {resource.plural}")
+            async for line in response.content:
+                if not line.strip():
+                    continue
+                try:
+                    event = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:  # cut off mid-line by a dropped stream
+                    raise ShardUnavailable(
+                        f"shard {self.name}: watch {resource.plural}: broken event: {exc}"
+                    ) from exc
+                if event.get("type") == "ERROR":
+                    status = event.get("object") or {}
+                    if status.get("code") == 410:
+                        raise ResourceExpired(f"shard {self.name}: {status.get('message')}")
+                    raise ShardUnavailable(
+                        f"shard {self.name}: watch error: {status.get('message')}"
+                    )
+                yield WatchEvent(event["type"], event.get("object") or {})
+        except (*_NETWORK_ERRORS, ValueError) as exc:  # ValueError: a line over the buffer
+            raise ShardUnavailable(f"shard {self.name}: watch {resource.plural}: {exc!r}") from exc
+        finally:
+            response.close()  # an unfinished stream must not go back to the pool
+
+
+async def open_shards(directory: Path, namespace: str, timeout: float) -> dict[str, ShardClient]:
+    """A client for every ``<shard>.kubeconfig`` in ``directory``."""
+    clients: dict[str, ShardClient] = {}
+    try:
+        for path in sorted(directory.glob("*.kubeconfig")):  # noqa: ASYNC240 (start-up only)
+            name = path.name.removesuffix(".kubeconfig")
+            clients[name] = await ShardClient.from_kubeconfig(name, path, namespace, timeout)
+    except Exception:
+        for client in clients.values():
+            await client.close()
+        raise
+    return clients

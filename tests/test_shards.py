@@ -1,0 +1,477 @@
+"""The shard client against the local Kubernetes API emulator (and, for answers the
+emulator never gives, a tiny stand-in server): statuses, deletion, paging, watches."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+import yaml
+from aiohttp import web
+
+from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
+from nexus.core.shards import (
+    JOBS,
+    PODS,
+    TEMPLATES,
+    Resource,
+    ResourceExpired,
+    ShardClient,
+    WatchEvent,
+    open_shards,
+)
+from nexus.devcluster.fairness import Limits
+from nexus.devcluster.jobcontroller import JobControllerSettings
+from nexus.devcluster.kubelet import KubeletSettings
+from nexus.devcluster.shards import DevCluster, ShardSpec
+from nexus.devcluster.simulation import SimulationSettings
+from nexus.devcluster.watching import WatchSettings
+
+NS = "nexus"
+
+
+def spec(name: str = "shard", **changes: Any) -> ShardSpec:
+    """An emulated shard whose clocks run fast enough for tests."""
+    base = ShardSpec(
+        name=name,
+        namespace=NS,
+        events=False,
+        simulation=SimulationSettings(duration="fixed:0.01", request_timeout=2.0),
+        kubelet=KubeletSettings(image_pull_backoff=0.2),
+        jobs=JobControllerSettings(retry_backoff=0.01, retry_backoff_max=0.05),
+        watch=WatchSettings(bookmark_interval=60),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def job(
+    name: str, *, hang: bool = False, labels: dict[str, str] | None = None, grace: int = 0
+) -> bytes:
+    container: dict[str, Any] = {"name": name[:63], "image": "algorithms/test:1.0"}
+    if hang:
+        container["env"] = [{"name": "NEXUS_DEVCLUSTER_FAULT", "value": "hang"}]
+    manifest = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name, "labels": labels or {}},
+        "spec": {
+            "backoffLimit": 0,
+            "template": {
+                "spec": {
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": grace,
+                    "containers": [container],
+                }
+            },
+        },
+    }
+    return orjson.dumps(manifest)
+
+
+async def eventually(probe: Callable[[], Awaitable[Any]], timeout: float = 5.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await probe()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"not met within {timeout} s (last: {result!r})")
+        await asyncio.sleep(0.02)
+
+
+async def collect(stream: AsyncIterator[WatchEvent], timeout: float = 5) -> list[WatchEvent]:
+    async def drain() -> list[WatchEvent]:
+        return [event async for event in stream]
+
+    return await asyncio.wait_for(drain(), timeout)
+
+
+@pytest_asyncio.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[DevCluster]:
+    async with DevCluster([spec()], kubeconfig_dir=tmp_path) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def client(cluster: DevCluster) -> AsyncIterator[ShardClient]:
+    shard = cluster["shard"]
+    opened = await ShardClient.from_kubeconfig("shard", shard.kubeconfig, NS, timeout=5)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def pods_of(client: ShardClient, name: str) -> list[dict[str, Any]]:
+    return (await client.list(PODS, label_selector=f"job-name={name}")).items
+
+
+# -- creating ------------------------------------------------------------------------------
+
+
+async def test_create_answers_201_with_the_uid(client: ShardClient) -> None:
+    result = await client.create_job(job("run-1"))
+    assert (result.status, result.created) == (201, True)
+    stored = await client.get(JOBS, "run-1")
+    assert stored is not None
+    assert result.uid == stored["metadata"]["uid"]
+    assert stored["metadata"]["namespace"] == NS
+
+
+async def test_creating_the_same_job_twice_is_harmless(client: ShardClient) -> None:
+    first = await client.create_job(job("run-1"))
+    again = await client.create_job(job("run-1"))
+    assert again.status == 409
+    assert again.created  # the Job exists: that is what the caller wanted
+    assert again.uid is None
+    assert "already exists" in again.message
+    assert len((await client.list(JOBS)).items) == 1
+    assert (await client.get(JOBS, "run-1") or {})["metadata"]["uid"] == first.uid
+
+
+async def test_an_invalid_job_is_422_with_the_servers_message(client: ShardClient) -> None:
+    result = await client.create_job(job("Not_A_Valid_Name"))
+    assert result.status == 422
+    assert not result.created
+    assert "Not_A_Valid_Name" in result.message
+    assert "metadata.name" in result.message or "RFC 1123" in result.message
+    assert await client.get(JOBS, "Not_A_Valid_Name") is None
+    garbage = await client.create_job(b"{not json")
+    assert garbage.status == 400
+    assert not garbage.created
+
+
+async def test_over_the_limit_is_429_with_retry_after(tmp_path: Path) -> None:
+    limits = Limits(mutating_rate=0.5, mutating_burst=2, read_rate=0.5, read_burst=2)
+    async with DevCluster([spec(limits=limits)], kubeconfig_dir=tmp_path) as cluster:
+        client = await ShardClient.from_kubeconfig("shard", cluster["shard"].kubeconfig, NS)
+        try:
+            results = [await client.create_job(job(f"run-{i}")) for i in range(4)]
+            assert [r.status for r in results] == [201, 201, 429, 429]
+            throttled = results[2]
+            assert not throttled.created
+            assert throttled.retry_after == 1.0
+            assert "Too many requests" in throttled.message
+            assert await client.get(JOBS, "run-0") is not None
+            assert await client.get(JOBS, "run-1") is not None
+            with pytest.raises(ShardThrottled) as caught:  # reads: over their own limit
+                await client.get(JOBS, "run-2")
+            assert caught.value.retry_after == 1.0
+            with pytest.raises(ShardThrottled):
+                await client.delete_job("run-0")
+        finally:
+            await client.close()
+
+
+# -- deleting ------------------------------------------------------------------------------
+
+
+async def deletion(client: ShardClient, name: str, policy: str) -> list[tuple[str, str, str]]:
+    """Delete a running Job with ``policy``; ``(kind, type, detail)`` of what followed, in
+    resourceVersion order (one counter for all kinds), for a second."""
+    await client.create_job(job(name, hang=True, grace=1))
+
+    async def running() -> bool:
+        return [p["status"].get("phase") for p in await pods_of(client, name)] == ["Running"]
+
+    await eventually(running)
+    version = (await client.list(JOBS)).resource_version
+    assert await client.delete_job(name, policy)
+    jobs, pods = await asyncio.gather(
+        collect(client.watch(JOBS, version, timeout_seconds=1)),
+        collect(client.watch(PODS, version, timeout_seconds=1)),
+    )
+    changes = []
+    for kind, events in (("job", jobs), ("pod", pods)):
+        for event in events:
+            meta = event.object["metadata"]
+            detail = "deleting" if meta.get("deletionTimestamp") else ""
+            if kind == "job" and "foregroundDeletion" in meta.get("finalizers", []):
+                detail += "+foreground"
+            changes.append((int(meta["resourceVersion"]), kind, event.type, detail))
+    return [(kind, kind_type, detail) for _, kind, kind_type, detail in sorted(changes)]
+
+
+async def test_delete_in_the_background_removes_job_then_pods(client: ShardClient) -> None:
+    changes = await deletion(client, "bg", "Background")
+    deleted = [kind for kind, event, _ in changes if event == "DELETED"]
+    assert deleted == ["job", "pod"]  # the Job at once, its pod after
+    assert ("job", "MODIFIED", "deleting+foreground") not in changes
+    assert await client.get(JOBS, "bg") is None
+    assert await pods_of(client, "bg") == []
+
+
+async def test_delete_in_the_foreground_waits_for_the_pods(client: ShardClient) -> None:
+    changes = await deletion(client, "fg", "Foreground")
+    assert changes[0] == ("job", "MODIFIED", "deleting+foreground")
+    deleted = [kind for kind, event, _ in changes if event == "DELETED"]
+    assert deleted == ["pod", "job"]  # the Job only once its pod is gone
+    assert await client.get(JOBS, "fg") is None
+    assert await pods_of(client, "fg") == []
+
+
+async def test_delete_orphaning_keeps_the_pods(client: ShardClient) -> None:
+    changes = await deletion(client, "orphan", "Orphan")
+    assert [kind for kind, event, _ in changes if event == "DELETED"] == ["job"]
+    assert await client.get(JOBS, "orphan") is None
+    pods = await pods_of(client, "orphan")
+    assert len(pods) == 1
+    assert pods[0]["status"]["phase"] == "Running"
+    assert not pods[0]["metadata"].get("ownerReferences")
+
+
+async def test_delete_of_a_missing_job_says_so(client: ShardClient) -> None:
+    assert not await client.delete_job("never-created")
+    with pytest.raises(ShardRejected) as caught:
+        await client.delete_job("x", "Sideways")
+    assert caught.value.status == 422
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+async def test_get_of_a_missing_object_is_none(client: ShardClient) -> None:
+    assert await client.get(JOBS, "nope") is None
+    assert await client.get(TEMPLATES, "nope") is None
+    assert await client.get(JOBS, "nope", namespace="elsewhere") is None
+
+
+async def test_list_pages_and_list_all(client: ShardClient) -> None:
+    for i in range(7):
+        await client.create_job(job(f"run-{i}", labels={"batch": "a" if i < 5 else "b"}))
+    first = await client.list(JOBS, limit=3)
+    assert [j["metadata"]["name"] for j in first.items] == ["run-0", "run-1", "run-2"]
+    assert first.next_page
+    assert first.resource_version
+    second = await client.list(JOBS, limit=3, page=first.next_page)
+    assert [j["metadata"]["name"] for j in second.items] == ["run-3", "run-4", "run-5"]
+    everything = await client.list_all(JOBS, limit=3)
+    assert [j["metadata"]["name"] for j in everything.items] == [f"run-{i}" for i in range(7)]
+    assert everything.resource_version == first.resource_version
+    assert everything.next_page is None
+    selected = await client.list_all(JOBS, label_selector="batch=b", limit=1)
+    assert [j["metadata"]["name"] for j in selected.items] == ["run-5", "run-6"]
+    assert (await client.list(JOBS, namespace="elsewhere")).items == []
+    assert (await client.list(JOBS, field_selector="metadata.name=run-4")).items[0]["metadata"][
+        "name"
+    ] == "run-4"
+
+
+async def test_listing_a_resource_the_server_lacks_is_rejected(client: ShardClient) -> None:
+    with pytest.raises(ShardRejected) as caught:
+        await client.list(Resource("example.com", "v1", "widgets"))
+    assert caught.value.status == 404
+
+
+# -- watching ------------------------------------------------------------------------------
+
+
+async def test_watch_yields_changes_after_a_version(client: ShardClient) -> None:
+    await client.create_job(job("before"))
+    version = (await client.list(JOBS)).resource_version
+    await client.create_job(job("after"))
+    await client.delete_job("before", "Background")
+    events = await collect(client.watch(JOBS, version, timeout_seconds=1))
+    seen = [(e.type, e.object["metadata"]["name"]) for e in events if e.type != "BOOKMARK"]
+    assert ("ADDED", "after") in seen
+    assert ("DELETED", "before") in seen
+    assert ("ADDED", "before") not in seen  # older than the version
+    assert all(int(e.object["metadata"]["resourceVersion"]) > int(version) for e in events)
+
+
+async def test_watch_sees_changes_made_while_it_runs(client: ShardClient) -> None:
+    version = (await client.list(JOBS)).resource_version
+    stream = client.watch(JOBS, version, label_selector="pick=me", timeout_seconds=5)
+    try:
+        waiting = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.1)
+        await client.create_job(job("ignored"))
+        await client.create_job(job("picked", labels={"pick": "me"}))
+        event = await asyncio.wait_for(waiting, 5)
+        assert (event.type, event.object["metadata"]["name"]) == ("ADDED", "picked")
+    finally:
+        await stream.aclose()
+
+
+async def test_watch_from_a_too_old_version_raises_expired(tmp_path: Path) -> None:
+    quiet = spec(history_size=3, mode="off")  # no kubelet: nothing changes but our creates
+    async with DevCluster([quiet], kubeconfig_dir=tmp_path) as cluster:
+        client = await ShardClient.from_kubeconfig("shard", cluster["shard"].kubeconfig, NS)
+        try:
+            old = (await client.list(JOBS)).resource_version
+            for i in range(5):
+                await client.create_job(job(f"run-{i}"))
+            with pytest.raises(ResourceExpired):
+                await collect(client.watch(JOBS, old, timeout_seconds=1))
+            recent = (await client.list(JOBS)).resource_version
+            assert await collect(client.watch(JOBS, recent, timeout_seconds=1)) == []
+        finally:
+            await client.close()
+
+
+# -- the client itself -----------------------------------------------------------------------
+
+
+async def test_proxy_settings_of_the_environment_are_ignored(
+    cluster: DevCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a proxy that does not exist: a client that looked at the environment would fail
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    client = await ShardClient.from_kubeconfig("shard", cluster["shard"].kubeconfig, NS)
+    try:
+        assert (await client.create_job(job("direct"))).status == 201
+        assert await client.get(JOBS, "direct") is not None
+        assert (await client.list(JOBS)).items
+    finally:
+        await client.close()
+
+
+async def test_an_unreachable_shard_is_unavailable(cluster: DevCluster) -> None:
+    shard = cluster["shard"]
+    client = await ShardClient.from_kubeconfig("shard", shard.kubeconfig, NS, timeout=2)
+    try:
+        await shard.stop()
+        with pytest.raises(ShardUnavailable):
+            await client.create_job(job("x"))
+        with pytest.raises(ShardUnavailable):
+            await client.get(JOBS, "x")
+        with pytest.raises(ShardUnavailable):
+            await client.list_all(JOBS)
+        with pytest.raises(ShardUnavailable):
+            await collect(client.watch(JOBS, "1", timeout_seconds=1))
+    finally:
+        await client.close()
+
+
+async def test_a_wrong_token_is_rejected(cluster: DevCluster, tmp_path: Path) -> None:
+    config = yaml.safe_load(cluster["shard"].kubeconfig.read_text())
+    config["users"][0]["user"]["token"] = "wrong"
+    path = tmp_path / "wrong.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    client = await ShardClient.from_kubeconfig("wrong", path, NS)
+    try:
+        with pytest.raises(ShardRejected) as caught:
+            await client.get(JOBS, "x")
+        assert caught.value.status == 401
+        assert (await client.create_job(job("x"))).status == 401
+    finally:
+        await client.close()
+
+
+async def test_open_shards_opens_one_client_per_kubeconfig(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a kubeconfig")
+    shards = [spec("shard-a"), spec("shard-b")]
+    async with DevCluster(shards, kubeconfig_dir=tmp_path) as cluster:
+        clients = await open_shards(tmp_path, NS, timeout=5)
+        try:
+            assert sorted(clients) == ["shard-a", "shard-b"]
+            assert (await clients["shard-a"].create_job(job("only-on-a"))).status == 201
+            assert await clients["shard-b"].get(JOBS, "only-on-a") is None
+            assert await clients["shard-a"].get(JOBS, "only-on-a") is not None
+            assert clients["shard-b"].name == "shard-b"
+            assert cluster["shard-a"].store.count("jobs") == 1
+        finally:
+            for opened in clients.values():
+                await opened.close()
+    assert await open_shards(tmp_path / "empty", NS, timeout=5) == {}
+
+
+async def test_open_shards_closes_what_it_opened_on_failure(tmp_path: Path) -> None:
+    async with DevCluster([spec("shard-a")], kubeconfig_dir=tmp_path):
+        (tmp_path / "shard-z.kubeconfig").write_text("clusters: [not, a, kubeconfig")
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the loader raises
+            await open_shards(tmp_path, NS, timeout=5)
+        # nothing left open: ResourceWarning would fail the test
+
+
+# -- answers the emulator never gives ---------------------------------------------------------
+
+
+@pytest_asyncio.fixture
+async def stand_in(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Any]]]:
+    """A server answering what the test puts in ``behaviour``, and its kubeconfig."""
+    behaviour: dict[str, Any] = {}
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") == "true":
+            response = web.StreamResponse()
+            await response.prepare(request)
+            await response.write(behaviour["watch"])
+            return response
+        status, body = behaviour[request.method]
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    path = tmp_path / "stand-in.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "s", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "s", "context": {"cluster": "s", "user": "u"}}],
+                "current-context": "s",
+            }
+        )
+    )
+    try:
+        yield path, behaviour
+    finally:
+        await runner.cleanup()
+
+
+async def test_server_errors(stand_in: tuple[Path, dict[str, Any]]) -> None:
+    path, behaviour = stand_in
+    client = await ShardClient.from_kubeconfig("s", path, NS)
+    try:
+        failure = b'{"kind": "Status", "message": "etcdserver: request timed out"}'
+        behaviour["POST"] = (503, failure)
+        result = await client.create_job(job("x"))
+        assert (result.status, result.created) == (503, False)
+        assert result.message == "etcdserver: request timed out"
+        behaviour["GET"] = (500, failure)
+        with pytest.raises(ShardUnavailable, match="etcdserver"):
+            await client.get(JOBS, "x")
+        behaviour["GET"] = (200, b"<html>a proxy's error page</html>")
+        with pytest.raises(ShardUnavailable):
+            await client.get(JOBS, "x")
+        behaviour["POST"] = (201, b"not json")
+        assert (await client.create_job(job("x"))).created
+    finally:
+        await client.close()
+
+
+async def test_a_broken_watch_stream_is_unavailable(stand_in: tuple[Path, dict[str, Any]]) -> None:
+    path, behaviour = stand_in
+    client = await ShardClient.from_kubeconfig("s", path, NS)
+    try:
+        added = {"type": "ADDED", "object": {"metadata": {"name": "a", "resourceVersion": "5"}}}
+        behaviour["watch"] = orjson.dumps(added) + b'\n{"type": "MODIFIED", "obj'
+        stream = client.watch(JOBS, "1", timeout_seconds=1)
+        first = await asyncio.wait_for(anext(stream), 5)
+        assert first.object["metadata"]["name"] == "a"
+        with pytest.raises(ShardUnavailable, match="broken event"):
+            await asyncio.wait_for(anext(stream), 5)
+        error = {"type": "ERROR", "object": {"code": 500, "message": "internal error"}}
+        behaviour["watch"] = orjson.dumps(error) + b"\n"
+        with pytest.raises(ShardUnavailable, match="internal error"):
+            await collect(client.watch(JOBS, "1", timeout_seconds=1))
+    finally:
+        await client.close()
