@@ -1,0 +1,147 @@
+"""Keep up with a kind of Kubernetes object: list, then watch from there, for ever.
+
+:func:`follow` is the informer loop every watcher in Nexus uses (templates in the
+scheduler; Jobs, Pods and Events in the maintainer):
+
+* it lists everything once and hands the snapshot to ``on_sync`` — also after every relist,
+  so the caller can notice what vanished while it was not looking;
+* it then watches from the list's ``resourceVersion`` and hands each change to
+  ``on_event``, remembering the newest version handled (bookmarks included), so that an
+  event whose handler failed with a :class:`NexusError` comes again after the retry;
+* when the server ends the watch it resumes from that version; when the version has
+  expired (410 Gone) it relists; when the shard is unreachable it retries with capped
+  exponential backoff and says so in logs and metrics — it never gives up, and it never
+  raises for a failing dependency;
+* a server that ends watches at once, without events, is met with the same backoff
+  instead of a busy loop;
+* it returns promptly when ``stopping`` is set, even in the middle of a list, and leaves no
+  task behind when it is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import Counter
+
+from nexus.core.errors import NexusError
+from nexus.core.shards import Resource, ResourceExpired, ShardClient, WatchEvent
+
+log = logging.getLogger(__name__)
+
+WATCH_RESTARTS = Counter(
+    "nexus_watch_restarts_total",
+    "Watches restarted, by shard, resource and why (resumed, expired, failed).",
+    ["shard", "resource", "reason"],
+)
+
+
+_QUICK_END = 1.0
+"""A watch the server ends sooner than this (seconds) without any event counts as idle."""
+
+
+async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
+async def follow(
+    client: ShardClient,
+    resource: Resource,
+    *,
+    on_sync: Callable[[list[dict[str, Any]]], Awaitable[None]],
+    on_event: Callable[[WatchEvent], Awaitable[None]],
+    stopping: asyncio.Event,
+    namespace: str | None = None,
+    label_selector: str | None = None,
+    watch_timeout: int = 300,
+    max_backoff: float = 30.0,
+    on_connected: Callable[[bool], None] | None = None,
+) -> None:
+    """List and watch ``resource`` on ``client`` until ``stopping`` is set."""
+    labels = {"shard": client.name, "resource": resource.plural}
+    loop = asyncio.get_running_loop()
+    version: str | None = None
+    failures = 0  # consecutive failed attempts, for the backoff
+    idle = 0  # consecutive watches the server ended at once without an event
+
+    async def consume(start: str) -> bool:
+        """Watch from ``start`` until the server ends the watch; whether anything came."""
+        nonlocal version, failures
+        seen = False
+        stream = client.watch(
+            resource,
+            start,
+            namespace=namespace,
+            label_selector=label_selector,
+            timeout_seconds=watch_timeout,
+        )
+        async with contextlib.aclosing(stream):  # closes the response if on_event raises
+            async for event in stream:
+                failures, seen = 0, True
+                if event.type != "BOOKMARK":
+                    await on_event(event)
+                # only once handled: if on_event fails, the resumed watch brings it again
+                rv = (event.object.get("metadata") or {}).get("resourceVersion")
+                if rv:
+                    version = str(rv)
+        return seen
+
+    async def attempt() -> None:
+        """List if needed, then watch until the server ends the watch."""
+        nonlocal version, idle
+        if version is None:
+            listing = await client.list_all(
+                resource, namespace=namespace, label_selector=label_selector
+            )
+            await on_sync(listing.items)
+            version = listing.resource_version
+        if on_connected is not None:
+            on_connected(True)
+        began = loop.time()
+        seen = await consume(version)
+        # a server that ends watches at once must not make this a busy loop
+        quick = min(_QUICK_END, watch_timeout / 2)
+        idle = 0 if seen or loop.time() - began >= quick else idle + 1
+
+    stop = asyncio.ensure_future(stopping.wait())
+    current: asyncio.Future[None] | None = None
+    try:
+        while not stopping.is_set():
+            try:
+                # raced against `stopping`, so that a slow list or watch never delays a stop
+                current = asyncio.ensure_future(attempt())
+                await asyncio.wait({current, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not current.done():
+                    return
+                current.result()
+                WATCH_RESTARTS.labels(**labels, reason="resumed").inc()
+                if idle:
+                    await _sleep_or_stop(stopping, min(max_backoff, 0.25 * 2 ** min(idle, 10)))
+            except ResourceExpired:
+                WATCH_RESTARTS.labels(**labels, reason="expired").inc()
+                log.info("watch expired; relisting", extra=labels)
+                version = None
+            except NexusError as exc:
+                failures += 1
+                WATCH_RESTARTS.labels(**labels, reason="failed").inc()
+                if on_connected is not None:
+                    on_connected(False)
+                delay = min(max_backoff, 0.25 * 2 ** min(failures, 10))
+                log.warning(
+                    "watch failed; retrying in %.1fs: %s",
+                    delay,
+                    exc,
+                    extra={**labels, "failures": failures},
+                )
+                await _sleep_or_stop(stopping, delay)
+    finally:
+        # also when follow() itself is cancelled: leave no task behind
+        for task in (current, stop):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.wait({task})

@@ -1,0 +1,357 @@
+"""follow(): list, watch, resume, relist and reconnect against the Kubernetes API emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+import yaml
+from aiohttp import web
+from prometheus_client import REGISTRY
+
+from nexus.core.errors import StoreUnavailable
+from nexus.core.localprocesses import free_ports
+from nexus.core.shards import JOBS, ShardClient, WatchEvent
+from nexus.core.watching import follow
+from nexus.devcluster.shards import DevCluster, Shard, ShardSpec
+from nexus.devcluster.watching import WatchSettings
+
+NS = "nexus"
+_NAMES = itertools.count(1)
+
+
+def spec(**changes: Any) -> ShardSpec:
+    """A pure API server (no kubelet), so that only the test changes objects."""
+    base = ShardSpec(name="shard", namespace=NS, mode="off", events=False)
+    return dataclasses.replace(base, **changes)
+
+
+def job(name: str, labels: dict[str, str] | None = None) -> bytes:
+    return orjson.dumps(
+        {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": name, "labels": labels or {}},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "containers": [{"name": "main", "image": "algorithms/test:1.0"}],
+                    }
+                }
+            },
+        }
+    )
+
+
+class Follower:
+    """Runs follow() in a task and records what it was told."""
+
+    def __init__(
+        self, client: ShardClient, *, fail_next: set[str] | None = None, **options: Any
+    ) -> None:
+        self.client = client
+        self.options = options
+        self.syncs: list[list[str]] = []
+        self.events: list[tuple[str, str]] = []
+        self.connected: list[bool] = []
+        self.stopping = asyncio.Event()
+        self.fail_next = set(fail_next or ())  # names whose next event the handler refuses
+        self._changed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    async def on_sync(self, items: list[dict[str, Any]]) -> None:
+        self.syncs.append(sorted(i["metadata"]["name"] for i in items))
+        self._changed.set()
+
+    async def on_event(self, event: WatchEvent) -> None:
+        name = event.object["metadata"]["name"]
+        if name in self.fail_next:
+            self.fail_next.discard(name)
+            raise StoreUnavailable("the store is down for a moment")
+        self.events.append((event.type, name))
+        self._changed.set()
+
+    def start(self) -> None:
+        options = {"watch_timeout": 300, "max_backoff": 0.2, **self.options}
+        self.task = asyncio.create_task(
+            follow(
+                self.client,
+                JOBS,
+                on_sync=self.on_sync,
+                on_event=self.on_event,
+                stopping=self.stopping,
+                on_connected=self.connected.append,
+                **options,
+            )
+        )
+
+    async def until(self, condition: Callable[[], bool], timeout: float = 5.0) -> None:
+        async def wait() -> None:
+            while not condition():
+                assert self.task is not None
+                if self.task.done():
+                    self.task.result()
+                    raise AssertionError("follow() returned")
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.05)
+
+        await asyncio.wait_for(wait(), timeout)
+
+    def added(self, name: str) -> bool:
+        return ("ADDED", name) in self.events
+
+    async def stop(self, within: float = 1.0) -> None:
+        """Set ``stopping``; follow() must return within ``within`` seconds."""
+        self.stopping.set()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, within)
+
+    async def __aenter__(self) -> Follower:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None and not self.task.done():
+            self.stopping.set()
+            with contextlib.suppress(TimeoutError):  # the test fails on the leak check then
+                await asyncio.wait_for(self.task, 5)
+
+
+def restarts(shard: str, reason: str) -> float:
+    labels = {"shard": shard, "resource": "jobs", "reason": reason}
+    return REGISTRY.get_sample_value("nexus_watch_restarts_total", labels) or 0.0
+
+
+@pytest_asyncio.fixture
+async def running(tmp_path: Path) -> AsyncIterator[tuple[Shard, ShardClient]]:
+    """A shard on a fixed port (so that it can be restarted) and a client for it."""
+    (port,) = free_ports(1)
+    async with DevCluster([spec(port=port)], kubeconfig_dir=tmp_path) as cluster:
+        shard = cluster["shard"]
+        name = f"shard-{next(_NAMES)}"  # a metrics label of this test's own
+        client = await ShardClient.from_kubeconfig(name, shard.kubeconfig, NS, timeout=2)
+        try:
+            yield shard, client
+        finally:
+            await client.close()
+
+
+async def test_sync_then_events(running: tuple[Shard, ShardClient]) -> None:
+    _, client = running
+    await client.create_job(job("existing"))
+    async with Follower(client) as follower:
+        await follower.until(lambda: bool(follower.syncs))
+        assert follower.syncs == [["existing"]]
+        await client.create_job(job("new"))
+        await client.delete_job("existing", "Background")
+        await follower.until(
+            lambda: follower.added("new") and ("DELETED", "existing") in follower.events
+        )
+        assert ("ADDED", "existing") not in follower.events  # it came with the sync
+        assert follower.connected[0] is True
+        await follower.stop()
+        assert len(follower.syncs) == 1
+
+
+async def test_resumes_after_the_server_ends_the_watch(running: tuple[Shard, ShardClient]) -> None:
+    _, client = running
+    async with Follower(client, watch_timeout=1) as follower:
+        await follower.until(lambda: bool(follower.syncs))
+        await asyncio.sleep(1.3)  # the first watch has ended by now
+        await client.create_job(job("later"))
+        await follower.until(lambda: follower.added("later"))
+        assert restarts(client.name, "resumed") >= 1
+        assert restarts(client.name, "expired") == 0
+        assert len(follower.syncs) == 1  # resumed, not relisted
+        assert follower.events.count(("ADDED", "later")) == 1
+        await follower.stop()
+
+
+async def test_relists_when_the_version_expired(tmp_path: Path) -> None:
+    # A watch with a selector sees nothing of other objects, so its version falls behind
+    # while they change; a small history then no longer reaches back to it.
+    async with DevCluster([spec(history_size=3)], kubeconfig_dir=tmp_path) as cluster:
+        client = await ShardClient.from_kubeconfig("shard-410", cluster["shard"].kubeconfig, NS)
+        try:
+            await client.create_job(job("mine-1", {"pick": "me"}))
+            async with Follower(client, watch_timeout=1, label_selector="pick=me") as follower:
+                await follower.until(lambda: bool(follower.syncs))
+                for i in range(5):
+                    await client.create_job(job(f"other-{i}"))
+                await client.create_job(job("mine-2", {"pick": "me"}))
+                await follower.until(lambda: follower.added("mine-2"))
+                for i in range(5, 10):
+                    await client.create_job(job(f"other-{i}"))
+                before = restarts("shard-410", "expired")
+                await follower.until(lambda: len(follower.syncs) == 2, timeout=5)
+                assert follower.syncs[1] == ["mine-1", "mine-2"]  # the relist, selector applied
+                assert restarts("shard-410", "expired") == before + 1
+                await client.create_job(job("mine-3", {"pick": "me"}))
+                await follower.until(lambda: follower.added("mine-3"))
+                assert all(not name.startswith("other") for _, name in follower.events)
+                await follower.stop()
+        finally:
+            await client.close()
+
+
+async def test_bookmarks_keep_a_quiet_watch_resumable(tmp_path: Path) -> None:
+    fast = spec(history_size=3, watch=WatchSettings(bookmark_interval=0.1))
+    async with DevCluster([fast], kubeconfig_dir=tmp_path) as cluster:
+        client = await ShardClient.from_kubeconfig("shard-bm", cluster["shard"].kubeconfig, NS)
+        try:
+            async with Follower(client, watch_timeout=1, label_selector="pick=me") as follower:
+                await follower.until(lambda: bool(follower.syncs))
+                for i in range(6):
+                    await client.create_job(job(f"other-{i}"))
+                    await asyncio.sleep(0.06)
+                await asyncio.sleep(1.2)  # the watch ends and resumes from the bookmarked version
+                await client.create_job(job("mine", {"pick": "me"}))
+                await follower.until(lambda: follower.added("mine"))
+                assert len(follower.syncs) == 1
+                assert restarts("shard-bm", "expired") == 0
+                assert {name for _, name in follower.events} == {"mine"}  # bookmarks aren't events
+                await follower.stop()
+        finally:
+            await client.close()
+
+
+async def test_survives_the_server_going_away_and_coming_back(
+    running: tuple[Shard, ShardClient],
+) -> None:
+    shard, client = running
+    async with Follower(client, max_backoff=0.2) as follower:
+        await follower.until(lambda: bool(follower.syncs))
+        await client.create_job(job("before"))
+        await follower.until(lambda: follower.added("before"))
+        failed = restarts(client.name, "failed")
+        await shard.stop()
+        await follower.until(lambda: restarts(client.name, "failed") >= failed + 2)
+        assert False in follower.connected
+        await shard.start()  # same port, same objects
+        await client.create_job(job("after"))
+        await follower.until(lambda: follower.added("after"), timeout=5)
+        assert follower.connected[-1] is True
+        assert len(follower.syncs) == 1  # resumed from where it was
+        assert follower.events.count(("ADDED", "before")) == 1
+        await follower.stop()
+
+
+async def test_a_failing_handler_gets_the_event_again(running: tuple[Shard, ShardClient]) -> None:
+    _, client = running
+    async with Follower(client, fail_next={"flaky"}) as follower:
+        await follower.until(lambda: bool(follower.syncs))
+        await client.create_job(job("flaky"))
+        await follower.until(lambda: follower.added("flaky"))
+        assert restarts(client.name, "failed") == 1
+        await client.create_job(job("next"))
+        await follower.until(lambda: follower.added("next"))
+        assert follower.events.count(("ADDED", "flaky")) == 1
+        await follower.stop()
+
+
+async def test_stops_promptly_while_watching_and_while_backing_off(
+    running: tuple[Shard, ShardClient],
+) -> None:
+    shard, client = running
+    async with Follower(client) as follower:
+        await follower.until(lambda: bool(follower.syncs))
+        await asyncio.sleep(0.1)
+        await follower.stop(within=1.0)  # in the middle of a 300 s watch
+
+    await shard.stop()
+    async with Follower(client, max_backoff=30) as follower:
+        await follower.until(lambda: False in follower.connected)
+        await asyncio.sleep(0.3)
+        await follower.stop(within=1.0)  # in the middle of a backoff
+
+
+async def test_cancelling_follow_leaves_nothing_running(running: tuple[Shard, ShardClient]) -> None:
+    _, client = running
+    async with Follower(client) as follower:
+        await follower.until(lambda: bool(follower.syncs))
+        assert follower.task is not None
+        follower.task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await follower.task
+        # the leak check of the test harness fails the test if the watch task survived
+
+
+@contextlib.asynccontextmanager
+async def stand_in(
+    tmp_path: Path, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[Path]:
+    """A server answering every request with ``handler``, and a kubeconfig for it."""
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handler)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    port = runner.addresses[0][1]
+    path = tmp_path / "stand-in.kubeconfig"
+    server = {"server": f"http://127.0.0.1:{port}"}
+    config = {
+        "clusters": [{"name": "s", "cluster": server}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "u"}}],
+        "current-context": "s",
+    }
+    path.write_text(yaml.safe_dump(config))
+    try:
+        yield path
+    finally:
+        await runner.cleanup()
+
+
+EMPTY_LIST = {"items": [], "metadata": {"resourceVersion": "1"}}
+
+
+async def test_stops_promptly_during_a_slow_list(tmp_path: Path) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.wait_for(release.wait(), 10)
+        return web.json_response(EMPTY_LIST)
+
+    async with stand_in(tmp_path, slow) as path:
+        client = await ShardClient.from_kubeconfig("slow", path, NS, timeout=10)
+        try:
+            async with Follower(client) as follower:
+                await asyncio.sleep(0.2)
+                assert follower.syncs == []
+                await follower.stop(within=1.0)
+        finally:
+            await client.close()
+            release.set()
+
+
+async def test_watches_ended_at_once_do_not_make_a_busy_loop(tmp_path: Path) -> None:
+    watches = 0
+
+    async def hasty(request: web.Request) -> web.Response:
+        nonlocal watches
+        if request.query.get("watch") == "true":
+            watches += 1
+            return web.Response(body=b"", content_type="application/json")
+        return web.json_response(EMPTY_LIST)
+
+    async with stand_in(tmp_path, hasty) as path:
+        client = await ShardClient.from_kubeconfig("hasty", path, NS, timeout=5)
+        try:
+            async with Follower(client, max_backoff=2) as follower:
+                await follower.until(lambda: bool(follower.syncs))
+                await asyncio.sleep(1.5)
+                await follower.stop()
+        finally:
+            await client.close()
+    assert 2 <= watches <= 6  # backing off: 0.5 s, 1 s, 2 s...
+    assert len(follower.syncs) == 1
