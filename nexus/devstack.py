@@ -32,7 +32,8 @@ from nexus.core.localprocesses import LocalServiceError, ServerProcess, free_por
 
 READY_TIMEOUT = 60.0
 GROUP = "science.sneaksanddata.com"
-EXAMPLES = ("echo", "maybe-fail")
+EXAMPLES = ("echo", "maybe-fail", "echo-stored")
+"""``echo-stored`` is ``echo`` with its inputs kept in S3 instead of with the checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -170,12 +171,9 @@ class ClusterComponent:
             example_workgroup("default", names[0]),
         )
         for name in EXAMPLES:
-            _create(
-                controller["url"],
-                token,
-                "nexusalgorithmtemplates",
-                example_template(name, inline=self.options.inline_inputs),
-            )
+            inline = self.options.inline_inputs and name != "echo-stored"
+            template = example_template(name, inline=inline)
+            _create(controller["url"], token, "nexusalgorithmtemplates", template)
 
     def stop(self) -> None:
         self.process.stop(timeout=15)
@@ -196,6 +194,7 @@ def example_workgroup(name: str, shard: str) -> dict[str, Any]:
 
 def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
     """``echo`` returns its input; ``maybe-fail`` also fails, exits or sleeps on request."""
+    program = "maybe-fail" if name == "maybe-fail" else "echo"
     return {
         "apiVersion": f"{GROUP}/v1",
         "kind": "NexusAlgorithmTemplate",
@@ -204,7 +203,7 @@ def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
             "container": {"image": "nexus", "registry": "local", "versionTag": "dev"},
             "computeResources": {"cpuLimit": "500m", "memoryLimit": "256Mi"},
             "workgroupRef": {"name": "default", "group": GROUP, "kind": "NexusAlgorithmWorkgroup"},
-            "command": ["python", "-m", "nexus.algorithm.examples", name],
+            "command": ["python", "-m", "nexus.algorithm.examples", program],
             "args": ["--sas-uri={sas-uri}", "--request-id={request-id}"],
             "runtimeEnvironment": {"deadlineSeconds": 600, "maximumRetries": 0},
             "errorHandlingBehaviour": {"transientExitCodes": [], "fatalExitCodes": []},

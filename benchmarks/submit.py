@@ -1,0 +1,110 @@
+"""Submission throughput and latency of one scheduler process.
+
+    .venv/bin/python benchmarks/submit.py [--seconds 15] [--connections 64] [--rate 2000]
+
+Starts the local system (real PostgreSQL, Redis, SeaweedFS, one local cluster with pods
+off, one scheduler, one receiver) and measures, from a separate load-generator process:
+
+1. **inline inputs, maximum throughput** — closed loop on ``--connections`` keep-alive
+   connections: runs accepted (202) per second;
+2. **inline inputs, latency at ``--rate``/s** — open loop: p50/p99 from each request's
+   scheduled start;
+3. **inputs in SeaweedFS, maximum throughput** (``echo-stored``).
+
+By default the scheduler's dispatch is throttled to 0.01 Jobs/s, so the figures are those
+of acceptance alone; ``--with-dispatch`` lets it create Jobs (into the pod-less cluster) at
+up to 5,000/s in the same process while it accepts. Prints human lines, then one JSON line
+with every figure, including CPU seconds per accepted run of the scheduler, PostgreSQL and
+Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import orjson
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cpu import CpuMeter
+from loadgen import closed_loop, open_loop, request_bytes
+from stack import StackOptions, local_stack
+
+
+def run_request(url: str, algorithm: str, token: str) -> object:
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def make(index: int) -> bytes:
+        body = orjson.dumps({"algorithmParameters": {"index": index, "text": "x" * 64}})
+        return request_bytes("POST", f"{url}/algorithm/v1.2/run/{algorithm}", body, headers)
+
+    return make
+
+
+async def measure(
+    url: str, token: str, args: argparse.Namespace, meter: CpuMeter
+) -> dict[str, object]:
+    figures: dict[str, object] = {}
+    inline = run_request(url, "echo", token)
+    await closed_loop(url, inline, connections=8, duration=2)  # warm up connections and caches
+
+    meter.start()
+    result = await closed_loop(url, inline, connections=args.connections, duration=args.seconds)
+    cpu = meter.stop()
+    figures["inline_max"] = result.summary()
+    figures["inline_max_cpu_us_per_run"] = {
+        name: round(seconds / max(1, result.ok) * 1e6, 1) for name, seconds in cpu.items()
+    }
+    print(f"inline, closed loop x{args.connections}: {result.summary()}")
+    print(f"  CPU µs per accepted run: {figures['inline_max_cpu_us_per_run']}")
+
+    result = await open_loop(url, inline, rate=args.rate, duration=args.seconds)
+    figures["inline_at_rate"] = {"rate": args.rate, **result.summary()}
+    print(f"inline, open loop at {args.rate}/s: {result.summary()}")
+
+    stored = run_request(url, "echo-stored", token)
+    meter.start()
+    result = await closed_loop(url, stored, connections=args.connections, duration=args.seconds)
+    cpu = meter.stop()
+    figures["stored_max"] = result.summary()
+    figures["stored_max_cpu_us_per_run"] = {
+        name: round(seconds / max(1, result.ok) * 1e6, 1) for name, seconds in cpu.items()
+    }
+    print(f"S3 inputs, closed loop x{args.connections}: {result.summary()}")
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each phase")
+    parser.add_argument("--connections", type=int, default=64, help="closed-loop clients")
+    parser.add_argument("--rate", type=float, default=2000.0, help="open-loop requests/s")
+    parser.add_argument(
+        "--with-dispatch", action="store_true", help="let the scheduler create Jobs meanwhile"
+    )
+    args = parser.parse_args()
+    options = StackOptions(
+        mode="off",
+        maintainer=False,
+        create_rate=5000.0 if args.with_dispatch else 0.01,
+        events=False,
+        log_format="json",
+        environment={"NEXUS__LOG__LEVEL": "WARNING"},
+    )
+    with local_stack(options) as stack:
+        url = stack.schedulers[0]
+        pids = stack.pids()
+        meter = CpuMeter({k: pids[k] for k in ("scheduler-0", "postgres", "redis", "seaweedfs")})
+        figures = asyncio.run(measure(url, stack.token, args, meter))
+    figures["dispatch"] = "on" if args.with_dispatch else "throttled to 0.01/s"
+    print(json.dumps({"benchmark": "submit", **figures}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
