@@ -26,8 +26,8 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -224,6 +224,7 @@ class CheckpointStore:
     def __init__(self, pool: asyncpg.Pool, settings: PostgresSettings) -> None:
         self._pool = pool
         self.max_pending_writes = settings.max_pending
+        self._batch_max = settings.batch_max_size
         options: dict[str, Any] = {
             "overloaded": lambda: StoreUnavailable("too many checkpoint writes are waiting"),
             "max_batch": settings.batch_max_size,
@@ -402,6 +403,65 @@ class CheckpointStore:
     def _connection(self) -> _Connection:
         return _Connection(self._pool)
 
+    # -- maintenance (the maintainer's sweeps) -------------------------------------------
+
+    async def transition_batch(self, changes: Sequence[Transition]) -> list[bool]:
+        """Apply ``changes`` in one round trip (per ``batch_max_size``); whether each applied.
+
+        For a caller that already collects its writes (the maintainer): the same statement
+        as :meth:`transition`'s group commit, without a task per change.
+        """
+        applied: list[bool] = []
+        for start in range(0, len(changes), self._batch_max):
+            batch = changes[start : start + self._batch_max]
+            applied += [done is True for done in await self._write_transitions(batch)]
+        return applied
+
+    async def sweep_page(
+        self, stage: Stage, older_than: timedelta, after: SweepCursor | None, limit: int
+    ) -> list[SweepRow]:
+        """Runs in unfinished ``stage`` not modified for ``older_than`` (by the database's
+        clock), oldest first, after the keyset cursor ``after``; at most ``limit``."""
+        if stage.terminal:
+            raise ValueError(f"sweeps look at unfinished runs, not {stage}")
+        cursor = after or SweepCursor.START
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _SWEEP_PAGE,
+                stage.value,
+                older_than,
+                cursor.last_modified,
+                cursor.algorithm,
+                cursor.id,
+                limit,
+            )
+        return [_sweep_row(row) for row in rows]
+
+    async def expired_runs(self, older_than: timedelta, limit: int) -> list[ExpiredRun]:
+        """Finished runs received more than ``older_than`` ago, at most ``limit``."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_EXPIRED_RUNS, older_than, limit)
+        return [
+            ExpiredRun(r["algorithm"], r["id"], r["payload_uri"], r["result_uri"]) for r in rows
+        ]
+
+    async def delete_finished(self, keys: Sequence[RunKey]) -> int:
+        """Delete the checkpoints of ``keys`` that are finished; how many were deleted."""
+        if not keys:
+            return 0
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                _DELETE_FINISHED, [k.algorithm for k in keys], [k.id for k in keys]
+            )
+        return len(rows)
+
+    async def clear_idempotency_keys(self, older_than: timedelta, limit: int) -> int:
+        """Forget the idempotency keys of up to ``limit`` runs received more than
+        ``older_than`` ago; how many were cleared."""
+        async with self._connection() as conn:
+            rows = await conn.fetch(_CLEAR_KEYS, older_than, limit)
+        return len(rows)
+
 
 def _insert_row(run: NewRun) -> tuple[Any, ...]:
     """The values of ``run`` in the column order of ``_INSERT``."""
@@ -449,3 +509,118 @@ class _Connection:
         await self._pool.release(self._conn)
         if isinstance(exc, _CONNECTION_ERRORS):
             raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc
+
+
+# -- maintenance -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SweepCursor:
+    """Where a sweep stopped: the keyset (last_modified, algorithm, id) of its last row."""
+
+    last_modified: datetime
+    algorithm: str
+    id: UUID
+
+    START: ClassVar[SweepCursor]
+
+
+SweepCursor.START = SweepCursor(datetime.min.replace(tzinfo=UTC), "", UUID(int=0))
+
+
+@dataclass(frozen=True, slots=True)
+class SweepRow:
+    """What a sweep needs to know about an unfinished run (no payloads, no configuration)."""
+
+    algorithm: str
+    id: UUID
+    stage: Stage
+    received_at: datetime
+    last_modified: datetime
+    sent_at: datetime | None
+    shard: str | None
+    """The shard the run was sent to, or else the one its configuration names."""
+    deadline_seconds: float | None
+    attempts: int
+    job_uid: str | None
+    payload_uri: str | None
+    has_inline_payload: bool
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.algorithm, self.id)
+
+    @property
+    def cursor(self) -> SweepCursor:
+        return SweepCursor(self.last_modified, self.algorithm, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredRun:
+    """A finished run past retention, with the objects stored for it."""
+
+    algorithm: str
+    id: UUID
+    payload_uri: str | None
+    result_uri: str | None
+
+    @property
+    def key(self) -> RunKey:
+        return RunKey(self.algorithm, self.id)
+
+
+# The literal IN (...) lets the planner use the partial index runs_unfinished_by_age also
+# under a generic plan of the prepared statement, where $1 alone proves nothing.
+_SWEEP_PAGE = """
+SELECT algorithm, id, lifecycle_stage, received_at, last_modified, sent_at,
+       COALESCE(shard, applied_configuration->>'shard') AS shard,
+       (applied_configuration->>'deadlineSeconds')::float8 AS deadline_seconds,
+       attempts, job_uid, payload_uri, payload_inline IS NOT NULL AS has_inline
+FROM runs
+WHERE lifecycle_stage = $1 AND lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
+  AND last_modified < now() - $2::interval
+  AND (last_modified, algorithm, id) > ($3::timestamptz, $4::text, $5::uuid)
+ORDER BY lifecycle_stage, last_modified, algorithm, id
+LIMIT $6
+"""
+
+_TERMINAL_STAGES = "('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')"
+
+# received_at is served by the BRIN index: rows arrive in time order.
+_EXPIRED_RUNS = f"""
+SELECT algorithm, id, payload_uri, result_uri FROM runs
+WHERE received_at < now() - $1::interval AND lifecycle_stage IN {_TERMINAL_STAGES}
+LIMIT $2
+"""
+
+_DELETE_FINISHED = f"""
+DELETE FROM runs r USING unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
+WHERE r.algorithm = k.algorithm AND r.id = k.id AND r.lifecycle_stage IN {_TERMINAL_STAGES}
+RETURNING r.id
+"""
+
+_CLEAR_KEYS = """
+UPDATE runs SET idempotency_key = NULL
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM runs
+    WHERE idempotency_key IS NOT NULL AND received_at < now() - $1::interval
+    LIMIT $2))
+RETURNING id
+"""
+
+
+def _sweep_row(row: asyncpg.Record) -> SweepRow:
+    return SweepRow(
+        algorithm=row["algorithm"],
+        id=row["id"],
+        stage=Stage(row["lifecycle_stage"]),
+        received_at=row["received_at"],
+        last_modified=row["last_modified"],
+        sent_at=row["sent_at"],
+        shard=row["shard"],
+        deadline_seconds=row["deadline_seconds"],
+        attempts=row["attempts"],
+        job_uid=row["job_uid"],
+        payload_uri=row["payload_uri"],
+        has_inline_payload=row["has_inline"],
+    )
