@@ -1,0 +1,191 @@
+"""What the maintainer does to runs: checkpoint transitions, batched, and Job deletions.
+
+The watch handlers must stay tiny (a shard produces ten and more events per run), so they
+never wait for the store: they :meth:`Actions.submit` a transition and return. One writer
+task takes everything submitted since its last write and applies it with one statement
+(:meth:`CheckpointStore.transition_batch`), so at any rate the store sees a few round
+trips a second. Sweeps, which want to know the outcome, :meth:`Actions.apply` a batch and
+wait for it.
+
+Guarantees:
+
+* **Nothing finished is changed.** Every move is a compare-and-set in SQL: the store
+  refuses it for finished runs (and, with ``expect``, for runs that moved on), so a late
+  or repeated action — by this process or a second maintainer that briefly believes it
+  leads — changes nothing.
+* **Only the leader writes.** A batch is dropped, not written, when this process is no
+  longer the leader; whatever it was about, the next leader finds again.
+* **One line and one count per change that happened**, naming the run, the action and
+  the reason; refused ones are counted as ``unchanged`` and not logged.
+* A store outage keeps the batch (up to a bound) and retries it with back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from prometheus_client import Counter
+
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.errors import DependencyError, ShardRejected, ShardThrottled
+from nexus.core.runs import Stage, Transition
+from nexus.core.shards import ShardClient
+
+log = logging.getLogger(__name__)
+
+ACTIONS = Counter(
+    "nexus_maintainer_actions_total",
+    "Changes the maintainer made to runs, by action and shard.",
+    ["action", "shard"],
+)
+UNCHANGED = Counter(
+    "nexus_maintainer_unchanged_total",
+    "Actions the store refused because the run had already moved on, by action.",
+    ["action"],
+)
+JOBS_DELETED = Counter(
+    "nexus_maintainer_jobs_deleted_total", "Jobs the maintainer deleted, by shard.", ["shard"]
+)
+DROPPED = Counter(
+    "nexus_maintainer_actions_dropped_total",
+    "Actions dropped because this maintainer stopped leading or too many were waiting.",
+)
+
+_MAX_WAITING = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    """One intended change: the transition, why (metric label), where, and follow-ups."""
+
+    change: Transition
+    action: str
+    shard: str
+    delete_job: bool = False
+
+
+class Actions:
+    """Applies :class:`Act`\\ s in batches, as long as this process leads."""
+
+    def __init__(
+        self,
+        store: CheckpointStore,
+        shards: dict[str, ShardClient],
+        leading: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.shards = shards
+        self._leading = leading
+        self._waiting: list[Act] = []
+        self._wake = asyncio.Event()
+
+    def submit(self, act: Act) -> None:
+        """Queue ``act`` for the next batch; never waits."""
+        if len(self._waiting) >= _MAX_WAITING:
+            DROPPED.inc()  # the store is far behind; sweeps and relists find it again
+            return
+        self._waiting.append(act)
+        self._wake.set()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Write what is submitted until ``stopping``; a failing store is retried."""
+        failures = 0
+        while True:
+            if not self._waiting:
+                if stopping.is_set():
+                    return
+                await _either(self._wake, stopping)
+                self._wake.clear()
+                continue
+            batch, self._waiting = self._waiting, []
+            try:
+                await self.apply(batch)
+                failures = 0
+            except DependencyError as exc:
+                failures += 1
+                log.warning("cannot write the maintainer's actions: %s", exc)
+                if stopping.is_set():
+                    return  # the next leader finds these runs again
+                self._waiting[:0] = batch
+                del self._waiting[_MAX_WAITING:]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), min(10.0, 0.2 * 2**failures))
+
+    async def apply(self, batch: Sequence[Act]) -> list[bool]:
+        """Apply ``batch`` now; whether each change happened. Raises on a store failure."""
+        if not batch:
+            return []
+        if not self._leading():
+            DROPPED.inc(len(batch))
+            return [False] * len(batch)
+        applied = await self.store.transition_batch([a.change for a in batch])
+        deletions: list[Act] = []
+        for act, done in zip(batch, applied, strict=True):
+            if done:
+                self._record(act)
+            else:
+                UNCHANGED.labels(act.action).inc()
+            if act.delete_job:
+                deletions.append(act)
+        if deletions:
+            await asyncio.gather(*(self._delete_job(a) for a in deletions))
+        return applied
+
+    def _record(self, act: Act) -> None:
+        change = act.change
+        ACTIONS.labels(act.action, act.shard).inc()
+        level = logging.DEBUG if change.to in (Stage.RUNNING, Stage.BUFFERED) else logging.INFO
+        log.log(
+            level,
+            "run %s: %s",
+            change.to.value,
+            act.action,
+            extra={
+                "requestId": str(change.id),
+                "algorithm": change.algorithm,
+                "action": act.action,
+                "stage": change.to.value,
+                "cause": change.cause,
+                "details": change.details,
+                "shard": act.shard,
+            },
+        )
+
+    async def _delete_job(self, act: Act) -> None:
+        client = self.shards.get(act.shard)
+        if client is None:
+            return
+        name = str(act.change.id)
+        try:
+            if await client.delete_job(name, "Background"):
+                JOBS_DELETED.labels(act.shard).inc()
+                log.info(
+                    "deleted the job of a finished run",
+                    extra={"requestId": name, "shard": act.shard, "action": act.action},
+                )
+        except DependencyError as exc:
+            # the sweep finds a finished run's Job still there only by its deadline check:
+            # say so, the Job is bounded by its own activeDeadlineSeconds anyway
+            log.warning(
+                "could not delete the job: %s", exc, extra={"requestId": name, "shard": act.shard}
+            )
+        except (ShardRejected, ShardThrottled) as exc:
+            log.warning(
+                "the shard refused to delete the job: %s",
+                exc,
+                extra={"requestId": name, "shard": act.shard},
+            )
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)

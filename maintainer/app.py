@@ -1,0 +1,157 @@
+"""The maintainer service: ``create_app(settings)`` wires clients, leadership and loops.
+
+Start-up: migrations, then clients (Postgres, Redis, S3, every shard), then two loops:
+the lease (:mod:`maintainer.leadership`) and the *term* runner. Every time this process
+becomes the leader it starts a fresh :class:`Term` — a watch per shard, the sweeper, the
+adopter and the action writer, with empty caches and grace timers that start now — and
+stops it the moment it stops leading. A standby process is ready (it answers its probes)
+but does nothing else, so a brief overlap of two leaders is bounded by the lease and
+harmless because every action is idempotent.
+
+Shutdown (SIGTERM): the term stops (watches close, the sweep in progress ends, submitted
+actions are written), the lease is released so the standby takes over at once, and the
+clients are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from maintainer.actions import Actions
+from maintainer.adoption import Adopter
+from maintainer.leadership import Leadership
+from maintainer.settings import MaintainerSettings
+from maintainer.sweeping import Sweeper
+from maintainer.watching import ShardWatch
+from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.lifecycle import LIFECYCLE, create_base_app
+from nexus.core.queues import QueueBackend
+from nexus.core.shards import ShardClient, open_shards
+from nexus.core.storage import PayloadStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Term:
+    """Everything the leader runs, fresh for each period of leadership."""
+
+    actions: Actions
+    watches: dict[str, ShardWatch]
+    sweeper: Sweeper
+    adopter: Adopter
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for name, watch in self.watches.items():
+                group.create_task(watch.run(self.stopping), name=f"maintainer:shard:{name}")
+            group.create_task(self.sweeper.run(self.stopping), name="maintainer:sweep")
+            group.create_task(self.adopter.run(self.stopping), name="maintainer:adopt")
+            # last out: writes what the others submitted before they stopped
+            await self.actions.run(self.stopping)
+
+
+@dataclass
+class Maintainer:
+    settings: MaintainerSettings
+    store: CheckpointStore
+    queues: QueueBackend
+    payloads: PayloadStore
+    shards: dict[str, ShardClient]
+    leadership: Leadership
+    term: Term | None = None
+
+    def new_term(self) -> Term:
+        section = self.settings.maintainer
+
+        def leading() -> bool:
+            return self.leadership.active
+
+        actions = Actions(self.store, self.shards, leading)
+        watches = {name: ShardWatch(c, actions, section) for name, c in self.shards.items()}
+        sweeper = Sweeper(
+            store=self.store,
+            queues=self.queues,
+            payloads=self.payloads,
+            watches=watches,
+            actions=actions,
+            section=section,
+            leading=leading,
+        )
+        adopter = Adopter(self.queues, section.adopt_interval, leading)
+        return Term(actions, watches, sweeper, adopter)
+
+    async def lead(self, stopping: asyncio.Event) -> None:
+        """Run a term whenever this process leads, until ``stopping``."""
+        while not stopping.is_set():
+            if self.leadership.active:
+                self.term = term = self.new_term()
+                task = asyncio.create_task(term.run(), name="maintainer:term")
+                try:
+                    while self.leadership.active and not stopping.is_set() and not task.done():
+                        await _first(self.leadership.wait_for_change(stopping), task)
+                finally:
+                    term.stopping.set()
+                    await task  # a crashed term stops the process (lifecycle)
+                    self.term = None
+                continue
+            await self.leadership.wait_for_change(stopping)
+
+
+MAINTAINER = web.AppKey("nexus.maintainer", Maintainer)
+
+
+async def create_app(settings: MaintainerSettings) -> web.Application:
+    app = create_base_app("maintainer", settings.http)
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            await _open(app, settings, stack)
+            yield
+
+    app.cleanup_ctx.append(clients)
+    return app
+
+
+async def _open(
+    app: web.Application, settings: MaintainerSettings, stack: contextlib.AsyncExitStack
+) -> None:
+    s, lifecycle = settings, app[LIFECYCLE]
+    await apply_migrations(s.postgres.dsn)
+    store = await CheckpointStore.open(s.postgres)
+    stack.push_async_callback(store.close)
+    queues = QueueBackend.connect(s.redis)
+    stack.push_async_callback(queues.close)
+    await queues.ping()
+    payloads = await PayloadStore.open(s.storage)
+    stack.push_async_callback(payloads.close)
+    shards = await open_shards(
+        s.shards.kubeconfig_dir, s.shards.runtime_namespace, s.shards.request_timeout
+    )
+    for client in shards.values():
+        stack.push_async_callback(client.close)
+    if not shards:
+        log.warning("no shard kubeconfigs found", extra={"directory": str(s.shards.kubeconfig_dir)})
+    section = s.maintainer
+    leadership = Leadership(queues, section.lease_name, section.instance, section.lease_ttl)
+    maintainer = Maintainer(s, store, queues, payloads, shards, leadership)
+    app[MAINTAINER] = maintainer
+    lifecycle.start_loop("leadership", leadership.run(lifecycle.stopping))
+    lifecycle.start_loop("lead", maintainer.lead(lifecycle.stopping))
+
+
+async def _first(waiting: object, task: asyncio.Task[None]) -> None:
+    """Until the coroutine ``waiting`` returns or ``task`` ends (``waiting`` is cancelled)."""
+    waiter = asyncio.ensure_future(waiting)  # type: ignore[call-overload]
+    try:
+        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)

@@ -1,0 +1,107 @@
+"""The maintainer's settings: shared sections plus its own ``maintainer`` section
+(``NEXUS__MAINTAINER__LEASE_TTL`` and so on). Durations are seconds."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+from nexus.core.config import (
+    HttpSettings,
+    LogSettings,
+    PostgresSettings,
+    RedisSettings,
+    Seconds,
+    ShardSettings,
+    StorageSettings,
+    at_least,
+    positive,
+)
+
+
+def _default_instance() -> str:
+    host = os.environ.get("HOSTNAME") or socket.gethostname()
+    return f"{host}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class MaintainerSection:
+    """How the maintainer watches, sweeps and adopts."""
+
+    instance: str = field(default_factory=_default_instance)
+    """This process's name in the leader lease. Unique per process."""
+    lease_name: str = "maintainer"
+    """Name of the Redis lease; maintainers of one deployment share it."""
+    lease_ttl: Seconds = field(default=10.0, metadata=positive())
+    """A leader that has not renewed for this long is replaced. It renews every third of
+    it, so a standby takes over within ``lease_ttl`` plus one renewal of the holder's
+    death, well inside two lease periods; shorter means faster take-over and more Redis
+    calls, and a leader cut off from Redis for this long stops acting."""
+
+    # -- watching ----------------------------------------------------------------------
+    check_interval: Seconds = field(default=1.0, metadata=positive())
+    """How often grace timers that have run out are checked (and re-checked on the shard)."""
+    image_pull_grace: Seconds = field(default=120.0, metadata=positive())
+    """A pod whose image has failed to pull for this long (as observed by this process)
+    fails its run (``SCHEDULING_FAILED``) and its Job is deleted. Registries hiccup; two
+    minutes covers the kubelet's first back-offs."""
+    completion_grace: Seconds = field(default=30.0, metadata=positive())
+    """A Job that succeeded without its run's completion arriving within this long (from
+    when this process saw it succeed) fails the run: the algorithm exited without
+    reporting. Completions are posted before the container exits, so seconds suffice;
+    30 s leaves room for the receiver's retries."""
+    job_lost_grace: Seconds = field(default=5.0, metadata=positive())
+    """After a Job is deleted, how long a completion may still arrive before its
+    ``RUNNING`` run is failed as lost (re-checked on the shard first)."""
+    watch_timeout: int = field(default=300, metadata=positive())
+    """Seconds a watch request lasts before it is resumed (the API server's own cap)."""
+    watch_max_backoff: Seconds = field(default=30.0, metadata=positive())
+    """Longest wait between attempts to reach an unreachable shard."""
+    remembered_failures: int = field(default=100_000, metadata=positive())
+    """Pod failures (reason, exit code) remembered until their Job fails; bounded so a
+    storm of failing pods cannot grow the process without limit."""
+
+    # -- sweeps ------------------------------------------------------------------------
+    sweep_interval: Seconds = field(default=15.0, metadata=positive())
+    """Time between sweeps of the checkpoint store."""
+    sweep_batch: int = field(default=1000, metadata=positive())
+    """Rows read per page (keyset pagination)."""
+    sweep_max_rows: int = field(default=50_000, metadata=positive())
+    """Rows of one kind looked at per sweep; the next sweep continues where this one
+    stopped, so one sweep stays bounded however large the backlog."""
+    queue_grace: Seconds = field(default=60.0, metadata=positive())
+    """A ``BUFFERED`` run modified more recently than this is left alone: it may be between
+    its checkpoint and its push, or just taken off a queue."""
+    max_requeues: int = field(default=5, metadata=positive())
+    """A ``BUFFERED`` run found in no queue is pushed back until its attempt count reaches
+    this (dispatch failures count too); then it is ``SCHEDULING_FAILED``."""
+    new_grace: Seconds = field(default=120.0, metadata=positive())
+    """A run still ``NEW`` this long after its last change is stuck: recovered when its
+    input exists, otherwise ``SCHEDULING_FAILED``."""
+    running_grace: Seconds = field(default=30.0, metadata=positive())
+    """A ``RUNNING`` run younger than this is not checked for a lost Job (watch latency)."""
+    deadline_slack: Seconds = field(default=60.0, metadata=at_least(0))
+    """A Job still active this long past its run's ``deadlineSeconds`` (from ``sent_at``)
+    is one Kubernetes did not stop: the run becomes ``DEADLINE_EXCEEDED``, the Job deleted."""
+    max_queue_time: Seconds = field(default=86_400.0, metadata=at_least(0))
+    """A run ``BUFFERED`` longer than this since it was received is ``DEADLINE_EXCEEDED``
+    (0: no limit). A day: a client waiting longer has given up."""
+    retention: Seconds = field(default=0.0, metadata=at_least(0))
+    """Finished runs received longer ago than this are deleted with their stored input
+    and result; 0 (the default) keeps everything, because deleting is the operator's
+    decision."""
+    adopt_interval: Seconds = field(default=1.0, metadata=positive())
+    """How often the queues of scheduler pods whose heartbeat expired are adopted; the
+    delay from a pod's death to adoption is its heartbeat TTL plus at most this."""
+
+
+@dataclass(frozen=True)
+class MaintainerSettings:
+    http: HttpSettings = field(default_factory=lambda: HttpSettings(port=8082))
+    log: LogSettings = field(default_factory=LogSettings)
+    postgres: PostgresSettings = field(default_factory=PostgresSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    shards: ShardSettings = field(default_factory=ShardSettings)
+    maintainer: MaintainerSection = field(default_factory=MaintainerSection)

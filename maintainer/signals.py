@@ -1,0 +1,153 @@
+"""What Kubernetes says about a run, read from raw Job, Pod and Event objects.
+
+Plain functions over the dicts the watch hands over (no models: a shard produces ten and
+more events per run). They decide; :mod:`maintainer.watching` acts.
+
+The rules:
+
+* **Pod started** (its container is running) → ``RUNNING``, only if still ``BUFFERED``.
+* **A failed attempt does not fail the run; the Job does.** While a Job's
+  ``backoffLimit`` allows another attempt, Kubernetes starts a new pod and the run stays
+  ``RUNNING``; the failed attempt is only remembered (:class:`PodFailure`). When the Job
+  fails (``FailureTarget``/``Failed`` condition), the run fails:
+
+  - ``DeadlineExceeded`` → ``DEADLINE_EXCEEDED``;
+  - the last failed attempt was ``OOMKilled`` → ``FAILED`` with cause ``OOMKilled`` (also
+    when the Job's own reason is ``BackoffLimitExceeded`` or a ``podFailurePolicy``
+    ``FailJob``: running out of memory is what the user must fix);
+  - ``BackoffLimitExceeded`` / ``PodFailurePolicy`` → ``FAILED`` with that cause and the
+    exit code of the last failed attempt in the details.
+
+  So an OOM with ``maximumRetries: 0`` fails the run at once, and one with retries fails
+  it only if the retries run out too.
+* **Image pull failing** (``ErrImagePull``, ``ImagePullBackOff``, …) → after a grace
+  period, ``SCHEDULING_FAILED`` and the Job deleted.
+* **Job succeeded** but no completion arrived → after a grace period, ``FAILED``: the
+  algorithm exited without reporting a result.
+* **``FailedCreate``** Event on a Job → ``SCHEDULING_FAILED`` with the Event's message, and
+  the Job deleted (it would otherwise start the run later, behind its failure).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL, REQUEST_LABEL
+from nexus.core.runs import Stage
+
+PULL_ERRORS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "RegistryUnavailable",
+    }
+)
+"""Container waiting reasons that mean its image cannot be had."""
+
+NO_RESULT = "the algorithm exited without reporting a result"
+JOB_LOST = "the job of this run was deleted before the run reported an outcome"
+
+
+@dataclass(frozen=True, slots=True)
+class PodFailure:
+    """How an attempt (a pod) of a Job ended."""
+
+    container: str
+    reason: str
+    exit_code: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A finished run's stage, cause and details, and the action's metric label."""
+
+    stage: Stage
+    cause: str
+    details: str
+    action: str
+
+
+def run_of_pod(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(algorithm, request id) of an algorithm pod."""
+    labels = pod["metadata"].get("labels") or {}
+    algorithm = labels.get(ALGORITHM_LABEL)
+    name = labels.get(REQUEST_LABEL) or labels.get(JOB_NAME_LABEL)
+    return (algorithm, name) if algorithm and name else None
+
+
+def container_state(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``state`` of the pod's (single) container, once the kubelet has reported one."""
+    statuses = (pod.get("status") or {}).get("containerStatuses")
+    if not statuses:
+        return None
+    state: dict[str, Any] | None = statuses[0].get("state")
+    return state
+
+
+def pod_failure(pod: dict[str, Any], state: dict[str, Any]) -> PodFailure | None:
+    """How the attempt ended, if it failed (non-zero exit or killed)."""
+    ended = state.get("terminated")
+    if not ended:
+        return None
+    code = int(ended.get("exitCode") or 0)
+    reason = str(ended.get("reason") or "")
+    if code == 0 and reason != "OOMKilled":
+        return None
+    statuses = (pod.get("status") or {}).get("containerStatuses") or [{}]
+    return PodFailure(
+        str(statuses[0].get("name", "")), reason, code, str(ended.get("message") or "")
+    )
+
+
+def pull_error(state: dict[str, Any]) -> str | None:
+    """The message of an image that cannot be pulled, if that is why the pod waits."""
+    waiting = state.get("waiting")
+    if waiting and waiting.get("reason") in PULL_ERRORS:
+        return f"{waiting['reason']}: {waiting.get('message') or 'the image cannot be pulled'}"
+    return None
+
+
+def job_outcome(job: dict[str, Any]) -> tuple[str, str, str] | None:
+    """``("failed", reason, message)``, ``("succeeded", "", "")`` or ``None`` (not over)."""
+    conditions = (job.get("status") or {}).get("conditions")
+    if not conditions:
+        return None
+    for condition in conditions:
+        if condition.get("status") != "True":
+            continue
+        kind = condition.get("type")
+        if kind in ("Failed", "FailureTarget"):
+            return "failed", str(condition.get("reason") or ""), str(condition.get("message") or "")
+        if kind in ("Complete", "SuccessCriteriaMet"):
+            return "succeeded", "", ""
+    return None
+
+
+def failed_verdict(reason: str, message: str, last: PodFailure | None) -> Verdict:
+    """The run's end when its Job failed for ``reason`` after ``last`` failed attempt."""
+    if reason == "DeadlineExceeded":
+        details = message or "the job was active longer than its deadline"
+        return Verdict(Stage.DEADLINE_EXCEEDED, "DeadlineExceeded", details, "deadline_exceeded")
+    if last is not None and last.reason == "OOMKilled":
+        details = last.message or (
+            f"container {last.container} was killed for exceeding its memory limit"
+            f" (exit code {last.exit_code})"
+        )
+        return Verdict(Stage.FAILED, "OOMKilled", _join(details, message), "oom_killed")
+    action = {"BackoffLimitExceeded": "backoff_limit", "PodFailurePolicy": "failure_policy"}
+    detail = message or "the job failed"
+    if last is not None:
+        detail += f"; the last attempt exited with code {last.exit_code}"
+        if last.reason and last.reason != "Error":
+            detail += f" ({last.reason})"
+        if last.message:
+            detail += f": {last.message}"
+    return Verdict(Stage.FAILED, reason or "JobFailed", detail, action.get(reason, "job_failed"))
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if second else first

@@ -1,0 +1,323 @@
+"""Sweeps of the checkpoint store: runs that nothing else will move on.
+
+Every ``sweep_interval`` the leader pages through unfinished runs of each stage, oldest
+change first, with a keyset cursor (``(last_modified, algorithm, id)``, served by the
+partial index ``runs_unfinished_by_age``), at most ``sweep_max_rows`` per stage per sweep;
+the next sweep continues where this one stopped. Only runs unchanged for a stage's grace
+period are looked at, by the database's clock.
+
+* ``BUFFERED`` — queued longer than ``max_queue_time`` → ``DEADLINE_EXCEEDED``. Its Job
+  exists on its shard (created, but the ``RUNNING`` write was lost) → ``RUNNING``. In no
+  queue of any scheduler pod (Redis lost, a push that never happened) → pushed back onto a
+  live pod's queue at its original priority (its arrival time, so ahead of newer runs),
+  counted as an attempt; once attempts reach ``max_requeues`` → ``SCHEDULING_FAILED``.
+* ``NEW`` — stuck between its first checkpoint and ``BUFFERED``: its input exists →
+  ``BUFFERED`` and queued; otherwise ``SCHEDULING_FAILED``, "submission lost".
+* ``RUNNING`` — its Job is not on its shard (the shard's Job list is current and a GET
+  answers 404) → ``FAILED``, job lost; its Job is still active ``deadline_slack`` past the
+  run's deadline → ``DEADLINE_EXCEEDED`` and the Job deleted.
+* finished runs past ``retention`` → their input and result objects, then their
+  checkpoints, deleted; idempotency keys older than 24 h cleared.
+
+A failing dependency skips that part of the sweep (logged, counted); the next sweep tries
+again. Every change goes through :class:`maintainer.actions.Actions` (compare-and-set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from functools import partial
+
+from prometheus_client import Counter, Histogram
+
+from maintainer.actions import Act, Actions
+from maintainer.settings import MaintainerSection
+from maintainer.signals import JOB_LOST, job_outcome
+from maintainer.watching import ShardWatch
+from nexus.core.checkpoints import IDEMPOTENCY_WINDOW, CheckpointStore, SweepCursor, SweepRow
+from nexus.core.errors import DependencyError, NexusError
+from nexus.core.queues import QueueBackend, QueuedRun
+from nexus.core.runs import Stage, Transition
+from nexus.core.shards import JOBS
+from nexus.core.storage import PayloadStore
+
+log = logging.getLogger(__name__)
+
+SWEEP_SECONDS = Histogram(
+    "nexus_maintainer_sweep_seconds",
+    "Duration of one sweep of one kind of run.",
+    ["sweep"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+SWEPT = Counter("nexus_maintainer_swept_total", "Checkpoints looked at by sweeps.", ["sweep"])
+SWEEP_FAILURES = Counter(
+    "nexus_maintainer_sweep_failures_total", "Sweeps cut short by a failing dependency.", ["sweep"]
+)
+DELETED = Counter(
+    "nexus_maintainer_retention_deleted_total", "Finished runs deleted after retention."
+)
+KEYS_CLEARED = Counter(
+    "nexus_maintainer_idempotency_keys_cleared_total", "Idempotency keys cleared after 24 h."
+)
+
+
+class Sweeper:
+    """Sweeps the checkpoint store for the leader."""
+
+    def __init__(
+        self,
+        *,
+        store: CheckpointStore,
+        queues: QueueBackend,
+        payloads: PayloadStore,
+        watches: dict[str, ShardWatch],
+        actions: Actions,
+        section: MaintainerSection,
+        leading: Callable[[], bool],
+    ) -> None:
+        self.store = store
+        self.queues = queues
+        self.payloads = payloads
+        self.watches = watches
+        self.actions = actions
+        self.section = section
+        self._leading = leading
+        self._cursors: dict[Stage, SweepCursor | None] = {}
+        self._next_pod = 0
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            if self._leading():
+                await self.sweep()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.section.sweep_interval)
+
+    async def sweep(self) -> None:
+        """One sweep of every kind; a kind whose dependency fails is left for the next."""
+        s = self.section
+        kinds: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("new", partial(self._stage, Stage.NEW, s.new_grace, self._new)),
+            ("buffered", partial(self._stage, Stage.BUFFERED, s.queue_grace, self._buffered)),
+            ("running", partial(self._stage, Stage.RUNNING, s.running_grace, self._running)),
+            ("retention", self._retention),
+            ("idempotency", self._idempotency),
+        ]
+        for name, work in kinds:
+            started = time.perf_counter()
+            try:
+                await work()
+            except DependencyError as exc:
+                SWEEP_FAILURES.labels(name).inc()
+                log.warning("sweep of %s runs cut short: %s", name, exc)
+            SWEEP_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def _stage(
+        self, stage: Stage, grace: float, handle: Callable[[list[SweepRow]], Awaitable[None]]
+    ) -> None:
+        async for rows in self._pages(stage, grace):
+            SWEPT.labels(stage.value.lower()).inc(len(rows))
+            await handle(rows)
+
+    async def _pages(self, stage: Stage, grace: float) -> AsyncIterator[list[SweepRow]]:
+        """Pages of ``stage`` runs unchanged for ``grace`` s, resuming the last sweep's cursor."""
+        seen, batch = 0, self.section.sweep_batch
+        older_than = timedelta(seconds=grace)
+        while seen < self.section.sweep_max_rows and self._leading():
+            rows = await self.store.sweep_page(stage, older_than, self._cursors.get(stage), batch)
+            self._cursors[stage] = rows[-1].cursor if len(rows) == batch else None
+            if rows:
+                seen += len(rows)
+                yield rows
+            if len(rows) < batch:
+                return
+
+    # -- BUFFERED --------------------------------------------------------------------------
+
+    async def _buffered(self, rows: list[SweepRow]) -> None:
+        s, now = self.section, datetime.now(UTC)
+        acts: list[Act] = []
+        by_shard: dict[str, list[SweepRow]] = defaultdict(list)
+        for row in rows:
+            if s.max_queue_time and now - row.received_at > timedelta(seconds=s.max_queue_time):
+                details = f"waited in the queue longer than the {s.max_queue_time:g} s allowed"
+                change = Transition(
+                    row.algorithm, row.id, Stage.DEADLINE_EXCEEDED, expect=Stage.BUFFERED,
+                    cause="DeadlineExceeded", details=details,
+                )  # fmt: skip
+                acts.append(Act(change, "queue_deadline", row.shard or ""))
+                continue
+            watch = self.watches.get(row.shard or "")
+            if watch is not None and watch.synced and str(row.id) in watch.jobs:
+                # its Job was created, the RUNNING write was lost
+                change = Transition(
+                    row.algorithm, row.id, Stage.RUNNING, expect=Stage.BUFFERED, shard=row.shard
+                )
+                acts.append(Act(change, "found_running", watch.shard))
+                continue
+            by_shard[row.shard or ""].append(row)
+        await self.actions.apply(acts)
+        if by_shard:
+            pods = await self.queues.pods()
+            for shard, group in by_shard.items():
+                await self._requeue(shard, group, pods.live, pods.dead)
+
+    async def _requeue(
+        self, shard: str, rows: list[SweepRow], live: list[str], dead: list[str]
+    ) -> None:
+        """Push back the runs of ``rows`` that no queue holds (a dead pod's is adopted)."""
+        held = await self.queues.missing(shard, [r.key for r in rows], [*live, *dead])
+        lost = [r for r in rows if r.key in held]
+        if not lost:
+            return
+        failed = [r for r in lost if r.attempts >= self.section.max_requeues]
+        again = [r for r in lost if r.attempts < self.section.max_requeues]
+        acts = []
+        for row in failed:
+            details = f"the run was lost from the queue after {row.attempts} attempts"
+            change = Transition(
+                row.algorithm, row.id, Stage.SCHEDULING_FAILED, expect=Stage.BUFFERED,
+                cause="QueueLost", details=details,
+            )  # fmt: skip
+            acts.append(Act(change, "requeue_limit", shard))
+        if again and live:
+            await self._push(shard, again, live)
+            for row in again:
+                change = Transition(
+                    row.algorithm, row.id, Stage.BUFFERED, expect=Stage.BUFFERED, attempts=1
+                )
+                acts.append(Act(change, "requeued", shard))
+        elif again:
+            log.warning("runs in no queue, and no live scheduler pod to queue them on")
+        await self.actions.apply(acts)
+
+    async def _push(self, shard: str, rows: Sequence[SweepRow], live: list[str]) -> None:
+        """Queue ``rows`` on a live pod at their original priority (ahead of newer runs)."""
+        pod = live[self._next_pod % len(live)]
+        self._next_pod += 1
+        queued = [QueuedRun(shard, r.key, r.received_at.timestamp() * 1000) for r in rows]
+        await self.queues.queue(pod).push(queued)
+        log.info("queued runs again", extra={"pod": pod, "shard": shard, "runs": len(queued)})
+
+    # -- NEW -------------------------------------------------------------------------------
+
+    async def _new(self, rows: list[SweepRow]) -> None:
+        acts: list[Act] = []
+        for row in rows:
+            if await self._input_exists(row):
+                change = Transition(row.algorithm, row.id, Stage.BUFFERED, expect=Stage.NEW)
+                acts.append(Act(change, "recovered", row.shard or ""))
+            else:
+                change = Transition(
+                    row.algorithm, row.id, Stage.SCHEDULING_FAILED, expect=Stage.NEW,
+                    cause="SubmissionLost", details="submission lost, please resend",
+                )  # fmt: skip
+                acts.append(Act(change, "submission_lost", row.shard or ""))
+        applied = await self.actions.apply(acts)
+        recovered = [
+            row
+            for row, act, done in zip(rows, acts, applied, strict=True)
+            if done and act.change.to == Stage.BUFFERED
+        ]
+        pods = await self.queues.pods() if recovered else None
+        if pods is not None and pods.live:
+            by_shard: dict[str, list[SweepRow]] = defaultdict(list)
+            for row in recovered:
+                by_shard[row.shard or ""].append(row)
+            for shard, group in by_shard.items():
+                await self._push(shard, group, pods.live)
+        # without a live pod, the BUFFERED sweep queues them once one is back
+
+    async def _input_exists(self, row: SweepRow) -> bool:
+        if row.has_inline_payload:
+            return True
+        if row.payload_uri is None:
+            return False
+        key = self.payloads.key_of(row.payload_uri)
+        return key is None or await self.payloads.get(key) is not None
+
+    # -- RUNNING ---------------------------------------------------------------------------
+
+    async def _running(self, rows: list[SweepRow]) -> None:
+        now, slack = datetime.now(UTC), timedelta(seconds=self.section.deadline_slack)
+        checks: list[tuple[SweepRow, ShardWatch, bool]] = []
+        for row in rows:
+            watch = self.watches.get(row.shard or "")
+            if watch is None or not watch.synced:
+                continue  # unknown or unreachable shard: nothing can be concluded
+            overdue = (
+                row.sent_at is not None
+                and row.deadline_seconds is not None
+                and now > row.sent_at + timedelta(seconds=row.deadline_seconds) + slack
+            )
+            if str(row.id) not in watch.jobs or overdue:
+                checks.append((row, watch, overdue))
+        acts: list[Act] = []
+        for start in range(0, len(checks), 16):
+            chunk = checks[start : start + 16]
+            found = await asyncio.gather(
+                *(w.client.get(JOBS, str(r.id)) for r, w, _ in chunk), return_exceptions=True
+            )
+            for (row, watch, overdue), job in zip(chunk, found, strict=True):
+                if isinstance(job, NexusError):
+                    continue  # ask again at the next sweep
+                if isinstance(job, BaseException):
+                    raise job
+                if job is None:
+                    change = Transition(
+                        row.algorithm, row.id, Stage.FAILED, expect=Stage.RUNNING,
+                        cause="JobLost", details=JOB_LOST,
+                    )  # fmt: skip
+                    acts.append(Act(change, "job_lost", watch.shard))
+                elif overdue and job_outcome(job) is None:
+                    details = (
+                        f"the job was still active {self.section.deadline_slack:g} s past the"
+                        f" run's deadline of {row.deadline_seconds:g} s"
+                    )
+                    change = Transition(
+                        row.algorithm, row.id, Stage.DEADLINE_EXCEEDED, expect=Stage.RUNNING,
+                        cause="DeadlineExceeded", details=details,
+                    )  # fmt: skip
+                    acts.append(Act(change, "job_deadline", watch.shard, delete_job=True))
+        await self.actions.apply(acts)
+
+    # -- retention -------------------------------------------------------------------------
+
+    async def _retention(self) -> None:
+        if not self.section.retention:
+            return
+        older_than = timedelta(seconds=self.section.retention)
+        deleted = 0
+        while deleted < self.section.sweep_max_rows and self._leading():
+            runs = await self.store.expired_runs(older_than, self.section.sweep_batch)
+            if not runs:
+                return
+            keys = []
+            for run in runs:
+                for uri in (run.payload_uri, run.result_uri):
+                    key = self.payloads.key_of(uri) if uri else None
+                    if key is not None:
+                        keys.append(key)
+            await self.payloads.delete(keys)  # objects first: none outlives its checkpoint
+            count = await self.store.delete_finished([r.key for r in runs])
+            deleted += count
+            DELETED.inc(count)
+            log.info("deleted finished runs past retention", extra={"runs": count})
+            if len(runs) < self.section.sweep_batch:
+                return
+
+    async def _idempotency(self) -> None:
+        cleared = 0
+        while cleared < self.section.sweep_max_rows and self._leading():
+            count = await self.store.clear_idempotency_keys(
+                IDEMPOTENCY_WINDOW, self.section.sweep_batch
+            )
+            cleared += count
+            KEYS_CLEARED.inc(count)
+            if count < self.section.sweep_batch:
+                return

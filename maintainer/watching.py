@@ -1,0 +1,355 @@
+"""Watching one shard: Jobs, Pods and Events of algorithm runs, turned into actions.
+
+:class:`ShardWatch` follows three kinds of object on a shard with
+:func:`nexus.core.watching.follow` (list, then watch from the list's resourceVersion,
+resume, relist on 410, back off while the shard is unreachable) and applies the rules of
+:mod:`maintainer.signals`. Per event it reads a few keys of a raw dict and, rarely,
+submits an action; it never waits for the store.
+
+What it keeps in memory, all bounded by what the shard holds:
+
+* the Jobs that exist (name → algorithm), which sweeps use to tell a lost Job from a live
+  one without asking the shard about every run;
+* the last failed attempt of each Job still running (for the cause when it fails);
+* grace timers: image pulls failing, Jobs that succeeded without a completion, Jobs
+  deleted under a running run.
+
+**Outages are not the runs' fault.** Grace timers start when *this process* observes a
+state (never from timestamps in the objects), so time the maintainer or a shard's watch
+was away never counts against a run; and before a run is failed because of a timer, the
+state is read again from the shard (a GET): a pod that started meanwhile, or a Job that
+is there after all, cancels it, and an unreachable shard postpones it. A lost Job is
+declared only on a shard whose Job list is current (listed since the watch last
+(re)connected) and after a GET answers 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prometheus_client import Counter, Gauge
+
+from maintainer.actions import Act, Actions
+from maintainer.settings import MaintainerSection
+from maintainer.signals import (
+    JOB_LOST,
+    NO_RESULT,
+    PodFailure,
+    container_state,
+    failed_verdict,
+    job_outcome,
+    pod_failure,
+    pull_error,
+    run_of_pod,
+)
+from nexus.core.errors import DependencyError, NexusError
+from nexus.core.labels import ALGORITHM_LABEL, ALGORITHM_RUN_SELECTOR, JOB_NAME_LABEL
+from nexus.core.runs import Stage, Transition
+from nexus.core.shards import EVENTS, JOBS, PODS, ShardClient, WatchEvent
+from nexus.core.watching import follow
+
+log = logging.getLogger(__name__)
+
+RECONNECTS = Counter(
+    "nexus_maintainer_watch_reconnects_total",
+    "Watches of a shard that failed and were reconnected, by shard and resource.",
+    ["shard", "resource"],
+)
+CONNECTED = Gauge(
+    "nexus_maintainer_shard_connected",
+    "1 while the maintainer's Job watch of a shard is connected and listed.",
+    ["shard"],
+)
+
+
+@dataclass(slots=True)
+class Timer:
+    """A grace period running for one run: when it ends and what it is about."""
+
+    due: float
+    algorithm: str
+    message: str = ""
+    pod: str = ""
+
+
+class ShardWatch:
+    """Follows one shard and acts on what it says about algorithm runs."""
+
+    def __init__(self, client: ShardClient, actions: Actions, section: MaintainerSection) -> None:
+        self.client = client
+        self.shard = client.name
+        self.actions = actions
+        self.section = section
+        self.jobs: dict[str, str] = {}
+        """Jobs that exist on the shard: name (request id) → algorithm."""
+        self.synced = False
+        """Whether :attr:`jobs` is current: listed, and the watch connected since."""
+        self._listed = False
+        self._failures: OrderedDict[str, PodFailure] = OrderedDict()
+        self._decided: OrderedDict[str, None] = OrderedDict()  # Job uids already acted on
+        self._pulls: OrderedDict[str, Timer] = OrderedDict()
+        self._unreported: OrderedDict[str, Timer] = OrderedDict()
+        self._deleted: OrderedDict[str, Timer] = OrderedDict()
+        self._loop = asyncio.get_running_loop()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        CONNECTED.labels(self.shard).set(0)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for resource, on_sync, on_event, selector in (
+                    (JOBS, self._sync_jobs, self._on_job, ALGORITHM_RUN_SELECTOR),
+                    (PODS, self._sync(self._on_pod), self._on_pod, ALGORITHM_RUN_SELECTOR),
+                    (EVENTS, self._sync(self._on_event), self._on_event, None),
+                ):
+                    group.create_task(
+                        follow(
+                            self.client,
+                            resource,
+                            on_sync=on_sync,
+                            on_event=on_event,
+                            stopping=stopping,
+                            label_selector=selector,
+                            watch_timeout=self.section.watch_timeout,
+                            max_backoff=self.section.watch_max_backoff,
+                            on_connected=self._connected(resource.plural),
+                        ),
+                        name=f"maintainer:watch:{self.shard}:{resource.plural}",
+                    )
+                group.create_task(self._check(stopping), name=f"maintainer:timers:{self.shard}")
+        finally:
+            CONNECTED.labels(self.shard).set(0)
+
+    def _connected(self, plural: str) -> Any:
+        def connected(up: bool) -> None:
+            if not up:
+                RECONNECTS.labels(self.shard, plural).inc()
+            if plural == "jobs":
+                self.synced = up and self._listed
+                CONNECTED.labels(self.shard).set(1 if self.synced else 0)
+
+        return connected
+
+    def _sync(self, handle: Any) -> Any:
+        async def on_sync(items: list[dict[str, Any]]) -> None:
+            for item in items:
+                await handle(WatchEvent("ADDED", item))
+
+        return on_sync
+
+    # -- jobs --------------------------------------------------------------------------
+
+    async def _sync_jobs(self, items: list[dict[str, Any]]) -> None:
+        self.jobs = {}
+        for item in items:
+            await self._on_job(WatchEvent("ADDED", item))
+        self._listed = True
+
+    async def _on_job(self, event: WatchEvent) -> None:
+        job = event.object
+        meta = job["metadata"]
+        name = meta["name"]
+        if event.type == "DELETED":
+            algorithm = self.jobs.pop(name, None)
+            self._failures.pop(name, None)
+            if algorithm is not None and meta.get("uid") not in self._decided:
+                due = self._loop.time() + self.section.job_lost_grace
+                self._deleted.setdefault(name, Timer(due, algorithm))
+            return
+        algorithm = self.jobs.get(name)
+        if algorithm is None:
+            label = (meta.get("labels") or {}).get(ALGORITHM_LABEL)
+            if not label:
+                return
+            algorithm = self.jobs[name] = sys.intern(label)
+        outcome = job_outcome(job)
+        if outcome is None or _seen(self._decided, meta.get("uid", name)):
+            return
+        kind, reason, message = outcome
+        if kind == "succeeded":
+            due = self._loop.time() + self.section.completion_grace
+            self._unreported.setdefault(name, Timer(due, algorithm))
+            return
+        last = self._failures.pop(name, None)
+        if last is None and reason in ("BackoffLimitExceeded", "PodFailurePolicy"):
+            last = await self._last_failure(name)
+        verdict = failed_verdict(reason, message, last)
+        self._finish(name, algorithm, verdict.stage, verdict.cause, verdict.details, verdict.action)
+
+    async def _last_failure(self, job: str) -> PodFailure | None:
+        """The failed attempt a Job's failure came after, when its pod event was missed."""
+        try:
+            pods = await self.client.list(PODS, label_selector=f"{JOB_NAME_LABEL}={job}")
+        except NexusError:
+            return None  # the verdict is made without the exit code
+        for pod in pods.items:
+            state = container_state(pod)
+            failure = pod_failure(pod, state) if state else None
+            if failure is not None:
+                return failure
+        return None
+
+    # -- pods --------------------------------------------------------------------------
+
+    async def _on_pod(self, event: WatchEvent) -> None:
+        if event.type == "DELETED":
+            return
+        pod = event.object
+        state = container_state(pod)
+        if state is None:
+            return
+        if "running" in state:
+            run = run_of_pod(pod)
+            if run is None:
+                return
+            algorithm, name = run
+            self._pulls.pop(name, None)
+            owner = (pod["metadata"].get("ownerReferences") or [{}])[0].get("uid")
+            with contextlib.suppress(ValueError):
+                change = Transition(
+                    algorithm,
+                    UUID(name),
+                    Stage.RUNNING,
+                    expect=Stage.BUFFERED,
+                    job_uid=owner,
+                    shard=self.shard,
+                )
+                self.actions.submit(Act(change, "started", self.shard))
+        elif "waiting" in state:
+            message = pull_error(state)
+            run = run_of_pod(pod) if message else None
+            if message and run is not None:
+                due = self._loop.time() + self.section.image_pull_grace
+                timer = Timer(due, run[0], message, pod["metadata"]["name"])
+                self._pulls.setdefault(run[1], timer)
+        elif "terminated" in state:
+            failure = pod_failure(pod, state)
+            run = run_of_pod(pod) if failure else None
+            if failure is not None and run is not None:
+                self._failures[run[1]] = failure
+                self._failures.move_to_end(run[1])
+                if len(self._failures) > self.section.remembered_failures:
+                    self._failures.popitem(last=False)
+
+    # -- events ------------------------------------------------------------------------
+
+    async def _on_event(self, event: WatchEvent) -> None:
+        obj = event.object
+        if obj.get("reason") != "FailedCreate" or event.type == "DELETED":
+            return
+        involved = obj.get("involvedObject") or {}
+        name = involved.get("name")
+        if involved.get("kind") != "Job" or not name:
+            return
+        algorithm = self.jobs.get(name)
+        if algorithm is None:  # the Job watch may not have delivered it yet
+            try:
+                job = await self.client.get(JOBS, name, involved.get("namespace"))
+            except NexusError:
+                return  # the Event comes again with the relist
+            algorithm = ((job or {}).get("metadata", {}).get("labels") or {}).get(ALGORITHM_LABEL)
+            if not algorithm:
+                return
+        details = str(obj.get("message") or "the job could not create its pod")
+        self._finish(
+            name, algorithm, Stage.SCHEDULING_FAILED, "FailedCreate", details, "failed_create", True
+        )
+
+    # -- grace timers ------------------------------------------------------------------
+
+    async def _check(self, stopping: asyncio.Event) -> None:
+        while not stopping.is_set():
+            now = self._loop.time()
+            for name, timer in _due(self._unreported, now):
+                self._finish(
+                    name, timer.algorithm, Stage.FAILED, "NoResult", NO_RESULT, "no_result"
+                )
+            for timers, recheck in ((self._deleted, self._lost), (self._pulls, self._pulling)):
+                for name, timer in _due(timers, now):
+                    try:
+                        await recheck(name, timer)
+                    except DependencyError as exc:  # unreachable: ask again later
+                        log.info("cannot re-check a run yet: %s", exc, extra={"shard": self.shard})
+                        timer.due = now + self.section.check_interval
+                        timers.setdefault(name, timer)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.section.check_interval)
+
+    async def _lost(self, name: str, timer: Timer) -> None:
+        """A Job was deleted: fail its run, if still RUNNING and the Job is really gone."""
+        if await self.client.get(JOBS, name) is not None:
+            return  # there after all
+        # only a RUNNING run is lost: a BUFFERED one is still queued and dispatched again
+        change = Transition(
+            timer.algorithm,
+            _uuid(name),
+            Stage.FAILED,
+            expect=Stage.RUNNING,
+            cause="JobLost",
+            details=JOB_LOST,
+        )
+        self.actions.submit(Act(change, "job_lost", self.shard))
+
+    async def _pulling(self, name: str, timer: Timer) -> None:
+        """An image failed to pull for the whole grace period: unless it has started since."""
+        pod = await self.client.get(PODS, timer.pod)
+        state = container_state(pod) if pod else None
+        message = pull_error(state) if state else None
+        if message is None:
+            return  # started, or gone, since
+        details = f"{timer.message} (failing for {self.section.image_pull_grace:g} s"
+        details += f"; now {message})" if message != timer.message else ")"
+        stage, cause = Stage.SCHEDULING_FAILED, "ImagePullFailed"
+        self._finish(name, timer.algorithm, stage, cause, details, "image_pull", True)
+
+    def _finish(
+        self,
+        name: str,
+        algorithm: str,
+        stage: Stage,
+        cause: str,
+        details: str,
+        action: str,
+        delete_job: bool = False,
+    ) -> None:
+        try:
+            run_id = UUID(name)
+        except ValueError:
+            return  # labelled like a run, but not named like one: not ours
+        change = Transition(algorithm, run_id, stage, cause=cause, details=details)
+        self.actions.submit(Act(change, action, self.shard, delete_job))
+
+
+def _due(timers: OrderedDict[str, Timer], now: float) -> list[tuple[str, Timer]]:
+    """Take the timers that have run out (each kind is in due order: one grace per kind)."""
+    due = []
+    while timers:
+        name, timer = next(iter(timers.items()))
+        if timer.due > now:
+            break
+        timers.popitem(last=False)
+        due.append((name, timer))
+    return due
+
+
+def _seen(decided: OrderedDict[str, None], uid: str) -> bool:
+    """Whether ``uid`` was decided already; remembers it (the newest 100,000)."""
+    if uid in decided:
+        return True
+    decided[uid] = None
+    if len(decided) > 100_000:
+        decided.popitem(last=False)
+    return False
+
+
+def _uuid(name: str) -> UUID:
+    try:
+        return UUID(name)
+    except ValueError:
+        return UUID(int=0)  # matches no run
