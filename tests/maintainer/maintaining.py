@@ -1,0 +1,353 @@
+"""What the maintainer tests share: maintainers in-process or as processes, a store, a
+proxy that makes a shard unreachable, and templates whose pods show a fault."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+from support.system import NAMESPACE, System, _serve, free_port
+
+from maintainer.app import MAINTAINER, Maintainer, create_app
+from maintainer.settings import MaintainerSection, MaintainerSettings
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.config import HttpSettings, LogSettings
+from nexus.core.lifecycle import LIFECYCLE
+
+FAULT_ANNOTATION = "devcluster.nexus/fault"
+
+# Every grace short, so that each signal is acted on within a second or two.
+FAST = {
+    "lease_ttl": 1.5,
+    "check_interval": 0.1,
+    "image_pull_grace": 1.0,
+    "completion_grace": 1.0,
+    "job_lost_grace": 0.3,
+    "watch_max_backoff": 0.5,
+    "sweep_interval": 0.3,
+    "queue_grace": 1.0,
+    "new_grace": 1.0,
+    "running_grace": 1.0,
+    "deadline_slack": 1.0,
+    "adopt_interval": 0.1,
+}
+
+
+def faulty(template: dict[str, Any], fault: str) -> dict[str, Any]:
+    """``template`` whose pods all show ``fault`` in the simulated kubelet."""
+    changed = copy.deepcopy(template)
+    runtime = changed["spec"].setdefault("runtimeEnvironment", {})
+    runtime["annotations"] = {FAULT_ANNOTATION: fault}
+    return changed
+
+
+def settings_for(
+    system: System, kubeconfig_dir: Path | None = None, **section: Any
+) -> MaintainerSettings:
+    base = system.base_settings
+    return MaintainerSettings(
+        http=HttpSettings(host="127.0.0.1", port=free_port(), drain_delay=0, shutdown_timeout=5),
+        log=LogSettings(format="text"),
+        postgres=base.postgres,
+        redis=base.redis,
+        storage=base.storage,
+        shards=replace(base.shards, kubeconfig_dir=kubeconfig_dir or base.shards.kubeconfig_dir),
+        maintainer=MaintainerSection(
+            instance=f"maintainer-{uuid.uuid4().hex[:6]}", **{**FAST, **section}
+        ),
+    )
+
+
+@dataclass
+class RunningMaintainer:
+    """A maintainer application served in this event loop."""
+
+    settings: MaintainerSettings
+    app: web.Application
+    runner: web.AppRunner
+    stopped: bool = False
+
+    @property
+    def maintainer(self) -> Maintainer:
+        return self.app[MAINTAINER]
+
+    async def stop(self) -> None:
+        """A clean stop: loops drained, lease released."""
+        if not self.stopped:
+            self.stopped = True
+            self.app[LIFECYCLE].ready = False
+            await self.runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def running_maintainer(settings: MaintainerSettings) -> AsyncIterator[RunningMaintainer]:
+    """The maintainer application, served in this event loop until the block ends."""
+    app = await create_app(settings)
+    running = RunningMaintainer(settings, app, await _serve(app, settings.http.port))
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+async def wait_until(predicate: Any, timeout: float = 15.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await _call(predicate):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what or predicate}")
+        await asyncio.sleep(0.05)
+
+
+async def _call(predicate: Any) -> bool:
+    result = predicate()
+    if asyncio.iscoroutine(result):
+        result = await result
+    return bool(result)
+
+
+@contextlib.asynccontextmanager
+async def open_store(system: System) -> AsyncIterator[CheckpointStore]:
+    store = await CheckpointStore.open(system.base_settings.postgres)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def environment(sections: dict[str, Any]) -> dict[str, str]:
+    """``NEXUS__SECTION__KEY`` variables for ``{section: {key: value}}``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXUS__")}
+    for section, values in sections.items():
+        for key, value in values.items():
+            if value is None:
+                continue
+            text = value if isinstance(value, str) else orjson.dumps(value).decode()
+            if isinstance(value, Path):
+                text = str(value)
+            env[f"NEXUS__{section.upper()}__{key.upper()}"] = text
+    return env
+
+
+def shared_sections(system: System, kubeconfig_dir: Path | None = None) -> dict[str, Any]:
+    """The settings sections every service of ``system`` shares, as plain values."""
+    base = system.base_settings
+    return {
+        "log": {"format": "json", "level": "INFO"},
+        "postgres": {"dsn": base.postgres.dsn, "pool_max_size": 4},
+        "redis": {"url": base.redis.url, "key_prefix": base.redis.key_prefix},
+        "storage": {
+            "endpoint_url": base.storage.endpoint_url,
+            "region": base.storage.region,
+            "access_key_id": base.storage.access_key_id,
+            "secret_access_key": base.storage.secret_access_key,
+            "bucket": base.storage.bucket,
+        },
+        "shards": {
+            "kubeconfig_dir": str(kubeconfig_dir or base.shards.kubeconfig_dir),
+            "controller_kubeconfig": str(base.shards.controller_kubeconfig),
+            "controller_namespace": NAMESPACE,
+            "runtime_namespace": NAMESPACE,
+            "create_rate": base.shards.create_rate,
+            "default_create_rate": base.shards.default_create_rate,
+        },
+    }
+
+
+@dataclass
+class Process:
+    """A ``nexus <command>`` child process, logging to a file."""
+
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    port: int
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no hand-over, no lease release."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+        self.popen.wait(10)
+
+    def terminate(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        found = []
+        for line in self.log_path.read_bytes().splitlines():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                entry = orjson.loads(line)
+                if isinstance(entry, dict):
+                    found.append(entry)
+        return found
+
+
+def spawn(command: str, env: dict[str, str], log_path: Path, port: int) -> Process:
+    env = {**env, "NEXUS__HTTP__PORT": str(port), "NEXUS__HTTP__HOST": "127.0.0.1"}
+    env.setdefault("NEXUS__HTTP__DRAIN_DELAY", "0")
+    stream = open(log_path, "wb")  # noqa: SIM115 (the child writes it; closed below)
+    try:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "nexus", command], env=env, stdout=stream, stderr=stream
+        )
+    finally:
+        stream.close()
+    return Process(popen, log_path, port)
+
+
+async def wait_ready(session: Any, process: Process, timeout: float = 30.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        if process.popen.poll() is not None:
+            raise AssertionError(f"process exited: {process.log_path.read_text()[-3000:]}")
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            async with session.get(f"http://127.0.0.1:{process.port}/health/ready") as answer:
+                if answer.status == 200:
+                    return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not ready in {timeout} s: {process.log_path.read_text()[-3000:]}")
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Process]]:
+    """Children started in the block are killed at its end, whatever happens."""
+    started: list[Process] = []
+    try:
+        yield started
+    finally:
+        for process in started:
+            process.kill()
+
+
+# -- a shard that can become unreachable --------------------------------------------------
+
+
+class Proxy:
+    """A TCP proxy in front of a shard; :meth:`cut` closes every connection and refuses new
+    ones until :meth:`restore`."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.open = True
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links.update((writer, up_writer))
+        pipes = [
+            asyncio.ensure_future(self._pipe(reader, up_writer)),
+            asyncio.ensure_future(self._pipe(up_reader, writer)),
+        ]
+        self._tasks.update(pipes)
+        await asyncio.gather(*pipes, return_exceptions=True)
+        self._tasks.difference_update(pipes)
+        for w in (writer, up_writer):
+            self._links.discard(w)
+            w.close()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            with contextlib.suppress(OSError, RuntimeError):
+                writer.close()
+
+    def cut(self) -> None:
+        self.open = False
+        for writer in list(self._links):
+            writer.close()
+
+    def restore(self) -> None:
+        self.open = True
+
+    async def stop(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def proxied_kubeconfigs(system: System, directory: Path, proxies: dict[str, Proxy]) -> Path:
+    """A copy of the system's kubeconfigs whose named shards go through their proxy."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in system.kubeconfig_dir.glob("*.kubeconfig"):
+        config = yaml.safe_load(source.read_text())
+        shard = source.name.removesuffix(".kubeconfig")
+        if shard in proxies:
+            config["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{proxies[shard].port}"
+        (directory / source.name).write_text(yaml.safe_dump(config))
+    return directory
+
+
+async def create_job(system: System, shard: str, job: dict[str, Any]) -> dict[str, Any]:
+    target = system.cluster[shard]
+    async with system.session.post(
+        f"{target.url}/apis/batch/v1/namespaces/{NAMESPACE}/jobs",
+        json=job,
+        headers={"Authorization": f"Bearer {target.token}"},
+    ) as answer:
+        assert answer.status == 201, await answer.text()
+        return dict(await answer.json())
+
+
+async def delete_job(system: System, shard: str, name: str) -> None:
+    target = system.cluster[shard]
+    async with system.session.delete(
+        f"{target.url}/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{name}",
+        params={"propagationPolicy": "Background"},
+        headers={"Authorization": f"Bearer {target.token}"},
+    ) as answer:
+        assert answer.status == 200, await answer.text()
+
+
+async def post_event(system: System, shard: str, event: dict[str, Any]) -> None:
+    target = system.cluster[shard]
+    async with system.session.post(
+        f"{target.url}/api/v1/namespaces/{NAMESPACE}/events",
+        json=event,
+        headers={"Authorization": f"Bearer {target.token}"},
+    ) as answer:
+        assert answer.status == 201, await answer.text()
