@@ -264,9 +264,13 @@ async def test_list_pages_and_list_all(client: ShardClient) -> None:
     ] == "run-4"
 
 
-async def test_listing_a_resource_the_server_lacks_is_rejected(client: ShardClient) -> None:
+async def test_a_resource_the_server_lacks_is_rejected(client: ShardClient) -> None:
+    widgets = Resource("example.com", "v1", "widgets")
     with pytest.raises(ShardRejected) as caught:
-        await client.list(Resource("example.com", "v1", "widgets"))
+        await client.list(widgets)
+    assert caught.value.status == 404
+    with pytest.raises(ShardRejected) as caught:
+        await collect(client.watch(widgets, "1", timeout_seconds=1))
     assert caught.value.status == 404
 
 
@@ -469,6 +473,9 @@ async def test_a_broken_watch_stream_is_unavailable(stand_in: tuple[Path, dict[s
         assert first.object["metadata"]["name"] == "a"
         with pytest.raises(ShardUnavailable, match="broken event"):
             await asyncio.wait_for(anext(stream), 5)
+        behaviour["watch"] = b'{"kind": "Status", "message": "not a stream"}\n'
+        with pytest.raises(ShardUnavailable, match="not an event"):
+            await collect(client.watch(JOBS, "1", timeout_seconds=1))
         error = {"type": "ERROR", "object": {"code": 500, "message": "internal error"}}
         behaviour["watch"] = orjson.dumps(error) + b"\n"
         with pytest.raises(ShardUnavailable, match="internal error"):

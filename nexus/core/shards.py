@@ -321,6 +321,12 @@ class ShardClient:
         try:
             if response.status == 410:
                 raise ResourceExpired(f"shard {self.name}: {resource.plural} at {resource_version}")
+            if response.status == 404:  # _raise_for lets 404 through: it means "no object"
+                raise ShardRejected(
+                    f"shard {self.name}: watch {resource.plural}: 404 not found",
+                    status=404,
+                    reason="NotFound",
+                )
             if response.status >= 400:
                 self._raise_for(response, await response.read(), f"watch {resource.plural}")
             async for line in response.content:
@@ -338,6 +344,10 @@ class ShardClient:
                         raise ResourceExpired(f"shard {self.name}: {status.get('message')}")
                     raise ShardUnavailable(
                         f"shard {self.name}: watch error: {status.get('message')}"
+                    )
+                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+                    raise ShardUnavailable(
+                        f"shard {self.name}: watch: not an event: {line[:200]!r}"
                     )
                 yield WatchEvent(event["type"], event.get("object") or {})
         except (*_NETWORK_ERRORS, ValueError) as exc:  # ValueError: a line over the buffer
