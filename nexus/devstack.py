@@ -61,6 +61,11 @@ class StackOptions:
     """Whether the example algorithms keep inputs with the checkpoint or in S3."""
     environment: Mapping[str, str] = field(default_factory=dict)
     """Extra ``NEXUS__…`` settings for every Nexus process."""
+    pod_names: tuple[str, ...] = ()
+    """Names of the scheduler pods (default: ``scheduler-<i>-<random>``)."""
+    defer_schedulers: bool = False
+    """Start the schedulers only on :meth:`NexusComponent.start_schedulers` (benchmarks fill
+    their queues first)."""
 
 
 class ProcessComponent:
@@ -302,7 +307,11 @@ def nexus_components(
         env = {
             **common,
             "NEXUS__HTTP__PORT": str(port),
-            "NEXUS__SCHEDULER__POD_NAME": f"scheduler-{index}-{secrets.token_hex(3)}",
+            "NEXUS__SCHEDULER__POD_NAME": (
+                options.pod_names[index]
+                if index < len(options.pod_names)
+                else f"scheduler-{index}-{secrets.token_hex(3)}"
+            ),
             "NEXUS__SCHEDULER__PUBLIC_URL": f"http://127.0.0.1:{port}",
         }
         components.append(
@@ -343,8 +352,15 @@ class NexusComponent:
             self.options, self.workdir, servers, self.cluster, self.credentials
         )
         for component in self.components:
-            component.start()
+            if not (self.options.defer_schedulers and component.name.startswith("scheduler")):
+                component.start()
         return describe(self.components, self.credentials)
+
+    def start_schedulers(self) -> None:
+        """Start schedulers deferred by :attr:`StackOptions.defer_schedulers`."""
+        for component in self.components:
+            if component.name.startswith("scheduler") and component.pid is None:
+                component.start()
 
     def stop(self) -> None:
         for component in reversed(self.components):

@@ -56,3 +56,16 @@ def test_presign_refuses_validity_s3_would_refuse() -> None:
     for seconds in (0, sigv4.MAX_PRESIGN_SECONDS + 1):
         with pytest.raises(ValueError, match="expires_in"):
             SIGNER.presign("GET", "http://127.0.0.1:9000/b/k", expires_in=seconds)
+
+
+@pytest.mark.parametrize("key", ["inputs/algorithm=echo/0b409392", "a b/ü+%/x?y", "k"])
+@pytest.mark.parametrize("method", ["GET", "PUT"])
+def test_presign_object_equals_the_general_presign(key: str, method: str) -> None:
+    signer = sigv4.Signer("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "eu-west-1")
+    now = datetime(2026, 11, 22, 12, 30, 5, tzinfo=UTC)
+    endpoint = "http://127.0.0.1:9000"
+    general = signer.presign(
+        method, sigv4.object_url(endpoint, "bucket", key), expires_in=900, now=now
+    )
+    fast = signer.presign_object(method, endpoint, "bucket", key, expires_in=900, now=now)
+    assert fast == general

@@ -116,7 +116,10 @@ class ShardClient:
         connector = old.connector
         old.detach()
         self._session = aiohttp.ClientSession(
-            connector=connector, trust_env=False, read_bufsize=2**21
+            connector=connector,
+            trust_env=False,
+            read_bufsize=2**21,
+            cookie_jar=aiohttp.DummyCookieJar(),  # the API server sets none; skip the jar
         )
         api.rest_client.pool_manager = self._session
         # what the client library adds to each request, for the requests made without it

@@ -30,6 +30,8 @@ UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 """The longest validity S3 accepts for a presigned URL (7 days)."""
 
+_DAY_KEYS: dict[tuple[str, str, str, str], bytes] = {}
+
 
 def uri_encode(text: str, *, keep_slash: bool = False) -> str:
     """Percent-encode everything but the RFC 3986 unreserved characters (and ``/``)."""
@@ -107,6 +109,52 @@ class Signer:
         encoded = "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in query)
         return f"{parts.scheme}://{parts.netloc}{parts.path or '/'}?{encoded}"
 
+    def presign_object(
+        self,
+        method: str,
+        endpoint_url: str,
+        bucket: str,
+        key: str,
+        *,
+        expires_in: int,
+        now: datetime | None = None,
+    ) -> str:
+        """The same URL as ``presign(method, object_url(endpoint_url, bucket, key), ...)``,
+        made without parsing or sorting anything: objects are presigned on every dispatch
+        and every results read, so this path is kept to a few microseconds."""
+        if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
+            raise ValueError(f"expires_in must be 1..{MAX_PRESIGN_SECONDS} s, not {expires_in}")
+        stamp = _timestamp(now)
+        day = stamp[:8]
+        origin = endpoint_url.rstrip("/")
+        host = origin.split("://", 1)[1]
+        path = f"/{uri_encode(bucket)}/{uri_encode(key, keep_slash=True)}"
+        credential = uri_encode(f"{self.access_key_id}/{self._scope(stamp)}")
+        # Already in canonical (sorted) order: Algorithm, Credential, Date, Expires, SignedHeaders.
+        query = (
+            f"X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential={credential}&X-Amz-Date={stamp}"
+            f"&X-Amz-Expires={expires_in}&X-Amz-SignedHeaders=host"
+        )
+        canonical = f"{method.upper()}\n{path}\n{query}\nhost:{host}\n\nhost\n{UNSIGNED_PAYLOAD}"
+        to_sign = (
+            f"{ALGORITHM}\n{stamp}\n{self._scope(stamp)}\n"
+            f"{hashlib.sha256(canonical.encode()).hexdigest()}"
+        )
+        signature = hmac.new(self._day_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        return f"{origin}{path}?{query}&X-Amz-Signature={signature}"
+
+    def _day_key(self, day: str) -> bytes:
+        """The signing key of ``day``, derived once per day (four HMACs saved per URL)."""
+        cached = _DAY_KEYS.get((self.secret_access_key, day, self.region, self.service))
+        if cached is None:
+            cached = ("AWS4" + self.secret_access_key).encode()
+            for part in (day, self.region, self.service, "aws4_request"):
+                cached = hmac.new(cached, part.encode(), hashlib.sha256).digest()
+            if len(_DAY_KEYS) > 64:
+                _DAY_KEYS.clear()
+            _DAY_KEYS[(self.secret_access_key, day, self.region, self.service)] = cached
+        return cached
+
     def _canonical(
         self,
         method: str,
@@ -137,10 +185,7 @@ class Signer:
         to_sign = "\n".join(
             [ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
         )
-        key = ("AWS4" + self.secret_access_key).encode()
-        for part in (stamp[:8], self.region, self.service, "aws4_request"):
-            key = hmac.new(key, part.encode(), hashlib.sha256).digest()
-        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._day_key(stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
 
 
 def object_url(endpoint_url: str, bucket: str = "", key: str = "") -> str:

@@ -106,8 +106,9 @@ class PayloadStore(ObjectNames):
 
     def _presign(self, method: str, key: str, expires_in: float, now: datetime | None) -> str:
         seconds = max(1, min(int(expires_in), MAX_PRESIGN_SECONDS))
-        url = sigv4.object_url(self._endpoint, self.bucket, key)
-        return self._signer.presign(method, url, expires_in=seconds, now=now)
+        return self._signer.presign_object(
+            method, self._endpoint, self.bucket, key, expires_in=seconds, now=now
+        )
 
     # -- objects ---------------------------------------------------------------------------
 
