@@ -147,7 +147,7 @@ async def closed_loop(
 
 
 async def open_loop(
-    url: str,
+    url: str | list[str],
     make_request: Callable[[int], bytes],
     *,
     rate: float,
@@ -156,19 +156,20 @@ async def open_loop(
     keep_bodies: bool = False,
 ) -> Results:
     """Requests started at ``rate`` per second for ``duration`` seconds; latency measured
-    from each request's scheduled start, so a slow server cannot hide its queueing."""
+    from each request's scheduled start, so a slow server cannot hide its queueing.
+
+    With several URLs (servers behind a round-robin balancer), request ``i`` goes to
+    ``url[i % len(url)]`` and ``make_request`` gets ``i``."""
     results = Results()
-    idle: list[_Connection] = []
-    opened = 0
+    urls = [url] if isinstance(url, str) else list(url)
+    idle: dict[str, list[_Connection]] = {u: [] for u in urls}
     in_flight: set[asyncio.Task[None]] = set()
     loop = asyncio.get_running_loop()
 
     async def one(index: int, scheduled: float) -> None:
-        nonlocal opened
-        connection = idle.pop() if idle else None
-        if connection is None:
-            opened += 1
-            connection = await _Connection.open(url)
+        target = urls[index % len(urls)]
+        pool = idle[target]
+        connection = pool.pop() if pool else await _Connection.open(target)
         try:
             status, body = await connection.exchange(make_request(index))
         except (OSError, asyncio.IncompleteReadError):
@@ -176,7 +177,7 @@ async def open_loop(
             connection.close()
             return
         results.record(status, time.perf_counter() - scheduled, body, keep_bodies)
-        idle.append(connection)
+        pool.append(connection)
 
     started = time.perf_counter()
     total = int(rate * duration)
@@ -194,6 +195,7 @@ async def open_loop(
     if in_flight:
         await asyncio.gather(*in_flight)
     results.seconds = time.perf_counter() - started
-    for connection in idle:
-        connection.close()
+    for pool in idle.values():
+        for connection in pool:
+            connection.close()
     return results
