@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.httpapi import ApiError, bad_request, json_response, read_json_object
+from nexus.core.httpapi import ApiError, bad_request, json_response, json_type, read_json_object
 from nexus.core.logs import request_id as current_request
 from nexus.core.runs import Stage, Transition
 from nexus.core.signing import Signer
@@ -58,7 +58,7 @@ def _optional_text(body: dict[str, Any], *names: str, limit: int, cut: bool) -> 
         if value is None:
             continue
         if not isinstance(value, str):
-            raise bad_request(f"{name}: expected a string or null, got {type(value).__name__}")
+            raise bad_request(f"{name}: expected a string or null, got {json_type(value)}")
         if len(value) > limit:
             if not cut:
                 raise bad_request(f"{name}: longer than {limit} characters")

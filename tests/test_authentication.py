@@ -126,3 +126,10 @@ def test_a_cached_jwt_stops_working_when_it_expires(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
     error = refused(auth, header)
     assert (error.status, error.message) == (401, "the JWT has expired")
+
+
+def test_a_short_hs256_secret_is_a_configuration_error() -> None:
+    with pytest.raises(
+        ConfigError, match="NEXUS__AUTH__JWT_HS256_SECRET: expected at least 32 bytes"
+    ):
+        Authenticator(AuthSettings(jwt_hs256_secret="too-short", jwt_issuer="issuer"))

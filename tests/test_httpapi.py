@@ -111,9 +111,9 @@ async def test_api_error_becomes_its_json_answer(
     [
         (b"", "empty"),
         (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "not list"),
-        (b'"text"', "not str"),
-        (b"null", "not NoneType"),
+        (b"[1, 2]", "not an array"),
+        (b'"text"', "not a string"),
+        (b"null", "not null"),
         (b"\xff\xfe", "not valid JSON"),
     ],
 )

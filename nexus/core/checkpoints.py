@@ -331,6 +331,19 @@ class CheckpointStore:
             results[i] = Admission(owner, owner == run.id)
 
     async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
+        try:
+            return await self._transition_batch(changes)
+        except (*_DATA_ERRORS, asyncpg.CheckViolationError) as exc:
+            if len(changes) == 1:
+                return [CheckpointRejected(f"the change cannot be stored: {exc}")]
+        # One bad change must not fail its neighbours: write each on its own.
+        results: list[bool | Exception] = []
+        for change in changes:
+            (result,) = await self._write_transitions([change])
+            results.append(result)
+        return results
+
+    async def _transition_batch(self, changes: Sequence[Transition]) -> list[bool]:
         # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
         # twice in one batch has its later changes applied in a following statement.
         applied: list[bool] = [False] * len(changes)
@@ -342,7 +355,7 @@ class CheckpointStore:
             if depth == len(rounds):
                 rounds.append([])
             rounds[depth].append(index)
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
             for indices in rounds:
                 batch = [changes[i] for i in indices]
                 rows = await conn.fetch(_TRANSITION, *_transition_columns(batch))

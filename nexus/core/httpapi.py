@@ -65,6 +65,19 @@ def error_response(
     return json_response({"error": code, "message": message}, status, headers)
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages clients can act on."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
 def bad_request(message: str, code: str = "invalid_request") -> ApiError:
     return ApiError(400, code, message)
 
@@ -83,7 +96,7 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise bad_request(f"the body is not valid JSON: {exc}", "malformed_json") from exc
     if not isinstance(body, dict):
         raise bad_request(
-            f"the body must be a JSON object, not {type(body).__name__}", "malformed_json"
+            f"the body must be a JSON object, not {json_type(body)}", "malformed_json"
         )
     return body
 

@@ -102,7 +102,12 @@ LIFECYCLE = web.AppKey("nexus.lifecycle", Lifecycle)
 
 def create_base_app(name: str, http: HttpSettings) -> web.Application:
     """An application with the lifecycle, probes and metrics every service has."""
-    app = web.Application(client_max_size=http.max_body_size, handler_args={"access_log": None})
+    # lingering_time: after refusing an oversize body, read what a client still sends for
+    # one second (not aiohttp's ten), so a client that gives up does not hold a task.
+    app = web.Application(
+        client_max_size=http.max_body_size,
+        handler_args={"access_log": None, "lingering_time": 1.0},
+    )
     app[LIFECYCLE] = Lifecycle(name)
     app.router.add_get("/health/live", _live)
     app.router.add_get("/health/ready", _ready)

@@ -61,6 +61,10 @@ class Authenticator:
                 )
         self._keys: dict[str, str] = {}
         if settings.jwt_hs256_secret:
+            if len(settings.jwt_hs256_secret.encode()) < 32:  # RFC 7518 §3.2
+                raise ConfigError(
+                    "NEXUS__AUTH__JWT_HS256_SECRET: expected at least 32 bytes for HS256"
+                )
             self._keys["HS256"] = settings.jwt_hs256_secret
         if settings.jwt_rs256_public_key:
             self._keys["RS256"] = settings.jwt_rs256_public_key

@@ -33,7 +33,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import parse_duration
 from nexus.core.errors import DependencyError, QueueUnavailable
 from nexus.core.grouping import GroupCommitter
-from nexus.core.httpapi import ApiError, bad_request
+from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, NewRun, Stage
 from nexus.core.storage import MAX_PRESIGN_SECONDS, PayloadStore
@@ -72,7 +72,7 @@ def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise bad_request(f"{name}: expected a string, got {type(value).__name__}")
+        raise bad_request(f"{name}: expected a string, got {json_type(value)}")
     if not value or len(value) > limit:
         raise bad_request(f"{name}: expected 1 to {limit} characters, got {len(value)}")
     if not value.isprintable():
@@ -156,7 +156,7 @@ class Submitter:
             raise bad_request("algorithmParameters: required field is missing")
         if not isinstance(parameters, dict):
             raise bad_request(
-                f"algorithmParameters: expected an object, got {type(parameters).__name__}"
+                f"algorithmParameters: expected an object, got {json_type(parameters)}"
             )
         named = body.get("algorithmName")
         if named is not None and named != algorithm:
