@@ -100,6 +100,7 @@ def build_components(args: argparse.Namespace) -> list[Component]:
         create_rate=args.create_rate,
         shard_rate=args.shard_rate,
         port=args.port,
+        host=args.host,
         log_format=args.log_format,
     )
     workdir = services.directory
@@ -159,6 +160,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     system.add_argument(
         "--port", type=int, default=0, help="port of the first scheduler (default: a free one)"
+    )
+    system.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="listen address of the scheduler(s) and receiver (default: 127.0.0.1; "
+        "0.0.0.0 inside a container)",
     )
     system.add_argument(
         "--create-rate",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import sys
 import time
@@ -56,6 +57,8 @@ class StackOptions:
     events: bool = True
     port: int = 0
     """First scheduler's port (0: a free one)."""
+    host: str = "127.0.0.1"
+    """Listen address of the scheduler(s) and the receiver (``0.0.0.0`` in a container)."""
     log_format: str = "text"
     inline_inputs: bool = True
     """Whether the example algorithms keep inputs with the checkpoint or in S3."""
@@ -235,8 +238,6 @@ def _create(url: str, token: str, plural: str, obj: dict[str, Any]) -> None:
 
 
 def _python_environment() -> dict[str, str]:
-    import os
-
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "VIRTUAL_ENV", "PYTHONPATH")
     return {k: v for k, v in os.environ.items() if k in keep}
 
@@ -283,7 +284,7 @@ def nexus_components(
         **credentials.environment(),
         "NEXUS__STORAGE__BUCKET": "nexus",
         "NEXUS__LOG__FORMAT": options.log_format,
-        "NEXUS__HTTP__HOST": "127.0.0.1",
+        "NEXUS__HTTP__HOST": options.host,
         "NEXUS__HTTP__DRAIN_DELAY": "0",
         "NEXUS__SHARDS__KUBECONFIG_DIR": str(cluster.kubeconfig_dir),
         "NEXUS__SHARDS__CONTROLLER_KUBECONFIG": str(
@@ -291,6 +292,8 @@ def nexus_components(
         ),
         "NEXUS__SHARDS__CREATE_RATE": json.dumps({s: options.create_rate for s in shard_names}),
         "NEXUS__SCHEDULER__RECEIVER_URL": f"http://127.0.0.1:{receiver_port}",
+        # settings given to `nexus dev` itself reach every Nexus process
+        **{k: v for k, v in os.environ.items() if k.startswith("NEXUS__")},
         **options.environment,
     }
     nexus = [sys.executable, "-m", "nexus"]

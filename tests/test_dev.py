@@ -149,7 +149,7 @@ def test_dev_help_documents_every_option() -> None:
     )
     for option in (
         "--workdir", "--keep", "--binaries", "--log-format", "--mode", "--shards",
-        "--schedulers", "--no-maintainer", "--port", "--create-rate", "--shard-rate",
+        "--schedulers", "--no-maintainer", "--port", "--host", "--create-rate", "--shard-rate",
         "--duration", "--faults", "--services-only",
     ):  # fmt: skip
         assert option in done.stdout
