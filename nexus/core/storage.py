@@ -67,6 +67,7 @@ class PayloadStore(ObjectNames):
         self._stack = stack
         endpoint = settings.presign_endpoint_url or settings.endpoint_url
         self._endpoint = (endpoint or f"https://s3.{settings.region}.amazonaws.com").rstrip("/")
+        self._region = settings.region
         self._signer = sigv4.Signer(
             settings.access_key_id, settings.secret_access_key, settings.region
         )
@@ -158,7 +159,13 @@ class PayloadStore(ObjectNames):
         except (BotoCoreError, OSError) as exc:
             raise StorageUnavailable(f"storage unavailable: {exc}") from exc
         try:
-            await self._client.create_bucket(Bucket=self.bucket)
+            if self._region == "us-east-1":  # S3 refuses a location constraint there
+                await self._client.create_bucket(Bucket=self.bucket)
+            else:
+                await self._client.create_bucket(
+                    Bucket=self.bucket,
+                    CreateBucketConfiguration={"LocationConstraint": self._region},  # type: ignore[typeddict-item]
+                )
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in (
                 "BucketAlreadyOwnedByYou",
