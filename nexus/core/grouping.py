@@ -98,6 +98,16 @@ class GroupCommitter(Generic[T, R]):
         return await future
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_waiting()
+        finally:
+            # Leave the set in the same step as the last look at the queue: a submit after
+            # that look must start a flusher of its own, not count this finished one.
+            task = asyncio.current_task()
+            if task is not None:
+                self._flushers.discard(task)
+
+    async def _flush_waiting(self) -> None:
         if self._max_delay and len(self._waiting) < self._max_batch and len(self._flushers) == 1:
             await asyncio.sleep(self._max_delay)
         while self._waiting:
