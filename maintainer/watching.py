@@ -31,6 +31,7 @@ import logging
 import sys
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -210,7 +211,10 @@ class ShardWatch:
                 return
             algorithm, name = run
             self._pulls.pop(name, None)
-            owner = (pod["metadata"].get("ownerReferences") or [{}])[0].get("uid")
+            meta = pod["metadata"]
+            owner = (meta.get("ownerReferences") or [{}])[0].get("uid")
+            # the pod's creation stands in for the Job's: the deadline counts from it
+            created = _timestamp(meta.get("creationTimestamp"))
             with contextlib.suppress(ValueError):
                 change = Transition(
                     algorithm,
@@ -219,6 +223,7 @@ class ShardWatch:
                     expect=Stage.BUFFERED,
                     job_uid=owner,
                     shard=self.shard,
+                    sent_at=created,
                 )
                 self.actions.submit(Act(change, "started", self.shard))
         elif "waiting" in state:
@@ -353,3 +358,10 @@ def _uuid(name: str) -> UUID:
         return UUID(name)
     except ValueError:
         return UUID(int=0)  # matches no run
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None

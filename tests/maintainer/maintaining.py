@@ -26,6 +26,7 @@ from maintainer.settings import MaintainerSection, MaintainerSettings
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import HttpSettings, LogSettings
 from nexus.core.lifecycle import LIFECYCLE
+from nexus.core.storage import PayloadStore
 
 FAULT_ANNOTATION = "devcluster.nexus/fault"
 
@@ -117,6 +118,16 @@ async def _call(predicate: Any) -> bool:
     if asyncio.iscoroutine(result):
         result = await result
     return bool(result)
+
+
+@contextlib.asynccontextmanager
+async def open_payloads(system: System) -> AsyncIterator[PayloadStore]:
+    """The system's object storage, asynchronously (the harness's bucket calls block)."""
+    payloads = await PayloadStore.open(system.base_settings.storage)
+    try:
+        yield payloads
+    finally:
+        await payloads.close()
 
 
 @contextlib.asynccontextmanager

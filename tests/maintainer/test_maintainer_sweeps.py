@@ -1,0 +1,220 @@
+"""Sweeps of the checkpoint store (maintainer/sweeping.py): runs nothing else moves on."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+from harness import S3Bucket
+from maintaining import (
+    create_job,
+    open_payloads,
+    open_store,
+    running_maintainer,
+    settings_for,
+    wait_until,
+)
+from prometheus_client import REGISTRY
+from support.system import local_system, template
+from test_maintainer_signals import bare_job
+
+from nexus.core.runs import NewRun, Stage, Transition
+from nexus.devcluster.shards import ShardSpec
+from nexus.devcluster.simulation import SimulationSettings
+
+
+def actions(action: str, shard: str = "shard-0") -> float:
+    value = REGISTRY.get_sample_value(
+        "nexus_maintainer_actions_total", {"action": action, "shard": shard}
+    )
+    return value or 0.0
+
+
+async def test_redis_flushed_under_load_every_buffered_run_is_queued_again_and_completes(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    shard = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:0.01"))
+    async with (
+        local_system(
+            tmp_path,
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            s3=s3,
+            shards=[shard],
+            templates=[template("echo")],
+            create_rate={"shard-0": 150},
+        ) as system,
+        running_maintainer(settings_for(system)),
+    ):
+        requeued = actions("requeued")
+        ids = await asyncio.gather(
+            *(system.submit("echo", {"algorithmParameters": {"i": i}}) for i in range(600))
+        )
+        client = aioredis.Redis.from_url(redis_url)
+        try:  # everything of this deployment: queues, in-flight sets, heartbeats, throttle
+            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=1000)]
+            assert keys
+            await client.delete(*keys)
+        finally:
+            await client.aclose()
+        statuses = [(await system.wait_for("echo", i, timeout=40))["status"] for i in ids]
+        assert statuses == ["COMPLETED"] * len(ids)
+        assert actions("requeued") > requeued
+
+
+async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with (
+        local_system(
+            tmp_path,
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            s3=s3,
+            templates=[template("echo")],
+        ) as system,
+        running_maintainer(settings_for(system)),
+        open_store(system) as store,
+    ):
+        model = await system.submit("echo")
+        await system.wait_for("echo", model)
+        first = await store.get("echo", uuid.UUID(model))
+        assert first is not None
+
+        async def stuck(**payload: object) -> str:
+            run_id = uuid.uuid4()
+            await store.insert(
+                NewRun(
+                    algorithm="echo", id=run_id, stage=Stage.NEW, caller="tester",
+                    received_by_host="gone", applied_configuration=first.applied_configuration,
+                    payload_valid_for=timedelta(hours=1), **payload,  # type: ignore[arg-type]
+                )
+            )  # fmt: skip
+            return str(run_id)
+
+        inline = await stuck(payload_inline=b'{"a": 1}')
+        async with open_payloads(system) as payloads:
+            await payloads.put("inputs/algorithm=echo/kept", b'{"b": 2}')
+        stored = await stuck(payload_uri=f"s3://{s3.bucket}/inputs/algorithm=echo/kept")
+        lost = await stuck(payload_uri=f"s3://{s3.bucket}/inputs/algorithm=echo/never-written")
+        assert (await system.wait_for("echo", inline, timeout=15))["status"] == "COMPLETED"
+        assert (await system.wait_for("echo", stored, timeout=15))["status"] == "COMPLETED"
+        answer = await system.wait_for("echo", lost, timeout=15)
+        assert answer["status"] == "SCHEDULING_FAILED"
+        assert answer["runErrorMessage"] == "SubmissionLost: submission lost, please resend"
+
+
+async def test_runs_past_deadlines_no_job_enforces(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with (
+        local_system(
+            tmp_path,
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            s3=s3,
+            shards=[ShardSpec(name="shard-0", mode="off")],
+            templates=[template("echo")],
+            create_rate={"shard-0": 0.1},
+        ) as system,
+        running_maintainer(settings_for(system, max_queue_time=2)),
+        open_store(system) as store,
+    ):
+        first = await system.submit("echo")  # takes the only creation token for 10 s
+        queued = await system.submit("echo")
+        answer = await system.wait_for("echo", queued, timeout=10)
+        assert answer["status"] == "DEADLINE_EXCEEDED", answer
+        assert "waited in the queue longer than the 2 s allowed" in answer["runErrorMessage"]
+        # a Job without activeDeadlineSeconds whose run's deadline passed long ago
+        run_id = uuid.uuid4()
+        await store.insert(
+            NewRun(
+                algorithm="echo", id=run_id, stage=Stage.BUFFERED, caller="tester",
+                received_by_host="elsewhere", payload_inline=b"{}",
+                applied_configuration={"shard": "shard-0", "deadlineSeconds": 1},
+                payload_valid_for=timedelta(hours=1),
+            )
+        )  # fmt: skip
+        job = await create_job(system, "shard-0", bare_job("echo", str(run_id)))
+        sent = datetime.now(UTC) - timedelta(seconds=30)
+        moved = await store.transition(
+            Transition(
+                "echo", run_id, Stage.RUNNING, shard="shard-0", sent_at=sent,
+                job_uid=job["metadata"]["uid"],
+            )
+        )  # fmt: skip
+        assert moved
+        answer = await system.wait_for("echo", str(run_id), timeout=10)
+        assert answer["status"] == "DEADLINE_EXCEEDED", answer
+        assert "past the run's deadline of 1 s" in answer["runErrorMessage"]
+        await wait_until(
+            lambda: system.cluster["shard-0"].store.get("jobs", "nexus", str(run_id)) is None,
+            what="the overdue job deleted",
+        )
+        assert (await system.result("echo", first))["status"] == "RUNNING"  # pods Pending
+
+
+async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_old_keys(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with (
+        local_system(
+            tmp_path,
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            s3=s3,
+            shards=[ShardSpec(name="shard-0", mode="off")],
+            templates=[template("echo")],
+        ) as system,
+        open_store(system) as store,
+        open_payloads(system) as payloads,
+    ):
+        made: dict[str, uuid.UUID] = {}
+        for name, finished in (("old", True), ("old-running", False), ("recent", True)):
+            run_id = made[name] = uuid.uuid4()
+            await payloads.put(f"inputs/algorithm=echo/{run_id}", b"{}")
+            await payloads.put(f"results/algorithm=echo/{run_id}", b"{}")
+            await store.insert(
+                NewRun(
+                    algorithm="echo", id=run_id, stage=Stage.BUFFERED, caller="tester",
+                    received_by_host="h", applied_configuration={"shard": "shard-0"},
+                    payload_valid_for=timedelta(hours=1), idempotency_key=f"key-{name}",
+                    payload_uri=f"s3://{s3.bucket}/inputs/algorithm=echo/{run_id}",
+                )
+            )  # fmt: skip
+            if finished:
+                result = f"s3://{s3.bucket}/results/algorithm=echo/{run_id}"
+                assert await store.transition(
+                    Transition("echo", run_id, Stage.COMPLETED, result_uri=result)
+                )
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute(
+                "UPDATE runs SET received_at = now() - interval '3 days' WHERE id = ANY($1)",
+                [made["old"], made["old-running"]],
+            )
+        finally:
+            await conn.close()
+        async with running_maintainer(settings_for(system, retention=86_400)):
+
+            async def swept() -> bool:
+                return await store.get("echo", made["old"]) is None
+
+            await wait_until(swept, what="the old finished run deleted")
+        for kind in ("inputs", "results"):
+            assert await payloads.get(f"{kind}/algorithm=echo/{made['old']}") is None
+        for name in ("old-running", "recent"):
+            assert await payloads.get(f"inputs/algorithm=echo/{made[name]}") is not None
+            assert await store.get("echo", made[name]) is not None
+        old_running = await store.get("echo", made["old-running"])
+        recent = await store.get("echo", made["recent"])
+        assert old_running is not None and old_running.idempotency_key is None
+        assert recent is not None and recent.idempotency_key == "key-recent"
