@@ -28,6 +28,7 @@ from nexus.core.config import LogSettings
 from nexus.core.errors import ConfigError
 from nexus.core.logs import configure as configure_logs
 from nexus.devcluster.fairness import Limits
+from nexus.devcluster.heap import HeapPolicy, HeapSettings
 from nexus.devcluster.jobcontroller import JobControllerSettings
 from nexus.devcluster.kubelet import KubeletSettings
 from nexus.devcluster.processes import ProcessSettings
@@ -184,6 +185,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="bytes a slow watcher may lag before it is dropped",
     )
+    group = parser.add_argument_group("process")
+    group.add_argument(
+        "--gc-interval",
+        type=float,
+        default=60.0,
+        help="seconds between full garbage collections; young ones only in between "
+        "(0: Python's default collector)",
+    )
+    group.add_argument(
+        "--gc-young",
+        type=int,
+        default=50_000,
+        help="new containers that start a young garbage collection",
+    )
     group = parser.add_argument_group("logging")
     add(
         "--log-level",
@@ -266,8 +281,11 @@ def _override(spec: ShardSpec, text: str) -> ShardSpec:
     return dataclasses.replace(spec, **changes)
 
 
-async def run(specs: list[ShardSpec], kubeconfig_dir: Path) -> int:
+async def run(
+    specs: list[ShardSpec], kubeconfig_dir: Path, heap: HeapSettings | None = None
+) -> int:
     stop = asyncio.Event()
+    policy = HeapPolicy(heap or HeapSettings())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -276,8 +294,10 @@ async def run(specs: list[ShardSpec], kubeconfig_dir: Path) -> int:
             line = b"DEVCLUSTER READY " + orjson.dumps(cluster.describe())
             sys.stdout.write(line.decode() + "\n")
             sys.stdout.flush()
+            policy.start()
             await stop.wait()
     finally:
+        policy.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     return 0
@@ -287,4 +307,5 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     specs = shard_specs(args)
     configure_logs(LogSettings(level=args.log_level, format=args.log_format), "devcluster")
-    return uvloop.run(run(specs, args.kubeconfig_dir))
+    heap = HeapSettings(full_interval=args.gc_interval, young=args.gc_young)
+    return uvloop.run(run(specs, args.kubeconfig_dir, heap))

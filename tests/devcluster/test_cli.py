@@ -1,0 +1,49 @@
+"""The ``nexus devcluster`` command: options reach the shards, the heap policy is undone."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+from nexus.devcluster.cli import build_parser, shard_specs
+from nexus.devcluster.heap import HeapPolicy, HeapSettings
+
+
+def test_options_reach_every_shard() -> None:
+    args = build_parser().parse_args(
+        ["--shards", "2", "--no-events", "--mode", "off", "--start-delay", "0.5"]
+    )
+    specs = shard_specs(args)
+    assert [s.name for s in specs] == ["shard-0", "shard-1"]
+    assert all(not s.events and s.mode == "off" for s in specs)
+    assert specs[0].kubelet.start_delay == 0.5
+    defaults = shard_specs(build_parser().parse_args([]))[0]
+    assert defaults.events
+
+
+def test_heap_options() -> None:
+    args = build_parser().parse_args(["--gc-interval", "0", "--gc-young", "1000"])
+    assert (args.gc_interval, args.gc_young) == (0.0, 1000)
+
+
+async def test_heap_policy_collects_on_a_timer_and_restores_the_collector() -> None:
+    before = gc.get_threshold()
+    policy = HeapPolicy(HeapSettings(full_interval=0.05, young=12_345))
+    policy.start()
+    try:
+        assert gc.get_threshold()[0] == 12_345
+        assert gc.get_freeze_count() > 0
+        await asyncio.sleep(0.3)
+        assert policy.full_collections >= 2
+    finally:
+        policy.stop()
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+async def test_heap_policy_off_changes_nothing() -> None:
+    before = gc.get_threshold()
+    policy = HeapPolicy(HeapSettings(full_interval=0))
+    policy.start()
+    assert gc.get_threshold() == before
+    policy.stop()
