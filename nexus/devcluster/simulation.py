@@ -24,8 +24,9 @@ annotation ``devcluster.nexus/fault``:
 ``silent``     exits 0 after the duration without reporting anything;
 ``hang``       runs until killed (``activeDeadlineSeconds`` or deletion).
 
-All simulated pods share one ``aiohttp.ClientSession`` (pooled connections) and a fixed
-pool of worker tasks that performs the HTTP steps; the waiting itself is a timer.
+All simulated pods share one :class:`.httpcalls.HttpCalls` client (kept-alive connections,
+at most ``concurrency`` per host) and a fixed pool of worker tasks that performs the HTTP
+steps; the waiting itself is a timer.
 """
 
 from __future__ import annotations
@@ -36,15 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 
+from nexus.devcluster.httpcalls import CallFailed, HttpCalls
 from nexus.devcluster.kubelet import PodRun
 
 if TYPE_CHECKING:
     from nexus.devcluster.kubelet import Kubelet
 
 FAULTS = ("oom", "image-pull", "exit", "silent", "hang")
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def parse_distribution(text: str) -> Callable[[], float]:
@@ -127,7 +129,7 @@ class SimulatedRuntime:
         self.duration = parse_distribution(settings.duration)
         self.faults = parse_faults(settings.faults)
         self.queue: asyncio.Queue[PodRun] = asyncio.Queue()
-        self.session: aiohttp.ClientSession | None = None
+        self.calls: HttpCalls | None = None
         self.workers: list[asyncio.Task[None]] = []
 
     def set_faults(self, faults: dict[str, float]) -> None:
@@ -135,11 +137,8 @@ class SimulatedRuntime:
         self.faults = parse_faults(",".join(f"{k}={v}" for k, v in faults.items()))
 
     async def open(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.settings.concurrency, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout),
-            skip_auto_headers=("User-Agent",),
+        self.calls = HttpCalls(
+            limit=self.settings.concurrency, timeout=self.settings.request_timeout
         )
         self.workers = [
             asyncio.create_task(self._work(), name=f"devcluster-simulated-pod-{i}")
@@ -151,9 +150,9 @@ class SimulatedRuntime:
             worker.cancel()
         await asyncio.gather(*self.workers, return_exceptions=True)
         self.workers = []
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
+        if self.calls is not None:
+            await self.calls.close()
+            self.calls = None
 
     def draw_fault(self) -> str | None:
         if not self.faults:
@@ -197,16 +196,17 @@ class SimulatedRuntime:
     def _log(self, run: PodRun, line: str) -> None:
         run.write_log(line.encode() + b"\n", self.kubelet.settings.log_limit)
 
-    async def _call(self, method: str, url: str, **kwargs: object) -> bytes:
-        assert self.session is not None
+    async def _call(
+        self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> bytes:
+        assert self.calls is not None
         try:
-            async with self.session.request(method, url, **kwargs) as response:  # type: ignore[arg-type]
-                body = await response.read()
-                if not 200 <= response.status < 300:
-                    raise _StepFailed(f"{method} {url} answered {response.status}: {body[:200]!r}")
-                return body
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _StepFailed(f"{method} {url} failed: {exc!r}") from exc
+            status, answer = await self.calls.request(method, url, body, headers)
+        except CallFailed as exc:
+            raise _StepFailed(f"{method} {url} failed: {exc}") from exc
+        if not 200 <= status < 300:
+            raise _StepFailed(f"{method} {url} answered {status}: {answer[:200]!r}")
+        return answer
 
     async def _play(self, run: PodRun) -> None:
         env = run.env
@@ -234,9 +234,7 @@ class SimulatedRuntime:
         if run.fault == "exit":
             if completion_url:
                 failure = {"cause": "AlgorithmFailed", "message": "simulated failure: exit 1"}
-                await self._call(
-                    "POST", completion_url, data=orjson.dumps(failure), headers=headers
-                )
+                await self._call("POST", completion_url, orjson.dumps(failure), headers)
                 self._log(run, "reported failure")
             self._log(run, "exiting with code 1")
             self.kubelet.exited(run, 1, "Error")
@@ -247,14 +245,12 @@ class SimulatedRuntime:
                 result = body
             except orjson.JSONDecodeError:
                 result = orjson.dumps({"requestId": request_id, "ok": True})
-            await self._call(
-                "PUT", upload_url, data=result, headers={"Content-Type": "application/json"}
-            )
+            await self._call("PUT", upload_url, result, _JSON_HEADERS)
             self._log(run, "uploaded result")
         if _stopped(run):
             return
         if completion_url:
             completion = {"cause": None, "message": None, "sasUri": None}
-            await self._call("POST", completion_url, data=orjson.dumps(completion), headers=headers)
+            await self._call("POST", completion_url, orjson.dumps(completion), headers)
             self._log(run, "reported completion")
         self.kubelet.exited(run, 0, "Completed")

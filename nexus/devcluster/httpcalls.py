@@ -1,0 +1,363 @@
+"""The simulated pods' HTTP client: pooled keep-alive connections, one parser per connection.
+
+Every simulated pod makes three calls (input ``GET``, result ``PUT``, completion ``POST``)
+to the same few hosts — the object store and the receiver. aiohttp's client spent about
+90 µs of CPU on each of them, more than the rest of a pod's life; this client does what
+these calls need — plain HTTP/1.1 over kept-alive connections — for a fraction of that:
+each connection is an :class:`asyncio.Protocol` that parses the answer as it arrives and
+completes the caller's future, with no stream objects, tasks or timers per call.
+
+Guarantees:
+
+* **At most ``limit`` connections per host** (host, port); further callers wait, first
+  come first served, and are handed the next connection that is released.
+* **Keep-alive:** a connection returns to its host's pool after a complete answer unless
+  the server said ``Connection: close`` (or spoke HTTP/1.0); idle connections the server
+  closes are dropped. A ``GET`` or ``PUT`` whose reused connection turns out closed before
+  any byte of answer is sent once more on a new connection, as aiohttp does; a ``POST``
+  is never repeated.
+* **Timeouts without a timer per call:** a call fails with :class:`CallFailed` once it has
+  taken ``timeout`` seconds (waiting for a connection included); one sweep a quarter of
+  ``timeout`` apart finds such calls.
+* **Answers** with ``Content-Length``, ``chunked`` or read-to-close bodies; informational
+  ``1xx`` answers are skipped.
+* **What it does not speak goes to aiohttp:** ``https`` URLs, and calls answered with a
+  redirect, are made (again) through one shared ``aiohttp.ClientSession``, so they behave
+  exactly as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Mapping
+from typing import cast
+from urllib.parse import urlsplit
+
+import aiohttp
+
+_CHUNKED = -2
+_TO_CLOSE = -1
+_MAX_HEAD = 64 * 1024
+_IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+
+
+class CallFailed(Exception):
+    """No complete answer: connection refused or lost, malformed answer, or timed out."""
+
+
+class _Connection(asyncio.Protocol):
+    """One kept-alive connection; parses one answer at a time."""
+
+    def __init__(self, host: _Host) -> None:
+        self.host = host
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.deadline = 0.0
+        self.closed = False
+        self.reused = False
+        self.received = False
+        self.no_body = False
+        self.buffer = bytearray()
+        self.status = 0
+        self.length = 0
+        self.keep_alive = True
+        self.chunks: list[bytes] = []
+
+    # -- protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiter is None:  # nothing asked: the server is confused, stop using it
+            self.close()
+            return
+        self.received = True
+        self.buffer += data
+        try:
+            self._parse()
+        except (ValueError, IndexError) as exc:
+            self.fail(CallFailed(f"malformed answer: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.host.lost(self)
+        if self.waiter is None:
+            return
+        if self.status and self.length == _TO_CLOSE:
+            self._finish(bytes(self.buffer))
+        elif self.reused and not self.received:
+            self._settle(None, _Stale())
+        else:
+            self._settle(None, CallFailed(f"server disconnected ({exc!r})"))
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def send(self, request: bytes, waiter: asyncio.Future[tuple[int, bytes]], head: bool) -> None:
+        assert self.transport is not None
+        self.waiter = waiter
+        self.received = False
+        self.no_body = head
+        self.status = 0
+        self.transport.write(request)
+
+    def fail(self, error: Exception) -> None:
+        self._settle(None, error)
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def _settle(self, answer: tuple[int, bytes] | None, error: Exception | None) -> None:
+        waiter, self.waiter = self.waiter, None
+        self.host.client.busy.discard(self)
+        if waiter is None or waiter.done():
+            return
+        if error is not None:
+            waiter.set_exception(error)
+        else:
+            assert answer is not None
+            waiter.set_result(answer)
+
+    def _finish(self, body: bytes) -> None:
+        answer = (self.status, body)
+        reusable = self.keep_alive and not self.buffer and not self.closed
+        self._settle(answer, None)
+        if reusable:
+            self.host.release(self)
+        else:
+            self.close()
+
+    def _parse(self) -> None:
+        buffer = self.buffer
+        if not self.status:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buffer) > _MAX_HEAD:
+                    raise ValueError("answer head too large")
+                return
+            lines = buffer[:end].decode("latin-1").split("\r\n")
+            del buffer[: end + 4]
+            version, status_text = lines[0].split(" ", 2)[:2]
+            status = int(status_text)
+            if status < 200:  # 100 Continue and friends: the real answer follows
+                self._parse()
+                return
+            keep_alive = version == "HTTP/1.1"
+            length = _TO_CLOSE
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "transfer-encoding" and "chunked" in value.lower():
+                    length = _CHUNKED
+                elif name == "connection":
+                    keep_alive = value.strip().lower() == "keep-alive" or (
+                        keep_alive and value.strip().lower() != "close"
+                    )
+            if self.no_body or status in (204, 304):
+                length = 0
+            if length == _TO_CLOSE:
+                keep_alive = False
+            self.status, self.length, self.keep_alive = status, length, keep_alive
+            self.chunks = []
+        if self.length >= 0:
+            if len(buffer) >= self.length:
+                body = bytes(buffer[: self.length])
+                del buffer[: self.length]
+                self._finish(body)
+        elif self.length == _CHUNKED:
+            self._parse_chunks()
+
+    def _parse_chunks(self) -> None:
+        buffer = self.buffer
+        position = 0
+        while True:
+            line_end = buffer.find(b"\r\n", position)
+            if line_end < 0:
+                break
+            size = int(bytes(buffer[position:line_end]).split(b";", 1)[0], 16)
+            if size == 0:
+                end = buffer.find(b"\r\n\r\n", line_end)
+                if end < 0:
+                    break
+                del buffer[: end + 4]
+                self._finish(b"".join(self.chunks))
+                return
+            if len(buffer) < line_end + 2 + size + 2:
+                break
+            self.chunks.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
+            position = line_end + 2 + size + 2
+        del buffer[:position]
+
+
+class _Stale(Exception):
+    """A reused connection was closed by the server before it answered."""
+
+
+class _Host:
+    """The connections to one (host, port): idle ones, how many exist, who waits."""
+
+    def __init__(self, client: HttpCalls, host: str, port: int) -> None:
+        self.client = client
+        self.host = host
+        self.port = port
+        self.idle: list[_Connection] = []
+        self.open = 0
+        self.waiters: deque[tuple[float, asyncio.Future[_Connection | None]]] = deque()
+
+    async def acquire(self, deadline: float) -> _Connection:
+        while self.idle:
+            connection = self.idle.pop()
+            if not connection.closed:
+                connection.reused = True
+                return connection
+        if self.open >= self.client.limit:
+            waiter: asyncio.Future[_Connection | None] = self.client.loop.create_future()
+            self.waiters.append((deadline, waiter))
+            try:
+                handed = await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    # handed over just as the caller gave up: pass it on
+                    handed = waiter.result()
+                    if handed is None:
+                        self._hand_over(None)
+                    else:
+                        self.release(handed)
+                raise
+            if handed is not None:
+                handed.reused = True
+                return handed
+        self.open += 1
+        try:
+            _, connection = await self.client.loop.create_connection(
+                lambda: _Connection(self), self.host, self.port
+            )
+        except BaseException as exc:
+            self.open -= 1
+            self._hand_over(None)
+            if isinstance(exc, OSError):
+                raise CallFailed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
+            raise
+        return connection
+
+    def release(self, connection: _Connection) -> None:
+        if not self._hand_over(connection):
+            self.idle.append(connection)
+
+    def lost(self, connection: _Connection) -> None:
+        self.open -= 1
+        if connection in self.idle:
+            self.idle.remove(connection)
+        self._hand_over(None)
+
+    def _hand_over(self, connection: _Connection | None) -> bool:
+        """Give a connection (or, with ``None``, the right to open one) to the next waiter."""
+        while self.waiters:
+            _, waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(connection)
+                return True
+        return False
+
+
+class HttpCalls:
+    """HTTP/1.1 calls for simulated pods; :meth:`close` when done."""
+
+    def __init__(self, *, limit: int, timeout: float) -> None:
+        self.limit = limit
+        self.timeout = timeout
+        self.loop = asyncio.get_running_loop()
+        self.hosts: dict[tuple[str, int], _Host] = {}
+        self.busy: set[_Connection] = set()
+        self._session: aiohttp.ClientSession | None = None
+        self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+
+    async def request(
+        self, method: str, url: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+    ) -> tuple[int, bytes]:
+        """``(status, body)`` of the answer; :class:`CallFailed` when there is none."""
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            return await self._through_aiohttp(method, url, body, headers)
+        port = parts.port or 80
+        authority = parts.netloc.rpartition("@")[2]
+        if authority.endswith(":80"):
+            authority = authority[:-3]
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        head = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+        if headers:
+            head.extend(f"{name}: {value}\r\n" for name, value in headers.items())
+        if body or method not in ("GET", "HEAD"):
+            head.append(f"Content-Length: {len(body)}\r\n")
+        request = "".join(head).encode("latin-1") + b"\r\n" + body
+        key = (parts.hostname, port)
+        host = self.hosts.get(key)
+        if host is None:
+            host = self.hosts[key] = _Host(self, parts.hostname, port)
+        deadline = time.monotonic() + self.timeout
+        for _ in range(2):
+            connection = await host.acquire(deadline)
+            waiter: asyncio.Future[tuple[int, bytes]] = self.loop.create_future()
+            connection.deadline = deadline
+            self.busy.add(connection)
+            connection.send(request, waiter, method == "HEAD")
+            try:
+                status, answer = await waiter
+            except _Stale:
+                if method in _IDEMPOTENT:
+                    continue
+                raise CallFailed("server disconnected before answering") from None
+            if 300 <= status < 400 and status != 304:
+                return await self._through_aiohttp(method, url, body, headers)
+            return status, answer
+        raise CallFailed("server disconnected before answering")
+
+    async def _through_aiohttp(
+        self, method: str, url: str, body: bytes, headers: Mapping[str, str] | None
+    ) -> tuple[int, bytes]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.limit, ttl_dns_cache=300),
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                skip_auto_headers=("User-Agent",),
+            )
+        try:
+            async with self._session.request(
+                method, url, data=body or None, headers=dict(headers or {})
+            ) as response:
+                return response.status, await response.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CallFailed(repr(exc)) from exc
+
+    def _sweep_interval(self) -> float:
+        return min(1.0, max(0.05, self.timeout / 4))
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for connection in [c for c in self.busy if c.deadline <= now]:
+            connection.fail(CallFailed(f"no answer within {self.timeout:g} s"))
+        for host in self.hosts.values():
+            while host.waiters and host.waiters[0][0] <= now:
+                _, waiter = host.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(CallFailed(f"no connection within {self.timeout:g} s"))
+        self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
+
+    async def close(self) -> None:
+        self._sweeper.cancel()
+        for connection in list(self.busy):
+            connection.fail(CallFailed("the client was closed"))
+        for host in self.hosts.values():
+            for connection in host.idle:
+                connection.close()
+            host.idle.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,232 @@
+"""The simulated pods' HTTP client against servers that answer in every way HTTP allows."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+
+from nexus.devcluster.httpcalls import CallFailed, HttpCalls
+
+Answer = Callable[[bytes], bytes | None]  # request bytes -> raw answer (None: say nothing)
+
+
+class RawServer:
+    """A TCP server that answers each request with whatever ``answer`` returns."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        self.writers.append(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        length = int(line.split(b":")[1])
+                request = head + await reader.readexactly(length)
+                self.requests.append(request)
+                raw = self.answer(request)
+                if raw is None:
+                    continue
+                writer.write(raw)
+                await writer.drain()
+                lowered = raw.lower()
+                framed = b"content-length" in lowered or b"chunked" in lowered
+                if b"connection: close" in lowered or not framed:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+Serve = Callable[[Answer], Awaitable[tuple[RawServer, str]]]
+
+
+@pytest_asyncio.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[asyncio.Server] = []
+
+    async def start(answer: Answer) -> tuple[RawServer, str]:
+        raw = RawServer(answer)
+        server = await asyncio.start_server(raw.handle, "127.0.0.1", 0)
+        servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        return raw, f"http://127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def ok(body: bytes = b"hi", extra: bytes = b"") -> Answer:
+    return lambda _: b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def test_keep_alive_reuses_one_connection_and_sends_the_request(serve: Serve) -> None:
+    server, base = await serve(ok(b'{"x":1}'))
+    calls = HttpCalls(limit=4, timeout=2.0)
+    try:
+        for _ in range(3):
+            assert await calls.request("GET", f"{base}/in/x?sig=a%2Fb") == (200, b'{"x":1}')
+        status, _ = await calls.request(
+            "POST", f"{base}/done", b'{"a":1}', {"Authorization": "Bearer t"}
+        )
+    finally:
+        await calls.close()
+    assert status == 200
+    assert server.connections == 1
+    assert server.requests[0].startswith(b"GET /in/x?sig=a%2Fb HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"Content-Length" not in server.requests[0]
+    post = server.requests[3]
+    assert post.startswith(b"POST /done HTTP/1.1\r\n")
+    assert b"Authorization: Bearer t\r\n" in post
+    assert post.endswith(b'Content-Length: 7\r\n\r\n{"a":1}')
+
+
+@pytest.mark.parametrize(
+    ("raw", "body"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=1\r\nde\r\n0\r\n\r\n",
+            b"abcde",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nTrailer: t\r\n\r\n", b""),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+            b"ok",
+        ),
+        (b"HTTP/1.0 200 OK\r\n\r\nuntil the end", b"until the end"),
+        (b"HTTP/1.1 204 No Content\r\n\r\n", b""),
+    ],
+)
+async def test_answer_framings(serve: Serve, raw: bytes, body: bytes) -> None:
+    _, base = await serve(lambda _: raw)
+    calls = HttpCalls(limit=4, timeout=2.0)
+    try:
+        status, answer = await calls.request("GET", f"{base}/")
+        again = await calls.request("GET", f"{base}/")
+    finally:
+        await calls.close()
+    assert status >= 200
+    assert answer == body
+    assert again == (status, body)
+
+
+async def test_answer_in_pieces(serve: Serve) -> None:
+    whole = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+
+    class Slow(RawServer):
+        async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            for i in range(len(whole)):
+                writer.write(whole[i : i + 1])
+                await writer.drain()
+                await asyncio.sleep(0)
+            writer.close()
+
+    slow = Slow(ok())
+    server = await asyncio.start_server(slow.handle, "127.0.0.1", 0)
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        assert await calls.request("GET", f"http://127.0.0.1:{port}/") == (200, b"hello")
+    finally:
+        await calls.close()
+        server.close()
+
+
+async def test_connection_close_opens_a_new_connection(serve: Serve) -> None:
+    server, base = await serve(ok(b"x", b"Connection: close\r\n"))
+    calls = HttpCalls(limit=4, timeout=2.0)
+    try:
+        for _ in range(3):
+            assert await calls.request("GET", base) == (200, b"x")
+    finally:
+        await calls.close()
+    assert server.connections == 3
+
+
+async def test_stale_connection_is_retried_for_idempotent_calls_only(serve: Serve) -> None:
+    server, base = await serve(ok(b"x"))
+    calls = HttpCalls(limit=4, timeout=2.0)
+    try:
+        assert await calls.request("GET", base) == (200, b"x")
+        # the server closes its end of the kept-alive connection; the client has not noticed
+        server.writers[0].transport.abort()
+        assert await calls.request("PUT", base, b"r") == (200, b"x")
+        assert server.connections == 2
+    finally:
+        await calls.close()
+
+
+async def test_limit_per_host_queues_callers(serve: Serve) -> None:
+    server, base = await serve(ok(b"x"))
+    calls = HttpCalls(limit=2, timeout=5.0)
+    try:
+        answers = await asyncio.gather(*(calls.request("GET", f"{base}/{i}") for i in range(20)))
+    finally:
+        await calls.close()
+    assert answers == [(200, b"x")] * 20
+    assert server.most_open <= 2
+
+
+async def test_no_answer_times_out(serve: Serve) -> None:
+    _, base = await serve(lambda _: None)
+    calls = HttpCalls(limit=1, timeout=0.2)
+    try:
+        with pytest.raises(CallFailed, match=r"no answer within 0\.2 s"):
+            await calls.request("GET", base)
+        # the slot is free again: the next caller is not stuck behind the timed-out one
+        with pytest.raises(CallFailed, match="no answer"):
+            await calls.request("GET", base)
+    finally:
+        await calls.close()
+
+
+async def test_refused_and_malformed(serve: Serve) -> None:
+    _, base = await serve(lambda _: b"HTTP/1.1 abc\r\n\r\n")
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        with pytest.raises(CallFailed, match="malformed answer"):
+            await calls.request("GET", base)
+        with pytest.raises(CallFailed, match="cannot connect"):
+            await calls.request("GET", "http://127.0.0.1:1/")
+    finally:
+        await calls.close()
+
+
+async def test_redirects_go_through_aiohttp() -> None:
+    async def handle(request: web.Request) -> web.Response:
+        if request.path == "/old":
+            raise web.HTTPFound("/new")
+        return web.Response(body=b"moved here")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    calls = HttpCalls(limit=2, timeout=2.0)
+    try:
+        assert await calls.request("GET", f"http://127.0.0.1:{port}/old") == (200, b"moved here")
+    finally:
+        await calls.close()
+        await runner.cleanup()
