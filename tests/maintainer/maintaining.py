@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import yaml
 from aiohttp import web
@@ -104,12 +105,17 @@ async def running_maintainer(settings: MaintainerSettings) -> AsyncIterator[Runn
         await running.stop()
 
 
-async def wait_until(predicate: Any, timeout: float = 15.0, what: str = "") -> None:
+async def wait_until(
+    predicate: Any, timeout: float = 15.0, what: str = "", dsn: str | None = None
+) -> None:
+    """Until ``predicate()`` is true; on timeout the message lists the runs of ``dsn`` that
+    are not COMPLETED."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not await _call(predicate):
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what or predicate}")
+            runs = await unfinished(dsn) if dsn else ""
+            raise AssertionError(f"timed out waiting for {what or predicate}{runs}")
         await asyncio.sleep(0.05)
 
 
@@ -149,9 +155,7 @@ def environment(sections: dict[str, Any]) -> dict[str, str]:
         for key, value in values.items():
             if value is None:
                 continue
-            text = value if isinstance(value, str) else orjson.dumps(value).decode()
-            if isinstance(value, Path):
-                text = str(value)
+            text = str(value) if isinstance(value, str | Path) else orjson.dumps(value).decode()
             env[f"NEXUS__{section.upper()}__{key.upper()}"] = text
     return env
 
@@ -179,6 +183,61 @@ def shared_sections(system: System, kubeconfig_dir: Path | None = None) -> dict[
             "default_create_rate": base.shards.default_create_rate,
         },
     }
+
+
+def scheduler_sections(system: System, pod: str, port: int, **scheduler: Any) -> dict[str, Any]:
+    """Settings of a ``nexus scheduler`` process joining ``system``."""
+    base = system.base_settings
+    tokens = [
+        {"caller": t.caller, "sha256": t.sha256, "algorithms": list(t.algorithms)}
+        for t in base.auth.service_tokens
+    ]
+    section = {
+        "pod_name": pod,
+        "public_url": f"http://127.0.0.1:{port}",
+        "receiver_url": base.scheduler.receiver_url,
+        "heartbeat_interval": base.scheduler.heartbeat_interval,
+        "heartbeat_ttl": base.scheduler.heartbeat_ttl,
+        "dispatch_idle_poll": base.scheduler.dispatch_idle_poll,
+        "retry_base_delay": base.scheduler.retry_base_delay,
+        "retry_max_delay": base.scheduler.retry_max_delay,
+        **scheduler,
+    }
+    return {
+        **shared_sections(system),
+        "auth": {"service_tokens": tokens},
+        "signing": {"keys": list(base.signing.keys)},
+        "scheduler": section,
+    }
+
+
+def maintainer_sections(system: System, instance: str, **section: Any) -> dict[str, Any]:
+    """Settings of a ``nexus maintainer`` process watching ``system``."""
+    return {**shared_sections(system), "maintainer": {"instance": instance, **FAST, **section}}
+
+
+async def stage_counts(dsn: str) -> dict[str, int]:
+    """How many runs are in each stage (straight from the store)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT lifecycle_stage, count(*) FROM runs GROUP BY 1")
+    finally:
+        await conn.close()
+    return {row[0]: row[1] for row in rows}
+
+
+async def unfinished(dsn: str, limit: int = 20) -> str:
+    """The runs not COMPLETED, one line each, for failure messages."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, lifecycle_stage, algorithm_failure_cause, algorithm_failure_details,"
+            " attempts FROM runs WHERE lifecycle_stage <> 'COMPLETED' LIMIT $1",
+            limit,
+        )
+    finally:
+        await conn.close()
+    return "".join(f"\n  {tuple(row.values())}" for row in rows)
 
 
 @dataclass

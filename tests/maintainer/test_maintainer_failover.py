@@ -1,0 +1,137 @@
+"""Processes die: a scheduler's queue is adopted, a standby maintainer takes over."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+
+from harness import S3Bucket
+from maintaining import (
+    environment,
+    faulty,
+    maintainer_sections,
+    processes,
+    running_maintainer,
+    scheduler_sections,
+    settings_for,
+    spawn,
+    stage_counts,
+    wait_ready,
+    wait_until,
+)
+from support.system import free_port, local_system, template
+
+from nexus.devcluster.shards import ShardSpec
+from nexus.devcluster.simulation import SimulationSettings
+
+QUICK = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:0.02"))
+
+
+async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with (
+        local_system(
+            tmp_path,
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            s3=s3,
+            shards=[QUICK],
+            templates=[template("echo")],
+            create_rate={"shard-0": 300},
+        ) as system,
+        running_maintainer(settings_for(system)),
+    ):
+        port = free_port()
+        # public_url is the load balancer in front of every pod (inline inputs are read
+        # through it): here the pod that stays
+        sections = scheduler_sections(
+            system, "doomed", port, heartbeat_ttl=1.5, public_url=system.schedulers[0].url
+        )
+        with processes() as children:
+            doomed = spawn("scheduler", environment(sections), tmp_path / "doomed.log", port)
+            children.append(doomed)
+            await wait_ready(system.session, doomed)
+            gate = asyncio.Semaphore(48)
+
+            async def submit(i: int) -> str:
+                async with gate:
+                    return await system.submit(
+                        "echo", {"algorithmParameters": {"i": i}}, url=f"http://127.0.0.1:{port}"
+                    )
+
+            ids = await asyncio.gather(*(submit(i) for i in range(2500)))
+            before = await stage_counts(postgres_dsn)
+            doomed.kill()  # SIGKILL: no hand-over; its queue and in-flight set stay in Redis
+        assert before.get("BUFFERED", 0) >= 500, before  # most are still queued
+
+        async def all_completed() -> bool:
+            return (await stage_counts(postgres_dsn)).get("COMPLETED", 0) == len(ids)
+
+        await wait_until(all_completed, 60, "every run COMPLETED", postgres_dsn)
+        assert await stage_counts(postgres_dsn) == {"COMPLETED": len(ids)}
+
+
+async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    templates = [faulty(template("silent"), "silent"), faulty(template("oom"), "oom")]
+    async with local_system(
+        tmp_path,
+        postgres_dsn=postgres_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        s3=s3,
+        shards=[QUICK],
+        templates=templates,
+    ) as system:
+        lease = 1.5
+        with processes() as children:
+            started = {}
+            for name in ("first", "second"):
+                port = free_port()
+                env = environment(maintainer_sections(system, name, lease_ttl=lease))
+                children.append(spawn("maintainer", env, tmp_path / f"{name}.log", port))
+                await wait_ready(system.session, children[-1])
+                started[name] = children[-1]
+                if name == "first":
+                    await wait_until(lambda: leading(started["first"]), what="first leads")
+            first, second = started["first"], started["second"]
+            ids = []
+            for i in range(40):
+                ids.append(await system.submit(("silent", "oom")[i % 2]))
+                if i == 20:
+                    killed_at = time.time()
+                    first.kill()
+                await asyncio.sleep(0.05)
+
+            async def all_finished() -> bool:
+                return set(await stage_counts(postgres_dsn)) <= {"FAILED"}
+
+            await wait_until(all_finished, 30, "every run FAILED by a maintainer", postgres_dsn)
+            took_over = next(
+                datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp()
+                for line in second.lines()
+                if line.get("message") == "leading"
+            )
+            assert took_over - killed_at < 2 * lease, took_over - killed_at
+            acted = Counter(
+                line["requestId"]
+                for process in (first, second)
+                for line in process.lines()
+                if line.get("action") in ("no_result", "oom_killed")
+            )
+            assert set(acted) == set(ids)
+            for process in (first, second):  # both acted: the kill came mid-way
+                assert any(line.get("action") for line in process.lines()), process.log_path
+            assert max(acted.values()) == 1, acted.most_common(3)  # each run changed once
+            second.terminate()
+            assert second.popen.returncode == 0
+
+
+def leading(process: object) -> bool:
+    return any(line.get("message") == "leading" for line in process.lines())  # type: ignore[attr-defined]
