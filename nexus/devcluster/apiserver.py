@@ -339,13 +339,13 @@ class ApiServer:
         token = query.get("continue")
         objects = collection.objects
         list_rv = self.store.rv
+        keys = collection.sorted_keys(namespace)
         if not limit and not token:
-            items = [objects[k] for k in sorted(objects) if namespace is None or k[0] == namespace]
+            items = [objects[k] for k in keys]
             if predicate is not None:
                 items = [obj for obj in items if predicate(obj)]
             meta: dict[str, Any] = {"resourceVersion": str(list_rv)}
         else:
-            keys = sorted(k for k in objects if namespace is None or k[0] == namespace)
             start = 0
             if token:
                 try:

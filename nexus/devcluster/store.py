@@ -25,9 +25,10 @@ synchronously after each change is fanned out and must only note work for later.
 from __future__ import annotations
 
 import asyncio
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -53,23 +54,28 @@ class Resource:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
-@dataclass(slots=True)
 class Change:
     """One write, as kept in the history and sent to watchers."""
 
-    rv: int
-    type: str  # ADDED, MODIFIED, DELETED
-    obj: Obj
-    old: Obj | None = None
-    lines: dict[str, bytes] = field(default_factory=dict)
+    __slots__ = ("lines", "obj", "old", "rv", "type")
+
+    def __init__(self, rv: int, type: str, obj: Obj, old: Obj | None = None) -> None:
+        self.rv = rv
+        self.type = type  # ADDED, MODIFIED, DELETED
+        self.obj = obj
+        self.old = old
+        self.lines: dict[str, bytes] | None = None  # only made if a watcher wants a line
 
     def line(self, event_type: str, obj: Obj | None = None) -> bytes:
         """The watch event line, serialised once per distinct event type."""
-        cached = self.lines.get(event_type)
+        lines = self.lines
+        if lines is None:
+            lines = self.lines = {}
+        cached = lines.get(event_type)
         if cached is None:
             body = {"type": event_type.rstrip("*"), "object": self.obj if obj is None else obj}
             cached = orjson.dumps(body) + b"\n"
-            self.lines[event_type] = cached
+            lines[event_type] = cached
         return cached
 
 
@@ -139,12 +145,70 @@ class Watcher:
             self.push(change.line("DELETED*", gone))
 
 
+class KeyOrder:
+    """The keys of a collection in ``(namespace, name)`` order, as etcd lists them.
+
+    Kept only while somebody lists: a write costs a set or list operation then, and
+    nothing at all when nobody has listed since the keys last changed a lot. A list after
+    writes merges the new keys into the sorted ones (two sorted runs: linear), so paging
+    through a collection that is being written to costs O(n) per page, not a sort.
+    """
+
+    __slots__ = ("added", "removed", "sorted")
+
+    def __init__(self) -> None:
+        self.sorted: list[Key] | None = None  # None: not kept (nobody listed lately)
+        self.added: list[Key] = []
+        self.removed: set[Key] = set()
+
+    def add(self, key: Key) -> None:
+        if self.sorted is None:
+            return
+        if key in self.removed:
+            self.removed.discard(key)  # deleted and created again: still where it was
+        else:
+            self.added.append(key)
+            if len(self.added) > len(self.sorted) + 1024:
+                self.sorted = None  # cheaper to sort afresh at the next list
+                self.added.clear()
+                self.removed.clear()
+
+    def discard(self, key: Key) -> None:
+        if self.sorted is None:
+            return
+        self.removed.add(key)
+        if len(self.removed) > len(self.sorted) + 1024:
+            self.sorted = None
+            self.added.clear()
+            self.removed.clear()
+
+    def keys(self, objects: dict[Key, Obj]) -> list[Key]:
+        """Every key of ``objects``, sorted; the list must not be changed by the caller."""
+        keys = self.sorted
+        if keys is None:
+            keys = sorted(objects)
+        elif self.added or self.removed:
+            removed = self.removed
+            if removed:
+                keys = [k for k in keys if k not in removed]
+                added = [k for k in self.added if k not in removed]
+            else:
+                keys, added = list(keys), self.added
+            keys += added
+            keys.sort()  # one long sorted run and a few new keys: timsort merges in linear time
+        self.sorted = keys
+        self.added = []
+        self.removed = set()
+        return keys
+
+
 class Collection:
     """The objects of one resource, their recent changes and their watchers."""
 
     def __init__(self, resource: Resource, history_size: int) -> None:
         self.resource = resource
         self.objects: dict[Key, Obj] = {}
+        self.order = KeyOrder()
         self.history: deque[Change] = deque()
         self.history_size = history_size
         self.evicted_rv = 0
@@ -153,13 +217,23 @@ class Collection:
         self.listeners: list[Callable[[Change], None]] = []
 
     def record(self, change: Change) -> None:
-        if len(self.history) >= self.history_size:
-            self.evicted_rv = self.history.popleft().rv
-        self.history.append(change)
-        for watcher in self.watchers:
-            watcher.offer(change)
+        history = self.history
+        if len(history) >= self.history_size:
+            self.evicted_rv = history.popleft().rv
+        history.append(change)
+        if self.watchers:
+            for watcher in self.watchers:
+                watcher.offer(change)
         for listener in self.listeners:
             listener(change)
+
+    def sorted_keys(self, namespace: str | None = None) -> list[Key]:
+        """Keys in list order, of one namespace or all (a new list only for a namespace)."""
+        keys = self.order.keys(self.objects)
+        if namespace is None:
+            return keys
+        # (ns,) sorts before every (ns, name); (ns + "\0",) after them and before any other
+        return keys[bisect_left(keys, (namespace,)) : bisect_left(keys, (namespace + "\0",))]
 
     def changes_since(self, rv: int) -> list[Change]:
         """Changes after ``rv``; ``410 Expired`` when some of them are no longer kept."""
@@ -212,11 +286,16 @@ class ObjectStore:
         rv = self._next_rv()
         metadata["resourceVersion"] = str(rv)
         collection.objects[key] = obj
+        collection.order.add(key)
         collection.record(Change(rv, "ADDED", obj))
         return obj
 
     def replace(self, plural: str, obj: Obj, *, bump_generation: bool = False) -> Obj:
-        """Store a new version of an existing object; ``obj`` must be a new dict."""
+        """Store a new version of an existing object.
+
+        ``obj`` must be a new dict (the caller's ``{**old, ...}``): it is stored as it is,
+        with its ``metadata`` replaced by a copy that carries the new version.
+        """
         collection = self.collections[plural]
         metadata = obj["metadata"]
         key = (metadata["namespace"], metadata["name"])
@@ -227,7 +306,7 @@ class ObjectStore:
         metadata = {**metadata, "resourceVersion": str(rv)}
         if bump_generation:
             metadata["generation"] = int(old["metadata"].get("generation", 1)) + 1
-        obj = {**obj, "metadata": metadata}
+        obj["metadata"] = metadata  # obj is the caller's new dict; its metadata may be shared
         collection.objects[key] = obj
         collection.record(Change(rv, "MODIFIED", obj, old))
         return obj
@@ -242,9 +321,11 @@ class ObjectStore:
     def delete(self, plural: str, namespace: str, name: str) -> Obj | None:
         """Remove an object; the ``DELETED`` event carries the deletion's version."""
         collection = self.collections[plural]
-        old = collection.objects.pop((namespace, name), None)
+        key = (namespace, name)
+        old = collection.objects.pop(key, None)
         if old is None:
             return None
+        collection.order.discard(key)
         rv = self._next_rv()
         gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(rv)}}
         collection.record(Change(rv, "DELETED", gone))

@@ -1,0 +1,61 @@
+"""The store's bookkeeping that answers lists: keys in order however writes interleave."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from nexus.devcluster.store import Collection, ObjectStore, Resource
+
+PODS = Resource("", "v1", "pods", "Pod")
+
+
+def pod(namespace: str, name: str) -> dict[str, object]:
+    return {"metadata": {"namespace": namespace, "name": name}}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_sorted_keys_follow_any_mix_of_writes(seed: int) -> None:
+    rng = random.Random(seed)
+    store = ObjectStore([PODS], history_size=100)
+    collection: Collection = store.collection("pods")
+    names = [(ns, f"p-{i}") for ns in ("a", "b", "ab") for i in range(30)]
+    for _ in range(600):
+        namespace, name = rng.choice(names)
+        if (namespace, name) in collection.objects:
+            store.delete("pods", namespace, name)
+        else:
+            store.create("pods", pod(namespace, name))
+        if rng.random() < 0.1:  # somebody lists now and then
+            assert collection.sorted_keys() == sorted(collection.objects)
+            for namespace in ("a", "b", "ab", "c"):
+                expected = sorted(k for k in collection.objects if k[0] == namespace)
+                assert collection.sorted_keys(namespace) == expected
+    assert collection.sorted_keys() == sorted(collection.objects)
+
+
+def test_key_order_is_dropped_when_nobody_lists() -> None:
+    store = ObjectStore([PODS], history_size=10)
+    collection = store.collection("pods")
+    collection.sorted_keys()
+    for i in range(3000):
+        store.create("pods", pod("a", f"p-{i}"))
+        store.delete("pods", "a", f"p-{i}")
+    order = collection.order
+    assert order.sorted is None and not order.added and not order.removed
+    store.create("pods", pod("a", "last"))
+    assert collection.sorted_keys() == [("a", "last")]
+
+
+def test_replace_keeps_the_previous_version_intact() -> None:
+    store = ObjectStore([PODS], history_size=10)
+    first = store.create("pods", {**pod("a", "p"), "status": {"phase": "Pending"}})
+    second = store.update("pods", "a", "p", status={"phase": "Running"})
+    assert second is not None
+    assert first["status"] == {"phase": "Pending"}
+    assert first["metadata"]["resourceVersion"] == "2"
+    assert second["metadata"]["resourceVersion"] == "3"
+    history = store.collection("pods").history
+    assert [c.type for c in history] == ["ADDED", "MODIFIED"]
+    assert history[1].old is first
