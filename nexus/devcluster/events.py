@@ -43,6 +43,7 @@ class EventRecorder:
         # aggregation key -> (namespace, name); ordered by last update, oldest first
         self._live: OrderedDict[tuple[str, ...], tuple[str, str, float]] = OrderedDict()
         self._sequence = 0
+        self._sources: dict[str, dict[str, str]] = {}
         self._timer: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
@@ -95,9 +96,12 @@ class EventRecorder:
         }
         if field_path:
             involved_object["fieldPath"] = field_path
-        source: dict[str, str] = {"component": component}
-        if component == "kubelet":
-            source["host"] = NODE_NAME
+        source = self._sources.get(component)
+        if source is None:  # one per component, shared by its Events (never mutated)
+            source = {"component": component}
+            if component == "kubelet":
+                source["host"] = NODE_NAME
+            self._sources[component] = source
         event = {
             "kind": "Event",
             "apiVersion": "v1",

