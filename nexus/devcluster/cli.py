@@ -196,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--gc-young",
         type=int,
-        default=50_000,
-        help="new containers that start a young garbage collection",
+        default=0,
+        help="new containers that start a young garbage collection (0: none, only the "
+        "timed full ones)",
     )
     group = parser.add_argument_group("logging")
     add(

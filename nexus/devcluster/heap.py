@@ -14,12 +14,13 @@ command applies it (shards run inside tests or another program leave its collect
 
 * ``gc.freeze()`` once the shards are up: modules, classes and start-up state are never
   scanned again;
-* young collections only, with a first generation of ``young`` containers; what survives
-  one collection is old and left alone — short-lived cycles (a failed request's traceback,
-  a closed connection) are still found young, as before;
-* one full collection every ``full_interval`` seconds, on a timer, so that the rare cycle
-  that outlived a young collection is reclaimed too: memory stays bounded, and the pause
-  of scanning everything comes once a minute instead of every second.
+* no automatic collections by default: even young ones cost 20 µs per simulated pod (every
+  version the watch history keeps survives one and is scanned once), while the emulator
+  makes next to no cyclic garbage — a full run of 20,000 pods left none; ``young`` turns
+  young collections back on (what survives one is then old and left alone);
+* one full collection every ``full_interval`` seconds, on a timer, so that whatever cycle
+  there is gets reclaimed: memory stays bounded, and the pause of scanning everything comes
+  once a minute instead of every second.
 
 The thresholds keep their meaning on CPython 3.11 and 3.12, the versions the project runs
 on; ``full_interval=0`` leaves the interpreter's own policy in place.
@@ -44,10 +45,9 @@ class HeapSettings:
 
     full_interval: float = 60.0
     """Seconds between full collections; 0 keeps CPython's default policy."""
-    young: int = 50_000
-    """Net new containers that start a young collection (CPython: 700). A larger young
-    generation costs the same per surviving object and lets more short-lived ones die
-    before they are ever scanned."""
+    young: int = 0
+    """Net new containers that start a young collection (CPython: 700); 0 means none, only
+    the timed full collections."""
 
 
 class HeapPolicy:
@@ -57,6 +57,7 @@ class HeapPolicy:
         self.settings = settings
         self._timer: asyncio.TimerHandle | None = None
         self._previous: tuple[int, int, int] | None = None
+        self._was_enabled = True
         self.full_collections = 0
         self.full_seconds = 0.0
         """Total pause of the timed full collections (seconds), for the metrics."""
@@ -65,9 +66,13 @@ class HeapPolicy:
         if self.settings.full_interval <= 0:
             return
         self._previous = gc.get_threshold()
+        self._was_enabled = gc.isenabled()
         gc.collect()
         gc.freeze()
-        gc.set_threshold(self.settings.young, _NEVER, _NEVER)
+        if self.settings.young > 0:
+            gc.set_threshold(self.settings.young, _NEVER, _NEVER)
+        else:
+            gc.disable()
         self._timer = asyncio.get_running_loop().call_later(
             self.settings.full_interval, self._collect
         )
@@ -77,6 +82,8 @@ class HeapPolicy:
             self._timer.cancel()
             self._timer = None
         if self._previous is not None:
+            if self._was_enabled:
+                gc.enable()
             gc.set_threshold(*self._previous)
             gc.unfreeze()
             self._previous = None

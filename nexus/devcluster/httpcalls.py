@@ -203,10 +203,12 @@ class _Stale(Exception):
 class _Host:
     """The connections to one (host, port): idle ones, how many exist, who waits."""
 
-    def __init__(self, client: HttpCalls, host: str, port: int) -> None:
+    def __init__(self, client: HttpCalls, host: str, port: int, header: str) -> None:
         self.client = client
         self.host = host
         self.port = port
+        self.header = header
+        """What the ``Host`` header says: as in the URL, without a default port."""
         self.idle: list[_Connection] = []
         self.open = 0
         self.waiters: deque[tuple[float, asyncio.Future[_Connection | None]]] = deque()
@@ -274,7 +276,8 @@ class HttpCalls:
         self.limit = limit
         self.timeout = timeout
         self.loop = asyncio.get_running_loop()
-        self.hosts: dict[tuple[str, int], _Host] = {}
+        self.hosts: dict[str, _Host] = {}
+        """Pools by the authority part of the URL, as written (few: parsed once each)."""
         self.busy: set[_Connection] = set()
         self._session: aiohttp.ClientSession | None = None
         self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
@@ -283,24 +286,20 @@ class HttpCalls:
         self, method: str, url: str, body: bytes = b"", headers: Mapping[str, str] | None = None
     ) -> tuple[int, bytes]:
         """``(status, body)`` of the answer; :class:`CallFailed` when there is none."""
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            return await self._through_aiohttp(method, url, body, headers)
-        port = parts.port or 80
-        authority = parts.netloc.rpartition("@")[2]
-        if authority.endswith(":80"):
-            authority = authority[:-3]
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = [f"{method} {target} HTTP/1.1\r\nHost: {authority}\r\n"]
+        scheme, _, rest = url.partition("://")
+        authority, slash, target = rest.partition("/")
+        host = self.hosts.get(authority) if scheme == "http" else None
+        if host is None:
+            if scheme != "http" or not authority or "?" in authority or "#" in authority:
+                return await self._through_aiohttp(method, url, body, headers)
+            host = self._host(authority)
+        target = slash + target.partition("#")[0] if slash else "/"
+        head = [f"{method} {target} HTTP/1.1\r\nHost: {host.header}\r\n"]
         if headers:
             head.extend(f"{name}: {value}\r\n" for name, value in headers.items())
         if body or method not in ("GET", "HEAD"):
             head.append(f"Content-Length: {len(body)}\r\n")
         request = "".join(head).encode("latin-1") + b"\r\n" + body
-        key = (parts.hostname, port)
-        host = self.hosts.get(key)
-        if host is None:
-            host = self.hosts[key] = _Host(self, parts.hostname, port)
         deadline = time.monotonic() + self.timeout
         for _ in range(2):
             connection = await host.acquire(deadline)
@@ -318,6 +317,18 @@ class HttpCalls:
                 return await self._through_aiohttp(method, url, body, headers)
             return status, answer
         raise CallFailed("server disconnected before answering")
+
+    def _host(self, authority: str) -> _Host:
+        """The pool of ``authority`` (``[user@]host[:port]`` of an ``http`` URL)."""
+        parts = urlsplit(f"http://{authority}/")
+        if not parts.hostname:
+            raise CallFailed(f"no host in {authority!r}")
+        port = parts.port or 80
+        header = authority.rpartition("@")[2]
+        if header.endswith(":80"):
+            header = header[:-3]
+        host = self.hosts[authority] = _Host(self, parts.hostname, port, header)
+        return host
 
     async def _through_aiohttp(
         self, method: str, url: str, body: bytes, headers: Mapping[str, str] | None

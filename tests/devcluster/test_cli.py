@@ -41,6 +41,18 @@ async def test_heap_policy_collects_on_a_timer_and_restores_the_collector() -> N
     assert gc.get_freeze_count() == 0
 
 
+async def test_heap_policy_without_young_collections() -> None:
+    policy = HeapPolicy(HeapSettings(full_interval=0.05))
+    policy.start()
+    try:
+        assert not gc.isenabled()
+        await asyncio.sleep(0.2)
+        assert policy.full_collections >= 2
+    finally:
+        policy.stop()
+    assert gc.isenabled()
+
+
 async def test_heap_policy_off_changes_nothing() -> None:
     before = gc.get_threshold()
     policy = HeapPolicy(HeapSettings(full_interval=0))
