@@ -17,6 +17,10 @@ Guarantees:
   longer the leader; whatever it was about, the next leader finds again.
 * **One line and one count per change that happened**, naming the run, the action and
   the reason; refused ones are counted as ``unchanged`` and not logged.
+* **Never part of a lock cycle.** Runs another writer holds at that instant are skipped,
+  not waited for (``SKIP LOCKED``), and tried again with the next batch: the request
+  paths' batched writes lock rows in no particular order, and waiting on them could
+  deadlock.
 * A store outage keeps the batch (up to a bound) and retries it with back-off.
 """
 
@@ -26,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prometheus_client import Counter
 
@@ -55,7 +59,13 @@ DROPPED = Counter(
     "Actions dropped because this maintainer stopped leading or too many were waiting.",
 )
 
+BUSY = Counter(
+    "nexus_maintainer_actions_busy_total",
+    "Actions tried again because another writer held the run at that moment.",
+)
+
 _MAX_WAITING = 100_000
+_MAX_TRIES = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +76,7 @@ class Act:
     action: str
     shard: str
     delete_job: bool = False
+    tries: int = 0
 
 
 class Actions:
@@ -82,6 +93,7 @@ class Actions:
         self._leading = leading
         self._waiting: list[Act] = []
         self._wake = asyncio.Event()
+        self._busy = 0  # changes of the last batch tried again
 
     def submit(self, act: Act) -> None:
         """Queue ``act`` for the next batch; never waits."""
@@ -103,8 +115,11 @@ class Actions:
                 continue
             batch, self._waiting = self._waiting, []
             try:
+                self._busy = 0
                 await self.apply(batch)
                 failures = 0
+                if self._busy:
+                    await asyncio.sleep(0.02)  # let the other writer finish with those runs
             except DependencyError as exc:
                 failures += 1
                 log.warning("cannot write the maintainer's actions: %s", exc)
@@ -116,16 +131,27 @@ class Actions:
                     await asyncio.wait_for(stopping.wait(), min(10.0, 0.2 * 2**failures))
 
     async def apply(self, batch: Sequence[Act]) -> list[bool]:
-        """Apply ``batch`` now; whether each change happened. Raises on a store failure."""
+        """Apply ``batch`` now; whether each change happened. Raises on a store failure.
+
+        A run another writer held at that moment is tried again with the next batch (a
+        few times; after that the next sweep or relist finds it again).
+        """
         if not batch:
             return []
         if not self._leading():
             DROPPED.inc(len(batch))
             return [False] * len(batch)
-        applied = await self.store.transition_batch([a.change for a in batch])
+        outcomes = await self.store.transition_batch([a.change for a in batch])
         deletions: list[Act] = []
-        for act, done in zip(batch, applied, strict=True):
-            if done:
+        for act, outcome in zip(batch, outcomes, strict=True):
+            if outcome is None:
+                if act.tries < _MAX_TRIES:
+                    BUSY.inc()
+                    self._busy += 1
+                    self.submit(replace(act, tries=act.tries + 1))
+                    continue
+                outcome = False
+            if outcome:
                 self._record(act)
             else:
                 UNCHANGED.labels(act.action).inc()
@@ -133,7 +159,7 @@ class Actions:
                 deletions.append(act)
         if deletions:
             await asyncio.gather(*(self._delete_job(a) for a in deletions))
-        return applied
+        return [outcome is True for outcome in outcomes]
 
     def _record(self, act: Act) -> None:
         change = act.change

@@ -418,17 +418,35 @@ class CheckpointStore:
 
     # -- maintenance (the maintainer's sweeps) -------------------------------------------
 
-    async def transition_batch(self, changes: Sequence[Transition]) -> list[bool]:
-        """Apply ``changes`` in one round trip (per ``batch_max_size``); whether each applied.
+    async def transition_batch(self, changes: Sequence[Transition]) -> list[bool | None]:
+        """Apply ``changes`` without waiting for any other writer; for each, ``True`` if it
+        applied, ``False`` if the run's stage refuses it, ``None`` if another writer held
+        the run at that moment (try again).
 
-        For a caller that already collects its writes (the maintainer): the same statement
-        as :meth:`transition`'s group commit, without a task per change.
+        For a background writer that already collects its changes (the maintainer): rows
+        another transaction has locked are skipped, not waited for, so this writer never
+        takes part in a lock cycle with the request paths' batches (which lock their rows
+        in whatever order the join visits them). One round trip per ``batch_max_size``.
         """
-        applied: list[bool] = []
-        for start in range(0, len(changes), self._batch_max):
-            batch = changes[start : start + self._batch_max]
-            applied += [done is True for done in await self._write_transitions(batch)]
-        return applied
+        results: list[bool | None] = [False] * len(changes)
+        rounds: list[list[int]] = []  # a run named twice is changed in a later statement
+        depth: dict[RunKey, int] = {}
+        for index, change in enumerate(changes):
+            level = depth[change.key] = depth.get(change.key, -1) + 1
+            if level == len(rounds):
+                rounds.append([])
+            rounds[level].append(index)
+        async with self._connection() as conn:
+            for indices in rounds:
+                for start in range(0, len(indices), self._batch_max):
+                    chunk = indices[start : start + self._batch_max]
+                    batch = [changes[i] for i in chunk]
+                    rows = await conn.fetch(_TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
+                    found = {(r["algorithm"], r["id"]): r["applied"] for r in rows}
+                    for i in chunk:
+                        applied = found.get((changes[i].algorithm, changes[i].id))
+                        results[i] = None if applied is False else bool(applied)
+        return results
 
     async def sweep_page(
         self, stage: Stage, older_than: timedelta, after: SweepCursor | None, limit: int
@@ -595,6 +613,47 @@ WHERE lifecycle_stage = $1 AND lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
   AND (last_modified, algorithm, id) > ($3::timestamptz, $4::text, $5::uuid)
 ORDER BY lifecycle_stage, last_modified, algorithm, id
 LIMIT $6
+"""
+
+# Candidates are read from the statement's snapshot; those another transaction has locked
+# are skipped (SKIP LOCKED) and come back with applied = false, to be tried again. Rows not
+# among the candidates were refused by their stage and are not returned.
+_TRANSITION_SKIP_LOCKED = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                         $11::int[])
+        AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+             sent_at, attempts)
+), candidates AS (
+    SELECT r.algorithm, r.id FROM runs r JOIN u ON r.algorithm = u.algorithm AND r.id = u.id
+    WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+      AND EXISTS (SELECT 1 FROM run_transitions t
+                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+), locked AS (
+    SELECT r.algorithm, r.id FROM runs r JOIN candidates c
+        ON r.algorithm = c.algorithm AND r.id = c.id
+    FOR UPDATE OF r SKIP LOCKED
+), updated AS (
+    UPDATE runs r SET
+        lifecycle_stage = u.to_stage,
+        result_uri = COALESCE(u.result_uri, r.result_uri),
+        algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
+        algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
+        job_uid = COALESCE(u.job_uid, r.job_uid),
+        shard = COALESCE(u.shard, r.shard),
+        sent_at = COALESCE(u.sent_at, r.sent_at),
+        attempts = r.attempts + u.attempts
+    FROM u, locked l
+    WHERE r.algorithm = l.algorithm AND r.id = l.id
+      AND u.algorithm = r.algorithm AND u.id = r.id
+      AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+      AND EXISTS (SELECT 1 FROM run_transitions t
+                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+    RETURNING r.algorithm, r.id
+)
+SELECT c.algorithm, c.id, (d.id IS NOT NULL) AS applied
+FROM candidates c LEFT JOIN updated d ON d.algorithm = c.algorithm AND d.id = c.id
 """
 
 _TERMINAL_STAGES = "('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')"

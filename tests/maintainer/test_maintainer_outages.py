@@ -1,0 +1,154 @@
+"""Outages of the maintainer itself or of its view of a shard are not the runs' fault."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+from harness import S3Bucket
+from maintaining import (
+    Proxy,
+    delete_job,
+    faulty,
+    open_store,
+    proxied_kubeconfigs,
+    running_maintainer,
+    settings_for,
+    wait_until,
+)
+from prometheus_client import REGISTRY
+from support.system import System, local_system, template
+
+from maintainer.settings import MaintainerSettings
+from nexus.devcluster.kubelet import KubeletSettings
+from nexus.devcluster.shards import ShardSpec
+from nexus.devcluster.simulation import SimulationSettings
+
+SLOW = ShardSpec(name="shard-slow", simulation=SimulationSettings(duration="fixed:6"))
+FAST = ShardSpec(
+    name="shard-fast",
+    simulation=SimulationSettings(duration="fixed:0.2"),
+    kubelet=KubeletSettings(image_pull_backoff=0.2),
+)
+GRACE = 2.0
+
+
+async def statuses(system: System, runs: dict[str, str]) -> dict[str, str]:
+    return {i: (await system.result(a, i))["status"] for i, a in runs.items()}
+
+
+async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_gap(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with (
+        local_system(
+            tmp_path,
+            postgres_dsn=postgres_dsn,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            s3=s3,
+            shards=[SLOW, FAST],
+            workgroups=[("default", "shard-slow"), ("fast", "shard-fast")],
+            templates=[
+                template("echo"),
+                faulty(template("silent", workgroup="fast"), "silent"),
+                faulty(template("image", workgroup="fast"), "image-pull"),
+            ],
+        ) as system,
+        open_store(system) as store,
+    ):
+        settings = settings_for(system, completion_grace=GRACE, image_pull_grace=GRACE)
+        async with running_maintainer(settings):
+            slow = [await system.submit("echo") for _ in range(5)]
+            for request_id in slow:
+                await system.wait_for("echo", request_id, "RUNNING")
+        # the maintainer is away for twice its longest timeout, while runs keep going
+        silent = await system.submit("silent")
+        image = await system.submit("image")
+        more = [await system.submit("echo") for _ in range(5)]
+        await asyncio.sleep(2 * GRACE)
+        assert (await system.result("silent", silent))["status"] == "RUNNING"  # the Job is done
+        back = time.time()
+        async with running_maintainer(replace_instance(settings)):
+            answer = await system.wait_for("silent", silent, timeout=15)
+            assert answer["status"] == "FAILED" and answer["runErrorMessage"].startswith("NoResult")
+            answer = await system.wait_for("image", image, timeout=15)
+            assert answer["status"] == "SCHEDULING_FAILED", answer
+            for request_id in slow + more:
+                assert (await system.wait_for("echo", request_id, timeout=20))[
+                    "status"
+                ] == "COMPLETED"
+        # each grace period counted from when the returning maintainer saw the state
+        for algorithm, request_id in (("silent", silent), ("image", image)):
+            run = await store.get(algorithm, uuid.UUID(request_id))
+            assert run is not None
+            waited = run.last_modified.timestamp() - back
+            assert waited >= GRACE - 0.1, (algorithm, waited)
+
+
+async def test_a_shard_unreachable_for_a_while_then_back(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    shard = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:5"))
+    async with local_system(
+        tmp_path,
+        postgres_dsn=postgres_dsn,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        s3=s3,
+        shards=[shard],
+        templates=[template("echo"), faulty(template("hang"), "hang")],
+    ) as system:
+        proxy = Proxy(system.cluster["shard-0"].port)
+        await proxy.start()
+        try:
+            kubeconfigs = proxied_kubeconfigs(
+                system, tmp_path / "through-proxy", {"shard-0": proxy}
+            )
+            settings = settings_for(system, kubeconfigs)
+            async with running_maintainer(settings) as running:
+                runs = {await system.submit("echo"): "echo" for _ in range(5)}
+                lost = await system.submit("hang")
+                for request_id, algorithm in {**runs, lost: "hang"}.items():
+                    await system.wait_for(algorithm, request_id, "RUNNING")
+
+                def synced() -> bool:
+                    term = running.maintainer.term
+                    return term is not None and term.watches["shard-0"].synced
+
+                await wait_until(synced, what="the shard's jobs listed")
+                reconnects = reconnect_count()
+                proxy.cut()
+                await delete_job(system, "shard-0", lost)  # behind Nexus's back, unseen
+                await asyncio.sleep(3)  # longer than every grace period and two sweeps
+                assert not synced()
+                assert set((await statuses(system, runs)).values()) == {"RUNNING"}
+                assert (await system.result("hang", lost))["status"] == "RUNNING"
+                proxy.restore()
+                answer = await system.wait_for("hang", lost, timeout=15)
+                assert answer["status"] == "FAILED", answer
+                assert answer["runErrorMessage"].startswith("JobLost: ")
+                for request_id in runs:
+                    assert (await system.wait_for("echo", request_id, timeout=15))[
+                        "status"
+                    ] == "COMPLETED"
+                await wait_until(synced, what="the shard's jobs current again")
+                assert reconnect_count() > reconnects
+        finally:
+            await proxy.stop()
+
+
+def reconnect_count() -> float:
+    value = REGISTRY.get_sample_value(
+        "nexus_maintainer_watch_reconnects_total", {"shard": "shard-0", "resource": "jobs"}
+    )
+    return value or 0.0
+
+
+def replace_instance(settings: MaintainerSettings) -> MaintainerSettings:
+    """The same settings for another process (its own name in the lease)."""
+    section = replace(settings.maintainer, instance=f"maintainer-{uuid.uuid4().hex[:6]}")
+    return replace(settings, maintainer=section)
