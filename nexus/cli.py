@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "receiver": ("receiver.cli", "run the receiver service (algorithm completions)"),
     "maintainer": ("maintainer.cli", "run the maintainer service (watches and sweeps)"),
     "migrate": ("nexus.migrate", "apply checkpoint-store migrations and exit"),
+    "settings": ("nexus.settingsdoc", "print every setting of every service as Markdown"),
 }
 
 

@@ -179,8 +179,11 @@ class StorageSettings:
     """Endpoint written into presigned URLs, when algorithm containers and clients reach
     storage by another address than Nexus does; unset means ``endpoint_url``."""
     region: str = "us-east-1"
+    """Region that requests are signed for (SigV4)."""
     access_key_id: str = ""
+    """Access key; empty means the default credential chain (instance role, env, files)."""
     secret_access_key: str = ""
+    """Secret of ``access_key_id``."""
     bucket: str = "nexus"
     """Bucket holding inputs (``inputs/algorithm={name}/{id}``) and results."""
     prefix: str = ""

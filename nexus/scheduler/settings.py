@@ -37,6 +37,8 @@ class AuthSettings:
     """Who may call the public API (every route except probes and metrics)."""
 
     service_tokens: tuple[ServiceToken, ...] = ()
+    """Bearer tokens, as JSON ``[{"caller", "sha256", "algorithms"}]``: each names its caller,
+    the hex SHA-256 of its token, and the algorithms it may run (``["*"]`` for all)."""
     jwt_hs256_secret: str = ""
     """Shared secret for HS256 JWTs; empty disables HS256."""
     jwt_rs256_public_key: str = ""
@@ -48,6 +50,7 @@ class AuthSettings:
     jwt_algorithms_claim: str = "nexus/algorithms"
     """Claim listing the algorithms a JWT's bearer may run (``*`` for all), like tokens do."""
     jwt_caller_claim: str = "sub"
+    """Claim naming the caller (recorded with every run it submits)."""
     jwt_leeway: Seconds = field(default=30.0, metadata=at_least(0))
     """Clock skew tolerated on ``exp``/``nbf``."""
 
@@ -75,6 +78,8 @@ class SchedulerSection:
     max_queue_depth: int = field(default=200_000, metadata=positive())
     """Runs waiting in this pod's queue for one shard beyond which new runs get 429."""
     heartbeat_interval: Seconds = field(default=2.0, metadata=positive())
+    """How often this pod renews its heartbeat; a fifth of ``heartbeat_ttl`` tolerates a
+    few missed renewals."""
     heartbeat_ttl: Seconds = field(default=10.0, metadata=positive())
     """A pod whose heartbeat is older than this is dead and its queue is adopted."""
     dispatch_batch: int = field(default=200, metadata=positive())
@@ -86,7 +91,9 @@ class SchedulerSection:
     max_dispatch_attempts: int = field(default=8, metadata=positive())
     """Failed creations (5xx, network) before a run is SCHEDULING_FAILED."""
     retry_base_delay: Seconds = field(default=1.0, metadata=positive())
+    """Delay before the first retry of a creation that failed (5xx, network); doubles."""
     retry_max_delay: Seconds = field(default=60.0, metadata=positive())
+    """Longest delay between creation retries."""
     throttle_burst: Seconds = field(default=0.1, metadata=positive())
     """Burst of a shard's throttle, as seconds' worth of its rate."""
     throttle_recovery: float = field(default=0.05, metadata=positive())
@@ -96,6 +103,7 @@ class SchedulerSection:
     result_url_margin: Seconds = field(default=3600.0, metadata=at_least(0))
     """A result upload URL stays valid this long past the run's deadline."""
     max_tag_length: int = field(default=128, metadata=positive())
+    """Longest ``tag`` a request may carry, in characters."""
 
 
 @dataclass(frozen=True)
