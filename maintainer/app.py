@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -147,9 +148,9 @@ async def _open(
     lifecycle.start_loop("lead", maintainer.lead(lifecycle.stopping))
 
 
-async def _first(waiting: object, task: asyncio.Task[None]) -> None:
-    """Until the coroutine ``waiting`` returns or ``task`` ends (``waiting`` is cancelled)."""
-    waiter = asyncio.ensure_future(waiting)  # type: ignore[call-overload]
+async def _first(waiting: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
+    """Until ``waiting`` returns or ``task`` ends (``waiting`` is then cancelled)."""
+    waiter = asyncio.ensure_future(waiting)
     try:
         await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
     finally:

@@ -1,0 +1,258 @@
+"""Benchmark of the maintainer: what a sweep costs, and how soon a dead pod's queue moves.
+
+(a) **Sweep cost** with ``--rows`` checkpoints in the table (default 1,000,000, loaded with
+    one ``INSERT … SELECT generate_series``), of which ``--candidates`` are ``BUFFERED``
+    and as many ``RUNNING`` runs old enough to be looked at, the rest finished:
+
+    - the store's keyset pages alone (``CheckpointStore.sweep_page``), and the plan of
+      that query (it must be an index scan of ``runs_unfinished_by_age``);
+    - the ``BUFFERED`` sweep as the maintainer runs it: pages, plus one Redis script per
+      page asking which runs are in no queue (all are queued on a live pod here, the
+      steady state of a backlog, so nothing is written);
+    - the ``RUNNING`` sweep: pages, plus the shard's Job list in memory (every Job
+      exists, so no shard is asked).
+
+    Each as milliseconds per 10,000 candidate rows.
+
+(b) **Death to adoption**: a scheduler pod holding ``--queued`` runs (half queued, half in
+    flight) stops its heartbeat (as a SIGKILL would); the maintainer's adopter (default
+    ``adopt_interval`` of 1 s) moves them to a live pod. Measured from the last heartbeat
+    to the runs being on the live pod's queue, with ``--heartbeat-ttl`` (the scheduler's
+    default is 10 s; the figure is that TTL plus the adoption delay). Also the adoption
+    script's own time for that many runs.
+
+Throwaway PostgreSQL and Redis servers are started and removed. Human-readable lines
+first, then one JSON line with every figure. Defaults take about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+
+from maintainer.actions import Actions
+from maintainer.adoption import Adopter
+from maintainer.settings import MaintainerSection
+from maintainer.sweeping import Sweeper
+from nexus.core.checkpoints import _SWEEP_PAGE, CheckpointStore, SweepCursor, apply_migrations
+from nexus.core.config import PostgresSettings, RedisSettings
+from nexus.core.localservers import LocalPostgres, LocalRedis
+from nexus.core.queues import QueueBackend, QueuedRun
+from nexus.core.runs import RunKey, Stage
+
+SHARD = "shard-0"
+COMMAND = "python benchmarks/maintainer_sweep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def report(name: str, value: float, unit: str, note: str = "") -> None:
+    print(f"{name:<44} {value:>10.1f} {unit}  {note}", flush=True)
+
+
+# -- (a) sweep cost -----------------------------------------------------------------------
+
+_LOAD = """
+INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host, received_at,
+                  last_modified, sent_at, applied_configuration, payload_valid_for,
+                  payload_inline, api_version, shard)
+SELECT 'bench', gen_random_uuid(),
+       CASE WHEN g <= $2 THEN 'BUFFERED' WHEN g <= 2 * $2 THEN 'RUNNING' ELSE 'COMPLETED' END,
+       'bench', 'host', now() - interval '2 hours' + g * interval '1 ms',
+       now() - interval '1 hour' + (g / 500) * interval '1 ms',
+       CASE WHEN g > $2 AND g <= 2 * $2 THEN now() - interval '1 hour' END,
+       '{"shard": "shard-0", "deadlineSeconds": 86400}'::jsonb, interval '1 hour',
+       '\\x7b7d'::bytea, 'v1.2', CASE WHEN g > $2 THEN 'shard-0' END
+FROM generate_series(1, $1) AS g
+"""
+
+
+@dataclass
+class StubWatch:
+    """What the RUNNING sweep reads of a shard watch: its Jobs, all present."""
+
+    jobs: dict[str, str]
+    shard: str = SHARD
+    synced: bool = True
+    client: Any = None
+
+
+@dataclass
+class Timing:
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> dict[str, Any]:
+    conn = await asyncpg.connect(dsn)
+    started = time.perf_counter()
+    await conn.execute(_LOAD, rows, candidates)
+    await conn.execute("VACUUM ANALYZE runs")
+    load_seconds = time.perf_counter() - started
+    # the sweep's own statement, as the store sends it
+    plan = await conn.fetch(
+        "EXPLAIN " + _SWEEP_PAGE,
+        "BUFFERED", timedelta(seconds=60), SweepCursor.START.last_modified, "", uuid.UUID(int=0),
+        1000,
+    )  # fmt: skip
+    await conn.close()
+    report("rows loaded", rows, "rows", f"in {load_seconds:.1f} s")
+    plan_text = " / ".join(r[0].strip() for r in plan)
+    print(f"page query plan: {plan_text}", flush=True)
+
+    store = await CheckpointStore.open(PostgresSettings(dsn=dsn, pool_max_size=4))
+    queues = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix="bench"))
+    figures: dict[str, Any] = {"rows": rows, "candidates": candidates, "plan": plan_text}
+    try:
+        per = 10_000 / candidates
+        for _ in range(2):  # the first pass warms the cache; the second is reported
+            started = time.perf_counter()
+            cursor, seen = None, 0
+            while True:
+                page = await store.sweep_page(Stage.BUFFERED, timedelta(seconds=60), cursor, 1000)
+                seen += len(page)
+                if len(page) < 1000:
+                    break
+                cursor = page[-1].cursor
+            pages_ms = (time.perf_counter() - started) * 1000 * per
+        assert seen == candidates, seen
+        report("store pages (BUFFERED)", pages_ms, "ms / 10k candidates")
+        figures["pages_ms_per_10k"] = round(pages_ms, 1)
+
+        # every BUFFERED candidate is queued on a live pod: nothing is missing
+        pod = queues.queue("live-pod")
+        await pod.heartbeat(600)
+        page, cursor, queued = [], None, 0
+        while True:
+            page = await store.sweep_page(Stage.BUFFERED, timedelta(seconds=60), cursor, 5000)
+            await pod.push(
+                [QueuedRun(SHARD, r.key, r.received_at.timestamp() * 1000) for r in page]
+            )
+            queued += len(page)
+            if len(page) < 5000:
+                break
+            cursor = page[-1].cursor
+        running = await store.sweep_page(Stage.RUNNING, timedelta(seconds=60), None, candidates)
+        watch = StubWatch({str(r.id): "bench" for r in running})
+        section = MaintainerSection(sweep_max_rows=10 * candidates, sweep_batch=1000)
+        actions = Actions(store, {}, lambda: True)
+        sweeper = Sweeper(
+            store=store, queues=queues, payloads=None, watches={SHARD: watch},  # type: ignore[dict-item, arg-type]
+            actions=actions, section=section, leading=lambda: True,
+        )  # fmt: skip
+        for name, stage, handle in (
+            ("buffered", Stage.BUFFERED, sweeper._buffered),
+            ("running", Stage.RUNNING, sweeper._running),
+        ):
+            started = time.perf_counter()
+            await sweeper._stage(stage, 60, handle)
+            ms = (time.perf_counter() - started) * 1000 * per
+            report(f"{name} sweep (store + checks)", ms, "ms / 10k candidates")
+            figures[f"{name}_sweep_ms_per_10k"] = round(ms, 1)
+        conn = await asyncpg.connect(dsn)
+        changed = await conn.fetchval("SELECT count(*) FROM runs WHERE attempts > 0")
+        await conn.close()
+        assert changed == 0, f"{changed} runs were requeued; all were queued"
+    finally:
+        await store.close()
+        await queues.close()
+    return figures
+
+
+# -- (b) death to adoption ----------------------------------------------------------------
+
+
+async def death_to_adoption(redis_url: str, queued: int, ttl: float) -> dict[str, Any]:
+    queues = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix="adopt"))
+    try:
+        # the adoption script alone, for `queued` runs
+        await queues.queue("warm-live").heartbeat(600)
+        await fill(queues, "warm-dead", queued)
+        started = time.perf_counter()
+        moved = await queues.adopt("warm-dead", "warm-live")
+        script_ms = (time.perf_counter() - started) * 1000
+        assert moved == queued, moved
+        report(f"adoption script, {queued} runs", script_ms, "ms")
+
+        live, dead = queues.queue("live"), queues.queue("dead")
+        stop = asyncio.Event()
+
+        async def beat() -> None:
+            while not stop.is_set():
+                await live.heartbeat(ttl)
+                await asyncio.sleep(ttl / 5)
+
+        beating = asyncio.create_task(beat())
+        # the adopter runs already, at its own pace, as in a maintainer: the death falls
+        # anywhere in its interval
+        adopter = Adopter(queues, MaintainerSection().adopt_interval, lambda: True)
+        adopting = asyncio.create_task(adopter.run(stop))
+        await fill(queues, "dead", queued)
+        await dead.heartbeat(ttl)  # its last heartbeat: the pod dies now
+        died = time.perf_counter()
+        while await live.depth(SHARD) < queued:  # noqa: ASYNC110 (state in Redis, polled)
+            await asyncio.sleep(0.01)
+        took = time.perf_counter() - died
+        stop.set()
+        await asyncio.gather(beating, adopting)
+        report(
+            "death to adoption", took * 1000, "ms",
+            f"(heartbeat TTL {ttl:g} s + adopt_interval {MaintainerSection().adopt_interval:g} s)",
+        )  # fmt: skip
+        return {
+            "queued": queued,
+            "heartbeat_ttl_s": ttl,
+            "adopt_interval_s": MaintainerSection().adopt_interval,
+            "death_to_adoption_ms": round(took * 1000, 1),
+            "after_expiry_ms": round((took - ttl) * 1000, 1),
+            "adopt_script_ms": round(script_ms, 1),
+        }
+    finally:
+        await queues.close()
+
+
+async def fill(queues: QueueBackend, pod: str, count: int) -> None:
+    """``count`` runs on ``pod``: half waiting on its queue, half taken into flight."""
+    queue = queues.queue(pod)
+    await queue.heartbeat(600)
+    runs = [QueuedRun(SHARD, RunKey("bench", uuid.uuid4()), float(i)) for i in range(count)]
+    for start in range(0, count, 5000):
+        await queue.push(runs[start : start + 5000])
+    for _ in range(0, count // 2, 1000):
+        await queue.pop(SHARD, min(1000, count // 2))
+
+
+async def main(args: argparse.Namespace) -> None:
+    postgres, redis = LocalPostgres(), LocalRedis()
+    postgres.start()
+    redis.start()
+    try:
+        postgres.psql("CREATE DATABASE bench")
+        dsn = postgres.info.with_database("bench").dsn
+        await apply_migrations(dsn)
+        print(f"command: {COMMAND}", flush=True)
+        figures = {"command": COMMAND}
+        figures["sweep"] = await sweep_cost(dsn, redis.info.url, args.rows, args.candidates)
+        figures["adoption"] = await death_to_adoption(
+            redis.info.url, args.queued, args.heartbeat_ttl
+        )
+        print(json.dumps(figures), flush=True)
+    finally:
+        postgres.close()
+        redis.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="checkpoints in the table")
+    parser.add_argument("--candidates", type=int, default=20_000, help="BUFFERED (and RUNNING)")
+    parser.add_argument("--queued", type=int, default=10_000, help="runs of the dead pod")
+    parser.add_argument("--heartbeat-ttl", type=float, default=3.0, help="seconds")
+    asyncio.run(main(parser.parse_args()))
