@@ -21,6 +21,10 @@
     default is 10 s; the figure is that TTL plus the adoption delay). Also the adoption
     script's own time for that many runs.
 
+(c) **Watch events**: microseconds of the maintainer's own work per Job/Pod/Event watch
+    event of each common kind (decoding is the shard client's and not counted), for the
+    2,000 runs/s times 10+ events a shard produces.
+
 Throwaway PostgreSQL and Redis servers are started and removed. Human-readable lines
 first, then one JSON line with every figure. Defaults take about a minute.
 """
@@ -229,6 +233,76 @@ async def fill(queues: QueueBackend, pod: str, count: int) -> None:
         await queue.pop(SHARD, min(1000, count // 2))
 
 
+# -- (c) watch events -----------------------------------------------------------------------
+
+
+class _Client:
+    name = SHARD
+
+
+class _Outbox:
+    def __init__(self) -> None:
+        self.count = 0
+
+    def submit(self, act: object) -> None:
+        self.count += 1
+
+
+async def event_cost(events: int) -> dict[str, Any]:
+    """Microseconds one watch event costs the maintainer, by kind, on realistic objects."""
+    from maintainer.watching import ShardWatch
+    from nexus.core.shards import WatchEvent
+
+    outbox = _Outbox()
+    watch = ShardWatch(_Client(), outbox, MaintainerSection())  # type: ignore[arg-type]
+    labels = {
+        "science.sneaksanddata.com/algorithm-template-name": "bench",
+        "science.sneaksanddata.com/nexus-component": "algorithm-run",
+    }
+    names = [str(uuid.uuid4()) for _ in range(events)]
+
+    def pod(name: str, state: dict[str, Any], phase: str) -> WatchEvent:
+        meta = {
+            "name": f"{name}-abcde", "namespace": "nexus", "uid": name,
+            "creationTimestamp": "2026-01-01T00:00:00Z",
+            "labels": {**labels, "science.sneaksanddata.com/request-id": name,
+                       "batch.kubernetes.io/job-name": name},
+            "ownerReferences": [{"kind": "Job", "name": name, "uid": name}],
+        }  # fmt: skip
+        status = {"phase": phase, "containerStatuses": [{"name": name, "state": state}]}
+        return WatchEvent("MODIFIED", {"metadata": meta, "status": status})
+
+    def job(name: str, status: dict[str, Any]) -> WatchEvent:
+        meta = {"name": name, "namespace": "nexus", "uid": name, "labels": labels}
+        return WatchEvent("MODIFIED", {"metadata": meta, "status": status})
+
+    complete = {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}
+    kinds = {
+        "pod running": (watch._on_pod, [pod(n, {"running": {}}, "Running") for n in names]),
+        "pod succeeded": (
+            watch._on_pod,
+            [pod(n, {"terminated": {"exitCode": 0, "reason": "Completed"}}, "Succeeded")
+             for n in names],
+        ),
+        "job active": (watch._on_job, [job(n, {"active": 1, "ready": 1}) for n in names]),
+        "job complete": (watch._on_job, [job(n, complete) for n in names]),
+        "event (normal)": (
+            watch._on_event,
+            [WatchEvent("ADDED", {"reason": "Started", "involvedObject": {"kind": "Pod"}})]
+            * events,
+        ),
+    }  # fmt: skip
+    figures: dict[str, Any] = {}
+    for kind, (handle, batch) in kinds.items():
+        started = time.perf_counter()
+        for event in batch:
+            await handle(event)
+        us = (time.perf_counter() - started) / events * 1e6
+        report(f"watch event: {kind}", us, "µs / event")
+        figures[kind.replace(" ", "_").replace("(", "").replace(")", "")] = round(us, 2)
+    return figures
+
+
 async def main(args: argparse.Namespace) -> None:
     postgres, redis = LocalPostgres(), LocalRedis()
     postgres.start()
@@ -243,6 +317,7 @@ async def main(args: argparse.Namespace) -> None:
         figures["adoption"] = await death_to_adoption(
             redis.info.url, args.queued, args.heartbeat_ttl
         )
+        figures["watch_event_us"] = await event_cost(args.events)
         print(json.dumps(figures), flush=True)
     finally:
         postgres.close()
@@ -255,4 +330,5 @@ if __name__ == "__main__":
     parser.add_argument("--candidates", type=int, default=20_000, help="BUFFERED (and RUNNING)")
     parser.add_argument("--queued", type=int, default=10_000, help="runs of the dead pod")
     parser.add_argument("--heartbeat-ttl", type=float, default=3.0, help="seconds")
+    parser.add_argument("--events", type=int, default=50_000, help="watch events per kind")
     asyncio.run(main(parser.parse_args()))
