@@ -14,20 +14,23 @@ Only the paths Nexus uses exist; anything else is ``404`` (unknown resources) or
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import bisect
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from nexus.devcluster import discovery
+from nexus.devcluster import discovery, routing
 from nexus.devcluster.deletion import GarbageCollector, choose_policy
 from nexus.devcluster.events import EventRecorder
 from nexus.devcluster.fairness import Fairness
 from nexus.devcluster.kubelet import Kubelet
 from nexus.devcluster.patching import apply_patch
+from nexus.devcluster.routing import Params
 from nexus.devcluster.selectors import selector_predicate
 from nexus.devcluster.statuses import ApiError, new_uid, now_iso, random_suffix
 from nexus.devcluster.store import Collection, Obj, ObjectStore, Resource
@@ -36,6 +39,8 @@ from nexus.devcluster.watching import WatchSettings, serve_watch
 
 _JSON = "application/json"
 _OPEN_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
+_MAX_BODY = 8 * 1024 * 1024
+Handler = Callable[[web.BaseRequest, Params], Awaitable[web.StreamResponse]]
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:
@@ -48,7 +53,7 @@ def error_response(error: ApiError) -> web.Response:
     )
 
 
-async def _body(request: web.Request) -> Any:
+async def _body(request: web.BaseRequest) -> Any:
     raw = await request.read()
     if not raw:
         return None
@@ -59,7 +64,7 @@ async def _body(request: web.Request) -> Any:
 
 
 class ApiServer:
-    """Handlers of one shard's API; :meth:`application` builds the aiohttp app."""
+    """Handlers of one shard's API; :meth:`server` is the aiohttp server that runs them."""
 
     def __init__(
         self,
@@ -83,82 +88,85 @@ class ApiServer:
         self.watch = watch
         self._namespace_uids: dict[str, str] = {}
         self._started = now_iso()
+        self._handlers: dict[str, Handler] = {
+            "version": self._version,
+            "core_versions": self._core_versions,
+            "groups": self._groups,
+            "resources": self._resources,
+            "metrics": self._metrics,
+            "probe": self._probe,
+            "namespace": self._namespace,
+            "collection": self._collection,
+            "item": self._item,
+            "subresource": self._subresource,
+        }
 
-    def application(self) -> web.Application:
-        app = web.Application(middlewares=[self._middleware], client_max_size=8 * 1024 * 1024)
-        add = app.router.add_route
-        for slash in ("", "/"):  # kubernetes-asyncio asks for "/version/", "/apis/" ...
-            add("GET", "/version" + slash, self._version)
-            add("GET", "/api" + slash, self._core_versions)
-            add("GET", "/apis" + slash, self._groups)
-            add("GET", "/api/{version}" + slash, self._resources)
-            add("GET", "/apis/{group}/{version}" + slash, self._resources)
-        add("GET", "/metrics", self._metrics)
-        for probe in ("/healthz", "/livez", "/readyz"):
-            add("GET", probe, self._probe)
-        add("GET", "/api/v1/namespaces/{namespace}", self._namespace)
-        for prefix in ("/api/{version}", "/apis/{group}/{version}"):
-            add("*", prefix + "/{plural}", self._collection)
-            add("*", prefix + "/namespaces/{namespace}/{plural}", self._collection)
-            add("*", prefix + "/namespaces/{namespace}/{plural}/{name}", self._item)
-            add("*", prefix + "/namespaces/{namespace}/{plural}/{name}/{sub}", self._subresource)
-        return app
+    def server(self) -> web.Server:
+        """The low-level aiohttp server: every request goes to :meth:`handle`."""
+        loop = asyncio.get_running_loop()
 
-    @web.middleware
-    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        def make_request(
+            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+        ) -> web.BaseRequest:
+            return web.BaseRequest(
+                message, payload, protocol, writer, task, loop, client_max_size=_MAX_BODY
+            )
+
+        return web.Server(self.handle, request_factory=make_request, access_log=None)
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Authenticate, route (:mod:`.routing`) and answer one request."""
         if (
             request.headers.get("Authorization") != self.authorization
             and request.path not in _OPEN_PATHS
         ):
             return error_response(ApiError.unauthorized())
+        name, params = routing.match(request.method, request.rel_url.path_safe)
         try:
-            response: web.StreamResponse = await handler(request)
-            return response
+            return await self._handlers[name](request, params)
         except ApiError as error:
             return error_response(error)
 
     # -- discovery -----------------------------------------------------------------------
 
-    async def _version(self, request: web.Request) -> web.Response:
+    async def _version(self, request: web.BaseRequest, params: Params) -> web.Response:
         return _json(discovery.version_info())
 
-    async def _core_versions(self, request: web.Request) -> web.Response:
+    async def _core_versions(self, request: web.BaseRequest, params: Params) -> web.Response:
         return _json(discovery.core_versions(request.host))
 
-    async def _groups(self, request: web.Request) -> web.Response:
+    async def _groups(self, request: web.BaseRequest, params: Params) -> web.Response:
         return _json(discovery.group_list())
 
-    async def _probe(self, request: web.Request) -> web.Response:
+    async def _probe(self, request: web.BaseRequest, params: Params) -> web.Response:
         return web.Response(text="ok")
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self, request: web.BaseRequest, params: Params) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def _resources(self, request: web.Request) -> web.Response:
-        info = request.match_info
-        listing = discovery.resource_list(info.get("group", ""), info["version"])
+    async def _resources(self, request: web.BaseRequest, params: Params) -> web.Response:
+        listing = discovery.resource_list(params["group"], params["version"])
         if listing is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return _json(listing)
 
-    async def _namespace(self, request: web.Request) -> web.Response:
-        name = request.match_info["namespace"]
+    async def _namespace(self, request: web.BaseRequest, params: Params) -> web.Response:
+        name = params["namespace"]
         uid = self._namespace_uids.setdefault(name, new_uid())
         return _json(discovery.namespace(name, uid, self._started))
 
     # -- resources -----------------------------------------------------------------------
 
-    def _resource(self, request: web.Request) -> tuple[Resource, Collection]:
-        info = request.match_info
-        resource = discovery.lookup(info.get("group", ""), info["version"], info["plural"])
+    def _resource(self, params: Params) -> tuple[Resource, Collection]:
+        resource = discovery.lookup(params["group"], params["version"], params["plural"])
         if resource is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return resource, self.store.collection(resource.plural)
 
-    async def _collection(self, request: web.Request) -> web.StreamResponse:
-        resource, collection = self._resource(request)
-        namespace = request.match_info.get("namespace")
+    async def _collection(self, request: web.BaseRequest, params: Params) -> web.StreamResponse:
+        resource, collection = self._resource(params)
+        namespace = params.get("namespace")
         method = request.method
         if method == "GET":
             watching = request.query.get("watch", "").lower() in ("true", "1")
@@ -185,10 +193,9 @@ class ApiServer:
             if release:
                 self.fairness.release(verb)
 
-    async def _item(self, request: web.Request) -> web.Response:
-        resource, _ = self._resource(request)
-        info = request.match_info
-        namespace, name = info["namespace"], info["name"]
+    async def _item(self, request: web.BaseRequest, params: Params) -> web.Response:
+        resource, _ = self._resource(params)
+        namespace, name = params["namespace"], params["name"]
         verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
             request.method
         )
@@ -222,10 +229,9 @@ class ApiServer:
             if release:
                 self.fairness.release(verb)
 
-    async def _subresource(self, request: web.Request) -> web.Response:
-        resource, _ = self._resource(request)
-        info = request.match_info
-        namespace, name, sub = info["namespace"], info["name"], info["sub"]
+    async def _subresource(self, request: web.BaseRequest, params: Params) -> web.Response:
+        resource, _ = self._resource(params)
+        namespace, name, sub = params["namespace"], params["name"], params["sub"]
         if request.method != "GET" or (resource.plural, sub) not in (
             ("pods", "log"),
             ("jobs", "status"),

@@ -118,7 +118,7 @@ class Shard:
             recorder=self.recorder,
             watch=spec.watch,
         )
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
         self.port = 0
 
     @property
@@ -129,8 +129,8 @@ class Shard:
         if self.simulated is not None:
             await self.simulated.open()
         self.recorder.start()
-        self._runner = web.AppRunner(
-            self.api.application(), handle_signals=False, access_log=None, shutdown_timeout=1.0
+        self._runner = web.ServerRunner(
+            self.api.server(), handle_signals=False, shutdown_timeout=1.0
         )
         await self._runner.setup()
         site = web.TCPSite(

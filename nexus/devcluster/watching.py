@@ -57,7 +57,7 @@ def _error_line(error: ApiError) -> bytes:
 
 
 async def serve_watch(
-    request: web.Request,
+    request: web.BaseRequest,
     store: ObjectStore,
     collection: Collection,
     namespace: str | None,
@@ -111,7 +111,7 @@ async def serve_watch(
 
 
 async def _pump(
-    request: web.Request,
+    request: web.BaseRequest,
     response: web.StreamResponse,
     store: ObjectStore,
     collection: Collection,
