@@ -368,10 +368,10 @@ class Kubelet:
                 run.deleting = True
                 if run.timer is not None:
                     run.timer.cancel()
-            gone = self.store.delete("pods", *key)
-            if gone is None:
+            change = self.store.delete("pods", *key)
+            if change is None:
                 raise ApiError.not_found("", "pods", metadata["name"])
-            return gone
+            return change.final()
         if run.deleting:
             return pod
         run.deleting = True

@@ -73,10 +73,22 @@ class Change:
             lines = self.lines = {}
         cached = lines.get(event_type)
         if cached is None:
-            body = {"type": event_type.rstrip("*"), "object": self.obj if obj is None else obj}
+            body = {"type": event_type.rstrip("*"), "object": self.final() if obj is None else obj}
             cached = orjson.dumps(body) + b"\n"
             lines[event_type] = cached
         return cached
+
+    def final(self) -> Obj:
+        """The object as this change left it.
+
+        A deletion keeps the last stored version in :attr:`obj` and stamps the deletion's
+        ``resourceVersion`` on a copy only when somebody asks (a watcher, the API answer):
+        most deletions are never watched, and the copy would be built and freed for nothing.
+        """
+        obj = self.obj
+        if self.type != "DELETED":
+            return obj
+        return {**obj, "metadata": {**obj["metadata"], "resourceVersion": str(self.rv)}}
 
 
 class Watcher:
@@ -318,8 +330,12 @@ class ObjectStore:
             return None
         return self.replace(plural, {**old, **sections})
 
-    def delete(self, plural: str, namespace: str, name: str) -> Obj | None:
-        """Remove an object; the ``DELETED`` event carries the deletion's version."""
+    def delete(self, plural: str, namespace: str, name: str) -> Change | None:
+        """Remove an object; ``None`` if there was none.
+
+        The change's :meth:`~Change.final` object — what the ``DELETED`` event carries —
+        has the deletion's version.
+        """
         collection = self.collections[plural]
         key = (namespace, name)
         old = collection.objects.pop(key, None)
@@ -327,9 +343,9 @@ class ObjectStore:
             return None
         collection.order.discard(key)
         rv = self._next_rv()
-        gone = {**old, "metadata": {**old["metadata"], "resourceVersion": str(rv)}}
-        collection.record(Change(rv, "DELETED", gone))
-        return gone
+        change = Change(rv, "DELETED", old)
+        collection.record(change)
+        return change
 
     def items(
         self, plural: str, namespace: str | None, predicate: Predicate | None = None

@@ -1,12 +1,13 @@
-"""The store's bookkeeping that answers lists: keys in order however writes interleave."""
+"""The store: keys in list order however writes interleave, versions of changes and deletions."""
 
 from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 
-from nexus.devcluster.store import Collection, ObjectStore, Resource
+from nexus.devcluster.store import Collection, ObjectStore, Resource, Watcher
 
 PODS = Resource("", "v1", "pods", "Pod")
 
@@ -59,3 +60,20 @@ def test_replace_keeps_the_previous_version_intact() -> None:
     history = store.collection("pods").history
     assert [c.type for c in history] == ["ADDED", "MODIFIED"]
     assert history[1].old is first
+
+
+def test_deletion_carries_its_own_version_to_watchers() -> None:
+    store = ObjectStore([PODS], history_size=10)
+    watcher = Watcher(None, None, budget=1 << 20)
+    store.collection("pods").watchers.add(watcher)
+    created = store.create("pods", pod("a", "p"))
+    change = store.delete("pods", "a", "p")
+    assert change is not None
+    assert created["metadata"]["resourceVersion"] == "2"
+    assert change.final()["metadata"]["resourceVersion"] == "3"
+    assert created["metadata"]["resourceVersion"] == "2"  # the stored version is untouched
+    lines = [orjson.loads(line) for line in watcher.take().splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["resourceVersion"]) for e in lines] == [
+        ("ADDED", "2"),
+        ("DELETED", "3"),
+    ]
