@@ -185,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=64 * 1024 * 1024,
         help="bytes a slow watcher may lag before it is dropped",
     )
+    group.add_argument(
+        "--watch-coalesce",
+        type=float,
+        default=0.005,
+        help="seconds a watch waits after a change for more before writing (0: at once)",
+    )
     group = parser.add_argument_group("process")
     group.add_argument(
         "--gc-interval",
@@ -231,7 +237,11 @@ def shard_specs(args: argparse.Namespace) -> list[ShardSpec]:
         processes=ProcessSettings(args.memory_poll_interval),
         kubelet=KubeletSettings(args.start_delay, args.image_pull_backoff, args.log_limit),
         jobs=JobControllerSettings(args.retry_backoff, args.retry_backoff_max),
-        watch=WatchSettings(args.bookmark_interval, args.watch_buffer),
+        watch=WatchSettings(
+            bookmark_interval=args.bookmark_interval,
+            buffer_budget=args.watch_buffer,
+            coalesce=args.watch_coalesce,
+        ),
         history_size=args.history_size,
         event_ttl=args.event_ttl,
         max_events=args.max_events,

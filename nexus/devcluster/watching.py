@@ -44,6 +44,11 @@ class WatchSettings:
     """Seconds between ``BOOKMARK`` events (the API server sends them about once a minute)."""
     buffer_budget: int = 64 * 1024 * 1024
     """Bytes a watcher may have waiting to be written before it is dropped as too slow."""
+    coalesce: float = 0.005
+    """Seconds a watch waits after a change for more before writing them together. A
+    busy shard changes objects thousands of times a second; one write per change (and
+    per watcher) cost more than serialising them. The API server's watch cache delivers
+    in batches too; 0 writes at once."""
 
 
 def _wake(future: asyncio.Future[None]) -> None:
@@ -157,3 +162,6 @@ async def _pump(
         finally:
             handle.cancel()
             watcher.waiter = None
+        if settings.coalesce > 0 and watcher.lines and not watcher.closed:
+            # let the changes of the next few milliseconds join these in one write
+            await asyncio.sleep(settings.coalesce)

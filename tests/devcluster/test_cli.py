@@ -12,11 +12,14 @@ from nexus.devcluster.heap import HeapPolicy, HeapSettings
 def test_options_reach_every_shard() -> None:
     args = build_parser().parse_args(
         ["--shards", "2", "--no-events", "--mode", "off", "--start-delay", "0.5"]
+        + ["--watch-coalesce", "0", "--watch-buffer", "1000", "--bookmark-interval", "5"]
     )
     specs = shard_specs(args)
     assert [s.name for s in specs] == ["shard-0", "shard-1"]
     assert all(not s.events and s.mode == "off" for s in specs)
     assert specs[0].kubelet.start_delay == 0.5
+    watch = specs[1].watch
+    assert (watch.coalesce, watch.buffer_budget, watch.bookmark_interval) == (0, 1000, 5)
     defaults = shard_specs(build_parser().parse_args([]))[0]
     assert defaults.events
 
