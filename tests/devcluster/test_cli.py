@@ -10,10 +10,9 @@ from nexus.devcluster.heap import HeapPolicy, HeapSettings
 
 
 def test_options_reach_every_shard() -> None:
-    args = build_parser().parse_args(
-        ["--shards", "2", "--no-events", "--mode", "off", "--start-delay", "0.5"]
-        + ["--watch-coalesce", "0", "--watch-buffer", "1000", "--bookmark-interval", "5"]
-    )
+    options = "--shards 2 --no-events --mode off --start-delay 0.5 --watch-coalesce 0"
+    options += " --watch-buffer 1000 --bookmark-interval 5"
+    args = build_parser().parse_args(options.split())
     specs = shard_specs(args)
     assert [s.name for s in specs] == ["shard-0", "shard-1"]
     assert all(not s.events and s.mode == "off" for s in specs)
