@@ -135,15 +135,30 @@ async def emulator(*options: str) -> AsyncIterator[Emulator]:
             await process.wait()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds process ``pid`` used so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Helper:
+    line: str
+    """The first line it printed."""
+    pid: int
+
+
 @asynccontextmanager
-async def helper(source: str, *args: str) -> AsyncIterator[str]:
-    """A helper process running ``source``; yields the first line it prints."""
+async def helper(source: str, *args: str) -> AsyncIterator[Helper]:
+    """A helper process running ``source``, once it printed its first line."""
     process = await asyncio.create_subprocess_exec(
         PYTHON, "-c", source, *args, stdout=asyncio.subprocess.PIPE
     )
     try:
         assert process.stdout is not None
-        yield (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+        line = (await asyncio.wait_for(process.stdout.readline(), 30)).decode().strip()
+        yield Helper(line, process.pid)
     finally:
         process.terminate()
         await process.wait()
@@ -355,10 +370,10 @@ async def figure_c(args: argparse.Namespace, ttl: bool) -> dict[str, Any]:
 async def figure_d(args: argparse.Namespace, watched: bool) -> dict[str, Any]:
     count = int(args.lifecycle_jobs * args.scale)
     async with (
-        helper(STUB_SERVER) as port,
+        helper(STUB_SERVER) as stub,
         emulator("--mode", "simulated", "--duration", "fixed:0.01") as emu,
     ):
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{stub.line}"
         env = {
             "NEXUS__RECEIVER_URL": base,
             "NEXUS__RUN_TOKEN": "t",
@@ -369,10 +384,12 @@ async def figure_d(args: argparse.Namespace, watched: bool) -> dict[str, Any]:
         labels = {LABEL: "algorithm-run"} if watched else None
         selector = f"{LABEL}%3Dalgorithm-run"
         async with (
-            helper(WATCHERS, emu.url, emu.token, selector) if watched else _nothing(),
+            helper(WATCHERS, emu.url, emu.token, selector) if watched else _nothing() as watcher,
             await fast_client(emu.kubeconfig, args.inflight) as api,
         ):
+            others = [stub.pid] + ([watcher.pid] if watcher is not None else [])
             user, system = emu.cpu_seconds()
+            before = (time.process_time(), [cpu_seconds(pid) for pid in others])
             started = time.perf_counter()
             sampler = asyncio.create_task(
                 wait_metric(
@@ -396,24 +413,36 @@ async def figure_d(args: argparse.Namespace, watched: bool) -> dict[str, Any]:
             samples = await sampler
             seconds = time.perf_counter() - started
             user2, system2 = emu.cpu_seconds()
+            client_cpu = time.process_time() - before[0]
+            helpers_cpu = [cpu_seconds(pid) - b for pid, b in zip(others, before[1], strict=True)]
     marks = [crossing(samples, count * q / 4) - started for q in (1, 2, 3, 4)]
     quarters = [count / 4 * r for r in quarter_rates(marks)]
     rate = count / seconds
     cpu = (user2 - user + system2 - system) / count * 1000
+    system_ms = (system2 - system) / count * 1000
+    client_ms = client_cpu / count * 1000
+    stub_ms = helpers_cpu[0] / count * 1000
+    watcher_ms = helpers_cpu[1] / count * 1000 if watched else 0.0
     name = "e" if watched else "d"
     watching = ", 3 watches open" if watched else ""
     print(
         f"({name}) {rate:,.0f} simulated pod lifecycles/s (create → contract → Complete"
         f"{watching}; quarters {min(quarters):,.0f}-{max(quarters):,.0f}/s), "
-        f"{cpu:.3f} ms emulator CPU per pod ({(system2 - system) / count * 1000:.3f} system; "
-        f"{count:,} pods)  [{emu.command}]"
+        f"{cpu:.3f} ms emulator CPU per pod ({system_ms:.3f} system; {count:,} pods); "
+        f"per pod also {client_ms:.3f} ms in the creating client, {stub_ms:.3f} ms in the "
+        f"stub servers"
+        + (f", {watcher_ms:.3f} ms in the watcher" if watched else "")
+        + f"  [{emu.command}]"
     )
     return {
         "lifecycles_per_second": round(rate),
         "slowest_quarter_per_second": round(min(quarters)),
         "fastest_quarter_per_second": round(max(quarters)),
         "cpu_ms_per_pod": round(cpu, 3),
-        "system_ms_per_pod": round((system2 - system) / count * 1000, 3),
+        "system_ms_per_pod": round(system_ms, 3),
+        "client_cpu_ms_per_pod": round(client_ms, 3),
+        "stub_cpu_ms_per_pod": round(stub_ms, 3),
+        "watcher_cpu_ms_per_pod": round(watcher_ms, 3),
         "pods": count,
         "watches": 3 if watched else 0,
         "command": emu.command,
@@ -421,7 +450,7 @@ async def figure_d(args: argparse.Namespace, watched: bool) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
+async def _nothing() -> AsyncIterator[Helper | None]:
     yield None
 
 

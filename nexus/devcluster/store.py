@@ -74,7 +74,7 @@ class Change:
         cached = lines.get(event_type)
         if cached is None:
             body = {"type": event_type.rstrip("*"), "object": self.final() if obj is None else obj}
-            cached = orjson.dumps(body) + b"\n"
+            cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
             lines[event_type] = cached
         return cached
 

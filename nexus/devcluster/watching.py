@@ -83,7 +83,8 @@ async def serve_watch(
     # fall between the replay and the live stream.
     if version in ("", "0"):
         for obj in store.items(collection.resource.plural, namespace, predicate):
-            watcher.lines.append(orjson.dumps({"type": "ADDED", "object": obj}) + b"\n")
+            line = {"type": "ADDED", "object": obj}
+            watcher.lines.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         collection.watchers.add(watcher)
     else:
         try:
