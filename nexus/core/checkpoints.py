@@ -149,7 +149,22 @@ FROM unnest($1::text[], $2::text[]) AS k(caller, key)
 WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now() - $3::interval
 """
 
+# The runs are locked first, in key order: concurrent batches (dispatch, completions,
+# cancellations) then always take their row locks in the same order and cannot deadlock,
+# which they did when each UPDATE locked rows in the order its join happened to visit them.
 _TRANSITION = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                         $11::int[])
+        AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+             sent_at, attempts)
+), locked AS (
+    SELECT r.algorithm, r.id FROM runs r
+    WHERE (r.algorithm, r.id) IN (SELECT algorithm, id FROM u)
+    ORDER BY r.algorithm, r.id
+    FOR UPDATE OF r
+)
 UPDATE runs r SET
     lifecycle_stage = u.to_stage,
     result_uri = COALESCE(u.result_uri, r.result_uri),
@@ -159,11 +174,9 @@ UPDATE runs r SET
     shard = COALESCE(u.shard, r.shard),
     sent_at = COALESCE(u.sent_at, r.sent_at),
     attempts = r.attempts + u.attempts
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
-     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-          sent_at, attempts)
-WHERE r.algorithm = u.algorithm AND r.id = u.id
+FROM u, locked l
+WHERE r.algorithm = l.algorithm AND r.id = l.id
+  AND r.algorithm = u.algorithm AND r.id = u.id
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
   AND EXISTS (SELECT 1 FROM run_transitions t
               WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
