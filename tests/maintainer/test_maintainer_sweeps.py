@@ -203,7 +203,9 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
             )
         finally:
             await conn.close()
-        async with running_maintainer(settings_for(system, retention=86_400)):
+        # the unfinished one stays as it is: no queue limit, and not queued again
+        keep = {"max_queue_time": 0, "queue_grace": 3600}
+        async with running_maintainer(settings_for(system, retention=86_400, **keep)):
 
             async def swept() -> bool:
                 return await store.get("echo", made["old"]) is None
