@@ -44,7 +44,7 @@ async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none
             templates=[template("echo")],
             create_rate={"shard-0": 300},
         ) as system,
-        running_maintainer(settings_for(system)),
+        running_maintainer(settings_for(system, completion_grace=10)),
     ):
         port = free_port()
         # public_url is the load balancer in front of every pod (inline inputs are read
