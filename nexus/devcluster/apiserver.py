@@ -1,4 +1,4 @@
-"""The REST surface of a shard: Kubernetes API paths, verbs and answers over aiohttp.
+"""The REST surface of a shard: Kubernetes API paths, verbs and answers.
 
 Requests are routed by the path shapes of the real API server
 (``/api/v1/namespaces/{ns}/pods/{name}/log``, ``/apis/{group}/{version}/{plural}``, ...)
@@ -14,47 +14,47 @@ Only the paths Nexus uses exist; anything else is ``404`` (unknown resources) or
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import bisect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from nexus.devcluster import discovery, routing
 from nexus.devcluster.deletion import GarbageCollector, choose_policy
 from nexus.devcluster.events import EventRecorder
 from nexus.devcluster.fairness import Fairness
+from nexus.devcluster.httpserver import Answer, HttpServer, Request
 from nexus.devcluster.kubelet import Kubelet
 from nexus.devcluster.patching import apply_patch
-from nexus.devcluster.routing import Params
+from nexus.devcluster.routing import NoRoute, Params
 from nexus.devcluster.selectors import selector_predicate
 from nexus.devcluster.statuses import ApiError, new_uid, now_iso, random_suffix
 from nexus.devcluster.store import Collection, Obj, ObjectStore, Resource
 from nexus.devcluster.validation import check_name, default_job, validate_job
-from nexus.devcluster.watching import WatchSettings, serve_watch
+from nexus.devcluster.watching import WatchSettings, open_watch
 
 _JSON = "application/json"
 _OPEN_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})
 _MAX_BODY = 8 * 1024 * 1024
-Handler = Callable[[web.BaseRequest, Params], Awaitable[web.StreamResponse]]
+_TEXT = "text/plain; charset=utf-8"
+_NOT_FOUND = Answer(404, b"404: Not Found", _TEXT)
+_NOT_ALLOWED = Answer(405, b"405: Method Not Allowed", _TEXT, {"Allow": "GET"})
+Handler = Callable[[Request, Params], "Answer | Awaitable[None]"]
 
 
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(obj), status=status, content_type=_JSON)
+def _json(obj: Any, status: int = 200) -> Answer:
+    return Answer(status, orjson.dumps(obj))
 
 
-def error_response(error: ApiError) -> web.Response:
-    return web.Response(
-        body=error.body(), status=error.code, content_type=_JSON, headers=error.headers
-    )
+def error_response(error: ApiError) -> Answer:
+    return Answer(error.code, error.body(), _JSON, error.headers or None)
 
 
-async def _body(request: web.BaseRequest) -> Any:
-    raw = await request.read()
+def _body(request: Request) -> Any:
+    raw = request.body
     if not raw:
         return None
     try:
@@ -101,57 +101,51 @@ class ApiServer:
             "subresource": self._subresource,
         }
 
-    def server(self) -> web.Server:
-        """The low-level aiohttp server: every request goes to :meth:`handle`."""
-        loop = asyncio.get_running_loop()
+    def server(self) -> HttpServer:
+        """The HTTP server that runs :meth:`handle` (:mod:`.httpserver`)."""
+        return HttpServer(self.handle, max_body=_MAX_BODY)
 
-        def make_request(
-            message: Any, payload: Any, protocol: Any, writer: Any, task: Any
-        ) -> web.BaseRequest:
-            return web.BaseRequest(
-                message, payload, protocol, writer, task, loop, client_max_size=_MAX_BODY
-            )
-
-        return web.Server(self.handle, request_factory=make_request, access_log=None)
-
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Authenticate, route (:mod:`.routing`) and answer one request."""
+    def handle(self, request: Request) -> Answer | Awaitable[None]:
+        """Authenticate, route (:mod:`.routing`) and answer one request (a watch streams)."""
         if (
-            request.headers.get("Authorization") != self.authorization
+            request.headers.get("authorization") != self.authorization
             and request.path not in _OPEN_PATHS
         ):
             return error_response(ApiError.unauthorized())
-        name, params = routing.match(request.method, request.rel_url.path_safe)
         try:
-            return await self._handlers[name](request, params)
+            name, params = routing.match(request.method, request.path)
+        except NoRoute as missing:
+            return _NOT_FOUND if missing.status == 404 else _NOT_ALLOWED
+        try:
+            return self._handlers[name](request, params)
         except ApiError as error:
             return error_response(error)
 
     # -- discovery -----------------------------------------------------------------------
 
-    async def _version(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _version(self, request: Request, params: Params) -> Answer:
         return _json(discovery.version_info())
 
-    async def _core_versions(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _core_versions(self, request: Request, params: Params) -> Answer:
         return _json(discovery.core_versions(request.host))
 
-    async def _groups(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _groups(self, request: Request, params: Params) -> Answer:
         return _json(discovery.group_list())
 
-    async def _probe(self, request: web.BaseRequest, params: Params) -> web.Response:
-        return web.Response(text="ok")
+    def _probe(self, request: Request, params: Params) -> Answer:
+        return Answer(200, b"ok", _TEXT)
 
-    async def _metrics(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _metrics(self, request: Request, params: Params) -> Answer:
         body = generate_latest(self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return Answer(200, body, CONTENT_TYPE_LATEST)
 
-    async def _resources(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _resources(self, request: Request, params: Params) -> Answer:
         listing = discovery.resource_list(params["group"], params["version"])
         if listing is None:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return _json(listing)
 
-    async def _namespace(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _namespace(self, request: Request, params: Params) -> Answer:
         name = params["namespace"]
         uid = self._namespace_uids.setdefault(name, new_uid())
         return _json(discovery.namespace(name, uid, self._started))
@@ -164,7 +158,7 @@ class ApiServer:
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         return resource, self.store.collection(resource.plural)
 
-    async def _collection(self, request: web.BaseRequest, params: Params) -> web.StreamResponse:
+    def _collection(self, request: Request, params: Params) -> Answer | Awaitable[None]:
         resource, collection = self._resource(params)
         namespace = params.get("namespace")
         method = request.method
@@ -179,21 +173,19 @@ class ApiServer:
         try:
             if verb == "create":
                 assert namespace is not None
-                return self._create(resource, namespace, await _body(request), request.query)
+                return self._create(resource, namespace, _body(request), request.query)
             query = request.query
             predicate = selector_predicate(
                 query.get("labelSelector"), query.get("fieldSelector"), resource.plural
             )
             if verb == "watch":
-                return await serve_watch(
-                    request, self.store, collection, namespace, predicate, self.watch
-                )
+                return open_watch(request, self.store, collection, namespace, predicate, self.watch)
             return self._list(collection, namespace, predicate, query)
         finally:
             if release:
                 self.fairness.release(verb)
 
-    async def _item(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _item(self, request: Request, params: Params) -> Answer:
         resource, _ = self._resource(params)
         namespace, name = params["namespace"], params["name"]
         verb = {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(
@@ -205,7 +197,7 @@ class ApiServer:
         try:
             if verb == "get":
                 return _json(self.store.require(resource.plural, namespace, name))
-            body = await _body(request)
+            body = _body(request)
             if verb == "delete":
                 options = body if isinstance(body, dict) else {}
                 policy = choose_policy(resource.plural, request.query, options)
@@ -222,14 +214,14 @@ class ApiServer:
                 return _json(answer, code)
             old = self.store.require(resource.plural, namespace, name)
             if verb == "patch":
-                content_type = request.headers.get("Content-Type", _JSON)
+                content_type = request.headers.get("content-type", _JSON)
                 body = apply_patch(old, content_type, body)
             return self._replace(resource, old, body, request.query, patch=verb == "patch")
         finally:
             if release:
                 self.fairness.release(verb)
 
-    async def _subresource(self, request: web.BaseRequest, params: Params) -> web.Response:
+    def _subresource(self, request: Request, params: Params) -> Answer:
         resource, _ = self._resource(params)
         namespace, name, sub = params["namespace"], params["name"], params["sub"]
         if request.method != "GET" or (resource.plural, sub) not in (
@@ -249,14 +241,14 @@ class ApiServer:
             limit = request.query.get("limitBytes")
             if limit is not None:
                 log = log[: int(limit)]
-            return web.Response(body=log, content_type="text/plain", charset="utf-8")
+            return Answer(200, log, _TEXT)
         finally:
             if release:
                 self.fairness.release("get")
 
     # -- verbs ---------------------------------------------------------------------------
 
-    def _create(self, resource: Resource, namespace: str, body: Any, query: Any) -> web.Response:
+    def _create(self, resource: Resource, namespace: str, body: Any, query: Any) -> Answer:
         if not isinstance(body, dict):
             raise ApiError.bad_request("the body of a create must be a JSON object")
         metadata = dict(body.get("metadata") or {})
@@ -297,7 +289,7 @@ class ApiServer:
 
     def _replace(
         self, resource: Resource, old: Obj, body: Any, query: Any, *, patch: bool
-    ) -> web.Response:
+    ) -> Answer:
         if not isinstance(body, dict):
             raise ApiError.bad_request("the body of an update must be a JSON object")
         old_meta = old["metadata"]
@@ -338,7 +330,7 @@ class ApiServer:
 
     def _list(
         self, collection: Collection, namespace: str | None, predicate: Any, query: Any
-    ) -> web.Response:
+    ) -> Answer:
         resource = collection.resource
         limit_text = query.get("limit")
         limit = int(limit_text) if limit_text and limit_text.isdigit() else 0

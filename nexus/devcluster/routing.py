@@ -1,7 +1,7 @@
 """Which handler answers a request: the API server's path shapes, matched without a router.
 
-aiohttp's router tries its resources one after another (regular expressions), builds a
-match-info object and runs the middleware chain for every request — about a tenth of what a
+aiohttp's router tried its resources one after another (regular expressions), built a
+match-info object and ran the middleware chain for every request — about a tenth of what a
 shard spent on each Job create. The paths of the Kubernetes API have few shapes, so
 :func:`match` splits the path once and decides by the number and names of its segments:
 
@@ -19,18 +19,25 @@ path                                                  methods   handler
 ====================================================  ========  =============
 
 where ``{prefix}`` is ``/api/{version}`` or ``/apis/{group}/{version}``. Anything else is
-aiohttp's plain ``404 Not Found``, and another method on a GET-only path its ``405 Method
-Not Allowed`` — the answers the router gave before, so clients see no difference. Segment
-values are percent-decoded, as the router's were.
+:class:`NoRoute`: the API server answers it with the plain ``404 Not Found`` (``405 Method
+Not Allowed`` for another method on a GET-only path) that aiohttp's router gave before, so
+clients see no difference. Segment values are percent-decoded, as the router's were.
 """
 
 from __future__ import annotations
 
 from urllib.parse import unquote
 
-from aiohttp import web
-
 Params = dict[str, str]
+
+
+class NoRoute(Exception):
+    """No handler for the path (``404``), or not for this method (``405``, GET only)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
 
 _ROOTS = {"version": "version", "api": "core_versions", "apis": "groups"}
 _OPEN = {"metrics": "metrics", "healthz": "probe", "livez": "probe", "readyz": "probe"}
@@ -38,18 +45,18 @@ _OPEN = {"metrics": "metrics", "healthz": "probe", "livez": "probe", "readyz": "
 
 def _get_only(method: str, handler: str, params: Params) -> tuple[str, Params]:
     if method != "GET":
-        raise web.HTTPMethodNotAllowed(method, ["GET"])
+        raise NoRoute(405)
     return handler, params
 
 
 def match(method: str, path: str) -> tuple[str, Params]:
-    """The name of the handler for ``path`` (``path_safe`` form) and its path parameters."""
+    """The name of the handler for ``path`` (as sent, not decoded) and its parameters."""
     segments = path.split("/")[1:]  # an absolute path: "/a/b" -> ["a", "b"]
     trailing = len(segments) > 1 and segments[-1] == ""
     if trailing:
         segments.pop()
     if not segments or "" in segments:
-        raise web.HTTPNotFound()
+        raise NoRoute(404)
     if "%" in path:
         segments = [unquote(s) for s in segments]
     count, head = len(segments), segments[0]
@@ -58,7 +65,7 @@ def match(method: str, path: str) -> tuple[str, Params]:
             return _get_only(method, _ROOTS[head], {})
         if head in _OPEN and not trailing:
             return _get_only(method, _OPEN[head], {})
-        raise web.HTTPNotFound()
+        raise NoRoute(404)
     if head == "api":
         prefix = {"group": "", "version": segments[1]}
         rest = segments[2:]
@@ -66,19 +73,19 @@ def match(method: str, path: str) -> tuple[str, Params]:
         prefix = {"group": segments[1], "version": segments[2]}
         rest = segments[3:]
     else:
-        raise web.HTTPNotFound()
+        raise NoRoute(404)
     if not rest:
         return _get_only(method, "resources", prefix)
     if trailing:
-        raise web.HTTPNotFound()
+        raise NoRoute(404)
     if len(rest) == 1:
         return "collection", {**prefix, "plural": rest[0]}
     if rest[0] != "namespaces":
-        raise web.HTTPNotFound()
+        raise NoRoute(404)
     if len(rest) == 2:
         if head == "api" and prefix["version"] == "v1":
             return _get_only(method, "namespace", {"namespace": rest[1]})
-        raise web.HTTPNotFound()
+        raise NoRoute(404)
     params = {**prefix, "namespace": rest[1], "plural": rest[2]}
     if len(rest) == 3:
         return "collection", params
@@ -88,4 +95,4 @@ def match(method: str, path: str) -> tuple[str, Params]:
     if len(rest) == 5:
         params["sub"] = rest[4]
         return "subresource", params
-    raise web.HTTPNotFound()
+    raise NoRoute(404)

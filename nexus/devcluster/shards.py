@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from nexus.devcluster.apiserver import ApiServer
@@ -36,6 +35,7 @@ from nexus.devcluster.deletion import GarbageCollector
 from nexus.devcluster.discovery import RESOURCES
 from nexus.devcluster.events import EventRecorder
 from nexus.devcluster.fairness import Fairness, Limits, gauge_collector
+from nexus.devcluster.httpserver import HttpServer
 from nexus.devcluster.jobcontroller import JobController, JobControllerSettings
 from nexus.devcluster.kubelet import Kubelet, KubeletSettings, Runtime
 from nexus.devcluster.processes import ProcessRuntime, ProcessSettings
@@ -118,7 +118,7 @@ class Shard:
             recorder=self.recorder,
             watch=spec.watch,
         )
-        self._runner: web.ServerRunner | None = None
+        self._server: HttpServer | None = None
         self.port = 0
 
     @property
@@ -129,18 +129,8 @@ class Shard:
         if self.simulated is not None:
             await self.simulated.open()
         self.recorder.start()
-        self._runner = web.ServerRunner(
-            self.api.server(), handle_signals=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.spec.host, self.spec.port, backlog=1024, reuse_address=True
-        )
-        await site.start()
-        for address in self._runner.addresses:
-            if isinstance(address, tuple):
-                self.port = int(address[1])
-                break
+        self._server = self.api.server()
+        self.port = await self._server.start(self.spec.host, self.spec.port, backlog=1024)
         self._write_kubeconfig()
         log.info("shard ready", extra={"shard": self.name, "url": self.url, "mode": self.spec.mode})
 
@@ -148,9 +138,9 @@ class Shard:
         for collection in self.store.collections.values():
             for watcher in list(collection.watchers):
                 watcher.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close(grace=1.0)
+            self._server = None
         if self.kubelet.runtime is not None:
             await self.kubelet.runtime.close()
         for state in self.controller.jobs.values():

@@ -24,16 +24,18 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 import orjson
-from aiohttp import web
 
+from nexus.devcluster.httpserver import Request, Stream
 from nexus.devcluster.selectors import Predicate
 from nexus.devcluster.statuses import ApiError
 from nexus.devcluster.store import Collection, ObjectStore, Watcher
 
 _LIVENESS_CHECK = 5.0  # seconds between checks that the client is still connected
+_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,18 @@ def _error_line(error: ApiError) -> bytes:
     return orjson.dumps({"type": "ERROR", "object": status}) + b"\n"
 
 
-async def serve_watch(
-    request: web.BaseRequest,
+def open_watch(
+    request: Request,
     store: ObjectStore,
     collection: Collection,
     namespace: str | None,
     predicate: Predicate | None,
     settings: WatchSettings,
-) -> web.StreamResponse:
-    """Stream the changes of ``collection`` selected by ``namespace`` and ``predicate``."""
+) -> Awaitable[None]:
+    """Register a watch of ``collection`` (``namespace``, ``predicate``); the streaming.
+
+    Bad parameters raise :class:`ApiError` here, before anything is written.
+    """
     query = request.query
     timeout_text = query.get("timeoutSeconds")
     try:
@@ -78,19 +83,22 @@ async def serve_watch(
         raise ApiError.bad_request(f"invalid timeoutSeconds {timeout_text!r}") from exc
     bookmarks = query.get("allowWatchBookmarks", "").lower() in ("true", "1")
     version = query.get("resourceVersion") or ""
+    fresh = version in ("", "0")
+    since = 0
+    if not fresh:
+        try:
+            since = int(version)
+        except ValueError as exc:
+            raise ApiError.bad_request(f"invalid resource version: {version!r}") from exc
     watcher = Watcher(namespace, predicate, settings.buffer_budget)
     # Everything up to registering the watcher runs without an await, so no change can
     # fall between the replay and the live stream.
-    if version in ("", "0"):
+    if fresh:
         for obj in store.items(collection.resource.plural, namespace, predicate):
             line = {"type": "ADDED", "object": obj}
             watcher.lines.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
         collection.watchers.add(watcher)
     else:
-        try:
-            since = int(version)
-        except ValueError as exc:
-            raise ApiError.bad_request(f"invalid resource version: {version!r}") from exc
         try:
             replay = collection.changes_since(since)
         except ApiError as exc:
@@ -101,24 +109,29 @@ async def serve_watch(
             for change in replay:
                 watcher.offer(change)
             watcher.buffered = 0  # the replay does not count against the budget
-    response = web.StreamResponse(
-        status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache"}
-    )
-    response.enable_chunked_encoding()
+    return _serve(request, store, collection, watcher, timeout, bookmarks, settings)
+
+
+async def _serve(
+    request: Request,
+    store: ObjectStore,
+    collection: Collection,
+    watcher: Watcher,
+    timeout: float,
+    bookmarks: bool,
+    settings: WatchSettings,
+) -> None:
     try:
-        await response.prepare(request)
-        await _pump(request, response, store, collection, watcher, timeout, bookmarks, settings)
-        await response.write_eof()
-    except ConnectionError:
-        pass  # the client went away; nothing to tell it
+        stream = request.stream(200, _HEADERS)
+        await _pump(request, stream, store, collection, watcher, timeout, bookmarks, settings)
+        stream.finish()
     finally:
         collection.watchers.discard(watcher)
-    return response
 
 
 async def _pump(
-    request: web.BaseRequest,
-    response: web.StreamResponse,
+    request: Request,
+    stream: Stream,
     store: ObjectStore,
     collection: Collection,
     watcher: Watcher,
@@ -133,14 +146,13 @@ async def _pump(
     resource = collection.resource
     while True:
         if watcher.lines:
-            await response.write(watcher.take())
+            await stream.write(watcher.take())
         if watcher.closed:
             return
         now = time.monotonic()
         if now >= deadline:
             return
-        transport = request.transport
-        if transport is None or transport.is_closing():
+        if request.disconnected:
             return
         if now >= next_bookmark:
             bookmark = {
@@ -151,7 +163,7 @@ async def _pump(
                     "metadata": {"resourceVersion": str(store.rv)},
                 },
             }
-            await response.write(orjson.dumps(bookmark) + b"\n")
+            await stream.write(orjson.dumps(bookmark) + b"\n")
             next_bookmark = now + settings.bookmark_interval
             continue
         waiter: asyncio.Future[None] = loop.create_future()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from nexus.devcluster.routing import match
+from nexus.devcluster.routing import NoRoute, match
 from nexus.devcluster.shards import Shard
 
 CORE = {"group": "", "version": "v1"}
@@ -72,14 +71,16 @@ def test_paths(method: str, path: str, handler: str, params: dict[str, str]) -> 
     ],
 )
 def test_unknown_paths_are_not_found(path: str) -> None:
-    with pytest.raises(web.HTTPNotFound):
+    with pytest.raises(NoRoute) as raised:
         match("GET", path)
+    assert raised.value.status == 404
 
 
 @pytest.mark.parametrize("path", ["/version", "/api/v1", "/api/v1/namespaces/ns", "/metrics"])
 def test_get_only_paths(path: str) -> None:
-    with pytest.raises(web.HTTPMethodNotAllowed):
+    with pytest.raises(NoRoute) as raised:
         match("POST", path)
+    assert raised.value.status == 405
 
 
 async def test_answers_over_the_wire(shard: Shard) -> None:

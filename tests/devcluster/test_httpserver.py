@@ -1,0 +1,191 @@
+"""The shard's HTTP server spoken to byte by byte: framing, keep-alive, streams, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+
+import pytest
+import pytest_asyncio
+
+from nexus.devcluster.httpserver import Answer, HttpServer, Request
+
+
+async def _stream_numbers(request: Request, count: int, done: asyncio.Event) -> None:
+    stream = request.stream(200, {"Content-Type": "application/json"})
+    try:
+        for i in range(count):
+            await stream.write(b"%d\n" % i)
+            await asyncio.sleep(0)
+        stream.finish()
+    finally:
+        done.set()
+
+
+class App:
+    def __init__(self) -> None:
+        self.seen: list[Request] = []
+        self.stream_done = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def handle(self, request: Request) -> Answer | Awaitable[None]:
+        self.seen.append(request)
+        if request.path == "/boom":
+            raise RuntimeError("boom")
+        if request.path == "/stream":
+            count = int(request.query.get("n", "3"))
+            return _stream_numbers(request, count, self.stream_done)
+        if request.path == "/hold":
+            return self._hold(request)
+        return Answer(200, b"echo:" + request.body, headers={"X-Query": request.query.get("q", "")})
+
+    async def _hold(self, request: Request) -> None:
+        stream = request.stream(200, {})
+        await self.release.wait()
+        stream.finish()
+
+
+@pytest_asyncio.fixture
+async def served() -> AsyncIterator[tuple[App, HttpServer, int]]:
+    app = App()
+    server = HttpServer(app.handle, max_body=1000)
+    port = await server.start("127.0.0.1", 0)
+    yield app, server, port
+    await server.close(grace=0.5)
+
+
+async def exchange(port: int, data: bytes, expect: int = 1) -> bytes:
+    """Send ``data``, read until ``expect`` answers are complete or the server closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    received = b""
+    try:
+        while received.count(b"HTTP/1.1 ") < expect or not _complete(received):
+            chunk = await asyncio.wait_for(reader.read(65536), 2)
+            if not chunk:
+                break
+            received += chunk
+    finally:
+        writer.close()
+    return received
+
+
+def _complete(received: bytes) -> bool:
+    """Whether the last answer in ``received`` is complete."""
+    last = b"HTTP/1.1 " + received.rsplit(b"HTTP/1.1 ", 1)[-1]
+    head, _, body = last.partition(b"\r\n\r\n")
+    if b"Transfer-Encoding: chunked" in head:
+        return body.endswith(b"0\r\n\r\n")
+    length = [line for line in head.split(b"\r\n") if line.startswith(b"Content-Length:")]
+    return bool(length) and len(body) >= int(length[0].split(b":")[1])
+
+
+async def test_keep_alive_and_pipelined_requests(served: tuple[App, HttpServer, int]) -> None:
+    app, _, port = served
+    requests = (
+        b"POST /a?q=x%20y HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
+        b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n"
+    )
+    received = await exchange(port, requests, expect=2)
+    first, second = received.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 OK\r\n")
+    assert b"X-Query: x y\r\n" in first
+    assert first.endswith(b"echo:abc")
+    assert second.endswith(b"echo:")
+    assert [r.path for r in app.seen] == ["/a", "/b"]
+    assert app.seen[0].host == "h"
+
+
+async def test_chunked_body_and_expect_continue(served: tuple[App, HttpServer, int]) -> None:
+    _, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n")
+    assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"2\r\nhe\r\n3;ext=1\r\nllo\r\n")
+    await asyncio.sleep(0.05)
+    writer.write(b"0\r\n\r\n")
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert await reader.readexactly(10) == b"echo:hello"
+    writer.close()
+
+
+async def test_connection_close_head_and_http_1_0(served: tuple[App, HttpServer, int]) -> None:
+    _, _, port = served
+    closing = await exchange(port, b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert b"Connection: close\r\n" in closing
+    head = await exchange(port, b"HEAD /x HTTP/1.0\r\n\r\n")
+    assert b"Content-Length: 5\r\n" in head
+    assert head.endswith(b"\r\n\r\n")  # no body, and the connection closes (HTTP/1.0)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"NONSENSE\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nno colon here\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n", b"413"),
+        (b"GET /boom HTTP/1.1\r\n\r\n", b"500"),
+    ],
+)
+async def test_bad_requests(
+    served: tuple[App, HttpServer, int], request_bytes: bytes, status: bytes
+) -> None:
+    _, _, port = served
+    received = await exchange(port, request_bytes)
+    assert received.startswith(b"HTTP/1.1 " + status)
+
+
+async def test_stream_then_next_request_on_the_same_connection(
+    served: tuple[App, HttpServer, int],
+) -> None:
+    _, _, port = served
+    received = await exchange(
+        port, b"GET /stream?n=3 HTTP/1.1\r\n\r\nGET /after HTTP/1.1\r\n\r\n", expect=2
+    )
+    streamed, after = received.split(b"HTTP/1.1 ")[1:]
+    assert b"Transfer-Encoding: chunked\r\n" in streamed
+    assert streamed.endswith(b"2\r\n0\n\r\n2\r\n1\n\r\n2\r\n2\n\r\n0\r\n\r\n")
+    assert after.endswith(b"echo:")
+
+
+async def test_slow_reader_holds_the_stream_back(served: tuple[App, HttpServer, int]) -> None:
+    app, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    writer.transport.pause_reading()  # type: ignore[attr-defined]
+    writer.write(b"GET /stream?n=200000 HTTP/1.1\r\n\r\n")
+    await asyncio.sleep(0.3)
+    assert not app.stream_done.is_set()  # the server waits for the client to read
+    writer.transport.resume_reading()  # type: ignore[attr-defined]
+    total = 0
+    while not app.stream_done.is_set() or total < 100:
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+        if not chunk:
+            break
+        total += len(chunk)
+    assert app.stream_done.is_set()
+    writer.close()
+
+
+async def test_client_going_away_ends_the_stream(served: tuple[App, HttpServer, int]) -> None:
+    app, _, port = served
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /stream?n=100000000 HTTP/1.1\r\n\r\n")
+    await asyncio.sleep(0.05)
+    writer.transport.abort()  # type: ignore[attr-defined]
+    await asyncio.wait_for(app.stream_done.wait(), 5)
+
+
+async def test_close_waits_for_streams_then_cuts_them() -> None:
+    app = App()
+    server = HttpServer(app.handle, max_body=10)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /hold HTTP/1.1\r\n\r\n")
+    await reader.readuntil(b"\r\n\r\n")
+    started = asyncio.get_running_loop().time()
+    await server.close(grace=0.2)
+    assert 0.15 < asyncio.get_running_loop().time() - started < 2
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    writer.close()
