@@ -3,6 +3,7 @@
 Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
 (kubernetes-asyncio) over the real REST API. The pieces, from the wire inwards:
 
+* :mod:`.httpserver`, :mod:`.routing` — HTTP/1.1 in and out, paths to handlers;
 * :mod:`.apiserver`, :mod:`.watching`, :mod:`.discovery` — paths, verbs, watches, answers;
 * :mod:`.fairness` — emulated API Priority and Fairness (429) and request metrics;
 * :mod:`.store` — objects, the shared ``resourceVersion``, watch history and fan-out;
@@ -10,8 +11,11 @@ Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
   server checks, fills in and answers;
 * :mod:`.jobcontroller`, :mod:`.deletion`, :mod:`.events` — Job controller, garbage
   collector, Events;
-* :mod:`.kubelet`, :mod:`.simulation`, :mod:`.processes` — pods and their containers;
-* :mod:`.shards`, :mod:`.cli` — running shards in-process or as ``nexus devcluster``.
+* :mod:`.kubelet`, :mod:`.podstatus`, :mod:`.simulation`, :mod:`.httpcalls`,
+  :mod:`.processes` — pods, their status and their containers (simulated ones call out
+  over pooled connections);
+* :mod:`.shards`, :mod:`.cli`, :mod:`.heap` — running shards in-process or as
+  ``nexus devcluster`` (which keeps the garbage collector off the store).
 """
 
 from nexus.devcluster.fairness import Limits

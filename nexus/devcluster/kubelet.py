@@ -3,7 +3,7 @@
 The kubelet owns everything that happens to a pod after the Job controller creates it:
 starting its container through the shard's runtime (:mod:`.processes` runs the command as
 a local process, :mod:`.simulation` plays the algorithm contract without one), writing
-``status`` the way a real kubelet does (``phase``, ``conditions``, ``startTime``,
+``status`` the way a real kubelet does (:mod:`.podstatus`: ``phase``, ``conditions``,
 ``containerStatuses[].state`` with ``waiting``/``running``/``terminated``, reasons and exit
 codes), emitting its Events (``Pulling``, ``Pulled``, ``Created``, ``Started``,
 ``Killing``, image-pull ``Failed``/``BackOff``) and stopping the container when the pod is
@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nexus.devcluster import podstatus
 from nexus.devcluster.events import EventRecorder
 from nexus.devcluster.statuses import ApiError, now_iso
 from nexus.devcluster.store import Obj, ObjectStore
@@ -34,9 +35,6 @@ from nexus.devcluster.store import Obj, ObjectStore
 #: Env variable or annotation naming the fault a pod must show (see :mod:`.simulation`).
 FAULT_ENV = "NEXUS_DEVCLUSTER_FAULT"
 FAULT_ANNOTATION = "devcluster.nexus/fault"
-_HOST_IP = "10.0.0.1"
-_HOST_IPS = [{"ip": _HOST_IP}]
-_NO_STATE: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -88,18 +86,6 @@ class Runtime(Protocol):
     def draw_fault(self) -> str | None: ...
 
     async def close(self) -> None: ...
-
-
-def _condition(kind: str, status: bool, now: str, reason: str | None = None) -> dict[str, Any]:
-    condition: dict[str, Any] = {
-        "type": kind,
-        "status": "True" if status else "False",
-        "lastProbeTime": None,
-        "lastTransitionTime": now,
-    }
-    if reason:
-        condition["reason"] = reason
-    return condition
 
 
 class Kubelet:
@@ -221,51 +207,9 @@ class Kubelet:
         now = now_iso()
         run.started_at = now
         run.container_id = f"containerd://{random.getrandbits(256):064x}"
-        status = self._base_status(pod, now)
-        status["phase"] = "Running"
-        status["conditions"] = [
-            _condition(kind, True, now)
-            for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
-        ] + [_condition("PodScheduled", True, pod["metadata"]["creationTimestamp"])]
-        status["containerStatuses"] = [
-            self._container_status(run, {"running": {"startedAt": now}}, ready=True)
-        ]
+        status = podstatus.running(pod, run, now)
         self.store.update("pods", run.namespace, run.name, status=status)
         self.runtime.start(run)
-
-    def _base_status(self, pod: Obj, now: str) -> dict[str, Any]:
-        # Parts that do not change are shared between versions (stored objects are never
-        # mutated): fewer objects to build, to keep in the watch history and to free.
-        old = pod.get("status") or {}
-        ip = old.get("podIP")
-        if ip:
-            ips = old["podIPs"]
-        else:
-            ip = f"10.244.{random.randint(0, 255)}.{random.randint(1, 254)}"
-            ips = [{"ip": ip}]
-        return {
-            "hostIP": _HOST_IP,
-            "hostIPs": _HOST_IPS,
-            "podIP": ip,
-            "podIPs": ips,
-            "startTime": old.get("startTime") or now,
-            "qosClass": old.get("qosClass", "BestEffort"),
-        }
-
-    def _container_status(self, run: PodRun, state: dict[str, Any], *, ready: bool) -> Obj:
-        status: dict[str, Any] = {
-            "name": run.container["name"],
-            "state": state,
-            "lastState": _NO_STATE,
-            "ready": ready,
-            "restartCount": 0,
-            "image": run.image,
-            "imageID": "" if not run.container_id else f"{run.image}@sha256:{'0' * 64}",
-            "started": "running" in state,
-        }
-        if run.container_id:
-            status["containerID"] = run.container_id
-        return status
 
     def _pull_failed(self, run: PodRun, pulling: bool = True) -> None:
         """Image pull fails forever: each attempt ErrImagePull, then ImagePullBackOff."""
@@ -294,18 +238,7 @@ class Kubelet:
             record("Warning", "Failed", "Error: ImagePullBackOff")
             reason = "ImagePullBackOff"
             message = f'Back-off pulling image "{run.image}"'
-        now = now_iso()
-        status = self._base_status(pod, now)
-        status["phase"] = "Pending"
-        status["conditions"] = [
-            _condition("PodReadyToStartContainers", True, now),
-            _condition("Initialized", True, now),
-            _condition("Ready", False, now, "ContainersNotReady"),
-            _condition("ContainersReady", False, now, "ContainersNotReady"),
-            _condition("PodScheduled", True, pod["metadata"]["creationTimestamp"]),
-        ]
-        waiting = {"waiting": {"reason": reason, "message": message}}
-        status["containerStatuses"] = [self._container_status(run, waiting, ready=False)]
+        status = podstatus.waiting(pod, run, reason, message, now_iso())
         self.store.update("pods", run.namespace, run.name, status=status)
         base = self.settings.image_pull_backoff
         if pulling:
@@ -330,30 +263,10 @@ class Kubelet:
             run.timer = None
         pod = self._pod(run)
         if pod is not None:
-            now = now_iso()
-            terminated: dict[str, Any] = {
-                "exitCode": exit_code,
-                "reason": reason,
-                "startedAt": run.started_at or now,
-                "finishedAt": now,
-            }
-            if run.container_id:
-                terminated["containerID"] = run.container_id
-            if message:
-                terminated["message"] = message
             succeeded = exit_code == 0 and not run.deleting
-            status = self._base_status(pod, now)
-            status["phase"] = "Succeeded" if succeeded else "Failed"
-            done = "PodCompleted" if succeeded else "PodFailed"
-            status["conditions"] = [
-                _condition("PodReadyToStartContainers", False, now),
-                _condition("Initialized", True, run.started_at or now, done),
-                _condition("Ready", False, now, done),
-                _condition("ContainersReady", False, now, done),
-                _condition("PodScheduled", True, pod["metadata"]["creationTimestamp"]),
-            ]
-            state = {"terminated": terminated}
-            status["containerStatuses"] = [self._container_status(run, state, ready=False)]
+            status = podstatus.terminated(
+                pod, run, exit_code, reason, message, succeeded=succeeded, now=now_iso()
+            )
             self.store.update("pods", run.namespace, run.name, status=status)
         if run.deleting:
             self.store.delete("pods", run.namespace, run.name)
