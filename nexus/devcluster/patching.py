@@ -15,14 +15,22 @@ body unless told otherwise, and a real server refuses that too: callers must pas
 
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+import orjson
 
 from nexus.devcluster.statuses import ApiError
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON data: through orjson, several times faster than ``deepcopy``."""
+    if isinstance(value, dict | list):
+        return orjson.loads(orjson.dumps(value))
+    return value
 
 
 def apply_patch(target: dict[str, Any], content_type: str, patch: Any) -> dict[str, Any]:
@@ -48,7 +56,7 @@ def apply_patch(target: dict[str, Any], content_type: str, patch: Any) -> dict[s
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: the merge of ``patch`` into ``target`` (new containers, inputs untouched)."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _copy(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -118,29 +126,29 @@ def _add(doc: Any, path: str, value: Any) -> Any:
 
 def json_patch(target: dict[str, Any], operations: list[Any]) -> dict[str, Any]:
     """RFC 6902: ``target`` after ``operations``, applied to a copy."""
-    doc: Any = copy.deepcopy(target)
+    doc: Any = _copy(target)
     for operation in operations:
         if not isinstance(operation, dict) or "op" not in operation:
             raise ApiError.bad_request("json patch operation must be an object with 'op'")
         op, path = operation["op"], operation.get("path", "")
         if op == "add":
-            doc = _add(doc, path, copy.deepcopy(operation.get("value")))
+            doc = _add(doc, path, _copy(operation.get("value")))
         elif op == "remove":
             _remove(doc, path)
         elif op == "replace":
             _get(doc, path)
             parts = _pointer(path)
             if not parts:
-                doc = copy.deepcopy(operation.get("value"))
+                doc = _copy(operation.get("value"))
             else:
                 parent = _parent(doc, parts, path)
                 key: Any = int(parts[-1]) if isinstance(parent, list) else parts[-1]
-                parent[key] = copy.deepcopy(operation.get("value"))
+                parent[key] = _copy(operation.get("value"))
         elif op == "move":
             value = _remove(doc, operation.get("from", ""))
             doc = _add(doc, path, value)
         elif op == "copy":
-            doc = _add(doc, path, copy.deepcopy(_get(doc, operation.get("from", ""))))
+            doc = _add(doc, path, _copy(_get(doc, operation.get("from", ""))))
         elif op == "test":
             if _get(doc, path) != operation.get("value"):
                 raise ApiError(422, "Invalid", f"testing value {path!r} failed")
