@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
+import orjson
 import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from .conftest import NS, events_for, eventually, finished_job, job_manifest
+from nexus.devcluster.kubelet import KubeletSettings
+from nexus.devcluster.shards import DevCluster
+from nexus.devcluster.store import Watcher
+
+from .conftest import NS, connect, events_for, eventually, fast_spec, finished_job, job_manifest
 
 FAULT = "NEXUS_DEVCLUSTER_FAULT"
 
@@ -149,3 +155,36 @@ async def test_fault_hints(
     job = await finished_job(batch, "hinted")
     expected = "Failed" if hint == "python" else "Complete"
     assert expected in conditions(job)
+
+
+@pytest.mark.parametrize("start_delay", [0.0, 0.05])
+async def test_status_writes_of_a_quick_pod(tmp_path: Path, start_delay: float) -> None:
+    """Pods show Pending, Running, Succeeded; a Job's status is written once per decision.
+
+    Without a start delay the pod runs before the Job controller writes the Job's status,
+    which then says active and ready at once — as the real controller's batched sync does.
+    """
+    spec = fast_spec(kubelet=KubeletSettings(start_delay=start_delay))
+    async with DevCluster([spec], tmp_path) as cluster:
+        store = cluster["shard"].store
+        pods, jobs = Watcher(NS, None, 1 << 24), Watcher(NS, None, 1 << 24)
+        store.collection("pods").watchers.add(pods)
+        store.collection("jobs").watchers.add(jobs)
+        api = await connect(cluster["shard"])
+        async with api:
+            batch = client.BatchV1Api(api)
+            await batch.create_namespaced_job(NS, job_manifest("quick"))
+            await finished_job(batch, "quick")
+    pod_events = [orjson.loads(line) for line in pods.take().splitlines()]
+    phases = [(e["type"], e["object"]["status"]["phase"]) for e in pod_events]
+    assert phases == [("ADDED", "Pending"), ("MODIFIED", "Running"), ("MODIFIED", "Succeeded")]
+    job_events = [orjson.loads(line) for line in jobs.take().splitlines()]
+    statuses = [
+        (e["object"]["status"].get("active"), e["object"]["status"].get("ready"))
+        for e in job_events[1:]
+    ]
+    if start_delay:
+        assert statuses == [(1, 0), (1, 1), (None, 0)]
+    else:
+        assert statuses == [(1, 1), (None, 0)]
+    assert job_events[-1]["object"]["status"]["succeeded"] == 1
