@@ -195,16 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--gc-interval",
         type=float,
-        default=60.0,
-        help="seconds between full garbage collections; young ones only in between "
+        default=300.0,
+        help="seconds between full garbage collections, the only ones the process makes "
         "(0: Python's default collector)",
-    )
-    group.add_argument(
-        "--gc-young",
-        type=int,
-        default=0,
-        help="new containers that start a young garbage collection (0: none, only the "
-        "timed full ones)",
     )
     group = parser.add_argument_group("logging")
     add(
@@ -318,5 +311,5 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     specs = shard_specs(args)
     configure_logs(LogSettings(level=args.log_level, format=args.log_format), "devcluster")
-    heap = HeapSettings(full_interval=args.gc_interval, young=args.gc_young)
+    heap = HeapSettings(full_interval=args.gc_interval)
     return uvloop.run(run(specs, args.kubeconfig_dir, heap))
