@@ -18,12 +18,13 @@ reproduced alone with ``--only``::
 (d) simulated pod lifecycles per second with the full algorithm contract (input GET,
     result PUT, completion POST against a stub server in a separate process) and
     ``ttlSecondsAfterFinished: 0``: overall, slowest and fastest quarter, and emulator CPU
-    (user + system) per pod, HTTP calls included;
+    (user + system) per pod, HTTP calls included — and, for scale, the CPU per pod of the
+    creating client and of the stub servers, which share the same cores;
 (e) the same with the watches Nexus's maintainer keeps open on a shard (Jobs and pods by
     label, all Events), read by a separate process.
 
-Emulator CPU per pod depends on how busy the machine is (a loaded machine batches more
-work per wake-up; a hyper-threaded sibling slows it): the load average is printed with
+CPU per pod varies by a fifth or more with whatever else runs on the machine (other work
+on the sibling core slows every process), so the load average before and after is part of
 the results. Human-readable lines first, then one JSON line with every figure.
 """
 
