@@ -17,6 +17,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
 from nexus.core.templates import DNS_LABEL
 from receiver.settings import ReceiverSection
+
+log = logging.getLogger(__name__)
 
 COMPLETIONS = Counter(
     "nexus_completions_total",
@@ -110,15 +113,22 @@ async def complete(request: web.Request) -> web.Response:
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_uri=result)
     else:
         change = Transition(algorithm, run_id, Stage.FAILED, cause=cause, details=message)
-    if await receiver.store.transition(change):
-        COMPLETIONS.labels("completed" if cause is None else "failed").inc()
-        return json_response({"requestId": str(run_id), "status": change.to.value})
-    current = await receiver.store.get(algorithm, run_id)
-    if current is None:
-        COMPLETIONS.labels("refused").inc()
-        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
-    COMPLETIONS.labels("duplicate").inc()
-    return json_response({"requestId": str(run_id), "status": current.stage.value})
+    for _ in range(3):
+        if await receiver.store.transition(change):
+            COMPLETIONS.labels("completed" if cause is None else "failed").inc()
+            return json_response({"requestId": str(run_id), "status": change.to.value})
+        current = await receiver.store.result(algorithm, run_id)
+        if current is None:
+            COMPLETIONS.labels("refused").inc()
+            raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+        if current.stage.terminal:  # already finished: the first report stands
+            COMPLETIONS.labels("duplicate").inc()
+            return json_response({"requestId": str(run_id), "status": current.stage.value})
+        # An unfinished run must take a completion; never answer 2xx without recording it.
+    log.error("a completion could not be recorded on an unfinished run")
+    raise ApiError(
+        503, "unavailable", "the completion could not be recorded; retry", {"Retry-After": "1"}
+    )
 
 
 def add_routes(app: web.Application) -> None:

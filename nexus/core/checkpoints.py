@@ -37,7 +37,7 @@ from asyncpg.pool import PoolConnectionProxy
 from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
-from nexus.core.runs import Checkpoint, NewRun, RunKey, Stage, Transition
+from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ _CONNECTION_ERRORS = (
 )
 # A value PostgreSQL cannot hold (e.g. NUL in a string): the item's fault, not the batch's.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
+_DEADLOCK_RETRIES = 3
 
 if TYPE_CHECKING:
     Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
@@ -152,19 +153,12 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # The runs are locked first, in key order: concurrent batches (dispatch, completions,
 # cancellations) then always take their row locks in the same order and cannot deadlock,
 # which they did when each UPDATE locked rows in the order its join happened to visit them.
+# Rows are locked in the order of the arrays, which callers sort by key: two batches that
+# share runs then take their locks in the same order and cannot deadlock each other. (A
+# CTE that locks first and a join that updates after is no alternative: when a concurrent
+# writer changes a row in between, PostgreSQL's recheck of the join can drop the row, and
+# a transition that should apply silently does not.)
 _TRANSITION = """
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                         $11::int[])
-        AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-             sent_at, attempts)
-), locked AS (
-    SELECT r.algorithm, r.id FROM runs r
-    WHERE (r.algorithm, r.id) IN (SELECT algorithm, id FROM u)
-    ORDER BY r.algorithm, r.id
-    FOR UPDATE OF r
-)
 UPDATE runs r SET
     lifecycle_stage = u.to_stage,
     result_uri = COALESCE(u.result_uri, r.result_uri),
@@ -174,9 +168,11 @@ UPDATE runs r SET
     shard = COALESCE(u.shard, r.shard),
     sent_at = COALESCE(u.sent_at, r.sent_at),
     attempts = r.attempts + u.attempts
-FROM u, locked l
-WHERE r.algorithm = l.algorithm AND r.id = l.id
-  AND r.algorithm = u.algorithm AND r.id = u.id
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
+     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+          sent_at, attempts)
+WHERE r.algorithm = u.algorithm AND r.id = u.id
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
   AND EXISTS (SELECT 1 FROM run_transitions t
               WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
@@ -190,6 +186,22 @@ result_uri, algorithm_failure_cause, algorithm_failure_details, sent_at,
 configuration_overrides, content_hash, tag, api_version, job_uid, parent, shard, attempts,
 idempotency_key
 """
+
+
+_RESULT_COLUMNS = (
+    "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause, algorithm_failure_details"
+)
+
+
+def _result(row: asyncpg.Record) -> RunResult:
+    return RunResult(
+        algorithm=row["algorithm"],
+        id=row["id"],
+        stage=Stage(row["lifecycle_stage"]),
+        result_uri=row["result_uri"],
+        failure_cause=row["algorithm_failure_cause"],
+        failure_details=row["algorithm_failure_details"],
+    )
 
 
 def _checkpoint(row: asyncpg.Record) -> Checkpoint:
@@ -368,13 +380,22 @@ class CheckpointStore:
             if depth == len(rounds):
                 rounds.append([])
             rounds[depth].append(index)
-        async with self._connection() as conn, conn.transaction():
-            for indices in rounds:
-                batch = [changes[i] for i in indices]
-                rows = await conn.fetch(_TRANSITION, *_transition_columns(batch))
-                done = {(row["algorithm"], row["id"]) for row in rows}
-                for i in indices:
-                    applied[i] = (changes[i].algorithm, changes[i].id) in done
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                async with self._connection() as conn, conn.transaction():
+                    for indices in rounds:
+                        indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
+                        batch = [changes[i] for i in indices]
+                        rows = await conn.fetch(_TRANSITION, *_transition_columns(batch))
+                        done = {(row["algorithm"], row["id"]) for row in rows}
+                        for i in indices:
+                            applied[i] = (changes[i].algorithm, changes[i].id) in done
+                break
+            except asyncpg.DeadlockDetectedError as exc:
+                # Sorted batches do not deadlock each other; another writer may still.
+                # The transaction was rolled back, so trying again is safe.
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise StoreUnavailable(f"transitions kept deadlocking: {exc}") from exc
         return applied
 
     # -- reads ---------------------------------------------------------------------------
@@ -402,17 +423,27 @@ class CheckpointStore:
         found = (_checkpoint(row) for row in rows)
         return {c.key: c for c in found}
 
-    async def by_tag(self, algorithm: str, tag: str, limit: int = 1000) -> list[Checkpoint]:
-        """Runs of ``algorithm`` carrying ``tag``, newest first, at most ``limit``."""
+    async def result(self, algorithm: str, run_id: UUID) -> RunResult | None:
+        """How the run stands, without reading its whole checkpoint."""
+        async with self._connection() as conn:
+            row = await conn.fetchrow(
+                f"SELECT {_RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
+                algorithm,
+                run_id,
+            )
+        return None if row is None else _result(row)
+
+    async def results_by_tag(self, algorithm: str, tag: str, limit: int = 1000) -> list[RunResult]:
+        """How the runs of ``algorithm`` carrying ``tag`` stand, newest first."""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
+                f"SELECT {_RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
                 " ORDER BY received_at DESC LIMIT $3",
                 algorithm,
                 tag,
                 limit,
             )
-        return [_checkpoint(row) for row in rows]
+        return [_result(row) for row in rows]
 
     async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The input kept with the checkpoint, or ``None``."""

@@ -139,6 +139,9 @@ class System:
     _stack: contextlib.AsyncExitStack = field(repr=False)
     postgres_dsn: str = ""
     bucket: S3Bucket | None = None
+    balancer_url: str = ""
+    """A round-robin balancer over the running schedulers: what production puts in front
+    of them, and so their public URL (the one signed input links name)."""
 
     @property
     def url(self) -> str:
@@ -231,15 +234,38 @@ class System:
             "DEADLINE_EXCEEDED",
             "CANCELLED",
         }
-        loop = __import__("asyncio").get_running_loop()
+        loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             answer = await self.result(algorithm, request_id)
             if answer["status"] in wanted:
                 return answer
             if loop.time() > deadline:
-                raise AssertionError(f"run {request_id} stayed {answer['status']}, wanted {wanted}")
-            await __import__("asyncio").sleep(0.05)
+                raise AssertionError(
+                    f"run {request_id} stayed {answer['status']}, wanted {wanted}; "
+                    f"in the cluster: {self.kubernetes_state(request_id)}"
+                )
+            await asyncio.sleep(0.05)
+
+    def kubernetes_state(self, request_id: str) -> dict[str, Any]:
+        """The Job and Pods of a run on every shard (for failure messages)."""
+        found: dict[str, Any] = {}
+        for name, shard in self.cluster.shards.items():
+            job = shard.store.get("jobs", NAMESPACE, request_id)
+            if job is None:
+                continue
+            pods = [
+                {
+                    "status": pod.get("status"),
+                    "log": shard.kubelet.read_log(NAMESPACE, pod["metadata"]["name"])[
+                        -2000:
+                    ].decode(errors="replace"),
+                }
+                for pod in shard.store.collections["pods"].objects.values()
+                if pod["metadata"].get("labels", {}).get("job-name") == request_id
+            ]
+            found[name] = {"job status": job.get("status"), "pods": pods}
+        return found
 
     async def apply(self, shard: str, obj: dict[str, Any]) -> None:
         """Create a custom resource on ``shard`` (the controller in single-cluster mode)."""
@@ -264,13 +290,37 @@ class System:
             scheduler=replace(
                 base.scheduler,
                 pod_name=f"scheduler-{uuid.uuid4().hex[:6]}",
-                public_url=f"http://127.0.0.1:{port}",
+                public_url=self.balancer_url,
                 **section,
             ),
         )
         process = await _serve_scheduler(settings)
         self.schedulers.append(process)
         return process
+
+
+def _balancer(system: System) -> Any:
+    """A handler passing each request to the next running scheduler, as a load balancer."""
+    turn = iter(range(10**9))
+    passed = ("content-type", "location", "retry-after", "www-authenticate")
+
+    async def forward(request: web.Request) -> web.Response:
+        live = [s for s in system.schedulers if not s.stopped]
+        if not live:
+            return web.Response(status=503, text="no scheduler is running")
+        target = live[next(turn) % len(live)]
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")
+        }
+        async with system.session.request(
+            request.method, target.url + request.path_qs, data=await request.read(),
+            headers=headers, allow_redirects=False,
+        ) as answer:  # fmt: skip
+            body = await answer.read()
+            kept = {k: v for k, v in answer.headers.items() if k.lower() in passed}
+            return web.Response(body=body, status=answer.status, headers=kept)
+
+    return forward
 
 
 async def send_raw(base: str, request: bytes, timeout: float = 10.0) -> tuple[int, Any]:
@@ -406,6 +456,14 @@ async def local_system(
             postgres_dsn=postgres_dsn,
             bucket=s3,
         )
+        balancer_port = free_port()
+        system.balancer_url = f"http://127.0.0.1:{balancer_port}"
+        balancer = web.Application()
+        balancer.router.add_route("*", "/{path:.*}", _balancer(system))
+        balancer_runner = web.AppRunner(balancer, handle_signals=False, access_log=None)
+        await balancer_runner.setup()
+        await web.TCPSite(balancer_runner, "127.0.0.1", balancer_port).start()
+        stack.push_async_callback(balancer_runner.cleanup)
         for name, shard in workgroups:
             await system.apply(first_shard, workgroup(name, shard))
         for obj in templates:
