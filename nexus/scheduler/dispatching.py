@@ -231,21 +231,15 @@ class Dispatcher:
     ) -> Outcome:
         request_id.set(str(run.key.id))
         try:
-            links = RunLinks(
-                input_url=self.links.input_url(checkpoint),
-                result_upload_url=self.links.result_upload_url(checkpoint),
-                receiver_url=self.links.receiver_url(shard),
-                run_token=self.links.run_token(checkpoint),
-            )
-            workgroup = self.catalog.workgroup(checkpoint.applied_configuration["workgroup"])
-            job = build_job(
-                checkpoint,
-                links,
-                workgroup=workgroup,
-                parent=parent,
-                ttl_after_finished=self.settings.job_ttl_after_finished,
-            )
-            result = await self.shards[shard].create_job(serialise(job))
+            try:
+                body = self._job(shard, checkpoint, parent)
+            except (KeyError, TypeError, ValueError) as exc:
+                # A checkpoint written by hand or by an older version: it will never make
+                # a Job, and it must not stop the dispatch of every other run.
+                CREATES.labels(shard, "rejected").inc()
+                message = f"its configuration cannot make a Job ({exc!r})"
+                return Outcome(run, checkpoint, "rejected", message=message)
+            result = await self.shards[shard].create_job(body)
         except ShardUnavailable as exc:
             CREATES.labels(shard, "failed").inc()
             return Outcome(run, checkpoint, "failed", message=str(exc))
@@ -263,6 +257,23 @@ class Dispatcher:
             return Outcome(run, checkpoint, "failed", message=f"{result.status} {result.message}")
         CREATES.labels(shard, "rejected").inc()
         return Outcome(run, checkpoint, "rejected", message=f"{result.status} {result.message}")
+
+    def _job(self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None) -> bytes:
+        links = RunLinks(
+            input_url=self.links.input_url(checkpoint),
+            result_upload_url=self.links.result_upload_url(checkpoint),
+            receiver_url=self.links.receiver_url(shard),
+            run_token=self.links.run_token(checkpoint),
+        )
+        workgroup = self.catalog.workgroup(checkpoint.applied_configuration["workgroup"])
+        job = build_job(
+            checkpoint,
+            links,
+            workgroup=workgroup,
+            parent=parent,
+            ttl_after_finished=self.settings.job_ttl_after_finished,
+        )
+        return serialise(job)
 
     async def _record(self, shard: str, outcomes: list[Outcome], stopping: asyncio.Event) -> None:
         now = datetime.now(UTC)

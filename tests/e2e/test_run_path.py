@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from prometheus_client import REGISTRY
 from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template
 
 from nexus.core import sigv4
+from nexus.core.queues import QueuedRun
+from nexus.core.runs import NewRun, Stage
 from nexus.core.signing import Signer
 from nexus.devcluster.fairness import Limits
 from nexus.devcluster.shards import ShardSpec
@@ -435,3 +438,30 @@ async def test_metadata_shows_the_queue_position_while_queued(
         # one of them may be in flight, waiting for a token; the others queue in order
         ranked = [p for p in positions if p is not None]
         assert ranked == sorted(ranked) and len(ranked) >= 2
+
+
+async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> None:
+    async with system_for(
+        tmp_path, postgres_dsn, redis_url, redis_prefix, s3, templates=[template("echo")]
+    ) as system:
+        scheduler = system.schedulers[0]
+        state = scheduler.app[SCHEDULER]
+        broken = NewRun(
+            algorithm="echo",
+            id=uuid.uuid4(),
+            stage=Stage.BUFFERED,
+            caller="someone",
+            received_by_host=scheduler.pod,
+            applied_configuration={"shard": "shard-0", "workgroup": "default"},  # no image
+            payload_valid_for=timedelta(hours=1),
+            payload_inline=b"{}",
+        )
+        await state.store.insert(broken)
+        await state.queues.queue(scheduler.pod).push([QueuedRun("shard-0", broken.key, 0.0)])
+        healthy = await system.submit("echo")
+        answer = await system.wait_for("echo", str(broken.id))
+        assert answer["status"] == "SCHEDULING_FAILED"
+        assert "cannot make a Job" in answer["runErrorMessage"]
+        assert (await system.wait_for("echo", healthy))["status"] == "COMPLETED"
