@@ -76,7 +76,7 @@ class DevProcess:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None:
-    dev = DevProcess("--no-maintainer")
+    dev = DevProcess()
     ready = dev.ready()
     children = descendants(dev.proc.pid)
     assert children  # postgres (and its helpers), redis, weed, the cluster, nexus
@@ -103,6 +103,8 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
     assert answer["runErrorMessage"] == "RequestedFailure: on request"
     assert Path(ready["shards"]["shard-0"]["kubeconfig"]).is_file()
     assert ready["receiver"].startswith("http://127.0.0.1:")
+    with urllib.request.urlopen(f"{ready['maintainer']}/health/ready", timeout=10) as response:
+        assert response.status == 200
 
     pg = PostgresInfo(**{k: v for k, v in ready["postgres"].items() if k != "dsn"})
     assert ready["postgres"]["dsn"] == pg.dsn
