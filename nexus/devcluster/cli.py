@@ -8,7 +8,7 @@ stops every shard, kills every container process the shards started, and exits 0
 Options set every shard; ``--shard NAME:key=value;key=value`` overrides some of them for
 one shard (keys: ``mode``, ``port``, ``namespace``, ``token``, ``mutating-rate``,
 ``mutating-burst``, ``mutating-inflight``, ``read-rate``, ``read-burst``,
-``read-inflight``, ``duration``, ``faults``).
+``read-inflight``, ``duration``, ``faults``, ``events`` (``true``/``false``)).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shard by name, with optional per-shard overrides (repeatable); "
         "keys: mode, port, namespace, token, mutating-rate, mutating-burst, "
         "mutating-inflight, read-rate, read-burst, read-inflight, duration, "
-        "faults",
+        "faults, events (true/false)",
     )
     group.add_argument("--host", default="127.0.0.1", help="listen address of every shard")
     group.add_argument(
@@ -274,6 +274,10 @@ def _override(spec: ShardSpec, text: str) -> ShardSpec:
             elif key == "faults":
                 parse_faults(value)
                 simulation["faults"] = value
+            elif key == "events":
+                if value.lower() not in ("true", "false"):
+                    raise ValueError("events must be true or false")
+                changes["events"] = value.lower() == "true"
             else:
                 raise ValueError("unknown key")
         except ValueError as exc:

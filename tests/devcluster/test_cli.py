@@ -23,6 +23,13 @@ def test_options_reach_every_shard() -> None:
     assert defaults.events
 
 
+def test_events_per_shard() -> None:
+    args = build_parser().parse_args(["--shard", "a:events=false", "--shard", "b"])
+    assert [(s.name, s.events) for s in shard_specs(args)] == [("a", False), ("b", True)]
+    quiet = build_parser().parse_args(["--no-events", "--shard", "c:events=true"])
+    assert shard_specs(quiet)[0].events
+
+
 def test_heap_options() -> None:
     assert build_parser().parse_args(["--gc-interval", "0"]).gc_interval == 0.0
 
