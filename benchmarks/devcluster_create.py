@@ -6,6 +6,7 @@ reproduced alone with ``--only``::
 
     .venv/bin/python benchmarks/devcluster_create.py                 # all, < 3 minutes
     .venv/bin/python benchmarks/devcluster_create.py --only a_simulated
+    .venv/bin/python benchmarks/devcluster_create.py --only d --devcluster-option=--no-events
 
 (a) Job creates per second, unthrottled, ``--inflight`` calls in flight
     (``BatchV1Api.create_namespaced_job`` with ``_preload_content=False`` and a client
@@ -114,9 +115,14 @@ class Emulator:
         return 0.0
 
 
+EXTRA_OPTIONS: list[str] = []
+"""``--devcluster-option`` values, added to every emulator's command line."""
+
+
 @asynccontextmanager
 async def emulator(*options: str) -> AsyncIterator[Emulator]:
     """A ``nexus devcluster`` process with one shard ``bench``; stopped with SIGTERM."""
+    options = (*options, *EXTRA_OPTIONS)
     directory = tempfile.mkdtemp(prefix="devcluster-bench-")
     argv = ["-m", "nexus", "devcluster", "--shard", "bench", "--kubeconfig-dir", directory]
     argv += ["--log-level", "WARNING", "--token", "bench", *options]
@@ -299,7 +305,8 @@ def rerun(name: str, args: argparse.Namespace) -> str:
         "e": f"--lifecycle-jobs {args.lifecycle_jobs}",
     }[name]
     scale = f" --scale {args.scale:g}" if args.scale != 1 else ""
-    return f".venv/bin/python {SCRIPT} --only {name} {options}{scale}"
+    extra = "".join(f" --devcluster-option={o}" for o in args.devcluster_option or ())
+    return f".venv/bin/python {SCRIPT} --only {name} {options}{scale}{extra}"
 
 
 async def figure_a(args: argparse.Namespace, mode: str) -> dict[str, Any]:
@@ -492,5 +499,13 @@ if __name__ == "__main__":
     parser.add_argument("--lifecycle-jobs", type=int, default=30_000, help="pods for (d), (e)")
     parser.add_argument("--skip-no-ttl", action="store_true", help="skip (c) without TTL")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every count")
-    figures = asyncio.run(main(parser.parse_args()))
+    parser.add_argument(
+        "--devcluster-option",
+        action="append",
+        metavar="OPTION",
+        help="added to every emulator's command line, e.g. --devcluster-option=--no-events",
+    )
+    arguments = parser.parse_args()
+    EXTRA_OPTIONS.extend(arguments.devcluster_option or ())
+    figures = asyncio.run(main(arguments))
     print(json.dumps(figures))
