@@ -281,7 +281,12 @@ async def test_idempotency_key_expires_after_24_hours(
 async def test_by_tag_and_inline_payload(store: CheckpointStore) -> None:
     tagged = [new_run(tag="batch-1") for _ in range(3)]
     await asyncio.gather(*(store.insert(r) for r in [*tagged, new_run(tag="other")]))
-    found = await store.by_tag("echo", "batch-1")
+    found = await store.results_by_tag("echo", "batch-1")
     assert {c.id for c in found} == {r.id for r in tagged}
+    assert {c.stage for c in found} == {Stage.BUFFERED}
+    one = await store.result("echo", tagged[0].id)
+    assert one is not None
+    assert (one.stage, one.result_uri, one.failure_cause) == (Stage.BUFFERED, None, None)
+    assert await store.result("echo", uuid.uuid4()) is None
     assert await store.inline_payload("echo", tagged[0].id) == b'{"x": 1}'
-    assert await store.by_tag("echo", "nothing") == []
+    assert await store.results_by_tag("echo", "nothing") == []

@@ -182,3 +182,16 @@ class Checkpoint:
     @property
     def key(self) -> RunKey:
         return RunKey(self.algorithm, self.id)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a client asks for most: how a run ended and where its result is (a narrow read
+    of the checkpoint, for the results routes)."""
+
+    algorithm: str
+    id: UUID
+    stage: Stage
+    result_uri: str | None
+    failure_cause: str | None
+    failure_details: str | None

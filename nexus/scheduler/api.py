@@ -20,7 +20,7 @@ from nexus.core.errors import DependencyError
 from nexus.core.httpapi import ApiError, bad_request, json_response, read_json_object
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
-from nexus.core.runs import TERMINAL, Checkpoint, Stage, Transition
+from nexus.core.runs import TERMINAL, Checkpoint, RunResult, Stage, Transition
 from nexus.core.shards import ShardClient
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL
@@ -81,14 +81,14 @@ async def _checkpoint(request: web.Request, algorithm: str, run_id: uuid.UUID) -
     return run
 
 
-def _error_message(run: Checkpoint) -> str | None:
+def _error_message(run: Checkpoint | RunResult) -> str | None:
     if run.stage not in TERMINAL or run.stage == Stage.COMPLETED:
         return None
     parts = [p for p in (run.failure_cause, run.failure_details) if p]
     return ": ".join(parts) if parts else run.stage.value.lower().replace("_", " ")
 
 
-def _result(scheduler: Scheduler, run: Checkpoint) -> dict[str, Any]:
+def _result(scheduler: Scheduler, run: Checkpoint | RunResult) -> dict[str, Any]:
     return {
         "requestId": str(run.id),
         "status": run.stage.value,
@@ -114,8 +114,11 @@ async def run(request: web.Request) -> web.Response:
 async def result(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
     _authorized(request, algorithm)
-    run = await _checkpoint(request, algorithm, run_id)
-    return json_response(_result(request.app[SCHEDULER], run))
+    scheduler = request.app[SCHEDULER]
+    found = await scheduler.store.result(algorithm, run_id)
+    if found is None:
+        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+    return json_response(_result(scheduler, found))
 
 
 async def results_by_tag(request: web.Request) -> web.Response:
@@ -125,7 +128,7 @@ async def results_by_tag(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     if not tag.isprintable():  # no run carries one, and PostgreSQL text cannot hold NUL
         raise bad_request("tag: must not contain control characters")
-    runs = await scheduler.store.by_tag(algorithm, tag)
+    runs = await scheduler.store.results_by_tag(algorithm, tag)
     return json_response([_result(scheduler, run) for run in runs])
 
 

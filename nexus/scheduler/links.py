@@ -9,7 +9,7 @@ presigned GET.
 
 from __future__ import annotations
 
-from nexus.core.runs import Checkpoint
+from nexus.core.runs import Checkpoint, RunResult
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
 from nexus.scheduler.settings import SchedulerSection
@@ -45,7 +45,7 @@ class Links:
             self.payloads.result_key(run.algorithm, str(run.id)), seconds
         )
 
-    def result_url(self, run: Checkpoint) -> str | None:
+    def result_url(self, run: Checkpoint | RunResult) -> str | None:
         """A fresh URL of the run's result, if it has one."""
         if not run.result_uri:
             return None
