@@ -243,6 +243,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Undo on release only what the store can leave behind: a transaction interrupted by
+    a cancellation. It takes no advisory locks, listens to nothing and changes no session
+    setting, so asyncpg's default reset (four statements and a round trip on every
+    release) would be pure overhead."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 class CheckpointStore:
     """Reads and group-committed writes of run checkpoints."""
 
@@ -274,6 +283,12 @@ class CheckpointStore:
                 max_size=settings.pool_max_size,
                 command_timeout=settings.command_timeout,
                 init=_init_connection,
+                reset=_keep_session,
+                server_settings={
+                    # Cached generic plans are made once, often against an empty table,
+                    # and then seq-scan a grown one for ever; plan with the real arrays.
+                    "plan_cache_mode": "force_custom_plan",
+                },
             )
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
@@ -317,7 +332,7 @@ class CheckpointStore:
         for run in runs:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection() as conn:  # one statement: atomic on its own
             inserted = {row["id"] for row in await conn.fetch(_INSERT, *columns)}
             results = [Admission(run.id, True) for run in runs]
             losers = [i for i, run in enumerate(runs) if run.id not in inserted]
@@ -380,23 +395,26 @@ class CheckpointStore:
             if depth == len(rounds):
                 rounds.append([])
             rounds[depth].append(index)
+        async with self._connection() as conn:  # each statement is atomic on its own
+            for indices in rounds:
+                indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
+                batch = [changes[i] for i in indices]
+                rows = await self._update(conn, _transition_columns(batch))
+                done = {(row["algorithm"], row["id"]) for row in rows}
+                for i in indices:
+                    applied[i] = (changes[i].algorithm, changes[i].id) in done
+        return applied
+
+    async def _update(self, conn: Connection, columns: list[list[Any]]) -> list[asyncpg.Record]:
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                async with self._connection() as conn, conn.transaction():
-                    for indices in rounds:
-                        indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
-                        batch = [changes[i] for i in indices]
-                        rows = await conn.fetch(_TRANSITION, *_transition_columns(batch))
-                        done = {(row["algorithm"], row["id"]) for row in rows}
-                        for i in indices:
-                            applied[i] = (changes[i].algorithm, changes[i].id) in done
-                break
+                return await conn.fetch(_TRANSITION, *columns)
             except asyncpg.DeadlockDetectedError as exc:
                 # Sorted batches do not deadlock each other; another writer may still.
-                # The transaction was rolled back, so trying again is safe.
+                # The statement was rolled back as a whole, so trying again is safe.
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise StoreUnavailable(f"transitions kept deadlocking: {exc}") from exc
-        return applied
+        raise AssertionError("unreachable")
 
     # -- reads ---------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from nexus.core.errors import DependencyError
 from nexus.core.httpapi import ApiError, bad_request, json_response, read_json_object
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
-from nexus.core.runs import TERMINAL, Checkpoint, RunResult, Stage, Transition
+from nexus.core.runs import TERMINAL, Checkpoint, RunKey, RunResult, Stage, Transition
 from nexus.core.shards import ShardClient
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL
@@ -194,7 +194,9 @@ async def payload_content(request: web.Request) -> web.Response:
     )
     if problem is not None:
         raise ApiError(403, "forbidden", problem)
-    content = await scheduler.store.inline_payload(algorithm, run_id)
+    content = scheduler.submitter.recent_inputs.recall(RunKey(algorithm, run_id))
+    if content is None:
+        content = await scheduler.store.inline_payload(algorithm, run_id)
     if content is None:
         raise ApiError(404, "not_found", f"run {run_id} has no input kept inline")
     return web.Response(body=content, content_type="application/json")

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass, field
 
 from nexus.core.config import (
+    Bytes,
     HttpSettings,
     LogSettings,
     PostgresSettings,
@@ -102,6 +103,9 @@ class SchedulerSection:
     """Seconds Kubernetes keeps a finished Job (``ttlSecondsAfterFinished``)."""
     result_url_margin: Seconds = field(default=3600.0, metadata=at_least(0))
     """A result upload URL stays valid this long past the run's deadline."""
+    recent_inputs: Bytes = field(default=32 * 1024**2, metadata=at_least(0))
+    """Memory for the newest inline inputs, served to their algorithms without a database
+    read (0 turns it off)."""
     max_tag_length: int = field(default=128, metadata=positive())
     """Longest ``tag`` a request may carry, in characters."""
 

@@ -45,6 +45,7 @@ from nexus.core.templates import (
     normalise_overrides,
 )
 from nexus.scheduler.authentication import Principal
+from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.settings import SchedulerSection
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Submitter:
         self.queue_depth: dict[str, int] = {}
         """Runs waiting per shard on this pod's queue, refreshed by a background loop."""
         self.redis_healthy = True
+        self.recent_inputs = RecentInputs(settings.recent_inputs)
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
         self._pushes: GroupCommitter[QueuedRun, None] = GroupCommitter(
@@ -236,6 +238,8 @@ class Submitter:
             QUEUE_LATER.inc()
             self.redis_healthy = False
             log.warning("run accepted but not queued; the sweep will queue it: %s", exc)
+        if inline:
+            self.recent_inputs.remember(run.key, payload)
         ACCEPTED.labels(algorithm).inc()
         return Accepted(run_id, created=True)
 
