@@ -270,7 +270,9 @@ class CheckpointStore:
             "checkpoint-insert", self._write_inserts, **options
         )
         self._transitions: GroupCommitter[Transition, bool] = GroupCommitter(
-            "checkpoint-transition", self._write_transitions, **options
+            "checkpoint-transition",
+            self._write_transitions,
+            **{**options, "max_delay": settings.transition_max_delay},
         )
 
     @classmethod

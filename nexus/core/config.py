@@ -149,8 +149,13 @@ class PostgresSettings:
     batch_max_size: int = field(default=500, metadata=positive())
     """Largest number of writes group-committed in one round trip."""
     batch_max_delay: Seconds = field(default=0.002, metadata=at_least(0))
-    """How long a write may wait for company before its batch is sent. 2 ms is invisible
-    next to an HTTP round trip and lets a busy writer fill its batches."""
+    """How long a new run's checkpoint may wait for company before its batch is sent. A
+    client waits for it, so 2 ms: invisible next to an HTTP round trip, and enough for a
+    busy writer to fill its batches."""
+    transition_max_delay: Seconds = field(default=0.01, metadata=at_least(0))
+    """The same for lifecycle transitions (RUNNING, completions). Nobody waits on these
+    but a container's completion call, so 10 ms buys batches several times larger at
+    moderate load: fewer statements, less CPU per run."""
     max_pending: int = field(default=20_000, metadata=positive())
     """Writes waiting for the store beyond this are refused (the API answers 503)."""
 

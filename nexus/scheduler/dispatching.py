@@ -138,6 +138,8 @@ class Dispatcher:
                 await _wait(wake, self.settings.dispatch_idle_poll, stopping)
                 continue
             batches.add(asyncio.create_task(self._dispatch(shard, runs, gate, stopping)))
+            if len(runs) < count and self.settings.dispatch_linger:
+                await _wait(stopping, self.settings.dispatch_linger)
         if batches:
             await asyncio.gather(*batches)
 
