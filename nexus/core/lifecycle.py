@@ -21,6 +21,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
@@ -162,6 +163,7 @@ async def run_app(
         site = web.TCPSite(runner, http.host, http.port, backlog=http.backlog, reuse_address=True)
         await site.start()
         port = _bound_port(runner)
+        _settle_garbage_collector()
         if not lifecycle.stop_requested.is_set():
             lifecycle.ready = True
             log.info("service ready", extra={"port": port})
@@ -179,6 +181,21 @@ async def run_app(
             loop.remove_signal_handler(sig)
     log.info("stopped", extra={"exitCode": lifecycle.exit_code})
     return lifecycle.exit_code
+
+
+GC_THRESHOLDS = (20_000, 50, 100)
+"""Collect young objects every 20,000 allocations instead of 700. Measured in the
+scheduler at 900 runs/s end to end, Python's cyclic collector took 14.5 % of its CPU,
+mostly re-scanning long-lived objects; a request's objects die young and are freed by
+reference counting, so rarer collections lose nothing but that cost."""
+
+
+def _settle_garbage_collector() -> None:
+    """After start-up: move everything alive now (modules, clients, caches) out of the
+    collector's sight for good, and collect young objects less often."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _bound_port(runner: web.AppRunner) -> int:
