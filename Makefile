@@ -1,5 +1,6 @@
 # One entry point for people and CI. `make dev` runs Nexus locally, `make check` runs
-# exactly what CI runs. Both bootstrap the virtual environment on first use.
+# exactly what CI runs. Both bootstrap the virtual environment on first use. Recipes are
+# silent on stdout, so that `make dev`'s only line there is NEXUS READY {json}.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,13 +9,14 @@ STAMP  := $(VENV)/.installed
 .PHONY: dev check test lint lock clean
 
 $(STAMP): pyproject.toml requirements.lock
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]'
-	touch $(STAMP)
+	@echo "installing Nexus and its pinned dependencies into $(VENV) ..." >&2
+	@$(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip >&2
+	@$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]' >&2
+	@touch $(STAMP)
 
 dev: $(STAMP)
-	$(BIN)/nexus dev $(ARGS)
+	@$(BIN)/nexus dev $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
