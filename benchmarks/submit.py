@@ -94,7 +94,11 @@ def main() -> int:
         create_rate=5000.0 if args.with_dispatch else 0.01,
         events=False,
         log_format="json",
-        environment={"NEXUS__LOG__LEVEL": "WARNING"},
+        # every accepted run stays queued: lift the queue's back-pressure limit
+        environment={
+            "NEXUS__LOG__LEVEL": "WARNING",
+            "NEXUS__SCHEDULER__MAX_QUEUE_DEPTH": "10000000",
+        },
     )
     with local_stack(options) as stack:
         url = stack.schedulers[0]
