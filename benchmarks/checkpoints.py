@@ -31,10 +31,11 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import REGISTRY
 
-from nexus.core.checkpoints import _INSERT, CheckpointStore, _insert_row, apply_migrations
+from nexus.core.checkpoints import CheckpointStore, _insert_row, apply_migrations
 from nexus.core.config import PostgresSettings
 from nexus.core.localservices import LocalPostgres
 from nexus.core.runs import NewRun, Stage
+from nexus.core.statements import INSERT
 
 CONFIGURATION = {
     "image": "algorithms/echo", "registry": "example.io", "versionTag": "1.0",
@@ -92,7 +93,7 @@ async def measure(dsn: str, args: argparse.Namespace) -> dict[str, object]:
     try:
 
         async def single(run: NewRun) -> None:
-            await pool.execute(_INSERT, *([value] for value in _insert_row(run)))
+            await pool.execute(INSERT, *([value] for value in _insert_row(run)))
 
         await for_seconds(1, args.callers, single)
         started = time.perf_counter()

@@ -34,6 +34,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from nexus.core import statements as sql
 from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
@@ -124,73 +125,6 @@ class Admission:
 
     id: UUID
     created: bool
-
-
-_INSERT = """
-INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,
-                  applied_configuration, configuration_overrides, payload_valid_for,
-                  payload_uri, payload_inline, content_hash, tag, api_version, parent,
-                  idempotency_key)
-SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                     $6::jsonb[], $7::jsonb[], $8::interval[], $9::text[], $10::bytea[],
-                     $11::text[], $12::text[], $13::text[], $14::jsonb[], $15::text[])
-ON CONFLICT DO NOTHING
-RETURNING id
-"""
-
-_IDEMPOTENT_MATCHES = """
-SELECT r.caller, r.idempotency_key, r.id, r.received_at < now() - $3::interval AS expired
-FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
-  ON r.caller = k.caller AND r.idempotency_key = k.key
-"""
-
-_EXPIRE_KEYS = """
-UPDATE runs r SET idempotency_key = NULL
-FROM unnest($1::text[], $2::text[]) AS k(caller, key)
-WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now() - $3::interval
-"""
-
-# The runs are locked first, in key order: concurrent batches (dispatch, completions,
-# cancellations) then always take their row locks in the same order and cannot deadlock,
-# which they did when each UPDATE locked rows in the order its join happened to visit them.
-# Rows are locked in the order of the arrays, which callers sort by key: two batches that
-# share runs then take their locks in the same order and cannot deadlock each other. (A
-# CTE that locks first and a join that updates after is no alternative: when a concurrent
-# writer changes a row in between, PostgreSQL's recheck of the join can drop the row, and
-# a transition that should apply silently does not.)
-_TRANSITION = """
-UPDATE runs r SET
-    lifecycle_stage = u.to_stage,
-    result_uri = COALESCE(u.result_uri, r.result_uri),
-    algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
-    algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
-    job_uid = COALESCE(u.job_uid, r.job_uid),
-    shard = COALESCE(u.shard, r.shard),
-    sent_at = COALESCE(u.sent_at, r.sent_at),
-    attempts = r.attempts + u.attempts
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
-     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-          sent_at, attempts)
-WHERE r.algorithm = u.algorithm AND r.id = u.id
-  AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
-  AND EXISTS (SELECT 1 FROM run_transitions t
-              WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
-RETURNING r.algorithm, r.id
-"""
-
-_COLUMNS = """
-algorithm, id, lifecycle_stage, caller, received_by_host, received_at, last_modified,
-applied_configuration, payload_valid_for, payload_uri, payload_inline IS NOT NULL AS has_inline,
-result_uri, algorithm_failure_cause, algorithm_failure_details, sent_at,
-configuration_overrides, content_hash, tag, api_version, job_uid, parent, shard, attempts,
-idempotency_key
-"""
-
-
-_RESULT_COLUMNS = (
-    "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause, algorithm_failure_details"
-)
 
 
 def _result(row: asyncpg.Record) -> RunResult:
@@ -335,7 +269,7 @@ class CheckpointStore:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
         async with self._connection() as conn:  # one statement: atomic on its own
-            inserted = {row["id"] for row in await conn.fetch(_INSERT, *columns)}
+            inserted = {row["id"] for row in await conn.fetch(sql.INSERT, *columns)}
             results = [Admission(run.id, True) for run in runs]
             losers = [i for i, run in enumerate(runs) if run.id not in inserted]
             if losers:
@@ -358,12 +292,12 @@ class CheckpointStore:
             return
         callers = [runs[i].caller for i in keyed]
         keys = [runs[i].idempotency_key for i in keyed]
-        rows = await conn.fetch(_IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
+        rows = await conn.fetch(sql.IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
         if any(row["expired"] for row in rows):
-            await conn.execute(_EXPIRE_KEYS, callers, keys, IDEMPOTENCY_WINDOW)
+            await conn.execute(sql.EXPIRE_KEYS, callers, keys, IDEMPOTENCY_WINDOW)
             for i in keyed:  # rare: one statement each keeps this path simple
-                await conn.fetch(_INSERT, *([value] for value in _insert_row(runs[i])))
-            rows = await conn.fetch(_IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
+                await conn.fetch(sql.INSERT, *([value] for value in _insert_row(runs[i])))
+            rows = await conn.fetch(sql.IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
         first = {(row["caller"], row["idempotency_key"]): row["id"] for row in rows}
         for i in keyed:
             run = runs[i]
@@ -410,7 +344,7 @@ class CheckpointStore:
     async def _update(self, conn: Connection, columns: list[list[Any]]) -> list[asyncpg.Record]:
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                return await conn.fetch(_TRANSITION, *columns)
+                return await conn.fetch(sql.TRANSITION, *columns)
             except asyncpg.DeadlockDetectedError as exc:
                 # Sorted batches do not deadlock each other; another writer may still.
                 # The statement was rolled back as a whole, so trying again is safe.
@@ -424,7 +358,9 @@ class CheckpointStore:
         """The run's checkpoint, or ``None`` when there is none."""
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2", algorithm, run_id
+                f"SELECT {sql.COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
+                algorithm,
+                run_id,
             )
         return None if row is None else _checkpoint(row)
 
@@ -435,7 +371,7 @@ class CheckpointStore:
             return {}
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
+                f"SELECT {sql.COLUMNS} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
                 " ON r.algorithm = k.a AND r.id = k.i",
                 [k.algorithm for k in keys],
                 [k.id for k in keys],
@@ -447,7 +383,7 @@ class CheckpointStore:
         """How the run stands, without reading its whole checkpoint."""
         async with self._connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {_RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
+                f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
                 algorithm,
                 run_id,
             )
@@ -457,7 +393,7 @@ class CheckpointStore:
         """How the runs of ``algorithm`` carrying ``tag`` stand, newest first."""
         async with self._connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {_RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
+                f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
                 " ORDER BY received_at DESC LIMIT $3",
                 algorithm,
                 tag,
@@ -505,7 +441,7 @@ class CheckpointStore:
                 for start in range(0, len(indices), self._batch_max):
                     chunk = indices[start : start + self._batch_max]
                     batch = [changes[i] for i in chunk]
-                    rows = await conn.fetch(_TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
+                    rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
                     found = {(r["algorithm"], r["id"]): r["applied"] for r in rows}
                     for i in chunk:
                         applied = found.get((changes[i].algorithm, changes[i].id))
@@ -522,7 +458,7 @@ class CheckpointStore:
         cursor = after or SweepCursor.START
         async with self._connection() as conn:
             rows = await conn.fetch(
-                _SWEEP_PAGE,
+                sql.SWEEP_PAGE,
                 stage.value,
                 older_than,
                 cursor.last_modified,
@@ -535,7 +471,7 @@ class CheckpointStore:
     async def expired_runs(self, older_than: timedelta, limit: int) -> list[ExpiredRun]:
         """Finished runs received more than ``older_than`` ago, at most ``limit``."""
         async with self._connection() as conn:
-            rows = await conn.fetch(_EXPIRED_RUNS, older_than, limit)
+            rows = await conn.fetch(sql.EXPIRED_RUNS, older_than, limit)
         return [
             ExpiredRun(r["algorithm"], r["id"], r["payload_uri"], r["result_uri"]) for r in rows
         ]
@@ -546,7 +482,7 @@ class CheckpointStore:
             return 0
         async with self._connection() as conn:
             rows = await conn.fetch(
-                _DELETE_FINISHED, [k.algorithm for k in keys], [k.id for k in keys]
+                sql.DELETE_FINISHED, [k.algorithm for k in keys], [k.id for k in keys]
             )
         return len(rows)
 
@@ -554,12 +490,12 @@ class CheckpointStore:
         """Forget the idempotency keys of up to ``limit`` runs received more than
         ``older_than`` ago; how many were cleared."""
         async with self._connection() as conn:
-            rows = await conn.fetch(_CLEAR_KEYS, older_than, limit)
+            rows = await conn.fetch(sql.CLEAR_KEYS, older_than, limit)
         return len(rows)
 
 
 def _insert_row(run: NewRun) -> tuple[Any, ...]:
-    """The values of ``run`` in the column order of ``_INSERT``."""
+    """The values of ``run`` in the column order of ``sql.INSERT``."""
     return (
         run.algorithm, run.id, run.stage.value, run.caller, run.received_by_host,
         run.applied_configuration, run.configuration_overrides, run.payload_valid_for,
@@ -662,87 +598,6 @@ class ExpiredRun:
     @property
     def key(self) -> RunKey:
         return RunKey(self.algorithm, self.id)
-
-
-# The literal IN (...) lets the planner use the partial index runs_unfinished_by_age also
-# under a generic plan of the prepared statement, where $1 alone proves nothing.
-_SWEEP_PAGE = """
-SELECT algorithm, id, lifecycle_stage, received_at, last_modified, sent_at,
-       COALESCE(shard, applied_configuration->>'shard') AS shard,
-       (applied_configuration->>'deadlineSeconds')::float8 AS deadline_seconds,
-       attempts, job_uid, payload_uri, payload_inline IS NOT NULL AS has_inline
-FROM runs
-WHERE lifecycle_stage = $1 AND lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
-  AND last_modified < now() - $2::interval
-  AND (last_modified, algorithm, id) > ($3::timestamptz, $4::text, $5::uuid)
-ORDER BY lifecycle_stage, last_modified, algorithm, id
-LIMIT $6
-"""
-
-# Candidates are read from the statement's snapshot; those another transaction has locked
-# are skipped (SKIP LOCKED) and come back with applied = false, to be tried again. Rows not
-# among the candidates were refused by their stage and are not returned.
-_TRANSITION_SKIP_LOCKED = """
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                         $11::int[])
-        AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-             sent_at, attempts)
-), candidates AS (
-    SELECT r.algorithm, r.id FROM runs r JOIN u ON r.algorithm = u.algorithm AND r.id = u.id
-    WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
-      AND EXISTS (SELECT 1 FROM run_transitions t
-                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
-), locked AS (
-    SELECT r.algorithm, r.id FROM runs r JOIN candidates c
-        ON r.algorithm = c.algorithm AND r.id = c.id
-    FOR UPDATE OF r SKIP LOCKED
-), updated AS (
-    UPDATE runs r SET
-        lifecycle_stage = u.to_stage,
-        result_uri = COALESCE(u.result_uri, r.result_uri),
-        algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
-        algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
-        job_uid = COALESCE(u.job_uid, r.job_uid),
-        shard = COALESCE(u.shard, r.shard),
-        sent_at = COALESCE(u.sent_at, r.sent_at),
-        attempts = r.attempts + u.attempts
-    FROM u, locked l
-    WHERE r.algorithm = l.algorithm AND r.id = l.id
-      AND u.algorithm = r.algorithm AND u.id = r.id
-      AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
-      AND EXISTS (SELECT 1 FROM run_transitions t
-                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
-    RETURNING r.algorithm, r.id
-)
-SELECT c.algorithm, c.id, (d.id IS NOT NULL) AS applied
-FROM candidates c LEFT JOIN updated d ON d.algorithm = c.algorithm AND d.id = c.id
-"""
-
-_TERMINAL_STAGES = "('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')"
-
-# received_at is served by the BRIN index: rows arrive in time order.
-_EXPIRED_RUNS = f"""
-SELECT algorithm, id, payload_uri, result_uri FROM runs
-WHERE received_at < now() - $1::interval AND lifecycle_stage IN {_TERMINAL_STAGES}
-LIMIT $2
-"""
-
-_DELETE_FINISHED = f"""
-DELETE FROM runs r USING unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
-WHERE r.algorithm = k.algorithm AND r.id = k.id AND r.lifecycle_stage IN {_TERMINAL_STAGES}
-RETURNING r.id
-"""
-
-_CLEAR_KEYS = """
-UPDATE runs SET idempotency_key = NULL
-WHERE ctid = ANY(ARRAY(
-    SELECT ctid FROM runs
-    WHERE idempotency_key IS NOT NULL AND received_at < now() - $1::interval
-    LIMIT $2))
-RETURNING id
-"""
 
 
 def _sweep_row(row: asyncpg.Record) -> SweepRow:

@@ -1,0 +1,162 @@
+"""The SQL the checkpoint store runs, in one place to read and review.
+
+Every statement is sent by :mod:`nexus.core.checkpoints` as a prepared statement with
+array parameters (``unnest``), so one statement serves a whole group-committed batch.
+"""
+
+from __future__ import annotations
+
+TERMINAL_STAGES = "('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')"
+
+INSERT = """
+INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,
+                  applied_configuration, configuration_overrides, payload_valid_for,
+                  payload_uri, payload_inline, content_hash, tag, api_version, parent,
+                  idempotency_key)
+SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                     $6::jsonb[], $7::jsonb[], $8::interval[], $9::text[], $10::bytea[],
+                     $11::text[], $12::text[], $13::text[], $14::jsonb[], $15::text[])
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+
+IDEMPOTENT_MATCHES = """
+SELECT r.caller, r.idempotency_key, r.id, r.received_at < now() - $3::interval AS expired
+FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
+  ON r.caller = k.caller AND r.idempotency_key = k.key
+"""
+
+
+EXPIRE_KEYS = """
+UPDATE runs r SET idempotency_key = NULL
+FROM unnest($1::text[], $2::text[]) AS k(caller, key)
+WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now() - $3::interval
+"""
+
+
+# The runs are locked first, in key order: concurrent batches (dispatch, completions,
+# cancellations) then always take their row locks in the same order and cannot deadlock,
+# which they did when each UPDATE locked rows in the order its join happened to visit them.
+# Rows are locked in the order of the arrays, which callers sort by key: two batches that
+# share runs then take their locks in the same order and cannot deadlock each other. (A
+# CTE that locks first and a join that updates after is no alternative: when a concurrent
+# writer changes a row in between, PostgreSQL's recheck of the join can drop the row, and
+# a transition that should apply silently does not.)
+TRANSITION = """
+UPDATE runs r SET
+    lifecycle_stage = u.to_stage,
+    result_uri = COALESCE(u.result_uri, r.result_uri),
+    algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
+    algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
+    job_uid = COALESCE(u.job_uid, r.job_uid),
+    shard = COALESCE(u.shard, r.shard),
+    sent_at = COALESCE(u.sent_at, r.sent_at),
+    attempts = r.attempts + u.attempts
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
+     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+          sent_at, attempts)
+WHERE r.algorithm = u.algorithm AND r.id = u.id
+  AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+  AND EXISTS (SELECT 1 FROM run_transitions t
+              WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+RETURNING r.algorithm, r.id
+"""
+
+
+COLUMNS = """
+algorithm, id, lifecycle_stage, caller, received_by_host, received_at, last_modified,
+applied_configuration, payload_valid_for, payload_uri, payload_inline IS NOT NULL AS has_inline,
+result_uri, algorithm_failure_cause, algorithm_failure_details, sent_at,
+configuration_overrides, content_hash, tag, api_version, job_uid, parent, shard, attempts,
+idempotency_key
+"""
+
+
+RESULT_COLUMNS = (
+    "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause, algorithm_failure_details"
+)
+
+
+# The literal IN (...) lets the planner use the partial index runs_unfinished_by_age also
+# under a generic plan of the prepared statement, where $1 alone proves nothing.
+SWEEP_PAGE = """
+SELECT algorithm, id, lifecycle_stage, received_at, last_modified, sent_at,
+       COALESCE(shard, applied_configuration->>'shard') AS shard,
+       (applied_configuration->>'deadlineSeconds')::float8 AS deadline_seconds,
+       attempts, job_uid, payload_uri, payload_inline IS NOT NULL AS has_inline
+FROM runs
+WHERE lifecycle_stage = $1 AND lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
+  AND last_modified < now() - $2::interval
+  AND (last_modified, algorithm, id) > ($3::timestamptz, $4::text, $5::uuid)
+ORDER BY lifecycle_stage, last_modified, algorithm, id
+LIMIT $6
+"""
+
+
+# Candidates are read from the statement's snapshot; those another transaction has locked
+# are skipped (SKIP LOCKED) and come back with applied = false, to be tried again. Rows not
+# among the candidates were refused by their stage and are not returned.
+TRANSITION_SKIP_LOCKED = """
+WITH u AS (
+    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                         $11::int[])
+        AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+             sent_at, attempts)
+), candidates AS (
+    SELECT r.algorithm, r.id FROM runs r JOIN u ON r.algorithm = u.algorithm AND r.id = u.id
+    WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+      AND EXISTS (SELECT 1 FROM run_transitions t
+                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+), locked AS (
+    SELECT r.algorithm, r.id FROM runs r JOIN candidates c
+        ON r.algorithm = c.algorithm AND r.id = c.id
+    FOR UPDATE OF r SKIP LOCKED
+), updated AS (
+    UPDATE runs r SET
+        lifecycle_stage = u.to_stage,
+        result_uri = COALESCE(u.result_uri, r.result_uri),
+        algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
+        algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
+        job_uid = COALESCE(u.job_uid, r.job_uid),
+        shard = COALESCE(u.shard, r.shard),
+        sent_at = COALESCE(u.sent_at, r.sent_at),
+        attempts = r.attempts + u.attempts
+    FROM u, locked l
+    WHERE r.algorithm = l.algorithm AND r.id = l.id
+      AND u.algorithm = r.algorithm AND u.id = r.id
+      AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+      AND EXISTS (SELECT 1 FROM run_transitions t
+                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+    RETURNING r.algorithm, r.id
+)
+SELECT c.algorithm, c.id, (d.id IS NOT NULL) AS applied
+FROM candidates c LEFT JOIN updated d ON d.algorithm = c.algorithm AND d.id = c.id
+"""
+
+
+# received_at is served by the BRIN index: rows arrive in time order.
+EXPIRED_RUNS = f"""
+SELECT algorithm, id, payload_uri, result_uri FROM runs
+WHERE received_at < now() - $1::interval AND lifecycle_stage IN {TERMINAL_STAGES}
+LIMIT $2
+"""
+
+
+DELETE_FINISHED = f"""
+DELETE FROM runs r USING unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
+WHERE r.algorithm = k.algorithm AND r.id = k.id AND r.lifecycle_stage IN {TERMINAL_STAGES}
+RETURNING r.id
+"""
+
+
+CLEAR_KEYS = """
+UPDATE runs SET idempotency_key = NULL
+WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM runs
+    WHERE idempotency_key IS NOT NULL AND received_at < now() - $1::interval
+    LIMIT $2))
+RETURNING id
+"""
