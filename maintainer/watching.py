@@ -58,6 +58,9 @@ from nexus.core.watching import follow
 
 log = logging.getLogger(__name__)
 
+FAILED_CREATE = "reason=FailedCreate"
+"""The only Events the maintainer acts on, selected by the API server."""
+
 RECONNECTS = Counter(
     "nexus_maintainer_watch_reconnects_total",
     "Watches of a shard that failed and were reconnected, by shard and resource.",
@@ -104,10 +107,12 @@ class ShardWatch:
         CONNECTED.labels(self.shard).set(0)
         try:
             async with asyncio.TaskGroup() as group:
-                for resource, on_sync, on_event, selector in (
-                    (JOBS, self._sync_jobs, self._on_job, ALGORITHM_RUN_SELECTOR),
-                    (PODS, self._sync(self._on_pod), self._on_pod, ALGORITHM_RUN_SELECTOR),
-                    (EVENTS, self._sync(self._on_event), self._on_event, None),
+                # Of all Events only FailedCreate matters here; the API server filters, so
+                # the many Normal events of every run never reach (or cost) this process.
+                for resource, on_sync, on_event, selector, fields in (
+                    (JOBS, self._sync_jobs, self._on_job, ALGORITHM_RUN_SELECTOR, None),
+                    (PODS, self._sync(self._on_pod), self._on_pod, ALGORITHM_RUN_SELECTOR, None),
+                    (EVENTS, self._sync(self._on_event), self._on_event, None, FAILED_CREATE),
                 ):
                     group.create_task(
                         follow(
@@ -117,6 +122,7 @@ class ShardWatch:
                             on_event=on_event,
                             stopping=stopping,
                             label_selector=selector,
+                            field_selector=fields,
                             watch_timeout=self.section.watch_timeout,
                             max_backoff=self.section.watch_max_backoff,
                             on_connected=self._connected(resource.plural),

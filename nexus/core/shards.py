@@ -301,6 +301,7 @@ class ShardClient:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         timeout_seconds: int = 300,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Changes after ``resource_version`` until the server ends the watch.
@@ -315,6 +316,8 @@ class ShardClient:
         ]
         if label_selector:
             query.append(("labelSelector", label_selector))
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self._timeout.total, sock_read=timeout_seconds + 30
         )

@@ -58,6 +58,7 @@ async def follow(
     stopping: asyncio.Event,
     namespace: str | None = None,
     label_selector: str | None = None,
+    field_selector: str | None = None,
     watch_timeout: int = 300,
     max_backoff: float = 30.0,
     on_connected: Callable[[bool], None] | None = None,
@@ -78,6 +79,7 @@ async def follow(
             start,
             namespace=namespace,
             label_selector=label_selector,
+            field_selector=field_selector,
             timeout_seconds=watch_timeout,
         )
         async with contextlib.aclosing(stream):  # closes the response if on_event raises
@@ -96,7 +98,10 @@ async def follow(
         nonlocal version, idle
         if version is None:
             listing = await client.list_all(
-                resource, namespace=namespace, label_selector=label_selector
+                resource,
+                namespace=namespace,
+                label_selector=label_selector,
+                field_selector=field_selector,
             )
             await on_sync(listing.items)
             version = listing.resource_version
