@@ -22,11 +22,20 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
 import redis
-from harness import S3Bucket, TestDatabases, bucket_name, describe_tasks, leaked_tasks, unique_name
+from harness import (
+    S3Bucket,
+    Servers,
+    TestDatabases,
+    bucket_name,
+    describe_tasks,
+    leaked_tasks,
+    unique_name,
+)
 
 from nexus.core.localservices import LocalPostgres, LocalRedis, LocalS3, LocalServices
 
@@ -124,6 +133,14 @@ def s3(local_services: LocalServices, request: pytest.FixtureRequest) -> Iterato
 
 
 # -- private servers for fault tests ----------------------------------------------------
+
+
+@pytest.fixture
+def servers(
+    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+) -> Servers:
+    """The test's own directory, database, Redis key prefix and bucket, together."""
+    return Servers(tmp_path, postgres_dsn, redis_url, redis_prefix, s3)
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from nexus.core import sigv4
@@ -135,6 +136,18 @@ class S3Bucket:
         answer = self.info.call("DELETE", self.bucket)
         if answer.status not in (200, 204, 404):
             _expect(answer, 204, f"delete bucket {self.bucket}")
+
+
+@dataclass(frozen=True)
+class Servers:
+    """What a test's system runs on: its own directory, database, key prefix and bucket
+    (the ``servers`` fixture)."""
+
+    tmp_path: Path
+    postgres_dsn: str
+    redis_url: str
+    redis_prefix: str
+    s3: S3Bucket
 
 
 def bucket_name(test_name: str) -> str:

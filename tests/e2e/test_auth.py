@@ -17,14 +17,13 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import jwt
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from harness import S3Bucket
+from harness import Servers
 from support.system import (
     OTHER_TOKEN,
     SIGNING_KEY,
@@ -97,19 +96,11 @@ def handmade(header: dict[str, Any], secret: bytes | None, **changes: Any) -> st
 
 @asynccontextmanager
 async def running(
-    tmp_path: Path,
-    postgres_dsn: str,
-    redis_url: str,
-    redis_prefix: str,
-    s3: S3Bucket,
+    servers: Servers,
     **options: Any,
 ) -> AsyncIterator[System]:
     async with local_system(
-        tmp_path,
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        s3=s3,
+        servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("echo", inline=False), template("other", inline=False)],
         **options,
@@ -159,9 +150,7 @@ async def accepted(system: System, case: str, authorization: str, algorithm: str
 # -- scheduler ---------------------------------------------------------------------------
 
 
-async def test_scheduler_refuses_missing_and_bad_credentials(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_scheduler_refuses_missing_and_bad_credentials(servers: Servers) -> None:
     auth = {"jwt_hs256_secret": HS_SECRET, "jwt_rs256_public_key": RSA_PUBLIC, "jwt_issuer": ISSUER}
     past = int(time.time()) - 3600
     refused = [
@@ -187,7 +176,7 @@ async def test_scheduler_refuses_missing_and_bad_credentials(
         ("alg none", f"Bearer {handmade({'alg': 'none', 'typ': 'JWT'}, None)}", "none"),
         ("alg HS512", f"Bearer {jwt.encode(claims(), HS_SECRET * 2, algorithm='HS512')}", "HS512"),
     ]  # fmt: skip
-    async with running(tmp_path, postgres_dsn, redis_url, redis_prefix, s3, auth=auth) as system:
+    async with running(servers, auth=auth) as system:
         for case, authorization, names in refused:
             await expect_refused(system, case, 401, names, authorization=authorization)
 
@@ -254,12 +243,10 @@ async def test_scheduler_refuses_missing_and_bad_credentials(
                 assert status == 200, (path, authorization, status, body)
 
 
-async def test_scheduler_with_only_rs256_refuses_hs256(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_scheduler_with_only_rs256_refuses_hs256(servers: Servers) -> None:
     auth = {"jwt_rs256_public_key": RSA_PUBLIC, "jwt_issuer": ISSUER}
     confused = handmade({"alg": "HS256", "typ": "JWT"}, RSA_PUBLIC.encode())
-    async with running(tmp_path, postgres_dsn, redis_url, redis_prefix, s3, auth=auth) as system:
+    async with running(servers, auth=auth) as system:
         await accepted(system, "RS256", f"Bearer {rs256()}")
         await expect_refused(system, "HS256", 401, "HS256", authorization=f"Bearer {hs256()}")
         await expect_refused(
@@ -320,10 +307,8 @@ async def run_state(system: System, algorithm: str, request_id: str) -> dict[str
     return {k: body[k] for k in keep}
 
 
-async def test_receiver_accepts_only_the_runs_own_token(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with running(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as system:
+async def test_receiver_accepts_only_the_runs_own_token(servers: Servers) -> None:
+    async with running(servers) as system:
         first, second = await system.submit("echo"), await system.submit("echo")
         other = await system.submit("other")
         before = await run_state(system, "echo", first)
@@ -426,15 +411,9 @@ async def test_receiver_accepts_only_the_runs_own_token(
         assert stored.endswith(f"results/algorithm=echo/{third}"), stored
 
 
-async def test_receiver_admits_tokenless_completions_only_when_configured(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_receiver_admits_tokenless_completions_only_when_configured(servers: Servers) -> None:
     async with running(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+        servers,
         receiver=ReceiverSection(allow_tokenless_completions=True),
     ) as system:
         first, second = await system.submit("echo"), await system.submit("echo")

@@ -19,11 +19,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
-from harness import S3Bucket
+from harness import Servers
 from support.system import TOKEN, System, local_system, send_raw, template
 
 from nexus.devcluster.shards import ShardSpec
@@ -99,15 +98,9 @@ class Checker:
 
 
 @asynccontextmanager
-async def checker(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> AsyncIterator[Checker]:
+async def checker(servers: Servers) -> AsyncIterator[Checker]:
     async with local_system(
-        tmp_path,
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        s3=s3,
+        servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("echo", inline=False), template("other", inline=False)],
         workgroups=[("default", "shard-0"), ("second", "shard-0"), ("elsewhere", "shard-9")],
@@ -123,9 +116,7 @@ def overrides(**configuration: Any) -> dict[str, Any]:
     return run_with(customConfiguration=configuration)
 
 
-async def test_bodies_that_are_not_run_requests(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_bodies_that_are_not_run_requests(servers: Servers) -> None:
     cases = [
         Case("malformed JSON", "not valid JSON", data=b'{"algorithmParameters": {', code="malformed_json"),
         Case("trailing garbage", "not valid JSON", data=b'{"algorithmParameters": {}} x'),
@@ -149,7 +140,7 @@ async def test_bodies_that_are_not_run_requests(
         Case("nested too deep", "not valid JSON", data=b'{"algorithmParameters": {"a": ' + b"[" * 2000 + b"]" * 2000 + b"}}"),
         Case("number beyond a double", "not valid JSON", data=b'{"algorithmParameters": {"a": 1e400}}'),
     ]  # fmt: skip
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+    async with checker(servers) as check:
         for case in cases:
             await check.refused(case)
         # ``null`` for an optional field means absent
@@ -164,9 +155,7 @@ async def test_bodies_that_are_not_run_requests(
         assert status == 202, (status, body)
 
 
-async def test_overrides_are_validated_and_older_names_accepted(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_overrides_are_validated_and_older_names_accepted(servers: Servers) -> None:
     cases = [
         Case("unknown override", "customConfiguration.colour", json=overrides(colour="red"), code="invalid_configuration"),
         Case("bad cpuLimit", "customConfiguration.cpuLimit", json=overrides(cpuLimit="lots")),
@@ -188,7 +177,7 @@ async def test_overrides_are_validated_and_older_names_accepted(
         Case("NUL in an override's name", "customConfiguration.", json=overrides(**{"cpu\u0000Limit": "1"})),
         Case("NUL in a resource quantity", "customConfiguration.customResources", json=overrides(customResources={"nvidia.com/gpu": "1\u0000"})),
     ]  # fmt: skip
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+    async with checker(servers) as check:
         for case in cases:
             await check.refused(case)
 
@@ -219,10 +208,8 @@ async def test_overrides_are_validated_and_older_names_accepted(
         assert answer["configurationOverrides"] == {"versionTag": "3.1"}, answer
 
 
-async def test_run_options_are_validated(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+async def test_run_options_are_validated(servers: Servers) -> None:
+    async with checker(servers) as check:
         parent = await check.system.submit("echo")
         cases = [
             Case("payloadValidFor soon", "payloadValidFor", json=run_with(payloadValidFor="soon")),
@@ -276,12 +263,10 @@ async def test_run_options_are_validated(
         assert answer["parent"] == {"requestId": parent, "algorithmName": "echo"}, answer
 
 
-async def test_nul_characters_in_parameters_are_kept(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_nul_characters_in_parameters_are_kept(servers: Servers) -> None:
     """PostgreSQL's jsonb refuses U+0000; the input is kept as bytes, so it round-trips."""
     parameters = {"text": "a\u0000b", "k\u0000ey": ["\u0000"]}
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+    async with checker(servers) as check:
         request_id = await check.system.submit("echo", {"algorithmParameters": parameters})
         status, _, headers = await check.system.call(
             "GET", f"/algorithm/v1.2/payload/echo/requests/{request_id}"
@@ -293,9 +278,7 @@ async def test_nul_characters_in_parameters_are_kept(
         await check.healthy("NUL in algorithmParameters")
 
 
-async def test_bodies_over_the_size_limit_get_413(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_bodies_over_the_size_limit_get_413(servers: Servers) -> None:
     def padded(size: int) -> bytes:
         frame = b'{"algorithmParameters": {"pad": ""}}'
         body = frame.replace(b'""', b'"' + b"p" * (size - len(frame)) + b'"')
@@ -307,7 +290,7 @@ async def test_bodies_over_the_size_limit_get_413(
             yield body[start : start + 64 * 1024]
 
     too_large = "larger than this server accepts"
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+    async with checker(servers) as check:
         await check.refused(Case("one byte over", too_large, data=padded(MAX_BODY + 1), status=413))
         # a client that stops sending once it has its 413 leaves aiohttp's server lingering
         # (up to 10 s) for the rest of the body, even after the connection is gone: this
@@ -345,9 +328,7 @@ async def test_bodies_over_the_size_limit_get_413(
         assert status == 202, (status, body)
 
 
-async def test_bad_names_and_ids_in_paths(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_bad_names_and_ids_in_paths(servers: Servers) -> None:
     base = "/algorithm/v1.2"
     names = {
         "upper case": "Echo",
@@ -370,7 +351,7 @@ async def test_bad_names_and_ids_in_paths(
         "trailing newline": f"{uuid.uuid4()}%0A",
         "too long": "a" * 5000,
     }
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+    async with checker(servers) as check:
         await check.refused(
             Case("unknown algorithm", "'nosuch'", json=VALID, path=f"{base}/run/nosuch", status=404, code="unknown_algorithm")
         )  # fmt: skip
@@ -437,10 +418,8 @@ async def expect_4xx(check: Checker, name: str, method: str, path: str) -> None:
     assert status == 200, f"after {name}: {status} {body!r}"
 
 
-async def test_bad_cancellations_change_nothing(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with checker(tmp_path, postgres_dsn, redis_url, redis_prefix, s3) as check:
+async def test_bad_cancellations_change_nothing(servers: Servers) -> None:
+    async with checker(servers) as check:
         request_id = await check.system.submit("echo")
         path = f"/algorithm/v1.2/cancel/echo/requests/{request_id}"
         cases = [

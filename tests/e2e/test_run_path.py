@@ -6,13 +6,12 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import pytest
-from harness import S3Bucket
+from harness import Servers
 from prometheus_client import REGISTRY
 from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template
 
@@ -26,15 +25,9 @@ from nexus.scheduler.api import SCHEDULER
 
 
 @pytest.mark.parametrize("mode", ["simulated", "process"])
-async def test_echo_completes_and_its_result_is_its_parameters(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket, mode: str
-) -> None:
+async def test_echo_completes_and_its_result_is_its_parameters(servers: Servers, mode: str) -> None:
     async with local_system(
-        tmp_path,
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        s3=s3,
+        servers,
         shards=[ShardSpec(name="shard-0", mode=mode)],  # type: ignore[arg-type]
         templates=[template("echo")],
     ) as system:
@@ -53,24 +46,6 @@ async def test_echo_completes_and_its_result_is_its_parameters(
 MAYBE_FAIL = ("python", "-m", "nexus.algorithm.examples", "maybe-fail")
 
 
-def system_for(
-    tmp_path: Path,
-    postgres_dsn: str,
-    redis_url: str,
-    redis_prefix: str,
-    s3: S3Bucket,
-    **options: Any,
-) -> Any:
-    return local_system(
-        tmp_path,
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        s3=s3,
-        **options,
-    )
-
-
 def job_of(system: System, shard: str, request_id: str) -> dict[str, Any] | None:
     stored = system.cluster[shard].store.get("jobs", NAMESPACE, request_id)
     return None if stored is None else dict(stored)
@@ -79,15 +54,9 @@ def job_of(system: System, shard: str, request_id: str) -> dict[str, Any] | None
 # -- failures, cancellation ------------------------------------------------------------------
 
 
-async def test_a_failing_run_reports_its_cause(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_a_failing_run_reports_its_cause(servers: Servers) -> None:
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-0", mode="process")],
         templates=[template("maybe-fail", command=MAYBE_FAIL)],
     ) as system:
@@ -100,16 +69,10 @@ async def test_a_failing_run_reports_its_cause(
         assert answer["resultUri"] is None
 
 
-async def test_cancel_before_dispatch_never_creates_the_job(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_cancel_before_dispatch_never_creates_the_job(servers: Servers) -> None:
     # one creation every 10 s: the first run takes the only token, the others wait queued
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("echo")],
         create_rate={"shard-0": 0.1},
@@ -144,15 +107,9 @@ async def test_cancel_before_dispatch_never_creates_the_job(
             assert (await response.json())["error"] == "conflict"
 
 
-async def test_cancel_after_dispatch_deletes_the_job(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_cancel_after_dispatch_deletes_the_job(servers: Servers) -> None:
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-0", mode="process")],
         templates=[template("maybe-fail", command=MAYBE_FAIL)],
     ) as system:
@@ -181,12 +138,8 @@ async def test_cancel_after_dispatch_deletes_the_job(
 # -- tags, idempotency, parents ----------------------------------------------------------------
 
 
-async def test_results_by_tag_and_idempotency(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path, postgres_dsn, redis_url, redis_prefix, s3, templates=[template("echo")]
-    ) as system:
+async def test_results_by_tag_and_idempotency(servers: Servers) -> None:
+    async with local_system(servers, templates=[template("echo")]) as system:
         tagged = {
             await system.submit("echo", {"algorithmParameters": {"i": i}, "tag": "batch-7"})
             for i in range(3)
@@ -216,15 +169,9 @@ async def test_results_by_tag_and_idempotency(
         assert different != first
 
 
-async def test_a_child_run_is_owned_by_its_parent_job(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_a_child_run_is_owned_by_its_parent_job(servers: Servers) -> None:
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-0", mode="process")],
         templates=[template("maybe-fail", command=MAYBE_FAIL), template("echo")],
     ) as system:
@@ -263,15 +210,9 @@ async def test_a_child_run_is_owned_by_its_parent_job(
 # -- shards, throttling, scheduler pods --------------------------------------------------------
 
 
-async def test_runs_land_on_the_shard_of_their_workgroup(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_runs_land_on_the_shard_of_their_workgroup(servers: Servers) -> None:
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-a"), ShardSpec(name="shard-b")],
         workgroups=[("group-a", "shard-a"), ("group-b", "shard-b")],
         templates=[
@@ -294,17 +235,11 @@ async def test_runs_land_on_the_shard_of_their_workgroup(
         assert metadata["appliedConfiguration"]["workgroup"] == "group-b"
 
 
-async def test_a_throttled_shard_slows_down_and_every_run_completes(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_a_throttled_shard_slows_down_and_every_run_completes(servers: Servers) -> None:
     # The API server takes 20 creations a second; the scheduler was told 200: it meets 429s.
     limited = ShardSpec(name="shard-0", limits=Limits(mutating_rate=20, mutating_burst=5))
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+    async with local_system(
+        servers,
         shards=[limited],
         templates=[template("echo")],
         create_rate={"shard-0": 200},
@@ -321,15 +256,9 @@ async def test_a_throttled_shard_slows_down_and_every_run_completes(
         assert all(job_of(system, "shard-0", i) for i in ids)
 
 
-async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(servers: Servers) -> None:
+    async with local_system(
+        servers,
         schedulers=2,
         templates=[template("echo")],
         create_rate={"shard-0": 40},
@@ -352,15 +281,9 @@ async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(
 # -- links -------------------------------------------------------------------------------------
 
 
-async def test_input_links_are_refused_once_altered_or_expired(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_input_links_are_refused_once_altered_or_expired(servers: Servers) -> None:
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("inline"), template("stored", inline=False)],
     ) as system:
@@ -390,8 +313,10 @@ async def test_input_links_are_refused_once_altered_or_expired(
         # an expired presigned S3 URL
         stored = await system.submit("stored", {"algorithmParameters": parameters})
         key = f"inputs/algorithm=stored/{stored}"
-        expired = sigv4.Signer(s3.access_key_id, s3.secret_access_key, s3.region).presign(
-            "GET", s3.url(key), expires_in=60, now=datetime.now(UTC) - timedelta(hours=1)
+        expired = sigv4.Signer(
+            servers.s3.access_key_id, servers.s3.secret_access_key, servers.s3.region
+        ).presign(
+            "GET", servers.s3.url(key), expires_in=60, now=datetime.now(UTC) - timedelta(hours=1)
         )
         async with system.session.get(expired) as response:
             assert response.status == 403
@@ -411,15 +336,9 @@ def _altered(url: str) -> list[str]:
     return [urlunsplit(parts._replace(query=urlencode(q))) for q in changed]
 
 
-async def test_metadata_shows_the_queue_position_while_queued(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path,
-        postgres_dsn,
-        redis_url,
-        redis_prefix,
-        s3,
+async def test_metadata_shows_the_queue_position_while_queued(servers: Servers) -> None:
+    async with local_system(
+        servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("echo")],
         create_rate={"shard-0": 0.1},
@@ -440,12 +359,8 @@ async def test_metadata_shows_the_queue_position_while_queued(
         assert ranked == sorted(ranked) and len(ranked) >= 2
 
 
-async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
-    async with system_for(
-        tmp_path, postgres_dsn, redis_url, redis_prefix, s3, templates=[template("echo")]
-    ) as system:
+async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: Servers) -> None:
+    async with local_system(servers, templates=[template("echo")]) as system:
         scheduler = system.schedulers[0]
         state = scheduler.app[SCHEDULER]
         broken = NewRun(

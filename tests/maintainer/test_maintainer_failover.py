@@ -6,9 +6,8 @@ import asyncio
 import time
 from collections import Counter
 from datetime import datetime
-from pathlib import Path
 
-from harness import S3Bucket
+from harness import Servers
 from maintaining import (
     environment,
     faulty,
@@ -31,15 +30,11 @@ QUICK = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:
 
 
 async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+    servers: Servers,
 ) -> None:
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[QUICK],
             templates=[template("echo")],
             create_rate={"shard-0": 300},
@@ -53,7 +48,9 @@ async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none
             system, "doomed", port, heartbeat_ttl=1.5, public_url=system.schedulers[0].url
         )
         with processes() as children:
-            doomed = spawn("scheduler", environment(sections), tmp_path / "doomed.log", port)
+            doomed = spawn(
+                "scheduler", environment(sections), servers.tmp_path / "doomed.log", port
+            )
             children.append(doomed)
             await wait_ready(system.session, doomed)
             gate = asyncio.Semaphore(48)
@@ -65,27 +62,23 @@ async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none
                     )
 
             ids = await asyncio.gather(*(submit(i) for i in range(2500)))
-            before = await stage_counts(postgres_dsn)
+            before = await stage_counts(servers.postgres_dsn)
             doomed.kill()  # SIGKILL: no hand-over; its queue and in-flight set stay in Redis
         assert before.get("BUFFERED", 0) >= 500, before  # most are still queued
 
         async def all_completed() -> bool:
-            return (await stage_counts(postgres_dsn)).get("COMPLETED", 0) == len(ids)
+            return (await stage_counts(servers.postgres_dsn)).get("COMPLETED", 0) == len(ids)
 
-        await wait_until(all_completed, 60, "every run COMPLETED", postgres_dsn)
-        assert await stage_counts(postgres_dsn) == {"COMPLETED": len(ids)}
+        await wait_until(all_completed, 60, "every run COMPLETED", servers.postgres_dsn)
+        assert await stage_counts(servers.postgres_dsn) == {"COMPLETED": len(ids)}
 
 
 async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+    servers: Servers,
 ) -> None:
     templates = [faulty(template("silent"), "silent"), faulty(template("oom"), "oom")]
     async with local_system(
-        tmp_path,
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        s3=s3,
+        servers,
         shards=[QUICK],
         templates=templates,
     ) as system:
@@ -95,7 +88,7 @@ async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
             for name in ("first", "second"):
                 port = free_port()
                 env = environment(maintainer_sections(system, name, lease_ttl=lease))
-                children.append(spawn("maintainer", env, tmp_path / f"{name}.log", port))
+                children.append(spawn("maintainer", env, servers.tmp_path / f"{name}.log", port))
                 await wait_ready(system.session, children[-1])
                 started[name] = children[-1]
                 if name == "first":
@@ -110,9 +103,11 @@ async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
                 await asyncio.sleep(0.05)
 
             async def all_finished() -> bool:
-                return set(await stage_counts(postgres_dsn)) <= {"FAILED"}
+                return set(await stage_counts(servers.postgres_dsn)) <= {"FAILED"}
 
-            await wait_until(all_finished, 30, "every run FAILED by a maintainer", postgres_dsn)
+            await wait_until(
+                all_finished, 30, "every run FAILED by a maintainer", servers.postgres_dsn
+            )
             took_over = next(
                 datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp()
                 for line in second.lines()

@@ -6,9 +6,8 @@ import asyncio
 import time
 import uuid
 from dataclasses import replace
-from pathlib import Path
 
-from harness import S3Bucket
+from harness import Servers
 from maintaining import (
     Proxy,
     delete_job,
@@ -41,15 +40,11 @@ async def statuses(system: System, runs: dict[str, str]) -> dict[str, str]:
 
 
 async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_gap(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+    servers: Servers,
 ) -> None:
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[SLOW, FAST],
             workgroups=[("default", "shard-slow"), ("fast", "shard-fast")],
             templates=[
@@ -89,16 +84,10 @@ async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_g
             assert waited >= GRACE - 0.1, (algorithm, waited)
 
 
-async def test_a_shard_unreachable_for_a_while_then_back(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_a_shard_unreachable_for_a_while_then_back(servers: Servers) -> None:
     shard = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:5"))
     async with local_system(
-        tmp_path,
-        postgres_dsn=postgres_dsn,
-        redis_url=redis_url,
-        redis_prefix=redis_prefix,
-        s3=s3,
+        servers,
         shards=[shard],
         templates=[template("echo"), faulty(template("hang"), "hang")],
     ) as system:
@@ -106,7 +95,7 @@ async def test_a_shard_unreachable_for_a_while_then_back(
         await proxy.start()
         try:
             kubeconfigs = proxied_kubeconfigs(
-                system, tmp_path / "through-proxy", {"shard-0": proxy}
+                system, servers.tmp_path / "through-proxy", {"shard-0": proxy}
             )
             settings = settings_for(system, kubeconfigs)
             async with running_maintainer(settings) as running:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
-from harness import S3Bucket
+from harness import Servers
 from maintaining import (
     create_job,
     delete_job,
@@ -54,9 +53,7 @@ async def metadata(system: System, algorithm: str, request_id: str) -> dict[str,
     return dict(body)
 
 
-async def test_each_kubernetes_signal_ends_its_run_with_its_cause(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_each_kubernetes_signal_ends_its_run_with_its_cause(servers: Servers) -> None:
     templates = [
         template("echo"),
         faulty(template("oom"), "oom"),
@@ -68,11 +65,7 @@ async def test_each_kubernetes_signal_ends_its_run_with_its_cause(
     ]
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[SIMULATED],
             templates=templates,
         ) as system,
@@ -102,18 +95,12 @@ async def test_each_kubernetes_signal_ends_its_run_with_its_cause(
         await wait_until(lambda: job_of(system, "shard-0", ids["image"]) is None, what="job gone")
 
 
-async def test_exit_codes_fail_runs_when_the_job_gives_up(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_exit_codes_fail_runs_when_the_job_gives_up(servers: Servers) -> None:
     fatal = template("fatal", command=MAYBE_FAIL, retries=3, workgroup="processes")
     fatal["spec"]["errorHandlingBehaviour"] = {"transientExitCodes": [], "fatalExitCodes": [3]}
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[SIMULATED, PROCESSES],
             workgroups=[("default", "shard-0"), ("processes", "shard-p")],
             templates=[template("crash", command=MAYBE_FAIL, workgroup="processes"), fatal],
@@ -139,15 +126,11 @@ async def test_exit_codes_fail_runs_when_the_job_gives_up(
 
 
 async def test_lost_jobs_failed_creates_and_pods_started_behind_the_scheduler(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+    servers: Servers,
 ) -> None:
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[SIMULATED],
             templates=[faulty(template("hang"), "hang")],
         ) as system,

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import redis.asyncio as aioredis
-from harness import S3Bucket
+from harness import Servers
 from maintaining import (
     create_job,
     open_payloads,
@@ -35,16 +34,12 @@ def actions(action: str, shard: str = "shard-0") -> float:
 
 
 async def test_redis_flushed_under_load_every_buffered_run_is_queued_again_and_completes(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+    servers: Servers,
 ) -> None:
     shard = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:0.01"))
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[shard],
             templates=[template("echo")],
             create_rate={"shard-0": 150},
@@ -55,9 +50,9 @@ async def test_redis_flushed_under_load_every_buffered_run_is_queued_again_and_c
         ids = await asyncio.gather(
             *(system.submit("echo", {"algorithmParameters": {"i": i}}) for i in range(600))
         )
-        client = aioredis.Redis.from_url(redis_url)
+        client = aioredis.Redis.from_url(servers.redis_url)
         try:  # everything of this deployment: queues, in-flight sets, heartbeats, throttle
-            keys = [k async for k in client.scan_iter(match=f"{redis_prefix}*", count=1000)]
+            keys = [k async for k in client.scan_iter(match=f"{servers.redis_prefix}*", count=1000)]
             assert keys
             await client.delete(*keys)
         finally:
@@ -67,16 +62,10 @@ async def test_redis_flushed_under_load_every_buffered_run_is_queued_again_and_c
         assert actions("requeued") > requeued
 
 
-async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(servers: Servers) -> None:
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             templates=[template("echo")],
         ) as system,
         running_maintainer(settings_for(system)),
@@ -101,8 +90,10 @@ async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(
         inline = await stuck(payload_inline=b'{"a": 1}')
         async with open_payloads(system) as payloads:
             await payloads.put("inputs/algorithm=echo/kept", b'{"b": 2}')
-        stored = await stuck(payload_uri=f"s3://{s3.bucket}/inputs/algorithm=echo/kept")
-        lost = await stuck(payload_uri=f"s3://{s3.bucket}/inputs/algorithm=echo/never-written")
+        stored = await stuck(payload_uri=f"s3://{servers.s3.bucket}/inputs/algorithm=echo/kept")
+        lost = await stuck(
+            payload_uri=f"s3://{servers.s3.bucket}/inputs/algorithm=echo/never-written"
+        )
         assert (await system.wait_for("echo", inline, timeout=15))["status"] == "COMPLETED"
         assert (await system.wait_for("echo", stored, timeout=15))["status"] == "COMPLETED"
         answer = await system.wait_for("echo", lost, timeout=15)
@@ -110,16 +101,10 @@ async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(
         assert answer["runErrorMessage"] == "SubmissionLost: submission lost, please resend"
 
 
-async def test_runs_past_deadlines_no_job_enforces(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
-) -> None:
+async def test_runs_past_deadlines_no_job_enforces(servers: Servers) -> None:
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[ShardSpec(name="shard-0", mode="off")],
             templates=[template("echo")],
             create_rate={"shard-0": 0.1},
@@ -162,15 +147,11 @@ async def test_runs_past_deadlines_no_job_enforces(
 
 
 async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_old_keys(
-    tmp_path: Path, postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket
+    servers: Servers,
 ) -> None:
     async with (
         local_system(
-            tmp_path,
-            postgres_dsn=postgres_dsn,
-            redis_url=redis_url,
-            redis_prefix=redis_prefix,
-            s3=s3,
+            servers,
             shards=[ShardSpec(name="shard-0", mode="off")],
             templates=[template("echo")],
         ) as system,
@@ -187,15 +168,15 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
                     algorithm="echo", id=run_id, stage=Stage.BUFFERED, caller="tester",
                     received_by_host="h", applied_configuration={"shard": "shard-0"},
                     payload_valid_for=timedelta(hours=1), idempotency_key=f"key-{name}",
-                    payload_uri=f"s3://{s3.bucket}/inputs/algorithm=echo/{run_id}",
+                    payload_uri=f"s3://{servers.s3.bucket}/inputs/algorithm=echo/{run_id}",
                 )
             )  # fmt: skip
             if finished:
-                result = f"s3://{s3.bucket}/results/algorithm=echo/{run_id}"
+                result = f"s3://{servers.s3.bucket}/results/algorithm=echo/{run_id}"
                 assert await store.transition(
                     Transition("echo", run_id, Stage.COMPLETED, result_uri=result)
                 )
-        conn = await asyncpg.connect(postgres_dsn)
+        conn = await asyncpg.connect(servers.postgres_dsn)
         try:
             await conn.execute(
                 "UPDATE runs SET received_at = now() - interval '3 days' WHERE id = ANY($1)",

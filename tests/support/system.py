@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 import yarl
 from aiohttp import web
-from harness import S3Bucket
+from harness import S3Bucket, Servers
 from multidict import CIMultiDictProxy
 
 from nexus.core.config import (
@@ -364,12 +364,8 @@ async def _serve_scheduler(settings: SchedulerSettings) -> SchedulerProcess:
 
 @contextlib.asynccontextmanager
 async def local_system(
-    tmp_path: Path,
+    servers: Servers,
     *,
-    postgres_dsn: str,
-    redis_url: str,
-    redis_prefix: str,
-    s3: S3Bucket,
     shards: Sequence[ShardSpec] = (ShardSpec(name="shard-0", mode="simulated"),),
     schedulers: int = 1,
     templates: Sequence[dict[str, Any]] = (),
@@ -381,6 +377,8 @@ async def local_system(
 ) -> AsyncIterator[System]:
     """The whole system; ``auth`` adds settings (JWT keys, issuer…) to the schedulers'
     :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``."""
+    tmp_path, postgres_dsn, s3 = servers.tmp_path, servers.postgres_dsn, servers.s3
+    redis_url, redis_prefix = servers.redis_url, servers.redis_prefix
     kubeconfigs = tmp_path / "shards"
     async with contextlib.AsyncExitStack() as stack:
         cluster = DevCluster(list(shards), kubeconfigs)
