@@ -4,6 +4,7 @@ SQL under concurrent writers, group commit with read-your-writes, idempotency ke
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -13,7 +14,8 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from nexus.core.checkpoints import CheckpointStore, apply_migrations, migrations
+from nexus.core import statements as sql
+from nexus.core.checkpoints import PLAN_SETTINGS, CheckpointStore, apply_migrations, migrations
 from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected
 from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
@@ -89,10 +91,44 @@ async def test_sql_transition_table_matches_the_model(postgres_dsn: str) -> None
     try:
         rows = await conn.fetch("SELECT from_stage, to_stage FROM run_transitions")
         terminal = await conn.fetch("SELECT stage FROM run_stages WHERE terminal")
+        stages = await conn.fetch("SELECT stage FROM run_stages")
+        check = await conn.fetchval(
+            "SELECT pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conname = 'runs_lifecycle_stage_known'"
+        )
+        with pytest.raises(asyncpg.CheckViolationError):
+            await conn.execute(
+                "INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,"
+                " applied_configuration, payload_valid_for, api_version)"
+                " VALUES ('echo', gen_random_uuid(), 'LOST', 'c', 'h', '{}', '1 hour', 'v1.2')"
+            )
     finally:
         await conn.close()
     assert {(Stage(r["from_stage"]), Stage(r["to_stage"])) for r in rows} == ALLOWED
     assert {Stage(r["stage"]) for r in terminal} == TERMINAL
+    assert {Stage(r["stage"]) for r in stages} == set(Stage)
+    assert set(re.findall(r"'([A-Z_]+)'", check)) == {stage.value for stage in Stage}
+
+
+@pytest.mark.parametrize(
+    "name", ["TRANSITION", "TRANSITION_SKIP_LOCKED", "IDEMPOTENT_MATCHES", "DELETE_FINISHED"]
+)
+async def test_statements_joining_keys_probe_runs_by_key_even_on_an_empty_table(
+    postgres_dsn: str, name: str
+) -> None:
+    """Each statement is planned once per connection, often while the table is empty; the
+    plan made then must still look runs up by key when the table holds millions."""
+    statement = getattr(sql, name)
+    parameters = max(int(n) for n in re.findall(r"\$(\d+)", statement))
+    conn = await asyncpg.connect(postgres_dsn, server_settings=PLAN_SETTINGS)
+    try:
+        await conn.execute(f"PREPARE probe AS {statement}")
+        rows = await conn.fetch(f"EXPLAIN EXECUTE probe({', '.join(['NULL'] * parameters)})")
+    finally:
+        await conn.close()
+    plan = "\n".join(row[0] for row in rows)
+    assert "Seq Scan on runs" not in plan and "Hash" not in plan, plan
+    assert re.search(r"Index Scan using runs_\w+ on runs", plan), plan
 
 
 # -- state machine -------------------------------------------------------------------------

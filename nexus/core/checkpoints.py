@@ -62,6 +62,20 @@ _CONNECTION_ERRORS = (
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _DEADLOCK_RETRIES = 3
 
+# Every statement of the store finds runs through an index: by key, by a small array of
+# keys joined to the table, or by one of the partial indexes. Those plans are right
+# whatever the table's statistics say, so each statement is planned once per connection
+# (a generic plan), which halves PostgreSQL's work per transition against planning every
+# execution. The planner must not pick a plan that only suits a nearly empty table (a
+# sequential scan, a hash join) when the first plan is made on a fresh database, and keep
+# it while the table grows: with those methods disabled it takes the index plan there too.
+PLAN_SETTINGS = {
+    "plan_cache_mode": "force_generic_plan",
+    "enable_seqscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+}
+
 if TYPE_CHECKING:
     Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 else:
@@ -220,11 +234,7 @@ class CheckpointStore:
                 command_timeout=settings.command_timeout,
                 init=_init_connection,
                 reset=_keep_session,
-                server_settings={
-                    # Cached generic plans are made once, often against an empty table,
-                    # and then seq-scan a grown one for ever; plan with the real arrays.
-                    "plan_cache_mode": "force_custom_plan",
-                },
+                server_settings=PLAN_SETTINGS,
             )
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
@@ -442,10 +452,13 @@ class CheckpointStore:
                     chunk = indices[start : start + self._batch_max]
                     batch = [changes[i] for i in chunk]
                     rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
-                    found = {(r["algorithm"], r["id"]): r["applied"] for r in rows}
+                    candidates = {(r["algorithm"], r["id"]) for r in rows}
+                    applied = {(r["algorithm"], r["id"]) for r in rows if r["applied"]}
                     for i in chunk:
-                        applied = found.get((changes[i].algorithm, changes[i].id))
-                        results[i] = None if applied is False else bool(applied)
+                        key = (changes[i].algorithm, changes[i].id)
+                        results[i] = (
+                            True if key in applied else None if key in candidates else False
+                        )
         return results
 
     async def sweep_page(

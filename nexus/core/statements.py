@@ -96,23 +96,24 @@ LIMIT $6
 
 
 # Candidates are read from the statement's snapshot; those another transaction has locked
-# are skipped (SKIP LOCKED) and come back with applied = false, to be tried again. Rows not
-# among the candidates were refused by their stage and are not returned.
+# are skipped (SKIP LOCKED), to be tried again. Each candidate comes back once with
+# applied = false and, if it was changed, once more with applied = true; rows not among
+# the candidates were refused by their stage and are not returned. The change of every
+# run travels with it through the CTEs, and each join probes runs by key, so the work
+# grows with the batch, not with its square (the CTEs have no indexes).
 TRANSITION_SKIP_LOCKED = """
-WITH u AS (
-    SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                         $11::int[])
+WITH candidates AS (
+    SELECT u.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                           $11::int[])
         AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
              sent_at, attempts)
-), candidates AS (
-    SELECT r.algorithm, r.id FROM runs r JOIN u ON r.algorithm = u.algorithm AND r.id = u.id
+    JOIN runs r ON r.algorithm = u.algorithm AND r.id = u.id
     WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
       AND EXISTS (SELECT 1 FROM run_transitions t
                   WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
-), locked AS (
-    SELECT r.algorithm, r.id FROM runs r JOIN candidates c
-        ON r.algorithm = c.algorithm AND r.id = c.id
+), locked AS MATERIALIZED (
+    SELECT c.* FROM candidates c JOIN runs r ON r.algorithm = c.algorithm AND r.id = c.id
     FOR UPDATE OF r SKIP LOCKED
 ), updated AS (
     UPDATE runs r SET
@@ -124,16 +125,16 @@ WITH u AS (
         shard = COALESCE(u.shard, r.shard),
         sent_at = COALESCE(u.sent_at, r.sent_at),
         attempts = r.attempts + u.attempts
-    FROM u, locked l
-    WHERE r.algorithm = l.algorithm AND r.id = l.id
-      AND u.algorithm = r.algorithm AND u.id = r.id
+    FROM locked u
+    WHERE r.algorithm = u.algorithm AND r.id = u.id
       AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
       AND EXISTS (SELECT 1 FROM run_transitions t
                   WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
     RETURNING r.algorithm, r.id
 )
-SELECT c.algorithm, c.id, (d.id IS NOT NULL) AS applied
-FROM candidates c LEFT JOIN updated d ON d.algorithm = c.algorithm AND d.id = c.id
+SELECT algorithm, id, false AS applied FROM candidates
+UNION ALL
+SELECT algorithm, id, true FROM updated
 """
 
 
