@@ -228,6 +228,35 @@ async def test_expected_stage_narrows_a_transition(store: CheckpointStore) -> No
     assert stored.attempts == 0
 
 
+async def test_a_background_batch_applies_refuses_or_skips_what_another_writer_holds(
+    store: CheckpointStore, postgres_dsn: str
+) -> None:
+    """The maintainer's writes: applied (True), refused by the stage (False), or skipped
+    because another transaction holds the run (None), each in one statement."""
+    fresh, finished, held = new_run(), new_run(), new_run()
+    for run in (fresh, finished, held):
+        await store.insert(run)
+    assert await store.transition(Transition(finished.algorithm, finished.id, Stage.FAILED))
+    changes = [
+        Transition(r.algorithm, r.id, Stage.RUNNING, job_uid="u") for r in (fresh, finished, held)
+    ]
+    changes.append(Transition(fresh.algorithm, fresh.id, Stage.COMPLETED, result_uri="r"))
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", held.id)
+            assert await store.transition_batch(changes) == [True, False, None, True]
+        assert await store.transition_batch(changes[2:3]) == [True]
+    finally:
+        await other.close()
+    stored = [await store.get(r.algorithm, r.id) for r in (fresh, finished, held)]
+    assert [c.stage if c else None for c in stored] == [
+        Stage.COMPLETED,
+        Stage.FAILED,
+        Stage.RUNNING,
+    ]
+
+
 # -- group commit --------------------------------------------------------------------------
 
 
