@@ -108,7 +108,7 @@ class GroupCommitter(Generic[T, R]):
                 self._flushers.discard(task)
 
     async def _flush_waiting(self) -> None:
-        if self._max_delay and len(self._waiting) < self._max_batch and len(self._flushers) == 1:
+        if self._max_delay and len(self._waiting) < self._max_batch:
             await asyncio.sleep(self._max_delay)
         while self._waiting:
             count = min(len(self._waiting), self._max_batch)
