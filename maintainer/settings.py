@@ -51,6 +51,12 @@ class MaintainerSection:
     when this process saw it succeed) fails the run: the algorithm exited without
     reporting. Completions are posted before the container exits, so seconds suffice;
     30 s leaves room for the receiver's retries."""
+    started_grace: Seconds = field(default=5.0, metadata=at_least(0))
+    """A pod seen running this long while its run is still ``BUFFERED`` moves the run to
+    ``RUNNING`` (with its Job's uid): its scheduler created the Job but did not live to
+    record it. The scheduler records ``RUNNING`` itself within milliseconds of the
+    creation, and a run whose Job finishes first is settled by its completion, so only
+    those few runs are written twice."""
     job_lost_grace: Seconds = field(default=5.0, metadata=positive())
     """After a Job is deleted, how long a completion may still arrive before its
     ``RUNNING`` run is failed as lost (re-checked on the shard first)."""

@@ -11,8 +11,8 @@ What it keeps in memory, all bounded by what the shard holds:
 * the Jobs that exist (name → algorithm), which sweeps use to tell a lost Job from a live
   one without asking the shard about every run;
 * the last failed attempt of each Job still running (for the cause when it fails);
-* grace timers: image pulls failing, Jobs that succeeded without a completion, Jobs
-  deleted under a running run.
+* grace timers: pods running whose run may not say so yet, image pulls failing, Jobs
+  that succeeded without a completion, Jobs deleted under a running run.
 
 **Outages are not the runs' fault.** Grace timers start when *this process* observes a
 state (never from timestamps in the objects), so time the maintainer or a shard's watch
@@ -81,6 +81,7 @@ class Timer:
     algorithm: str
     message: str = ""
     pod: str = ""
+    change: Transition | None = None
 
 
 class ShardWatch:
@@ -98,6 +99,7 @@ class ShardWatch:
         self._listed = False
         self._failures: OrderedDict[str, PodFailure] = OrderedDict()
         self._decided: OrderedDict[str, None] = OrderedDict()  # Job uids already acted on
+        self._started: OrderedDict[str, Timer] = OrderedDict()
         self._pulls: OrderedDict[str, Timer] = OrderedDict()
         self._unreported: OrderedDict[str, Timer] = OrderedDict()
         self._deleted: OrderedDict[str, Timer] = OrderedDict()
@@ -165,6 +167,7 @@ class ShardWatch:
         if event.type == "DELETED":
             algorithm = self.jobs.pop(name, None)
             self._failures.pop(name, None)
+            self._started.pop(name, None)
             if algorithm is not None and meta.get("uid") not in self._decided:
                 due = self._loop.time() + self.section.job_lost_grace
                 self._deleted.setdefault(name, Timer(due, algorithm))
@@ -176,7 +179,10 @@ class ShardWatch:
                 return
             algorithm = self.jobs[name] = sys.intern(label)
         outcome = job_outcome(job)
-        if outcome is None or _seen(self._decided, meta.get("uid", name)):
+        if outcome is None:
+            return
+        self._started.pop(name, None)  # its completion (or the verdict below) settles it
+        if _seen(self._decided, meta.get("uid", name)):
             return
         kind, reason, message = outcome
         if kind == "succeeded":
@@ -231,7 +237,9 @@ class ShardWatch:
                     shard=self.shard,
                     sent_at=created,
                 )
-                self.actions.submit(Act(change, "started", self.shard))
+                if name not in self._started:
+                    due = self._loop.time() + self.section.started_grace
+                    self._started[name] = Timer(due, algorithm, change=change)
         elif "waiting" in state:
             message = pull_error(state)
             run = run_of_pod(pod) if message else None
@@ -277,6 +285,9 @@ class ShardWatch:
     async def _check(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():
             now = self._loop.time()
+            for _, timer in _due(self._started, now):
+                if timer.change is not None:
+                    self.actions.submit(Act(timer.change, "started", self.shard))
             for name, timer in _due(self._unreported, now):
                 self._finish(
                     name, timer.algorithm, Stage.FAILED, "NoResult", NO_RESULT, "no_result"

@@ -38,6 +38,7 @@ FAST = {
     "image_pull_grace": 1.0,
     "completion_grace": 1.0,
     "job_lost_grace": 0.3,
+    "started_grace": 0.3,
     "watch_max_backoff": 0.5,
     "sweep_interval": 0.3,
     "queue_grace": 1.0,

@@ -7,6 +7,7 @@ and process-mode pods exit with real codes.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from maintaining import (
     settings_for,
     wait_until,
 )
+from prometheus_client import REGISTRY
 from support.system import NAMESPACE, System, local_system, template
 
 from nexus.core.labels import ALGORITHM_LABEL, ALGORITHM_RUN, COMPONENT_LABEL, REQUEST_LABEL
@@ -175,6 +177,32 @@ async def test_lost_jobs_failed_creates_and_pods_started_behind_the_scheduler(
             created["metadata"]["uid"],
             "shard-0",
         )
+
+
+async def test_runs_the_scheduler_dispatched_are_not_written_again_by_the_maintainer(
+    servers: Servers,
+) -> None:
+    """A pod's start moves its run to RUNNING only when the run has not said so for
+    ``started_grace``: runs that finish sooner are never touched by the maintainer."""
+
+    def started() -> float:
+        labels = {"action": "started", "shard": "shard-0"}
+        applied = REGISTRY.get_sample_value("nexus_maintainer_actions_total", labels)
+        refused = REGISTRY.get_sample_value(
+            "nexus_maintainer_unchanged_total", {"action": "started"}
+        )
+        return (applied or 0.0) + (refused or 0.0)
+
+    async with (
+        local_system(servers, shards=[SIMULATED], templates=[template("echo")]) as system,
+        running_maintainer(settings_for(system, started_grace=1.5)),
+    ):
+        before = started()
+        runs = [await system.submit("echo") for _ in range(5)]
+        for run in runs:
+            assert (await system.wait_for("echo", run))["status"] == "COMPLETED"
+        await asyncio.sleep(2.0)  # past the grace of every pod
+        assert started() == before
 
 
 def failed_create(job: dict[str, Any]) -> dict[str, Any]:
