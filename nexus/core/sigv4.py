@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -140,7 +141,7 @@ class Signer:
             f"{ALGORITHM}\n{stamp}\n{self._scope(stamp)}\n"
             f"{hashlib.sha256(canonical.encode()).hexdigest()}"
         )
-        signature = hmac.new(self._day_key(day), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._day_key(day), to_sign.encode(), "sha256").hex()
         return f"{origin}{path}?{query}&X-Amz-Signature={signature}"
 
     def _day_key(self, day: str) -> bytes:
@@ -185,7 +186,7 @@ class Signer:
         to_sign = "\n".join(
             [ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
         )
-        return hmac.new(self._day_key(stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        return hmac.digest(self._day_key(stamp[:8]), to_sign.encode(), "sha256").hex()
 
 
 def object_url(endpoint_url: str, bucket: str = "", key: str = "") -> str:
@@ -228,5 +229,6 @@ def _query_pairs(query: str) -> list[tuple[str, str]]:
 
 
 def _timestamp(now: datetime | None) -> str:
-    moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return moment.strftime("%Y%m%dT%H%M%SZ")
+    if now is None:
+        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
