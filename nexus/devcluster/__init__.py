@@ -11,9 +11,9 @@ Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
   server checks, fills in and answers;
 * :mod:`.jobcontroller`, :mod:`.deletion`, :mod:`.events` — Job controller, garbage
   collector, Events;
-* :mod:`.kubelet`, :mod:`.podstatus`, :mod:`.simulation`, :mod:`.httpcalls`,
-  :mod:`.processes` — pods, their status and their containers (simulated ones call out
-  over pooled connections);
+* :mod:`.kubelet`, :mod:`.podstatus`, :mod:`.simulation`, :mod:`.processes` — pods,
+  their status and their containers (simulated ones call out over the pooled connections
+  of :mod:`nexus.core.httpcalls`);
 * :mod:`.shards`, :mod:`.cli`, :mod:`.heap` — running shards in-process or as
   ``nexus devcluster`` (which keeps the garbage collector off the store).
 """

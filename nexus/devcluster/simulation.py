@@ -24,7 +24,7 @@ annotation ``devcluster.nexus/fault``:
 ``silent``     exits 0 after the duration without reporting anything;
 ``hang``       runs until killed (``activeDeadlineSeconds`` or deletion).
 
-All simulated pods share one :class:`.httpcalls.HttpCalls` client (kept-alive connections,
+All simulated pods share one :class:`nexus.core.httpcalls.HttpCalls` client (kept-alive connections,
 at most ``concurrency`` per host) and a fixed pool of worker tasks that performs the HTTP
 steps; the waiting itself is a timer.
 """
@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from nexus.devcluster.httpcalls import CallFailed, HttpCalls
+from nexus.core.httpcalls import CallFailed, HttpCalls
 from nexus.devcluster.kubelet import PodRun
 
 if TYPE_CHECKING:

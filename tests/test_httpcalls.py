@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio
+import trustme
 from aiohttp import web
 
-from nexus.devcluster.httpcalls import CallFailed, HttpCalls
+from nexus.core.httpcalls import CallFailed, HttpCalls
 
 Answer = Callable[[bytes], bytes | None]  # request bytes -> raw answer (None: say nothing)
 
@@ -230,3 +232,34 @@ async def test_redirects_go_through_aiohttp() -> None:
     finally:
         await calls.close()
         await runner.cleanup()
+
+
+async def test_tls_with_a_context_and_the_answers_headers() -> None:
+    """https goes over the lean client when it is given a context that trusts the server;
+    the answer's headers come back with lower-case names."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("shard.example").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    authority.configure_trust(client_context)
+    raw = RawServer(
+        lambda _: b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    server = await asyncio.start_server(raw.handle, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    calls = HttpCalls(limit=2, timeout=5.0, tls=client_context, server_hostname="shard.example")
+    try:
+        for _ in range(2):
+            answer = await calls.call("POST", f"https://127.0.0.1:{port}/jobs", b"{}")
+            assert (answer.status, answer.body, answer.headers["retry-after"]) == (429, b"{}", "7")
+        assert raw.connections == 1  # kept alive over TLS
+        # a certificate for another name is refused
+        wrong = HttpCalls(limit=1, timeout=5.0, tls=client_context, server_hostname="other.example")
+        try:
+            with pytest.raises(CallFailed, match="certificate"):
+                await wrong.call("GET", f"https://127.0.0.1:{port}/")
+        finally:
+            await wrong.close()
+    finally:
+        await calls.close()
+        server.close()
