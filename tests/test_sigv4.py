@@ -69,3 +69,13 @@ def test_presign_object_equals_the_general_presign(key: str, method: str) -> Non
     )
     fast = signer.presign_object(method, endpoint, "bucket", key, expires_in=900, now=now)
     assert fast == general
+
+
+def test_uri_encode_is_quote_with_only_unreserved_characters_kept() -> None:
+    """Every ASCII character (and some beyond) encodes as urllib's quote() encodes it."""
+    from urllib.parse import quote
+
+    texts = ["".join(chr(c) for c in range(128)), *KEYS, "a/b/c", "ü/€ 𝄞", ""]
+    for text in texts:
+        assert sigv4.uri_encode(text) == quote(text, safe="~")
+        assert sigv4.uri_encode(text, keep_slash=True) == quote(text, safe="/~")
