@@ -220,7 +220,7 @@ class CheckpointStore:
         self._transitions: GroupCommitter[Transition, bool] = GroupCommitter(
             "checkpoint-transition",
             self._write_transitions,
-            **{**options, "max_delay": settings.transition_max_delay},
+            **{**options, "max_delay": settings.transition_max_delay, "patient": True},
         )
 
     @classmethod
