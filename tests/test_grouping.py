@@ -25,29 +25,30 @@ async def test_a_caller_submitting_right_after_its_last_write_is_not_forgotten()
     await committer.close()
 
 
-async def test_a_patient_writer_collects_what_arrives_while_another_batch_is_written() -> None:
-    async def batches_written(patient: bool) -> list[list[str]]:
-        written: list[list[str]] = []
+async def test_a_batch_goes_out_when_min_batch_items_wait_or_max_delay_has_passed() -> None:
+    async def batches_written(min_batch: int | None) -> list[tuple[list[str], bool]]:
+        """Each batch, and whether it was written before ``max_delay`` had passed."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        written: list[tuple[list[str], bool]] = []
 
         async def write(items: Sequence[str]) -> list[None]:
-            written.append(list(items))
-            await asyncio.sleep(0.05)
+            written.append((list(items), loop.time() - started < 0.4))
             return [None] * len(items)
 
         committer: GroupCommitter[str, None] = GroupCommitter(
-            "test", write, overloaded=RuntimeError, max_batch=10, max_delay=0.02,
-            max_in_flight=2, max_pending=100, patient=patient,
+            "test", write, overloaded=RuntimeError, max_batch=10, max_delay=0.5,
+            max_in_flight=2, max_pending=100, min_batch=min_batch,
         )  # fmt: skip
-        first = asyncio.create_task(committer.submit("a"))
-        await asyncio.sleep(0.03)  # "a" is being written now
-        second = asyncio.create_task(committer.submit("b"))
-        await asyncio.sleep(0.005)
-        third = asyncio.create_task(committer.submit("c"))
-        await asyncio.gather(first, second, third)
+        submitted = []
+        for item in "abcd":
+            submitted.append(asyncio.create_task(committer.submit(item)))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*submitted)
         await committer.close()
         return written
 
-    # callers wait for these writes: a second batch goes out at once, with what is there
-    assert await batches_written(patient=False) == [["a"], ["b"], ["c"]]
-    # nobody waits: the second batch waits max_delay like the first, and collects more
-    assert await batches_written(patient=True) == [["a"], ["b", "c"]]
+    # three waiting items make a batch at once; "d" waits for company, then for the delay
+    assert await batches_written(min_batch=3) == [(["a", "b", "c"], True), (["d"], False)]
+    # without a minimum, the first batch waits the whole delay and takes everything
+    assert await batches_written(min_batch=None) == [(["a", "b", "c", "d"], False)]

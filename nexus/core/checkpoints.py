@@ -215,12 +215,12 @@ class CheckpointStore:
             "max_pending": settings.max_pending,
         }
         self._inserts: GroupCommitter[NewRun, Admission] = GroupCommitter(
-            "checkpoint-insert", self._write_inserts, **options
+            "checkpoint-insert", self._write_inserts, min_batch=settings.batch_min_size, **options
         )
         self._transitions: GroupCommitter[Transition, bool] = GroupCommitter(
             "checkpoint-transition",
             self._write_transitions,
-            **{**options, "max_delay": settings.transition_max_delay, "patient": True},
+            **{**options, "max_delay": settings.transition_max_delay},
         )
 
     @classmethod

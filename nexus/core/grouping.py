@@ -7,10 +7,12 @@ whatever arrives while a batch is in flight rides in the next one. At low load a
 out at once (after at most ``max_delay``); at high load batches fill up by themselves, so
 throughput grows with load instead of collapsing.
 
-Whether a batch started while another is being written waits ``max_delay`` too is the
-caller's trade: callers that wait for their write (a client's request) want it to go at
-once; writes nobody waits for (``patient``) are better collected — at moderate load that
-halves the statements.
+A batch goes out once ``min_batch`` items wait or ``max_delay`` has passed since its
+flusher started, whichever comes first: under load batches fill before the delay and
+nobody waits for it; at moderate load each statement still carries several items (the
+statement, not the item, is what costs). Writes that callers wait for (a client's request)
+want a small ``min_batch``; writes nobody waits for are better collected for the whole
+delay (``min_batch`` = ``max_batch``, the default).
 
 Guarantees:
 
@@ -67,16 +69,17 @@ class GroupCommitter(Generic[T, R]):
         max_delay: float,
         max_in_flight: int,
         max_pending: int,
-        patient: bool = False,
+        min_batch: int | None = None,
     ) -> None:
         self.name = name
-        self._patient = patient
         self._write = write
         self._overloaded = overloaded
         self._max_batch = max_batch
         self._max_delay = max_delay
         self._max_in_flight = max_in_flight
         self._max_pending = max_pending
+        self._min_batch = max_batch if min_batch is None else min(min_batch, max_batch)
+        self._filling: list[asyncio.Future[None]] = []  # flushers waiting for min_batch
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
         self._flushers: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -98,6 +101,9 @@ class GroupCommitter(Generic[T, R]):
             raise self._overloaded()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
+        if self._filling and len(self._waiting) >= self._min_batch:
+            for filling in self._filling:
+                _settle(filling)
         if len(self._flushers) < self._max_in_flight:
             task = asyncio.create_task(self._flush(), name=f"group-commit:{self.name}")
             self._flushers.add(task)
@@ -115,9 +121,8 @@ class GroupCommitter(Generic[T, R]):
                 self._flushers.discard(task)
 
     async def _flush_waiting(self) -> None:
-        alone = len(self._flushers) == 1
-        if self._max_delay and len(self._waiting) < self._max_batch and (alone or self._patient):
-            await asyncio.sleep(self._max_delay)
+        if self._max_delay and len(self._waiting) < self._min_batch:
+            await self._filled()
         while self._waiting:
             count = min(len(self._waiting), self._max_batch)
             batch = [self._waiting.popleft() for _ in range(count)]
@@ -144,8 +149,25 @@ class GroupCommitter(Generic[T, R]):
                 else:
                     fut.set_result(result)
 
+    async def _filled(self) -> None:
+        """Until ``min_batch`` items wait or ``max_delay`` has passed."""
+        loop = asyncio.get_running_loop()
+        filled: asyncio.Future[None] = loop.create_future()
+        timer = loop.call_later(self._max_delay, _settle, filled)
+        self._filling.append(filled)
+        try:
+            await filled
+        finally:
+            timer.cancel()
+            self._filling.remove(filled)
+
     async def close(self) -> None:
         """Refuse new items and wait for the waiting ones to be written."""
         self._closed = True
         while self._flushers:
             await asyncio.gather(*self._flushers, return_exceptions=True)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -129,7 +129,6 @@ async def _open(
         shards=frozenset(shards),
         settings=section,
         pushed=dispatcher.notify,
-        batch_max_delay=s.postgres.batch_max_delay,
     )
     # closed in reverse: pending pushes land first, then the queue is handed over
     stack.push_async_callback(_hand_over, queues, queue)

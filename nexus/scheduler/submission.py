@@ -112,7 +112,6 @@ class Submitter:
         shards: frozenset[str],
         settings: SchedulerSection,
         pushed: Any,
-        batch_max_delay: float,
     ) -> None:
         self.store = store
         self.payloads = payloads
@@ -131,7 +130,9 @@ class Submitter:
             self._push,
             overloaded=lambda: QueueUnavailable("too many queue pushes are waiting"),
             max_batch=500,
-            max_delay=batch_max_delay,
+            # Pushes come in clumps, the runs of one checkpoint batch at a time: waiting
+            # for more would only add latency.
+            max_delay=0,
             max_in_flight=2,
             max_pending=50_000,
         )
