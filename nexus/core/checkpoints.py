@@ -213,9 +213,10 @@ class CheckpointStore:
             "max_delay": settings.batch_max_delay,
             "max_in_flight": max(1, settings.pool_max_size // 4),
             "max_pending": settings.max_pending,
+            "min_batch": settings.batch_min_size,
         }
         self._inserts: GroupCommitter[NewRun, Admission] = GroupCommitter(
-            "checkpoint-insert", self._write_inserts, min_batch=settings.batch_min_size, **options
+            "checkpoint-insert", self._write_inserts, **options
         )
         self._transitions: GroupCommitter[Transition, bool] = GroupCommitter(
             "checkpoint-transition",

@@ -154,8 +154,8 @@ class PostgresSettings:
     it: 5 ms keeps p99 well inside an HTTP client's patience and, at a few hundred runs a
     second, puts several runs in each statement."""
     batch_min_size: int = field(default=16, metadata=positive())
-    """A batch of new runs goes out as soon as this many wait: under load, statements
-    are full long before ``batch_max_delay`` and nobody waits for it."""
+    """A batch of writes goes out as soon as this many wait, whatever its delay: under
+    load statements fill long before it, and nobody waits for the delay."""
     transition_max_delay: Seconds = field(default=0.01, metadata=at_least(0))
     """The same for lifecycle transitions (RUNNING, completions). Nobody waits on these
     but a container's completion call, so 10 ms buys batches several times larger at
