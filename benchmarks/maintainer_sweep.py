@@ -48,7 +48,13 @@ from maintainer.actions import Actions
 from maintainer.adoption import Adopter
 from maintainer.settings import MaintainerSection
 from maintainer.sweeping import Sweeper
-from nexus.core.checkpoints import _SWEEP_PAGE, CheckpointStore, SweepCursor, apply_migrations
+from nexus.core import statements as sql
+from nexus.core.checkpoints import (
+    PLAN_SETTINGS,
+    CheckpointStore,
+    SweepCursor,
+    apply_migrations,
+)
 from nexus.core.config import PostgresSettings, RedisSettings
 from nexus.core.localservers import LocalPostgres, LocalRedis
 from nexus.core.queues import QueueBackend, QueuedRun
@@ -100,9 +106,11 @@ async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> di
     await conn.execute(_LOAD, rows, candidates)
     await conn.execute("VACUUM ANALYZE runs")
     load_seconds = time.perf_counter() - started
-    # the sweep's own statement, as the store sends it
+    await conn.close()
+    # the sweep's own statement, planned as the store plans it
+    conn = await asyncpg.connect(dsn, server_settings=PLAN_SETTINGS)
     plan = await conn.fetch(
-        "EXPLAIN " + _SWEEP_PAGE,
+        "EXPLAIN " + sql.SWEEP_PAGE,
         "BUFFERED", timedelta(seconds=60), SweepCursor.START.last_modified, "", uuid.UUID(int=0),
         1000,
     )  # fmt: skip
