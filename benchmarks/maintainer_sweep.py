@@ -52,7 +52,6 @@ from nexus.core import statements as sql
 from nexus.core.checkpoints import (
     PLAN_SETTINGS,
     CheckpointStore,
-    SweepCursor,
     apply_migrations,
 )
 from nexus.core.config import PostgresSettings, RedisSettings
@@ -107,13 +106,14 @@ async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> di
     await conn.execute("VACUUM ANALYZE runs")
     load_seconds = time.perf_counter() - started
     await conn.close()
-    # the sweep's own statement, planned as the store plans it
+    # the sweep's own statement, planned as the store plans it: once per connection, with
+    # the store's session settings (a generic plan, made without the parameters' values)
     conn = await asyncpg.connect(dsn, server_settings=PLAN_SETTINGS)
+    await conn.execute(f"PREPARE sweep_page AS {sql.SWEEP_PAGE}")
     plan = await conn.fetch(
-        "EXPLAIN " + sql.SWEEP_PAGE,
-        "BUFFERED", timedelta(seconds=60), SweepCursor.START.last_modified, "", uuid.UUID(int=0),
-        1000,
-    )  # fmt: skip
+        "EXPLAIN EXECUTE sweep_page('BUFFERED', '60 s', '-infinity', '', "
+        f"'{uuid.UUID(int=0)}', 1000)"
+    )
     await conn.close()
     report("rows loaded", rows, "rows", f"in {load_seconds:.1f} s")
     plan_text = " / ".join(r[0].strip() for r in plan)
