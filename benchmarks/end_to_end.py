@@ -1,6 +1,7 @@
 """End to end: submit → Job → simulated pod → completion → result readable, sustained.
 
     .venv/bin/python benchmarks/end_to_end.py [--rate 2000] [--seconds 60] [--schedulers 1]
+        [--setting NEXUS__SECTION__KEY=VALUE ...]
 
 The local system runs as separate processes: PostgreSQL, Redis, SeaweedFS, one local
 cluster whose simulated pods play the whole algorithm contract (GET their input from the
@@ -140,11 +141,21 @@ def main() -> int:
     parser.add_argument("--schedulers", type=int, default=1)
     parser.add_argument("--no-maintainer", dest="maintainer", action="store_false")
     parser.add_argument("--duration", default="fixed:0.01", help="simulated algorithm run time")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NEXUS__SECTION__KEY=VALUE",
+        help="a setting for every Nexus process (repeatable), e.g. to compare two values",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.setting)
+    if any(not key.startswith("NEXUS__") for key in settings):
+        parser.error("--setting takes NEXUS__SECTION__KEY=VALUE")
     options = StackOptions(
         mode="simulated", maintainer=args.maintainer, schedulers=args.schedulers,
         duration=args.duration, create_rate=100_000, log_format="json",
-        environment={"NEXUS__LOG__LEVEL": "WARNING"},
+        environment={"NEXUS__LOG__LEVEL": "WARNING", **settings},
     )  # fmt: skip
     with local_stack(options) as stack:
         pids = stack.pids()
