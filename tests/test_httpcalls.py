@@ -173,6 +173,15 @@ async def test_stale_connection_is_retried_for_idempotent_calls_only(serve: Serv
         server.writers[0].transport.abort()
         assert await calls.request("PUT", base, b"r") == (200, b"x")
         assert server.connections == 2
+        # a POST is not sent again ...
+        server.writers[1].transport.abort()
+        with pytest.raises(CallFailed, match="disconnected before answering"):
+            await calls.request("POST", base, b"p")
+        # ... unless the caller says it is harmless
+        assert await calls.request("GET", base) == (200, b"x")
+        server.writers[-1].transport.abort()
+        answer = await calls.call("POST", base, b"p", idempotent=True)
+        assert (answer.status, answer.body) == (200, b"x")
     finally:
         await calls.close()
 

@@ -17,7 +17,8 @@ Guarantees:
   the server said ``Connection: close`` (or spoke HTTP/1.0); idle connections the server
   closes are dropped. A ``GET`` or ``PUT`` whose reused connection turns out closed before
   any byte of answer is sent once more on a new connection, as aiohttp does; a ``POST``
-  is never repeated.
+  only when the caller says repeating it is harmless (``idempotent=True``: a Job
+  creation, whose repetition answers 409).
 * **Timeouts without a timer per call:** a call fails with :class:`CallFailed` once it has
   taken ``timeout`` seconds (waiting for a connection included); one sweep a quarter of
   ``timeout`` apart finds such calls.
@@ -322,9 +323,17 @@ class HttpCalls:
         return answer.status, answer.body
 
     async def call(
-        self, method: str, url: str, body: bytes = b"", headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+        *,
+        idempotent: bool | None = None,
     ) -> Answer:
-        """The whole answer; :class:`CallFailed` when there is none."""
+        """The whole answer; :class:`CallFailed` when there is none. ``idempotent``
+        overrides the method's own rule for sending again on a stale connection."""
+        repeatable = method in _IDEMPOTENT if idempotent is None else idempotent
         scheme, _, rest = url.partition("://")
         authority, slash, target = rest.partition("/")
         host = self.hosts.get(f"{scheme}://{authority}")
@@ -350,7 +359,7 @@ class HttpCalls:
             try:
                 answer = await waiter
             except _Stale:
-                if method in _IDEMPOTENT:
+                if repeatable:
                     continue
                 raise CallFailed("server disconnected before answering") from None
             if 300 <= answer.status < 400 and answer.status != 304:

@@ -263,7 +263,10 @@ class ShardClient:
                     answer = await response.read()
                     status, found = response.status, response.headers
             else:
-                status, answer, found = await self._lean().call("POST", url, body, headers)
+                # creating it twice is harmless (409), so a stale connection is retried
+                status, answer, found = await self._lean().call(
+                    "POST", url, body, headers, idempotent=True
+                )
         except (*_NETWORK_ERRORS, CallFailed) as exc:
             raise ShardUnavailable(f"shard {self.name}: create job: {exc!r}") from exc
         retry_after = _retry_after(found) if status == 429 else 0.0
