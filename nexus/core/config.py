@@ -149,10 +149,10 @@ class PostgresSettings:
     batch_max_size: int = field(default=500, metadata=positive())
     """Largest number of writes group-committed in one round trip."""
     batch_max_delay: Seconds = field(default=0.005, metadata=at_least(0))
-    """How long a new run's checkpoint (and its queue entry) may wait for company before
-    its batch is sent, unless ``batch_min_size`` others join sooner. A client waits for
-    it: 5 ms keeps p99 well inside an HTTP client's patience and, at a few hundred runs a
-    second, puts several runs in each statement."""
+    """How long a new run's checkpoint may wait for company before its batch is sent,
+    unless ``batch_min_size`` others join sooner. A client waits for it: 5 ms keeps p99
+    well inside an HTTP client's patience and, at a few hundred runs a second, puts
+    several runs in each statement."""
     batch_min_size: int = field(default=16, metadata=positive())
     """A batch of writes goes out as soon as this many wait, whatever its delay: under
     load statements fill long before it, and nobody waits for the delay."""

@@ -10,9 +10,8 @@ throughput grows with load instead of collapsing.
 A batch goes out once ``min_batch`` items wait or ``max_delay`` has passed since its
 flusher started, whichever comes first: under load batches fill before the delay and
 nobody waits for it; at moderate load each statement still carries several items (the
-statement, not the item, is what costs). Writes that callers wait for (a client's request)
-want a small ``min_batch``; writes nobody waits for are better collected for the whole
-delay (``min_batch`` = ``max_batch``, the default).
+statement, not the item, is what costs). Without a ``min_batch``, a batch waits the whole
+delay unless it is full.
 
 Guarantees:
 

@@ -225,7 +225,7 @@ class _Host:
         self.client = client
         self.host = host
         self.port = port
-        self.ssl = tls
+        self.tls = tls
         self.header = header
         """What the ``Host`` header says: as in the URL, without a default port."""
         self.idle: list[_Connection] = []
@@ -261,8 +261,8 @@ class _Host:
                 lambda: _Connection(self),
                 self.host,
                 self.port,
-                ssl=self.ssl,
-                server_hostname=self.client.server_hostname if self.ssl else None,
+                ssl=self.tls,
+                server_hostname=self.client.server_hostname if self.tls else None,
             )
         except BaseException as exc:
             self.open -= 1

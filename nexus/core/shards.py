@@ -153,7 +153,6 @@ class ShardClient:
         if rest.server_hostname:
             self._connection["server_hostname"] = rest.server_hostname
         self._calls: HttpCalls | None = None  # made on first use, in the running loop
-        self._max_connections = api.configuration.connection_pool_maxsize or 64
 
     @classmethod
     async def from_kubeconfig(
@@ -182,7 +181,7 @@ class ShardClient:
         if self._calls is None:
             configuration = self._api.configuration
             self._calls = HttpCalls(
-                limit=self._max_connections,
+                limit=configuration.connection_pool_maxsize or 64,
                 timeout=self._timeout.total or 10.0,
                 tls=_tls_context(configuration) if self._host.startswith("https:") else None,
                 server_hostname=configuration.tls_server_name,

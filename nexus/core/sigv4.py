@@ -37,8 +37,6 @@ _DAY_KEYS: dict[tuple[str, str, str, str], bytes] = {}
 
 _RESERVED = re.compile(r"[^A-Za-z0-9\-_.~]")
 _RESERVED_BUT_SLASH = re.compile(r"[^A-Za-z0-9\-_.~/]")
-
-
 _PERCENT = {chr(c): f"%{c:02X}" for c in range(128)}
 
 
