@@ -56,7 +56,7 @@ class NeedsValue:
 def test_defaults_without_any_source() -> None:
     settings = load_settings(Sample, env={})
     assert settings.http.port == 8080
-    assert settings.postgres.batch_max_delay == 0.005
+    assert settings.postgres.batch_max_delay == 0.01
     assert settings.shards.create_rate == {}
 
 

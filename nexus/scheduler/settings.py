@@ -87,10 +87,10 @@ class SchedulerSection:
     """Runs taken off the queue per round trip."""
     dispatch_concurrency: int = field(default=64, metadata=positive())
     """Job creations in flight per shard."""
-    dispatch_linger: Seconds = field(default=0.01, metadata=at_least(0))
+    dispatch_linger: Seconds = field(default=0.03, metadata=at_least(0))
     """After taking less than a full batch, wait this long before taking the next: a Job
-    starts 10 ms later, and every queue, checkpoint and throttle call serves several runs
-    instead of one or two."""
+    starts up to 30 ms later, and every queue, checkpoint and throttle call serves several
+    runs instead of one or two."""
     dispatch_idle_poll: Seconds = field(default=0.25, metadata=positive())
     """How often an idle dispatcher looks for runs that others put on its queue."""
     max_dispatch_attempts: int = field(default=8, metadata=positive())
