@@ -110,6 +110,56 @@ async def test_sql_transition_table_matches_the_model(postgres_dsn: str) -> None
     assert set(re.findall(r"'([A-Z_]+)'", check)) == {stage.value for stage in Stage}
 
 
+async def test_the_guard_trigger_allows_exactly_the_moves_of_the_model(
+    postgres_dsn: str,
+) -> None:
+    """The trigger's WHEN clause lists the allowed moves itself; any writer, raw SQL too,
+    is refused every other move, and allowed every listed one."""
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        refused: set[tuple[Stage, Stage, str]] = set()
+        for before, after in product(Stage, Stage):
+            run_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,"
+                " applied_configuration, payload_valid_for, payload_inline, api_version)"
+                " VALUES ('echo', $1, $2, 'c', 'h', '{}', '1 hour', '\\x7b7d', 'v1.2')",
+                run_id,
+                before.value,
+            )
+            try:  # a move to the same stage counts when the outcome changes
+                await conn.execute(
+                    "UPDATE runs SET lifecycle_stage = $2, result_uri = 'r' WHERE id = $1",
+                    run_id,
+                    after.value,
+                )
+            except asyncpg.CheckViolationError as exc:
+                refused.add((before, after, str(exc)))
+    finally:
+        await conn.close()
+    assert {(before, after) for before, after, _ in refused} == set(product(Stage, Stage)) - ALLOWED
+    for before, after, message in refused:
+        assert f"may not move from {before.value} to {after.value}" in message
+
+
+async def test_both_transition_writers_stamp_last_modified(store: CheckpointStore) -> None:
+    run = new_run()
+    await store.insert(run)
+    stamps = []
+    for apply in (
+        lambda: store.transition(Transition(run.algorithm, run.id, Stage.RUNNING)),
+        lambda: store.transition_batch([Transition(run.algorithm, run.id, Stage.COMPLETED)]),
+    ):
+        before = await store.get(run.algorithm, run.id)
+        assert before is not None
+        await asyncio.sleep(0.01)
+        assert await apply() in (True, [True])
+        after = await store.get(run.algorithm, run.id)
+        assert after is not None
+        stamps.append(after.last_modified > before.last_modified)
+    assert stamps == [True, True]
+
+
 @pytest.mark.parametrize(
     "name", ["TRANSITION", "TRANSITION_SKIP_LOCKED", "IDEMPOTENT_MATCHES", "DELETE_FINISHED"]
 )

@@ -52,7 +52,8 @@ UPDATE runs r SET
     job_uid = COALESCE(u.job_uid, r.job_uid),
     shard = COALESCE(u.shard, r.shard),
     sent_at = COALESCE(u.sent_at, r.sent_at),
-    attempts = r.attempts + u.attempts
+    attempts = r.attempts + u.attempts,
+    last_modified = now()
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
      AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
@@ -124,7 +125,8 @@ WITH candidates AS (
         job_uid = COALESCE(u.job_uid, r.job_uid),
         shard = COALESCE(u.shard, r.shard),
         sent_at = COALESCE(u.sent_at, r.sent_at),
-        attempts = r.attempts + u.attempts
+        attempts = r.attempts + u.attempts,
+        last_modified = now()
     FROM locked u
     WHERE r.algorithm = u.algorithm AND r.id = u.id
       AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
