@@ -15,9 +15,10 @@ Lifecycle::
 ``BUFFERED`` may go straight to a finished stage because a fast algorithm can report its
 completion before the batched ``RUNNING`` write lands. The five finished stages are
 terminal: once there, a run never changes again. The same table is enforced in SQL (the
-``run_transitions`` table and a trigger), so that no writer, however buggy or late, can move
-a terminal run; :data:`ALLOWED` here mirrors it for code that wants to know in advance, and a
-test keeps the two equal.
+``run_transitions`` table the store's updates join, and a trigger whose condition lists the
+same moves), so that no writer, however buggy or late, can move a terminal run;
+:data:`ALLOWED` here mirrors it for code that wants to know in advance, and tests keep the
+three equal.
 """
 
 from __future__ import annotations
