@@ -5,8 +5,8 @@
 -- PostgreSQL's CPU per transition (measured with batches of 16). Now the trigger's WHEN
 -- clause, a plain expression evaluated in the executor, lists the allowed moves, and the
 -- function is called only to refuse one. The store's UPDATEs stamp last_modified
--- themselves. run_transitions stays the table the store's statements join; a test checks
--- that the trigger allows exactly the moves it lists.
+-- themselves. run_transitions stays the table the store's statements join; tests check
+-- that the trigger allows exactly the moves that table and the model list.
 DROP TRIGGER runs_guard ON runs;
 DROP FUNCTION runs_guard();
 
