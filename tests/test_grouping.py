@@ -52,3 +52,31 @@ async def test_a_batch_goes_out_when_min_batch_items_wait_or_max_delay_has_passe
     assert await batches_written(min_batch=3) == [(["a", "b", "c"], True), (["d"], False)]
     # without a minimum, the first batch waits the whole delay and takes everything
     assert await batches_written(min_batch=None) == [(["a", "b", "c", "d"], False)]
+
+
+async def test_one_batch_fills_at_a_time_so_a_steady_trickle_is_not_split() -> None:
+    # Two flushers filling side by side would each take part of what arrives: a batch
+    # that goes out before its first item has waited the delay, and twice the statements.
+    loop = asyncio.get_running_loop()
+    arrived: dict[int, float] = {}
+    batches: list[tuple[list[int], float]] = []  # items, how long the first one waited
+
+    async def write(items: Sequence[int]) -> list[None]:
+        batches.append((list(items), loop.time() - arrived[items[0]]))
+        await asyncio.sleep(0.01)  # a round trip, during which more items arrive
+        return [None] * len(items)
+
+    committer: GroupCommitter[int, None] = GroupCommitter(
+        "test", write, overloaded=RuntimeError, max_batch=100, max_delay=0.05,
+        max_in_flight=2, max_pending=100, min_batch=100,
+    )  # fmt: skip
+    submitted = []
+    for item in range(40):
+        arrived[item] = loop.time()
+        submitted.append(asyncio.create_task(committer.submit(item)))
+        await asyncio.sleep(0.005)
+    await asyncio.gather(*submitted)
+    await committer.close()
+
+    assert [i for items, _ in batches for i in items] == list(range(40))
+    assert all(waited >= 0.045 for _, waited in batches), batches

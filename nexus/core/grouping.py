@@ -8,10 +8,12 @@ out at once (after at most ``max_delay``); at high load batches fill up by thems
 throughput grows with load instead of collapsing.
 
 A batch goes out once ``min_batch`` items wait or ``max_delay`` has passed since its
-flusher started, whichever comes first: under load batches fill before the delay and
+first item arrived, whichever comes first: under load batches fill before the delay and
 nobody waits for it; at moderate load each statement still carries several items (the
 statement, not the item, is what costs). Without a ``min_batch``, a batch waits the whole
-delay unless it is full.
+delay unless it is full. Only one batch fills at a time, whatever ``max_in_flight``: two
+flushers waiting side by side would each take about half of what arrives, and send twice
+the statements for the same items.
 
 Guarantees:
 
@@ -78,9 +80,11 @@ class GroupCommitter(Generic[T, R]):
         self._max_in_flight = max_in_flight
         self._max_pending = max_pending
         self._min_batch = max_batch if min_batch is None else min(min_batch, max_batch)
-        self._filling: list[asyncio.Future[None]] = []  # flushers waiting for min_batch
         self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
+        self._since = 0.0  # when the oldest waiting item arrived
         self._flushers: set[asyncio.Task[None]] = set()
+        self._collector: asyncio.Task[None] | None = None  # the flusher filling a batch
+        self._filled: asyncio.Future[None] | None = None  # what the collector waits on
         self._closed = False
         self._batch_size = BATCH_SIZE.labels(name)
         self._batch_seconds = BATCH_SECONDS.labels(name)
@@ -98,67 +102,92 @@ class GroupCommitter(Generic[T, R]):
         if len(self._waiting) >= self._max_pending:
             self._refused.inc()
             raise self._overloaded()
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        if not self._waiting:
+            self._since = loop.time()
         self._waiting.append((item, future))
-        if self._filling and len(self._waiting) >= self._min_batch:
-            for filling in self._filling:
-                _settle(filling)
-        if len(self._flushers) < self._max_in_flight:
-            task = asyncio.create_task(self._flush(), name=f"group-commit:{self.name}")
-            self._flushers.add(task)
-            task.add_done_callback(self._flushers.discard)
+        if self._filled is not None and len(self._waiting) >= self._min_batch:
+            _settle(self._filled)
+        self._start_flusher()
         return await future
 
+    def _start_flusher(self) -> None:
+        """Have a flusher collect the waiting items, unless one does or none may start."""
+        if not self._waiting or self._collector is not None:
+            return
+        if len(self._flushers) >= self._max_in_flight:
+            return  # the first to finish its write collects next
+        task = asyncio.create_task(self._flush(), name=f"group-commit:{self.name}")
+        self._collector = task
+        self._flushers.add(task)
+        task.add_done_callback(self._flushers.discard)
+
     async def _flush(self) -> None:
+        task = asyncio.current_task()
         try:
-            await self._flush_waiting()
+            await self._flush_waiting(task)
         finally:
-            # Leave the set in the same step as the last look at the queue: a submit after
-            # that look must start a flusher of its own, not count this finished one.
-            task = asyncio.current_task()
+            # Leave in the same step as the last look at the queue: a submit after that
+            # look must start a flusher of its own, not count this finished one.
+            if self._collector is task:
+                self._collector = None
             if task is not None:
                 self._flushers.discard(task)
 
-    async def _flush_waiting(self) -> None:
-        if self._max_delay and len(self._waiting) < self._min_batch:
-            await self._filled()
-        while self._waiting:
-            count = min(len(self._waiting), self._max_batch)
-            batch = [self._waiting.popleft() for _ in range(count)]
-            live = [(item, fut) for item, fut in batch if not fut.done()]
-            if not live:
-                continue
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            try:
-                results = await self._write([item for item, _ in live])
-            except Exception as exc:
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            finally:
-                self._batch_seconds.observe(loop.time() - started)
-                self._batch_size.observe(len(live))
-            for (_, fut), result in zip(live, results, strict=True):
-                if fut.done():
-                    continue
-                if isinstance(result, Exception):
-                    fut.set_exception(result)
-                else:
-                    fut.set_result(result)
+    async def _flush_waiting(self, task: asyncio.Task[None] | None) -> None:
+        while self._waiting:  # this flusher is the collector
+            if self._max_delay and len(self._waiting) < self._min_batch:
+                await self._fill(self._since + self._max_delay)
+            live = [(item, fut) for item, fut in self._take() if not fut.done()]
+            if live:
+                await self._write_batch(live)
+            if self._collector is not None:
+                return  # another flusher collects what came meanwhile
+            self._collector = task
 
-    async def _filled(self) -> None:
-        """Until ``min_batch`` items wait or ``max_delay`` has passed."""
+    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
+        """The collector's batch; the next batch may start filling while it is written."""
+        count = min(len(self._waiting), self._max_batch)
+        batch = [self._waiting.popleft() for _ in range(count)]
+        self._collector = None
+        self._start_flusher()
+        return batch
+
+    async def _write_batch(self, live: list[tuple[T, asyncio.Future[R]]]) -> None:
         loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            results = await self._write([item for item, _ in live])
+        except Exception as exc:
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._batch_seconds.observe(loop.time() - started)
+            self._batch_size.observe(len(live))
+        for (_, fut), result in zip(live, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, Exception):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def _fill(self, deadline: float) -> None:
+        """Until ``min_batch`` items wait or ``deadline`` (loop time) has come."""
+        loop = asyncio.get_running_loop()
+        if deadline <= loop.time():
+            return
         filled: asyncio.Future[None] = loop.create_future()
-        timer = loop.call_later(self._max_delay, _settle, filled)
-        self._filling.append(filled)
+        timer = loop.call_at(deadline, _settle, filled)
+        self._filled = filled
         try:
             await filled
         finally:
             timer.cancel()
-            self._filling.remove(filled)
+            self._filled = None
 
     async def close(self) -> None:
         """Refuse new items and wait for the waiting ones to be written."""
