@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -410,7 +411,10 @@ async def stand_in(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Any]]]
         if request.query.get("watch") == "true":
             response = web.StreamResponse()
             await response.prepare(request)
-            await response.write(behaviour["watch"])
+            stream = behaviour["watch"]
+            for chunk in [stream] if isinstance(stream, bytes) else stream:
+                await response.write(chunk)
+                await asyncio.sleep(0.01)  # each chunk reaches the client on its own
             return response
         status, body = behaviour[request.method]
         return web.Response(status=status, body=body, content_type="application/json")
@@ -480,5 +484,44 @@ async def test_a_broken_watch_stream_is_unavailable(stand_in: tuple[Path, dict[s
         behaviour["watch"] = orjson.dumps(error) + b"\n"
         with pytest.raises(ShardUnavailable, match="internal error"):
             await collect(client.watch(JOBS, "1", timeout_seconds=1))
+    finally:
+        await client.close()
+
+
+async def test_watch_events_are_whole_however_the_stream_is_cut_and_skip_reads_none(
+    stand_in: tuple[Path, dict[str, Any]],
+) -> None:
+    path, behaviour = stand_in
+    client = await ShardClient.from_kubeconfig("s", path, NS)
+    try:
+        events: list[dict[str, Any]] = [
+            {"type": "ADDED", "object": {"metadata": {"name": f"j{i}", "resourceVersion": str(i)}}}
+            for i in range(6)
+        ]
+        events[3]["object"]["data"] = "x" * 300_000  # spans many chunks
+        stream = b"\n".join(orjson.dumps(event) for event in events) + b"\n\n"
+        cuts = [0, 7, 8, 40, 41, len(stream) // 3, len(stream) - 30, len(stream) - 1, len(stream)]
+        behaviour["watch"] = [stream[a:b] for a, b in itertools.pairwise(cuts)]
+        names = [
+            event.object["metadata"]["name"]
+            for event in await collect(client.watch(JOBS, "1", timeout_seconds=1))
+        ]
+        assert names == ["j0", "j1", "j2", "j3", "j4", "j5"]
+
+        declined: list[bytes] = []
+
+        def skip(line: bytes) -> bool:
+            declined.append(line)
+            return b'"j1"' in line or b'"j3"' in line
+
+        got = await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=skip))
+        assert [event.object["metadata"]["name"] for event in got] == ["j0", "j2", "j4", "j5"]
+        assert [orjson.loads(line) for line in declined] == events  # each line whole, once
+
+        # an ERROR is always read, whatever skip says
+        error = {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}
+        behaviour["watch"] = [orjson.dumps(events[0]) + b"\n", orjson.dumps(error) + b"\n"]
+        with pytest.raises(ResourceExpired):
+            await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=lambda line: True))
     finally:
         await client.close()

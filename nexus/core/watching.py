@@ -62,8 +62,12 @@ async def follow(
     watch_timeout: int = 300,
     max_backoff: float = 30.0,
     on_connected: Callable[[bool], None] | None = None,
+    skip: Callable[[bytes], bool] | None = None,
 ) -> None:
-    """List and watch ``resource`` on ``client`` until ``stopping`` is set."""
+    """List and watch ``resource`` on ``client`` until ``stopping`` is set.
+
+    ``skip`` declines watch events unread, from their raw text (:meth:`ShardClient.watch`).
+    """
     labels = {"shard": client.name, "resource": resource.plural}
     loop = asyncio.get_running_loop()
     version: str | None = None
@@ -81,6 +85,7 @@ async def follow(
             label_selector=label_selector,
             field_selector=field_selector,
             timeout_seconds=watch_timeout,
+            skip=skip,
         )
         async with contextlib.aclosing(stream):  # closes the response if on_event raises
             async for event in stream:
