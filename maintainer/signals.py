@@ -79,6 +79,27 @@ def run_of_pod(pod: dict[str, Any]) -> tuple[str, str] | None:
     return (algorithm, name) if algorithm and name else None
 
 
+def pod_of_no_interest(line: bytes) -> bool:
+    """Whether a pod's watch event, as raw JSON, is one the rules above ignore, so that it
+    need not be parsed: a pod deleted, not yet reported on by the kubelet (no container
+    status), or succeeded (unless out of memory). That is three of a run's four events.
+
+    It may keep what it need not (another spelling of the same JSON is simply parsed), but
+    never drops what matters: a key cannot be faked by a string value, whose quotes JSON
+    escapes."""
+    return (
+        line.startswith(b'{"type":"DELETED"')
+        or b'"containerStatuses"' not in line
+        or (b'"phase":"Succeeded"' in line and b'"OOMKilled"' not in line)
+    )
+
+
+def job_of_no_interest(line: bytes) -> bool:
+    """Whether a Job's watch event, as raw JSON, can be passed over: a change to a Job
+    without conditions says nothing new (its ADDED event, or the list, named it already)."""
+    return line.startswith(b'{"type":"MODIFIED"') and b'"conditions"' not in line
+
+
 def container_state(pod: dict[str, Any]) -> dict[str, Any] | None:
     """The ``state`` of the pod's (single) container, once the kubelet has reported one."""
     statuses = (pod.get("status") or {}).get("containerStatuses")

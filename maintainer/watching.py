@@ -3,8 +3,9 @@
 :class:`ShardWatch` follows three kinds of object on a shard with
 :func:`nexus.core.watching.follow` (list, then watch from the list's resourceVersion,
 resume, relist on 410, back off while the shard is unreachable) and applies the rules of
-:mod:`maintainer.signals`. Per event it reads a few keys of a raw dict and, rarely,
-submits an action; it never waits for the store.
+:mod:`maintainer.signals`. Half of a run's events are passed over unparsed (pods not yet
+started, succeeded or deleted; Jobs changed without a condition); for the others it reads
+a few keys of a raw dict and, rarely, submits an action; it never waits for the store.
 
 What it keeps in memory, all bounded by what the shard holds:
 
@@ -45,13 +46,16 @@ from maintainer.signals import (
     PodFailure,
     container_state,
     failed_verdict,
+    job_of_no_interest,
     job_outcome,
     pod_failure,
+    pod_of_no_interest,
     pull_error,
     run_of_pod,
 )
 from nexus.core.errors import DependencyError, NexusError
-from nexus.core.labels import ALGORITHM_LABEL, ALGORITHM_RUN_SELECTOR, JOB_NAME_LABEL
+from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL
+from nexus.core.labels import ALGORITHM_RUN_SELECTOR as RUNS
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import EVENTS, JOBS, PODS, ShardClient, WatchEvent
 from nexus.core.watching import follow
@@ -111,10 +115,11 @@ class ShardWatch:
             async with asyncio.TaskGroup() as group:
                 # Of all Events only FailedCreate matters here; the API server filters, so
                 # the many Normal events of every run never reach (or cost) this process.
-                for resource, on_sync, on_event, selector, fields in (
-                    (JOBS, self._sync_jobs, self._on_job, ALGORITHM_RUN_SELECTOR, None),
-                    (PODS, self._sync(self._on_pod), self._on_pod, ALGORITHM_RUN_SELECTOR, None),
-                    (EVENTS, self._sync(self._on_event), self._on_event, None, FAILED_CREATE),
+                # Of the Job and Pod events, those the rules ignore are passed over unparsed.
+                for resource, on_sync, on_event, selector, fields, skip in (
+                    (JOBS, self._sync_jobs, self._on_job, RUNS, None, job_of_no_interest),
+                    (PODS, self._sync(self._on_pod), self._on_pod, RUNS, None, pod_of_no_interest),
+                    (EVENTS, self._sync(self._on_event), self._on_event, None, FAILED_CREATE, None),
                 ):
                     group.create_task(
                         follow(
@@ -128,6 +133,7 @@ class ShardWatch:
                             watch_timeout=self.section.watch_timeout,
                             max_backoff=self.section.watch_max_backoff,
                             on_connected=self._connected(resource.plural),
+                            skip=skip,
                         ),
                         name=f"maintainer:watch:{self.shard}:{resource.plural}",
                     )

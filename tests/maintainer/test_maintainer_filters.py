@@ -1,0 +1,138 @@
+"""The maintainer passes over watch events unread only when its rules would ignore them.
+
+``pod_of_no_interest`` and ``job_of_no_interest`` look at raw JSON; each case here is
+also handed, parsed, to the real handlers of :class:`maintainer.watching.ShardWatch`,
+and an event may be skipped only if the handler leaves no trace of it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from maintainer.settings import MaintainerSection
+from maintainer.signals import job_of_no_interest, pod_of_no_interest
+from maintainer.watching import ShardWatch
+from nexus.core.labels import ALGORITHM_LABEL, COMPONENT_LABEL, REQUEST_LABEL
+from nexus.core.shards import WatchEvent
+
+
+class Shard:
+    name = "shard-0"
+
+    async def list(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a skipped event would not have been looked into")
+
+
+class Recorded:
+    def __init__(self) -> None:
+        self.acts: list[Any] = []
+
+    def submit(self, act: Any) -> None:
+        self.acts.append(act)
+
+
+RUN = str(uuid.uuid4())
+LABELS = {ALGORITHM_LABEL: "echo", REQUEST_LABEL: RUN, COMPONENT_LABEL: "algorithm-run"}
+
+
+def pod(phase: str, state: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": phase}
+    if state is not None:
+        status["containerStatuses"] = [{"name": RUN, "state": state}]
+    meta = {"name": f"{RUN}-abcde", "uid": "p-1", "labels": LABELS, **extra}
+    return {"kind": "Pod", "metadata": meta, "status": status}
+
+
+def job(conditions: list[dict[str, Any]] | None) -> dict[str, Any]:
+    status: dict[str, Any] = {"active": 1}
+    if conditions is not None:
+        status["conditions"] = conditions
+    return {
+        "kind": "Job",
+        "metadata": {"name": RUN, "uid": "j-1", "labels": LABELS},
+        "status": status,
+    }
+
+
+def ended(code: int, reason: str) -> dict[str, Any]:
+    return {"terminated": {"exitCode": code, "reason": reason}}
+
+
+PODS = {
+    "pending, no status yet": ("ADDED", pod("Pending", None)),
+    "pending, status text in an annotation": (
+        "MODIFIED",
+        pod("Pending", None, annotations={"note": '"containerStatuses": [] "phase":"Running"'}),
+    ),
+    "waiting to be created": (
+        "MODIFIED",
+        pod("Pending", {"waiting": {"reason": "ContainerCreating"}}),
+    ),
+    "image pull failing": ("MODIFIED", pod("Pending", {"waiting": {"reason": "ErrImagePull"}})),
+    "running": ("MODIFIED", pod("Running", {"running": {"startedAt": "2026-11-29T10:00:00Z"}})),
+    "succeeded": ("MODIFIED", pod("Succeeded", ended(0, "Completed"))),
+    "failed": ("MODIFIED", pod("Failed", ended(3, "Error"))),
+    "out of memory": ("MODIFIED", pod("Failed", ended(137, "OOMKilled"))),
+    "out of memory, exit code 0": ("MODIFIED", pod("Succeeded", ended(0, "OOMKilled"))),
+    "deleted while running": ("DELETED", pod("Running", {"running": {}})),
+    "deleted after failing": ("DELETED", pod("Failed", ended(1, "Error"))),
+}
+
+COMPLETE = {"type": "Complete", "status": "True"}
+FAILED = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "late"}
+JOBS = {
+    "created": ("ADDED", job(None)),
+    "active": ("MODIFIED", job(None)),
+    "active, no conditions yet": ("MODIFIED", job([])),
+    "succeeded": ("MODIFIED", job([COMPLETE])),
+    "failed": ("MODIFIED", job([FAILED])),
+    "deleted": ("DELETED", job([COMPLETE])),
+}
+
+
+def line(kind: str, obj: dict[str, Any]) -> bytes:
+    return orjson.dumps({"type": kind, "object": obj})
+
+
+def trace(watch: ShardWatch, actions: Recorded) -> Any:
+    """Everything the handlers can change."""
+    kept = (watch._started, watch._pulls, watch._failures, watch._unreported, watch._deleted)
+    return (dict(watch.jobs), [dict(timers) for timers in kept], list(actions.acts))
+
+
+async def watching() -> tuple[ShardWatch, Recorded]:
+    actions = Recorded()
+    watch = ShardWatch(Shard(), actions, MaintainerSection())  # type: ignore[arg-type]
+    await watch._on_job(WatchEvent("ADDED", job(None)))  # the Job is known, as after a list
+    return watch, actions
+
+
+@pytest.mark.parametrize("case", PODS)
+async def test_a_pod_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> None:
+    kind, obj = PODS[case]
+    watch, actions = await watching()
+    before = trace(watch, actions)
+    await watch._on_pod(WatchEvent(kind, obj))
+    ignored = trace(watch, actions) == before
+    skipped = pod_of_no_interest(line(kind, obj))
+    assert not skipped or ignored, f"{case}: skipped, but it matters"
+    # and the skip is worth having: what is ignored for sure is skipped
+    if case in ("pending, no status yet", "succeeded", "deleted while running"):
+        assert skipped
+
+
+@pytest.mark.parametrize("case", JOBS)
+async def test_a_job_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> None:
+    kind, obj = JOBS[case]
+    watch, actions = await watching()
+    before = trace(watch, actions)
+    await watch._on_job(WatchEvent(kind, obj))
+    ignored = trace(watch, actions) == before
+    skipped = job_of_no_interest(line(kind, obj))
+    assert not skipped or ignored, f"{case}: skipped, but it matters"
+    if case == "active":
+        assert skipped
