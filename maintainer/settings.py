@@ -48,9 +48,9 @@ class MaintainerSection:
     minutes covers the kubelet's first back-offs."""
     completion_grace: Seconds = field(default=30.0, metadata=positive())
     """A Job that succeeded without its run's completion arriving within this long (from
-    when this process saw it succeed) fails the run: the algorithm exited without
-    reporting. Completions are posted before the container exits, so seconds suffice;
-    30 s leaves room for the receiver's retries."""
+    when this process saw it succeed) fails the run, at the next sweep of ``RUNNING``
+    runs: the algorithm exited without reporting. Completions are posted before the
+    container exits, so seconds suffice; 30 s leaves room for the receiver's retries."""
     started_grace: Seconds = field(default=5.0, metadata=at_least(0))
     """A pod seen running this long while its run is still ``BUFFERED`` moves the run to
     ``RUNNING`` (with its Job's uid): its scheduler created the Job but did not live to
@@ -86,7 +86,8 @@ class MaintainerSection:
     """A run still ``NEW`` this long after its last change is stuck: recovered when its
     input exists, otherwise ``SCHEDULING_FAILED``."""
     running_grace: Seconds = field(default=30.0, metadata=positive())
-    """A ``RUNNING`` run younger than this is not checked for a lost Job (watch latency)."""
+    """A ``RUNNING`` run changed more recently than this is not swept: not checked for a
+    lost Job (watch latency), nor for a Job that succeeded without its report."""
     deadline_slack: Seconds = field(default=60.0, metadata=at_least(0))
     """A Job still active this long past its run's ``deadlineSeconds`` (from ``sent_at``)
     is one Kubernetes did not stop: the run becomes ``DEADLINE_EXCEEDED``, the Job deleted."""

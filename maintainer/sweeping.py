@@ -13,9 +13,11 @@ period are looked at, by the database's clock.
   counted as an attempt; once attempts reach ``max_requeues`` → ``SCHEDULING_FAILED``.
 * ``NEW`` — stuck between its first checkpoint and ``BUFFERED``: its input exists →
   ``BUFFERED`` and queued; otherwise ``SCHEDULING_FAILED``, "submission lost".
-* ``RUNNING`` — its Job is not on its shard (the shard's Job list is current and a GET
-  answers 404) → ``FAILED``, job lost; its Job is still active ``deadline_slack`` past the
-  run's deadline → ``DEADLINE_EXCEEDED`` and the Job deleted.
+* ``RUNNING`` — its Job succeeded ``completion_grace`` ago (as the shard's watch saw it)
+  and no completion came → ``FAILED``, no result; its Job is not on its shard (the shard's
+  Job list is current and a GET answers 404) → ``FAILED``, job lost; its Job is still
+  active ``deadline_slack`` past the run's deadline → ``DEADLINE_EXCEEDED`` and the Job
+  deleted.
 * finished runs past ``retention`` → their input and result objects, then their
   checkpoints, deleted; idempotency keys older than 24 h cleared.
 
@@ -38,7 +40,7 @@ from prometheus_client import Counter, Histogram
 
 from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection
-from maintainer.signals import JOB_LOST, job_outcome
+from maintainer.signals import JOB_LOST, NO_RESULT, job_outcome
 from maintainer.watching import ShardWatch
 from nexus.core.checkpoints import IDEMPOTENCY_WINDOW, CheckpointStore, SweepCursor, SweepRow
 from nexus.core.errors import DependencyError, NexusError
@@ -245,11 +247,22 @@ class Sweeper:
 
     async def _running(self, rows: list[SweepRow]) -> None:
         now, slack = datetime.now(UTC), timedelta(seconds=self.section.deadline_slack)
+        seen_by = asyncio.get_running_loop().time() - self.section.completion_grace
         checks: list[tuple[SweepRow, ShardWatch, bool]] = []
+        acts: list[Act] = []
         for row in rows:
             watch = self.watches.get(row.shard or "")
             if watch is None or not watch.synced:
                 continue  # unknown or unreachable shard: nothing can be concluded
+            succeeded = watch.succeeded.get(str(row.id))
+            if succeeded is not None:  # its Job is there and done: only the report is missing
+                if succeeded <= seen_by:
+                    change = Transition(
+                        row.algorithm, row.id, Stage.FAILED, expect=Stage.RUNNING,
+                        cause="NoResult", details=NO_RESULT,
+                    )  # fmt: skip
+                    acts.append(Act(change, "no_result", watch.shard))
+                continue
             overdue = (
                 row.sent_at is not None
                 and row.deadline_seconds is not None
@@ -257,7 +270,6 @@ class Sweeper:
             )
             if str(row.id) not in watch.jobs or overdue:
                 checks.append((row, watch, overdue))
-        acts: list[Act] = []
         for start in range(0, len(checks), 16):
             chunk = checks[start : start + 16]
             found = await asyncio.gather(

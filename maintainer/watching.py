@@ -12,8 +12,11 @@ What it keeps in memory, all bounded by what the shard holds:
 * the Jobs that exist (name → algorithm), which sweeps use to tell a lost Job from a live
   one without asking the shard about every run;
 * the last failed attempt of each Job still running (for the cause when it fails);
+* when each Job that succeeded was seen to: a run still ``RUNNING`` ``completion_grace``
+  later exited without reporting, which the sweep of ``RUNNING`` runs concludes (so a run
+  that reported, as nearly all do, costs nothing more: no timer, no write refused);
 * grace timers: pods running whose run may not say so yet, image pulls failing, Jobs
-  that succeeded without a completion, Jobs deleted under a running run.
+  deleted under a running run.
 
 **Outages are not the runs' fault.** Grace timers start when *this process* observes a
 state (never from timestamps in the objects), so time the maintainer or a shard's watch
@@ -42,7 +45,6 @@ from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection
 from maintainer.signals import (
     JOB_LOST,
-    NO_RESULT,
     PodFailure,
     container_state,
     failed_verdict,
@@ -105,7 +107,8 @@ class ShardWatch:
         self._decided: OrderedDict[str, None] = OrderedDict()  # Job uids already acted on
         self._started: OrderedDict[str, Timer] = OrderedDict()
         self._pulls: OrderedDict[str, Timer] = OrderedDict()
-        self._unreported: OrderedDict[str, Timer] = OrderedDict()
+        self.succeeded: dict[str, float] = {}
+        """Jobs that succeeded: name → when this process saw it (loop time)."""
         self._deleted: OrderedDict[str, Timer] = OrderedDict()
         self._loop = asyncio.get_running_loop()
 
@@ -164,6 +167,7 @@ class ShardWatch:
         self.jobs = {}
         for item in items:
             await self._on_job(WatchEvent("ADDED", item))
+        self.succeeded = {name: t for name, t in self.succeeded.items() if name in self.jobs}
         self._listed = True
 
     async def _on_job(self, event: WatchEvent) -> None:
@@ -174,6 +178,7 @@ class ShardWatch:
             algorithm = self.jobs.pop(name, None)
             self._failures.pop(name, None)
             self._started.pop(name, None)
+            self.succeeded.pop(name, None)
             if algorithm is not None and meta.get("uid") not in self._decided:
                 due = self._loop.time() + self.section.job_lost_grace
                 self._deleted.setdefault(name, Timer(due, algorithm))
@@ -192,8 +197,7 @@ class ShardWatch:
             return
         kind, reason, message = outcome
         if kind == "succeeded":
-            due = self._loop.time() + self.section.completion_grace
-            self._unreported.setdefault(name, Timer(due, algorithm))
+            self.succeeded.setdefault(name, self._loop.time())
             return
         last = self._failures.pop(name, None)
         if last is None and reason in ("BackoffLimitExceeded", "PodFailurePolicy"):
@@ -294,10 +298,6 @@ class ShardWatch:
             for _, timer in _due(self._started, now):
                 if timer.change is not None:
                     self.actions.submit(Act(timer.change, "started", self.shard))
-            for name, timer in _due(self._unreported, now):
-                self._finish(
-                    name, timer.algorithm, Stage.FAILED, "NoResult", NO_RESULT, "no_result"
-                )
             for timers, recheck in ((self._deleted, self._lost), (self._pulls, self._pulling)):
                 for name, timer in _due(timers, now):
                     try:

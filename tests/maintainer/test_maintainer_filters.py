@@ -100,7 +100,7 @@ def line(kind: str, obj: dict[str, Any]) -> bytes:
 
 def trace(watch: ShardWatch, actions: Recorded) -> Any:
     """Everything the handlers can change."""
-    kept = (watch._started, watch._pulls, watch._failures, watch._unreported, watch._deleted)
+    kept = (watch._started, watch._pulls, watch._failures, watch.succeeded, watch._deleted)
     return (dict(watch.jobs), [dict(timers) for timers in kept], list(actions.acts))
 
 

@@ -183,26 +183,32 @@ async def test_runs_the_scheduler_dispatched_are_not_written_again_by_the_mainta
     servers: Servers,
 ) -> None:
     """A pod's start moves its run to RUNNING only when the run has not said so for
-    ``started_grace``: runs that finish sooner are never touched by the maintainer."""
+    ``started_grace``, and a Job's success fails it only when no completion came for
+    ``completion_grace``: runs that report are never touched (nor tried) by the maintainer."""
 
-    def started() -> float:
-        labels = {"action": "started", "shard": "shard-0"}
+    def tried(action: str) -> float:
+        labels = {"action": action, "shard": "shard-0"}
         applied = REGISTRY.get_sample_value("nexus_maintainer_actions_total", labels)
-        refused = REGISTRY.get_sample_value(
-            "nexus_maintainer_unchanged_total", {"action": "started"}
-        )
+        refused = REGISTRY.get_sample_value("nexus_maintainer_unchanged_total", {"action": action})
         return (applied or 0.0) + (refused or 0.0)
 
     async with (
         local_system(servers, shards=[SIMULATED], templates=[template("echo")]) as system,
         running_maintainer(settings_for(system, started_grace=1.5)),
     ):
-        before = started()
+        before = {action: tried(action) for action in ("started", "no_result")}
         runs = [await system.submit("echo") for _ in range(5)]
         for run in runs:
             assert (await system.wait_for("echo", run))["status"] == "COMPLETED"
-        await asyncio.sleep(2.0)  # past the grace of every pod
-        assert started() == before
+        swept = running_sweeps()
+        await asyncio.sleep(2.0)  # past the grace of every pod and Job
+        assert running_sweeps() >= swept + 3
+        assert {action: tried(action) for action in before} == before
+
+
+def running_sweeps() -> float:
+    count = "nexus_maintainer_sweep_seconds_count"
+    return REGISTRY.get_sample_value(count, {"sweep": "running"}) or 0.0
 
 
 def failed_create(job: dict[str, Any]) -> dict[str, Any]:
