@@ -18,6 +18,7 @@ from botocore.config import Config
 from harness import S3Bucket
 from yarl import URL
 
+from nexus.core import sigv4
 from nexus.core.config import StorageSettings
 from nexus.core.errors import StorageUnavailable
 from nexus.core.storage import MAX_PRESIGN_SECONDS, ObjectNames, PayloadStore
@@ -258,5 +259,28 @@ async def test_wrong_credentials_are_storage_unavailable(s3: S3Bucket) -> None:
             await store.get("k")
         with pytest.raises(StorageUnavailable):
             await store.ensure_bucket()
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("style", ["path", "auto"])
+async def test_uploads_keep_their_content_type_by_either_route(s3: S3Bucket, style: str) -> None:
+    # path-style with keys: a presigned PUT over kept-alive connections; else aiobotocore
+    store = await PayloadStore.open(settings_for(s3, addressing_style=style))
+    try:
+        await store.put(f"typed/{style}", b"<x/>", content_type="application/xml")
+        assert await store.get(f"typed/{style}") == b"<x/>"
+        answer = sigv4.request(s3.info.signer(), "HEAD", s3.url(f"typed/{style}"))
+        headers = {name.lower(): value for name, value in answer.headers.items()}
+        assert (answer.status, headers.get("content-type")) == (200, "application/xml")
+    finally:
+        await store.close()
+
+
+async def test_an_upload_the_store_refuses_names_the_stores_error(s3: S3Bucket) -> None:
+    store = await PayloadStore.open(settings_for(s3, bucket="no-such-bucket"))
+    try:
+        with pytest.raises(StorageUnavailable, match="404 NoSuchBucket"):
+            await store.put("k", b"v")
     finally:
         await store.close()

@@ -9,14 +9,24 @@ Nexus stores *keys* (as ``s3://bucket/key``), never presigned URLs: a URL is pre
 it is handed out — to a container when its Job is built, to a client on each results read —
 so a stored reference never expires. Presigning is on the hot path (every dispatch, every
 results read), so it uses the project's SigV4 signer (:mod:`nexus.core.sigv4`, checked byte
-for byte against botocore's) at ~20 µs instead of botocore's ~140 µs; uploads, downloads and
-deletes go through aiobotocore.
+for byte against botocore's) at ~20 µs instead of botocore's ~140 µs.
+
+Uploads are on the hot path too (every run submitted with its input in storage): with
+explicit keys and path-style addressing (the defaults here), :meth:`PayloadStore.put` sends
+the object to a URL presigned for the store's own endpoint, over the kept-alive connections
+of :mod:`nexus.core.httpcalls` — 122-151 µs of CPU per upload against aiobotocore's
+1,210-1,590 µs, measured against the local SeaweedFS — retrying a dropped connection or a
+5xx answer twice. Otherwise (the default credential chain, virtual-host addressing) it goes
+through aiobotocore, as do downloads, deletions and bucket set-up.
 
 Connection and server failures surface as :class:`StorageUnavailable`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
+import ssl
 from contextlib import AsyncExitStack
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,11 +38,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from nexus.core import sigv4
 from nexus.core.config import StorageSettings
 from nexus.core.errors import StorageUnavailable
+from nexus.core.httpcalls import CallFailed, HttpCalls
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 MAX_PRESIGN_SECONDS = sigv4.MAX_PRESIGN_SECONDS
+_UPLOAD_ATTEMPTS = 3
+_UPLOAD_TIMEOUT = 30.0
+_S3_ERROR = re.compile(rb"<(Code|Message)>([^<]{0,300})</")
 
 
 class ObjectNames:
@@ -61,12 +75,20 @@ class ObjectNames:
 class PayloadStore(ObjectNames):
     """Inputs and results in one S3 bucket."""
 
-    def __init__(self, client: S3Client, settings: StorageSettings, stack: AsyncExitStack) -> None:
+    def __init__(
+        self,
+        client: S3Client,
+        settings: StorageSettings,
+        stack: AsyncExitStack,
+        uploads: HttpCalls | None = None,
+    ) -> None:
         super().__init__(settings)
         self._client = client
         self._stack = stack
-        endpoint = settings.presign_endpoint_url or settings.endpoint_url
-        self._endpoint = (endpoint or f"https://s3.{settings.region}.amazonaws.com").rstrip("/")
+        self._uploads = uploads
+        aws = f"https://s3.{settings.region}.amazonaws.com"
+        self._store_endpoint = (settings.endpoint_url or aws).rstrip("/")
+        self._endpoint = (settings.presign_endpoint_url or self._store_endpoint).rstrip("/")
         self._region = settings.region
         self._signer = sigv4.Signer(
             settings.access_key_id, settings.secret_access_key, settings.region
@@ -90,7 +112,16 @@ class PayloadStore(ObjectNames):
             options["aws_access_key_id"] = settings.access_key_id
             options["aws_secret_access_key"] = settings.secret_access_key
         client = await stack.enter_async_context(get_session().create_client("s3", **options))
-        return cls(client, settings, stack)
+        uploads = None
+        if settings.access_key_id and settings.addressing_style == "path":
+            https = (settings.endpoint_url or "https:").startswith("https:")
+            uploads = HttpCalls(
+                limit=settings.max_connections,
+                timeout=_UPLOAD_TIMEOUT,
+                tls=ssl.create_default_context() if https else None,
+            )
+            stack.push_async_callback(uploads.close)
+        return cls(client, settings, stack, uploads)
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -114,12 +145,37 @@ class PayloadStore(ObjectNames):
     # -- objects ---------------------------------------------------------------------------
 
     async def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
+        if self._uploads is not None:
+            await self._upload(self._uploads, key, body, content_type)
+            return
         try:
             await self._client.put_object(
                 Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
             )
         except (BotoCoreError, ClientError, OSError) as exc:
             raise StorageUnavailable(f"cannot store {key}: {exc}") from exc
+
+    async def _upload(self, calls: HttpCalls, key: str, body: bytes, content_type: str) -> None:
+        problem = ""
+        for attempt in range(_UPLOAD_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(0.05 * 2**attempt)
+            url = self._signer.presign_object(
+                "PUT", self._store_endpoint, self.bucket, key, expires_in=int(_UPLOAD_TIMEOUT) * 2
+            )
+            try:
+                answer = await calls.call("PUT", url, body, {"Content-Type": content_type})
+            except CallFailed as exc:
+                problem = str(exc) or type(exc).__name__
+                continue
+            if answer.status < 300:
+                return
+            found = dict(_S3_ERROR.findall(answer.body))
+            detail = b": ".join(v for v in (found.get(b"Code"), found.get(b"Message")) if v)
+            problem = f"{answer.status} {detail.decode(errors='replace')}".rstrip()
+            if answer.status < 500 and answer.status not in (408, 429):
+                break  # it would be refused again
+        raise StorageUnavailable(f"cannot store {key}: {problem}")
 
     async def get(self, key: str) -> bytes | None:
         """The object's bytes, or ``None`` when there is no such object."""
