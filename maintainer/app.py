@@ -31,6 +31,7 @@ from maintainer.settings import MaintainerSettings
 from maintainer.sweeping import Sweeper
 from maintainer.watching import ShardWatch
 from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.queues import QueueBackend
 from nexus.core.shards import ShardClient, open_shards
@@ -111,6 +112,7 @@ MAINTAINER = web.AppKey("nexus.maintainer", Maintainer)
 
 async def create_app(settings: MaintainerSettings) -> web.Application:
     app = create_base_app("maintainer", settings.http)
+    finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:

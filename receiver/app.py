@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore, apply_migrations
-from nexus.core.httpapi import error_middleware
+from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import create_base_app
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
@@ -18,8 +18,8 @@ from receiver.settings import ReceiverSettings
 async def create_app(settings: ReceiverSettings) -> web.Application:
     signer = Signer(settings.signing.keys)  # a missing key stops the process at once
     app = create_base_app("receiver", settings.http)
-    app.middlewares.append(error_middleware)
     add_routes(app)
+    finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         await apply_migrations(settings.postgres.dsn)

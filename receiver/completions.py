@@ -26,7 +26,14 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.httpapi import ApiError, bad_request, json_response, json_type, read_json_object
+from nexus.core.httpapi import (
+    ApiError,
+    bad_request,
+    json_errors,
+    json_response,
+    json_type,
+    read_json_object,
+)
 from nexus.core.logs import request_id as current_request
 from nexus.core.runs import Stage, Transition
 from nexus.core.signing import Signer
@@ -132,4 +139,5 @@ async def complete(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/algorithm/v1.2/complete/{algorithm}/requests/{request_id}", complete)
+    path = "/algorithm/v1.2/complete/{algorithm}/requests/{request_id}"
+    app.router.add_post(path, json_errors(complete))

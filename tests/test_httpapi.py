@@ -1,4 +1,4 @@
-"""The shared error middleware and body parsing, on a real aiohttp server."""
+"""The shared JSON errors and body parsing, on a real aiohttp server."""
 
 from __future__ import annotations
 
@@ -18,7 +18,13 @@ from nexus.core.errors import (
     StorageUnavailable,
     StoreUnavailable,
 )
-from nexus.core.httpapi import ApiError, error_middleware, json_response, read_json_object
+from nexus.core.httpapi import (
+    ApiError,
+    finish_routes,
+    json_errors,
+    json_response,
+    read_json_object,
+)
 
 MAX_BODY = 1024
 
@@ -56,13 +62,14 @@ async def fine(request: web.Request) -> web.Response:
 
 @pytest_asyncio.fixture
 async def base_url() -> AsyncIterator[str]:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
-    app.router.add_post("/echo", echo)
-    app.router.add_get("/refuse", refuse)
-    app.router.add_get("/dependency/{kind}", dependency)
-    app.router.add_get("/crash", crash)
-    app.router.add_get("/redirect", redirect)
-    app.router.add_get("/fine", fine)
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post("/echo", json_errors(echo))
+    app.router.add_get("/refuse", json_errors(refuse))
+    app.router.add_get("/dependency/{kind}", json_errors(dependency))
+    app.router.add_get("/crash", json_errors(crash))
+    app.router.add_get("/redirect", json_errors(redirect))
+    app.router.add_get("/fine", json_errors(fine))
+    finish_routes(app)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -188,3 +195,14 @@ async def test_redirects_are_not_errors(http: aiohttp.ClientSession, base_url: s
     status, headers, _ = await call(http, "GET", f"{base_url}/redirect")
     assert status == 302
     assert headers["Location"] == "/elsewhere"
+
+
+def test_every_route_must_answer_its_errors_as_json() -> None:
+    async def bare(request: web.Request) -> web.Response:
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_get("/wrapped", json_errors(bare))
+    app.router.add_post("/bare", bare)
+    with pytest.raises(TypeError, match="POST /bare: not wrapped"):
+        finish_routes(app)

@@ -1,15 +1,17 @@
 """What every Nexus HTTP API shares: JSON errors, body parsing, dependency failures.
 
 Every error answer is ``{"error": "<code>", "message": "<human text>"}`` with a 4xx/5xx
-status (DESIGN §2). Handlers raise :class:`ApiError`; :func:`error_middleware` renders it,
+status (DESIGN §2). Handlers raise :class:`ApiError`; :func:`json_errors` renders it,
 turns a body over the size limit into 413, and a real component that is unavailable into
 503 with ``Retry-After`` — bad input never becomes a 5xx, and an outage never looks like the
 client's fault. Anything else unexpected is logged once, with the request id, and answered
-500 without internals.
+500 without internals. :func:`finish_routes` answers unknown paths (404) and methods
+(405) the same way.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -101,27 +103,70 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render :class:`ApiError` and failures of real components as JSON error answers."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
-    except DependencyError as exc:
-        # the client learns what is down, not where it runs (the log has the details)
-        log.warning("dependency unavailable: %s", exc, extra={"path": request.path})
-        message = f"{_UNAVAILABLE.get(type(exc), 'a service Nexus depends on')} is unavailable"
-        return error_response(503, "unavailable", f"{message}; retry later", {"Retry-After": "5"})
-    except web.HTTPRequestEntityTooLarge:
-        return error_response(413, "payload_too_large", TOO_LARGE)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = exc.reason.lower().replace(" ", "_")
-        message = "no such route" if exc.status == 404 else exc.reason
-        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-        return error_response(exc.status, code, message, headers)
-    except Exception:
-        log.exception("unexpected error", extra={"path": request.path})
-        return error_response(500, "internal_error", "an unexpected error occurred")
+def json_errors(handler: Handler) -> Handler:
+    """``handler``, with what it raises answered as a JSON error (see the module docstring).
+
+    Bound to each route when it is added, not run as a middleware: with one, aiohttp looks
+    up and runs a middleware chain (its own wrapper included) on every request — 5 % of
+    the instructions of a whole small request, counted with callgrind."""
+
+    @functools.wraps(handler)
+    async def handle(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except DependencyError as exc:
+            # the client learns what is down, not where it runs (the log has the details)
+            log.warning("dependency unavailable: %s", exc, extra={"path": request.path})
+            message = f"{_UNAVAILABLE.get(type(exc), 'a service Nexus depends on')} is unavailable"
+            return error_response(
+                503, "unavailable", f"{message}; retry later", {"Retry-After": "5"}
+            )
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(413, "payload_too_large", TOO_LARGE)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = exc.reason.lower().replace(" ", "_")
+            headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+            return error_response(exc.status, code, exc.reason, headers)
+        except Exception:
+            log.exception("unexpected error", extra={"path": request.path})
+            return error_response(500, "internal_error", "an unexpected error occurred")
+
+    setattr(handle, _JSON_ERRORS, True)
+    return handle
+
+
+def finish_routes(app: web.Application) -> None:
+    """Answer requests no route takes as JSON errors too: another method on a known path
+    is a 405 naming the allowed ones, an unknown path a 404. Call once every route is
+    added; every route's handler must be wrapped in :func:`json_errors`."""
+    for resource in list(app.router.resources()):
+        if not isinstance(resource, web.Resource):
+            continue  # static files: aiohttp's own answers
+        methods = {route.method for route in resource}
+        for route in resource:
+            if not getattr(route.handler, _JSON_ERRORS, False):
+                raise TypeError(f"{route.method} {resource.canonical}: not wrapped in json_errors")
+        if "*" not in methods:
+            resource.add_route("*", _method_not_allowed(sorted(methods)))
+    app.router.add_route("*", "/{path:.*}", _no_route)
+
+
+_JSON_ERRORS = "__nexus_json_errors__"
+
+
+def _method_not_allowed(methods: list[str]) -> Handler:
+    allow = ",".join(methods)
+
+    async def refuse(request: web.Request) -> web.StreamResponse:
+        message = f"{request.method} is not allowed here; use {allow}"
+        return error_response(405, "method_not_allowed", message, {"Allow": allow})
+
+    return refuse
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    return error_response(404, "not_found", "no such route")

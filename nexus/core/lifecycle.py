@@ -32,6 +32,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from nexus.core.config import HttpSettings, LogSettings
+from nexus.core.httpapi import json_errors
 from nexus.core.logs import configure as configure_logs
 
 log = logging.getLogger(__name__)
@@ -110,9 +111,9 @@ def create_base_app(name: str, http: HttpSettings) -> web.Application:
         handler_args={"access_log": None, "lingering_time": 1.0},
     )
     app[LIFECYCLE] = Lifecycle(name)
-    app.router.add_get("/health/live", _live)
-    app.router.add_get("/health/ready", _ready)
-    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health/live", json_errors(_live))
+    app.router.add_get("/health/ready", json_errors(_ready))
+    app.router.add_get("/metrics", json_errors(_metrics))
     app.on_shutdown.append(_stop_loops_on_shutdown(http.shutdown_timeout))
     return app
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
-from nexus.core.httpapi import ApiError, bad_request, json_response, read_json_object
+from nexus.core.httpapi import ApiError, bad_request, json_errors, json_response, read_json_object
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
 from nexus.core.runs import TERMINAL, Checkpoint, RunKey, RunResult, Stage, Transition
@@ -246,10 +246,11 @@ async def cancel(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_post(f"{PREFIX}/run/{{algorithm}}", run)
-    r.add_get(f"{PREFIX}/results/{{algorithm}}/requests/{{request_id}}", result)
-    r.add_get(f"{PREFIX}/results/{{algorithm}}/tags/{{tag}}", results_by_tag)
-    r.add_get(f"{PREFIX}/metadata/{{algorithm}}/requests/{{request_id}}", metadata)
-    r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}", payload)
-    r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}/content", payload_content)
-    r.add_post(f"{PREFIX}/cancel/{{algorithm}}/requests/{{request_id}}", cancel)
+    r.add_post(f"{PREFIX}/run/{{algorithm}}", json_errors(run))
+    r.add_get(f"{PREFIX}/results/{{algorithm}}/requests/{{request_id}}", json_errors(result))
+    r.add_get(f"{PREFIX}/results/{{algorithm}}/tags/{{tag}}", json_errors(results_by_tag))
+    r.add_get(f"{PREFIX}/metadata/{{algorithm}}/requests/{{request_id}}", json_errors(metadata))
+    r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}", json_errors(payload))
+    content = f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}/content"
+    r.add_get(content, json_errors(payload_content))
+    r.add_post(f"{PREFIX}/cancel/{{algorithm}}/requests/{{request_id}}", json_errors(cancel))

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore, apply_migrations
 from nexus.core.errors import DependencyError
-from nexus.core.httpapi import error_middleware
+from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.queues import QueueBackend, RunQueue
 from nexus.core.shards import ShardClient, open_shards
@@ -46,9 +46,9 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     signer = Signer(settings.signing.keys)
     authenticator = Authenticator(settings.auth)
     app = create_base_app("scheduler", settings.http)
-    app.middlewares.append(error_middleware)
     add_routes(app)
     add_openapi_route(app)
+    finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from nexus.core.httpapi import json_response
+from nexus.core.httpapi import json_errors, json_response
 
 _ID = {
     "name": "requestId",
@@ -251,4 +251,4 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 def add_openapi_route(app: web.Application) -> None:
-    app.router.add_get("/openapi.json", openapi)
+    app.router.add_get("/openapi.json", json_errors(openapi))
