@@ -111,14 +111,22 @@ async def watching() -> tuple[ShardWatch, Recorded]:
     return watch, actions
 
 
-@pytest.mark.parametrize("case", PODS)
-async def test_a_pod_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> None:
-    kind, obj = PODS[case]
+async def judged(resource: str, kind: str, obj: dict[str, Any]) -> tuple[bool, bool]:
+    """Whether the event's raw line is skipped, and whether its handler leaves no trace."""
     watch, actions = await watching()
     before = trace(watch, actions)
-    await watch._on_pod(WatchEvent(kind, obj))
-    ignored = trace(watch, actions) == before
-    skipped = pod_of_no_interest(line(kind, obj))
+    handle, skip = (
+        (watch._on_pod, pod_of_no_interest)
+        if resource == "pod"
+        else (watch._on_job, job_of_no_interest)
+    )
+    await handle(WatchEvent(kind, obj))
+    return skip(line(kind, obj)), trace(watch, actions) == before
+
+
+@pytest.mark.parametrize("case", PODS)
+async def test_a_pod_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> None:
+    skipped, ignored = await judged("pod", *PODS[case])
     assert not skipped or ignored, f"{case}: skipped, but it matters"
     # and the skip is worth having: what is ignored for sure is skipped
     if case in ("pending, no status yet", "succeeded", "deleted while running"):
@@ -127,12 +135,7 @@ async def test_a_pod_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> 
 
 @pytest.mark.parametrize("case", JOBS)
 async def test_a_job_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> None:
-    kind, obj = JOBS[case]
-    watch, actions = await watching()
-    before = trace(watch, actions)
-    await watch._on_job(WatchEvent(kind, obj))
-    ignored = trace(watch, actions) == before
-    skipped = job_of_no_interest(line(kind, obj))
+    skipped, ignored = await judged("job", *JOBS[case])
     assert not skipped or ignored, f"{case}: skipped, but it matters"
     if case == "active":
         assert skipped
