@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
 from nexus.core.errors import ConfigError
-from nexus.core.signing import MIN_KEY_LENGTH, Signer
+from nexus.core.signing import MIN_KEY_LENGTH, HmacKey, Signer
 
 OLD = "old-key-0123456789abcdef"
 NEW = "new-key-fedcba9876543210"
@@ -20,6 +21,15 @@ def split(signed: str) -> tuple[str, str, str]:
     query = dict(parse_qsl(parts.query))
     assert set(query) == {"expires", "signature"}
     return parts.path, query["expires"], query["signature"]
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 16, 63, 64, 65, 200])
+def test_hmac_key_gives_the_standard_hmac(key_length: int) -> None:
+    key = bytes((7 + 3 * i) % 256 for i in range(key_length))
+    mac = HmacKey(key)
+    for message in (b"", b"x", b"run:echo/" + RUN.encode(), bytes(range(256)) * 5):
+        assert mac.digest(message) == hmac.digest(key, message, "sha256")
+        assert mac.digest(message) == mac.digest(message)  # the padded states are not consumed
 
 
 def test_keys_are_required_and_long_enough() -> None:

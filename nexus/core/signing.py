@@ -14,6 +14,7 @@ before the old one is withdrawn.
 from __future__ import annotations
 
 import base64
+import hashlib
 import hmac
 import time
 from collections.abc import Sequence
@@ -21,6 +22,35 @@ from collections.abc import Sequence
 from nexus.core.errors import ConfigError
 
 MIN_KEY_LENGTH = 16
+
+_BLOCK = 64  # SHA-256's block size in bytes
+_INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
+_OUTER_PAD = bytes(byte ^ 0x5C for byte in range(256))
+
+
+class HmacKey:
+    """HMAC-SHA256 (RFC 2104) under one key, whose two padded blocks are hashed once.
+
+    The MACs are those of ``hmac.digest(key, message, "sha256")``, but that call has
+    OpenSSL 3 look the algorithm up and set up a context every time: 24,200 instructions
+    a MAC against 11,900 here (callgrind, a 45-byte message), and every run needs several
+    (its token, its input link, its result URLs, each checked or made again per read)."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > _BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_BLOCK, b"\0")
+        self._inner = hashlib.sha256(key.translate(_INNER_PAD))
+        self._outer = hashlib.sha256(key.translate(_OUTER_PAD))
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 class Signer:
@@ -35,11 +65,10 @@ class Signer:
                     "NEXUS__SIGNING__KEYS: every key must have at least"
                     f" {MIN_KEY_LENGTH} characters"
                 )
-        self._keys = [key.encode() for key in keys]
+        self._keys = [HmacKey(key.encode()) for key in keys]
 
-    def _mac(self, key: bytes, message: str) -> str:
-        digest = hmac.digest(key, message.encode(), "sha256")  # one call into OpenSSL
-        return base64.urlsafe_b64encode(digest[:24]).decode()
+    def _mac(self, key: HmacKey, message: str) -> str:
+        return base64.urlsafe_b64encode(key.digest(message.encode())[:24]).decode()
 
     def _verify(self, message: str, signature: str) -> bool:
         # bytes, not str: compare_digest refuses str with non-ASCII characters (TypeError)

@@ -14,6 +14,7 @@ these calls must work before (and without) it, so this module signs with ``hmac`
 
 Both are checked byte for byte against botocore's signers in the tests. Not supported on
 purpose: session tokens, chunked (streaming) payload signing, virtual-host addressing.
+A day's signing key is derived once and kept as a :class:`~nexus.core.signing.HmacKey`.
 """
 
 from __future__ import annotations
@@ -27,12 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
+from nexus.core.signing import HmacKey
+
 ALGORITHM = "AWS4-HMAC-SHA256"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 """The longest validity S3 accepts for a presigned URL (7 days)."""
 
-_DAY_KEYS: dict[tuple[str, str, str, str], bytes] = {}
+_DAY_KEYS: dict[tuple[str, str, str, str], HmacKey] = {}
 
 
 _RESERVED = re.compile(r"[^A-Za-z0-9\-_.~]")
@@ -154,19 +157,20 @@ class Signer:
             f"{ALGORITHM}\n{stamp}\n{self._scope(stamp)}\n"
             f"{hashlib.sha256(canonical.encode()).hexdigest()}"
         )
-        signature = hmac.digest(self._day_key(day), to_sign.encode(), "sha256").hex()
+        signature = self._day_key(day).digest(to_sign.encode()).hex()
         return f"{origin}{path}?{query}&X-Amz-Signature={signature}"
 
-    def _day_key(self, day: str) -> bytes:
+    def _day_key(self, day: str) -> HmacKey:
         """The signing key of ``day``, derived once per day (four HMACs saved per URL)."""
-        cached = _DAY_KEYS.get((self.secret_access_key, day, self.region, self.service))
+        name = (self.secret_access_key, day, self.region, self.service)
+        cached = _DAY_KEYS.get(name)
         if cached is None:
-            cached = ("AWS4" + self.secret_access_key).encode()
+            key = ("AWS4" + self.secret_access_key).encode()
             for part in (day, self.region, self.service, "aws4_request"):
-                cached = hmac.new(cached, part.encode(), hashlib.sha256).digest()
+                key = hmac.digest(key, part.encode(), "sha256")
             if len(_DAY_KEYS) > 64:
                 _DAY_KEYS.clear()
-            _DAY_KEYS[(self.secret_access_key, day, self.region, self.service)] = cached
+            cached = _DAY_KEYS[name] = HmacKey(key)
         return cached
 
     def _canonical(
@@ -199,7 +203,7 @@ class Signer:
         to_sign = "\n".join(
             [ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
         )
-        return hmac.digest(self._day_key(stamp[:8]), to_sign.encode(), "sha256").hex()
+        return self._day_key(stamp[:8]).digest(to_sign.encode()).hex()
 
 
 def object_url(endpoint_url: str, bucket: str = "", key: str = "") -> str:
