@@ -49,6 +49,10 @@ COMPLETIONS = Counter(
     ["outcome"],
 )
 MAX_URI = 4096
+# bound once: looking a labelled child up costs as much as counting
+_COMPLETED, _FAILED, _DUPLICATE, _REFUSED = (
+    COMPLETIONS.labels(outcome) for outcome in ("completed", "failed", "duplicate", "refused")
+)
 
 
 @dataclass
@@ -86,13 +90,13 @@ def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id:
     if header is None:
         if receiver.settings.allow_tokenless_completions:
             return
-        COMPLETIONS.labels("refused").inc()
+        _REFUSED.inc()
         raise ApiError(401, "unauthorized", "a completion must carry its run token (Bearer)")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not receiver.signer.check_run_token(
         algorithm, run_id, token.strip()
     ):
-        COMPLETIONS.labels("refused").inc()
+        _REFUSED.inc()
         raise ApiError(401, "unauthorized", "the run token does not match this run")
 
 
@@ -106,8 +110,9 @@ async def complete(request: web.Request) -> web.Response:
         run_id = uuid.UUID(raw_id)
     except ValueError:
         raise bad_request(f"requestId: {raw_id[:80]!r} is not a request id (UUID)") from None
-    current_request.set(str(run_id))
-    _authorize(receiver, request, algorithm, str(run_id))
+    rid = str(run_id)  # canonical, whatever spelling the path used
+    current_request.set(rid)
+    _authorize(receiver, request, algorithm, rid)
     body = await read_json_object(request)
     limit = receiver.settings.max_message_length
     cause = _optional_text(body, "cause", "errorCause", limit=1024, cut=True)
@@ -116,21 +121,21 @@ async def complete(request: web.Request) -> web.Response:
     if cause is None:
         if location is not None and not location.startswith(("https://", "http://", "s3://")):
             raise bad_request("sasUri: expected an http(s):// or s3:// URL")
-        result = location or receiver.names.uri(receiver.names.result_key(algorithm, str(run_id)))
+        result = location or receiver.names.uri(receiver.names.result_key(algorithm, rid))
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_uri=result)
     else:
         change = Transition(algorithm, run_id, Stage.FAILED, cause=cause, details=message)
     for _ in range(3):
         if await receiver.store.transition(change):
-            COMPLETIONS.labels("completed" if cause is None else "failed").inc()
-            return json_response({"requestId": str(run_id), "status": change.to.value})
+            (_COMPLETED if cause is None else _FAILED).inc()
+            return json_response({"requestId": rid, "status": change.to.value})
         current = await receiver.store.result(algorithm, run_id)
         if current is None:
-            COMPLETIONS.labels("refused").inc()
+            _REFUSED.inc()
             raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
         if current.stage.terminal:  # already finished: the first report stands
-            COMPLETIONS.labels("duplicate").inc()
-            return json_response({"requestId": str(run_id), "status": current.stage.value})
+            _DUPLICATE.inc()
+            return json_response({"requestId": rid, "status": current.stage.value})
         # An unfinished run must take a completion; never answer 2xx without recording it.
     log.error("a completion could not be recorded on an unfinished run")
     raise ApiError(
