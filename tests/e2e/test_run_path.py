@@ -359,6 +359,72 @@ async def test_metadata_shows_the_queue_position_while_queued(servers: Servers) 
         assert ranked == sorted(ranked) and len(ranked) >= 2
 
 
+async def test_a_full_queue_answers_429_with_retry_after_and_stores_nothing(
+    servers: Servers,
+) -> None:
+    # one creation every 10 s and room for two waiting runs: the queue fills at once
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("echo", inline=False)],  # a refusal must not leave an input behind
+        create_rate={"shard-0": 0.1},
+        section={"max_queue_depth": 2},
+    ) as system:
+        first = await system.submit("echo")
+        await system.wait_for("echo", first, "RUNNING")
+        accepted = [first]
+        body = {"algorithmParameters": {"late": True}}
+        deadline = time.monotonic() + 15
+        while True:  # the depth the limit is held to is measured once a second
+            before = await system.stored()
+            status, answer, headers = await system.call(
+                "POST", "/algorithm/v1.2/run/echo", json=body
+            )
+            if status != 202 or time.monotonic() > deadline:
+                break
+            accepted.append(answer["requestId"])
+            await asyncio.sleep(0.2)
+        assert status == 429, answer
+        assert answer["error"] == "overloaded" and "shard-0" in answer["message"]
+        assert headers["Retry-After"] == "10"
+        assert await system.stored() == before
+        assert len(accepted) >= 3
+        for request_id in accepted:  # what was accepted stays, waiting its turn
+            assert (await system.result("echo", request_id))["status"] in ("BUFFERED", "RUNNING")
+        status, _ = await system.get("/health/ready")
+        assert status == 200
+
+
+async def test_a_saturated_store_answers_503_with_retry_after_and_stores_nothing(
+    servers: Servers,
+) -> None:
+    # one checkpoint write may wait at a time, and each waits 50 ms for company; one
+    # creation every 10 s keeps the dispatcher's own writes out of the way
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("echo", inline=False)],
+        create_rate={"shard-0": 0.1},
+        store={"max_pending": 1, "batch_max_delay": 0.05},
+    ) as system:
+        answers = await asyncio.gather(
+            *(
+                system.call("POST", "/algorithm/v1.2/run/echo", json={"algorithmParameters": {}})
+                for _ in range(20)
+            )
+        )
+        accepted = [body["requestId"] for status, body, _ in answers if status == 202]
+        refused = [(body, headers) for status, body, headers in answers if status != 202]
+        assert accepted and refused
+        for body, headers in refused:
+            assert body["error"] in ("overloaded", "unavailable"), body
+            assert "checkpoint store" in body["message"]
+            assert int(headers["Retry-After"]) > 0
+        rows, inputs = await system.stored()
+        assert rows == len(accepted)  # only what was acknowledged is stored, inputs included
+        assert sorted(key.rsplit("/", 1)[-1] for key in inputs) == sorted(accepted)
+
+
 async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: Servers) -> None:
     async with local_system(servers, templates=[template("echo")]) as system:
         scheduler = system.schedulers[0]

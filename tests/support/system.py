@@ -374,9 +374,11 @@ async def local_system(
     section: dict[str, Any] | None = None,
     receiver: ReceiverSection | None = None,
     auth: dict[str, Any] | None = None,
+    store: dict[str, Any] | None = None,
 ) -> AsyncIterator[System]:
     """The whole system; ``auth`` adds settings (JWT keys, issuer…) to the schedulers'
-    :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``."""
+    :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``, and
+    ``store`` to every service's :class:`PostgresSettings`."""
     tmp_path, postgres_dsn, s3 = servers.tmp_path, servers.postgres_dsn, servers.s3
     redis_url, redis_prefix = servers.redis_url, servers.redis_prefix
     kubeconfigs = tmp_path / "shards"
@@ -387,7 +389,7 @@ async def local_system(
         session = aiohttp.ClientSession()
         stack.push_async_callback(session.close)
         http = HttpSettings(host="127.0.0.1", port=0, drain_delay=0, shutdown_timeout=5)
-        postgres = PostgresSettings(dsn=postgres_dsn, pool_max_size=6)
+        postgres = PostgresSettings(dsn=postgres_dsn, pool_max_size=6, **(store or {}))
         storage = StorageSettings(
             endpoint_url=s3.endpoint_url,
             region=s3.region,

@@ -1,0 +1,161 @@
+"""The Job a run becomes (DESIGN §3): every field the algorithm contract and Kubernetes need."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+
+from nexus.core.labels import ALGORITHM_LABEL, COMPONENT_LABEL, REQUEST_LABEL, SHARD_ANNOTATION
+from nexus.core.runs import Checkpoint, Stage
+from nexus.core.templates import Workgroup
+from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
+
+RUN = UUID("5f0c4f3e-8a43-4c8e-9d0b-2f7d7c1e9a11")
+PARENT = "0b6c8f5e-8a1c-4b7e-9d1e-2f3a4b5c6d7e"
+LINKS = RunLinks(
+    input_url="https://scheduler/input?sig=1",
+    result_upload_url="https://s3/results/put?sig=2",
+    receiver_url="https://receiver-gpu",
+    run_token="token-abc",
+)
+APPLIED: dict[str, Any] = {
+    "image": "team/forecast",
+    "registry": "ghcr.io",
+    "versionTag": "1.2.3",
+    "serviceAccountName": "runner",
+    "cpuLimit": "2",
+    "memoryLimit": "4Gi",
+    "customResources": {"nvidia.com/gpu": "1"},
+    "workgroup": "gpu-pool",
+    "shard": "shard-gpu",
+    "command": ["python", "-m", "forecast"],
+    "args": ["--sas-uri={sas-uri}", "--request-id={request-id}", "--name={algorithm-name}"],
+    "env": {"MODE": "fast"},
+    "envFrom": [{"secretRef": {"name": "creds"}}],
+    "annotations": {"team": "science"},
+    "deadlineSeconds": 600,
+    "maximumRetries": 2,
+    "transientExitCodes": [143, 137],
+    "fatalExitCodes": [1],
+}
+GPU_POOL = Workgroup(
+    name="gpu-pool",
+    shard="shard-gpu",
+    tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    affinity={"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}},
+)
+
+
+def checkpoint(applied: dict[str, Any], parent: dict[str, str] | None = None) -> Checkpoint:
+    now = datetime.now(UTC)
+    return Checkpoint(
+        algorithm="forecast", id=RUN, stage=Stage.BUFFERED, caller="tests",
+        received_by_host="scheduler-0", received_at=now, last_modified=now,
+        applied_configuration=applied, payload_valid_for=timedelta(hours=1), payload_uri=None,
+        has_inline_payload=True, result_uri=None, failure_cause=None, failure_details=None,
+        sent_at=None, configuration_overrides=None, content_hash=None, tag=None,
+        api_version="v1.2", job_uid=None, parent=parent, shard=None, attempts=0,
+        idempotency_key=None,
+    )  # fmt: skip
+
+
+def test_the_job_carries_the_whole_contract() -> None:
+    parent = {"requestId": PARENT, "algorithmName": "planner"}
+    job = build_job(
+        checkpoint(APPLIED, parent),
+        LINKS,
+        workgroup=GPU_POOL,
+        parent=ParentJob(PARENT, "uid-of-parent"),
+        ttl_after_finished=300,
+    )
+    name = str(RUN)
+    labels = {ALGORITHM_LABEL: "forecast", COMPONENT_LABEL: "algorithm-run", REQUEST_LABEL: name}
+    assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
+    assert job["metadata"] == {
+        "name": name,
+        "labels": labels,
+        "annotations": {SHARD_ANNOTATION: "shard-gpu"},
+        "ownerReferences": [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": PARENT,
+                "uid": "uid-of-parent",
+                "blockOwnerDeletion": False,
+            }
+        ],
+    }
+    spec = job["spec"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (2, 600)
+    assert spec["ttlSecondsAfterFinished"] == 300
+    # fatal codes fail the Job at once; with transient codes listed, so does any other code
+    assert spec["podFailurePolicy"] == {
+        "rules": [
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": name, "operator": "In", "values": [1]},
+            },
+            {
+                "action": "FailJob",
+                "onExitCodes": {"containerName": name, "operator": "NotIn", "values": [137, 143]},
+            },
+        ]
+    }
+    pod = spec["template"]
+    assert pod["metadata"] == {"labels": labels, "annotations": {"team": "science"}}
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert pod["spec"]["serviceAccountName"] == "runner"
+    assert pod["spec"]["tolerations"] == GPU_POOL.tolerations
+    assert pod["spec"]["affinity"] == GPU_POOL.affinity
+    (container,) = pod["spec"]["containers"]
+    assert container["name"] == name
+    assert container["image"] == "ghcr.io/team/forecast:1.2.3"
+    assert container["command"] == ["python", "-m", "forecast"]
+    assert container["args"] == [
+        f"--sas-uri={LINKS.input_url}",
+        f"--request-id={name}",
+        "--name=forecast",
+    ]
+    assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    assert container["resources"] == {
+        "limits": {"cpu": "2", "memory": "4Gi", "nvidia.com/gpu": "1"},
+        "requests": {"cpu": "2", "memory": "4Gi"},
+    }
+    assert {e["name"]: e["value"] for e in container["env"]} == {
+        "MODE": "fast",
+        "NEXUS__ALGORITHM_NAME": "forecast",
+        "NEXUS__SHARD_NAME": "shard-gpu",
+        "NEXUS__REQUEST_ID": name,
+        "NEXUS__RECEIVER_URL": "https://receiver-gpu",
+        "NEXUS__RUN_TOKEN": "token-abc",
+        "NEXUS__RESULT_UPLOAD_URL": LINKS.result_upload_url,
+        "NEXUS__PARENT_REQUEST_ID": PARENT,
+        "NEXUS__PARENT_ALGORITHM_NAME": "planner",
+    }
+    assert orjson.loads(serialise(job)) == job
+
+
+def test_a_plain_template_gets_the_contracts_default_arguments_and_nothing_optional() -> None:
+    plain = {
+        key: APPLIED[key]
+        for key in (
+            "image", "versionTag", "cpuLimit", "memoryLimit", "workgroup", "shard",
+            "deadlineSeconds", "maximumRetries",
+        )
+    }  # fmt: skip
+    job = build_job(checkpoint(plain), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    name = str(RUN)
+    assert "ownerReferences" not in job["metadata"]
+    assert "podFailurePolicy" not in job["spec"]
+    pod_spec = job["spec"]["template"]["spec"]
+    assert not {"serviceAccountName", "tolerations", "affinity"} & set(pod_spec)
+    (container,) = pod_spec["containers"]
+    assert container["image"] == "team/forecast:1.2.3"
+    assert container["args"] == [f"--sas-uri={LINKS.input_url}", f"--request-id={name}"]
+    assert not {"command", "envFrom"} & set(container)
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
+    env = {e["name"] for e in container["env"]}
+    assert "NEXUS__RUN_TOKEN" in env and "NEXUS__PARENT_REQUEST_ID" not in env
