@@ -22,6 +22,11 @@ Guarantees beyond the common ones:
   the restart can be read as soon as it returns.
 * **Ports are checked.** ``weed mini`` silently moves to another port when one is taken;
   its log line saying so fails the start instead (and a first start retries elsewhere).
+* **Stopped within seconds.** A graceful stop takes 1.2-1.5 s, but after load the volume
+  server may wait up to a minute for connections that are not idle, opened inside weed
+  (clients only talk to the gateway). :meth:`LocalS3.stop` waits ``STOP_GRACE`` seconds,
+  then kills; an object is written once its PUT is answered, so nothing is lost (a test
+  kills and restarts it).
 
 One thing SeaweedFS does not let us move: it also listens on
 ``/tmp/seaweedfs-<component>-grpc-<port>.sock``. It removes those on a graceful stop;
@@ -40,6 +45,9 @@ from pathlib import Path
 from nexus.core import sigv4
 from nexus.core.localprocesses import BinarySource, find_weed, free_ports
 from nexus.core.localservers import LocalServer
+
+STOP_GRACE = 3.0
+"""Seconds a stop waits for SeaweedFS to exit by itself (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,9 @@ class LocalS3(LocalServer[S3Info]):
             for node in rack.get("DataNodes") or []
         ]
         return any(node.get("Volumes", 0) > 0 for node in nodes)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(min(timeout, STOP_GRACE))
 
     def _after_exit(self) -> None:
         # weed also listens on /tmp/seaweedfs-<name>-grpc-<port>.sock, a path it hard-codes;
