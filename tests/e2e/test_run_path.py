@@ -13,7 +13,7 @@ import orjson
 import pytest
 from harness import Servers
 from prometheus_client import REGISTRY
-from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template
+from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template, workgroup
 
 from nexus.core import sigv4
 from nexus.core.queues import QueuedRun
@@ -423,6 +423,40 @@ async def test_a_saturated_store_answers_503_with_retry_after_and_stores_nothing
         rows, inputs = await system.stored()
         assert rows == len(accepted)  # only what was acknowledged is stored, inputs included
         assert sorted(key.rsplit("/", 1)[-1] for key in inputs) == sorted(accepted)
+
+
+async def test_templates_and_workgroups_are_followed_while_the_scheduler_runs(
+    servers: Servers,
+) -> None:
+    async def status_of_a_submit(algorithm: str, body: dict[str, Any]) -> tuple[int, Any]:
+        status, answer, _ = await system.call("POST", f"/algorithm/v1.2/run/{algorithm}", json=body)
+        return status, answer
+
+    async def eventually(algorithm: str, body: dict[str, Any], status: int) -> Any:
+        deadline = time.monotonic() + 10
+        while True:  # the scheduler learns of the change through its watch
+            seen, answer = await status_of_a_submit(algorithm, body)
+            if seen == status or time.monotonic() > deadline:
+                assert seen == status, answer
+                return answer
+            await asyncio.sleep(0.1)
+
+    async with local_system(servers, templates=[]) as system:
+        plain = {"algorithmParameters": {"x": 1}}
+        answer = await eventually("echo", plain, 404)
+        assert answer["error"] == "unknown_algorithm"
+        await system.apply("shard-0", template("echo"))
+        request_id = (await eventually("echo", plain, 202))["requestId"]
+        assert (await system.wait_for("echo", request_id))["status"] == "COMPLETED"
+        # a workgroup added later can be chosen at once it is seen
+        moved = {"algorithmParameters": {}, "customConfiguration": {"workgroup": "late"}}
+        assert (await eventually("echo", moved, 400))["error"] == "invalid_configuration"
+        await system.apply("shard-0", workgroup("late", "shard-0"))
+        request_id = (await eventually("echo", moved, 202))["requestId"]
+        _, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
+        assert metadata["appliedConfiguration"]["workgroup"] == "late"
+        await system.remove("shard-0", "NexusAlgorithmTemplate", "echo")
+        assert (await eventually("echo", plain, 404))["error"] == "unknown_algorithm"
 
 
 async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: Servers) -> None:

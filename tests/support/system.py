@@ -46,6 +46,10 @@ OTHER_TOKEN = "limited-token-" + "y" * 20
 SIGNING_KEY = "signing-key-for-tests-0123456789"
 NAMESPACE = "nexus"
 GROUP = "/apis/science.sneaksanddata.com/v1/namespaces/nexus"
+_PLURALS = {
+    "NexusAlgorithmTemplate": "nexusalgorithmtemplates",
+    "NexusAlgorithmWorkgroup": "nexusalgorithmworkgroups",
+}
 
 
 def free_port() -> int:
@@ -269,17 +273,22 @@ class System:
 
     async def apply(self, shard: str, obj: dict[str, Any]) -> None:
         """Create a custom resource on ``shard`` (the controller in single-cluster mode)."""
-        plural = {
-            "NexusAlgorithmTemplate": "nexusalgorithmtemplates",
-            "NexusAlgorithmWorkgroup": "nexusalgorithmworkgroups",
-        }[obj["kind"]]
         target = self.cluster[shard]
         async with self.session.post(
-            f"{target.url}{GROUP}/{plural}",
+            f"{target.url}{GROUP}/{_PLURALS[obj['kind']]}",
             json=obj,
             headers={"Authorization": f"Bearer {target.token}"},
         ) as response:
             assert response.status in (201, 409), await response.text()
+
+    async def remove(self, shard: str, kind: str, name: str) -> None:
+        """Delete a custom resource from ``shard``."""
+        target = self.cluster[shard]
+        async with self.session.delete(
+            f"{target.url}{GROUP}/{_PLURALS[kind]}/{name}",
+            headers={"Authorization": f"Bearer {target.token}"},
+        ) as response:
+            assert response.status == 200, await response.text()
 
     async def start_scheduler(self, **section: Any) -> SchedulerProcess:
         port = free_port()
