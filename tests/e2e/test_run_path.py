@@ -13,6 +13,7 @@ import orjson
 import pytest
 from harness import Servers
 from prometheus_client import REGISTRY
+from support.proxy import Proxy, proxied_kubeconfigs
 from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template, workgroup
 
 from nexus.core import sigv4
@@ -448,7 +449,7 @@ async def test_templates_and_workgroups_are_followed_while_the_scheduler_runs(
         await system.apply("shard-0", template("echo"))
         request_id = (await eventually("echo", plain, 202))["requestId"]
         assert (await system.wait_for("echo", request_id))["status"] == "COMPLETED"
-        # a workgroup added later can be chosen at once it is seen
+        # a workgroup added later can be chosen as soon as it is seen
         moved = {"algorithmParameters": {}, "customConfiguration": {"workgroup": "late"}}
         assert (await eventually("echo", moved, 400))["error"] == "invalid_configuration"
         await system.apply("shard-0", workgroup("late", "shard-0"))
@@ -457,6 +458,39 @@ async def test_templates_and_workgroups_are_followed_while_the_scheduler_runs(
         assert metadata["appliedConfiguration"]["workgroup"] == "late"
         await system.remove("shard-0", "NexusAlgorithmTemplate", "echo")
         assert (await eventually("echo", plain, 404))["error"] == "unknown_algorithm"
+
+
+async def test_creations_the_shard_cannot_take_are_retried_then_fail_with_the_cause(
+    servers: Servers,
+) -> None:
+    async with local_system(servers, templates=[template("echo")], schedulers=0) as system:
+        proxy = Proxy(system.cluster["shard-0"].port)
+        await proxy.start()
+        try:
+            through = proxied_kubeconfigs(
+                system, servers.tmp_path / "through-proxy", {"shard-0": proxy}
+            )
+            await system.start_scheduler(
+                kubeconfig_dir=through, retry_base_delay=0.2, max_dispatch_attempts=3
+            )
+            proxy.cut()  # the shard's API server cannot be reached
+            doomed = await system.submit("echo")
+            answer = await system.wait_for("echo", doomed, timeout=15)
+            assert answer["status"] == "SCHEDULING_FAILED", answer
+            assert "after 3 attempts" in answer["runErrorMessage"], answer
+            saved = await system.submit("echo")
+            deadline = time.monotonic() + 10
+            while True:  # it failed once and waits for its retry, still queued
+                _, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{saved}")
+                if metadata["attempts"] >= 1 or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.05)
+            assert metadata["attempts"] >= 1 and metadata["lifecycleStage"] == "BUFFERED"
+            proxy.restore()
+            assert (await system.wait_for("echo", saved, timeout=15))["status"] == "COMPLETED"
+            assert job_of(system, "shard-0", doomed) is None
+        finally:
+            await proxy.stop()
 
 
 async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: Servers) -> None:

@@ -9,16 +9,15 @@ from dataclasses import replace
 
 from harness import Servers
 from maintaining import (
-    Proxy,
     delete_job,
     faulty,
     open_store,
-    proxied_kubeconfigs,
     running_maintainer,
     settings_for,
     wait_until,
 )
 from prometheus_client import REGISTRY
+from support.proxy import Proxy, proxied_kubeconfigs
 from support.system import System, local_system, template
 
 from maintainer.settings import MaintainerSettings

@@ -290,12 +290,19 @@ class System:
         ) as response:
             assert response.status == 200, await response.text()
 
-    async def start_scheduler(self, **section: Any) -> SchedulerProcess:
+    async def start_scheduler(
+        self, kubeconfig_dir: Path | None = None, **section: Any
+    ) -> SchedulerProcess:
+        """Another scheduler pod; ``kubeconfig_dir`` points it at other kubeconfigs of the
+        shards (through a :class:`~support.proxy.Proxy`, say)."""
         port = free_port()
         base = self.base_settings
         settings = replace(
             base,
             http=replace(base.http, port=port),
+            shards=replace(
+                base.shards, kubeconfig_dir=kubeconfig_dir or base.shards.kubeconfig_dir
+            ),
             scheduler=replace(
                 base.scheduler,
                 pod_name=f"scheduler-{uuid.uuid4().hex[:6]}",
