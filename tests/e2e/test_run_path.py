@@ -493,6 +493,29 @@ async def test_creations_the_shard_cannot_take_are_retried_then_fail_with_the_ca
             await proxy.stop()
 
 
+async def test_a_job_the_shard_refuses_fails_its_run_with_the_shards_message(
+    servers: Servers,
+) -> None:
+    # Nexus passes the template's environment on as it is; the API server wants names
+    refused = template(
+        "echo",
+        runtimeEnvironment={
+            "deadlineSeconds": 60,
+            "maximumRetries": 0,
+            "environmentVariables": [{"name": "", "value": "x"}],
+        },
+    )
+    async with local_system(servers, templates=[refused]) as system:
+        request_id = await system.submit("echo")
+        answer = await system.wait_for("echo", request_id)
+        assert answer["status"] == "SCHEDULING_FAILED", answer
+        message = answer["runErrorMessage"]
+        assert "refused the job: 422" in message and "env[0].name" in message, message
+        _, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
+        assert metadata["attempts"] == 0  # not tried again: it would be refused again
+        assert job_of(system, "shard-0", request_id) is None
+
+
 async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: Servers) -> None:
     async with local_system(servers, templates=[template("echo")]) as system:
         scheduler = system.schedulers[0]
