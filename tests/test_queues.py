@@ -62,6 +62,31 @@ async def test_every_key_starts_with_the_prefix(backend: QueueBackend, redis_pre
     assert all(k.startswith(redis_prefix) for k in mine)
 
 
+def hash_tag(key: str) -> str:
+    """What Redis Cluster hashes a key by: the text between its first braces, if any."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else key
+
+
+async def test_keys_a_script_uses_together_share_a_cluster_slot(
+    backend: QueueBackend, redis_prefix: str
+) -> None:
+    queue = backend.queue("pod-1")
+    await queue.heartbeat(10)
+    await queue.push([run(1), run(2, OTHER)])
+    popped = await queue.pop(SHARD, 1)
+    await queue.delay(SHARD, popped, 10)
+    await backend.take_tokens(SHARD, 1, 10, 10, 0.1)
+    keys = [k.decode() async for k in backend.client.scan_iter(match="*", count=1000)]
+    mine = [k for k in keys if k.startswith(redis_prefix)]
+    queues = [k for k in mine if ":throttle:" not in k]
+    # every queue of every pod: adoption moves runs between pods in one script
+    assert len(queues) == 5 and {hash_tag(k) for k in queues} == {"q"}
+    (bucket,) = [k for k in mine if ":throttle:" in k]
+    assert hash_tag(bucket) == SHARD
+
+
 async def test_pop_takes_oldest_priority_first(backend: QueueBackend) -> None:
     queue = backend.queue("pod-1")
     runs = [run(p) for p in (300, 100, 200, 50, 400)]
