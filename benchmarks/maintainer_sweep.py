@@ -86,9 +86,11 @@ FROM generate_series(1, $1) AS g
 
 @dataclass
 class StubWatch:
-    """What the RUNNING sweep reads of a shard watch: its Jobs, all present."""
+    """What the RUNNING sweep reads of a shard watch: its Jobs, all present, none of them
+    succeeded."""
 
     jobs: dict[str, str]
+    succeeded: dict[str, float] = field(default_factory=dict)
     shard: str = SHARD
     synced: bool = True
     client: Any = None

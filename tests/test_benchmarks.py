@@ -3,6 +3,7 @@ each must still start: its imports and its options are checked with ``--help``."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,20 @@ def test_benchmark_script_starts(script: str) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("usage:"), done.stdout[:500]
+
+
+def test_the_maintainer_sweep_benchmark_runs_at_a_small_size() -> None:
+    """The one benchmark that drives the maintainer's classes in-process (the others start
+    its processes), so a change to those must not leave it behind: run it small."""
+    small = ["--rows", "5000", "--candidates", "200", "--queued", "100", "--events", "500"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "maintainer_sweep.py"), *small],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["sweep"]["running_sweep_ms_per_10k"] > 0, figures
+    assert figures["adoption"]["queued"] == 100, figures
