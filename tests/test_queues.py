@@ -48,13 +48,19 @@ async def places(backend: QueueBackend, pod: str, item: QueuedRun) -> list[str]:
     return found
 
 
-async def test_every_key_starts_with_the_prefix(backend: QueueBackend, redis_prefix: str) -> None:
+async def use_every_queue_key(backend: QueueBackend) -> None:
+    """Have one pod's queue and one shard's throttle write every kind of key they keep:
+    pods, shards, ready (two shards), delayed, in flight and bucket."""
     queue = backend.queue("pod-1")
     await queue.heartbeat(10)
     await queue.push([run(1), run(2, OTHER)])
     popped = await queue.pop(SHARD, 1)
     await queue.delay(SHARD, popped, 10)
     await backend.take_tokens(SHARD, 1, 10, 10, 0.1)
+
+
+async def test_every_key_starts_with_the_prefix(backend: QueueBackend, redis_prefix: str) -> None:
+    await use_every_queue_key(backend)
     assert await backend.hold_lease("maintainer", "me", 10)
     keys = [k.decode() async for k in backend.client.scan_iter(match="*", count=1000)]
     mine = [k for k in keys if redis_prefix in k]
@@ -72,12 +78,7 @@ def hash_tag(key: str) -> str:
 async def test_keys_a_script_uses_together_share_a_cluster_slot(
     backend: QueueBackend, redis_prefix: str
 ) -> None:
-    queue = backend.queue("pod-1")
-    await queue.heartbeat(10)
-    await queue.push([run(1), run(2, OTHER)])
-    popped = await queue.pop(SHARD, 1)
-    await queue.delay(SHARD, popped, 10)
-    await backend.take_tokens(SHARD, 1, 10, 10, 0.1)
+    await use_every_queue_key(backend)
     keys = [k.decode() async for k in backend.client.scan_iter(match="*", count=1000)]
     mine = [k for k in keys if k.startswith(redis_prefix)]
     queues = [k for k in mine if ":throttle:" not in k]
