@@ -266,6 +266,30 @@ async def test_a_run_named_twice_in_one_batch_gets_both_changes(store: Checkpoin
     assert (stored.stage, stored.job_uid, stored.result_uri) == (Stage.COMPLETED, "uid-1", "r")
 
 
+async def test_a_bad_change_in_a_later_round_keeps_no_part_of_its_batch(
+    store: CheckpointStore,
+) -> None:
+    """Runs named twice take two statements; when the second fails, the first must not stay
+    written under the change-by-change retry (which would refuse a change already made, or
+    count an attempt twice)."""
+    x, y = new_run(), new_run()
+    for run in (x, y):
+        await store.insert(run)
+    results = await asyncio.gather(
+        store.transition(Transition(x.algorithm, x.id, Stage.COMPLETED, result_uri="r")),
+        store.transition(Transition(y.algorithm, y.id, Stage.BUFFERED, attempts=1)),
+        store.transition(Transition(x.algorithm, x.id, Stage.FAILED, details="bad\x00")),
+        store.transition(Transition(y.algorithm, y.id, Stage.RUNNING, job_uid="u")),
+        return_exceptions=True,
+    )
+    assert results[0] is True and results[1] is True and results[3] is True
+    assert isinstance(results[2], CheckpointRejected)
+    stored_x, stored_y = await store.get(x.algorithm, x.id), await store.get(y.algorithm, y.id)
+    assert stored_x is not None and stored_y is not None
+    assert (stored_x.stage, stored_x.result_uri) == (Stage.COMPLETED, "r")
+    assert (stored_y.stage, stored_y.attempts, stored_y.job_uid) == (Stage.RUNNING, 1, "u")
+
+
 async def test_expected_stage_narrows_a_transition(store: CheckpointStore) -> None:
     run = new_run()
     await store.insert(run)

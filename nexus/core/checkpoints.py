@@ -333,7 +333,6 @@ class CheckpointStore:
     async def _transition_batch(self, changes: Sequence[Transition]) -> list[bool]:
         # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
         # twice in one batch has its later changes applied in a following statement.
-        applied: list[bool] = [False] * len(changes)
         rounds: list[list[int]] = []
         seen: dict[RunKey, int] = {}
         for index, change in enumerate(changes):
@@ -342,23 +341,32 @@ class CheckpointStore:
             if depth == len(rounds):
                 rounds.append([])
             rounds[depth].append(index)
-        async with self._connection() as conn:  # each statement is atomic on its own
-            for indices in rounds:
-                indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
-                batch = [changes[i] for i in indices]
-                rows = await self._update(conn, _transition_columns(batch))
-                done = {(row["algorithm"], row["id"]) for row in rows}
-                for i in indices:
-                    applied[i] = (changes[i].algorithm, changes[i].id) in done
+        for indices in rounds:
+            indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
+        columns = [_transition_columns([changes[i] for i in indices]) for indices in rounds]
+        async with self._connection() as conn:
+            answers = await self._update(conn, columns)
+        applied: list[bool] = [False] * len(changes)
+        for indices, rows in zip(rounds, answers, strict=True):
+            done = {(row["algorithm"], row["id"]) for row in rows}
+            for i in indices:
+                applied[i] = (changes[i].algorithm, changes[i].id) in done
         return applied
 
-    async def _update(self, conn: Connection, columns: list[list[Any]]) -> list[asyncpg.Record]:
+    async def _update(
+        self, conn: Connection, rounds: list[list[list[Any]]]
+    ) -> list[list[asyncpg.Record]]:
+        """The rows each round's UPDATE changed. Several rounds are one transaction: if a
+        later one fails, none is kept, and the batch can be retried change by change."""
         for attempt in range(_DEADLOCK_RETRIES):
             try:
-                return await conn.fetch(sql.TRANSITION, *columns)
+                if len(rounds) == 1:  # one statement is atomic on its own
+                    return [await conn.fetch(sql.TRANSITION, *rounds[0])]
+                async with conn.transaction():
+                    return [await conn.fetch(sql.TRANSITION, *columns) for columns in rounds]
             except asyncpg.DeadlockDetectedError as exc:
                 # Sorted batches do not deadlock each other; another writer may still.
-                # The statement was rolled back as a whole, so trying again is safe.
+                # What failed was rolled back as a whole, so trying again is safe.
                 if attempt == _DEADLOCK_RETRIES - 1:
                     raise StoreUnavailable(f"transitions kept deadlocking: {exc}") from exc
         raise AssertionError("unreachable")
