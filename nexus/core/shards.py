@@ -119,11 +119,15 @@ def _tls_context(configuration: Configuration) -> ssl.SSLContext:
 
 
 def _message(body: bytes) -> str:
+    """The message of a Status answer, or the start of any other body; it is recorded in a
+    run's checkpoint, whose text cannot hold NUL characters."""
     try:
         status = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return body[:500].decode(errors="replace")
-    return str(status.get("message", "")) if isinstance(status, dict) else str(status)
+        text = body[:500].decode(errors="replace")
+    else:
+        text = str(status.get("message", "")) if isinstance(status, dict) else str(status)
+    return text.replace("\x00", "\ufffd")
 
 
 class ShardClient:
@@ -268,7 +272,9 @@ class ShardClient:
                 status, answer, found = await self._lean().call(
                     "POST", url, body, headers, idempotent=True
                 )
-        except (*_NETWORK_ERRORS, CallFailed) as exc:
+        except (*_NETWORK_ERRORS, CallFailed, kube_config.ConfigException) as exc:
+            # credentials that cannot be loaded now (a token file being rotated, an exec
+            # plugin failing) are the shard's trouble, not the run's: retried like 5xx
             raise ShardUnavailable(f"shard {self.name}: create job: {exc!r}") from exc
         retry_after = _retry_after(found) if status == 429 else 0.0
         if status in (200, 201, 202):

@@ -4,15 +4,22 @@ One loop per shard pops runs in batches (a popped run stays in this pod's in-fli
 Redis until its outcome is recorded, so a crash loses nothing), reads their checkpoints in
 one round trip, skips those that are no longer ``BUFFERED`` (cancelled, or already
 dispatched by a previous owner), takes creation tokens from the shard's shared throttle and
-creates the Jobs with bounded concurrency. Outcomes:
+creates the Jobs with bounded concurrency. Runs that waited for their tokens longer than
+:data:`RECHECK_AFTER` are read again first, so a run cancelled while it waited is never
+created. Outcomes:
 
 * created (201) or already there (409) → ``RUNNING`` with ``job_uid``, ``shard``,
-  ``sent_at`` — unless the run was cancelled meanwhile, then its Job is deleted;
+  ``sent_at`` — unless the run was cancelled (or failed) meanwhile, then its Job is deleted;
 * 429 → the shard is paused for its ``Retry-After`` and slowed for every pod; the run goes
   back to the queue with its priority, not counted as an attempt;
 * another 4xx → ``SCHEDULING_FAILED`` with the cluster's message (it will keep refusing);
-* 5xx or a network error → one more attempt recorded, back to the queue after an
-  exponential backoff, ahead of newer runs; ``SCHEDULING_FAILED`` after the last attempt.
+* 5xx, 401 (credentials being renewed) or a network error → one more attempt recorded,
+  back to the queue after an exponential backoff, ahead of newer runs. After the last
+  attempt the Job is looked up, since a failed call may have created it all the same: if
+  it is there the run is ``RUNNING``, otherwise ``SCHEDULING_FAILED``.
+
+Failures are written only over ``BUFFERED`` (compare-and-set), so a pod that still holds a
+run another pod has adopted and dispatched cannot fail it.
 
 Checkpoint writes are group-committed and only after they land are runs removed from the
 in-flight set.
@@ -24,18 +31,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from uuid import UUID
 
 from prometheus_client import Counter, Histogram
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.errors import DependencyError, ShardUnavailable
+from nexus.core.errors import (
+    CheckpointRejected,
+    DependencyError,
+    ShardRejected,
+    ShardThrottled,
+    ShardUnavailable,
+)
 from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
-from nexus.core.shards import ShardClient
+from nexus.core.shards import JOBS, ShardClient
 from nexus.core.templates import Catalog
 from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
 from nexus.scheduler.links import Links
@@ -43,6 +56,14 @@ from nexus.scheduler.settings import SchedulerSection
 from nexus.scheduler.throttling import ShardThrottle
 
 log = logging.getLogger(__name__)
+
+RECHECK_AFTER = 0.1
+"""Seconds a batch may wait for creation tokens before its runs are read again: a run
+cancelled while its batch waited is then seen before its Job is created. Time spent on
+anything else (a busy event loop) does not count: an unthrottled shard reads once."""
+ABANDONED = frozenset({Stage.CANCELLED, Stage.DEADLINE_EXCEEDED, Stage.SCHEDULING_FAILED})
+"""Stages in which a run's Job, created while the stage changed, must not run."""
+_SHARD_ERRORS = (DependencyError, ShardRejected, ShardThrottled)
 
 CREATES = Counter(
     "nexus_job_creates_total", "Job creation calls by shard and outcome.", ["shard", "outcome"]
@@ -172,25 +193,20 @@ class Dispatcher:
         self, shard: str, runs: list[QueuedRun], gate: asyncio.Lock, stopping: asyncio.Event
     ) -> None:
         creations: list[asyncio.Task[Outcome]] = []
+        loop = asyncio.get_running_loop()
         try:
-            found = await self.store.get_many(r.key for r in runs)
-            ready: list[tuple[QueuedRun, Checkpoint]] = []
-            stale: list[QueuedRun] = []
-            for run in runs:
-                checkpoint = found.get(run.key)
-                if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
-                    stale.append(run)
-                else:
-                    ready.append((run, checkpoint))
-            if stale:
-                SKIPPED.inc(len(stale))
-                await self.queue.settle(stale)
+            ready = await self._still_buffered(runs)
             parents = await self._parents([c for _, c in ready])
             throttle = self.throttles[shard]
             pending = ready
+            waited = 0.0  # for creation tokens, since the checkpoints were read
             while pending and not stopping.is_set():
+                asked = loop.time()
                 granted = await throttle.acquire(len(pending), stopping)
+                waited += loop.time() - asked
                 chunk, pending = pending[:granted], pending[granted:]
+                if waited > RECHECK_AFTER:  # cancelled meanwhile?
+                    chunk = await self._still_buffered([r for r, _ in chunk])
                 for run, checkpoint in chunk:
                     await self._creating[shard].acquire()
                     creations.append(
@@ -207,6 +223,23 @@ class Dispatcher:
         if pending:  # stopping: not created, give them back at once
             await self._give_back(shard, [r for r, _ in pending], 0, stopping)
         await self._record(shard, outcomes, stopping)
+
+    async def _still_buffered(self, runs: list[QueuedRun]) -> list[tuple[QueuedRun, Checkpoint]]:
+        """The runs still waiting for their Job, with their checkpoints; the others are
+        settled (taken off the in-flight set)."""
+        found = await self.store.get_many(r.key for r in runs)
+        ready: list[tuple[QueuedRun, Checkpoint]] = []
+        stale: list[QueuedRun] = []
+        for run in runs:
+            checkpoint = found.get(run.key)
+            if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
+                stale.append(run)
+            else:
+                ready.append((run, checkpoint))
+        if stale:
+            SKIPPED.inc(len(stale))
+            await self.queue.settle(stale)
+        return ready
 
     async def _parents(self, checkpoints: list[Checkpoint]) -> dict[RunKey, ParentJob]:
         """The parent Job of each run whose parent was dispatched to the same shard."""
@@ -232,6 +265,17 @@ class Dispatcher:
         self, shard: str, run: QueuedRun, checkpoint: Checkpoint, parent: ParentJob | None
     ) -> Outcome:
         request_id.set(str(run.key.id))
+        outcome = await self._call_create(shard, run, checkpoint, parent)
+        if outcome.kind == "failed" and self._last_attempt(checkpoint):
+            outcome = await self._look_for_job(shard, outcome)
+        return outcome
+
+    def _last_attempt(self, checkpoint: Checkpoint) -> bool:
+        return checkpoint.attempts + 1 >= self.settings.max_dispatch_attempts
+
+    async def _call_create(
+        self, shard: str, run: QueuedRun, checkpoint: Checkpoint, parent: ParentJob | None
+    ) -> Outcome:
         try:
             try:
                 body = self._job(shard, checkpoint, parent)
@@ -254,11 +298,27 @@ class Dispatcher:
         if result.status == 429:
             CREATES.labels(shard, "throttled").inc()
             return Outcome(run, checkpoint, "throttled", retry_after=result.retry_after)
-        if result.status >= 500:
+        if result.status >= 500 or result.status == 401:
             CREATES.labels(shard, "failed").inc()
             return Outcome(run, checkpoint, "failed", message=f"{result.status} {result.message}")
         CREATES.labels(shard, "rejected").inc()
         return Outcome(run, checkpoint, "rejected", message=f"{result.status} {result.message}")
+
+    async def _look_for_job(self, shard: str, failed: Outcome) -> Outcome:
+        """After the last failed attempt: the call may have created the Job all the same
+        (a server error after the write, an answer lost on the way). If it is there, the
+        run is running; if it cannot be told, the run fails with the reason why."""
+        try:
+            job = await self.shards[shard].get(JOBS, str(failed.checkpoint.id))
+        except _SHARD_ERRORS as exc:
+            return replace(
+                failed, message=f"{failed.message} (nor could the job be looked up: {exc})"
+            )
+        if job is None:
+            return failed
+        uid = (job.get("metadata") or {}).get("uid")
+        log.info("the last failed attempt had created the job", extra={"shard": shard})
+        return replace(failed, kind="created", uid=uid, message="")
 
     def _job(self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None) -> bytes:
         links = RunLinks(
@@ -298,6 +358,7 @@ class Dispatcher:
                         cause="scheduling failed",
                         details=f"shard {shard} refused the job: {o.message}",
                         shard=shard,
+                        expect=Stage.BUFFERED,
                     )
                 )
             elif o.kind == "throttled":
@@ -316,10 +377,13 @@ class Dispatcher:
                             details=f"shard {shard} could not create the job "
                             f"after {attempts} attempts: {o.message}",
                             shard=shard,
+                            expect=Stage.BUFFERED,
                         )
                     )
                 else:
-                    changes.append(Transition(alg, rid, Stage.BUFFERED, attempts=1))
+                    changes.append(
+                        Transition(alg, rid, Stage.BUFFERED, attempts=1, expect=Stage.BUFFERED)
+                    )
                     delay = min(
                         self.settings.retry_max_delay,
                         self.settings.retry_base_delay * 2 ** (attempts - 1),
@@ -328,7 +392,7 @@ class Dispatcher:
         if throttled:
             await self.throttles[shard].rejected(retry_after)
             await self._give_back(shard, throttled, retry_after, stopping)
-        applied = await asyncio.gather(*(self.store.transition(c) for c in changes))
+        applied = await self._write(changes)
         retried = {r.key for runs in retry.values() for r in runs}
         settled = [
             o.run
@@ -345,18 +409,45 @@ class Dispatcher:
             await self._give_back(shard, runs, delay, stopping)
         await self.queue.settle(settled)
 
+    async def _write(self, changes: list[Transition]) -> list[bool]:
+        """Whether each change was applied. A change the store cannot hold is logged and
+        counts as not applied; a store that cannot be reached fails the whole batch."""
+        results = await asyncio.gather(
+            *(self.store.transition(c) for c in changes), return_exceptions=True
+        )
+        applied = []
+        for change, result in zip(changes, results, strict=True):
+            if isinstance(result, CheckpointRejected):
+                log.error("%s", result, extra={"requestId": str(change.id)})
+                applied.append(False)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                applied.append(result)
+        return applied
+
     async def _undo(self, shard: str, refused: list[Transition]) -> None:
-        """Jobs created for runs that finished meanwhile: delete those that were cancelled."""
-        current = await self.store.get_many(c.key for c in refused)
+        """Jobs created for runs that finished meanwhile: delete those whose run was
+        cancelled or failed (a run that completed may have done so in this very Job, which
+        is then left to its TTL). If the stages cannot be read, every such Job goes."""
+        try:
+            current = await self.store.get_many(c.key for c in refused)
+        except DependencyError as exc:
+            log.warning("cannot read runs whose jobs were refused; deleting them: %s", exc)
+            current = None
         for change in refused:
-            run = current.get(change.key)
-            if run is not None and run.stage == Stage.CANCELLED:
-                with contextlib.suppress(DependencyError):
-                    await self.shards[shard].delete_job(str(change.id), "Background")
-                    log.info(
-                        "deleted the job of a run cancelled while it was created",
-                        extra={"requestId": str(change.id)},
-                    )
+            run = current.get(change.key) if current is not None else None
+            if current is not None and (run is None or run.stage not in ABANDONED):
+                continue
+            try:
+                await self.shards[shard].delete_job(str(change.id), "Background")
+            except _SHARD_ERRORS as exc:
+                log.warning("cannot delete the job of a finished run: %s", exc)
+                continue
+            log.info(
+                "deleted the job of a run that finished while it was created",
+                extra={"requestId": str(change.id)},
+            )
 
 
 async def _wait(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:

@@ -1,0 +1,341 @@
+"""Dispatch against a stand-in shard that answers what each test needs: server errors,
+refusals, 429 with its Retry-After, a failed call that made the Job all the same, a run
+cancelled while it waits for a creation token or while its Job is created.
+
+The checkpoint store, the queue and the object store are the real local servers; only the
+shard's API server is played, by a small HTTP server that records every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiohttp import web
+from harness import S3Bucket
+from support.system import template, workgroup
+
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.config import PostgresSettings, RedisSettings, StorageSettings
+from nexus.core.queues import QueueBackend, QueuedRun
+from nexus.core.runs import Checkpoint, NewRun, Stage, Transition
+from nexus.core.shards import ShardClient
+from nexus.core.signing import Signer
+from nexus.core.storage import PayloadStore
+from nexus.core.templates import Catalog, apply, parse_template, parse_workgroup
+from nexus.scheduler.dispatching import Dispatcher
+from nexus.scheduler.links import Links
+from nexus.scheduler.settings import SchedulerSection
+from nexus.scheduler.throttling import ShardThrottle
+
+SHARD = "shard-0"
+NAMESPACE = "runs"
+JOBS = f"/apis/batch/v1/namespaces/{NAMESPACE}/jobs"
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    made: bool = False
+    """The Job is created although the answer says otherwise (a 5xx after the write)."""
+
+
+@dataclass
+class StandIn:
+    """The shard's API server: answers creations from ``answers`` in turn (201 once they
+    are used up), keeps the Jobs it made, and records every call."""
+
+    answers: list[Answer] = field(default_factory=list)
+    delete_answer: Answer | None = None
+    on_create: Callable[[str], Awaitable[None]] | None = None
+    created_at: list[tuple[float, str]] = field(default_factory=list)
+    jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("name", "")
+        if request.method == "POST":
+            job = orjson.loads(await request.read())
+            name = job["metadata"]["name"]
+            self.created_at.append((time.monotonic(), name))
+            if self.on_create is not None:
+                await self.on_create(name)
+            answer = self.answers.pop(0) if self.answers else Answer(201, made=True)
+            if answer.made:
+                job["metadata"]["uid"] = f"uid-{name}"
+                self.jobs[name] = job
+            body = answer.body or orjson.dumps(job)
+            return web.Response(status=answer.status, body=body, headers=answer.headers)
+        if request.method == "DELETE":
+            self.deleted.append(name)
+            if self.delete_answer is not None:
+                a = self.delete_answer
+                return web.Response(status=a.status, body=a.body, headers=a.headers)
+            found = self.jobs.pop(name, None)
+            return web.json_response(found or _status(404), status=200 if found else 404)
+        found = self.jobs.get(name)
+        return web.json_response(found or _status(404), status=200 if found else 404)
+
+    def creations(self, name: str) -> int:
+        return sum(1 for _, n in self.created_at if n == name)
+
+
+def _status(code: int, message: str = "not found") -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "code": code, "message": message}
+
+
+@dataclass
+class Dispatch:
+    stand_in: StandIn
+    store: CheckpointStore
+    backend: QueueBackend
+    dispatcher: Dispatcher
+    catalog: Catalog
+    stopping: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def submit(self) -> NewRun:
+        config = apply(self.catalog.templates["echo"], {}, self.catalog)
+        run = NewRun(
+            algorithm="echo",
+            id=uuid.uuid4(),
+            stage=Stage.BUFFERED,
+            caller="tester",
+            received_by_host="test-host",
+            applied_configuration=config,
+            payload_valid_for=timedelta(hours=1),
+            payload_inline=b'{"x": 1}',
+        )
+        await self.store.insert(run)
+        await self.backend.queue("pod-a").push([QueuedRun(SHARD, run.key, time.time() * 1000)])
+        self.dispatcher.notify(SHARD)
+        return run
+
+    async def checkpoint(self, run: NewRun) -> Checkpoint:
+        found = await self.store.get(run.algorithm, run.id)
+        assert found is not None
+        return found
+
+    async def settled(self, run: NewRun, stage: Stage, timeout: float = 10.0) -> Checkpoint:
+        """The run's checkpoint once it is in ``stage`` and off the in-flight set."""
+        deadline = time.monotonic() + timeout
+        while True:
+            assert not self.task.done(), self.task  # the dispatcher must not have stopped
+            found = await self.checkpoint(run)
+            off_queue = await self.backend.missing(SHARD, [run.key], ["pod-a"])
+            if found.stage == stage and off_queue:  # neither queued nor in flight
+                return found
+            assert time.monotonic() < deadline, (found.stage, found.failure_details, off_queue)
+            await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def dispatching(
+    postgres_dsn: str,
+    redis_url: str,
+    redis_prefix: str,
+    s3: S3Bucket,
+    tmp_path: Path,
+    stand_in: StandIn,
+    *,
+    rate: float = 1000.0,
+    **section: Any,
+) -> AsyncIterator[Dispatch]:
+    app = web.Application()
+    for path in (JOBS, JOBS + "/{name}"):
+        app.router.add_route("*", path, stand_in.handle)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    kubeconfig = tmp_path / "shard-0.kubeconfig"
+    server = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "s", "cluster": {"server": server}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "s", "context": {"cluster": "s", "user": "u"}}],
+                "current-context": "s",
+            }
+        )
+    )
+    catalog = Catalog()
+    catalog.templates["echo"] = parse_template(template("echo"))
+    catalog.workgroups["default"] = parse_workgroup(workgroup("default", SHARD))
+    store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=4))
+    backend = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
+    payloads = await PayloadStore.open(
+        StorageSettings(
+            endpoint_url=s3.endpoint_url,
+            region=s3.region,
+            access_key_id=s3.access_key_id,
+            secret_access_key=s3.secret_access_key,
+            bucket=s3.bucket,
+        )
+    )
+    shard = await ShardClient.from_kubeconfig(SHARD, kubeconfig, NAMESPACE, timeout=2.0)
+    settings = SchedulerSection(
+        pod_name="pod-a",
+        dispatch_linger=0,
+        dispatch_idle_poll=0.05,
+        retry_base_delay=0.05,
+        **section,
+    )
+    throttle = ShardThrottle(backend, SHARD, rate, burst_seconds=1 / rate, recovery=0.05)
+    dispatcher = Dispatcher(
+        queue=backend.queue("pod-a"),
+        store=store,
+        shards={SHARD: shard},
+        throttles={SHARD: throttle},
+        links=Links(payloads, Signer(["k" * 32]), settings),
+        catalog=catalog,
+        settings=settings,
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stopping))
+    try:
+        yield Dispatch(stand_in, store, backend, dispatcher, catalog, stopping, task)
+    finally:
+        stopping.set()
+        await asyncio.wait_for(asyncio.shield(task), 10)
+        for close in (shard.close, payloads.close, backend.close, store.close, runner.cleanup):
+            await close()
+
+
+@pytest.fixture
+def options(
+    postgres_dsn: str, redis_url: str, redis_prefix: str, s3: S3Bucket, tmp_path: Path
+) -> tuple[str, str, str, S3Bucket, Path]:
+    return postgres_dsn, redis_url, redis_prefix, s3, tmp_path
+
+
+Options = tuple[str, str, str, S3Bucket, Path]
+
+
+async def test_server_errors_and_401_are_retried_until_the_job_is_made(options: Options) -> None:
+    stand_in = StandIn(answers=[Answer(503, b'{"message": "etcd timed out"}'), Answer(401, b"{}")])
+    async with dispatching(*options, stand_in) as d:
+        run = await d.submit()
+        stored = await d.settled(run, Stage.RUNNING)
+        assert stand_in.creations(str(run.id)) == 3
+        assert (stored.attempts, stored.job_uid, stored.shard) == (2, f"uid-{run.id}", SHARD)
+
+
+async def test_a_refusal_fails_the_run_with_the_shards_message(options: Options) -> None:
+    refusal = orjson.dumps(_status(422, 'Job.batch "x" is invalid: spec.template: Required'))
+    stand_in = StandIn(answers=[Answer(422, refusal), Answer(400, b"<html>bad\x00</html>")])
+    async with dispatching(*options, stand_in) as d:
+        first, second = await d.submit(), await d.submit()
+        failed = await d.settled(first, Stage.SCHEDULING_FAILED)
+        assert (
+            failed.failure_details is not None
+            and "spec.template: Required" in failed.failure_details
+        )
+        # a body that is not a Status, with a NUL PostgreSQL text cannot hold
+        failed = await d.settled(second, Stage.SCHEDULING_FAILED)
+        assert failed.failure_details is not None and "bad\ufffd" in failed.failure_details
+        third = await d.submit()  # and dispatch goes on
+        await d.settled(third, Stage.RUNNING)
+
+
+async def test_the_last_failed_attempt_looks_for_the_job(options: Options) -> None:
+    """A create that failed for the last time may have made the Job: then the run runs."""
+    stand_in = StandIn(answers=[Answer(504, b"{}", made=True), Answer(504, b"{}")])
+    async with dispatching(*options, stand_in, max_dispatch_attempts=1) as d:
+        made = await d.submit()
+        running = await d.settled(made, Stage.RUNNING)
+        assert running.job_uid == f"uid-{made.id}"
+        lost = await d.submit()
+        failed = await d.settled(lost, Stage.SCHEDULING_FAILED)
+        assert failed.failure_details is not None and "after 1 attempts" in failed.failure_details
+
+
+async def test_a_429_pauses_creations_for_its_retry_after(options: Options) -> None:
+    stand_in = StandIn(answers=[Answer(429, b"{}", {"Retry-After": "2"})])
+    async with dispatching(*options, stand_in) as d:
+        run = await d.submit()
+        stored = await d.settled(run, Stage.RUNNING)
+        assert stored.attempts == 0  # a 429 is not a failed attempt
+        (first, _), (second, _) = stand_in.created_at
+        assert second - first >= 1.9
+
+
+async def test_a_run_cancelled_while_it_waits_for_a_token_is_never_created(
+    options: Options,
+) -> None:
+    async with dispatching(*options, StandIn(), rate=0.5, dispatch_batch=5) as d:
+        runs = [await d.submit() for _ in range(3)]
+        await d.settled(runs[0], Stage.RUNNING)  # the burst's one token
+        queue = d.backend.queue("pod-a")
+        for _ in range(500):  # until the second run is taken, and waits for a token
+            if await queue.depth(SHARD) <= 1:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the second run was never taken off the queue")
+        for run in runs[1:]:
+            cancel = Transition(run.algorithm, run.id, Stage.CANCELLED, cause="cancelled")
+            assert await d.store.transition(cancel)
+        for run in runs[1:]:
+            await d.settled(run, Stage.CANCELLED, timeout=8)
+        await asyncio.sleep(0.5)
+        assert [name for _, name in d.stand_in.created_at] == [str(runs[0].id)]
+
+
+async def test_a_job_made_for_a_run_cancelled_meanwhile_is_deleted(options: Options) -> None:
+    """The run is cancelled while its Job is created (the RUNNING write is then refused):
+    the Job is deleted; a shard refusing the delete does not stop dispatch."""
+    stand_in = StandIn()
+    async with dispatching(*options, stand_in) as d:
+
+        async def cancel(name: str) -> None:
+            run = next(r for r in runs if str(r.id) == name)
+            change = Transition(run.algorithm, run.id, Stage.CANCELLED, cause="cancelled")
+            assert await d.store.transition(change)
+
+        runs: list[NewRun] = []
+        stand_in.on_create = cancel
+        runs.append(await d.submit())
+        await d.settled(runs[0], Stage.CANCELLED)
+        assert stand_in.deleted == [str(runs[0].id)]
+        assert str(runs[0].id) not in stand_in.jobs
+        stand_in.delete_answer = Answer(429, b"{}", {"Retry-After": "1"})
+        runs.append(await d.submit())
+        await d.settled(runs[1], Stage.CANCELLED)
+        await asyncio.sleep(0.3)
+        assert stand_in.deleted == [str(r.id) for r in runs]
+        stand_in.on_create = None
+        runs.append(await d.submit())
+        await d.settled(runs[2], Stage.RUNNING)
+
+
+async def test_a_failure_never_overwrites_a_run_another_pod_dispatched(options: Options) -> None:
+    """Two pods may hold one run (its queue adopted while the first pod still lived): the
+    one whose create is refused must not fail the run the other has started."""
+    stand_in = StandIn(answers=[Answer(422, orjson.dumps(_status(422, "invalid")))])
+    async with dispatching(*options, stand_in) as d:
+
+        async def dispatched_elsewhere(name: str) -> None:
+            change = Transition("echo", uuid.UUID(name), Stage.RUNNING, job_uid="other-pod")
+            assert await d.store.transition(change)
+
+        stand_in.on_create = dispatched_elsewhere
+        run = await d.submit()
+        await d.settled(run, Stage.RUNNING)
+        await asyncio.sleep(0.3)  # the refusal's write has been made, or refused
+        stored = await d.checkpoint(run)
+        assert (stored.stage, stored.job_uid) == (Stage.RUNNING, "other-pod")
