@@ -391,6 +391,9 @@ async def test_idempotency_key_returns_the_first_run(store: CheckpointStore) -> 
     # another caller's identical key is another run
     other_caller = new_run(key="order-17", caller="someone-else")
     assert (await store.insert(other_caller)).created
+    # the same caller's key sent for another algorithm finds the first run, and says whose
+    elsewhere = await store.insert(new_run("other", key="order-17"))
+    assert (elsewhere.id, elsewhere.created, elsewhere.algorithm) == (first.id, False, "echo")
 
 
 async def test_concurrent_duplicates_create_one_run(store: CheckpointStore) -> None:
@@ -414,7 +417,7 @@ async def test_idempotency_key_expires_after_24_hours(
         await conn.close()
     second = new_run(key="daily")
     admitted = await store.insert(second)
-    assert admitted == type(admitted)(second.id, True)
+    assert admitted == type(admitted)(second.id, True, second.algorithm)
 
 
 async def test_by_tag_and_inline_payload(store: CheckpointStore) -> None:

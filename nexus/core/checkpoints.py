@@ -135,10 +135,14 @@ async def apply_migrations(dsn: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    """Outcome of an insert: the run's id and whether this call created it."""
+    """Outcome of an insert: the run's id and algorithm, and whether this call created it.
+
+    An idempotency key names one run per caller, whatever its algorithm: a repeat for
+    another algorithm finds the first run, whose ``algorithm`` then differs."""
 
     id: UUID
     created: bool
+    algorithm: str
 
 
 def _result(row: asyncpg.Record) -> RunResult:
@@ -274,14 +278,16 @@ class CheckpointStore:
             results.append(result)
         return results
 
-    async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission]:
+    async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission | Exception]:
         columns: list[list[Any]] = [[] for _ in range(15)]
         for run in runs:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
         async with self._connection() as conn:  # one statement: atomic on its own
             inserted = {row["id"] for row in await conn.fetch(sql.INSERT, *columns)}
-            results = [Admission(run.id, True) for run in runs]
+            results: list[Admission | Exception] = [
+                Admission(run.id, True, run.algorithm) for run in runs
+            ]
             losers = [i for i, run in enumerate(runs) if run.id not in inserted]
             if losers:
                 await self._resolve_conflicts(conn, runs, losers, results)
@@ -292,13 +298,13 @@ class CheckpointStore:
         conn: Connection,
         runs: Sequence[NewRun],
         losers: list[int],
-        results: list[Admission],
+        results: list[Admission | Exception],
     ) -> None:
         """Point each idempotent duplicate at its first run; retry keys that have expired."""
         keyed = [i for i in losers if runs[i].idempotency_key is not None]
         for i in losers:
             if runs[i].idempotency_key is None:  # the same request id twice: it exists
-                results[i] = Admission(runs[i].id, False)
+                results[i] = Admission(runs[i].id, False, runs[i].algorithm)
         if not keyed:
             return
         callers = [runs[i].caller for i in keyed]
@@ -309,13 +315,15 @@ class CheckpointStore:
             for i in keyed:  # rare: one statement each keeps this path simple
                 await conn.fetch(sql.INSERT, *([value] for value in _insert_row(runs[i])))
             rows = await conn.fetch(sql.IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
-        first = {(row["caller"], row["idempotency_key"]): row["id"] for row in rows}
+        first = {(row["caller"], row["idempotency_key"]): row for row in rows}
         for i in keyed:
             run = runs[i]
             owner = first.get((run.caller, run.idempotency_key))
             if owner is None:  # the first run was deleted in between: nothing names the key
-                raise StoreUnavailable("idempotency key conflict could not be resolved; retry")
-            results[i] = Admission(owner, owner == run.id)
+                # only this run fails: its neighbours are written, and must hear so
+                results[i] = StoreUnavailable("idempotency key conflict unresolved; retry")
+                continue
+            results[i] = Admission(owner["id"], owner["id"] == run.id, owner["algorithm"])
 
     async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
         try:

@@ -232,6 +232,13 @@ class Submitter:
         if not admission.created:
             if key is not None:
                 await self._forget_input(key)
+            if admission.algorithm != algorithm:  # its id would not be found under this one
+                raise ApiError(
+                    409,
+                    "conflict",
+                    f"Idempotency-Key already names run {admission.id} of algorithm"
+                    f" {admission.algorithm}",
+                )
             return Accepted(admission.id, created=False)
         try:
             await self._pushes.submit(QueuedRun(shard, run.key, time.time() * 1000))

@@ -418,6 +418,22 @@ async def expect_4xx(check: Checker, name: str, method: str, path: str) -> None:
     assert status == 200, f"after {name}: {status} {body!r}"
 
 
+async def test_an_idempotency_key_names_one_run_of_one_algorithm(servers: Servers) -> None:
+    """A key reused for another algorithm cannot return the first run's id: that id is not
+    found under the other algorithm's routes. It is a conflict, and nothing is stored."""
+    async with checker(servers) as check:
+        first = await check.system.submit("echo", VALID, **{"Idempotency-Key": "order-7"})
+        path = "/algorithm/v1.2/run/other"
+        case = Case(
+            "key of an echo run", first, json=VALID, path=path,
+            headers={"Idempotency-Key": "order-7"}, status=409, code="conflict",
+        )  # fmt: skip
+        answer = await check.refused(case)
+        assert "echo" in answer["message"], answer
+        again = await check.system.submit("echo", VALID, **{"Idempotency-Key": "order-7"})
+        assert again == first
+
+
 async def test_bad_cancellations_change_nothing(servers: Servers) -> None:
     async with checker(servers) as check:
         request_id = await check.system.submit("echo")
