@@ -16,7 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.errors import DependencyError
+from nexus.core.errors import DependencyError, ShardRejected, ShardThrottled
 from nexus.core.httpapi import ApiError, bad_request, json_errors, json_response, read_json_object
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
@@ -208,9 +208,10 @@ async def cancel(request: web.Request) -> web.Response:
         request.headers.get("Authorization"), algorithm
     )
     body = await read_json_object(request) if request.can_read_body else {}
-    reason = body.get("reason") or "cancelled on request"
-    initiator = body.get("initiator") or principal.caller
-    policy = body.get("cancellationPolicy") or "Background"
+    # absent (or null) takes the default; any other value is checked, falsy ones included
+    reason = _given(body, "reason", "cancelled on request")
+    initiator = _given(body, "initiator", principal.caller)
+    policy = _given(body, "cancellationPolicy", "Background")
     for name, value in (("reason", reason), ("initiator", initiator)):
         if not isinstance(value, str) or len(value) > 1000:
             raise bad_request(f"{name}: expected a string of at most 1000 characters")
@@ -238,10 +239,15 @@ async def cancel(request: web.Request) -> web.Response:
         try:
             deleted = await client.delete_job(str(run_id), policy)
             log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
-        except DependencyError as exc:
+        except (DependencyError, ShardRejected, ShardThrottled) as exc:
             # The run is cancelled; its Job, if any, expires with its deadline and TTL.
             log.warning("cancelled, but the job could not be deleted: %s", exc)
     return json_response({"requestId": str(run_id), "status": Stage.CANCELLED.value})
+
+
+def _given(body: dict[str, Any], name: str, default: str) -> Any:
+    value = body.get(name)
+    return default if value is None or value == "" else value
 
 
 def add_routes(app: web.Application) -> None:

@@ -447,6 +447,9 @@ async def test_bad_cancellations_change_nothing(servers: Servers) -> None:
             Case("initiator a list", "initiator", json={"initiator": ["me"]}, path=path),
             Case("reason with NUL", "reason", json={"reason": "a\u0000b"}, path=path),
             Case("initiator with NUL", "initiator", json={"initiator": "a\u0000b"}, path=path),
+            Case("reason zero", "reason", json={"reason": 0}, path=path),
+            Case("initiator an empty list", "initiator", json={"initiator": []}, path=path),
+            Case("policy false", "cancellationPolicy", json={"cancellationPolicy": False}, path=path),
         ]  # fmt: skip
         for case in cases:
             await check.refused(case)
