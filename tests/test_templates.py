@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from nexus.core.templates import (
     DNS_LABEL,
     Catalog,
     InvalidConfiguration,
+    Template,
+    Workgroup,
     apply,
     normalise_overrides,
     parse_template,
@@ -159,6 +162,11 @@ def test_environment_as_a_mapping() -> None:
         ("spec.runtimeEnvironment.maximumRetries", 1.5, "maximumRetries"),
         ("spec.runtimeEnvironment.annotations", ["a"], "annotations"),
         ("spec.runtimeEnvironment.mappedEnvironmentVariables", ["x"], "mappedEnvironmentVariables"),
+        (
+            "spec.runtimeEnvironment.mappedEnvironmentVariables",
+            [{"secretRef": {"name": {"not", "json"}}}],
+            "mappedEnvironmentVariables",
+        ),
         ("spec.errorHandlingBehaviour.transientExitCodes", [1, "x"], "transientExitCodes[1]"),
         ("spec.errorHandlingBehaviour.fatalExitCodes", 1, "fatalExitCodes"),
         ("spec.payloadConfiguration.payloadValidFor", "forever", "payloadValidFor"),
@@ -208,6 +216,7 @@ def test_parse_workgroup() -> None:
         ("metadata.name", ..., "metadata.name"),
         ("spec.tolerations", {"key": "x"}, "tolerations"),
         ("spec.affinity", "near", "affinity"),
+        ("spec.affinity", {"weight": 2**70}, "affinity"),
     ],
 )
 def test_unusable_workgroup_names_the_field(path: str, value: Any, field: str) -> None:
@@ -384,18 +393,74 @@ def test_apply_merges_overrides_and_resolves_the_workgroups_shard(catalog: Catal
     assert applied["customResources"] == {"nvidia.com/gpu": "1", "example.com/fpga": "1"}
 
 
+def _containers(value: Any) -> list[Any]:
+    """Every dict and list inside ``value``, ``value`` included."""
+    if isinstance(value, dict):
+        return [value, *(c for v in value.values() for c in _containers(v))]
+    if isinstance(value, list):
+        return [value, *(c for v in value for c in _containers(v))]
+    return []
+
+
+def _shared(a: Any, b: Any) -> list[Any]:
+    """The dicts and lists found inside both ``a`` and ``b`` (the same objects, not equal ones)."""
+    in_b = {id(c) for c in _containers(b)}
+    return [c for c in _containers(a) if id(c) in in_b]
+
+
+def _fields(obj: Template | Workgroup) -> list[Any]:
+    return [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+
+
 def test_apply_does_not_share_state_with_the_template(catalog: Catalog) -> None:
-    template = catalog.templates["forecast"]
+    template = parse_template(copy.deepcopy(FULL_TEMPLATE))
+    pristine = copy.deepcopy(template)
     applied = apply(template, {}, catalog)
+    expected = copy.deepcopy(applied)
+    assert not _shared(applied, _fields(template))
+
     applied["args"].append("--more")
     applied["env"]["MODE"] = "slow"
     applied["envFrom"][0]["x"] = 1
+    applied["envFrom"][0]["secretRef"]["name"] = "stolen"
+    applied["envFrom"].append({"configMapRef": {"name": "extra"}})
+    applied["customResources"]["nvidia.com/gpu"] = "8"
     applied["customResources"]["x"] = "1"
-    again = apply(template, {}, catalog)
-    assert again["args"] == ["--sas-uri={sas-uri}", "--request-id={request-id}"]
-    assert again["env"]["MODE"] == "fast"
-    assert again["envFrom"] == [{"secretRef": {"name": "creds"}}]
-    assert again["customResources"] == {"nvidia.com/gpu": "1"}
+    applied["annotations"]["team"] = "other"
+    applied["transientExitCodes"].append(1)
+    assert template == pristine
+    assert apply(template, {}, catalog) == expected
+
+    # the other way round: a template changed later leaves an applied configuration alone
+    applied = apply(template, {}, catalog)
+    template.env_from[0]["secretRef"]["name"] = "rotated"
+    template.custom_resources["nvidia.com/gpu"] = "4"
+    template.command.append("--verbose")
+    assert applied == expected
+
+
+def test_parsing_does_not_share_state_with_the_resource() -> None:
+    template_resource = copy.deepcopy(FULL_TEMPLATE)
+    template_resource["spec"]["runtimeEnvironment"]["mappedEnvironmentVariables"].append(
+        {"configMapRef": {"name": "settings", "optional": True}}
+    )
+    workgroup_resource = copy.deepcopy(WORKGROUP)
+    workgroup_resource["spec"]["affinity"] = {
+        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1}]}
+    }
+    template = parse_template(template_resource)
+    workgroup = parse_workgroup(workgroup_resource)
+    assert not _shared(_fields(template), template_resource)
+    assert not _shared(_fields(workgroup), workgroup_resource)
+
+    pristine = (copy.deepcopy(template), copy.deepcopy(workgroup))
+    runtime = template_resource["spec"]["runtimeEnvironment"]
+    runtime["mappedEnvironmentVariables"][0]["secretRef"]["name"] = "changed"
+    runtime["mappedEnvironmentVariables"][1]["configMapRef"]["optional"] = False
+    workgroup_resource["spec"]["affinity"]["nodeAffinity"].clear()
+    workgroup_resource["spec"]["tolerations"][0]["key"] = "changed"
+    workgroup_resource["spec"]["capabilities"]["gpu"] = False
+    assert (template, workgroup) == pristine
 
 
 def test_apply_with_an_unknown_workgroup_names_where_it_came_from(catalog: Catalog) -> None:
