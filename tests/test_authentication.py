@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
+import json
 import time
 from types import SimpleNamespace
 from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
@@ -108,24 +112,149 @@ def test_a_malformed_algorithms_claim_is_refused(claim: Any) -> None:
     assert "nexus/algorithms" in error.message
 
 
-def test_a_cached_jwt_stops_working_when_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+def _rsa_keys() -> tuple[bytes, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public.decode()
+
+
+@pytest.fixture(scope="module")
+def rsa_keys() -> tuple[bytes, str, bytes]:
+    """A private key, its public key, and a private key of another pair."""
+    private, public = _rsa_keys()
+    other, _ = _rsa_keys()
+    return private, public, other
+
+
+def unsigned(claims: dict[str, Any]) -> str:
+    """A JWT with ``alg: none`` and no signature, as an attacker would send it."""
+
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def test_valid_hs256_and_rs256_jwts_are_accepted(rsa_keys: tuple[bytes, str, bytes]) -> None:
+    private, public, _ = rsa_keys
+    auth = authenticator(jwt_rs256_public_key=public, jwt_leeway=30)
+    claims = {"iss": ISSUER, "aud": "nexus", "sub": "rs", "exp": int(time.time()) + 60}
+    assert auth.authenticate(f"Bearer {token()}").caller == "someone"
+    assert auth.authenticate(f"Bearer {jwt.encode(claims, private, 'RS256')}").caller == "rs"
+    within_leeway = token(exp=int(time.time()) - 10)
+    assert auth.authenticate(f"Bearer {within_leeway}").caller == "someone"
+
+
+@pytest.mark.parametrize(
+    ("case", "names"),
+    [
+        ("wrong audience", "audience"),
+        ("no audience", "aud"),
+        ("wrong issuer", "issuer"),
+        ("wrong HS256 secret", "signature"),
+        ("alg none", "none"),
+        ("RS256 signed by another key", "signature"),
+        ("expired beyond the leeway", "expired"),
+    ],
+)
+def test_a_forged_or_stale_jwt_gets_401_naming_the_problem(
+    rsa_keys: tuple[bytes, str, bytes], case: str, names: str
+) -> None:
+    _, public, other = rsa_keys
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "nexus", "sub": "someone", "exp": now + 60}
+    credential = {
+        "wrong audience": token(aud="someone-else"),
+        "no audience": token(aud=None),
+        "wrong issuer": token(iss="https://elsewhere.example"),
+        "wrong HS256 secret": jwt.encode(claims, SECRET[::-1], "HS256"),
+        "alg none": unsigned(claims),
+        "RS256 signed by another key": jwt.encode(claims, other, "RS256"),
+        "expired beyond the leeway": token(exp=now - 31),
+    }[case]
+    auth = authenticator(jwt_rs256_public_key=public, jwt_leeway=30)
+    error = refused(auth, f"Bearer {credential}")
+    assert (error.status, error.code) == (401, "unauthorized"), error.message
+    assert names in error.message.lower(), error.message
+    assert error.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+class Clock:
+    """The time as both the cache and PyJWT see it, moved by the test."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = time.time()
+        clock = self
+
+        class Now(datetime.datetime):
+            @classmethod
+            def now(cls, tz: datetime.tzinfo | None = None) -> Now:
+                return cls.fromtimestamp(clock.now, tz)
+
+        monkeypatch.setattr(authentication, "time", SimpleNamespace(time=lambda: self.now))
+        monkeypatch.setattr(jwt.api_jwt, "datetime", Now)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    return Clock(monkeypatch)
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The JWTs whose signature and claims were checked, in order."""
+    calls: list[str] = []
+    decode = jwt.decode
+
+    def counting(token: str, *args: Any, **kwargs: Any) -> Any:
+        calls.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    return calls
+
+
+def test_a_verified_jwt_is_served_from_the_cache(decoded: list[str]) -> None:
     auth = authenticator()
-    expires = int(time.time()) + 60
+    first, second = token(sub="first"), token(sub="second")
+    principal = auth.authenticate(f"Bearer {first}")
+    assert principal.caller == "first"
+    for _ in range(3):
+        assert auth.authenticate(f"Bearer {first}") is principal
+    assert decoded == [first]
+    assert auth.authenticate(f"Bearer {second}").caller == "second"
+    assert decoded == [first, second]
+
+    forged = token(aud="someone-else")
+    for _ in range(2):  # a refused JWT is not remembered as accepted
+        assert refused(auth, f"Bearer {forged}").status == 401
+    assert decoded == [first, second, forged, forged]
+
+
+@pytest.mark.parametrize("leeway", [0, 30])
+def test_a_cached_jwt_stops_working_when_it_expires(
+    clock: Clock, decoded: list[str], leeway: int
+) -> None:
+    auth = authenticator(jwt_leeway=leeway)
+    expires = int(clock.now) + 60
     header = f"Bearer {token(exp=expires, **{'nexus/algorithms': ['*']})}"
     assert auth.authorize(header, "echo").caller == "someone"
-    assert auth.authorize(header, "echo").caller == "someone"  # from the cache
+    clock.now = expires + leeway - 0.5  # still valid: served from the cache
+    assert auth.authorize(header, "echo").caller == "someone"
+    assert len(decoded) == 1
 
-    later = expires + 1.0
-
-    class Later(datetime.datetime):
-        @classmethod
-        def now(cls, tz: datetime.tzinfo | None = None) -> Later:
-            return cls.fromtimestamp(later, tz)
-
-    monkeypatch.setattr(authentication, "time", SimpleNamespace(time=lambda: later))
-    monkeypatch.setattr(jwt.api_jwt, "datetime", Later)
-    error = refused(auth, header)
-    assert (error.status, error.message) == (401, "the JWT has expired")
+    clock.now = expires + leeway + 0.5
+    for _ in range(2):  # refused, and not accepted again from the cache
+        error = refused(auth, header)
+        assert (error.status, error.message) == (401, "the JWT has expired")
+    assert len(decoded) == 3
 
 
 def test_a_short_hs256_secret_is_a_configuration_error() -> None:

@@ -192,7 +192,8 @@ async def test_scheduler_refuses_missing_and_bad_credentials(servers: Servers) -
         request_id = await accepted(system, "RS256", f"Bearer {rs256(sub='rs-caller')}")
         status, body = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
         assert (status, body["caller"]) == (200, "rs-caller"), (status, body)
-        twice = f"Bearer {hs256(sub='cached')}"  # the second check comes from the cache
+        # accepted again (the JWT cache itself: tests/test_authentication.py)
+        twice = f"Bearer {hs256(sub='cached')}"
         await accepted(system, "HS256 once", twice)
         await accepted(system, "HS256 again", twice)
 
