@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -208,6 +209,24 @@ async def test_no_answer_times_out(serve: Serve) -> None:
             await calls.request("GET", base)
     finally:
         await calls.close()
+
+
+async def test_a_connection_that_never_opens_times_out() -> None:
+    """A listener whose backlog is full drops further handshakes, as a host dropping
+    packets does: connecting counts against the call's timeout."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    first = socket.create_connection(("127.0.0.1", port))  # fills the backlog
+    calls = HttpCalls(limit=1, timeout=0.3)
+    try:
+        with pytest.raises(CallFailed, match=r"cannot connect .* within 0\.3 s"):
+            await asyncio.wait_for(calls.request("GET", f"http://127.0.0.1:{port}/"), 10)
+    finally:
+        await calls.close()
+        first.close()
+        listener.close()
 
 
 async def test_refused_and_malformed(serve: Serve) -> None:

@@ -257,18 +257,26 @@ class _Host:
                 return handed
         self.open += 1
         try:
-            _, connection = await self.client.loop.create_connection(
-                lambda: _Connection(self),
-                self.host,
-                self.port,
-                ssl=self.tls,
-                server_hostname=self.client.server_hostname if self.tls else None,
-            )
+            # the call's deadline covers the connection too: a server whose host drops
+            # packets would otherwise hold this slot for the kernel's SYN retries (~2 min)
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                _, connection = await self.client.loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.client.server_hostname if self.tls else None,
+                )
         except BaseException as exc:
             self.open -= 1
             self._hand_over(None)
+            where = f"{self.host}:{self.port}"
+            if isinstance(exc, TimeoutError):
+                raise CallFailed(
+                    f"cannot connect to {where} within {self.client.timeout:g} s"
+                ) from exc
             if isinstance(exc, OSError):
-                raise CallFailed(f"cannot connect to {self.host}:{self.port}: {exc!r}") from exc
+                raise CallFailed(f"cannot connect to {where}: {exc!r}") from exc
             raise
         return connection
 
