@@ -416,8 +416,10 @@ async def stand_in(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Any]]]
                 await response.write(chunk)
                 await asyncio.sleep(0.01)  # each chunk reaches the client on its own
             return response
-        status, body = behaviour[request.method]
-        return web.Response(status=status, body=body, content_type="application/json")
+        status, body, *headers = behaviour[request.method]
+        return web.Response(
+            status=status, body=body, content_type="application/json", headers=dict(*headers)
+        )
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
@@ -462,6 +464,26 @@ async def test_server_errors(stand_in: tuple[Path, dict[str, Any]]) -> None:
             await client.get(JOBS, "x")
         behaviour["POST"] = (201, b"not json")
         assert (await client.create_job(job("x"))).created
+    finally:
+        await client.close()
+
+
+async def test_a_429_carries_the_servers_retry_after(stand_in: tuple[Path, dict[str, Any]]) -> None:
+    path, behaviour = stand_in
+    client = await ShardClient.from_kubeconfig("s", path, NS)
+    try:
+        busy = b'{"kind": "Status", "message": "too many requests"}'
+        behaviour["POST"] = (429, busy, {"Retry-After": "7"})
+        result = await client.create_job(job("x"))
+        assert (result.status, result.retry_after) == (429, 7.0)
+        behaviour["DELETE"] = (429, busy, {"Retry-After": "7"})
+        with pytest.raises(ShardThrottled) as caught:
+            await client.delete_job("x")
+        assert caught.value.retry_after == 7.0
+        behaviour["DELETE"] = (403, b"forbidden\x00 by policy")  # not a Status: raw text
+        with pytest.raises(ShardRejected) as refused:
+            await client.delete_job("x")
+        assert refused.value.reason == "forbidden\ufffd by policy"
     finally:
         await client.close()
 
