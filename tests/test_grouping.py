@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
 
 from nexus.core.grouping import GroupCommitter
 
@@ -80,3 +84,109 @@ async def test_one_batch_fills_at_a_time_so_a_steady_trickle_is_not_split() -> N
 
     assert [i for items, _ in batches for i in items] == list(range(40))
     assert all(waited >= 0.045 for _, waited in batches), batches
+
+
+class Overloaded(Exception):
+    """What the committers below refuse with when too many items wait."""
+
+
+def committer_for(
+    write: Callable[[Sequence[int]], Awaitable[Sequence[int | Exception]]], **options: Any
+) -> GroupCommitter[int, int]:
+    settings: dict[str, Any] = {
+        "max_batch": 4, "max_delay": 0.0, "max_in_flight": 2, "max_pending": 100, **options,
+    }  # fmt: skip
+    return GroupCommitter("test", write, overloaded=Overloaded, **settings)
+
+
+async def outcomes(committer: GroupCommitter[int, int], items: Sequence[int]) -> list[object]:
+    """Each item's result or error, submitted all at once; a hang fails the test."""
+    submitted = [committer.submit(i) for i in items]
+    return await asyncio.wait_for(asyncio.gather(*submitted, return_exceptions=True), 2)
+
+
+async def test_a_failed_write_fails_every_item_of_every_batch() -> None:
+    batches: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        await asyncio.sleep(0)
+        raise ConnectionError("the store went away")
+
+    committer = committer_for(write)
+    results = await outcomes(committer, range(10))
+    assert len(batches) >= 3  # ten items in batches of at most four
+    assert all(isinstance(r, ConnectionError) for r in results), results
+    await asyncio.wait_for(committer.close(), 2)
+
+
+async def test_an_error_the_writer_returns_for_one_item_fails_only_that_item() -> None:
+    async def write(items: Sequence[int]) -> list[int | Exception]:
+        return [ValueError(f"bad item {i}") if i == 2 else i * 10 for i in items]
+
+    committer = committer_for(write)
+    submitted = [asyncio.create_task(committer.submit(i)) for i in range(4)]
+    await asyncio.wait_for(asyncio.wait(submitted), 2)
+    assert [t.result() for t in submitted if t is not submitted[2]] == [0, 10, 30]
+    with pytest.raises(ValueError, match="bad item 2"):
+        submitted[2].result()  # raised, not returned
+    await asyncio.wait_for(committer.close(), 2)
+
+
+async def test_a_writer_returning_the_wrong_number_of_results_fails_every_item() -> None:
+    async def write(items: Sequence[int]) -> list[int]:
+        return [i * 10 for i in items][1:]  # one result short
+
+    committer = committer_for(write)
+    results = await outcomes(committer, range(4))  # one batch of four
+    assert all(isinstance(r, RuntimeError) for r in results), results
+    assert "3 results for 4 items" in str(results[0])
+    await asyncio.wait_for(committer.close(), 2)
+
+
+async def test_beyond_max_pending_waiting_items_submit_refuses_at_once() -> None:
+    written: list[int] = []
+    release = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[int]:
+        await release.wait()  # a slow round trip: whatever arrives meanwhile waits
+        written.extend(items)
+        return list(items)
+
+    committer = committer_for(write, max_in_flight=1, max_pending=3)
+    first = asyncio.create_task(committer.submit(0))
+    await asyncio.sleep(0.01)  # item 0 is being written
+    waiting = [asyncio.create_task(committer.submit(i)) for i in (1, 2, 3)]
+    await asyncio.sleep(0.01)
+    assert committer.pending == 3
+    refused = REGISTRY.get_sample_value("nexus_group_commit_refused_total", {"writer": "test"})
+    with pytest.raises(Overloaded):
+        await asyncio.wait_for(committer.submit(4), 0.5)  # at once, not after the write
+    after = REGISTRY.get_sample_value("nexus_group_commit_refused_total", {"writer": "test"})
+    assert after == (refused or 0) + 1
+    release.set()
+    assert await asyncio.wait_for(asyncio.gather(first, *waiting), 2) == [0, 1, 2, 3]
+    assert await asyncio.wait_for(committer.submit(5), 2) == 5  # room again
+    assert written == [0, 1, 2, 3, 5]
+    await asyncio.wait_for(committer.close(), 2)
+
+
+async def test_close_writes_what_is_still_waiting_then_refuses() -> None:
+    written: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[int]:
+        written.append(list(items))
+        await asyncio.sleep(0.01)
+        return list(items)
+
+    # the batch waits for company when close comes: close must not drop it meanwhile
+    committer = committer_for(write, max_batch=10, max_delay=0.3)
+    submitted = [asyncio.create_task(committer.submit(i)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    assert committer.pending == 3
+    await asyncio.wait_for(committer.close(), 2)
+    assert written == [[0, 1, 2]]
+    assert all(task.done() for task in submitted)
+    assert [task.result() for task in submitted] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="closed"):
+        await committer.submit(3)

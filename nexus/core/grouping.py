@@ -19,7 +19,8 @@ Guarantees:
 
 * a caller's ``submit`` returns only after its own item's batch has been committed
   (read-your-writes), with its own result — or raises its own error (the writer may
-  return an exception for one item) or the error its whole batch failed with;
+  return an exception for one item) or the error its whole batch failed with (a writer
+  that returns more or fewer results than it was given items fails the whole batch too);
 * items are written in arrival order within a batch; callers that need ordering between
   their own items await each in turn;
 * beyond ``max_pending`` waiting items, ``submit`` refuses at once with the ``overloaded``
@@ -176,6 +177,15 @@ class GroupCommitter(Generic[T, R]):
         finally:
             self._batch_seconds.observe(loop.time() - started)
             self._batch_size.observe(len(live))
+        if len(results) != len(live):
+            # Which result belongs to which item is unknown: every item of the batch fails.
+            error = RuntimeError(
+                f"{self.name} writer returned {len(results)} results for {len(live)} items"
+            )
+            for _, fut in live:
+                if not fut.done():
+                    fut.set_exception(error)
+            return
         for (_, fut), result in zip(live, results, strict=True):
             if fut.done():
                 continue
