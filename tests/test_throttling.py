@@ -217,3 +217,13 @@ async def test_throttle_reports_rejections_and_rate_factor(
     factor = REGISTRY.get_sample_value("nexus_throttle_rate_factor", labels)
     assert factor is not None
     assert 0.5 <= factor < 0.6
+
+
+async def test_a_back_off_empties_the_bucket(backend: QueueBackend, shard: str) -> None:
+    assert (await backend.take_tokens(shard, 4, 50, 10, 0.0))[0] == 4  # six are left
+    before = await redis_now(backend)
+    await backend.back_off(shard, 0.5, 0.05)  # 25/s afterwards
+    await asyncio.sleep(0.55)  # nobody asks during the pause
+    granted, _, _ = await backend.take_tokens(shard, 10, 50, 10, 0.0)
+    since_pause = await redis_now(backend) - (before + 0.5)
+    assert granted <= 25 * since_pause + 1  # not the six left before the 429
