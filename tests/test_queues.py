@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
+from typing import Any
 
 import pytest
 import pytest_asyncio
+from harness import Servers
+from support.system import _serve_scheduler, free_port, local_system, template
 
 from nexus.core.config import RedisSettings
 from nexus.core.errors import QueueUnavailable
@@ -313,6 +317,110 @@ async def test_adopt_finds_shards_known_only_from_runs_in_flight(backend: QueueB
     assert await places(backend, "pod-live", item) == ["ready"]
 
 
+async def adopt_script(backend: QueueBackend, dead: str, live: str, shards: list[str]) -> int:
+    """adopt.lua itself, told of ``shards`` only (the keys in the order its header gives)."""
+    k = backend.keys
+    keys = [k.pods, k.shards(dead), k.inflight(dead), k.shards(live), k.inflight(live)]
+    for shard in shards:
+        keys += [k.ready(dead, shard), k.delayed(dead, shard), k.ready(live, shard)]
+    return int(await backend.run("adopt", keys, [dead, live, *shards]))
+
+
+async def test_adopt_script_refuses_a_shard_list_missing_a_shard_with_runs(
+    backend: QueueBackend,
+) -> None:
+    dead = backend.queue("pod-dead")
+    await dead.heartbeat(0.001)
+    third = "shard-c"
+    queued, queued_other, flying = run(10), run(20, OTHER), run(30, third)
+    await dead.push([queued, queued_other, flying])
+    await dead.pop(third, 1)
+    held = {queued: ["ready"], queued_other: ["ready"], flying: ["inflight"]}
+    # a shard the pod has queues for is not listed
+    assert await adopt_script(backend, "pod-dead", "pod-live", [SHARD, third]) == -1
+    # a shard known only from a run in flight is not listed
+    await backend.client.srem(backend.keys.shards("pod-dead"), third)
+    assert await adopt_script(backend, "pod-dead", "pod-live", [SHARD, OTHER]) == -1
+
+    for item, where in held.items():  # nothing moved, nothing forgotten
+        assert await places(backend, "pod-dead", item) == where
+        assert await places(backend, "pod-live", item) == []
+    assert await dead.shards() == {SHARD, OTHER}
+    assert (await backend.pods()).dead == ["pod-dead"]
+    # told of every shard, it moves them all
+    assert await adopt_script(backend, "pod-dead", "pod-live", [SHARD, OTHER, third]) == 3
+
+
+async def test_adopt_reads_the_shards_again_when_one_appears_meanwhile(
+    backend: QueueBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = backend.queue("pod-dead")
+    first, later = run(10), run(20, OTHER)
+    await dead.push([first])
+    told: list[list[str]] = []
+    run_script = backend.run
+
+    async def racing(script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if script == "adopt":
+            told.append(list(args[2:]))
+            if len(told) == 1:  # after adopt() read the shards, before its script runs
+                await dead.push([later])
+        return await run_script(script, keys, args)
+
+    monkeypatch.setattr(backend, "run", racing)
+    assert await backend.adopt("pod-dead", "pod-live") == 2
+    assert told == [[SHARD], [SHARD, OTHER]]
+    for item in (first, later):
+        assert await places(backend, "pod-dead", item) == []
+        assert await places(backend, "pod-live", item) == ["ready"]
+
+
+async def test_a_restarted_pod_queues_its_runs_in_flight_again_ahead_of_newer_ones(
+    backend: QueueBackend, redis_url: str, redis_prefix: str
+) -> None:
+    before = backend.queue("pod-1")
+    await before.heartbeat(30)
+    popped, waiting, delayed, other = run(10), run(20), run(15), run(5, OTHER)
+    await before.push([popped, delayed, waiting, other])
+    assert [r.key for r in await before.pop(SHARD, 2)] == [popped.key, delayed.key]
+    await before.delay(SHARD, [delayed], 3600)  # waiting out a retry delay
+    await before.pop(OTHER, 1)
+    # the process stops here without settling; the pod restarts under the same name while
+    # its heartbeat is still current, so no other pod adopts its queue
+    restarted = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
+    try:
+        after = restarted.queue("pod-1")
+        assert (await restarted.pods()).live == ["pod-1"]
+        assert await after.recover() == 2
+        assert await places(restarted, "pod-1", popped) == ["ready"]
+        assert await places(restarted, "pod-1", other) == ["ready"]
+        assert sorted(await places(restarted, "pod-1", delayed)) == ["delayed", "inflight"]
+        newer = run(30)
+        await after.push([newer])
+        taken = await after.pop(SHARD, 10)
+        assert [(r.key, r.priority) for r in taken] == [
+            (popped.key, 10),
+            (waiting.key, 20),
+            (newer.key, 30),
+        ]
+        assert [(r.key, r.priority) for r in await after.pop(OTHER, 10)] == [(other.key, 5)]
+        assert await restarted.queue("pod-2").recover() == 0  # nothing in flight
+    finally:
+        await restarted.close()
+
+
+async def test_recover_names_every_shard_it_moves_runs_of(backend: QueueBackend) -> None:
+    queue = backend.queue("pod-1")
+    item = run(7, OTHER)
+    await queue.push([item])
+    await queue.pop(OTHER, 1)
+    await backend.client.delete(backend.keys.shards("pod-1"))  # e.g. lost or edited
+    assert await queue.recover() == 1
+    assert await queue.shards() == {OTHER}  # adoption finds the ready queue
+    assert await backend.adopt("pod-1", "pod-2") == 1
+    assert await places(backend, "pod-2", item) == ["ready"]
+
+
 async def test_missing_finds_runs_in_no_queue(backend: QueueBackend) -> None:
     a, b = backend.queue("pod-a"), backend.queue("pod-b")
     ready_a, flying_b, delayed_b, nowhere = run(1), run(2), run(3), run(4)
@@ -396,6 +504,7 @@ async def test_redis_down_is_queue_unavailable_and_recovers(private_redis: Local
             queue.pop(SHARD, 1),
             queue.settle([run(1)]),
             queue.delay(SHARD, [run(1)], 1),
+            queue.recover(),
             queue.depth(SHARD),
             queue.shards(),
             queue.position(SHARD, run(1).key, ["pod-1"]),
@@ -438,3 +547,55 @@ async def test_lease_release_only_by_its_holder(backend: QueueBackend) -> None:
     await backend.release_lease("leader", "a")
     assert await backend.hold_lease("leader", "b", 30)
     await backend.release_lease("never-held", "a")
+
+
+async def test_recover_reads_the_shards_again_when_one_appears_meanwhile(
+    backend: QueueBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = backend.queue("pod-1")
+    first, later = run(10), run(20, OTHER)
+    await queue.push([first, later])
+    await queue.pop(SHARD, 1)
+    told: list[list[str]] = []
+    run_script = backend.run
+
+    async def racing(script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if script == "recover":
+            told.append(list(args))
+            if len(told) == 1:  # after recover() read the runs in flight, before its script
+                await queue.pop(OTHER, 1)
+        return await run_script(script, keys, args)
+
+    monkeypatch.setattr(backend, "run", racing)
+    assert await queue.recover() == 2
+    assert told == [[SHARD], [SHARD, OTHER]]
+    for item in (first, later):
+        assert await places(backend, "pod-1", item) == ["ready"]
+
+
+async def test_a_scheduler_restarted_under_its_pod_name_dispatches_what_it_had_popped(
+    servers: Servers,
+) -> None:
+    async with local_system(servers, templates=[template("echo")]) as system:
+        (first,) = system.schedulers
+        backend = QueueBackend.connect(
+            RedisSettings(url=servers.redis_url, key_prefix=servers.redis_prefix)
+        )
+        try:
+            await backend.back_off("shard-0", 60, 0.05)  # no Job is created meanwhile
+            request_id = await system.submit("echo")
+            await first.stop()
+            # the state a crash right after a pop leaves: the run in flight, not settled,
+            # and the pod's heartbeat still current when its container starts again
+            queue = backend.queue(first.pod)
+            await queue.pop("shard-0", 0)  # a run given back on the way out is due at once
+            assert [str(r.key.id) for r in await queue.pop("shard-0", 1)] == [request_id]
+            await queue.heartbeat(30)
+            await backend.client.delete(backend.keys.throttle("shard-0"))
+            settings = first.settings
+            restarted = replace(settings, http=replace(settings.http, port=free_port()))
+            system.schedulers.append(await _serve_scheduler(restarted))
+            answer = await system.wait_for("echo", request_id, timeout=10)
+            assert answer["status"] == "COMPLETED", answer
+        finally:
+            await backend.close()

@@ -11,7 +11,9 @@ script, so a run taken off the queue but not yet turned into a Job survives a cr
 pod; it is acknowledged (removed) only after its checkpoint records the outcome. A retry
 delay keeps the run in flight and lists it in the *delayed* set until it is due. Each pod
 keeps a heartbeat in the *pods* set; when it expires, :meth:`QueueBackend.adopt` moves
-everything the dead pod held to a live pod's ready queues, atomically.
+everything the dead pod held to a live pod's ready queues, atomically. A pod restarted under
+the same name keeps its heartbeat, so nothing adopts what its previous process held in
+flight: it takes those runs back itself when it starts (:meth:`RunQueue.recover`).
 
 Every key starts with the configured prefix. Redis Cluster: all queue keys share one hash
 tag (``<prefix>:{q}:…``) because adoption moves runs between pods' keys in one script;
@@ -26,7 +28,7 @@ import importlib.resources
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import redis.asyncio as aioredis
@@ -121,8 +123,8 @@ class QueueBackend:
         self.keys = keys
         self._scripts: dict[str, AsyncScript] = {}
         for name in (
-            "push", "pop", "delay", "settle", "adopt", "position", "missing", "throttle",
-            "backoff", "heartbeat", "pods", "lease", "release",
+            "push", "pop", "delay", "settle", "adopt", "recover", "position", "missing",
+            "throttle", "backoff", "heartbeat", "pods", "lease", "release",
         ):  # fmt: skip
             self._scripts[name] = client.register_script(_script(name))
 
@@ -308,6 +310,35 @@ class RunQueue:
             keys = [self._keys.delayed(self.pod, shard), self._keys.inflight(self.pod)]
             delay_ms = max(0, int(seconds * 1000))
             await self.backend.run("delay", keys, [delay_ms, shard, *(r.member for r in runs)])
+
+    async def recover(self) -> int:
+        """Queue again, at their priorities, the runs this pod holds in flight; return how
+        many moved.
+
+        Only for a process that has popped nothing yet: what is in flight then was taken by
+        a previous process of this pod that stopped before settling it, and nothing else
+        gives it back while the pod's heartbeat stays current. Runs waiting out a retry
+        delay stay as they are: the pop after their delay takes them back.
+        """
+        k = self._keys
+        for _ in range(5):
+            # The script must name every key it touches, so the shards are read first; it
+            # refuses (-1) if a run in flight is for a shard this read did not see.
+            try:
+                found = await self.backend.client.zrange(k.inflight(self.pod), 0, -1)
+            except (*_UNAVAILABLE, RedisError) as exc:
+                raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+            held = [_text(m) for m in cast("list[str | bytes]", found)]  # without scores
+            shards = sorted({h.partition("/")[0] for h in held if "/" in h})
+            if not shards:
+                return 0
+            keys = [k.shards(self.pod), k.inflight(self.pod)]
+            for shard in shards:
+                keys += [k.ready(self.pod, shard), k.delayed(self.pod, shard)]
+            moved = int(await self.backend.run("recover", keys, shards))
+            if moved >= 0:
+                return moved
+        raise QueueUnavailable(f"the runs in flight of pod {self.pod} kept changing")
 
     async def shards(self) -> set[str]:
         """The shards this pod has queues for (including empty ones)."""

@@ -2,7 +2,8 @@
 
 Start-up order: migrations, then clients (Postgres, Redis, S3, every shard and the
 controller cluster), then the catalog of templates (listed before the pod reports ready),
-then the heartbeat, and finally the loops: catalog watches, dispatch per shard, queue depth.
+then the heartbeat, then the runs a previous process of this pod left in flight go back on
+its queue, and finally the loops: catalog watches, dispatch per shard, queue depth.
 
 Shutdown (see :mod:`nexus.core.lifecycle`): the listener closes, the dispatcher finishes the
 creations it started, in-flight requests finish, then this pod's queue — ready and in-flight
@@ -101,6 +102,15 @@ async def _open(
     section = s.scheduler
     queue = queues.queue(section.pod_name)
     await queue.heartbeat(section.heartbeat_ttl)
+    # A container restarted under the same pod name finds the runs its previous process had
+    # popped but not settled; its heartbeat kept them from adoption, so they are queued
+    # again here, ahead of newer runs, before any dispatch loop pops.
+    recovered = await queue.recover()
+    if recovered:
+        log.info(
+            "runs left in flight by this pod's previous process are queued again",
+            extra={"runs": recovered},
+        )
     links = Links(payloads, signer, section)
     throttles = {
         name: ShardThrottle(
