@@ -264,9 +264,11 @@ class RunQueue:
             by_shard[run.shard] += [run.priority, run.member]
         if not by_shard:
             return
-        if len(by_shard) == 1:
-            ((shard, args),) = by_shard.items()
-            await self.backend.run("push", self._push_keys(shard), [shard, *args])
+        if len(by_shard) == 1 or isinstance(self.backend.client, RedisCluster):
+            # A cluster pipeline sends EVALSHA without loading a script the node lacks (a
+            # promoted replica, say), so there each shard's push is a call of its own.
+            for shard, args in by_shard.items():
+                await self.backend.run("push", self._push_keys(shard), [shard, *args])
             return
         script = self.backend._scripts["push"]
         try:
