@@ -228,7 +228,7 @@ async def test_terminal_run_cannot_be_moved_even_by_raw_sql(
 async def test_concurrent_writers_racing_on_one_run_leave_one_winner(
     postgres_dsn: str,
 ) -> None:
-    settings = PostgresSettings(dsn=postgres_dsn, pool_max_size=4, batch_max_delay=0)
+    settings = PostgresSettings(dsn=postgres_dsn, pool_max_size=4, transition_max_delay=0)
     stores = [await CheckpointStore.open(settings) for _ in range(4)]
     try:
         for _ in range(10):
