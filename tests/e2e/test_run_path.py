@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from xml.etree import ElementTree
 
 import orjson
 import pytest
@@ -22,6 +24,7 @@ from nexus.core.runs import NewRun, Stage
 from nexus.core.signing import Signer
 from nexus.devcluster.fairness import Limits
 from nexus.devcluster.shards import ShardSpec
+from nexus.devcluster.store import Change
 from nexus.scheduler.api import SCHEDULER
 
 
@@ -52,6 +55,43 @@ def job_of(system: System, shard: str, request_id: str) -> dict[str, Any] | None
     return None if stored is None else dict(stored)
 
 
+def jobs_created(system: System, shard: str) -> list[str]:
+    """The name of every Job the shard stores from now on, kept after the Job is deleted: a
+    Job created and deleted at once shows here, not in :func:`job_of`."""
+    created: list[str] = []
+
+    def added(change: Change) -> None:
+        if change.type == "ADDED":
+            created.append(change.obj["metadata"]["name"])
+
+    system.cluster[shard].store.subscribe("jobs", added)
+    return created
+
+
+def sample(name: str, **labels: str) -> float:
+    """A sample of the scheduler's metrics (shared by every test of the process: compare
+    values taken before and after, never an absolute value)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def shard_creations(system: System, shard: str) -> tuple[float, float]:
+    """(accepted, refused with 429) Job creations, as the shard's API server counts them."""
+    registry = system.cluster[shard].registry
+    accepted = registry.get_sample_value(
+        "devcluster_requests_accepted_total", {"verb": "create", "resource": "jobs"}
+    )
+    refused = registry.get_sample_value(
+        "devcluster_requests_rejected_total",
+        {"verb": "create", "resource": "jobs", "reason": "rate"},
+    )
+    return accepted or 0.0, refused or 0.0
+
+
+def env_of(job: dict[str, Any]) -> dict[str, str]:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
 # -- failures, cancellation ------------------------------------------------------------------
 
 
@@ -71,16 +111,23 @@ async def test_a_failing_run_reports_its_cause(servers: Servers) -> None:
 
 
 async def test_cancel_before_dispatch_never_creates_the_job(servers: Servers) -> None:
-    # one creation every 10 s: the first run takes the only token, the others wait queued
+    # One creation every 2 s: the first run takes the only token; the second is taken off
+    # the queue and waits for the next token, and is cancelled while it waits.
+    rate = 0.5
     async with local_system(
         servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("echo")],
-        create_rate={"shard-0": 0.1},
+        create_rate={"shard-0": rate},
     ) as system:
+        created = jobs_created(system, "shard-0")
+        creates_before = sample("nexus_job_creates_total", shard="shard-0", outcome="created")
+        exists_before = sample("nexus_job_creates_total", shard="shard-0", outcome="exists")
+        submitted = time.monotonic()  # the first run's token is taken after this...
         first = await system.submit("echo")
         queued = await system.submit("echo")
         await system.wait_for("echo", first, "RUNNING")
+        running = time.monotonic()  # ...and before this; the next one 1 / rate later
         status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{queued}")
         assert status == 200
         assert metadata["lifecycleStage"] == "BUFFERED"
@@ -94,10 +141,28 @@ async def test_cancel_before_dispatch_never_creates_the_job(servers: Servers) ->
             headers=system.headers(),
         ) as response:
             assert response.status == 200, await response.text()
+        assert time.monotonic() - submitted < 1 / rate  # cancelled before the next token
         answer = await system.wait_for("echo", queued)
         assert answer["status"] == "CANCELLED"
         assert "changed my mind (by alice)" in answer["runErrorMessage"]
-        assert job_of(system, "shard-0", queued) is None
+        # A run submitted now waits behind the cancelled one: once it runs, the dispatcher
+        # has had the cancelled run's token and passed it by. Until then, and for a while
+        # after that token was due, the cancelled run has no Job.
+        later = await system.submit("echo")
+        due = running + 1 / rate + 1.0
+        while time.monotonic() < due or (await system.result("echo", later))["status"] != "RUNNING":
+            assert job_of(system, "shard-0", queued) is None
+            assert time.monotonic() < running + 3 / rate + 5, "the later run never ran"
+            await asyncio.sleep(0.05)
+        # nor had it one for a moment: the shard stored Jobs for the other two runs only
+        assert sorted(created) == sorted([first, later])
+        assert sample("nexus_job_creates_total", shard="shard-0", outcome="created") == (
+            creates_before + 2
+        )
+        assert sample("nexus_job_creates_total", shard="shard-0", outcome="exists") == (
+            exists_before
+        )
+        assert (await system.result("echo", queued))["status"] == "CANCELLED"
         # cancelling again, or cancelling anything finished, is a conflict that changes nothing
         async with system.session.post(
             f"{system.url}/algorithm/v1.2/cancel/echo/requests/{queued}",
@@ -118,7 +183,10 @@ async def test_cancel_after_dispatch_deletes_the_job(servers: Servers) -> None:
             "maybe-fail", {"algorithmParameters": {"sleepSeconds": 30}}
         )
         await system.wait_for("maybe-fail", request_id, "RUNNING")
-        assert job_of(system, "shard-0", request_id) is not None
+        job = job_of(system, "shard-0", request_id)
+        assert job is not None
+        env = env_of(job)  # what the container reports its completion with
+        assert env["NEXUS__RUN_TOKEN"] == Signer((SIGNING_KEY,)).run_token("maybe-fail", request_id)
         async with system.session.post(
             f"{system.url}/algorithm/v1.2/cancel/maybe-fail/requests/{request_id}",
             json={"reason": "too slow", "initiator": "bob", "cancellationPolicy": "Foreground"},
@@ -132,8 +200,19 @@ async def test_cancel_after_dispatch_deletes_the_job(servers: Servers) -> None:
                 break
             await asyncio.sleep(0.05)
         assert job_of(system, "shard-0", request_id) is None
-        # the container's late completion cannot move a cancelled run
-        assert (await system.result("maybe-fail", request_id))["status"] == "CANCELLED"
+        # the container's late completion, with its valid run token, cannot move a cancelled
+        # run: the receiver answers with the run's status and records nothing
+        async with system.session.post(
+            f"{env['NEXUS__RECEIVER_URL']}/algorithm/v1.2/complete/maybe-fail/requests/{request_id}",
+            json={"cause": None, "message": None, "sasUri": None},
+            headers={"Authorization": f"Bearer {env['NEXUS__RUN_TOKEN']}"},
+        ) as response:
+            assert response.status == 200, await response.text()
+            assert await response.json() == {"requestId": request_id, "status": "CANCELLED"}
+        answer = await system.result("maybe-fail", request_id)
+        assert answer["status"] == "CANCELLED" and answer["resultUri"] is None, answer
+        _, metadata = await system.get(f"/algorithm/v1.2/metadata/maybe-fail/requests/{request_id}")
+        assert metadata["lifecycleStage"] == "CANCELLED" and metadata["resultUri"] is None
 
 
 # -- tags, idempotency, parents ----------------------------------------------------------------
@@ -237,24 +316,53 @@ async def test_runs_land_on_the_shard_of_their_workgroup(servers: Servers) -> No
 
 
 async def test_a_throttled_shard_slows_down_and_every_run_completes(servers: Servers) -> None:
-    # The API server takes 20 creations a second; the scheduler was told 200: it meets 429s.
-    limited = ShardSpec(name="shard-0", limits=Limits(mutating_rate=20, mutating_burst=5))
+    # The API server takes 20 creations a second (5 at once); the scheduler was told 200
+    # (20 at once): it meets 429s, and must slow down to what the shard takes.
+    limit, shard_burst, told, told_burst = 20, 5, 200, 20
+    limited = ShardSpec(
+        name="shard-0", limits=Limits(mutating_rate=limit, mutating_burst=shard_burst)
+    )
     async with local_system(
         servers,
         shards=[limited],
         templates=[template("echo")],
-        create_rate={"shard-0": 200},
+        create_rate={"shard-0": told},
+        section={"throttle_burst": told_burst / told},
     ) as system:
-        ids = await asyncio.gather(
-            *(system.submit("echo", {"algorithmParameters": {"i": i}}) for i in range(60))
-        )
-        for request_id in ids:
-            assert (await system.wait_for("echo", request_id, timeout=60))["status"] == "COMPLETED"
-        rejected = REGISTRY.get_sample_value(
-            "nexus_throttle_rejections_total", {"shard": "shard-0"}
-        )
-        assert rejected and rejected >= 1
+        throttled_before = sample("nexus_job_creates_total", shard="shard-0", outcome="throttled")
+        factors: list[float] = []
+
+        async def watch_the_rate_factor() -> None:
+            while True:
+                factors.append(sample("nexus_throttle_rate_factor", shard="shard-0"))
+                await asyncio.sleep(0.01)
+
+        watcher = asyncio.create_task(watch_the_rate_factor())
+        started = time.monotonic()
+        try:
+            ids = await asyncio.gather(
+                *(system.submit("echo", {"algorithmParameters": {"i": i}}) for i in range(60))
+            )
+            for request_id in ids:
+                answer = await system.wait_for("echo", request_id, timeout=60)
+                assert answer["status"] == "COMPLETED", answer
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        elapsed = time.monotonic() - started
         assert all(job_of(system, "shard-0", i) for i in ids)
+        accepted, refused = shard_creations(system, "shard-0")
+        assert accepted == len(ids)
+        # every 429 reached the dispatcher, which put the run back (none retried blindly)
+        throttled = sample("nexus_job_creates_total", shard="shard-0", outcome="throttled")
+        assert refused >= 1 and throttled - throttled_before == refused
+        # the throttle slowed every pod down...
+        assert factors and min(factors) < 1, factors[:5]
+        # ...so the shard saw creations at about its own rate: its limit over the test, its
+        # burst, and the one burst the scheduler sends before any 429 can reach it
+        allowed = limit * elapsed + shard_burst + told_burst
+        assert accepted + refused <= allowed, (accepted, refused, elapsed)
 
 
 async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(servers: Servers) -> None:
@@ -271,7 +379,14 @@ async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(servers: Server
                 for i in range(80)
             )
         )
-        await first.stop()  # most of its runs are still queued or in flight
+        # 80 runs at 40 a second: most are still waiting on the first pod's queue when it
+        # stops, and only the hand-over can get them to the second
+        queues = second.app[SCHEDULER].queues  # the first pod's client closes when it stops
+        first_queue, second_queue = queues.queue(first.pod), queues.queue(second.pod)
+        assert await first_queue.depth("shard-0") > 0
+        await first.stop()
+        assert await first_queue.depth("shard-0") == 0
+        assert await second_queue.depth("shard-0") > 0
         for request_id in ids:
             answer = await system.wait_for("echo", request_id, timeout=60)
             assert answer["status"] == "COMPLETED", answer
@@ -290,7 +405,11 @@ async def test_input_links_are_refused_once_altered_or_expired(servers: Servers)
     ) as system:
         parameters = {"secret": 42}
         for algorithm in ("inline", "stored"):
-            request_id = await system.submit(algorithm, {"algorithmParameters": parameters})
+            # valid for 2 h, where the template says 1 h: the request's validity is the one
+            asked = time.time()
+            request_id = await system.submit(
+                algorithm, {"algorithmParameters": parameters, "payloadValidFor": "2h"}
+            )
             async with system.session.get(
                 f"{system.url}/algorithm/v1.2/payload/{algorithm}/requests/{request_id}",
                 headers=system.headers(),
@@ -298,10 +417,20 @@ async def test_input_links_are_refused_once_altered_or_expired(servers: Servers)
             ) as response:
                 assert response.status == 302
                 url = response.headers["Location"]
+            await system.wait_for(algorithm, request_id, "RUNNING")
+            job = job_of(system, "shard-0", request_id)
+            assert job is not None
+            args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+            handed = [a.removeprefix("--sas-uri=") for a in args if a.startswith("--sas-uri=")]
+            assert len(handed) == 1, args
+            for link in (url, *handed):  # to the client, and to the algorithm's container
+                _assert_valid_for(link, 7200, asked, time.time())
             async with system.session.get(url) as response:
                 assert response.status == 200, algorithm
                 assert orjson.loads(await response.read()) == parameters
-            for altered in _altered(url):
+            altered_urls = _altered(url)
+            assert len(altered_urls) == 2, url  # its signature changed, its expiry pushed out
+            for altered in altered_urls:
                 async with system.session.get(altered) as response:
                     assert response.status == 403, (algorithm, altered)
         # an expired link, signed by the scheduler's own key an hour ago
@@ -311,16 +440,38 @@ async def test_input_links_are_refused_once_altered_or_expired(servers: Servers)
         async with system.session.get(system.url + old) as response:
             assert response.status == 403
             assert "expired" in (await response.json())["message"]
-        # an expired presigned S3 URL
+        # a presigned S3 URL signed an hour ago for a minute is refused for its age; the
+        # same URL signed now is taken
         stored = await system.submit("stored", {"algorithmParameters": parameters})
         key = f"inputs/algorithm=stored/{stored}"
-        expired = sigv4.Signer(
+        signer = sigv4.Signer(
             servers.s3.access_key_id, servers.s3.secret_access_key, servers.s3.region
-        ).presign(
+        )
+        expired = signer.presign(
             "GET", servers.s3.url(key), expires_in=60, now=datetime.now(UTC) - timedelta(hours=1)
         )
         async with system.session.get(expired) as response:
             assert response.status == 403
+            error = ElementTree.fromstring(await response.read())
+            assert error.findtext("Code") == "AccessDenied", await response.text()
+            assert error.findtext("Message") == "Request has expired", await response.text()
+        fresh = signer.presign("GET", servers.s3.url(key), expires_in=60)
+        async with system.session.get(fresh) as response:
+            assert response.status == 200, await response.text()
+            assert orjson.loads(await response.read()) == parameters
+
+
+def _assert_valid_for(url: str, seconds: int, before: float, after: float) -> None:
+    """``url`` was made between ``before`` and ``after`` (epoch seconds) to be valid for
+    ``seconds``: an S3 URL by its X-Amz-Date and X-Amz-Expires, a scheduler's link by its
+    ``expires`` (the time it expires)."""
+    query = dict(parse_qsl(urlsplit(url).query))
+    if "X-Amz-Expires" in query:
+        assert query["X-Amz-Expires"] == str(seconds), url
+        signed = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        assert int(before) <= signed.timestamp() <= after, url
+    else:
+        assert int(before) + seconds <= int(query["expires"]) <= after + seconds, url
 
 
 def _altered(url: str) -> list[str]:
@@ -355,9 +506,11 @@ async def test_metadata_shows_the_queue_position_while_queued(servers: Servers) 
             )
             assert status == 200
             positions.append(metadata["queuePosition"])
-        # one of them may be in flight, waiting for a token; the others queue in order
+        # the oldest may be in flight, waiting for a token; the others queue in order, at
+        # consecutive positions from the head of the queue
         ranked = [p for p in positions if p is not None]
-        assert ranked == sorted(ranked) and len(ranked) >= 2
+        assert positions[len(waiting) - len(ranked) :] == ranked, positions
+        assert ranked == list(range(len(ranked))) and len(ranked) >= 2, positions
 
 
 async def test_a_full_queue_answers_429_with_retry_after_and_stores_nothing(
