@@ -16,7 +16,15 @@ import pytest
 from harness import Servers
 from prometheus_client import REGISTRY
 from support.proxy import Proxy, proxied_kubeconfigs
-from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template, workgroup
+from support.system import (
+    NAMESPACE,
+    OTHER_TOKEN,
+    SIGNING_KEY,
+    System,
+    local_system,
+    template,
+    workgroup,
+)
 
 from nexus.core import sigv4
 from nexus.core.queues import QueuedRun
@@ -237,10 +245,20 @@ async def test_results_by_tag_and_idempotency(servers: Servers) -> None:
         first = await system.submit(
             "echo", {"algorithmParameters": {"n": 1}}, **{"Idempotency-Key": "order-42"}
         )
+        before = await system.stored()
         again = await system.submit(
             "echo", {"algorithmParameters": {"n": 1}}, **{"Idempotency-Key": "order-42"}
         )
         assert first == again
+        assert await system.stored() == before  # the repeat created nothing
+        # a key names a run of one caller: another caller's same key is its own run
+        theirs = await system.submit(
+            "echo",
+            {"algorithmParameters": {"n": 1}},
+            token=OTHER_TOKEN,
+            **{"Idempotency-Key": "order-42"},
+        )
+        assert theirs != first
         await system.wait_for("echo", first)
         assert job_of(system, "shard-0", first) is not None
         different = await system.submit(
