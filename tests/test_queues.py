@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from harness import Servers
-from support.system import _serve_scheduler, free_port, local_system, template
+from support.system import free_port, local_system, serve_scheduler, template
 
 from nexus.core.config import RedisSettings
 from nexus.core.errors import QueueUnavailable
@@ -594,7 +594,7 @@ async def test_a_scheduler_restarted_under_its_pod_name_dispatches_what_it_had_p
             await backend.client.delete(backend.keys.throttle("shard-0"))
             settings = first.settings
             restarted = replace(settings, http=replace(settings.http, port=free_port()))
-            system.schedulers.append(await _serve_scheduler(restarted))
+            system.schedulers.append(await serve_scheduler(restarted))
             answer = await system.wait_for("echo", request_id, timeout=10)
             assert answer["status"] == "COMPLETED", answer
         finally:

@@ -310,7 +310,7 @@ class System:
                 **section,
             ),
         )
-        process = await _serve_scheduler(settings)
+        process = await serve_scheduler(settings)
         self.schedulers.append(process)
         return process
 
@@ -372,7 +372,8 @@ async def _serve(app: web.Application, port: int) -> web.AppRunner:
     return runner
 
 
-async def _serve_scheduler(settings: SchedulerSettings) -> SchedulerProcess:
+async def serve_scheduler(settings: SchedulerSettings) -> SchedulerProcess:
+    """A scheduler with exactly these settings (its pod name included), serving."""
     app = await create_scheduler(settings)
     runner = await _serve(app, settings.http.port)
     return SchedulerProcess(settings, app, runner)
