@@ -12,8 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from support.keys import rsa_key_pair
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
@@ -112,24 +111,11 @@ def test_a_malformed_algorithms_claim_is_refused(claim: Any) -> None:
     assert "nexus/algorithms" in error.message
 
 
-def _rsa_keys() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public.decode()
-
-
 @pytest.fixture(scope="module")
 def rsa_keys() -> tuple[bytes, str, bytes]:
     """A private key, its public key, and a private key of another pair."""
-    private, public = _rsa_keys()
-    other, _ = _rsa_keys()
+    private, public = rsa_key_pair()
+    other, _ = rsa_key_pair()
     return private, public, other
 
 

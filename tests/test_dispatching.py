@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 import pytest
-import yaml
 from aiohttp import web
 from harness import S3Bucket
+from support.standin import stand_in_shard
 from support.system import template, workgroup
 
 from nexus.core.checkpoints import CheckpointStore
@@ -156,64 +156,48 @@ async def dispatching(
     app = web.Application()
     for path in (JOBS, JOBS + "/{name}"):
         app.router.add_route("*", path, stand_in.handle)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    kubeconfig = tmp_path / "shard-0.kubeconfig"
-    server = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    kubeconfig.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "s", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "s", "context": {"cluster": "s", "user": "u"}}],
-                "current-context": "s",
-            }
+    async with stand_in_shard(app, tmp_path) as kubeconfig:
+        catalog = Catalog()
+        catalog.templates["echo"] = parse_template(template("echo"))
+        catalog.workgroups["default"] = parse_workgroup(workgroup("default", SHARD))
+        store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=4))
+        backend = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
+        payloads = await PayloadStore.open(
+            StorageSettings(
+                endpoint_url=s3.endpoint_url,
+                region=s3.region,
+                access_key_id=s3.access_key_id,
+                secret_access_key=s3.secret_access_key,
+                bucket=s3.bucket,
+            )
         )
-    )
-    catalog = Catalog()
-    catalog.templates["echo"] = parse_template(template("echo"))
-    catalog.workgroups["default"] = parse_workgroup(workgroup("default", SHARD))
-    store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=4))
-    backend = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
-    payloads = await PayloadStore.open(
-        StorageSettings(
-            endpoint_url=s3.endpoint_url,
-            region=s3.region,
-            access_key_id=s3.access_key_id,
-            secret_access_key=s3.secret_access_key,
-            bucket=s3.bucket,
+        shard = await ShardClient.from_kubeconfig(SHARD, kubeconfig, NAMESPACE, timeout=2.0)
+        settings = SchedulerSection(
+            pod_name="pod-a",
+            dispatch_linger=0,
+            dispatch_idle_poll=0.05,
+            retry_base_delay=0.05,
+            **section,
         )
-    )
-    shard = await ShardClient.from_kubeconfig(SHARD, kubeconfig, NAMESPACE, timeout=2.0)
-    settings = SchedulerSection(
-        pod_name="pod-a",
-        dispatch_linger=0,
-        dispatch_idle_poll=0.05,
-        retry_base_delay=0.05,
-        **section,
-    )
-    throttle = ShardThrottle(backend, SHARD, rate, burst_seconds=1 / rate, recovery=0.05)
-    dispatcher = Dispatcher(
-        queue=backend.queue("pod-a"),
-        store=store,
-        shards={SHARD: shard},
-        throttles={SHARD: throttle},
-        links=Links(payloads, Signer(["k" * 32]), settings),
-        catalog=catalog,
-        settings=settings,
-    )
-    stopping = asyncio.Event()
-    task = asyncio.create_task(dispatcher.run(stopping))
-    try:
-        yield Dispatch(stand_in, store, backend, dispatcher, catalog, stopping, task)
-    finally:
-        stopping.set()
-        await asyncio.wait_for(asyncio.shield(task), 10)
-        for close in (shard.close, payloads.close, backend.close, store.close, runner.cleanup):
-            await close()
+        throttle = ShardThrottle(backend, SHARD, rate, burst_seconds=1 / rate, recovery=0.05)
+        dispatcher = Dispatcher(
+            queue=backend.queue("pod-a"),
+            store=store,
+            shards={SHARD: shard},
+            throttles={SHARD: throttle},
+            links=Links(payloads, Signer(["k" * 32]), settings),
+            catalog=catalog,
+            settings=settings,
+        )
+        stopping = asyncio.Event()
+        task = asyncio.create_task(dispatcher.run(stopping))
+        try:
+            yield Dispatch(stand_in, store, backend, dispatcher, catalog, stopping, task)
+        finally:
+            stopping.set()
+            await asyncio.wait_for(asyncio.shield(task), 10)
+            for close in (shard.close, payloads.close, backend.close, store.close):
+                await close()
 
 
 @pytest.fixture

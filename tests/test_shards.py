@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 import yaml
 from aiohttp import web
+from support.standin import stand_in_shard
 
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.shards import (
@@ -423,28 +424,8 @@ async def stand_in(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Any]]]
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    path = tmp_path / "stand-in.kubeconfig"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "s", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "s", "context": {"cluster": "s", "user": "u"}}],
-                "current-context": "s",
-            }
-        )
-    )
-    try:
+    async with stand_in_shard(app, tmp_path) as path:
         yield path, behaviour
-    finally:
-        await runner.cleanup()
 
 
 async def test_server_errors(stand_in: tuple[Path, dict[str, Any]]) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
-import yaml
 from aiohttp import web
 from prometheus_client import REGISTRY
+from support.standin import stand_in_shard
 
 from nexus.core.errors import StoreUnavailable
 from nexus.core.localprocesses import free_ports
@@ -293,23 +293,8 @@ async def stand_in(
     """A server answering every request with ``handler``, and a kubeconfig for it."""
     app = web.Application()
     app.router.add_get("/{tail:.*}", handler)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    port = runner.addresses[0][1]
-    path = tmp_path / "stand-in.kubeconfig"
-    server = {"server": f"http://127.0.0.1:{port}"}
-    config = {
-        "clusters": [{"name": "s", "cluster": server}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "s", "context": {"cluster": "s", "user": "u"}}],
-        "current-context": "s",
-    }
-    path.write_text(yaml.safe_dump(config))
-    try:
+    async with stand_in_shard(app, tmp_path) as path:
         yield path
-    finally:
-        await runner.cleanup()
 
 
 EMPTY_LIST = {"items": [], "metadata": {"resourceVersion": "1"}}

@@ -21,9 +21,8 @@ from typing import Any
 
 import jwt
 import orjson
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import Servers
+from support.keys import rsa_key_pair
 from support.system import (
     OTHER_TOKEN,
     SIGNING_KEY,
@@ -44,21 +43,8 @@ RUN = "/algorithm/v1.2/run/echo"
 VALID = {"algorithmParameters": {"x": 1}}
 
 
-def _rsa() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return private, public.decode()
-
-
-RSA_PRIVATE, RSA_PUBLIC = _rsa()
-OTHER_RSA_PRIVATE, _ = _rsa()
+RSA_PRIVATE, RSA_PUBLIC = rsa_key_pair()
+OTHER_RSA_PRIVATE, _ = rsa_key_pair()
 
 
 def claims(**changes: Any) -> dict[str, Any]:
