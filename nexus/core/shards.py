@@ -40,6 +40,10 @@ _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 _MAX_EVENT = 16 * 1024 * 1024
 """Longest watch event read (the API server's own limit on an object is 1.5 MiB)."""
 
+CALL_ERRORS = (ShardUnavailable, ShardRejected, ShardThrottled)
+"""What a call of :class:`ShardClient` raises when it fails: unreachable or 5xx, refused
+(4xx), throttled (429). For callers that log any failure and go on."""
+
 
 @dataclass(frozen=True, slots=True)
 class Resource:

@@ -16,12 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.errors import DependencyError, ShardRejected, ShardThrottled
+from nexus.core.errors import DependencyError
 from nexus.core.httpapi import ApiError, bad_request, json_errors, json_response, read_json_object
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
 from nexus.core.runs import TERMINAL, Checkpoint, RunKey, RunResult, Stage, Transition
-from nexus.core.shards import ShardClient
+from nexus.core.shards import CALL_ERRORS, ShardClient
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL
 from nexus.scheduler.authentication import Authenticator
@@ -239,7 +239,7 @@ async def cancel(request: web.Request) -> web.Response:
         try:
             deleted = await client.delete_job(str(run_id), policy)
             log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
-        except (DependencyError, ShardRejected, ShardThrottled) as exc:
+        except CALL_ERRORS as exc:
             # The run is cancelled; its Job, if any, expires with its deadline and TTL.
             log.warning("cancelled, but the job could not be deleted: %s", exc)
     return json_response({"requestId": str(run_id), "status": Stage.CANCELLED.value})

@@ -38,17 +38,11 @@ from uuid import UUID
 from prometheus_client import Counter, Histogram
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.errors import (
-    CheckpointRejected,
-    DependencyError,
-    ShardRejected,
-    ShardThrottled,
-    ShardUnavailable,
-)
+from nexus.core.errors import CheckpointRejected, DependencyError, ShardUnavailable
 from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
-from nexus.core.shards import JOBS, ShardClient
+from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Catalog
 from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
 from nexus.scheduler.links import Links
@@ -63,7 +57,6 @@ cancelled while its batch waited is then seen before its Job is created. Time sp
 anything else (a busy event loop) does not count: an unthrottled shard reads once."""
 ABANDONED = frozenset({Stage.CANCELLED, Stage.DEADLINE_EXCEEDED, Stage.SCHEDULING_FAILED})
 """Stages in which a run's Job, created while the stage changed, must not run."""
-_SHARD_ERRORS = (DependencyError, ShardRejected, ShardThrottled)
 
 CREATES = Counter(
     "nexus_job_creates_total", "Job creation calls by shard and outcome.", ["shard", "outcome"]
@@ -310,7 +303,7 @@ class Dispatcher:
         run is running; if it cannot be told, the run fails with the reason why."""
         try:
             job = await self.shards[shard].get(JOBS, str(failed.checkpoint.id))
-        except _SHARD_ERRORS as exc:
+        except CALL_ERRORS as exc:
             return replace(
                 failed, message=f"{failed.message} (nor could the job be looked up: {exc})"
             )
@@ -441,7 +434,7 @@ class Dispatcher:
                 continue
             try:
                 await self.shards[shard].delete_job(str(change.id), "Background")
-            except _SHARD_ERRORS as exc:
+            except CALL_ERRORS as exc:
                 log.warning("cannot delete the job of a finished run: %s", exc)
                 continue
             log.info(
