@@ -58,11 +58,14 @@ class StandIn:
     are used up), keeps the Jobs it made, and records every call."""
 
     answers: list[Answer] = field(default_factory=list)
+    get_answers: list[Answer] = field(default_factory=list)
+    """Answers to reads, in turn, before the Jobs it keeps are served."""
     delete_answer: Answer | None = None
     on_create: Callable[[str], Awaitable[None]] | None = None
     created_at: list[tuple[float, str]] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     deleted: list[str] = field(default_factory=list)
+    reads: list[str] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         name = request.match_info.get("name", "")
@@ -85,6 +88,10 @@ class StandIn:
                 return web.Response(status=a.status, body=a.body, headers=a.headers)
             found = self.jobs.pop(name, None)
             return web.json_response(found or _status(404), status=200 if found else 404)
+        self.reads.append(name)
+        if self.get_answers:
+            a = self.get_answers.pop(0)
+            return web.Response(status=a.status, body=a.body, headers=a.headers)
         found = self.jobs.get(name)
         return web.json_response(found or _status(404), status=200 if found else 404)
 
@@ -246,6 +253,21 @@ async def test_the_last_failed_attempt_looks_for_the_job(options: Options) -> No
         lost = await d.submit()
         failed = await d.settled(lost, Stage.SCHEDULING_FAILED)
         assert failed.failure_details is not None and "after 1 attempts" in failed.failure_details
+
+
+async def test_a_job_that_cannot_be_looked_up_is_not_failed(options: Options) -> None:
+    """The last attempt failed and the shard cannot say whether it made the Job: the run
+    is not failed (its Job may be running) but tried again, and a 409 then shows the Job."""
+    stand_in = StandIn(
+        answers=[Answer(504, b"{}", made=True), Answer(503, b"{}"), Answer(409, b"{}")],
+        get_answers=[Answer(503, b"{}"), Answer(503, b"{}")],
+    )
+    async with dispatching(*options, stand_in, max_dispatch_attempts=1, retry_max_delay=0.2) as d:
+        made = await d.submit()
+        running = await d.settled(made, Stage.RUNNING)
+        assert stand_in.creations(str(made.id)) == 3
+        assert stand_in.reads == [str(made.id)] * 2
+        assert running.attempts == 2  # two outcomes unknown, then the Job found
 
 
 async def test_a_429_pauses_creations_for_its_retry_after(options: Options) -> None:

@@ -16,7 +16,10 @@ created. Outcomes:
 * 5xx, 401 (credentials being renewed) or a network error → one more attempt recorded,
   back to the queue after an exponential backoff, ahead of newer runs. After the last
   attempt the Job is looked up, since a failed call may have created it all the same: if
-  it is there the run is ``RUNNING``, otherwise ``SCHEDULING_FAILED``.
+  it is there the run is ``RUNNING``, if it is not, ``SCHEDULING_FAILED``. If the shard
+  cannot tell, nothing is decided: the run is tried again every ``retry_max_delay``
+  until the shard answers (a 409 then shows the Job was made), or until the maintainer
+  ends its wait in the queue.
 
 Failures are written only over ``BUFFERED`` (compare-and-set), so a pod that still holds a
 run another pod has adopted and dispatched cannot fail it.
@@ -76,7 +79,7 @@ QUEUE_SECONDS = Histogram(
 class Outcome:
     run: QueuedRun
     checkpoint: Checkpoint
-    kind: str  # created | exists | throttled | rejected | failed
+    kind: str  # created | throttled | rejected | failed | unknown (failed, Job may exist)
     uid: str | None = None
     message: str = ""
     retry_after: float = 0.0
@@ -300,13 +303,13 @@ class Dispatcher:
     async def _look_for_job(self, shard: str, failed: Outcome) -> Outcome:
         """After the last failed attempt: the call may have created the Job all the same
         (a server error after the write, an answer lost on the way). If it is there, the
-        run is running; if it cannot be told, the run fails with the reason why."""
+        run is running; if it is not, the run fails; if that cannot be told, the outcome
+        is ``unknown``: failing the run could leave its Job running."""
         try:
             job = await self.shards[shard].get(JOBS, str(failed.checkpoint.id))
         except CALL_ERRORS as exc:
-            return replace(
-                failed, message=f"{failed.message} (nor could the job be looked up: {exc})"
-            )
+            message = f"{failed.message} (nor could the job be looked up: {exc})"
+            return replace(failed, kind="unknown", message=message)
         if job is None:
             return failed
         uid = (job.get("metadata") or {}).get("uid")
@@ -357,6 +360,17 @@ class Dispatcher:
             elif o.kind == "throttled":
                 throttled.append(o.run)
                 retry_after = max(retry_after, o.retry_after)
+            elif o.kind == "unknown":
+                log.warning(
+                    "the last attempt failed and the job may exist; trying again in %g s: %s",
+                    self.settings.retry_max_delay,
+                    o.message,
+                    extra={"requestId": str(rid), "shard": shard},
+                )
+                changes.append(
+                    Transition(alg, rid, Stage.BUFFERED, attempts=1, expect=Stage.BUFFERED)
+                )
+                retry.setdefault(self.settings.retry_max_delay, []).append(o.run)
             else:
                 attempts = o.checkpoint.attempts + 1
                 if attempts >= self.settings.max_dispatch_attempts:

@@ -94,7 +94,8 @@ class SchedulerSection:
     dispatch_idle_poll: Seconds = field(default=0.25, metadata=positive())
     """How often an idle dispatcher looks for runs that others put on its queue."""
     max_dispatch_attempts: int = field(default=8, metadata=positive())
-    """Failed creations (5xx, network) before a run is SCHEDULING_FAILED."""
+    """Failed creations (5xx, network) before a run is SCHEDULING_FAILED, once the shard
+    says its Job does not exist (while it cannot say, the run is tried again)."""
     retry_base_delay: Seconds = field(default=1.0, metadata=positive())
     """Delay before the first retry of a creation that failed (5xx, network); doubles."""
     retry_max_delay: Seconds = field(default=60.0, metadata=positive())
