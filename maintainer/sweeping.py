@@ -6,8 +6,10 @@ partial index ``runs_unfinished_by_age``), at most ``sweep_max_rows`` per stage 
 the next sweep continues where this one stopped. Only runs unchanged for a stage's grace
 period are looked at, by the database's clock.
 
-* ``BUFFERED`` — queued longer than ``max_queue_time`` → ``DEADLINE_EXCEEDED``. Its Job
-  exists on its shard (created, but the ``RUNNING`` write was lost) → ``RUNNING``. In no
+* ``BUFFERED`` — left alone while its shard's Jobs cannot be known (the watch is away):
+  a failed creation may have made its Job. Its Job exists on its shard (created, but the
+  ``RUNNING`` write was lost) → ``RUNNING``, however long it was queued. Otherwise,
+  queued longer than ``max_queue_time`` → ``DEADLINE_EXCEEDED``. In no
   queue of any scheduler pod (Redis lost, a push that never happened) → pushed back onto a
   live pod's queue at its original priority (its arrival time, so ahead of newer runs),
   counted as an attempt; once attempts reach ``max_requeues`` → ``SCHEDULING_FAILED``.
@@ -146,6 +148,16 @@ class Sweeper:
         acts: list[Act] = []
         by_shard: dict[str, list[SweepRow]] = defaultdict(list)
         for row in rows:
+            watch = self.watches.get(row.shard or "")
+            if watch is not None and not watch.synced:
+                continue  # whether its Job exists cannot be told now: a later sweep decides
+            if watch is not None and str(row.id) in watch.jobs:
+                # its Job was created, the RUNNING write was lost
+                change = Transition(
+                    row.algorithm, row.id, Stage.RUNNING, expect=Stage.BUFFERED, shard=row.shard
+                )
+                acts.append(Act(change, "found_running", watch.shard))
+                continue
             if s.max_queue_time and now - row.received_at > timedelta(seconds=s.max_queue_time):
                 details = f"waited in the queue longer than the {s.max_queue_time:g} s allowed"
                 change = Transition(
@@ -153,14 +165,6 @@ class Sweeper:
                     cause="DeadlineExceeded", details=details,
                 )  # fmt: skip
                 acts.append(Act(change, "queue_deadline", row.shard or ""))
-                continue
-            watch = self.watches.get(row.shard or "")
-            if watch is not None and watch.synced and str(row.id) in watch.jobs:
-                # its Job was created, the RUNNING write was lost
-                change = Transition(
-                    row.algorithm, row.id, Stage.RUNNING, expect=Stage.BUFFERED, shard=row.shard
-                )
-                acts.append(Act(change, "found_running", watch.shard))
                 continue
             by_shard[row.shard or ""].append(row)
         await self.actions.apply(acts)

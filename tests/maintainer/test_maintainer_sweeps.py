@@ -19,8 +19,16 @@ from maintaining import (
 )
 from prometheus_client import REGISTRY
 from support.system import local_system, template
+from test_maintainer_filters import Recorded, Shard
 from test_maintainer_signals import bare_job
 
+from maintainer.actions import Actions
+from maintainer.settings import MaintainerSection
+from maintainer.sweeping import Sweeper
+from maintainer.watching import ShardWatch
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.config import PostgresSettings, RedisSettings
+from nexus.core.queues import QueueBackend
 from nexus.core.runs import NewRun, Stage, Transition
 from nexus.devcluster.shards import ShardSpec
 from nexus.devcluster.simulation import SimulationSettings
@@ -201,3 +209,48 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         recent = await store.get("echo", made["recent"])
         assert old_running is not None and old_running.idempotency_key is None
         assert recent is not None and recent.idempotency_key == "key-recent"
+
+
+async def test_a_queued_run_is_judged_only_on_a_shard_whose_jobs_are_known(
+    postgres_dsn: str, redis_url: str, redis_prefix: str
+) -> None:
+    """Queued an hour, past its max_queue_time: while the shard's watch is away the run is
+    left as it is (a failed creation may have made its Job); with the Jobs known, a run
+    whose Job exists is RUNNING, however long it was queued, and one without is overdue."""
+    store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=2))
+    queues = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix=redis_prefix))
+    try:
+        made, never = uuid.uuid4(), uuid.uuid4()
+        for run_id in (made, never):
+            await store.insert(
+                NewRun(
+                    algorithm="echo", id=run_id, stage=Stage.BUFFERED, caller="tester",
+                    received_by_host="gone", applied_configuration={"shard": "shard-0"},
+                    payload_valid_for=timedelta(hours=1), payload_inline=b"{}",
+                )
+            )  # fmt: skip
+        conn = await asyncpg.connect(postgres_dsn)
+        try:
+            await conn.execute("UPDATE runs SET received_at = now() - interval '1 hour'")
+        finally:
+            await conn.close()
+        watch = ShardWatch(Shard(), Recorded(), MaintainerSection())  # type: ignore[arg-type]
+        watch.jobs[str(made)] = "echo"
+        sweeper = Sweeper(
+            store=store, queues=queues, payloads=None, watches={"shard-0": watch},  # type: ignore[arg-type]
+            actions=Actions(store, {}, lambda: True), leading=lambda: True,
+            section=MaintainerSection(max_queue_time=60),
+        )  # fmt: skip
+
+        async def stages() -> list[Stage]:
+            found = [await store.get("echo", run_id) for run_id in (made, never)]
+            return [run.stage for run in found if run]
+
+        await sweeper._stage(Stage.BUFFERED, 0, sweeper._buffered)
+        assert await stages() == [Stage.BUFFERED, Stage.BUFFERED]  # the watch is away
+        watch.synced = True
+        await sweeper._stage(Stage.BUFFERED, 0, sweeper._buffered)
+        assert await stages() == [Stage.RUNNING, Stage.DEADLINE_EXCEEDED]
+    finally:
+        await queues.close()
+        await store.close()
