@@ -15,9 +15,15 @@ import pytest
 from prometheus_client import REGISTRY
 
 from nexus.core import statements as sql
-from nexus.core.checkpoints import PLAN_SETTINGS, CheckpointStore, apply_migrations, migrations
+from nexus.core.checkpoints import (
+    PLAN_SETTINGS,
+    Admission,
+    CheckpointStore,
+    apply_migrations,
+    migrations,
+)
 from nexus.core.config import PostgresSettings
-from nexus.core.errors import CheckpointRejected
+from nexus.core.errors import CheckpointRejected, StoreUnavailable
 from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
 
 
@@ -401,6 +407,33 @@ async def test_concurrent_duplicates_create_one_run(store: CheckpointStore) -> N
     results = await asyncio.gather(*(store.insert(r) for r in runs))
     assert len({r.id for r in results}) == 1
     assert sum(r.created for r in results) == 1
+
+
+async def test_a_key_whose_first_run_is_gone_fails_only_its_own_insert(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first run of a key is deleted between a duplicate's insert and the look-up of
+    its first run: that duplicate is told to retry; its batch neighbour is written."""
+    first = new_run(key="vanishing")
+    await store.insert(first)
+    batches: list[int] = []
+    resolve = store._resolve_conflicts
+
+    async def first_deleted_meanwhile(conn, runs, losers, results):  # type: ignore[no-untyped-def]
+        batches.append(len(runs))
+        await conn.execute("DELETE FROM runs WHERE id = $1", first.id)
+        await resolve(conn, runs, losers, results)
+
+    monkeypatch.setattr(store, "_resolve_conflicts", first_deleted_meanwhile)
+    neighbour, duplicate = new_run(), new_run(key="vanishing")
+    answers = await asyncio.gather(
+        store.insert(neighbour), store.insert(duplicate), return_exceptions=True
+    )
+    assert batches == [2]  # one batch
+    assert answers[0] == Admission(neighbour.id, True, neighbour.algorithm)
+    assert isinstance(answers[1], StoreUnavailable), answers[1]
+    assert await store.get(neighbour.algorithm, neighbour.id) is not None
+    assert await store.get(duplicate.algorithm, duplicate.id) is None
 
 
 async def test_idempotency_key_expires_after_24_hours(
