@@ -313,12 +313,13 @@ class Sweeper:
             runs = await self.store.expired_runs(older_than, self.section.sweep_batch)
             if not runs:
                 return
-            keys = []
-            for run in runs:
-                for uri in (run.payload_uri, run.result_uri):
-                    key = self.payloads.key_of(uri) if uri else None
-                    if key is not None:
-                        keys.append(key)
+            keys: list[str] = []
+            for run in runs:  # a result naming any other object of the bucket keeps it
+                stored = self.payloads.key_of(run.payload_uri) if run.payload_uri else None
+                result = run.result_uri and self.payloads.result_key_of(
+                    run.result_uri, run.algorithm, str(run.id)
+                )
+                keys.extend(key for key in (stored, result) if key)
             await self.payloads.delete(keys)  # objects first: none outlives its checkpoint
             count = await self.store.delete_finished([r.key for r in runs])
             deleted += count

@@ -21,6 +21,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -85,6 +86,18 @@ def _optional_text(body: dict[str, Any], *names: str, limit: int, cut: bool) -> 
     return None
 
 
+def _result_location(location: str, own: str, names: ObjectNames) -> str:
+    """``location`` if a run may report it: an http(s) or s3 URL that names, in Nexus'
+    own bucket, nothing but this run's result (clients get a presigned GET of it)."""
+    parts = urlsplit(location.strip())
+    if parts.scheme not in ("https", "http", "s3") or not parts.netloc:
+        raise bad_request("sasUri: expected an http(s):// or s3:// URL")
+    location = parts.geturl()
+    if names.key_of(location) is not None and location != own:
+        raise bad_request(f"sasUri: the only location of Nexus' bucket a run may name is {own}")
+    return location
+
+
 def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id: str) -> None:
     header = request.headers.get("Authorization")
     if header is None:
@@ -119,9 +132,8 @@ async def complete(request: web.Request) -> web.Response:
     message = _optional_text(body, "message", "errorDetails", limit=limit, cut=True)
     location = _optional_text(body, "sasUri", "resultUri", limit=MAX_URI, cut=False)
     if cause is None:
-        if location is not None and not location.startswith(("https://", "http://", "s3://")):
-            raise bad_request("sasUri: expected an http(s):// or s3:// URL")
-        result = location or receiver.names.uri(receiver.names.result_key(algorithm, rid))
+        own = receiver.names.uri(receiver.names.result_key(algorithm, rid))
+        result = _result_location(location, own, receiver.names) if location else own
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_uri=result)
     else:
         change = Transition(algorithm, run_id, Stage.FAILED, cause=cause, details=message)

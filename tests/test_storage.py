@@ -61,6 +61,12 @@ def test_object_names_and_references() -> None:
     assert names.key_of(uri) == "nexus/inputs/algorithm=algo/123"
     assert names.key_of("s3://other/nexus/inputs/x") is None
     assert names.key_of("https://example.com/data/x") is None
+    # a result may name the run's own result object, and no other of this bucket
+    own = names.uri(names.result_key("algo", "123"))
+    assert names.result_key_of(own, "algo", "123") == "nexus/results/algorithm=algo/123"
+    for elsewhere in (uri, names.uri(names.result_key("algo", "124")), "https://h/x"):
+        assert names.result_key_of(elsewhere, "algo", "123") is None, elsewhere
+    assert names.result_key_of(own, "other", "123") is None
 
 
 async def test_put_get_delete_roundtrip(store: PayloadStore, s3: S3Bucket) -> None:

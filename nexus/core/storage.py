@@ -71,6 +71,14 @@ class ObjectNames:
         prefix = f"s3://{self.bucket}/"
         return uri[len(prefix) :] if uri.startswith(prefix) else None
 
+    def result_key_of(self, uri: str, algorithm: str, run_id: str) -> str | None:
+        """The key of ``uri`` if it is the run's own result location, the one object of
+        this bucket a result may name; ``None`` otherwise. The receiver refuses any other
+        object of this bucket; this keeps a result stored before that from reaching one
+        (to be presigned for the run's client, or deleted with the run)."""
+        key = self.key_of(uri)
+        return key if key == self.result_key(algorithm, run_id) else None
+
 
 class PayloadStore(ObjectNames):
     """Inputs and results in one S3 bucket."""

@@ -49,7 +49,7 @@ class Links:
         """A fresh URL of the run's result, if it has one."""
         if not run.result_uri:
             return None
-        key = self.payloads.key_of(run.result_uri)
+        key = self.payloads.result_key_of(run.result_uri, run.algorithm, str(run.id))
         if key is None:
             return run.result_uri  # the algorithm reported a location of its own
         return self.payloads.presign_get(key, RESULT_READ_SECONDS)

@@ -33,7 +33,10 @@ from support.system import (
     template,
 )
 
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.runs import Stage, Transition
 from nexus.core.signing import Signer
+from nexus.core.storage import ObjectNames
 from nexus.devcluster.shards import ShardSpec
 from receiver.settings import ReceiverSection
 
@@ -338,7 +341,17 @@ async def test_receiver_accepts_only_the_runs_own_token(servers: Servers) -> Non
             ("resultUri a number", b'{"resultUri": 5}', "resultUri"),
             ("sasUri with NUL", b'{"sasUri": "https://host/\\u0000"}', "sasUri"),
             ("sasUri too long", orjson.dumps({"sasUri": "https://h/" + "x" * 5000}), "sasUri"),
+            ("sasUri without a host", b'{"sasUri": "https:///x"}', "sasUri"),
         ]
+        # Nexus presigns what its own bucket holds: a run may name its own result, no other
+        bucket = ObjectNames(system.base_settings.storage)
+        for case, uri in (
+            ("another run's input", bucket.uri(bucket.input_key("echo", second))),
+            ("another run's result", bucket.uri(bucket.result_key("echo", second))),
+            ("another object", bucket.uri("elsewhere/data")),
+            ("another run's input, S3://", "S3" + bucket.uri(bucket.input_key("echo", second))[2:]),
+        ):
+            malformed.append((case, orjson.dumps({"resultUri": uri}), "sasUri"))
         for case, data, names in malformed:
             answer, body = await complete(system, "echo", first, None, data=data)
             assert answer == 400, (case, answer, body)
@@ -398,6 +411,17 @@ async def test_receiver_accepts_only_the_runs_own_token(servers: Servers) -> Non
         assert (answer, body["status"]) == (200, "COMPLETED"), (answer, body)
         stored = (await run_state(system, "echo", third))["resultUri"]
         assert stored.endswith(f"results/algorithm=echo/{third}"), stored
+
+        # a result stored before such locations were refused is not presigned for clients
+        fourth = await system.submit("echo")
+        store = await CheckpointStore.open(system.base_settings.postgres)
+        try:
+            another = bucket.uri(bucket.input_key("echo", second))
+            change = Transition("echo", uuid.UUID(fourth), Stage.COMPLETED, result_uri=another)
+            assert await store.transition(change)
+        finally:
+            await store.close()
+        assert (await system.result("echo", fourth))["resultUri"] == another
 
 
 async def test_receiver_admits_tokenless_completions_only_when_configured(servers: Servers) -> None:

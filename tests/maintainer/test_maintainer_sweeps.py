@@ -167,7 +167,8 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         open_payloads(system) as payloads,
     ):
         made: dict[str, uuid.UUID] = {}
-        for name, finished in (("old", True), ("old-running", False), ("recent", True)):
+        runs = (("old", True), ("old-running", False), ("recent", True), ("old-pointing", True))
+        for name, finished in runs:
             run_id = made[name] = uuid.uuid4()
             await payloads.put(f"inputs/algorithm=echo/{run_id}", b"{}")
             await payloads.put(f"results/algorithm=echo/{run_id}", b"{}")
@@ -180,7 +181,10 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
                 )
             )  # fmt: skip
             if finished:
-                result = f"s3://{servers.s3.bucket}/results/algorithm=echo/{run_id}"
+                # old-pointing's result names recent's (stored before completions naming
+                # another run's object were refused): deleting it must leave recent's alone
+                owner = made["recent"] if name == "old-pointing" else run_id
+                result = f"s3://{servers.s3.bucket}/results/algorithm=echo/{owner}"
                 assert await store.transition(
                     Transition("echo", run_id, Stage.COMPLETED, result_uri=result)
                 )
@@ -188,7 +192,7 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         try:
             await conn.execute(
                 "UPDATE runs SET received_at = now() - interval '3 days' WHERE id = ANY($1)",
-                [made["old"], made["old-running"]],
+                [made["old"], made["old-running"], made["old-pointing"]],
             )
         finally:
             await conn.close()
@@ -197,7 +201,8 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         async with running_maintainer(settings_for(system, retention=86_400, **keep)):
 
             async def swept() -> bool:
-                return await store.get("echo", made["old"]) is None
+                gone = [await store.get("echo", made[n]) is None for n in ("old", "old-pointing")]
+                return all(gone)
 
             await wait_until(swept, what="the old finished run deleted")
         for kind in ("inputs", "results"):
@@ -205,6 +210,7 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         for name in ("old-running", "recent"):
             assert await payloads.get(f"inputs/algorithm=echo/{made[name]}") is not None
             assert await store.get("echo", made[name]) is not None
+        assert await payloads.get(f"results/algorithm=echo/{made['recent']}") is not None
         old_running = await store.get("echo", made["old-running"])
         recent = await store.get("echo", made["recent"])
         assert old_running is not None and old_running.idempotency_key is None
