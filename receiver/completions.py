@@ -36,7 +36,7 @@ from nexus.core.httpapi import (
     read_json_object,
 )
 from nexus.core.logs import request_id as current_request
-from nexus.core.runs import Stage, Transition
+from nexus.core.runs import Stage, Transition, may_move
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
 from nexus.core.templates import DNS_LABEL
@@ -131,6 +131,9 @@ async def complete(request: web.Request) -> web.Response:
     cause = _optional_text(body, "cause", "errorCause", limit=1024, cut=True)
     message = _optional_text(body, "message", "errorDetails", limit=limit, cut=True)
     location = _optional_text(body, "sasUri", "resultUri", limit=MAX_URI, cut=False)
+    # containers that always send every field send "" for none
+    cause = cause if cause and cause.strip() else None
+    location = location if location and location.strip() else None
     if cause is None:
         own = receiver.names.uri(receiver.names.result_key(algorithm, rid))
         result = _result_location(location, own, receiver.names) if location else own
@@ -148,6 +151,11 @@ async def complete(request: web.Request) -> web.Response:
         if current.stage.terminal:  # already finished: the first report stands
             _DUPLICATE.inc()
             return json_response({"requestId": rid, "status": current.stage.value})
+        if not may_move(current.stage, change.to):  # NEW: not even queued, so no Job
+            _REFUSED.inc()
+            raise ApiError(
+                409, "conflict", f"run {run_id} is {current.stage.value}: it has not been sent"
+            )
         # An unfinished run must take a completion; never answer 2xx without recording it.
     log.error("a completion could not be recorded on an unfinished run")
     raise ApiError(

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import jwt
@@ -34,7 +35,7 @@ from support.system import (
 )
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.runs import Stage, Transition
+from nexus.core.runs import NewRun, Stage, Transition
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
 from nexus.devcluster.shards import ShardSpec
@@ -351,7 +352,7 @@ async def test_receiver_accepts_only_the_runs_own_token(servers: Servers) -> Non
             ("another object", bucket.uri("elsewhere/data")),
             ("another run's input, S3://", "S3" + bucket.uri(bucket.input_key("echo", second))[2:]),
         ):
-            malformed.append((case, orjson.dumps({"resultUri": uri}), "sasUri"))
+            malformed.append((case, orjson.dumps({"resultUri": uri, "errorCause": ""}), "sasUri"))
         for case, data, names in malformed:
             answer, body = await complete(system, "echo", first, None, data=data)
             assert answer == 400, (case, answer, body)
@@ -412,16 +413,42 @@ async def test_receiver_accepts_only_the_runs_own_token(servers: Servers) -> Non
         stored = (await run_state(system, "echo", third))["resultUri"]
         assert stored.endswith(f"results/algorithm=echo/{third}"), stored
 
-        # a result stored before such locations were refused is not presigned for clients
+        # every field sent, empty or blank: a success at the default location, or at its
+        # own location named, which clients get presigned
+        for shape in ("current", "older"):
+            request_id = await system.submit("echo")
+            own = bucket.uri(bucket.result_key("echo", request_id))
+            empty = (
+                {"cause": "", "message": "", "sasUri": " "}
+                if shape == "current"
+                else {"errorCause": " ", "errorDetails": "", "resultUri": own}
+            )
+            answer, body = await complete(system, "echo", request_id, empty)
+            assert (answer, body["status"]) == (200, "COMPLETED"), (empty, answer, body)
+            assert (await run_state(system, "echo", request_id))["resultUri"] == own, shape
+            link = (await system.result("echo", request_id))["resultUri"]
+            assert link.startswith("http") and "X-Amz-Signature=" in link, link
+
+        # a result stored before such locations were refused is not presigned for clients;
+        # a run still NEW was never sent: its completion is refused, and says why
         fourth = await system.submit("echo")
+        another = bucket.uri(bucket.input_key("echo", second))
+        unsent = NewRun(
+            algorithm="echo", id=uuid.uuid4(), stage=Stage.NEW, caller="tester",
+            received_by_host="elsewhere", applied_configuration={},
+            payload_valid_for=timedelta(hours=1), payload_inline=b"{}",
+        )  # fmt: skip
         store = await CheckpointStore.open(system.base_settings.postgres)
         try:
-            another = bucket.uri(bucket.input_key("echo", second))
             change = Transition("echo", uuid.UUID(fourth), Stage.COMPLETED, result_uri=another)
             assert await store.transition(change)
+            await store.insert(unsent)
         finally:
             await store.close()
         assert (await system.result("echo", fourth))["resultUri"] == another
+        answer, body = await complete(system, "echo", str(unsent.id), {})
+        assert (answer, body["error"]) == (409, "conflict") and "NEW" in body["message"], body
+        assert (await run_state(system, "echo", str(unsent.id)))["lifecycleStage"] == "NEW"
 
 
 async def test_receiver_admits_tokenless_completions_only_when_configured(servers: Servers) -> None:
