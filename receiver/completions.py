@@ -78,10 +78,8 @@ def _optional_text(body: dict[str, Any], *names: str, limit: int, cut: bool) -> 
             if not cut:
                 raise bad_request(f"{name}: longer than {limit} characters")
             value = value[:limit] + "…"
-        if "\x00" in value:  # PostgreSQL text cannot hold NUL; a message keeps the rest
-            if not cut:
-                raise bad_request(f"{name}: must not contain NUL characters")
-            value = value.replace("\x00", "\ufffd")
+        if "\x00" in value and not cut:  # no URL; a message's NUL the store replaces
+            raise bad_request(f"{name}: must not contain NUL characters")
         return value
     return None
 

@@ -284,7 +284,7 @@ async def test_a_bad_change_in_a_later_round_keeps_no_part_of_its_batch(
     results = await asyncio.gather(
         store.transition(Transition(x.algorithm, x.id, Stage.COMPLETED, result_uri="r")),
         store.transition(Transition(y.algorithm, y.id, Stage.BUFFERED, attempts=1)),
-        store.transition(Transition(x.algorithm, x.id, Stage.FAILED, details="bad\x00")),
+        store.transition(Transition(x.algorithm, x.id, Stage.FAILED, attempts=2**31)),
         store.transition(Transition(y.algorithm, y.id, Stage.RUNNING, job_uid="u")),
         return_exceptions=True,
     )
@@ -294,6 +294,30 @@ async def test_a_bad_change_in_a_later_round_keeps_no_part_of_its_batch(
     assert stored_x is not None and stored_y is not None
     assert (stored_x.stage, stored_x.result_uri) == (Stage.COMPLETED, "r")
     assert (stored_y.stage, stored_y.attempts, stored_y.job_uid) == (Stage.RUNNING, 1, "u")
+
+
+async def test_free_text_with_nul_is_kept_and_a_change_the_store_cannot_hold_fails_alone(
+    store: CheckpointStore,
+) -> None:
+    """A NUL in a failure's cause or details (a container's termination message, say)
+    is stored as U+FFFD, by either writer; the maintainer's batch leaves out a change the
+    store cannot hold and writes its neighbours."""
+    a, b, c = new_run(), new_run(), new_run()
+    for run in (a, b, c):
+        await store.insert(run)
+    nul = Transition(a.algorithm, a.id, Stage.FAILED, cause="Error\x00", details="out\x00put")
+    assert await store.transition(nul)
+    batch = [
+        Transition(b.algorithm, b.id, Stage.FAILED, cause="x\x00", details="\x00"),
+        Transition(c.algorithm, c.id, Stage.BUFFERED, attempts=2**31),  # beyond its column
+    ]
+    assert await store.transition_batch(batch) == [True, None]  # the second: cannot be held
+    stored = [await store.get(r.algorithm, r.id) for r in (a, b, c)]
+    assert [(s.stage, s.failure_cause, s.failure_details) for s in stored if s] == [
+        (Stage.FAILED, "Error\ufffd", "out\ufffdput"),
+        (Stage.FAILED, "x\ufffd", "\ufffd"),
+        (Stage.BUFFERED, None, None),
+    ]
 
 
 async def test_expected_stage_narrows_a_transition(store: CheckpointStore) -> None:

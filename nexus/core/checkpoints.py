@@ -448,7 +448,7 @@ class CheckpointStore:
     async def transition_batch(self, changes: Sequence[Transition]) -> list[bool | None]:
         """Apply ``changes`` without waiting for any other writer; for each, ``True`` if it
         applied, ``False`` if the run's stage refuses it, ``None`` if another writer held
-        the run at that moment (try again).
+        the run at that moment (try again) or the store cannot hold the change (logged).
 
         For a background writer that already collects its changes (the maintainer): rows
         another transaction has locked are skipped, not waited for, so this writer never
@@ -467,15 +467,10 @@ class CheckpointStore:
             for indices in rounds:
                 for start in range(0, len(indices), self._batch_max):
                     chunk = indices[start : start + self._batch_max]
-                    batch = [changes[i] for i in chunk]
-                    rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
-                    candidates = {(r["algorithm"], r["id"]) for r in rows}
-                    applied = {(r["algorithm"], r["id"]) for r in rows if r["applied"]}
-                    for i in chunk:
-                        key = (changes[i].algorithm, changes[i].id)
-                        results[i] = (
-                            True if key in applied else None if key in candidates else False
-                        )
+                    taken = dict(await _skip_locked(conn, [changes[i] for i in chunk]))
+                    for i in chunk:  # applied; held (or not holdable); or refused
+                        key = changes[i].key
+                        results[i] = (taken[key] or None) if key in taken else False
         return results
 
     async def sweep_page(
@@ -534,6 +529,29 @@ def _insert_row(run: NewRun) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
+async def _skip_locked(conn: Connection, batch: Sequence[Transition]) -> list[tuple[RunKey, bool]]:
+    """The runs :data:`sql.TRANSITION_SKIP_LOCKED` could take for ``batch``, and whether
+    each change applied. A change the store cannot hold is answered as not applied (as
+    for a run held: nothing is known of its stage); its neighbours are still written."""
+    try:
+        rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
+    except _DATA_ERRORS as exc:
+        if len(batch) == 1:
+            change = batch[0]
+            log.error(
+                "the store cannot hold this change: %s", exc, extra={"requestId": str(change.id)}
+            )
+            return [(change.key, False)]
+        return [row for change in batch for row in await _skip_locked(conn, [change])]
+    return [(RunKey(r["algorithm"], r["id"]), r["applied"]) for r in rows]
+
+
+def _text(message: str | None) -> str | None:
+    """A failure's free text as PostgreSQL can hold it: whatever a container or a cluster
+    wrote, a NUL (which ``text`` refuses) becomes U+FFFD and the rest is kept."""
+    return message.replace("\x00", "\ufffd") if message and "\x00" in message else message
+
+
 def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
     return [
         [c.algorithm for c in batch],
@@ -541,8 +559,8 @@ def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
         [c.to.value for c in batch],
         [c.expect.value if c.expect else None for c in batch],
         [c.result_uri for c in batch],
-        [c.cause for c in batch],
-        [c.details for c in batch],
+        [_text(c.cause) for c in batch],
+        [_text(c.details) for c in batch],
         [c.job_uid for c in batch],
         [c.shard for c in batch],
         [c.sent_at for c in batch],
