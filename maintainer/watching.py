@@ -55,7 +55,7 @@ from maintainer.signals import (
     pull_error,
     run_of_pod,
 )
-from nexus.core.errors import DependencyError, NexusError
+from nexus.core.errors import DependencyError, NexusError, ShardThrottled
 from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL
 from nexus.core.labels import ALGORITHM_RUN_SELECTOR as RUNS
 from nexus.core.runs import Stage, Transition
@@ -293,19 +293,39 @@ class ShardWatch:
     # -- grace timers ------------------------------------------------------------------
 
     async def _check(self, stopping: asyncio.Event) -> None:
+        paused_until, refusals = 0.0, 0  # re-checks wait while the shard will not answer
         while not stopping.is_set():
             now = self._loop.time()
             for _, timer in _due(self._started, now):
                 if timer.change is not None:
                     self.actions.submit(Act(timer.change, "started", self.shard))
             for timers, recheck in ((self._deleted, self._lost), (self._pulls, self._pulling)):
-                for name, timer in _due(timers, now):
+                due = _due(timers, now) if now >= paused_until else []
+                for index, (name, timer) in enumerate(due):
                     try:
                         await recheck(name, timer)
-                    except DependencyError as exc:  # unreachable: ask again later
-                        log.info("cannot re-check a run yet: %s", exc, extra={"shard": self.shard})
-                        timer.due = now + self.section.check_interval
-                        timers.setdefault(name, timer)
+                        refusals = 0
+                    except NexusError as exc:
+                        # unreachable, throttled or refused: this and the rest wait in place
+                        for late, waiting in reversed(due[index:]):
+                            timers[late] = waiting
+                            timers.move_to_end(late, last=False)
+                        if isinstance(exc, ShardThrottled):
+                            pause = max(self.section.check_interval, exc.retry_after)
+                        elif isinstance(exc, DependencyError):
+                            pause = self.section.check_interval
+                        else:  # a refusal (403…) lasts: ask less and less often
+                            refusals += 1
+                            pause = min(60.0, self.section.check_interval * 2**refusals)
+                        paused_until = now + pause
+                        log.log(
+                            logging.INFO if isinstance(exc, DependencyError) else logging.WARNING,
+                            "cannot re-check runs for %g s: %s",
+                            pause,
+                            exc,
+                            extra={"shard": self.shard},
+                        )
+                        break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), self.section.check_interval)
 

@@ -6,7 +6,9 @@ import asyncio
 import time
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
+from aiohttp import web
 from harness import Servers
 from maintaining import (
     delete_job,
@@ -18,9 +20,13 @@ from maintaining import (
 )
 from prometheus_client import REGISTRY
 from support.proxy import Proxy, proxied_kubeconfigs
+from support.standin import stand_in_shard
 from support.system import System, local_system, template
+from test_maintainer_filters import RUN, Recorded
 
-from maintainer.settings import MaintainerSettings
+from maintainer.settings import MaintainerSection, MaintainerSettings
+from maintainer.watching import ShardWatch, Timer
+from nexus.core.shards import ShardClient
 from nexus.devcluster.kubelet import KubeletSettings
 from nexus.devcluster.shards import ShardSpec
 from nexus.devcluster.simulation import SimulationSettings
@@ -140,3 +146,46 @@ def replace_instance(settings: MaintainerSettings) -> MaintainerSettings:
     """The same settings for another process (its own name in the lease)."""
     section = replace(settings.maintainer, instance=f"maintainer-{uuid.uuid4().hex[:6]}")
     return replace(settings, maintainer=section)
+
+
+async def test_a_recheck_the_shard_throttles_or_refuses_is_asked_again_later(
+    tmp_path: Path,
+) -> None:
+    """The GETs that confirm two lost Jobs are answered 429, then 403: the check loop goes
+    on, asks nothing more until the Retry-After has passed, and concludes for both once the
+    shard answers 404."""
+    answers = [(429, {"Retry-After": "1"}), (403, {}), (404, {})]
+    asked: list[tuple[float, str]] = []
+
+    async def get_job(request: web.Request) -> web.Response:
+        asked.append((time.monotonic(), request.match_info["name"]))
+        status, headers = answers.pop(0) if len(answers) > 1 else answers[0]
+        body = {"kind": "Status", "apiVersion": "v1", "code": status, "message": "no"}
+        return web.json_response(body, status=status, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/apis/batch/v1/namespaces/runs/jobs/{name}", get_job)
+    other = str(uuid.uuid4())
+    async with stand_in_shard(app, tmp_path) as kubeconfig:
+        client = await ShardClient.from_kubeconfig("shard-0", kubeconfig, "runs", timeout=2.0)
+        actions = Recorded()
+        section = MaintainerSection(check_interval=0.05)
+        watch = ShardWatch(client, actions, section)  # type: ignore[arg-type]
+        for name in (RUN, other):
+            watch._deleted[name] = Timer(due=0.0, algorithm="echo")
+        stopping = asyncio.Event()
+        checking = asyncio.create_task(watch._check(stopping))
+        try:
+            for _ in range(100):
+                if len(actions.acts) == 2 or checking.done():
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            stopping.set()
+            await checking  # raises if the loop died
+            await client.close()
+    assert sorted(str(a.change.id) for a in actions.acts) == sorted([RUN, other])
+    assert {a.action for a in actions.acts} == {"job_lost"}
+    first = asked[0][0]
+    assert len(asked) == 4 and all(t - first >= 0.9 for t, _ in asked[1:])  # the Retry-After
+    assert [name for _, name in asked[:3]] == [RUN] * 3  # in due order, each waiting its turn
