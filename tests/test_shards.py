@@ -521,7 +521,11 @@ async def test_watch_events_are_whole_however_the_stream_is_cut_and_skip_reads_n
         assert [event.object["metadata"]["name"] for event in got] == ["j0", "j2", "j4", "j5"]
         assert [orjson.loads(line) for line in declined] == events  # each line whole, once
 
-        # an ERROR is always read, whatever skip says
+        # a BOOKMARK and an ERROR are always read, whatever skip says
+        bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}
+        behaviour["watch"] = [orjson.dumps(events[0]) + b"\n", orjson.dumps(bookmark) + b"\n"]
+        got = await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=lambda line: True))
+        assert [(event.type, event.object) for event in got] == [("BOOKMARK", bookmark["object"])]
         error = {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}
         behaviour["watch"] = [orjson.dumps(events[0]) + b"\n", orjson.dumps(error) + b"\n"]
         with pytest.raises(ResourceExpired):

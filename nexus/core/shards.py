@@ -364,7 +364,8 @@ class ShardClient:
         Raises :class:`ResourceExpired` when the version is too old to resume from.
         ``skip`` sees each event's raw line first: an event it declines is neither parsed
         nor yielded (so it never advances a resumed watch's version either). It must only
-        decline what its caller would ignore; a line saying ``"ERROR"`` is always read.
+        decline what its caller would ignore; a line saying ``"ERROR"`` or ``"BOOKMARK"`` is
+        always read, so a quiet watch still resumes from a recent version.
         """
         query: list[tuple[str, Any]] = [
             ("watch", "true"),
@@ -396,7 +397,12 @@ class ShardClient:
             if response.status >= 400:
                 self._raise_for(response, await response.read(), f"watch {resource.plural}")
             async for line in _lines(response.content):
-                if skip is not None and skip(line) and b'"ERROR"' not in line:
+                if (
+                    skip is not None
+                    and skip(line)
+                    and b'"ERROR"' not in line
+                    and not line.startswith(b'{"type":"BOOKMARK"')  # how API servers write it
+                ):
                     continue
                 try:
                     event = orjson.loads(line)
