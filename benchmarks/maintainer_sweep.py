@@ -95,6 +95,9 @@ class StubWatch:
     synced: bool = True
     client: Any = None
 
+    def succeeded_at(self, name: str) -> float | None:
+        return self.succeeded.get(name)
+
 
 @dataclass
 class Timing:

@@ -258,7 +258,7 @@ class Sweeper:
             watch = self.watches.get(row.shard or "")
             if watch is None or not watch.synced:
                 continue  # unknown or unreachable shard: nothing can be concluded
-            succeeded = watch.succeeded.get(str(row.id))
+            succeeded = watch.succeeded_at(str(row.id))
             if succeeded is not None:  # its Job is there and done: only the report is missing
                 if succeeded <= seen_by:
                     change = Transition(

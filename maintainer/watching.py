@@ -12,7 +12,8 @@ What it keeps in memory, all bounded by what the shard holds:
 * the Jobs that exist (name → algorithm), which sweeps use to tell a lost Job from a live
   one without asking the shard about every run;
 * the last failed attempt of each Job still running (for the cause when it fails);
-* when each Job that succeeded was seen to: a run still ``RUNNING`` ``completion_grace``
+* when each Job that succeeded was seen to (also for a while after the Job is deleted,
+  when that comes soon after): a run still ``RUNNING`` ``completion_grace``
   later exited without reporting, which the sweep of ``RUNNING`` runs concludes (so a run
   that reported, as nearly all do, costs nothing more: no timer, no write refused);
 * grace timers: pods running whose run may not say so yet, image pulls failing, Jobs
@@ -109,6 +110,9 @@ class ShardWatch:
         self._pulls: OrderedDict[str, Timer] = OrderedDict()
         self.succeeded: dict[str, float] = {}
         """Jobs that succeeded: name → when this process saw it (loop time)."""
+        self._succeeded_gone: OrderedDict[str, float] = OrderedDict()
+        """Jobs deleted soon after they succeeded (a short ``ttlSecondsAfterFinished``),
+        remembered as in :attr:`succeeded` for a completion grace and two sweeps more."""
         self._deleted: OrderedDict[str, Timer] = OrderedDict()
         self._loop = asyncio.get_running_loop()
 
@@ -167,7 +171,8 @@ class ShardWatch:
         self.jobs = {}
         for item in items:
             await self._on_job(WatchEvent("ADDED", item))
-        self.succeeded = {name: t for name, t in self.succeeded.items() if name in self.jobs}
+        for name in [name for name in self.succeeded if name not in self.jobs]:
+            self._forget_success(name)  # deleted while the watch was away
         self._listed = True
 
     async def _on_job(self, event: WatchEvent) -> None:
@@ -178,7 +183,7 @@ class ShardWatch:
             algorithm = self.jobs.pop(name, None)
             self._failures.pop(name, None)
             self._started.pop(name, None)
-            self.succeeded.pop(name, None)
+            self._forget_success(name)
             if algorithm is not None and meta.get("uid") not in self._decided:
                 due = self._loop.time() + self.section.job_lost_grace
                 self._deleted.setdefault(name, Timer(due, algorithm))
@@ -204,6 +209,25 @@ class ShardWatch:
             last = await self._last_failure(name)
         verdict = failed_verdict(reason, message, last)
         self._finish(name, algorithm, verdict.stage, verdict.cause, verdict.details, verdict.action)
+
+    def succeeded_at(self, name: str) -> float | None:
+        """When the Job ``name`` was seen to succeed, if it did (and is there, or was
+        deleted within a completion grace of that): its run then only lacks its report."""
+        seen = self.succeeded.get(name)
+        return seen if seen is not None else self._succeeded_gone.get(name)
+
+    def _forget_success(self, name: str) -> None:
+        """The Job ``name`` is deleted. If it succeeded moments ago its run may still be
+        waiting for its report, and must not be taken for a lost one meanwhile."""
+        now, seen = self._loop.time(), self.succeeded.pop(name, None)
+        keep = self.section.completion_grace + 2 * self.section.sweep_interval
+        if seen is not None and now - seen < keep:
+            self._succeeded_gone[name] = seen
+        while self._succeeded_gone:
+            first, when = next(iter(self._succeeded_gone.items()))
+            if now - when < keep:
+                break
+            del self._succeeded_gone[first]
 
     async def _last_failure(self, job: str) -> PodFailure | None:
         """The failed attempt a Job's failure came after, when its pod event was missed."""

@@ -22,11 +22,11 @@ from prometheus_client import REGISTRY
 from support.proxy import Proxy, proxied_kubeconfigs
 from support.standin import stand_in_shard
 from support.system import System, local_system, template
-from test_maintainer_filters import RUN, Recorded
+from test_maintainer_filters import COMPLETE, RUN, Recorded, Shard, job
 
 from maintainer.settings import MaintainerSection, MaintainerSettings
 from maintainer.watching import ShardWatch, Timer
-from nexus.core.shards import ShardClient
+from nexus.core.shards import ShardClient, WatchEvent
 from nexus.devcluster.kubelet import KubeletSettings
 from nexus.devcluster.shards import ShardSpec
 from nexus.devcluster.simulation import SimulationSettings
@@ -189,3 +189,13 @@ async def test_a_recheck_the_shard_throttles_or_refuses_is_asked_again_later(
     first = asked[0][0]
     assert len(asked) == 4 and all(t - first >= 0.9 for t, _ in asked[1:])  # the Retry-After
     assert [name for _, name in asked[:3]] == [RUN] * 3  # in due order, each waiting its turn
+
+
+async def test_a_success_is_remembered_past_a_relist_that_finds_its_job_gone() -> None:
+    """A Job succeeded, then was deleted while the watch was away: the relist that no
+    longer lists it keeps its success for the completion grace, as a deletion would."""
+    watch = ShardWatch(Shard(), Recorded(), MaintainerSection())  # type: ignore[arg-type]
+    await watch._on_job(WatchEvent("ADDED", job([COMPLETE])))
+    assert watch.succeeded_at(RUN) is not None
+    await watch._sync_jobs([])
+    assert watch.succeeded_at(RUN) is not None and RUN not in watch.jobs

@@ -97,6 +97,30 @@ async def test_each_kubernetes_signal_ends_its_run_with_its_cause(servers: Serve
         await wait_until(lambda: job_of(system, "shard-0", ids["image"]) is None, what="job gone")
 
 
+async def test_a_run_whose_job_is_deleted_as_it_succeeds_waits_for_its_report(
+    servers: Servers,
+) -> None:
+    """With ``ttlSecondsAfterFinished: 0`` a Job is gone the moment it succeeds: its run is
+    not taken for a lost one, but given the completion grace, then failed for no result."""
+    async with (
+        local_system(
+            servers,
+            shards=[SIMULATED],
+            templates=[faulty(template("silent"), "silent")],
+            section={"job_ttl_after_finished": 0},
+        ) as system,
+        running_maintainer(settings_for(system, completion_grace=3)),
+    ):
+        request_id = await system.submit("silent")
+        await wait_until(lambda: job_of(system, "shard-0", request_id), what="the job made")
+        await wait_until(lambda: job_of(system, "shard-0", request_id) is None, what="job gone")
+        gone = asyncio.get_running_loop().time()
+        answer = await system.wait_for("silent", request_id, timeout=20)
+        found = await metadata(system, "silent", request_id)
+        assert (answer["status"], found["algorithmFailureCause"]) == ("FAILED", "NoResult"), found
+        assert asyncio.get_running_loop().time() - gone >= 2  # not before its grace
+
+
 async def test_exit_codes_fail_runs_when_the_job_gives_up(servers: Servers) -> None:
     fatal = template("fatal", command=MAYBE_FAIL, retries=3, workgroup="processes")
     fatal["spec"]["errorHandlingBehaviour"] = {"transientExitCodes": [], "fatalExitCodes": [3]}
