@@ -48,7 +48,8 @@ ACTIONS = Counter(
 )
 UNCHANGED = Counter(
     "nexus_maintainer_unchanged_total",
-    "Actions the store refused because the run had already moved on, by action.",
+    "Actions that changed nothing, by action: refused because the run had already moved"
+    " on, or given up after another writer held the run at every try.",
     ["action"],
 )
 JOBS_DELETED = Counter(
@@ -76,6 +77,7 @@ class Act:
     action: str
     shard: str
     delete_job: bool = False
+    """Delete the run's Job once the change is applied, or refused (the run is over)."""
     tries: int = 0
 
 
@@ -149,8 +151,9 @@ class Actions:
                     BUSY.inc()
                     self._busy += 1
                     self.submit(replace(act, tries=act.tries + 1))
-                    continue
-                outcome = False
+                else:  # left for the next sweep or relist, and its Job with it
+                    UNCHANGED.labels(act.action).inc()
+                continue
             if outcome:
                 self._record(act)
             else:

@@ -6,8 +6,10 @@ import asyncio
 import time
 import uuid
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
+import asyncpg
 from aiohttp import web
 from harness import Servers
 from maintaining import (
@@ -24,8 +26,12 @@ from support.standin import stand_in_shard
 from support.system import System, local_system, template
 from test_maintainer_filters import COMPLETE, RUN, Recorded, Shard, job
 
+from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection, MaintainerSettings
 from maintainer.watching import ShardWatch, Timer
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.config import PostgresSettings
+from nexus.core.runs import NewRun, Stage, Transition
 from nexus.core.shards import ShardClient, WatchEvent
 from nexus.devcluster.kubelet import KubeletSettings
 from nexus.devcluster.shards import ShardSpec
@@ -191,6 +197,61 @@ async def test_a_recheck_the_shard_throttles_or_refuses_is_asked_again_later(
     assert [name for _, name in asked[:3]] == [RUN] * 3  # in due order, each waiting its turn
 
 
+async def test_a_change_never_tried_keeps_its_job(postgres_dsn: str, tmp_path: Path) -> None:
+    """An action that deletes a Job with its change does so only once the change was
+    tried: not when another writer held the run every time (the run may be running)."""
+    deleted: list[str] = []
+
+    async def delete_job(request: web.Request) -> web.Response:
+        deleted.append(request.match_info["name"])
+        return web.json_response({"kind": "Status", "code": 200}, status=200)
+
+    app = web.Application()
+    app.router.add_delete("/apis/batch/v1/namespaces/runs/jobs/{name}", delete_job)
+    store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=2))
+    held, free = uuid.uuid4(), uuid.uuid4()
+    for run_id in (held, free):
+        await store.insert(
+            NewRun(
+                algorithm="echo", id=run_id, stage=Stage.BUFFERED, caller="tester",
+                received_by_host="h", applied_configuration={}, payload_inline=b"{}",
+                payload_valid_for=timedelta(hours=1),
+            )
+        )  # fmt: skip
+        assert await store.transition(Transition("echo", run_id, Stage.RUNNING, job_uid="u"))
+    other = await asyncpg.connect(postgres_dsn)
+    try:
+        async with stand_in_shard(app, tmp_path) as kubeconfig:
+            client = await ShardClient.from_kubeconfig("shard-0", kubeconfig, "runs")
+            actions = Actions(store, {"shard-0": client}, leading=lambda: True)
+            overdue = {}
+            for run_id in (held, free):
+                change = Transition("echo", run_id, Stage.DEADLINE_EXCEEDED, expect=Stage.RUNNING)
+                overdue[run_id] = Act(change, "job_deadline", "shard-0", delete_job=True)
+            stopping = asyncio.Event()
+            writing = asyncio.create_task(actions.run(stopping))
+            async with other.transaction():
+                await other.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", held)
+                given_up = unchanged("job_deadline")
+                actions.submit(overdue[held])
+                actions.submit(overdue[free])
+                await wait_until(
+                    lambda: unchanged("job_deadline") > given_up, what="every try spent"
+                )
+            stopping.set()
+            await writing
+            await client.close()
+    finally:
+        await other.close()
+    stored = {run_id: await store.get("echo", run_id) for run_id in (held, free)}
+    await store.close()
+    assert deleted == [str(free)]
+    assert [stored[r].stage for r in (held, free) if stored[r]] == [
+        Stage.RUNNING,
+        Stage.DEADLINE_EXCEEDED,
+    ]
+
+
 async def test_a_success_is_remembered_past_a_relist_that_finds_its_job_gone() -> None:
     """A Job succeeded, then was deleted while the watch was away: the relist that no
     longer lists it keeps its success for the completion grace, as a deletion would."""
@@ -199,3 +260,8 @@ async def test_a_success_is_remembered_past_a_relist_that_finds_its_job_gone() -
     assert watch.succeeded_at(RUN) is not None
     await watch._sync_jobs([])
     assert watch.succeeded_at(RUN) is not None and RUN not in watch.jobs
+
+
+def unchanged(action: str) -> float:
+    value = REGISTRY.get_sample_value("nexus_maintainer_unchanged_total", {"action": action})
+    return value or 0.0
