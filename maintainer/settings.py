@@ -55,8 +55,9 @@ class MaintainerSection:
     """A pod seen running this long while its run is still ``BUFFERED`` moves the run to
     ``RUNNING`` (with its Job's uid): its scheduler created the Job but did not live to
     record it. The scheduler records ``RUNNING`` itself within milliseconds of the
-    creation, and a run whose Job finishes first is settled by its completion, so only
-    those few runs are written twice."""
+    creation, so for every other run whose pod runs this long the write is tried and
+    refused (one row of a batched statement, no change); a run that finishes sooner is
+    settled by its completion and never tried."""
     job_lost_grace: Seconds = field(default=5.0, metadata=positive())
     """After a Job is deleted, how long a completion may still arrive before its
     ``RUNNING`` run is failed as lost (re-checked on the shard first)."""

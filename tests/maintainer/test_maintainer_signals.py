@@ -209,7 +209,8 @@ async def test_runs_the_scheduler_dispatched_are_not_written_again_by_the_mainta
 ) -> None:
     """A pod's start moves its run to RUNNING only when the run has not said so for
     ``started_grace``, and a Job's success fails it only when no completion came for
-    ``completion_grace``: runs that report are never touched (nor tried) by the maintainer."""
+    ``completion_grace``: runs that report before ``started_grace`` are never touched (nor
+    tried) by the maintainer."""
 
     def tried(action: str) -> float:
         labels = {"action": action, "shard": "shard-0"}
