@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -16,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from nexus.core import statements as sql
 from nexus.core.checkpoints import (
+    _MIGRATION_LOCK,
     PLAN_SETTINGS,
     Admission,
     CheckpointStore,
@@ -77,6 +79,32 @@ async def test_migrations_twice_are_a_no_op(postgres_dsn: str) -> None:
     finally:
         await conn.close()
     assert [r["version"] for r in rows] == list(range(1, latest + 1))
+
+
+async def test_a_migration_waits_for_its_locks_only_so_long(empty_database_dsn: str) -> None:
+    holder = await asyncpg.connect(empty_database_dsn)
+    try:
+        await holder.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)  # migrating
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="could not be locked for migration"):
+            await apply_migrations(empty_database_dsn, lock_wait=0.5)
+        assert time.monotonic() - started < 5
+        await holder.execute("SELECT pg_advisory_unlock_all()")
+        assert await apply_migrations(empty_database_dsn, lock_wait=0.5) == len(migrations())
+        # a long transaction holds a table the migration needs: each attempt gives up
+        # soon (so queries queued behind it flow again), and one after it ends goes through
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE schema_migrations IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(StoreUnavailable, match="long transaction"):
+                await apply_migrations(empty_database_dsn, lock_wait=0.6, table_wait=0.2)
+            waiting = asyncio.create_task(
+                apply_migrations(empty_database_dsn, lock_wait=10, table_wait=0.2)
+            )
+            await asyncio.sleep(1.0)
+            assert not waiting.done()
+        assert await waiting == len(migrations())
+    finally:
+        await holder.close()
 
 
 async def test_concurrent_migrations_apply_each_version_once(empty_database_dsn: str) -> None:

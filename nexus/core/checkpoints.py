@@ -24,6 +24,7 @@ import asyncio
 import importlib.resources
 import logging
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -46,6 +47,10 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 """How long an Idempotency-Key names its first run (DESIGN §2)."""
 
 _MIGRATION_LOCK = 0x6E657875  # "nexu": one advisory lock id for every migrating process
+MIGRATION_LOCK_WAIT = 120.0
+"""Seconds a migration waits for its locks before start-up fails (see apply_migrations)."""
+TABLE_LOCK_WAIT = 5.0
+"""Seconds a schema change waits for its table at a time (see apply_migrations)."""
 _MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
 _CONNECTION_ERRORS = (
@@ -99,35 +104,62 @@ def migrations() -> list[tuple[int, str, str]]:
     return found
 
 
-async def apply_migrations(dsn: str) -> int:
-    """Bring the schema at ``dsn`` up to date; return its version. Safe to run concurrently."""
+async def apply_migrations(
+    dsn: str, lock_wait: float = MIGRATION_LOCK_WAIT, table_wait: float = TABLE_LOCK_WAIT
+) -> int:
+    """Bring the schema at ``dsn`` up to date; return its version. Safe to run concurrently.
+
+    Every wait for a lock is bounded. The migration lock (another process migrating) is
+    waited for up to ``lock_wait`` seconds. A table a schema change needs is waited for
+    only ``table_wait`` seconds at a time, since every query on that table queues behind
+    the waiting change: the attempt is then given up (queries flow again) and made anew,
+    until ``lock_wait`` has passed. Then :class:`StoreUnavailable` says why, and start-up
+    fails instead of hanging. The statements themselves are not limited: building an
+    index on a large table takes long.
+    """
+    deadline = time.monotonic() + lock_wait
     try:
         conn = await asyncpg.connect(dsn)
     except _CONNECTION_ERRORS as exc:
         raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
     try:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations ("
-                " version integer PRIMARY KEY, name text NOT NULL,"
-                " applied_at timestamptz NOT NULL DEFAULT now())"
-            )
-            applied = {
-                r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")
-            }
-            version = max(applied, default=0)
-            for version, name, sql in migrations():
-                if version in applied:
-                    continue
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-                )
-                log.info("applied migration", extra={"migration": name})
-            return version
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                return await _migrate(conn, max(remaining, 0.001), table_wait)
+            except asyncpg.LockNotAvailableError as exc:
+                if time.monotonic() + table_wait >= deadline:
+                    raise StoreUnavailable(
+                        f"the schema could not be locked for migration within {lock_wait:g} s"
+                        f" (another process migrating, or a long transaction on its tables):"
+                        f" {exc}"
+                    ) from exc
+                await asyncio.sleep(min(1.0, table_wait))
     finally:
         await conn.close()
+
+
+async def _migrate(conn: asyncpg.Connection, lock_wait: float, table_wait: float) -> int:
+    async with conn.transaction():
+        await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_wait * 1000))}")
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(table_wait * 1000))}")
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        version = max(applied, default=0)
+        for version, name, sql in migrations():
+            if version in applied:
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+            log.info("applied migration", extra={"migration": name})
+        return version
 
 
 # -- the store -----------------------------------------------------------------------------
