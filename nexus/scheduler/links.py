@@ -50,9 +50,11 @@ class Links:
         if not run.result_uri:
             return None
         key = self.payloads.result_key_of(run.result_uri, run.algorithm, str(run.id))
-        if key is None:
-            return run.result_uri  # the algorithm reported a location of its own
-        return self.payloads.presign_get(key, RESULT_READ_SECONDS)
+        if key is not None:
+            return self.payloads.presign_get(key, RESULT_READ_SECONDS)
+        if self.payloads.key_of(run.result_uri) is not None:
+            return None  # another object of the bucket, stored before such were refused
+        return run.result_uri  # the algorithm reported a location of its own
 
     def receiver_url(self, shard: str) -> str:
         return self._receivers.get(shard, self._receiver)
