@@ -170,6 +170,8 @@ def test_environment_as_a_mapping() -> None:
         ("spec.errorHandlingBehaviour.transientExitCodes", [1, "x"], "transientExitCodes[1]"),
         ("spec.errorHandlingBehaviour.fatalExitCodes", 1, "fatalExitCodes"),
         ("spec.payloadConfiguration.payloadValidFor", "forever", "payloadValidFor"),
+        ("spec.payloadConfiguration.payloadValidFor", "30d", "payloadValidFor"),
+        ("spec.payloadConfiguration.payloadValidFor", "0s", "payloadValidFor"),
         ("spec.payloadConfiguration.inlineMaxBytes", "big", "inlineMaxBytes"),
         ("spec.computeResources.customResources", "gpu", "customResources"),
         ("spec.command", "python -m x", "command"),

@@ -18,8 +18,10 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from nexus.core.errors import (
+    CheckpointRejected,
     DependencyError,
     QueueUnavailable,
     ShardUnavailable,
@@ -90,6 +92,8 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise ApiError(413, "payload_too_large", TOO_LARGE) from exc
+    except RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not have
+        raise bad_request(f"the body cannot be read: {exc}", "malformed_body") from exc
     if not raw:
         raise bad_request("the body is empty; expected a JSON object", "malformed_json")
     try:
@@ -116,6 +120,8 @@ def json_errors(handler: Handler) -> Handler:
             return await handler(request)
         except ApiError as exc:
             return error_response(exc.status, exc.code, exc.message, exc.headers)
+        except CheckpointRejected as exc:  # the request's data cannot be stored as it is
+            return error_response(400, "invalid_request", str(exc))
         except DependencyError as exc:
             # the client learns what is down, not where it runs (the log has the details)
             log.warning("dependency unavailable: %s", exc, extra={"path": request.path})

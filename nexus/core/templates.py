@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from nexus.core.config import parse_duration
+from nexus.core.sigv4 import MAX_PRESIGN_SECONDS
 
 # Patterns end in \Z, not $ ($ also matches before a final newline) and spell digits
 # [0-9] (\d also matches non-ASCII digits): a value that passes must be usable as is.
@@ -38,6 +39,8 @@ _RESOURCE = re.compile(r"^([a-z0-9.-]+/)?[a-zA-Z0-9._-]+\Z")
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600
 MAX_RETRIES = 100
 DEFAULT_PAYLOAD_VALID_FOR = 24 * 3600.0
+MIN_PAYLOAD_VALID_FOR, MAX_PAYLOAD_VALID_FOR = 60.0, float(MAX_PRESIGN_SECONDS)
+"""How long a run's input links may be valid: a minute to S3's longest presign, 7 days."""
 DEFAULT_INLINE_LIMIT = 64 * 1024
 
 
@@ -214,6 +217,10 @@ def parse_template(obj: dict[str, Any]) -> Template:
         raise InvalidConfiguration(
             f"{where}.payloadConfiguration.payloadValidFor", str(exc)
         ) from exc
+    if not MIN_PAYLOAD_VALID_FOR <= payload_valid_for <= MAX_PAYLOAD_VALID_FOR:
+        raise InvalidConfiguration(
+            f"{where}.payloadConfiguration.payloadValidFor", "must be between 1m and 7d"
+        )
     rt, eh = f"{where}.runtimeEnvironment", f"{where}.errorHandlingBehaviour"
     pc = f"{where}.payloadConfiguration"
     annotations = _mapping(runtime.get("annotations"), f"{rt}.annotations")

@@ -36,9 +36,11 @@ from nexus.core.grouping import GroupCommitter
 from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, NewRun, Stage
-from nexus.core.storage import MAX_PRESIGN_SECONDS, PayloadStore
+from nexus.core.storage import PayloadStore
 from nexus.core.templates import (
     DNS_LABEL,
+    MAX_PAYLOAD_VALID_FOR,
+    MIN_PAYLOAD_VALID_FOR,
     Catalog,
     InvalidConfiguration,
     apply,
@@ -165,6 +167,8 @@ class Submitter:
         if named is not None and named != algorithm:
             raise bad_request(f"algorithmName: {named!r} does not match the path's {algorithm!r}")
         tag = _text_field(body, "tag", self.settings.max_tag_length)
+        if tag in (".", ".."):  # a path segment no URL can carry: never found by tag
+            raise bad_request(f"tag: {tag!r} cannot be looked up; choose another")
         parent = _parent(body)
         if idempotency_key is not None and (
             not idempotency_key
@@ -202,7 +206,10 @@ class Submitter:
         self._check_load(shard)
 
         run_id = uuid.uuid4()
-        payload = orjson.dumps(parameters)
+        try:
+            payload = orjson.dumps(parameters)
+        except orjson.JSONEncodeError as exc:  # parsed 1024 levels deep, written only 254
+            raise bad_request(f"algorithmParameters: cannot be stored: {exc}") from exc
         inline = template.inline_payloads and len(payload) <= template.inline_limit
         key = None if inline else self.payloads.input_key(algorithm, str(run_id))
         if key is not None:
@@ -267,7 +274,7 @@ class Submitter:
             raise bad_request(
                 f"payloadValidFor: {raw!r} is not a duration such as 30m, 24h or 7d"
             ) from None
-        if not 60 <= seconds <= MAX_PRESIGN_SECONDS:
+        if not MIN_PAYLOAD_VALID_FOR <= seconds <= MAX_PAYLOAD_VALID_FOR:
             raise bad_request("payloadValidFor: must be between 1m and 7d")
         return seconds
 

@@ -182,6 +182,12 @@ async def test_scheduler_refuses_missing_and_bad_credentials(servers: Servers) -
         request_id = await accepted(system, "RS256", f"Bearer {rs256(sub='rs-caller')}")
         status, body = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
         assert (status, body["caller"]) == (200, "rs-caller"), (status, body)
+        # a subject the checkpoint cannot hold: bad input, and nothing stored
+        before = await system.stored()
+        nul = {"Authorization": f"Bearer {hs256(sub='a' + chr(0) + 'b')}"}
+        status, body, _ = await system.call("POST", RUN, token=None, headers=nul, json=VALID)
+        assert (status, body["error"]) == (400, "invalid_request"), (status, body)
+        assert "cannot be stored" in body["message"] and await system.stored() == before
         # accepted again (the JWT cache itself: tests/test_authentication.py)
         twice = f"Bearer {hs256(sub='cached')}"
         await accepted(system, "HS256 once", twice)
