@@ -488,6 +488,27 @@ async def test_a_key_whose_first_run_is_gone_fails_only_its_own_insert(
     assert await store.get(duplicate.algorithm, duplicate.id) is None
 
 
+async def test_a_store_lost_after_the_insert_fails_only_the_duplicates(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection breaks while a batch's duplicates are looked up, after its INSERT
+    committed: the runs it inserted are answered as stored (they are), the duplicate is
+    told to retry."""
+    await store.insert(new_run(key="twice"))
+
+    async def connection_lost(*args: object) -> None:
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(store, "_resolve_conflicts", connection_lost)
+    fresh, duplicate = new_run(), new_run(key="twice")
+    answers = await asyncio.gather(
+        store.insert(fresh), store.insert(duplicate), return_exceptions=True
+    )
+    assert answers[0] == Admission(fresh.id, True, fresh.algorithm)
+    assert isinstance(answers[1], StoreUnavailable), answers[1]
+    assert await store.get(fresh.algorithm, fresh.id) is not None
+
+
 async def test_idempotency_key_expires_after_24_hours(
     store: CheckpointStore, postgres_dsn: str
 ) -> None:

@@ -37,7 +37,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from nexus.core import statements as sql
 from nexus.core.config import PostgresSettings
-from nexus.core.errors import CheckpointRejected, StoreUnavailable
+from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
 
@@ -244,7 +244,7 @@ class CheckpointStore:
         self.max_pending_writes = settings.max_pending
         self._batch_max = settings.batch_max_size
         options: dict[str, Any] = {
-            "overloaded": lambda: StoreUnavailable("too many checkpoint writes are waiting"),
+            "overloaded": lambda: StoreNotReached("too many checkpoint writes are waiting"),
             "max_batch": settings.batch_max_size,
             "max_delay": settings.batch_max_delay,
             "max_in_flight": max(1, settings.pool_max_size // 4),
@@ -322,7 +322,12 @@ class CheckpointStore:
             ]
             losers = [i for i, run in enumerate(runs) if run.id not in inserted]
             if losers:
-                await self._resolve_conflicts(conn, runs, losers, results)
+                try:
+                    await self._resolve_conflicts(conn, runs, losers, results)
+                except _CONNECTION_ERRORS as exc:
+                    # the INSERT has committed: its runs are stored, only the others fail
+                    for i in losers:
+                        results[i] = StoreUnavailable(f"checkpoint store unavailable: {exc}")
         return results
 
     async def _resolve_conflicts(
@@ -611,7 +616,7 @@ class _Connection:
         try:
             conn = await self._pool.acquire()
         except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc
+            raise StoreNotReached(f"checkpoint store unavailable: {exc}") from exc
         self._conn = conn
         return conn
 

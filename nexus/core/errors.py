@@ -37,7 +37,13 @@ class DependencyError(NexusError):
 
 
 class StoreUnavailable(DependencyError):
-    """The checkpoint store (PostgreSQL) cannot take the operation now."""
+    """The checkpoint store (PostgreSQL) cannot take the operation now. A write may or may
+    not have landed: the failure can come after the statement was sent."""
+
+
+class StoreNotReached(StoreUnavailable):
+    """The checkpoint store was not reached (no connection, too many writes waiting):
+    nothing was written."""
 
 
 class QueueUnavailable(DependencyError):

@@ -26,6 +26,7 @@ from nexus.core.errors import (
     QueueUnavailable,
     ShardUnavailable,
     StorageUnavailable,
+    StoreNotReached,
     StoreUnavailable,
 )
 
@@ -37,6 +38,7 @@ JSON = "application/json"
 TOO_LARGE = "the request body is larger than this server accepts (NEXUS__HTTP__MAX_BODY_SIZE)"
 _UNAVAILABLE: dict[type[DependencyError], str] = {
     StoreUnavailable: "the checkpoint store",
+    StoreNotReached: "the checkpoint store",
     QueueUnavailable: "the queue",
     StorageUnavailable: "object storage",
     ShardUnavailable: "the cluster's API server",

@@ -31,7 +31,12 @@ from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import parse_duration
-from nexus.core.errors import DependencyError, QueueUnavailable
+from nexus.core.errors import (
+    CheckpointRejected,
+    DependencyError,
+    QueueUnavailable,
+    StoreNotReached,
+)
 from nexus.core.grouping import GroupCommitter
 from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.queues import QueuedRun, RunQueue
@@ -232,9 +237,15 @@ class Submitter:
         )
         try:
             admission = await self.store.insert(run)
-        except BaseException:
-            if key is not None:
+        except (CheckpointRejected, StoreNotReached):
+            if key is not None:  # refused, or never sent: nothing was stored
                 await self._forget_input(key)
+            raise
+        except BaseException:
+            # the write may have landed before the failure was seen: the run may exist,
+            # and its input must then stay (an unused object costs less than a lost input)
+            if key is not None:
+                log.warning("an input kept: its run may have been stored", extra={"key": key})
             raise
         if not admission.created:
             if key is not None:

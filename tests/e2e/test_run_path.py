@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from xml.etree import ElementTree
 
+import asyncpg
 import orjson
 import pytest
 from harness import Servers
@@ -595,6 +596,31 @@ async def test_a_saturated_store_answers_503_with_retry_after_and_stores_nothing
         rows, inputs = await system.stored()
         assert rows == len(accepted)  # only what was acknowledged is stored, inputs included
         assert sorted(key.rsplit("/", 1)[-1] for key in inputs) == sorted(accepted)
+
+
+async def test_an_input_stays_when_its_runs_write_may_have_landed(servers: Servers) -> None:
+    """A checkpoint write that fails after it was sent (here: it times out behind a lock)
+    may have landed, so the run's input is kept: a run that exists never loses its input.
+    The client is told 503 all the same."""
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("echo", inline=False)],
+        store={"command_timeout": 1.0},
+    ) as system:
+        rows, inputs = await system.stored()
+        holder = await asyncpg.connect(servers.postgres_dsn)
+        try:
+            async with holder.transaction():
+                await holder.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+                status, body, _ = await system.call(
+                    "POST", "/algorithm/v1.2/run/echo", json={"algorithmParameters": {}}
+                )
+        finally:
+            await holder.close()
+        assert (status, body["error"]) == (503, "unavailable"), (status, body)
+        after_rows, after_inputs = await system.stored()
+        assert after_rows == rows and len(after_inputs) == len(inputs) + 1
 
 
 async def test_templates_and_workgroups_are_followed_while_the_scheduler_runs(
