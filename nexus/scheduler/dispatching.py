@@ -238,7 +238,9 @@ class Dispatcher:
         return ready
 
     async def _parents(self, checkpoints: list[Checkpoint]) -> dict[RunKey, ParentJob]:
-        """The parent Job of each run whose parent was dispatched to the same shard."""
+        """The parent Job of each run whose parent was dispatched to the same shard and
+        has not finished: a finished parent's Job may be gone already, and Kubernetes
+        deletes a Job whose owner is missing."""
         wanted = {
             c.key: RunKey(c.parent["algorithmName"], UUID(c.parent["requestId"]))
             for c in checkpoints
@@ -253,7 +255,12 @@ class Dispatcher:
             child_shard = next(c for c in checkpoints if c.key == child).applied_configuration[
                 "shard"
             ]
-            if parent and parent.job_uid and parent.shard == child_shard:
+            if (
+                parent
+                and parent.job_uid
+                and parent.shard == child_shard
+                and not parent.stage.terminal
+            ):
                 result[child] = ParentJob(str(parent.id), parent.job_uid)
         return result
 

@@ -304,6 +304,24 @@ async def test_a_child_run_is_owned_by_its_parent_job(servers: Servers) -> None:
         assert env["NEXUS__PARENT_ALGORITHM_NAME"] == "maybe-fail"
         _status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{child}")
         assert metadata["parent"] == {"requestId": parent, "algorithmName": "maybe-fail"}
+        # a finished parent's Job may be gone (Kubernetes deletes a Job whose owner is):
+        # a child sent after its parent ended is a Job of its own, and completes
+        async with system.session.post(
+            f"{system.url}/algorithm/v1.2/cancel/maybe-fail/requests/{parent}",
+            json={"reason": "done with it", "initiator": "test"},
+            headers=system.headers(),
+        ) as response:
+            assert response.status == 200
+        late = await system.submit(
+            "echo",
+            {
+                "algorithmParameters": {"child": True},
+                "parentRequest": {"requestId": parent, "algorithmName": "maybe-fail"},
+            },
+        )
+        assert (await system.wait_for("echo", late))["status"] == "COMPLETED"
+        late_job = job_of(system, "shard-0", late)
+        assert late_job is not None and not late_job["metadata"].get("ownerReferences")
 
 
 # -- shards, throttling, scheduler pods --------------------------------------------------------
