@@ -48,7 +48,7 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     authenticator = Authenticator(settings.auth)
     app = create_base_app("scheduler", settings.http)
     add_routes(app)
-    add_openapi_route(app)
+    add_openapi_route(app, settings.scheduler.max_tag_length)
     finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:

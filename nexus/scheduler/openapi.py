@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from aiohttp import web
 
-from nexus.core.httpapi import json_errors, json_response
+from nexus.core.httpapi import json_errors
 
 _ID = {
     "name": "requestId",
@@ -40,10 +41,15 @@ def _json(schema: str, description: str) -> dict[str, Any]:
     }
 
 
+def _query(name: str, kind: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": True, "schema": {"type": kind}}
+
+
 _COMMON = {
     "401": _error("No valid bearer token"),
     "403": _error("The caller may not run this algorithm"),
     "400": _error("Invalid input; the message names the field"),
+    "503": _error("A dependency is unavailable; retry after Retry-After"),
 }
 
 _STATUSES = [
@@ -90,7 +96,12 @@ DOCUMENT: dict[str, Any] = {
                             "maximumRetries": {"type": "integer", "minimum": 0},
                             "customResources": {
                                 "type": "object",
-                                "additionalProperties": {"type": "string"},
+                                "additionalProperties": {
+                                    "oneOf": [
+                                        {"type": "string"},
+                                        {"type": "integer", "minimum": 0},
+                                    ]
+                                },
                             },
                         },
                     },
@@ -103,7 +114,7 @@ DOCUMENT: dict[str, Any] = {
                             "algorithmName": {"type": "string"},
                         },
                     },
-                    "tag": {"type": "string", "nullable": True, "maxLength": 128},
+                    "tag": {"type": "string", "nullable": True, "maxLength": 128},  # see document()
                     "payloadValidFor": {"type": "string", "nullable": True, "example": "24h"},
                 },
             },
@@ -156,9 +167,9 @@ DOCUMENT: dict[str, Any] = {
                     "202": _json("Accepted", "Accepted; the run is durable"),
                     **_COMMON,
                     "404": _error("Unknown algorithm"),
+                    "409": _error("The Idempotency-Key names a run of another algorithm"),
                     "413": _error("Body too large"),
                     "429": _error("Queue full; retry after Retry-After"),
-                    "503": _error("A dependency is unavailable; retry after Retry-After"),
                 },
             }
         },
@@ -221,6 +232,25 @@ DOCUMENT: dict[str, Any] = {
                     **_COMMON,
                     "404": _error("Unknown run"),
                     "409": _error("The run has already finished"),
+                    "413": _error("Body too large"),
+                },
+            }
+        },
+        "/algorithm/v1.2/payload/{algorithmName}/requests/{requestId}/content": {
+            "get": {
+                "summary": "A run's input kept inline, for the holder of its signed link",
+                "security": [],
+                "parameters": [
+                    _ALG,
+                    _ID,
+                    _query("expires", "integer"),
+                    _query("signature", "string"),
+                ],
+                "responses": {
+                    "200": {"description": "The input, as JSON"},
+                    "403": _error("The link is malformed, altered or expired"),
+                    "404": _error("Unknown run, or its input is not kept inline"),
+                    "503": _error("A dependency is unavailable; retry after Retry-After"),
                 },
             }
         },
@@ -246,9 +276,17 @@ DOCUMENT: dict[str, Any] = {
 }
 
 
-async def openapi(request: web.Request) -> web.Response:
-    return json_response(DOCUMENT)
+def document(max_tag_length: int) -> dict[str, Any]:
+    """:data:`DOCUMENT` with this deployment's limits."""
+    copy: dict[str, Any] = orjson.loads(orjson.dumps(DOCUMENT))
+    copy["components"]["schemas"]["RunRequest"]["properties"]["tag"]["maxLength"] = max_tag_length
+    return copy
 
 
-def add_openapi_route(app: web.Application) -> None:
+def add_openapi_route(app: web.Application, max_tag_length: int) -> None:
+    body = orjson.dumps(document(max_tag_length))
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.Response(body=body, content_type="application/json")
+
     app.router.add_get("/openapi.json", json_errors(openapi))

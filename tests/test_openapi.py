@@ -1,0 +1,32 @@
+"""The scheduler's /openapi.json against the routes it serves."""
+
+from __future__ import annotations
+
+import re
+
+from nexus.core.config import HttpSettings
+from nexus.core.lifecycle import create_base_app
+from nexus.scheduler.api import add_routes
+from nexus.scheduler.openapi import add_openapi_route, document
+
+
+def test_the_openapi_document_describes_every_route_and_no_other() -> None:
+    """Each route the scheduler serves, with its method, is in the document, and the
+    document names none it does not serve; the tag limit is the deployment's."""
+    app = create_base_app("scheduler", HttpSettings())
+    add_routes(app)
+    add_openapi_route(app, max_tag_length=64)
+    served = {
+        (route.method.lower(), re.sub(r"\{[a-z_]+\}", "{}", route.resource.canonical))
+        for route in app.router.routes()
+        if route.method != "HEAD" and route.resource is not None
+    } - {("get", "/openapi.json")}
+    described = document(64)
+    named = {
+        (method, re.sub(r"\{[A-Za-z]+\}", "{}", path))
+        for path, operations in described["paths"].items()
+        for method in operations
+    }
+    assert named == served
+    tag = described["components"]["schemas"]["RunRequest"]["properties"]["tag"]
+    assert tag["maxLength"] == 64
