@@ -1,18 +1,20 @@
 """``nexus dev``: the whole system on one machine, on throwaway real services.
 
-A run is a list of *components* started in order and stopped in reverse: today the local
-PostgreSQL, Redis and S3 servers (:mod:`nexus.core.localservices`); the local clusters,
-the scheduler and the receiver join the list as they arrive. Guarantees:
+A run is a list of *components* started in order and stopped in reverse: the local
+PostgreSQL, Redis and S3 servers (:mod:`nexus.core.localservices`), the local clusters,
+then the receiver, the scheduler(s) and the maintainer (:mod:`nexus.devstack`), with the
+example algorithms installed. Guarantees:
 
-* exactly one line ``NEXUS READY {json}`` goes to stdout, once every component is ready;
-  the JSON holds each component's connection details (``postgres``, ``redis``, ``s3``)
-  and the working directory. Logs go to stderr, so a script can wait for that line;
-* SIGTERM or SIGINT (Ctrl-C) stops every component, in reverse order, and the command
-  exits with status 0, leaving no process behind; a signal during start-up stops what
-  was started so far;
+* exactly one line ``NEXUS READY {json}`` goes to stdout, once every component answers;
+  the JSON holds what a client needs (the scheduler and receiver URLs, a bearer token,
+  each local cluster's kubeconfig, the algorithms) and every connection detail and log
+  path. Logs go to stderr, so a script can wait for that line;
+* SIGTERM, SIGINT (Ctrl-C), SIGHUP (its terminal closed) or SIGQUIT stops every component,
+  in reverse order, and the command exits with status 0, leaving no process behind; a
+  signal during start-up stops what was started so far;
 * a component that fails to start, or dies while running, stops the others and the
-  command exits with status 1;
-* the working directory is removed at exit unless ``--keep``.
+  command exits with status 1; the working directory is then kept, logs included;
+* otherwise the working directory is removed at exit unless ``--keep``.
 
 Environment variables naming running servers (``PGHOST``, ``NEXUS_REDIS_URL``,
 ``NEXUS_S3_ENDPOINT_URL``, ...) are honoured: those servers are used, not started.
@@ -44,6 +46,9 @@ READY_PREFIX = "NEXUS READY "
 BUCKET = "nexus"
 HEALTH_INTERVAL = 1.0
 """Seconds between checks that every component is still alive."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+"""Signals that stop the whole system cleanly (the children run in sessions of their own,
+so a closing terminal reaches only this process)."""
 
 
 class Component(Protocol):
@@ -109,6 +114,16 @@ def build_components(args: argparse.Namespace) -> list[Component]:
     return [ServicesComponent(services), cluster, nexus]
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="nexus dev",
@@ -148,9 +163,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "(no process: the pod plays the algorithm contract), or off (pods stay Pending) "
         "(default: process)",
     )
-    system.add_argument("--shards", type=int, default=1, help="local clusters (default: 1)")
+    system.add_argument("--shards", type=_positive, default=1, help="local clusters (default: 1)")
     system.add_argument(
-        "--schedulers", type=int, default=1, help="scheduler processes (default: 1)"
+        "--schedulers", type=_positive, default=1, help="scheduler processes (default: 1)"
     )
     system.add_argument(
         "--no-maintainer",
@@ -213,7 +228,7 @@ def main(argv: list[str]) -> int:
         log.info("stopping on %s", signal.Signals(signum).name)
         stop_requested.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
     components: list[Component] = []
     exit_code = EXIT_OK
     try:
@@ -230,6 +245,11 @@ def main(argv: list[str]) -> int:
         log.error("cannot start: %s", exc)
         exit_code = EXIT_CRASHED
     finally:
+        if exit_code == EXIT_CRASHED:  # its logs say why: keep them
+            for component in components:
+                if isinstance(component, ServicesComponent):
+                    component.services.keep = True
+                    log.error("logs kept in %s", component.services.directory)
         for component in reversed(components):  # also those never started: they clean up
             try:
                 component.stop()

@@ -100,6 +100,7 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
         {"algorithmParameters": {"fail": "on request"}},
     )["requestId"]
     answer = _wait_finished(ready["scheduler"], "maybe-fail", request_id, headers)
+    assert answer["status"] == "FAILED", answer
     assert answer["runErrorMessage"] == "RequestedFailure: on request"
     assert Path(ready["shards"]["shard-0"]["kubeconfig"]).is_file()
     assert ready["receiver"].startswith("http://127.0.0.1:")
@@ -141,6 +142,46 @@ def test_dev_keeps_its_workdir_when_asked() -> None:
         shutil.rmtree(parent)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT])
+def test_dev_stops_cleanly_when_its_terminal_closes(sig: signal.Signals) -> None:
+    """The servers run in sessions of their own: a hang-up reaches only ``nexus dev``,
+    which must stop them."""
+    dev = DevProcess("--services-only")
+    workdir = Path(dev.ready()["workdir"])
+    children = descendants(dev.proc.pid)
+    assert children
+    code, err = dev.finish(sig)
+    assert code == 0, err
+    assert [pid for pid in children if is_alive(pid)] == []
+    assert not workdir.exists()
+
+
+def test_dev_keeps_the_logs_of_a_crash() -> None:
+    """A server dies: everything stops, the command exits 1, and the working directory
+    (the logs it points to) stays."""
+    dev = DevProcess("--services-only")
+    ready = dev.ready()
+    workdir = Path(ready["workdir"])
+    try:
+        redis = next(pid for pid in descendants(dev.proc.pid) if b"redis" in _command(pid))
+        os.kill(redis, signal.SIGKILL)
+        _, err = dev.proc.communicate(timeout=60)
+        assert dev.proc.returncode == 1, err
+        assert "logs kept in" in err and workdir.is_dir()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("option", ["--shards", "--schedulers"])
+def test_dev_counts_must_be_positive(option: str) -> None:
+    for value in ("0", "-1", "two"):
+        done = subprocess.run(
+            [sys.executable, "-m", "nexus", "dev", option, value],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2 and option in done.stderr, (value, done.stderr)
+
+
 def test_dev_help_documents_every_option() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "nexus", "dev", "--help"],
@@ -174,3 +215,10 @@ def _wait_finished(base: str, algorithm: str, request_id: str, headers: dict[str
             return answer
         time.sleep(0.1)
     raise AssertionError(f"{algorithm} run {request_id} did not finish")
+
+
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
