@@ -4,7 +4,10 @@
 ``{"cause", "message", "sasUri"}`` (or the older ``{"errorCause", "errorDetails",
 "resultUri"}``). No cause means ``COMPLETED``, with the result at ``sasUri`` or, when that is
 absent, at the run's default result location (stored as a key, presigned on every read);
-a cause means ``FAILED`` with that cause and message.
+a cause means ``FAILED`` with that cause and message. An empty or blank field is absent.
+``sasUri`` is an http(s) or s3 URL; in Nexus' own bucket it may name only the run's own
+result location (Nexus presigns what its bucket holds for the run's client). A run not
+yet sent (``NEW``) cannot complete: 409.
 
 Guarantees:
 
