@@ -47,6 +47,8 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 """How long an Idempotency-Key names its first run (DESIGN §2)."""
 
 _MIGRATION_LOCK = 0x6E657875  # "nexu": one advisory lock id for every migrating process
+MAX_TAG_RESULTS = 1000
+"""The most runs the results-by-tag route answers with: the newest of them."""
 MIGRATION_LOCK_WAIT = 120.0
 """Seconds a migration waits for its locks before start-up fails (see apply_migrations)."""
 TABLE_LOCK_WAIT = 5.0
@@ -453,8 +455,11 @@ class CheckpointStore:
             )
         return None if row is None else _result(row)
 
-    async def results_by_tag(self, algorithm: str, tag: str, limit: int = 1000) -> list[RunResult]:
-        """How the runs of ``algorithm`` carrying ``tag`` stand, newest first."""
+    async def results_by_tag(
+        self, algorithm: str, tag: str, limit: int = MAX_TAG_RESULTS
+    ) -> list[RunResult]:
+        """How the runs of ``algorithm`` carrying ``tag`` stand, newest first, at most
+        ``limit`` of them (an answer is built in memory: a tag is not a listing API)."""
         async with self._connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from nexus.core.checkpoints import MAX_TAG_RESULTS
 from nexus.core.httpapi import json_errors
 
 _ID = {
@@ -191,7 +192,10 @@ DOCUMENT: dict[str, Any] = {
                     _ALG,
                     {"name": "tag", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],
-                "responses": {"200": _json("Results", "The runs, newest first"), **_COMMON},
+                "responses": {
+                    "200": _json("Results", f"The runs, newest first: at most {MAX_TAG_RESULTS}"),
+                    **_COMMON,
+                },
             }
         },
         "/algorithm/v1.2/metadata/{algorithmName}/requests/{requestId}": {
