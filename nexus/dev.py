@@ -34,7 +34,7 @@ from types import FrameType
 from typing import Any, Protocol
 
 from nexus.core.config import LogSettings
-from nexus.core.errors import NexusError
+from nexus.core.errors import NexusError, StorageUnavailable
 from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
 from nexus.core.localservices import LocalServices
 from nexus.core.logs import configure as configure_logs
@@ -77,7 +77,11 @@ class ServicesComponent:
 
     def start(self) -> dict[str, Any]:
         self.services.start()
-        self.services.s3.info.call("PUT", BUCKET)  # where Nexus keeps inputs and results
+        answer = self.services.s3.info.call("PUT", BUCKET)  # where inputs and results go
+        if answer.status not in (200, 409):  # 409: an external store has it already
+            raise StorageUnavailable(
+                f"cannot make the bucket {BUCKET!r}: {answer.status} {answer.body[:300]!r}"
+            )
         return {**self.services.describe(), "workdir": str(self.services.directory)}
 
     def stop(self) -> None:
@@ -241,7 +245,7 @@ def main(argv: list[str]) -> int:
         else:
             print(READY_PREFIX + json.dumps(ready, separators=(",", ":")), flush=True)
             exit_code = _supervise(components, stop_requested)
-    except NexusError as exc:
+    except (NexusError, OSError) as exc:  # OSError: a server that cannot be reached
         log.error("cannot start: %s", exc)
         exit_code = EXIT_CRASHED
     finally:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -30,8 +32,8 @@ EXTERNAL = {"PGHOST", "NEXUS_REDIS_URL", "NEXUS_S3_ENDPOINT_URL"}
 class DevProcess:
     """``nexus dev`` in a subprocess, its stdout read by a thread (so waits have deadlines)."""
 
-    def __init__(self, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in EXTERNAL}
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**{k: v for k, v in os.environ.items() if k not in EXTERNAL}, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nexus", "dev", *args],
             stdout=subprocess.PIPE,
@@ -170,6 +172,40 @@ def test_dev_keeps_the_logs_of_a_crash() -> None:
         assert "logs kept in" in err and workdir.is_dir()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_dev_does_not_start_on_a_store_that_refuses_its_bucket() -> None:
+    """An external S3 that refuses the bucket (here: 403 to everything) stops the start,
+    saying why, instead of failing every run later."""
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        env = {
+            "NEXUS_S3_ENDPOINT_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            "AWS_ACCESS_KEY_ID": "someone",
+            "AWS_SECRET_ACCESS_KEY": "something",
+        }
+        dev = DevProcess("--services-only", env=env)
+        _, err = dev.proc.communicate(timeout=60)
+        assert dev.proc.returncode == 1, err
+        assert "cannot make the bucket 'nexus': 403" in err
+        assert not any(line.startswith(READY_PREFIX) for line in dev.lines)
+        kept = re.search(r"logs kept in (\S+)", err)
+        assert kept is not None, err
+        shutil.rmtree(kept[1])
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize("option", ["--shards", "--schedulers"])
