@@ -25,7 +25,7 @@ from nexus.core.checkpoints import (
     migrations,
 )
 from nexus.core.config import PostgresSettings
-from nexus.core.errors import CheckpointRejected, StoreUnavailable
+from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
 
 
@@ -507,6 +507,29 @@ async def test_a_store_lost_after_the_insert_fails_only_the_duplicates(
     assert answers[0] == Admission(fresh.id, True, fresh.algorithm)
     assert isinstance(answers[1], StoreUnavailable), answers[1]
     assert await store.get(fresh.algorithm, fresh.id) is not None
+
+
+async def test_a_store_lost_while_a_bad_batch_is_written_run_by_run_fails_that_run_alone(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch holding a run the store cannot hold is written run by run; when the store
+    is lost on one of those writes, the runs written before it are answered as stored."""
+    good, bad, last = new_run(), new_run(caller="nul\x00caller"), new_run()
+    insert_batch = store._insert_batch
+
+    async def lost_on_the_last(runs: list[NewRun]) -> list[Admission | Exception]:
+        if [r.id for r in runs] == [last.id]:
+            raise StoreNotReached("checkpoint store unavailable: connection refused")
+        return await insert_batch(runs)
+
+    monkeypatch.setattr(store, "_insert_batch", lost_on_the_last)
+    answers = await asyncio.gather(
+        *(store.insert(r) for r in (good, bad, last)), return_exceptions=True
+    )
+    assert answers[0] == Admission(good.id, True, good.algorithm)
+    assert isinstance(answers[1], CheckpointRejected), answers[1]
+    assert isinstance(answers[2], StoreNotReached), answers[2]
+    assert await store.get(good.algorithm, good.id) is not None
 
 
 async def test_idempotency_key_expires_after_24_hours(

@@ -305,10 +305,14 @@ class CheckpointStore:
         except _DATA_ERRORS as exc:
             if len(runs) == 1:
                 return [CheckpointRejected(f"the run cannot be stored: {exc}")]
-        # One bad run must not fail its neighbours: write each on its own.
+        # One bad run must not fail its neighbours: write each on its own. A store failure
+        # then fails that run alone: those before it are stored, and are told so.
         results: list[Admission | Exception] = []
         for run in runs:
-            (result,) = await self._write_inserts([run])
+            try:
+                (result,) = await self._write_inserts([run])
+            except StoreUnavailable as exc:
+                result = exc
             results.append(result)
         return results
 
@@ -370,10 +374,14 @@ class CheckpointStore:
         except (*_DATA_ERRORS, asyncpg.CheckViolationError) as exc:
             if len(changes) == 1:
                 return [CheckpointRejected(f"the change cannot be stored: {exc}")]
-        # One bad change must not fail its neighbours: write each on its own.
+        # One bad change must not fail its neighbours: write each on its own. A store
+        # failure then fails that change alone: those before it are applied, and told so.
         results: list[bool | Exception] = []
         for change in changes:
-            (result,) = await self._write_transitions([change])
+            try:
+                (result,) = await self._write_transitions([change])
+            except StoreUnavailable as exc:
+                result = exc
             results.append(result)
         return results
 
@@ -611,7 +619,8 @@ def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
 
 
 class _Connection:
-    """``async with`` a pooled connection; connection-level failures become StoreUnavailable."""
+    """``async with`` a pooled connection. No connection to be had is StoreNotReached;
+    connection-level failures while it is used become StoreUnavailable."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool

@@ -7,7 +7,8 @@ failed::
     NexusError
     ├── ConfigError              a setting is missing or malformed; the process cannot start
     ├── DependencyError          a real component (Postgres, Redis, S3, an API server) failed
-    │   ├── StoreUnavailable     the checkpoint store cannot be reached or is overloaded
+    │   ├── StoreUnavailable     the checkpoint store failed; a write may have landed
+    │   │   └── StoreNotReached  it was not reached (no connection, overloaded): nothing written
     │   ├── QueueUnavailable     Redis cannot be reached
     │   ├── StorageUnavailable   object storage cannot be reached or refused the request
     │   └── ShardUnavailable     a shard's API server cannot be reached or answered 5xx

@@ -26,7 +26,6 @@ from nexus.core.errors import (
     QueueUnavailable,
     ShardUnavailable,
     StorageUnavailable,
-    StoreNotReached,
     StoreUnavailable,
 )
 
@@ -38,7 +37,6 @@ JSON = "application/json"
 TOO_LARGE = "the request body is larger than this server accepts (NEXUS__HTTP__MAX_BODY_SIZE)"
 _UNAVAILABLE: dict[type[DependencyError], str] = {
     StoreUnavailable: "the checkpoint store",
-    StoreNotReached: "the checkpoint store",
     QueueUnavailable: "the queue",
     StorageUnavailable: "object storage",
     ShardUnavailable: "the cluster's API server",
@@ -127,7 +125,8 @@ def json_errors(handler: Handler) -> Handler:
         except DependencyError as exc:
             # the client learns what is down, not where it runs (the log has the details)
             log.warning("dependency unavailable: %s", exc, extra={"path": request.path})
-            message = f"{_UNAVAILABLE.get(type(exc), 'a service Nexus depends on')} is unavailable"
+            what = next((v for k, v in _UNAVAILABLE.items() if isinstance(exc, k)), None)
+            message = f"{what or 'a service Nexus depends on'} is unavailable"
             return error_response(
                 503, "unavailable", f"{message}; retry later", {"Retry-After": "5"}
             )

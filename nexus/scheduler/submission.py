@@ -4,8 +4,10 @@ Guarantees:
 
 * **Nothing half-written on refusal.** Every check that can refuse a request (input, the
   caller's rights, the template and overrides, the parent, queue depth, store and Redis
-  health) happens before anything is written. If the checkpoint cannot be written, an
-  input already uploaded is deleted again and the client gets a 503.
+  health) happens before anything is written. If the checkpoint cannot be written, the
+  client gets a 503 (400 for data the store refuses), and an input already uploaded is
+  deleted again when nothing can have been stored; when the write failed after it was
+  sent, the run may exist, and its input stays.
 * **Durable before acknowledged.** The checkpoint insert is group-committed and awaited, so
   the run is readable (from any pod) the moment the 202 is sent.
 * **Queued, or found.** The queue push is pipelined in batches. If Redis fails after the
