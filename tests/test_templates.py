@@ -170,8 +170,8 @@ def test_environment_as_a_mapping() -> None:
         ("spec.errorHandlingBehaviour.transientExitCodes", [1, "x"], "transientExitCodes[1]"),
         ("spec.errorHandlingBehaviour.fatalExitCodes", 1, "fatalExitCodes"),
         ("spec.payloadConfiguration.payloadValidFor", "forever", "payloadValidFor"),
-        ("spec.payloadConfiguration.payloadValidFor", "30d", "payloadValidFor"),
         ("spec.payloadConfiguration.payloadValidFor", "0s", "payloadValidFor"),
+        ("spec.payloadConfiguration.payloadValidFor", "59s", "payloadValidFor"),
         ("spec.payloadConfiguration.inlineMaxBytes", "big", "inlineMaxBytes"),
         ("spec.computeResources.customResources", "gpu", "customResources"),
         ("spec.command", "python -m x", "command"),
@@ -183,6 +183,11 @@ def test_unusable_template_names_the_field(path: str, value: Any, field: str) ->
         parse_template(with_changes(MINIMAL_TEMPLATE, path, value))
     assert field in caught.value.field
     assert field in str(caught.value)
+
+
+def test_a_template_payload_validity_beyond_s3s_longest_is_capped() -> None:
+    obj = with_changes(MINIMAL_TEMPLATE, "spec.payloadConfiguration", {"payloadValidFor": "30d"})
+    assert parse_template(obj).payload_valid_for == 7 * 24 * 3600
 
 
 def test_numbers_as_strings_are_accepted_in_templates() -> None:

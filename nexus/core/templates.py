@@ -217,10 +217,11 @@ def parse_template(obj: dict[str, Any]) -> Template:
         raise InvalidConfiguration(
             f"{where}.payloadConfiguration.payloadValidFor", str(exc)
         ) from exc
-    if not MIN_PAYLOAD_VALID_FOR <= payload_valid_for <= MAX_PAYLOAD_VALID_FOR:
+    if payload_valid_for < MIN_PAYLOAD_VALID_FOR:  # its links would expire as handed out
         raise InvalidConfiguration(
-            f"{where}.payloadConfiguration.payloadValidFor", "must be between 1m and 7d"
+            f"{where}.payloadConfiguration.payloadValidFor", "must be at least 1m"
         )
+    payload_valid_for = min(payload_valid_for, MAX_PAYLOAD_VALID_FOR)  # S3 presigns no longer
     rt, eh = f"{where}.runtimeEnvironment", f"{where}.errorHandlingBehaviour"
     pc = f"{where}.payloadConfiguration"
     annotations = _mapping(runtime.get("annotations"), f"{rt}.annotations")
