@@ -11,9 +11,11 @@ example algorithms installed. Guarantees:
   path. Logs go to stderr, so a script can wait for that line;
 * SIGTERM, SIGINT (Ctrl-C), SIGHUP (its terminal closed) or SIGQUIT stops every component,
   in reverse order, and the command exits with status 0, leaving no process behind; a
-  signal during start-up stops what was started so far;
-* a component that fails to start, or dies while running, stops the others and the
-  command exits with status 1; the working directory is then kept, logs included;
+  signal during start-up stops what was started so far; a signal ignored when the
+  command starts (``nohup``) stays ignored;
+* a component that fails to start, or dies while running, or any other failure, stops
+  the others and the command exits with status 1; the working directory is then kept,
+  logs included;
 * otherwise the working directory is removed at exit unless ``--keep``.
 
 Environment variables naming running servers (``PGHOST``, ``NEXUS_REDIS_URL``,
@@ -76,7 +78,9 @@ class ServicesComponent:
         self.services = services
 
     def start(self) -> dict[str, Any]:
+        keep, self.services.keep = self.services.keep, True  # a failed start keeps its logs
         self.services.start()
+        self.services.keep = keep
         answer = self.services.s3.info.call("PUT", BUCKET)  # where inputs and results go
         if answer.status not in (200, 409):  # 409: an external store has it already
             raise StorageUnavailable(
@@ -136,7 +140,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "Kubernetes clusters, the receiver, the scheduler(s) and the maintainer, with the "
             "example algorithms echo and maybe-fail installed. Prints one line "
             "'NEXUS READY {json}' with the scheduler URL, a bearer token and every connection "
-            "detail when ready; Ctrl-C or SIGTERM stops everything."
+            "detail when ready; Ctrl-C, SIGTERM or a closed terminal stops everything."
         ),
     )
     parser.add_argument(
@@ -149,7 +153,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--keep",
         action="store_true",
-        help="keep the data directory at exit (default: remove it)",
+        help="keep the data directory at exit (default: remove it, unless a crash ended "
+        "the run: then it is kept for its logs)",
     )
     parser.add_argument(
         "--binaries",
@@ -232,14 +237,19 @@ def main(argv: list[str]) -> int:
         log.info("stopping on %s", signal.Signals(signum).name)
         stop_requested.set()
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in STOP_SIGNALS}
+    previous = {  # an ignored signal stays ignored (nohup: a hang-up must not stop it)
+        sig: signal.signal(sig, request_stop)
+        for sig in STOP_SIGNALS
+        if signal.getsignal(sig) is not signal.SIG_IGN
+    }
     components: list[Component] = []
-    exit_code = EXIT_OK
+    exit_code = EXIT_CRASHED  # until shown otherwise: whatever escapes keeps the logs
     try:
         components = build_components(args)
         ready: dict[str, Any] = {}
         for component in components:
-            if stop_requested.is_set():
+            if stop_requested.is_set():  # stopped while starting
+                exit_code = EXIT_OK
                 break
             ready.update(component.start())
         else:
@@ -247,7 +257,6 @@ def main(argv: list[str]) -> int:
             exit_code = _supervise(components, stop_requested)
     except (NexusError, OSError) as exc:  # OSError: a server that cannot be reached
         log.error("cannot start: %s", exc)
-        exit_code = EXIT_CRASHED
     finally:
         if exit_code == EXIT_CRASHED:  # its logs say why: keep them
             for component in components:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -32,7 +33,9 @@ EXTERNAL = {"PGHOST", "NEXUS_REDIS_URL", "NEXUS_S3_ENDPOINT_URL"}
 class DevProcess:
     """``nexus dev`` in a subprocess, its stdout read by a thread (so waits have deadlines)."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, ignore: signal.Signals | None = None
+    ) -> None:
         env = {**{k: v for k, v in os.environ.items() if k not in EXTERNAL}, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nexus", "dev", *args],
@@ -40,6 +43,7 @@ class DevProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=None if ignore is None else lambda: signal.signal(ignore, signal.SIG_IGN),
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -63,6 +67,13 @@ class DevProcess:
         self.proc.kill()
         _, err = self.proc.communicate(timeout=30)
         raise AssertionError(f"no READY line; stdout {self.lines}, stderr:\n{err}")
+
+    def kill(self) -> None:
+        """Whatever is still running, killed: a failed test leaves nothing behind."""
+        for pid in [*descendants(self.proc.pid), self.proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
     def finish(self, sig: signal.Signals, timeout: float = 60) -> tuple[int, str]:
         self.proc.send_signal(sig)
@@ -158,19 +169,36 @@ def test_dev_stops_cleanly_when_its_terminal_closes(sig: signal.Signals) -> None
     assert not workdir.exists()
 
 
+def test_dev_under_nohup_ignores_a_hang_up() -> None:
+    """Started with SIGHUP ignored (``nohup``), a hang-up changes nothing."""
+    dev = DevProcess("--services-only", ignore=signal.SIGHUP)
+    try:
+        dev.ready()
+        dev.proc.send_signal(signal.SIGHUP)
+        time.sleep(2)
+        assert dev.proc.poll() is None
+        code, err = dev.finish(signal.SIGTERM)
+        assert code == 0, err
+    finally:
+        dev.kill()
+
+
 def test_dev_keeps_the_logs_of_a_crash() -> None:
     """A server dies: everything stops, the command exits 1, and the working directory
     (the logs it points to) stays."""
     dev = DevProcess("--services-only")
     ready = dev.ready()
     workdir = Path(ready["workdir"])
+    children = descendants(dev.proc.pid)
     try:
-        redis = next(pid for pid in descendants(dev.proc.pid) if b"redis" in _command(pid))
+        redis = next(pid for pid in children if b"redis" in _command(pid))
         os.kill(redis, signal.SIGKILL)
         _, err = dev.proc.communicate(timeout=60)
         assert dev.proc.returncode == 1, err
         assert "logs kept in" in err and workdir.is_dir()
+        assert [pid for pid in children if is_alive(pid)] == []
     finally:
+        dev.kill()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -196,7 +224,10 @@ def test_dev_does_not_start_on_a_store_that_refuses_its_bucket() -> None:
             "AWS_SECRET_ACCESS_KEY": "something",
         }
         dev = DevProcess("--services-only", env=env)
-        _, err = dev.proc.communicate(timeout=60)
+        try:
+            _, err = dev.proc.communicate(timeout=60)
+        finally:
+            dev.kill()
         assert dev.proc.returncode == 1, err
         assert "cannot make the bucket 'nexus': 403" in err
         assert not any(line.startswith(READY_PREFIX) for line in dev.lines)
