@@ -268,7 +268,9 @@ async def test_results_by_tag_and_idempotency(servers: Servers) -> None:
         assert different != first
 
 
-async def test_a_child_run_is_owned_by_its_parent_job(servers: Servers) -> None:
+async def test_a_child_run_is_owned_by_its_parent_job_while_the_parent_runs(
+    servers: Servers,
+) -> None:
     async with local_system(
         servers,
         shards=[ShardSpec(name="shard-0", mode="process")],
