@@ -25,10 +25,10 @@ import importlib.resources
 import logging
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -42,6 +42,8 @@ from nexus.core.grouping import GroupCommitter
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
 
 log = logging.getLogger(__name__)
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 """How long an Idempotency-Key names its first run (DESIGN §2)."""
@@ -305,16 +307,7 @@ class CheckpointStore:
         except _DATA_ERRORS as exc:
             if len(runs) == 1:
                 return [CheckpointRejected(f"the run cannot be stored: {exc}")]
-        # One bad run must not fail its neighbours: write each on its own. A store failure
-        # then fails that run alone: those before it are stored, and are told so.
-        results: list[Admission | Exception] = []
-        for run in runs:
-            try:
-                (result,) = await self._write_inserts([run])
-            except StoreUnavailable as exc:
-                result = exc
-            results.append(result)
-        return results
+        return await _each_alone(self._write_inserts, runs)  # one bad run fails alone
 
     async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission | Exception]:
         columns: list[list[Any]] = [[] for _ in range(15)]
@@ -374,16 +367,7 @@ class CheckpointStore:
         except (*_DATA_ERRORS, asyncpg.CheckViolationError) as exc:
             if len(changes) == 1:
                 return [CheckpointRejected(f"the change cannot be stored: {exc}")]
-        # One bad change must not fail its neighbours: write each on its own. A store
-        # failure then fails that change alone: those before it are applied, and told so.
-        results: list[bool | Exception] = []
-        for change in changes:
-            try:
-                (result,) = await self._write_transitions([change])
-            except StoreUnavailable as exc:
-                result = exc
-            results.append(result)
-        return results
+        return await _each_alone(self._write_transitions, changes)  # one bad change fails alone
 
     async def _transition_batch(self, changes: Sequence[Transition]) -> list[bool]:
         # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
@@ -594,6 +578,23 @@ async def _skip_locked(conn: Connection, batch: Sequence[Transition]) -> list[tu
             return [(change.key, False)]
         return [row for change in batch for row in await _skip_locked(conn, [change])]
     return [(RunKey(r["algorithm"], r["id"]), r["applied"]) for r in rows]
+
+
+async def _each_alone(
+    write: Callable[[Sequence[_Item]], Awaitable[Sequence[_Result | Exception]]],
+    items: Sequence[_Item],
+) -> list[_Result | Exception]:
+    """``items`` written one at a time, after their batch was refused for one item's data:
+    each gets its own answer. A store failure on the way is that item's alone: those
+    written before it are, and are told so."""
+    results: list[_Result | Exception] = []
+    for item in items:
+        try:
+            (result,) = await write([item])
+        except StoreUnavailable as exc:
+            result = exc
+        results.append(result)
+    return results
 
 
 def _text(message: str | None) -> str | None:
