@@ -236,6 +236,19 @@ def test_presigned_urls_use_the_public_endpoint(s3: S3Bucket) -> None:
     names = PayloadStore(None, settings, None)  # type: ignore[arg-type]
     url = names.presign_get("a/b", 60)
     assert url.startswith(f"https://objects.example.com/{s3.bucket}/a/b?X-Amz-Algorithm=")
+    assert names.presign_get("a/b", 60, for_client=True).startswith("https://objects.example.com/")
+
+
+def test_clients_can_be_handed_urls_of_their_own_address(s3: S3Bucket) -> None:
+    settings = settings_for(
+        s3,
+        presign_endpoint_url="http://objects.internal:8333",
+        client_presign_endpoint_url="https://objects.example.com",
+    )
+    names = PayloadStore(None, settings, None)  # type: ignore[arg-type]
+    assert names.presign_get("a/b", 60).startswith("http://objects.internal:8333/")
+    assert names.presign_put("a/b", 60).startswith("http://objects.internal:8333/")
+    assert names.presign_get("a/b", 60, for_client=True).startswith("https://objects.example.com/")
 
 
 def _closed_port() -> int:

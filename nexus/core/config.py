@@ -187,6 +187,11 @@ class StorageSettings:
     presign_endpoint_url: str | None = None
     """Endpoint written into presigned URLs, when algorithm containers and clients reach
     storage by another address than Nexus does; unset means ``endpoint_url``."""
+    client_presign_endpoint_url: str | None = None
+    """Endpoint written into presigned URLs handed to API clients (result URLs, input
+    redirects), when they reach storage by another address than algorithm containers do
+    (a public address, containers using one inside their network); unset means
+    ``presign_endpoint_url``."""
     region: str = "us-east-1"
     """Region that requests are signed for (SigV4)."""
     access_key_id: str = ""

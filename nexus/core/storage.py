@@ -7,9 +7,11 @@ Layout inside the configured bucket (and prefix)::
 
 Nexus stores *keys* (as ``s3://bucket/key``), never presigned URLs: a URL is presigned when
 it is handed out — to a container when its Job is built, to a client on each results read —
-so a stored reference never expires. Presigning is on the hot path (every dispatch, every
-results read), so it uses the project's SigV4 signer (:mod:`nexus.core.sigv4`, checked byte
-for byte against botocore's) at ~20 µs instead of botocore's ~140 µs.
+so a stored reference never expires, each at the address its holder reaches storage by
+(``presign_endpoint_url`` for containers, ``client_presign_endpoint_url`` for clients).
+Presigning is on the hot path (every dispatch, every results read), so it uses the
+project's SigV4 signer (:mod:`nexus.core.sigv4`, checked byte for byte against botocore's)
+at ~20 µs instead of botocore's ~140 µs.
 
 Uploads are on the hot path too (every run submitted with its input in storage): with
 explicit keys and path-style addressing (the defaults here), :meth:`PayloadStore.put` sends
@@ -97,6 +99,7 @@ class PayloadStore(ObjectNames):
         aws = f"https://s3.{settings.region}.amazonaws.com"
         self._store_endpoint = (settings.endpoint_url or aws).rstrip("/")
         self._endpoint = (settings.presign_endpoint_url or self._store_endpoint).rstrip("/")
+        self._client_endpoint = (settings.client_presign_endpoint_url or self._endpoint).rstrip("/")
         self._region = settings.region
         self._signer = sigv4.Signer(
             settings.access_key_id, settings.secret_access_key, settings.region
@@ -136,18 +139,30 @@ class PayloadStore(ObjectNames):
 
     # -- presigning ------------------------------------------------------------------------
 
-    def presign_get(self, key: str, expires_in: float, *, now: datetime | None = None) -> str:
-        """A URL that reads ``key`` for ``expires_in`` seconds (1 s to 7 days) from ``now``."""
-        return self._presign("GET", key, expires_in, now)
+    def presign_get(
+        self,
+        key: str,
+        expires_in: float,
+        *,
+        for_client: bool = False,
+        now: datetime | None = None,
+    ) -> str:
+        """A URL that reads ``key`` for ``expires_in`` seconds (1 s to 7 days) from ``now``,
+        at the address of algorithm containers, or of API clients when ``for_client``."""
+        endpoint = self._client_endpoint if for_client else self._endpoint
+        return self._presign("GET", endpoint, key, expires_in, now)
 
     def presign_put(self, key: str, expires_in: float, *, now: datetime | None = None) -> str:
-        """A URL that writes ``key`` for ``expires_in`` seconds (1 s to 7 days) from ``now``."""
-        return self._presign("PUT", key, expires_in, now)
+        """A URL at which an algorithm container writes ``key`` for ``expires_in`` seconds
+        (1 s to 7 days) from ``now``."""
+        return self._presign("PUT", self._endpoint, key, expires_in, now)
 
-    def _presign(self, method: str, key: str, expires_in: float, now: datetime | None) -> str:
+    def _presign(
+        self, method: str, endpoint: str, key: str, expires_in: float, now: datetime | None
+    ) -> str:
         seconds = max(1, min(int(expires_in), MAX_PRESIGN_SECONDS))
         return self._signer.presign_object(
-            method, self._endpoint, self.bucket, key, expires_in=seconds, now=now
+            method, endpoint, self.bucket, key, expires_in=seconds, now=now
         )
 
     # -- objects ---------------------------------------------------------------------------

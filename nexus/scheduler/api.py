@@ -180,7 +180,7 @@ async def payload(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
     _authorized(request, algorithm)
     run = await _checkpoint(request, algorithm, run_id)
-    url = request.app[SCHEDULER].links.input_url(run)
+    url = request.app[SCHEDULER].links.input_url(run, for_client=True)
     raise web.HTTPFound(url)
 
 

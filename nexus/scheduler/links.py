@@ -28,12 +28,12 @@ class Links:
         self._receivers = {k: v.rstrip("/") for k, v in settings.receiver_urls.items()}
         self._margin = settings.result_url_margin
 
-    def input_url(self, run: Checkpoint) -> str:
-        """Where the algorithm (or a client) reads the run's input."""
+    def input_url(self, run: Checkpoint, *, for_client: bool = False) -> str:
+        """Where the algorithm (or, ``for_client``, an API client) reads the run's input."""
         valid_for = run.payload_valid_for.total_seconds()
         key = self.payloads.key_of(run.payload_uri) if run.payload_uri else None
         if key is not None:
-            return self.payloads.presign_get(key, valid_for)
+            return self.payloads.presign_get(key, valid_for, for_client=for_client)
         if run.payload_uri:  # an input stored elsewhere by reference
             return run.payload_uri
         path = CONTENT_ROUTE.format(algorithm=run.algorithm, request_id=run.id)
@@ -51,7 +51,7 @@ class Links:
             return None
         key = self.payloads.result_key_of(run.result_uri, run.algorithm, str(run.id))
         if key is not None:
-            return self.payloads.presign_get(key, RESULT_READ_SECONDS)
+            return self.payloads.presign_get(key, RESULT_READ_SECONDS, for_client=True)
         if self.payloads.key_of(run.result_uri) is not None:
             return None  # another object of the bucket, stored before such were refused
         return run.result_uri  # the algorithm reported a location of its own

@@ -500,6 +500,42 @@ async def test_input_links_are_refused_once_altered_or_expired(servers: Servers)
             assert orjson.loads(await response.read()) == parameters
 
 
+async def test_clients_and_containers_get_urls_of_their_own_address_of_storage(
+    servers: Servers,
+) -> None:
+    """Clients outside the containers' network reach storage by another address: each is
+    handed URLs signed for its own, and each URL works there."""
+    public = servers.s3.endpoint_url.replace("127.0.0.1", "localhost")
+    async with local_system(
+        servers,
+        templates=[template("stored", inline=False)],
+        storage={"client_presign_endpoint_url": public},
+    ) as system:
+        parameters = {"where": "in storage"}
+        request_id = await system.submit("stored", {"algorithmParameters": parameters})
+        answer = await system.wait_for("stored", request_id)  # the pod used its own URLs
+        assert answer["status"] == "COMPLETED", answer
+        job = job_of(system, "shard-0", request_id)
+        assert job is not None
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        handed = [a.removeprefix("--sas-uri=") for a in args if a.startswith("--sas-uri=")]
+        upload = env_of(job)["NEXUS__RESULT_UPLOAD_URL"]
+        for url in (*handed, upload):
+            assert url.startswith(servers.s3.endpoint_url + "/"), url
+        async with system.session.get(
+            f"{system.url}/algorithm/v1.2/payload/stored/requests/{request_id}",
+            headers=system.headers(),
+            allow_redirects=False,
+        ) as response:
+            assert response.status == 302
+            redirect = response.headers["Location"]
+        for url, expected in ((redirect, parameters), (answer["resultUri"], parameters)):
+            assert url.startswith(public + "/"), url
+            async with system.session.get(url) as response:
+                assert response.status == 200, await response.text()
+                assert orjson.loads(await response.read()) == expected
+
+
 def _assert_valid_for(url: str, seconds: int, before: float, after: float) -> None:
     """``url`` was made between ``before`` and ``after`` (epoch seconds) to be valid for
     ``seconds``: an S3 URL by its X-Amz-Date and X-Amz-Expires, a scheduler's link by its

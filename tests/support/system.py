@@ -392,10 +392,12 @@ async def local_system(
     receiver: ReceiverSection | None = None,
     auth: dict[str, Any] | None = None,
     store: dict[str, Any] | None = None,
+    storage: dict[str, Any] | None = None,
 ) -> AsyncIterator[System]:
     """The whole system; ``auth`` adds settings (JWT keys, issuer…) to the schedulers'
-    :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``, and
-    ``store`` to every service's :class:`PostgresSettings`."""
+    :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``, ``store``
+    to every service's :class:`PostgresSettings` and ``storage`` to its
+    :class:`StorageSettings`."""
     tmp_path, postgres_dsn, s3 = servers.tmp_path, servers.postgres_dsn, servers.s3
     redis_url, redis_prefix = servers.redis_url, servers.redis_prefix
     kubeconfigs = tmp_path / "shards"
@@ -407,12 +409,13 @@ async def local_system(
         stack.push_async_callback(session.close)
         http = HttpSettings(host="127.0.0.1", port=0, drain_delay=0, shutdown_timeout=5)
         postgres = PostgresSettings(dsn=postgres_dsn, pool_max_size=6, **(store or {}))
-        storage = StorageSettings(
+        storage_settings = StorageSettings(
             endpoint_url=s3.endpoint_url,
             region=s3.region,
             access_key_id=s3.access_key_id,
             secret_access_key=s3.secret_access_key,
             bucket=s3.bucket,
+            **(storage or {}),
         )
         signing = SigningSettings(keys=(SIGNING_KEY,))
         receiver_port = free_port()
@@ -420,7 +423,7 @@ async def local_system(
             http=replace(http, port=receiver_port),
             log=LogSettings(format="text"),
             postgres=postgres,
-            storage=storage,
+            storage=storage_settings,
             signing=signing,
             receiver=receiver or ReceiverSection(),
         )
@@ -433,7 +436,7 @@ async def local_system(
             log=LogSettings(format="text"),
             postgres=postgres,
             redis=RedisSettings(url=redis_url, key_prefix=redis_prefix),
-            storage=storage,
+            storage=storage_settings,
             shards=ShardSettings(
                 kubeconfig_dir=kubeconfigs,
                 controller_kubeconfig=kubeconfigs / f"{first_shard}.kubeconfig",
