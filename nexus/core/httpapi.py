@@ -35,6 +35,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 JSON = "application/json"
 TOO_LARGE = "the request body is larger than this server accepts (NEXUS__HTTP__MAX_BODY_SIZE)"
+DECODED = ("gzip", "deflate", "br", "zstd")
+"""Content-Encodings of request bodies that aiohttp decodes; another is answered 415."""
 _UNAVAILABLE: dict[type[DependencyError], str] = {
     StoreUnavailable: "the checkpoint store",
     QueueUnavailable: "the queue",
@@ -87,7 +89,9 @@ def bad_request(message: str, code: str = "invalid_request") -> ApiError:
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The request body as a JSON object, or a 400/413 naming what is wrong with it."""
+    """The request body as a JSON object, or a 400/413/415 naming what is wrong with it."""
+    if "Content-Encoding" in request.headers:
+        _check_encoding(request)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -105,6 +109,21 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
             f"the body must be a JSON object, not {json_type(body)}", "malformed_json"
         )
     return body
+
+
+def _check_encoding(request: web.Request) -> None:
+    """aiohttp decodes a body whose one Content-Encoding is one of :data:`DECODED` and
+    passes any other as it came, so a body in another, or in several, is refused, not
+    misread."""
+    stated = request.headers.getall("Content-Encoding")
+    if len(stated) > 1 or stated[0].lower() not in (*DECODED, "identity"):
+        raise ApiError(
+            415,
+            "unsupported_encoding",
+            f"Content-Encoding {', '.join(stated)!r} is not supported: send the body as it"
+            f" is, or in one of {', '.join(DECODED)}",
+            {"Accept-Encoding": ", ".join(DECODED)},
+        )
 
 
 def json_errors(handler: Handler) -> Handler:

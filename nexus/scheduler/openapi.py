@@ -170,6 +170,7 @@ DOCUMENT: dict[str, Any] = {
                     "404": _error("Unknown algorithm"),
                     "409": _error("The Idempotency-Key names a run of another algorithm"),
                     "413": _error("Body too large"),
+                    "415": _error("A Content-Encoding other than gzip, deflate, br or zstd"),
                     "429": _error("Queue full; retry after Retry-After"),
                 },
             }
@@ -237,6 +238,7 @@ DOCUMENT: dict[str, Any] = {
                     "404": _error("Unknown run"),
                     "409": _error("The run has already finished"),
                     "413": _error("Body too large"),
+                    "415": _error("A Content-Encoding other than gzip, deflate, br or zstd"),
                 },
             }
         },

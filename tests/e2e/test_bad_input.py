@@ -16,18 +16,27 @@ from __future__ import annotations
 import gzip
 import io
 import uuid
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import brotli
 import orjson
+from backports import zstd
 from harness import Servers
 from support.system import TOKEN, System, local_system, send_raw, template
 
 from nexus.devcluster.shards import ShardSpec
 
 RUN = "/algorithm/v1.2/run/echo"
+COMPRESSIONS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "zstd": zstd.compress,
+}
 MAX_BODY = 1024**2  # the default NEXUS__HTTP__MAX_BODY_SIZE
 ABSENT: Any = object()
 VALID = {"algorithmParameters": {"x": 1}}
@@ -142,6 +151,11 @@ async def test_bodies_that_are_not_run_requests(servers: Servers) -> None:
         Case("nested deeper than it can be written", "algorithmParameters", data=b'{"algorithmParameters": {"a": ' + b"[" * 300 + b"]" * 300 + b"}}"),
         Case("gzip said, not sent", "cannot be read", data=b'{"algorithmParameters": {}}', headers={"Content-Encoding": "gzip"}, code="malformed_body"),
         Case("deflate said, not sent", "cannot be read", data=b"not compressed", headers={"Content-Encoding": "deflate"}),
+        Case("br said, not sent", "cannot be read", data=b"not compressed", headers={"Content-Encoding": "br"}),
+        Case("zstd said, not sent", "cannot be read", data=b"not compressed", headers={"Content-Encoding": "zstd"}),
+        Case("an encoding not decoded", "'snappy' is not supported", data=b"{}", headers={"Content-Encoding": "snappy"}, status=415, code="unsupported_encoding"),
+        Case("two encodings", "'gzip, br' is not supported", data=b"{}", headers={"Content-Encoding": "gzip, br"}, status=415),
+        Case("identity and another", "'identity, gzip' is not supported", data=b"{}", headers={"Content-Encoding": "identity, gzip"}, status=415),
     ]  # fmt: skip
     async with checker(servers) as check:
         for case in cases:
@@ -312,15 +326,16 @@ async def test_bodies_over_the_size_limit_get_413(servers: Servers) -> None:
         assert body["error"] == "payload_too_large" and too_large in body["message"], body
         assert await check.stored() == before
         await check.healthy("far over")
-        await check.refused(
-            Case(
-                "compressed, over once inflated",
-                too_large,
-                data=gzip.compress(padded(4 * MAX_BODY)),
-                headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
-                status=413,
+        for encoding, compress in COMPRESSIONS.items():
+            await check.refused(
+                Case(
+                    f"{encoding}, over once inflated",
+                    too_large,
+                    data=compress(padded(4 * MAX_BODY)),
+                    headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
+                    status=413,
+                )
             )
-        )
         before = await check.stored()
         status, body, _ = await check.system.call(
             "POST", RUN, data=chunks(padded(MAX_BODY + 1)), headers={"Content-Type": "application/json"}
@@ -331,6 +346,29 @@ async def test_bodies_over_the_size_limit_get_413(servers: Servers) -> None:
         # exactly the limit is accepted
         status, body, _ = await check.system.call("POST", RUN, data=io.BytesIO(padded(MAX_BODY)))
         assert status == 202, (status, body)
+
+
+async def test_bodies_in_each_decoded_encoding_are_read(servers: Servers) -> None:
+    async with checker(servers) as check:
+        for encoding, compress in {
+            **COMPRESSIONS,
+            "identity": bytes,
+            "GZIP": gzip.compress,
+        }.items():
+            parameters = {"encoding": encoding, "text": "héllo" * 100}
+            status, body, _ = await check.system.call(
+                "POST",
+                RUN,
+                data=compress(orjson.dumps({"algorithmParameters": parameters})),
+                headers={"Content-Encoding": encoding, "Content-Type": "application/json"},
+            )
+            assert status == 202, (encoding, status, body)
+            async with check.system.session.get(
+                f"{check.system.url}/algorithm/v1.2/payload/echo/requests/{body['requestId']}",
+                headers=check.system.headers(),
+            ) as answer:
+                assert answer.status == 200, encoding
+                assert orjson.loads(await answer.read()) == parameters, encoding
 
 
 async def test_bad_names_and_ids_in_paths(servers: Servers) -> None:
