@@ -122,8 +122,10 @@ class HttpSettings:
     port: int = field(default=8080, metadata=check(lambda v: 0 <= v < 65536, "a port number"))
     """Listen port; 0 picks a free one (tests)."""
     shutdown_timeout: Seconds = field(default=20.0, metadata=positive())
-    """How long in-flight requests may take to finish after SIGTERM. Shorter than the pod's
-    30 s termination grace period, so that clients are closed before the SIGKILL."""
+    """How long background loops, and then the requests still in flight, may take to
+    finish after SIGTERM. The pod's termination grace period must exceed twice this plus a
+    quarter (loops that overrun are cancelled) plus ``drain_delay``, so that clients are
+    closed before the SIGKILL."""
     drain_delay: Seconds = field(default=2.0, metadata=at_least(0))
     """Time between turning not-ready and closing the listener, so that load balancers stop
     sending new requests before the port closes (0 in tests)."""
