@@ -57,6 +57,7 @@ LABEL_MESSAGE = (
 )
 JOB_RESTART_POLICIES = ("OnFailure", "Never")
 FAILURE_POLICY_ACTIONS = ("FailJob", "FailIndex", "Ignore", "Count")
+MAX_EXIT_CODE_VALUES = 255
 
 
 def parse_quantity(text: str | int | float) -> Decimal:
@@ -152,20 +153,7 @@ def validate_pod_spec(spec: Any, path: str, causes: list[dict[str, str]]) -> Non
         for j, env in enumerate(container.get("env") or []):
             if not isinstance(env, dict) or not env.get("name"):
                 causes.append(_required(f"{where}.env[{j}].name"))
-        for section in ("limits", "requests"):
-            for resource, quantity in (
-                (container.get("resources") or {}).get(section) or {}
-            ).items():
-                try:
-                    parse_quantity(quantity)
-                except ValueError:
-                    causes.append(
-                        field_cause(
-                            f"{where}.resources.{section}[{resource}]",
-                            f'Invalid value: "{quantity}": quantities must match the regular '
-                            "expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
-                        )
-                    )
+        causes.extend(_resource_causes(container.get("resources") or {}, f"{where}.resources"))
     grace = spec.get("terminationGracePeriodSeconds")
     if grace is not None and (not isinstance(grace, int) or grace < 0):
         causes.append(
@@ -174,6 +162,67 @@ def validate_pod_spec(spec: Any, path: str, causes: list[dict[str, str]]) -> Non
                 f"Invalid value: {grace}: must be greater than or equal to 0",
             )
         )
+
+
+def _resource_causes(resources: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """What the API server refuses in a container's resources: bad quantities, names that
+    are neither a container's standard resource nor fully qualified, extended resources
+    in parts of a unit, or a request above its limit (an extended one must equal it)."""
+    causes = []
+    parsed: dict[str, dict[str, Decimal]] = {}
+    for section in ("limits", "requests"):
+        parsed[section] = {}
+        for resource, quantity in (resources.get(section) or {}).items():
+            at = f"{where}.{section}[{resource}]"
+            try:
+                value = parse_quantity(quantity)
+            except ValueError:
+                causes.append(
+                    field_cause(
+                        at,
+                        f'Invalid value: "{quantity}": quantities must match the regular '
+                        "expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
+                    )
+                )
+                continue
+            if _standard_resource(resource):
+                parsed[section][resource] = value
+            elif "/" not in resource or resource.split("/")[0].endswith("kubernetes.io"):
+                causes.append(
+                    field_cause(
+                        at,
+                        f'Invalid value: "{resource}": must be a standard resource for containers',
+                    )
+                )
+            elif value != int(value):
+                causes.append(field_cause(at, f'Invalid value: "{quantity}": must be an integer'))
+            else:
+                parsed[section][resource] = value
+    for resource, request in parsed["requests"].items():
+        limit = parsed["limits"].get(resource)
+        if limit is None:
+            continue
+        if not _standard_resource(resource) and request != limit:
+            causes.append(
+                field_cause(
+                    f"{where}.requests[{resource}]",
+                    f'Invalid value: "{resources["requests"][resource]}": must be equal to'
+                    f" {resource} limit of {resources['limits'][resource]}",
+                )
+            )
+        elif request > limit:
+            causes.append(
+                field_cause(
+                    f"{where}.requests[{resource}]",
+                    f'Invalid value: "{resources["requests"][resource]}": must be less than or'
+                    f" equal to {resource} limit of {resources['limits'][resource]}",
+                )
+            )
+    return causes
+
+
+def _standard_resource(name: str) -> bool:
+    return name in ("cpu", "memory", "ephemeral-storage") or name.startswith("hugepages-")
 
 
 def validate_job(job: dict[str, Any]) -> None:
@@ -266,11 +315,30 @@ def _validate_failure_policy(policy: Any, restart: str, causes: list[dict[str, s
                 )
             if not values:
                 causes.append(_required(f"{where}.onExitCodes.values"))
-            if operator == "In" and 0 in values:
+            elif len(values) > MAX_EXIT_CODE_VALUES:
                 causes.append(
                     field_cause(
-                        f"{where}.onExitCodes.values[{values.index(0)}]",
-                        "Invalid value: 0: must not be 0 for the In operator",
+                        f"{where}.onExitCodes.values",
+                        f"Too many: {len(values)}: must have at most {MAX_EXIT_CODE_VALUES} items",
+                        "FieldValueTooMany",
+                    )
+                )
+            seen: set[Any] = set()
+            for j, value in enumerate(values):
+                if value in seen:
+                    causes.append(
+                        field_cause(
+                            f"{where}.onExitCodes.values[{j}]",
+                            f"Duplicate value: {value}",
+                            "FieldValueDuplicate",
+                        )
+                    )
+                seen.add(value)
+            if any(values[j - 1] > values[j] for j in range(1, len(values))):
+                causes.append(
+                    field_cause(
+                        f"{where}.onExitCodes.values",
+                        f"Invalid value: {values}: must be ordered",
                     )
                 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import aiohttp
 import pytest
 from kubernetes_asyncio import client
@@ -49,6 +51,12 @@ async def test_get_missing_is_404_not_found(batch: client.BatchV1Api) -> None:
     assert 'jobs.batch \\"nope\\" not found' in caught.value.body
 
 
+def _exit_codes(operator: str, values: list[int]) -> dict[str, Any]:
+    return {
+        "rules": [{"action": "FailJob", "onExitCodes": {"operator": operator, "values": values}}]
+    }
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
@@ -77,6 +85,42 @@ async def test_get_missing_is_404_not_found(batch: client.BatchV1Api) -> None:
                 resources={"limits": {"memory": "lots"}}
             ),
             "spec.template.spec.containers[0].resources.limits[memory]",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].update(
+                resources={"limits": {"memory": "1"}, "requests": {"memory": "1Gi"}}
+            ),
+            "spec.template.spec.containers[0].resources.requests[memory]",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].update(
+                resources={"limits": {"gpu": "1"}}
+            ),
+            "spec.template.spec.containers[0].resources.limits[gpu]",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].update(
+                resources={"limits": {"nvidia.com/gpu": "500m"}}
+            ),
+            "spec.template.spec.containers[0].resources.limits[nvidia.com/gpu]",
+        ),
+        (
+            lambda j: j["spec"]["template"]["spec"]["containers"][0].update(
+                resources={"limits": {"nvidia.com/gpu": "2"}, "requests": {"nvidia.com/gpu": "1"}}
+            ),
+            "spec.template.spec.containers[0].resources.requests[nvidia.com/gpu]",
+        ),
+        (
+            lambda j: j["spec"].update(podFailurePolicy=_exit_codes("NotIn", [2, 2])),
+            "spec.podFailurePolicy.rules[0].onExitCodes.values[1]",
+        ),
+        (
+            lambda j: j["spec"].update(podFailurePolicy=_exit_codes("NotIn", [3, 2])),
+            "spec.podFailurePolicy.rules[0].onExitCodes.values",
+        ),
+        (
+            lambda j: j["spec"].update(podFailurePolicy=_exit_codes("NotIn", list(range(256)))),
+            "spec.podFailurePolicy.rules[0].onExitCodes.values",
         ),
     ],
 )
