@@ -91,9 +91,11 @@ def test_the_job_carries_the_whole_contract() -> None:
     spec = job["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (2, 600)
     assert spec["ttlSecondsAfterFinished"] == 300
-    # fatal codes fail the Job at once; with transient codes listed, so does any other code
+    # fatal codes fail the Job at once; with transient codes listed, so does any other
+    # code; a pod Kubernetes disrupted is started again, whatever its exit code
     assert spec["podFailurePolicy"] == {
         "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
             {
                 "action": "FailJob",
                 "onExitCodes": {"containerName": name, "operator": "In", "values": [1]},
@@ -136,6 +138,20 @@ def test_the_job_carries_the_whole_contract() -> None:
         "NEXUS__PARENT_ALGORITHM_NAME": "planner",
     }
     assert orjson.loads(serialise(job)) == job
+
+
+def test_exit_codes_make_a_policy_kubernetes_takes() -> None:
+    """Ordered, each once, and no 0 among the fatal ones (a success cannot fail a Job);
+    also for configurations stored before templates were checked for these."""
+    config = {**APPLIED, "fatalExitCodes": [0, 3, 2, 3], "transientExitCodes": [143, 0, 143]}
+    job = build_job(checkpoint(config), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert [r.get("onExitCodes", {}).get("values") for r in rules] == [None, [2, 3], [0, 143]]
+    only_zero = {**APPLIED, "fatalExitCodes": [0], "transientExitCodes": []}
+    job = build_job(
+        checkpoint(only_zero), LINKS, workgroup=None, parent=None, ttl_after_finished=60
+    )
+    assert "podFailurePolicy" not in job["spec"]
 
 
 def test_a_plain_template_gets_the_contracts_default_arguments_and_nothing_optional() -> None:

@@ -35,9 +35,11 @@ _IMAGE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*\Z")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*\Z")
 _RESOURCE = re.compile(r"^([a-z0-9.-]+/)?[a-zA-Z0-9._-]+\Z")
+_WHOLE = re.compile(r"^[0-9]+\Z")
 
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600
 MAX_RETRIES = 100
+MAX_EXIT_CODE = 255
 DEFAULT_PAYLOAD_VALID_FOR = 24 * 3600.0
 MIN_PAYLOAD_VALID_FOR, MAX_PAYLOAD_VALID_FOR = 60.0, float(MAX_PRESIGN_SECONDS)
 """How long a run's input links may be valid: a minute to S3's longest presign, 7 days."""
@@ -160,7 +162,11 @@ def _codes(value: Any, where: str) -> list[int]:
         return []
     if not isinstance(value, list):
         raise InvalidConfiguration(where, "expected a list of exit codes")
-    return [_whole(code, f"{where}[{i}]", 0) for i, code in enumerate(value)]
+    codes = [_whole(code, f"{where}[{i}]", 0) for i, code in enumerate(value)]
+    for i, code in enumerate(codes):
+        if code > MAX_EXIT_CODE:
+            raise InvalidConfiguration(f"{where}[{i}]", f"an exit code is 0 to {MAX_EXIT_CODE}")
+    return codes
 
 
 def parse_workgroup(obj: dict[str, Any]) -> Workgroup:
@@ -304,21 +310,42 @@ def _integer(name: str, value: Any, low: int, high: int) -> int:
 
 
 def _custom_resources(name: str, value: Any) -> dict[str, str]:
-    def quantity(v: Any) -> bool:
-        if isinstance(v, bool):
-            return False
-        if isinstance(v, int):
-            return v >= 0
-        return isinstance(v, str) and _QUANTITY.match(v) is not None
-
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and _RESOURCE.match(k) and quantity(v) for k, v in value.items()
-    ):
+    """Resources beside cpu and memory, as Kubernetes takes them in a container's limits:
+    an extended resource (``domain/name``, outside kubernetes.io) in whole units, or
+    ``ephemeral-storage`` / ``hugepages-<size>`` as a quantity."""
+    where = f"customConfiguration.{name}"
+    if not isinstance(value, dict):
         raise InvalidConfiguration(
-            f"customConfiguration.{name}",
-            'expected an object of resource name to quantity, e.g. {"nvidia.com/gpu": "1"}',
+            where, 'expected an object of resource name to quantity, e.g. {"nvidia.com/gpu": 1}'
         )
-    return {k: str(v) for k, v in value.items()}
+    result = {}
+    for resource, amount in value.items():
+        at = f"{where}.{resource}"
+        if not isinstance(resource, str) or not _RESOURCE.match(resource):
+            raise InvalidConfiguration(at, "expected a resource name such as nvidia.com/gpu")
+        if resource in ("cpu", "memory"):
+            raise InvalidConfiguration(at, f"expected customConfiguration.{resource}Limit instead")
+        count = isinstance(amount, int) and not isinstance(amount, bool) and amount >= 0
+        domain, _, _ = resource.rpartition("/")
+        if domain:
+            if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+                raise InvalidConfiguration(
+                    at, "expected an extended resource outside kubernetes.io"
+                )
+            if not (count or (isinstance(amount, str) and _WHOLE.match(amount))):
+                raise InvalidConfiguration(
+                    at, "expected a whole number: extended resources come in whole units"
+                )
+        elif resource != "ephemeral-storage" and not resource.startswith("hugepages-"):
+            raise InvalidConfiguration(
+                at,
+                "expected ephemeral-storage, hugepages-<size> or an extended resource"
+                " such as nvidia.com/gpu",
+            )
+        elif not (count or (isinstance(amount, str) and _QUANTITY.match(amount))):
+            raise InvalidConfiguration(at, "expected a quantity such as 10Gi")
+        result[resource] = str(amount)
+    return result
 
 
 def normalise_overrides(raw: Any) -> dict[str, Any]:

@@ -9,7 +9,9 @@ completion to the receiver and a presigned URL for uploading the result.
 Failure handling is Kubernetes': ``backoffLimit`` from ``maximumRetries``,
 ``activeDeadlineSeconds`` from ``deadlineSeconds``, and a ``podFailurePolicy`` that fails the
 Job at once on a fatal exit code and, when the template lists transient exit codes, on any
-other code too: then only transient failures are retried.
+other code too: then only transient failures are retried. Such a policy first ignores a pod
+that Kubernetes disrupted (eviction, preemption, a node scaled away): its exit code (137,
+143) says nothing of the algorithm, so the pod is started again without using a retry.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from nexus.core.runs import Checkpoint
 from nexus.core.templates import Workgroup
 
 PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
+DISRUPTION_RULE = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +65,10 @@ def _arguments(template_args: list[str], values: dict[str, str]) -> list[str]:
 
 
 def _exit_code_rule(container: str, operator: str, codes: list[int]) -> dict[str, Any]:
+    values = sorted(set(codes))  # Kubernetes takes them ordered and each once
     return {
         "action": "FailJob",
-        "onExitCodes": {"containerName": container, "operator": operator, "values": sorted(codes)},
+        "onExitCodes": {"containerName": container, "operator": operator, "values": values},
     }
 
 
@@ -138,12 +142,15 @@ def build_job(
         },
     }
     rules = []
-    if config.get("fatalExitCodes"):
-        rules.append(_exit_code_rule(name, "In", config["fatalExitCodes"]))
+    fatal = [code for code in config.get("fatalExitCodes") or () if code]  # 0 is success
+    if fatal:
+        rules.append(_exit_code_rule(name, "In", fatal))
     if config.get("transientExitCodes"):  # then only transient failures are retried
         rules.append(_exit_code_rule(name, "NotIn", config["transientExitCodes"]))
     if rules:
-        spec["podFailurePolicy"] = {"rules": rules}
+        # a pod evicted, preempted or on a node scaled away (exit 137 or 143) is not the
+        # algorithm failing: it is started again, and does not use up a retry
+        spec["podFailurePolicy"] = {"rules": [DISRUPTION_RULE, *rules]}
     metadata: dict[str, Any] = {
         "name": name,
         "labels": labels,

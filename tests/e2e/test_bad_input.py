@@ -188,6 +188,13 @@ async def test_overrides_are_validated_and_older_names_accepted(servers: Servers
         Case("bad alias imageRepository", "customConfiguration.imageRepository", json=overrides(imageRepository="../x")),
         Case("bad alias version", "customConfiguration.version", json=overrides(version="")),
         Case("bad customResources", "customConfiguration.customResources", json=overrides(customResources=["gpu"])),
+        Case("cpu among customResources", "customConfiguration.cpuLimit instead", json=overrides(customResources={"cpu": "4"})),
+        Case("memory among customResources", "customConfiguration.customResources.memory", json=overrides(customResources={"memory": "1"})),
+        Case("an unqualified resource", "customConfiguration.customResources.gpu", json=overrides(customResources={"gpu": 1})),
+        Case("part of an extended resource", "whole units", json=overrides(customResources={"nvidia.com/gpu": "0.5"})),
+        Case("an extended resource in milli-units", "whole units", json=overrides(customResources={"nvidia.com/gpu": "500m"})),
+        Case("a kubernetes.io resource", "kubernetes.io", json=overrides(customResources={"kubernetes.io/gpu": 1})),
+        Case("ephemeral storage not a quantity", "customConfiguration.customResources.ephemeral-storage", json=overrides(customResources={"ephemeral-storage": "lots"})),
         Case("newline after an override", "customConfiguration.versionTag", json=overrides(versionTag="1.0\n")),
         Case("newline after a quantity", "customConfiguration.cpuLimit", json=overrides(cpuLimit="1\n")),
         Case("NUL in an override", "customConfiguration.versionTag", json=overrides(versionTag="1.0\u0000")),
@@ -206,7 +213,11 @@ async def test_overrides_are_validated_and_older_names_accepted(servers: Servers
             "workgroup": "second",
             "deadlineSeconds": 120,
             "maximumRetries": 2,
-            "customResources": {"nvidia.com/gpu": 1},
+            "customResources": {
+                "nvidia.com/gpu": 1,
+                "ephemeral-storage": "10Gi",
+                "hugepages-2Mi": "4Mi",
+            },
         }
         request_id = await check.system.submit("echo", overrides(**older))
         applied = (await check.metadata(request_id))["appliedConfiguration"]
@@ -217,7 +228,11 @@ async def test_overrides_are_validated_and_older_names_accepted(servers: Servers
         assert applied["workgroup"] == "second", applied
         assert applied["deadlineSeconds"] == 120, applied
         assert applied["maximumRetries"] == 2, applied
-        assert applied["customResources"] == {"nvidia.com/gpu": "1"}, applied
+        assert applied["customResources"] == {
+            "nvidia.com/gpu": "1",
+            "ephemeral-storage": "10Gi",
+            "hugepages-2Mi": "4Mi",
+        }, applied
 
         request_id = await check.system.submit("echo", overrides(version="3.1"))
         answer = await check.metadata(request_id)
