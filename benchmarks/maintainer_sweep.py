@@ -192,6 +192,7 @@ async def death_to_adoption(redis_url: str, queued: int, ttl: float) -> dict[str
         # the adoption script alone, for `queued` runs
         await queues.queue("warm-live").heartbeat(600)
         await fill(queues, "warm-dead", queued)
+        await queues.queue("warm-dead").leave()  # as a stopping pod does
         started = time.perf_counter()
         moved = await queues.adopt("warm-dead", "warm-live")
         script_ms = (time.perf_counter() - started) * 1000

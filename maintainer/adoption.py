@@ -69,6 +69,8 @@ class Adopter:
             live = pods.live[self._turn % len(pods.live)]
             self._turn += 1
             moved = await self.queues.adopt(dead, live)
+            if moved is None:  # one of them changed since pods() was read: next round
+                continue
             total += moved
             ADOPTED.labels("queues").inc()
             ADOPTED.labels("runs").inc(moved)

@@ -279,6 +279,7 @@ async def test_adopt_moves_everything_keeping_priorities(backend: QueueBackend) 
 
 async def test_adopt_keeps_each_run_in_one_place(backend: QueueBackend) -> None:
     dead, live = backend.queue("pod-dead"), backend.queue("pod-live")
+    await live.heartbeat(30)
     shared, only_dead, flying_here = run(50), run(60), run(70)
     await dead.push([shared, only_dead, flying_here])
     await live.push([QueuedRun(SHARD, shared.key, 80), flying_here])
@@ -298,6 +299,7 @@ async def test_adopt_keeps_each_run_in_one_place(backend: QueueBackend) -> None:
 
 
 async def test_adopt_of_an_empty_or_unknown_pod(backend: QueueBackend) -> None:
+    await backend.queue("pod-live").heartbeat(30)
     await backend.queue("pod-gone").heartbeat(0.001)
     await asyncio.sleep(0.01)
     assert await backend.adopt("pod-gone", "pod-live") == 0
@@ -308,6 +310,7 @@ async def test_adopt_of_an_empty_or_unknown_pod(backend: QueueBackend) -> None:
 
 
 async def test_adopt_finds_shards_known_only_from_runs_in_flight(backend: QueueBackend) -> None:
+    await backend.queue("pod-live").heartbeat(30)
     dead = backend.queue("pod-dead")
     item = run(7, OTHER)
     await dead.push([item])
@@ -315,6 +318,42 @@ async def test_adopt_finds_shards_known_only_from_runs_in_flight(backend: QueueB
     await backend.client.delete(backend.keys.shards("pod-dead"))  # e.g. lost or edited
     assert await backend.adopt("pod-dead", "pod-live") == 1
     assert await places(backend, "pod-live", item) == ["ready"]
+
+
+async def test_runs_go_only_to_a_pod_alive_then_from_one_dead_then(
+    backend: QueueBackend,
+) -> None:
+    """Two pods that stop together each hand their queue to the other: the one that goes
+    second must not give its runs (the first one's among them) to a pod that has left, where
+    no one would ever pop them. Both stay for the maintainer to adopt into a live pod."""
+    a, b, c = backend.queue("pod-a"), backend.queue("pod-b"), backend.queue("pod-c")
+    for pod in (a, b):
+        await pod.heartbeat(30)
+    mine, theirs = run(1), run(2)
+    await a.push([mine])
+    await b.push([theirs])
+    # both stop; each read the other as alive before either left (as _hand_over reads)
+    assert sorted((await backend.pods()).live) == ["pod-a", "pod-b"]
+    await a.leave()
+    await b.leave()
+    assert await backend.adopt("pod-a", "pod-b") is None  # b has left
+    assert await backend.adopt("pod-b", "pod-a") is None
+    assert await places(backend, "pod-a", mine) == ["ready"]
+    assert await places(backend, "pod-b", theirs) == ["ready"]
+    assert await backend.pods() == Pods(live=[], dead=["pod-a", "pod-b"])
+    # a pod alive again is not adopted from: it may be dispatching its runs
+    await a.heartbeat(30)
+    await c.heartbeat(30)
+    assert await backend.adopt("pod-a", "pod-c") is None
+    assert await places(backend, "pod-a", mine) == ["ready"]
+    # a pod that never registered, or whose heartbeat ran out, takes nothing
+    assert await backend.adopt("pod-b", "pod-never") is None
+    await backend.queue("pod-late").heartbeat(0.001)
+    await asyncio.sleep(0.01)
+    assert await backend.adopt("pod-b", "pod-late") is None
+    # the maintainer's adoption into a live pod moves them
+    assert await backend.adopt("pod-b", "pod-c") == 1
+    assert await places(backend, "pod-c", theirs) == ["ready"]
 
 
 async def adopt_script(backend: QueueBackend, dead: str, live: str, shards: list[str]) -> int:
@@ -330,7 +369,9 @@ async def test_adopt_script_refuses_a_shard_list_missing_a_shard_with_runs(
     backend: QueueBackend,
 ) -> None:
     dead = backend.queue("pod-dead")
-    await dead.heartbeat(0.001)
+    await dead.heartbeat(30)
+    await dead.leave()
+    await backend.queue("pod-live").heartbeat(30)
     third = "shard-c"
     queued, queued_other, flying = run(10), run(20, OTHER), run(30, third)
     await dead.push([queued, queued_other, flying])
@@ -356,6 +397,7 @@ async def test_adopt_reads_the_shards_again_when_one_appears_meanwhile(
 ) -> None:
     dead = backend.queue("pod-dead")
     first, later = run(10), run(20, OTHER)
+    await backend.queue("pod-live").heartbeat(30)
     await dead.push([first])
     told: list[list[str]] = []
     run_script = backend.run
@@ -410,6 +452,7 @@ async def test_a_restarted_pod_queues_its_runs_in_flight_again_ahead_of_newer_on
 
 
 async def test_recover_names_every_shard_it_moves_runs_of(backend: QueueBackend) -> None:
+    await backend.queue("pod-2").heartbeat(30)
     queue = backend.queue("pod-1")
     item = run(7, OTHER)
     await queue.push([item])

@@ -174,10 +174,13 @@ class QueueBackend:
         split = names.index("")
         return Pods(live=names[:split], dead=names[split + 1 :])
 
-    async def adopt(self, dead: str, live: str) -> int:
+    async def adopt(self, dead: str, live: str) -> int | None:
         """Move all runs of pod ``dead`` to pod ``live``'s queues; return how many moved.
 
-        Also a pod's own hand-over when it stops, so ``dead`` need not have expired yet.
+        ``None``, and nothing moved, unless ``live`` is alive and ``dead`` is not, by the
+        Redis clock, when the move is made: a pod that stopped (or left, see
+        :meth:`RunQueue.leave`) since the caller looked takes no runs, as no one would ever
+        pop them. A stopping pod leaves before it hands its own queue over.
         """
         if dead == live:
             raise ValueError(f"pod {dead!r} cannot adopt its own queue")
@@ -201,6 +204,8 @@ class QueueBackend:
             moved = int(await self.run("adopt", keys, [dead, live, *shards]))
             if moved >= 0:
                 return moved
+            if moved == -2:
+                return None
         raise QueueUnavailable(f"the queues of pod {dead} kept changing during adoption")
 
     async def missing(self, shard: str, runs: Sequence[RunKey], pods: Iterable[str]) -> set[RunKey]:
@@ -256,6 +261,14 @@ class RunQueue:
     async def heartbeat(self, ttl: float) -> None:
         """Register this pod as alive for ``ttl`` seconds."""
         await self.backend.run("heartbeat", [self._keys.pods], [self.pod, int(ttl * 1000)])
+
+    async def leave(self) -> None:
+        """Count this pod as dead from now on (it stops): no queue is handed to it, and the
+        maintainer may adopt its own at once."""
+        try:
+            await self.backend.client.zadd(self._keys.pods, {self.pod: 0}, xx=True)
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
 
     async def push(self, runs: Sequence[QueuedRun]) -> None:
         """Put ``runs`` on this pod's queues (one script per shard, pipelined)."""

@@ -197,12 +197,16 @@ async def _measure_depth(
 async def _hand_over(queues: QueueBackend, queue: RunQueue) -> None:
     """Give this pod's runs to a live pod, so that nothing waits for the maintainer."""
     try:
+        await queue.leave()  # so that no pod stopping with this one hands its queue here
         pods = await queues.pods()
         others = [p for p in pods.live if p != queue.pod]
         if not others:
             log.info("no live pod to hand the queue to; the maintainer will adopt it")
             return
         moved = await queues.adopt(queue.pod, others[0])
+        if moved is None:
+            log.info("the pod to hand the queue to stopped; the maintainer will adopt it")
+            return
         log.info("queue handed over", extra={"to": others[0], "runs": moved})
     except DependencyError as exc:
         log.warning("queue hand-over failed; the maintainer will adopt it: %s", exc)

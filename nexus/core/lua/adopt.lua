@@ -5,9 +5,18 @@
 -- KEYS: pods, dead-shards, dead-inflight, live-shards, live-inflight,
 --       then per shard: dead-ready, dead-delayed, live-ready
 -- ARGV: dead-pod, live-pod, shard1, shard2, ...
--- Returns how many runs moved, or -1 (and changes nothing) when the dead pod has runs for a
--- shard that is not listed: the caller read its shards before they changed, and retries.
+-- Returns how many runs moved, or changes nothing and returns -1 when the dead pod has runs
+-- for a shard that is not listed (the caller read its shards before they changed, and
+-- retries), or -2 when, by the Redis clock, the live pod is not alive (it stopped, or handed
+-- its own queue over, since the caller looked) or the dead pod is alive again.
 local pods, dead_shards, dead_inflight = KEYS[1], KEYS[2], KEYS[3]
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
+local dead_until = redis.call('ZSCORE', pods, ARGV[1])
+local live_until = redis.call('ZSCORE', pods, ARGV[2])
+if (dead_until and tonumber(dead_until) >= now) or not live_until or tonumber(live_until) < now then
+  return -2
+end
 local live_shards, live_inflight = KEYS[4], KEYS[5]
 local targets = {}
 for s = 3, #ARGV do
