@@ -461,6 +461,12 @@ async def test_a_429_carries_the_servers_retry_after(stand_in: tuple[Path, dict[
         with pytest.raises(ShardThrottled) as caught:
             await client.delete_job("x")
         assert caught.value.retry_after == 7.0
+        # what is not a number of seconds waits 1 s; what is more waits at most a minute
+        for said, waited in (("inf", 60.0), ("1e12", 60.0), ("nan", 1.0), ("-5", 0.0),
+                             ("Wed, 21 Oct 2026 07:28:00 GMT", 1.0)):  # fmt: skip
+            behaviour["POST"] = (429, busy, {"Retry-After": said})
+            result = await client.create_job(job("x"))
+            assert (result.status, result.retry_after) == (429, waited), said
         behaviour["DELETE"] = (403, b"forbidden\x00 by policy")  # not a Status: raw text
         with pytest.raises(ShardRejected) as refused:
             await client.delete_job("x")

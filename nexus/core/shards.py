@@ -21,6 +21,7 @@ Answers are mapped to outcomes, not exceptions, where the caller decides per sta
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -100,13 +101,21 @@ class ResourceExpired(Exception):
     """A watch's resourceVersion is too old (410 Gone): relist, then watch again."""
 
 
+MAX_RETRY_AFTER = 60.0
+"""Longest wait a shard's Retry-After can impose; the next 429 asks again."""
+
+
 def _retry_after(headers: Mapping[str, str]) -> float:
-    """Seconds the server asks to wait (names in lower case: aiohttp's headers match any
-    case, the lean client's are lower case)."""
+    """Seconds the server asks to wait, 0 to :data:`MAX_RETRY_AFTER` (1 when it says
+    nothing usable; names in lower case: aiohttp's headers match any case, the lean
+    client's are lower case)."""
     try:
-        return max(0.0, float(headers.get("retry-after", "1")))
+        seconds = float(headers.get("retry-after", "1"))
     except ValueError:
         return 1.0
+    if math.isnan(seconds):
+        return 1.0
+    return min(MAX_RETRY_AFTER, max(0.0, seconds))
 
 
 def _tls_context(configuration: Configuration) -> ssl.SSLContext:
