@@ -113,8 +113,8 @@ class Dispatch:
     stopping: asyncio.Event
     task: asyncio.Task[None]
 
-    async def submit(self) -> NewRun:
-        config = apply(self.catalog.templates["echo"], {}, self.catalog)
+    async def submit(self, config: dict[str, Any] | None = None) -> NewRun:
+        config = config or apply(self.catalog.templates["echo"], {}, self.catalog)
         run = NewRun(
             algorithm="echo",
             id=uuid.uuid4(),
@@ -224,6 +224,38 @@ async def test_server_errors_and_401_are_retried_until_the_job_is_made(options: 
         stored = await d.settled(run, Stage.RUNNING)
         assert stand_in.creations(str(run.id)) == 3
         assert (stored.attempts, stored.job_uid, stored.shard) == (2, f"uid-{run.id}", SHARD)
+
+
+async def test_a_run_whose_workgroup_is_gone_gets_no_job_without_its_placement(
+    options: Options,
+) -> None:
+    """The workgroup's tolerations and affinity place the pods: a run whose workgroup was
+    deleted (or became invalid) since it was accepted is tried again, so a workgroup being
+    replaced is found, and failed once its attempts are used up."""
+    stand_in = StandIn()
+    async with dispatching(*options, stand_in, max_dispatch_attempts=4) as d:
+        config = apply(d.catalog.templates["echo"], {}, d.catalog)
+        replaced = workgroup("default", SHARD)
+        replaced["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
+        del d.catalog.workgroups["default"]
+        waiting = await d.submit(config)
+        for _ in range(250):  # until a first attempt was counted, for 5 s at most
+            if (await d.checkpoint(waiting)).attempts >= 1:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError("the run was never tried")
+        assert stand_in.creations(str(waiting.id)) == 0
+        d.catalog.workgroups["default"] = parse_workgroup(replaced)  # back, as replaced
+        await d.settled(waiting, Stage.RUNNING)
+        job = stand_in.jobs[str(waiting.id)]
+        assert job["spec"]["template"]["spec"]["tolerations"] == replaced["spec"]["tolerations"]
+        del d.catalog.workgroups["default"]
+        gone = await d.submit(config)
+        failed = await d.settled(gone, Stage.SCHEDULING_FAILED)
+        assert failed.failure_details is not None
+        assert "workgroup 'default' is gone" in failed.failure_details, failed.failure_details
+        assert stand_in.creations(str(gone.id)) == 0
 
 
 async def test_a_refusal_fails_the_run_with_the_shards_message(options: Options) -> None:

@@ -4,8 +4,10 @@
 parsed here into frozen dataclasses; a :class:`Catalog` keeps the current ones in memory
 (the scheduler fills it from a watch). When a run is accepted, its template, the request's
 ``customConfiguration`` overrides and the workgroup are folded into one flat *applied
-configuration*, stored with the checkpoint: the run is dispatched exactly as it was accepted,
-even if the template changes in between.
+configuration*, stored with the checkpoint: the run is dispatched as it was accepted, even
+if the template changes in between. Only the workgroup's placement (tolerations, affinity)
+is read when the Job is made, so an edit reaches runs still queued; a run whose workgroup is
+gone by then gets no Job (see the dispatcher).
 
 Overrides are validated field by field; an error names the field (``customConfiguration.
 cpuLimit``) and what was expected. Older clients' names (``imageRepository``, ``imageTag``,

@@ -46,7 +46,7 @@ from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
-from nexus.core.templates import Catalog
+from nexus.core.templates import Catalog, Workgroup
 from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -281,7 +281,15 @@ class Dispatcher:
     ) -> Outcome:
         try:
             try:
-                body = self._job(shard, checkpoint, parent)
+                name = checkpoint.applied_configuration["workgroup"]
+                workgroup = self.catalog.workgroup(name)
+                if workgroup is None:
+                    # Its tolerations and affinity place the pods: without them they would
+                    # run anywhere. Tried again (it may be being replaced), then failed.
+                    CREATES.labels(shard, "failed").inc()
+                    message = f"workgroup {name!r} is gone (deleted, or no longer valid)"
+                    return Outcome(run, checkpoint, "failed", message=message)
+                body = self._job(shard, checkpoint, parent, workgroup)
             except (KeyError, TypeError, ValueError) as exc:
                 # A checkpoint written by hand or by an older version: it will never make
                 # a Job, and it must not stop the dispatch of every other run.
@@ -323,14 +331,15 @@ class Dispatcher:
         log.info("the last failed attempt had created the job", extra={"shard": shard})
         return replace(failed, kind="created", uid=uid, message="")
 
-    def _job(self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None) -> bytes:
+    def _job(
+        self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None, workgroup: Workgroup
+    ) -> bytes:
         links = RunLinks(
             input_url=self.links.input_url(checkpoint),
             result_upload_url=self.links.result_upload_url(checkpoint),
             receiver_url=self.links.receiver_url(shard),
             run_token=self.links.run_token(checkpoint),
         )
-        workgroup = self.catalog.workgroup(checkpoint.applied_configuration["workgroup"])
         job = build_job(
             checkpoint,
             links,
