@@ -71,6 +71,29 @@ def test_presign_object_equals_the_general_presign(key: str, method: str) -> Non
     assert fast == general
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://s3.example.com:443",  # a default port: not in the signed Host
+        "http://127.0.0.1:80/",
+        "http://gw.example.com:9000/s3",  # S3 served under a path prefix
+        "https://gw.example.com/storage/s3/",
+    ],
+)
+def test_presigned_urls_of_any_endpoint_match_botocore(endpoint: str) -> None:
+    url = sigv4.object_url(endpoint, "bucket-a", "dir/a b.json")
+    for method in ("GET", "PUT"):
+        request = botocore.awsrequest.AWSRequest(method=method, url=url)
+        botocore.auth.S3SigV4QueryAuth(CREDENTIALS, "s3", "eu-west-1", expires=900).add_auth(
+            request
+        )
+        assert SIGNER.presign(method, url, expires_in=900, now=NOW) == request.url
+        fast = SIGNER.presign_object(
+            method, endpoint, "bucket-a", "dir/a b.json", expires_in=900, now=NOW
+        )
+        assert fast == request.url
+
+
 def test_uri_encode_is_quote_with_only_unreserved_characters_kept() -> None:
     """Every ASCII character (and some beyond) encodes as urllib's quote() encodes it."""
     from urllib.parse import quote

@@ -19,6 +19,7 @@ A day's signing key is derived once and kept as a :class:`~nexus.core.signing.Hm
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import http.client
@@ -88,7 +89,7 @@ class Signer:
         stamp = _timestamp(now)
         parts = urlsplit(url)
         signed = {k.lower(): " ".join(v.split()) for k, v in (headers or {}).items()}
-        signed["host"] = parts.netloc
+        signed["host"] = _signed_host(parts.scheme, parts.netloc)
         signed["x-amz-date"] = stamp
         signed["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
         canonical, names = self._canonical(
@@ -120,7 +121,11 @@ class Signer:
             ("X-Amz-SignedHeaders", "host"),
         ]
         canonical, _ = self._canonical(
-            method, parts.path, query, {"host": parts.netloc}, UNSIGNED_PAYLOAD
+            method,
+            parts.path,
+            query,
+            {"host": _signed_host(parts.scheme, parts.netloc)},
+            UNSIGNED_PAYLOAD,
         )
         query.append(("X-Amz-Signature", self._signature(stamp, scope, canonical)))
         encoded = "&".join(f"{uri_encode(k)}={uri_encode(v)}" for k, v in query)
@@ -143,9 +148,8 @@ class Signer:
             raise ValueError(f"expires_in must be 1..{MAX_PRESIGN_SECONDS} s, not {expires_in}")
         stamp = _timestamp(now)
         day = stamp[:8]
-        origin = endpoint_url.rstrip("/")
-        host = origin.split("://", 1)[1]
-        path = f"/{uri_encode(bucket)}/{uri_encode(key, keep_slash=True)}"
+        origin, host, prefix = _endpoint(endpoint_url)
+        path = f"{prefix}/{uri_encode(bucket)}/{uri_encode(key, keep_slash=True)}"
         credential = uri_encode(f"{self.access_key_id}/{self._scope(stamp)}")
         # Already in canonical (sorted) order: Algorithm, Credential, Date, Expires, SignedHeaders.
         query = (
@@ -204,6 +208,24 @@ class Signer:
             [ALGORITHM, stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()]
         )
         return self._day_key(stamp[:8]).digest(to_sign.encode()).hex()
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def _signed_host(scheme: str, netloc: str) -> str:
+    """The Host header a client sends for ``netloc``: without the scheme's default port
+    (as botocore signs it; clients leave it out even when the URL names it)."""
+    return netloc.removesuffix(_DEFAULT_PORTS.get(scheme.lower(), "\0"))
+
+
+@functools.lru_cache(maxsize=16)
+def _endpoint(endpoint_url: str) -> tuple[str, str, str]:
+    """``endpoint_url`` as (scheme://host[:port], signed host, path prefix, percent-encoded),
+    e.g. a gateway serving S3 under ``/s3``."""
+    parts = urlsplit(endpoint_url.rstrip("/"))
+    prefix = uri_encode(parts.path, keep_slash=True)
+    return f"{parts.scheme}://{parts.netloc}", _signed_host(parts.scheme, parts.netloc), prefix
 
 
 def object_url(endpoint_url: str, bucket: str = "", key: str = "") -> str:
