@@ -60,6 +60,11 @@ def refused(auth: Authenticator, header: str | None, algorithm: str = "echo") ->
         ({"service_tokens": (), "jwt_hs256_secret": ""}, "NEXUS__AUTH__SERVICE_TOKENS"),
         ({"jwt_issuer": ""}, "NEXUS__AUTH__JWT_ISSUER"),
         ({"service_tokens": (ServiceToken("ops", TOKEN),)}, "'ops'"),
+        ({"jwt_rs256_public_key": "not a PEM key"}, "NEXUS__AUTH__JWT_RS256_PUBLIC_KEY"),
+        (
+            {"jwt_hs256_secret": "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 me@host"},
+            "NEXUS__AUTH__JWT_HS256_SECRET",
+        ),
     ],
 )
 def test_configuration_errors_name_the_setting(settings: dict[str, Any], names: str) -> None:
@@ -148,6 +153,8 @@ def test_valid_hs256_and_rs256_jwts_are_accepted(rsa_keys: tuple[bytes, str, byt
         ("alg none", "none"),
         ("RS256 signed by another key", "signature"),
         ("expired beyond the leeway", "expired"),
+        ("a blank subject", "sub claim must name the caller"),
+        ("a subject not a string", "subject must be a string"),
     ],
 )
 def test_a_forged_or_stale_jwt_gets_401_naming_the_problem(
@@ -164,6 +171,8 @@ def test_a_forged_or_stale_jwt_gets_401_naming_the_problem(
         "alg none": unsigned(claims),
         "RS256 signed by another key": jwt.encode(claims, other, "RS256"),
         "expired beyond the leeway": token(exp=now - 31),
+        "a blank subject": token(sub=" "),
+        "a subject not a string": jwt.encode({**claims, "sub": ["a"]}, SECRET, "HS256"),
     }[case]
     auth = authenticator(jwt_rs256_public_key=public, jwt_leeway=30)
     error = refused(auth, f"Bearer {credential}")
@@ -222,6 +231,19 @@ def test_a_verified_jwt_is_served_from_the_cache(decoded: list[str]) -> None:
     for _ in range(2):  # a refused JWT is not remembered as accepted
         assert refused(auth, f"Bearer {forged}").status == 401
     assert decoded == [first, second, forged, forged]
+
+
+def test_the_cache_forgets_the_least_recently_used_jwt(
+    decoded: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(authentication, "_CACHE_SIZE", 2)
+    auth = authenticator()
+    busy, other, third = token(sub="busy"), token(sub="other"), token(sub="third")
+    for credential in (busy, other, busy, third):  # busy used after other: other goes
+        auth.authenticate(f"Bearer {credential}")
+    assert decoded == [busy, other, third]
+    auth.authenticate(f"Bearer {busy}")
+    assert decoded == [busy, other, third]
 
 
 @pytest.mark.parametrize("leeway", [0, 30])

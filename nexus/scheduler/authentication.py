@@ -20,8 +20,10 @@ import hashlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
@@ -39,6 +41,15 @@ class Principal:
 
     def may_run(self, algorithm: str) -> bool:
         return "*" in self.algorithms or algorithm in self.algorithms
+
+
+def _prepared(algorithm: HMACAlgorithm | RSAAlgorithm, key: str, setting: str) -> Any:
+    """The key as PyJWT verifies with it, prepared once, so that a key it cannot use stops
+    the start with a message instead of failing requests."""
+    try:
+        return algorithm.prepare_key(key)
+    except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{setting}: not a usable key ({exc})") from exc
 
 
 def _unauthorized(message: str) -> ApiError:
@@ -59,15 +70,23 @@ class Authenticator:
                     f"NEXUS__AUTH__SERVICE_TOKENS: the token of {token.caller!r} must be given"
                     " as its 64-character hex SHA-256"
                 )
-        self._keys: dict[str, str] = {}
+        self._keys: dict[str, Any] = {}
         if settings.jwt_hs256_secret:
             if len(settings.jwt_hs256_secret.encode()) < 32:  # RFC 7518 §3.2
                 raise ConfigError(
                     "NEXUS__AUTH__JWT_HS256_SECRET: expected at least 32 bytes for HS256"
                 )
-            self._keys["HS256"] = settings.jwt_hs256_secret
+            self._keys["HS256"] = _prepared(
+                HMACAlgorithm(HMACAlgorithm.SHA256),
+                settings.jwt_hs256_secret,
+                "NEXUS__AUTH__JWT_HS256_SECRET",
+            )
         if settings.jwt_rs256_public_key:
-            self._keys["RS256"] = settings.jwt_rs256_public_key
+            self._keys["RS256"] = _prepared(
+                RSAAlgorithm(RSAAlgorithm.SHA256),
+                settings.jwt_rs256_public_key,
+                "NEXUS__AUTH__JWT_RS256_PUBLIC_KEY",
+            )
         if self._keys and not settings.jwt_issuer:
             raise ConfigError("NEXUS__AUTH__JWT_ISSUER: required when JWTs are enabled")
         if not self._tokens and not self._keys:
@@ -100,6 +119,7 @@ class Authenticator:
         if cached is not None:
             principal, expires = cached
             if now < expires + self._settings.jwt_leeway:
+                self._verified.move_to_end(token)  # the least recently used goes first
                 return principal
             del self._verified[token]
         s = self._settings
@@ -128,7 +148,10 @@ class Authenticator:
             raise _unauthorized(
                 f"the JWT's {s.jwt_algorithms_claim} claim must be a list of algorithm names"
             )
-        principal = Principal(str(claims[s.jwt_caller_claim]), frozenset(allowed))
+        caller = claims[s.jwt_caller_claim]
+        if not isinstance(caller, str) or not caller.strip():
+            raise _unauthorized(f"the JWT's {s.jwt_caller_claim} claim must name the caller")
+        principal = Principal(caller, frozenset(allowed))
         self._verified[token] = (principal, float(claims["exp"]))
         if len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)
