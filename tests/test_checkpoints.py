@@ -287,6 +287,42 @@ async def test_concurrent_writers_racing_on_one_run_leave_one_winner(
             await s.close()
 
 
+async def test_a_change_waiting_for_another_writer_is_judged_by_the_stage_it_left(
+    store: CheckpointStore, postgres_dsn: str
+) -> None:
+    """A cancel that waits for the lock of a dispatcher writing RUNNING must then apply
+    (RUNNING may be cancelled too). PostgreSQL rechecks a waiting UPDATE against the new
+    row, and, were the allowed-moves lookup a join, against the move it first matched
+    (BUFFERED to CANCELLED): the cancel was dropped, and answered 409."""
+    holder = await asyncpg.connect(postgres_dsn)
+    try:
+        run = new_run()
+        await store.insert(run)
+        async with holder.transaction():
+            await holder.execute(
+                "UPDATE runs SET lifecycle_stage = 'RUNNING' WHERE algorithm = $1 AND id = $2",
+                run.algorithm,
+                run.id,
+            )
+            cancel = asyncio.create_task(
+                store.transition(Transition(run.algorithm, run.id, Stage.CANCELLED, cause="c"))
+            )
+            for _ in range(100):  # until the cancel waits for the row's lock
+                waiting = await holder.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.02)
+            assert waiting and not cancel.done()
+        assert await cancel
+        stored = await store.get(run.algorithm, run.id)
+        assert stored is not None and stored.stage == Stage.CANCELLED
+    finally:
+        await holder.close()
+
+
 async def test_a_run_named_twice_in_one_batch_gets_both_changes(store: CheckpointStore) -> None:
     run = new_run()
     await store.insert(run)

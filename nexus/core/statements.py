@@ -43,7 +43,11 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # share runs then take their locks in the same order and cannot deadlock each other. (A
 # CTE that locks first and a join that updates after is no alternative: when a concurrent
 # writer changes a row in between, PostgreSQL's recheck of the join can drop the row, and
-# a transition that should apply silently does not.)
+# a transition that should apply silently does not.) For the same reason the allowed-moves
+# lookup is kept a subquery (OFFSET 0 stops PostgreSQL making it a join): an UPDATE that
+# waited for a row rechecks the new row against the rows it had joined, so a join would
+# judge a cancel against the move it first matched (BUFFERED to CANCELLED) when the row
+# has become RUNNING meanwhile, and drop it; the subquery is asked again.
 TRANSITION = """
 UPDATE runs r SET
     lifecycle_stage = u.to_stage,
@@ -62,7 +66,7 @@ FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text
 WHERE r.algorithm = u.algorithm AND r.id = u.id
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
   AND EXISTS (SELECT 1 FROM run_transitions t
-              WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+              WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage OFFSET 0)
 RETURNING r.algorithm, r.id
 """
 
