@@ -524,18 +524,27 @@ async def test_a_key_whose_first_run_is_gone_fails_only_its_own_insert(
     assert await store.get(duplicate.algorithm, duplicate.id) is None
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        ConnectionResetError("connection reset by peer"),
+        asyncpg.DeadlockDetectedError("deadlock detected"),  # expiring keys, say
+        asyncpg.DataError("a value the lookup cannot take"),
+    ],
+)
 async def test_a_store_lost_after_the_insert_fails_only_the_duplicates(
-    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
-    """The connection breaks while a batch's duplicates are looked up, after its INSERT
+    """The store fails while a batch's duplicates are looked up, after its INSERT
     committed: the runs it inserted are answered as stored (they are), the duplicate is
-    told to retry."""
+    told to retry. (A data error must not send the batch to be written run by run: its
+    runs, inserted already, would then read as duplicates of themselves.)"""
     await store.insert(new_run(key="twice"))
 
-    async def connection_lost(*args: object) -> None:
-        raise ConnectionResetError("connection reset by peer")
+    async def fails(*args: object) -> None:
+        raise failure
 
-    monkeypatch.setattr(store, "_resolve_conflicts", connection_lost)
+    monkeypatch.setattr(store, "_resolve_conflicts", fails)
     fresh, duplicate = new_run(), new_run(key="twice")
     answers = await asyncio.gather(
         store.insert(fresh), store.insert(duplicate), return_exceptions=True

@@ -323,8 +323,11 @@ class CheckpointStore:
             if losers:
                 try:
                     await self._resolve_conflicts(conn, runs, losers, results)
-                except _CONNECTION_ERRORS as exc:
-                    # the INSERT has committed: its runs are stored, only the others fail
+                except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                    # The INSERT has committed: its runs are stored, only the others fail
+                    # (whatever the error: a deadlock expiring keys, say). Not a data
+                    # error for the caller either: written again run by run, the stored
+                    # runs would read as duplicates of themselves.
                     for i in losers:
                         results[i] = StoreUnavailable(f"checkpoint store unavailable: {exc}")
         return results
