@@ -72,7 +72,8 @@ ALLOWED: frozenset[tuple[Stage, Stage]] = frozenset(
         (Stage.BUFFERED, Stage.SCHEDULING_FAILED),
         (Stage.BUFFERED, Stage.DEADLINE_EXCEEDED),
         (Stage.BUFFERED, Stage.CANCELLED),
-        # a second RUNNING (the watch seeing the pod start) only fills in what is missing
+        # a second RUNNING: the dispatcher recording its Job after the watch saw its pod
+        # start (the watch writes only over BUFFERED); the same Job, so the same facts
         (Stage.RUNNING, Stage.RUNNING),
         (Stage.RUNNING, Stage.COMPLETED),
         (Stage.RUNNING, Stage.FAILED),
