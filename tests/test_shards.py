@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 import pytest_asyncio
 import yaml
 from aiohttp import web
+from kubernetes_asyncio import config as kube_config
 from support.standin import stand_in_shard
 
+from nexus.core import shards
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.shards import (
     JOBS,
@@ -426,6 +429,73 @@ async def stand_in(tmp_path: Path) -> AsyncIterator[tuple[Path, dict[str, Any]]]
     app.router.add_route("*", "/{tail:.*}", handle)
     async with stand_in_shard(app, tmp_path) as path:
         yield path, behaviour
+
+
+PLUGIN = """
+import json, pathlib, sys, datetime
+count = pathlib.Path(sys.argv[1])
+n = int(count.read_text()) + 1 if count.exists() else 1
+count.write_text(str(n))
+soon = datetime.datetime.now(datetime.UTC) + datetime.timedelta(minutes=1)
+print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+                  "status": {"token": f"token-{n}",
+                             "expirationTimestamp": soon.strftime("%Y-%m-%dT%H:%M:%SZ")}}))
+"""
+
+
+async def test_an_exec_plugins_token_is_loaded_again_before_it_expires(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exec plugin (EKS, GKE, OIDC helpers) hands out tokens that expire within
+    minutes: the client asks it again, or every call would soon be refused."""
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"kind": "Job", "metadata": {"name": "x", "uid": "u"}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    async with stand_in_shard(app, tmp_path) as path:
+        config = yaml.safe_load(path.read_text())
+        (tmp_path / "plugin.py").write_text(PLUGIN)
+        config["users"][0]["user"] = {
+            "exec": {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "command": sys.executable,
+                "args": [str(tmp_path / "plugin.py"), str(tmp_path / "count")],
+                "interactiveMode": "Never",
+            }
+        }
+        path.write_text(yaml.safe_dump(config))
+        client = await ShardClient.from_kubeconfig("s", path, NS)
+        try:
+            await client.get(JOBS, "x")
+            assert (await client.create_job(job("x"))).created  # the lean path too
+            # the token expires within the skew kubernetes-asyncio allows: asked again
+            monkeypatch.setattr(shards, "CREDENTIALS_CHECK", 0.0)
+            await client.get(JOBS, "x")
+            assert (await client.create_job(job("x"))).created
+        finally:
+            await client.close()
+    assert seen == ["Bearer token-1", "Bearer token-1", "Bearer token-2", "Bearer token-3"]
+
+
+async def test_credentials_that_cannot_be_loaded_make_the_shard_unavailable(
+    stand_in: tuple[Path, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, _ = stand_in
+    client = await ShardClient.from_kubeconfig("s", path, NS)
+    try:
+
+        async def unreadable(*args: Any, **kwargs: Any) -> None:
+            raise kube_config.ConfigException("Token file exists but empty.")
+
+        monkeypatch.setattr(client._api, "call_api", unreadable)
+        with pytest.raises(ShardUnavailable, match="Token file exists but empty"):
+            await client.get(JOBS, "x")
+    finally:
+        await client.close()
 
 
 async def test_server_errors(stand_in: tuple[Path, dict[str, Any]]) -> None:

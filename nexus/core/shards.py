@@ -2,7 +2,8 @@
 
 A :class:`ShardClient` is one cluster reached through a kubeconfig file (or the in-cluster
 service account). kubernetes-asyncio loads the configuration, authenticates (tokens, client
-certificates, exec plugins and their refresh) and owns the connection pool; Nexus uses it
+certificates, exec plugins; the client loads expiring credentials again, see
+:meth:`ShardClient._fresh_credentials`) and owns the connection pool; Nexus uses it
 *raw*: requests go through ``ApiClient.call_api(..., _preload_content=False)`` and answers
 are parsed with orjson into plain dicts, because model deserialisation costs ~100 µs per
 object and Nexus never needs the models. The client's aiohttp session is rebuilt with
@@ -21,8 +22,10 @@ Answers are mapped to outcomes, not exceptions, where the caller decides per sta
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import ssl
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +35,12 @@ import aiohttp
 import orjson
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
+
+log = logging.getLogger(__name__)
 
 _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -101,6 +107,8 @@ class ResourceExpired(Exception):
     """A watch's resourceVersion is too old (410 Gone): relist, then watch again."""
 
 
+CREDENTIALS_CHECK = 30.0
+"""Seconds between looks at whether a shard's credentials need loading again."""
 MAX_RETRY_AFTER = 60.0
 """Longest wait a shard's Retry-After can impose; the next 429 asks again."""
 
@@ -146,10 +154,19 @@ def _message(body: bytes) -> str:
 class ShardClient:
     """One Kubernetes cluster, used without model (de)serialisation."""
 
-    def __init__(self, name: str, api: ApiClient, namespace: str, timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        api: ApiClient,
+        namespace: str,
+        timeout: float,
+        credentials: KubeConfigLoader | None = None,
+    ) -> None:
         self.name = name
         self.namespace = namespace
         self._api = api
+        self._credentials = credentials
+        self._credentials_checked = time.monotonic()
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._host: str = api.configuration.host or ""
         old = api.rest_client.pool_manager
@@ -178,11 +195,11 @@ class ShardClient:
         cls, name: str, path: Path, namespace: str, timeout: float = 10.0
     ) -> ShardClient:
         configuration = Configuration()
-        await kube_config.load_kube_config(
+        loader = await kube_config.load_kube_config(
             config_file=str(path), client_configuration=configuration, persist_config=False
         )
         configuration.connection_pool_maxsize = 256
-        return cls(name, ApiClient(configuration), namespace, timeout)
+        return cls(name, ApiClient(configuration), namespace, timeout, loader)
 
     @classmethod
     async def in_cluster(cls, name: str, namespace: str, timeout: float = 10.0) -> ShardClient:
@@ -207,7 +224,24 @@ class ShardClient:
             )
         return self._calls
 
+    async def _fresh_credentials(self) -> None:
+        """Credentials that expire (an exec plugin's or OIDC token, GCP's, a token file
+        that is rotated) are loaded again from the kubeconfig every
+        :data:`CREDENTIALS_CHECK` seconds; each loader runs its plugin or refresh only when
+        its token is about to expire. A failure keeps the token in use."""
+        if self._credentials is None:
+            return
+        now = time.monotonic()
+        if now - self._credentials_checked < CREDENTIALS_CHECK:
+            return
+        self._credentials_checked = now  # before the await: concurrent calls do not wait
+        try:
+            await self._credentials.load_and_set(self._api.configuration)
+        except Exception as exc:  # a plugin or an identity provider may raise anything
+            log.warning("cannot refresh the credentials of shard %s: %s", self.name, exc)
+
     async def _auth_headers(self) -> dict[str, str]:
+        await self._fresh_credentials()
         headers = {**_JSON, **self._api.default_headers}
         await self._api.update_params_for_auth(headers, [], ["BearerToken"])
         return headers
@@ -222,6 +256,7 @@ class ShardClient:
         content_type: str = "application/json",
         timeout: aiohttp.ClientTimeout | None = None,
     ) -> aiohttp.ClientResponse:
+        await self._fresh_credentials()
         try:
             response: aiohttp.ClientResponse = await self._api.call_api(
                 path,
@@ -233,7 +268,9 @@ class ShardClient:
                 _preload_content=False,
                 _request_timeout=timeout or self._timeout,
             )
-        except _NETWORK_ERRORS as exc:
+        except (*_NETWORK_ERRORS, kube_config.ConfigException) as exc:
+            # credentials that cannot be loaded now (a token file being rotated) are
+            # trouble of the shard's, for a while, like the network's
             raise ShardUnavailable(f"shard {self.name}: {method} {path}: {exc!r}") from exc
         return response
 
