@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -239,6 +240,78 @@ async def test_refused_and_malformed(serve: Serve) -> None:
             await calls.request("GET", "http://127.0.0.1:1/")
     finally:
         await calls.close()
+
+
+HEAD = b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n-6\r\nhello\r\n0\r\n\r\n", "chunk size"),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n", "chunk size"),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", "chunk size"),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", "longer than"),
+        (HEAD + b"Content-Length: -1\r\n\r\nhi", "Content-Length"),
+        (HEAD + b"Content-Length: 0_2\r\n\r\nhi", "Content-Length"),
+        (HEAD + b"Content-Length: +2\r\n\r\nhi", "Content-Length"),
+        (HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nhi!", "Content-Length"),
+        (HEAD + b"Content-Length: 2, 3\r\n\r\nhi!", "Content-Length"),
+        (HEAD + b"Content-Length: 99999999999\r\n\r\nhi", "too large"),
+        (HEAD + b"Transfer-Encoding:\r\n chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", "folding"),
+        (b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nhi", "status"),
+    ],
+)
+async def test_an_answer_framed_wrong_fails_the_call(
+    serve: Serve, raw: bytes, problem: str
+) -> None:
+    """Never a wrong body taken for the answer, nor a loop that never ends."""
+    _, base = await serve(lambda _: raw)
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        with pytest.raises(CallFailed, match=f"malformed answer: .*{problem}"):
+            await asyncio.wait_for(calls.request("GET", f"{base}/"), 5)
+    finally:
+        await calls.close()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        HEAD + b"Content-Length: 2, 2\r\n\r\nhi",
+    ],
+)
+async def test_transfer_encoding_overrides_content_length(serve: Serve, raw: bytes) -> None:
+    _, base = await serve(lambda _: raw)
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        assert await calls.request("GET", f"{base}/") == (200, b"hi")
+    finally:
+        await calls.close()
+
+
+async def test_a_body_read_to_the_close_and_cut_by_a_reset_is_no_answer() -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(HEAD + b"\r\n" + b'{"metadata": {"ui')
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # a reset, not an orderly end
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        with pytest.raises(CallFailed, match="server disconnected"):
+            await calls.request("GET", f"http://127.0.0.1:{port}/")
+    finally:
+        await calls.close()
+        server.close()
 
 
 async def test_redirects_go_through_aiohttp() -> None:

@@ -23,7 +23,10 @@ Guarantees:
   taken ``timeout`` seconds (waiting for a connection included); one sweep a quarter of
   ``timeout`` apart finds such calls.
 * **Answers** with ``Content-Length``, ``chunked`` or read-to-close bodies, and their
-  headers (names in lower case); informational ``1xx`` answers are skipped.
+  headers (names in lower case); informational ``1xx`` answers are skipped. Framing is
+  read strictly (RFC 9112 §6.3): ``Transfer-Encoding`` overrides ``Content-Length``,
+  conflicting lengths, signed or non-digit sizes and folded headers fail the call, a
+  read-to-close body cut by a reset is not an answer, and no body over 64 MiB is read.
 * **TLS** for ``https`` URLs when the client is given an :class:`ssl.SSLContext` (and,
   optionally, the name the server's certificate must carry).
 * **What it does not speak goes to aiohttp:** ``https`` URLs without a context, and calls
@@ -34,6 +37,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections import deque
@@ -46,6 +50,12 @@ import aiohttp
 _CHUNKED = -2
 _TO_CLOSE = -1
 _MAX_HEAD = 64 * 1024
+_MAX_BODY = 64 * 1024**2
+"""Largest answer body read; a larger one fails the call (the answers of the servers this
+client talks to are small: Jobs, S3 replies, run inputs)."""
+_STATUS = re.compile(r"[1-5][0-9][0-9]")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -77,6 +87,7 @@ class _Connection(asyncio.Protocol):
         self.keep_alive = True
         self.headers: dict[str, str] = {}
         self.chunks: list[bytes] = []
+        self.size = 0
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -99,7 +110,7 @@ class _Connection(asyncio.Protocol):
         self.host.lost(self)
         if self.waiter is None:
             return
-        if self.status and self.length == _TO_CLOSE:
+        if self.status and self.length == _TO_CLOSE and exc is None:  # the end of the body
             self._finish(bytes(self.buffer))
         elif self.reused and not self.received:
             self._settle(None, _Stale())
@@ -147,7 +158,7 @@ class _Connection(asyncio.Protocol):
 
     def _parse(self) -> None:
         buffer = self.buffer
-        if not self.status:
+        while not self.status:  # the head, after any informational (1xx) answers
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffer) > _MAX_HEAD:
@@ -156,32 +167,11 @@ class _Connection(asyncio.Protocol):
             lines = buffer[:end].decode("latin-1").split("\r\n")
             del buffer[: end + 4]
             version, status_text = lines[0].split(" ", 2)[:2]
+            if not _STATUS.fullmatch(status_text):
+                raise ValueError(f"status {status_text!r}")
             status = int(status_text)
-            if status < 200:  # 100 Continue and friends: the real answer follows
-                self._parse()
-                return
-            keep_alive = version == "HTTP/1.1"
-            length = _TO_CLOSE
-            headers: dict[str, str] = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name = name.strip().lower()
-                headers[name] = value.strip()
-                if name == "content-length":
-                    length = int(value)
-                elif name == "transfer-encoding" and "chunked" in value.lower():
-                    length = _CHUNKED
-                elif name == "connection":
-                    keep_alive = value.strip().lower() == "keep-alive" or (
-                        keep_alive and value.strip().lower() != "close"
-                    )
-            if self.no_body or status in (204, 304):
-                length = 0
-            if length == _TO_CLOSE:
-                keep_alive = False
-            self.status, self.length, self.keep_alive = status, length, keep_alive
-            self.headers = headers
-            self.chunks = []
+            if status >= 200:
+                self._head(version, status, lines[1:])
         if self.length >= 0:
             if len(buffer) >= self.length:
                 body = bytes(buffer[: self.length])
@@ -189,6 +179,50 @@ class _Connection(asyncio.Protocol):
                 self._finish(body)
         elif self.length == _CHUNKED:
             self._parse_chunks()
+        elif len(buffer) > _MAX_BODY:
+            raise ValueError("answer body too large")
+
+    def _head(self, version: str, status: int, lines: list[str]) -> None:
+        """Read the headers of an answer and how its body is framed (RFC 9112 §6.3)."""
+        keep_alive = version == "HTTP/1.1"
+        headers: dict[str, str] = {}
+        lengths: set[str] = set()
+        codings = ""
+        for line in lines:
+            if line[:1] in (" ", "\t"):
+                raise ValueError("obsolete line folding")
+            name, _, value = line.partition(":")
+            name, value = name.strip().lower(), value.strip()
+            headers[name] = value
+            if name == "content-length":
+                lengths.update(v.strip() for v in value.split(","))
+            elif name == "transfer-encoding":
+                codings = f"{codings},{value}" if codings else value
+            elif name == "connection":
+                keep_alive = value.lower() == "keep-alive" or (
+                    keep_alive and value.lower() != "close"
+                )
+        length = _TO_CLOSE
+        if codings:
+            # chunked last: the body is chunked; anything else: it ends with the connection.
+            # A Content-Length beside it is ignored, and the connection not used again.
+            if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
+                length = _CHUNKED
+            keep_alive = keep_alive and not lengths
+        elif lengths:
+            if len(lengths) > 1 or not _DIGITS.fullmatch(next(iter(lengths))):
+                raise ValueError(f"Content-Length {headers['content-length']!r}")
+            length = int(next(iter(lengths)))
+            if length > _MAX_BODY:
+                raise ValueError("answer body too large")
+        if self.no_body or status in (204, 304):
+            length = 0
+        if length == _TO_CLOSE:
+            keep_alive = False
+        self.status, self.length, self.keep_alive = status, length, keep_alive
+        self.headers = headers
+        self.chunks = []
+        self.size = 0
 
     def _parse_chunks(self) -> None:
         buffer = self.buffer
@@ -196,8 +230,13 @@ class _Connection(asyncio.Protocol):
         while True:
             line_end = buffer.find(b"\r\n", position)
             if line_end < 0:
+                if len(buffer) - position > _MAX_HEAD:
+                    raise ValueError("chunk line too long")
                 break
-            size = int(bytes(buffer[position:line_end]).split(b";", 1)[0], 16)
+            text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
+            if not _HEX.fullmatch(text):
+                raise ValueError(f"chunk size {text[:20]!r}")
+            size = int(text, 16)
             if size == 0:
                 end = buffer.find(b"\r\n\r\n", line_end)
                 if end < 0:
@@ -205,10 +244,17 @@ class _Connection(asyncio.Protocol):
                 del buffer[: end + 4]
                 self._finish(b"".join(self.chunks))
                 return
-            if len(buffer) < line_end + 2 + size + 2:
+            self.size += size
+            if self.size > _MAX_BODY:
+                raise ValueError("answer body too large")
+            data_end = line_end + 2 + size
+            if len(buffer) < data_end + 2:
+                self.size -= size  # counted again when the rest has come
                 break
-            self.chunks.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
-            position = line_end + 2 + size + 2
+            if buffer[data_end : data_end + 2] != b"\r\n":
+                raise ValueError("chunk longer than its size")
+            self.chunks.append(bytes(buffer[line_end + 2 : data_end]))
+            position = data_end + 2
         del buffer[:position]
 
 
