@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import ssl
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from unittest import mock
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -14,6 +16,8 @@ import aiohttp
 import botocore.session
 import pytest
 import pytest_asyncio
+import trustme
+from aiohttp import web
 from botocore.config import Config
 from harness import S3Bucket
 from yarl import URL
@@ -303,3 +307,46 @@ async def test_an_upload_the_store_refuses_names_the_stores_error(s3: S3Bucket) 
             await store.put("k", b"v")
     finally:
         await store.close()
+
+
+async def test_uploads_trust_the_certificates_botocore_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage behind a private certificate authority, named by AWS_CA_BUNDLE (as botocore
+    reads it for every other call): uploads, over their own client, trust it too."""
+    authority = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("127.0.0.1").configure_cert(server_context)
+    bundle = tmp_path / "ca.pem"
+    authority.cert_pem.write_to_path(str(bundle))
+    stored: list[bytes] = []
+
+    async def put(request: web.Request) -> web.Response:
+        stored.append(await request.read())
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_put("/{tail:.*}", put)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_context).start()
+    port = runner.addresses[0][1]
+    settings = StorageSettings(
+        endpoint_url=f"https://127.0.0.1:{port}", access_key_id="k", secret_access_key="s"
+    )
+    try:
+        store = await PayloadStore.open(settings)  # trusting only the usual authorities
+        try:
+            with pytest.raises(StorageUnavailable, match="certificate"):
+                await store.put("inputs/a", b"{}")
+        finally:
+            await store.close()
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(bundle))
+        store = await PayloadStore.open(settings)
+        try:
+            await store.put("inputs/a", b"{}")
+        finally:
+            await store.close()
+        assert stored == [b"{}"]
+    finally:
+        await runner.cleanup()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.httpsession import get_cert_path
 
 from nexus.core import sigv4
 from nexus.core.config import StorageSettings
@@ -122,14 +123,18 @@ class PayloadStore(ObjectNames):
         if settings.access_key_id:
             options["aws_access_key_id"] = settings.access_key_id
             options["aws_secret_access_key"] = settings.secret_access_key
-        client = await stack.enter_async_context(get_session().create_client("s3", **options))
+        session = get_session()
+        client = await stack.enter_async_context(session.create_client("s3", **options))
         uploads = None
         if settings.access_key_id and settings.addressing_style == "path":
             https = (settings.endpoint_url or "https:").startswith("https:")
+            # the certificates botocore trusts (AWS_CA_BUNDLE, a profile's ca_bundle, else
+            # its bundle), so that uploads and downloads agree on what storage may present
+            cafile = session.get_config_variable("ca_bundle") or get_cert_path(True)
             uploads = HttpCalls(
                 limit=settings.max_connections,
                 timeout=_UPLOAD_TIMEOUT,
-                tls=ssl.create_default_context() if https else None,
+                tls=ssl.create_default_context(cafile=cafile) if https else None,
             )
             stack.push_async_callback(uploads.close)
         return cls(client, settings, stack, uploads)
