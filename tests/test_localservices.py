@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -307,6 +308,35 @@ def test_a_failed_start_reports_the_server_log(monkeypatch: pytest.MonkeyPatch) 
         assert server.pid is None
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("kind", [LocalRedis, LocalPostgres, LocalS3])
+def test_a_port_taken_between_its_choice_and_the_start_is_chosen_again(
+    kind: type[LocalRedis | LocalPostgres | LocalS3], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Servers started side by side choose their ports apart: another may bind one first.
+    Each server says so in its own words (SeaweedFS: "Port allocation failed")."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    choose = kind._choose_ports
+    chosen: list[list[int]] = []
+
+    def first_one_taken(self: LocalRedis | LocalPostgres | LocalS3) -> list[int]:
+        ports = choose(self)  # type: ignore[arg-type]
+        if not chosen:
+            ports[0] = taken.getsockname()[1]
+        chosen.append(ports)
+        return ports
+
+    monkeypatch.setattr(kind, "_choose_ports", first_one_taken)
+    server = kind()
+    try:
+        server.start(timeout=60)
+        assert len(chosen) == 2 and server.ports == chosen[1]
+    finally:
+        server.close()
+        taken.close()
 
 
 def test_servers_left_running_are_killed_at_interpreter_exit() -> None:

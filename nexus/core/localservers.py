@@ -88,7 +88,12 @@ class RedisInfo:
 
 
 InfoT = TypeVar("InfoT")
-_PORT_CONFLICT = ("address already in use", "could not bind", "finding alternative")
+_PORT_CONFLICT = (
+    "address already in use",  # Redis, PostgreSQL
+    "could not bind",
+    "finding alternative",  # SeaweedFS moving to another port
+    "port allocation failed",  # SeaweedFS refusing a port it was told to use
+)
 
 
 class LocalServer(Generic[InfoT]):
