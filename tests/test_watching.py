@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -340,3 +341,49 @@ async def test_watches_ended_at_once_do_not_make_a_busy_loop(tmp_path: Path) -> 
             await client.close()
     assert 2 <= watches <= 6  # backing off: 0.5 s, 1 s, 2 s...
     assert len(follower.syncs) == 1
+
+
+async def test_a_watch_that_keeps_expiring_does_not_relist_in_a_loop(tmp_path: Path) -> None:
+    """A list that outlasts the server's history expires its watch at once: after the
+    first relist the next ones back off, as for any failure."""
+    lists = 0
+
+    async def forgetful(request: web.Request) -> web.Response:
+        nonlocal lists
+        if request.query.get("watch") == "true":
+            gone = {"kind": "Status", "code": 410, "reason": "Expired", "message": "too old"}
+            return web.json_response(gone, status=410)
+        lists += 1
+        return web.json_response(EMPTY_LIST)
+
+    async with stand_in(tmp_path, forgetful) as path:
+        client = await ShardClient.from_kubeconfig("forgetful", path, NS, timeout=5)
+        try:
+            async with Follower(client, max_backoff=2) as follower:
+                await follower.until(lambda: bool(follower.syncs))
+                await asyncio.sleep(1.5)
+                await follower.stop()
+        finally:
+            await client.close()
+    assert 2 <= lists <= 5  # relists at once, then after 0.5 s, 1 s, 2 s...
+
+
+async def test_a_throttled_watch_waits_for_its_retry_after(tmp_path: Path) -> None:
+    calls: list[float] = []
+
+    async def busy(request: web.Request) -> web.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            busy_status = {"kind": "Status", "code": 429, "message": "too many requests"}
+            return web.json_response(busy_status, status=429, headers={"Retry-After": "1"})
+        return web.json_response(EMPTY_LIST)
+
+    async with stand_in(tmp_path, busy) as path:
+        client = await ShardClient.from_kubeconfig("busy", path, NS, timeout=5)
+        try:
+            async with Follower(client, max_backoff=0.2) as follower:
+                await follower.until(lambda: bool(follower.syncs), timeout=5)
+                await follower.stop()
+        finally:
+            await client.close()
+    assert calls[1] - calls[0] >= 0.95  # not the 0.2 s backoff

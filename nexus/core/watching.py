@@ -9,9 +9,10 @@ scheduler; Jobs, Pods and Events in the maintainer):
   ``on_event``, remembering the newest version handled (bookmarks included), so that an
   event whose handler failed with a :class:`NexusError` comes again after the retry;
 * when the server ends the watch it resumes from that version; when the version has
-  expired (410 Gone) it relists; when the shard is unreachable it retries with capped
-  exponential backoff and says so in logs and metrics — it never gives up, and it never
-  raises for a failing dependency;
+  expired (410 Gone) it relists (backing off when the watch expires again before any
+  event came); when the shard is unreachable it retries with capped exponential backoff,
+  or after the ``Retry-After`` of a 429, and says so in logs and metrics — it never gives
+  up, and it never raises for a failing dependency;
 * a server that ends watches at once, without events, is met with the same backoff
   instead of a busy loop;
 * it returns promptly when ``stopping`` is set, even in the middle of a list, and leaves no
@@ -28,7 +29,7 @@ from typing import Any
 
 from prometheus_client import Counter
 
-from nexus.core.errors import NexusError
+from nexus.core.errors import NexusError, ShardThrottled
 from nexus.core.shards import Resource, ResourceExpired, ShardClient, WatchEvent
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,11 @@ async def follow(
     version: str | None = None
     failures = 0  # consecutive failed attempts, for the backoff
     idle = 0  # consecutive watches the server ended at once without an event
+    expired = 0  # consecutive relists after a 410 with no event watched in between
 
     async def consume(start: str) -> bool:
         """Watch from ``start`` until the server ends the watch; whether anything came."""
-        nonlocal version, failures
+        nonlocal version, failures, expired
         seen = False
         stream = client.watch(
             resource,
@@ -89,7 +91,7 @@ async def follow(
         )
         async with contextlib.aclosing(stream):  # closes the response if on_event raises
             async for event in stream:
-                failures, seen = 0, True
+                failures, expired, seen = 0, 0, True
                 if event.type != "BOOKMARK":
                     await on_event(event)
                 # only once handled: if on_event fails, the resumed watch brings it again
@@ -136,12 +138,17 @@ async def follow(
                 WATCH_RESTARTS.labels(**labels, reason="expired").inc()
                 log.info("watch expired; relisting", extra=labels)
                 version = None
+                expired += 1
+                if expired > 1:  # the list outlasts the server's history: not in a loop
+                    await _sleep_or_stop(stopping, min(max_backoff, 0.25 * 2 ** min(expired, 10)))
             except NexusError as exc:
                 failures += 1
                 WATCH_RESTARTS.labels(**labels, reason="failed").inc()
                 if on_connected is not None:
                     on_connected(False)
                 delay = min(max_backoff, 0.25 * 2 ** min(failures, 10))
+                if isinstance(exc, ShardThrottled):  # the server says how long
+                    delay = max(delay, exc.retry_after)
                 log.warning(
                     "watch failed; retrying in %.1fs: %s",
                     delay,
