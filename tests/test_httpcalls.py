@@ -199,6 +199,26 @@ async def test_limit_per_host_queues_callers(serve: Serve) -> None:
     assert server.most_open <= 2
 
 
+async def test_close_fails_the_calls_in_flight_and_waiting_and_those_after(serve: Serve) -> None:
+    server, base = await serve(lambda _: None)  # never answers
+    calls = HttpCalls(limit=1, timeout=30.0)
+    in_flight = asyncio.create_task(calls.request("GET", f"{base}/a"))
+    waiting = asyncio.create_task(calls.request("GET", f"{base}/b"))
+    for _ in range(500):  # until the first call is sent, for 5 s at most
+        if server.requests:
+            break
+        await asyncio.sleep(0.01)
+    await calls.close()
+    for task in (in_flight, waiting):
+        with pytest.raises(CallFailed, match="closed"):
+            await asyncio.wait_for(task, 5)
+    with pytest.raises(CallFailed, match="closed"):
+        await calls.request("GET", f"{base}/c")
+    await asyncio.sleep(0.05)
+    assert server.connections == 1  # the waiting call opened none of its own
+    assert server.open == 0  # and nothing was left open
+
+
 async def test_no_answer_times_out(serve: Serve) -> None:
     _, base = await serve(lambda _: None)
     calls = HttpCalls(limit=1, timeout=0.2)

@@ -298,6 +298,10 @@ class _Host:
                     else:
                         self.release(handed)
                 raise
+            if self.client.closed:  # closed while this caller waited: use nothing more
+                if handed is not None:
+                    handed.close()
+                raise CallFailed("the client was closed")
             if handed is not None:
                 handed.reused = True
                 return handed
@@ -366,6 +370,7 @@ class HttpCalls:
         self.hosts: dict[str, _Host] = {}
         """Pools by scheme and authority of the URL, as written (few: parsed once each)."""
         self.busy: set[_Connection] = set()
+        self.closed = False
         self._session: aiohttp.ClientSession | None = None
         self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
 
@@ -387,6 +392,8 @@ class HttpCalls:
     ) -> Answer:
         """The whole answer; :class:`CallFailed` when there is none. ``idempotent``
         overrides the method's own rule for sending again on a stale connection."""
+        if self.closed:
+            raise CallFailed("the client was closed")
         repeatable = method in _IDEMPOTENT if idempotent is None else idempotent
         scheme, _, rest = url.partition("://")
         authority, slash, target = rest.partition("/")
@@ -471,7 +478,15 @@ class HttpCalls:
         self._sweeper = self.loop.call_later(self._sweep_interval(), self._sweep)
 
     async def close(self) -> None:
+        """Fail the calls in flight and those waiting for a connection; close them all.
+        Calls made afterwards fail too."""
+        self.closed = True
         self._sweeper.cancel()
+        for host in self.hosts.values():
+            while host.waiters:
+                _, waiter = host.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(CallFailed("the client was closed"))
         for connection in list(self.busy):
             connection.fail(CallFailed("the client was closed"))
         for host in self.hosts.values():
