@@ -97,13 +97,15 @@ class Actions:
         self._wake = asyncio.Event()
         self._busy = 0  # changes of the last batch tried again
 
-    def submit(self, act: Act) -> None:
-        """Queue ``act`` for the next batch; never waits."""
+    def submit(self, act: Act) -> bool:
+        """Queue ``act`` for the next batch; never waits. ``False`` when the queue is full
+        (the store is far behind): the caller must not count the act as done."""
         if len(self._waiting) >= _MAX_WAITING:
-            DROPPED.inc()  # the store is far behind; sweeps and relists find it again
-            return
+            DROPPED.inc()  # sweeps and relists find it again
+            return False
         self._waiting.append(act)
         self._wake.set()
+        return True
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Write what is submitted until ``stopping``; a failing store is retried."""

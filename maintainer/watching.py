@@ -208,7 +208,10 @@ class ShardWatch:
         if last is None and reason in ("BackoffLimitExceeded", "PodFailurePolicy"):
             last = await self._last_failure(name)
         verdict = failed_verdict(reason, message, last)
-        self._finish(name, algorithm, verdict.stage, verdict.cause, verdict.details, verdict.action)
+        if not self._finish(
+            name, algorithm, verdict.stage, verdict.cause, verdict.details, verdict.action
+        ):
+            self._decided.pop(meta.get("uid", name), None)  # dropped: the next relist decides
 
     def succeeded_at(self, name: str) -> float | None:
         """When the Job ``name`` was seen to succeed, if it did (and is there, or was
@@ -389,13 +392,14 @@ class ShardWatch:
         details: str,
         action: str,
         delete_job: bool = False,
-    ) -> None:
+    ) -> bool:
+        """Submit the run's change; whether it was taken (a full queue drops it)."""
         try:
             run_id = UUID(name)
         except ValueError:
-            return  # labelled like a run, but not named like one: not ours
+            return True  # labelled like a run, but not named like one: not ours
         change = Transition(algorithm, run_id, stage, cause=cause, details=details)
-        self.actions.submit(Act(change, action, self.shard, delete_job))
+        return self.actions.submit(Act(change, action, self.shard, delete_job))
 
 
 def _due(timers: OrderedDict[str, Timer], now: float) -> list[tuple[str, Timer]]:

@@ -28,11 +28,16 @@ class Shard:
 
 
 class Recorded:
-    def __init__(self) -> None:
+    def __init__(self, refuse: int = 0) -> None:
         self.acts: list[Any] = []
+        self.refuse = refuse  # how many acts to drop first, as a full queue does
 
-    def submit(self, act: Any) -> None:
+    def submit(self, act: Any) -> bool:
+        if self.refuse:
+            self.refuse -= 1
+            return False
         self.acts.append(act)
+        return True
 
 
 RUN = str(uuid.uuid4())

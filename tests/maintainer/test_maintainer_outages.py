@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from support.proxy import Proxy, proxied_kubeconfigs
 from support.standin import stand_in_shard
 from support.system import System, local_system, template
-from test_maintainer_filters import COMPLETE, RUN, Recorded, Shard, job
+from test_maintainer_filters import COMPLETE, FAILED, RUN, Recorded, Shard, job
 
 from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection, MaintainerSettings
@@ -260,6 +260,21 @@ async def test_a_success_is_remembered_past_a_relist_that_finds_its_job_gone() -
     assert watch.succeeded_at(RUN) is not None
     await watch._sync_jobs([])
     assert watch.succeeded_at(RUN) is not None and RUN not in watch.jobs
+
+
+async def test_a_verdict_the_full_action_queue_dropped_is_reached_again_by_a_relist() -> None:
+    """A long store outage fills the action queue; a failed Job's verdict dropped then is
+    not remembered as given, so the relist after the outage gives it (not JobLost at the
+    Job's TTL, with the real cause lost)."""
+    actions = Recorded(refuse=1)
+    watch = ShardWatch(Shard(), actions, MaintainerSection())  # type: ignore[arg-type]
+    failed = job([FAILED])
+    await watch._on_job(WatchEvent("MODIFIED", failed))
+    assert actions.acts == []
+    await watch._sync_jobs([failed])
+    assert [a.change.to for a in actions.acts] == [Stage.DEADLINE_EXCEEDED]
+    await watch._sync_jobs([failed])  # once given, not again
+    assert len(actions.acts) == 1
 
 
 def unchanged(action: str) -> float:
