@@ -301,6 +301,28 @@ async def stand_in(
 EMPTY_LIST = {"items": [], "metadata": {"resourceVersion": "1"}}
 
 
+async def follow_stand_in(
+    tmp_path: Path,
+    name: str,
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    *,
+    seconds: float = 0.0,
+    **options: Any,
+) -> Follower:
+    """follow() against a server answering with ``handler``, until its first sync and
+    ``seconds`` more; the follower, stopped, with what it was told."""
+    async with stand_in(tmp_path, handler) as path:
+        client = await ShardClient.from_kubeconfig(name, path, NS, timeout=5)
+        try:
+            async with Follower(client, **options) as follower:
+                await follower.until(lambda: bool(follower.syncs))
+                await asyncio.sleep(seconds)
+                await follower.stop()
+        finally:
+            await client.close()
+    return follower
+
+
 async def test_stops_promptly_during_a_slow_list(tmp_path: Path) -> None:
     release = asyncio.Event()
 
@@ -330,15 +352,7 @@ async def test_watches_ended_at_once_do_not_make_a_busy_loop(tmp_path: Path) -> 
             return web.Response(body=b"", content_type="application/json")
         return web.json_response(EMPTY_LIST)
 
-    async with stand_in(tmp_path, hasty) as path:
-        client = await ShardClient.from_kubeconfig("hasty", path, NS, timeout=5)
-        try:
-            async with Follower(client, max_backoff=2) as follower:
-                await follower.until(lambda: bool(follower.syncs))
-                await asyncio.sleep(1.5)
-                await follower.stop()
-        finally:
-            await client.close()
+    follower = await follow_stand_in(tmp_path, "hasty", hasty, seconds=1.5, max_backoff=2)
     assert 2 <= watches <= 6  # backing off: 0.5 s, 1 s, 2 s...
     assert len(follower.syncs) == 1
 
@@ -356,15 +370,7 @@ async def test_a_watch_that_keeps_expiring_does_not_relist_in_a_loop(tmp_path: P
         lists += 1
         return web.json_response(EMPTY_LIST)
 
-    async with stand_in(tmp_path, forgetful) as path:
-        client = await ShardClient.from_kubeconfig("forgetful", path, NS, timeout=5)
-        try:
-            async with Follower(client, max_backoff=2) as follower:
-                await follower.until(lambda: bool(follower.syncs))
-                await asyncio.sleep(1.5)
-                await follower.stop()
-        finally:
-            await client.close()
+    await follow_stand_in(tmp_path, "forgetful", forgetful, seconds=1.5, max_backoff=2)
     assert 2 <= lists <= 5  # relists at once, then after 0.5 s, 1 s, 2 s...
 
 
@@ -378,12 +384,5 @@ async def test_a_throttled_watch_waits_for_its_retry_after(tmp_path: Path) -> No
             return web.json_response(busy_status, status=429, headers={"Retry-After": "1"})
         return web.json_response(EMPTY_LIST)
 
-    async with stand_in(tmp_path, busy) as path:
-        client = await ShardClient.from_kubeconfig("busy", path, NS, timeout=5)
-        try:
-            async with Follower(client, max_backoff=0.2) as follower:
-                await follower.until(lambda: bool(follower.syncs), timeout=5)
-                await follower.stop()
-        finally:
-            await client.close()
+    await follow_stand_in(tmp_path, "busy", busy, max_backoff=0.2)
     assert calls[1] - calls[0] >= 0.95  # not the 0.2 s backoff

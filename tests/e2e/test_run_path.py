@@ -101,6 +101,23 @@ def env_of(job: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["env"] if "value" in e}
 
 
+def input_urls_of(job: dict[str, Any]) -> list[str]:
+    """The input URLs the Job hands its container (``--sas-uri=``)."""
+    args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+    return [a.removeprefix("--sas-uri=") for a in args if a.startswith("--sas-uri=")]
+
+
+async def payload_redirect(system: System, algorithm: str, request_id: str) -> str:
+    """Where the payload route sends a client for the run's input."""
+    async with system.session.get(
+        f"{system.url}/algorithm/v1.2/payload/{algorithm}/requests/{request_id}",
+        headers=system.headers(),
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 302
+        return response.headers["Location"]
+
+
 # -- failures, cancellation ------------------------------------------------------------------
 
 
@@ -449,19 +466,12 @@ async def test_input_links_are_refused_once_altered_or_expired(servers: Servers)
             request_id = await system.submit(
                 algorithm, {"algorithmParameters": parameters, "payloadValidFor": "2h"}
             )
-            async with system.session.get(
-                f"{system.url}/algorithm/v1.2/payload/{algorithm}/requests/{request_id}",
-                headers=system.headers(),
-                allow_redirects=False,
-            ) as response:
-                assert response.status == 302
-                url = response.headers["Location"]
+            url = await payload_redirect(system, algorithm, request_id)
             await system.wait_for(algorithm, request_id, "RUNNING")
             job = job_of(system, "shard-0", request_id)
             assert job is not None
-            args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-            handed = [a.removeprefix("--sas-uri=") for a in args if a.startswith("--sas-uri=")]
-            assert len(handed) == 1, args
+            handed = input_urls_of(job)
+            assert len(handed) == 1, handed
             for link in (url, *handed):  # to the client, and to the algorithm's container
                 _assert_valid_for(link, 7200, asked, time.time())
             async with system.session.get(url) as response:
@@ -517,18 +527,10 @@ async def test_clients_and_containers_get_urls_of_their_own_address_of_storage(
         assert answer["status"] == "COMPLETED", answer
         job = job_of(system, "shard-0", request_id)
         assert job is not None
-        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
-        handed = [a.removeprefix("--sas-uri=") for a in args if a.startswith("--sas-uri=")]
         upload = env_of(job)["NEXUS__RESULT_UPLOAD_URL"]
-        for url in (*handed, upload):
+        for url in (*input_urls_of(job), upload):
             assert url.startswith(servers.s3.endpoint_url + "/"), url
-        async with system.session.get(
-            f"{system.url}/algorithm/v1.2/payload/stored/requests/{request_id}",
-            headers=system.headers(),
-            allow_redirects=False,
-        ) as response:
-            assert response.status == 302
-            redirect = response.headers["Location"]
+        redirect = await payload_redirect(system, "stored", request_id)
         for url, expected in ((redirect, parameters), (answer["resultUri"], parameters)):
             assert url.startswith(public + "/"), url
             async with system.session.get(url) as response:
