@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
+from support.system import free_port
+
+from nexus.core.config import HttpSettings, load_settings
+from nexus.core.errors import ConfigError
+from nexus.core.lifecycle import LIFECYCLE, create_base_app, run_app
+from receiver.settings import ReceiverSettings
 
 
 def start(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
@@ -81,3 +90,67 @@ async def test_either_signal_stops_cleanly(tmp_path: Path, sig: signal.Signals) 
         process.kill()
     assert process.returncode == 0
     assert out.splitlines()[-1] == "exit 0"
+
+
+async def _serve_until_stopped(http: HttpSettings, check: Callable[[int], Awaitable[None]]) -> None:
+    """Run the base application in this loop, call ``check(api_port)``, then stop it.
+
+    Serving settles the garbage collector for a service's life; the test process gets its
+    own settings back afterwards."""
+    thresholds = gc.get_threshold()
+    app = create_base_app("sample", http)
+    listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    serving = asyncio.create_task(run_app(app, http, on_listening=listening.set_result))
+    try:
+        await check(await asyncio.wait_for(asyncio.shield(listening), 30))
+    finally:
+        app[LIFECYCLE].stop_requested.set()
+        try:
+            assert await serving == 0
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
+
+
+async def test_metrics_are_served_beside_the_api_by_default() -> None:
+    http = HttpSettings(host="127.0.0.1", port=0, drain_delay=0)
+
+    async def check(port: int) -> None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"http://127.0.0.1:{port}/metrics") as response,
+        ):
+            assert response.status == 200
+            assert "python_info" in await response.text()
+
+    await _serve_until_stopped(http, check)
+
+
+async def test_a_metrics_port_serves_metrics_alone_and_takes_them_off_the_api() -> None:
+    metrics_port = free_port()
+    http = HttpSettings(host="127.0.0.1", port=0, drain_delay=0, metrics_port=metrics_port)
+
+    async def check(port: int) -> None:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                assert response.status == 200
+                assert response.content_type == "text/plain"
+                assert "python_info" in await response.text()
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                assert response.status == 404
+            async with session.get(f"http://127.0.0.1:{metrics_port}/health/ready") as response:
+                assert response.status == 404  # probes stay on the API's port
+            async with session.get(f"http://127.0.0.1:{port}/health/ready") as response:
+                assert response.status == 200
+
+    await _serve_until_stopped(http, check)
+    with socket.socket() as probe:  # the metrics listener closed with the service
+        probe.bind(("127.0.0.1", metrics_port))
+
+
+def test_the_metrics_port_is_a_setting() -> None:
+    settings = load_settings(ReceiverSettings, env={"NEXUS__HTTP__METRICS_PORT": "9090"})
+    assert settings.http.metrics_port == 9090
+    assert load_settings(ReceiverSettings, env={}).http.metrics_port is None
+    with pytest.raises(ConfigError, match="NEXUS__HTTP__METRICS_PORT"):
+        load_settings(ReceiverSettings, env={"NEXUS__HTTP__METRICS_PORT": "0"})

@@ -121,6 +121,13 @@ class HttpSettings:
     """Listen address. All interfaces, because in a pod the kubelet probes the pod IP."""
     port: int = field(default=8080, metadata=check(lambda v: 0 <= v < 65536, "a port number"))
     """Listen port; 0 picks a free one (tests)."""
+    metrics_port: int | None = field(
+        default=None, metadata=check(lambda v: 0 < v < 65536, "a port number")
+    )
+    """Port of a listener of its own for ``/metrics``, which then leaves ``port``. Unset
+    keeps ``/metrics`` beside the API, as before; in a cluster set it, so that a network
+    policy can let Prometheus in on this port alone and nobody reads metrics through the
+    public one."""
     shutdown_timeout: Seconds = field(default=20.0, metadata=positive())
     """How long background loops, and then the requests still in flight, may take to
     finish after SIGTERM. The pod's termination grace period must exceed twice this plus a

@@ -4,7 +4,8 @@ A service is an aiohttp application built by a ``create_app(settings)`` factory.
 (Postgres, Redis, S3, shards) are opened in the application's ``cleanup_ctx`` and kept under
 ``web.AppKey``\\ s; background loops are started there through :class:`Lifecycle` before the
 ``yield`` and are drained and cancelled after it. :func:`serve` adds the probes and the
-metrics route and runs the application under uvloop.
+metrics route and runs the application under uvloop. ``/metrics`` is served on the API's
+port, or, when ``metrics_port`` is set, by a listener of its own on that port alone.
 
 Guarantees:
 
@@ -13,7 +14,8 @@ Guarantees:
 * SIGTERM or SIGINT → not ready → ``drain_delay`` (load balancers notice) → the listener
   closes → loops are told to stop taking work and get until the shutdown deadline to
   finish → in-flight requests finish within ``shutdown_timeout`` → clients are closed →
-  exit status 0.
+  exit status 0. A separate metrics listener opens before the API's and closes after it,
+  so the whole shutdown can be scraped.
 * A background loop that ends with an exception stops the process with exit status 1: a
   half-working pod is worse than a restarted one.
 """
@@ -113,7 +115,8 @@ def create_base_app(name: str, http: HttpSettings) -> web.Application:
     app[LIFECYCLE] = Lifecycle(name)
     app.router.add_get("/health/live", json_errors(_live))
     app.router.add_get("/health/ready", json_errors(_ready))
-    app.router.add_get("/metrics", json_errors(_metrics))
+    if http.metrics_port is None:
+        app.router.add_get("/metrics", json_errors(_metrics))
     app.on_shutdown.append(_stop_loops_on_shutdown(http.shutdown_timeout))
     return app
 
@@ -142,6 +145,24 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def _start_metrics_listener(http: HttpSettings) -> web.AppRunner | None:
+    """The listener of ``/metrics`` alone on ``http.metrics_port``, when one is set."""
+    if http.metrics_port is None:
+        return None
+    app = web.Application()
+    app.router.add_get("/metrics", json_errors(_metrics))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, http.host, http.metrics_port, reuse_address=True)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("metrics listener ready", extra={"port": http.metrics_port})
+    return runner
+
+
 async def run_app(
     app: web.Application,
     http: HttpSettings,
@@ -159,7 +180,9 @@ async def run_app(
     runner = web.AppRunner(
         app, handle_signals=False, access_log=None, shutdown_timeout=http.shutdown_timeout
     )
+    metrics: web.AppRunner | None = None
     try:
+        metrics = await _start_metrics_listener(http)
         await runner.setup()  # on_startup and cleanup_ctx up to their yield
         site = web.TCPSite(runner, http.host, http.port, backlog=http.backlog, reuse_address=True)
         await site.start()
@@ -178,6 +201,8 @@ async def run_app(
     finally:
         lifecycle.ready = False
         await asyncio.shield(runner.cleanup())
+        if metrics is not None:
+            await asyncio.shield(metrics.cleanup())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     log.info("stopped", extra={"exitCode": lifecycle.exit_code})
