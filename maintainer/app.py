@@ -1,8 +1,9 @@
 """The maintainer service: ``create_app(settings)`` wires clients, leadership and loops.
 
-Start-up: migrations, then clients (Postgres, Redis, S3, every shard), then two loops:
-the lease (:mod:`maintainer.leadership`) and the *term* runner. Every time this process
-becomes the leader it starts a fresh :class:`Term` — a watch per shard, the sweeper, the
+Start-up: migrations (or a wait for a migration Job), then clients (Postgres, Redis, S3,
+every shard), then two loops: the lease (:mod:`maintainer.leadership`) and the *term*
+runner. Every time this process becomes the leader it starts a fresh :class:`Term` — a
+watch per shard, the sweeper, the
 adopter and the action writer, with empty caches and grace timers that start now — and
 stops it the moment it stops leading. A standby process is ready (it answers its probes)
 but does nothing else, so a brief overlap of two leaders is bounded by the lease and
@@ -30,7 +31,7 @@ from maintainer.leadership import Leadership
 from maintainer.settings import MaintainerSettings
 from maintainer.sweeping import Sweeper
 from maintainer.watching import ShardWatch
-from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.checkpoints import CheckpointStore, prepare_schema
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.queues import QueueBackend
@@ -127,7 +128,7 @@ async def _open(
     app: web.Application, settings: MaintainerSettings, stack: contextlib.AsyncExitStack
 ) -> None:
     s, lifecycle = settings, app[LIFECYCLE]
-    await apply_migrations(s.postgres.dsn)
+    await prepare_schema(s.postgres)
     store = await CheckpointStore.open(s.postgres)
     stack.push_async_callback(store.close)
     queues = QueueBackend.connect(s.redis)

@@ -1,7 +1,9 @@
 """``nexus migrate``: bring the checkpoint store's schema up to date, then exit.
 
-Services apply migrations themselves at start-up; this command is for operators who want
-the schema changed ahead of a rollout (e.g. from a Kubernetes Job or a Helm hook).
+Services apply migrations themselves at start-up unless ``NEXUS__POSTGRES__MIGRATE_AT_START``
+is off, when they wait for the schema instead; this command changes it ahead of them (the
+migration Job of ``deploy/kubernetes``, or a rollout hook). It migrates whatever that
+setting says.
 """
 
 from __future__ import annotations

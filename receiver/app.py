@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.checkpoints import CheckpointStore, prepare_schema
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import create_base_app
 from nexus.core.signing import Signer
@@ -22,7 +22,7 @@ async def create_app(settings: ReceiverSettings) -> web.Application:
     finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
-        await apply_migrations(settings.postgres.dsn)
+        await prepare_schema(settings.postgres)
         store = await CheckpointStore.open(settings.postgres)
         app[RECEIVER] = Receiver(store, signer, ObjectNames(settings.storage), settings.receiver)
         yield

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import timedelta
 from itertools import product
 
 import asyncpg
 import pytest
+from aiohttp import web
 from prometheus_client import REGISTRY
+from support.system import SIGNING_KEY
 
 from nexus.core import statements as sql
 from nexus.core.checkpoints import (
@@ -23,10 +27,14 @@ from nexus.core.checkpoints import (
     CheckpointStore,
     apply_migrations,
     migrations,
+    prepare_schema,
+    wait_for_schema,
 )
-from nexus.core.config import PostgresSettings
+from nexus.core.config import PostgresSettings, SigningSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
+from receiver.app import create_app as create_receiver
+from receiver.settings import ReceiverSettings
 
 
 def new_run(
@@ -118,6 +126,53 @@ async def test_concurrent_migrations_apply_each_version_once(empty_database_dsn:
         await conn.close()
     assert sorted(r["version"] for r in rows) == list(range(1, len(migrations()) + 1))
     assert tables == 1
+
+
+async def test_with_migrating_off_a_service_waits_for_the_schema_and_changes_nothing(
+    empty_database_dsn: str,
+) -> None:
+    settings = PostgresSettings(dsn=empty_database_dsn, migrate_at_start=False, schema_wait=0.3)
+    with pytest.raises(StoreUnavailable, match=r"schema is at version 0.*nexus migrate"):
+        await prepare_schema(settings, poll=0.05)
+    conn = await asyncpg.connect(empty_database_dsn)
+    try:  # it only looked: no table was made
+        assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
+    finally:
+        await conn.close()
+    # a migration (the Job) while it waits lets it start
+    waiting = asyncio.create_task(prepare_schema(replace(settings, schema_wait=30), poll=0.05))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    assert await apply_migrations(empty_database_dsn) == len(migrations())
+    assert await waiting == len(migrations())
+
+
+async def test_a_service_told_not_to_migrate_does_not_start_on_an_old_schema(
+    empty_database_dsn: str,
+) -> None:
+    postgres = PostgresSettings(dsn=empty_database_dsn, migrate_at_start=False, schema_wait=0.2)
+    settings = ReceiverSettings(postgres=postgres, signing=SigningSettings(keys=(SIGNING_KEY,)))
+    runner = web.AppRunner(await create_receiver(settings))
+    try:
+        with pytest.raises(StoreUnavailable, match="has `nexus migrate` run"):
+            await runner.setup()
+    finally:
+        await runner.cleanup()
+
+
+async def test_with_migrating_on_a_service_migrates(empty_database_dsn: str) -> None:
+    settings = PostgresSettings(dsn=empty_database_dsn)
+    assert settings.migrate_at_start
+    assert await prepare_schema(settings) == len(migrations())
+    assert await wait_for_schema(empty_database_dsn, 1) == len(migrations())
+
+
+async def test_waiting_for_the_schema_outlasts_an_unreachable_store_only_so_long() -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        dsn = f"postgresql://nexus@127.0.0.1:{unused.getsockname()[1]}/nexus"
+        with pytest.raises(StoreUnavailable, match="cannot be reached"):
+            await wait_for_schema(dsn, 0.3, poll=0.05)
 
 
 async def test_sql_transition_table_matches_the_model(postgres_dsn: str) -> None:

@@ -13,7 +13,9 @@ Guarantees:
 * **Idempotency keys.** The same ``(caller, Idempotency-Key)`` names one run for 24 hours;
   a second insert returns the first run's id and creates nothing.
 * **Migrations** are versioned SQL files applied at start-up under an advisory lock, in one
-  transaction, so several pods starting at once apply each exactly once.
+  transaction, so several pods starting at once apply each exactly once. Where a migration
+  Job applies them instead, a service starts only once the schema is at the version its
+  code needs (or newer), and fails start-up when that does not happen in time.
 
 Connection, protocol and timeout errors surface as :class:`StoreUnavailable`.
 """
@@ -164,6 +166,60 @@ async def _migrate(conn: asyncpg.Connection, lock_wait: float, table_wait: float
             )
             log.info("applied migration", extra={"migration": name})
         return version
+
+
+SCHEMA_POLL = 1.0
+"""Seconds between looks at the schema version while waiting for a migration Job."""
+
+
+async def prepare_schema(settings: PostgresSettings, poll: float = SCHEMA_POLL) -> int:
+    """The schema at the version this code needs, before a service uses the store.
+
+    Applies pending migrations, or, with ``migrate_at_start`` off, waits for another
+    process (``nexus migrate``) to apply them. Returns the schema version."""
+    if settings.migrate_at_start:
+        return await apply_migrations(settings.dsn)
+    return await wait_for_schema(settings.dsn, settings.schema_wait, poll)
+
+
+async def wait_for_schema(dsn: str, wait: float, poll: float = SCHEMA_POLL) -> int:
+    """Wait until the schema at ``dsn`` is at least the newest version shipped here; return it.
+
+    Reads ``schema_migrations`` only, so a user without DDL rights can wait. An unreachable
+    store is waited for like a schema that is behind. After ``wait`` seconds,
+    :class:`StoreUnavailable` says what was last seen."""
+    needed = len(migrations())
+    deadline = time.monotonic() + wait
+    logged = False
+    while True:
+        try:
+            version = await _schema_version(dsn, max(0.1, min(poll * 5, wait)))
+        except _CONNECTION_ERRORS as exc:
+            seen = f"the checkpoint store cannot be reached: {exc}"
+        else:
+            if version >= needed:
+                return version
+            seen = f"the schema is at version {version}, this code needs {needed}"
+        if not logged:
+            log.info("waiting for the schema migration", extra={"reason": seen, "wait": wait})
+            logged = True
+        if time.monotonic() + poll > deadline:
+            raise StoreUnavailable(
+                f"the schema did not reach version {needed} within {wait:g} s ({seen});"
+                " has `nexus migrate` run?"
+            )
+        await asyncio.sleep(poll)
+
+
+async def _schema_version(dsn: str, timeout: float) -> int:
+    conn = await asyncpg.connect(dsn, timeout=timeout)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        if not exists:
+            return 0
+        return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
+    finally:
+        await conn.close()
 
 
 # -- the store -----------------------------------------------------------------------------

@@ -171,6 +171,15 @@ class PostgresSettings:
     moderate load: fewer statements, less CPU per run."""
     max_pending: int = field(default=20_000, metadata=positive())
     """Writes waiting for the store beyond this are refused (the API answers 503)."""
+    migrate_at_start: bool = True
+    """Apply pending schema migrations when a service starts (an advisory lock keeps
+    concurrent starts safe). Turn it off where ``nexus migrate`` runs before the services
+    (a Kubernetes Job): a service then only waits for the schema its code needs, and its
+    database user needs no right to change the schema. ``nexus migrate`` always migrates."""
+    schema_wait: Seconds = field(default=240.0, metadata=positive())
+    """With ``migrate_at_start`` off, how long start-up waits for the schema to reach the
+    version the code needs before it fails. Four minutes stays inside the five a pod's
+    start-up probe allows, so the process says why it stops before it is killed."""
 
 
 @dataclass(frozen=True)

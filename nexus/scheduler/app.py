@@ -1,9 +1,10 @@
 """The scheduler service: ``create_app(settings)`` wires clients, loops and routes.
 
-Start-up order: migrations, then clients (Postgres, Redis, S3, every shard and the
-controller cluster), then the catalog of templates (listed before the pod reports ready),
-then the heartbeat, then the runs a previous process of this pod left in flight go back on
-its queue, and finally the loops: catalog watches, dispatch per shard, queue depth.
+Start-up order: migrations (or a wait for a migration Job), then clients (Postgres, Redis,
+S3, every shard and the controller cluster), then the catalog of templates (listed before
+the pod reports ready), then the heartbeat, then the runs a previous process of this pod
+left in flight go back on its queue, and finally the loops: catalog watches, dispatch per
+shard, queue depth.
 
 Shutdown (see :mod:`nexus.core.lifecycle`): the listener closes, the dispatcher finishes the
 creations it started, in-flight requests finish, then this pod's queue — ready and in-flight
@@ -20,7 +21,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from nexus.core.checkpoints import CheckpointStore, apply_migrations
+from nexus.core.checkpoints import CheckpointStore, prepare_schema
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
@@ -68,7 +69,7 @@ async def _open(
     stack: contextlib.AsyncExitStack,
 ) -> None:
     s, lifecycle = settings, app[LIFECYCLE]
-    await apply_migrations(s.postgres.dsn)
+    await prepare_schema(s.postgres)
     store = await CheckpointStore.open(s.postgres)
     stack.push_async_callback(store.close)
     queues = QueueBackend.connect(s.redis)
