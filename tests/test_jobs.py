@@ -175,3 +175,29 @@ def test_a_plain_template_gets_the_contracts_default_arguments_and_nothing_optio
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     env = {e["name"] for e in container["env"]}
     assert "NEXUS__RUN_TOKEN" in env and "NEXUS__PARENT_REQUEST_ID" not in env
+
+
+def test_a_run_without_security_contexts_gets_the_restricted_profile() -> None:
+    """Templates that keep the defaults, and runs accepted before templates had them."""
+    job = build_job(checkpoint(APPLIED), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["securityContext"] == {
+        "runAsNonRoot": True,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod_spec["containers"][0]["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def test_a_run_carries_its_templates_security_contexts() -> None:
+    security = {
+        "pod": {"runAsNonRoot": True, "runAsUser": 1000},
+        "container": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+    }
+    config = {**APPLIED, "securityContext": security}
+    job = build_job(checkpoint(config), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["securityContext"] == security["pod"]
+    assert pod_spec["containers"][0]["securityContext"] == security["container"]

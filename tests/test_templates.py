@@ -18,6 +18,7 @@ from nexus.core.templates import (
     normalise_overrides,
     parse_template,
     parse_workgroup,
+    restricted_security_context,
 )
 
 FULL_TEMPLATE: dict[str, Any] = {
@@ -138,6 +139,48 @@ def test_parse_minimal_template_gets_defaults() -> None:
     assert (t.inline_payloads, t.inline_limit) == (False, 64 * 1024)
 
 
+RESTRICTED = {
+    "pod": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+    "container": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+}
+
+
+def test_a_template_without_a_security_context_gets_the_restricted_profile(
+    catalog: Catalog,
+) -> None:
+    template = parse_template(MINIMAL_TEMPLATE)
+    assert template.security_context == RESTRICTED
+    assert restricted_security_context() == RESTRICTED
+    # the defaults are not stored with every run: the Job builder applies them
+    assert "securityContext" not in apply(template, {}, catalog)
+
+
+def test_a_template_security_context_is_laid_over_the_defaults_key_by_key(
+    catalog: Catalog,
+) -> None:
+    given = {
+        "pod": {"runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+        "container": {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": True},
+    }
+    obj = with_changes(MINIMAL_TEMPLATE, "spec.securityContext", given)
+    template = parse_template(obj)
+    assert template.security_context == {
+        "pod": {**RESTRICTED["pod"], "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000},
+        "container": {
+            "allowPrivilegeEscalation": True,  # relaxed by the template
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+    }
+    applied = apply(template, {}, catalog)
+    assert applied["securityContext"] == template.security_context
+    # the run's copy is its own, and so is the template's
+    applied["securityContext"]["pod"]["runAsUser"] = 0
+    obj["spec"]["securityContext"]["pod"]["runAsUser"] = 0
+    assert template.security_context["pod"]["runAsUser"] == 1000
+    assert parse_template(MINIMAL_TEMPLATE).security_context == RESTRICTED
+
+
 def test_environment_as_a_mapping() -> None:
     obj = with_changes(
         MINIMAL_TEMPLATE, "spec.runtimeEnvironment", {"environmentVariables": {"A": 1}}
@@ -178,6 +221,12 @@ def test_environment_as_a_mapping() -> None:
         ("spec.computeResources.customResources", "gpu", "customResources"),
         ("spec.command", "python -m x", "command"),
         ("spec.args", {"a": 1}, "args"),
+        ("spec.securityContext", "restricted", "securityContext"),
+        ("spec.securityContext.node", {}, "securityContext.node"),
+        ("spec.securityContext.pod", ["x"], "securityContext.pod"),
+        ("spec.securityContext.pod.runAsUsr", 1000, "securityContext.pod.runAsUsr"),
+        ("spec.securityContext.container.privileged", {1, 2}, "securityContext.container"),
+        ("spec.securityContext.container.hostNetwork", True, "container.hostNetwork"),
     ],
 )
 def test_unusable_template_names_the_field(path: str, value: Any, field: str) -> None:

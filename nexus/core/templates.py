@@ -9,6 +9,12 @@ if the template changes in between. Only the workgroup's placement (tolerations,
 is read when the Job is made, so an edit reaches runs still queued; a run whose workgroup is
 gone by then gets no Job (see the dispatcher).
 
+A template's ``securityContext`` (``pod`` and ``container``) is laid over
+:func:`restricted_security_context`, key by key, so that an algorithm's pod passes the Pod
+Security "restricted" profile unless its template says otherwise. Only a template that
+differs from those defaults puts its security contexts into the applied configuration;
+the Job of a run without them gets the defaults.
+
 Overrides are validated field by field; an error names the field (``customConfiguration.
 cpuLimit``) and what was expected. Older clients' names (``imageRepository``, ``imageTag``,
 ``version``) are accepted as aliases.
@@ -46,6 +52,35 @@ DEFAULT_PAYLOAD_VALID_FOR = 24 * 3600.0
 MIN_PAYLOAD_VALID_FOR, MAX_PAYLOAD_VALID_FOR = 60.0, float(MAX_PRESIGN_SECONDS)
 """How long a run's input links may be valid: a minute to S3's longest presign, 7 days."""
 DEFAULT_INLINE_LIMIT = 64 * 1024
+
+
+def restricted_security_context() -> dict[str, dict[str, Any]]:
+    """What an algorithm's pod (``pod``) and container (``container``) get unless its
+    template says otherwise: what the Pod Security "restricted" profile asks for, fresh
+    each call. An image whose user is a name rather than a number needs ``runAsUser`` in
+    the template; ``readOnlyRootFilesystem`` is not part of the profile and is left to
+    templates, since algorithms commonly write scratch files."""
+    return {
+        "pod": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "container": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+
+
+_RESTRICTED = restricted_security_context()  # compared with, never handed out
+_POD_SECURITY = frozenset(
+    {
+        "appArmorProfile", "fsGroup", "fsGroupChangePolicy", "runAsGroup", "runAsNonRoot",
+        "runAsUser", "seLinuxChangePolicy", "seLinuxOptions", "seccompProfile",
+        "supplementalGroups", "supplementalGroupsPolicy", "sysctls", "windowsOptions",
+    }
+)  # fmt: skip
+_CONTAINER_SECURITY = frozenset(
+    {
+        "allowPrivilegeEscalation", "appArmorProfile", "capabilities", "privileged",
+        "procMount", "readOnlyRootFilesystem", "runAsGroup", "runAsNonRoot", "runAsUser",
+        "seLinuxOptions", "seccompProfile", "windowsOptions",
+    }
+)  # fmt: skip
 
 
 class InvalidConfiguration(ValueError):
@@ -90,6 +125,8 @@ class Template:
     payload_valid_for: float
     inline_payloads: bool
     inline_limit: int
+    security_context: dict[str, dict[str, Any]] = field(default_factory=restricted_security_context)
+    """``pod`` and ``container`` security contexts, the restricted defaults included."""
 
 
 def _get(obj: dict[str, Any], path: str, default: Any = None) -> Any:
@@ -169,6 +206,24 @@ def _codes(value: Any, where: str) -> list[int]:
         if code > MAX_EXIT_CODE:
             raise InvalidConfiguration(f"{where}[{i}]", f"an exit code is 0 to {MAX_EXIT_CODE}")
     return codes
+
+
+def _security_context(value: Any, where: str) -> dict[str, dict[str, Any]]:
+    """The template's ``securityContext`` laid over the restricted defaults, key by key."""
+    given = _mapping(value, where)
+    unknown = set(given) - {"pod", "container"}
+    if unknown:
+        raise InvalidConfiguration(
+            f"{where}.{min(unknown)}", "unknown field (allowed: container, pod)"
+        )
+    result = restricted_security_context()
+    for part, known in (("pod", _POD_SECURITY), ("container", _CONTAINER_SECURITY)):
+        fields = _mapping(given.get(part), f"{where}.{part}")
+        for key in fields:
+            if key not in known:
+                raise InvalidConfiguration(f"{where}.{part}.{key}", "unknown field")
+        result[part].update(_json_copy(fields, f"{where}.{part}"))
+    return result
 
 
 def parse_workgroup(obj: dict[str, Any]) -> Workgroup:
@@ -261,6 +316,7 @@ def parse_template(obj: dict[str, Any]) -> Template:
             payload.get("inlineMaxBytes"), f"{pc}.inlineMaxBytes", DEFAULT_INLINE_LIMIT
         )
         or DEFAULT_INLINE_LIMIT,
+        security_context=_security_context(spec.get("securityContext"), f"{where}.securityContext"),
     )
 
 
@@ -401,7 +457,7 @@ def apply(template: Template, overrides: dict[str, Any], catalog: Catalog) -> di
     if workgroup is None:
         where = "customConfiguration.workgroup" if "workgroup" in overrides else "template"
         raise InvalidConfiguration(where, f"workgroup {workgroup_name!r} does not exist")
-    return {
+    applied = {
         "image": overrides.get("image", template.image),
         "registry": overrides.get("registry", template.registry),
         "versionTag": overrides.get("versionTag", template.version_tag),
@@ -423,3 +479,6 @@ def apply(template: Template, overrides: dict[str, Any], catalog: Catalog) -> di
         "transientExitCodes": list(template.transient_exit_codes),
         "fatalExitCodes": list(template.fatal_exit_codes),
     }
+    if template.security_context != _RESTRICTED:  # the defaults are not stored with each run
+        applied["securityContext"] = _json_copy(template.security_context, "template")
+    return applied

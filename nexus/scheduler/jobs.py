@@ -6,6 +6,10 @@ through the template's ``args`` placeholders (``{sas-uri}``, ``{request-id}``), 
 ``NEXUS__*`` environment of the algorithm contract, including a run token that proves its
 completion to the receiver and a presigned URL for uploading the result.
 
+The pod and its container get the template's security contexts, which hold the Pod
+Security "restricted" defaults unless the template relaxed them; a configuration stored
+before templates had them gets those defaults.
+
 Failure handling is Kubernetes': ``backoffLimit`` from ``maximumRetries``,
 ``activeDeadlineSeconds`` from ``deadlineSeconds``, and a ``podFailurePolicy`` that fails the
 Job at once on a fatal exit code and, when the template lists transient exit codes, on any
@@ -29,7 +33,7 @@ from nexus.core.labels import (
     SHARD_ANNOTATION,
 )
 from nexus.core.runs import Checkpoint
-from nexus.core.templates import Workgroup
+from nexus.core.templates import Workgroup, restricted_security_context
 
 PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
 DISRUPTION_RULE = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
@@ -120,11 +124,17 @@ def build_job(
             "requests": {"cpu": config["cpuLimit"], "memory": config["memoryLimit"]},
         },
     }
+    security = config.get("securityContext") or restricted_security_context()
+    container["securityContext"] = security["container"]
     if config.get("command"):
         container["command"] = config["command"]
     if config.get("envFrom"):
         container["envFrom"] = config["envFrom"]
-    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "securityContext": security["pod"],
+        "containers": [container],
+    }
     if config.get("serviceAccountName"):
         pod_spec["serviceAccountName"] = config["serviceAccountName"]
     if workgroup is not None:
