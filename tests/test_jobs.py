@@ -95,7 +95,10 @@ def test_the_job_carries_the_whole_contract() -> None:
     # code; a pod Kubernetes disrupted is started again, whatever its exit code
     assert spec["podFailurePolicy"] == {
         "rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {
+                "action": "Ignore",
+                "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+            },
             {
                 "action": "FailJob",
                 "onExitCodes": {"containerName": name, "operator": "In", "values": [1]},

@@ -36,7 +36,11 @@ from nexus.core.runs import Checkpoint
 from nexus.core.templates import Workgroup, restricted_security_context
 
 PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
-DISRUPTION_RULE = {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+DISRUPTION_RULE = {
+    "action": "Ignore",
+    # status: defaulted by API servers, yet required by the OpenAPI schema of 1.31 to 1.36
+    "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+}
 
 
 @dataclass(frozen=True, slots=True)
