@@ -271,8 +271,9 @@ def test_every_pod_meets_the_restricted_profile(rendered: dict[str, Any]) -> Non
                 assert container["securityContext"]["readOnlyRootFilesystem"] is True, name
             seen.add(name)
     assert seen == {"nexus-scheduler", "nexus-receiver", "nexus-maintainer", "nexus-migrate"}
-    job = algorithm_job()
-    assert restricted_violations(job["spec"]["template"]["spec"]) == []
+    pod = algorithm_job()["spec"]["template"]["spec"]
+    assert restricted_violations(pod) == []
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True  # its own
 
 
 def test_the_image_runs_as_the_user_the_manifests_name() -> None:
