@@ -271,15 +271,47 @@ HEAD = b"HTTP/1.1 200 OK\r\n"
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n-6\r\nhello\r\n0\r\n\r\n", "chunk size"),
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n", "chunk size"),
         (HEAD + b"Transfer-Encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n", "chunk size"),
-        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", "longer than"),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3 \r\nabc\r\n0\r\n\r\n", "chunk size"),
+        (
+            HEAD + b"Transfer-Encoding: chunked\r\n\r\n1" + b"0" * 17 + b"\r\n",
+            "Chunk size overflow",
+        ),
+        (HEAD + b"Transfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", "after chunk data"),
         (HEAD + b"Content-Length: -1\r\n\r\nhi", "Content-Length"),
         (HEAD + b"Content-Length: 0_2\r\n\r\nhi", "Content-Length"),
         (HEAD + b"Content-Length: +2\r\n\r\nhi", "Content-Length"),
         (HEAD + b"Content-Length: 2\r\nContent-Length: 3\r\n\r\nhi!", "Content-Length"),
         (HEAD + b"Content-Length: 2, 3\r\n\r\nhi!", "Content-Length"),
+        # RFC 9110 §8.6 lets a recipient reject a repeated length even when the values
+        # agree; no server of ours repeats it, and llhttp rejects it
+        (HEAD + b"Content-Length: 2, 2\r\n\r\nhi", "Content-Length"),
+        (HEAD + b"Content-Length: 2\r\nContent-Length: 2\r\n\r\nhi", "Content-Length"),
         (HEAD + b"Content-Length: 99999999999\r\n\r\nhi", "too large"),
-        (HEAD + b"Transfer-Encoding:\r\n chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", "folding"),
+        (HEAD + b"Content-Length: 99999999999999999999999\r\n\r\nhi", "Content-Length overflow"),
+        # RFC 9112 §6.3 item 3: Transfer-Encoding beside Content-Length "ought to be
+        # handled as an error" (request smuggling, response splitting)
+        (
+            HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "Content-Length",
+        ),
+        (
+            HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+            "Content-Length",
+        ),
+        # obsolete line folding (RFC 9112 §5.2)
+        (HEAD + b"Transfer-Encoding:\r\n chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n", "header value"),
+        (HEAD + b"X-Note: a\r\n b\r\nContent-Length: 2\r\n\r\nhi", "header value"),
+        (HEAD + b"Content-Length : 2\r\n\r\nhi", "header field"),
+        (HEAD + b"X-Note: a\x00b\r\nContent-Length: 2\r\n\r\nhi", "header value"),
         (b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\nhi", "status"),
+        (b"HTTP/1.1 600 Beyond\r\nContent-Length: 2\r\n\r\nhi", "status 600"),
+        (b"HTTP/1.1 099 Before\r\nContent-Length: 2\r\n\r\nhi", "status 99"),
+        (b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi", "CR"),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n",
+            "switching protocols",
+        ),
+        (HEAD + b"X-Big: " + b"x" * 70_000, "head too large"),
     ],
 )
 async def test_an_answer_framed_wrong_fails_the_call(
@@ -298,16 +330,18 @@ async def test_an_answer_framed_wrong_fails_the_call(
 @pytest.mark.parametrize(
     "raw",
     [
-        HEAD + b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
-        HEAD + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
         HEAD + b"Transfer-Encoding: gzip, chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
-        HEAD + b"Content-Length: 2, 2\r\n\r\nhi",
+        HEAD + b"Transfer-Encoding: CHUNKED\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
+        HEAD + b"Content-Length:  2  \r\n\r\nhi",
     ],
 )
-async def test_transfer_encoding_overrides_content_length(serve: Serve, raw: bytes) -> None:
+async def test_chunked_last_frames_the_body(serve: Serve, raw: bytes) -> None:
+    """Chunked as the last transfer coding frames the body (RFC 9112 §6.3 item 4); the
+    other codings are not undone, as before."""
     _, base = await serve(lambda _: raw)
     calls = HttpCalls(limit=1, timeout=2.0)
     try:
+        assert await calls.request("GET", f"{base}/") == (200, b"hi")
         assert await calls.request("GET", f"{base}/") == (200, b"hi")
     finally:
         await calls.close()
@@ -384,3 +418,126 @@ async def test_tls_with_a_context_and_the_answers_headers() -> None:
     finally:
         await calls.close()
         server.close()
+
+
+def by_request(answers: dict[bytes, bytes]) -> Answer:
+    """Answers chosen by the request line's first word and path (``b"HEAD /a"``)."""
+    return lambda request: answers[b" ".join(request.split(b" ", 2)[:2])]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+)
+async def test_an_answer_to_head_ends_with_its_head(serve: Serve, raw: bytes) -> None:
+    """HEAD's answer announces a body it does not carry; the connection, read afresh,
+    serves the next call."""
+    server, base = await serve(
+        by_request({b"HEAD /a": raw, b"GET /b": HEAD + b"Content-Length: 4\r\n\r\nbody"})
+    )
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        answer = await calls.call("HEAD", f"{base}/a")
+        assert (answer.status, answer.body) == (200, b"")
+        assert await calls.request("GET", f"{base}/b") == (200, b"body")
+        assert await calls.request("HEAD", f"{base}/a") == (200, b"")
+    finally:
+        await calls.close()
+    assert server.connections == 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+)
+async def test_204_and_304_have_no_body_whatever_their_head_says(serve: Serve, raw: bytes) -> None:
+    server, base = await serve(
+        by_request({b"GET /a": raw, b"GET /b": HEAD + b"Content-Length: 1\r\n\r\nb"})
+    )
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        status, body = await calls.request("GET", f"{base}/a")
+        assert (status in (204, 304), body) == (True, b"")
+        assert await calls.request("GET", f"{base}/b") == (200, b"b")
+    finally:
+        await calls.close()
+    assert server.connections == 1
+
+
+async def test_interim_answers_are_skipped_with_their_headers(serve: Serve) -> None:
+    raw = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 102 Processing\r\n\r\n"
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 201 Created\r\nLocation: /jobs/1\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    server, base = await serve(lambda _: raw)
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        for _ in range(2):
+            answer = await calls.call("POST", f"{base}/jobs", b"{}")
+            assert (answer.status, answer.body) == (201, b"{}")
+            assert dict(answer.headers) == {"location": "/jobs/1", "content-length": "2"}
+    finally:
+        await calls.close()
+    assert server.connections == 1
+
+
+async def test_trailer_fields_are_not_headers(serve: Serve) -> None:
+    raw = (
+        HEAD
+        + b"Transfer-Encoding: chunked\r\nX-A: head\r\n\r\n2\r\nhi\r\n0\r\nX-A: trailer\r\nX-B: t\r\n\r\n"
+    )
+    _, base = await serve(lambda _: raw)
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        answer = await calls.call("GET", f"{base}/")
+    finally:
+        await calls.close()
+    assert (answer.body, answer.headers["x-a"], "x-b" in answer.headers) == (b"hi", "head", False)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nother",  # an answer nobody asked for
+        b"garbage",
+    ],
+)
+async def test_bytes_after_an_answer_end_the_connection_not_the_answer(
+    serve: Serve, after: bytes
+) -> None:
+    server, base = await serve(lambda _: HEAD + b"Content-Length: 2\r\n\r\nhi" + after)
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        assert await calls.request("GET", f"{base}/") == (200, b"hi")
+        assert await calls.request("GET", f"{base}/") == (200, b"hi")
+    finally:
+        await calls.close()
+    assert server.connections == 2
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        HEAD + b"Connection: close\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        HEAD + b"Connection: close\r\nContent-Length: 10\r\n\r\nhello",
+        HEAD + b"Transfer-Encoding: gzip\r\n\r\nhello",  # no chunked: never taken whole
+        HEAD + b"Content-Le",
+    ],
+)
+async def test_an_answer_cut_by_an_orderly_close_is_no_answer(serve: Serve, raw: bytes) -> None:
+    _, base = await serve(lambda _: raw)  # the stand-in closes after writing these
+    calls = HttpCalls(limit=1, timeout=2.0)
+    try:
+        with pytest.raises(CallFailed, match="server disconnected"):
+            await calls.request("GET", f"{base}/")
+    finally:
+        await calls.close()

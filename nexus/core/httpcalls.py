@@ -6,8 +6,8 @@ completion ``POST``). aiohttp's client spends 60-90 µs of CPU on each such call
 than anything else the caller does for it; this client does what these calls need —
 plain HTTP/1.1 over kept-alive connections, TLS when given a context — for a quarter of
 that (benchmarked: 88 against 24 µs per ``POST``): each connection is an
-:class:`asyncio.Protocol` that parses the answer as it arrives and completes the caller's
-future, with no stream objects, tasks or timers per call.
+:class:`asyncio.Protocol` whose llhttp parser reads the answer as it arrives and completes
+the caller's future, with no stream objects, tasks or timers per call.
 
 Guarantees:
 
@@ -23,10 +23,15 @@ Guarantees:
   taken ``timeout`` seconds (waiting for a connection included); one sweep a quarter of
   ``timeout`` apart finds such calls.
 * **Answers** with ``Content-Length``, ``chunked`` or read-to-close bodies, and their
-  headers (names in lower case); informational ``1xx`` answers are skipped. Framing is
-  read strictly (RFC 9112 §6.3): ``Transfer-Encoding`` overrides ``Content-Length``,
-  conflicting lengths, signed or non-digit sizes and folded headers fail the call, a
-  read-to-close body cut by a reset is not an answer, and no body over 64 MiB is read.
+  headers (names in lower case; a chunked body's trailer fields are not among them);
+  informational ``1xx`` answers are skipped, and answers to ``HEAD``, ``204`` and ``304``
+  end with their head. llhttp (through httptools) reads them strictly, as RFC 9112 §6.3
+  asks: ``Transfer-Encoding`` beside ``Content-Length``, repeated or non-digit lengths,
+  bad chunk sizes or chunk ends, folded headers, a status outside 100-599, a ``101``
+  nobody asked for and bytes that do not read as an answer fail the call. A body ends
+  with the connection only when the answer has neither ``Content-Length`` nor
+  ``Transfer-Encoding``, and one cut by a reset is not an answer; no head over 64 KiB
+  nor body over 64 MiB is read; bytes after an answer make it the connection's last.
 * **TLS** for ``https`` URLs when the client is given an :class:`ssl.SSLContext` (and,
   optionally, the name the server's certificate must carry).
 * **What it does not speak goes to aiohttp:** ``https`` URLs without a context, and calls
@@ -37,7 +42,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 import time
 from collections import deque
@@ -46,16 +50,13 @@ from typing import NamedTuple, cast
 from urllib.parse import urlsplit
 
 import aiohttp
+import httptools
 
-_CHUNKED = -2
-_TO_CLOSE = -1
 _MAX_HEAD = 64 * 1024
+"""Largest answer head (status line and headers, interim answers included) read."""
 _MAX_BODY = 64 * 1024**2
 """Largest answer body read; a larger one fails the call (the answers of the servers this
 client talks to are small: Jobs, S3 replies, run inputs)."""
-_STATUS = re.compile(r"[1-5][0-9][0-9]")
-_DIGITS = re.compile(r"[0-9]{1,18}")
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 
@@ -69,25 +70,39 @@ class Answer(NamedTuple):
     headers: Mapping[str, str]
 
 
+class _Stop(Exception):
+    """Raised in a parser callback to stop parsing; what went wrong is in ``problem``."""
+
+
 class _Connection(asyncio.Protocol):
-    """One kept-alive connection; parses one answer at a time."""
+    """One kept-alive connection; llhttp reads its answers, one call at a time.
+
+    The parser calls back as it reads: the head's fields, then the body's pieces, then the
+    end of the message. An answer is handed to the caller once ``feed_data`` returns, so
+    that bytes after it in the same read (which a server that answered once has no reason
+    to send) are seen first and keep the connection from being used again."""
 
     def __init__(self, host: _Host) -> None:
         self.host = host
         self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
         self.waiter: asyncio.Future[Answer] | None = None
         self.deadline = 0.0
         self.closed = False
         self.reused = False
-        self.received = False
-        self.no_body = False
-        self.buffer = bytearray()
+        self.received = 0
+        """Bytes of answer received for the current call."""
+        self.head_only = False
+        """The call was a ``HEAD``: its answer ends with the head, whatever it says."""
+        self.in_head = False
         self.status = 0
-        self.length = 0
-        self.keep_alive = True
+        """The final (non-1xx) answer's status, once its head has been read."""
         self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
+        self.body: list[bytes] = []
         self.size = 0
+        self.answer: Answer | None = None
+        self.keep_alive = False
+        self.problem = ""
 
     # -- protocol ------------------------------------------------------------------------
 
@@ -98,32 +113,85 @@ class _Connection(asyncio.Protocol):
         if self.waiter is None:  # nothing asked: the server is confused, stop using it
             self.close()
             return
-        self.received = True
-        self.buffer += data
+        self.received += len(data)
         try:
-            self._parse()
-        except (ValueError, IndexError) as exc:
-            self.fail(CallFailed(f"malformed answer: {exc}"))
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.problem = self.problem or "switching protocols, which was not asked for"
+        except httptools.HttpParserError as exc:
+            self.problem = self.problem or str(exc)
+        if self.answer is not None:  # complete; bytes after it make it the connection's last
+            self._finish(reusable=not self.problem and self.keep_alive)
+        elif self.problem:
+            self.fail(CallFailed(f"malformed answer: {self.problem}"))
+        elif not self.status and self.received > _MAX_HEAD:
+            self.fail(CallFailed("malformed answer: answer head too large"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.host.lost(self)
         if self.waiter is None:
             return
-        if self.status and self.length == _TO_CLOSE and exc is None:  # the end of the body
-            self._finish(bytes(self.buffer))
+        if exc is None and self._ends_with_connection():
+            self.answer = Answer(self.status, b"".join(self.body), self.headers)
+            self._finish(reusable=False)
         elif self.reused and not self.received:
             self._settle(None, _Stale())
         else:
             self._settle(None, CallFailed(f"server disconnected ({exc!r})"))
 
+    # -- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.answer is not None:
+            raise _Stop  # a second answer to one request: take the first, then close
+        self.in_head = True
+        self.headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head:  # a chunked body's trailer fields are not the answer's headers
+            self.headers[name.decode("latin-1").lower()] = value.decode("latin-1").rstrip(" \t")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        status = self.parser.get_status_code()
+        if not 100 <= status <= 599:
+            self.problem = f"status {status}"
+            raise _Stop
+        if status < 200:  # informational: the parser reads the next answer after it
+            return
+        length = self.headers.get("content-length")
+        if length is not None and int(length) > _MAX_BODY:  # digits: the parser checked
+            self.problem = "answer body too large"
+            raise _Stop
+        self.status = status
+        self.body = []
+        self.size = 0
+        if self.head_only:  # the parser, not told, would wait for the body the head announces
+            self._complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.answer is not None:
+            raise _Stop  # bytes after an answer to HEAD
+        self.size += len(body)
+        if self.size > _MAX_BODY:
+            self.problem = "answer body too large"
+            raise _Stop
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status and self.answer is None:  # not an informational answer, nor HEAD's
+            self._complete()
+
     # -- calls ---------------------------------------------------------------------------
 
     def send(self, request: bytes, waiter: asyncio.Future[Answer], head: bool) -> None:
         assert self.transport is not None
+        if self.head_only:  # the last call's parser may still expect the body HEAD skipped
+            self.parser = httptools.HttpResponseParser(self)
         self.waiter = waiter
-        self.received = False
-        self.no_body = head
+        self.received = 0
+        self.head_only = head
         self.status = 0
         self.transport.write(request)
 
@@ -136,8 +204,26 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
         self.closed = True
 
+    def _complete(self) -> None:
+        self.answer = Answer(self.status, b"".join(self.body), self.headers)
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def _ends_with_connection(self) -> bool:
+        """Whether the answer being read has a body that ends with the connection: a final
+        head read, with neither Content-Length nor Transfer-Encoding (RFC 9112 §6.3 item
+        7). A transfer coding other than chunked (item 4) ends so too, but is refused:
+        which of the two llhttp read is not known here, and a chunked body cut short must
+        never be taken whole."""
+        return (
+            self.status != 0
+            and "content-length" not in self.headers
+            and "transfer-encoding" not in self.headers
+        )
+
     def _settle(self, answer: Answer | None, error: Exception | None) -> None:
         waiter, self.waiter = self.waiter, None
+        self.answer = None
+        self.problem = ""
         self.host.client.busy.discard(self)
         if waiter is None or waiter.done():
             return
@@ -147,115 +233,13 @@ class _Connection(asyncio.Protocol):
             assert answer is not None
             waiter.set_result(answer)
 
-    def _finish(self, body: bytes) -> None:
-        answer = Answer(self.status, body, self.headers)
-        reusable = self.keep_alive and not self.buffer and not self.closed
+    def _finish(self, reusable: bool) -> None:
+        answer = self.answer
         self._settle(answer, None)
-        if reusable:
+        if reusable and not self.closed:
             self.host.release(self)
         else:
             self.close()
-
-    def _parse(self) -> None:
-        buffer = self.buffer
-        while not self.status:  # the head, after any informational (1xx) answers
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buffer) > _MAX_HEAD:
-                    raise ValueError("answer head too large")
-                return
-            lines = buffer[:end].decode("latin-1").split("\r\n")
-            del buffer[: end + 4]
-            version, status_text = lines[0].split(" ", 2)[:2]
-            if not _STATUS.fullmatch(status_text):
-                raise ValueError(f"status {status_text!r}")
-            status = int(status_text)
-            if status >= 200:
-                self._head(version, status, lines[1:])
-        if self.length >= 0:
-            if len(buffer) >= self.length:
-                body = bytes(buffer[: self.length])
-                del buffer[: self.length]
-                self._finish(body)
-        elif self.length == _CHUNKED:
-            self._parse_chunks()
-        elif len(buffer) > _MAX_BODY:
-            raise ValueError("answer body too large")
-
-    def _head(self, version: str, status: int, lines: list[str]) -> None:
-        """Read the headers of an answer and how its body is framed (RFC 9112 §6.3)."""
-        keep_alive = version == "HTTP/1.1"
-        headers: dict[str, str] = {}
-        lengths: set[str] = set()
-        codings = ""
-        for line in lines:
-            if line[:1] in (" ", "\t"):
-                raise ValueError("obsolete line folding")
-            name, _, value = line.partition(":")
-            name, value = name.strip().lower(), value.strip()
-            headers[name] = value
-            if name == "content-length":
-                lengths.update(v.strip() for v in value.split(","))
-            elif name == "transfer-encoding":
-                codings = f"{codings},{value}" if codings else value
-            elif name == "connection":
-                keep_alive = value.lower() == "keep-alive" or (
-                    keep_alive and value.lower() != "close"
-                )
-        length = _TO_CLOSE
-        if codings:
-            # chunked last: the body is chunked; anything else: it ends with the connection.
-            # A Content-Length beside it is ignored, and the connection not used again.
-            if codings.rsplit(",", 1)[-1].strip().lower() == "chunked":
-                length = _CHUNKED
-            keep_alive = keep_alive and not lengths
-        elif lengths:
-            if len(lengths) > 1 or not _DIGITS.fullmatch(next(iter(lengths))):
-                raise ValueError(f"Content-Length {headers['content-length']!r}")
-            length = int(next(iter(lengths)))
-            if length > _MAX_BODY:
-                raise ValueError("answer body too large")
-        if self.no_body or status in (204, 304):
-            length = 0
-        if length == _TO_CLOSE:
-            keep_alive = False
-        self.status, self.length, self.keep_alive = status, length, keep_alive
-        self.headers = headers
-        self.chunks = []
-        self.size = 0
-
-    def _parse_chunks(self) -> None:
-        buffer = self.buffer
-        position = 0
-        while True:
-            line_end = buffer.find(b"\r\n", position)
-            if line_end < 0:
-                if len(buffer) - position > _MAX_HEAD:
-                    raise ValueError("chunk line too long")
-                break
-            text = bytes(buffer[position:line_end]).split(b";", 1)[0].strip()
-            if not _HEX.fullmatch(text):
-                raise ValueError(f"chunk size {text[:20]!r}")
-            size = int(text, 16)
-            if size == 0:
-                end = buffer.find(b"\r\n\r\n", line_end)
-                if end < 0:
-                    break
-                del buffer[: end + 4]
-                self._finish(b"".join(self.chunks))
-                return
-            self.size += size
-            if self.size > _MAX_BODY:
-                raise ValueError("answer body too large")
-            data_end = line_end + 2 + size
-            if len(buffer) < data_end + 2:
-                self.size -= size  # counted again when the rest has come
-                break
-            if buffer[data_end : data_end + 2] != b"\r\n":
-                raise ValueError("chunk longer than its size")
-            self.chunks.append(bytes(buffer[line_end + 2 : data_end]))
-            position = data_end + 2
-        del buffer[:position]
 
 
 class _Stale(Exception):
