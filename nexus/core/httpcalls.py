@@ -5,7 +5,8 @@ shard (the scheduler) and the simulated pods' three calls (input ``GET``, result
 completion ``POST``). aiohttp's client spends 60-90 µs of CPU on each such call, more
 than anything else the caller does for it; this client does what these calls need —
 plain HTTP/1.1 over kept-alive connections, TLS when given a context — for a quarter of
-that (benchmarked: 88 against 24 µs per ``POST``): each connection is an
+that (benchmarked: 88 against 24 µs per ``POST``; reading answers with llhttp then took
+a fifth off, ``benchmarks/http_client.py``): each connection is an
 :class:`asyncio.Protocol` whose llhttp parser reads the answer as it arrives and completes
 the caller's future, with no stream objects, tasks or timers per call.
 
