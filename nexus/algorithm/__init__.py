@@ -1,1 +1,0 @@
-"""Helpers for writing algorithm containers that follow the Nexus contract."""

@@ -1,1 +1,0 @@
-"""Python client for the Nexus API."""
