@@ -1,6 +1,8 @@
 # One entry point for people and CI. `make dev` runs Nexus locally, `make check` runs
 # exactly what CI runs. Both bootstrap the virtual environment on first use. Recipes are
 # silent on stdout, so that `make dev`'s only line there is NEXUS READY {json}.
+# The virtual environment holds the three distributions of this repository, editable: the
+# server (.), the SDK with the `nexus` command (sdk/) and the development tools (dev/).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -8,11 +10,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: dev check test lint lock clean
 
-$(STAMP): pyproject.toml requirements.lock
+DISTRIBUTIONS := -e ./sdk -e '.[dev]' -e ./dev
+
+$(STAMP): pyproject.toml sdk/pyproject.toml dev/pyproject.toml requirements.lock
 	@echo "installing Nexus and its pinned dependencies into $(VENV) ..." >&2
 	@$(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install --quiet --upgrade pip >&2
-	@$(BIN)/pip install --quiet -c requirements.lock -e '.[dev]' >&2
+	@$(BIN)/pip install --quiet -c requirements.lock $(DISTRIBUTIONS) >&2
+	@# a venv from before the SDK owned the `nexus` script loses it with the old server
+	@test -e $(BIN)/nexus || $(BIN)/pip install --quiet --no-deps --force-reinstall -e ./sdk >&2
 	@touch $(STAMP)
 
 dev: $(STAMP)
@@ -29,11 +35,13 @@ test: $(STAMP)
 
 check: lint test
 
-# Re-pin every transitive dependency after changing pyproject.toml.
+# Re-pin every transitive dependency after changing a pyproject.toml. setuptools is kept
+# (--all) as the tests build wheels with it; pip and our own distributions are not pinned.
 lock:
 	rm -rf $(VENV)-lock && $(PYTHON) -m venv $(VENV)-lock
-	$(VENV)-lock/bin/pip install --quiet -e '.[dev]'
-	$(VENV)-lock/bin/pip freeze --exclude-editable --exclude nexus | sort > requirements.lock
+	$(VENV)-lock/bin/pip install --quiet $(DISTRIBUTIONS)
+	$(VENV)-lock/bin/pip freeze --all --exclude-editable --exclude pip \
+	    --exclude nexus --exclude nexus-sdk --exclude nexus-dev | sort > requirements.lock
 	rm -rf $(VENV)-lock
 
 clean:

@@ -142,7 +142,7 @@ def main() -> int:
         import dramatiq  # noqa: F401
     except ImportError:
         parser.exit(2, "this benchmark needs Dramatiq: .venv/bin/pip install dramatiq==2.2.1\n")
-    from nexus.core.localservers import LocalRedis
+    from nexus_dev.servers.databases import LocalRedis
 
     with tempfile.TemporaryDirectory(prefix="nexus-baseline-") as directory:
         redis = LocalRedis(Path(directory))

@@ -33,9 +33,9 @@ from prometheus_client import REGISTRY
 
 from nexus.core.checkpoints import CheckpointStore, _insert_row, apply_migrations
 from nexus.core.config import PostgresSettings
-from nexus.core.localservices import LocalPostgres
 from nexus.core.runs import NewRun, Stage
 from nexus.core.statements import INSERT
+from nexus_dev.servers.services import LocalPostgres
 
 CONFIGURATION = {
     "image": "algorithms/echo", "registry": "example.io", "versionTag": "1.0",

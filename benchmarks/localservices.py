@@ -15,7 +15,7 @@ import statistics
 import sys
 import time
 
-from nexus.core.localservices import LocalServices
+from nexus_dev.servers.services import LocalServices
 
 
 def main() -> int:

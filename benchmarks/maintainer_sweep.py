@@ -55,9 +55,9 @@ from nexus.core.checkpoints import (
     apply_migrations,
 )
 from nexus.core.config import PostgresSettings, RedisSettings
-from nexus.core.localservers import LocalPostgres, LocalRedis
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import RunKey, Stage
+from nexus_dev.servers.databases import LocalPostgres, LocalRedis
 
 SHARD = "shard-0"
 COMMAND = "python benchmarks/maintainer_sweep.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cpu import CpuMeter
 from loadgen import open_loop, request_bytes
 
-from nexus.core.locals3 import LocalS3, S3Info
+from nexus_dev.servers.s3 import LocalS3, S3Info
 
 BUCKET = "nexus"
 RESULT = b'{"index": 123456}'

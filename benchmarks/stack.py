@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from nexus.core.localservices import LocalServices
-from nexus.dev import BUCKET, ServicesComponent
-from nexus.devstack import ClusterComponent, Credentials, NexusComponent, StackOptions
+from nexus_dev.cli import BUCKET, ServicesComponent
+from nexus_dev.servers.services import LocalServices
+from nexus_dev.stack import ClusterComponent, Credentials, NexusComponent, StackOptions
 
 
 @dataclass

@@ -1,5 +1,7 @@
+"""``python -m nexus <command>``: the ``nexus`` command, where its script is not on PATH."""
+
 import sys
 
-from nexus.cli import main
+from nexus_sdk.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """Fixtures: real PostgreSQL, Redis and S3 for every test, isolated per test.
 
-The servers are started once per session (:class:`nexus.core.localservices.LocalServices`,
+The servers are started once per session (:class:`nexus_dev.servers.services.LocalServices`,
 in parallel, in about a second) unless environment variables name running ones (``PGHOST``,
 ``NEXUS_REDIS_URL``, ``NEXUS_S3_ENDPOINT_URL``; see that module). Each test gets its own
 slice of them, so tests never see each other's data:
@@ -37,7 +37,7 @@ from harness import (
     unique_name,
 )
 
-from nexus.core.localservices import LocalPostgres, LocalRedis, LocalS3, LocalServices
+from nexus_dev.servers.services import LocalPostgres, LocalRedis, LocalS3, LocalServices
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from nexus.core import sigv4
-from nexus.core.localservices import LocalPostgres, PostgresInfo, S3Info
+from nexus_dev.servers.services import LocalPostgres, PostgresInfo, S3Info
 
 T = TypeVar("T")
 _COUNTER = itertools.count(1)

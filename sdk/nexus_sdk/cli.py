@@ -1,8 +1,26 @@
-"""The ``nexus`` command: one entry point for every process of the system.
+"""The ``nexus`` command: one entry point for whatever parts of Nexus are installed.
 
-Each subcommand lives with the code it runs and is imported only when chosen, so that
-``nexus receiver`` does not pay for the scheduler's imports. A subcommand's ``main`` takes
-its own argument list and returns the process exit status.
+``nexus <command> [options]`` runs the subcommand registered under that name in the
+entry-point group ``nexus.commands``. Each installed distribution contributes its own: the
+server (``nexus``) ``scheduler``, ``receiver``, ``maintainer``, ``migrate`` and
+``settings``; the development package (``nexus-dev``) ``dev`` and ``devcluster``. So the
+same command lists and runs what is there — in the production image, in a developer's
+virtual environment, and on a machine with the SDK alone. The client commands (``run``,
+``submit``, ``wait``, ``status``, ``result``, ``cancel``) will be this distribution's own
+entries in the same group (``sdk/pyproject.toml``).
+
+Guarantees:
+
+* a subcommand's module is imported only when it is chosen: an entry point names a
+  :class:`Command`, which holds the module's *name*; listing the commands imports only
+  the small modules that declare them;
+* a subcommand is that module's ``main(argv) -> int``; its result is the exit status;
+* an unknown command exits with status 2 and the list of installed ones; a command of a
+  Nexus distribution that is not installed says which package to install.
+
+This module uses the standard library only and never imports the server: a distribution
+adds what its commands share (the server: a bad setting ends with one line and status 2)
+by subclassing :class:`Command`.
 """
 
 from __future__ import annotations
@@ -10,44 +28,101 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
 
-from nexus.core.errors import ConfigError
-from nexus.core.lifecycle import EXIT_CONFIG
+ENTRY_POINT_GROUP = "nexus.commands"
+EXIT_USAGE = 2
+"""Exit status of a command line that names no installed command (as argparse's)."""
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "dev": ("nexus.dev", "run the whole system locally on throwaway real services"),
-    "devcluster": ("nexus.devcluster.cli", "run local Kubernetes API emulators (shards)"),
-    "scheduler": ("nexus.scheduler.cli", "run the scheduler service (public API, dispatch)"),
-    "receiver": ("receiver.cli", "run the receiver service (algorithm completions)"),
-    "maintainer": ("maintainer.cli", "run the maintainer service (watches and sweeps)"),
-    "migrate": ("nexus.migrate", "apply checkpoint-store migrations and exit"),
-    "settings": ("nexus.settingsdoc", "print every setting of every service as Markdown"),
+PROVIDERS = {
+    "scheduler": "nexus",
+    "receiver": "nexus",
+    "maintainer": "nexus",
+    "migrate": "nexus",
+    "settings": "nexus",
+    "dev": "nexus-dev",
+    "devcluster": "nexus-dev",
 }
+"""The commands of the other Nexus distributions, so that a missing one can be named."""
 
 
-def _usage() -> str:
+@dataclass(frozen=True)
+class Command:
+    """A ``nexus`` subcommand: ``main(argv) -> int`` of ``module``, imported when run."""
+
+    module: str
+    about: str
+    """One line for ``nexus --help``."""
+
+    def run(self, name: str, argv: list[str]) -> int:
+        """Run the command called ``name`` on the command line with ``argv``."""
+        main: Callable[[list[str]], int] = importlib.import_module(self.module).main
+        return main(argv)
+
+
+def installed() -> dict[str, EntryPoint]:
+    """The registered commands by name, in name order (the first one of a name wins)."""
+    found: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry)
+    return dict(sorted(found.items()))
+
+
+def load(entry: EntryPoint) -> Command:
+    """The :class:`Command` an entry point names; ``TypeError`` if it names something else."""
+    command = entry.load()
+    if not isinstance(command, Command):
+        raise TypeError(f"{entry.value} is a {type(command).__name__}, not a nexus command")
+    return command
+
+
+def usage(commands: dict[str, EntryPoint]) -> str:
     lines = ["usage: nexus <command> [options]", "", "commands:"]
-    lines += [f"  {name:<12} {about}" for name, (_, about) in COMMANDS.items()]
+    for name, entry in commands.items():
+        try:
+            about = load(entry).about
+        except Exception as exc:  # a broken install must not hide the other commands
+            about = f"(cannot be loaded: {exc})"
+        lines.append(f"  {name:<12} {about}")
+    if not commands:
+        lines.append("  (none installed)")
+    missing: dict[str, list[str]] = {}
+    for name, package in PROVIDERS.items():
+        if name not in commands:
+            missing.setdefault(package, []).append(name)
+    if missing:
+        lines.append("")
+        lines += [
+            f"{', '.join(names)}: install the {pkg} package" for pkg, names in missing.items()
+        ]
     lines += ["", "`nexus <command> --help` describes each command's options."]
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    commands = installed()
     if not args or args[0] in ("-h", "--help", "help"):
-        print(_usage())
+        print(usage(commands))
         return 0
     name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"nexus: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return EXIT_CONFIG
-    module = importlib.import_module(COMMANDS[name][0])
-    command: Callable[[list[str]], int] = module.main
+    if name not in commands:
+        if name in PROVIDERS:
+            print(
+                f"nexus: {name!r} is a command of the {PROVIDERS[name]} package, which is not "
+                f"installed here: install {PROVIDERS[name]} to use it",
+                file=sys.stderr,
+            )
+        else:
+            print(f"nexus: unknown command {name!r}\n\n{usage(commands)}", file=sys.stderr)
+        return EXIT_USAGE
     try:
-        return command(rest)
-    except ConfigError as exc:
-        print(f"nexus {name}: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        command = load(commands[name])
+    except (ImportError, AttributeError, TypeError) as exc:
+        print(f"nexus: the command {name!r} cannot be loaded: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return command.run(name, rest)
 
 
 if __name__ == "__main__":

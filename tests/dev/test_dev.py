@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from harness import is_alive
 
-from nexus.core.localprocesses import descendants
-from nexus.core.localservers import redis_ping
-from nexus.core.localservices import LocalPostgres, PostgresInfo, S3Info
-from nexus.dev import READY_PREFIX
+from nexus_dev.cli import READY_PREFIX
+from nexus_dev.servers.databases import redis_ping
+from nexus_dev.servers.services import LocalPostgres, PostgresInfo, S3Info
+from nexus_dev.servers.supervision import descendants
 
 # Variables that would make `nexus dev` use running servers instead of starting its own.
 EXTERNAL = {"PGHOST", "NEXUS_REDIS_URL", "NEXUS_S3_ENDPOINT_URL"}

@@ -16,16 +16,17 @@ import pytest
 import redis
 from harness import S3Bucket, children_of, is_alive
 
-from nexus.core import localprocesses, sigv4
-from nexus.core.localprocesses import LocalServiceError, descendants, free_ports
-from nexus.core.localservers import redis_ping
-from nexus.core.localservices import (
+from nexus.core import sigv4
+from nexus_dev.servers import supervision
+from nexus_dev.servers.databases import redis_ping
+from nexus_dev.servers.services import (
     LocalPostgres,
     LocalRedis,
     LocalS3,
     LocalServices,
     external_servers,
 )
+from nexus_dev.servers.supervision import LocalServiceError, descendants, free_ports
 
 
 def fetch(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
@@ -228,11 +229,11 @@ def test_botocore_presigned_urls_work_against_local_s3(s3: S3Bucket) -> None:
 
 
 @pytest.mark.parametrize("source", ["wheel", "system"])
-def test_servers_run_from_the_chosen_binaries(source: localprocesses.BinarySource) -> None:
+def test_servers_run_from_the_chosen_binaries(source: supervision.BinarySource) -> None:
     finders = {
-        LocalPostgres: lambda: localprocesses.find_postgres(source).path / "postgres",
-        LocalRedis: lambda: localprocesses.find_redis(source).path,
-        LocalS3: lambda: localprocesses.find_weed(source).path,
+        LocalPostgres: lambda: supervision.find_postgres(source).path / "postgres",
+        LocalRedis: lambda: supervision.find_redis(source).path,
+        LocalS3: lambda: supervision.find_weed(source).path,
     }
     tried = 0
     for server_class, binary in finders.items():
@@ -254,10 +255,10 @@ def test_servers_run_from_the_chosen_binaries(source: localprocesses.BinarySourc
 
 
 def test_binary_choice_comes_from_the_environment() -> None:
-    assert localprocesses.binary_source({}) == "auto"
-    assert localprocesses.binary_source({"NEXUS_LOCAL_BINARIES": "Wheel"}) == "wheel"
+    assert supervision.binary_source({}) == "auto"
+    assert supervision.binary_source({"NEXUS_LOCAL_BINARIES": "Wheel"}) == "wheel"
     with pytest.raises(LocalServiceError, match="NEXUS_LOCAL_BINARIES"):
-        localprocesses.binary_source({"NEXUS_LOCAL_BINARIES": "docker"})
+        supervision.binary_source({"NEXUS_LOCAL_BINARIES": "docker"})
 
 
 # -- external servers ----------------------------------------------------------------------
@@ -298,7 +299,7 @@ def test_external_server_variables() -> None:
 
 def test_a_failed_start_reports_the_server_log(monkeypatch: pytest.MonkeyPatch) -> None:
     def bad_command(self: LocalRedis) -> list[str]:
-        return [str(localprocesses.find_redis().path), "--no-such-directive", "yes"]
+        return [str(supervision.find_redis().path), "--no-such-directive", "yes"]
 
     monkeypatch.setattr(LocalRedis, "_command", bad_command)
     server = LocalRedis()
@@ -341,7 +342,7 @@ def test_a_port_taken_between_its_choice_and_the_start_is_chosen_again(
 
 def test_servers_left_running_are_killed_at_interpreter_exit() -> None:
     script = (
-        "from nexus.core.localservices import LocalRedis\n"
+        "from nexus_dev.servers.services import LocalRedis\n"
         "server = LocalRedis()\n"
         "server.start()\n"
         "print(server.pid, server.directory, flush=True)\n"

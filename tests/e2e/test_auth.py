@@ -38,7 +38,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.runs import NewRun, Stage, Transition
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
-from nexus.devcluster.shards import ShardSpec
+from nexus_dev.cluster.emulators import ShardSpec
 from receiver.settings import ReceiverSection
 
 ISSUER = "https://issuer.example"

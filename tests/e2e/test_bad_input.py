@@ -28,7 +28,7 @@ from backports import zstd
 from harness import Servers
 from support.system import TOKEN, System, local_system, send_raw, template
 
-from nexus.devcluster.shards import ShardSpec
+from nexus_dev.cluster.emulators import ShardSpec
 
 RUN = "/algorithm/v1.2/run/echo"
 COMPRESSIONS: dict[str, Callable[[bytes], bytes]] = {

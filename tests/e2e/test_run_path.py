@@ -31,10 +31,10 @@ from nexus.core import sigv4
 from nexus.core.queues import QueuedRun
 from nexus.core.runs import NewRun, Stage
 from nexus.core.signing import Signer
-from nexus.devcluster.fairness import Limits
-from nexus.devcluster.shards import ShardSpec
-from nexus.devcluster.store import Change
 from nexus.scheduler.api import SCHEDULER
+from nexus_dev.cluster.emulators import ShardSpec
+from nexus_dev.cluster.fairness import Limits
+from nexus_dev.cluster.store import Change
 
 
 @pytest.mark.parametrize("mode", ["simulated", "process"])
@@ -56,7 +56,7 @@ async def test_echo_completes_and_its_result_is_its_parameters(servers: Servers,
 
 # -- helpers ---------------------------------------------------------------------------------
 
-MAYBE_FAIL = ("python", "-m", "nexus.algorithm.examples", "maybe-fail")
+MAYBE_FAIL = ("python", "-m", "nexus_sdk.examples", "maybe-fail")
 
 
 def job_of(system: System, shard: str, request_id: str) -> dict[str, Any] | None:

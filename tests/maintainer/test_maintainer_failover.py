@@ -24,8 +24,8 @@ from maintaining import (
 )
 from support.system import free_port, local_system, template
 
-from nexus.devcluster.shards import ShardSpec
-from nexus.devcluster.simulation import SimulationSettings
+from nexus_dev.cluster.emulators import ShardSpec
+from nexus_dev.cluster.simulation import SimulationSettings
 
 QUICK = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:0.02"))
 

@@ -33,9 +33,9 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings
 from nexus.core.runs import NewRun, Stage, Transition
 from nexus.core.shards import ShardClient, WatchEvent
-from nexus.devcluster.kubelet import KubeletSettings
-from nexus.devcluster.shards import ShardSpec
-from nexus.devcluster.simulation import SimulationSettings
+from nexus_dev.cluster.emulators import ShardSpec
+from nexus_dev.cluster.kubelet import KubeletSettings
+from nexus_dev.cluster.simulation import SimulationSettings
 
 SLOW = ShardSpec(name="shard-slow", simulation=SimulationSettings(duration="fixed:6"))
 FAST = ShardSpec(

@@ -28,10 +28,10 @@ from support.system import NAMESPACE, System, local_system, template
 
 from nexus.core.labels import ALGORITHM_LABEL, ALGORITHM_RUN, COMPONENT_LABEL, REQUEST_LABEL
 from nexus.core.runs import NewRun, Stage
-from nexus.devcluster.jobcontroller import JobControllerSettings
-from nexus.devcluster.kubelet import KubeletSettings
-from nexus.devcluster.shards import ShardSpec
-from nexus.devcluster.simulation import SimulationSettings
+from nexus_dev.cluster.emulators import ShardSpec
+from nexus_dev.cluster.jobcontroller import JobControllerSettings
+from nexus_dev.cluster.kubelet import KubeletSettings
+from nexus_dev.cluster.simulation import SimulationSettings
 
 SIMULATED = ShardSpec(
     name="shard-0",
@@ -41,7 +41,7 @@ SIMULATED = ShardSpec(
     kubelet=KubeletSettings(image_pull_backoff=0.2),
 )
 PROCESSES = ShardSpec(name="shard-p", mode="process", jobs=JobControllerSettings(retry_backoff=0.1))
-MAYBE_FAIL = ("python", "-m", "nexus.algorithm.examples", "maybe-fail")
+MAYBE_FAIL = ("python", "-m", "nexus_sdk.examples", "maybe-fail")
 
 
 def job_of(system: System, shard: str, name: str) -> dict[str, Any] | None:

@@ -30,8 +30,8 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings, RedisSettings
 from nexus.core.queues import QueueBackend
 from nexus.core.runs import NewRun, Stage, Transition
-from nexus.devcluster.shards import ShardSpec
-from nexus.devcluster.simulation import SimulationSettings
+from nexus_dev.cluster.emulators import ShardSpec
+from nexus_dev.cluster.simulation import SimulationSettings
 
 
 def actions(action: str, shard: str = "shard-0") -> float:

@@ -35,9 +35,9 @@ from nexus.core.config import (
     StorageSettings,
 )
 from nexus.core.lifecycle import LIFECYCLE
-from nexus.devcluster.shards import DevCluster, ShardSpec
 from nexus.scheduler.app import create_app as create_scheduler
 from nexus.scheduler.settings import AuthSettings, SchedulerSection, SchedulerSettings, ServiceToken
+from nexus_dev.cluster.emulators import DevCluster, ShardSpec
 from receiver.app import create_app as create_receiver
 from receiver.settings import ReceiverSection, ReceiverSettings
 
@@ -62,7 +62,7 @@ def template(
     name: str,
     *,
     workgroup: str = "default",
-    command: Sequence[str] = ("python", "-m", "nexus.algorithm.examples", "echo"),
+    command: Sequence[str] = ("python", "-m", "nexus_sdk.examples", "echo"),
     inline: bool = True,
     deadline: int = 60,
     retries: int = 0,

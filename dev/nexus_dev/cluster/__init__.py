@@ -4,7 +4,7 @@ Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
 (kubernetes-asyncio) over the real REST API. The pieces, from the wire inwards:
 
 * :mod:`.httpserver`, :mod:`.routing` — HTTP/1.1 in and out, paths to handlers;
-* :mod:`.apiserver`, :mod:`.watching`, :mod:`.discovery` — paths, verbs, watches, answers;
+* :mod:`.apiserver`, :mod:`.watchstreams`, :mod:`.discovery` — paths, verbs, watches, answers;
 * :mod:`.fairness` — emulated API Priority and Fairness (429) and request metrics;
 * :mod:`.store` — objects, the shared ``resourceVersion``, watch history and fan-out;
 * :mod:`.selectors`, :mod:`.validation`, :mod:`.patching`, :mod:`.statuses` — what the
@@ -14,11 +14,11 @@ Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
 * :mod:`.kubelet`, :mod:`.podstatus`, :mod:`.simulation`, :mod:`.processes` — pods,
   their status and their containers (simulated ones call out over the pooled connections
   of :mod:`nexus.core.httpcalls`);
-* :mod:`.shards`, :mod:`.cli`, :mod:`.heap` — running shards in-process or as
+* :mod:`.emulators`, :mod:`.cli`, :mod:`.heap` — running shards in-process or as
   ``nexus devcluster`` (which keeps the garbage collector off the store).
 """
 
-from nexus.devcluster.fairness import Limits
-from nexus.devcluster.shards import DevCluster, Shard, ShardSpec
+from nexus_dev.cluster.emulators import DevCluster, Shard, ShardSpec
+from nexus_dev.cluster.fairness import Limits
 
 __all__ = ["DevCluster", "Limits", "Shard", "ShardSpec"]

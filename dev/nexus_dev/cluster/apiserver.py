@@ -22,19 +22,19 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from nexus.devcluster import discovery, routing
-from nexus.devcluster.deletion import GarbageCollector, choose_policy
-from nexus.devcluster.events import EventRecorder
-from nexus.devcluster.fairness import Fairness
-from nexus.devcluster.httpserver import Answer, HttpServer, Request
-from nexus.devcluster.kubelet import Kubelet
-from nexus.devcluster.patching import apply_patch
-from nexus.devcluster.routing import NoRoute, Params
-from nexus.devcluster.selectors import selector_predicate
-from nexus.devcluster.statuses import ApiError, new_uid, now_iso, random_suffix
-from nexus.devcluster.store import Collection, Obj, ObjectStore, Resource
-from nexus.devcluster.validation import check_name, default_job, validate_job
-from nexus.devcluster.watching import WatchSettings, open_watch
+from nexus_dev.cluster import discovery, routing
+from nexus_dev.cluster.deletion import GarbageCollector, choose_policy
+from nexus_dev.cluster.events import EventRecorder
+from nexus_dev.cluster.fairness import Fairness
+from nexus_dev.cluster.httpserver import Answer, HttpServer, Request
+from nexus_dev.cluster.kubelet import Kubelet
+from nexus_dev.cluster.patching import apply_patch
+from nexus_dev.cluster.routing import NoRoute, Params
+from nexus_dev.cluster.selectors import selector_predicate
+from nexus_dev.cluster.statuses import ApiError, new_uid, now_iso, random_suffix
+from nexus_dev.cluster.store import Collection, Obj, ObjectStore, Resource
+from nexus_dev.cluster.validation import check_name, default_job, validate_job
+from nexus_dev.cluster.watchstreams import WatchSettings, open_watch
 
 _JSON = "application/json"
 _OPEN_PATHS = frozenset({"/metrics", "/healthz", "/livez", "/readyz"})

@@ -27,14 +27,14 @@ import uvloop
 from nexus.core.config import LogSettings
 from nexus.core.errors import ConfigError
 from nexus.core.logs import configure as configure_logs
-from nexus.devcluster.fairness import Limits
-from nexus.devcluster.heap import HeapPolicy, HeapSettings
-from nexus.devcluster.jobcontroller import JobControllerSettings
-from nexus.devcluster.kubelet import KubeletSettings
-from nexus.devcluster.processes import ProcessSettings
-from nexus.devcluster.shards import MODES, DevCluster, ShardSpec
-from nexus.devcluster.simulation import SimulationSettings, parse_distribution, parse_faults
-from nexus.devcluster.watching import WatchSettings
+from nexus_dev.cluster.emulators import MODES, DevCluster, ShardSpec
+from nexus_dev.cluster.fairness import Limits
+from nexus_dev.cluster.heap import HeapPolicy, HeapSettings
+from nexus_dev.cluster.jobcontroller import JobControllerSettings
+from nexus_dev.cluster.kubelet import KubeletSettings
+from nexus_dev.cluster.processes import ProcessSettings
+from nexus_dev.cluster.simulation import SimulationSettings, parse_distribution, parse_faults
+from nexus_dev.cluster.watchstreams import WatchSettings
 
 _LIMIT_KEYS = {
     "mutating-rate": ("mutating_rate", float),

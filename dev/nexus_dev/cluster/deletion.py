@@ -26,8 +26,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from nexus.devcluster.statuses import ApiError, now_iso, status_body
-from nexus.devcluster.store import Change, Obj, ObjectStore
+from nexus_dev.cluster.statuses import ApiError, now_iso, status_body
+from nexus_dev.cluster.store import Change, Obj, ObjectStore
 
 POLICIES = ("Background", "Foreground", "Orphan")
 OWNED_KINDS = ("pods", "jobs")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nexus.devcluster.store import Resource
+from nexus_dev.cluster.store import Resource
 
 CRD_GROUP = "science.sneaksanddata.com"
 KUBERNETES_VERSION = ("1", "33", "v1.33.0")

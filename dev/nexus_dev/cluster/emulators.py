@@ -30,18 +30,18 @@ from typing import Any, Literal
 import yaml
 from prometheus_client import CollectorRegistry
 
-from nexus.devcluster.apiserver import ApiServer
-from nexus.devcluster.deletion import GarbageCollector
-from nexus.devcluster.discovery import RESOURCES
-from nexus.devcluster.events import EventRecorder
-from nexus.devcluster.fairness import Fairness, Limits, gauge_collector
-from nexus.devcluster.httpserver import HttpServer
-from nexus.devcluster.jobcontroller import JobController, JobControllerSettings
-from nexus.devcluster.kubelet import Kubelet, KubeletSettings, Runtime
-from nexus.devcluster.processes import ProcessRuntime, ProcessSettings
-from nexus.devcluster.simulation import FAULTS, SimulatedRuntime, SimulationSettings
-from nexus.devcluster.store import ObjectStore
-from nexus.devcluster.watching import WatchSettings
+from nexus_dev.cluster.apiserver import ApiServer
+from nexus_dev.cluster.deletion import GarbageCollector
+from nexus_dev.cluster.discovery import RESOURCES
+from nexus_dev.cluster.events import EventRecorder
+from nexus_dev.cluster.fairness import Fairness, Limits, gauge_collector
+from nexus_dev.cluster.httpserver import HttpServer
+from nexus_dev.cluster.jobcontroller import JobController, JobControllerSettings
+from nexus_dev.cluster.kubelet import Kubelet, KubeletSettings, Runtime
+from nexus_dev.cluster.processes import ProcessRuntime, ProcessSettings
+from nexus_dev.cluster.simulation import FAULTS, SimulatedRuntime, SimulationSettings
+from nexus_dev.cluster.store import ObjectStore
+from nexus_dev.cluster.watchstreams import WatchSettings
 
 log = logging.getLogger(__name__)
 

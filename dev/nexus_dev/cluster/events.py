@@ -25,8 +25,8 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from nexus.devcluster.statuses import iso, new_uid
-from nexus.devcluster.store import Obj, ObjectStore
+from nexus_dev.cluster.statuses import iso, new_uid
+from nexus_dev.cluster.store import Obj, ObjectStore
 
 NODE_NAME = "devcluster-node"
 _SWEEP_INTERVAL = 1.0

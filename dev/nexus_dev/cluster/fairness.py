@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from nexus.devcluster.statuses import ApiError
+from nexus_dev.cluster.statuses import ApiError
 
 MUTATING_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 

@@ -27,11 +27,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from nexus.devcluster.deletion import GarbageCollector
-from nexus.devcluster.events import NODE_NAME, EventRecorder
-from nexus.devcluster.kubelet import Kubelet
-from nexus.devcluster.statuses import new_uid, now_iso, random_suffix
-from nexus.devcluster.store import Change, Obj, ObjectStore
+from nexus_dev.cluster.deletion import GarbageCollector
+from nexus_dev.cluster.events import NODE_NAME, EventRecorder
+from nexus_dev.cluster.kubelet import Kubelet
+from nexus_dev.cluster.statuses import new_uid, now_iso, random_suffix
+from nexus_dev.cluster.store import Change, Obj, ObjectStore
 
 COMPONENT = "job-controller"
 BACKOFF_MESSAGE = "Job has reached the specified backoff limit"

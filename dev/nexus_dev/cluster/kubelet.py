@@ -27,10 +27,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from nexus.devcluster import podstatus
-from nexus.devcluster.events import EventRecorder
-from nexus.devcluster.statuses import ApiError, now_iso
-from nexus.devcluster.store import Obj, ObjectStore
+from nexus_dev.cluster import podstatus
+from nexus_dev.cluster.events import EventRecorder
+from nexus_dev.cluster.statuses import ApiError, now_iso
+from nexus_dev.cluster.store import Obj, ObjectStore
 
 #: Env variable or annotation naming the fault a pod must show (see :mod:`.simulation`).
 FAULT_ENV = "NEXUS_DEVCLUSTER_FAULT"

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from nexus.devcluster.statuses import ApiError
+from nexus_dev.cluster.statuses import ApiError
 
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"

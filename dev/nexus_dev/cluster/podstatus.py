@@ -25,7 +25,7 @@ from __future__ import annotations
 import random
 from typing import Any, Protocol
 
-from nexus.devcluster.store import Obj
+from nexus_dev.cluster.store import Obj
 
 _HOST_IP = "10.0.0.1"
 _HOST_IPS = [{"ip": _HOST_IP}]

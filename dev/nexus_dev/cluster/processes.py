@@ -31,11 +31,11 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from nexus.devcluster.kubelet import PodRun
-from nexus.devcluster.validation import memory_bytes
+from nexus_dev.cluster.kubelet import PodRun
+from nexus_dev.cluster.validation import memory_bytes
 
 if TYPE_CHECKING:
-    from nexus.devcluster.kubelet import Kubelet
+    from nexus_dev.cluster.kubelet import Kubelet
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _EXIT_DRAIN = 0.5  # seconds to wait for the last output after the process exited

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nexus.devcluster.statuses import ApiError
+from nexus_dev.cluster.statuses import ApiError
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 

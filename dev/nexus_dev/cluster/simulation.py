@@ -40,10 +40,10 @@ from typing import TYPE_CHECKING
 import orjson
 
 from nexus.core.httpcalls import CallFailed, HttpCalls
-from nexus.devcluster.kubelet import PodRun
+from nexus_dev.cluster.kubelet import PodRun
 
 if TYPE_CHECKING:
-    from nexus.devcluster.kubelet import Kubelet
+    from nexus_dev.cluster.kubelet import Kubelet
 
 FAULTS = ("oom", "image-pull", "exit", "silent", "hang")
 _JSON_HEADERS = {"Content-Type": "application/json"}

@@ -33,8 +33,8 @@ from typing import Any
 
 import orjson
 
-from nexus.devcluster.selectors import Predicate
-from nexus.devcluster.statuses import ApiError
+from nexus_dev.cluster.selectors import Predicate
+from nexus_dev.cluster.statuses import ApiError
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)

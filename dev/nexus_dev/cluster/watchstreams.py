@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import orjson
 
-from nexus.devcluster.httpserver import Request, Stream
-from nexus.devcluster.selectors import Predicate
-from nexus.devcluster.statuses import ApiError
-from nexus.devcluster.store import Collection, ObjectStore, Watcher
+from nexus_dev.cluster.httpserver import Request, Stream
+from nexus_dev.cluster.selectors import Predicate
+from nexus_dev.cluster.statuses import ApiError
+from nexus_dev.cluster.store import Collection, ObjectStore, Watcher
 
 _LIVENESS_CHECK = 5.0  # seconds between checks that the client is still connected
 _HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache"}

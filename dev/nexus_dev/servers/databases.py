@@ -1,6 +1,6 @@
 """Throwaway real servers on loopback: the common life cycle, PostgreSQL and Redis.
 
-:class:`LocalPostgres`, :class:`LocalRedis` and :class:`~nexus.core.locals3.LocalS3`
+:class:`LocalPostgres`, :class:`LocalRedis` and :class:`~nexus_dev.servers.s3.LocalS3`
 share one life cycle (:class:`LocalServer`) and each guarantees:
 
 * :meth:`~LocalServer.start` picks free ports on 127.0.0.1, prepares its data directory
@@ -11,9 +11,9 @@ share one life cycle (:class:`LocalServer`) and each guarantees:
 * :meth:`~LocalServer.stop` shuts down gracefully and SIGKILLs after a deadline,
   :meth:`~LocalServer.kill` SIGKILLs at once (fault tests), and
   :meth:`~LocalServer.restart` comes back on the **same ports and data directory**;
-  nothing outlives ``stop`` or ``kill`` (see :mod:`nexus.core.localprocesses`);
+  nothing outlives ``stop`` or ``kill`` (see :mod:`nexus_dev.servers.supervision`);
 * connection details are plain data: :class:`PostgresInfo`, :class:`RedisInfo`,
-  :class:`~nexus.core.locals3.S3Info`;
+  :class:`~nexus_dev.servers.s3.S3Info`;
 * a server built with ``external=info`` starts nothing and refuses to be stopped, killed
   or restarted: it belongs to someone else.
 
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 from urllib.parse import quote
 
-from nexus.core.localprocesses import (
+from nexus_dev.servers.supervision import (
     BinarySource,
     LocalServiceError,
     RunAs,

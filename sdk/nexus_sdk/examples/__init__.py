@@ -1,1 +1,1 @@
-"""Example algorithms installed by ``nexus dev``."""
+"""Example algorithms: ``python -m nexus_sdk.examples <name>``; ``nexus dev`` installs them."""

@@ -1,4 +1,4 @@
-"""``python -m nexus.algorithm.examples <name> --sas-uri=… --request-id=…``
+"""``python -m nexus_sdk.examples <name> --sas-uri=… --request-id=…``
 
 * ``echo``: the result is the run's own ``algorithmParameters``.
 * ``maybe-fail``: like ``echo``, unless the parameters ask otherwise —
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 import time
 
-from nexus.algorithm.contract import Run
+from nexus_sdk.algorithm import Run
 
 
 def main(argv: list[str]) -> int:

@@ -16,12 +16,12 @@ from typing import Any
 import pytest_asyncio
 from kubernetes_asyncio import client, config
 
-from nexus.devcluster.jobcontroller import JobControllerSettings
-from nexus.devcluster.kubelet import KubeletSettings
-from nexus.devcluster.processes import ProcessSettings
-from nexus.devcluster.shards import DevCluster, Shard, ShardSpec
-from nexus.devcluster.simulation import SimulationSettings
-from nexus.devcluster.watching import WatchSettings
+from nexus_dev.cluster.emulators import DevCluster, Shard, ShardSpec
+from nexus_dev.cluster.jobcontroller import JobControllerSettings
+from nexus_dev.cluster.kubelet import KubeletSettings
+from nexus_dev.cluster.processes import ProcessSettings
+from nexus_dev.cluster.simulation import SimulationSettings
+from nexus_dev.cluster.watchstreams import WatchSettings
 
 NS = "nexus"
 

@@ -9,7 +9,7 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from nexus.devcluster.shards import Shard
+from nexus_dev.cluster.emulators import Shard
 
 from .conftest import NS, connect, eventually, job_manifest
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from nexus.devcluster.cli import build_parser, shard_specs
-from nexus.devcluster.heap import HeapPolicy, HeapSettings
+from nexus_dev.cluster.cli import build_parser, shard_specs
+from nexus_dev.cluster.heap import HeapPolicy, HeapSettings
 
 
 def test_options_reach_every_shard() -> None:

@@ -9,8 +9,8 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from nexus.devcluster.fairness import Limits
-from nexus.devcluster.shards import DevCluster
+from nexus_dev.cluster.emulators import DevCluster
+from nexus_dev.cluster.fairness import Limits
 
 from .conftest import NS, connect, fast_spec, job_manifest
 

@@ -10,9 +10,9 @@ import pytest
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from nexus.devcluster.kubelet import KubeletSettings
-from nexus.devcluster.shards import DevCluster
-from nexus.devcluster.store import Watcher
+from nexus_dev.cluster.emulators import DevCluster
+from nexus_dev.cluster.kubelet import KubeletSettings
+from nexus_dev.cluster.store import Watcher
 
 from .conftest import NS, connect, events_for, eventually, fast_spec, finished_job, job_manifest
 

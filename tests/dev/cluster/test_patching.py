@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nexus.devcluster.patching import JSON_PATCH, MERGE, apply_patch
+from nexus_dev.cluster.patching import JSON_PATCH, MERGE, apply_patch
 
 
 def test_merge_patch_copies() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest_asyncio
 from kubernetes_asyncio import client
 
-from nexus.devcluster.shards import DevCluster
+from nexus_dev.cluster.emulators import DevCluster
 
 from .conftest import NS, connect, eventually, fast_spec, finished_job, job_manifest
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 import pytest
 
-from nexus.devcluster.routing import NoRoute, match
-from nexus.devcluster.shards import Shard
+from nexus_dev.cluster.emulators import Shard
+from nexus_dev.cluster.routing import NoRoute, match
 
 CORE = {"group": "", "version": "v1"}
 BATCH = {"group": "batch", "version": "v1"}

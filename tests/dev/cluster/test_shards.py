@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from kubernetes_asyncio import client
 
-from nexus.devcluster.fairness import Limits
-from nexus.devcluster.shards import DevCluster
+from nexus_dev.cluster.emulators import DevCluster
+from nexus_dev.cluster.fairness import Limits
 
 from .conftest import NS, connect, fast_spec, finished_job, job_manifest
 

@@ -10,7 +10,7 @@ import pytest_asyncio
 from aiohttp import web
 from kubernetes_asyncio import client
 
-from nexus.devcluster.shards import Shard
+from nexus_dev.cluster.emulators import Shard
 
 from .conftest import NS, events_for, eventually, finished_job, job_manifest
 

@@ -7,7 +7,7 @@ import random
 import orjson
 import pytest
 
-from nexus.devcluster.store import Collection, ObjectStore, Resource, Watcher
+from nexus_dev.cluster.store import Collection, ObjectStore, Resource, Watcher
 
 PODS = Resource("", "v1", "pods", "Pod")
 

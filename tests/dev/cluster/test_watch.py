@@ -11,7 +11,7 @@ import pytest
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.rest import ApiException
 
-from nexus.devcluster.shards import DevCluster
+from nexus_dev.cluster.emulators import DevCluster
 
 from .conftest import NS, connect, fast_spec, job_manifest
 
