@@ -34,7 +34,9 @@ def compose() -> dict[str, Any]:
 
 
 def pinned(package: str) -> str:
-    match = re.search(rf'"{re.escape(package)}==([0-9.]+)"', (ROOT / "pyproject.toml").read_text())
+    # the development package (dev/pyproject.toml) asks for a range; the lock pins it
+    lock = (ROOT / "requirements.lock").read_text()
+    match = re.search(rf"^{re.escape(package)}==([0-9.]+)$", lock, re.MULTILINE)
     assert match, package
     return match.group(1)
 
