@@ -1,20 +1,27 @@
-"""AWS Signature Version 4 for the few S3 calls made without an S3 client library.
+"""AWS Signature Version 4 for presigned URLs, uploads and the few S3 calls made without
+an S3 client library.
 
-The local SeaweedFS server (:mod:`nexus_dev.servers.services`) enforces signatures, so
-checking that it is ready, and making or emptying a bucket for a test, needs signed
-requests. The S3 client library may only be imported by :mod:`nexus.core.storage`, and
-these calls must work before (and without) it, so this module signs with ``hmac`` and
-``hashlib`` alone, following the published algorithm:
+Presigning is on the hot path (every dispatch, every results read, every upload), and the
+local SeaweedFS server (:mod:`nexus_dev.servers.services`) enforces signatures, so checking
+that it is ready, and making or emptying a bucket for a test, needs signed requests too.
+The S3 client library may only be imported by :mod:`nexus.core.storage`, and these calls
+must work before (and without) it, so this module signs with ``hmac`` and ``hashlib``
+alone, following the published algorithm:
 
 * :meth:`Signer.headers` signs a request in its ``Authorization`` header, with the payload
   hash in ``x-amz-content-sha256``;
 * :meth:`Signer.presign` makes a presigned URL (query-string authentication,
   ``UNSIGNED-PAYLOAD``, only the ``host`` header signed), the kind handed to algorithms;
+  :meth:`Signer.presign_object` makes the same URL for an object in a few microseconds;
 * :func:`request` sends a signed request with :mod:`http.client` and returns the answer.
 
-Both are checked byte for byte against botocore's signers in the tests. Not supported on
-purpose: session tokens, chunked (streaming) payload signing, virtual-host addressing.
-A day's signing key is derived once and kept as a :class:`~nexus.core.signing.HmacKey`.
+Temporary credentials (STS: IRSA, Pod Identity, instance profiles) carry a session token,
+sent as ``X-Amz-Security-Token`` and signed as botocore signs it: a signed header, or a
+signed query parameter of a presigned URL. Objects are addressed path-style
+(``endpoint/bucket/key``) or virtual-host-style (``bucket.endpoint/key``). All of it is
+checked byte for byte against botocore's signers in the tests. Not supported on purpose:
+chunked (streaming) payload signing. A day's signing key is derived once and kept as a
+:class:`~nexus.core.signing.HmacKey`.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import hmac
 import http.client
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, urlsplit
 
@@ -65,12 +72,21 @@ class Response:
 
 @dataclass(frozen=True)
 class Signer:
-    """Signs requests for one set of credentials in one region."""
+    """Signs requests for one set of credentials in one region. ``session_token`` comes
+    with temporary credentials (STS) and is empty for long-term keys."""
 
     access_key_id: str
-    secret_access_key: str
+    secret_access_key: str = field(repr=False)
     region: str = "us-east-1"
     service: str = "s3"
+    session_token: str = field(default="", repr=False)
+    _token_query: str = field(init=False, repr=False, compare=False)
+    """``&X-Amz-Security-Token=<token>``, encoded once (tokens are ~1 kB), or empty."""
+
+    def __post_init__(self) -> None:
+        token = self.session_token
+        query = f"&X-Amz-Security-Token={uri_encode(token)}" if token else ""
+        object.__setattr__(self, "_token_query", query)
 
     def headers(
         self,
@@ -92,6 +108,8 @@ class Signer:
         signed["host"] = _signed_host(parts.scheme, parts.netloc)
         signed["x-amz-date"] = stamp
         signed["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
+        if self.session_token:
+            signed["x-amz-security-token"] = self.session_token
         canonical, names = self._canonical(
             method, parts.path, _query_pairs(parts.query), signed, signed["x-amz-content-sha256"]
         )
@@ -120,6 +138,8 @@ class Signer:
             ("X-Amz-Expires", str(expires_in)),
             ("X-Amz-SignedHeaders", "host"),
         ]
+        if self.session_token:  # signed, in the URL after SignedHeaders (as botocore puts it)
+            query.append(("X-Amz-Security-Token", self.session_token))
         canonical, _ = self._canonical(
             method,
             parts.path,
@@ -140,29 +160,35 @@ class Signer:
         *,
         expires_in: int,
         now: datetime | None = None,
+        virtual_host: bool = False,
     ) -> str:
-        """The same URL as ``presign(method, object_url(endpoint_url, bucket, key), ...)``,
-        made without parsing or sorting anything: objects are presigned on every dispatch
-        and every results read, so this path is kept to a few microseconds."""
+        """The same URL as ``presign(method, object_url(endpoint_url, bucket, key,
+        virtual_host=...), ...)``, made without parsing or sorting anything: objects are
+        presigned on every dispatch and every results read, so this path is kept to a few
+        microseconds."""
         if not 1 <= expires_in <= MAX_PRESIGN_SECONDS:
             raise ValueError(f"expires_in must be 1..{MAX_PRESIGN_SECONDS} s, not {expires_in}")
         stamp = _timestamp(now)
-        day = stamp[:8]
-        origin, host, prefix = _endpoint(endpoint_url)
-        path = f"{prefix}/{uri_encode(bucket)}/{uri_encode(key, keep_slash=True)}"
-        credential = uri_encode(f"{self.access_key_id}/{self._scope(stamp)}")
-        # Already in canonical (sorted) order: Algorithm, Credential, Date, Expires, SignedHeaders.
-        query = (
+        scope = f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
+        origin, host, prefix = _endpoint(endpoint_url, bucket, virtual_host)
+        path = f"{prefix}/{uri_encode(key, keep_slash=True)}"
+        credential = uri_encode(f"{self.access_key_id}/{scope}")
+        # In canonical (sorted) order: Algorithm, Credential, Date, Expires, Security-Token,
+        # SignedHeaders. The URL puts the token after SignedHeaders, as botocore does.
+        common = (
             f"X-Amz-Algorithm={ALGORITHM}&X-Amz-Credential={credential}&X-Amz-Date={stamp}"
-            f"&X-Amz-Expires={expires_in}&X-Amz-SignedHeaders=host"
+            f"&X-Amz-Expires={expires_in}"
         )
-        canonical = f"{method.upper()}\n{path}\n{query}\nhost:{host}\n\nhost\n{UNSIGNED_PAYLOAD}"
-        to_sign = (
-            f"{ALGORITHM}\n{stamp}\n{self._scope(stamp)}\n"
-            f"{hashlib.sha256(canonical.encode()).hexdigest()}"
+        token = self._token_query
+        canonical = (
+            f"{method.upper()}\n{path}\n{common}{token}&X-Amz-SignedHeaders=host\n"
+            f"host:{host}\n\nhost\n{UNSIGNED_PAYLOAD}"
         )
-        signature = self._day_key(day).digest(to_sign.encode()).hex()
-        return f"{origin}{path}?{query}&X-Amz-Signature={signature}"
+        to_sign = f"{ALGORITHM}\n{stamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+        signature = self._day_key(stamp[:8]).digest(to_sign.encode()).hex()
+        return (
+            f"{origin}{path}?{common}&X-Amz-SignedHeaders=host{token}&X-Amz-Signature={signature}"
+        )
 
     def _day_key(self, day: str) -> HmacKey:
         """The signing key of ``day``, derived once per day (four HMACs saved per URL)."""
@@ -172,7 +198,7 @@ class Signer:
             key = ("AWS4" + self.secret_access_key).encode()
             for part in (day, self.region, self.service, "aws4_request"):
                 key = hmac.digest(key, part.encode(), "sha256")
-            if len(_DAY_KEYS) > 64:
+            if len(_DAY_KEYS) > 64:  # rotated credentials: forget the old days and keys
                 _DAY_KEYS.clear()
             cached = _DAY_KEYS[name] = HmacKey(key)
         return cached
@@ -211,6 +237,8 @@ class Signer:
 
 
 _DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+_BUCKET_LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+_IPV4 = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
 
 
 def _signed_host(scheme: str, netloc: str) -> str:
@@ -219,19 +247,45 @@ def _signed_host(scheme: str, netloc: str) -> str:
     return netloc.removesuffix(_DEFAULT_PORTS.get(scheme.lower(), "\0"))
 
 
-@functools.lru_cache(maxsize=16)
-def _endpoint(endpoint_url: str) -> tuple[str, str, str]:
-    """``endpoint_url`` as (scheme://host[:port], signed host, path prefix, percent-encoded),
-    e.g. a gateway serving S3 under ``/s3``."""
+def virtual_host_problem(endpoint_url: str, bucket: str) -> str | None:
+    """Why ``bucket`` cannot be addressed as ``bucket.<endpoint host>``, or ``None``: its
+    name must be one DNS label (lower-case letters, digits, ``-``; no dots, which a TLS
+    wildcard certificate does not cover) and the endpoint a host name, not an address."""
+    if not _BUCKET_LABEL.match(bucket):
+        return (
+            f"bucket {bucket!r} is not a DNS label (3-63 lower-case letters, digits and '-',"
+            " no dots)"
+        )
+    host = urlsplit(endpoint_url).hostname or ""
+    if _IPV4.match(host) or ":" in host:
+        return f"endpoint {endpoint_url!r} is an IP address; a bucket cannot be put in front"
+    return None
+
+
+@functools.lru_cache(maxsize=32)
+def _endpoint(endpoint_url: str, bucket: str, virtual_host: bool) -> tuple[str, str, str]:
+    """Where objects of ``bucket`` live at ``endpoint_url``: (scheme://host[:port], the
+    signed host, the path before the key, percent-encoded). An endpoint may serve S3
+    under a path, e.g. a gateway's ``/s3``: it is kept in both styles (as botocore does)."""
     parts = urlsplit(endpoint_url.rstrip("/"))
     prefix = uri_encode(parts.path, keep_slash=True)
-    return f"{parts.scheme}://{parts.netloc}", _signed_host(parts.scheme, parts.netloc), prefix
+    netloc = parts.netloc
+    if virtual_host:
+        netloc = f"{bucket}.{netloc}"
+    elif bucket:
+        prefix = f"{prefix}/{uri_encode(bucket, keep_slash=True)}"
+    return f"{parts.scheme}://{netloc}", _signed_host(parts.scheme, netloc), prefix
 
 
-def object_url(endpoint_url: str, bucket: str = "", key: str = "") -> str:
-    """Path-style URL of a bucket or an object, percent-encoded for signing and sending."""
-    path = "/".join(uri_encode(part, keep_slash=True) for part in (bucket, key) if part)
-    return f"{endpoint_url.rstrip('/')}/{path}"
+def object_url(
+    endpoint_url: str, bucket: str = "", key: str = "", *, virtual_host: bool = False
+) -> str:
+    """URL of a bucket or an object, percent-encoded for signing and sending: path-style
+    (``endpoint/bucket/key``) unless ``virtual_host`` (``bucket.endpoint/key``)."""
+    origin, _, prefix = _endpoint(endpoint_url, bucket, virtual_host)
+    if not key:
+        return f"{origin}{prefix}/" if virtual_host or not bucket else f"{origin}{prefix}"
+    return f"{origin}{prefix}/{uri_encode(key, keep_slash=True)}"
 
 
 def request(
