@@ -213,7 +213,13 @@ class StorageSettings:
     region: str = "us-east-1"
     """Region that requests are signed for (SigV4)."""
     access_key_id: str = ""
-    """Access key; empty means the default credential chain (instance role, env, files)."""
+    """Access key of long-term credentials (an IAM user's, or the HMAC keys of an
+    S3-compatible store: GCS interoperability, MinIO, Ceph...). Empty means botocore's
+    default credential chain: ``AWS_*`` environment variables, a profile
+    (``AWS_PROFILE``, ``credential_process``), web identity (EKS IRSA), container
+    credentials (ECS, EKS Pod Identity), then the instance profile. Temporary credentials
+    are renewed in the background; URLs signed with them expire with them. See
+    docs/credentials.md for the identity each kind of cluster needs."""
     secret_access_key: str = ""
     """Secret of ``access_key_id``."""
     bucket: str = "nexus"
@@ -221,7 +227,11 @@ class StorageSettings:
     prefix: str = ""
     """Key prefix inside the bucket, for sharing a bucket between deployments."""
     addressing_style: Literal["path", "virtual", "auto"] = "path"
-    """``path`` works with every S3 server, including local ones."""
+    """Where the bucket goes in a URL. ``path`` (``endpoint/bucket/key``) works with every S3
+    server, local ones included; ``virtual`` (``bucket.endpoint/key``) is what AWS
+    recommends, and needs a bucket name that is a DNS label (no dots) and an endpoint
+    named by host name (checked at start); ``auto`` is virtual on AWS and path
+    elsewhere. Presigned URLs, uploads and downloads all use it."""
     max_connections: int = field(default=64, metadata=positive())
     """Concurrent connections to the storage endpoint per process."""
 

@@ -13,13 +13,25 @@ Presigning is on the hot path (every dispatch, every results read), so it uses t
 project's SigV4 signer (:mod:`nexus.core.sigv4`, checked byte for byte against botocore's)
 at ~20 µs instead of botocore's ~140 µs.
 
-Uploads are on the hot path too (every run submitted with its input in storage): with
-explicit keys and path-style addressing (the defaults here), :meth:`PayloadStore.put` sends
-the object to a URL presigned for the store's own endpoint, over the kept-alive connections
-of :mod:`nexus.core.httpcalls` — 122-151 µs of CPU per upload against aiobotocore's
-1,210-1,590 µs, measured against the local SeaweedFS — retrying a dropped connection or a
-5xx answer twice. Otherwise (the default credential chain, virtual-host addressing) it goes
-through aiobotocore, as do downloads, deletions and bucket set-up.
+Uploads are on the hot path too (every run submitted with its input in storage):
+:meth:`PayloadStore.put` sends the object to a URL presigned for the store's own endpoint,
+over the kept-alive connections of :mod:`nexus.core.httpcalls` — 122-151 µs of CPU per
+upload against aiobotocore's 1,210-1,590 µs, measured against the local SeaweedFS —
+retrying a dropped connection or a 5xx answer twice. Downloads, deletions and bucket
+set-up go through aiobotocore.
+
+**Credentials.** Keys in the settings, or else botocore's default credential chain
+(environment, shared config and profiles, ``credential_process``, web identity as EKS IRSA
+provides it, container credentials as ECS and EKS Pod Identity provide them, instance
+metadata), resolved once at start: the aiobotocore client and the signer share the one
+credentials object, and :mod:`nexus.core.storagecredentials` keeps temporary ones fresh
+in the background, so presigning reads a snapshot and never waits for a renewal.
+
+**Addressing.** ``path`` puts the bucket in the path (``endpoint/bucket/key``), which every
+S3 server serves; ``virtual`` puts it in the host name (``bucket.endpoint/key``), as AWS
+recommends; ``auto`` is virtual on AWS (no ``endpoint_url``) and path elsewhere, as
+botocore decides it for these endpoints. Presigned URLs, uploads and the aiobotocore
+client use the same style.
 
 Connection and server failures surface as :class:`StorageUnavailable`.
 """
@@ -27,6 +39,7 @@ Connection and server failures surface as :class:`StorageUnavailable`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import ssl
 from contextlib import AsyncExitStack
@@ -34,17 +47,21 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
+from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
 
 from nexus.core import sigv4
 from nexus.core.config import StorageSettings
-from nexus.core.errors import StorageUnavailable
+from nexus.core.errors import ConfigError, StorageUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
+from nexus.core.storagecredentials import StorageCredentials
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
+
+log = logging.getLogger(__name__)
 
 MAX_PRESIGN_SECONDS = sigv4.MAX_PRESIGN_SECONDS
 _UPLOAD_ATTEMPTS = 3
@@ -92,6 +109,7 @@ class PayloadStore(ObjectNames):
         settings: StorageSettings,
         stack: AsyncExitStack,
         uploads: HttpCalls | None = None,
+        credentials: StorageCredentials | None = None,
     ) -> None:
         super().__init__(settings)
         self._client = client
@@ -102,13 +120,28 @@ class PayloadStore(ObjectNames):
         self._endpoint = (settings.presign_endpoint_url or self._store_endpoint).rstrip("/")
         self._client_endpoint = (settings.client_presign_endpoint_url or self._endpoint).rstrip("/")
         self._region = settings.region
-        self._signer = sigv4.Signer(
-            settings.access_key_id, settings.secret_access_key, settings.region
+        self._virtual = _virtual_host(
+            settings, (self._store_endpoint, self._endpoint, self._client_endpoint)
         )
+        self.credentials = credentials or StorageCredentials(
+            sigv4.Signer(settings.access_key_id, settings.secret_access_key, settings.region)
+        )
+        """What presigned URLs and uploads are signed with (see the module docstring)."""
 
     @classmethod
     async def open(cls, settings: StorageSettings) -> PayloadStore:
+        """Resolve the credentials and open the clients. Raises :class:`ConfigError` when
+        no credentials can be found or the addressing cannot work, and
+        :class:`StorageUnavailable` when the chain cannot fetch them now."""
         stack = AsyncExitStack()
+        try:
+            return await cls._open(settings, stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+
+    @classmethod
+    async def _open(cls, settings: StorageSettings, stack: AsyncExitStack) -> PayloadStore:
         config = AioConfig(
             signature_version="s3v4",
             s3={"addressing_style": settings.addressing_style},
@@ -120,24 +153,30 @@ class PayloadStore(ObjectNames):
         options: dict[str, Any] = {"region_name": settings.region, "config": config}
         if settings.endpoint_url:
             options["endpoint_url"] = settings.endpoint_url
+        session = get_session()
         if settings.access_key_id:
             options["aws_access_key_id"] = settings.access_key_id
             options["aws_secret_access_key"] = settings.secret_access_key
-        session = get_session()
-        client = await stack.enter_async_context(session.create_client("s3", **options))
-        uploads = None
-        if settings.access_key_id and settings.addressing_style == "path":
-            https = (settings.endpoint_url or "https:").startswith("https:")
-            # the certificates botocore trusts (AWS_CA_BUNDLE, a profile's ca_bundle, else
-            # its bundle), so that uploads and downloads agree on what storage may present
-            cafile = session.get_config_variable("ca_bundle") or get_cert_path(True)
-            uploads = HttpCalls(
-                limit=settings.max_connections,
-                timeout=_UPLOAD_TIMEOUT,
-                tls=ssl.create_default_context(cafile=cafile) if https else None,
+            credentials = StorageCredentials(
+                sigv4.Signer(settings.access_key_id, settings.secret_access_key, settings.region)
             )
-            stack.push_async_callback(uploads.close)
-        return cls(client, settings, stack, uploads)
+        else:
+            credentials = await _chain_credentials(session, settings.region)
+            stack.push_async_callback(credentials.close)
+        client = await stack.enter_async_context(session.create_client("s3", **options))
+        https = (settings.endpoint_url or "https:").startswith("https:")
+        # the certificates botocore trusts (AWS_CA_BUNDLE, a profile's ca_bundle, else
+        # its bundle), so that uploads and downloads agree on what storage may present
+        cafile = session.get_config_variable("ca_bundle") or get_cert_path(True)
+        uploads = HttpCalls(
+            limit=settings.max_connections,
+            timeout=_UPLOAD_TIMEOUT,
+            tls=ssl.create_default_context(cafile=cafile) if https else None,
+        )
+        stack.push_async_callback(uploads.close)
+        store = cls(client, settings, stack, uploads, credentials)
+        credentials.start()
+        return store
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -166,30 +205,33 @@ class PayloadStore(ObjectNames):
         self, method: str, endpoint: str, key: str, expires_in: float, now: datetime | None
     ) -> str:
         seconds = max(1, min(int(expires_in), MAX_PRESIGN_SECONDS))
-        return self._signer.presign_object(
-            method, endpoint, self.bucket, key, expires_in=seconds, now=now
+        return self.credentials.signer.presign_object(
+            method,
+            endpoint,
+            self.bucket,
+            key,
+            expires_in=seconds,
+            now=now,
+            virtual_host=self._virtual,
         )
 
     # -- objects ---------------------------------------------------------------------------
 
     async def put(self, key: str, body: bytes, content_type: str = "application/json") -> None:
-        if self._uploads is not None:
-            await self._upload(self._uploads, key, body, content_type)
-            return
-        try:
-            await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType=content_type
-            )
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise StorageUnavailable(f"cannot store {key}: {exc}") from exc
-
-    async def _upload(self, calls: HttpCalls, key: str, body: bytes, content_type: str) -> None:
+        calls = self._uploads
+        if calls is None:
+            raise StorageUnavailable(f"cannot store {key}: this store was not opened to upload")
         problem = ""
         for attempt in range(_UPLOAD_ATTEMPTS):
             if attempt:
                 await asyncio.sleep(0.05 * 2**attempt)
-            url = self._signer.presign_object(
-                "PUT", self._store_endpoint, self.bucket, key, expires_in=int(_UPLOAD_TIMEOUT) * 2
+            url = self.credentials.signer.presign_object(
+                "PUT",
+                self._store_endpoint,
+                self.bucket,
+                key,
+                expires_in=int(_UPLOAD_TIMEOUT) * 2,
+                virtual_host=self._virtual,
             )
             try:
                 answer = await calls.call("PUT", url, body, {"Content-Type": content_type})
@@ -258,3 +300,52 @@ class PayloadStore(ObjectNames):
                 raise StorageUnavailable(f"cannot create bucket {self.bucket}: {exc}") from exc
         except (BotoCoreError, OSError) as exc:
             raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+
+
+def _virtual_host(settings: StorageSettings, endpoints: tuple[str, ...]) -> bool:
+    """Whether objects are addressed ``bucket.host/key``; :class:`ConfigError` when
+    ``virtual`` is asked for and cannot work."""
+    match settings.addressing_style:
+        case "path":
+            return False
+        case "auto":  # on AWS, where every address is AWS's own
+            custom = (
+                settings.endpoint_url
+                or settings.presign_endpoint_url
+                or settings.client_presign_endpoint_url
+            )
+            return not custom and sigv4.virtual_host_problem(endpoints[0], settings.bucket) is None
+        case "virtual":
+            for endpoint in endpoints:
+                problem = sigv4.virtual_host_problem(endpoint, settings.bucket)
+                if problem is not None:
+                    raise ConfigError(
+                        f"NEXUS__STORAGE__ADDRESSING_STYLE: virtual does not work here: {problem}"
+                    )
+            return True
+
+
+async def _chain_credentials(session: AioSession, region: str) -> StorageCredentials:
+    """The default credential chain's credentials, followed as they renew."""
+    try:
+        found = await session.get_credentials()
+        if found is None:
+            raise ConfigError(
+                "NEXUS__STORAGE__ACCESS_KEY_ID is empty and the default credential chain "
+                "found no credentials (environment, profile, web identity, container or "
+                "instance metadata); see docs/credentials.md"
+            )
+        credentials = await StorageCredentials.from_source(found, region)
+    except (BotoCoreError, ClientError, OSError) as exc:
+        raise StorageUnavailable(f"cannot get object storage credentials: {exc}") from exc
+    kind: object = found  # the stubs do not know that the chain may return these
+    if isinstance(kind, RefreshableCredentials):
+        log.info(
+            "object storage credentials are temporary and renewed in the background; a "
+            "presigned URL stops working when the credentials it was signed with expire",
+            extra={"method": credentials.method},
+        )
+    else:
+        # long-term keys (environment, profile): nothing will ever renew them
+        credentials = StorageCredentials(credentials.signer, method=credentials.method)
+    return credentials

@@ -10,6 +10,8 @@ Guarantees beyond the common ones:
   (:class:`S3Info`), so every request must be signed: unsigned requests, tampered
   presigned URLs (path, expiry, signature) and expired ones are refused with 403, as by
   AWS. Buckets are not created on upload (``-s3.autoCreateBucket=false``), as on AWS.
+  Tests of key rotation give it more keys (``extra_keys``), and tests of virtual-host
+  addressing a domain (``domain_name``: ``bucket.<domain>`` names the bucket).
 * **Contained.** Every listener binds 127.0.0.1: ten ports, HTTP and gRPC of master,
   volume, filer, S3 and the embedded admin server. Each gRPC port is its HTTP port + 10000,
   SeaweedFS' own convention, which some of its clients assume whatever they are told (the
@@ -39,6 +41,7 @@ import json
 import secrets
 import stat
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,9 +87,14 @@ class LocalS3(LocalServer[S3Info]):
         *,
         external: S3Info | None = None,
         binaries: BinarySource = "auto",
+        extra_keys: Sequence[tuple[str, str]] = (),
+        domain_name: str = "",
     ) -> None:
         super().__init__(directory, external=external, binaries=binaries)
         self.secret_access_key = secrets.token_urlsafe(24)
+        self.extra_keys = tuple(extra_keys)
+        """More (access key, secret) pairs the gateway accepts, for the same identity."""
+        self.domain_name = domain_name
 
     def _choose_ports(self) -> list[int]:
         """HTTP and gRPC port of each component, gRPC = HTTP + 10000 as SeaweedFS assumes."""
@@ -98,7 +106,10 @@ class LocalS3(LocalServer[S3Info]):
             (self.directory / sub).mkdir(exist_ok=True)
         identity = {
             "name": "nexus",
-            "credentials": [{"accessKey": self.access_key_id, "secretKey": self.secret_access_key}],
+            "credentials": [
+                {"accessKey": key, "secretKey": secret}
+                for key, secret in ((self.access_key_id, self.secret_access_key), *self.extra_keys)
+            ],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }
         path = self.directory / "s3.json"
@@ -121,6 +132,7 @@ class LocalS3(LocalServer[S3Info]):
             "-webdav=false", "-admin.ui=false", f"-admin.dataDir={d / 'admin'}",
             f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}",
             "-volume.preStopSeconds=0",
+            *([f"-s3.domainName={self.domain_name}"] if self.domain_name else []),
         ]  # fmt: skip
 
     def _probe(self) -> bool:
