@@ -18,7 +18,7 @@ import textwrap
 import typing
 from typing import Any
 
-from nexus.core.config import BYTES, ENV_PREFIX, SECONDS
+from nexus.core.config import BYTES, ENV_PREFIX, SECONDS, is_secret
 
 SERVICES = {
     "scheduler": ("nexus.scheduler.settings", "SchedulerSettings"),
@@ -31,8 +31,20 @@ HEADER = """# Configuration
 
 Every Nexus process reads its settings once, at start-up, from (in rising precedence) the
 defaults below, an optional YAML or TOML file named by `NEXUS__CONFIG_FILE` (or `--config`)
-shaped `{section: {key: value}}`, and environment variables `NEXUS__SECTION__KEY`. A wrong
-or missing value stops the process with a one-line message naming the key.
+shaped `{section: {key: value}}`, files in a secrets directory, and environment variables
+`NEXUS__SECTION__KEY`. A wrong or missing value stops the process with a one-line message
+naming the key.
+
+**Settings from files**, as Kubernetes mounts Secrets: any setting can be read from a file
+named by its variable with `_FILE` appended, e.g.
+`NEXUS__AUTH__JWT_HS256_SECRET_FILE=/var/run/secrets/nexus/jwt-secret` (in the settings
+file: `jwt_hs256_secret_file: <path>`), or from the folder named by `NEXUS__SECRETS_DIR`,
+where a file named `SECTION__KEY` (or `NEXUS__SECTION__KEY`, so that one Secret serves as
+variables and as files) holds the value; the environment overrides that folder, and the
+folder the settings file. One trailing newline is stripped. A value and its `_FILE` in the
+same place are an error; a missing or unreadable file stops the process with a message
+naming the setting and the path. Settings marked **secret** hold passwords, keys or tokens:
+their values are never shown, not in error messages, logs nor `repr`.
 
 Durations are seconds and also accept `500ms`, `30s`, `5m`, `24h`, `7d`; sizes are bytes and
 also accept `512KiB`, `1MiB`, `2GiB`; lists and mappings are JSON in the environment.
@@ -93,9 +105,9 @@ def section_markdown(service: str, name: str, cls: type, base: Any) -> list[str]
     ]
     for spec in dataclasses.fields(cls):
         variable = f"{ENV_PREFIX}{name.upper()}__{spec.name.upper()}"
+        kind = _type_name(hints[spec.name]) + (", **secret**" if is_secret(spec) else "")
         lines.append(
-            f"| `{variable}` | {_type_name(hints[spec.name])} | {_default(spec, base)} "
-            f"| {docs.get(spec.name, '')} |"
+            f"| `{variable}` | {kind} | {_default(spec, base)} | {docs.get(spec.name, '')} |"
         )
     return [*lines, ""]
 

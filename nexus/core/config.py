@@ -2,12 +2,17 @@
 
 A service's settings class is a frozen dataclass whose fields are *sections* (themselves
 frozen dataclasses such as :class:`PostgresSettings`). Values come from, in rising
-precedence:
+precedence (:mod:`nexus.core.settingsources`):
 
 1. the defaults written below, each with its unit and the reason for it;
 2. an optional YAML or TOML file (``NEXUS__CONFIG_FILE`` or ``--config``) of the shape
    ``{section: {key: value}}``;
-3. environment variables ``NEXUS__SECTION__KEY`` (upper case).
+3. files in a secrets directory (``NEXUS__SECRETS_DIR``), named ``SECTION__KEY``;
+4. environment variables ``NEXUS__SECTION__KEY`` (upper case), or ``NEXUS__SECTION__KEY_FILE``
+   naming a file that holds the value, as mounted Kubernetes Secrets provide them.
+
+Settings marked :func:`secret` (passwords in DSNs and URLs, keys, tokens) are never shown:
+not in an error message, not in a ``repr``, not in a log.
 
 Settings are loaded once, at start-up, and validated completely before anything connects:
 a wrong or missing value raises :class:`ConfigError` whose one-line message names the key
@@ -28,7 +33,6 @@ import dataclasses
 import json
 import os
 import re
-import tomllib
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -36,12 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-import yaml
-
 from nexus.core.errors import ConfigError
-
-ENV_PREFIX = "NEXUS__"
-CONFIG_FILE_ENV = "NEXUS__CONFIG_FILE"
+from nexus.core.settingsources import CONFIG_FILE_ENV as CONFIG_FILE_ENV
+from nexus.core.settingsources import ENV_PREFIX as ENV_PREFIX
+from nexus.core.settingsources import raw_settings
 
 S = TypeVar("S")
 
@@ -90,6 +92,16 @@ def parse_size(text: str) -> int:
 def check(predicate: Callable[[Any], bool], expected: str) -> dict[str, Any]:
     """Field metadata: the value must satisfy ``predicate``; ``expected`` says what is wanted."""
     return {"check": (predicate, expected)}
+
+
+def secret(**metadata: Any) -> dict[str, Any]:
+    """Field metadata: the value is a secret, never shown in errors, ``repr`` or docs
+    (give the field ``repr=False`` too); other metadata (a :func:`check`) may be added."""
+    return {**metadata, "secret": True}
+
+
+def is_secret(spec: dataclasses.Field[Any]) -> bool:
+    return bool(spec.metadata.get("secret"))
 
 
 def positive() -> dict[str, Any]:
@@ -146,8 +158,10 @@ class HttpSettings:
 class PostgresSettings:
     """The checkpoint store."""
 
-    dsn: str = "postgresql://nexus@127.0.0.1:5432/nexus"
-    """libpq connection URI of the checkpoint database."""
+    dsn: str = field(
+        default="postgresql://nexus@127.0.0.1:5432/nexus", repr=False, metadata=secret()
+    )
+    """libpq connection URI of the checkpoint database, with its password."""
     pool_min_size: int = field(default=2, metadata=at_least(1))
     """Connections kept open; the group-commit writer needs one, readers the rest."""
     pool_max_size: int = field(default=8, metadata=at_least(2))
@@ -186,8 +200,8 @@ class PostgresSettings:
 class RedisSettings:
     """Virtual queues, throttle state, heartbeats and leases."""
 
-    url: str = "redis://127.0.0.1:6379/0"
-    """redis:// URL (rediss:// for TLS)."""
+    url: str = field(default="redis://127.0.0.1:6379/0", repr=False, metadata=secret())
+    """redis:// URL (rediss:// for TLS), with its password if the server wants one."""
     key_prefix: str = "nexus"
     """Every key starts with this, so several deployments (or tests) can share a server."""
     max_connections: int = field(default=32, metadata=positive())
@@ -212,7 +226,7 @@ class StorageSettings:
     ``presign_endpoint_url``."""
     region: str = "us-east-1"
     """Region that requests are signed for (SigV4)."""
-    access_key_id: str = ""
+    access_key_id: str = field(default="", repr=False, metadata=secret())
     """Access key of long-term credentials (an IAM user's, or the HMAC keys of an
     S3-compatible store: GCS interoperability, MinIO, Ceph...). Empty means botocore's
     default credential chain: ``AWS_*`` environment variables, a profile
@@ -220,7 +234,7 @@ class StorageSettings:
     credentials (ECS, EKS Pod Identity), then the instance profile. Temporary credentials
     are renewed in the background; URLs signed with them expire with them. See
     docs/credentials.md for the identity each kind of cluster needs."""
-    secret_access_key: str = ""
+    secret_access_key: str = field(default="", repr=False, metadata=secret())
     """Secret of ``access_key_id``."""
     bucket: str = "nexus"
     """Bucket holding inputs (``inputs/algorithm={name}/{id}``) and results."""
@@ -263,7 +277,7 @@ class ShardSettings:
 class SigningSettings:
     """Keys for run tokens and signed links; the scheduler and the receiver share them."""
 
-    keys: tuple[str, ...] = ()
+    keys: tuple[str, ...] = field(default=(), repr=False, metadata=secret())
     """HMAC keys, newest first: the first signs, all verify (so keys can rotate)."""
 
 
@@ -281,52 +295,35 @@ def load_settings(
     offending key.
     """
     env = os.environ if env is None else env
-    path = config_file or env.get(CONFIG_FILE_ENV) or None
-    file_values = _read_file(Path(path)) if path else {}
     hints = get_type_hints(cls, include_extras=True)
-    sections: dict[str, Any] = {}
-    for section in dataclasses.fields(cls):  # type: ignore[arg-type]
-        section_cls = hints[section.name]
-        if not dataclasses.is_dataclass(section_cls):
+    section_fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    for section in section_fields:
+        if not dataclasses.is_dataclass(hints[section.name]):
             raise TypeError(f"{cls.__name__}.{section.name} is not a settings section")
-        raw: dict[str, tuple[Any, str]] = {}
-        in_file = file_values.get(section.name, {})
-        if not isinstance(in_file, Mapping):
-            raise ConfigError(f"{section.name} in {path}: expected a mapping of settings")
-        for key, value in in_file.items():
-            raw[str(key)] = (value, f"{section.name}.{key} in {path}")
-        env_prefix = f"{ENV_PREFIX}{section.name.upper()}__"
-        for name, value in env.items():
-            if name.startswith(env_prefix):
-                raw[name[len(env_prefix) :].lower()] = (value, name)
+    names = {s.name: [f.name for f in dataclasses.fields(hints[s.name])] for s in section_fields}
+    raw = raw_settings(names, env, config_file)
+    sections: dict[str, Any] = {}
+    for section in section_fields:
         base = None  # a service may give a section other defaults (e.g. another port)
         if section.default is not dataclasses.MISSING:
             base = section.default
         elif section.default_factory is not dataclasses.MISSING:
             base = section.default_factory()
-        sections[section.name] = _build(section_cls, raw, env_prefix, base)  # type: ignore[arg-type]
+        prefix = f"{ENV_PREFIX}{section.name.upper()}__"
+        sections[section.name] = _build(hints[section.name], raw[section.name], prefix, base)
     return cls(**sections)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{CONFIG_FILE_ENV}: cannot read {path}: {exc.strerror}") from exc
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{CONFIG_FILE_ENV}: {path} is not valid: {exc}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{CONFIG_FILE_ENV}: {path} must hold a mapping of sections")
-    return data
-
-
-def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str, base: Any = None) -> Any:
+def _build(
+    cls: type[Any],
+    raw: Mapping[str, tuple[Any, str]],
+    where: str,
+    base: Any = None,
+    *,
+    secret: bool = False,
+) -> Any:
     """``cls`` from ``raw`` (key → (value, origin)), other fields from ``base`` or the
-    defaults; ``where`` prefixes names in errors."""
+    defaults; ``where`` prefixes names in errors; ``secret`` hides every value."""
     hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key, (_, origin) in raw.items():
@@ -335,9 +332,12 @@ def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str, base:
             raise ConfigError(f"{origin}: unknown setting (this section has: {known})")
     values: dict[str, Any] = {}
     for name, spec in fields.items():
+        hidden = secret or is_secret(spec)
         if name in raw:
             value, origin = raw[name]
-            values[name] = _convert(value, hints[name], origin, from_env=isinstance(value, str))
+            values[name] = _convert(
+                value, hints[name], origin, from_env=isinstance(value, str), secret=hidden
+            )
         elif base is not None:
             values[name] = getattr(base, name)
             continue
@@ -351,25 +351,33 @@ def _build(cls: type[Any], raw: Mapping[str, tuple[Any, str]], where: str, base:
         if checker is not None:
             predicate, expected = checker
             if values[name] is not None and not predicate(values[name]):
-                raise ConfigError(f"{origin}: expected {expected}, got {values[name]!r}")
+                raise ConfigError(
+                    f"{origin}: expected {expected}, got {_shown(values[name], hidden)}"
+                )
     return cls(**values)
 
 
-def _convert(value: Any, hint: Any, origin: str, *, from_env: bool) -> Any:
-    """``value`` as type ``hint``; ``ConfigError`` naming ``origin`` when it is not one."""
+def _shown(value: Any, secret: bool) -> str:
+    """``value`` as an error message may show it: a secret one is not shown at all."""
+    return "a secret value (not shown)" if secret else repr(value)
+
+
+def _convert(value: Any, hint: Any, origin: str, *, from_env: bool, secret: bool = False) -> Any:
+    """``value`` as type ``hint``; ``ConfigError`` naming ``origin`` (and, unless
+    ``secret``, showing the value) when it is not one."""
     unit = None
     if get_origin(hint) is Annotated:
         hint, unit, *_ = get_args(hint)
     kind = get_origin(hint)
 
     def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{origin}: expected {expected}, got {value!r}")
+        return ConfigError(f"{origin}: expected {expected}, got {_shown(value, secret)}")
 
     if kind in (types.UnionType, typing.Union):
         options = [a for a in get_args(hint) if a is not type(None)]
         if value is None or (from_env and value == ""):
             return None
-        return _convert(value, options[0], origin, from_env=from_env)
+        return _convert(value, options[0], origin, from_env=from_env, secret=secret)
     if kind is Literal:
         choices = get_args(hint)
         if value not in choices:
@@ -421,7 +429,8 @@ def _convert(value: Any, hint: Any, origin: str, *, from_env: bool) -> Any:
                 raise fail("a list")
             (item,) = get_args(hint)[:1]
             items = [
-                _convert(v, item, f"{origin}[{i}]", from_env=False) for i, v in enumerate(value)
+                _convert(v, item, f"{origin}[{i}]", from_env=False, secret=secret)
+                for i, v in enumerate(value)
             ]
             return tuple(items)
         if kind is dict:
@@ -429,13 +438,13 @@ def _convert(value: Any, hint: Any, origin: str, *, from_env: bool) -> Any:
                 raise fail("a mapping")
             key_hint, value_hint = get_args(hint)
             return {
-                _convert(k, key_hint, origin, from_env=False): _convert(
-                    v, value_hint, f"{origin}.{k}", from_env=False
+                _convert(k, key_hint, origin, from_env=False, secret=secret): _convert(
+                    v, value_hint, f"{origin}.{k}", from_env=False, secret=secret
                 )
                 for k, v in value.items()
             }
         if not isinstance(value, Mapping):
             raise fail("a mapping")
         nested = {str(k): (v, f"{origin}.{k}") for k, v in value.items()}
-        return _build(hint, nested, origin)
+        return _build(hint, nested, origin, secret=secret)
     raise TypeError(f"unsupported settings type {hint!r} at {origin}")

@@ -19,6 +19,7 @@ from nexus.core.config import (
     StorageSettings,
     at_least,
     positive,
+    secret,
 )
 
 
@@ -37,11 +38,11 @@ class ServiceToken:
 class AuthSettings:
     """Who may call the public API (every route except probes and metrics)."""
 
-    service_tokens: tuple[ServiceToken, ...] = ()
+    service_tokens: tuple[ServiceToken, ...] = field(default=(), repr=False, metadata=secret())
     """Bearer tokens, as JSON ``[{"caller", "sha256", "algorithms"}]``: each names its caller,
     the hex SHA-256 of its token, and the algorithms it may run (``["*"]`` for all)."""
-    jwt_hs256_secret: str = ""
-    """Shared secret for HS256 JWTs; empty disables HS256."""
+    jwt_hs256_secret: str = field(default="", repr=False, metadata=secret())
+    """Shared secret for HS256 JWTs (at least 32 bytes); empty disables HS256."""
     jwt_rs256_public_key: str = ""
     """PEM public key for RS256 JWTs; empty disables RS256."""
     jwt_issuer: str = ""
