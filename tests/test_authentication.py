@@ -48,9 +48,9 @@ def token(**changes: Any) -> str:
     return jwt.encode({k: v for k, v in claims.items() if v is not None}, SECRET, "HS256")
 
 
-def refused(auth: Authenticator, header: str | None, algorithm: str = "echo") -> ApiError:
+async def refused(auth: Authenticator, header: str | None, algorithm: str = "echo") -> ApiError:
     with pytest.raises(ApiError) as caught:
-        auth.authorize(header, algorithm)
+        await auth.authorize(header, algorithm)
     return caught.value
 
 
@@ -72,11 +72,12 @@ def test_configuration_errors_name_the_setting(settings: dict[str, Any], names: 
         authenticator(**settings)
 
 
-def test_service_tokens_name_their_caller_and_algorithms() -> None:
+async def test_service_tokens_name_their_caller_and_algorithms() -> None:
     auth = authenticator()
-    assert auth.authorize(f"Bearer {TOKEN}", "anything").caller == "ops"  # digest in upper case
-    assert auth.authorize("bearer   team-token-0123456789  ", "sum").caller == "team"
-    error = refused(auth, "Bearer team-token-0123456789", "other")
+    # the digest is configured in upper case
+    assert (await auth.authorize(f"Bearer {TOKEN}", "anything")).caller == "ops"
+    assert (await auth.authorize("bearer   team-token-0123456789  ", "sum")).caller == "team"
+    error = await refused(auth, "Bearer team-token-0123456789", "other")
     assert (error.status, error.code) == (403, "forbidden")
     assert "'team'" in error.message and "'other'" in error.message
 
@@ -85,14 +86,14 @@ def test_service_tokens_name_their_caller_and_algorithms() -> None:
     "header",
     [None, "", "Bearer", "Basic abc", f"Token {TOKEN}", "Bearer nope", "Bearer a.b.c", "Bearer é"],
 )
-def test_bad_headers_get_401_with_a_challenge(header: str | None) -> None:
-    error = refused(authenticator(), header)
+async def test_bad_headers_get_401_with_a_challenge(header: str | None) -> None:
+    error = await refused(authenticator(), header)
     assert (error.status, error.code) == (401, "unauthorized")
     assert error.headers["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_surrogates_from_undecodable_header_bytes_get_401() -> None:
-    error = refused(authenticator(), "Bearer \udcff\udcfe")
+async def test_surrogates_from_undecodable_header_bytes_get_401() -> None:
+    error = await refused(authenticator(), "Bearer \udcff\udcfe")
     assert error.status == 401
 
 
@@ -100,18 +101,18 @@ def test_surrogates_from_undecodable_header_bytes_get_401() -> None:
     ("claim", "may_run_echo"),
     [(["echo"], True), ("echo", True), (["*"], True), (["sum"], False), (None, False)],
 )
-def test_the_algorithms_claim(claim: Any, may_run_echo: bool) -> None:
+async def test_the_algorithms_claim(claim: Any, may_run_echo: bool) -> None:
     auth = authenticator()
     header = f"Bearer {token(**{'nexus/algorithms': claim})}"
     if may_run_echo:
-        assert auth.authorize(header, "echo").caller == "someone"
+        assert (await auth.authorize(header, "echo")).caller == "someone"
     else:
-        assert refused(auth, header).status == 403
+        assert (await refused(auth, header)).status == 403
 
 
 @pytest.mark.parametrize("claim", [5, {"echo": True}, [["echo"]], True])
-def test_a_malformed_algorithms_claim_is_refused(claim: Any) -> None:
-    error = refused(authenticator(), f"Bearer {token(**{'nexus/algorithms': claim})}")
+async def test_a_malformed_algorithms_claim_is_refused(claim: Any) -> None:
+    error = await refused(authenticator(), f"Bearer {token(**{'nexus/algorithms': claim})}")
     assert error.status == 401, error.message
     assert "nexus/algorithms" in error.message
 
@@ -133,14 +134,16 @@ def unsigned(claims: dict[str, Any]) -> str:
     return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
 
 
-def test_valid_hs256_and_rs256_jwts_are_accepted(rsa_keys: tuple[bytes, str, bytes]) -> None:
+async def test_valid_hs256_and_rs256_jwts_are_accepted(rsa_keys: tuple[bytes, str, bytes]) -> None:
     private, public, _ = rsa_keys
     auth = authenticator(jwt_rs256_public_key=public, jwt_leeway=30)
     claims = {"iss": ISSUER, "aud": "nexus", "sub": "rs", "exp": int(time.time()) + 60}
-    assert auth.authenticate(f"Bearer {token()}").caller == "someone"
-    assert auth.authenticate(f"Bearer {jwt.encode(claims, private, 'RS256')}").caller == "rs"
+    assert (await auth.authenticate(f"Bearer {token()}")).caller == "someone"
+    assert (
+        await auth.authenticate(f"Bearer {jwt.encode(claims, private, 'RS256')}")
+    ).caller == "rs"
     within_leeway = token(exp=int(time.time()) - 10)
-    assert auth.authenticate(f"Bearer {within_leeway}").caller == "someone"
+    assert (await auth.authenticate(f"Bearer {within_leeway}")).caller == "someone"
 
 
 @pytest.mark.parametrize(
@@ -157,7 +160,7 @@ def test_valid_hs256_and_rs256_jwts_are_accepted(rsa_keys: tuple[bytes, str, byt
         ("a subject not a string", "subject must be a string"),
     ],
 )
-def test_a_forged_or_stale_jwt_gets_401_naming_the_problem(
+async def test_a_forged_or_stale_jwt_gets_401_naming_the_problem(
     rsa_keys: tuple[bytes, str, bytes], case: str, names: str
 ) -> None:
     _, public, other = rsa_keys
@@ -175,7 +178,7 @@ def test_a_forged_or_stale_jwt_gets_401_naming_the_problem(
         "a subject not a string": jwt.encode({**claims, "sub": ["a"]}, SECRET, "HS256"),
     }[case]
     auth = authenticator(jwt_rs256_public_key=public, jwt_leeway=30)
-    error = refused(auth, f"Bearer {credential}")
+    error = await refused(auth, f"Bearer {credential}")
     assert (error.status, error.code) == (401, "unauthorized"), error.message
     assert names in error.message.lower(), error.message
     assert error.headers["WWW-Authenticate"].startswith("Bearer")
@@ -216,51 +219,51 @@ def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
-def test_a_verified_jwt_is_served_from_the_cache(decoded: list[str]) -> None:
+async def test_a_verified_jwt_is_served_from_the_cache(decoded: list[str]) -> None:
     auth = authenticator()
     first, second = token(sub="first"), token(sub="second")
-    principal = auth.authenticate(f"Bearer {first}")
+    principal = await auth.authenticate(f"Bearer {first}")
     assert principal.caller == "first"
     for _ in range(3):
-        assert auth.authenticate(f"Bearer {first}") is principal
+        assert await auth.authenticate(f"Bearer {first}") is principal
     assert decoded == [first]
-    assert auth.authenticate(f"Bearer {second}").caller == "second"
+    assert (await auth.authenticate(f"Bearer {second}")).caller == "second"
     assert decoded == [first, second]
 
     forged = token(aud="someone-else")
     for _ in range(2):  # a refused JWT is not remembered as accepted
-        assert refused(auth, f"Bearer {forged}").status == 401
+        assert (await refused(auth, f"Bearer {forged}")).status == 401
     assert decoded == [first, second, forged, forged]
 
 
-def test_the_cache_forgets_the_least_recently_used_jwt(
+async def test_the_cache_forgets_the_least_recently_used_jwt(
     decoded: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(authentication, "_CACHE_SIZE", 2)
     auth = authenticator()
     busy, other, third = token(sub="busy"), token(sub="other"), token(sub="third")
     for credential in (busy, other, busy, third):  # busy used after other: other goes
-        auth.authenticate(f"Bearer {credential}")
+        await auth.authenticate(f"Bearer {credential}")
     assert decoded == [busy, other, third]
-    auth.authenticate(f"Bearer {busy}")
+    await auth.authenticate(f"Bearer {busy}")
     assert decoded == [busy, other, third]
 
 
 @pytest.mark.parametrize("leeway", [0, 30])
-def test_a_cached_jwt_stops_working_when_it_expires(
+async def test_a_cached_jwt_stops_working_when_it_expires(
     clock: Clock, decoded: list[str], leeway: int
 ) -> None:
     auth = authenticator(jwt_leeway=leeway)
     expires = int(clock.now) + 60
     header = f"Bearer {token(exp=expires, **{'nexus/algorithms': ['*']})}"
-    assert auth.authorize(header, "echo").caller == "someone"
+    assert (await auth.authorize(header, "echo")).caller == "someone"
     clock.now = expires + leeway - 0.5  # still valid: served from the cache
-    assert auth.authorize(header, "echo").caller == "someone"
+    assert (await auth.authorize(header, "echo")).caller == "someone"
     assert len(decoded) == 1
 
     clock.now = expires + leeway + 0.5
     for _ in range(2):  # refused, and not accepted again from the cache
-        error = refused(auth, header)
+        error = await refused(auth, header)
         assert (error.status, error.message) == (401, "the JWT has expired")
     assert len(decoded) == 3
 

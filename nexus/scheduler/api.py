@@ -70,8 +70,10 @@ def _request_id(request: web.Request) -> uuid.UUID:
     return parsed
 
 
-def _authorized(request: web.Request, algorithm: str) -> None:
-    request.app[SCHEDULER].authenticator.authorize(request.headers.get("Authorization"), algorithm)
+async def _authorized(request: web.Request, algorithm: str) -> None:
+    await request.app[SCHEDULER].authenticator.authorize(
+        request.headers.get("Authorization"), algorithm
+    )
 
 
 async def _checkpoint(request: web.Request, algorithm: str, run_id: uuid.UUID) -> Checkpoint:
@@ -103,7 +105,8 @@ def _result(scheduler: Scheduler, run: Checkpoint | RunResult) -> dict[str, Any]
 async def run(request: web.Request) -> web.Response:
     algorithm = _algorithm(request)
     scheduler = request.app[SCHEDULER]
-    principal = scheduler.authenticator.authorize(request.headers.get("Authorization"), algorithm)
+    authorization = request.headers.get("Authorization")
+    principal = await scheduler.authenticator.authorize(authorization, algorithm)
     body = await read_json_object(request)
     accepted = await scheduler.submitter.submit(
         principal, algorithm, body, request.headers.get("Idempotency-Key")
@@ -113,7 +116,7 @@ async def run(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    _authorized(request, algorithm)
+    await _authorized(request, algorithm)
     scheduler = request.app[SCHEDULER]
     found = await scheduler.store.result(algorithm, run_id)
     if found is None:
@@ -123,7 +126,7 @@ async def result(request: web.Request) -> web.Response:
 
 async def results_by_tag(request: web.Request) -> web.Response:
     algorithm = _algorithm(request)
-    _authorized(request, algorithm)
+    await _authorized(request, algorithm)
     tag = request.match_info["tag"]
     scheduler = request.app[SCHEDULER]
     if not tag.isprintable():  # no run carries one, and PostgreSQL text cannot hold NUL
@@ -134,7 +137,7 @@ async def results_by_tag(request: web.Request) -> web.Response:
 
 async def metadata(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    _authorized(request, algorithm)
+    await _authorized(request, algorithm)
     scheduler = request.app[SCHEDULER]
     run = await _checkpoint(request, algorithm, run_id)
     body: dict[str, Any] = {
@@ -178,7 +181,7 @@ async def metadata(request: web.Request) -> web.Response:
 
 async def payload(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    _authorized(request, algorithm)
+    await _authorized(request, algorithm)
     run = await _checkpoint(request, algorithm, run_id)
     url = request.app[SCHEDULER].links.input_url(run, for_client=True)
     raise web.HTTPFound(url)
@@ -204,7 +207,7 @@ async def payload_content(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    principal = request.app[SCHEDULER].authenticator.authorize(
+    principal = await request.app[SCHEDULER].authenticator.authorize(
         request.headers.get("Authorization"), algorithm
     )
     body = await read_json_object(request) if request.can_read_body else {}

@@ -1,10 +1,10 @@
 """The scheduler service: ``create_app(settings)`` wires clients, loops and routes.
 
 Start-up order: migrations (or a wait for a migration Job), then clients (Postgres, Redis,
-S3, every shard and the controller cluster), then the catalog of templates (listed before
-the pod reports ready), then the heartbeat, then the runs a previous process of this pod
-left in flight go back on its queue, and finally the loops: catalog watches, dispatch per
-shard, queue depth.
+S3, the identity provider's keys when configured, every shard and the controller cluster),
+then the catalog of templates (listed before the pod reports ready), then the heartbeat,
+then the runs a previous process of this pod left in flight go back on its queue, and
+finally the loops: catalog watches, identity provider keys, dispatch per shard, queue depth.
 
 Shutdown (see :mod:`nexus.core.lifecycle`): the listener closes, the dispatcher finishes the
 creations it started, in-flight requests finish, then this pod's queue — ready and in-flight
@@ -77,6 +77,17 @@ async def _open(
     await queues.ping()
     payloads = await PayloadStore.open(s.storage)
     stack.push_async_callback(payloads.close)
+    jwks = authenticator.jwks
+    if jwks is not None:
+        # Started even when the identity provider is down: see nexus.scheduler.jwks.
+        stack.push_async_callback(jwks.close)
+        if jwks.source.startswith("http://"):
+            log.warning(
+                "the identity provider's keys are fetched over plain HTTP: anyone on the "
+                "path could replace them",
+                extra={"source": jwks.source},
+            )
+        await jwks.refresh()
     shards = await open_shards(
         s.shards.kubeconfig_dir, s.shards.runtime_namespace, s.shards.request_timeout
     )
@@ -154,6 +165,8 @@ async def _open(
         shards=shards,
     )
     lifecycle.start_loop("catalog", watcher.run(lifecycle.stopping))
+    if jwks is not None:
+        lifecycle.start_loop("jwks", jwks.run(lifecycle.stopping))
     lifecycle.start_loop("dispatch", dispatcher.run(lifecycle.stopping))
     lifecycle.start_loop(
         "heartbeat",

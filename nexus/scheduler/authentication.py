@@ -5,13 +5,23 @@ need none):
 
 * **service tokens** from configuration, stored only as SHA-256 digests; each names its
   caller and the algorithms it may run;
-* **JWTs** signed with HS256 (shared secret) or RS256 (public key), whose issuer and
-  audience are checked, whose caller is the ``sub`` claim and whose algorithms claim lists
-  what the bearer may run, with the same meaning as a token's list.
+* **JWTs** whose issuer and audience are checked, whose caller is the ``sub`` claim and
+  whose algorithms claim lists what the bearer may run, with the same meaning as a token's
+  list. They are signed with a static key — HS256 (shared secret) or RS256 (public key) —
+  or with a key of the identity provider's key set (:mod:`nexus.scheduler.jwks`: a JWKS
+  URL or OIDC discovery; RS*, PS*, ES*, EdDSA).
+
+Which key checks a JWT: the key set's key its ``kid`` names, if the set has it; else the
+static key of its ``alg``; else the key set fetched again (an unknown kid). The ``alg`` is
+checked against the key, never trusted to pick one: ``none`` is refused, an HS256 JWT is
+only ever checked with the HS256 secret and an asymmetric one only with a public key, so a
+public key cannot be abused as an HMAC secret.
 
 Verified JWTs are remembered until they expire (bounded), so a busy client does not pay for
-a signature check on every request. 401 means no valid credential; 403 means a valid one
-that may not run the algorithm.
+a signature check on every request; the memory is cleared when the provider's key set
+changes, so a withdrawn key's JWTs are checked again. 401 means no valid credential; 403
+a valid one that may not run the algorithm; 503 that the identity provider's keys are
+needed and cannot be fetched now.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
+from nexus.scheduler.jwks import ALGORITHMS, JwksKeys, unauthorized
 from nexus.scheduler.settings import AuthSettings
 
 _CACHE_SIZE = 10_000
@@ -50,10 +61,6 @@ def _prepared(algorithm: HMACAlgorithm | RSAAlgorithm, key: str, setting: str) -
         return algorithm.prepare_key(key)
     except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{setting}: not a usable key ({exc})") from exc
-
-
-def _unauthorized(message: str) -> ApiError:
-    return ApiError(401, "unauthorized", message, {"WWW-Authenticate": 'Bearer realm="nexus"'})
 
 
 class Authenticator:
@@ -87,33 +94,43 @@ class Authenticator:
                 settings.jwt_rs256_public_key,
                 "NEXUS__AUTH__JWT_RS256_PUBLIC_KEY",
             )
-        if self._keys and not settings.jwt_issuer:
+        self.jwks: JwksKeys | None = None
+        """The identity provider's keys, when configured: fetched and refreshed by the
+        service (:meth:`JwksKeys.refresh` at start, :meth:`JwksKeys.run` as a loop)."""
+        if settings.jwt_jwks_url or settings.jwt_oidc_discovery:
+            self.jwks = JwksKeys(settings, on_change=self.forget_verified)
+        if (self._keys or self.jwks) and not settings.jwt_issuer:
             raise ConfigError("NEXUS__AUTH__JWT_ISSUER: required when JWTs are enabled")
-        if not self._tokens and not self._keys:
+        if not self._tokens and not self._keys and not self.jwks:
             raise ConfigError(
-                "NEXUS__AUTH__SERVICE_TOKENS: configure at least one service token or a JWT key"
+                "NEXUS__AUTH__SERVICE_TOKENS: configure at least one service token, a JWT key"
+                " or an identity provider (NEXUS__AUTH__JWT_JWKS_URL)"
             )
         self._settings = settings
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
 
-    def authenticate(self, header: str | None) -> Principal:
+    def forget_verified(self) -> None:
+        """Check every JWT again from now on (the keys that signed them may be gone)."""
+        self._verified.clear()
+
+    async def authenticate(self, header: str | None) -> Principal:
         if not header:
-            raise _unauthorized("an Authorization: Bearer <token> header is required")
+            raise unauthorized("an Authorization: Bearer <token> header is required")
         scheme, _, credential = header.partition(" ")
         credential = credential.strip()
         if scheme.lower() != "bearer" or not credential:
-            raise _unauthorized("the Authorization header must be 'Bearer <token>'")
+            raise unauthorized("the Authorization header must be 'Bearer <token>'")
         # Tokens and JWTs are ASCII; bytes that are not UTF-8 arrive here as surrogates.
         if not credential.isascii():
-            raise _unauthorized("the bearer token is not valid")
+            raise unauthorized("the bearer token is not valid")
         principal = self._tokens.get(hashlib.sha256(credential.encode()).hexdigest())
         if principal is not None:
             return principal
-        if credential.count(".") == 2 and self._keys:
-            return self._jwt(credential)
-        raise _unauthorized("the bearer token is not valid")
+        if credential.count(".") == 2 and (self._keys or self.jwks):
+            return await self._jwt(credential)
+        raise unauthorized("the bearer token is not valid")
 
-    def _jwt(self, token: str) -> Principal:
+    async def _jwt(self, token: str) -> Principal:
         now = time.time()
         cached = self._verified.get(token)
         if cached is not None:
@@ -124,10 +141,10 @@ class Authenticator:
             del self._verified[token]
         s = self._settings
         try:
-            algorithm = str(jwt.get_unverified_header(token).get("alg"))
-            key = self._keys.get(algorithm)
-            if key is None:
-                raise _unauthorized(f"JWTs signed with {algorithm} are not accepted")
+            header = jwt.get_unverified_header(token)
+            algorithm = str(header.get("alg"))[:20]
+            kid = header.get("kid")
+            key = await self._key(algorithm, kid if isinstance(kid, str) else None)
             claims = jwt.decode(
                 token,
                 key,
@@ -138,28 +155,46 @@ class Authenticator:
                 options={"require": ["exp", "iss", "aud", s.jwt_caller_claim]},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise _unauthorized("the JWT has expired") from exc
+            raise unauthorized("the JWT has expired") from exc
         except jwt.InvalidTokenError as exc:
-            raise _unauthorized(f"the JWT is not valid: {exc}") from exc
+            raise unauthorized(f"the JWT is not valid: {exc}") from exc
         allowed = claims.get(s.jwt_algorithms_claim, [])
         if isinstance(allowed, str):
             allowed = [allowed]
         if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
-            raise _unauthorized(
+            raise unauthorized(
                 f"the JWT's {s.jwt_algorithms_claim} claim must be a list of algorithm names"
             )
         caller = claims[s.jwt_caller_claim]
         if not isinstance(caller, str) or not caller.strip():
-            raise _unauthorized(f"the JWT's {s.jwt_caller_claim} claim must name the caller")
+            raise unauthorized(f"the JWT's {s.jwt_caller_claim} claim must name the caller")
         principal = Principal(caller, frozenset(allowed))
         self._verified[token] = (principal, float(claims["exp"]))
         if len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)
         return principal
 
-    def authorize(self, header: str | None, algorithm: str) -> Principal:
-        """The caller, if it may run ``algorithm``; else 401 or 403."""
-        principal = self.authenticate(header)
+    async def _key(self, algorithm: str, kid: str | None) -> Any:
+        """The key to check a JWT signed with ``algorithm`` naming ``kid`` (see the module
+        docstring for the order); 401 or 503 when there is none."""
+        jwks = self.jwks
+        if algorithm not in self._keys and (jwks is None or algorithm not in ALGORITHMS):
+            raise unauthorized(f"JWTs signed with {algorithm} are not accepted")
+        if jwks is not None and kid is not None:
+            known = jwks.known(kid)
+            if known is not None:
+                if algorithm not in known.algorithms:
+                    raise unauthorized(f"the key {kid[:80]!r} does not sign with {algorithm}")
+                return known.key
+        key = self._keys.get(algorithm)
+        if key is not None:
+            return key
+        assert jwks is not None  # checked above
+        return await jwks.key(kid, algorithm)
+
+    async def authorize(self, header: str | None, algorithm: str) -> Principal:
+        """The caller, if it may run ``algorithm``; else 401, 403 or 503."""
+        principal = await self.authenticate(header)
         if not principal.may_run(algorithm):
             raise ApiError(
                 403,

@@ -45,6 +45,25 @@ class AuthSettings:
     """Shared secret for HS256 JWTs (at least 32 bytes); empty disables HS256."""
     jwt_rs256_public_key: str = ""
     """PEM public key for RS256 JWTs; empty disables RS256."""
+    jwt_jwks_url: str = ""
+    """URL of the identity provider's JSON Web Key Set (its ``jwks_uri``): JWTs naming one of
+    its keys (``kid``) are checked with it (RS*, PS*, ES*, EdDSA). Fetched at start, again
+    for a kid it does not have, and every ``jwt_jwks_refresh_interval``. Empty disables it."""
+    jwt_oidc_discovery: bool = False
+    """Find the key set by OpenID Connect discovery instead: the ``jwks_uri`` of
+    ``{jwt_issuer}/.well-known/openid-configuration``, whose ``issuer`` must be
+    ``jwt_issuer``."""
+    jwt_jwks_refresh_interval: Seconds = field(default=3600.0, metadata=positive())
+    """How often the key set is fetched again, so that keys the provider withdrew stop being
+    trusted. An hour: providers publish a key well before signing with it, and a JWT naming
+    a key not yet fetched fetches the set at once."""
+    jwt_jwks_min_interval: Seconds = field(default=30.0, metadata=at_least(0))
+    """Least time between two fetches caused by JWTs naming unknown keys: a flood of made-up
+    kids costs the identity provider one fetch per interval per pod. A new key is found
+    at its first JWT unless such a fetch happened less than this before."""
+    jwt_jwks_timeout: Seconds = field(default=5.0, metadata=positive())
+    """A fetch of the discovery document or the key set that takes longer fails; a JWT
+    waiting for it is answered 503."""
     jwt_issuer: str = ""
     """Required ``iss`` of JWTs (required when JWTs are enabled)."""
     jwt_audience: str = "nexus"

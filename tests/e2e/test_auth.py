@@ -23,6 +23,7 @@ from typing import Any
 import jwt
 import orjson
 from harness import Servers
+from support.identity import Key, identity_provider, rsa_key
 from support.keys import rsa_key_pair
 from support.system import (
     OTHER_TOKEN,
@@ -261,6 +262,51 @@ async def test_scheduler_with_only_rs256_refuses_hs256(servers: Servers) -> None
             assert status == 401, (raw, status, body)
             assert body["error"] == "unauthorized", (raw, body)
         assert await system.stored() == before
+
+
+async def test_scheduler_with_an_identity_provider_that_starts_down(servers: Servers) -> None:
+    """OIDC discovery against a provider on loopback that is down when the scheduler starts:
+    the scheduler starts anyway, serves service tokens and static-key JWTs, answers JWTs
+    that need the provider's keys with 503; once the provider is back, they are accepted,
+    and a rotation to a new key is followed."""
+    key_a, key_b = rsa_key("A"), rsa_key("B")
+    async with identity_provider() as provider:
+        provider.served, provider.mode = [key_a.jwk], "unreachable"
+        auth = {
+            "jwt_hs256_secret": HS_SECRET,
+            "jwt_issuer": provider.issuer,
+            "jwt_oidc_discovery": True,
+            "jwt_jwks_min_interval": 0,  # real time here: let every unknown kid fetch
+        }
+
+        def signed(key: Key, kid: str | None = None, **changes: Any) -> str:
+            header = {"kid": kid} if kid else {}
+            return "Bearer " + key.sign(claims(iss=provider.issuer, **changes), "RS256", **header)
+
+        async with running(servers, auth=auth) as system:
+            await accepted(system, "service token", f"Bearer {TOKEN}")
+            await accepted(system, "HS256", f"Bearer {hs256(iss=provider.issuer)}")
+            before = await system.stored()
+            headers = {"Authorization": signed(key_a)}
+            status, body, sent = await system.call(
+                "POST", RUN, token=None, headers=headers, json=VALID
+            )
+            assert (status, body["error"], sent.get("Retry-After")) == (503, "unavailable", "5")
+            assert "identity provider" in body["message"] and await system.stored() == before
+
+            provider.mode = "up"
+            request_id = await accepted(
+                system, "RS256 of the provider", signed(key_a, sub="oidc-user")
+            )
+            status, body = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
+            assert (status, body["caller"]) == (200, "oidc-user"), (status, body)
+            provider.served = [key_a.jwk, key_b.jwk]
+            await accepted(system, "after a rotation", signed(key_b))
+            await expect_refused(system, "an unknown kid", 401, "no signing key", authorization=signed(key_b, kid="C"))  # fmt: skip
+            confused = handmade(
+                {"alg": "HS256", "kid": "A"}, HS_SECRET.encode(), iss=provider.issuer
+            )
+            await expect_refused(system, "HS256 under the provider's kid", 401, "does not sign with HS256", authorization=f"Bearer {confused}")  # fmt: skip
 
 
 # -- receiver ----------------------------------------------------------------------------
