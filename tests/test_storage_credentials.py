@@ -7,21 +7,28 @@ SeaweedFS server of this module accepts two rotating keys (and its own), so URLs
 before and after a rotation must both work, and a URL signed with a key it does not know,
 or altered, must not. Its gateway also serves virtual-host-style requests
 (``bucket.s3.nexus.test``), reached through a resolver that sends every name to loopback.
+
+Session tokens are checked by a SeaweedFS of its own that runs an STS: the web identity
+path EKS IRSA uses (a service-account JWT of an OIDC provider on loopback, traded for
+temporary credentials) is followed end to end, and the server refuses a URL without its
+token or with another session's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import secrets
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import aiohttp
 import pytest
@@ -30,6 +37,7 @@ from aiobotocore.session import get_session
 from aiohttp.abc import AbstractResolver, ResolveResult
 from harness import S3Bucket, bucket_name
 from prometheus_client import REGISTRY
+from support.identity import identity_provider, rsa_key
 from yarl import URL
 
 from nexus.core import sigv4
@@ -267,6 +275,133 @@ async def test_a_renewal_in_progress_does_not_hold_up_presigning(
         assert store.credentials.signer.access_key_id == KEY_B[0]
     finally:
         await store.close()
+
+
+def seaweedfs_sts(identity_provider_url: str, session: str) -> dict[str, Any]:
+    """SeaweedFS' IAM configuration: an STS handing out sessions of ``session`` (a
+    duration) to holders of a JWT of the identity provider, for a role allowed all of S3."""
+    return {
+        "sts": {
+            "tokenDuration": session,
+            "maxSessionLength": "12h",
+            "issuer": "seaweedfs-sts",
+            "signingKey": base64.b64encode(secrets.token_bytes(32)).decode(),
+        },
+        "providers": [
+            {
+                "name": "cluster-oidc",
+                "type": "oidc",
+                "enabled": True,
+                "config": {
+                    "issuer": identity_provider_url,
+                    "clientId": "sts.amazonaws.com",
+                    "jwksUri": f"{identity_provider_url}/keys",
+                },
+            }
+        ],
+        "policy": {"defaultEffect": "Deny"},
+        "roles": [
+            {
+                "roleName": "nexus",
+                "roleArn": ROLE,
+                "trustPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Federated": "cluster-oidc"},
+                            "Action": ["sts:AssumeRoleWithWebIdentity"],
+                        }
+                    ],
+                },
+                "attachedPolicies": ["storage"],
+            }
+        ],
+        "policies": [
+            {
+                "name": "storage",
+                "document": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Action": ["s3:*"],
+                            "Resource": ["arn:aws:s3:::*", "arn:aws:s3:::*/*"],
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+
+
+ROLE = "arn:aws:iam::role/nexus"
+
+
+async def test_web_identity_as_eks_irsa_provides_it(
+    no_credentials: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, http: Any
+) -> None:
+    """The whole IRSA path on real servers: a service-account JWT of the cluster's OIDC
+    provider in a file, botocore's web identity provider trading it at SeaweedFS' STS for
+    temporary credentials (a 12-minute session: renewed whenever asked), and SeaweedFS
+    checking the session token of every upload, read and presigned URL."""
+    cluster_key = rsa_key("cluster")
+    async with identity_provider() as cluster_oidc:
+        cluster_oidc.served = [cluster_key.jwk]
+        server = LocalS3(iam_config=seaweedfs_sts(cluster_oidc.issuer, "12m"))
+        info = await asyncio.to_thread(server.start)
+        try:
+            assert info.call("PUT", "irsa").status == 200
+            now = int(time.time())
+            service_account = {
+                "iss": cluster_oidc.issuer,
+                "aud": "sts.amazonaws.com",
+                "sub": "system:serviceaccount:nexus:nexus-scheduler",
+                "iat": now,
+                "exp": now + 3600,
+            }
+            token_file = tmp_path / "token"
+            token_file.write_text(cluster_key.sign(service_account, "RS256"))
+            monkeypatch.setenv("AWS_ROLE_ARN", ROLE)
+            monkeypatch.setenv("AWS_WEB_IDENTITY_TOKEN_FILE", str(token_file))
+            monkeypatch.setenv("AWS_ENDPOINT_URL_STS", info.endpoint_url)
+            settings = StorageSettings(endpoint_url=info.endpoint_url, bucket="irsa")
+            store = await PayloadStore.open(settings)
+            try:
+                credentials = store.credentials
+                assert credentials.method == "assume-role-with-web-identity"
+                first = credentials.signer
+                assert first.session_token and first.access_key_id != info.access_key_id
+                await store.put("input", b"uploaded with a session token")
+                assert await store.get("input") == b"uploaded with a session token"
+                get = store.presign_get("input", 600)
+                assert query_of(get)["X-Amz-Security-Token"] == first.session_token
+                assert await status_of(http, "GET", get) == 200
+                put = store.presign_put("result", 600)
+                assert await status_of(http, "PUT", put, b"from a container") == 200
+
+                assert await credentials.refresh() is True  # a new session
+                second = credentials.signer
+                assert second.session_token != first.session_token
+                assert second.access_key_id != first.access_key_id
+                renewed = store.presign_get("result", 600)
+                assert await status_of(http, "GET", renewed) == 200
+                assert await status_of(http, "GET", get) == 200  # the first session's URL
+
+                without_token = sigv4.Signer(second.access_key_id, second.secret_access_key)
+                bare = without_token.presign_object(
+                    "GET", info.endpoint_url, "irsa", "result", expires_in=60
+                )
+                other_token = renewed.replace(
+                    quote(second.session_token, safe=""), quote(first.session_token, safe="")
+                )
+                assert other_token != renewed
+                for forged in (bare, other_token):
+                    assert await status_of(http, "GET", forged) == 403
+            finally:
+                await store.close()
+        finally:
+            await asyncio.to_thread(server.close)
 
 
 class StepClock:

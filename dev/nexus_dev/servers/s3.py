@@ -10,8 +10,10 @@ Guarantees beyond the common ones:
   (:class:`S3Info`), so every request must be signed: unsigned requests, tampered
   presigned URLs (path, expiry, signature) and expired ones are refused with 403, as by
   AWS. Buckets are not created on upload (``-s3.autoCreateBucket=false``), as on AWS.
-  Tests of key rotation give it more keys (``extra_keys``), and tests of virtual-host
-  addressing a domain (``domain_name``: ``bucket.<domain>`` names the bucket).
+  Tests of key rotation give it more keys (``extra_keys``), tests of virtual-host
+  addressing a domain (``domain_name``: ``bucket.<domain>`` names the bucket), and tests
+  of temporary credentials an IAM configuration (``iam_config``: its STS, OIDC providers,
+  roles and policies), so that it hands out session tokens and checks them.
 * **Contained.** Every listener binds 127.0.0.1: ten ports, HTTP and gRPC of master,
   volume, filer, S3 and the embedded admin server. Each gRPC port is its HTTP port + 10000,
   SeaweedFS' own convention, which some of its clients assume whatever they are told (the
@@ -41,9 +43,10 @@ import json
 import secrets
 import stat
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nexus.core import sigv4
 from nexus_dev.servers.databases import LocalServer
@@ -89,12 +92,14 @@ class LocalS3(LocalServer[S3Info]):
         binaries: BinarySource = "auto",
         extra_keys: Sequence[tuple[str, str]] = (),
         domain_name: str = "",
+        iam_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(directory, external=external, binaries=binaries)
         self.secret_access_key = secrets.token_urlsafe(24)
         self.extra_keys = tuple(extra_keys)
         """More (access key, secret) pairs the gateway accepts, for the same identity."""
         self.domain_name = domain_name
+        self.iam_config = iam_config
 
     def _choose_ports(self) -> list[int]:
         """HTTP and gRPC port of each component, gRPC = HTTP + 10000 as SeaweedFS assumes."""
@@ -115,6 +120,10 @@ class LocalS3(LocalServer[S3Info]):
         path = self.directory / "s3.json"
         path.write_text(json.dumps({"identities": [identity]}))
         path.chmod(stat.S_IRUSR | stat.S_IWUSR)
+        if self.iam_config is not None:
+            iam = self.directory / "iam.json"
+            iam.write_text(json.dumps(self.iam_config))
+            iam.chmod(stat.S_IRUSR | stat.S_IWUSR)
 
     def _command(self) -> list[str]:
         assert self.directory is not None
@@ -133,6 +142,7 @@ class LocalS3(LocalServer[S3Info]):
             f"-filer.localSocket={d / 'filer.sock'}", f"-s3.localSocket={d / 's3.sock'}",
             "-volume.preStopSeconds=0",
             *([f"-s3.domainName={self.domain_name}"] if self.domain_name else []),
+            *([f"-s3.iam.config={d / 'iam.json'}"] if self.iam_config is not None else []),
         ]  # fmt: skip
 
     def _probe(self) -> bool:
