@@ -134,6 +134,11 @@ class LocalServer(Generic[InfoT]):
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None and self._process.running else None
 
+    def exit_status(self) -> int | None:
+        """How the server's last process ended (negative: the signal that killed it);
+        ``None`` while it runs, or if it was never started."""
+        return None if self._process is None else self._process.exited()
+
     def start(self, timeout: float = 60.0) -> InfoT:
         """Start the server and wait until it does real work (no-op for an external one)."""
         if self._external is not None:
