@@ -10,6 +10,15 @@ shard, the ``echo`` and ``maybe-fail`` algorithms) installed in the controller c
 Every component starts only when the previous ones are ready and is ready itself only when
 its ``/health/ready`` (or the cluster's READY line) says so. Each process logs to a file
 in the working directory; the READY line names them.
+
+Each process can also be started again after it died (:class:`nexus_dev.restarts.Restartable`),
+as the same pod would be: with the same command line and environment — ports, a
+scheduler's pod name — and for the local clusters the same ports and tokens, so that the
+kubeconfigs the Nexus processes read stay true; a local cluster keeps its objects in
+memory, so it comes back empty and the example catalog is installed again. (In
+``process`` mode the algorithm processes a killed cluster had started run in sessions of
+their own and are not its children any more: they run to their end, and their
+completions count, but nothing stops one that does not end.)
 """
 
 from __future__ import annotations
@@ -22,16 +31,23 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from nexus_dev.servers.supervision import LocalServiceError, ServerProcess, free_ports
+from nexus_dev.status import ServiceDetails
 
 READY_TIMEOUT = 60.0
+CLUSTER_LOST_ON_RESTART = (
+    "the local cluster keeps its objects in memory, so it came back empty: the example "
+    "catalog is installed again; the Jobs and pods it held are gone, and the maintainer "
+    "settles their runs (FAILED, job lost) unless their completion had arrived"
+)
 GROUP = "science.sneaksanddata.com"
 EXAMPLES = ("echo", "maybe-fail", "echo-stored")
 """``echo-stored`` is ``echo`` with its inputs kept in S3 instead of with the checkpoint."""
@@ -83,6 +99,8 @@ class ProcessComponent:
         self.log_path = workdir / "logs" / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.process = ServerProcess(name, argv, log_path=self.log_path, cwd=workdir, env=env)
+        self.pod_name = env.get("NEXUS__SCHEDULER__POD_NAME")
+        self.lost_on_restart: str | None = None
 
     def start(self) -> dict[str, Any]:
         self.process.start()
@@ -108,6 +126,21 @@ class ProcessComponent:
         code = self.process.exited()
         return None if code is None else f"exited with status {code}; see {self.log_path}"
 
+    def restart(self) -> None:
+        self.start()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def exit_status(self) -> int | None:
+        return self.process.exited()
+
+    def details(self) -> ServiceDetails:
+        details: ServiceDetails = {"log": str(self.log_path), "url": self.url}
+        if self.pod_name is not None:
+            details["pod"] = self.pod_name
+        return details
+
     @property
     def pid(self) -> int | None:
         return self.process.pid
@@ -118,6 +151,7 @@ class ClusterComponent:
     catalog in the first (which is also the controller cluster)."""
 
     name = "devcluster"
+    lost_on_restart = CLUSTER_LOST_ON_RESTART
 
     def __init__(self, options: StackOptions, workdir: Path) -> None:
         self.options = options
@@ -126,7 +160,6 @@ class ClusterComponent:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             sys.executable, "-m", "nexus", "devcluster",
-            "--shards", str(options.shards),
             "--mode", options.mode,
             "--kubeconfig-dir", str(self.kubeconfig_dir),
             "--duration", options.duration,
@@ -138,8 +171,15 @@ class ClusterComponent:
             argv += ["--mutating-rate", str(options.shard_rate)]
         if not options.events:
             argv.append("--no-events")
+        self._argv = argv
         env = {**_python_environment(), "NEXUS__LOG__FORMAT": options.log_format}
-        self.process = ServerProcess(self.name, argv, log_path=self.log_path, cwd=workdir, env=env)
+        self.process = ServerProcess(
+            self.name,
+            [*argv, "--shards", str(options.shards)],
+            log_path=self.log_path,
+            cwd=workdir,
+            env=env,
+        )
         self.shards: dict[str, dict[str, Any]] = {}
 
     @property
@@ -147,12 +187,16 @@ class ClusterComponent:
         return self.process.pid
 
     def start(self) -> dict[str, Any]:
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         self.process.start()
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.exited() is not None:
                 raise LocalServiceError(f"devcluster exited:\n{self.process.log_tail()}")
-            for line in self.log_path.read_text(errors="replace").splitlines():
+            with open(self.log_path, "rb") as log_file:  # this start's lines only
+                log_file.seek(offset)
+                lines = log_file.read().decode(errors="replace").splitlines()
+            for line in lines:
                 if line.startswith("DEVCLUSTER READY "):
                     self.shards = json.loads(line.removeprefix("DEVCLUSTER READY "))
                     self._install_examples()
@@ -189,6 +233,30 @@ class ClusterComponent:
     def failure(self) -> str | None:
         code = self.process.exited()
         return None if code is None else f"exited with status {code}; see {self.log_path}"
+
+    def restart(self) -> None:
+        """Start again on the ports and with the tokens of the first start, which the
+        kubeconfigs name, and install the example catalog again."""
+        argv = list(self._argv)
+        for name, shard in sorted(self.shards.items()):
+            port = urlsplit(shard["url"]).port
+            config = yaml.safe_load(Path(shard["kubeconfig"]).read_text())
+            token = config["users"][0]["user"]["token"]
+            argv += ["--shard", f"{name}:port={port};token={token}"]
+        self.process.argv = argv
+        self.start()
+
+    def kill(self) -> None:
+        self.process.kill()
+
+    def exit_status(self) -> int | None:
+        return self.process.exited()
+
+    def details(self) -> ServiceDetails:
+        return {"log": str(self.log_path)}
+
+    def processes(self) -> Sequence[ClusterComponent]:
+        return [self]
 
 
 def example_workgroup(name: str, shard: str) -> dict[str, Any]:
@@ -375,6 +443,9 @@ class NexusComponent:
             if reason is not None:
                 return f"{component.name} {reason}"
         return None
+
+    def processes(self) -> Sequence[ProcessComponent]:
+        return self.components
 
 
 def describe(components: list[ProcessComponent], credentials: Credentials) -> dict[str, Any]:
