@@ -8,15 +8,27 @@ example algorithms installed. Guarantees:
 * exactly one line ``NEXUS READY {json}`` goes to stdout, once every component answers;
   the JSON holds what a client needs (the scheduler and receiver URLs, a bearer token,
   each local cluster's kubeconfig, the algorithms) and every connection detail and log
-  path. Logs go to stderr, so a script can wait for that line;
+  path, and the status file. Logs go to stderr, so a script can wait for that line;
 * SIGTERM, SIGINT (Ctrl-C), SIGHUP (its terminal closed) or SIGQUIT stops every component,
   in reverse order, and the command exits with status 0, leaving no process behind; a
   signal during start-up stops what was started so far; a signal ignored when the
   command starts (``nohup``) stays ignored;
-* a component that fails to start, or dies while running, or any other failure, stops
-  the others and the command exits with status 1; the working directory is then kept,
-  logs included;
+* once running, a process that dies — a scheduler, the receiver, the maintainer, the
+  local clusters, or a local PostgreSQL, Redis or S3 server — is restarted as kubelet
+  restarts a container, with a growing back-off, and the others carry on
+  (:mod:`nexus_dev.restarts`); ``status.json`` in the working directory says how each
+  one is doing (:mod:`nexus_dev.status`; ``nexus dev status`` shows it);
+* with ``--fail-fast`` the first death stops everything instead (status 1), as before
+  restarts existed, for CI; a component that fails to start during start-up, or any
+  other failure, always does; the working directory is then kept, logs included;
 * otherwise the working directory is removed at exit unless ``--keep``.
+
+The local servers are restarted too, as a StatefulSet restarts its pods: on the same
+ports and data directory, so PostgreSQL keeps every commit it acknowledged and S3 every
+object it stored. Redis keeps nothing on disk (it is throwaway, and fast for it): it
+comes back empty, and the line saying it is back says so and what Nexus does about it
+(the maintainer queues every ``BUFFERED`` run again). Servers named by the environment
+are someone else's, and neither watched nor restarted.
 
 Environment variables naming running servers (``PGHOST``, ``NEXUS_REDIS_URL``,
 ``NEXUS_S3_ENDPOINT_URL``, ...) are honoured: those servers are used, not started.
@@ -31,6 +43,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -39,15 +52,22 @@ from nexus.core.config import LogSettings
 from nexus.core.errors import NexusError, StorageUnavailable
 from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
 from nexus.core.logs import configure as configure_logs
-from nexus_dev.servers.services import LocalServices
+from nexus_dev import status
+from nexus_dev.restarts import Restartable, RestartPolicy, Supervisor
+from nexus_dev.servers.services import LocalRedis, LocalServer, LocalServices
 from nexus_dev.stack import ClusterComponent, Credentials, NexusComponent, StackOptions
+from nexus_dev.status import ServiceDetails
 
 log = logging.getLogger(__name__)
 
 READY_PREFIX = "NEXUS READY "
 BUCKET = "nexus"
-HEALTH_INTERVAL = 1.0
-"""Seconds between checks that every component is still alive."""
+REDIS_LOST_ON_RESTART = (
+    "Redis keeps nothing on disk, so it came back empty: the queues, heartbeats, throttle "
+    "state and the maintainer's lease are gone; the maintainer's sweep queues every "
+    "BUFFERED run again once it has been left alone for NEXUS__MAINTAINER__QUEUE_GRACE, "
+    "and runs already in their Jobs report through the receiver as usual"
+)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 """Signals that stop the whole system cleanly (the children run in sessions of their own,
 so a closing terminal reaches only this process)."""
@@ -64,8 +84,8 @@ class Component(Protocol):
 
     def stop(self) -> None: ...
 
-    def failure(self) -> str | None:
-        """Why the component is no longer working, or ``None`` while it is."""
+    def processes(self) -> Sequence[Restartable]:
+        """Its processes, once started, for the supervisor to restart when they die."""
         ...
 
 
@@ -91,18 +111,46 @@ class ServicesComponent:
     def stop(self) -> None:
         self.services.stop()
 
-    def failure(self) -> str | None:
-        for server in self.services.servers:
-            if not server.external and server.pid is None:
-                return f"{server.name} exited unexpectedly"
-        return None
+    def processes(self) -> Sequence[Restartable]:
+        return [ServerProcessUnit(s) for s in self.services.servers if not s.external]
 
 
-def build_components(args: argparse.Namespace) -> list[Component]:
-    """The components of a run, in start order."""
+class ServerProcessUnit:
+    """A local server as the supervisor sees it: restarted on its ports and data
+    directory (:meth:`LocalServer.restart`)."""
+
+    def __init__(self, server: LocalServer[Any]) -> None:
+        self.server = server
+        self.lost_on_restart = REDIS_LOST_ON_RESTART if isinstance(server, LocalRedis) else None
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    def exit_status(self) -> int | None:
+        return self.server.exit_status()
+
+    def restart(self) -> None:
+        self.server.restart()
+
+    def kill(self) -> None:
+        self.server.kill()
+
+    def details(self) -> ServiceDetails:
+        assert self.server.directory is not None  # started, so it has one
+        return {"log": str(self.server.directory / f"{self.server.name}.log")}
+
+
+def build_components(args: argparse.Namespace) -> tuple[LocalServices, list[Component]]:
+    """The servers (whose directory is the working directory) and the components of a
+    run, in start order."""
     services = LocalServices(args.workdir, env=os.environ, binaries=args.binaries, keep=args.keep)
     if args.services_only:
-        return [ServicesComponent(services)]
+        return services, [ServicesComponent(services)]
     options = StackOptions(
         shards=args.shards,
         mode=args.mode,
@@ -119,7 +167,7 @@ def build_components(args: argparse.Namespace) -> list[Component]:
     workdir = services.directory
     cluster = ClusterComponent(options, workdir)
     nexus = NexusComponent(options, workdir, services.environment, cluster, Credentials())
-    return [ServicesComponent(services), cluster, nexus]
+    return services, [ServicesComponent(services), cluster, nexus]
 
 
 def _positive(text: str) -> int:
@@ -132,7 +180,18 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0 s, not {text}")
+    return value
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    policy = RestartPolicy()
     parser = argparse.ArgumentParser(
         prog="nexus dev",
         description=(
@@ -141,6 +200,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             "example algorithms echo and maybe-fail installed. Prints one line "
             "'NEXUS READY {json}' with the scheduler URL, a bearer token and every connection "
             "detail when ready; Ctrl-C, SIGTERM or a closed terminal stops everything."
+        ),
+        epilog=(
+            "A process that dies while the system runs is restarted as kubelet restarts a "
+            "container: after --restart-delay seconds, doubling with each death in a row up "
+            "to --restart-delay-max, starting over once it stayed up twice that long; a "
+            "scheduler keeps its pod name, so it recovers the runs it held, or the "
+            "maintainer adopts its queue if it stays down past its heartbeat. Redis comes "
+            "back empty (the maintainer queues the runs again), a local cluster too (the "
+            "example catalog is installed again). Each death and each return is one log "
+            "line. status.json in the working directory (named by the READY line) is "
+            "rewritten on every change: each process's state (running, backing-off, "
+            "restarting), pid, restarts and last exit. 'nexus dev status [PATH]' shows it "
+            "for every running local system, '--json' for scripts."
         ),
     )
     parser.add_argument(
@@ -219,16 +291,45 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         action="store_true",
         help="start only PostgreSQL, Redis and S3 (no clusters, no Nexus processes)",
     )
+    restarts = parser.add_argument_group("restarts")
+    restarts.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop everything, with exit status 1, when any process dies, instead of "
+        "restarting it (for CI)",
+    )
+    restarts.add_argument(
+        "--restart-delay",
+        type=_seconds,
+        default=policy.first_delay,
+        metavar="SECONDS",
+        help=f"wait before restarting a dead process; doubles with each death in a row "
+        f"(default: {policy.first_delay:g}; kubelet's is 10)",
+    )
+    restarts.add_argument(
+        "--restart-delay-max",
+        type=_seconds,
+        default=policy.max_delay,
+        metavar="SECONDS",
+        help=f"the longest wait before a restart (default: {policy.max_delay:g}; kubelet's is 300)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("text", "json"),
         default="text",
         help="format of the logs on stderr (default: text)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.policy = RestartPolicy(args.restart_delay, args.restart_delay_max, args.fail_fast)
+    except ValueError as exc:
+        parser.error(f"--restart-delay-max: {exc}")
+    return args
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["status"]:
+        return status.main(argv[1:])
     args = parse_args(argv)
     configure_logs(LogSettings(level="INFO", format=args.log_format), "dev")
     stop_requested = threading.Event()
@@ -243,21 +344,27 @@ def main(argv: list[str]) -> int:
         if signal.getsignal(sig) is not signal.SIG_IGN
     }
     components: list[Component] = []
+    supervisor: Supervisor | None = None
     exit_code = EXIT_CRASHED  # until shown otherwise: whatever escapes keeps the logs
     try:
-        components = build_components(args)
-        ready: dict[str, Any] = {}
+        services, components = build_components(args)
+        supervisor = Supervisor(args.policy, services.directory / status.STATUS_FILE)
+        ready: dict[str, Any] = {"status": str(supervisor.status_path)}
         for component in components:
             if stop_requested.is_set():  # stopped while starting
                 exit_code = EXIT_OK
                 break
             ready.update(component.start())
+            supervisor.watch(component.processes())
         else:
+            supervisor.set_state("running")
             print(READY_PREFIX + json.dumps(ready, separators=(",", ":")), flush=True)
-            exit_code = _supervise(components, stop_requested)
+            exit_code = EXIT_OK if supervisor.run(stop_requested) else EXIT_CRASHED
     except (NexusError, OSError) as exc:  # OSError: a server that cannot be reached
         log.error("cannot start: %s", exc)
     finally:
+        if supervisor is not None:
+            supervisor.close()  # no restart from here on
         if exit_code == EXIT_CRASHED:  # its logs say why: keep them
             for component in components:
                 if isinstance(component, ServicesComponent):
@@ -269,21 +376,12 @@ def main(argv: list[str]) -> int:
             except Exception:
                 log.exception("could not stop %s", component.name)
                 exit_code = EXIT_CRASHED
+        if supervisor is not None:  # the last word, in a working directory that is kept
+            supervisor.finish("stopped" if exit_code == EXIT_OK else "failed")
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     log.info("stopped", extra={"exitCode": exit_code})
     return exit_code
-
-
-def _supervise(components: list[Component], stop_requested: threading.Event) -> int:
-    """Wait for a stop signal, checking that every component is still working."""
-    while not stop_requested.wait(HEALTH_INTERVAL):
-        for component in components:
-            reason = component.failure()
-            if reason is not None:
-                log.error("%s failed: %s", component.name, reason)
-                return EXIT_CRASHED
-    return EXIT_OK
 
 
 if __name__ == "__main__":

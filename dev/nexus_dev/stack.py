@@ -122,10 +122,6 @@ class ProcessComponent:
     def stop(self) -> None:
         self.process.stop(timeout=30)
 
-    def failure(self) -> str | None:
-        code = self.process.exited()
-        return None if code is None else f"exited with status {code}; see {self.log_path}"
-
     def restart(self) -> None:
         self.start()
 
@@ -229,10 +225,6 @@ class ClusterComponent:
 
     def stop(self) -> None:
         self.process.stop(timeout=15)
-
-    def failure(self) -> str | None:
-        code = self.process.exited()
-        return None if code is None else f"exited with status {code}; see {self.log_path}"
 
     def restart(self) -> None:
         """Start again on the ports and with the tokens of the first start, which the
@@ -436,13 +428,6 @@ class NexusComponent:
     def stop(self) -> None:
         for component in reversed(self.components):
             component.stop()
-
-    def failure(self) -> str | None:
-        for component in self.components:
-            reason = component.failure()
-            if reason is not None:
-                return f"{component.name} {reason}"
-        return None
 
     def processes(self) -> Sequence[ProcessComponent]:
         return self.components

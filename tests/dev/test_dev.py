@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import json
 import os
@@ -20,71 +19,12 @@ from typing import Any
 
 import pytest
 from harness import is_alive
+from support.devprocess import DevProcess, call, read_status, wait_finished
 
 from nexus_dev.cli import READY_PREFIX
 from nexus_dev.servers.databases import redis_ping
 from nexus_dev.servers.services import LocalPostgres, PostgresInfo, S3Info
 from nexus_dev.servers.supervision import descendants
-
-# Variables that would make `nexus dev` use running servers instead of starting its own.
-EXTERNAL = {"PGHOST", "NEXUS_REDIS_URL", "NEXUS_S3_ENDPOINT_URL"}
-
-
-class DevProcess:
-    """``nexus dev`` in a subprocess, its stdout read by a thread (so waits have deadlines)."""
-
-    def __init__(
-        self, *args: str, env: dict[str, str] | None = None, ignore: signal.Signals | None = None
-    ) -> None:
-        env = {**{k: v for k, v in os.environ.items() if k not in EXTERNAL}, **(env or {})}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nexus", "dev", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            preexec_fn=None if ignore is None else lambda: signal.signal(ignore, signal.SIG_IGN),
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def ready(self, timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if line.startswith(READY_PREFIX):
-                    ready: dict[str, Any] = json.loads(line.removeprefix(READY_PREFIX))
-                    return ready
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.proc.kill()
-        _, err = self.proc.communicate(timeout=30)
-        raise AssertionError(f"no READY line; stdout {self.lines}, stderr:\n{err}")
-
-    def kill(self) -> None:
-        """Whatever is still running, killed: a failed test leaves nothing behind."""
-        for pid in [*descendants(self.proc.pid), self.proc.pid]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def finish(self, sig: signal.Signals, timeout: float = 60) -> tuple[int, str]:
-        self.proc.send_signal(sig)
-        try:
-            _, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate(timeout=30)
-            raise AssertionError(f"nexus dev did not exit on {sig.name}:\n{err}") from None
-        self._reader.join(timeout=10)
-        return self.proc.returncode, err
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -96,23 +36,23 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
 
     # a person's first run: echo answers with its own parameters
     headers = {"Authorization": f"Bearer {ready['token']}", "Content-Type": "application/json"}
-    request_id = _call(
+    request_id = call(
         "POST",
         f"{ready['scheduler']}/algorithm/v1.2/run/echo",
         headers,
         {"algorithmParameters": {"hello": "dev"}},
     )["requestId"]
-    answer = _wait_finished(ready["scheduler"], "echo", request_id, headers)
+    answer = wait_finished(ready["scheduler"], "echo", request_id, headers)
     assert answer["status"] == "COMPLETED", answer
     with urllib.request.urlopen(answer["resultUri"], timeout=10) as response:
         assert json.loads(response.read()) == {"hello": "dev"}
-    request_id = _call(
+    request_id = call(
         "POST",
         f"{ready['scheduler']}/algorithm/v1.2/run/maybe-fail",
         headers,
         {"algorithmParameters": {"fail": "on request"}},
     )["requestId"]
-    answer = _wait_finished(ready["scheduler"], "maybe-fail", request_id, headers)
+    answer = wait_finished(ready["scheduler"], "maybe-fail", request_id, headers)
     assert answer["status"] == "FAILED", answer
     assert answer["runErrorMessage"] == "RequestedFailure: on request"
     assert Path(ready["shards"]["shard-0"]["kubeconfig"]).is_file()
@@ -131,6 +71,13 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
     assert info.call("GET").status == 200
     workdir = Path(ready["workdir"])
     assert workdir.is_dir()
+    status = read_status(ready)
+    assert Path(ready["status"]) == workdir / "status.json"
+    assert status["state"] == "running" and status["pid"] == dev.proc.pid
+    names = ["postgres", "redis", "s3", "devcluster", "receiver", "scheduler-0", "maintainer"]
+    assert [(s["name"], s["state"], s["restarts"]) for s in status["services"]] == [
+        (name, "running", 0) for name in names
+    ]
 
     code, err = dev.finish(sig)
     assert code == 0, err
@@ -183,20 +130,28 @@ def test_dev_under_nohup_ignores_a_hang_up() -> None:
         dev.kill()
 
 
-def test_dev_keeps_the_logs_of_a_crash() -> None:
-    """A server dies: everything stops, the command exits 1, and the working directory
-    (the logs it points to) stays."""
-    dev = DevProcess("--services-only")
+def test_dev_fails_fast_and_keeps_the_logs_of_a_crash() -> None:
+    """With ``--fail-fast`` a server that dies stops everything: the command exits 1, and
+    the working directory (the logs it points to, the status saying who died) stays."""
+    dev = DevProcess("--services-only", "--fail-fast")
     ready = dev.ready()
     workdir = Path(ready["workdir"])
     children = descendants(dev.proc.pid)
     try:
         redis = next(pid for pid in children if b"redis" in _command(pid))
         os.kill(redis, signal.SIGKILL)
-        _, err = dev.proc.communicate(timeout=60)
-        assert dev.proc.returncode == 1, err
+        code, err = dev.wait(timeout=60)
+        assert code == 1, err
+        assert "redis was killed by SIGKILL; stopping everything (--fail-fast)" in err
         assert "logs kept in" in err and workdir.is_dir()
         assert [pid for pid in children if is_alive(pid)] == []
+        status = read_status(ready)
+        assert status["state"] == "failed"
+        assert status["restartPolicy"]["failFast"] is True
+        (redis_status,) = [s for s in status["services"] if s["name"] == "redis"]
+        assert redis_status["restarts"] == 0 and redis_status["state"] == "stopped"
+        assert redis_status["lastExit"] is not None
+        assert redis_status["lastExit"]["signal"] == "SIGKILL"
     finally:
         dev.kill()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -225,10 +180,10 @@ def test_dev_does_not_start_on_a_store_that_refuses_its_bucket() -> None:
         }
         dev = DevProcess("--services-only", env=env)
         try:
-            _, err = dev.proc.communicate(timeout=60)
+            code, err = dev.wait(timeout=60)
         finally:
             dev.kill()
-        assert dev.proc.returncode == 1, err
+        assert code == 1, err
         assert "cannot make the bucket 'nexus': 403" in err
         assert not any(line.startswith(READY_PREFIX) for line in dev.lines)
         kept = re.search(r"logs kept in (\S+)", err)
@@ -257,31 +212,14 @@ def test_dev_help_documents_every_option() -> None:
         timeout=60,
         check=True,
     )
+    text = " ".join(done.stdout.split())  # as wrapped for the terminal, unwrapped
     for option in (
         "--workdir", "--keep", "--binaries", "--log-format", "--mode", "--shards",
         "--schedulers", "--no-maintainer", "--port", "--host", "--create-rate", "--shard-rate",
-        "--duration", "--faults", "--services-only",
+        "--duration", "--faults", "--services-only", "--fail-fast", "--restart-delay",
+        "--restart-delay-max", "nexus dev status", "status.json",
     ):  # fmt: skip
-        assert option in done.stdout
-
-
-def _call(method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read())
-
-
-def _wait_finished(base: str, algorithm: str, request_id: str, headers: dict[str, str]) -> Any:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        answer = _call(
-            "GET", f"{base}/algorithm/v1.2/results/{algorithm}/requests/{request_id}", headers
-        )
-        if answer["status"] not in ("NEW", "BUFFERED", "RUNNING"):
-            return answer
-        time.sleep(0.1)
-    raise AssertionError(f"{algorithm} run {request_id} did not finish")
+        assert option in text
 
 
 def _command(pid: int) -> bytes:
