@@ -204,6 +204,23 @@ def test_dev_counts_must_be_positive(option: str) -> None:
         assert done.returncode == 2 and option in done.stderr, (value, done.stderr)
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--restart-delay", "0"], "must be above 0 s"),
+        (["--restart-delay", "soon"], "is not a number of seconds"),
+        (["--restart-delay-max", "inf"], "must be above 0 s"),
+        (["--restart-delay", "5", "--restart-delay-max", "1"], "must not be below the first"),
+    ],
+)
+def test_dev_restart_delays_must_make_sense(args: list[str], says: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "nexus", "dev", *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and says in done.stderr, done.stderr
+
+
 def test_dev_help_documents_every_option() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "nexus", "dev", "--help"],
