@@ -86,6 +86,10 @@ def test_a_success_starts_the_delays_over() -> None:
     assert backoff.failed() == 1.0
 
 
+def test_a_cap_below_the_first_delay_is_every_delay() -> None:
+    assert [Backoff(first=1.0, cap=0.25).delay(n) for n in (1, 2, 50)] == [0.25] * 3
+
+
 def test_a_zero_first_delay_retries_at_once_every_time() -> None:
     backoff = Backoff(first=0.0, cap=0.0)
     assert {backoff.failed() for _ in range(2_000)} == {0.0}
@@ -102,7 +106,7 @@ def test_jitter_takes_at_most_its_share_off_each_delay() -> None:
 
 @pytest.mark.parametrize(
     ("first", "cap", "jitter"),
-    [(-1.0, 5.0, 0.0), (1.0, 0.5, 0.0), (1.0, math.inf, 0.0), (math.nan, 5.0, 0.0), (1, 2, 1.5)],
+    [(-1.0, 5.0, 0.0), (1.0, -0.5, 0.0), (1.0, math.inf, 0.0), (math.nan, 5.0, 0.0), (1, 2, 1.5)],
 )
 def test_a_backoff_refuses_delays_it_could_not_keep(
     first: float, cap: float, jitter: float

@@ -71,7 +71,8 @@ class Backoff:
     first: float
     """Seconds to wait after the first failure; 0 retries at once every time."""
     cap: float
-    """The longest wait, reached after enough failures and kept from then on."""
+    """The longest wait, reached after enough failures and kept from then on (below
+    ``first``, every wait is ``cap``)."""
     jitter: float = 0.0
     failures: int = field(default=0, init=False)
     """Consecutive failures counted since the last success."""
@@ -79,8 +80,8 @@ class Backoff:
     def __post_init__(self) -> None:
         if not (math.isfinite(self.first) and self.first >= 0):
             raise ValueError(f"first must be a finite delay >= 0, not {self.first!r}")
-        if not (math.isfinite(self.cap) and self.cap >= self.first):
-            raise ValueError(f"cap must be finite and >= first ({self.first!r}), not {self.cap!r}")
+        if not (math.isfinite(self.cap) and self.cap >= 0):
+            raise ValueError(f"cap must be a finite delay >= 0, not {self.cap!r}")
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1, not {self.jitter!r}")
 
