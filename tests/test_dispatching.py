@@ -9,6 +9,7 @@ shard's API server is played, by a small HTTP server that records every call.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,7 +23,7 @@ import orjson
 import pytest
 from aiohttp import web
 from harness import S3Bucket
-from support.standin import stand_in_shard
+from support.standin import refused_address, stand_in_shard, write_kubeconfig
 from support.system import template, workgroup
 
 from nexus.core.checkpoints import CheckpointStore
@@ -377,3 +378,56 @@ async def test_a_failure_never_overwrites_a_run_another_pod_dispatched(options: 
         await asyncio.sleep(0.3)  # the refusal's write has been made, or refused
         stored = await d.checkpoint(run)
         assert (stored.stage, stored.job_uid) == (Stage.RUNNING, "other-pod")
+
+
+@pytest.mark.looptime
+async def test_the_pop_loop_outlasts_a_redis_outage_of_any_length(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, looptime: float
+) -> None:
+    """Nothing answers at any dependency's address (connections are refused at once):
+    the dispatch loop fails to pop 1,100 times in a row, more than 90 minutes of outage
+    on a fake clock, where a back-off with an uncapped exponent overflowed at 1,024 and
+    stopped the process. It waits its back-off every time, keeps at its 5 s cap, and
+    stops cleanly when told to."""
+    caplog.set_level(logging.WARNING, logger="nexus.scheduler.dispatching")
+    down = refused_address()
+    store = await CheckpointStore.open(
+        PostgresSettings(dsn=f"postgresql://nexus@{down}/nexus", pool_min_size=0)
+    )
+    backend = QueueBackend.connect(RedisSettings(url=f"redis://{down}/0"))
+    payloads = await PayloadStore.open(
+        StorageSettings(
+            endpoint_url=f"http://{down}", access_key_id="k", secret_access_key="s", bucket="b"
+        )
+    )
+    shard = await ShardClient.from_kubeconfig(
+        SHARD, write_kubeconfig(f"http://{down}", tmp_path), NAMESPACE
+    )
+    settings = SchedulerSection(pod_name="pod-a")
+    dispatcher = Dispatcher(
+        queue=backend.queue("pod-a"),
+        store=store,
+        shards={SHARD: shard},
+        throttles={SHARD: ShardThrottle(backend, SHARD, 10, burst_seconds=1, recovery=0.05)},
+        links=Links(payloads, Signer(["k" * 32]), settings),
+        catalog=Catalog(),
+        settings=settings,
+    )
+
+    def failed_pops() -> int:
+        return sum(1 for r in caplog.records if r.getMessage().startswith("cannot pop the queue"))
+
+    stopping = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stopping))
+    try:
+        while failed_pops() < 1_100:
+            assert not task.done(), task
+            await asyncio.sleep(60)
+        assert not task.done(), task
+        # 0.2 + 0.4 + 0.8 + 1.6 + 3.2, then 5 s between every two tries: no busy loop
+        assert looptime >= 6.2 + 5.0 * (failed_pops() - 6)
+    finally:
+        stopping.set()
+        await task  # returns: no error, however many failures
+        for close in (shard.close, payloads.close, backend.close, store.close):
+            await close()

@@ -31,7 +31,6 @@ in-flight set.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -47,6 +46,7 @@ from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Catalog, Workgroup
+from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -110,6 +110,8 @@ class Dispatcher:
         self._creating = {
             shard: asyncio.Semaphore(settings.dispatch_concurrency) for shard in shards
         }
+        self._retry = Backoff(first=settings.retry_base_delay, cap=settings.retry_max_delay)
+        """The delay before a run's next attempt, by the attempts it has made."""
 
     def notify(self, shard: str) -> None:
         """New runs are on the queue for ``shard``."""
@@ -126,7 +128,7 @@ class Dispatcher:
         batches: set[asyncio.Task[None]] = set()
         wake = self._wake[shard]
         gate = asyncio.Lock()
-        failures = 0
+        backoff = Backoff(first=0.2, cap=5.0)  # while the queue cannot be popped
         # Take no more than the throttle can soon let through: what stays on the queue keeps
         # its place (and a queue position a client can see), and other pods can adopt it.
         count = min(self.settings.dispatch_batch, max(1, int(self.throttles[shard].burst)))
@@ -135,7 +137,7 @@ class Dispatcher:
                 batches.discard(finished)
                 finished.result()  # a bug in a batch stops the loop, and so the process
             if len(batches) >= 2:  # overlap one batch's creations with the next pop
-                await asyncio.wait(batches, return_when=asyncio.FIRST_COMPLETED)
+                await first_of(*batches)
                 continue
             # One batch at a time waits for creation tokens; the next is popped only when it
             # has them, so runs wait on the queue, not in this process.
@@ -143,20 +145,19 @@ class Dispatcher:
             wake.clear()
             try:
                 runs = await self.queue.pop(shard, count)
-                failures = 0
+                backoff.succeeded()
             except DependencyError as exc:
                 gate.release()
-                failures += 1
                 log.warning("cannot pop the queue: %s", exc, extra={"shard": shard})
-                await _wait(stopping, min(5.0, 0.1 * 2**failures))
+                await sleep_or_stop(stopping, backoff.failed())
                 continue
             if not runs:
                 gate.release()
-                await _wait(wake, self.settings.dispatch_idle_poll, stopping)
+                await first_of(wake, stopping, timeout=self.settings.dispatch_idle_poll)
                 continue
             batches.add(asyncio.create_task(self._dispatch(shard, runs, gate, stopping)))
             if len(runs) < count and self.settings.dispatch_linger:
-                await _wait(stopping, self.settings.dispatch_linger)
+                await sleep_or_stop(stopping, self.settings.dispatch_linger)
         if batches:
             await asyncio.gather(*batches)
 
@@ -173,7 +174,7 @@ class Dispatcher:
     async def _give_back(
         self, shard: str, runs: list[QueuedRun], delay: float, stopping: asyncio.Event
     ) -> None:
-        attempt = 0
+        backoff = Backoff(first=0.4, cap=5.0)
         while True:
             try:
                 await self.queue.delay(shard, runs, delay)
@@ -181,9 +182,8 @@ class Dispatcher:
             except DependencyError as exc:
                 if stopping.is_set():
                     return  # still in flight: the pod's queue is handed over or adopted
-                attempt += 1
                 log.warning("cannot requeue runs yet: %s", exc, extra={"shard": shard})
-                await _wait(stopping, min(5.0, 0.2 * 2**attempt))
+                await sleep_or_stop(stopping, backoff.failed())
 
     async def _dispatch_batch(
         self, shard: str, runs: list[QueuedRun], gate: asyncio.Lock, stopping: asyncio.Event
@@ -407,11 +407,7 @@ class Dispatcher:
                     changes.append(
                         Transition(alg, rid, Stage.BUFFERED, attempts=1, expect=Stage.BUFFERED)
                     )
-                    delay = min(
-                        self.settings.retry_max_delay,
-                        self.settings.retry_base_delay * 2 ** (attempts - 1),
-                    )
-                    retry.setdefault(delay, []).append(o.run)
+                    retry.setdefault(self._retry.delay(attempts), []).append(o.run)
         if throttled:
             await self.throttles[shard].rejected(retry_after)
             await self._give_back(shard, throttled, retry_after, stopping)
@@ -471,16 +467,3 @@ class Dispatcher:
                 "deleted the job of a run that finished while it was created",
                 extra={"requestId": str(change.id)},
             )
-
-
-async def _wait(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
-    """Until ``event`` (or ``also``) is set, or ``seconds`` have passed."""
-    waiters = [asyncio.ensure_future(event.wait())]
-    if also is not None:
-        waiters.append(asyncio.ensure_future(also.wait()))
-    _, pending = await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    for waiter in pending:
-        waiter.cancel()
-    for waiter in pending:
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiter
