@@ -27,7 +27,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +37,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError, ShardRejected, ShardThrottled
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import ShardClient
+from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,11 @@ class Actions:
         self._wake = asyncio.Event()
         self._busy = 0  # changes of the last batch tried again
 
+    @property
+    def waiting(self) -> int:
+        """Acts submitted and not written yet (kept across a store outage, up to a bound)."""
+        return len(self._waiting)
+
     def submit(self, act: Act) -> bool:
         """Queue ``act`` for the next batch; never waits. ``False`` when the queue is full
         (the store is far behind): the caller must not count the act as done."""
@@ -109,30 +114,28 @@ class Actions:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Write what is submitted until ``stopping``; a failing store is retried."""
-        failures = 0
+        backoff = Backoff(first=0.4, cap=10.0)
         while True:
             if not self._waiting:
                 if stopping.is_set():
                     return
-                await _either(self._wake, stopping)
+                await first_of(self._wake, stopping)
                 self._wake.clear()
                 continue
             batch, self._waiting = self._waiting, []
             try:
                 self._busy = 0
                 await self.apply(batch)
-                failures = 0
+                backoff.succeeded()
                 if self._busy:
                     await asyncio.sleep(0.02)  # let the other writer finish with those runs
             except DependencyError as exc:
-                failures += 1
                 log.warning("cannot write the maintainer's actions: %s", exc)
                 if stopping.is_set():
                     return  # the next leader finds these runs again
                 self._waiting[:0] = batch
                 del self._waiting[_MAX_WAITING:]
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), min(10.0, 0.2 * 2**failures))
+                await sleep_or_stop(stopping, backoff.failed())
 
     async def apply(self, batch: Sequence[Act]) -> list[bool]:
         """Apply ``batch`` now; whether each change happened. Raises on a store failure.
@@ -210,13 +213,3 @@ class Actions:
                 exc,
                 extra={"requestId": name, "shard": act.shard},
             )
-
-
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(first.wait()), asyncio.ensure_future(second.wait())]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-        await asyncio.gather(*waiters, return_exceptions=True)

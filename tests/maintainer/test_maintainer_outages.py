@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import replace
@@ -10,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
+import pytest
 from aiohttp import web
 from harness import Servers
 from maintaining import (
@@ -22,7 +24,7 @@ from maintaining import (
 )
 from prometheus_client import REGISTRY
 from support.proxy import Proxy, proxied_kubeconfigs
-from support.standin import stand_in_shard
+from support.standin import refused_address, stand_in_shard
 from support.system import System, local_system, template
 from test_maintainer_filters import COMPLETE, FAILED, RUN, Recorded, Shard, job
 
@@ -280,3 +282,38 @@ async def test_a_verdict_the_full_action_queue_dropped_is_reached_again_by_a_rel
 def unchanged(action: str) -> float:
     value = REGISTRY.get_sample_value("nexus_maintainer_unchanged_total", {"action": action})
     return value or 0.0
+
+
+@pytest.mark.looptime
+async def test_the_action_writer_outlasts_a_store_outage_of_any_length(
+    caplog: pytest.LogCaptureFixture, looptime: float
+) -> None:
+    """Nothing answers at the store's address: the writer fails 1,100 batches in a row,
+    three hours of outage on a fake clock, where a back-off with an uncapped exponent
+    overflowed at 1,024 and stopped the maintainer. It keeps what it was given, waits
+    its back-off every time (10 s at the cap), and stops cleanly when told to."""
+    caplog.set_level(logging.WARNING, logger="maintainer.actions")
+    store = await CheckpointStore.open(
+        PostgresSettings(dsn=f"postgresql://nexus@{refused_address()}/nexus", pool_min_size=0)
+    )
+    actions = Actions(store, {}, leading=lambda: True)
+    change = Transition("echo", uuid.uuid4(), Stage.FAILED, cause="JobLost", expect=Stage.RUNNING)
+    assert actions.submit(Act(change, "job_lost", "shard-0"))
+
+    def failed_writes() -> int:
+        return sum(1 for r in caplog.records if r.getMessage().startswith("cannot write"))
+
+    stopping = asyncio.Event()
+    writing = asyncio.create_task(actions.run(stopping))
+    try:
+        while failed_writes() < 1_100:
+            assert not writing.done(), writing
+            await asyncio.sleep(60)
+        assert not writing.done(), writing
+        assert actions.waiting == 1  # kept for the store's return
+        # 0.4 + 0.8 + 1.6 + 3.2 + 6.4, then 10 s between every two tries: no busy loop
+        assert looptime >= 12.4 + 10.0 * (failed_writes() - 6)
+    finally:
+        stopping.set()
+        await writing  # returns: no error, however many failures
+        await store.close()
