@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from prometheus_client import REGISTRY
-from support.standin import stand_in_shard
+from support.standin import refused_address, stand_in_shard, write_kubeconfig
 
 from nexus.core.errors import StoreUnavailable
 from nexus.core.shards import JOBS, ShardClient, WatchEvent
@@ -386,3 +387,29 @@ async def test_a_throttled_watch_waits_for_its_retry_after(tmp_path: Path) -> No
 
     await follow_stand_in(tmp_path, "busy", busy, max_backoff=0.2)
     assert calls[1] - calls[0] >= 0.95  # not the 0.2 s backoff
+
+
+@pytest.mark.looptime
+async def test_an_unreachable_shard_is_retried_for_ever_at_the_longest_backoff(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, looptime: float
+) -> None:
+    """Nothing answers at the shard's address: 1,100 failed attempts in a row on a fake
+    clock, doubling from 0.5 s to ``max_backoff`` and staying there — also above the
+    256 s at which the exponent used to be cut short — and follow() stops when told."""
+    caplog.set_level(logging.WARNING, logger="nexus.core.watching")
+    kubeconfig = write_kubeconfig(f"http://{refused_address()}", tmp_path)
+    client = await ShardClient.from_kubeconfig("shard-unreachable", kubeconfig, NS)
+    failed = restarts("shard-unreachable", "failed")
+    try:
+        async with Follower(client, max_backoff=600.0) as follower:
+            while restarts("shard-unreachable", "failed") < failed + 1_100:
+                assert follower.task is not None and not follower.task.done(), follower.task
+                await asyncio.sleep(600)
+            waits = [r.args[0] for r in caplog.records if r.getMessage().startswith("watch fail")]
+            assert waits[:3] == [0.5, 1.0, 2.0]
+            assert set(waits[11:]) == {600.0}  # 0.5 * 2**11 > 600: at the cap from then on
+            assert looptime >= sum(waits[:-1])
+            await follower.stop()
+    finally:
+        await client.close()
+    assert follower.connected and not any(follower.connected)

@@ -31,6 +31,7 @@ from prometheus_client import Counter
 
 from nexus.core.errors import NexusError, ShardThrottled
 from nexus.core.shards import Resource, ResourceExpired, ShardClient, WatchEvent
+from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +44,6 @@ WATCH_RESTARTS = Counter(
 
 _QUICK_END = 1.0
 """A watch the server ends sooner than this (seconds) without any event counts as idle."""
-
-
-async def _sleep_or_stop(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)
 
 
 async def follow(
@@ -72,13 +68,13 @@ async def follow(
     labels = {"shard": client.name, "resource": resource.plural}
     loop = asyncio.get_running_loop()
     version: str | None = None
-    failures = 0  # consecutive failed attempts, for the backoff
-    idle = 0  # consecutive watches the server ended at once without an event
-    expired = 0  # consecutive relists after a 410 with no event watched in between
+    failures = Backoff(first=0.5, cap=max_backoff)  # attempts failed in a row
+    idle = Backoff(first=0.5, cap=max_backoff)  # watches ended at once without an event
+    expired = Backoff(first=0.5, cap=max_backoff)  # 410s with no event watched in between
 
     async def consume(start: str) -> bool:
         """Watch from ``start`` until the server ends the watch; whether anything came."""
-        nonlocal version, failures, expired
+        nonlocal version
         seen = False
         stream = client.watch(
             resource,
@@ -91,7 +87,10 @@ async def follow(
         )
         async with contextlib.aclosing(stream):  # closes the response if on_event raises
             async for event in stream:
-                failures, expired, seen = 0, 0, True
+                if not seen:
+                    failures.succeeded()
+                    expired.succeeded()
+                    seen = True
                 if event.type != "BOOKMARK":
                     await on_event(event)
                 # only once handled: if on_event fails, the resumed watch brings it again
@@ -102,7 +101,7 @@ async def follow(
 
     async def attempt() -> None:
         """List if needed, then watch until the server ends the watch."""
-        nonlocal version, idle
+        nonlocal version
         if version is None:
             listing = await client.list_all(
                 resource,
@@ -118,47 +117,38 @@ async def follow(
         seen = await consume(version)
         # a server that ends watches at once must not make this a busy loop
         quick = min(_QUICK_END, watch_timeout / 2)
-        idle = 0 if seen or loop.time() - began >= quick else idle + 1
+        if seen or loop.time() - began >= quick:
+            idle.succeeded()
+        else:
+            idle.failed()
 
-    stop = asyncio.ensure_future(stopping.wait())
-    current: asyncio.Future[None] | None = None
-    try:
-        while not stopping.is_set():
-            try:
-                # raced against `stopping`, so that a slow list or watch never delays a stop
-                current = asyncio.ensure_future(attempt())
-                await asyncio.wait({current, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not current.done():
-                    return
-                current.result()
-                WATCH_RESTARTS.labels(**labels, reason="resumed").inc()
-                if idle:
-                    await _sleep_or_stop(stopping, min(max_backoff, 0.25 * 2 ** min(idle, 10)))
-            except ResourceExpired:
-                WATCH_RESTARTS.labels(**labels, reason="expired").inc()
-                log.info("watch expired; relisting", extra=labels)
-                version = None
-                expired += 1
-                if expired > 1:  # the list outlasts the server's history: not in a loop
-                    await _sleep_or_stop(stopping, min(max_backoff, 0.25 * 2 ** min(expired, 10)))
-            except NexusError as exc:
-                failures += 1
-                WATCH_RESTARTS.labels(**labels, reason="failed").inc()
-                if on_connected is not None:
-                    on_connected(False)
-                delay = min(max_backoff, 0.25 * 2 ** min(failures, 10))
-                if isinstance(exc, ShardThrottled):  # the server says how long
-                    delay = max(delay, exc.retry_after)
-                log.warning(
-                    "watch failed; retrying in %.1fs: %s",
-                    delay,
-                    exc,
-                    extra={**labels, "failures": failures},
-                )
-                await _sleep_or_stop(stopping, delay)
-    finally:
-        # also when follow() itself is cancelled: leave no task behind
-        for task in (current, stop):
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.wait({task})
+    while not stopping.is_set():
+        try:
+            # raced against `stopping`, so that a slow list or watch never delays a stop;
+            # first_of leaves no task behind, also when follow() itself is cancelled
+            if await first_of(attempt(), stopping) == 1:
+                return
+            WATCH_RESTARTS.labels(**labels, reason="resumed").inc()
+            if idle.failures:
+                await sleep_or_stop(stopping, idle.delay(idle.failures))
+        except ResourceExpired:
+            WATCH_RESTARTS.labels(**labels, reason="expired").inc()
+            log.info("watch expired; relisting", extra=labels)
+            version = None
+            pause = expired.failed()
+            if expired.failures > 1:  # the list outlasts the server's history: not in a loop
+                await sleep_or_stop(stopping, pause)
+        except NexusError as exc:
+            delay = failures.failed()
+            WATCH_RESTARTS.labels(**labels, reason="failed").inc()
+            if on_connected is not None:
+                on_connected(False)
+            if isinstance(exc, ShardThrottled):  # the server says how long
+                delay = max(delay, exc.retry_after)
+            log.warning(
+                "watch failed; retrying in %.1fs: %s",
+                delay,
+                exc,
+                extra={**labels, "failures": failures.failures},
+            )
+            await sleep_or_stop(stopping, delay)
