@@ -14,7 +14,6 @@ live pod the dead pods' runs stay where they are, safe, until one starts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -22,6 +21,7 @@ from prometheus_client import Counter
 
 from nexus.core.errors import DependencyError
 from nexus.core.queues import QueueBackend
+from nexus.core.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ class Adopter:
                     await self.adopt_once()
                 except DependencyError as exc:
                     log.warning("cannot adopt queues now: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.interval)
+            await sleep_or_stop(stopping, self.interval)
 
     async def adopt_once(self) -> int:
         """Adopt every dead pod's queue; how many runs moved."""

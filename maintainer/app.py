@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from aiohttp import web
 
@@ -37,6 +36,7 @@ from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.queues import QueueBackend
 from nexus.core.shards import ShardClient, open_shards
 from nexus.core.storage import PayloadStore
+from nexus.core.waiting import first_of
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class Maintainer:
                 task = asyncio.create_task(term.run(), name="maintainer:term")
                 try:
                     while self.leadership.active and not stopping.is_set() and not task.done():
-                        await _first(self.leadership.wait_for_change(stopping), task)
+                        await first_of(self.leadership.wait_for_change(stopping), task)
                 finally:
                     term.stopping.set()
                     await task  # a crashed term stops the process (lifecycle)
@@ -149,13 +149,3 @@ async def _open(
     app[MAINTAINER] = maintainer
     lifecycle.start_loop("leadership", leadership.run(lifecycle.stopping))
     lifecycle.start_loop("lead", maintainer.lead(lifecycle.stopping))
-
-
-async def _first(waiting: Coroutine[Any, Any, None], task: asyncio.Task[None]) -> None:
-    """Until ``waiting`` returns or ``task`` ends (``waiting`` is then cancelled)."""
-    waiter = asyncio.ensure_future(waiting)
-    try:
-        await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        await asyncio.gather(waiter, return_exceptions=True)

@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from nexus.core.errors import DependencyError
 from nexus.core.queues import QueueBackend
+from nexus.core.waiting import first_of, sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -111,23 +112,13 @@ class Leadership:
         """Until the next attempt, waking early to notice a lapse without a renewal."""
         deadline = self._loop.time() + self.ttl / 3
         while not stopping.is_set():
-            left = deadline - self._loop.time()
-            if self.active:
-                left = min(left, self._valid_until - self._loop.time())
-            if left <= 0:
+            until = min(deadline, self._valid_until) if self.active else deadline
+            if until <= self._loop.time():
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), left)
+            await sleep_or_stop(stopping, until=until)
         self._announce()  # a lapse is said at once, not at the next answer from Redis
 
     async def wait_for_change(self, stopping: asyncio.Event) -> None:
         """Until :attr:`active` may have changed or ``stopping`` is set."""
-        waiters = [asyncio.ensure_future(self.changed.wait())]
-        waiters.append(asyncio.ensure_future(stopping.wait()))
-        try:
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiter in waiters:
-                waiter.cancel()
-            await asyncio.gather(*waiters, return_exceptions=True)
+        await first_of(self.changed, stopping)
         self.changed.clear()

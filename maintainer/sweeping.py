@@ -30,7 +30,6 @@ again. Every change goes through :class:`maintainer.actions.Actions` (compare-an
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import defaultdict
@@ -50,6 +49,7 @@ from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import JOBS
 from nexus.core.storage import PayloadStore
+from nexus.core.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,7 @@ class Sweeper:
         while not stopping.is_set():
             if self._leading():
                 await self.sweep()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.section.sweep_interval)
+            await sleep_or_stop(stopping, self.section.sweep_interval)
 
     async def sweep(self) -> None:
         """One sweep of every kind; a kind whose dependency fails is left for the next."""

@@ -61,6 +61,7 @@ from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL
 from nexus.core.labels import ALGORITHM_RUN_SELECTOR as RUNS
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import EVENTS, JOBS, PODS, ShardClient, WatchEvent
+from nexus.core.waiting import Backoff, sleep_or_stop
 from nexus.core.watching import follow
 
 log = logging.getLogger(__name__)
@@ -320,7 +321,8 @@ class ShardWatch:
     # -- grace timers ------------------------------------------------------------------
 
     async def _check(self, stopping: asyncio.Event) -> None:
-        paused_until, refusals = 0.0, 0  # re-checks wait while the shard will not answer
+        paused_until = 0.0  # re-checks wait while the shard will not answer
+        refusals = Backoff(first=2 * self.section.check_interval, cap=60.0)
         while not stopping.is_set():
             now = self._loop.time()
             for _, timer in _due(self._started, now):
@@ -331,7 +333,7 @@ class ShardWatch:
                 for index, (name, timer) in enumerate(due):
                     try:
                         await recheck(name, timer)
-                        refusals = 0
+                        refusals.succeeded()
                     except NexusError as exc:
                         # unreachable, throttled or refused: this and the rest wait in place
                         for late, waiting in reversed(due[index:]):
@@ -342,8 +344,7 @@ class ShardWatch:
                         elif isinstance(exc, DependencyError):
                             pause = self.section.check_interval
                         else:  # a refusal (403…) lasts: ask less and less often
-                            refusals += 1
-                            pause = min(60.0, self.section.check_interval * 2**refusals)
+                            pause = refusals.failed()
                         paused_until = now + pause
                         log.log(
                             logging.INFO if isinstance(exc, DependencyError) else logging.WARNING,
@@ -353,8 +354,7 @@ class ShardWatch:
                             extra={"shard": self.shard},
                         )
                         break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.section.check_interval)
+            await sleep_or_stop(stopping, self.section.check_interval)
 
     async def _lost(self, name: str, timer: Timer) -> None:
         """A Job was deleted: fail its run, if still RUNNING and the Job is really gone."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -317,3 +318,43 @@ async def test_the_action_writer_outlasts_a_store_outage_of_any_length(
         stopping.set()
         await writing  # returns: no error, however many failures
         await store.close()
+
+
+@pytest.mark.looptime
+async def test_a_shard_refusing_rechecks_for_days_is_asked_ever_less_often(
+    tmp_path: Path, looptime: float
+) -> None:
+    """Every GET that would confirm a lost Job is refused (403) — missing RBAC, say —
+    1,100 times in a row, days on a fake clock: the re-checks wait twice as long each
+    time up to a minute, where an uncapped exponent overflowed at 1,024 and stopped the
+    maintainer, and the check loop stops cleanly when told to."""
+    asked: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def get_job(request: web.Request) -> web.Response:
+        asked.append(loop.time())
+        body = {"kind": "Status", "apiVersion": "v1", "code": 403, "message": "forbidden"}
+        return web.json_response(body, status=403)
+
+    app = web.Application()
+    app.router.add_get("/apis/batch/v1/namespaces/runs/jobs/{name}", get_job)
+    async with stand_in_shard(app, tmp_path) as kubeconfig:
+        client = await ShardClient.from_kubeconfig("shard-0", kubeconfig, "runs", timeout=2.0)
+        actions = Recorded()
+        section = MaintainerSection(check_interval=10.0)
+        watch = ShardWatch(client, actions, section)  # type: ignore[arg-type]
+        watch._deleted[RUN] = Timer(due=0.0, algorithm="echo")
+        stopping = asyncio.Event()
+        checking = asyncio.create_task(watch._check(stopping))
+        try:
+            while len(asked) < 1_100:
+                assert not checking.done(), checking
+                await asyncio.sleep(600)
+        finally:
+            stopping.set()
+            await checking  # raises if the loop died
+            await client.close()
+    gaps = [round(b - a) for a, b in itertools.pairwise(asked)]
+    assert gaps[:2] == [20, 40]  # each refusal doubles the pause ...
+    assert set(gaps[2:]) == {60}  # ... up to a minute, for good
+    assert actions.acts == []  # nothing concluded from a refusal
