@@ -57,6 +57,7 @@ from nexus.core.config import StorageSettings
 from nexus.core.errors import ConfigError, StorageUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
 from nexus.core.storagecredentials import StorageCredentials
+from nexus.core.waiting import Backoff
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -65,6 +66,8 @@ log = logging.getLogger(__name__)
 
 MAX_PRESIGN_SECONDS = sigv4.MAX_PRESIGN_SECONDS
 _UPLOAD_ATTEMPTS = 3
+_UPLOAD_RETRY = Backoff(first=0.1, cap=1.0)
+"""Pauses between upload attempts: 0.1 s, then 0.2 s."""
 _UPLOAD_TIMEOUT = 30.0
 _S3_ERROR = re.compile(rb"<(Code|Message)>([^<]{0,300})</")
 
@@ -224,7 +227,7 @@ class PayloadStore(ObjectNames):
         problem = ""
         for attempt in range(_UPLOAD_ATTEMPTS):
             if attempt:
-                await asyncio.sleep(0.05 * 2**attempt)
+                await asyncio.sleep(_UPLOAD_RETRY.delay(attempt))
             url = self.credentials.signer.presign_object(
                 "PUT",
                 self._store_endpoint,

@@ -30,6 +30,7 @@ from nexus.core.shards import ShardClient, open_shards
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import Catalog
+from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.catalog import CatalogWatcher
@@ -190,8 +191,7 @@ async def _heartbeat(
         except DependencyError as exc:
             submitter.redis_healthy = False
             log.warning("heartbeat failed: %s", exc)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), interval)
+        await sleep_or_stop(stopping, interval)
 
 
 async def _measure_depth(
@@ -204,8 +204,7 @@ async def _measure_depth(
                 submitter.queue_depth[shard] = await queue.depth(shard)
             except DependencyError:
                 break  # the heartbeat reports Redis trouble
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), 1.0)
+        await sleep_or_stop(stopping, 1.0)
 
 
 async def _hand_over(queues: QueueBackend, queue: RunQueue) -> None:

@@ -14,12 +14,12 @@ blindly.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from prometheus_client import Counter, Gauge
 
 from nexus.core.queues import QueueBackend
+from nexus.core.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,7 @@ class ShardThrottle:
             self._factor.set(factor)
             if granted:
                 return granted
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), max(_MIN_WAIT, wait))
+            await sleep_or_stop(stopping, max(_MIN_WAIT, wait))
         return 0
 
     async def rejected(self, retry_after: float) -> None:
