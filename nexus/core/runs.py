@@ -26,8 +26,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TypedDict
 from uuid import UUID
+
+from nexus.core.templates import AppliedConfiguration, ConfigurationOverrides
 
 
 class Stage(enum.StrEnum):
@@ -90,6 +92,13 @@ def may_move(current: Stage, target: Stage) -> bool:
     return (current, target) in ALLOWED
 
 
+class ParentRef(TypedDict):
+    """The run that started this one (a request's ``parentRequest``), stored as jsonb."""
+
+    requestId: str
+    algorithmName: str
+
+
 @dataclass(frozen=True, slots=True)
 class RunKey:
     """Identifies a run: the algorithm it runs and its request id."""
@@ -110,14 +119,14 @@ class NewRun:
     stage: Stage
     caller: str
     received_by_host: str
-    applied_configuration: dict[str, Any]
+    applied_configuration: AppliedConfiguration
     payload_valid_for: timedelta
     payload_uri: str | None = None
     payload_inline: bytes | None = None
-    configuration_overrides: dict[str, Any] | None = None
+    configuration_overrides: ConfigurationOverrides | None = None
     content_hash: str | None = None
     tag: str | None = None
-    parent: dict[str, str] | None = None
+    parent: ParentRef | None = None
     idempotency_key: str | None = None
     api_version: str = "v1.2"
 
@@ -163,7 +172,7 @@ class Checkpoint:
     received_by_host: str
     received_at: datetime
     last_modified: datetime
-    applied_configuration: dict[str, Any]
+    applied_configuration: AppliedConfiguration
     payload_valid_for: timedelta
     payload_uri: str | None
     has_inline_payload: bool
@@ -171,12 +180,12 @@ class Checkpoint:
     failure_cause: str | None
     failure_details: str | None
     sent_at: datetime | None
-    configuration_overrides: dict[str, Any] | None
+    configuration_overrides: ConfigurationOverrides | None
     content_hash: str | None
     tag: str | None
     api_version: str
     job_uid: str | None
-    parent: dict[str, str] | None
+    parent: ParentRef | None
     shard: str | None
     attempts: int
     idempotency_key: str | None

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import orjson
 
@@ -45,6 +45,8 @@ _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._-]+)*\Z")
 _RESOURCE = re.compile(r"^([a-z0-9.-]+/)?[a-zA-Z0-9._-]+\Z")
 _WHOLE = re.compile(r"^[0-9]+\Z")
 
+DEFAULT_DEADLINE_SECONDS = 3600
+"""A run's deadline when its template sets none (and when a stored configuration lacks one)."""
 MAX_DEADLINE_SECONDS = 7 * 24 * 3600
 MAX_RETRIES = 100
 MAX_EXIT_CODE = 255
@@ -81,6 +83,54 @@ _CONTAINER_SECURITY = frozenset(
         "seLinuxOptions", "seccompProfile", "windowsOptions",
     }
 )  # fmt: skip
+
+
+class ConfigurationOverrides(TypedDict, total=False):
+    """A request's ``customConfiguration``, validated and under the current names (older
+    names are folded in); stored with the checkpoint as ``configuration_overrides``."""
+
+    image: str
+    registry: str
+    versionTag: str
+    cpuLimit: str
+    memoryLimit: str
+    workgroup: str
+    deadlineSeconds: int
+    maximumRetries: int
+    customResources: dict[str, str]
+
+
+class AppliedConfiguration(TypedDict):
+    """The configuration a run was accepted with (:func:`apply`), stored with its
+    checkpoint as jsonb (``applied_configuration``) and read back as the plain dict it is.
+
+    This is what :func:`apply` writes. A row written by hand or by a test may lack keys:
+    the Job is built inside the dispatcher's guard (such a run is refused, not crashed on),
+    and the other readers take what they need with ``.get()`` and a default.
+    """
+
+    image: str
+    registry: str
+    versionTag: str
+    serviceAccountName: str | None
+    cpuLimit: str
+    memoryLimit: str
+    customResources: dict[str, str]
+    workgroup: str
+    shard: str
+    """The shard of the workgroup when the run was accepted: where it is dispatched."""
+    command: list[str]
+    args: list[str]
+    env: dict[str, str]
+    envFrom: list[dict[str, Any]]
+    annotations: dict[str, str]
+    deadlineSeconds: int
+    maximumRetries: int
+    transientExitCodes: list[int]
+    fatalExitCodes: list[int]
+    securityContext: NotRequired[dict[str, dict[str, Any]]]
+    """The pod's and the container's security context, only when the template's differs
+    from :func:`restricted_security_context` (which a run without it gets)."""
 
 
 class InvalidConfiguration(ValueError):
@@ -306,7 +356,8 @@ def parse_template(obj: dict[str, Any]) -> Template:
         env=_env(runtime.get("environmentVariables")),
         env_from=_json_copy(env_from, f"{rt}.mappedEnvironmentVariables"),  # its own copy
         annotations={str(k): str(v) for k, v in annotations.items()},
-        deadline_seconds=_whole(runtime.get("deadlineSeconds"), f"{rt}.deadlineSeconds", 0) or 3600,
+        deadline_seconds=_whole(runtime.get("deadlineSeconds"), f"{rt}.deadlineSeconds", 0)
+        or DEFAULT_DEADLINE_SECONDS,
         maximum_retries=_whole(runtime.get("maximumRetries"), f"{rt}.maximumRetries", 0),
         transient_exit_codes=_codes(errors.get("transientExitCodes"), f"{eh}.transientExitCodes"),
         fatal_exit_codes=_codes(errors.get("fatalExitCodes"), f"{eh}.fatalExitCodes"),
@@ -337,12 +388,8 @@ class Catalog:
 # -- overrides ---------------------------------------------------------------------------
 
 OVERRIDE_ALIASES = {"imageRepository": "image", "imageTag": "versionTag", "version": "versionTag"}
-OVERRIDES = frozenset(
-    {
-        "image", "registry", "versionTag", "cpuLimit", "memoryLimit", "workgroup",
-        "deadlineSeconds", "maximumRetries", "customResources",
-    }
-)  # fmt: skip
+OVERRIDES = ConfigurationOverrides.__optional_keys__
+"""The fields ``customConfiguration`` may set, under their current names."""
 
 
 def _string(name: str, value: Any, pattern: re.Pattern[str], expected: str) -> str:
@@ -406,13 +453,13 @@ def _custom_resources(name: str, value: Any) -> dict[str, str]:
     return result
 
 
-def normalise_overrides(raw: Any) -> dict[str, Any]:
+def normalise_overrides(raw: Any) -> ConfigurationOverrides:
     """Validated overrides under their current names; aliases folded in."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
         raise InvalidConfiguration("customConfiguration", "expected an object")
-    result: dict[str, Any] = {}
+    result: ConfigurationOverrides = {}
     given_as: dict[str, str] = {}  # current name -> the name the request used
     for given, value in raw.items():
         name = OVERRIDE_ALIASES.get(given, given)
@@ -429,35 +476,46 @@ def normalise_overrides(raw: Any) -> dict[str, Any]:
                 f"conflicts with customConfiguration.{given_as[name]}",
             )
         given_as[name] = given
-        if name == "image":
-            result[name] = _string(given, value, _IMAGE, "an image name such as team/model")
-        elif name == "registry":
-            result[name] = _string(given, value, _REGISTRY, "a registry host such as ghcr.io")
-        elif name == "versionTag":
-            result[name] = _string(given, value, _TAG, "an image tag such as 1.2.3")
-        elif name == "cpuLimit":
-            result[name] = _quantity(given, value, _CPU, "a CPU quantity such as 500m or 2")
-        elif name == "memoryLimit":
-            result[name] = _quantity(given, value, _MEMORY, "a memory quantity such as 512Mi")
-        elif name == "workgroup":
-            result[name] = _string(given, value, DNS_LABEL, "a workgroup name")
-        elif name == "deadlineSeconds":
-            result[name] = _integer(given, value, 1, MAX_DEADLINE_SECONDS)
-        elif name == "maximumRetries":
-            result[name] = _integer(given, value, 0, MAX_RETRIES)
-        else:  # customResources
-            result[name] = _custom_resources(given, value)
+        match name:
+            case "image":
+                result["image"] = _string(given, value, _IMAGE, "an image name such as team/model")
+            case "registry":
+                result["registry"] = _string(
+                    given, value, _REGISTRY, "a registry host such as ghcr.io"
+                )
+            case "versionTag":
+                result["versionTag"] = _string(given, value, _TAG, "an image tag such as 1.2.3")
+            case "cpuLimit":
+                result["cpuLimit"] = _quantity(
+                    given, value, _CPU, "a CPU quantity such as 500m or 2"
+                )
+            case "memoryLimit":
+                result["memoryLimit"] = _quantity(
+                    given, value, _MEMORY, "a memory quantity such as 512Mi"
+                )
+            case "workgroup":
+                result["workgroup"] = _string(given, value, DNS_LABEL, "a workgroup name")
+            case "deadlineSeconds":
+                result["deadlineSeconds"] = _integer(given, value, 1, MAX_DEADLINE_SECONDS)
+            case "maximumRetries":
+                result["maximumRetries"] = _integer(given, value, 0, MAX_RETRIES)
+            case "customResources":
+                result["customResources"] = _custom_resources(given, value)
+            case _:  # a field of ConfigurationOverrides without a case here
+                raise AssertionError(f"override {name!r} is not validated")
     return result
 
 
-def apply(template: Template, overrides: dict[str, Any], catalog: Catalog) -> dict[str, Any]:
+def apply(
+    template: Template, overrides: ConfigurationOverrides, catalog: Catalog
+) -> AppliedConfiguration:
     """The applied configuration of a run: the template with validated overrides."""
     workgroup_name = overrides.get("workgroup", template.workgroup)
     workgroup = catalog.workgroup(workgroup_name)
     if workgroup is None:
         where = "customConfiguration.workgroup" if "workgroup" in overrides else "template"
         raise InvalidConfiguration(where, f"workgroup {workgroup_name!r} does not exist")
-    applied = {
+    applied: AppliedConfiguration = {
         "image": overrides.get("image", template.image),
         "registry": overrides.get("registry", template.registry),
         "versionTag": overrides.get("versionTag", template.version_tag),

@@ -12,6 +12,7 @@ from __future__ import annotations
 from nexus.core.runs import Checkpoint, RunResult
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
+from nexus.core.templates import DEFAULT_DEADLINE_SECONDS
 from nexus.scheduler.settings import SchedulerSection
 
 CONTENT_ROUTE = "/algorithm/v1.2/payload/{algorithm}/requests/{request_id}/content"
@@ -40,7 +41,8 @@ class Links:
         return self._public + self.signer.sign_path(path, valid_for)
 
     def result_upload_url(self, run: Checkpoint) -> str:
-        seconds = float(run.applied_configuration.get("deadlineSeconds", 3600)) + self._margin
+        deadline = run.applied_configuration.get("deadlineSeconds", DEFAULT_DEADLINE_SECONDS)
+        seconds = float(deadline) + self._margin
         return self.payloads.presign_put(
             self.payloads.result_key(run.algorithm, str(run.id)), seconds
         )

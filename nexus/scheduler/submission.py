@@ -42,7 +42,7 @@ from nexus.core.errors import (
 from nexus.core.grouping import GroupCommitter
 from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.queues import QueuedRun, RunQueue
-from nexus.core.runs import Checkpoint, NewRun, Stage
+from nexus.core.runs import Checkpoint, NewRun, ParentRef, Stage
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import (
     DNS_LABEL,
@@ -90,7 +90,7 @@ def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
     return value
 
 
-def _parent(body: dict[str, Any]) -> dict[str, str] | None:
+def _parent(body: dict[str, Any]) -> ParentRef | None:
     raw = body.get("parentRequest")
     if raw is None:
         return None
