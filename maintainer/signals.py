@@ -31,7 +31,7 @@ The rules:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL, REQUEST_LABEL
 from nexus.core.runs import Stage
@@ -132,7 +132,11 @@ def pull_error(state: dict[str, Any]) -> str | None:
     return None
 
 
-def job_outcome(job: dict[str, Any]) -> tuple[str, str, str] | None:
+JobEnd = Literal["succeeded", "failed"]
+"""How a Job ended, by its conditions."""
+
+
+def job_outcome(job: dict[str, Any]) -> tuple[JobEnd, str, str] | None:
     """``("failed", reason, message)``, ``("succeeded", "", "")`` or ``None`` (not over)."""
     conditions = (job.get("status") or {}).get("conditions")
     if not conditions:

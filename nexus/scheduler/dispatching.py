@@ -35,6 +35,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any, Literal, assert_never
 from uuid import UUID
 
 from prometheus_client import Counter, Histogram
@@ -75,14 +76,47 @@ QUEUE_SECONDS = Histogram(
 )
 
 
+OutcomeKind = Literal["created", "throttled", "rejected", "failed", "unknown"]
+"""What became of one creation: ``created`` (or it existed already), ``throttled`` (429),
+``rejected`` (another 4xx, or a configuration that cannot make a Job: it will keep being
+refused), ``failed`` (5xx, 401, the network; tried again) or ``unknown`` (the last attempt
+failed and the Job may exist all the same)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     run: QueuedRun
     checkpoint: Checkpoint
-    kind: str  # created | throttled | rejected | failed | unknown (failed, Job may exist)
+    kind: OutcomeKind
     uid: str | None = None
     message: str = ""
     retry_after: float = 0.0
+
+
+def _transition(outcome: Outcome, to: Stage, shard: str, **recorded: Any) -> Transition:
+    checkpoint = outcome.checkpoint
+    return Transition(checkpoint.algorithm, checkpoint.id, to, shard=shard, **recorded)
+
+
+def _scheduling_failed(outcome: Outcome, shard: str, details: str, attempts: int = 0) -> Transition:
+    """The run fails, if it is still waiting for its Job (never over another pod's)."""
+    return _transition(
+        outcome,
+        Stage.SCHEDULING_FAILED,
+        shard,
+        attempts=attempts,
+        cause="scheduling failed",
+        details=details,
+        expect=Stage.BUFFERED,
+    )
+
+
+def _another_attempt(outcome: Outcome) -> Transition:
+    """One more attempt counted; the run stays ``BUFFERED`` (only if it still is)."""
+    checkpoint = outcome.checkpoint
+    return Transition(
+        checkpoint.algorithm, checkpoint.id, Stage.BUFFERED, attempts=1, expect=Stage.BUFFERED
+    )
 
 
 class Dispatcher:
@@ -350,75 +384,53 @@ class Dispatcher:
         return serialise(job)
 
     async def _record(self, shard: str, outcomes: list[Outcome], stopping: asyncio.Event) -> None:
+        """Write what became of each creation, then hand each run on: off the in-flight
+        set when that is final, back to the queue (after its delay) when it is not."""
         now = datetime.now(UTC)
         changes: list[Transition] = []
+        settled: list[QueuedRun] = []
         throttled: list[QueuedRun] = []
         retry: dict[float, list[QueuedRun]] = {}
         retry_after = 0.0
         for o in outcomes:
-            alg, rid = o.checkpoint.algorithm, o.checkpoint.id
-            if o.kind == "created":
-                changes.append(
-                    Transition(alg, rid, Stage.RUNNING, job_uid=o.uid, shard=shard, sent_at=now)
-                )
-            elif o.kind == "rejected":
-                changes.append(
-                    Transition(
-                        alg,
-                        rid,
-                        Stage.SCHEDULING_FAILED,
-                        cause="scheduling failed",
-                        details=f"shard {shard} refused the job: {o.message}",
-                        shard=shard,
-                        expect=Stage.BUFFERED,
+            match o.kind:
+                case "created":
+                    changes.append(_transition(o, Stage.RUNNING, shard, job_uid=o.uid, sent_at=now))
+                    settled.append(o.run)
+                case "rejected":
+                    details = f"shard {shard} refused the job: {o.message}"
+                    changes.append(_scheduling_failed(o, shard, details))
+                    settled.append(o.run)
+                case "throttled":  # not an attempt: queued again after the Retry-After
+                    throttled.append(o.run)
+                    retry_after = max(retry_after, o.retry_after)
+                case "unknown":  # the Job may exist: tried again until the shard tells
+                    log.warning(
+                        "the last attempt failed and the job may exist; trying again in %g s: %s",
+                        self.settings.retry_max_delay,
+                        o.message,
+                        extra={"requestId": str(o.checkpoint.id), "shard": shard},
                     )
-                )
-            elif o.kind == "throttled":
-                throttled.append(o.run)
-                retry_after = max(retry_after, o.retry_after)
-            elif o.kind == "unknown":
-                log.warning(
-                    "the last attempt failed and the job may exist; trying again in %g s: %s",
-                    self.settings.retry_max_delay,
-                    o.message,
-                    extra={"requestId": str(rid), "shard": shard},
-                )
-                changes.append(
-                    Transition(alg, rid, Stage.BUFFERED, attempts=1, expect=Stage.BUFFERED)
-                )
-                retry.setdefault(self.settings.retry_max_delay, []).append(o.run)
-            else:
-                attempts = o.checkpoint.attempts + 1
-                if attempts >= self.settings.max_dispatch_attempts:
-                    changes.append(
-                        Transition(
-                            alg,
-                            rid,
-                            Stage.SCHEDULING_FAILED,
-                            attempts=1,
-                            cause="scheduling failed",
-                            details=f"shard {shard} could not create the job "
-                            f"after {attempts} attempts: {o.message}",
-                            shard=shard,
-                            expect=Stage.BUFFERED,
-                        )
+                    changes.append(_another_attempt(o))
+                    retry.setdefault(self.settings.retry_max_delay, []).append(o.run)
+                case "failed" if self._last_attempt(o.checkpoint):
+                    attempts = o.checkpoint.attempts + 1
+                    details = (
+                        f"shard {shard} could not create the job after {attempts} attempts:"
+                        f" {o.message}"
                     )
-                else:
-                    changes.append(
-                        Transition(alg, rid, Stage.BUFFERED, attempts=1, expect=Stage.BUFFERED)
-                    )
-                    retry.setdefault(self._retry.delay(attempts), []).append(o.run)
+                    changes.append(_scheduling_failed(o, shard, details, attempts=1))
+                    settled.append(o.run)
+                case "failed":
+                    delay = self._retry.delay(o.checkpoint.attempts + 1)
+                    changes.append(_another_attempt(o))
+                    retry.setdefault(delay, []).append(o.run)
+                case _:
+                    assert_never(o.kind)
         if throttled:
             await self.throttles[shard].rejected(retry_after)
             await self._give_back(shard, throttled, retry_after, stopping)
         applied = await self._write(changes)
-        retried = {r.key for runs in retry.values() for r in runs}
-        settled = [
-            o.run
-            for o in outcomes
-            if o.kind in ("created", "rejected")
-            or (o.kind == "failed" and o.run.key not in retried)
-        ]
         refused = [
             c for c, ok in zip(changes, applied, strict=True) if not ok and c.to == Stage.RUNNING
         ]
