@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.httpapi import (
     ApiError,
+    RunStatus,
     bad_request,
     json_errors,
     json_response,
@@ -144,14 +145,16 @@ async def complete(request: web.Request) -> web.Response:
     for _ in range(3):
         if await receiver.store.transition(change):
             (_COMPLETED if cause is None else _FAILED).inc()
-            return json_response({"requestId": rid, "status": change.to.value})
+            done: RunStatus = {"requestId": rid, "status": change.to.value}
+            return json_response(done)
         current = await receiver.store.result(algorithm, run_id)
         if current is None:
             _REFUSED.inc()
             raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
         if current.stage.terminal:  # already finished: the first report stands
             _DUPLICATE.inc()
-            return json_response({"requestId": rid, "status": current.stage.value})
+            already: RunStatus = {"requestId": rid, "status": current.stage.value}
+            return json_response(already)
         if not may_move(current.stage, change.to):  # NEW: not even queued, so no Job
             _REFUSED.inc()
             raise ApiError(

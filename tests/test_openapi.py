@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from nexus.core.config import HttpSettings
+from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
-from nexus.scheduler.api import add_routes
+from nexus.scheduler.api import Accepted, RunAnswer, add_routes
 from nexus.scheduler.openapi import add_openapi_route, document
 
 
@@ -30,3 +33,20 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
     assert named == served
     tag = described["components"]["schemas"]["RunRequest"]["properties"]["tag"]
     assert tag["maxLength"] == 64
+
+
+@pytest.mark.parametrize(
+    ("schema", "answer"),
+    [
+        ("Error", ErrorAnswer),
+        ("Accepted", Accepted),
+        ("Result", RunAnswer),
+        ("RunStatus", RunStatus),
+    ],
+)
+def test_each_answer_is_documented_with_the_fields_it_has(schema: str, answer: type) -> None:
+    """The documented answers and the TypedDicts the handlers build them as name the
+    same fields, and every field the document requires is always there."""
+    documented = document(64)["components"]["schemas"][schema]
+    assert set(documented["properties"]) == set(answer.__annotations__)
+    assert set(documented["required"]) <= answer.__required_keys__  # type: ignore[attr-defined]

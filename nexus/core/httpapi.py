@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from aiohttp import web
@@ -45,6 +45,23 @@ _UNAVAILABLE: dict[type[DependencyError], str] = {
 }
 
 
+class ErrorAnswer(TypedDict):
+    """The body of every error answer (DESIGN §2)."""
+
+    error: str
+    """Machine-readable: ``invalid_request``, ``not_found``, ``unavailable``…"""
+    message: str
+    """For people: what is wrong, naming the field when input is."""
+
+
+class RunStatus(TypedDict):
+    """The answer of a route that changed a run (a cancellation, a completion): the run
+    and the stage it is in now."""
+
+    requestId: str
+    status: str
+
+
 class ApiError(Exception):
     """An answer other than success; ``code`` is machine-readable, ``message`` for people."""
 
@@ -68,7 +85,8 @@ def json_response(
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return json_response({"error": code, "message": message}, status, headers)
+    answer: ErrorAnswer = {"error": code, "message": message}
+    return json_response(answer, status, headers)
 
 
 def json_type(value: Any) -> str:

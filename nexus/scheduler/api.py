@@ -11,19 +11,26 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
-from nexus.core.httpapi import ApiError, bad_request, json_errors, json_response, read_json_object
+from nexus.core.httpapi import (
+    ApiError,
+    RunStatus,
+    bad_request,
+    json_errors,
+    json_response,
+    read_json_object,
+)
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
-from nexus.core.runs import TERMINAL, Checkpoint, RunKey, RunResult, Stage, Transition
+from nexus.core.runs import TERMINAL, Checkpoint, ParentRef, RunKey, RunResult, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, ShardClient
 from nexus.core.signing import Signer
-from nexus.core.templates import DNS_LABEL
+from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.links import CONTENT_ROUTE, Links
 from nexus.scheduler.submission import Submitter
@@ -32,6 +39,55 @@ log = logging.getLogger(__name__)
 
 PREFIX = "/algorithm/v1.2"
 CANCELLATION_POLICIES = ("Background", "Foreground", "Orphan")
+
+
+class Accepted(TypedDict):
+    """The answer to a run request (202)."""
+
+    requestId: str
+
+
+class RunAnswer(TypedDict):
+    """How a run stands, as the results routes answer (one, or a list for a tag)."""
+
+    requestId: str
+    status: str
+    resultUri: str | None
+    """A fresh URL of the result, only when ``COMPLETED``."""
+    runErrorMessage: str | None
+    """Cause and details, only when the run failed."""
+
+
+class RunMetadata(TypedDict):
+    """The whole checkpoint of a run, as the metadata route answers it."""
+
+    algorithm: str
+    requestId: str
+    lifecycleStage: str
+    payloadUri: str | None
+    payloadInline: bool
+    resultUri: str | None
+    algorithmFailureCause: str | None
+    algorithmFailureDetails: str | None
+    receivedByHost: str
+    receivedAt: str
+    sentAt: str | None
+    lastModified: str
+    appliedConfiguration: AppliedConfiguration
+    configurationOverrides: ConfigurationOverrides | None
+    contentHash: str | None
+    tag: str | None
+    apiVersion: str
+    jobUid: str | None
+    parent: ParentRef | None
+    payloadValidFor: str
+    shard: str | None
+    attempts: int
+    caller: str
+    queuePosition: int | None
+    """The run's place in its pod's queue while it waits (``BUFFERED``), else null."""
+    queuedOn: NotRequired[str]
+    """The scheduler pod whose queue holds it, when it is queued."""
 
 
 @dataclass
@@ -90,7 +146,7 @@ def _error_message(run: Checkpoint | RunResult) -> str | None:
     return ": ".join(parts) if parts else run.stage.value.lower().replace("_", " ")
 
 
-def _result(scheduler: Scheduler, run: Checkpoint | RunResult) -> dict[str, Any]:
+def _result(scheduler: Scheduler, run: Checkpoint | RunResult) -> RunAnswer:
     return {
         "requestId": str(run.id),
         "status": run.stage.value,
@@ -111,7 +167,8 @@ async def run(request: web.Request) -> web.Response:
     accepted = await scheduler.submitter.submit(
         principal, algorithm, body, request.headers.get("Idempotency-Key")
     )
-    return json_response({"requestId": str(accepted.request_id)}, status=202)
+    answer: Accepted = {"requestId": str(accepted.request_id)}
+    return json_response(answer, status=202)
 
 
 async def result(request: web.Request) -> web.Response:
@@ -140,7 +197,7 @@ async def metadata(request: web.Request) -> web.Response:
     await _authorized(request, algorithm)
     scheduler = request.app[SCHEDULER]
     run = await _checkpoint(request, algorithm, run_id)
-    body: dict[str, Any] = {
+    body: RunMetadata = {
         "algorithm": run.algorithm,
         "requestId": str(run.id),
         "lifecycleStage": run.stage.value,
@@ -245,7 +302,8 @@ async def cancel(request: web.Request) -> web.Response:
         except CALL_ERRORS as exc:
             # The run is cancelled; its Job, if any, expires with its deadline and TTL.
             log.warning("cancelled, but the job could not be deleted: %s", exc)
-    return json_response({"requestId": str(run_id), "status": Stage.CANCELLED.value})
+    answer: RunStatus = {"requestId": str(run_id), "status": Stage.CANCELLED.value}
+    return json_response(answer)
 
 
 def _given(body: dict[str, Any], name: str, default: str) -> Any:

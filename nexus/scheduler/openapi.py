@@ -135,6 +135,14 @@ DOCUMENT: dict[str, Any] = {
                 },
             },
             "Results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+            "RunStatus": {
+                "type": "object",
+                "required": ["requestId", "status"],
+                "properties": {
+                    "requestId": {"type": "string", "format": "uuid"},
+                    "status": {"type": "string", "enum": _STATUSES},
+                },
+            },
             "Checkpoint": {"type": "object", "additionalProperties": True},
             "Cancellation": {
                 "type": "object",
@@ -233,7 +241,7 @@ DOCUMENT: dict[str, Any] = {
                     }
                 },
                 "responses": {
-                    "200": _json("Result", "Cancelled"),
+                    "200": _json("RunStatus", "Cancelled"),
                     **_COMMON,
                     "404": _error("Unknown run"),
                     "409": _error("The run has already finished"),
