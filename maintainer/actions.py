@@ -195,7 +195,7 @@ class Actions:
             return
         name = str(act.change.id)
         try:
-            if await client.delete_job(name, "Background"):
+            if await client.delete_job(name):
                 JOBS_DELETED.labels(act.shard).inc()
                 log.info(
                     "deleted the job of a finished run",

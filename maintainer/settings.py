@@ -18,6 +18,8 @@ from nexus.core.config import (
     at_least,
     positive,
 )
+from nexus.core.shards import WATCH_SECONDS
+from nexus.core.watching import MAX_BACKOFF
 
 
 def _default_instance() -> str:
@@ -61,9 +63,9 @@ class MaintainerSection:
     job_lost_grace: Seconds = field(default=5.0, metadata=positive())
     """After a Job is deleted, how long a completion may still arrive before its
     ``RUNNING`` run is failed as lost (re-checked on the shard first)."""
-    watch_timeout: int = field(default=300, metadata=positive())
+    watch_timeout: int = field(default=WATCH_SECONDS, metadata=positive())
     """Seconds a watch request lasts before it is resumed (the API server's own cap)."""
-    watch_max_backoff: Seconds = field(default=30.0, metadata=positive())
+    watch_max_backoff: Seconds = field(default=MAX_BACKOFF, metadata=positive())
     """Longest wait between attempts to reach an unreachable shard."""
     remembered_failures: int = field(default=100_000, metadata=positive())
     """Pod failures (reason, exit code) remembered until their Job fails; bounded so a

@@ -29,7 +29,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import aiohttp
 import orjson
@@ -37,6 +37,7 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
+from nexus.core.config import ShardSettings
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
 
@@ -46,6 +47,17 @@ _NETWORK_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 _JSON = {"Content-Type": "application/json", "Accept": "application/json"}
 _MAX_EVENT = 16 * 1024 * 1024
 """Longest watch event read (the API server's own limit on an object is 1.5 MiB)."""
+
+REQUEST_TIMEOUT = ShardSettings.request_timeout
+"""Seconds a call may take by default: the setting's default."""
+WATCH_SECONDS = 300
+"""How long a watch request lasts before it is resumed (the API server's own cap)."""
+
+Propagation = Literal["Background", "Foreground", "Orphan"]
+"""How Kubernetes deletes the pods of a deleted Job (``propagationPolicy``)."""
+PROPAGATIONS: tuple[Propagation, ...] = get_args(Propagation)
+DEFAULT_PROPAGATION: Propagation = "Background"
+"""Delete the Job at once and its pods behind it, as ``kubectl delete`` does."""
 
 CALL_ERRORS = (ShardUnavailable, ShardRejected, ShardThrottled)
 """What a call of :class:`ShardClient` raises when it fails: unreachable or 5xx, refused
@@ -192,7 +204,7 @@ class ShardClient:
 
     @classmethod
     async def from_kubeconfig(
-        cls, name: str, path: Path, namespace: str, timeout: float = 10.0
+        cls, name: str, path: Path, namespace: str, timeout: float = REQUEST_TIMEOUT
     ) -> ShardClient:
         configuration = Configuration()
         loader = await kube_config.load_kube_config(
@@ -202,7 +214,9 @@ class ShardClient:
         return cls(name, ApiClient(configuration), namespace, timeout, loader)
 
     @classmethod
-    async def in_cluster(cls, name: str, namespace: str, timeout: float = 10.0) -> ShardClient:
+    async def in_cluster(
+        cls, name: str, namespace: str, timeout: float = REQUEST_TIMEOUT
+    ) -> ShardClient:
         configuration = Configuration()
         kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         configuration.connection_pool_maxsize = 256
@@ -218,7 +232,7 @@ class ShardClient:
             configuration = self._api.configuration
             self._calls = HttpCalls(
                 limit=configuration.connection_pool_maxsize or 64,
-                timeout=self._timeout.total or 10.0,
+                timeout=self._timeout.total or REQUEST_TIMEOUT,
                 tls=_tls_context(configuration) if self._host.startswith("https:") else None,
                 server_hostname=configuration.tls_server_name,
             )
@@ -335,7 +349,7 @@ class ShardClient:
             return CreateResult(status, uid=uid)
         return CreateResult(status, message=_message(answer), retry_after=retry_after)
 
-    async def delete_job(self, name: str, propagation: str = "Background") -> bool:
+    async def delete_job(self, name: str, propagation: Propagation = DEFAULT_PROPAGATION) -> bool:
         """Delete Job ``name``; whether it existed."""
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
         found = await self._json(
@@ -402,7 +416,7 @@ class ShardClient:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
-        timeout_seconds: int = 300,
+        timeout_seconds: int = WATCH_SECONDS,
         skip: Callable[[bytes], bool] | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Changes after ``resource_version`` until the server ends the watch.

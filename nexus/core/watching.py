@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from nexus.core.errors import NexusError, ShardThrottled
-from nexus.core.shards import Resource, ResourceExpired, ShardClient, WatchEvent
+from nexus.core.shards import WATCH_SECONDS, Resource, ResourceExpired, ShardClient, WatchEvent
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,9 @@ WATCH_RESTARTS = Counter(
     ["shard", "resource", "reason"],
 )
 
+
+MAX_BACKOFF = 30.0
+"""Longest wait between attempts to reach an unreachable shard, by default."""
 
 _QUICK_END = 1.0
 """A watch the server ends sooner than this (seconds) without any event counts as idle."""
@@ -56,8 +59,8 @@ async def follow(
     namespace: str | None = None,
     label_selector: str | None = None,
     field_selector: str | None = None,
-    watch_timeout: int = 300,
-    max_backoff: float = 30.0,
+    watch_timeout: int = WATCH_SECONDS,
+    max_backoff: float = MAX_BACKOFF,
     on_connected: Callable[[bool], None] | None = None,
     skip: Callable[[bytes], bool] | None = None,
 ) -> None:

@@ -28,7 +28,7 @@ from nexus.core.httpapi import (
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
 from nexus.core.runs import TERMINAL, Checkpoint, ParentRef, RunKey, RunResult, Stage, Transition
-from nexus.core.shards import CALL_ERRORS, ShardClient
+from nexus.core.shards import CALL_ERRORS, DEFAULT_PROPAGATION, PROPAGATIONS, ShardClient
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
 from nexus.scheduler.authentication import Authenticator
@@ -38,7 +38,6 @@ from nexus.scheduler.submission import Submitter
 log = logging.getLogger(__name__)
 
 PREFIX = "/algorithm/v1.2"
-CANCELLATION_POLICIES = ("Background", "Foreground", "Orphan")
 
 
 class Accepted(TypedDict):
@@ -271,14 +270,14 @@ async def cancel(request: web.Request) -> web.Response:
     # absent (or null) takes the default; any other value is checked, falsy ones included
     reason = _given(body, "reason", "cancelled on request")
     initiator = _given(body, "initiator", principal.caller)
-    policy = _given(body, "cancellationPolicy", "Background")
+    policy = _given(body, "cancellationPolicy", DEFAULT_PROPAGATION)
     for name, value in (("reason", reason), ("initiator", initiator)):
         if not isinstance(value, str) or len(value) > 1000:
             raise bad_request(f"{name}: expected a string of at most 1000 characters")
         if "\x00" in value:  # PostgreSQL text cannot hold it
             raise bad_request(f"{name}: must not contain NUL characters")
-    if policy not in CANCELLATION_POLICIES:
-        raise bad_request(f"cancellationPolicy: expected one of {', '.join(CANCELLATION_POLICIES)}")
+    if policy not in PROPAGATIONS:
+        raise bad_request(f"cancellationPolicy: expected one of {', '.join(PROPAGATIONS)}")
     scheduler = request.app[SCHEDULER]
     run = await _checkpoint(request, algorithm, run_id)
     if run.stage in TERMINAL:

@@ -471,7 +471,7 @@ class Dispatcher:
             if current is not None and (run is None or run.stage not in ABANDONED):
                 continue
             try:
-                await self.shards[shard].delete_job(str(change.id), "Background")
+                await self.shards[shard].delete_job(str(change.id))
             except CALL_ERRORS as exc:
                 log.warning("cannot delete the job of a finished run: %s", exc)
                 continue
