@@ -3,8 +3,8 @@
 The watch handlers must stay tiny (a shard produces ten and more events per run), so they
 never wait for the store: they :meth:`Actions.submit` a transition and return. One writer
 task takes everything submitted since its last write and applies it with one statement
-(:meth:`CheckpointStore.transition_batch`), so at any rate the store sees a few round
-trips a second. Sweeps, which want to know the outcome, :meth:`Actions.apply` a batch and
+(:meth:`CheckpointStore.transition_skipping_held`), so at any rate the store sees a few
+round trips a second. Sweeps, which want to know the outcome, :meth:`Actions.apply` a batch and
 wait for it.
 
 Guarantees:
@@ -148,7 +148,7 @@ class Actions:
         if not self._leading():
             DROPPED.inc(len(batch))
             return [False] * len(batch)
-        outcomes = await self.store.transition_batch([a.change for a in batch])
+        outcomes = await self.store.transition_skipping_held([a.change for a in batch])
         deletions: list[Act] = []
         for act, outcome in zip(batch, outcomes, strict=True):
             if outcome is None:

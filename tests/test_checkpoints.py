@@ -237,7 +237,9 @@ async def test_both_transition_writers_stamp_last_modified(store: CheckpointStor
     stamps = []
     for apply in (
         lambda: store.transition(Transition(run.algorithm, run.id, Stage.RUNNING)),
-        lambda: store.transition_batch([Transition(run.algorithm, run.id, Stage.COMPLETED)]),
+        lambda: store.transition_skipping_held(
+            [Transition(run.algorithm, run.id, Stage.COMPLETED)]
+        ),
     ):
         before = await store.get(run.algorithm, run.id)
         assert before is not None
@@ -430,7 +432,7 @@ async def test_free_text_with_nul_is_kept_and_a_change_the_store_cannot_hold_fai
         Transition(b.algorithm, b.id, Stage.FAILED, cause="x\x00", details="\x00"),
         Transition(c.algorithm, c.id, Stage.BUFFERED, attempts=2**31),  # beyond its column
     ]
-    assert await store.transition_batch(batch) == [True, None]  # the second: cannot be held
+    assert await store.transition_skipping_held(batch) == [True, None]  # the second: cannot be held
     stored = [await store.get(r.algorithm, r.id) for r in (a, b, c)]
     assert [(s.stage, s.failure_cause, s.failure_details) for s in stored if s] == [
         (Stage.FAILED, "Error\ufffd", "out\ufffdput"),
@@ -468,8 +470,8 @@ async def test_a_background_batch_applies_refuses_or_skips_what_another_writer_h
     try:
         async with other.transaction():
             await other.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", held.id)
-            assert await store.transition_batch(changes) == [True, False, None, True]
-        assert await store.transition_batch(changes[2:3]) == [True]
+            assert await store.transition_skipping_held(changes) == [True, False, None, True]
+        assert await store.transition_skipping_held(changes[2:3]) == [True]
     finally:
         await other.close()
     stored = [await store.get(r.algorithm, r.id) for r in (fresh, finished, held)]

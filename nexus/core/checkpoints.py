@@ -422,13 +422,16 @@ class CheckpointStore:
 
     async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
         try:
-            return await self._transition_batch(changes)
+            return await self._transition_waiting_for_held(changes)
         except (*_DATA_ERRORS, asyncpg.CheckViolationError) as exc:
             if len(changes) == 1:
                 return [CheckpointRejected(f"the change cannot be stored: {exc}")]
         return await _each_alone(self._write_transitions, changes)  # one bad change fails alone
 
-    async def _transition_batch(self, changes: Sequence[Transition]) -> list[bool]:
+    async def _transition_waiting_for_held(self, changes: Sequence[Transition]) -> list[bool]:
+        """Apply a group-committed batch, waiting for runs another transaction holds (the
+        request paths must get an answer; :meth:`transition_skipping_held` is the other
+        way); for each change, whether it applied."""
         # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
         # twice in one batch has its later changes applied in a following statement.
         rounds: list[list[int]] = []
@@ -538,7 +541,7 @@ class CheckpointStore:
 
     # -- maintenance (the maintainer's sweeps) -------------------------------------------
 
-    async def transition_batch(self, changes: Sequence[Transition]) -> list[bool | None]:
+    async def transition_skipping_held(self, changes: Sequence[Transition]) -> list[bool | None]:
         """Apply ``changes`` without waiting for any other writer; for each, ``True`` if it
         applied, ``False`` if the run's stage refuses it, ``None`` if another writer held
         the run at that moment (try again) or the store cannot hold the change (logged).
