@@ -40,7 +40,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings, RedisSettings
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import NewRun, Stage
-from nexus.core.templates import Catalog, apply, parse_template, parse_workgroup
+from nexus.core.templates import apply, parse_template, parse_workgroup
 from nexus_dev.stack import example_template, example_workgroup
 
 
@@ -49,9 +49,8 @@ async def fill(stack: Stack, pods: list[str], runs_per_pod: int) -> None:
     env = stack.environment()
     store = await CheckpointStore.open(PostgresSettings(dsn=env["NEXUS__POSTGRES__DSN"]))
     queues = QueueBackend.connect(RedisSettings(url=env["NEXUS__REDIS__URL"]))
-    catalog = Catalog()
-    catalog.workgroups["default"] = parse_workgroup(example_workgroup("default", "shard-0"))
-    configuration = apply(parse_template(example_template("echo")), {}, catalog)
+    workgroups = {"default": parse_workgroup(example_workgroup("default", "shard-0"))}
+    configuration = apply(parse_template(example_template("echo")), {}, workgroups)
     try:
         for pod in pods:
             queue = queues.queue(pod)

@@ -38,12 +38,12 @@ from nexus.core.shards import ShardClient
 from nexus.core.templates import (
     _CONTAINER_SECURITY,
     _POD_SECURITY,
-    Catalog,
     apply,
     parse_template,
     parse_workgroup,
 )
 from nexus.migrate import MigrateSettings
+from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.jobs import build_job
 from nexus.scheduler.settings import SchedulerSettings
 from receiver.settings import ReceiverSettings
@@ -140,7 +140,7 @@ def algorithm_job() -> dict[str, Any]:
             template = parse_template(o)
             catalog.templates[template.name] = template
     template = catalog.templates["echo"]
-    run = checkpoint(apply(template, {}, catalog))
+    run = checkpoint(apply(template, {}, catalog.workgroups))
     workgroup = catalog.workgroups[template.workgroup]
     return build_job(run, LINKS, workgroup=workgroup, parent=None, ttl_after_finished=60)
 

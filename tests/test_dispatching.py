@@ -33,7 +33,8 @@ from nexus.core.runs import Checkpoint, NewRun, Stage, Transition
 from nexus.core.shards import ShardClient
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
-from nexus.core.templates import Catalog, apply, parse_template, parse_workgroup
+from nexus.core.templates import apply, parse_template, parse_workgroup
+from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -115,7 +116,7 @@ class Dispatch:
     task: asyncio.Task[None]
 
     async def submit(self, config: dict[str, Any] | None = None) -> NewRun:
-        config = config or apply(self.catalog.templates["echo"], {}, self.catalog)
+        config = config or apply(self.catalog.templates["echo"], {}, self.catalog.workgroups)
         run = NewRun(
             algorithm="echo",
             id=uuid.uuid4(),
@@ -235,7 +236,7 @@ async def test_a_run_whose_workgroup_is_gone_gets_no_job_without_its_placement(
     replaced is found, and failed once its attempts are used up."""
     stand_in = StandIn()
     async with dispatching(*options, stand_in, max_dispatch_attempts=4) as d:
-        config = apply(d.catalog.templates["echo"], {}, d.catalog)
+        config = apply(d.catalog.templates["echo"], {}, d.catalog.workgroups)
         replaced = workgroup("default", SHARD)
         replaced["spec"]["tolerations"] = [{"key": "gpu", "operator": "Exists"}]
         del d.catalog.workgroups["default"]

@@ -10,7 +10,6 @@ import pytest
 
 from nexus.core.templates import (
     DNS_LABEL,
-    Catalog,
     InvalidConfiguration,
     Template,
     Workgroup,
@@ -20,6 +19,7 @@ from nexus.core.templates import (
     parse_workgroup,
     restricted_security_context,
 )
+from nexus.scheduler.catalog import Catalog
 
 FULL_TEMPLATE: dict[str, Any] = {
     "apiVersion": "science.sneaksanddata.com/v1",
@@ -152,7 +152,7 @@ def test_a_template_without_a_security_context_gets_the_restricted_profile(
     assert template.security_context == RESTRICTED
     assert restricted_security_context() == RESTRICTED
     # the defaults are not stored with every run: the Job builder applies them
-    assert "securityContext" not in apply(template, {}, catalog)
+    assert "securityContext" not in apply(template, {}, catalog.workgroups)
 
 
 def test_a_template_security_context_is_laid_over_the_defaults_key_by_key(
@@ -172,7 +172,7 @@ def test_a_template_security_context_is_laid_over_the_defaults_key_by_key(
             "readOnlyRootFilesystem": True,
         },
     }
-    applied = apply(template, {}, catalog)
+    applied = apply(template, {}, catalog.workgroups)
     assert applied["securityContext"] == template.security_context
     # the run's copy is its own, and so is the template's
     applied["securityContext"]["pod"]["runAsUser"] = 0
@@ -412,7 +412,7 @@ def test_dns_label_refuses_a_trailing_newline() -> None:
 
 
 def test_apply_without_overrides_is_the_template(catalog: Catalog) -> None:
-    applied = apply(catalog.templates["forecast"], {}, catalog)
+    applied = apply(catalog.templates["forecast"], {}, catalog.workgroups)
     assert applied == {
         "image": "team/forecast",
         "registry": "ghcr.io",
@@ -445,7 +445,7 @@ def test_apply_merges_overrides_and_resolves_the_workgroups_shard(catalog: Catal
             "customResources": {"example.com/fpga": 1},
         }
     )
-    applied = apply(catalog.templates["forecast"], overrides, catalog)
+    applied = apply(catalog.templates["forecast"], overrides, catalog.workgroups)
     assert applied["versionTag"] == "9.9"
     assert applied["image"] == "team/forecast"  # not overridden
     assert applied["cpuLimit"] == "250m"
@@ -478,7 +478,7 @@ def _fields(obj: Template | Workgroup) -> list[Any]:
 def test_apply_does_not_share_state_with_the_template(catalog: Catalog) -> None:
     template = parse_template(copy.deepcopy(FULL_TEMPLATE))
     pristine = copy.deepcopy(template)
-    applied = apply(template, {}, catalog)
+    applied = apply(template, {}, catalog.workgroups)
     expected = copy.deepcopy(applied)
     assert not _shared(applied, _fields(template))
 
@@ -492,10 +492,10 @@ def test_apply_does_not_share_state_with_the_template(catalog: Catalog) -> None:
     applied["annotations"]["team"] = "other"
     applied["transientExitCodes"].append(1)
     assert template == pristine
-    assert apply(template, {}, catalog) == expected
+    assert apply(template, {}, catalog.workgroups) == expected
 
     # the other way round: a template changed later leaves an applied configuration alone
-    applied = apply(template, {}, catalog)
+    applied = apply(template, {}, catalog.workgroups)
     template.env_from[0]["secretRef"]["name"] = "rotated"
     template.custom_resources["nvidia.com/gpu"] = "4"
     template.command.append("--verbose")
@@ -528,12 +528,12 @@ def test_parsing_does_not_share_state_with_the_resource() -> None:
 
 def test_apply_with_an_unknown_workgroup_names_where_it_came_from(catalog: Catalog) -> None:
     with pytest.raises(InvalidConfiguration) as caught:
-        apply(catalog.templates["forecast"], {"workgroup": "nope"}, catalog)
+        apply(catalog.templates["forecast"], {"workgroup": "nope"}, catalog.workgroups)
     assert caught.value.field == "customConfiguration.workgroup"
     assert "'nope'" in caught.value.message
     del catalog.workgroups["default"]
     with pytest.raises(InvalidConfiguration) as caught:
-        apply(catalog.templates["tiny"], {}, catalog)
+        apply(catalog.templates["tiny"], {}, catalog.workgroups)
     assert caught.value.field == "template"
     assert "'default'" in caught.value.message
 

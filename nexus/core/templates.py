@@ -1,8 +1,8 @@
 """Algorithm templates and workgroups, and the configuration a run is given.
 
 ``NexusAlgorithmTemplate`` and ``NexusAlgorithmWorkgroup`` custom resources (DESIGN §5) are
-parsed here into frozen dataclasses; a :class:`Catalog` keeps the current ones in memory
-(the scheduler fills it from a watch). When a run is accepted, its template, the request's
+parsed here into frozen dataclasses (the scheduler keeps the current ones in its catalog,
+filled from a watch). When a run is accepted, its template, the request's
 ``customConfiguration`` overrides and the workgroup are folded into one flat *applied
 configuration*, stored with the checkpoint: the run is dispatched as it was accepted, even
 if the template changes in between. Only the workgroup's placement (tolerations, affinity)
@@ -23,6 +23,7 @@ cpuLimit``) and what was expected. Older clients' names (``imageRepository``, ``
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NotRequired, TypedDict
 
@@ -371,20 +372,6 @@ def parse_template(obj: dict[str, Any]) -> Template:
     )
 
 
-class Catalog:
-    """The templates and workgroups currently defined, by name."""
-
-    def __init__(self) -> None:
-        self.templates: dict[str, Template] = {}
-        self.workgroups: dict[str, Workgroup] = {}
-
-    def template(self, name: str) -> Template | None:
-        return self.templates.get(name)
-
-    def workgroup(self, name: str) -> Workgroup | None:
-        return self.workgroups.get(name)
-
-
 # -- overrides ---------------------------------------------------------------------------
 
 OVERRIDE_ALIASES = {"imageRepository": "image", "imageTag": "versionTag", "version": "versionTag"}
@@ -507,11 +494,12 @@ def normalise_overrides(raw: Any) -> ConfigurationOverrides:
 
 
 def apply(
-    template: Template, overrides: ConfigurationOverrides, catalog: Catalog
+    template: Template, overrides: ConfigurationOverrides, workgroups: Mapping[str, Workgroup]
 ) -> AppliedConfiguration:
-    """The applied configuration of a run: the template with validated overrides."""
+    """The applied configuration of a run: the template with validated overrides, placed
+    on the shard of its workgroup (one of ``workgroups``, by name)."""
     workgroup_name = overrides.get("workgroup", template.workgroup)
-    workgroup = catalog.workgroup(workgroup_name)
+    workgroup = workgroups.get(workgroup_name)
     if workgroup is None:
         where = "customConfiguration.workgroup" if "workgroup" in overrides else "template"
         raise InvalidConfiguration(where, f"workgroup {workgroup_name!r} does not exist")

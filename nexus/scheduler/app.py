@@ -29,11 +29,10 @@ from nexus.core.queues import QueueBackend, RunQueue
 from nexus.core.shards import ShardClient, open_shards
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
-from nexus.core.templates import Catalog
 from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
 from nexus.scheduler.authentication import Authenticator
-from nexus.scheduler.catalog import CatalogWatcher
+from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route

@@ -1,7 +1,9 @@
 """The scheduler's view of the algorithm templates and workgroups.
 
-Templates and workgroups live as custom resources in the controller cluster. The catalog
-is listed once before the scheduler reports ready (so that it never answers 404 for an
+Templates and workgroups live as custom resources in the controller cluster; the
+:class:`Catalog` holds the current ones, parsed (:mod:`nexus.core.templates`), for the
+submitter (a run's template and workgroup) and the dispatcher (a workgroup's placement).
+It is listed once before the scheduler reports ready (so that it never answers 404 for an
 algorithm that exists) and then kept current by watches. A resource that cannot be parsed
 is logged and left out, never allowed to stop the watch.
 """
@@ -15,7 +17,6 @@ from typing import Any, TypeVar
 
 from nexus.core.shards import TEMPLATES, WORKGROUPS, Resource, ShardClient, WatchEvent
 from nexus.core.templates import (
-    Catalog,
     InvalidConfiguration,
     Template,
     Workgroup,
@@ -27,6 +28,20 @@ from nexus.core.watching import follow
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", Template, Workgroup)
+
+
+class Catalog:
+    """The templates and workgroups currently defined, by name."""
+
+    def __init__(self) -> None:
+        self.templates: dict[str, Template] = {}
+        self.workgroups: dict[str, Workgroup] = {}
+
+    def template(self, name: str) -> Template | None:
+        return self.templates.get(name)
+
+    def workgroup(self, name: str) -> Workgroup | None:
+        return self.workgroups.get(name)
 
 
 class CatalogWatcher:

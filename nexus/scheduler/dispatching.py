@@ -46,8 +46,9 @@ from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
-from nexus.core.templates import Catalog, Workgroup
+from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
+from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection

@@ -48,12 +48,12 @@ from nexus.core.templates import (
     DNS_LABEL,
     MAX_PAYLOAD_VALID_FOR,
     MIN_PAYLOAD_VALID_FOR,
-    Catalog,
     InvalidConfiguration,
     apply,
     normalise_overrides,
 )
 from nexus.scheduler.authentication import Principal
+from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.settings import SchedulerSection
 
@@ -190,7 +190,7 @@ class Submitter:
             raise ApiError(404, "unknown_algorithm", f"no algorithm named {algorithm!r} is defined")
         try:
             overrides = normalise_overrides(body.get("customConfiguration"))
-            applied = apply(template, overrides, self.catalog)
+            applied = apply(template, overrides, self.catalog.workgroups)
         except InvalidConfiguration as exc:
             raise bad_request(str(exc), "invalid_configuration") from exc
         valid_for = self._valid_for(body.get("payloadValidFor"), template.payload_valid_for)
