@@ -264,7 +264,7 @@ class _Outbox:
 
 async def event_cost(events: int) -> dict[str, Any]:
     """Microseconds one watch event costs the maintainer, by kind, on realistic objects."""
-    from maintainer.watching import ShardWatch
+    from maintainer.shardwatch import ShardWatch
     from nexus.core.shards import WatchEvent
 
     outbox = _Outbox()

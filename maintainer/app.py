@@ -28,8 +28,8 @@ from maintainer.actions import Actions
 from maintainer.adoption import Adopter
 from maintainer.leadership import Leadership
 from maintainer.settings import MaintainerSettings
+from maintainer.shardwatch import ShardWatch
 from maintainer.sweeping import Sweeper
-from maintainer.watching import ShardWatch
 from nexus.core.checkpoints import CheckpointStore, prepare_schema
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app

@@ -18,8 +18,8 @@ from nexus.core.config import (
     at_least,
     positive,
 )
+from nexus.core.listwatch import MAX_BACKOFF
 from nexus.core.shards import WATCH_SECONDS
-from nexus.core.watching import MAX_BACKOFF
 
 
 def _default_instance() -> str:

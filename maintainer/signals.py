@@ -1,7 +1,7 @@
 """What Kubernetes says about a run, read from raw Job, Pod and Event objects.
 
 Plain functions over the dicts the watch hands over (no models: a shard produces ten and
-more events per run). They decide; :mod:`maintainer.watching` acts.
+more events per run). They decide; :mod:`maintainer.shardwatch` acts.
 
 The rules:
 

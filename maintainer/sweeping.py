@@ -41,8 +41,8 @@ from prometheus_client import Counter, Histogram
 
 from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection
+from maintainer.shardwatch import ShardWatch
 from maintainer.signals import JOB_LOST, NO_RESULT, job_outcome
-from maintainer.watching import ShardWatch
 from nexus.core.checkpoints import IDEMPOTENCY_WINDOW, CheckpointStore, SweepCursor, SweepRow
 from nexus.core.errors import DependencyError, NexusError
 from nexus.core.queues import QueueBackend, QueuedRun

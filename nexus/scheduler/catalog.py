@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from nexus.core.listwatch import follow
 from nexus.core.shards import TEMPLATES, WORKGROUPS, Resource, ShardClient, WatchEvent
 from nexus.core.templates import (
     InvalidConfiguration,
@@ -23,7 +24,6 @@ from nexus.core.templates import (
     parse_template,
     parse_workgroup,
 )
-from nexus.core.watching import follow
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The maintainer passes over watch events unread only when its rules would ignore them.
 
 ``pod_of_no_interest`` and ``job_of_no_interest`` look at raw JSON; each case here is
-also handed, parsed, to the real handlers of :class:`maintainer.watching.ShardWatch`,
+also handed, parsed, to the real handlers of :class:`maintainer.shardwatch.ShardWatch`,
 and an event may be skipped only if the handler leaves no trace of it.
 """
 
@@ -14,8 +14,8 @@ import orjson
 import pytest
 
 from maintainer.settings import MaintainerSection
+from maintainer.shardwatch import ShardWatch
 from maintainer.signals import job_of_no_interest, pod_of_no_interest
-from maintainer.watching import ShardWatch
 from nexus.core.labels import ALGORITHM_LABEL, COMPONENT_LABEL, REQUEST_LABEL
 from nexus.core.shards import WatchEvent
 

@@ -31,7 +31,7 @@ from test_maintainer_filters import COMPLETE, FAILED, RUN, Recorded, Shard, job
 
 from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection, MaintainerSettings
-from maintainer.watching import ShardWatch, Timer
+from maintainer.shardwatch import ShardWatch, Timer
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings
 from nexus.core.runs import NewRun, Stage, Transition

@@ -24,8 +24,8 @@ from test_maintainer_signals import bare_job
 
 from maintainer.actions import Actions
 from maintainer.settings import MaintainerSection
+from maintainer.shardwatch import ShardWatch
 from maintainer.sweeping import Sweeper
-from maintainer.watching import ShardWatch
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings, RedisSettings
 from nexus.core.queues import QueueBackend

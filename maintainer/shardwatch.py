@@ -1,7 +1,7 @@
 """Watching one shard: Jobs, Pods and Events of algorithm runs, turned into actions.
 
 :class:`ShardWatch` follows three kinds of object on a shard with
-:func:`nexus.core.watching.follow` (list, then watch from the list's resourceVersion,
+:func:`nexus.core.listwatch.follow` (list, then watch from the list's resourceVersion,
 resume, relist on 410, back off while the shard is unreachable) and applies the rules of
 :mod:`maintainer.signals`. Half of a run's events are passed over unparsed (pods not yet
 started, succeeded or deleted; Jobs changed without a condition); for the others it reads
@@ -59,10 +59,10 @@ from maintainer.signals import (
 from nexus.core.errors import DependencyError, NexusError, ShardThrottled
 from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL
 from nexus.core.labels import ALGORITHM_RUN_SELECTOR as RUNS
+from nexus.core.listwatch import follow
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import EVENTS, JOBS, PODS, ShardClient, WatchEvent
 from nexus.core.waiting import Backoff, sleep_or_stop
-from nexus.core.watching import follow
 
 log = logging.getLogger(__name__)
 

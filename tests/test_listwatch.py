@@ -20,8 +20,8 @@ from prometheus_client import REGISTRY
 from support.standin import refused_address, stand_in_shard, write_kubeconfig
 
 from nexus.core.errors import StoreUnavailable
+from nexus.core.listwatch import follow
 from nexus.core.shards import JOBS, ShardClient, WatchEvent
-from nexus.core.watching import follow
 from nexus_dev.cluster.emulators import DevCluster, Shard, ShardSpec
 from nexus_dev.cluster.watchstreams import WatchSettings
 from nexus_dev.servers.supervision import free_ports
@@ -396,7 +396,7 @@ async def test_an_unreachable_shard_is_retried_for_ever_at_the_longest_backoff(
     """Nothing answers at the shard's address: 1,100 failed attempts in a row on a fake
     clock, doubling from 0.5 s to ``max_backoff`` and staying there — also above the
     256 s at which the exponent used to be cut short — and follow() stops when told."""
-    caplog.set_level(logging.WARNING, logger="nexus.core.watching")
+    caplog.set_level(logging.WARNING, logger="nexus.core.listwatch")
     kubeconfig = write_kubeconfig(f"http://{refused_address()}", tmp_path)
     client = await ShardClient.from_kubeconfig("shard-unreachable", kubeconfig, NS)
     failed = restarts("shard-unreachable", "failed")
