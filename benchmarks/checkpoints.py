@@ -31,8 +31,9 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import REGISTRY
 
-from nexus.core.checkpoints import CheckpointStore, _insert_row, apply_migrations
+from nexus.core.checkpoints import CheckpointStore, _insert_row
 from nexus.core.config import PostgresSettings
+from nexus.core.migrations import apply_migrations
 from nexus.core.runs import NewRun, Stage
 from nexus.core.statements import INSERT
 from nexus_dev.servers.services import LocalPostgres

@@ -4,7 +4,7 @@
     one ``INSERT … SELECT generate_series``), of which ``--candidates`` are ``BUFFERED``
     and as many ``RUNNING`` runs old enough to be looked at, the rest finished:
 
-    - the store's keyset pages alone (``CheckpointStore.sweep_page``), and the plan of
+    - the store's keyset pages alone (``Sweeps.page``), and the plan of
       that query (it must be an index scan of ``runs_unfinished_by_age``);
     - the ``BUFFERED`` sweep as the maintainer runs it: pages, plus one Redis script per
       page asking which runs are in no queue (all are queued on a live pod here, the
@@ -52,11 +52,12 @@ from nexus.core import statements as sql
 from nexus.core.checkpoints import (
     PLAN_SETTINGS,
     CheckpointStore,
-    apply_migrations,
 )
 from nexus.core.config import PostgresSettings, RedisSettings
+from nexus.core.migrations import apply_migrations
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import RunKey, Stage
+from nexus.core.sweeps import Sweeps
 from nexus_dev.servers.databases import LocalPostgres, LocalRedis
 
 SHARD = "shard-0"
@@ -125,6 +126,7 @@ async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> di
     print(f"page query plan: {plan_text}", flush=True)
 
     store = await CheckpointStore.open(PostgresSettings(dsn=dsn, pool_max_size=4))
+    sweeps = Sweeps(store)
     queues = QueueBackend.connect(RedisSettings(url=redis_url, key_prefix="bench"))
     figures: dict[str, Any] = {"rows": rows, "candidates": candidates, "plan": plan_text}
     try:
@@ -133,7 +135,7 @@ async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> di
             started = time.perf_counter()
             cursor, seen = None, 0
             while True:
-                page = await store.sweep_page(Stage.BUFFERED, timedelta(seconds=60), cursor, 1000)
+                page = await sweeps.page(Stage.BUFFERED, timedelta(seconds=60), cursor, 1000)
                 seen += len(page)
                 if len(page) < 1000:
                     break
@@ -148,7 +150,7 @@ async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> di
         await pod.heartbeat(600)
         page, cursor, queued = [], None, 0
         while True:
-            page = await store.sweep_page(Stage.BUFFERED, timedelta(seconds=60), cursor, 5000)
+            page = await sweeps.page(Stage.BUFFERED, timedelta(seconds=60), cursor, 5000)
             await pod.push(
                 [QueuedRun(SHARD, r.key, r.received_at.timestamp() * 1000) for r in page]
             )
@@ -156,7 +158,7 @@ async def sweep_cost(dsn: str, redis_url: str, rows: int, candidates: int) -> di
             if len(page) < 5000:
                 break
             cursor = page[-1].cursor
-        running = await store.sweep_page(Stage.RUNNING, timedelta(seconds=60), None, candidates)
+        running = await sweeps.page(Stage.RUNNING, timedelta(seconds=60), None, candidates)
         watch = StubWatch({str(r.id): "bench" for r in running})
         section = MaintainerSection(sweep_max_rows=10 * candidates, sweep_batch=1000)
         actions = Actions(store, {}, lambda: True)

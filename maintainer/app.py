@@ -30,9 +30,10 @@ from maintainer.leadership import Leadership
 from maintainer.settings import MaintainerSettings
 from maintainer.shardwatch import ShardWatch
 from maintainer.sweeping import Sweeper
-from nexus.core.checkpoints import CheckpointStore, prepare_schema
+from nexus.core.checkpoints import CheckpointStore
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
+from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend
 from nexus.core.shards import ShardClient, open_shards
 from nexus.core.storage import PayloadStore

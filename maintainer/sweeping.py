@@ -43,12 +43,13 @@ from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection
 from maintainer.shardwatch import ShardWatch
 from maintainer.signals import JOB_LOST, NO_RESULT, job_outcome
-from nexus.core.checkpoints import IDEMPOTENCY_WINDOW, CheckpointStore, SweepCursor, SweepRow
+from nexus.core.checkpoints import IDEMPOTENCY_WINDOW, CheckpointStore
 from nexus.core.errors import DependencyError, NexusError
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import JOBS
 from nexus.core.storage import PayloadStore
+from nexus.core.sweeps import SweepCursor, SweepRow, Sweeps
 from nexus.core.waiting import sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Sweeper:
         leading: Callable[[], bool],
     ) -> None:
         self.store = store
+        self.sweeps = Sweeps(store)
         self.queues = queues
         self.payloads = payloads
         self.watches = watches
@@ -132,7 +134,7 @@ class Sweeper:
         seen, batch = 0, self.section.sweep_batch
         older_than = timedelta(seconds=grace)
         while seen < self.section.sweep_max_rows and self._leading():
-            rows = await self.store.sweep_page(stage, older_than, self._cursors.get(stage), batch)
+            rows = await self.sweeps.page(stage, older_than, self._cursors.get(stage), batch)
             self._cursors[stage] = rows[-1].cursor if len(rows) == batch else None
             if rows:
                 seen += len(rows)
@@ -309,7 +311,7 @@ class Sweeper:
         older_than = timedelta(seconds=self.section.retention)
         deleted = 0
         while deleted < self.section.sweep_max_rows and self._leading():
-            runs = await self.store.expired_runs(older_than, self.section.sweep_batch)
+            runs = await self.sweeps.expired_runs(older_than, self.section.sweep_batch)
             if not runs:
                 return
             keys: list[str] = []
@@ -320,7 +322,7 @@ class Sweeper:
                 )
                 keys.extend(key for key in (stored, result) if key)
             await self.payloads.delete(keys)  # objects first: none outlives its checkpoint
-            count = await self.store.delete_finished([r.key for r in runs])
+            count = await self.sweeps.delete_finished([r.key for r in runs])
             deleted += count
             DELETED.inc(count)
             log.info("deleted finished runs past retention", extra={"runs": count})
@@ -330,7 +332,7 @@ class Sweeper:
     async def _idempotency(self) -> None:
         cleared = 0
         while cleared < self.section.sweep_max_rows and self._leading():
-            count = await self.store.clear_idempotency_keys(
+            count = await self.sweeps.clear_idempotency_keys(
                 IDEMPOTENCY_WINDOW, self.section.sweep_batch
             )
             cleared += count

@@ -13,11 +13,11 @@ import asyncio
 import sys
 from dataclasses import dataclass, field
 
-from nexus.core.checkpoints import apply_migrations
 from nexus.core.config import LogSettings, PostgresSettings, load_settings
 from nexus.core.errors import DependencyError
 from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
 from nexus.core.logs import configure
+from nexus.core.migrations import apply_migrations
 
 
 @dataclass(frozen=True)

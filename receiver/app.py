@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from nexus.core.checkpoints import CheckpointStore, prepare_schema
+from nexus.core.checkpoints import CheckpointStore
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import create_base_app
+from nexus.core.migrations import prepare_schema
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
 from receiver.completions import RECEIVER, Receiver, add_routes

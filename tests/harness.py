@@ -59,7 +59,7 @@ class TestDatabases:
 
     def create_template(self) -> int:
         """(Re)create and migrate the template; return the schema version."""
-        from nexus.core.checkpoints import apply_migrations  # lands with the checkpoint store
+        from nexus.core.migrations import apply_migrations
 
         self.server.psql(f'DROP DATABASE IF EXISTS "{self.template}" WITH (FORCE)')
         self.server.psql(f'CREATE DATABASE "{self.template}"')

@@ -20,18 +20,16 @@ from prometheus_client import REGISTRY
 from support.system import SIGNING_KEY
 
 from nexus.core import statements as sql
-from nexus.core.checkpoints import (
+from nexus.core.checkpoints import PLAN_SETTINGS, Admission, CheckpointStore
+from nexus.core.config import PostgresSettings, SigningSettings
+from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
+from nexus.core.migrations import (
     _MIGRATION_LOCK,
-    PLAN_SETTINGS,
-    Admission,
-    CheckpointStore,
     apply_migrations,
     migrations,
     prepare_schema,
     wait_for_schema,
 )
-from nexus.core.config import PostgresSettings, SigningSettings
-from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
 from receiver.app import create_app as create_receiver
 from receiver.settings import ReceiverSettings

@@ -1,4 +1,5 @@
-"""The checkpoint store: every run's durable record, in PostgreSQL (the only asyncpg user).
+"""The checkpoint store: every run's durable record, in PostgreSQL (with its migrations,
+the only asyncpg user).
 
 Guarantees:
 
@@ -12,10 +13,9 @@ Guarantees:
   so two writers racing on one run can never move a terminal run.
 * **Idempotency keys.** The same ``(caller, Idempotency-Key)`` names one run for 24 hours;
   a second insert returns the first run's id and creates nothing.
-* **Migrations** are versioned SQL files applied at start-up under an advisory lock, in one
-  transaction, so several pods starting at once apply each exactly once. Where a migration
-  Job applies them instead, a service starts only once the schema is at the version its
-  code needs (or newer), and fails start-up when that does not happen in time.
+
+The schema it needs is made, or waited for, by :mod:`nexus.core.migrations`; the
+maintainer's sweeps read it through :mod:`nexus.core.sweeps`.
 
 Connection, protocol and timeout errors surface as :class:`StoreUnavailable`.
 """
@@ -23,14 +23,11 @@ Connection, protocol and timeout errors surface as :class:`StoreUnavailable`.
 from __future__ import annotations
 
 import asyncio
-import importlib.resources
 import logging
-import re
-import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -50,16 +47,10 @@ _Result = TypeVar("_Result")
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 """How long an Idempotency-Key names its first run (DESIGN §2)."""
 
-_MIGRATION_LOCK = 0x6E657875  # "nexu": one advisory lock id for every migrating process
 MAX_TAG_RESULTS = 1000
 """The most runs the results-by-tag route answers with: the newest of them."""
-MIGRATION_LOCK_WAIT = 120.0
-"""Seconds a migration waits for its locks before start-up fails (see apply_migrations)."""
-TABLE_LOCK_WAIT = 5.0
-"""Seconds a schema change waits for its table at a time (see apply_migrations)."""
-_MIGRATION_FILE = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 
-_CONNECTION_ERRORS = (
+CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
@@ -91,135 +82,6 @@ if TYPE_CHECKING:
     Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
 else:
     Connection = PoolConnectionProxy
-
-
-# -- migrations ----------------------------------------------------------------------------
-
-
-def migrations() -> list[tuple[int, str, str]]:
-    """(version, file name, SQL) of every migration shipped with the package, in order."""
-    found = []
-    for entry in importlib.resources.files("nexus.core").joinpath("sql").iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append((int(match.group(1)), entry.name, entry.read_text()))
-    found.sort()
-    versions = [v for v, _, _ in found]
-    if versions != list(range(1, len(found) + 1)):
-        raise RuntimeError(f"migration versions must be 1..n without gaps, found {versions}")
-    return found
-
-
-async def apply_migrations(
-    dsn: str, lock_wait: float = MIGRATION_LOCK_WAIT, table_wait: float = TABLE_LOCK_WAIT
-) -> int:
-    """Bring the schema at ``dsn`` up to date; return its version. Safe to run concurrently.
-
-    Every wait for a lock is bounded. The migration lock (another process migrating) is
-    waited for up to ``lock_wait`` seconds. A table a schema change needs is waited for
-    only ``table_wait`` seconds at a time, since every query on that table queues behind
-    the waiting change: the attempt is then given up (queries flow again) and made anew,
-    until ``lock_wait`` has passed. Then :class:`StoreUnavailable` says why, and start-up
-    fails instead of hanging. The statements themselves are not limited: building an
-    index on a large table takes long.
-    """
-    deadline = time.monotonic() + lock_wait
-    try:
-        conn = await asyncpg.connect(dsn)
-    except _CONNECTION_ERRORS as exc:
-        raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            try:
-                return await _migrate(conn, max(remaining, 0.001), table_wait)
-            except asyncpg.LockNotAvailableError as exc:
-                if time.monotonic() + table_wait >= deadline:
-                    raise StoreUnavailable(
-                        f"the schema could not be locked for migration within {lock_wait:g} s"
-                        f" (another process migrating, or a long transaction on its tables):"
-                        f" {exc}"
-                    ) from exc
-                await asyncio.sleep(min(1.0, table_wait))
-    finally:
-        await conn.close()
-
-
-async def _migrate(conn: asyncpg.Connection, lock_wait: float, table_wait: float) -> int:
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_wait * 1000))}")
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-        await conn.execute(f"SET LOCAL lock_timeout = {max(1, int(table_wait * 1000))}")
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        applied = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        version = max(applied, default=0)
-        for version, name, sql in migrations():
-            if version in applied:
-                continue
-            await conn.execute(sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-            )
-            log.info("applied migration", extra={"migration": name})
-        return version
-
-
-SCHEMA_POLL = 1.0
-"""Seconds between looks at the schema version while waiting for a migration Job."""
-
-
-async def prepare_schema(settings: PostgresSettings, poll: float = SCHEMA_POLL) -> int:
-    """The schema at the version this code needs, before a service uses the store.
-
-    Applies pending migrations, or, with ``migrate_at_start`` off, waits for another
-    process (``nexus migrate``) to apply them. Returns the schema version."""
-    if settings.migrate_at_start:
-        return await apply_migrations(settings.dsn)
-    return await wait_for_schema(settings.dsn, settings.schema_wait, poll)
-
-
-async def wait_for_schema(dsn: str, wait: float, poll: float = SCHEMA_POLL) -> int:
-    """Wait until the schema at ``dsn`` is at least the newest version shipped here; return it.
-
-    Reads ``schema_migrations`` only, so a user without DDL rights can wait. An unreachable
-    store is waited for like a schema that is behind. After ``wait`` seconds,
-    :class:`StoreUnavailable` says what was last seen."""
-    needed = len(migrations())
-    deadline = time.monotonic() + wait
-    logged = False
-    while True:
-        try:
-            version = await _schema_version(dsn, max(0.1, min(poll * 5, wait)))
-        except _CONNECTION_ERRORS as exc:
-            seen = f"the checkpoint store cannot be reached: {exc}"
-        else:
-            if version >= needed:
-                return version
-            seen = f"the schema is at version {version}, this code needs {needed}"
-        if not logged:
-            log.info("waiting for the schema migration", extra={"reason": seen, "wait": wait})
-            logged = True
-        if time.monotonic() + poll > deadline:
-            raise StoreUnavailable(
-                f"the schema did not reach version {needed} within {wait:g} s ({seen});"
-                " has `nexus migrate` run?"
-            )
-        await asyncio.sleep(poll)
-
-
-async def _schema_version(dsn: str, timeout: float) -> int:
-    conn = await asyncpg.connect(dsn, timeout=timeout)
-    try:
-        exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-        if not exists:
-            return 0
-        return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_migrations"))
-    finally:
-        await conn.close()
 
 
 # -- the store -----------------------------------------------------------------------------
@@ -333,7 +195,7 @@ class CheckpointStore:
                 reset=_keep_session,
                 server_settings=PLAN_SETTINGS,
             )
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise StoreUnavailable(f"cannot connect to the checkpoint store: {exc}") from exc
         return cls(pool, settings)
 
@@ -370,7 +232,7 @@ class CheckpointStore:
         for run in runs:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
-        async with self._connection() as conn:  # one statement: atomic on its own
+        async with self.connection() as conn:  # one statement: atomic on its own
             inserted = {row["id"] for row in await conn.fetch(sql.INSERT, *columns)}
             results: list[Admission | Exception] = [
                 Admission(run.id, True, run.algorithm) for run in runs
@@ -379,7 +241,7 @@ class CheckpointStore:
             if losers:
                 try:
                     await self._resolve_conflicts(conn, runs, losers, results)
-                except (*_CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
+                except (*CONNECTION_ERRORS, asyncpg.PostgresError) as exc:
                     # The INSERT has committed: its runs are stored, only the others fail
                     # (whatever the error: a deadlock expiring keys, say). Not a data
                     # error for the caller either: written again run by run, the stored
@@ -445,7 +307,7 @@ class CheckpointStore:
         for indices in rounds:
             indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
         columns = [_transition_columns([changes[i] for i in indices]) for indices in rounds]
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             answers = await self._update(conn, columns)
         applied: list[bool] = [False] * len(changes)
         for indices, rows in zip(rounds, answers, strict=True):
@@ -476,7 +338,7 @@ class CheckpointStore:
 
     async def get(self, algorithm: str, run_id: UUID) -> Checkpoint | None:
         """The run's checkpoint, or ``None`` when there is none."""
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {sql.COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
                 algorithm,
@@ -489,7 +351,7 @@ class CheckpointStore:
         keys = list(keys)
         if not keys:
             return {}
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.COLUMNS} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
                 " ON r.algorithm = k.a AND r.id = k.i",
@@ -501,7 +363,7 @@ class CheckpointStore:
 
     async def result(self, algorithm: str, run_id: UUID) -> RunResult | None:
         """How the run stands, without reading its whole checkpoint."""
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             row = await conn.fetchrow(
                 f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
                 algorithm,
@@ -514,7 +376,7 @@ class CheckpointStore:
     ) -> list[RunResult]:
         """How the runs of ``algorithm`` carrying ``tag`` stand, newest first, at most
         ``limit`` of them (an answer is built in memory: a tag is not a listing API)."""
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
                 " ORDER BY received_at DESC LIMIT $3",
@@ -526,7 +388,7 @@ class CheckpointStore:
 
     async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The input kept with the checkpoint, or ``None``."""
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             value = await conn.fetchval(
                 "SELECT payload_inline FROM runs WHERE algorithm = $1 AND id = $2",
                 algorithm,
@@ -536,10 +398,13 @@ class CheckpointStore:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _connection(self) -> _Connection:
+    def connection(self) -> _Connection:
+        """``async with`` a pooled connection, for the store's own companion modules
+        (:mod:`nexus.core.sweeps`): no connection to be had is :class:`StoreNotReached`,
+        a connection failing while used :class:`StoreUnavailable`."""
         return _Connection(self._pool)
 
-    # -- maintenance (the maintainer's sweeps) -------------------------------------------
+    # -- the maintainer's writes ----------------------------------------------------------
 
     async def transition_skipping_held(self, changes: Sequence[Transition]) -> list[bool | None]:
         """Apply ``changes`` without waiting for any other writer; for each, ``True`` if it
@@ -559,7 +424,7 @@ class CheckpointStore:
             if level == len(rounds):
                 rounds.append([])
             rounds[level].append(index)
-        async with self._connection() as conn:
+        async with self.connection() as conn:
             for indices in rounds:
                 for start in range(0, len(indices), self._batch_max):
                     chunk = indices[start : start + self._batch_max]
@@ -568,51 +433,6 @@ class CheckpointStore:
                         key = changes[i].key
                         results[i] = (taken[key] or None) if key in taken else False
         return results
-
-    async def sweep_page(
-        self, stage: Stage, older_than: timedelta, after: SweepCursor | None, limit: int
-    ) -> list[SweepRow]:
-        """Runs in unfinished ``stage`` not modified for ``older_than`` (by the database's
-        clock), oldest first, after the keyset cursor ``after``; at most ``limit``."""
-        if stage.terminal:
-            raise ValueError(f"sweeps look at unfinished runs, not {stage}")
-        cursor = after or SweepCursor.START
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                sql.SWEEP_PAGE,
-                stage.value,
-                older_than,
-                cursor.last_modified,
-                cursor.algorithm,
-                cursor.id,
-                limit,
-            )
-        return [_sweep_row(row) for row in rows]
-
-    async def expired_runs(self, older_than: timedelta, limit: int) -> list[ExpiredRun]:
-        """Finished runs received more than ``older_than`` ago, at most ``limit``."""
-        async with self._connection() as conn:
-            rows = await conn.fetch(sql.EXPIRED_RUNS, older_than, limit)
-        return [
-            ExpiredRun(r["algorithm"], r["id"], r["payload_uri"], r["result_uri"]) for r in rows
-        ]
-
-    async def delete_finished(self, keys: Sequence[RunKey]) -> int:
-        """Delete the checkpoints of ``keys`` that are finished; how many were deleted."""
-        if not keys:
-            return 0
-        async with self._connection() as conn:
-            rows = await conn.fetch(
-                sql.DELETE_FINISHED, [k.algorithm for k in keys], [k.id for k in keys]
-            )
-        return len(rows)
-
-    async def clear_idempotency_keys(self, older_than: timedelta, limit: int) -> int:
-        """Forget the idempotency keys of up to ``limit`` runs received more than
-        ``older_than`` ago; how many were cleared."""
-        async with self._connection() as conn:
-            rows = await conn.fetch(sql.CLEAR_KEYS, older_than, limit)
-        return len(rows)
 
 
 def _insert_row(run: NewRun) -> tuple[Any, ...]:
@@ -692,7 +512,7 @@ class _Connection:
     async def __aenter__(self) -> Connection:
         try:
             conn = await self._pool.acquire()
-        except _CONNECTION_ERRORS as exc:
+        except CONNECTION_ERRORS as exc:
             raise StoreNotReached(f"checkpoint store unavailable: {exc}") from exc
         self._conn = conn
         return conn
@@ -700,80 +520,5 @@ class _Connection:
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         assert self._conn is not None
         await self._pool.release(self._conn)
-        if isinstance(exc, _CONNECTION_ERRORS):
+        if isinstance(exc, CONNECTION_ERRORS):
             raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc
-
-
-# -- maintenance -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SweepCursor:
-    """Where a sweep stopped: the keyset (last_modified, algorithm, id) of its last row."""
-
-    last_modified: datetime
-    algorithm: str
-    id: UUID
-
-    START: ClassVar[SweepCursor]
-
-
-SweepCursor.START = SweepCursor(datetime.min.replace(tzinfo=UTC), "", UUID(int=0))
-
-
-@dataclass(frozen=True, slots=True)
-class SweepRow:
-    """What a sweep needs to know about an unfinished run (no payloads, no configuration)."""
-
-    algorithm: str
-    id: UUID
-    stage: Stage
-    received_at: datetime
-    last_modified: datetime
-    sent_at: datetime | None
-    shard: str | None
-    """The shard the run was sent to, or else the one its configuration names."""
-    deadline_seconds: float | None
-    attempts: int
-    job_uid: str | None
-    payload_uri: str | None
-    has_inline_payload: bool
-
-    @property
-    def key(self) -> RunKey:
-        return RunKey(self.algorithm, self.id)
-
-    @property
-    def cursor(self) -> SweepCursor:
-        return SweepCursor(self.last_modified, self.algorithm, self.id)
-
-
-@dataclass(frozen=True, slots=True)
-class ExpiredRun:
-    """A finished run past retention, with the objects stored for it."""
-
-    algorithm: str
-    id: UUID
-    payload_uri: str | None
-    result_uri: str | None
-
-    @property
-    def key(self) -> RunKey:
-        return RunKey(self.algorithm, self.id)
-
-
-def _sweep_row(row: asyncpg.Record) -> SweepRow:
-    return SweepRow(
-        algorithm=row["algorithm"],
-        id=row["id"],
-        stage=Stage(row["lifecycle_stage"]),
-        received_at=row["received_at"],
-        last_modified=row["last_modified"],
-        sent_at=row["sent_at"],
-        shard=row["shard"],
-        deadline_seconds=row["deadline_seconds"],
-        attempts=row["attempts"],
-        job_uid=row["job_uid"],
-        payload_uri=row["payload_uri"],
-        has_inline_payload=row["has_inline"],
-    )

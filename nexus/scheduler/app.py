@@ -21,10 +21,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from nexus.core.checkpoints import CheckpointStore, prepare_schema
+from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
+from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend, RunQueue
 from nexus.core.shards import ShardClient, open_shards
 from nexus.core.signing import Signer
