@@ -14,9 +14,11 @@ from aiohttp import web
 from nexus.core.errors import (
     DependencyError,
     QueueUnavailable,
+    RunNotFound,
     ShardUnavailable,
     StorageUnavailable,
     StoreUnavailable,
+    TransitionRejected,
 )
 from nexus.core.httpapi import (
     ApiError,
@@ -48,6 +50,12 @@ async def dependency(request: web.Request) -> web.Response:
     raise kinds[request.match_info["kind"]]("redis at 10.1.2.3:6379: Connection refused")
 
 
+async def run_error(request: web.Request) -> web.Response:
+    if request.match_info["kind"] == "missing":
+        raise RunNotFound("no run 42 of algorithm 'echo'")
+    raise TransitionRejected("run 42 is already COMPLETED")
+
+
 async def crash(request: web.Request) -> web.Response:
     raise RuntimeError("secret internals: password=hunter2")
 
@@ -66,6 +74,7 @@ async def base_url() -> AsyncIterator[str]:
     app.router.add_post("/echo", json_errors(echo))
     app.router.add_get("/refuse", json_errors(refuse))
     app.router.add_get("/dependency/{kind}", json_errors(dependency))
+    app.router.add_get("/run/{kind}", json_errors(run_error))
     app.router.add_get("/crash", json_errors(crash))
     app.router.add_get("/redirect", json_errors(redirect))
     app.router.add_get("/fine", json_errors(fine))
@@ -111,6 +120,20 @@ async def test_api_error_becomes_its_json_answer(
     assert body == {"error": "conflict", "message": "the run has finished"}
     assert headers["X-Run-Stage"] == "COMPLETED"
     assert headers["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "answer"),
+    [
+        ("missing", 404, {"error": "not_found", "message": "no run 42 of algorithm 'echo'"}),
+        ("finished", 409, {"error": "conflict", "message": "run 42 is already COMPLETED"}),
+    ],
+)
+async def test_a_run_that_is_not_there_or_has_finished_is_answered_as_such(
+    http: aiohttp.ClientSession, base_url: str, kind: str, status: int, answer: dict[str, str]
+) -> None:
+    got_status, _, body = await call(http, "GET", f"{base_url}/run/{kind}")
+    assert (got_status, body) == (status, answer)
 
 
 @pytest.mark.parametrize(

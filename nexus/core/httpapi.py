@@ -2,11 +2,12 @@
 
 Every error answer is ``{"error": "<code>", "message": "<human text>"}`` with a 4xx/5xx
 status (DESIGN §2). Handlers raise :class:`ApiError`; :func:`json_errors` renders it,
-turns a body over the size limit into 413, and a real component that is unavailable into
-503 with ``Retry-After`` — bad input never becomes a 5xx, and an outage never looks like the
-client's fault. Anything else unexpected is logged once, with the request id, and answered
-500 without internals. :func:`finish_routes` answers unknown paths (404) and methods
-(405) the same way.
+turns a body over the size limit into 413, an unknown run (:class:`RunNotFound`) into 404,
+a transition the run's stage refuses (:class:`TransitionRejected`) into 409, and a real
+component that is unavailable into 503 with ``Retry-After`` — bad input never becomes a
+5xx, and an outage never looks like the client's fault. Anything else unexpected is logged
+once, with the request id, and answered 500 without internals. :func:`finish_routes`
+answers unknown paths (404) and methods (405) the same way.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ from nexus.core.errors import (
     CheckpointRejected,
     DependencyError,
     QueueUnavailable,
+    RunNotFound,
     ShardUnavailable,
     StorageUnavailable,
     StoreUnavailable,
+    TransitionRejected,
 )
 
 log = logging.getLogger(__name__)
@@ -159,6 +162,10 @@ def json_errors(handler: Handler) -> Handler:
             return error_response(exc.status, exc.code, exc.message, exc.headers)
         except CheckpointRejected as exc:  # the request's data cannot be stored as it is
             return error_response(400, "invalid_request", str(exc))
+        except RunNotFound as exc:
+            return error_response(404, "not_found", str(exc))
+        except TransitionRejected as exc:  # e.g. cancelling a run that has finished
+            return error_response(409, "conflict", str(exc))
         except DependencyError as exc:
             # the client learns what is down, not where it runs (the log has the details)
             log.warning("dependency unavailable: %s", exc, extra={"path": request.path})

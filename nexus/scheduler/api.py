@@ -1,9 +1,9 @@
 """The public HTTP API v1.2 (DESIGN §2): run, results, tags, metadata, payload, cancel.
 
 Handlers are thin: they authenticate, validate what the path carries, call the submitter,
-the checkpoint store or the queue, and shape the answer. Path parameters are checked before
-anything else: an algorithm name must be a DNS-1123 label and a request id a UUID, so that
-no path trick reaches a key, a URL or a query.
+the canceller, the checkpoint store or the queue, and shape the answer. Path parameters are
+checked before anything else: an algorithm name must be a DNS-1123 label and a request id
+a UUID, so that no path trick reaches a key, a URL or a query.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Any, NotRequired, TypedDict
+from typing import NotRequired, TypedDict
 
 from aiohttp import web
 
@@ -27,11 +27,11 @@ from nexus.core.httpapi import (
 )
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
-from nexus.core.runs import TERMINAL, Checkpoint, ParentRef, RunKey, RunResult, Stage, Transition
-from nexus.core.shards import CALL_ERRORS, DEFAULT_PROPAGATION, PROPAGATIONS, ShardClient
+from nexus.core.runs import TERMINAL, Checkpoint, ParentRef, RunKey, RunResult, Stage
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
 from nexus.scheduler.authentication import Authenticator
+from nexus.scheduler.cancelling import Cancellation, Canceller
 from nexus.scheduler.links import CONTENT_ROUTE, Links
 from nexus.scheduler.submission import Submitter
 
@@ -99,7 +99,7 @@ class Scheduler:
     links: Links
     signer: Signer
     authenticator: Authenticator
-    shards: dict[str, ShardClient]
+    canceller: Canceller
 
 
 SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
@@ -263,51 +263,16 @@ async def payload_content(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    principal = await request.app[SCHEDULER].authenticator.authorize(
+    scheduler = request.app[SCHEDULER]
+    principal = await scheduler.authenticator.authorize(
         request.headers.get("Authorization"), algorithm
     )
     body = await read_json_object(request) if request.can_read_body else {}
-    # absent (or null) takes the default; any other value is checked, falsy ones included
-    reason = _given(body, "reason", "cancelled on request")
-    initiator = _given(body, "initiator", principal.caller)
-    policy = _given(body, "cancellationPolicy", DEFAULT_PROPAGATION)
-    for name, value in (("reason", reason), ("initiator", initiator)):
-        if not isinstance(value, str) or len(value) > 1000:
-            raise bad_request(f"{name}: expected a string of at most 1000 characters")
-        if "\x00" in value:  # PostgreSQL text cannot hold it
-            raise bad_request(f"{name}: must not contain NUL characters")
-    if policy not in PROPAGATIONS:
-        raise bad_request(f"cancellationPolicy: expected one of {', '.join(PROPAGATIONS)}")
-    scheduler = request.app[SCHEDULER]
-    run = await _checkpoint(request, algorithm, run_id)
-    if run.stage in TERMINAL:
-        raise ApiError(409, "conflict", f"run {run_id} is already {run.stage.value}")
-    change = Transition(
-        algorithm,
-        run_id,
-        Stage.CANCELLED,
-        cause="cancelled",
-        details=f"{reason} (by {initiator})",
+    await scheduler.canceller.cancel(
+        algorithm, run_id, Cancellation.from_body(body, principal.caller)
     )
-    if not await scheduler.store.transition(change):
-        current = await _checkpoint(request, algorithm, run_id)
-        raise ApiError(409, "conflict", f"run {run_id} is already {current.stage.value}")
-    shard = run.shard or run.applied_configuration.get("shard")
-    client = scheduler.shards.get(shard or "")
-    if client is not None and run.stage in (Stage.BUFFERED, Stage.RUNNING):
-        try:
-            deleted = await client.delete_job(str(run_id), policy)
-            log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
-        except CALL_ERRORS as exc:
-            # The run is cancelled; its Job, if any, expires with its deadline and TTL.
-            log.warning("cancelled, but the job could not be deleted: %s", exc)
     answer: RunStatus = {"requestId": str(run_id), "status": Stage.CANCELLED.value}
     return json_response(answer)
-
-
-def _given(body: dict[str, Any], name: str, default: str) -> Any:
-    value = body.get(name)
-    return default if value is None or value == "" else value
 
 
 def add_routes(app: web.Application) -> None:

@@ -33,6 +33,7 @@ from nexus.core.storage import PayloadStore
 from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
 from nexus.scheduler.authentication import Authenticator
+from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.links import Links
@@ -163,7 +164,7 @@ async def _open(
         links=links,
         signer=signer,
         authenticator=authenticator,
-        shards=shards,
+        canceller=Canceller(store, shards),
     )
     lifecycle.start_loop("catalog", watcher.run(lifecycle.stopping))
     if jwks is not None:

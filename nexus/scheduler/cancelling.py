@@ -1,0 +1,113 @@
+"""Cancelling a run (``POST …/cancel/{algorithm}/requests/{id}``): its checkpoint, then its Job.
+
+Guarantees:
+
+* **A finished run stays as it was.** The move to ``CANCELLED`` is a compare-and-set in the
+  store: a run that finished first, even a moment before, is left alone and the caller
+  hears what it is (:class:`TransitionRejected`, answered 409).
+* **Cancelled before its Job goes.** The checkpoint is written first, so a dispatcher that
+  creates the Job in between sees the run cancelled and deletes the Job itself.
+* **The Job is deleted when there can be one** (the run was queued or running), with the
+  caller's deletion policy. A shard that cannot be reached does not undo the
+  cancellation: the Job then ends with its deadline and TTL.
+* **Bad input names its field** (400), before anything is read or written.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.errors import RunNotFound, TransitionRejected
+from nexus.core.httpapi import bad_request
+from nexus.core.runs import TERMINAL, Checkpoint, Stage, Transition
+from nexus.core.shards import (
+    CALL_ERRORS,
+    DEFAULT_PROPAGATION,
+    PROPAGATIONS,
+    Propagation,
+    ShardClient,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT = 1000
+"""The longest ``reason`` or ``initiator`` a cancellation may give."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cancellation:
+    """Why a run is cancelled, by whom, and how its Job's pods are deleted."""
+
+    reason: str
+    initiator: str
+    policy: Propagation
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any], caller: str) -> Cancellation:
+        """The cancellation a request body asks for; 400 naming the field otherwise. An
+        absent (or null, or empty) field takes its default; any other value is checked."""
+        reason = _given(body, "reason", "cancelled on request")
+        initiator = _given(body, "initiator", caller)
+        policy = _given(body, "cancellationPolicy", DEFAULT_PROPAGATION)
+        for name, value in (("reason", reason), ("initiator", initiator)):
+            if not isinstance(value, str) or len(value) > MAX_TEXT:
+                raise bad_request(f"{name}: expected a string of at most {MAX_TEXT} characters")
+            if "\x00" in value:  # PostgreSQL text cannot hold it
+                raise bad_request(f"{name}: must not contain NUL characters")
+        if policy not in PROPAGATIONS:
+            raise bad_request(f"cancellationPolicy: expected one of {', '.join(PROPAGATIONS)}")
+        return cls(reason, initiator, policy)
+
+
+class Canceller:
+    """Cancels runs in the checkpoint store, and deletes their Jobs on their shards."""
+
+    def __init__(self, store: CheckpointStore, shards: dict[str, ShardClient]) -> None:
+        self.store = store
+        self.shards = shards
+
+    async def cancel(self, algorithm: str, run_id: uuid.UUID, cancellation: Cancellation) -> None:
+        """Cancel the run; :class:`RunNotFound` if there is none, :class:`TransitionRejected`
+        if it has finished (then it is left as it is)."""
+        run = await self._checkpoint(algorithm, run_id)
+        if run.stage in TERMINAL:
+            raise TransitionRejected(f"run {run_id} is already {run.stage.value}")
+        change = Transition(
+            algorithm,
+            run_id,
+            Stage.CANCELLED,
+            cause="cancelled",
+            details=f"{cancellation.reason} (by {cancellation.initiator})",
+        )
+        if not await self.store.transition(change):
+            current = await self._checkpoint(algorithm, run_id)
+            raise TransitionRejected(f"run {run_id} is already {current.stage.value}")
+        if run.stage in (Stage.BUFFERED, Stage.RUNNING):
+            await self._delete_job(run, cancellation.policy)
+
+    async def _checkpoint(self, algorithm: str, run_id: uuid.UUID) -> Checkpoint:
+        run = await self.store.get(algorithm, run_id)
+        if run is None:
+            raise RunNotFound(f"no run {run_id} of algorithm {algorithm!r}")
+        return run
+
+    async def _delete_job(self, run: Checkpoint, policy: Propagation) -> None:
+        shard = run.shard or run.applied_configuration.get("shard")
+        client = self.shards.get(shard or "")
+        if client is None:
+            return
+        try:
+            deleted = await client.delete_job(str(run.id), policy)
+            log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
+        except CALL_ERRORS as exc:
+            # The run is cancelled; its Job, if any, expires with its deadline and TTL.
+            log.warning("cancelled, but the job could not be deleted: %s", exc)
+
+
+def _given(body: dict[str, Any], name: str, default: str) -> Any:
+    value = body.get(name)
+    return default if value is None or value == "" else value
