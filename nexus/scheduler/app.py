@@ -33,6 +33,7 @@ from nexus.core.storage import PayloadStore
 from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
 from nexus.scheduler.authentication import Authenticator
+from nexus.scheduler.backpressure import BackPressure, measure_depth
 from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
@@ -145,6 +146,7 @@ async def _open(
         catalog=catalog,
         settings=section,
     )
+    pressure = BackPressure(store, section.max_queue_depth)
     submitter = Submitter(
         store=store,
         payloads=payloads,
@@ -152,6 +154,7 @@ async def _open(
         catalog=catalog,
         shards=frozenset(shards),
         settings=section,
+        pressure=pressure,
         pushed=dispatcher.notify,
     )
     # closed in reverse: pending pushes land first, then the queue is handed over
@@ -173,39 +176,26 @@ async def _open(
     lifecycle.start_loop(
         "heartbeat",
         _heartbeat(
-            queue, submitter, section.heartbeat_interval, section.heartbeat_ttl, lifecycle.stopping
+            queue, pressure, section.heartbeat_interval, section.heartbeat_ttl, lifecycle.stopping
         ),
     )
     lifecycle.start_loop(
-        "queue-depth", _measure_depth(queue, submitter, list(shards), lifecycle.stopping)
+        "queue-depth", measure_depth(queue, pressure, list(shards), lifecycle.stopping)
     )
 
 
 async def _heartbeat(
-    queue: RunQueue, submitter: Submitter, interval: float, ttl: float, stopping: asyncio.Event
+    queue: RunQueue, pressure: BackPressure, interval: float, ttl: float, stopping: asyncio.Event
 ) -> None:
-    """Keep this pod's queue from being adopted; track Redis health for back-pressure."""
+    """Keep this pod's queue from being adopted; tell back-pressure whether Redis answers."""
     while not stopping.is_set():
         try:
             await queue.heartbeat(ttl)
-            submitter.redis_healthy = True
+            pressure.queue_answered()
         except DependencyError as exc:
-            submitter.redis_healthy = False
+            pressure.queue_failed()
             log.warning("heartbeat failed: %s", exc)
         await sleep_or_stop(stopping, interval)
-
-
-async def _measure_depth(
-    queue: RunQueue, submitter: Submitter, shards: list[str], stopping: asyncio.Event
-) -> None:
-    """Refresh the queue depth the submitter compares with its limit (once a second)."""
-    while not stopping.is_set():
-        for shard in shards:
-            try:
-                submitter.queue_depth[shard] = await queue.depth(shard)
-            except DependencyError:
-                break  # the heartbeat reports Redis trouble
-        await sleep_or_stop(stopping, 1.0)
 
 
 async def _hand_over(queues: QueueBackend, queue: RunQueue) -> None:

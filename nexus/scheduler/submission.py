@@ -53,6 +53,7 @@ from nexus.core.templates import (
     normalise_overrides,
 )
 from nexus.scheduler.authentication import Principal
+from nexus.scheduler.backpressure import BackPressure
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.settings import SchedulerSection
@@ -60,9 +61,6 @@ from nexus.scheduler.settings import SchedulerSection
 log = logging.getLogger(__name__)
 
 ACCEPTED = Counter("nexus_runs_accepted_total", "Runs accepted (202), by algorithm.", ["algorithm"])
-REFUSED = Counter(
-    "nexus_runs_refused_total", "Runs refused for load (429/503), by reason.", ["reason"]
-)
 QUEUE_LATER = Counter(
     "nexus_runs_queued_later_total",
     "Accepted runs whose queue push failed; the maintainer's sweep queues them.",
@@ -120,6 +118,7 @@ class Submitter:
         catalog: Catalog,
         shards: frozenset[str],
         settings: SchedulerSection,
+        pressure: BackPressure,
         pushed: Any,
     ) -> None:
         self.store = store
@@ -128,9 +127,7 @@ class Submitter:
         self.shards = shards
         self.settings = settings
         self.host = settings.pod_name
-        self.queue_depth: dict[str, int] = {}
-        """Runs waiting per shard on this pod's queue, refreshed by a background loop."""
-        self.redis_healthy = True
+        self.pressure = pressure
         self.recent_inputs = RecentInputs(settings.recent_inputs)
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
@@ -210,7 +207,7 @@ class Submitter:
                 f"parentRequest: no run {parent['requestId']}"
                 f" of algorithm {parent['algorithmName']!r}"
             )
-        self._check_load(shard)
+        self.pressure.refuse_if_overloaded(shard)
 
         run_id = uuid.uuid4()
         try:
@@ -264,7 +261,7 @@ class Submitter:
             await self._pushes.submit(QueuedRun(shard, run.key, time.time() * 1000))
         except QueueUnavailable as exc:
             QUEUE_LATER.inc()
-            self.redis_healthy = False
+            self.pressure.queue_failed()
             log.warning("run accepted but not queued; the sweep will queue it: %s", exc)
         if inline:
             self.recent_inputs.remember(run.key, payload)
@@ -290,29 +287,6 @@ class Submitter:
         if not MIN_PAYLOAD_VALID_FOR <= seconds <= MAX_PAYLOAD_VALID_FOR:
             raise bad_request("payloadValidFor: must be between 1m and 7d")
         return seconds
-
-    def _check_load(self, shard: str) -> None:
-        if not self.redis_healthy:
-            REFUSED.labels("queue_unavailable").inc()
-            raise ApiError(
-                503, "unavailable", "the queue is unavailable; retry later", {"Retry-After": "5"}
-            )
-        if self.queue_depth.get(shard, 0) >= self.settings.max_queue_depth:
-            REFUSED.labels("queue_full").inc()
-            raise ApiError(
-                429,
-                "overloaded",
-                f"too many runs are waiting for shard {shard!r}; retry later",
-                {"Retry-After": "10"},
-            )
-        if self.store.pending_writes >= self.store.max_pending_writes:
-            REFUSED.labels("store_busy").inc()
-            raise ApiError(
-                503,
-                "overloaded",
-                "the checkpoint store is saturated; retry later",
-                {"Retry-After": "2"},
-            )
 
     async def _forget_input(self, key: str) -> None:
         try:
