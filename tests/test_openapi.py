@@ -9,7 +9,7 @@ import pytest
 from nexus.core.config import HttpSettings
 from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
-from nexus.scheduler.api import Accepted, RunAnswer, add_routes
+from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
 from nexus.scheduler.openapi import add_openapi_route, document
 
 
@@ -39,7 +39,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
     ("schema", "answer"),
     [
         ("Error", ErrorAnswer),
-        ("Accepted", Accepted),
+        ("Accepted", AcceptedAnswer),
         ("Result", RunAnswer),
         ("RunStatus", RunStatus),
     ],

@@ -1,7 +1,8 @@
 """The SQL the checkpoint store runs, in one place to read and review.
 
-Every statement is sent by :mod:`nexus.core.checkpoints` as a prepared statement with
-array parameters (``unnest``), so one statement serves a whole group-committed batch.
+Every statement is sent by the store (:mod:`nexus.core.checkpoints`, and its sweeps in
+:mod:`nexus.core.sweeps`) as a prepared statement; the writes take array parameters
+(``unnest``), so one statement serves a whole group-committed batch.
 """
 
 from __future__ import annotations

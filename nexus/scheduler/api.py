@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PREFIX = "/algorithm/v1.2"
 
 
-class Accepted(TypedDict):
+class AcceptedAnswer(TypedDict):
     """The answer to a run request (202)."""
 
     requestId: str
@@ -166,7 +166,7 @@ async def run(request: web.Request) -> web.Response:
     accepted = await scheduler.submitter.submit(
         principal, algorithm, body, request.headers.get("Idempotency-Key")
     )
-    answer: Accepted = {"requestId": str(accepted.request_id)}
+    answer: AcceptedAnswer = {"requestId": str(accepted.request_id)}
     return json_response(answer, status=202)
 
 
