@@ -27,6 +27,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from nexus.core.waiting import Backoff
 from nexus_dev.cluster.deletion import GarbageCollector
 from nexus_dev.cluster.events import NODE_NAME, EventRecorder
 from nexus_dev.cluster.kubelet import Kubelet
@@ -180,8 +181,8 @@ class JobController:
         elif state.failed > int(spec.get("backoffLimit", 6)):
             self._fail(state, job, "BackoffLimitExceeded", BACKOFF_MESSAGE)
         else:
-            base, cap = self.settings.retry_backoff, self.settings.retry_backoff_max
-            delay = min(cap, base * 2 ** (state.failed - 1))
+            retry = Backoff(first=self.settings.retry_backoff, cap=self.settings.retry_backoff_max)
+            delay = retry.delay(state.failed)
             if delay > 0:
                 state.retry_pending = True
                 state.timers["retry"] = asyncio.get_running_loop().call_later(

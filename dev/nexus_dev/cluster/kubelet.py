@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from nexus.core.waiting import Backoff
 from nexus_dev.cluster import podstatus
 from nexus_dev.cluster.events import EventRecorder
 from nexus_dev.cluster.statuses import ApiError, now_iso
@@ -35,6 +36,8 @@ from nexus_dev.cluster.store import Obj, ObjectStore
 #: Env variable or annotation naming the fault a pod must show (see :mod:`.simulation`).
 FAULT_ENV = "NEXUS_DEVCLUSTER_FAULT"
 FAULT_ANNOTATION = "devcluster.nexus/fault"
+MAX_PULL_BACKOFF = 300.0
+"""The longest image-pull back-off, in seconds, as the kubelet's."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +70,7 @@ class PodRun:
     timer: asyncio.TimerHandle | None = None
     exited: bool = False
     deleting: bool = False
-    pull_backoff: float = 0.0
+    pulls_failed: int = 0
     handle: Any = None  # runtime-specific state
 
     def write_log(self, data: bytes, limit: int) -> None:
@@ -244,8 +247,8 @@ class Kubelet:
         if pulling:
             delay = min(1.0, base / 10)  # the kubelet backs off right after a failed pull
         else:
-            run.pull_backoff = base if run.pull_backoff == 0 else min(300.0, run.pull_backoff * 2)
-            delay = run.pull_backoff
+            run.pulls_failed += 1
+            delay = Backoff(first=base, cap=MAX_PULL_BACKOFF).delay(run.pulls_failed)
         run.timer = asyncio.get_running_loop().call_later(
             delay, self._pull_failed, run, not pulling
         )
