@@ -42,6 +42,7 @@ from typing import Protocol
 from prometheus_client import Counter
 
 from nexus.core.sigv4 import Signer
+from nexus.core.waiting import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +154,9 @@ class StorageCredentials:
         """Refresh every :data:`CHECK_INTERVAL` seconds; after a failure, sooner (capped
         back-off), for as long as it takes. Runs until cancelled."""
         failures = 0
+        retry = Backoff(first=RETRY_BASE, cap=self._interval)
         while True:
-            if failures:
-                await self._sleep(min(self._interval, RETRY_BASE * 2 ** min(failures - 1, 16)))
-            else:
-                await self._sleep(self._interval)
+            await self._sleep(retry.delay(failures) if failures else self._interval)
             try:
                 await self.refresh()
             except Exception as exc:  # the chain raises many kinds; the task outlives them all

@@ -46,6 +46,7 @@ from prometheus_client import Counter, Gauge
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
+from nexus.core.waiting import Backoff, sleep_or_stop
 from nexus.scheduler.settings import AuthSettings
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,6 @@ class SigningKey:
     key: Any
     """The public key, as PyJWT verifies with it."""
     algorithms: frozenset[str]
-
-
-async def wait_or_stop(stopping: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stopping.wait(), seconds)
 
 
 def signing_keys(document: Any) -> tuple[dict[str, SigningKey], list[SigningKey]]:
@@ -140,7 +136,7 @@ class JwksKeys:
         settings: AuthSettings,
         *,
         on_change: Callable[[], None] = lambda: None,
-        wait: Wait = wait_or_stop,
+        wait: Wait = sleep_or_stop,
     ) -> None:
         self._settings = settings
         self._jwks_url = settings.jwt_jwks_url
@@ -234,14 +230,13 @@ class JwksKeys:
     async def run(self, stopping: asyncio.Event) -> None:
         """Fetch the set every ``jwt_jwks_refresh_interval`` until ``stopping``; after a
         failure, sooner (1 s doubling up to a minute)."""
-        failures = 0
+        retry = Backoff(first=RETRY_BASE, cap=RETRY_CAP)
         while not stopping.is_set():
             if self.reachable:
-                failures = 0
+                retry.succeeded()
                 delay = self._settings.jwt_jwks_refresh_interval
             else:
-                delay = min(RETRY_CAP, RETRY_BASE * 2 ** min(failures, 16))
-                failures += 1
+                delay = retry.failed()
             await self._wait(stopping, delay)
             if not stopping.is_set():
                 await self.refresh()
