@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from nexus.core.waiting import Backoff
 from nexus_dev.status import (
     LastExit,
     ServiceDetails,
@@ -61,9 +62,6 @@ CHECK_INTERVAL = 0.1
 of one ``waitpid`` per process."""
 CLOSE_TIMEOUT = 30.0
 """Seconds :meth:`Supervisor.close` waits for restarts in progress to give up."""
-_MAX_DOUBLINGS = 62
-"""Doublings past which a delay is surely at its cap: bounds the exponent, so that no
-count of deaths overflows the arithmetic."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +112,8 @@ class CrashLoop:
         if up_for >= self.policy.reset_after:
             self.deaths = 0
         self.deaths += 1
-        doublings = min(self.deaths - 1, _MAX_DOUBLINGS)
-        return min(self.policy.max_delay, self.policy.first_delay * 2.0**doublings)
+        backoff = Backoff(first=self.policy.first_delay, cap=self.policy.max_delay)
+        return backoff.delay(self.deaths)  # capped however many deaths: never overflows
 
 
 class Restartable(Protocol):
