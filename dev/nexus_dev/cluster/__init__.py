@@ -7,8 +7,8 @@ Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
 * :mod:`.apiserver`, :mod:`.watchstreams`, :mod:`.discovery` — paths, verbs, watches, answers;
 * :mod:`.fairness` — emulated API Priority and Fairness (429) and request metrics;
 * :mod:`.store` — objects, the shared ``resourceVersion``, watch history and fan-out;
-* :mod:`.selectors`, :mod:`.validation`, :mod:`.patching`, :mod:`.statuses` — what the
-  server checks, fills in and answers;
+* :mod:`.selectors`, :mod:`.validation`, :mod:`.configdata`, :mod:`.patching`,
+  :mod:`.statuses` — what the server checks, fills in and answers;
 * :mod:`.jobcontroller`, :mod:`.deletion`, :mod:`.events` — Job controller, garbage
   collector, Events;
 * :mod:`.kubelet`, :mod:`.podstatus`, :mod:`.simulation`, :mod:`.processes` — pods,

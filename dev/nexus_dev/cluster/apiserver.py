@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from nexus_dev.cluster import discovery, routing
+from nexus_dev.cluster import configdata, discovery, routing
 from nexus_dev.cluster.deletion import GarbageCollector, choose_policy
 from nexus_dev.cluster.events import EventRecorder
 from nexus_dev.cluster.fairness import Fairness
@@ -280,6 +280,8 @@ class ApiServer:
                 )
             if resource.group:
                 metadata["generation"] = 1
+            elif resource.plural in configdata.KINDS:
+                configdata.prepare(resource.plural, obj)
         if query.get("dryRun") == "All":
             return _json(obj, 201)
         created = self.store.create(resource.plural, obj)
@@ -322,6 +324,8 @@ class ApiServer:
         if resource.plural == "jobs":
             validate_job(obj)
             obj["status"] = old.get("status", {})
+        elif resource.plural in configdata.KINDS:
+            configdata.prepare(resource.plural, obj, old)
         if query.get("dryRun") == "All":
             return _json(obj)
         changed = obj.get("spec") != old.get("spec")

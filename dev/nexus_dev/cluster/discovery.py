@@ -3,8 +3,9 @@
 Clients find out what a server offers from ``/api``, ``/apis``, ``/apis/{group}/{version}``
 and ``/version``; kubernetes-asyncio does not need them for typed calls, but ``kubectl``-like
 tools and dynamic clients do, so they are answered with the same shapes as a real server.
-The resource table here is the single list of what exists: ``batch/v1`` Jobs, ``v1`` Pods
-and Events, and the two custom resources of DESIGN §5. Every namespace exists.
+The resource table here is the single list of what exists: ``batch/v1`` Jobs, ``v1`` Pods,
+Events, Secrets and ConfigMaps, and the two custom resources of DESIGN §5. Every namespace
+exists.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ KUBERNETES_VERSION = ("1", "33", "v1.33.0")
 JOBS = Resource("batch", "v1", "jobs", "Job")
 PODS = Resource("", "v1", "pods", "Pod")
 EVENTS = Resource("", "v1", "events", "Event")
+SECRETS = Resource("", "v1", "secrets", "Secret")
+CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 TEMPLATES = Resource(CRD_GROUP, "v1", "nexusalgorithmtemplates", "NexusAlgorithmTemplate")
 WORKGROUPS = Resource(CRD_GROUP, "v1", "nexusalgorithmworkgroups", "NexusAlgorithmWorkgroup")
-RESOURCES = (JOBS, PODS, EVENTS, TEMPLATES, WORKGROUPS)
+RESOURCES = (JOBS, PODS, EVENTS, SECRETS, CONFIG_MAPS, TEMPLATES, WORKGROUPS)
 BY_GROUP_VERSION: dict[tuple[str, str], dict[str, Resource]] = {}
 for _resource in RESOURCES:
     BY_GROUP_VERSION.setdefault((_resource.group, _resource.version), {})[_resource.plural] = (
@@ -35,7 +38,7 @@ _VERBS = {
 }
 _CRD_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
 _SUBRESOURCES = {"jobs": [("status", ["get"])], "pods": [("log", ["get"])]}
-_SHORT_NAMES = {"pods": ["po"], "events": ["ev"]}
+_SHORT_NAMES = {"pods": ["po"], "events": ["ev"], "configmaps": ["cm"]}
 
 
 def lookup(group: str, version: str, plural: str) -> Resource | None:

@@ -14,7 +14,9 @@ client loads for a real cluster (DESIGN §6). Shards share nothing but the proce
 its own store, version counter, limits, kubelet mode and metrics registry.
 
 Stopping a shard closes its watches, stops its listener, kills every container process it
-started and cancels its timers, so leaving the ``async with`` leaves nothing behind.
+started and cancels its timers, so leaving the ``async with`` leaves nothing behind. A
+stopped shard can be started again: it listens on the same port, with the objects it held
+(a cluster whose API server was down for a while, for outage tests).
 """
 
 from __future__ import annotations
@@ -130,7 +132,9 @@ class Shard:
             await self.simulated.open()
         self.recorder.start()
         self._server = self.api.server()
-        self.port = await self._server.start(self.spec.host, self.spec.port, backlog=1024)
+        # started again after a stop: the same port, so clients find it where it was
+        port = self.port or self.spec.port
+        self.port = await self._server.start(self.spec.host, port, backlog=1024)
         self._write_kubeconfig()
         log.info("shard ready", extra={"shard": self.name, "url": self.url, "mode": self.spec.mode})
 

@@ -32,6 +32,7 @@ _TOKEN = re.compile(r"\s*(\(|\)|,|!=|==|=|!|[^\s(),!=]+)")
 #: label conversion functions.
 FIELDS: dict[str, frozenset[str]] = {
     "jobs": frozenset({"status.successful"}),
+    "secrets": frozenset({"type"}),
     "pods": frozenset(
         {
             "spec.nodeName",
