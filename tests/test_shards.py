@@ -22,8 +22,10 @@ from support.standin import stand_in_shard
 from nexus.core import shards
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.shards import (
+    CONFIG_MAPS,
     JOBS,
     PODS,
+    SECRETS,
     TEMPLATES,
     Resource,
     ResourceExpired,
@@ -277,6 +279,81 @@ async def test_a_resource_the_server_lacks_is_rejected(client: ShardClient) -> N
     with pytest.raises(ShardRejected) as caught:
         await collect(client.watch(widgets, "1", timeout_seconds=1))
     assert caught.value.status == 404
+
+
+# -- writes of objects (the configuration copies) ---------------------------------------
+
+
+def _template_copy(name: str, image: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "science.sneaksanddata.com/v1",
+        "kind": "NexusAlgorithmTemplate",
+        "metadata": {"name": name, "labels": {"owner": "test"}},
+        "spec": {"container": {"image": image}},
+    }
+
+
+async def test_objects_are_created_replaced_and_deleted_with_outcomes(
+    client: ShardClient,
+) -> None:
+    created = await client.create_object(TEMPLATES, _template_copy("t", "a"))
+    assert created.done and created.status == 201
+    assert created.object is not None and created.object["metadata"]["uid"]
+    again = await client.create_object(TEMPLATES, _template_copy("t", "b"))
+    assert (again.status, again.done) == (409, False) and "already exists" in again.message
+
+    stored = created.object
+    changed = {**stored, "spec": {"container": {"image": "b"}}}
+    replaced = await client.replace_object(TEMPLATES, changed)
+    assert replaced.done and replaced.object is not None
+    assert replaced.object["spec"]["container"]["image"] == "b"
+    stale = await client.replace_object(TEMPLATES, changed)  # its resourceVersion is old now
+    assert stale.status == 409
+    missing = await client.replace_object(TEMPLATES, _template_copy("nothing", "x"))
+    assert missing.status == 404
+
+    wrong_uid = await client.delete_object(TEMPLATES, "t", uid="another-object")
+    assert wrong_uid.status == 409
+    assert await client.get(TEMPLATES, "t") is not None
+    deleted = await client.delete_object(TEMPLATES, "t", uid=stored["metadata"]["uid"])
+    assert deleted.done
+    assert (await client.delete_object(TEMPLATES, "t")).status == 404
+
+
+async def test_secrets_and_config_maps_are_written_in_a_given_namespace(
+    client: ShardClient,
+) -> None:
+    body = {"metadata": {"name": "s"}, "type": "Opaque", "data": {"k": "dg=="}}
+    written = await client.create_object(SECRETS, body, namespace="elsewhere")
+    assert written.done
+    assert await client.get(SECRETS, "s") is None  # not in the client's own namespace
+    found = await client.get(SECRETS, "s", namespace="elsewhere")
+    assert found is not None and found["data"] == {"k": "dg=="}
+    invalid = await client.create_object(CONFIG_MAPS, {"metadata": {"name": "Not Valid"}})
+    assert invalid.status == 422 and "Invalid value" in invalid.message
+    assert (await client.create_object(CONFIG_MAPS, {"metadata": {"name": "c"}})).done
+    listed = await client.list(CONFIG_MAPS)
+    assert [c["metadata"]["name"] for c in listed.items] == ["c"]
+
+
+async def test_writes_raise_for_what_is_not_an_answer(
+    stand_in: tuple[Path, dict[str, Any]],
+) -> None:
+    path, behaviour = stand_in
+    client = await ShardClient.from_kubeconfig("s", path, NS)
+    try:
+        behaviour["POST"] = (503, b'{"kind": "Status", "message": "overloaded"}')
+        with pytest.raises(ShardUnavailable, match="overloaded"):
+            await client.create_object(SECRETS, {"metadata": {"name": "s"}})
+        behaviour["PUT"] = (403, b'{"kind": "Status", "message": "forbidden"}')
+        with pytest.raises(ShardRejected) as caught:
+            await client.replace_object(SECRETS, {"metadata": {"name": "s"}})
+        assert caught.value.status == 403
+        behaviour["DELETE"] = (429, b"{}")
+        with pytest.raises(ShardThrottled):
+            await client.delete_object(SECRETS, "s")
+    finally:
+        await client.close()
 
 
 # -- watching ------------------------------------------------------------------------------

@@ -15,8 +15,10 @@ and the (refreshed) credentials kubernetes-asyncio derived from the kubeconfig; 
 proxy it goes by aiohttp like every other call.
 
 Answers are mapped to outcomes, not exceptions, where the caller decides per status
-(:class:`CreateResult`); elsewhere a 429 raises :class:`ShardThrottled`, another 4xx
-:class:`ShardRejected`, and 5xx, timeouts and connection errors :class:`ShardUnavailable`.
+(:class:`CreateResult` for Jobs; :class:`Written` for the objects the maintainer keeps in
+step on shards, where ``404``, ``409`` and ``422`` are answers, not failures); elsewhere a
+429 raises :class:`ShardThrottled`, another 4xx :class:`ShardRejected`, and 5xx, timeouts
+and connection errors :class:`ShardUnavailable`.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class Resource:
 JOBS = Resource("batch", "v1", "jobs")
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
+SECRETS = Resource("", "v1", "secrets")
+CONFIG_MAPS = Resource("", "v1", "configmaps")
 TEMPLATES = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmtemplates")
 WORKGROUPS = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmworkgroups")
 
@@ -100,6 +104,29 @@ class CreateResult:
     def created(self) -> bool:
         """The Job exists now: created by this call (201) or an earlier one (409)."""
         return self.status in (200, 201, 202, 409)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What a shard said to a create, replace or delete of an object.
+
+    ``status`` is the HTTP status: 200/201 done (``object`` is the stored object, or the
+    deletion's Status), 404 not there, 409 already exists (create) or changed meanwhile /
+    a precondition failed (replace, delete), 422 refused as invalid (``message`` says why).
+    Other failures raise, as every call of :class:`ShardClient` does.
+    """
+
+    status: int
+    object: dict[str, Any] | None = None
+    message: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status < 300
+
+
+_ANSWERS = frozenset({404, 409, 422})
+"""Statuses a write of an object returns as a :class:`Written` rather than raising."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -359,6 +386,58 @@ class ShardClient:
             body=body,
         )
         return found is not None
+
+    # -- generic writes (the configuration copies) -----------------------------------------
+
+    async def _write(self, method: str, path: str, body: dict[str, Any]) -> Written:
+        response = await self._call(method, path, body=body)
+        try:
+            answer = await response.read()
+        except _NETWORK_ERRORS as exc:
+            raise ShardUnavailable(f"shard {self.name}: {method} {path}: {exc!r}") from exc
+        finally:
+            response.release()
+        if response.status in _ANSWERS:
+            return Written(response.status, message=_message(answer))
+        self._raise_for(response, answer, f"{method} {path}")
+        try:
+            stored = orjson.loads(answer)
+        except orjson.JSONDecodeError as exc:
+            raise ShardUnavailable(f"shard {self.name}: {method} {path}: not JSON") from exc
+        return Written(response.status, stored if isinstance(stored, dict) else None)
+
+    async def create_object(
+        self, resource: Resource, body: dict[str, Any], namespace: str | None = None
+    ) -> Written:
+        """POST ``body`` (a plain dict, sent as it is) into ``namespace``."""
+        return await self._write("POST", resource.path(namespace or self.namespace), body)
+
+    async def replace_object(
+        self, resource: Resource, body: dict[str, Any], namespace: str | None = None
+    ) -> Written:
+        """PUT ``body`` over the object of its name; a ``metadata.resourceVersion`` in it
+        makes the write conditional (409 when the object changed since)."""
+        name = body["metadata"]["name"]
+        return await self._write("PUT", resource.path(namespace or self.namespace, name), body)
+
+    async def delete_object(
+        self,
+        resource: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        uid: str | None = None,
+    ) -> Written:
+        """DELETE ``name`` (its dependents in the background); with ``uid``, only that
+        very object: one created since under the same name is left alone (409)."""
+        body: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": DEFAULT_PROPAGATION,
+        }
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
+        return await self._write("DELETE", resource.path(namespace or self.namespace, name), body)
 
     # -- generic reads and watches ---------------------------------------------------------
 
