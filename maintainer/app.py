@@ -1,13 +1,15 @@
 """The maintainer service: ``create_app(settings)`` wires clients, leadership and loops.
 
 Start-up: migrations (or a wait for a migration Job), then clients (Postgres, Redis, S3,
-every shard), then two loops: the lease (:mod:`maintainer.leadership`) and the *term*
-runner. Every time this process becomes the leader it starts a fresh :class:`Term` — a
-watch per shard, the sweeper, the
-adopter and the action writer, with empty caches and grace timers that start now — and
-stops it the moment it stops leading. A standby process is ready (it answers its probes)
-but does nothing else, so a brief overlap of two leaders is bounded by the lease and
-harmless because every action is idempotent.
+every shard, and the controller cluster when the configuration controller is enabled),
+then two loops: the lease (:mod:`maintainer.leadership`) and the *term* runner. Every
+time this process becomes the leader it starts a fresh :class:`Term` — a watch per shard,
+the sweeper, the adopter, the action writer and, when enabled, the configuration copies
+(:mod:`maintainer.replication`), with empty caches and grace timers that start now — and
+stops it the moment it stops leading. Nothing at start-up waits for a shard to answer.
+A standby process is ready (it answers its probes) but does nothing else, so a brief
+overlap of two leaders is bounded by the lease and harmless because every action is
+idempotent.
 
 Shutdown (SIGTERM): the term stops (watches close, the sweep in progress ends, submitted
 actions are written), the lease is released so the standby takes over at once, and the
@@ -27,6 +29,7 @@ from aiohttp import web
 from maintainer.actions import Actions
 from maintainer.adoption import Adopter
 from maintainer.leadership import Leadership
+from maintainer.replication import Replicator
 from maintainer.settings import MaintainerSettings
 from maintainer.shardwatch import ShardWatch
 from maintainer.sweeping import Sweeper
@@ -35,7 +38,7 @@ from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend
-from nexus.core.shards import ShardClient, open_shards
+from nexus.core.shards import ShardClient, open_controller, open_shards
 from nexus.core.storage import PayloadStore
 from nexus.core.waiting import first_of
 
@@ -50,12 +53,15 @@ class Term:
     watches: dict[str, ShardWatch]
     sweeper: Sweeper
     adopter: Adopter
+    replicator: Replicator | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as group:
             for name, watch in self.watches.items():
                 group.create_task(watch.run(self.stopping), name=f"maintainer:shard:{name}")
+            if self.replicator is not None:
+                group.create_task(self.replicator.run(self.stopping), name="maintainer:copies")
             group.create_task(self.sweeper.run(self.stopping), name="maintainer:sweep")
             group.create_task(self.adopter.run(self.stopping), name="maintainer:adopt")
             # last out: writes what the others submitted before they stopped
@@ -70,6 +76,8 @@ class Maintainer:
     payloads: PayloadStore
     shards: dict[str, ShardClient]
     leadership: Leadership
+    controller: ShardClient | None = None
+    """The controller cluster (templates, workgroups), when copies are kept on shards."""
     term: Term | None = None
 
     def new_term(self) -> Term:
@@ -90,7 +98,17 @@ class Maintainer:
             leading=leading,
         )
         adopter = Adopter(self.queues, section.adopt_interval, leading)
-        return Term(actions, watches, sweeper, adopter)
+        replicator = None
+        if self.controller is not None:
+            replicator = Replicator(
+                self.controller,
+                self.settings.shards.controller_namespace,
+                self.shards,
+                self.settings.replication,
+                leading,
+                watch_timeout=section.watch_timeout,
+            )
+        return Term(actions, watches, sweeper, adopter, replicator)
 
     async def lead(self, stopping: asyncio.Event) -> None:
         """Run a term whenever this process leads, until ``stopping``."""
@@ -144,9 +162,15 @@ async def _open(
         stack.push_async_callback(client.close)
     if not shards:
         log.warning("no shard kubeconfigs found", extra={"directory": str(s.shards.kubeconfig_dir)})
+    controller = None
+    if s.replication.enabled:
+        controller = await open_controller(
+            s.shards.controller_kubeconfig, s.shards.controller_namespace, s.shards.request_timeout
+        )
+        stack.push_async_callback(controller.close)
     section = s.maintainer
     leadership = Leadership(queues, section.lease_name, section.instance, section.lease_ttl)
-    maintainer = Maintainer(s, store, queues, payloads, shards, leadership)
+    maintainer = Maintainer(s, store, queues, payloads, shards, leadership, controller)
     app[MAINTAINER] = maintainer
     lifecycle.start_loop("leadership", leadership.run(lifecycle.stopping))
     lifecycle.start_loop("lead", maintainer.lead(lifecycle.stopping))

@@ -1,9 +1,11 @@
 """The maintainer's settings: shared sections plus its own ``maintainer`` section
-(``NEXUS__MAINTAINER__LEASE_TTL`` and so on). Durations are seconds."""
+(``NEXUS__MAINTAINER__LEASE_TTL`` and so on) and the ``replication`` section of the
+configuration controller (``NEXUS__REPLICATION__ENABLED``). Durations are seconds."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ from nexus.core.config import (
     ShardSettings,
     StorageSettings,
     at_least,
+    check,
     positive,
 )
 from nexus.core.listwatch import MAX_BACKOFF
@@ -106,6 +109,38 @@ class MaintainerSection:
     delay from a pod's death to adoption is its heartbeat TTL plus at most this."""
 
 
+def _label_value(value: str) -> bool:
+    return bool(_LABEL_VALUE.match(value))
+
+
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
+
+
+@dataclass(frozen=True)
+class ReplicationSection:
+    """The configuration controller: the leading maintainer keeps a copy of every template
+    and workgroup of the controller namespace, and of the Secrets and ConfigMaps templates
+    reference, in each shard's runtime namespace (README, "Deploying")."""
+
+    enabled: bool = False
+    """Whether to keep the copies. Off by default because a single cluster that is its own
+    shard needs none; the controller overlay of the deployment package turns it on."""
+    owner: str = field(
+        default="nexus", metadata=check(_label_value, "a label value (letters, digits, -_.)")
+    )
+    """Names this deployment's copies (label ``science.sneaksanddata.com/configuration-owner``):
+    objects on a shard without it, or with another owner, are never changed or deleted.
+    Deployments that share a shard cluster need different owners."""
+    interval: Seconds = field(default=60.0, metadata=positive())
+    """Time between full reconciles of a shard: its copies listed, compared with the
+    controller cluster and the difference written. Changes reach shards at once through
+    the watch; the full pass repairs copies edited or deleted on a shard by other hands,
+    for four list calls per shard a minute."""
+    max_backoff: Seconds = field(default=MAX_BACKOFF, metadata=positive())
+    """Longest wait between attempts to reach a shard (or the controller cluster) that is
+    down; when it answers again it is caught up in full."""
+
+
 @dataclass(frozen=True)
 class MaintainerSettings:
     http: HttpSettings = field(default_factory=lambda: HttpSettings(port=8082))
@@ -115,3 +150,4 @@ class MaintainerSettings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     shards: ShardSettings = field(default_factory=ShardSettings)
     maintainer: MaintainerSection = field(default_factory=MaintainerSection)
+    replication: ReplicationSection = field(default_factory=ReplicationSection)

@@ -594,3 +594,11 @@ async def open_shards(directory: Path, namespace: str, timeout: float) -> dict[s
             await client.close()
         raise
     return clients
+
+
+async def open_controller(kubeconfig: Path | None, namespace: str, timeout: float) -> ShardClient:
+    """A client for the controller cluster (templates and workgroups): through
+    ``kubeconfig``, or the in-cluster service account when it is ``None``."""
+    if kubeconfig is not None:
+        return await ShardClient.from_kubeconfig("controller", kubeconfig, namespace, timeout)
+    return await ShardClient.in_cluster("controller", namespace, timeout)

@@ -27,7 +27,7 @@ from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend, RunQueue
-from nexus.core.shards import ShardClient, open_shards
+from nexus.core.shards import open_controller, open_shards
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
 from nexus.core.waiting import sleep_or_stop
@@ -98,17 +98,9 @@ async def _open(
         stack.push_async_callback(client.close)
     if not shards:
         log.warning("no shard kubeconfigs found", extra={"directory": str(s.shards.kubeconfig_dir)})
-    if s.shards.controller_kubeconfig is not None:
-        controller = await ShardClient.from_kubeconfig(
-            "controller",
-            s.shards.controller_kubeconfig,
-            s.shards.controller_namespace,
-            s.shards.request_timeout,
-        )
-    else:
-        controller = await ShardClient.in_cluster(
-            "controller", s.shards.controller_namespace, s.shards.request_timeout
-        )
+    controller = await open_controller(
+        s.shards.controller_kubeconfig, s.shards.controller_namespace, s.shards.request_timeout
+    )
     stack.push_async_callback(controller.close)
     catalog = Catalog()
     watcher = CatalogWatcher(controller, s.shards.controller_namespace, catalog)
