@@ -345,7 +345,7 @@ class ShardReplica:
             action,
             key[0].name,
             key[1],
-            extra={"shard": self.shard, "object": key[1], "action": action},
+            extra={"shard": self.shard, "object": key[1], "write": action},
         )
 
     def _raced(self, key: Key) -> None:

@@ -5,7 +5,9 @@ and stopped in reverse (see :mod:`nexus_dev.cli`). This module has the component
 real servers: the local clusters (``nexus devcluster``), the receiver, the scheduler(s) and
 the maintainer, each a child process of its own — as in production, so that a benchmark
 measures each one's CPU and a test can kill one — plus the example catalog (a workgroup per
-shard, the ``echo`` and ``maybe-fail`` algorithms) installed in the controller cluster.
+shard, the ``echo`` and ``maybe-fail`` algorithms, and the ConfigMap their containers read
+their environment from) installed in the controller cluster, which is the first shard. The
+maintainer runs the configuration controller, so the other shards get copies of it.
 
 Every component starts only when the previous ones are ready and is ready itself only when
 its ``/health/ready`` (or the cluster's READY line) says so. Each process logs to a file
@@ -218,6 +220,7 @@ class ClusterComponent:
             "nexusalgorithmworkgroups",
             example_workgroup("default", names[0]),
         )
+        _create(controller["url"], token, "configmaps", example_config_map())
         for name in EXAMPLES:
             inline = self.options.inline_inputs and name != "echo-stored"
             template = example_template(name, inline=inline)
@@ -260,6 +263,19 @@ def example_workgroup(name: str, shard: str) -> dict[str, Any]:
     }
 
 
+EXAMPLE_CONFIG_MAP = "nexus-examples"
+
+
+def example_config_map() -> dict[str, Any]:
+    """Environment the example algorithms get (``envFrom``), copied to every shard."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": EXAMPLE_CONFIG_MAP},
+        "data": {"NEXUS_EXAMPLE_GREETING": "hello from the controller cluster"},
+    }
+
+
 def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
     """``echo`` returns its input; ``maybe-fail`` also fails, exits or sleeps on request."""
     program = "maybe-fail" if name == "maybe-fail" else "echo"
@@ -273,7 +289,11 @@ def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
             "workgroupRef": {"name": "default", "group": GROUP, "kind": "NexusAlgorithmWorkgroup"},
             "command": ["python", "-m", "nexus_sdk.examples", program],
             "args": ["--sas-uri={sas-uri}", "--request-id={request-id}"],
-            "runtimeEnvironment": {"deadlineSeconds": 600, "maximumRetries": 0},
+            "runtimeEnvironment": {
+                "deadlineSeconds": 600,
+                "maximumRetries": 0,
+                "mappedEnvironmentVariables": [{"configMapRef": {"name": EXAMPLE_CONFIG_MAP}}],
+            },
             "errorHandlingBehaviour": {"transientExitCodes": [], "fatalExitCodes": []},
             "payloadConfiguration": {"payloadValidFor": "24h", "inline": inline},
         },
@@ -281,8 +301,9 @@ def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
 
 
 def _create(url: str, token: str, plural: str, obj: dict[str, Any]) -> None:
+    prefix = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{GROUP}/v1"
     request = urllib.request.Request(
-        f"{url}/apis/{GROUP}/v1/namespaces/nexus/{plural}",
+        f"{url}{prefix}/namespaces/nexus/{plural}",
         data=json.dumps(obj).encode(),
         method="POST",
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
@@ -381,7 +402,12 @@ def nexus_components(
             ProcessComponent(f"scheduler-{index}", [*nexus, "scheduler"], env, port, workdir)
         )
     if options.maintainer:
-        env = {**common, "NEXUS__HTTP__PORT": str(maintainer_port)}
+        # the configuration controller: the other shards get copies of the example catalog
+        env = {
+            "NEXUS__REPLICATION__ENABLED": "true",
+            **common,
+            "NEXUS__HTTP__PORT": str(maintainer_port),
+        }
         components.append(
             ProcessComponent("maintainer", [*nexus, "maintainer"], env, maintainer_port, workdir)
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from harness import is_alive
 from support.devprocess import DevProcess, call, read_status, wait_finished
 
@@ -84,6 +85,40 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
     assert [pid for pid in children if is_alive(pid)] == []
     assert not workdir.exists()
     assert [line for line in dev.lines if line.startswith(READY_PREFIX)] == dev.lines  # one line
+
+
+def test_dev_with_two_shards_copies_the_catalog_to_the_second() -> None:
+    """The example catalog lives in the controller cluster (the first shard); the
+    maintainer's configuration controller keeps copies of it on the second."""
+    dev = DevProcess("--shards", "2", "--mode", "simulated")
+    try:
+        ready = dev.ready()
+        second = ready["shards"]["shard-1"]
+        config = yaml.safe_load(Path(second["kubeconfig"]).read_text())
+        headers = {"Authorization": f"Bearer {config['users'][0]['user']['token']}"}
+        group = f"{second['url']}/apis/science.sneaksanddata.com/v1/namespaces/nexus"
+
+        def names(url: str) -> set[str]:
+            return {o["metadata"]["name"] for o in call("GET", url, headers)["items"]}
+
+        deadline = time.monotonic() + 30
+        wanted = (set(ready["algorithms"]), {"default", "shard-0", "shard-1"}, {"nexus-examples"})
+        while time.monotonic() < deadline:
+            found = (
+                names(f"{group}/nexusalgorithmtemplates"),
+                names(f"{group}/nexusalgorithmworkgroups"),
+                names(f"{second['url']}/api/v1/namespaces/nexus/configmaps"),
+            )
+            if found == wanted:
+                break
+            time.sleep(0.2)
+        assert found == wanted
+        copy = call("GET", f"{group}/nexusalgorithmtemplates/echo", headers)
+        assert copy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "nexus-maintainer"
+        code, err = dev.finish(signal.SIGTERM)
+        assert code == 0, err
+    finally:
+        dev.kill()
 
 
 def test_dev_keeps_its_workdir_when_asked() -> None:

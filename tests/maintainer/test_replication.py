@@ -5,10 +5,14 @@ is down catches up; nothing is decided before the controller cluster is listed."
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from harness import Servers
+from maintaining import FAST, Process, environment, processes, spawn, wait_ready
 from replicating import (
     RUNTIME_NS,
     SHARDS,
@@ -25,9 +29,14 @@ from replicating import (
     workgroup,
     written,
 )
+from support.system import free_port
 
 from maintainer.copies import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, SOURCE_UID
-from nexus.core.shards import CONFIG_MAPS, SECRETS, TEMPLATES, WORKGROUPS
+from nexus.core.shards import CONFIG_MAPS, SECRETS, TEMPLATES, WORKGROUPS, ShardClient
+
+
+def leading(process: Process) -> bool:
+    return any(line.get("message") == "leading" for line in process.lines())
 
 
 def spec_of(obj: dict[str, Any] | None) -> Any:
@@ -403,3 +412,193 @@ async def test_a_replica_that_does_not_lead_writes_nothing(tmp_path: Path) -> No
                 return "algo" in await c.copies(shard, TEMPLATES)
 
             await on_every_shard(c, copied, "the copy once leading")
+
+
+async def test_copies_changed_or_deleted_on_a_shard_are_restored(tmp_path: Path) -> None:
+    async with clusters(tmp_path) as c:
+        await c.put(TEMPLATES, template("algo"))
+        await c.put(TEMPLATES, template("other"))
+        async with replicating(c):
+
+            async def copied(shard: str) -> bool:
+                return set(await c.copies(shard, TEMPLATES)) == {"algo", "other"}
+
+            await on_every_shard(c, copied, "the copies")
+            shard_a = c.shards["shard-a"]
+            edited = await shard_a.get(TEMPLATES, "algo")
+            assert edited is not None
+            edited["spec"]["container"]["image"] = "tampered"
+            edited["metadata"]["labels"]["added-by"] = "someone"
+            assert (await shard_a.replace_object(TEMPLATES, edited)).done
+            assert (await shard_a.delete_object(TEMPLATES, "other")).done
+
+            async def restored() -> bool:
+                algo = await shard_a.get(TEMPLATES, "algo")
+                other = await shard_a.get(TEMPLATES, "other")
+                return (
+                    algo is not None
+                    and algo["spec"]["container"]["image"] == "algo"
+                    and other is not None
+                )
+
+            await eventually(restored, what="the next full reconcile restoring both")
+            algo = await shard_a.get(TEMPLATES, "algo")
+            assert algo is not None and algo["metadata"]["labels"]["added-by"] == "someone"
+
+
+async def test_a_field_that_cannot_change_is_changed_by_making_the_copy_anew(
+    tmp_path: Path,
+) -> None:
+    async with clusters(tmp_path) as c:
+        await c.put(SECRETS, secret("db", password="first"))
+        await c.put(CONFIG_MAPS, {**config_map("frozen", a="1"), "immutable": True})
+        await c.put(TEMPLATES, template("algo", secret="db", config_map="frozen"))
+        async with replicating(c):
+
+            async def copied(shard: str) -> bool:
+                return (
+                    await c.shards[shard].get(SECRETS, "db") is not None
+                    and await c.shards[shard].get(CONFIG_MAPS, "frozen") is not None
+                )
+
+            await on_every_shard(c, copied, "the copies")
+            uids = {
+                s: (await c.shards[s].get(SECRETS, "db") or {})["metadata"]["uid"] for s in SHARDS
+            }
+            # the source is made anew with another type (a type never changes in place),
+            # and the immutable ConfigMap likewise with other data
+            await c.remove(SECRETS, "db")
+            await c.put(
+                SECRETS,
+                {**secret("db", user="u", password="p"), "type": "kubernetes.io/basic-auth"},
+            )
+            await c.remove(CONFIG_MAPS, "frozen")
+            await c.put(CONFIG_MAPS, {**config_map("frozen", a="2"), "immutable": True})
+
+            async def renewed(shard: str) -> bool:
+                db = await c.shards[shard].get(SECRETS, "db")
+                frozen = await c.shards[shard].get(CONFIG_MAPS, "frozen")
+                return (
+                    db is not None
+                    and db["type"] == "kubernetes.io/basic-auth"
+                    and db["metadata"]["uid"] != uids[shard]
+                    and frozen is not None
+                    and frozen["data"] == {"a": "2"}
+                )
+
+            await on_every_shard(c, renewed, "the copies made anew")
+
+
+async def test_the_controller_cluster_as_its_own_shard_is_left_as_it_is(tmp_path: Path) -> None:
+    async with clusters(tmp_path) as c:
+        await c.put(SECRETS, secret("db", password="x"))
+        await c.put(TEMPLATES, template("algo", secret="db"))
+        await c.put(WORKGROUPS, workgroup("default", "shard-0"))
+        # a single cluster: the shard is the controller cluster, in the same namespace
+        itself = await ShardClient.from_kubeconfig(
+            "shard-0", c.cluster["controller"].kubeconfig, "nexus", timeout=2
+        )
+        try:
+            rv = c.cluster["controller"].store.rv
+            async with replicating(c, shards={"shard-0": itself}) as replicator:
+                replica = replicator.replicas["shard-0"]
+                await eventually(
+                    lambda: (
+                        replica.last_reconcile
+                        and copies_of("shard-0", "template", "in_sync") == 1
+                        and copies_of("shard-0", "secret", "in_sync") == 1
+                        and copies_of("shard-0", "workgroup", "in_sync") == 1
+                    ),
+                    what="everything counted in step",
+                )
+                first = replica.last_reconcile
+                await eventually(lambda: replica.last_reconcile != first, what="another pass")
+            assert c.cluster["controller"].store.rv == rv  # not a single write
+        finally:
+            await itself.close()
+
+
+async def test_a_standby_maintainer_takes_over_the_copies_without_redoing_them(
+    servers: Servers,
+) -> None:
+    """Two maintainer processes; the leader is killed (no hand-over). The standby's first
+    full reconciles find every copy in step and write nothing; then it carries changes."""
+    async with clusters(servers.tmp_path) as c, aiohttp.ClientSession() as session:
+        shard_dir = servers.tmp_path / "shard-kubeconfigs"
+        shard_dir.mkdir()
+        for shard in SHARDS:
+            shutil.copy(c.cluster[shard].kubeconfig, shard_dir / f"{shard}.kubeconfig")
+        s3 = servers.s3
+        sections = {
+            "log": {"format": "json", "level": "INFO"},
+            "postgres": {"dsn": servers.postgres_dsn, "pool_max_size": 4},
+            "redis": {"url": servers.redis_url, "key_prefix": servers.redis_prefix},
+            "storage": {
+                "endpoint_url": s3.endpoint_url,
+                "region": s3.region,
+                "access_key_id": s3.access_key_id,
+                "secret_access_key": s3.secret_access_key,
+                "bucket": s3.bucket,
+            },
+            "shards": {
+                "kubeconfig_dir": str(shard_dir),
+                "controller_kubeconfig": str(c.cluster["controller"].kubeconfig),
+                "controller_namespace": "nexus",
+                "runtime_namespace": RUNTIME_NS,
+            },
+            "replication": {"enabled": True, "interval": 0.5, "max_backoff": 0.3},
+        }
+        await c.put(SECRETS, secret("db", password="x"))
+        for name in ("t1", "t2"):
+            await c.put(TEMPLATES, template(name, secret="db"))
+        with processes() as children:
+            started: dict[str, Process] = {}
+            for name in ("first", "second"):
+                env = environment(
+                    {**sections, "maintainer": {**FAST, "instance": name, "lease_ttl": 1.5}}
+                )
+                log_path = servers.tmp_path / f"{name}.log"
+                children.append(spawn("maintainer", env, log_path, free_port()))
+                started[name] = children[-1]
+                await wait_ready(session, started[name])
+                if name == "first":
+                    await eventually(lambda: leading(started["first"]), what="first leads")
+            first, second = started["first"], started["second"]
+
+            async def copied(shard: str) -> bool:
+                return set(await c.copies(shard, TEMPLATES)) == {"t1", "t2"} and (
+                    await c.shards[shard].get(SECRETS, "db") is not None
+                )
+
+            await on_every_shard(c, copied, "the copies made by the first leader")
+            settled = {s: c.cluster[s].store.rv for s in SHARDS}
+            first.kill()
+
+            async def reconciled() -> bool:
+                async with session.get(f"http://127.0.0.1:{second.port}/metrics") as answer:
+                    text = await answer.text()
+                stamps = [
+                    line
+                    for line in text.splitlines()
+                    if line.startswith("nexus_configuration_last_reconcile_timestamp_seconds{")
+                ]
+                return len(stamps) == 2 and all(float(s.split()[-1]) > 0 for s in stamps)
+
+            await eventually(lambda: leading(second), what="the standby leads")
+            await eventually(reconciled, 15, "full reconciles by the new leader")
+            assert {s: c.cluster[s].store.rv for s in SHARDS} == settled  # nothing rewritten
+            assert not [line for line in second.lines() if line.get("write")]
+
+            await c.put(TEMPLATES, template("t1", "changed", secret="db"))
+
+            async def changed(shard: str) -> bool:
+                found = await c.shards[shard].get(TEMPLATES, "t1")
+                return found is not None and found["spec"]["container"]["image"] == "changed"
+
+            await on_every_shard(c, changed, "the change carried by the new leader")
+            writes = [
+                (line["shard"], line["write"]) for line in second.lines() if line.get("write")
+            ]
+            assert sorted(writes) == [("shard-a", "updated"), ("shard-b", "updated")]
+            second.terminate()
+            assert second.popen.returncode == 0
