@@ -118,9 +118,11 @@ _LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 
 @dataclass(frozen=True)
 class ReplicationSection:
-    """The configuration controller: the leading maintainer keeps a copy of every template
-    and workgroup of the controller namespace, and of the Secrets and ConfigMaps templates
-    reference, in each shard's runtime namespace (README, "Deploying")."""
+    """The configuration controller: copies of templates, workgroups and what they use.
+
+    The leading maintainer keeps a copy of every template and workgroup of the controller
+    namespace, and of the Secrets and ConfigMaps templates reference, in each shard's
+    runtime namespace (README, "Deploying")."""
 
     enabled: bool = False
     """Whether to keep the copies. Off by default because a single cluster that is its own

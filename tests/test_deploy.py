@@ -30,6 +30,7 @@ from aiohttp import web
 from support.podsecurity import restricted_violations
 from test_jobs import LINKS, checkpoint
 
+from maintainer.copies import KINDS
 from maintainer.settings import MaintainerSettings
 from nexus.core.config import load_settings
 from nexus.core.labels import ALGORITHM_RUN, COMPONENT_LABEL
@@ -159,18 +160,34 @@ def test_each_overlay_holds_what_its_cluster_runs(rendered: dict[str, Any]) -> N
     assert deployments["shard"] == {"nexus-receiver"}
     for name in ("single-cluster", "controller"):
         assert set(of_kind(rendered[name], "Job")) == {"nexus-migrate"}
-        assert len(of_kind(rendered[name], "CustomResourceDefinition")) == 2
+    for name in OVERLAYS:  # a shard holds the copies of templates and workgroups
+        assert len(of_kind(rendered[name], "CustomResourceDefinition")) == 2, name
     shard = rendered["shard"]
-    assert not of_kind(shard, "Job") and not of_kind(shard, "CustomResourceDefinition")
-    # a shard grants the controller's identity its runs, and holds a token for it
-    assert set(of_kind(shard, "RoleBinding")) == {"nexus-runs"}
+    assert not of_kind(shard, "Job")
+    # a shard grants the controller's identity its runs and the configuration copies,
+    # and holds a token for it
+    assert set(of_kind(shard, "RoleBinding")) == {"nexus-runs", "nexus-configuration"}
     token = of_kind(shard, "Secret")["nexus-token"]
     assert token["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "nexus"
-    assert set(of_kind(rendered["controller"], "RoleBinding")) == {"nexus-catalog"}
+    assert set(of_kind(rendered["controller"], "RoleBinding")) == {
+        "nexus-catalog",
+        "nexus-configuration-source",
+    }
     assert set(of_kind(rendered["single-cluster"], "RoleBinding")) == {
         "nexus-catalog",
+        "nexus-configuration-source",
         "nexus-runs",
+        "nexus-configuration",
     }
+    # the controller overlay turns the configuration controller on; one cluster needs none
+    settings = {
+        overlay: {
+            k: v for c in of_kind(objects, "ConfigMap").values() for k, v in c["data"].items()
+        }
+        for overlay, objects in rendered.items()
+    }
+    assert settings["controller"]["NEXUS__REPLICATION__ENABLED"] == "true"
+    assert "NEXUS__REPLICATION__ENABLED" not in settings["single-cluster"]
     for name, objects in rendered.items():
         (namespace,) = of_kind(objects, "Namespace").values()
         assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -194,6 +211,42 @@ def test_the_runs_role_allows_what_the_scheduler_and_maintainer_call(
     needed = {("batch", "jobs", v) for v in ("create", "delete", "get", "list", "watch")}
     needed |= {("", r, v) for r in ("pods", "events") for v in ("get", "list", "watch")}
     assert needed <= granted
+
+
+def _granted(role: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def test_the_configuration_roles_allow_what_the_maintainer_calls(
+    rendered: dict[str, Any],
+) -> None:
+    """On a shard it reads and writes the copies; in the controller cluster it watches the
+    sources. Taken from the kinds the maintainer copies, so a new one needs its grant."""
+    roles = of_kind(rendered["shard"], "Role")
+    on_shards = _granted(roles["nexus-configuration"])
+    sources = of_kind(rendered["controller"], "Role")
+    in_controller = _granted(sources["nexus-catalog"]) | _granted(
+        sources["nexus-configuration-source"]
+    )
+    for kind in KINDS:
+        group, plural = kind.resource.group, kind.resource.plural
+        for verb in ("get", "list", "create", "update", "delete"):
+            assert (group, plural, verb) in on_shards, (plural, verb)
+        for verb in ("get", "list", "watch"):
+            assert (group, plural, verb) in in_controller, (plural, verb)
+        # a copy is never patched, and nothing of the source is ever written
+        assert (group, plural, "patch") not in on_shards
+        assert not {v for g, r, v in in_controller if (g, r) == (group, plural)} - {
+            "get",
+            "list",
+            "watch",
+        }
 
 
 # -- valid Kubernetes --------------------------------------------------------------------
