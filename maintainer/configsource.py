@@ -19,6 +19,9 @@ Guarantees:
   template) are not passed on, so writing status could never start a loop.
 * A source object that is itself one of this deployment's copies (it carries the mark)
   is not a source: copying it would copy a copy.
+* A Secret or ConfigMap a template references but the controller namespace lacks is
+  logged once and counted (``nexus_configuration_missing_sources``); it is copied as
+  soon as it appears.
 """
 
 from __future__ import annotations
@@ -54,6 +57,12 @@ SOURCE_LISTED = Gauge(
     ["kind"],
 )
 
+MISSING = Gauge(
+    "nexus_configuration_missing_sources",
+    "Secrets and ConfigMaps templates reference that the controller namespace lacks.",
+    ["kind"],
+)
+
 Listener = Callable[[set[Key], bool], None]
 """Told the keys whose copy changed, and whether a full reconcile is due."""
 
@@ -79,10 +88,14 @@ class ConfigurationSource:
         self.referenced: dict[str, tuple[set[str], set[str]]] = {}
         """Template name → the Secrets and ConfigMaps it references."""
         self.listed: set[Kind] = set()
+        self.missing: dict[Kind, set[str]] = {SECRET: set(), CONFIG_MAP: set()}
+        """Referenced Secrets and ConfigMaps that the controller namespace lacks."""
         self.listeners: list[Listener] = []
         self._wanted: dict[Key, Copy] = {}
         for kind in KINDS:
             SOURCE_LISTED.labels(kind.name).set(0)
+        for kind in (SECRET, CONFIG_MAP):
+            MISSING.labels(kind.name).set(0)
 
     def covers(self, kind: Kind) -> bool:
         """Whether the copies of ``kind`` are known, so that they may be written or deleted."""
@@ -162,18 +175,19 @@ class ConfigurationSource:
     def _recompute(self, *, full: bool) -> None:
         """The wanted copies afresh; listeners hear which changed."""
         wanted: dict[Key, Copy] = {}
-        secrets: set[str] = set()
-        config_maps: set[str] = set()
+        referenced: dict[Kind, set[str]] = {SECRET: set(), CONFIG_MAP: set()}
         for secret_names, config_map_names in self.referenced.values():
-            secrets |= secret_names
-            config_maps |= config_map_names
+            referenced[SECRET] |= secret_names
+            referenced[CONFIG_MAP] |= config_map_names
         for kind in KINDS:
             if not self.covers(kind):
                 continue
-            names = secrets if kind is SECRET else config_maps if kind is CONFIG_MAP else None
+            names = referenced.get(kind)
             for name, copy in self.objects[kind].items():
                 if names is None or name in names:
                     wanted[copy.key] = copy
+            if names is not None:
+                self._report_missing(kind, names - self.objects[kind].keys())
         before = self._wanted
         changed = {
             key
@@ -187,14 +201,18 @@ class ConfigurationSource:
             for listener in self.listeners:
                 listener(changed, full)
 
-    def missing(self) -> dict[Kind, set[str]]:
-        """Secrets and ConfigMaps templates reference that the controller namespace lacks."""
-        secrets: set[str] = set()
-        config_maps: set[str] = set()
-        for secret_names, config_map_names in self.referenced.values():
-            secrets |= secret_names
-            config_maps |= config_map_names
-        return {
-            SECRET: secrets - set(self.objects[SECRET]),
-            CONFIG_MAP: config_maps - set(self.objects[CONFIG_MAP]),
-        }
+    def _report_missing(self, kind: Kind, missing: set[str]) -> None:
+        """Say (once each) which referenced Secrets or ConfigMaps the controller lacks:
+        no shard gets a copy, and the Jobs of the templates that name them cannot start
+        there unless the reference is optional."""
+        known = self.missing[kind]
+        for name in sorted(missing - known):
+            side = 1 if kind is CONFIG_MAP else 0
+            users = sorted(t for t, refs in self.referenced.items() if name in refs[side])
+            log.warning(
+                "templates reference a %s the controller namespace lacks; no shard gets a copy",
+                kind.name,
+                extra={"object": name, "templates": users, "namespace": self.namespace},
+            )
+        self.missing[kind] = missing
+        MISSING.labels(kind.name).set(len(missing))

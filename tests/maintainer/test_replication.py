@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from harness import Servers
 from maintaining import FAST, Process, environment, processes, spawn, wait_ready
 from replicating import (
@@ -29,6 +30,7 @@ from replicating import (
     workgroup,
     written,
 )
+from support.standin import stand_in_shard
 from support.system import free_port
 
 from maintainer.copies import MANAGED_BY_LABEL, MANAGER, OWNER_LABEL, SOURCE_UID
@@ -150,7 +152,7 @@ async def test_creates_updates_and_deletes_reach_every_shard(tmp_path: Path) -> 
 async def test_objects_without_the_mark_are_never_touched(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="maintainer.replication")
+    caplog.set_level(logging.WARNING, logger="maintainer.shardcopies")
     async with clusters(tmp_path) as c:
         shard_a = c.shards["shard-a"]
         # on shard-a: a template of the same name made by hand, a Secret of the same name
@@ -602,3 +604,86 @@ async def test_a_standby_maintainer_takes_over_the_copies_without_redoing_them(
             assert sorted(writes) == [("shard-a", "updated"), ("shard-b", "updated")]
             second.terminate()
             assert second.popen.returncode == 0
+
+
+async def test_a_shard_that_refuses_some_copies_gets_the_others(tmp_path: Path) -> None:
+    """RBAC that forbids Secrets on one shard: its templates are still copied, the refusal
+    is counted, and the other shard gets everything."""
+    created: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        collection = request.path.split("/")[-3] == "namespaces"
+        if request.method == "GET" and collection:
+            return web.json_response(
+                {"kind": "List", "metadata": {"resourceVersion": "1"}, "items": []}
+            )
+        if request.method == "POST" and request.path.endswith("/secrets"):
+            status = {"kind": "Status", "message": 'secrets is forbidden: User "x" cannot create'}
+            return web.json_response(status, status=403)
+        if request.method == "POST":
+            body = await request.json()
+            created.append(body["metadata"]["name"])
+            body["metadata"]["uid"] = f"uid-{len(created)}"
+            return web.json_response(body, status=201)
+        return web.json_response({"kind": "Status", "message": "not found"}, status=404)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    async with clusters(tmp_path) as c, stand_in_shard(app, tmp_path) as kubeconfig:
+        refusing = await ShardClient.from_kubeconfig("refusing", kubeconfig, RUNTIME_NS, timeout=2)
+        try:
+            await c.put(SECRETS, secret("db", password="x"))
+            await c.put(TEMPLATES, template("algo", secret="db"))
+            rejected = metric(
+                "nexus_configuration_failures_total", shard="refusing", reason="rejected"
+            )
+            shards = {**c.shards, "refusing": refusing}
+            async with replicating(c, shards=shards):
+                await eventually(lambda: "algo" in created, what="the template copied")
+                await eventually(
+                    lambda: (
+                        copies_of("refusing", "secret", "out_of_sync") == 1
+                        and copies_of("refusing", "template", "in_sync") == 1
+                        and metric(
+                            "nexus_configuration_failures_total",
+                            shard="refusing",
+                            reason="rejected",
+                        )
+                        > rejected
+                    ),
+                    what="the refusal counted",
+                )
+
+                async def copied(shard: str) -> bool:
+                    return await c.shards[shard].get(SECRETS, "db") is not None
+
+                await on_every_shard(c, copied, "the other shards served")
+            assert "db" not in created
+        finally:
+            await refusing.close()
+
+
+async def test_a_reference_the_controller_lacks_is_reported_then_copied_when_it_appears(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="maintainer.configsource")
+    async with clusters(tmp_path) as c:
+        await c.put(TEMPLATES, template("algo", secret="later", config_map="absent"))
+        async with replicating(c):
+            await eventually(
+                lambda: (
+                    metric("nexus_configuration_missing_sources", kind="secret") == 1
+                    and metric("nexus_configuration_missing_sources", kind="configmap") == 1
+                ),
+                what="the missing references counted",
+            )
+            logged = [r for r in caplog.records if "lacks" in r.getMessage()]
+            assert sorted(r.object for r in logged) == ["absent", "later"]  # type: ignore[attr-defined]
+            assert all(r.templates == ["algo"] for r in logged)  # type: ignore[attr-defined]
+            await c.put(SECRETS, secret("later", k="v"))
+
+            async def copied(shard: str) -> bool:
+                return await c.shards[shard].get(SECRETS, "later") is not None
+
+            await on_every_shard(c, copied, "the Secret copied once it exists")
+            assert metric("nexus_configuration_missing_sources", kind="secret") == 0
