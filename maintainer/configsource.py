@@ -27,6 +27,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -109,21 +110,29 @@ class ConfigurationSource:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Follow the four kinds until ``stopping`` is set."""
-        async with asyncio.TaskGroup() as group:
+        try:
+            async with asyncio.TaskGroup() as group:
+                for kind in KINDS:
+                    group.create_task(
+                        follow(
+                            self.client,
+                            kind.resource,
+                            namespace=self.namespace,
+                            stopping=stopping,
+                            on_sync=self._syncer(kind),
+                            on_event=self._applier(kind),
+                            watch_timeout=self.watch_timeout,
+                            max_backoff=self.max_backoff,
+                        ),
+                        name=f"maintainer:configuration:{kind.name}",
+                    )
+        finally:  # a maintainer that stopped leading reports nothing stale
             for kind in KINDS:
-                group.create_task(
-                    follow(
-                        self.client,
-                        kind.resource,
-                        namespace=self.namespace,
-                        stopping=stopping,
-                        on_sync=self._syncer(kind),
-                        on_event=self._applier(kind),
-                        watch_timeout=self.watch_timeout,
-                        max_backoff=self.max_backoff,
-                    ),
-                    name=f"maintainer:configuration:{kind.name}",
-                )
+                with contextlib.suppress(KeyError):
+                    SOURCE_LISTED.remove(kind.name)
+            for kind in (SECRET, CONFIG_MAP):
+                with contextlib.suppress(KeyError):
+                    MISSING.remove(kind.name)
 
     # -- keeping up ------------------------------------------------------------------------
 

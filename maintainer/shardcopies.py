@@ -14,6 +14,7 @@ answers; whatever happens, the loop never raises for the shard's sake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -94,6 +95,8 @@ class ShardReplica:
         self.last_reconcile: float | None = None
         """Unix time of the last complete full reconcile."""
         self.wake = asyncio.Event()
+        self.reached = False
+        """Whether the current attempt got an answer from the shard."""
 
     def touch(self, keys: set[Key], full: bool) -> None:
         """The source's copies of ``keys`` changed (and a full reconcile is due if ``full``)."""
@@ -103,59 +106,63 @@ class ShardReplica:
         self.publish()
 
     async def run(self, stopping: asyncio.Event) -> None:
+        """Keep the shard in step until ``stopping`` is set; never raises for its sake."""
         loop = asyncio.get_running_loop()
         backoff = Backoff(first=0.5, cap=self.section.max_backoff)
         next_full = loop.time()
         REACHABLE.labels(self.shard).set(0)
-        self.publish()
-        while not stopping.is_set():
-            self.wake.clear()
-            try:
-                if self.full_due or loop.time() >= next_full:
-                    next_full = loop.time() + self.section.interval
-                    await self.reconcile_all()
-                elif self.dirty:
-                    await self.reconcile_some()
+        try:
+            while not stopping.is_set():
+                self.wake.clear()
+                self.reached = False
+                try:
+                    if self.full_due or loop.time() >= next_full:
+                        next_full = loop.time() + self.section.interval
+                        await self.reconcile_all()
+                    elif self.dirty:
+                        await self.reconcile_some()
+                except _NotLeading:
+                    self.full_due = True
+                    await sleep_or_stop(stopping, self.section.max_backoff)
+                    continue
+                except NexusError as exc:
+                    self.full_due = True  # whatever was missed is found by a full reconcile
+                    await sleep_or_stop(stopping, self._failed(exc, backoff))
+                    continue
+                finally:
+                    self.publish()
                 backoff.succeeded()
-                REACHABLE.labels(self.shard).set(1)
-            except _NotLeading:
-                self.full_due = True
-                await sleep_or_stop(stopping, self.section.max_backoff)
-                continue
-            except (DependencyError, ShardThrottled) as exc:
-                self.full_due = True
-                delay = backoff.failed()
-                if isinstance(exc, ShardThrottled):  # the server says how long
-                    delay = max(delay, exc.retry_after)
-                reason = "throttled" if isinstance(exc, ShardThrottled) else "unavailable"
-                FAILURES.labels(self.shard, reason).inc()
-                REACHABLE.labels(self.shard).set(0)
-                log.warning(
-                    "cannot reconcile configuration copies; retrying in %.1fs: %s",
-                    delay,
-                    exc,
-                    extra={"shard": self.shard, "failures": backoff.failures},
-                )
-                await sleep_or_stop(stopping, delay)
-                continue
-            except NexusError as exc:  # refused (401, 403…): asked again, less and less often
-                self.full_due = True
-                delay = backoff.failed()
-                FAILURES.labels(self.shard, "rejected").inc()
-                log.error(
-                    "the shard refused a reconcile of configuration copies; retrying in %.1fs: %s",
-                    delay,
-                    exc,
-                    extra={"shard": self.shard, "failures": backoff.failures},
-                )
-                await sleep_or_stop(stopping, delay)
-                continue
-            finally:
-                self.publish()
-            if self.dirty or self.full_due:
-                continue
-            left = max(0.0, next_full - loop.time())
-            await first_of(stopping, self.wake, timeout=left)
+                if self.reached:
+                    REACHABLE.labels(self.shard).set(1)
+                if self.dirty or self.full_due:
+                    continue
+                await first_of(stopping, self.wake, timeout=max(0.0, next_full - loop.time()))
+        finally:
+            self.forget()
+
+    def _failed(self, exc: NexusError, backoff: Backoff) -> float:
+        """Count and log a failed attempt; how long to wait before the next."""
+        delay = backoff.failed()
+        if isinstance(exc, ShardThrottled):  # the server says how long
+            delay = max(delay, exc.retry_after)
+        level = logging.WARNING
+        if isinstance(exc, ShardThrottled):
+            reason = "throttled"
+        elif isinstance(exc, DependencyError):
+            reason = "unavailable"
+            REACHABLE.labels(self.shard).set(0)
+        else:  # refused (401, 403…): asked again, less and less often
+            reason, level = "rejected", logging.ERROR
+        FAILURES.labels(self.shard, reason).inc()
+        log.log(
+            level,
+            "cannot reconcile configuration copies (%s); retrying in %.1fs: %s",
+            reason,
+            delay,
+            exc,
+            extra={"shard": self.shard, "failures": backoff.failures},
+        )
+        return delay
 
     # -- reconciling -----------------------------------------------------------------------
 
@@ -179,6 +186,7 @@ class ShardReplica:
                     "cannot list the %s copies: %s", kind.name, exc, extra={"shard": self.shard}
                 )
                 continue
+            self.reached = True
             ours = {o["metadata"]["name"]: o for o in listing.items if self.mark.owns(o)}
             wanted = {k: c for k, c in self.source.wanted().items() if k[0] is kind}
             for key, copy in wanted.items():
@@ -221,6 +229,7 @@ class ShardReplica:
                 continue
             try:
                 found = await self.client.get(kind.resource, name)
+                self.reached = True
                 await self._settle(key, self.source.wanted().get(key), found)
             except ShardRejected as exc:  # this one refused: the next full reconcile retries
                 self._refused(key, str(exc), "write")
@@ -388,3 +397,14 @@ class ShardReplica:
         for kind, states in self.counts().items():
             for state, count in states.items():
                 COPIES.labels(self.shard, kind.name, state).set(count)
+
+    def forget(self) -> None:
+        """Drop this shard's gauges: a maintainer that stopped leading reports nothing
+        stale (the leader's are the ones to read)."""
+        for kind in KINDS:
+            for state in _STATES:
+                with contextlib.suppress(KeyError):
+                    COPIES.remove(self.shard, kind.name, state)
+        for gauge in (REACHABLE, LAST_RECONCILE):
+            with contextlib.suppress(KeyError):
+                gauge.remove(self.shard)
