@@ -22,7 +22,7 @@ from collections.abc import Callable
 from prometheus_client import Counter, Gauge
 
 from maintainer.configsource import ConfigurationSource
-from maintainer.copies import KINDS, Copy, Key, Kind, Mark, Obj, in_step
+from maintainer.copies import KINDS, Copy, Key, Kind, Mark, Obj, Ownership, in_step
 from maintainer.settings import ReplicationSection
 from nexus.core.errors import DependencyError, NexusError, ShardRejected, ShardThrottled
 from nexus.core.shards import ShardClient
@@ -86,8 +86,8 @@ class ShardReplica:
         """Copies known to be in step on the shard: key → the fingerprint they hold."""
         self.stale: dict[Key, str] = {}
         """Our copies on the shard that the source no longer wants: key → uid."""
-        self.occupied: dict[Key, str] = {}
-        """Names held on the shard by an object not ours: key → why (foreign or source)."""
+        self.occupied: dict[Key, Ownership] = {}
+        """Names held on the shard by an object not ours: key → whose (foreign or source)."""
         self.refused: dict[Key, str] = {}
         """Copies the shard refused (invalid, kind not served): key → its message."""
         self.dirty: set[Key] = set()
