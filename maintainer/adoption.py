@@ -4,8 +4,8 @@ A scheduler pod keeps a heartbeat in Redis; when it stops (SIGKILL, a lost node)
 heartbeat expires and its runs — queued, waiting out a retry delay, or taken off the queue
 but not yet settled — would wait for ever. Every ``adopt_interval`` the leader moves each
 dead pod's runs to a live pod with :meth:`QueueBackend.adopt`: one Lua script, so a run is
-in exactly one place before and after, keeping its priority (its arrival time), which
-puts it ahead of newer runs. Dead pods are spread over the live ones in turn.
+in exactly one place before and after, keeping its order, ahead of the live pod's
+newer runs (see ``adopt.lua``). Dead pods are spread over the live ones in turn.
 
 Adopting twice is harmless: the second finds the dead pod gone and moves nothing. With no
 live pod the dead pods' runs stay where they are, safe, until one starts.

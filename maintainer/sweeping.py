@@ -11,7 +11,7 @@ period are looked at, by the database's clock.
   ``RUNNING`` write was lost) → ``RUNNING``, however long it was queued. Otherwise,
   queued longer than ``max_queue_time`` → ``DEADLINE_EXCEEDED``. In no
   queue of any scheduler pod (Redis lost, a push that never happened) → pushed back onto a
-  live pod's queue at its original priority (its arrival time, so ahead of newer runs),
+  live pod's queue ahead of the runs it queued since (whoever's they are),
   counted as an attempt; once attempts reach ``max_requeues`` → ``SCHEDULING_FAILED``.
 * ``NEW`` — stuck between its first checkpoint and ``BUFFERED``: its input exists →
   ``BUFFERED`` and queued; otherwise ``SCHEDULING_FAILED``, "submission lost".
@@ -45,7 +45,7 @@ from maintainer.shardwatch import ShardWatch
 from maintainer.signals import JOB_LOST, NO_RESULT, job_outcome
 from nexus.core.checkpoints import IDEMPOTENCY_WINDOW, CheckpointStore
 from nexus.core.errors import DependencyError, NexusError
-from nexus.core.queues import QueueBackend, QueuedRun
+from nexus.core.queues import AHEAD, QueueBackend, QueuedRun
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import JOBS
 from nexus.core.storage import PayloadStore
@@ -204,10 +204,11 @@ class Sweeper:
         await self.actions.apply(acts)
 
     async def _push(self, shard: str, rows: Sequence[SweepRow], live: list[str]) -> None:
-        """Queue ``rows`` on a live pod at their original priority (ahead of newer runs)."""
+        """Queue ``rows`` on a live pod ahead of newer runs, in the order they came."""
         pod = live[self._next_pod % len(live)]
         self._next_pod += 1
-        queued = [QueuedRun(shard, r.key, r.received_at.timestamp() * 1000) for r in rows]
+        rows = sorted(rows, key=lambda r: r.received_at)
+        queued = [QueuedRun(shard, r.key, 0.0, AHEAD) for r in rows]
         await self.queues.queue(pod).push(queued)
         log.info("queued runs again", extra={"pod": pod, "shard": shard, "runs": len(queued)})
 

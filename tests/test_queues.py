@@ -16,7 +16,7 @@ from support.system import free_port, local_system, serve_scheduler, template
 
 from nexus.core.config import RedisSettings
 from nexus.core.errors import QueueUnavailable
-from nexus.core.queues import Pods, QueueBackend, QueuedRun, RunQueue
+from nexus.core.queues import Pods, QueueBackend, QueuedRun, RunQueue, Share
 from nexus.core.runs import RunKey
 from nexus_dev.servers.services import LocalRedis
 
@@ -54,10 +54,10 @@ async def places(backend: QueueBackend, pod: str, item: QueuedRun) -> list[str]:
 
 async def use_every_queue_key(backend: QueueBackend) -> None:
     """Have one pod's queue and one shard's throttle write every kind of key they keep:
-    pods, shards, ready (two shards), delayed, in flight and bucket."""
+    pods, shards, ready (two shards), delayed, in flight, fair shares, clocks and bucket."""
     queue = backend.queue("pod-1")
     await queue.heartbeat(10)
-    await queue.push([run(1), run(2, OTHER)])
+    await queue.push([run(1), replace(run(0, OTHER), share=Share("=caller", 1.0))])
     popped = await queue.pop(SHARD, 1)
     await queue.delay(SHARD, popped, 10)
     await backend.take_tokens(SHARD, 1, 10, 10, 0.1)
@@ -68,7 +68,9 @@ async def test_every_key_starts_with_the_prefix(backend: QueueBackend, redis_pre
     assert await backend.hold_lease("maintainer", "me", 10)
     keys = [k.decode() async for k in backend.client.scan_iter(match="*", count=1000)]
     mine = [k for k in keys if redis_prefix in k]
-    assert len(mine) == 7  # pods, shards, ready (other shard), delayed, in flight, bucket, lease
+    # pods, shards, ready (other shard), delayed, in flight, shares, clocks of both shards,
+    # bucket, lease
+    assert len(mine) == 10
     assert all(k.startswith(redis_prefix) for k in mine)
 
 
@@ -87,7 +89,7 @@ async def test_keys_a_script_uses_together_share_a_cluster_slot(
     mine = [k for k in keys if k.startswith(redis_prefix)]
     queues = [k for k in mine if ":throttle:" not in k]
     # every queue of every pod: adoption moves runs between pods in one script
-    assert len(queues) == 5 and {hash_tag(k) for k in queues} == {"q"}
+    assert len(queues) == 8 and {hash_tag(k) for k in queues} == {"q"}
     (bucket,) = [k for k in mine if ":throttle:" in k]
     assert hash_tag(bucket) == SHARD
 
@@ -235,7 +237,7 @@ async def test_pods_live_and_dead_by_heartbeat(backend: QueueBackend) -> None:
     assert sorted((await backend.pods()).live) == ["pod-a", "pod-b"]
 
 
-async def test_adopt_moves_everything_keeping_priorities(backend: QueueBackend) -> None:
+async def test_adopt_moves_everything_keeping_its_order(backend: QueueBackend) -> None:
     dead, live = backend.queue("pod-dead"), backend.queue("pod-live")
     await dead.heartbeat(0.01)
     await live.heartbeat(30)
@@ -262,14 +264,11 @@ async def test_adopt_moves_everything_keeping_priorities(backend: QueueBackend) 
     assert await dead.shards() == set()
     assert await live.shards() == {SHARD, OTHER}
     popped = await live.pop(SHARD, 10)
-    assert [(r.key, r.priority) for r in popped] == [
-        (flying.key, 5),
-        (delayed.key, 8),
-        (queued_a[0].key, 10),
-        (own[0].key, 30),
-        (queued_a[1].key, 40),
-        (own[1].key, 1000),
-    ]
+    # in their order, ahead of what the live pod queued before it adopted them
+    assert [r.key for r in popped] == [
+        flying.key, delayed.key, queued_a[0].key, queued_a[1].key, own[0].key, own[1].key
+    ]  # fmt: skip
+    assert popped[3].priority - popped[0].priority == 40 - 5  # shifted, not re-ordered
     assert [r.key for r in await live.pop(OTHER, 10)] == [queued_b[0].key]
     # nothing of the dead pod is left in Redis
     k = backend.keys
@@ -361,7 +360,9 @@ async def adopt_script(backend: QueueBackend, dead: str, live: str, shards: list
     k = backend.keys
     keys = [k.pods, k.shards(dead), k.inflight(dead), k.shards(live), k.inflight(live)]
     for shard in shards:
-        keys += [k.ready(dead, shard), k.delayed(dead, shard), k.ready(live, shard)]
+        keys += [
+            k.ready(dead, shard), k.delayed(dead, shard), k.ready(live, shard), k.clocks(shard)
+        ]  # fmt: skip
     return int(await backend.run("adopt", keys, [dead, live, *shards]))
 
 

@@ -5,15 +5,18 @@ and every multi-key operation is one Lua script (``nexus/core/lua/*.lua``), so e
 and costs one round trip.
 
 Queues: each scheduler pod owns one *ready* sorted set per shard, scored by the run's
-priority (the time it was first received, in ms), so runs that were delayed or recovered go
-ahead of newer ones. A pop moves runs from *ready* to the pod's *in-flight* set in the same
-script, so a run taken off the queue but not yet turned into a Job survives a crash of the
-pod; it is acknowledged (removed) only after its checkpoint records the outcome. A retry
-delay keeps the run in flight and lists it in the *delayed* set until it is due. Each pod
-keeps a heartbeat in the *pods* set; when it expires, :meth:`QueueBackend.adopt` moves
-everything the dead pod held to a live pod's ready queues, atomically. A pod restarted under
-the same name keeps its heartbeat, so nothing adopts what its previous process held in
-flight: it takes those runs back itself when it starts (:meth:`RunQueue.recover`).
+priority: its virtual start tag under weighted fair share across callers (see
+:mod:`nexus.scheduler.fairshare`; computed by the push script), so that a caller's batch of
+100,000 runs does not starve another caller's single run, and runs that were delayed or
+recovered go ahead of newer ones. A pop moves runs from *ready* to the pod's *in-flight* set
+in the same script, so a run taken off the queue but not yet turned into a Job survives a
+crash of the pod; it is acknowledged (removed) only after its checkpoint records the
+outcome. A retry delay keeps the run in flight and lists it in the *delayed* set until it is
+due. Each pod keeps a heartbeat in the *pods* set; when it expires,
+:meth:`QueueBackend.adopt` moves everything the dead pod held to a live pod's ready queues,
+atomically. A pod restarted under the same name keeps its heartbeat, so nothing adopts what
+its previous process held in flight: it takes those runs back itself when it starts
+(:meth:`RunQueue.recover`).
 
 Every key starts with the configured prefix. Redis Cluster: all queue keys share one hash
 tag (``<prefix>:{q}:…``) because adoption moves runs between pods' keys in one script;
@@ -79,6 +82,15 @@ class KeySpace:
         """Sorted set: ``shard/algorithm/id`` → priority, runs taken but not yet settled."""
         return f"{self._queues}:inflight:{pod}"
 
+    def shares(self, shard: str) -> str:
+        """Hash: per caller (flow), the tag after its last queued run (``f:<flow>``) and the
+        pod it was queued on (``p:<flow>``), for a shard: fair share across every pod."""
+        return f"{self._queues}:shares:{shard}"
+
+    def clocks(self, shard: str) -> str:
+        """Hash: pod → its virtual time for a shard (the tag of the last run it popped)."""
+        return f"{self._queues}:clocks:{shard}"
+
     def throttle(self, shard: str) -> str:
         """Hash: the token bucket of a shard's Job creations."""
         return f"{self.prefix}:throttle:{{{shard}}}"
@@ -89,12 +101,33 @@ class KeySpace:
 
 
 @dataclass(frozen=True, slots=True)
+class Share:
+    """Whose share a run pushed to a queue counts against, and how much it costs.
+
+    ``flow`` names the caller (or ``""``: :data:`AHEAD`), ``step`` is ``1 / weight``: a
+    caller of weight 2 advances its tags half as fast as one of weight 1, and so gets
+    twice the dispatches while both wait."""
+
+    flow: str
+    step: float
+
+
+AHEAD = Share("", 0.0)
+"""A run recovered from outside the queues (the maintainer's sweep): ahead of every run
+the pod queued since, whoever's it is."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueuedRun:
-    """A run on a queue: which shard it is for, which run, and its priority (ms)."""
+    """A run on a queue: which shard it is for, which run, and its priority (its tag).
+
+    Pushed with a :class:`Share`, its priority is computed by the push script (weighted
+    fair share); pushed without one, it is queued at ``priority`` as given."""
 
     shard: str
     key: RunKey
     priority: float
+    share: Share | None = None
 
     @property
     def member(self) -> str:
@@ -122,11 +155,13 @@ class QueueBackend:
         self.client = client
         self.keys = keys
         self._scripts: dict[str, AsyncScript] = {}
-        for name in (
-            "push", "pop", "delay", "settle", "adopt", "recover", "position", "missing",
-            "throttle", "backoff", "heartbeat", "pods", "lease", "release",
-        ):  # fmt: skip
-            self._scripts[name] = client.register_script(_script(name))
+        # every script of the folder: those of the modules built on this one (concurrency
+        # slots, quotas) too, which run them through run()
+        folder = importlib.resources.files("nexus.core").joinpath("lua")
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+            if entry.name.endswith(".lua"):
+                name = entry.name.removesuffix(".lua")
+                self._scripts[name] = client.register_script(_script(name))
 
     @classmethod
     def connect(cls, settings: RedisSettings) -> QueueBackend:
@@ -200,7 +235,10 @@ class QueueBackend:
             shards = sorted(names)
             keys = [k.pods, k.shards(dead), k.inflight(dead), k.shards(live), k.inflight(live)]
             for shard in shards:
-                keys += [k.ready(dead, shard), k.delayed(dead, shard), k.ready(live, shard)]
+                keys += [
+                    k.ready(dead, shard), k.delayed(dead, shard), k.ready(live, shard),
+                    k.clocks(shard),
+                ]  # fmt: skip
             moved = int(await self.run("adopt", keys, [dead, live, *shards]))
             if moved >= 0:
                 return moved
@@ -274,21 +312,28 @@ class RunQueue:
         """Put ``runs`` on this pod's queues (one script per shard, pipelined)."""
         by_shard: dict[str, list[Any]] = defaultdict(list)
         for run in runs:
-            by_shard[run.shard] += [run.priority, run.member]
+            share = run.share
+            if share is None:
+                by_shard[run.shard] += ["p", run.priority, run.member]
+            elif share is AHEAD or not share.flow:
+                by_shard[run.shard] += ["a", 0, run.member]
+            else:
+                by_shard[run.shard] += ["f:" + share.flow, share.step, run.member]
         if not by_shard:
             return
         if len(by_shard) == 1 or isinstance(self.backend.client, RedisCluster):
             # A cluster pipeline sends EVALSHA without loading a script the node lacks (a
             # promoted replica, say), so there each shard's push is a call of its own.
             for shard, args in by_shard.items():
-                await self.backend.run("push", self._push_keys(shard), [shard, *args])
+                await self.backend.run("push", self._push_keys(shard), [shard, self.pod, *args])
             return
         script = self.backend._scripts["push"]
         try:
             async with self.backend.client.pipeline(transaction=False) as pipe:
                 batch: Any = pipe  # a pipeline queues script calls like a client
                 for shard, args in by_shard.items():
-                    await script(keys=self._push_keys(shard), args=[shard, *args], client=batch)
+                    args = [shard, self.pod, *args]
+                    await script(keys=self._push_keys(shard), args=args, client=batch)
                 await pipe.execute()
         except _UNAVAILABLE as exc:
             raise QueueUnavailable(f"redis unavailable: {exc}") from exc
@@ -297,13 +342,19 @@ class RunQueue:
 
     def _push_keys(self, shard: str) -> list[str]:
         k = self._keys
-        return [k.ready(self.pod, shard), k.shards(self.pod), k.inflight(self.pod)]
+        return [
+            k.ready(self.pod, shard), k.shards(self.pod), k.inflight(self.pod),
+            k.shares(shard), k.clocks(shard),
+        ]  # fmt: skip
 
     async def pop(self, shard: str, count: int) -> list[QueuedRun]:
         """Take up to ``count`` runs for ``shard``, oldest first, into the in-flight set."""
         k = self._keys
-        keys = [k.ready(self.pod, shard), k.delayed(self.pod, shard), k.inflight(self.pod)]
-        flat = await self.backend.run("pop", keys, [count, shard])
+        keys = [
+            k.ready(self.pod, shard), k.delayed(self.pod, shard), k.inflight(self.pod),
+            k.clocks(shard),
+        ]  # fmt: skip
+        flat = await self.backend.run("pop", keys, [count, shard, self.pod])
         return [QueuedRun.parse(shard, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def settle(self, runs: Sequence[QueuedRun]) -> None:

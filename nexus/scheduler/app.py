@@ -37,6 +37,7 @@ from nexus.scheduler.backpressure import BackPressure, measure_depth
 from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
+from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route
 from nexus.scheduler.settings import SchedulerSettings
@@ -148,6 +149,7 @@ async def _open(
         settings=section,
         pressure=pressure,
         pushed=dispatcher.notify,
+        fair_share=FairShare(s.teams),
     )
     # closed in reverse: pending pushes land first, then the queue is handed over
     stack.push_async_callback(_hand_over, queues, queue)

@@ -49,6 +49,8 @@ class Principal:
 
     caller: str
     algorithms: frozenset[str]
+    weight: float | None = None
+    """Fair-share weight the credential carries (a token's ``weight``, a JWT's claim)."""
 
     def may_run(self, algorithm: str) -> bool:
         return "*" in self.algorithms or algorithm in self.algorithms
@@ -68,7 +70,7 @@ class Authenticator:
 
     def __init__(self, settings: AuthSettings) -> None:
         self._tokens = {
-            t.sha256.lower(): Principal(t.caller, frozenset(t.algorithms))
+            t.sha256.lower(): Principal(t.caller, frozenset(t.algorithms), t.weight)
             for t in settings.service_tokens
         }
         for token in settings.service_tokens:
@@ -168,7 +170,12 @@ class Authenticator:
         caller = claims[s.jwt_caller_claim]
         if not isinstance(caller, str) or not caller.strip():
             raise unauthorized(f"the JWT's {s.jwt_caller_claim} claim must name the caller")
-        principal = Principal(caller, frozenset(allowed))
+        weight = claims.get(s.jwt_weight_claim)
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0
+        ):
+            raise unauthorized(f"the JWT's {s.jwt_weight_claim} claim must be a number > 0")
+        principal = Principal(caller, frozenset(allowed), None if weight is None else float(weight))
         self._verified[token] = (principal, float(claims["exp"]))
         if len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
@@ -339,7 +338,8 @@ class Dispatcher:
             self._creating[shard].release()
         if result.created:
             CREATES.labels(shard, "created" if result.status != 409 else "exists").inc()
-            QUEUE_SECONDS.labels(shard).observe(max(0.0, time.time() - run.priority / 1000))
+            waited = datetime.now(UTC) - checkpoint.received_at
+            QUEUE_SECONDS.labels(shard).observe(max(0.0, waited.total_seconds()))
             return Outcome(run, checkpoint, "created", uid=result.uid)
         if result.status == 429:
             CREATES.labels(shard, "throttled").inc()

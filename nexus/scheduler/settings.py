@@ -21,6 +21,7 @@ from nexus.core.config import (
     positive,
     secret,
 )
+from nexus.scheduler.teamsettings import TeamSettings
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class ServiceToken:
     """Hex SHA-256 of the token; the token itself is never configured or logged."""
     algorithms: tuple[str, ...] = ("*",)
     """Algorithms the caller may run; ``*`` means all."""
+    weight: float | None = None
+    """The caller's fair-share weight, unless ``teams.callers`` gives one."""
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,9 @@ class AuthSettings:
     """Who may call the public API (every route except probes and metrics)."""
 
     service_tokens: tuple[ServiceToken, ...] = field(default=(), repr=False, metadata=secret())
-    """Bearer tokens, as JSON ``[{"caller", "sha256", "algorithms"}]``: each names its caller,
-    the hex SHA-256 of its token, and the algorithms it may run (``["*"]`` for all)."""
+    """Bearer tokens, as JSON ``[{"caller", "sha256", "algorithms", "weight"}]``: each names
+    its caller, the hex SHA-256 of its token, the algorithms it may run (``["*"]`` for
+    all) and, optionally, its fair-share weight."""
     jwt_hs256_secret: str = field(default="", repr=False, metadata=secret())
     """Shared secret for HS256 JWTs (at least 32 bytes); empty disables HS256."""
     jwt_rs256_public_key: str = ""
@@ -72,6 +76,9 @@ class AuthSettings:
     """Claim listing the algorithms a JWT's bearer may run (``*`` for all), like tokens do."""
     jwt_caller_claim: str = "sub"
     """Claim naming the caller (recorded with every run it submits)."""
+    jwt_weight_claim: str = "nexus/weight"
+    """Claim giving the caller's fair-share weight (a number), unless ``teams.callers``
+    gives one."""
     jwt_leeway: Seconds = field(default=30.0, metadata=at_least(0))
     """Clock skew tolerated on ``exp``/``nbf``."""
 
@@ -146,3 +153,4 @@ class SchedulerSettings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     signing: SigningSettings = field(default_factory=SigningSettings)
     scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+    teams: TeamSettings = field(default_factory=TeamSettings)

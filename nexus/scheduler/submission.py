@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,8 +54,10 @@ from nexus.core.templates import (
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.backpressure import BackPressure
 from nexus.scheduler.catalog import Catalog
+from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.settings import SchedulerSection
+from nexus.scheduler.teamsettings import TeamSettings
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Submitter:
         settings: SchedulerSection,
         pressure: BackPressure,
         pushed: Any,
+        fair_share: FairShare | None = None,
     ) -> None:
         self.store = store
         self.payloads = payloads
@@ -128,6 +130,7 @@ class Submitter:
         self.settings = settings
         self.host = settings.pod_name
         self.pressure = pressure
+        self.fair_share = fair_share or FairShare(TeamSettings())
         self.recent_inputs = RecentInputs(settings.recent_inputs)
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
@@ -258,7 +261,8 @@ class Submitter:
                 )
             return Accepted(admission.id, created=False)
         try:
-            await self._pushes.submit(QueuedRun(shard, run.key, time.time() * 1000))
+            share = self.fair_share.share(principal)
+            await self._pushes.submit(QueuedRun(shard, run.key, 0.0, share))
         except QueueUnavailable as exc:
             QUEUE_LATER.inc()
             self.pressure.queue_failed()

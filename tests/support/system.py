@@ -37,6 +37,7 @@ from nexus.core.config import (
 from nexus.core.lifecycle import LIFECYCLE
 from nexus.scheduler.app import create_app as create_scheduler
 from nexus.scheduler.settings import AuthSettings, SchedulerSection, SchedulerSettings, ServiceToken
+from nexus.scheduler.teamsettings import TeamSettings
 from nexus_dev.cluster.emulators import DevCluster, ShardSpec
 from receiver.app import create_app as create_receiver
 from receiver.settings import ReceiverSection, ReceiverSettings
@@ -393,6 +394,7 @@ async def local_system(
     auth: dict[str, Any] | None = None,
     store: dict[str, Any] | None = None,
     storage: dict[str, Any] | None = None,
+    teams: TeamSettings | None = None,
 ) -> AsyncIterator[System]:
     """The whole system; ``auth`` adds settings (JWT keys, issuer…) to the schedulers'
     :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``, ``store``
@@ -464,6 +466,7 @@ async def local_system(
                 retry_max_delay=1,
                 **(section or {}),
             ),
+            teams=teams or TeamSettings(),
         )
         system = System(
             cluster,

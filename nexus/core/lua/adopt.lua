@@ -1,9 +1,12 @@
 -- Move every run of a dead pod -- queued, delayed or in flight -- to a live pod's ready
--- queues, keeping their priorities (so they go ahead of newer runs), and forget the dead pod.
+-- queues, keeping their order, ahead of the runs the live pod queued since its last pop, and
+-- forget the dead pod. Tags are virtual times of the pod that gave them (push.lua): when the
+-- dead pod's reach past the live pod's virtual time, they are all shifted down by the same
+-- amount, so that they stay in their order and go ahead of newer runs.
 -- Atomic: a run is in exactly one place before and after. A run the live pod already holds
 -- in flight is not queued again; one it already has queued keeps the older priority.
 -- KEYS: pods, dead-shards, dead-inflight, live-shards, live-inflight,
---       then per shard: dead-ready, dead-delayed, live-ready
+--       then per shard: dead-ready, dead-delayed, live-ready, clocks
 -- ARGV: dead-pod, live-pod, shard1, shard2, ...
 -- Returns how many runs moved, or changes nothing and returns -1 when the dead pod has runs
 -- for a shard that is not listed (the caller read its shards before they changed, and
@@ -20,7 +23,7 @@ end
 local live_shards, live_inflight = KEYS[4], KEYS[5]
 local targets = {}
 for s = 3, #ARGV do
-  targets[ARGV[s]] = 6 + (s - 3) * 3
+  targets[ARGV[s]] = 6 + (s - 3) * 4
 end
 for _, shard in ipairs(redis.call('SMEMBERS', dead_shards)) do
   if not targets[shard] then
@@ -36,12 +39,31 @@ for i = 1, #held, 2 do
   end
   parsed[#parsed + 1] = {shard, member, held[i + 1]}
 end
+-- per shard, how far the dead pod's tags are shifted (0 unless they reach the live pod's)
+local shift = {}
+for s = 3, #ARGV do
+  local base = targets[ARGV[s]]
+  local highest = redis.call('ZRANGE', KEYS[base], -1, -1, 'WITHSCORES')[2]
+  highest = highest and tonumber(highest) or nil
+  for _, run in ipairs(parsed) do
+    if run[1] == ARGV[s] and (not highest or tonumber(run[3]) > highest) then
+      highest = tonumber(run[3])
+    end
+  end
+  local live_now = redis.call('HGET', KEYS[base + 3], ARGV[2])
+  shift[ARGV[s]] = 0
+  if highest and live_now and highest >= tonumber(live_now) - 1 then
+    shift[ARGV[s]] = tonumber(live_now) - 1 - highest
+  end
+  redis.call('HDEL', KEYS[base + 3], ARGV[1])
+end
 local moved = 0
 local function give(shard, member, priority)
   if redis.call('ZSCORE', live_inflight, shard .. '/' .. member) then
     return
   end
-  moved = moved + redis.call('ZADD', KEYS[targets[shard] + 2], 'LT', priority, member)
+  local tag = tonumber(priority) + shift[shard]
+  moved = moved + redis.call('ZADD', KEYS[targets[shard] + 2], 'LT', tag, member)
 end
 for s = 3, #ARGV do
   local base = targets[ARGV[s]]

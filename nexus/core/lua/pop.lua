@@ -1,9 +1,10 @@
--- Take up to ARGV[1] runs off a pod's ready queue for one shard, oldest first, moving them to
--- the pod's in-flight set in the same step: a popped run is never only in this process.
--- Runs whose retry delay has passed come back to the ready queue first, with their original
--- priority, so they go ahead of newer runs. A due entry whose run is no longer in flight
+-- Take up to ARGV[1] runs off a pod's ready queue for one shard, lowest tag first, moving
+-- them to the pod's in-flight set in the same step: a popped run is never only in this
+-- process. Runs whose retry delay has passed come back to the ready queue first, with their
+-- original tag, so they go ahead of newer runs. A due entry whose run is no longer in flight
 -- (settled, or handed to another pod meanwhile) is dropped: it is recorded elsewhere.
--- KEYS: ready, delayed, inflight        ARGV: count, shard
+-- The pod's virtual time becomes the highest tag it has popped (push.lua tags from it).
+-- KEYS: ready, delayed, inflight, clocks        ARGV: count, shard, pod
 local ready, delayed, inflight = KEYS[1], KEYS[2], KEYS[3]
 local count, shard = tonumber(ARGV[1]), ARGV[2]
 local clock = redis.call('TIME')
@@ -25,5 +26,11 @@ local taken = redis.call('ZRANGE', ready, 0, count - 1, 'WITHSCORES')
 for i = 1, #taken, 2 do
   redis.call('ZREM', ready, taken[i])
   redis.call('ZADD', inflight, taken[i + 1], shard .. '/' .. taken[i])
+end
+if #taken > 0 then
+  local before = redis.call('HGET', KEYS[4], ARGV[3])
+  if not before or tonumber(taken[#taken]) > tonumber(before) then
+    redis.call('HSET', KEYS[4], ARGV[3], taken[#taken])
+  end
 end
 return taken

@@ -1,0 +1,49 @@
+"""The ``teams`` settings section: what many teams sharing one Nexus are each allowed.
+
+``NEXUS__TEAMS__CALLERS`` names callers (as their credentials name them: a service token's
+``caller``, a JWT's caller claim) with their fair-share weight; a caller not named gets
+the defaults. Weights may also come with the
+credential (a service token's ``weight``, a JWT's weight claim): a weight configured here
+for the caller wins, being the operator's word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nexus.core.config import check
+
+MIN_WEIGHT, MAX_WEIGHT = 0.001, 1000.0
+"""The range of a fair-share weight: a million to one between callers at most."""
+
+
+def _weight() -> dict[str, object]:
+    return check(
+        lambda v: MIN_WEIGHT <= v <= MAX_WEIGHT, f"a weight from {MIN_WEIGHT:g} to {MAX_WEIGHT:g}"
+    )
+
+
+@dataclass(frozen=True)
+class CallerPolicy:
+    """What one caller is allowed; an unset field takes the section's default."""
+
+    weight: float | None = field(default=None, metadata=_weight())
+    """Fair-share weight: while callers wait, each is dispatched in proportion to it."""
+
+
+@dataclass(frozen=True)
+class TeamSettings:
+    """Fair share of callers."""
+
+    fair_share: bool = True
+    """Dispatch each shard's queue in weighted fair share across callers (start-time fair
+    queueing, accounted across all scheduler pods in Redis): a caller's batch of 100,000
+    runs does not hold back another caller's single run. Off, every queue is first come,
+    first served."""
+    default_weight: float = field(default=1.0, metadata=_weight())
+    """Weight of a caller that neither this section nor its credential gives one."""
+    callers: dict[str, CallerPolicy] = field(default_factory=dict)
+    """Per caller, as JSON ``{"team-a": {"weight": 2}}``; every field is optional."""
+
+    def policy(self, caller: str) -> CallerPolicy:
+        return self.callers.get(caller) or CallerPolicy()
