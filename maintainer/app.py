@@ -29,6 +29,7 @@ from aiohttp import web
 from maintainer.actions import Actions
 from maintainer.adoption import Adopter
 from maintainer.leadership import Leadership
+from maintainer.limits import SlotReconciler
 from maintainer.replication import Replicator
 from maintainer.settings import MaintainerSettings
 from maintainer.shardwatch import ShardWatch
@@ -39,6 +40,7 @@ from nexus.core.lifecycle import LIFECYCLE, create_base_app
 from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend
 from nexus.core.shards import ShardClient, open_controller, open_shards
+from nexus.core.slots import Slots
 from nexus.core.storage import PayloadStore
 from nexus.core.waiting import first_of
 
@@ -53,6 +55,7 @@ class Term:
     watches: dict[str, ShardWatch]
     sweeper: Sweeper
     adopter: Adopter
+    reconciler: SlotReconciler | None = None
     replicator: Replicator | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -64,6 +67,8 @@ class Term:
                 group.create_task(self.replicator.run(self.stopping), name="maintainer:copies")
             group.create_task(self.sweeper.run(self.stopping), name="maintainer:sweep")
             group.create_task(self.adopter.run(self.stopping), name="maintainer:adopt")
+            if self.reconciler is not None:
+                group.create_task(self.reconciler.run(self.stopping), name="maintainer:slots")
             # last out: writes what the others submitted before they stopped
             await self.actions.run(self.stopping)
 
@@ -108,7 +113,10 @@ class Maintainer:
                 leading,
                 watch_timeout=section.watch_timeout,
             )
-        return Term(actions, watches, sweeper, adopter, replicator)
+        reconciler = SlotReconciler(
+            self.store, Slots(self.queues), section.limit_reconcile_interval, leading
+        )
+        return Term(actions, watches, sweeper, adopter, reconciler, replicator)
 
     async def lead(self, stopping: asyncio.Event) -> None:
         """Run a term whenever this process leads, until ``stopping``."""

@@ -104,6 +104,10 @@ class MaintainerSection:
     """Finished runs received longer ago than this are deleted with their stored input
     and result; 0 (the default) keeps everything, because deleting is the operator's
     decision."""
+    limit_reconcile_interval: Seconds = field(default=30.0, metadata=positive())
+    """How often the concurrency limits' slot sets are made to agree with the checkpoints
+    (finished runs let go, RUNNING runs counted). The scheduler pods let finished runs go
+    themselves as soon as a limit is full; this catches what Redis lost."""
     adopt_interval: Seconds = field(default=1.0, metadata=positive())
     """How often the queues of scheduler pods whose heartbeat expired are adopted; the
     delay from a pod's death to adoption is its heartbeat TTL plus at most this."""

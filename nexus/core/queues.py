@@ -91,6 +91,29 @@ class KeySpace:
         """Hash: pod → its virtual time for a shard (the tag of the last run it popped)."""
         return f"{self._queues}:clocks:{shard}"
 
+    def slots(self, label: str) -> str:
+        """Set: ``algorithm/id`` of the runs holding a slot of a concurrency limit
+        (``algorithm/<name>``, ``workgroup/<name>``, ``caller/<name>``)."""
+        return f"{self._queues}:slots:{label}"
+
+    @property
+    def slot_sets(self) -> str:
+        """Set: the names of every slot set (for the maintainer's reconciliation)."""
+        return f"{self._queues}:slotsets"
+
+    def parked(self, label: str) -> str:
+        """Sorted set: ``algorithm/id`` → tag, runs waiting for a slot of a full limit."""
+        return f"{self._queues}:parked:{label}"
+
+    def parked_where(self, label: str) -> str:
+        """Hash: ``algorithm/id`` → ``pod<TAB>shard`` of each run of :meth:`parked`."""
+        return f"{self._queues}:parkedat:{label}"
+
+    @property
+    def limited(self) -> str:
+        """Set: the labels of limits that runs are waiting for."""
+        return f"{self._queues}:limited"
+
     def throttle(self, shard: str) -> str:
         """Hash: the token bucket of a shard's Job creations."""
         return f"{self.prefix}:throttle:{{{shard}}}"
@@ -256,6 +279,44 @@ class QueueBackend:
         members = [f"{r.algorithm}/{r.id}" for r in runs]
         found = await self.run("missing", keys, [shard, *members])
         return {QueuedRun.parse(shard, m, 0).key for m in found}
+
+    # -- plain reads and writes of sets (for nexus.core.slots) ------------------------------
+
+    async def members(self, key: str) -> list[str]:
+        """The members of set ``key``."""
+        try:
+            found = await self.client.smembers(key)
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+        return [_text(m) for m in found]
+
+    async def count(self, key: str) -> int:
+        """How many members set ``key`` has."""
+        try:
+            return int(await self.client.scard(key))
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def add_members(self, key: str, members: Sequence[str], registry: str) -> None:
+        """Add ``members`` to set ``key``, and ``key`` to set ``registry``."""
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.sadd(key, *members)
+                pipe.sadd(registry, key)
+                await pipe.execute()
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def first_parked(self, parked: str, where: str, count: int) -> list[tuple[str, str]]:
+        """The first ``count`` members of sorted set ``parked``, each with its value in
+        hash ``where``."""
+        try:
+            found = await self.client.zrange(parked, 0, count - 1)
+            members = [_text(m) for m in cast("list[str | bytes]", found)]
+            places = await self.client.hmget(where, members) if members else []
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+        return [(m, _text(p or b"")) for m, p in zip(members, places, strict=True)]
 
     # -- throttle --------------------------------------------------------------------------
 

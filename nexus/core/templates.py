@@ -151,6 +151,8 @@ class Workgroup:
     capabilities: dict[str, Any] = field(default_factory=dict)
     tolerations: list[dict[str, Any]] = field(default_factory=list)
     affinity: dict[str, Any] = field(default_factory=dict)
+    max_running: int | None = None
+    """``spec.concurrency.maxRunning``: runs of this workgroup RUNNING at once, at most."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,8 @@ class Template:
     inline_limit: int
     security_context: dict[str, dict[str, Any]] = field(default_factory=restricted_security_context)
     """``pod`` and ``container`` security contexts, the restricted defaults included."""
+    max_running: int | None = None
+    """``spec.concurrency.maxRunning``: runs of this algorithm RUNNING at once, at most."""
 
 
 def _get(obj: dict[str, Any], path: str, default: Any = None) -> Any:
@@ -277,6 +281,13 @@ def _security_context(value: Any, where: str) -> dict[str, dict[str, Any]]:
     return result
 
 
+def _max_running(spec: dict[str, Any], where: str) -> int | None:
+    """``spec.concurrency.maxRunning``: a whole number, or unset (no limit)."""
+    concurrency = _mapping(spec.get("concurrency"), f"{where}.concurrency")
+    value = concurrency.get("maxRunning")
+    return None if value is None else _whole(value, f"{where}.concurrency.maxRunning", 0)
+
+
 def parse_workgroup(obj: dict[str, Any]) -> Workgroup:
     """A workgroup from its custom resource; ``InvalidConfiguration`` when unusable."""
     name = _get(obj, "metadata.name", "")
@@ -300,6 +311,7 @@ def parse_workgroup(obj: dict[str, Any]) -> Workgroup:
         capabilities=_json_copy(capabilities, f"{where}.capabilities"),
         tolerations=_json_copy(tolerations, f"{where}.tolerations"),
         affinity=_json_copy(affinity, f"{where}.affinity"),
+        max_running=_max_running(spec, where),
     )
 
 
@@ -369,6 +381,7 @@ def parse_template(obj: dict[str, Any]) -> Template:
         )
         or DEFAULT_INLINE_LIMIT,
         security_context=_security_context(spec.get("securityContext"), f"{where}.securityContext"),
+        max_running=_max_running(spec, where),
     )
 
 

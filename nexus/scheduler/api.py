@@ -32,6 +32,7 @@ from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.cancelling import Cancellation, Canceller
+from nexus.scheduler.limits import ConcurrencyLimits, ConcurrencyWait
 from nexus.scheduler.links import CONTENT_ROUTE, Links
 from nexus.scheduler.submission import Submitter
 
@@ -87,6 +88,8 @@ class RunMetadata(TypedDict):
     """The run's place in its pod's queue while it waits (``BUFFERED``), else null."""
     queuedOn: NotRequired[str]
     """The scheduler pod whose queue holds it, when it is queued."""
+    waitingFor: NotRequired[ConcurrencyWait]
+    """The concurrency limit it waits for, while it does."""
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Scheduler:
     signer: Signer
     authenticator: Authenticator
     canceller: Canceller
+    limits: ConcurrencyLimits | None = None
 
 
 SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
@@ -232,6 +236,14 @@ async def metadata(request: web.Request) -> web.Response:
         if where is not None:
             body["queuePosition"] = where[1]
             body["queuedOn"] = where[0]
+        if scheduler.limits is not None:
+            try:
+                waiting = await scheduler.limits.waiting(run)
+            except DependencyError as exc:
+                log.warning("concurrency limits unavailable: %s", exc)
+                waiting = None
+            if waiting is not None:
+                body["waitingFor"] = waiting
     return json_response(body)
 
 

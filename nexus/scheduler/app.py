@@ -29,6 +29,7 @@ from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend, RunQueue
 from nexus.core.shards import open_controller, open_shards
 from nexus.core.signing import Signer
+from nexus.core.slots import Slots
 from nexus.core.storage import PayloadStore
 from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
@@ -38,6 +39,7 @@ from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.fairshare import FairShare
+from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route
 from nexus.scheduler.settings import SchedulerSettings
@@ -130,6 +132,7 @@ async def _open(
         )
         for name in shards
     }
+    limits = ConcurrencyLimits(Slots(queues), catalog, s.teams, store, section.pod_name)
     dispatcher = Dispatcher(
         queue=queue,
         store=store,
@@ -138,6 +141,7 @@ async def _open(
         links=links,
         catalog=catalog,
         settings=section,
+        limits=limits,
     )
     pressure = BackPressure(store, section.max_queue_depth)
     submitter = Submitter(
@@ -162,11 +166,13 @@ async def _open(
         signer=signer,
         authenticator=authenticator,
         canceller=Canceller(store, shards),
+        limits=limits,
     )
     lifecycle.start_loop("catalog", watcher.run(lifecycle.stopping))
     if jwks is not None:
         lifecycle.start_loop("jwks", jwks.run(lifecycle.stopping))
     lifecycle.start_loop("dispatch", dispatcher.run(lifecycle.stopping))
+    lifecycle.start_loop("concurrency-limits", limits.run(lifecycle.stopping))
     lifecycle.start_loop(
         "heartbeat",
         _heartbeat(

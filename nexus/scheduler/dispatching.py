@@ -49,6 +49,7 @@ from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
+from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
 from nexus.scheduler.throttling import ShardThrottle
@@ -132,8 +133,11 @@ class Dispatcher:
         links: Links,
         catalog: Catalog,
         settings: SchedulerSection,
+        limits: ConcurrencyLimits | None = None,
     ) -> None:
         self.queue = queue
+        self.limits = limits
+        """Concurrency limits: a run's slots are taken before its Job is created."""
         self.store = store
         self.shards = shards
         self.throttles = throttles
@@ -226,6 +230,8 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         try:
             ready = await self._still_buffered(runs)
+            if self.limits is not None:  # runs over a limit wait, parked, for a slot
+                ready = await self.limits.admit(ready)
             parents = await self._parents([c for _, c in ready])
             throttle = self.throttles[shard]
             pending = ready
@@ -251,6 +257,7 @@ class Dispatcher:
             gate.release()
         outcomes = await asyncio.gather(*creations)
         if pending:  # stopping: not created, give them back at once
+            await self._release([c for _, c in pending])
             await self._give_back(shard, [r for r, _ in pending], 0, stopping)
         await self._record(shard, outcomes, stopping)
 
@@ -428,6 +435,9 @@ class Dispatcher:
                     retry.setdefault(delay, []).append(o.run)
                 case _:
                     assert_never(o.kind)
+        await self._release(
+            [o.checkpoint for o in outcomes if o.kind in ("throttled", "rejected", "failed")]
+        )
         if throttled:
             await self.throttles[shard].rejected(retry_after)
             await self._give_back(shard, throttled, retry_after, stopping)
@@ -440,6 +450,16 @@ class Dispatcher:
         for delay, runs in retry.items():
             await self._give_back(shard, runs, delay, stopping)
         await self.queue.settle(settled)
+
+    async def _release(self, checkpoints: list[Checkpoint]) -> None:
+        """Give back the concurrency slots of runs whose Job was not made; if Redis cannot
+        be reached, a look at the full limit lets them go later (they are not RUNNING)."""
+        if self.limits is None or not checkpoints:
+            return
+        try:
+            await self.limits.release(checkpoints)
+        except DependencyError as exc:
+            log.warning("cannot give back concurrency slots now: %s", exc)
 
     async def _write(self, changes: list[Transition]) -> list[bool]:
         """Whether each change was applied. A change the store cannot hold is logged and

@@ -143,7 +143,27 @@ DOCUMENT: dict[str, Any] = {
                     "status": {"type": "string", "enum": _STATUSES},
                 },
             },
-            "Checkpoint": {"type": "object", "additionalProperties": True},
+            "Checkpoint": {
+                "type": "object",
+                "additionalProperties": True,
+                "properties": {
+                    "waitingFor": {
+                        "description": "While the run waits for a full concurrency limit",
+                        "type": "object",
+                        "properties": {
+                            "limit": {
+                                "type": "string",
+                                "example": "algorithm/echo",
+                                "description": "algorithm/<name>, workgroup/<name> or"
+                                " caller/<name>",
+                            },
+                            "maxRunning": {"type": "integer", "nullable": True},
+                            "running": {"type": "integer"},
+                            "position": {"type": "integer", "description": "0: next"},
+                        },
+                    },
+                },
+            },
             "Cancellation": {
                 "type": "object",
                 "properties": {

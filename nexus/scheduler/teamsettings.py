@@ -1,8 +1,8 @@
 """The ``teams`` settings section: what many teams sharing one Nexus are each allowed.
 
 ``NEXUS__TEAMS__CALLERS`` names callers (as their credentials name them: a service token's
-``caller``, a JWT's caller claim) with their fair-share weight; a caller not named gets
-the defaults. Weights may also come with the
+``caller``, a JWT's caller claim) with their fair-share weight and their concurrency
+limit; a caller not named gets the defaults. Weights may also come with the
 credential (a service token's ``weight``, a JWT's weight claim): a weight configured here
 for the caller wins, being the operator's word.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nexus.core.config import check
+from nexus.core.config import Seconds, at_least, check, positive
 
 MIN_WEIGHT, MAX_WEIGHT = 0.001, 1000.0
 """The range of a fair-share weight: a million to one between callers at most."""
@@ -29,11 +29,13 @@ class CallerPolicy:
 
     weight: float | None = field(default=None, metadata=_weight())
     """Fair-share weight: while callers wait, each is dispatched in proportion to it."""
+    max_running: int | None = field(default=None, metadata=at_least(0))
+    """Runs of this caller RUNNING at once, across all scheduler pods; more wait queued."""
 
 
 @dataclass(frozen=True)
 class TeamSettings:
-    """Fair share of callers."""
+    """Fair share and concurrency limits of callers."""
 
     fair_share: bool = True
     """Dispatch each shard's queue in weighted fair share across callers (start-time fair
@@ -43,7 +45,14 @@ class TeamSettings:
     default_weight: float = field(default=1.0, metadata=_weight())
     """Weight of a caller that neither this section nor its credential gives one."""
     callers: dict[str, CallerPolicy] = field(default_factory=dict)
-    """Per caller, as JSON ``{"team-a": {"weight": 2}}``; every field is optional."""
+    """Per caller, as JSON ``{"team-a": {"weight": 2, "max_running": 50}}``; every field
+    is optional."""
+    default_max_running: int | None = field(default=None, metadata=at_least(0))
+    """Concurrency limit of a caller not given one (unset: none)."""
+    limit_check_interval: Seconds = field(default=0.5, metadata=positive())
+    """How often the runs waiting for a full concurrency limit are looked at: how soon
+    after a run finishes the next one waiting for its slot starts. A look reads the stages
+    of the runs holding the limit's slots in one query, done by one pod at a time."""
 
     def policy(self, caller: str) -> CallerPolicy:
         return self.callers.get(caller) or CallerPolicy()

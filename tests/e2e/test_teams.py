@@ -9,7 +9,9 @@ import pytest
 from harness import Servers
 from support.system import OTHER_TOKEN, System, local_system, template
 
-from nexus.scheduler.teamsettings import TeamSettings
+from nexus.scheduler.teamsettings import CallerPolicy, TeamSettings
+from nexus_dev.cluster.emulators import ShardSpec
+from nexus_dev.cluster.simulation import SimulationSettings
 
 
 async def stages(system: System, caller: str) -> dict[str, int]:
@@ -54,3 +56,75 @@ async def test_a_flood_does_not_hold_back_another_callers_runs(
             assert waiting >= 120, waiting
         else:  # behind the whole flood
             assert waiting <= 20, waiting
+
+
+async def most_running_while(
+    system: System, request_ids: list[str], algorithm: str, caller: str = "%"
+) -> int:
+    """The most runs of ``algorithm`` (of callers LIKE ``caller``) RUNNING at once, sampled
+    until all ``request_ids`` have finished."""
+    connection = await asyncpg.connect(system.postgres_dsn)
+    most = 0
+    try:
+        async with asyncio.timeout(60):
+            while True:
+                rows = await connection.fetch(
+                    "SELECT lifecycle_stage, caller LIKE $2, count(*) FROM runs"
+                    " WHERE algorithm = $1 GROUP BY 1, 2",
+                    algorithm,
+                    caller,
+                )
+                counted = sum(int(r[2]) for r in rows if r[0] == "RUNNING" and r[1])
+                most = max(most, counted)
+                if sum(int(r[2]) for r in rows if r[0] == "COMPLETED") == len(request_ids):
+                    return most
+                await asyncio.sleep(0.02)
+    finally:
+        await connection.close()
+
+
+SLOW = ShardSpec(name="shard-0", mode="simulated", simulation=SimulationSettings("fixed:0.6"))
+
+
+async def test_an_algorithms_limit_holds_across_pods_and_waiting_runs_say_why(
+    servers: Servers,
+) -> None:
+    async with local_system(
+        servers,
+        shards=[SLOW],
+        schedulers=2,
+        templates=[template("slow", concurrency={"maxRunning": 2})],
+    ) as system:
+        ids = await asyncio.gather(
+            *(system.submit("slow", url=system.balancer_url) for _ in range(6))
+        )
+        await asyncio.sleep(0.3)
+        reasons = []
+        for request_id in ids:
+            status, body = await system.get(f"/algorithm/v1.2/metadata/slow/requests/{request_id}")
+            assert status == 200
+            if "waitingFor" in body:
+                reasons.append(body["waitingFor"])
+        assert reasons, "runs over the limit say what they wait for"
+        assert {r["limit"] for r in reasons} == {"algorithm/slow"}
+        assert all(r["maxRunning"] == 2 and r["running"] == 2 for r in reasons), reasons
+        assert sorted(r["position"] for r in reasons) == list(range(len(reasons)))
+        assert await most_running_while(system, ids, "slow") == 2
+
+
+async def test_a_callers_limit_holds_and_others_run_meanwhile(servers: Servers) -> None:
+    teams = TeamSettings(callers={"limited": CallerPolicy(max_running=1)})
+    async with local_system(
+        servers, shards=[SLOW], schedulers=2, templates=[template("echo")], teams=teams
+    ) as system:
+        limited = await asyncio.gather(
+            *(system.submit("echo", url=system.balancer_url, token=OTHER_TOKEN) for _ in range(3))
+        )
+        free = await asyncio.gather(
+            *(system.submit("echo", url=system.balancer_url) for _ in range(3))
+        )
+        for request_id in free:  # the other caller's runs are not held back
+            await system.wait_for("echo", request_id, "COMPLETED", timeout=5)
+        assert (await stages(system, "limited")).get("COMPLETED", 0) <= 1
+        assert await most_running_while(system, [*limited, *free], "echo", "limited") == 1
+        assert (await stages(system, "limited")) == {"COMPLETED": 3}
