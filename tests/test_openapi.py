@@ -11,6 +11,7 @@ from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
 from nexus.scheduler.openapi import add_openapi_route, document
+from nexus.scheduler.quotas import UsageAnswer
 
 
 def test_the_openapi_document_describes_every_route_and_no_other() -> None:
@@ -42,6 +43,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
         ("Accepted", AcceptedAnswer),
         ("Result", RunAnswer),
         ("RunStatus", RunStatus),
+        ("Usage", UsageAnswer),
     ],
 )
 def test_each_answer_is_documented_with_the_fields_it_has(schema: str, answer: type) -> None:

@@ -109,6 +109,10 @@ class KeySpace:
         """Hash: ``algorithm/id`` → ``pod<TAB>shard`` of each run of :meth:`parked`."""
         return f"{self._queues}:parkedat:{label}"
 
+    def quota(self, caller: str, day: str) -> str:
+        """Counter: runs ``caller`` submitted on UTC ``day`` (``YYYY-MM-DD``)."""
+        return f"{self.prefix}:quota:{day}:{caller}"
+
     @property
     def limited(self) -> str:
         """Set: the labels of limits that runs are waiting for."""

@@ -29,7 +29,9 @@ from uuid import UUID
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import RunKey
 
-LimitKind = Literal["algorithm", "workgroup", "caller"]
+LimitKind = Literal["algorithm", "workgroup", "caller", "unfinished"]
+"""Concurrency limits count runs RUNNING; ``unfinished`` (a caller's quota) counts runs
+from their acceptance until they finish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ def member(key: RunKey) -> str:
 def parse_label(label: str) -> tuple[LimitKind, str] | None:
     kind, _, name = label.partition("/")
     match kind:
-        case "algorithm" | "workgroup" | "caller":
+        case "algorithm" | "workgroup" | "caller" | "unfinished":
             return kind, name
         case _:
             return None

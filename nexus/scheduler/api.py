@@ -32,8 +32,10 @@ from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.cancelling import Cancellation, Canceller
+from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.limits import ConcurrencyLimits, ConcurrencyWait
 from nexus.scheduler.links import CONTENT_ROUTE, Links
+from nexus.scheduler.quotas import Quotas
 from nexus.scheduler.submission import Submitter
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,8 @@ class Scheduler:
     authenticator: Authenticator
     canceller: Canceller
     limits: ConcurrencyLimits | None = None
+    quotas: Quotas | None = None
+    fair_share: FairShare | None = None
 
 
 SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
@@ -287,6 +291,18 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
+async def usage(request: web.Request) -> web.Response:
+    """What the caller has used of its quotas and limits."""
+    scheduler = request.app[SCHEDULER]
+    principal = await scheduler.authenticator.authenticate(request.headers.get("Authorization"))
+    if scheduler.quotas is None or scheduler.limits is None:
+        raise ApiError(404, "not_found", "usage is not kept by this scheduler")
+    limit = scheduler.limits.size(f"caller/{principal.caller}")
+    weight = scheduler.fair_share.weight(principal) if scheduler.fair_share else None
+    answer = await scheduler.quotas.usage(principal.caller, limit, weight)
+    return json_response(answer)
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post(f"{PREFIX}/run/{{algorithm}}", json_errors(run))
@@ -297,3 +313,4 @@ def add_routes(app: web.Application) -> None:
     content = f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}/content"
     r.add_get(content, json_errors(payload_content))
     r.add_post(f"{PREFIX}/cancel/{{algorithm}}/requests/{{request_id}}", json_errors(cancel))
+    r.add_get(f"{PREFIX}/usage", json_errors(usage))

@@ -42,6 +42,7 @@ from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route
+from nexus.scheduler.quotas import Quotas
 from nexus.scheduler.settings import SchedulerSettings
 from nexus.scheduler.submission import Submitter
 from nexus.scheduler.throttling import ShardThrottle
@@ -144,6 +145,7 @@ async def _open(
         limits=limits,
     )
     pressure = BackPressure(store, section.max_queue_depth)
+    quotas = Quotas(queues, store, s.teams)
     submitter = Submitter(
         store=store,
         payloads=payloads,
@@ -154,6 +156,7 @@ async def _open(
         pressure=pressure,
         pushed=dispatcher.notify,
         fair_share=FairShare(s.teams),
+        quotas=quotas,
     )
     # closed in reverse: pending pushes land first, then the queue is handed over
     stack.push_async_callback(_hand_over, queues, queue)
@@ -167,6 +170,8 @@ async def _open(
         authenticator=authenticator,
         canceller=Canceller(store, shards),
         limits=limits,
+        quotas=quotas,
+        fair_share=FairShare(s.teams),
     )
     lifecycle.start_loop("catalog", watcher.run(lifecycle.stopping))
     if jwks is not None:

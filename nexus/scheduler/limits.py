@@ -92,6 +92,8 @@ class ConcurrencyLimits:
             case "caller":
                 configured = self.teams.policy(name).max_running
                 return configured if configured is not None else self.teams.default_max_running
+            case "unfinished":  # a quota, not a concurrency limit: nothing waits for it
+                return None
 
     def limits_of(self, run: Checkpoint) -> list[Limit]:
         """The limits ``run`` counts against."""

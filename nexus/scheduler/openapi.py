@@ -143,6 +143,35 @@ DOCUMENT: dict[str, Any] = {
                     "status": {"type": "string", "enum": _STATUSES},
                 },
             },
+            "Usage": {
+                "type": "object",
+                "required": [
+                    "caller",
+                    "runsToday",
+                    "runsPerDay",
+                    "resetsAt",
+                    "unfinishedRuns",
+                    "maxUnfinished",
+                    "running",
+                    "maxRunning",
+                    "weight",
+                ],
+                "properties": {
+                    "caller": {"type": "string"},
+                    "runsToday": {
+                        "type": "integer",
+                        "nullable": True,
+                        "description": "Runs submitted this UTC day (counted under a daily quota)",
+                    },
+                    "runsPerDay": {"type": "integer", "nullable": True},
+                    "resetsAt": {"type": "string", "format": "date-time"},
+                    "unfinishedRuns": {"type": "integer"},
+                    "maxUnfinished": {"type": "integer", "nullable": True},
+                    "running": {"type": "integer"},
+                    "maxRunning": {"type": "integer", "nullable": True},
+                    "weight": {"type": "number", "nullable": True},
+                },
+            },
             "Checkpoint": {
                 "type": "object",
                 "additionalProperties": True,
@@ -199,7 +228,20 @@ DOCUMENT: dict[str, Any] = {
                     "409": _error("The Idempotency-Key names a run of another algorithm"),
                     "413": _error("Body too large"),
                     "415": _error("A Content-Encoding other than gzip, deflate, br or zstd"),
-                    "429": _error("Queue full; retry after Retry-After"),
+                    "429": _error(
+                        "Queue full, or the caller's quota used up (runs per day, runs not yet"
+                        " finished; the message says which); retry after Retry-After"
+                    ),
+                },
+            }
+        },
+        "/algorithm/v1.2/usage": {
+            "get": {
+                "summary": "What the caller has used of its quotas and concurrency limit",
+                "responses": {
+                    "200": _json("Usage", "The caller's usage"),
+                    "401": _COMMON["401"],
+                    "503": _COMMON["503"],
                 },
             }
         },

@@ -4,7 +4,8 @@ Guarantees:
 
 * **Nothing half-written on refusal.** Every check that can refuse a request (input, the
   caller's rights, the template and overrides, the parent, queue depth, store and Redis
-  health) happens before anything is written. If the checkpoint cannot be written, the
+  health, and last the caller's quotas) happens before anything is written; a quota taken
+  for a run that is then not stored is given back. If the checkpoint cannot be written, the
   client gets a 503 (400 for data the store refuses), and an input already uploaded is
   deleted again when nothing can have been stored; when the write failed after it was
   sent, the run may exist, and its input stays.
@@ -41,7 +42,7 @@ from nexus.core.errors import (
 from nexus.core.grouping import GroupCommitter
 from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.queues import QueuedRun, RunQueue
-from nexus.core.runs import Checkpoint, NewRun, ParentRef, Stage
+from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import (
     DNS_LABEL,
@@ -56,6 +57,7 @@ from nexus.scheduler.backpressure import BackPressure
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.inputs import RecentInputs
+from nexus.scheduler.quotas import Quotas, Taken
 from nexus.scheduler.settings import SchedulerSection
 from nexus.scheduler.teamsettings import TeamSettings
 
@@ -122,6 +124,7 @@ class Submitter:
         pressure: BackPressure,
         pushed: Any,
         fair_share: FairShare | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.store = store
         self.payloads = payloads
@@ -131,6 +134,7 @@ class Submitter:
         self.host = settings.pod_name
         self.pressure = pressure
         self.fair_share = fair_share or FairShare(TeamSettings())
+        self.quotas = quotas
         self.recent_inputs = RecentInputs(settings.recent_inputs)
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
@@ -219,8 +223,15 @@ class Submitter:
             raise bad_request(f"algorithmParameters: cannot be stored: {exc}") from exc
         inline = template.inline_payloads and len(payload) <= template.inline_limit
         key = None if inline else self.payloads.input_key(algorithm, str(run_id))
-        if key is not None:
-            await self.payloads.put(key, payload)
+        quota = None
+        if self.quotas is not None:  # the last check: a 429 here leaves nothing stored
+            quota = await self.quotas.take(principal.caller, RunKey(algorithm, run_id))
+        try:
+            if key is not None:
+                await self.payloads.put(key, payload)
+        except BaseException:
+            await self._give_back(quota)
+            raise
         run = NewRun(
             algorithm=algorithm,
             id=run_id,
@@ -242,6 +253,7 @@ class Submitter:
         except (CheckpointRejected, StoreNotReached):
             if key is not None:  # refused, or never sent: nothing was stored
                 await self._forget_input(key)
+            await self._give_back(quota)
             raise
         except BaseException:
             # the write may have landed before the failure was seen: the run may exist,
@@ -250,6 +262,7 @@ class Submitter:
                 log.warning("an input kept: its run may have been stored", extra={"key": key})
             raise
         if not admission.created:
+            await self._give_back(quota)
             if key is not None:
                 await self._forget_input(key)
             if admission.algorithm != algorithm:  # its id would not be found under this one
@@ -291,6 +304,10 @@ class Submitter:
         if not MIN_PAYLOAD_VALID_FOR <= seconds <= MAX_PAYLOAD_VALID_FOR:
             raise bad_request("payloadValidFor: must be between 1m and 7d")
         return seconds
+
+    async def _give_back(self, taken: Taken | None) -> None:
+        if self.quotas is not None and taken is not None:
+            await asyncio.shield(self.quotas.give_back(taken))
 
     async def _forget_input(self, key: str) -> None:
         try:

@@ -128,3 +128,56 @@ async def test_a_callers_limit_holds_and_others_run_meanwhile(servers: Servers) 
         assert (await stages(system, "limited")).get("COMPLETED", 0) <= 1
         assert await most_running_while(system, [*limited, *free], "echo", "limited") == 1
         assert (await stages(system, "limited")) == {"COMPLETED": 3}
+
+
+async def test_a_daily_quota_refuses_with_429_stores_nothing_and_usage_says_so(
+    servers: Servers,
+) -> None:
+    teams = TeamSettings(callers={"limited": CallerPolicy(runs_per_day=3)})
+    async with local_system(
+        servers, schedulers=2, templates=[template("echo")], teams=teams
+    ) as system:
+        body = {"algorithmParameters": {"x": 1}}
+        keyed = {"Idempotency-Key": "k"}
+        first = await system.submit("echo", body, token=OTHER_TOKEN, **keyed)
+        # an idempotent repeat of an accepted run takes nothing more of the quota
+        assert await system.submit("echo", body, token=OTHER_TOKEN, **keyed) == first
+        for _ in range(2):
+            await system.submit("echo", body, url=system.balancer_url, token=OTHER_TOKEN)
+        before = await system.stored()
+        for scheduler in system.schedulers:  # refused by every pod: counted across them
+            status, answer, headers = await system.call(
+                "POST", "/algorithm/v1.2/run/echo", base=scheduler.url, token=OTHER_TOKEN,
+                json=body,
+            )  # fmt: skip
+            assert status == 429, answer
+            assert answer["error"] == "quota_exceeded" and "daily quota" in answer["message"]
+            assert 0 < int(headers["Retry-After"]) <= 86_400
+        assert await system.stored() == before
+        status, usage, _ = await system.call("GET", "/algorithm/v1.2/usage", token=OTHER_TOKEN)
+        assert status == 200
+        assert usage["caller"] == "limited"
+        assert (usage["runsToday"], usage["runsPerDay"]) == (3, 3)
+        status, other, _ = await system.call("GET", "/algorithm/v1.2/usage")
+        assert (other["caller"], other["runsToday"], other["runsPerDay"]) == ("tester", None, None)
+
+
+async def test_an_unfinished_runs_quota_frees_as_runs_finish(servers: Servers) -> None:
+    teams = TeamSettings(callers={"limited": CallerPolicy(max_unfinished=2)})
+    async with local_system(
+        servers, shards=[SLOW], schedulers=2, templates=[template("echo")], teams=teams
+    ) as system:
+        first = [
+            await system.submit("echo", url=system.balancer_url, token=OTHER_TOKEN)
+            for _ in range(2)
+        ]
+        status, answer, headers = await system.call(
+            "POST", "/algorithm/v1.2/run/echo", token=OTHER_TOKEN, json={"algorithmParameters": {}}
+        )
+        assert status == 429 and "not yet finished" in answer["message"], answer
+        assert headers["Retry-After"] == "5"
+        status, usage, _ = await system.call("GET", "/algorithm/v1.2/usage", token=OTHER_TOKEN)
+        assert (usage["unfinishedRuns"], usage["maxUnfinished"]) == (2, 2)
+        for request_id in first:
+            await system.wait_for("echo", request_id, "COMPLETED")
+        await system.submit("echo", url=system.balancer_url, token=OTHER_TOKEN)
