@@ -137,7 +137,7 @@ def algorithm_job() -> dict[str, Any]:
     for o in objects:
         if o["kind"] == "NexusAlgorithmWorkgroup":
             catalog.workgroups[o["metadata"]["name"]] = parse_workgroup(o)
-        else:
+        elif o["kind"] == "NexusAlgorithmTemplate":
             template = parse_template(o)
             catalog.templates[template.name] = template
     template = catalog.templates["echo"]
@@ -160,8 +160,8 @@ def test_each_overlay_holds_what_its_cluster_runs(rendered: dict[str, Any]) -> N
     assert deployments["shard"] == {"nexus-receiver"}
     for name in ("single-cluster", "controller"):
         assert set(of_kind(rendered[name], "Job")) == {"nexus-migrate"}
-    for name in OVERLAYS:  # a shard holds the copies of templates and workgroups
-        assert len(of_kind(rendered[name], "CustomResourceDefinition")) == 2, name
+    for name in OVERLAYS:  # the CRDs of templates, workgroups and schedules
+        assert len(of_kind(rendered[name], "CustomResourceDefinition")) == 3, name
     shard = rendered["shard"]
     assert not of_kind(shard, "Job")
     # a shard grants the controller's identity its runs and the configuration copies,

@@ -12,6 +12,7 @@ from nexus.core.lifecycle import create_base_app
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
 from nexus.scheduler.openapi import add_openapi_route, document
 from nexus.scheduler.quotas import UsageAnswer
+from nexus.scheduler.schedules import ScheduleAnswer, add_schedule_routes
 
 
 def test_the_openapi_document_describes_every_route_and_no_other() -> None:
@@ -19,6 +20,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
     document names none it does not serve; the tag limit is the deployment's."""
     app = create_base_app("scheduler", HttpSettings())
     add_routes(app)
+    add_schedule_routes(app)
     add_openapi_route(app, max_tag_length=64)
     served = {
         (route.method.lower(), re.sub(r"\{[a-z_]+\}", "{}", route.resource.canonical))
@@ -44,6 +46,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
         ("Result", RunAnswer),
         ("RunStatus", RunStatus),
         ("Usage", UsageAnswer),
+        ("Schedule", ScheduleAnswer),
     ],
 )
 def test_each_answer_is_documented_with_the_fields_it_has(schema: str, answer: type) -> None:

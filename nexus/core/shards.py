@@ -89,6 +89,7 @@ SECRETS = Resource("", "v1", "secrets")
 CONFIG_MAPS = Resource("", "v1", "configmaps")
 TEMPLATES = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmtemplates")
 WORKGROUPS = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmworkgroups")
+SCHEDULES = Resource("science.sneaksanddata.com", "v1", "nexusschedules")
 
 
 @dataclass(frozen=True, slots=True)

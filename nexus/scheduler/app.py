@@ -43,6 +43,7 @@ from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route
 from nexus.scheduler.quotas import Quotas
+from nexus.scheduler.schedules import TICKER, Ticker, add_schedule_routes
 from nexus.scheduler.settings import SchedulerSettings
 from nexus.scheduler.submission import Submitter
 from nexus.scheduler.throttling import ShardThrottle
@@ -57,6 +58,7 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     app = create_base_app("scheduler", settings.http)
     add_routes(app)
     add_openapi_route(app, settings.scheduler.max_tag_length)
+    add_schedule_routes(app)
     finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
@@ -173,7 +175,18 @@ async def _open(
         quotas=quotas,
         fair_share=FairShare(s.teams),
     )
+    ticker = Ticker(
+        catalog=catalog,
+        store=store,
+        queues=queues,
+        submitter=submitter,
+        canceller=app[SCHEDULER].canceller,
+        authenticator=authenticator,
+        pod=section.pod_name,
+    )
+    app[TICKER] = ticker
     lifecycle.start_loop("catalog", watcher.run(lifecycle.stopping))
+    lifecycle.start_loop("schedules", ticker.run(lifecycle.stopping))
     if jwks is not None:
         lifecycle.start_loop("jwks", jwks.run(lifecycle.stopping))
     lifecycle.start_loop("dispatch", dispatcher.run(lifecycle.stopping))

@@ -1,4 +1,4 @@
-"""The scheduler's view of the algorithm templates and workgroups.
+"""The scheduler's view of the algorithm templates, workgroups and schedules.
 
 Templates and workgroups live as custom resources in the controller cluster; the
 :class:`Catalog` holds the current ones, parsed (:mod:`nexus.core.templates`), for the
@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from nexus.core.listwatch import follow
-from nexus.core.shards import TEMPLATES, WORKGROUPS, Resource, ShardClient, WatchEvent
+from nexus.core.shards import SCHEDULES, TEMPLATES, WORKGROUPS, Resource, ShardClient, WatchEvent
 from nexus.core.templates import (
     InvalidConfiguration,
     Template,
@@ -24,10 +24,11 @@ from nexus.core.templates import (
     parse_template,
     parse_workgroup,
 )
+from nexus.scheduler.schedulespec import Schedule, parse_schedule
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T", Template, Workgroup)
+T = TypeVar("T", Template, Workgroup, Schedule)
 
 
 class Catalog:
@@ -36,6 +37,7 @@ class Catalog:
     def __init__(self) -> None:
         self.templates: dict[str, Template] = {}
         self.workgroups: dict[str, Workgroup] = {}
+        self.schedules: dict[str, Schedule] = {}
 
     def template(self, name: str) -> Template | None:
         return self.templates.get(name)
@@ -69,6 +71,7 @@ class CatalogWatcher:
         return [
             (WORKGROUPS, self.catalog.workgroups, parse_workgroup),
             (TEMPLATES, self.catalog.templates, parse_template),
+            (SCHEDULES, self.catalog.schedules, parse_schedule),
         ]
 
     async def run(self, stopping: asyncio.Event) -> None:

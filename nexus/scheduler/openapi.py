@@ -143,6 +143,39 @@ DOCUMENT: dict[str, Any] = {
                     "status": {"type": "string", "enum": _STATUSES},
                 },
             },
+            "Schedule": {
+                "type": "object",
+                "required": [
+                    "name",
+                    "schedule",
+                    "timeZone",
+                    "algorithm",
+                    "caller",
+                    "concurrencyPolicy",
+                    "missedRunPolicy",
+                    "lastTick",
+                    "lastRequestId",
+                    "lastOutcome",
+                    "nextTick",
+                ],
+                "properties": {
+                    "name": {"type": "string"},
+                    "schedule": {"type": "string", "example": "0 9 * * 1-5"},
+                    "timeZone": {"type": "string", "example": "Europe/Amsterdam"},
+                    "algorithm": {"type": "string"},
+                    "caller": {"type": "string"},
+                    "concurrencyPolicy": {"type": "string", "enum": ["Allow", "Forbid", "Replace"]},
+                    "missedRunPolicy": {"type": "string", "enum": ["RunOnce", "RunAll", "Skip"]},
+                    "lastTick": {"type": "string", "format": "date-time", "nullable": True},
+                    "lastRequestId": {"type": "string", "format": "uuid", "nullable": True},
+                    "lastOutcome": {
+                        "type": "string",
+                        "nullable": True,
+                        "description": "started, skipped: <why> or refused: <status> <message>",
+                    },
+                    "nextTick": {"type": "string", "format": "date-time", "nullable": True},
+                },
+            },
             "Usage": {
                 "type": "object",
                 "required": [
@@ -232,6 +265,26 @@ DOCUMENT: dict[str, Any] = {
                         "Queue full, or the caller's quota used up (runs per day, runs not yet"
                         " finished; the message says which); retry after Retry-After"
                     ),
+                },
+            }
+        },
+        "/algorithm/v1.2/schedules": {
+            "get": {
+                "summary": "The NexusSchedules, with their last and next ticks",
+                "responses": {
+                    "200": {
+                        "description": "Every schedule, by name",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Schedule"},
+                                }
+                            }
+                        },
+                    },
+                    "401": _COMMON["401"],
+                    "503": _COMMON["503"],
                 },
             }
         },

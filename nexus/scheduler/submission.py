@@ -165,8 +165,11 @@ class Submitter:
         algorithm: str,
         body: dict[str, Any],
         idempotency_key: str | None,
+        *,
+        run_id: uuid.UUID | None = None,
     ) -> Accepted:
-        """Validate and accept a run request; 4xx/5xx as :class:`ApiError`."""
+        """Validate and accept a run request; 4xx/5xx as :class:`ApiError`. ``run_id``
+        (a schedule's tick) names the run: when it exists already, nothing is created."""
         parameters = body.get("algorithmParameters", ...)
         if parameters is ...:
             raise bad_request("algorithmParameters: required field is missing")
@@ -216,7 +219,7 @@ class Submitter:
             )
         self.pressure.refuse_if_overloaded(shard)
 
-        run_id = uuid.uuid4()
+        run_id = run_id or uuid.uuid4()
         try:
             payload = orjson.dumps(parameters)
         except orjson.JSONEncodeError as exc:  # parsed 1024 levels deep, written only 254
@@ -263,7 +266,7 @@ class Submitter:
             raise
         if not admission.created:
             await self._give_back(quota)
-            if key is not None:
+            if key is not None and admission.id != run_id:  # the same id: the same input
                 await self._forget_input(key)
             if admission.algorithm != algorithm:  # its id would not be found under this one
                 raise ApiError(

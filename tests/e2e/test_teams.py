@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 import pytest
 from harness import Servers
-from support.system import OTHER_TOKEN, System, local_system, template
+from support.system import NAMESPACE, OTHER_TOKEN, System, local_system, template
 
+from nexus.core.ticks import claim
+from nexus.scheduler.schedules import TICKER, Ticker
 from nexus.scheduler.teamsettings import CallerPolicy, TeamSettings
 from nexus_dev.cluster.emulators import ShardSpec
 from nexus_dev.cluster.simulation import SimulationSettings
@@ -181,3 +186,119 @@ async def test_an_unfinished_runs_quota_frees_as_runs_finish(servers: Servers) -
         for request_id in first:
             await system.wait_for("echo", request_id, "COMPLETED")
         await system.submit("echo", url=system.balancer_url, token=OTHER_TOKEN)
+
+
+def schedule(name: str, cron: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "science.sneaksanddata.com/v1",
+        "kind": "NexusSchedule",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"schedule": cron, "algorithm": "echo", "parameters": {"n": 1}, **spec},
+    }
+
+
+async def catalogued(ticker: Ticker, name: str) -> None:
+    """Until the schedule ``name`` is in the ticker's catalog (its watch delivered it)."""
+    async with asyncio.timeout(10):
+        while True:
+            if name in ticker.catalog.schedules:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def scheduled_runs(system: System, caller: str) -> list[tuple[str, str]]:
+    connection = await asyncpg.connect(system.postgres_dsn)
+    try:
+        rows = await connection.fetch(
+            "SELECT id::text, lifecycle_stage FROM runs WHERE caller = $1 ORDER BY received_at",
+            caller,
+        )
+    finally:
+        await connection.close()
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_each_tick_starts_exactly_one_run_across_pods_and_restarts(
+    servers: Servers,
+) -> None:
+    async with local_system(servers, schedulers=2, templates=[template("echo")]) as system:
+        await system.apply("shard-0", schedule("hourly", "0 * * * *", tag="nightly"))
+        tickers = [s.app[TICKER] for s in system.schedulers]
+        for ticker in tickers:  # the catalogs' watches have delivered it
+            await catalogued(ticker, "hourly")
+        made = tickers[0].catalog.schedules["hourly"].created
+        # both pods look, at the same time, 3 hours and 10 s after it was made: the
+        # lease is bypassed, as during a leader's handover; RunOnce starts the latest tick
+        later = made.replace(minute=0, second=10, microsecond=0) + timedelta(hours=3)
+        for ticker in tickers:
+            ticker.clock = lambda: later
+        await asyncio.gather(*(ticker.check() for ticker in tickers))
+        runs = await scheduled_runs(system, "schedule/hourly")
+        assert len(runs) == 1, runs
+        # a restarted pod (a fresh ticker) looking again starts nothing more
+        await tickers[1].check()
+        await system.start_scheduler()
+        fresh = system.schedulers[-1].app[TICKER]
+        await catalogued(fresh, "hourly")
+        fresh.clock = lambda: later
+        await fresh.check()
+        assert [r for r, _ in await scheduled_runs(system, "schedule/hourly")] == [runs[0][0]]
+        await system.wait_for("echo", runs[0][0], "COMPLETED")
+        # the next hour's tick: one more run; the listing shows the last and the next tick
+        fresh.clock = lambda: later + timedelta(hours=1)
+        await fresh.check()
+        assert len(await scheduled_runs(system, "schedule/hourly")) == 2
+        status, listed = await system.get("/algorithm/v1.2/schedules")
+        assert status == 200
+        (entry,) = listed
+        assert entry["name"] == "hourly" and entry["lastOutcome"] == "started"
+        assert datetime.fromisoformat(entry["lastTick"]) == later.replace(second=0) + timedelta(
+            hours=1
+        )
+        assert datetime.fromisoformat(entry["nextTick"]) == later.replace(second=0) + timedelta(
+            hours=2
+        )
+
+
+async def test_a_claimed_tick_whose_pod_died_is_started_once_by_the_next(
+    servers: Servers,
+) -> None:
+    async with local_system(servers, schedulers=1, templates=[template("echo")]) as system:
+        await system.apply("shard-0", schedule("often", "*/5 * * * *", missedRunPolicy="RunAll"))
+        ticker = system.schedulers[0].app[TICKER]
+        await catalogued(ticker, "often")
+        spec = ticker.catalog.schedules["often"]
+        tick = next(iter(spec.ticks(spec.created))).astimezone(UTC)
+        # the pod claimed the tick and died before submitting its run (a crash between)
+        claimed = await claim(ticker.store, spec.uid, tick, "echo", uuid.uuid4())
+        ticker.clock = lambda: tick + timedelta(minutes=11)  # two more ticks were missed
+        await ticker.check()
+        runs = await scheduled_runs(system, "schedule/often")
+        assert len(runs) == 3, runs  # the claimed tick and the two missed ones
+        assert claimed.request_id in {uuid.UUID(r) for r, _ in runs}
+        await ticker.check()
+        assert len(await scheduled_runs(system, "schedule/often")) == 3
+
+
+async def test_forbid_skips_a_tick_while_the_previous_run_is_unfinished(
+    servers: Servers,
+) -> None:
+    async with local_system(
+        servers, shards=[ShardSpec(name="shard-0", mode="off")], templates=[template("echo")]
+    ) as system:
+        await system.apply(
+            "shard-0", schedule("daily", "0 9 * * *", timeZone="Europe/Amsterdam",
+                                concurrencyPolicy="Forbid"),
+        )  # fmt: skip
+        ticker = system.schedulers[0].app[TICKER]
+        await catalogued(ticker, "daily")
+        spec = ticker.catalog.schedules["daily"]
+        first = next(iter(spec.ticks(spec.created)))
+        assert first.hour == 9 and str(first.tzinfo) == "Europe/Amsterdam"
+        ticker.clock = lambda: first.astimezone(UTC) + timedelta(seconds=1)
+        await ticker.check()
+        ticker.clock = lambda: first.astimezone(UTC) + timedelta(days=1, seconds=1)
+        await ticker.check()  # pods never run here: the first run is unfinished
+        assert len(await scheduled_runs(system, "schedule/daily")) == 1
+        _, listed = await system.get("/algorithm/v1.2/schedules")
+        assert listed[0]["lastOutcome"].startswith("skipped: the previous run")

@@ -50,6 +50,7 @@ GROUP = "/apis/science.sneaksanddata.com/v1/namespaces/nexus"
 _PLURALS = {
     "NexusAlgorithmTemplate": "nexusalgorithmtemplates",
     "NexusAlgorithmWorkgroup": "nexusalgorithmworkgroups",
+    "NexusSchedule": "nexusschedules",
 }
 
 

@@ -4,8 +4,8 @@ Clients find out what a server offers from ``/api``, ``/apis``, ``/apis/{group}/
 and ``/version``; kubernetes-asyncio does not need them for typed calls, but ``kubectl``-like
 tools and dynamic clients do, so they are answered with the same shapes as a real server.
 The resource table here is the single list of what exists: ``batch/v1`` Jobs, ``v1`` Pods,
-Events, Secrets and ConfigMaps, and the two custom resources of DESIGN §5. Every namespace
-exists.
+Events, Secrets and ConfigMaps, the two custom resources of DESIGN §5 and NexusSchedules.
+Every namespace exists.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ SECRETS = Resource("", "v1", "secrets", "Secret")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 TEMPLATES = Resource(CRD_GROUP, "v1", "nexusalgorithmtemplates", "NexusAlgorithmTemplate")
 WORKGROUPS = Resource(CRD_GROUP, "v1", "nexusalgorithmworkgroups", "NexusAlgorithmWorkgroup")
-RESOURCES = (JOBS, PODS, EVENTS, SECRETS, CONFIG_MAPS, TEMPLATES, WORKGROUPS)
+SCHEDULES = Resource(CRD_GROUP, "v1", "nexusschedules", "NexusSchedule")
+RESOURCES = (JOBS, PODS, EVENTS, SECRETS, CONFIG_MAPS, TEMPLATES, WORKGROUPS, SCHEDULES)
 BY_GROUP_VERSION: dict[tuple[str, str], dict[str, Resource]] = {}
 for _resource in RESOURCES:
     BY_GROUP_VERSION.setdefault((_resource.group, _resource.version), {})[_resource.plural] = (
