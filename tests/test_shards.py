@@ -253,6 +253,12 @@ async def test_get_of_a_missing_object_is_none(client: ShardClient) -> None:
 async def test_list_pages_and_list_all(client: ShardClient) -> None:
     for i in range(7):
         await client.create_job(job(f"run-{i}", labels={"batch": "a" if i < 5 else "b"}))
+
+    async def all_finished() -> bool:  # then nothing changes: one resourceVersion for all lists
+        jobs = (await client.list(JOBS)).items
+        return len(jobs) == 7 and all(j.get("status", {}).get("succeeded") for j in jobs)
+
+    await eventually(all_finished)
     first = await client.list(JOBS, limit=3)
     assert [j["metadata"]["name"] for j in first.items] == ["run-0", "run-1", "run-2"]
     assert first.next_page
