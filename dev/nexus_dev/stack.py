@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import secrets
+import ssl
 import sys
 import time
 import urllib.error
@@ -41,6 +42,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from nexus_dev.cluster.certificates import trusting
 from nexus_dev.servers.supervision import LocalServiceError, ServerProcess, free_ports
 from nexus_dev.status import ServiceDetails
 
@@ -73,6 +75,9 @@ class StackOptions:
     shard_rate: float | None = None
     """Mutating requests per second each local API server accepts (unset: unlimited)."""
     events: bool = True
+    tls: bool = True
+    """Whether the local clusters serve HTTPS (with a throwaway certificate authority their
+    kubeconfigs name, so that kubectl works) or plain HTTP."""
     port: int = 0
     """First scheduler's port (0: a free one)."""
     host: str = "127.0.0.1"
@@ -169,6 +174,8 @@ class ClusterComponent:
             argv += ["--mutating-rate", str(options.shard_rate)]
         if not options.events:
             argv.append("--no-events")
+        if not options.tls:
+            argv.append("--plain-http")
         self._argv = argv
         env = {**_python_environment(), "NEXUS__LOG__FORMAT": options.log_format}
         self.process = ServerProcess(
@@ -207,24 +214,19 @@ class ClusterComponent:
         controller = self.shards[names[0]]
         config = yaml.safe_load(Path(controller["kubeconfig"]).read_text())
         token = config["users"][0]["user"]["token"]
+        authority = config["clusters"][0]["cluster"].get("certificate-authority-data")
+        trust = None if authority is None else trusting(authority)
+
+        def create(plural: str, obj: dict[str, Any]) -> None:
+            _create(controller["url"], token, plural, obj, trust)
+
         for shard in names:
-            _create(
-                controller["url"],
-                token,
-                "nexusalgorithmworkgroups",
-                example_workgroup(shard, shard),
-            )
-        _create(
-            controller["url"],
-            token,
-            "nexusalgorithmworkgroups",
-            example_workgroup("default", names[0]),
-        )
-        _create(controller["url"], token, "configmaps", example_config_map())
+            create("nexusalgorithmworkgroups", example_workgroup(shard, shard))
+        create("nexusalgorithmworkgroups", example_workgroup("default", names[0]))
+        create("configmaps", example_config_map())
         for name in EXAMPLES:
             inline = self.options.inline_inputs and name != "echo-stored"
-            template = example_template(name, inline=inline)
-            _create(controller["url"], token, "nexusalgorithmtemplates", template)
+            create("nexusalgorithmtemplates", example_template(name, inline=inline))
 
     def stop(self) -> None:
         self.process.stop(timeout=15)
@@ -300,7 +302,9 @@ def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
     }
 
 
-def _create(url: str, token: str, plural: str, obj: dict[str, Any]) -> None:
+def _create(
+    url: str, token: str, plural: str, obj: dict[str, Any], trust: ssl.SSLContext | None
+) -> None:
     prefix = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{GROUP}/v1"
     request = urllib.request.Request(
         f"{url}{prefix}/namespaces/nexus/{plural}",
@@ -309,7 +313,7 @@ def _create(url: str, token: str, plural: str, obj: dict[str, Any]) -> None:
         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=10):
+        with urllib.request.urlopen(request, timeout=10, context=trust):
             pass
     except urllib.error.HTTPError as exc:
         if exc.code != 409:

@@ -84,6 +84,8 @@ def proxied_kubeconfigs(system: System, directory: Path, proxies: dict[str, Prox
         config = yaml.safe_load(source.read_text())
         shard = source.name.removesuffix(".kubeconfig")
         if shard in proxies:
-            config["clusters"][0]["cluster"]["server"] = f"http://127.0.0.1:{proxies[shard].port}"
+            cluster = config["clusters"][0]["cluster"]  # TLS passes through: keep the scheme
+            scheme = cluster["server"].partition("://")[0]
+            cluster["server"] = f"{scheme}://127.0.0.1:{proxies[shard].port}"
         (directory / source.name).write_text(yaml.safe_dump(config))
     return directory

@@ -408,7 +408,9 @@ async def local_system(
         cluster = DevCluster(list(shards), kubeconfigs)
         await cluster.start()
         stack.push_async_callback(cluster.stop)
-        session = aiohttp.ClientSession()
+        # the shards serve HTTPS with the cluster's throwaway authority; the schedulers HTTP
+        trust = cluster.authority.client_context() if cluster.authority else True
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trust))
         stack.push_async_callback(session.close)
         http = HttpSettings(host="127.0.0.1", port=0, drain_delay=0, shutdown_timeout=5)
         postgres = PostgresSettings(dsn=postgres_dsn, pool_max_size=6, **(store or {}))

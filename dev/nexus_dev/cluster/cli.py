@@ -2,13 +2,16 @@
 
 Prints one line ``DEVCLUSTER READY {json}`` on stdout once every shard listens — shard
 name → ``url``, ``kubeconfig``, ``namespace``, ``mode`` — so that a parent process (tests,
-benchmarks, ``nexus dev``) can wait for it and read where to connect. SIGTERM or SIGINT
+benchmarks, ``nexus dev``) can wait for it and read where to connect. Shards serve HTTPS
+with a throwaway certificate authority that their kubeconfigs name, so ``kubectl
+--kubeconfig <file>`` works as with a real cluster; ``--plain-http`` serves plain HTTP
+(kubernetes-asyncio and Nexus accept it, kubectl does not send its token there). SIGTERM or SIGINT
 stops every shard, kills every container process the shards started, and exits 0.
 
 Options set every shard; ``--shard NAME:key=value;key=value`` overrides some of them for
 one shard (keys: ``mode``, ``port``, ``namespace``, ``token``, ``mutating-rate``,
 ``mutating-burst``, ``mutating-inflight``, ``read-rate``, ``read-burst``,
-``read-inflight``, ``duration``, ``faults``, ``events`` (``true``/``false``)).
+``read-inflight``, ``duration``, ``faults``, ``events`` and ``tls`` (``true``/``false``)).
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a shard by name, with optional per-shard overrides (repeatable); "
         "keys: mode, port, namespace, token, mutating-rate, mutating-burst, "
         "mutating-inflight, read-rate, read-burst, read-inflight, duration, "
-        "faults, events (true/false)",
+        "faults, events, tls (true/false)",
     )
     group.add_argument("--host", default="127.0.0.1", help="listen address of every shard")
     group.add_argument(
@@ -88,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--namespace", default="nexus", help="namespace in the kubeconfigs")
     group.add_argument("--token", default=None, help="bearer token (default: random per shard)")
+    group.add_argument(
+        "--plain-http",
+        action="store_true",
+        help="serve plain HTTP instead of HTTPS with a throwaway certificate authority "
+        "(kubectl sends no token over plain HTTP; for measurements without TLS)",
+    )
     group = parser.add_argument_group("API Priority and Fairness (unset = unlimited)")
     group.add_argument("--mutating-rate", type=float, help="mutating requests per second")
     group.add_argument("--mutating-burst", type=int, help="mutating burst (default: 1 s worth)")
@@ -223,6 +232,7 @@ def shard_specs(args: argparse.Namespace) -> list[ShardSpec]:
         host=args.host,
         namespace=args.namespace,
         token=args.token,
+        tls=not args.plain_http,
         limits=limits,
         simulation=SimulationSettings(
             args.duration, args.faults, args.concurrency, args.request_timeout
@@ -274,10 +284,10 @@ def _override(spec: ShardSpec, text: str) -> ShardSpec:
             elif key == "faults":
                 parse_faults(value)
                 simulation["faults"] = value
-            elif key == "events":
+            elif key in ("events", "tls"):
                 if value.lower() not in ("true", "false"):
-                    raise ValueError("events must be true or false")
-                changes["events"] = value.lower() == "true"
+                    raise ValueError(f"{key} must be true or false")
+                changes[key] = value.lower() == "true"
             else:
                 raise ValueError("unknown key")
         except ValueError as exc:

@@ -9,9 +9,13 @@ from ``nexus dev`` and from the ``nexus devcluster`` command::
         cluster["shard-a"].inject_fault("my-job", "oom")
 
 Each shard writes ``<kubeconfig_dir>/<name>.kubeconfig`` (server
-``http://127.0.0.1:<port>``, a bearer token, the namespace), exactly what Nexus's shard
-client loads for a real cluster (DESIGN §6). Shards share nothing but the process: each has
-its own store, version counter, limits, kubelet mode and metrics registry.
+``https://127.0.0.1:<port>`` with the certificate authority that signed its certificate, a
+bearer token, the namespace), exactly what Nexus's shard client — and ``kubectl`` — load
+for a real cluster (DESIGN §6). The authority is a throwaway one, shared by the shards of
+one :class:`DevCluster` (:mod:`.certificates`); ``ShardSpec(tls=False)`` serves plain
+``http://`` instead, which kubernetes-asyncio accepts and kubectl does not (it sends no
+bearer token there). Shards share nothing else but the process: each has its own store,
+version counter, limits, kubelet mode and metrics registry.
 
 Stopping a shard closes its watches, stops its listener, kills every container process it
 started and cancels its timers, so leaving the ``async with`` leaves nothing behind. A
@@ -24,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from nexus_dev.cluster.apiserver import ApiServer
+from nexus_dev.cluster.certificates import LocalAuthority
 from nexus_dev.cluster.deletion import GarbageCollector
 from nexus_dev.cluster.discovery import RESOURCES
 from nexus_dev.cluster.events import EventRecorder
@@ -66,6 +72,9 @@ class ShardSpec:
     """Namespace written into the kubeconfig (every namespace exists)."""
     token: str | None = None
     """Bearer token clients must send; random when unset."""
+    tls: bool = True
+    """Serve HTTPS with a certificate of the cluster's throwaway authority, which the
+    kubeconfig names (what kubectl needs to send the token); ``False`` serves plain HTTP."""
     limits: Limits = field(default_factory=Limits)
     simulation: SimulationSettings = field(default_factory=SimulationSettings)
     processes: ProcessSettings = field(default_factory=ProcessSettings)
@@ -85,11 +94,16 @@ class ShardSpec:
 class Shard:
     """One running emulated cluster."""
 
-    def __init__(self, spec: ShardSpec, kubeconfig_dir: Path) -> None:
+    def __init__(
+        self, spec: ShardSpec, kubeconfig_dir: Path, authority: LocalAuthority | None = None
+    ) -> None:
         if spec.mode not in MODES:
             raise ValueError(f"shard {spec.name}: mode must be one of {', '.join(MODES)}")
+        if spec.tls and authority is None:
+            raise ValueError(f"shard {spec.name}: serving HTTPS needs a certificate authority")
         self.spec = spec
         self.name = spec.name
+        self.authority = authority if spec.tls else None
         self.token = spec.token or secrets.token_urlsafe(24)
         self.kubeconfig = kubeconfig_dir / f"{spec.name}.kubeconfig"
         self.registry = CollectorRegistry()
@@ -125,7 +139,15 @@ class Shard:
 
     @property
     def url(self) -> str:
-        return f"http://{self.spec.host}:{self.port}"
+        scheme = "https" if self.authority is not None else "http"
+        host = f"[{self.spec.host}]" if ":" in self.spec.host else self.spec.host
+        return f"{scheme}://{host}:{self.port}"
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context that trusts this shard's certificate (``None`` for plain HTTP),
+        for HTTP clients that do not read the kubeconfig."""
+        return None if self.authority is None else self.authority.client_context()
 
     async def start(self) -> None:
         if self.simulated is not None:
@@ -134,7 +156,8 @@ class Shard:
         self._server = self.api.server()
         # started again after a stop: the same port, so clients find it where it was
         port = self.port or self.spec.port
-        self.port = await self._server.start(self.spec.host, port, backlog=1024)
+        tls = None if self.authority is None else self.authority.server_context([self.spec.host])
+        self.port = await self._server.start(self.spec.host, port, backlog=1024, tls=tls)
         self._write_kubeconfig()
         log.info("shard ready", extra={"shard": self.name, "url": self.url, "mode": self.spec.mode})
 
@@ -155,10 +178,13 @@ class Shard:
         self.recorder.stop()
 
     def _write_kubeconfig(self) -> None:
+        cluster: dict[str, str] = {"server": self.url}
+        if self.authority is not None:
+            cluster["certificate-authority-data"] = self.authority.kubeconfig_data
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": self.name, "cluster": {"server": self.url}}],
+            "clusters": [{"name": self.name, "cluster": cluster}],
             "users": [{"name": f"{self.name}-admin", "user": {"token": self.token}}],
             "contexts": [
                 {
@@ -237,7 +263,8 @@ class DevCluster:
         if not names or len(set(names)) != len(names):
             raise ValueError("shard names must be given and distinct")
         directory = Path(kubeconfig_dir)
-        self.shards = {spec.name: Shard(spec, directory) for spec in shards}
+        self.authority = LocalAuthority() if any(spec.tls for spec in shards) else None
+        self.shards = {spec.name: Shard(spec, directory, self.authority) for spec in shards}
 
     def __getitem__(self, name: str) -> Shard:
         return self.shards[name]

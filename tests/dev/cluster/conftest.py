@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest_asyncio
 from kubernetes_asyncio import client, config
 
@@ -46,6 +47,12 @@ async def connect(shard: Shard) -> client.ApiClient:
         config_file=str(shard.kubeconfig), client_configuration=configuration
     )
     return client.ApiClient(configuration)
+
+
+def trusting(shard: Shard) -> aiohttp.TCPConnector:
+    """Connections for a plain aiohttp session to the shard: over HTTPS they trust the
+    cluster's throwaway authority, as the kubeconfig tells clients that read it."""
+    return aiohttp.TCPConnector(ssl=shard.ssl_context or True)
 
 
 def job_manifest(

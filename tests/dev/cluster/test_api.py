@@ -11,7 +11,7 @@ from kubernetes_asyncio.client.rest import ApiException
 
 from nexus_dev.cluster.emulators import Shard
 
-from .conftest import NS, connect, eventually, job_manifest
+from .conftest import NS, connect, eventually, job_manifest, trusting
 
 
 async def test_create_fills_what_the_server_adds(batch: client.BatchV1Api) -> None:
@@ -253,7 +253,7 @@ async def test_discovery_namespace_and_version(api: client.ApiClient) -> None:
 
 
 async def test_wrong_token_is_401(shard: Shard) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=trusting(shard)) as session:
         url = f"{shard.url}/apis/batch/v1/namespaces/{NS}/jobs"
         async with session.get(url, headers={"Authorization": "Bearer wrong"}) as response:
             assert response.status == 401

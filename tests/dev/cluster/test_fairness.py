@@ -12,7 +12,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from nexus_dev.cluster.emulators import DevCluster
 from nexus_dev.cluster.fairness import Limits
 
-from .conftest import NS, connect, fast_spec, job_manifest
+from .conftest import NS, connect, fast_spec, job_manifest, trusting
 
 
 async def test_rate_limit_answers_429_and_counts(tmp_path: Path) -> None:
@@ -36,7 +36,10 @@ async def test_rate_limit_answers_429_and_counts(tmp_path: Path) -> None:
             assert '"reason":"TooManyRequests"' in first.body
             for _ in range(3):  # reads are not limited here
                 await batch.list_namespaced_job(NS)
-            async with aiohttp.ClientSession() as session, session.get(f"{shard.url}/metrics") as r:
+            async with (
+                aiohttp.ClientSession(connector=trusting(shard)) as session,
+                session.get(f"{shard.url}/metrics") as r,
+            ):
                 metrics = await r.text()
     assert (
         f'devcluster_requests_accepted_total{{resource="jobs",verb="create"}} {accepted}.0'

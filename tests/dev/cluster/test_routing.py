@@ -8,6 +8,8 @@ import pytest
 from nexus_dev.cluster.emulators import Shard
 from nexus_dev.cluster.routing import NoRoute, match
 
+from .conftest import trusting
+
 CORE = {"group": "", "version": "v1"}
 BATCH = {"group": "batch", "version": "v1"}
 
@@ -85,7 +87,7 @@ def test_get_only_paths(path: str) -> None:
 
 async def test_answers_over_the_wire(shard: Shard) -> None:
     auth = {"Authorization": f"Bearer {shard.token}"}
-    async with aiohttp.ClientSession() as session:
+    async with aiohttp.ClientSession(connector=trusting(shard)) as session:
         async with session.get(f"{shard.url}/nothing/here", headers=auth) as response:
             assert (response.status, await response.text()) == (404, "404: Not Found")
         async with session.get(f"{shard.url}/nothing/here") as response:
