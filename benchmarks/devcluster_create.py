@@ -120,9 +120,11 @@ EXTRA_OPTIONS: list[str] = []
 
 
 @asynccontextmanager
-async def emulator(*options: str) -> AsyncIterator[Emulator]:
-    """A ``nexus devcluster`` process with one shard ``bench``; stopped with SIGTERM."""
-    options = (*options, *EXTRA_OPTIONS)
+async def emulator(*options: str, tls: bool = False) -> AsyncIterator[Emulator]:
+    """A ``nexus devcluster`` process with one shard ``bench``; stopped with SIGTERM. It
+    serves plain HTTP unless ``tls``: these figures are the API's, and what HTTPS adds is
+    measured on its own (``devcluster_tls.py``)."""
+    options = (*options, *EXTRA_OPTIONS, *(() if tls else ("--plain-http",)))
     directory = tempfile.mkdtemp(prefix="devcluster-bench-")
     argv = ["-m", "nexus", "devcluster", "--shard", "bench", "--kubeconfig-dir", directory]
     argv += ["--log-level", "WARNING", "--token", "bench", *options]

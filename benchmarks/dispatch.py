@@ -101,8 +101,9 @@ def creates(url: str) -> dict[str, float]:
 async def unthrottled(args: argparse.Namespace) -> dict[str, object]:
     pod = "bench-scheduler"
     options = StackOptions(
-        mode="off", maintainer=False, create_rate=100_000, events=False, log_format="json",
-        pod_names=(pod,), defer_schedulers=True, environment={"NEXUS__LOG__LEVEL": "WARNING"},
+        tls=False, mode="off", maintainer=False, create_rate=100_000, events=False,
+        log_format="json", pod_names=(pod,), defer_schedulers=True,
+        environment={"NEXUS__LOG__LEVEL": "WARNING"},
     )  # fmt: skip
     with local_stack(options) as stack:
         await fill(stack, [pod], args.runs)
@@ -138,7 +139,7 @@ async def limited(args: argparse.Namespace) -> dict[str, object]:
     pods = ["bench-scheduler-a", "bench-scheduler-b"]
     backlog = int(args.limit * args.seconds * 1.5 / len(pods)) + 500
     options = StackOptions(
-        mode="off", maintainer=False, schedulers=2, create_rate=args.limit,
+        tls=False, mode="off", maintainer=False, schedulers=2, create_rate=args.limit,
         shard_rate=args.limit, events=False, log_format="json", pod_names=tuple(pods),
         defer_schedulers=True, environment={"NEXUS__LOG__LEVEL": "WARNING"},
     )  # fmt: skip

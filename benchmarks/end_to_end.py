@@ -153,7 +153,7 @@ def main() -> int:
     if any(not key.startswith("NEXUS__") for key in settings):
         parser.error("--setting takes NEXUS__SECTION__KEY=VALUE")
     options = StackOptions(
-        mode="simulated", maintainer=args.maintainer, schedulers=args.schedulers,
+        tls=False, mode="simulated", maintainer=args.maintainer, schedulers=args.schedulers,
         duration=args.duration, create_rate=100_000, log_format="json",
         environment={"NEXUS__LOG__LEVEL": "WARNING", **settings},
     )  # fmt: skip

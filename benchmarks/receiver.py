@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=150_000, help="runs written before the load")
     args = parser.parse_args()
     options = StackOptions(
-        mode="off", maintainer=False, events=False, log_format="json",
+        tls=False, mode="off", maintainer=False, events=False, log_format="json",
         environment={"NEXUS__LOG__LEVEL": "WARNING"},
     )  # fmt: skip
     with local_stack(options) as stack:

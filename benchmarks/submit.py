@@ -89,6 +89,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     options = StackOptions(
+        tls=False,
         mode="off",
         maintainer=False,
         create_rate=5000.0 if args.with_dispatch else 0.01,
