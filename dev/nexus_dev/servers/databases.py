@@ -21,8 +21,11 @@ Settings are chosen for throwaway speed. PostgreSQL trusts loopback connections,
 ``fsync=off`` (no protection against OS crashes, yet a killed server keeps every commit it
 acknowledged, as fault tests need) and 200 connections, keeps its socket in its own
 directory, and runs as user ``postgres`` (else ``nobody``) when we are root, since it
-refuses root. Redis keeps nothing on disk (``--save "" --appendonly no``): a restarted
-Redis is empty.
+refuses root; where that user cannot enter the server's directory or the installation (a
+checkout under ``/root``), the data lives in a private directory of that user's under
+``/tmp`` instead (``data`` in the server's directory links to it) and the installation is
+run from a linked copy (:mod:`nexus_dev.servers.unprivileged`). Redis keeps nothing on
+disk (``--save "" --appendonly no``): a restarted Redis is empty.
 
 All methods block; from async code use ``await asyncio.to_thread(server.restart)``.
 """
@@ -35,7 +38,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -56,6 +58,7 @@ from nexus_dev.servers.supervision import (
     run,
     unprivileged_user,
 )
+from nexus_dev.servers.unprivileged import can_enter, private_directory, reachable_installation
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +160,7 @@ class LocalServer(Generic[InfoT]):
                 self.name,
                 self._command(),
                 log_path=self.directory / f"{self.name}.log",
-                cwd=self.directory,
+                cwd=self._cwd(),
                 env=child_environment(self.directory),
                 run_as=self._run_as(),
                 stop_signal=self.stop_signal,
@@ -234,6 +237,10 @@ class LocalServer(Generic[InfoT]):
     def _run_as(self) -> RunAs | None:
         return None
 
+    def _cwd(self) -> Path:
+        assert self.directory is not None
+        return self.directory
+
     def _choose_ports(self) -> list[int]:
         return free_ports(self.ports_needed)
 
@@ -260,10 +267,38 @@ class LocalPostgres(LocalServer[PostgresInfo]):
     name = "postgres"
     stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for clients to leave
     max_connections = 200
-    _bin_dir: Path | None = None
+
+    def __init__(
+        self,
+        directory: Path | None = None,
+        *,
+        external: PostgresInfo | None = None,
+        binaries: BinarySource = "auto",
+        bin_dir: Path | None = None,
+    ) -> None:
+        """``bin_dir``: an installation's ``bin`` directory to use instead of finding one."""
+        super().__init__(directory, external=external, binaries=binaries)
+        self._bin_dir = bin_dir
+        self._home: Path | None = None
+        """Where the data directory and the socket live: ``directory``, or a private
+        directory of the server's user when that user cannot enter ``directory``."""
+        self._private: Path | None = None
+        self._server_bin: Path | None = None
+        """The ``bin`` directory the server runs from (a copy the server's user can run)."""
 
     def _run_as(self) -> RunAs | None:
         return unprivileged_user()
+
+    def _cwd(self) -> Path:
+        assert self._home is not None
+        return self._home
+
+    @property
+    def data_directory(self) -> Path:
+        """The data directory (``PGDATA``), once the server was started."""
+        if self._home is None:
+            raise LocalServiceError(f"{self.name} has not been started")
+        return self._home / "data"
 
     @property
     def bin_dir(self) -> Path:
@@ -272,21 +307,41 @@ class LocalPostgres(LocalServer[PostgresInfo]):
             self._bin_dir = find_postgres(self.binaries).path
         return self._bin_dir
 
+    def _place(self, run_as: RunAs | None) -> Path:
+        """The server's home (see ``_home``), owned by the server's user, mode 0700."""
+        assert self.directory is not None
+        if run_as is None or can_enter(self.directory, run_as):
+            if run_as is not None:
+                os.chown(self.directory, run_as.uid, run_as.gid)
+            self.directory.chmod(0o700)
+            return self.directory
+        self._private = private_directory(run_as, "nexus-postgres-")
+        (self.directory / "data").symlink_to(self._private / "data")  # for people looking
+        log.info(
+            "PostgreSQL's user %s cannot enter %s: its data lives in %s",
+            run_as.name,
+            self.directory,
+            self._private,
+        )
+        return self._private
+
     def _prepare(self) -> None:
         assert self.directory is not None
-        if (self.directory / "data" / "PG_VERSION").exists():
-            return
         run_as = self._run_as()
-        if run_as is not None:
-            _check_reachable(self.directory, run_as)
-            os.chown(self.directory, run_as.uid, run_as.gid)
-        self.directory.chmod(0o700)
+        if self._home is None:
+            self._home = self._place(run_as)
+            self._server_bin = self.bin_dir
+            if run_as is not None:
+                self._server_bin = reachable_installation(self.bin_dir, run_as, self._home)
+        if (self._home / "data" / "PG_VERSION").exists():
+            return
+        assert self._server_bin is not None
         argv: list[str | Path] = [
-            self.bin_dir / "initdb", "-D", self.directory / "data", "-U", "postgres",
+            self._server_bin / "initdb", "-D", self._home / "data", "-U", "postgres",
             "--auth=trust", "--encoding=UTF8", "--no-locale", "--no-sync", "--no-instructions",
         ]  # fmt: skip
         with open(self.directory / "initdb.log", "wb") as out:
-            proc = run(argv, cwd=self.directory, env=child_environment(self.directory),
+            proc = run(argv, cwd=self._home, env=child_environment(self._home),
                        run_as=run_as, stdout=out)  # fmt: skip
             try:
                 code = proc.wait(timeout=60)
@@ -299,11 +354,12 @@ class LocalPostgres(LocalServer[PostgresInfo]):
             raise LocalServiceError(f"initdb failed with status {code}:\n{tail}")
 
     def _command(self) -> list[str]:
-        assert self.directory is not None
+        assert self._home is not None
+        assert self._server_bin is not None
         settings = {
             "port": self.ports[0],
             "listen_addresses": "127.0.0.1",
-            "unix_socket_directories": self.directory,
+            "unix_socket_directories": self._home,
             "max_connections": self.max_connections,
             # Throwaway data: no protection against OS crashes. Commits still reach the
             # kernel before they are acknowledged (synchronous_commit stays on), so a
@@ -315,7 +371,7 @@ class LocalPostgres(LocalServer[PostgresInfo]):
             "jit": "off",  # compiling tiny test queries costs more than it saves
             "logging_collector": "off",
         }
-        argv = [str(self.bin_dir / "postgres"), "-D", str(self.directory / "data")]
+        argv = [str(self._server_bin / "postgres"), "-D", str(self._home / "data")]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
         return argv
@@ -326,8 +382,13 @@ class LocalPostgres(LocalServer[PostgresInfo]):
     def _after_exit(self) -> None:
         # After a SIGKILL the lock file stays; were its pid reused by the time we restart,
         # the new postmaster would refuse to start. It and its children are dead: drop it.
-        assert self.directory is not None
-        (self.directory / "data" / "postmaster.pid").unlink(missing_ok=True)
+        assert self._home is not None
+        (self._home / "data" / "postmaster.pid").unlink(missing_ok=True)
+
+    def close(self) -> None:
+        super().close()
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
 
     def _info(self) -> PostgresInfo:
         return PostgresInfo("127.0.0.1", self.ports[0])
@@ -376,14 +437,3 @@ def redis_ping(host: str, port: int, timeout: float = 2.0) -> bool:
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.sendall(b"*1\r\n$4\r\nPING\r\n")
         return sock.recv(64).startswith(b"+PONG")
-
-
-def _check_reachable(directory: Path, run_as: RunAs) -> None:
-    """Fail clearly if ``run_as`` could not reach ``directory`` through its parents."""
-    for parent in directory.resolve().parents:
-        mode = parent.stat()
-        if not mode.st_mode & stat.S_IXOTH and mode.st_uid != run_as.uid:
-            raise LocalServiceError(
-                f"PostgreSQL runs as user {run_as.name}, which cannot enter {parent}; "
-                "choose a working directory under a world-searchable one such as /tmp"
-            )

@@ -134,6 +134,8 @@ class LocalServices:
         with concurrent.futures.ThreadPoolExecutor(3, thread_name_prefix="local") as pool:
             list(pool.map(lambda server: server.stop(timeout), local))
         if not self.keep:
+            for server in local:  # and what lives outside the directory (PostgreSQL's data
+                server.close()  # when its user cannot enter it)
             shutil.rmtree(self.directory, ignore_errors=True)
 
     def __enter__(self) -> LocalServices:
