@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import platform
 import shutil
@@ -326,7 +327,9 @@ def test_servers_run_from_the_chosen_binaries(source: supervision.BinarySource) 
         try:
             server.start()
             assert server.pid is not None
-            assert Path(f"/proc/{server.pid}/exe").resolve() == expected
+            running = Path(f"/proc/{server.pid}/exe").resolve()
+            # as root, from a copy its user can run when the original is out of its reach
+            assert running == expected or filecmp.cmp(running, expected, shallow=False)
             tried += 1
         finally:
             server.close()
