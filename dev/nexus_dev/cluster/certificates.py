@@ -4,12 +4,14 @@
 sends none, and every command is refused with 401. So a shard serves HTTPS by default,
 as a real API server does, with a certificate from a :class:`LocalAuthority`:
 
-* **Throwaway.** The authority is made in memory when a :class:`~.emulators.DevCluster`
-  starts (an ECDSA P-256 key pair, a few milliseconds) and is never written anywhere but
-  into the shards' kubeconfigs, as ``certificate-authority-data`` — so whoever can read
-  a kubeconfig (its owner: it is written with mode 0600, and holds the token anyway)
-  trusts that cluster and nothing else. It dies with the process; the next start makes a
-  new one.
+* **Throwaway.** The authority is made when a :class:`~.emulators.DevCluster` first
+  starts in a kubeconfig directory (an ECDSA P-256 key pair, a few milliseconds) and
+  written into the shards' kubeconfigs, as ``certificate-authority-data``, and with its
+  key into ``authority.pem`` beside them (mode 0600, as the kubeconfigs, which hold the
+  tokens anyway). A cluster started again in that directory — ``nexus dev`` restarts a
+  crashed one with the ports and tokens of the first start — uses the same authority,
+  so the clients that read the kubeconfigs before keep trusting it; a new directory
+  gets a new one. Whoever can read a kubeconfig trusts that cluster and nothing else.
 * **Stock clients verify it.** The server certificate names every address a shard is
   reached at (``127.0.0.1``, ``::1``, ``localhost`` and the listen host), so kubectl,
   kubernetes-asyncio and the lean client of :mod:`nexus.core.httpcalls` check the name
@@ -25,8 +27,11 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import os
+import re
 import ssl
 from collections.abc import Iterable
+from pathlib import Path
 
 import trustme
 
@@ -34,11 +39,32 @@ _ALWAYS = ("127.0.0.1", "::1", "localhost")
 """Names every server certificate carries: how a shard is reached from this machine."""
 
 
-class LocalAuthority:
-    """A certificate authority for one run of the local clusters."""
+_PEM = re.compile(rb"-----BEGIN ([A-Z ]+)-----.+?-----END \1-----\n?", re.DOTALL)
 
-    def __init__(self) -> None:
-        self._ca = trustme.CA(organization_name="Nexus local cluster")
+
+class LocalAuthority:
+    """A certificate authority for the local clusters of one kubeconfig directory."""
+
+    def __init__(self, ca: trustme.CA | None = None) -> None:
+        self._ca = ca or trustme.CA(organization_name="Nexus local cluster")
+
+    @classmethod
+    def kept_in(cls, path: Path) -> LocalAuthority:
+        """The authority saved in ``path`` (certificate and key, PEM), or a new one saved
+        there (atomically, mode 0600)."""
+        if path.exists():
+            blocks = {match[1]: match[0] for match in _PEM.finditer(path.read_bytes())}
+            key = next((pem for kind, pem in blocks.items() if b"PRIVATE KEY" in kind), None)
+            if b"CERTIFICATE" in blocks and key is not None:
+                return cls(trustme.CA.from_pem(blocks[b"CERTIFICATE"], key))
+        authority = cls()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(authority.pem + authority._ca.private_key_pem.bytes())
+        temporary.replace(path)
+        return authority
 
     @property
     def pem(self) -> bytes:

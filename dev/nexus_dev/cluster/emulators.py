@@ -12,7 +12,8 @@ Each shard writes ``<kubeconfig_dir>/<name>.kubeconfig`` (server
 ``https://127.0.0.1:<port>`` with the certificate authority that signed its certificate, a
 bearer token, the namespace), exactly what Nexus's shard client — and ``kubectl`` — load
 for a real cluster (DESIGN §6). The authority is a throwaway one, shared by the shards of
-one :class:`DevCluster` (:mod:`.certificates`); ``ShardSpec(tls=False)`` serves plain
+one :class:`DevCluster` and kept beside the kubeconfigs, so that a cluster started again
+there is trusted as before (:mod:`.certificates`); ``ShardSpec(tls=False)`` serves plain
 ``http://`` instead, which kubernetes-asyncio accepts and kubectl does not (it sends no
 bearer token there). Shards share nothing else but the process: each has its own store,
 version counter, limits, kubelet mode and metrics registry.
@@ -263,7 +264,11 @@ class DevCluster:
         if not names or len(set(names)) != len(names):
             raise ValueError("shard names must be given and distinct")
         directory = Path(kubeconfig_dir)
-        self.authority = LocalAuthority() if any(spec.tls for spec in shards) else None
+        self.authority = (
+            LocalAuthority.kept_in(directory / "authority.pem")
+            if any(spec.tls for spec in shards)
+            else None
+        )
         self.shards = {spec.name: Shard(spec, directory, self.authority) for spec in shards}
 
     def __getitem__(self, name: str) -> Shard:

@@ -6,9 +6,12 @@ import asyncio
 import json
 import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
+import aiohttp
+import pytest
 import yaml
 from kubernetes_asyncio import client
 
@@ -127,3 +130,48 @@ async def test_cli_help_documents_every_option() -> None:
         "--bookmark-interval",
     ):
         assert option in text
+
+
+def _authority(kubeconfig: Path) -> str:
+    return str(
+        yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"][
+            "certificate-authority-data"
+        ]
+    )
+
+
+async def test_https_by_default_and_plain_http_when_asked(tmp_path: Path) -> None:
+    async with DevCluster([fast_spec("tls"), fast_spec("plain", tls=False)], tmp_path) as cluster:
+        assert cluster["tls"].url.startswith("https://127.0.0.1:")
+        assert cluster["plain"].url.startswith("http://127.0.0.1:")
+        assert (
+            "certificate-authority-data"
+            not in yaml.safe_load(cluster["plain"].kubeconfig.read_text())["clusters"][0]["cluster"]
+        )
+        for shard in (cluster["tls"], cluster["plain"]):
+            async with await connect(shard) as api:  # kubernetes-asyncio, from the kubeconfig
+                assert (await client.VersionApi(api).get_code()).git_version == "v1.33.0"
+        # a client that does not trust the authority is refused, as by any TLS server
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(aiohttp.ClientConnectorCertificateError):
+                await session.get(f"{cluster['tls'].url}/healthz")
+
+
+async def test_a_cluster_started_again_in_its_directory_keeps_its_authority(
+    tmp_path: Path,
+) -> None:
+    """``nexus dev`` restarts a crashed cluster in the same directory, with its ports and
+    tokens: the services that read the kubeconfig before must keep trusting it."""
+    async with DevCluster([fast_spec("a")], tmp_path) as first:
+        authority = _authority(first["a"].kubeconfig)
+        trusted = first["a"].ssl_context
+    assert stat.S_IMODE((tmp_path / "authority.pem").stat().st_mode) == 0o600
+    async with DevCluster([fast_spec("a")], tmp_path) as second:
+        assert _authority(second["a"].kubeconfig) == authority
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=trusted)) as session,
+            session.get(f"{second['a'].url}/healthz") as answer,
+        ):
+            assert answer.status == 200
+    async with DevCluster([fast_spec("a")], tmp_path / "elsewhere") as third:
+        assert _authority(third["a"].kubeconfig) != authority
