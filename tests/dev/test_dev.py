@@ -23,6 +23,7 @@ from harness import is_alive
 from support.devprocess import DevProcess, call, read_status, wait_finished
 
 from nexus_dev.cli import READY_PREFIX
+from nexus_dev.cluster.certificates import trusting
 from nexus_dev.servers.databases import redis_ping
 from nexus_dev.servers.services import LocalPostgres, PostgresInfo, S3Info
 from nexus_dev.servers.supervision import descendants
@@ -96,10 +97,11 @@ def test_dev_with_two_shards_copies_the_catalog_to_the_second() -> None:
         second = ready["shards"]["shard-1"]
         config = yaml.safe_load(Path(second["kubeconfig"]).read_text())
         headers = {"Authorization": f"Bearer {config['users'][0]['user']['token']}"}
+        trust = trusting(config["clusters"][0]["cluster"]["certificate-authority-data"])
         group = f"{second['url']}/apis/science.sneaksanddata.com/v1/namespaces/nexus"
 
         def names(url: str) -> set[str]:
-            return {o["metadata"]["name"] for o in call("GET", url, headers)["items"]}
+            return {o["metadata"]["name"] for o in call("GET", url, headers, trust=trust)["items"]}
 
         deadline = time.monotonic() + 30
         wanted = (set(ready["algorithms"]), {"default", "shard-0", "shard-1"}, {"nexus-examples"})
@@ -113,7 +115,7 @@ def test_dev_with_two_shards_copies_the_catalog_to_the_second() -> None:
                 break
             time.sleep(0.2)
         assert found == wanted
-        copy = call("GET", f"{group}/nexusalgorithmtemplates/echo", headers)
+        copy = call("GET", f"{group}/nexusalgorithmtemplates/echo", headers, trust=trust)
         assert copy["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "nexus-maintainer"
         code, err = dev.finish(signal.SIGTERM)
         assert code == 0, err

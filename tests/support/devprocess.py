@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -134,10 +135,18 @@ def wait_for_status(
         time.sleep(interval)
 
 
-def call(method: str, url: str, headers: dict[str, str], body: Any = None) -> Any:
+def call(
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: Any = None,
+    trust: ssl.SSLContext | None = None,
+) -> Any:
+    """The JSON answer; ``trust``: what an ``https`` server's certificate is checked
+    against (a local cluster's authority, from its kubeconfig)."""
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method=method, headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=10, context=trust) as response:
         return json.loads(response.read())
 
 
