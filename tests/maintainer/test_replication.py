@@ -598,10 +598,14 @@ async def test_a_standby_maintainer_takes_over_the_copies_without_redoing_them(
                 return found is not None and found["spec"]["container"]["image"] == "changed"
 
             await on_every_shard(c, changed, "the change carried by the new leader")
-            writes = [
-                (line["shard"], line["write"]) for line in second.lines() if line.get("write")
-            ]
-            assert sorted(writes) == [("shard-a", "updated"), ("shard-b", "updated")]
+
+            def writes() -> list[tuple[str, str]]:  # logged once the shard has answered
+                return sorted(
+                    (line["shard"], line["write"]) for line in second.lines() if line.get("write")
+                )
+
+            wanted = [("shard-a", "updated"), ("shard-b", "updated")]
+            await eventually(lambda: writes() == wanted, what="the new leader's two writes")
             second.terminate()
             assert second.popen.returncode == 0
 
