@@ -20,6 +20,8 @@ period are looked at, by the database's clock.
   Job list is current and a GET answers 404) → ``FAILED``, job lost; its Job is still
   active ``deadline_slack`` past the run's deadline → ``DEADLINE_EXCEEDED`` and the Job
   deleted.
+* a census: how many runs are in each unfinished stage (``nexus_runs{stage}``, set by the
+  leader; finished runs are counted where they finish, ``nexus_run_duration_seconds``).
 * finished runs past ``retention`` → their input and result objects, then their
   checkpoints, deleted; idempotency keys older than 24 h cleared.
 
@@ -37,7 +39,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from maintainer.actions import Act, Actions
 from maintainer.settings import MaintainerSection
@@ -69,6 +71,10 @@ DELETED = Counter(
 )
 KEYS_CLEARED = Counter(
     "nexus_maintainer_idempotency_keys_cleared_total", "Idempotency keys cleared after 24 h."
+)
+
+UNFINISHED = Gauge(
+    "nexus_runs", "Runs in each unfinished stage, counted by the leader every sweep.", ["stage"]
 )
 
 
@@ -112,6 +118,7 @@ class Sweeper:
             ("running", partial(self._stage, Stage.RUNNING, s.running_grace, self._running)),
             ("retention", self._retention),
             ("idempotency", self._idempotency),
+            ("census", self._census),
         ]
         for name, work in kinds:
             started = time.perf_counter()
@@ -121,6 +128,10 @@ class Sweeper:
                 SWEEP_FAILURES.labels(name).inc()
                 log.warning("sweep of %s runs cut short: %s", name, exc)
             SWEEP_SECONDS.labels(name).observe(time.perf_counter() - started)
+
+    async def _census(self) -> None:
+        for stage, runs in (await self.sweeps.count_unfinished()).items():
+            UNFINISHED.labels(stage.value).set(runs)
 
     async def _stage(
         self, stage: Stage, grace: float, handle: Callable[[list[SweepRow]], Awaitable[None]]

@@ -11,6 +11,9 @@ Guarantees:
 * **Transitions are enforced in SQL.** An update matches only rows whose current stage may
   move to the target (the ``run_transitions`` table), and a trigger refuses anything else,
   so two writers racing on one run can never move a terminal run.
+* **Counted.** Every transition to a finished stage that applied is observed, once, in
+  ``nexus_run_duration_seconds{stage}``: the time from the run's receipt to that write, by
+  the database's clock, in whichever process wrote it.
 * **Idempotency keys.** The same ``(caller, Idempotency-Key)`` names one run for 24 hours;
   a second insert returns the first run's id and creates nothing.
 
@@ -33,6 +36,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
+from prometheus_client import Histogram
 
 from nexus.core import statements as sql
 from nexus.core.config import PostgresSettings
@@ -77,6 +81,23 @@ PLAN_SETTINGS = {
     "enable_hashjoin": "off",
     "enable_mergejoin": "off",
 }
+
+FINISHED_SECONDS = Histogram(
+    "nexus_run_duration_seconds",
+    "Time from a run's receipt to its finished stage being written, by that stage (the"
+    " _count is the number of runs finished).",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 6 * 3600, 86400),
+)
+_FINISHED = {stage: FINISHED_SECONDS.labels(stage.value) for stage in Stage if stage.terminal}
+
+
+def _observe_finished(change: Transition, age: float | None) -> None:
+    """Time a change that applied, if it finished its run."""
+    child = _FINISHED.get(change.to)
+    if child is not None and age is not None:
+        child.observe(max(0.0, age))
+
 
 if TYPE_CHECKING:
     Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record]
@@ -311,9 +332,12 @@ class CheckpointStore:
             answers = await self._update(conn, columns)
         applied: list[bool] = [False] * len(changes)
         for indices, rows in zip(rounds, answers, strict=True):
-            done = {(row["algorithm"], row["id"]) for row in rows}
+            done = {(row["algorithm"], row["id"]): row["age"] for row in rows}
             for i in indices:
-                applied[i] = (changes[i].algorithm, changes[i].id) in done
+                key = (changes[i].algorithm, changes[i].id)
+                if key in done:
+                    applied[i] = True
+                    _observe_finished(changes[i], done[key])
         return applied
 
     async def _update(
@@ -428,10 +452,14 @@ class CheckpointStore:
             for indices in rounds:
                 for start in range(0, len(indices), self._batch_max):
                     chunk = indices[start : start + self._batch_max]
-                    taken = dict(await _skip_locked(conn, [changes[i] for i in chunk]))
+                    found = await _skip_locked(conn, [changes[i] for i in chunk])
+                    taken = {key: applied for key, applied, _ in found}
+                    ages = {key: age for key, applied, age in found if applied}
                     for i in chunk:  # applied; held (or not holdable); or refused
                         key = changes[i].key
                         results[i] = (taken[key] or None) if key in taken else False
+                        if key in ages:
+                            _observe_finished(changes[i], ages[key])
         return results
 
 
@@ -445,10 +473,13 @@ def _insert_row(run: NewRun) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-async def _skip_locked(conn: Connection, batch: Sequence[Transition]) -> list[tuple[RunKey, bool]]:
-    """The runs :data:`sql.TRANSITION_SKIP_LOCKED` could take for ``batch``, and whether
-    each change applied. A change the store cannot hold is answered as not applied (as
-    for a run held: nothing is known of its stage); its neighbours are still written."""
+async def _skip_locked(
+    conn: Connection, batch: Sequence[Transition]
+) -> list[tuple[RunKey, bool, float | None]]:
+    """The runs :data:`sql.TRANSITION_SKIP_LOCKED` could take for ``batch``, whether each
+    change applied and, if it did, the run's age. A change the store cannot hold is
+    answered as not applied (as for a run held: nothing is known of its stage); its
+    neighbours are still written."""
     try:
         rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
     except _DATA_ERRORS as exc:
@@ -457,9 +488,9 @@ async def _skip_locked(conn: Connection, batch: Sequence[Transition]) -> list[tu
             log.error(
                 "the store cannot hold this change: %s", exc, extra={"requestId": str(change.id)}
             )
-            return [(change.key, False)]
+            return [(change.key, False, None)]
         return [row for change in batch for row in await _skip_locked(conn, [change])]
-    return [(RunKey(r["algorithm"], r["id"]), r["applied"]) for r in rows]
+    return [(RunKey(r["algorithm"], r["id"]), r["applied"], r["age"]) for r in rows]
 
 
 async def _each_alone(

@@ -8,18 +8,24 @@ component that is unavailable into 503 with ``Retry-After`` — bad input never 
 5xx, and an outage never looks like the client's fault. Anything else unexpected is logged
 once, with the request id, and answered 500 without internals. :func:`finish_routes`
 answers unknown paths (404) and methods (405) the same way.
+
+Every answer, errors included, is counted and timed in ``nexus_http_request_duration_seconds``
+by route *template* (``/algorithm/v1.2/run/{algorithm}``, never the path), method and
+status: the labels' values are bounded by the routes a service has, whatever clients send.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypedDict
 
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import Histogram
 
 from nexus.core.errors import (
     CheckpointRejected,
@@ -46,6 +52,34 @@ _UNAVAILABLE: dict[type[DependencyError], str] = {
     StorageUnavailable: "object storage",
     ShardUnavailable: "the cluster's API server",
 }
+
+REQUEST_SECONDS = Histogram(
+    "nexus_http_request_duration_seconds",
+    "Time from a request's handler taking it to its answer, by route template, method and"
+    " status (the _count is the number of requests).",
+    ["route", "method", "status"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+)
+_TIMED: dict[tuple[str, str, int], Any] = {}
+"""The histogram's children by labels, looked up once each (``labels()`` takes a lock)."""
+NO_ROUTE = "(no route)"
+"""The route label of a request no route takes: its path is the client's, not ours."""
+
+
+def _observe(request: web.Request, status: int, started: float, template: str = "") -> None:
+    """Count and time one answer under its route's template."""
+    if not template:
+        resource = request.match_info.route.resource
+        template = resource.canonical if resource is not None else NO_ROUTE
+    method = request.method if request.method in _METHODS else "other"
+    key = (template, method, status)
+    child = _TIMED.get(key)
+    if child is None:
+        child = _TIMED[key] = REQUEST_SECONDS.labels(template, method, str(status))
+    child.observe(time.perf_counter() - started)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class ErrorAnswer(TypedDict):
@@ -156,6 +190,16 @@ def json_errors(handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def handle(request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        try:
+            response = await _answer(request)
+        except web.HTTPException as exc:  # a redirect raised rather than returned
+            _observe(request, exc.status, started)
+            raise
+        _observe(request, response.status, started)
+        return response
+
+    async def _answer(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
         except ApiError as exc:
@@ -214,10 +258,12 @@ def _method_not_allowed(methods: list[str]) -> Handler:
 
     async def refuse(request: web.Request) -> web.StreamResponse:
         message = f"{request.method} is not allowed here; use {allow}"
+        _observe(request, 405, time.perf_counter())
         return error_response(405, "method_not_allowed", message, {"Allow": allow})
 
     return refuse
 
 
 async def _no_route(request: web.Request) -> web.StreamResponse:
+    _observe(request, 404, time.perf_counter(), NO_ROUTE)
     return error_response(404, "not_found", "no such route")

@@ -49,7 +49,11 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # waited for a row rechecks the new row against the rows it had joined, so a join would
 # judge a cancel against the move it first matched (BUFFERED to CANCELLED) when the row
 # has become RUNNING meanwhile, and drop it; the subquery is asked again.
-TRANSITION = """
+# The seconds since the run was received, by the database's clock: the metrics' time from
+# submission to a finished stage.
+AGE = "extract(epoch FROM clock_timestamp() - r.received_at)::float8 AS age"
+
+TRANSITION = f"""
 UPDATE runs r SET
     lifecycle_stage = u.to_stage,
     result_uri = COALESCE(u.result_uri, r.result_uri),
@@ -68,7 +72,7 @@ WHERE r.algorithm = u.algorithm AND r.id = u.id
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
   AND EXISTS (SELECT 1 FROM run_transitions t
               WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage OFFSET 0)
-RETURNING r.algorithm, r.id
+RETURNING r.algorithm, r.id, {AGE}
 """
 
 
@@ -108,7 +112,7 @@ LIMIT $6
 # the candidates were refused by their stage and are not returned. The change of every
 # run travels with it through the CTEs, and each join probes runs by key, so the work
 # grows with the batch, not with its square (the CTEs have no indexes).
-TRANSITION_SKIP_LOCKED = """
+TRANSITION_SKIP_LOCKED = f"""
 WITH candidates AS (
     SELECT u.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
@@ -138,11 +142,19 @@ WITH candidates AS (
       AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
       AND EXISTS (SELECT 1 FROM run_transitions t
                   WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
-    RETURNING r.algorithm, r.id
+    RETURNING r.algorithm, r.id, {AGE}
 )
-SELECT algorithm, id, false AS applied FROM candidates
+SELECT algorithm, id, false AS applied, NULL::float8 AS age FROM candidates
 UNION ALL
-SELECT algorithm, id, true FROM updated
+SELECT algorithm, id, true, age FROM updated
+"""
+
+
+# Served by the partial index runs_unfinished_by_age alone: finished runs are never read.
+COUNT_UNFINISHED = """
+SELECT lifecycle_stage, count(*) AS runs FROM runs
+WHERE lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
+GROUP BY lifecycle_stage
 """
 
 

@@ -112,6 +112,14 @@ class Sweeps:
             )
         return [_sweep_row(row) for row in rows]
 
+    async def count_unfinished(self) -> dict[Stage, int]:
+        """How many runs are in each unfinished stage now (every one of them, zero too)."""
+        async with self._store.connection() as conn:
+            rows = await conn.fetch(sql.COUNT_UNFINISHED)
+        counts = dict.fromkeys((Stage.NEW, Stage.BUFFERED, Stage.RUNNING), 0)
+        counts.update({Stage(r["lifecycle_stage"]): int(r["runs"]) for r in rows})
+        return counts
+
     async def expired_runs(self, older_than: timedelta, limit: int) -> list[ExpiredRun]:
         """Finished runs received more than ``older_than`` ago, at most ``limit``."""
         async with self._store.connection() as conn:

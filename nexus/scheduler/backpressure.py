@@ -8,7 +8,7 @@ one of three signals says this pod could not keep its promises about it:
   at once; the next heartbeat that succeeds says it is back;
 * **the shard's queue is full**: more than ``max_queue_depth`` runs wait on this pod's
   queue for the run's shard: 429 with ``Retry-After: 10``. :func:`measure_depth` reads the
-  depths once a second;
+  depths once a second (and exports them, ``nexus_queue_depth{pod,shard}``);
 * **the checkpoint store is saturated**: as many writes wait for it as it takes
   (``max_pending``): 503 with ``Retry-After: 2``, read from the store at each request.
 
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
@@ -31,6 +31,11 @@ from nexus.core.waiting import sleep_or_stop
 
 REFUSED = Counter(
     "nexus_runs_refused_total", "Runs refused for load (429/503), by reason.", ["reason"]
+)
+DEPTH = Gauge(
+    "nexus_queue_depth",
+    "Runs waiting on a scheduler pod's queue for a shard, read every second.",
+    ["pod", "shard"],
 )
 DEPTH_INTERVAL = 1.0
 """Seconds between two readings of the queue depths."""
@@ -95,7 +100,9 @@ async def measure_depth(
     while not stopping.is_set():
         for shard in shards:
             try:
-                pressure.depth_measured(shard, await queue.depth(shard))
+                depth = await queue.depth(shard)
+                pressure.depth_measured(shard, depth)
+                DEPTH.labels(queue.pod, shard).set(depth)
             except DependencyError:
                 break  # the heartbeat reports Redis trouble
         await sleep_or_stop(stopping, DEPTH_INTERVAL)

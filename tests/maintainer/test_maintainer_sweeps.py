@@ -18,6 +18,7 @@ from maintaining import (
     wait_until,
 )
 from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 from support.system import local_system, template
 from test_maintainer_filters import Recorded, Shard
 from test_maintainer_signals import bare_job
@@ -260,3 +261,35 @@ async def test_a_queued_run_is_judged_only_on_a_shard_whose_jobs_are_known(
     finally:
         await queues.close()
         await store.close()
+
+
+async def test_the_leader_counts_the_runs_of_each_unfinished_stage(servers: Servers) -> None:
+    async with (
+        local_system(
+            servers,
+            shards=[ShardSpec(name="shard-0", mode="off")],
+            templates=[template("echo")],
+            create_rate={"shard-0": 0.001},
+        ) as system,
+        running_maintainer(settings_for(system, queue_grace=3600)) as maintainer,
+    ):
+        for _ in range(3):
+            await system.submit("echo")
+        url = f"http://127.0.0.1:{maintainer.settings.http.port}/metrics"
+
+        async def counted() -> dict[str, float]:
+            async with system.session.get(url) as response:
+                text = await response.text()
+            return {
+                s.labels["stage"]: s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "nexus_runs"
+            }
+
+        async def three_unfinished() -> bool:
+            stages = await counted()
+            return stages.get("BUFFERED", 0) + stages.get("RUNNING", 0) == 3
+
+        await wait_until(three_unfinished, what="the census of three unfinished runs")
+        assert (await counted())["NEW"] == 0
