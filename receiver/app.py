@@ -13,6 +13,7 @@ from nexus.core.migrations import prepare_schema
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
 from receiver.completions import RECEIVER, Receiver, add_routes
+from receiver.gocompletions import add_go_routes
 from receiver.settings import ReceiverSettings
 
 
@@ -20,6 +21,7 @@ async def create_app(settings: ReceiverSettings) -> web.Application:
     signer = Signer(settings.signing.keys)  # a missing key stops the process at once
     app = create_base_app("receiver", settings.http)
     add_routes(app)
+    add_go_routes(app)
     finish_routes(app)
 
     async def clients(app: web.Application) -> AsyncIterator[None]:

@@ -410,6 +410,21 @@ class CheckpointStore:
             )
         return [_result(row) for row in rows]
 
+    async def results_by_tag_across(
+        self, algorithms: Sequence[str], tag: str, limit: int = MAX_TAG_RESULTS
+    ) -> list[RunResult]:
+        """How the runs carrying ``tag`` of any of ``algorithms`` stand, newest first, at
+        most ``limit`` of them; one indexed scan of ``(algorithm, tag)`` per algorithm."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = ANY($1::text[])"
+                " AND tag = $2 ORDER BY received_at DESC LIMIT $3",
+                list(algorithms),
+                tag,
+                limit,
+            )
+        return [_result(row) for row in rows]
+
     async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The input kept with the checkpoint, or ``None``."""
         async with self.connection() as conn:

@@ -39,6 +39,7 @@ from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.fairshare import FairShare
+from nexus.scheduler.goapi import add_go_routes
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route
@@ -57,6 +58,7 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     authenticator = Authenticator(settings.auth)
     app = create_base_app("scheduler", settings.http)
     add_routes(app)
+    add_go_routes(app)
     add_openapi_route(app, settings.scheduler.max_tag_length)
     add_schedule_routes(app)
     finish_routes(app)

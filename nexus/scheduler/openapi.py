@@ -1,4 +1,5 @@
-"""``GET /openapi.json``: the OpenAPI 3 description of the scheduler's API v1.2.
+"""``GET /openapi.json``: the OpenAPI 3 description of the scheduler's API v1.2 (and of
+the Go Nexus v1 routes, from :mod:`nexus.scheduler.goopenapi`).
 
 Written out by hand rather than generated, because it is a contract with existing clients:
 a change here is a change of the wire format and should be reviewed as one.
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from nexus.core.checkpoints import MAX_TAG_RESULTS
 from nexus.core.httpapi import json_errors
+from nexus.scheduler import goopenapi
 
 _ID = {
     "name": "requestId",
@@ -409,6 +411,8 @@ def document(max_tag_length: int) -> dict[str, Any]:
     """:data:`DOCUMENT` with this deployment's limits."""
     copy: dict[str, Any] = orjson.loads(orjson.dumps(DOCUMENT))
     copy["components"]["schemas"]["RunRequest"]["properties"]["tag"]["maxLength"] = max_tag_length
+    copy["paths"].update(orjson.loads(orjson.dumps(goopenapi.PATHS)))
+    copy["components"]["schemas"].update(orjson.loads(orjson.dumps(goopenapi.SCHEMAS)))
     return copy
 
 

@@ -76,6 +76,8 @@ MAX_IDEMPOTENCY_KEY = 256
 class Accepted:
     request_id: uuid.UUID
     created: bool
+    planned: NewRun | None = None
+    """For a dry run: the run that would have been stored (nothing was)."""
 
 
 def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
@@ -167,9 +169,13 @@ class Submitter:
         idempotency_key: str | None,
         *,
         run_id: uuid.UUID | None = None,
+        dry_run: bool = False,
+        api_version: str = "v1.2",
     ) -> Accepted:
         """Validate and accept a run request; 4xx/5xx as :class:`ApiError`. ``run_id``
-        (a schedule's tick) names the run: when it exists already, nothing is created."""
+        (a schedule's tick) names the run: when it exists already, nothing is created.
+        A ``dry_run`` passes every check a real request does and returns the run it would
+        store as ``planned``, taking no quota and writing, uploading and queueing nothing."""
         parameters = body.get("algorithmParameters", ...)
         if parameters is ...:
             raise bad_request("algorithmParameters: required field is missing")
@@ -226,15 +232,6 @@ class Submitter:
             raise bad_request(f"algorithmParameters: cannot be stored: {exc}") from exc
         inline = template.inline_payloads and len(payload) <= template.inline_limit
         key = None if inline else self.payloads.input_key(algorithm, str(run_id))
-        quota = None
-        if self.quotas is not None:  # the last check: a 429 here leaves nothing stored
-            quota = await self.quotas.take(principal.caller, RunKey(algorithm, run_id))
-        try:
-            if key is not None:
-                await self.payloads.put(key, payload)
-        except BaseException:
-            await self._give_back(quota)
-            raise
         run = NewRun(
             algorithm=algorithm,
             id=run_id,
@@ -250,7 +247,19 @@ class Submitter:
             tag=tag,
             parent=parent,
             idempotency_key=idempotency_key,
+            api_version=api_version,
         )
+        if dry_run:  # every check passed; nothing was taken, and nothing is written
+            return Accepted(run_id, created=False, planned=run)
+        quota = None
+        if self.quotas is not None:  # the last check: a 429 here leaves nothing stored
+            quota = await self.quotas.take(principal.caller, RunKey(algorithm, run_id))
+        try:
+            if key is not None:
+                await self.payloads.put(key, payload)
+        except BaseException:
+            await self._give_back(quota)
+            raise
         try:
             admission = await self.store.insert(run)
         except (CheckpointRejected, StoreNotReached):
