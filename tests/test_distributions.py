@@ -2,9 +2,9 @@
 
 * the server's wheel (``pip wheel .``) has the production packages and nothing of the
   development package: no ``nexus_dev``, no ``devcluster``, no ``local*.py``;
-* the SDK's wheel (``sdk/``) has ``nexus_sdk`` alone and depends on nothing, and installed
-  alone in a fresh virtual environment its modules import and ``nexus`` runs, with no
-  server dependency importable;
+* the SDK's wheel (``sdk/``) has ``nexus_sdk`` alone and depends on httpx alone (a range),
+  and installed alone in a fresh virtual environment its modules import and ``nexus``
+  runs, with no server dependency importable;
 * the development wheel (``dev/``) has ``nexus_dev`` alone;
 * the production image is built from the first two only (Dockerfile), and the compose
   file's ``nexus dev`` service from an image that adds the third;
@@ -103,12 +103,13 @@ def test_the_server_wheel_has_no_development_code(wheels: dict[str, Wheel]) -> N
         assert development_only not in requires
 
 
-def test_the_sdk_wheel_has_the_sdk_alone_and_depends_on_nothing(wheels: dict[str, Wheel]) -> None:
+def test_the_sdk_wheel_has_the_sdk_alone_and_depends_on_httpx(wheels: dict[str, Wheel]) -> None:
     sdk = wheels["nexus_sdk"]
     assert sdk.packages() == {"nexus_sdk"}
     assert "nexus_sdk/algorithm.py" in sdk.names
     assert "nexus_sdk/examples/__main__.py" in sdk.names
-    assert sdk.requires() == []
+    [httpx] = sdk.requires()
+    assert re.fullmatch(r"httpx[<>=,.0-9 ]+", httpx) and "==" not in httpx, httpx
     assert sdk.entries("console_scripts") == {"nexus": "nexus_sdk.cli:main"}
 
 
@@ -126,14 +127,15 @@ def test_the_development_wheel_has_the_development_package_alone(
 
 @pytest.fixture(scope="module")
 def sdk_alone(wheels: dict[str, Wheel], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtual environment with the SDK wheel and its real dependencies (none)."""
+    """A fresh virtual environment with the SDK wheel and its real dependencies (httpx and
+    what it needs, at the locked versions)."""
     venv = tmp_path_factory.mktemp("sdk-alone") / "venv"
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"
     install = [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet"]
     subprocess.run(
-        [*install, "--no-index", str(wheels["nexus_sdk"].path)],
+        [*install, "-c", str(ROOT / "requirements.lock"), str(wheels["nexus_sdk"].path)],
         check=True,
         capture_output=True,
         timeout=120,
@@ -157,6 +159,7 @@ def test_the_sdk_alone_imports_and_runs_without_the_server(sdk_alone: Path) -> N
     probe = (
         "import importlib.util, json\n"
         "import nexus_sdk, nexus_sdk.cli, nexus_sdk.algorithm, nexus_sdk.examples\n"
+        "import nexus_sdk.client, nexus_sdk.syncclient\n"
         f"names = {[*SERVER_DEPENDENCIES, 'nexus', 'receiver', 'maintainer', 'nexus_dev']!r}\n"
         "print(json.dumps({n: importlib.util.find_spec(n) is not None for n in names}))\n"
     )
