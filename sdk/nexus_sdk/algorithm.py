@@ -1,89 +1,140 @@
 """The algorithm side of the Nexus contract (DESIGN §3), for Python algorithm containers.
 
 A container started by Nexus gets ``--sas-uri=<input url> --request-id=<id>`` and the
-``NEXUS__*`` environment. :class:`Run` reads both, fetches the input, and reports the
-outcome the way the receiver expects::
+``NEXUS__*`` environment. :class:`Run` (synchronous) and :class:`AsyncRun` read both, fetch
+the input, start child runs, and report the outcome the way the receiver expects::
 
-    run = Run.from_environment()
-    params = run.input()
-    run.succeed(compute(params))            # uploads the result, then reports COMPLETED
-    # or
-    run.fail("BadInput", "x must be positive")  # reports FAILED with cause and message
+    with Run.from_environment() as run:
+        params = run.input()
+        parts = run.map("solve-part", [{"part": p} for p in params["parts"]])  # child runs
+        run.succeed(combine(parts))           # inline when small, else uploaded; COMPLETED
+        # or: run.fail("BadInput", "x must be positive")   # FAILED with cause and message
 
-Only the standard library is used, so an algorithm image needs nothing but Python. Every
-call has a timeout; a report that cannot be delivered raises, so the container exits
-non-zero and Kubernetes (and then the maintainer) see the failure.
+Guarantees:
+
+* **Work done is not lost to a passing outage.** The input GET, the result PUT and the
+  completion POST are retried on connection errors and transient answers (429, 5xx),
+  honouring ``Retry-After``, with capped backoff, for a bounded time: 10 minutes by
+  default (:meth:`RetryPolicy.for_algorithm`, ``NEXUS__SDK_RETRY_SECONDS``), long enough for
+  a rolling update of the receiver or a store's restart. The completion is idempotent on
+  the receiver's side, so a repeat after a lost answer changes nothing.
+* **Results inline only where the receiver stores them.** A JSON result goes in the
+  completion itself when the Job's environment announces the receiver's limit
+  (``NEXUS__RESULT_INLINE_LIMIT``, bytes) and it fits; otherwise — and always for bytes —
+  it is PUT to the presigned URL (``NEXUS__RESULT_UPLOAD_URL``) before the completion says
+  so. A receiver that refuses an inline result as too large (413) gets it by PUT instead.
+* **Children belong to the parent's caller and are started once.** Child runs go to the
+  scheduler (``NEXUS__SCHEDULER_URL``) with this run's credential, naming this run as
+  their parent; their idempotency keys derive from this run's id and the child's place,
+  so a container that Kubernetes starts again finds the children it started before.
+* A report that still cannot be delivered raises :class:`ContractError`, so the container
+  exits non-zero and Kubernetes (and then the maintainer) see the failure.
 """
 
 from __future__ import annotations
 
-import argparse
+import asyncio
 import json
-import os
-import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-TIMEOUT = 30.0
+import httpx
+
+from nexus_sdk.client import AsyncClient
+from nexus_sdk.errors import ContractError, RunFailed
+from nexus_sdk.retrying import RetryPolicy
+from nexus_sdk.runcontext import (
+    JSON,
+    TIMEOUT,
+    Outcome,
+    RunContext,
+    accepted,
+    child_specs,
+    problem,
+)
+from nexus_sdk.syncclient import Client
+
+__all__ = ["AsyncRun", "ContractError", "Run", "RunContext"]
 
 
-class ContractError(RuntimeError):
-    """The environment is not that of a Nexus run, or a call to Nexus failed."""
-
-
-def _request(method: str, url: str, body: bytes | None, headers: dict[str, str]) -> bytes:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT) as response:
-            data: bytes = response.read()
-            return data
-    except OSError as exc:  # URLError and HTTPError are OSErrors
-        raise ContractError(f"{method} {url.split('?')[0]} failed: {exc}") from exc
-
-
-@dataclass(frozen=True)
 class Run:
-    """One algorithm run, as its container sees it."""
+    """One algorithm run, as its container sees it (synchronous)."""
 
-    algorithm: str
-    request_id: str
-    input_url: str
-    receiver_url: str
-    run_token: str
-    result_upload_url: str
-    parent_request_id: str | None = None
+    def __init__(self, context: RunContext, *, retry: RetryPolicy | None = None) -> None:
+        self.context = context
+        self.retry = retry or RetryPolicy.for_algorithm()
+        self._http = httpx.Client(timeout=TIMEOUT)
+        self._children: Client | None = None
+        self._started = 0
 
     @classmethod
     def from_environment(
-        cls, argv: Sequence[str] | None = None, env: dict[str, str] | None = None
+        cls,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
     ) -> Run:
-        env = dict(os.environ if env is None else env)
-        parser = argparse.ArgumentParser(add_help=False)
-        parser.add_argument("--sas-uri", required=True)
-        parser.add_argument("--request-id", required=True)
-        args, _ = parser.parse_known_args(argv)
-        try:
-            return cls(
-                algorithm=env["NEXUS__ALGORITHM_NAME"],
-                request_id=args.request_id,
-                input_url=args.sas_uri,
-                receiver_url=env["NEXUS__RECEIVER_URL"].rstrip("/"),
-                run_token=env["NEXUS__RUN_TOKEN"],
-                result_upload_url=env["NEXUS__RESULT_UPLOAD_URL"],
-                parent_request_id=env.get("NEXUS__PARENT_REQUEST_ID"),
-            )
-        except KeyError as exc:
-            raise ContractError(f"not started by Nexus: {exc.args[0]} is not set") from exc
+        policy = retry or RetryPolicy.for_algorithm(env)
+        return cls(RunContext.from_environment(argv, env), retry=policy)
+
+    @property
+    def algorithm(self) -> str:
+        return self.context.algorithm
+
+    @property
+    def request_id(self) -> str:
+        return self.context.request_id
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._children is not None:
+            self._children.close()
+        self._http.close()
+
+    def _call(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> bytes:
+        attempts = self.retry.start()
+        while True:
+            outcome = Outcome()
+            try:
+                outcome.response = self._http.request(method, url, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                outcome.error = exc
+            response = outcome.response
+            if response is not None and response.status_code < 300:
+                return response.content
+            delay = outcome.delay(attempts)
+            if delay is None:
+                status = None if response is None else response.status_code
+                raise ContractError(problem(method, url, response, outcome.error), status)
+            time.sleep(delay)
+
+    # -- the run's own input and outcome -----------------------------------------------------
+
+    def input_bytes(self) -> bytes:
+        return self._call("GET", self.context.input_url, None, {})
 
     def input(self) -> Any:
         """The run's ``algorithmParameters``."""
-        return json.loads(_request("GET", self.input_url, None, {}))
+        return json.loads(self.input_bytes())
 
-    def succeed(self, result: Any, content_type: str = "application/json") -> None:
-        """Upload ``result`` (JSON-serialisable, or bytes) and report success."""
-        body = result if isinstance(result, bytes) else json.dumps(result).encode()
-        _request("PUT", self.result_upload_url, body, {"Content-Type": content_type})
+    def succeed(self, result: Any, content_type: str = JSON) -> None:
+        """Report success with ``result`` (JSON-serialisable, or bytes)."""
+        body, inline = self.context.encoded(result)
+        if inline and content_type == JSON:
+            try:
+                self._report({"cause": None, "message": None, "sasUri": None, "result": result})
+                return
+            except ContractError as exc:
+                if exc.status != 413:
+                    raise
+        self._call("PUT", self.context.result_upload_url, body, {"Content-Type": content_type})
         self._report({"cause": None, "message": None, "sasUri": None})
 
     def fail(self, cause: str, message: str) -> None:
@@ -91,7 +142,169 @@ class Run:
         self._report({"cause": cause, "message": message, "sasUri": None})
 
     def _report(self, body: dict[str, Any]) -> None:
-        route = f"/algorithm/v1.2/complete/{self.algorithm}/requests/{self.request_id}"
-        url = self.receiver_url + route
-        headers = {"Content-Type": "application/json", "Authorization": f"Bearer {self.run_token}"}
-        _request("POST", url, json.dumps(body).encode(), headers)
+        content = json.dumps(body).encode()
+        self._call("POST", self.context.completion_url, content, self.context.report_headers())
+
+    # -- child runs --------------------------------------------------------------------------
+
+    def client(self) -> Client:
+        """A client of the scheduler acting as this run's caller."""
+        if self._children is None:
+            if not self.context.scheduler_url:
+                raise ContractError("this run cannot start children: NEXUS__SCHEDULER_URL is unset")
+            self._children = Client(
+                self.context.scheduler_url, self.context.credential, retry=self.retry
+            )
+        return self._children
+
+    def start(self, algorithm: str, parameters: Any, *, tag: str | None = None) -> str:
+        """Start a child run; its request id."""
+        self._started += 1
+        return self.client().submit(
+            algorithm, parameters, tag=tag, parent=self.context.as_parent,
+            idempotency_key=self.context.child_key(algorithm, -self._started),
+        )  # fmt: skip
+
+    def map(
+        self,
+        algorithm: str,
+        inputs: Iterable[Any],
+        *,
+        tag: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        """Run ``algorithm`` on each input as a child run, all at once; their results in the
+        order of the inputs. ``RunFailed`` names the first child that ended without one."""
+        client = self.client()
+        specs = child_specs(self.context, algorithm, inputs, tag)
+        outcomes = client.submit_many(algorithm, specs)
+        ids = accepted(algorithm, outcomes)
+        states = {s.request_id: s for s in client.as_completed(algorithm, ids, timeout=timeout)}
+        results = []
+        for request_id in ids:
+            if not states[request_id].completed:
+                raise RunFailed(algorithm, states[request_id])
+            results.append(client.fetch_result(states[request_id]).decoded())
+        return results
+
+
+class AsyncRun:
+    """One algorithm run, as its container sees it (asynchronous twin of :class:`Run`)."""
+
+    def __init__(self, context: RunContext, *, retry: RetryPolicy | None = None) -> None:
+        self.context = context
+        self.retry = retry or RetryPolicy.for_algorithm()
+        self._http = httpx.AsyncClient(timeout=TIMEOUT)
+        self._children: AsyncClient | None = None
+        self._started = 0
+
+    @classmethod
+    def from_environment(
+        cls,
+        argv: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> AsyncRun:
+        policy = retry or RetryPolicy.for_algorithm(env)
+        return cls(RunContext.from_environment(argv, env), retry=policy)
+
+    async def __aenter__(self) -> AsyncRun:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._children is not None:
+            await self._children.aclose()
+        await self._http.aclose()
+
+    async def _call(
+        self, method: str, url: str, body: bytes | None, headers: dict[str, str]
+    ) -> bytes:
+        attempts = self.retry.start()
+        while True:
+            outcome = Outcome()
+            try:
+                outcome.response = await self._http.request(
+                    method, url, content=body, headers=headers
+                )
+            except httpx.TransportError as exc:
+                outcome.error = exc
+            response = outcome.response
+            if response is not None and response.status_code < 300:
+                return response.content
+            delay = outcome.delay(attempts)
+            if delay is None:
+                status = None if response is None else response.status_code
+                raise ContractError(problem(method, url, response, outcome.error), status)
+            await asyncio.sleep(delay)
+
+    async def input_bytes(self) -> bytes:
+        return await self._call("GET", self.context.input_url, None, {})
+
+    async def input(self) -> Any:
+        return json.loads(await self.input_bytes())
+
+    async def succeed(self, result: Any, content_type: str = JSON) -> None:
+        body, inline = self.context.encoded(result)
+        if inline and content_type == JSON:
+            try:
+                await self._report(
+                    {"cause": None, "message": None, "sasUri": None, "result": result}
+                )
+                return
+            except ContractError as exc:
+                if exc.status != 413:
+                    raise
+        await self._call(
+            "PUT", self.context.result_upload_url, body, {"Content-Type": content_type}
+        )
+        await self._report({"cause": None, "message": None, "sasUri": None})
+
+    async def fail(self, cause: str, message: str) -> None:
+        await self._report({"cause": cause, "message": message, "sasUri": None})
+
+    async def _report(self, body: dict[str, Any]) -> None:
+        content = json.dumps(body).encode()
+        await self._call(
+            "POST", self.context.completion_url, content, self.context.report_headers()
+        )
+
+    def client(self) -> AsyncClient:
+        if self._children is None:
+            if not self.context.scheduler_url:
+                raise ContractError("this run cannot start children: NEXUS__SCHEDULER_URL is unset")
+            self._children = AsyncClient(
+                self.context.scheduler_url, self.context.credential, retry=self.retry
+            )
+        return self._children
+
+    async def start(self, algorithm: str, parameters: Any, *, tag: str | None = None) -> str:
+        self._started += 1
+        return await self.client().submit(
+            algorithm, parameters, tag=tag, parent=self.context.as_parent,
+            idempotency_key=self.context.child_key(algorithm, -self._started),
+        )  # fmt: skip
+
+    async def map(
+        self,
+        algorithm: str,
+        inputs: Iterable[Any],
+        *,
+        tag: str | None = None,
+        timeout: float | None = None,
+    ) -> list[Any]:
+        client = self.client()
+        specs = child_specs(self.context, algorithm, inputs, tag)
+        ids = accepted(algorithm, await client.submit_many(algorithm, specs))
+        states = {
+            s.request_id: s async for s in client.as_completed(algorithm, ids, timeout=timeout)
+        }
+        results = []
+        for request_id in ids:
+            if not states[request_id].completed:
+                raise RunFailed(algorithm, states[request_id])
+            results.append((await client.fetch_result(states[request_id])).decoded())
+        return results

@@ -21,16 +21,16 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
-    run = Run.from_environment(rest)
-    parameters = run.input()
-    if name == "maybe-fail" and isinstance(parameters, dict):
-        time.sleep(float(parameters.get("sleepSeconds", 0)))
-        if "exitCode" in parameters:
-            return int(parameters["exitCode"])
-        if "fail" in parameters:
-            run.fail("RequestedFailure", str(parameters["fail"]))
-            return 0
-    run.succeed(parameters)
+    with Run.from_environment(rest) as run:
+        parameters = run.input()
+        if name == "maybe-fail" and isinstance(parameters, dict):
+            time.sleep(float(parameters.get("sleepSeconds", 0)))
+            if "exitCode" in parameters:
+                return int(parameters["exitCode"])
+            if "fail" in parameters:
+                run.fail("RequestedFailure", str(parameters["fail"]))
+                return 0
+        run.succeed(parameters)
     return 0
 
 
