@@ -35,7 +35,7 @@ from loadgen import _Connection, open_loop, request_bytes
 from stack import StackOptions, local_stack
 
 SLOT = 0.1  # seconds of submissions sharing one tag
-FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED", "CANCELLED"}
+FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_TIMEOUT", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
 async def run(

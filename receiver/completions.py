@@ -2,7 +2,10 @@
 
 ``POST /algorithm/v1.2/complete/{algorithmName}/requests/{requestId}`` with
 ``{"cause", "message", "sasUri"}`` (or the older ``{"errorCause", "errorDetails",
-"resultUri"}``). No cause means ``COMPLETED``, with the result at ``sasUri`` or, when that is
+"resultUri"}``; containers of v1.1 also repeat the ``requestId``, which must then be the
+path's). ``null`` is absent, and field names are read in any letter case
+(:mod:`nexus.core.compatibility`); the answer's ``status`` is in the v1.2 vocabulary.
+No cause means ``COMPLETED``, with the result at ``sasUri`` or, when that is
 absent, at the run's default result location (stored as a key, presigned on every read);
 a cause means ``FAILED`` with that cause and message. An empty or blank field is absent.
 ``sasUri`` is an http(s) or s3 URL; in Nexus' own bucket it may name only the run's own
@@ -30,6 +33,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
+from nexus.core.compatibility import FieldNames, GivenTwice, canonical, v12_status
 from nexus.core.httpapi import (
     ApiError,
     RunStatus,
@@ -54,6 +58,11 @@ COMPLETIONS = Counter(
     ["outcome"],
 )
 MAX_URI = 4096
+COMPLETION_FIELDS = FieldNames(
+    ("cause", "message", "sasUri", "errorCause", "errorDetails", "resultUri", "requestId")
+)
+"""The fields of a completion, as :func:`canonical` finds them in any letter case
+(``requestId``: older containers repeat the path's id in the body)."""
 # bound once: looking a labelled child up costs as much as counting
 _COMPLETED, _FAILED, _DUPLICATE, _REFUSED = (
     COMPLETIONS.labels(outcome) for outcome in ("completed", "failed", "duplicate", "refused")
@@ -100,6 +109,18 @@ def _result_location(location: str, own: str, names: ObjectNames) -> str:
     return location
 
 
+def _same_run(named: Any, run_id: uuid.UUID) -> None:
+    """An id in the body (older containers send one) must be the path's."""
+    if named is None:
+        return
+    try:
+        same = isinstance(named, str) and uuid.UUID(named) == run_id
+    except ValueError:
+        same = False
+    if not same:
+        raise bad_request(f"requestId: {str(named)[:80]!r} is not the run of the path, {run_id}")
+
+
 def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id: str) -> None:
     header = request.headers.get("Authorization")
     if header is None:
@@ -129,6 +150,11 @@ async def complete(request: web.Request) -> web.Response:
     current_request.set(rid)
     _authorize(receiver, request, algorithm, rid)
     body = await read_json_object(request)
+    try:
+        body = canonical(body, COMPLETION_FIELDS)
+    except GivenTwice as exc:
+        raise bad_request(str(exc)) from None
+    _same_run(body.get("requestId"), run_id)
     limit = receiver.settings.max_message_length
     cause = _optional_text(body, "cause", "errorCause", limit=1024, cut=True)
     message = _optional_text(body, "message", "errorDetails", limit=limit, cut=True)
@@ -145,7 +171,7 @@ async def complete(request: web.Request) -> web.Response:
     for _ in range(3):
         if await receiver.store.transition(change):
             (_COMPLETED if cause is None else _FAILED).inc()
-            done: RunStatus = {"requestId": rid, "status": change.to.value}
+            done: RunStatus = {"requestId": rid, "status": v12_status(change.to)}
             return json_response(done)
         current = await receiver.store.result(algorithm, run_id)
         if current is None:
@@ -153,7 +179,7 @@ async def complete(request: web.Request) -> web.Response:
             raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
         if current.stage.terminal:  # already finished: the first report stands
             _DUPLICATE.inc()
-            already: RunStatus = {"requestId": rid, "status": current.stage.value}
+            already: RunStatus = {"requestId": rid, "status": v12_status(current.stage)}
             return json_response(already)
         if not may_move(current.stage, change.to):  # NEW: not even queued, so no Job
             _REFUSED.inc()

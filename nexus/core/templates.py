@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, NotRequired, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
@@ -86,9 +86,27 @@ _CONTAINER_SECURITY = frozenset(
 )  # fmt: skip
 
 
+class ConfigurationEntry(TypedDict):
+    """One ``env`` or ``args`` entry of a ``customConfiguration``: a value as given
+    (``PLAIN``) or a path relative to the template's mounted configuration."""
+
+    name: str
+    value: str
+    valueType: Literal["PLAIN", "RELATIVE_REFERENCE"]
+
+
+class ConfigurationMount(TypedDict):
+    """A template's mounted configuration (``runtimeEnvironment.configuration``): the
+    ConfigMap mounted read-only at ``mountPath`` in every run's container."""
+
+    configMap: str
+    mountPath: str
+
+
 class ConfigurationOverrides(TypedDict, total=False):
     """A request's ``customConfiguration``, validated and under the current names (older
-    names are folded in); stored with the checkpoint as ``configuration_overrides``."""
+    names are folded in); stored with the checkpoint as ``configuration_overrides``.
+    The fields after ``customResources`` are read by :mod:`nexus.core.overrides`."""
 
     image: str
     registry: str
@@ -99,6 +117,10 @@ class ConfigurationOverrides(TypedDict, total=False):
     deadlineSeconds: int
     maximumRetries: int
     customResources: dict[str, str]
+    env: list[ConfigurationEntry]
+    args: list[ConfigurationEntry]
+    secrets: list[str]
+    speculativeAttempts: int
 
 
 class AppliedConfiguration(TypedDict):
@@ -132,6 +154,12 @@ class AppliedConfiguration(TypedDict):
     securityContext: NotRequired[dict[str, dict[str, Any]]]
     """The pod's and the container's security context, only when the template's differs
     from :func:`restricted_security_context` (which a run without it gets)."""
+    extraArgs: NotRequired[list[str]]
+    """Arguments after the template's (``customConfiguration.args``)."""
+    configuration: NotRequired[ConfigurationMount]
+    """The template's mounted configuration, when it has one."""
+    speculativeAttempts: NotRequired[int]
+    """Copies of the run started at once, when more than one: the first report wins."""
 
 
 class InvalidConfiguration(ValueError):
@@ -182,6 +210,12 @@ class Template:
     """``pod`` and ``container`` security contexts, the restricted defaults included."""
     max_running: int | None = None
     """``spec.concurrency.maxRunning``: runs of this algorithm RUNNING at once, at most."""
+    configuration: ConfigurationMount | None = None
+    """``runtimeEnvironment.configuration``: a ConfigMap mounted in every run's container,
+    which ``RELATIVE_REFERENCE`` values of a request's env and args resolve against."""
+    allowed_secrets: frozenset[str] = frozenset()
+    """``runtimeEnvironment.allowedSecrets``: the Secrets a request may name in
+    ``customConfiguration.secrets`` (none unless listed)."""
 
 
 def _get(obj: dict[str, Any], path: str, default: Any = None) -> Any:
@@ -382,14 +416,45 @@ def parse_template(obj: dict[str, Any]) -> Template:
         or DEFAULT_INLINE_LIMIT,
         security_context=_security_context(spec.get("securityContext"), f"{where}.securityContext"),
         max_running=_max_running(spec, where),
+        configuration=_configuration(runtime.get("configuration"), f"{rt}.configuration"),
+        allowed_secrets=frozenset(_strings(runtime.get("allowedSecrets"), f"{rt}.allowedSecrets")),
     )
+
+
+DEFAULT_CONFIGURATION_MOUNT = "/etc/nexus/configuration"
+_MOUNT_PATH = re.compile(r"^(/[A-Za-z0-9._-]+)+\Z")
+
+
+def _configuration(value: Any, where: str) -> ConfigurationMount | None:
+    """``runtimeEnvironment.configuration``: ``{configMap, mountPath?}`` or unset."""
+    given = _mapping(value, where)
+    if not given:
+        return None
+    name = given.get("configMap")
+    if not isinstance(name, str) or not DNS_LABEL.match(name):
+        raise InvalidConfiguration(f"{where}.configMap", "expected the name of a ConfigMap")
+    path = given.get("mountPath") or DEFAULT_CONFIGURATION_MOUNT
+    if not isinstance(path, str) or not _MOUNT_PATH.match(path) or "/../" in f"{path}/":
+        raise InvalidConfiguration(f"{where}.mountPath", "expected an absolute path")
+    return {"configMap": name, "mountPath": path}
 
 
 # -- overrides ---------------------------------------------------------------------------
 
-OVERRIDE_ALIASES = {"imageRepository": "image", "imageTag": "versionTag", "version": "versionTag"}
-OVERRIDES = ConfigurationOverrides.__optional_keys__
-"""The fields ``customConfiguration`` may set, under their current names."""
+OVERRIDE_ALIASES = {
+    "imageRepository": "image",
+    "imageRegistry": "registry",
+    "imageTag": "versionTag",
+    "version": "versionTag",
+}
+OVERRIDES = frozenset(
+    {
+        "image", "registry", "versionTag", "cpuLimit", "memoryLimit", "workgroup",
+        "deadlineSeconds", "maximumRetries", "customResources",
+    }
+)  # fmt: skip
+"""The fields of the container and its placement ``customConfiguration`` may set, under
+their current names (:mod:`nexus.core.overrides` reads the others)."""
 
 
 def _string(name: str, value: Any, pattern: re.Pattern[str], expected: str) -> str:

@@ -16,6 +16,7 @@ from typing import NotRequired, TypedDict
 from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore
+from nexus.core.compatibility import v12_error_message, v12_status
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import (
     ApiError,
@@ -27,7 +28,7 @@ from nexus.core.httpapi import (
 )
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
-from nexus.core.runs import TERMINAL, Checkpoint, ParentRef, RunKey, RunResult, Stage
+from nexus.core.runs import Checkpoint, ParentRef, RunKey, RunResult, Stage
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
 from nexus.scheduler.authentication import Authenticator
@@ -146,19 +147,13 @@ async def _checkpoint(request: web.Request, algorithm: str, run_id: uuid.UUID) -
     return run
 
 
-def _error_message(run: Checkpoint | RunResult) -> str | None:
-    if run.stage not in TERMINAL or run.stage == Stage.COMPLETED:
-        return None
-    parts = [p for p in (run.failure_cause, run.failure_details) if p]
-    return ": ".join(parts) if parts else run.stage.value.lower().replace("_", " ")
-
-
 def _result(scheduler: Scheduler, run: Checkpoint | RunResult) -> RunAnswer:
+    """A run as v1.2 clients read it: in their status vocabulary (DESIGN §2)."""
     return {
         "requestId": str(run.id),
-        "status": run.stage.value,
+        "status": v12_status(run.stage),
         "resultUri": scheduler.links.result_url(run) if run.stage == Stage.COMPLETED else None,
-        "runErrorMessage": _error_message(run),
+        "runErrorMessage": v12_error_message(run.stage, run.failure_cause, run.failure_details),
     }
 
 
@@ -207,7 +202,7 @@ async def metadata(request: web.Request) -> web.Response:
     body: RunMetadata = {
         "algorithm": run.algorithm,
         "requestId": str(run.id),
-        "lifecycleStage": run.stage.value,
+        "lifecycleStage": v12_status(run.stage),
         "payloadUri": run.payload_uri,
         "payloadInline": run.has_inline_payload,
         "resultUri": run.result_uri,
@@ -287,7 +282,7 @@ async def cancel(request: web.Request) -> web.Response:
     await scheduler.canceller.cancel(
         algorithm, run_id, Cancellation.from_body(body, principal.caller)
     )
-    answer: RunStatus = {"requestId": str(run_id), "status": Stage.CANCELLED.value}
+    answer: RunStatus = {"requestId": str(run_id), "status": v12_status(Stage.CANCELLED)}
     return json_response(answer)
 
 

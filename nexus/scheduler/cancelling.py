@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nexus.core.checkpoints import CheckpointStore
+from nexus.core.compatibility import v12_status
 from nexus.core.errors import RunNotFound, TransitionRejected
 from nexus.core.httpapi import bad_request
 from nexus.core.runs import TERMINAL, Checkpoint, Stage, Transition
@@ -75,7 +76,7 @@ class Canceller:
         if it has finished (then it is left as it is)."""
         run = await self._checkpoint(algorithm, run_id)
         if run.stage in TERMINAL:
-            raise TransitionRejected(f"run {run_id} is already {run.stage.value}")
+            raise TransitionRejected(f"run {run_id} is already {v12_status(run.stage)}")
         change = Transition(
             algorithm,
             run_id,
@@ -85,7 +86,7 @@ class Canceller:
         )
         if not await self.store.transition(change):
             current = await self._checkpoint(algorithm, run_id)
-            raise TransitionRejected(f"run {run_id} is already {current.stage.value}")
+            raise TransitionRejected(f"run {run_id} is already {v12_status(current.stage)}")
         if run.stage in (Stage.BUFFERED, Stage.RUNNING):
             await self._delete_job(run, cancellation.policy)
 

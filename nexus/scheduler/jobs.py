@@ -36,6 +36,8 @@ from nexus.core.runs import Checkpoint
 from nexus.core.templates import Workgroup, restricted_security_context
 
 PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
+CONFIGURATION_VOLUME = "nexus-configuration"
+"""The volume of a template's mounted configuration (``runtimeEnvironment.configuration``)."""
 DISRUPTION_RULE = {
     "action": "Ignore",
     # status: defaulted by API servers, yet required by the OpenAPI schema of 1.31 to 1.36
@@ -121,7 +123,7 @@ def build_job(
     container: dict[str, Any] = {
         "name": name,
         "image": image,
-        "args": _arguments(config.get("args") or [], values),
+        "args": _arguments(config.get("args") or [], values) + config.get("extraArgs", []),
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "resources": {
             "limits": limits,
@@ -139,6 +141,14 @@ def build_job(
         "securityContext": security["pod"],
         "containers": [container],
     }
+    mounted = config.get("configuration")
+    if mounted:
+        pod_spec["volumes"] = [
+            {"name": CONFIGURATION_VOLUME, "configMap": {"name": mounted["configMap"]}}
+        ]
+        container["volumeMounts"] = [
+            {"name": CONFIGURATION_VOLUME, "mountPath": mounted["mountPath"], "readOnly": True}
+        ]
     if config.get("serviceAccountName"):
         pod_spec["serviceAccountName"] = config["serviceAccountName"]
     if workgroup is not None:

@@ -13,7 +13,9 @@ import orjson
 from aiohttp import web
 
 from nexus.core.checkpoints import MAX_TAG_RESULTS
+from nexus.core.compatibility import V12_STATUSES
 from nexus.core.httpapi import json_errors
+from nexus.core.overrides import MAX_SPECULATIVE_ATTEMPTS
 from nexus.scheduler import goopenapi
 
 _ID = {
@@ -55,10 +57,116 @@ _COMMON = {
     "503": _error("A dependency is unavailable; retry after Retry-After"),
 }
 
-_STATUSES = [
-    "NEW", "BUFFERED", "RUNNING", "COMPLETED", "FAILED", "SCHEDULING_FAILED",
-    "DEADLINE_EXCEEDED", "CANCELLED",
-]  # fmt: skip
+_STATUSES = list(V12_STATUSES)
+_NULL_ABSENT = (
+    " Every field may be null, which means absent, and names are read in any letter case"
+    " (the .NET client sends PascalCase)."
+)
+_ENTRY = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "value": {"type": "string", "nullable": True},
+        "valueType": {
+            "type": "string",
+            "nullable": True,
+            "enum": ["PLAIN", "RELATIVE_REFERENCE"],
+            "description": "PLAIN (the default): the value as given. RELATIVE_REFERENCE: a"
+            " relative path in the template's mounted configuration"
+            " (runtimeEnvironment.configuration), given to the container as its absolute"
+            " path; refused (400) when the template mounts none.",
+        },
+    },
+}
+_CUSTOM_CONFIGURATION = {
+    "type": "object",
+    "nullable": True,
+    "additionalProperties": False,
+    "description": "Overrides of the algorithm's template for this run (the whole v1.2"
+    " customConfiguration). Each field takes effect on the run's Job, or is refused with a"
+    " 400 that names it and says why." + _NULL_ABSENT,
+    "properties": {
+        "image": {"type": "string", "nullable": True, "description": "The container image."},
+        "imageRepository": {"type": "string", "nullable": True, "description": "= image"},
+        "registry": {"type": "string", "nullable": True, "description": "Image registry."},
+        "imageRegistry": {"type": "string", "nullable": True, "description": "= registry"},
+        "versionTag": {"type": "string", "nullable": True, "description": "The image tag."},
+        "imageTag": {"type": "string", "nullable": True, "description": "= versionTag"},
+        "version": {"type": "string", "nullable": True, "description": "= versionTag"},
+        "cpuLimit": {"type": "string", "nullable": True, "description": "Limit and request."},
+        "memoryLimit": {"type": "string", "nullable": True, "description": "Limit and request."},
+        "workgroup": {"type": "string", "nullable": True, "description": "Places the run."},
+        "deadlineSeconds": {
+            "type": "integer",
+            "nullable": True,
+            "minimum": 1,
+            "description": "The Job's activeDeadlineSeconds.",
+        },
+        "maximumRetries": {
+            "type": "integer",
+            "nullable": True,
+            "minimum": 0,
+            "description": "The Job's backoffLimit.",
+        },
+        "customResources": {
+            "type": "object",
+            "nullable": True,
+            "description": "More container limits, e.g. nvidia.com/gpu or ephemeral-storage.",
+            "additionalProperties": {
+                "oneOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]
+            },
+        },
+        "env": {
+            "type": "array",
+            "nullable": True,
+            "maxItems": 100,
+            "items": _ENTRY,
+            "description": "Environment variables of the container, over the template's."
+            " Names starting NEXUS__ are Nexus' own and refused.",
+        },
+        "args": {
+            "type": "array",
+            "nullable": True,
+            "maxItems": 100,
+            "items": _ENTRY,
+            "description": "Arguments after the template's, each as --name=value;"
+            " sas-uri and request-id are Nexus' own and refused.",
+        },
+        "secrets": {
+            "type": "array",
+            "nullable": True,
+            "maxItems": 100,
+            "items": {"type": "string"},
+            "description": "Secrets whose keys become environment variables (envFrom),"
+            " only those the template lists in runtimeEnvironment.allowedSecrets: any"
+            " other is refused with 403 naming it.",
+        },
+        "speculativeAttempts": {
+            "type": "integer",
+            "nullable": True,
+            "minimum": 0,
+            "maximum": MAX_SPECULATIVE_ATTEMPTS,
+            "description": "Copies of the run started at once (0 and 1: one). The first"
+            " copy to report decides the run; the others are deleted.",
+        },
+        "additionalWorkgroups": {
+            "type": "object",
+            "nullable": True,
+            "maxProperties": 0,
+            "description": "Refused unless empty (400): a run is placed on exactly one"
+            " workgroup, chosen with workgroup.",
+        },
+        "monitoringParameters": {
+            "type": "array",
+            "nullable": True,
+            "maxItems": 0,
+            "items": {"type": "string"},
+            "description": "Refused unless empty (400): monitoring is not configured per"
+            " run; every run's metrics are at GET /metrics.",
+        },
+    },
+}
 
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -77,37 +185,12 @@ DOCUMENT: dict[str, Any] = {
             },
             "RunRequest": {
                 "type": "object",
+                "description": "A run request." + _NULL_ABSENT,
                 "required": ["algorithmParameters"],
                 "properties": {
                     "algorithmParameters": {"type": "object", "additionalProperties": True},
                     "algorithmName": {"type": "string", "nullable": True},
-                    "customConfiguration": {
-                        "type": "object",
-                        "nullable": True,
-                        "additionalProperties": False,
-                        "properties": {
-                            "image": {"type": "string"},
-                            "imageRepository": {"type": "string"},
-                            "registry": {"type": "string"},
-                            "versionTag": {"type": "string"},
-                            "imageTag": {"type": "string"},
-                            "version": {"type": "string"},
-                            "cpuLimit": {"type": "string"},
-                            "memoryLimit": {"type": "string"},
-                            "workgroup": {"type": "string"},
-                            "deadlineSeconds": {"type": "integer", "minimum": 1},
-                            "maximumRetries": {"type": "integer", "minimum": 0},
-                            "customResources": {
-                                "type": "object",
-                                "additionalProperties": {
-                                    "oneOf": [
-                                        {"type": "string"},
-                                        {"type": "integer", "minimum": 0},
-                                    ]
-                                },
-                            },
-                        },
-                    },
+                    "customConfiguration": {"$ref": "#/components/schemas/CustomConfiguration"},
                     "parentRequest": {
                         "type": "object",
                         "nullable": True,
@@ -121,6 +204,7 @@ DOCUMENT: dict[str, Any] = {
                     "payloadValidFor": {"type": "string", "nullable": True, "example": "24h"},
                 },
             },
+            "CustomConfiguration": _CUSTOM_CONFIGURATION,
             "Accepted": {
                 "type": "object",
                 "required": ["requestId"],
@@ -131,7 +215,12 @@ DOCUMENT: dict[str, Any] = {
                 "required": ["requestId", "status"],
                 "properties": {
                     "requestId": {"type": "string", "format": "uuid"},
-                    "status": {"type": "string", "enum": _STATUSES},
+                    "status": {
+                        "type": "string",
+                        "enum": _STATUSES,
+                        "description": "The v1.2 vocabulary: a run that could not be"
+                        " scheduled is SCHEDULING_TIMEOUT, why in runErrorMessage.",
+                    },
                     "resultUri": {"type": "string", "nullable": True},
                     "runErrorMessage": {"type": "string", "nullable": True},
                 },

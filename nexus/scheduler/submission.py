@@ -32,6 +32,7 @@ import orjson
 from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
+from nexus.core.compatibility import FieldNames, GivenTwice, canonical
 from nexus.core.config import parse_duration
 from nexus.core.errors import (
     CheckpointRejected,
@@ -41,6 +42,7 @@ from nexus.core.errors import (
 )
 from nexus.core.grouping import GroupCommitter
 from nexus.core.httpapi import ApiError, bad_request, json_type
+from nexus.core.overrides import ForbiddenConfiguration, apply, normalise
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage
 from nexus.core.storage import PayloadStore
@@ -49,8 +51,6 @@ from nexus.core.templates import (
     MAX_PAYLOAD_VALID_FOR,
     MIN_PAYLOAD_VALID_FOR,
     InvalidConfiguration,
-    apply,
-    normalise_overrides,
 )
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.backpressure import BackPressure
@@ -70,6 +70,18 @@ QUEUE_LATER = Counter(
 )
 
 MAX_IDEMPOTENCY_KEY = 256
+RUN_FIELDS = FieldNames(
+    (
+        "algorithmParameters",
+        "algorithmName",
+        "customConfiguration",
+        "parentRequest",
+        "tag",
+        "payloadValidFor",
+    )
+)
+"""The fields of a run request, as :func:`canonical` finds them in any letter case."""
+PARENT_FIELDS = FieldNames(("requestId", "algorithmName"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +111,12 @@ def _parent(body: dict[str, Any]) -> ParentRef | None:
         return None
     if not isinstance(raw, dict):
         raise bad_request("parentRequest: expected an object with requestId and algorithmName")
+    try:
+        raw = canonical(raw, PARENT_FIELDS, "parentRequest")
+    except GivenTwice as exc:
+        raise bad_request(str(exc)) from None
+    if not raw:  # every field null: no parent, as clients that send all fields say it
+        return None
     request_id, algorithm = raw.get("requestId"), raw.get("algorithmName")
     try:
         parsed = uuid.UUID(str(request_id)) if isinstance(request_id, str) else None
@@ -176,9 +194,13 @@ class Submitter:
         (a schedule's tick) names the run: when it exists already, nothing is created.
         A ``dry_run`` passes every check a real request does and returns the run it would
         store as ``planned``, taking no quota and writing, uploading and queueing nothing."""
+        try:
+            body = canonical(body, RUN_FIELDS)
+        except GivenTwice as exc:
+            raise bad_request(str(exc)) from None
         parameters = body.get("algorithmParameters", ...)
         if parameters is ...:
-            raise bad_request("algorithmParameters: required field is missing")
+            raise bad_request("algorithmParameters: required field is missing (or null)")
         if not isinstance(parameters, dict):
             raise bad_request(
                 f"algorithmParameters: expected an object, got {json_type(parameters)}"
@@ -202,8 +224,10 @@ class Submitter:
         if template is None:
             raise ApiError(404, "unknown_algorithm", f"no algorithm named {algorithm!r} is defined")
         try:
-            overrides = normalise_overrides(body.get("customConfiguration"))
+            overrides = normalise(body.get("customConfiguration"))
             applied = apply(template, overrides, self.catalog.workgroups)
+        except ForbiddenConfiguration as exc:
+            raise ApiError(403, "forbidden", str(exc)) from exc
         except InvalidConfiguration as exc:
             raise bad_request(str(exc), "invalid_configuration") from exc
         valid_for = self._valid_for(body.get("payloadValidFor"), template.payload_valid_for)

@@ -515,3 +515,56 @@ async def test_bad_cancellations_change_nothing(servers: Servers) -> None:
         status, body, _ = await check.system.call("POST", path, json={"reason": "done\nhere"})
         assert status == 200, (status, body)
         assert (await check.system.result("echo", request_id))["status"] == "CANCELLED"
+
+
+async def test_the_whole_v12_custom_configuration_is_validated(servers: Servers) -> None:
+    """Each field of the v1.2 customConfiguration, and the v1.2 spellings, refused as a 4xx
+    that names it; nulls never are (the Python client sends every field, null when unset,
+    the .NET client PascalCase)."""
+    env = [{"name": "A", "value": "1", "valueType": "PLAIN"}]
+    cases = [
+        Case("algorithmParameters null", "algorithmParameters", json={"algorithmParameters": None}),
+        Case("a field twice", "Tag: the same field as tag", json=run_with(tag="a", Tag="b")),
+        Case("parent without its id", "parentRequest.requestId", json=run_with(parentRequest={"requestId": None, "algorithmName": "echo"})),
+        Case("env not a list", "customConfiguration.env", json=overrides(env={"A": "1"})),
+        Case("env entry not an object", "customConfiguration.env[0]", json=overrides(env=["A=1"])),
+        Case("env name missing", "customConfiguration.env[0].name", json=overrides(env=[{"value": "1"}])),
+        Case("env name null", "customConfiguration.env[0].name", json=overrides(env=[{"name": None}])),
+        Case("env name a number", "customConfiguration.env[0].name", json=overrides(env=[{"name": 1}])),
+        Case("env name with =", "customConfiguration.env[0].name", json=overrides(env=[{"name": "A=B"}])),
+        Case("env name of Nexus", "customConfiguration.env[0].name", json=overrides(env=[{"name": "NEXUS__REQUEST_ID"}])),
+        Case("env twice", "customConfiguration.env[1].name", json=overrides(env=env + env)),
+        Case("env value an object", "customConfiguration.env[0].value", json=overrides(env=[{"name": "A", "value": {}}])),
+        Case("env value with NUL", "customConfiguration.env[0].value", json=overrides(env=[{"name": "A", "value": "a\u0000"}])),
+        Case("env valueType unknown", "customConfiguration.env[0].valueType", json=overrides(env=[{"name": "A", "valueType": "SECRET_REFERENCE"}])),
+        Case("env valueType a number", "customConfiguration.env[0].valueType", json=overrides(env=[{"name": "A", "valueType": 1}])),
+        Case("env relative without a mount", "mounts none", json=overrides(env=[{"name": "A", "value": "a.json", "valueType": "RELATIVE_REFERENCE"}])),
+        Case("env relative climbing out", "customConfiguration.env[0].value", json=overrides(env=[{"name": "A", "value": "../a", "valueType": "RELATIVE_REFERENCE"}])),
+        Case("env entry unknown field", "customConfiguration.env[0].secret", json=overrides(env=[{"name": "A", "secret": True}])),
+        Case("too many env", "customConfiguration.env", json=overrides(env=[{"name": f"A{i}"} for i in range(101)])),
+        Case("args not a list", "customConfiguration.args", json=overrides(args="--x=1")),
+        Case("args name of Nexus", "customConfiguration.args[0].name", json=overrides(args=[{"name": "request-id", "value": "x"}])),
+        Case("args name with dashes", "customConfiguration.args[0].name", json=overrides(args=[{"name": "--x", "value": "1"}])),
+        Case("secrets not a list", "customConfiguration.secrets", json=overrides(secrets="db")),
+        Case("secret not a name", "customConfiguration.secrets[0]", json=overrides(secrets=["DB_PASSWORD"])),
+        Case("secret not allowed", "customConfiguration.secrets[0]", json=overrides(secrets=["db"]), status=403, code="forbidden"),
+        Case("speculativeAttempts negative", "customConfiguration.speculativeAttempts", json=overrides(speculativeAttempts=-1)),
+        Case("speculativeAttempts too many", "customConfiguration.speculativeAttempts", json=overrides(speculativeAttempts=1000)),
+        Case("speculativeAttempts a string", "customConfiguration.speculativeAttempts", json=overrides(speculativeAttempts="2")),
+        Case("speculativeAttempts a float", "customConfiguration.speculativeAttempts", json=overrides(speculativeAttempts=1.5)),
+        Case("additionalWorkgroups", "customConfiguration.additionalWorkgroups: not supported", json=overrides(additionalWorkgroups={"shard-1": "second"})),
+        Case("monitoringParameters", "customConfiguration.monitoringParameters: not supported", json=overrides(monitoringParameters=["latency"])),
+        Case("PascalCase given twice", "customConfiguration", json=overrides(CpuLimit="1", cpuLimit="2")),
+        Case("PascalCase bad value", "customConfiguration.cpuLimit", json=overrides(CpuLimit="lots")),
+    ]  # fmt: skip
+    async with checker(servers) as check:
+        for case in cases:
+            await check.refused(case)
+        nothing = dict.fromkeys(
+            ["imageRepository", "imageTag", "env", "secrets", "args", "additionalWorkgroups",
+             "monitoringParameters", "speculativeAttempts", "customResources", "version"]
+        )  # fmt: skip
+        request_id = await check.system.submit(
+            "echo", {**overrides(**nothing), "parentRequest": None, "tag": None}
+        )
+        assert (await check.metadata(request_id))["configurationOverrides"] is None

@@ -768,7 +768,7 @@ async def test_a_job_the_shard_refuses_fails_its_run_with_the_shards_message(
     async with local_system(servers, templates=[refused]) as system:
         request_id = await system.submit("echo")
         answer = await system.wait_for("echo", request_id)
-        assert answer["status"] == "SCHEDULING_FAILED", answer
+        assert answer["status"] == "SCHEDULING_TIMEOUT", answer
         message = answer["runErrorMessage"]
         assert "refused the job: 422" in message and "env[0].name" in message, message
         _, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
@@ -794,6 +794,6 @@ async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: 
         await state.queues.queue(scheduler.pod).push([QueuedRun("shard-0", broken.key, 0.0)])
         healthy = await system.submit("echo")
         answer = await system.wait_for("echo", str(broken.id))
-        assert answer["status"] == "SCHEDULING_FAILED"
+        assert answer["status"] == "SCHEDULING_TIMEOUT"
         assert "cannot make a Job" in answer["runErrorMessage"]
         assert (await system.wait_for("echo", healthy))["status"] == "COMPLETED"

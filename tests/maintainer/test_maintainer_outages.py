@@ -85,7 +85,7 @@ async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_g
             answer = await system.wait_for("silent", silent, timeout=15)
             assert answer["status"] == "FAILED" and answer["runErrorMessage"].startswith("NoResult")
             answer = await system.wait_for("image", image, timeout=15)
-            assert answer["status"] == "SCHEDULING_FAILED", answer
+            assert answer["status"] == "SCHEDULING_TIMEOUT", answer
             for request_id in slow + more:
                 assert (await system.wait_for("echo", request_id, timeout=20))[
                     "status"

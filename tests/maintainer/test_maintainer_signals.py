@@ -78,7 +78,7 @@ async def test_each_kubernetes_signal_ends_its_run_with_its_cause(servers: Serve
             "echo": ("COMPLETED", None),
             "oom": ("FAILED", "OOMKilled"),
             "oom-retried": ("FAILED", "OOMKilled"),
-            "image": ("SCHEDULING_FAILED", "ImagePullFailed"),
+            "image": ("SCHEDULING_TIMEOUT", "ImagePullFailed"),
             "silent": ("FAILED", "NoResult"),
             "hang": ("DEADLINE_EXCEEDED", "DeadlineExceeded"),
             "exit": ("FAILED", "AlgorithmFailed"),  # the algorithm's own report wins
@@ -177,7 +177,7 @@ async def test_lost_jobs_failed_creates_and_pods_started_behind_the_scheduler(
         assert job is not None
         await post_event(system, "shard-0", failed_create(job))
         answer = await system.wait_for("hang", refused, timeout=10)
-        assert answer["status"] == "SCHEDULING_FAILED"
+        assert answer["status"] == "SCHEDULING_TIMEOUT"
         assert answer["runErrorMessage"] == 'FailedCreate: pods "x" is forbidden: exceeded quota'
         await wait_until(lambda: job_of(system, "shard-0", refused) is None, what="job deleted")
         # a Job created, its RUNNING never written: the pod's start moves the run on

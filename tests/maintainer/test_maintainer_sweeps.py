@@ -106,7 +106,7 @@ async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(servers: Se
         assert (await system.wait_for("echo", inline, timeout=15))["status"] == "COMPLETED"
         assert (await system.wait_for("echo", stored, timeout=15))["status"] == "COMPLETED"
         answer = await system.wait_for("echo", lost, timeout=15)
-        assert answer["status"] == "SCHEDULING_FAILED"
+        assert answer["status"] == "SCHEDULING_TIMEOUT"
         assert answer["runErrorMessage"] == "SubmissionLost: submission lost, please resend"
 
 

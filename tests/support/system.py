@@ -236,7 +236,7 @@ class System:
         wanted = set(statuses) or {
             "COMPLETED",
             "FAILED",
-            "SCHEDULING_FAILED",
+            "SCHEDULING_TIMEOUT",
             "DEADLINE_EXCEEDED",
             "CANCELLED",
         }
