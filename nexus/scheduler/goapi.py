@@ -210,14 +210,19 @@ async def run(request: web.Request) -> web.Response:
     principal = await _principal(request, algorithm)
     scheduler = request.app[SCHEDULER]
     body = run_body(await read_json_object(request))
-    accepted = await scheduler.submitter.submit(
-        principal,
-        algorithm,
-        body,
-        request.headers.get("Idempotency-Key"),
-        dry_run=dry_run,
-        api_version=API_VERSION,
-    )
+    try:
+        accepted = await scheduler.submitter.submit(
+            principal,
+            algorithm,
+            body,
+            request.headers.get("Idempotency-Key"),
+            dry_run=dry_run,
+            api_version=API_VERSION,
+        )
+    except ApiError as exc:
+        if exc.code == "unknown_algorithm":  # the Go scheduler's answer: a 400
+            raise bad_request(exc.message, exc.code) from exc
+        raise
     answer: GoAccepted = {"requestId": str(accepted.request_id)}
     if accepted.planned is not None:
         answer["job"] = _job_text(scheduler, _as_checkpoint(accepted.planned), planned=True)

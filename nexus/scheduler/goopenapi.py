@@ -157,7 +157,6 @@ PATHS: dict[str, Any] = {
                     "Accepted and durable; a dry run: valid, with the Job, nothing stored",
                 ),
                 **_COMMON,
-                "404": _error("Unknown algorithm"),
                 "413": _error("Body too large"),
                 "429": _error("A quota or the queue is full; retry after Retry-After"),
             },
