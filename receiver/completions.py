@@ -7,7 +7,12 @@ path's). ``null`` is absent, and field names are read in any letter case
 (:mod:`nexus.core.compatibility`); the answer's ``status`` is in the v1.2 vocabulary.
 No cause means ``COMPLETED``, with the result at ``sasUri`` or, when that is
 absent, at the run's default result location (stored as a key, presigned on every read);
-a cause means ``FAILED`` with that cause and message. An empty or blank field is absent.
+a cause means ``FAILED`` with that cause and message. A completion without a cause may
+instead carry the result document itself, ``"result"`` (any JSON value, at most
+``max_inline_result`` bytes as compact JSON): it is written by the same UPDATE that makes
+the run ``COMPLETED``, and the scheduler serves it from a signed link. A larger one is
+refused with 413 and nothing is recorded, so the run can still complete by the PUT.
+An empty or blank field is absent.
 ``sasUri`` is an http(s) or s3 URL; in Nexus' own bucket it may name only the run's own
 result location (Nexus presigns what its bucket holds for the run's client). A run not
 yet sent (``NEW``) cannot complete: 409.
@@ -29,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -59,7 +65,7 @@ COMPLETIONS = Counter(
 )
 MAX_URI = 4096
 COMPLETION_FIELDS = FieldNames(
-    ("cause", "message", "sasUri", "errorCause", "errorDetails", "resultUri", "requestId")
+    ("cause", "message", "sasUri", "errorCause", "errorDetails", "resultUri", "requestId", "result")
 )
 """The fields of a completion, as :func:`canonical` finds them in any letter case
 (``requestId``: older containers repeat the path's id in the body)."""
@@ -121,6 +127,24 @@ def _same_run(named: Any, run_id: uuid.UUID) -> None:
         raise bad_request(f"requestId: {str(named)[:80]!r} is not the run of the path, {run_id}")
 
 
+def _inline_result(body: dict[str, Any], limit: int) -> bytes | None:
+    """The result document a completion carries itself, as compact JSON, or ``None``."""
+    if body.get("result") is None:
+        return None
+    try:
+        document = orjson.dumps(body["result"])
+    except orjson.JSONEncodeError as exc:  # parsed deeper than it can be written again
+        raise bad_request(f"result: cannot be stored: {exc}") from exc
+    if len(document) > limit:
+        raise ApiError(
+            413,
+            "result_too_large",
+            f"result: {len(document)} bytes as JSON, more than the {limit} a completion may"
+            " carry; upload it to NEXUS__RESULT_UPLOAD_URL and complete without it",
+        )
+    return document
+
+
 def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id: str) -> None:
     header = request.headers.get("Authorization")
     if header is None:
@@ -162,7 +186,15 @@ async def complete(request: web.Request) -> web.Response:
     # containers that always send every field send "" for none
     cause = cause if cause and cause.strip() else None
     location = location if location and location.strip() else None
-    if cause is None:
+    inline = _inline_result(body, receiver.settings.max_inline_result)
+    if inline is not None and (cause is not None or location is not None):
+        raise bad_request(
+            "result: a completion carries either the result, or a location (sasUri),"
+            " or a failure (cause), not two of them"
+        )
+    if inline is not None:
+        change = Transition(algorithm, run_id, Stage.COMPLETED, result_inline=inline)
+    elif cause is None:
         own = receiver.names.uri(receiver.names.result_key(algorithm, rid))
         result = _result_location(location, own, receiver.names) if location else own
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_uri=result)

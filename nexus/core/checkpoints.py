@@ -128,6 +128,7 @@ def _result(row: asyncpg.Record) -> RunResult:
         result_uri=row["result_uri"],
         failure_cause=row["algorithm_failure_cause"],
         failure_details=row["algorithm_failure_details"],
+        has_inline_result=row["has_inline_result"],
     )
 
 
@@ -157,6 +158,7 @@ def _checkpoint(row: asyncpg.Record) -> Checkpoint:
         shard=row["shard"],
         attempts=row["attempts"],
         idempotency_key=row["idempotency_key"],
+        has_inline_result=row["has_inline_result"],
     )
 
 
@@ -425,6 +427,16 @@ class CheckpointStore:
             )
         return [_result(row) for row in rows]
 
+    async def inline_result(self, algorithm: str, run_id: UUID) -> bytes | None:
+        """The result document kept with the checkpoint, or ``None``."""
+        async with self.connection() as conn:
+            value = await conn.fetchval(
+                "SELECT result_inline FROM runs WHERE algorithm = $1 AND id = $2",
+                algorithm,
+                run_id,
+            )
+        return None if value is None else bytes(value)
+
     async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The input kept with the checkpoint, or ``None``."""
         async with self.connection() as conn:
@@ -544,6 +556,7 @@ def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
         [c.shard for c in batch],
         [c.sent_at for c in batch],
         [c.attempts for c in batch],
+        [c.result_inline for c in batch],
     ]
 
 

@@ -149,6 +149,8 @@ class Transition:
     to: Stage
     expect: Stage | None = None
     result_uri: str | None = None
+    result_inline: bytes | None = None
+    """The result document itself, kept with the checkpoint (a small result, DESIGN §3)."""
     cause: str | None = None
     details: str | None = None
     job_uid: str | None = None
@@ -189,6 +191,9 @@ class Checkpoint:
     shard: str | None
     attempts: int
     idempotency_key: str | None
+    has_inline_result: bool = False
+    """Whether the result document is kept with the checkpoint (then ``result_uri`` is
+    ``None`` and the scheduler serves it from a signed link)."""
 
     @property
     def key(self) -> RunKey:
@@ -206,3 +211,4 @@ class RunResult:
     result_uri: str | None
     failure_cause: str | None
     failure_details: str | None
+    has_inline_result: bool = False

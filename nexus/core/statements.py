@@ -57,6 +57,7 @@ TRANSITION = f"""
 UPDATE runs r SET
     lifecycle_stage = u.to_stage,
     result_uri = COALESCE(u.result_uri, r.result_uri),
+    result_inline = COALESCE(u.result_inline, r.result_inline),
     algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
     algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
     job_uid = COALESCE(u.job_uid, r.job_uid),
@@ -65,9 +66,10 @@ UPDATE runs r SET
     attempts = r.attempts + u.attempts,
     last_modified = now()
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
+            $12::bytea[])
      AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-          sent_at, attempts)
+          sent_at, attempts, result_inline)
 WHERE r.algorithm = u.algorithm AND r.id = u.id
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
   AND EXISTS (SELECT 1 FROM run_transitions t
@@ -81,12 +83,13 @@ algorithm, id, lifecycle_stage, caller, received_by_host, received_at, last_modi
 applied_configuration, payload_valid_for, payload_uri, payload_inline IS NOT NULL AS has_inline,
 result_uri, algorithm_failure_cause, algorithm_failure_details, sent_at,
 configuration_overrides, content_hash, tag, api_version, job_uid, parent, shard, attempts,
-idempotency_key
+idempotency_key, result_inline IS NOT NULL AS has_inline_result
 """
 
 
 RESULT_COLUMNS = (
-    "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause, algorithm_failure_details"
+    "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause,"
+    " algorithm_failure_details, result_inline IS NOT NULL AS has_inline_result"
 )
 
 
@@ -116,9 +119,9 @@ TRANSITION_SKIP_LOCKED = f"""
 WITH candidates AS (
     SELECT u.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                           $11::int[])
+                           $11::int[], $12::bytea[])
         AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-             sent_at, attempts)
+             sent_at, attempts, result_inline)
     JOIN runs r ON r.algorithm = u.algorithm AND r.id = u.id
     WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
       AND EXISTS (SELECT 1 FROM run_transitions t
@@ -130,6 +133,7 @@ WITH candidates AS (
     UPDATE runs r SET
         lifecycle_stage = u.to_stage,
         result_uri = COALESCE(u.result_uri, r.result_uri),
+        result_inline = COALESCE(u.result_inline, r.result_inline),
         algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
         algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
         job_uid = COALESCE(u.job_uid, r.job_uid),

@@ -35,7 +35,7 @@ from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.cancelling import Cancellation, Canceller
 from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.limits import ConcurrencyLimits, ConcurrencyWait
-from nexus.scheduler.links import CONTENT_ROUTE, Links
+from nexus.scheduler.links import CONTENT_ROUTE, RESULT_CONTENT_ROUTE, Links
 from nexus.scheduler.quotas import Quotas
 from nexus.scheduler.submission import Submitter
 
@@ -272,6 +272,22 @@ async def payload_content(request: web.Request) -> web.Response:
     return web.Response(body=content, content_type="application/json")
 
 
+async def result_content(request: web.Request) -> web.Response:
+    """A result kept inline, for the holder of a signed link (no bearer token)."""
+    algorithm, run_id = _algorithm(request), _request_id(request)
+    scheduler = request.app[SCHEDULER]
+    path = RESULT_CONTENT_ROUTE.format(algorithm=algorithm, request_id=run_id)
+    problem = scheduler.signer.check_path(
+        path, request.query.get("expires", ""), request.query.get("signature", "")
+    )
+    if problem is not None:
+        raise ApiError(403, "forbidden", problem)
+    content = await scheduler.store.inline_result(algorithm, run_id)
+    if content is None:  # deleted by retention since the link was made
+        raise ApiError(404, "not_found", f"run {run_id} has no result kept inline")
+    return web.Response(body=content, content_type="application/json")
+
+
 async def cancel(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
     scheduler = request.app[SCHEDULER]
@@ -307,5 +323,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}", json_errors(payload))
     content = f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}/content"
     r.add_get(content, json_errors(payload_content))
+    result_path = f"{PREFIX}/results/{{algorithm}}/requests/{{request_id}}/content"
+    r.add_get(result_path, json_errors(result_content))
     r.add_post(f"{PREFIX}/cancel/{{algorithm}}/requests/{{request_id}}", json_errors(cancel))
     r.add_get(f"{PREFIX}/usage", json_errors(usage))

@@ -4,7 +4,8 @@ Every URL is made when it is handed out, never stored, so none expires before it
 inputs in object storage get a presigned GET valid for the run's ``payloadValidFor``;
 inputs kept inline get a link to the scheduler signed with HMAC for as long; results get a
 presigned PUT valid until the run's deadline (plus a margin) and, when read, a fresh
-presigned GET.
+presigned GET — or, for a result kept with its checkpoint, a link to the scheduler signed
+with HMAC for an hour (any scheduler pod checks it without a database read).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from nexus.core.templates import DEFAULT_DEADLINE_SECONDS
 from nexus.scheduler.settings import SchedulerSection
 
 CONTENT_ROUTE = "/algorithm/v1.2/payload/{algorithm}/requests/{request_id}/content"
+RESULT_CONTENT_ROUTE = "/algorithm/v1.2/results/{algorithm}/requests/{request_id}/content"
 RESULT_READ_SECONDS = 3600.0
 """A result URL handed to a client is valid for an hour; asking again gives a new one."""
 
@@ -49,6 +51,9 @@ class Links:
 
     def result_url(self, run: Checkpoint | RunResult) -> str | None:
         """A fresh URL of the run's result, if it has one."""
+        if run.has_inline_result:
+            path = RESULT_CONTENT_ROUTE.format(algorithm=run.algorithm, request_id=run.id)
+            return self._public + self.signer.sign_path(path, RESULT_READ_SECONDS)
         if not run.result_uri:
             return None
         key = self.payloads.result_key_of(run.result_uri, run.algorithm, str(run.id))

@@ -474,6 +474,25 @@ DOCUMENT: dict[str, Any] = {
                 },
             }
         },
+        "/algorithm/v1.2/results/{algorithmName}/requests/{requestId}/content": {
+            "get": {
+                "summary": "A run's result kept inline (a small result), for the holder of its"
+                " signed link (the resultUri)",
+                "security": [],
+                "parameters": [
+                    _ALG,
+                    _ID,
+                    _query("expires", "integer"),
+                    _query("signature", "string"),
+                ],
+                "responses": {
+                    "200": {"description": "The result document, as JSON"},
+                    "403": _error("The link is malformed, altered or expired"),
+                    "404": _error("Unknown run, or its result is not kept inline"),
+                    "503": _error("A dependency is unavailable; retry after Retry-After"),
+                },
+            }
+        },
         "/health/live": {
             "get": {"security": [], "responses": {"200": {"description": "The process runs"}}}
         },

@@ -521,7 +521,8 @@ async def test_clients_and_containers_get_urls_of_their_own_address_of_storage(
         templates=[template("stored", inline=False)],
         storage={"client_presign_endpoint_url": public},
     ) as system:
-        parameters = {"where": "in storage"}
+        # a result too large to be reported inline: it is PUT to storage too
+        parameters = {"where": "in storage", "padding": "x" * (300 * 1024)}
         request_id = await system.submit("stored", {"algorithmParameters": parameters})
         answer = await system.wait_for("stored", request_id)  # the pod used its own URLs
         assert answer["status"] == "COMPLETED", answer

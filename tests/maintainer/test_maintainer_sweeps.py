@@ -167,8 +167,11 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         open_store(system) as store,
         open_payloads(system) as payloads,
     ):
-        made: dict[str, uuid.UUID] = {}
-        runs = (("old", True), ("old-running", False), ("recent", True), ("old-pointing", True))
+        made: dict[str, uuid.UUID] = {}  # old-inline: its result is kept in its checkpoint
+        runs = (
+            ("old", True), ("old-running", False), ("recent", True), ("old-pointing", True),
+            ("old-inline", True),
+        )  # fmt: skip
         for name, finished in runs:
             run_id = made[name] = uuid.uuid4()
             await payloads.put(f"inputs/algorithm=echo/{run_id}", b"{}")
@@ -186,14 +189,17 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
                 # another run's object were refused): deleting it must leave recent's alone
                 owner = made["recent"] if name == "old-pointing" else run_id
                 result = f"s3://{servers.s3.bucket}/results/algorithm=echo/{owner}"
-                assert await store.transition(
-                    Transition("echo", run_id, Stage.COMPLETED, result_uri=result)
+                change = (
+                    Transition("echo", run_id, Stage.COMPLETED, result_inline=b'{"r": 1}')
+                    if name == "old-inline"
+                    else Transition("echo", run_id, Stage.COMPLETED, result_uri=result)
                 )
+                assert await store.transition(change)
         conn = await asyncpg.connect(servers.postgres_dsn)
         try:
             await conn.execute(
                 "UPDATE runs SET received_at = now() - interval '3 days' WHERE id = ANY($1)",
-                [made["old"], made["old-running"], made["old-pointing"]],
+                [made["old"], made["old-running"], made["old-pointing"], made["old-inline"]],
             )
         finally:
             await conn.close()
@@ -202,12 +208,13 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         async with running_maintainer(settings_for(system, retention=86_400, **keep)):
 
             async def swept() -> bool:
-                gone = [await store.get("echo", made[n]) is None for n in ("old", "old-pointing")]
-                return all(gone)
+                old = ("old", "old-pointing", "old-inline")
+                return all([await store.get("echo", made[n]) is None for n in old])
 
             await wait_until(swept, what="the old finished run deleted")
         for kind in ("inputs", "results"):
             assert await payloads.get(f"{kind}/algorithm=echo/{made['old']}") is None
+        assert await store.inline_result("echo", made["old-inline"]) is None  # with its row
         for name in ("old-running", "recent"):
             assert await payloads.get(f"inputs/algorithm=echo/{made[name]}") is not None
             assert await store.get("echo", made[name]) is not None

@@ -6,11 +6,13 @@ A simulated pod reads what a real algorithm container would — ``--sas-uri=<url
 and after a duration drawn from the shard's distribution:
 
 1. ``GET`` the input URL (if given);
-2. ``PUT`` a result to ``NEXUS__RESULT_UPLOAD_URL`` (if given): the input itself when it is
-   JSON, else ``{"requestId": ..., "ok": true}``;
-3. ``POST {"cause": null, "message": null, "sasUri": null}`` to
+2. make its result: the input itself when it is JSON, else ``{"requestId": ..., "ok": true}``;
+3. ``POST {"cause": null, "message": null, "sasUri": null, "result": <result>}`` to
    ``{NEXUS__RECEIVER_URL}/algorithm/v1.2/complete/{algorithm}/requests/{id}`` with
-   ``Authorization: Bearer {NEXUS__RUN_TOKEN}`` (if a receiver is given);
+   ``Authorization: Bearer {NEXUS__RUN_TOKEN}`` (if a receiver is given): a small result
+   (at most :data:`INLINE_RESULT_LIMIT` bytes) travels inline, as an algorithm SDK sends it.
+   A larger one, or one the receiver refuses as too large (413), is ``PUT`` to
+   ``NEXUS__RESULT_UPLOAD_URL`` first and the completion carries no ``result``;
 4. exits 0. A step that fails (non-2xx, connection error, timeout) ends the container with
    exit code 1 and a log line saying why, as a real container would.
 
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from nexus_dev.cluster.kubelet import Kubelet
 
 FAULTS = ("oom", "image-pull", "exit", "silent", "hang")
+INLINE_RESULT_LIMIT = 256 * 1024
+"""Results up to this size are reported inline: the receiver's default limit."""
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -239,12 +243,20 @@ class SimulatedRuntime:
             self._log(run, "exiting with code 1")
             self.kubelet.exited(run, 1, "Error")
             return
+        try:
+            orjson.loads(body)
+            result = body
+        except orjson.JSONDecodeError:
+            result = orjson.dumps({"requestId": request_id, "ok": True})
+        if completion_url and len(result) <= INLINE_RESULT_LIMIT:
+            inline = b'{"cause":null,"message":null,"sasUri":null,"result":' + result + b"}"
+            status = await self._complete(completion_url, inline, headers)
+            if status != 413:
+                self._log(run, "reported completion with its result inline")
+                self.kubelet.exited(run, 0, "Completed")
+                return
+            self._log(run, "the receiver refused the result inline as too large")
         if upload_url:
-            try:
-                orjson.loads(body)
-                result = body
-            except orjson.JSONDecodeError:
-                result = orjson.dumps({"requestId": request_id, "ok": True})
             await self._call("PUT", upload_url, result, _JSON_HEADERS)
             self._log(run, "uploaded result")
         if _stopped(run):
@@ -254,3 +266,14 @@ class SimulatedRuntime:
             await self._call("POST", completion_url, orjson.dumps(completion), headers)
             self._log(run, "reported completion")
         self.kubelet.exited(run, 0, "Completed")
+
+    async def _complete(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        """POST a completion; its status when 2xx or 413 (too large), else the step fails."""
+        assert self.calls is not None
+        try:
+            status, answer = await self.calls.request("POST", url, body, headers)
+        except CallFailed as exc:
+            raise _StepFailed(f"POST {url} failed: {exc}") from exc
+        if not (200 <= status < 300 or status == 413):
+            raise _StepFailed(f"POST {url} answered {status}: {answer[:200]!r}")
+        return status
