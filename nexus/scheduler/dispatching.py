@@ -381,6 +381,7 @@ class Dispatcher:
             result_upload_url=self.links.result_upload_url(checkpoint),
             receiver_url=self.links.receiver_url(shard),
             run_token=self.links.run_token(checkpoint),
+            result_inline_limit=self.settings.result_inline_limit,
         )
         job = build_job(
             checkpoint,

@@ -53,6 +53,8 @@ class RunLinks:
     result_upload_url: str
     receiver_url: str
     run_token: str
+    result_inline_limit: int = 0
+    """Bytes of result the receiver takes inside a completion (0: none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,8 @@ def build_job(
         "NEXUS__RUN_TOKEN": links.run_token,
         "NEXUS__RESULT_UPLOAD_URL": links.result_upload_url,
     }
+    if links.result_inline_limit:
+        env["NEXUS__RESULT_INLINE_LIMIT"] = str(links.result_inline_limit)
     if run.parent:
         env["NEXUS__PARENT_REQUEST_ID"] = run.parent["requestId"]
         env["NEXUS__PARENT_ALGORITHM_NAME"] = run.parent["algorithmName"]

@@ -135,6 +135,11 @@ class SchedulerSection:
     """Seconds Kubernetes keeps a finished Job (``ttlSecondsAfterFinished``)."""
     result_url_margin: Seconds = field(default=3600.0, metadata=at_least(0))
     """A result upload URL stays valid this long past the run's deadline."""
+    result_inline_limit: Bytes = field(default=256 * 1024, metadata=at_least(0))
+    """Largest result an algorithm is told it may report inside its completion
+    (``NEXUS__RESULT_INLINE_LIMIT`` in its Job); larger ones go to the presigned PUT. Keep
+    it at most the receivers' ``max_inline_result`` (which refuses more with 413, and the
+    SDK then falls back to the PUT); 0 tells algorithms to always PUT."""
     recent_inputs: Bytes = field(default=32 * 1024**2, metadata=at_least(0))
     """Memory for the newest inline inputs, served to their algorithms without a database
     read (0 turns it off)."""

@@ -53,10 +53,15 @@ def with_query(url: str, **changes: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
+@pytest.mark.parametrize("mode", ["simulated", "process"])  # process: the algorithm SDK
 async def test_small_results_inline_and_large_ones_in_s3_are_both_readable(
-    servers: Servers,
+    servers: Servers, mode: str
 ) -> None:
-    async with local_system(servers, templates=[template("echo")]) as system:
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode=mode)],  # type: ignore[arg-type]
+        templates=[template("echo")],
+    ) as system:
         small = {"score": 0.93, "label": "héllo", "items": list(range(50))}
         large = {"blob": "x" * (300 * 1024)}  # over the 256 KiB kept inline
         small_id = await system.submit("echo", {"algorithmParameters": small})

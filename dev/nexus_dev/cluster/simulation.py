@@ -10,7 +10,8 @@ and after a duration drawn from the shard's distribution:
 3. ``POST {"cause": null, "message": null, "sasUri": null, "result": <result>}`` to
    ``{NEXUS__RECEIVER_URL}/algorithm/v1.2/complete/{algorithm}/requests/{id}`` with
    ``Authorization: Bearer {NEXUS__RUN_TOKEN}`` (if a receiver is given): a small result
-   (at most :data:`INLINE_RESULT_LIMIT` bytes) travels inline, as an algorithm SDK sends it.
+   (at most ``NEXUS__RESULT_INLINE_LIMIT`` bytes) travels inline, as the algorithm SDK
+   sends it.
    A larger one, or one the receiver refuses as too large (413), is ``PUT`` to
    ``NEXUS__RESULT_UPLOAD_URL`` first and the completion carries no ``result``;
 4. exits 0. A step that fails (non-2xx, connection error, timeout) ends the container with
@@ -48,8 +49,6 @@ if TYPE_CHECKING:
     from nexus_dev.cluster.kubelet import Kubelet
 
 FAULTS = ("oom", "image-pull", "exit", "silent", "hang")
-INLINE_RESULT_LIMIT = 256 * 1024
-"""Results up to this size are reported inline: the receiver's default limit."""
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -248,7 +247,8 @@ class SimulatedRuntime:
             result = body
         except orjson.JSONDecodeError:
             result = orjson.dumps({"requestId": request_id, "ok": True})
-        if completion_url and len(result) <= INLINE_RESULT_LIMIT:
+        inline_limit = env.get("NEXUS__RESULT_INLINE_LIMIT", "")
+        if completion_url and inline_limit.isdigit() and len(result) <= int(inline_limit):
             inline = b'{"cause":null,"message":null,"sasUri":null,"result":' + result + b"}"
             status = await self._complete(completion_url, inline, headers)
             if status != 413:
