@@ -1,7 +1,7 @@
 """End to end: submit → Job → simulated pod → completion → result readable, sustained.
 
     .venv/bin/python benchmarks/end_to_end.py [--rate 2000] [--seconds 60] [--schedulers 1]
-        [--setting NEXUS__SECTION__KEY=VALUE ...]
+        [--setting NEXUS__SECTION__KEY=VALUE ...] [--profile DIR]
 
 The local system runs as separate processes: PostgreSQL, Redis, SeaweedFS, one local
 cluster whose simulated pods play the whole algorithm contract (GET their input from the
@@ -14,7 +14,8 @@ sent in; a poller reads the results by tag through the API, as a client would (e
 most once a second), until every run is COMPLETED with a result URL. Reported: offered
 and completed runs/s, the completion rate over the steady part of the window, when the
 last run finished, and CPU microseconds per run of every process. Prints human lines,
-then one JSON line.
+then one JSON line. ``--profile DIR`` samples every Python process of the system with
+py-spy during the submission window (see ``profiles.py``, which summarises them).
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu import CpuMeter
 from loadgen import _Connection, open_loop, request_bytes
+from profiles import record
 from stack import StackOptions, local_stack
 
 SLOT = 0.1  # seconds of submissions sharing one tag
+PLAIN = ("postgres", "redis", "seaweedfs")
+"""Processes that are not Python: py-spy cannot sample them."""
 FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_TIMEOUT", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -98,12 +102,18 @@ async def run(
 
     stop = asyncio.Event()
     meter.start()
+    recorders = []
+    if args.profile is not None:
+        python = {k: v for k, v in meter.roots.items() if k not in PLAIN}
+        recorders = record(python, args.profile, args.seconds)
     poller = asyncio.create_task(poll(stop))
     load = await open_loop(urls, make, rate=args.rate, duration=args.seconds, max_connections=512)
     submitted_for = time.time() - started
     stop.set()
     await poller
     cpu = meter.stop()
+    for recorder in recorders:
+        recorder.wait()
     completed = statuses.get("COMPLETED", 0)
     steady = [t for t in done_at.values() if started + 10 <= t <= started + args.seconds]
     steady_rate = len(steady) / max(1e-9, args.seconds - 10)
@@ -147,6 +157,9 @@ def main() -> int:
         default=[],
         metavar="NEXUS__SECTION__KEY=VALUE",
         help="a setting for every Nexus process (repeatable), e.g. to compare two values",
+    )
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR", help="py-spy every Python process into DIR"
     )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.setting)
