@@ -170,6 +170,13 @@ class Dispatcher:
         # Take no more than the throttle can soon let through: what stays on the queue keeps
         # its place (and a queue position a client can see), and other pods can adopt it.
         count = min(self.settings.dispatch_batch, max(1, int(self.throttles[shard].burst)))
+        # Idle, it looks ever less often for runs others put on its queue (adopted, queued
+        # again by the maintainer): at rest a pod then costs next to nothing. Its own runs,
+        # new or delayed, wake it at once or when due.
+        s = self.settings
+        idle = Backoff(
+            first=s.dispatch_idle_poll, cap=max(s.dispatch_idle_poll, s.dispatch_idle_poll_max)
+        )
         while not stopping.is_set():
             for finished in [t for t in batches if t.done()]:
                 batches.discard(finished)
@@ -191,8 +198,9 @@ class Dispatcher:
                 continue
             if not runs:
                 gate.release()
-                await first_of(wake, stopping, timeout=self.settings.dispatch_idle_poll)
+                await first_of(wake, stopping, timeout=idle.failed())
                 continue
+            idle.succeeded()
             batches.add(asyncio.create_task(self._dispatch(shard, runs, gate, stopping)))
             if len(runs) < count and self.settings.dispatch_linger:
                 await sleep_or_stop(stopping, self.settings.dispatch_linger)
@@ -216,6 +224,8 @@ class Dispatcher:
         while True:
             try:
                 await self.queue.delay(shard, runs, delay)
+                # an idle loop may be waiting long: it looks again when these are due
+                asyncio.get_running_loop().call_later(delay, self.notify, shard)
                 return
             except DependencyError as exc:
                 if stopping.is_set():

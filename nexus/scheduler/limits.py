@@ -33,7 +33,7 @@ from nexus.core.queues import QueuedRun
 from nexus.core.runs import Checkpoint, RunKey
 from nexus.core.slots import Limit, Slots, parse_label
 from nexus.core.usage import stages
-from nexus.core.waiting import sleep_or_stop
+from nexus.core.waiting import first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.teamsettings import TeamSettings
 
@@ -45,6 +45,10 @@ PARKED = Counter(
 LET_GO = Counter(
     "nexus_limit_released_total", "Parked runs let go to take free slots, by kind.", ["kind"]
 )
+
+
+IDLE_CHECKS = 4
+"""While no run waits for a limit, the check loop looks every this many intervals."""
 
 
 class ConcurrencyWait(TypedDict):
@@ -75,6 +79,8 @@ class ConcurrencyLimits:
         self.teams = teams
         self.store = store
         self.pod = pod
+        self._parked = asyncio.Event()
+        """Set when this pod parks runs: the check loop looks at once."""
 
     def size(self, label: str) -> int | None:
         """The size of the limit ``label`` now, or ``None`` when it has none."""
@@ -127,6 +133,7 @@ class ConcurrencyLimits:
                 PARKED.labels(blocked.kind).inc()
         if parked:
             await self.slots.park(self.pod, parked)
+            self._parked.set()
         return admitted
 
     async def release(self, runs: Sequence[Checkpoint]) -> None:
@@ -153,15 +160,26 @@ class ConcurrencyLimits:
         }
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Let parked runs go as slots free, until ``stopping``."""
+        """Let parked runs go as slots free, until ``stopping``.
+
+        While no run waits for any limit, it looks only every :data:`IDLE_CHECKS` intervals
+        (at rest a pod then costs next to nothing), or at once when this pod parks a run:
+        a pod that parks a run looks at its limit, so none waits on another pod's idleness.
+        """
         interval = self.teams.limit_check_interval
         while not stopping.is_set():
+            self._parked.clear()
+            labels: list[str] = []
             try:
-                for label in await self.slots.limited():
+                labels = list(await self.slots.limited())
+                for label in labels:
                     await self._check(label, interval)
             except DependencyError as exc:
                 log.warning("cannot look at the runs waiting for concurrency limits: %s", exc)
-            await sleep_or_stop(stopping, interval)
+            if labels:
+                await sleep_or_stop(stopping, interval)
+            else:
+                await first_of(self._parked, stopping, timeout=interval * IDLE_CHECKS)
 
     async def _check(self, label: str, interval: float) -> None:
         if not await self.slots.backend.hold_lease(f"limit:{label}", self.pod, interval):

@@ -119,7 +119,13 @@ class SchedulerSection:
     starts up to 30 ms later, and every queue, checkpoint and throttle call serves several
     runs instead of one or two."""
     dispatch_idle_poll: Seconds = field(default=0.25, metadata=positive())
-    """How often an idle dispatcher looks for runs that others put on its queue."""
+    """How often a dispatcher that just found its queue empty looks again for runs that
+    others put on it (adopted, queued again by the maintainer)."""
+    dispatch_idle_poll_max: Seconds = field(default=2.0, metadata=positive())
+    """While its queue stays empty, a dispatcher looks twice as long after each empty look,
+    up to this: a pod at rest then costs next to nothing. Runs the pod queues itself wake
+    it at once, and runs it delays when they are due; runs others put on its queue wait
+    at most this long."""
     max_dispatch_attempts: int = field(default=8, metadata=positive())
     """Failed creations (5xx, network) before a run is SCHEDULING_FAILED, once the shard
     says its Job does not exist (while it cannot say, the run is tried again)."""
