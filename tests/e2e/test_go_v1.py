@@ -292,3 +292,25 @@ async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) ->
         request_id = await submit_v1(system, "echo", fixture("run-sdk.json"), "?dryRun=false")
         assert (await system.stored())[0] == before[0] + 1
         assert (await result_v1(system, "echo", request_id))["status"] in {"BUFFERED", "RUNNING"}
+
+        # the rest of what a run may set: more resources, a parent, the input's validity
+        child = {
+            "algorithmParameters": {},
+            "parentRequest": {"requestId": request_id, "algorithmName": "echo"},
+            "customConfiguration": {
+                "computeResources": {"customResources": {"nvidia.com/gpu": "1"}},
+                "payloadConfiguration": {"payloadValidFor": "30m"},
+            },
+        }
+        status, answer, _ = await system.call("POST", f"{V1}/run/echo?dryRun=true", json=child)
+        assert status == 202, answer
+        job = orjson.loads(answer["job"])
+        assert container_of(job)["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert env_of(job)["NEXUS__PARENT_REQUEST_ID"] == request_id
+        child_id = await submit_v1(system, "echo", child)
+        metadata = await metadata_v1(system, "echo", child_id)
+        assert metadata["payload_valid_for"] == "30m0s"
+        assert metadata["parent"] == {"requestId": request_id, "algorithmName": "echo"}
+        assert metadata["configuration_overrides"] == {
+            "computeResources": {"customResources": {"nvidia.com/gpu": "1"}}
+        }
