@@ -5,7 +5,8 @@ body ``{"resultUri", "errorCause", "errorDetails"}``: no ``errorCause`` means ``
 with the result at ``resultUri``, one means ``FAILED`` with that cause and details. It is
 the v1.2 completion (:func:`receiver.completions.complete`, which reads these names too)
 under the Go path, answered ``202`` as the Go receiver answered, with ``{"requestId",
-"status"}`` (a map of strings, what Go clients read).
+"status"}`` (a map of strings, what Go clients read) and the status in the Go vocabulary,
+which names a run that could not be scheduled ``SCHEDULING_FAILED``.
 
 Guarantees, where Nexus keeps more than the Go receiver did: the 202 is sent once the
 completion is committed (the Go receiver answered before writing it, and dropped what it
@@ -15,18 +16,26 @@ not changed.
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
-from nexus.core.httpapi import json_errors
+from nexus.core.compatibility import v12_status
+from nexus.core.httpapi import RunStatus, json_errors, json_response
+from nexus.core.runs import Stage
 from receiver.completions import complete
 
 PATH = "/algorithm/v1/complete/{algorithm}/requests/{request_id}"
 
 
-async def complete_v1(request: web.Request) -> web.StreamResponse:
+GO_STATUS = {v12_status(stage): stage.value for stage in Stage}
+"""A status as v1.2 answers it → as the Go Nexus does (its stage names are Nexus')."""
+
+
+async def complete_v1(request: web.Request) -> web.Response:
     answer = await complete(request)  # committed (or found finished) when it returns
-    answer.set_status(202)
-    return answer
+    done: RunStatus = orjson.loads(answer.text or "")
+    done["status"] = GO_STATUS.get(done["status"], done["status"])
+    return json_response(done, status=202)
 
 
 def add_go_routes(app: web.Application) -> None:

@@ -34,6 +34,7 @@ import orjson
 from aiohttp import web
 
 from nexus.core.checkpoints import MAX_TAG_RESULTS
+from nexus.core.errors import TransitionRejected
 from nexus.core.httpapi import (
     ApiError,
     Handler,
@@ -308,7 +309,11 @@ async def cancel(request: web.Request) -> web.Response:
     scheduler = request.app[SCHEDULER]
     body = await read_json_object(request) if request.can_read_body else {}
     cancellation = Cancellation.from_body(body, principal.caller)
-    await scheduler.canceller.cancel(algorithm, run_id, cancellation)
+    try:
+        await scheduler.canceller.cancel(algorithm, run_id, cancellation)
+    except TransitionRejected as exc:  # say how it ended in the Go vocabulary
+        run = await _read_checkpoint(scheduler, algorithm, run_id)
+        raise ApiError(409, "conflict", f"run {run_id} is already {run.stage.value}") from exc
     return web.Response(text="", content_type="text/plain")  # Go's answer: 200, no body
 
 

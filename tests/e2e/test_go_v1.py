@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 from harness import Servers
 from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template
@@ -191,7 +192,7 @@ async def test_go_containers_complete_through_the_v1_receiver_route(servers: Ser
         templates=[template("echo")],
     ) as system:
         body = fixture("run-structs.json")
-        runs = [await submit_v1(system, "echo", body) for _ in range(3)]
+        runs = [await submit_v1(system, "echo", body) for _ in range(4)]
         jobs: dict[str, dict[str, Any]] = {}
         for request_id in runs:
             await wait_v1(system, "echo", request_id, "RUNNING")
@@ -215,7 +216,7 @@ async def test_go_containers_complete_through_the_v1_receiver_route(servers: Ser
             )
             return status, answer
 
-        succeeded, failed, cancelled = runs
+        succeeded, failed, cancelled, unschedulable = runs
         assert await complete(succeeded, "complete-success.json") == (
             202,
             {"requestId": succeeded, "status": "COMPLETED"},
@@ -250,12 +251,37 @@ async def test_go_containers_complete_through_the_v1_receiver_route(servers: Ser
             "tester" in (await metadata_v1(system, "echo", cancelled))["algorithm_failure_details"]
         )
 
+        # a run that could not be scheduled, in either vocabulary (as the maintainer or the
+        # dispatcher records one)
+        connection = await asyncpg.connect(system.postgres_dsn)
+        try:
+            await connection.execute(
+                "UPDATE runs SET lifecycle_stage = 'SCHEDULING_FAILED',"
+                " algorithm_failure_cause = 'FailedCreate' WHERE id = $1",
+                uuid.UUID(unschedulable),
+            )
+        finally:
+            await connection.close()
+        answer = await result_v1(system, "echo", unschedulable)
+        assert answer["status"] == "SCHEDULING_FAILED", answer
+        assert answer["runErrorMessage"] == "FailedCreate", answer
+        assert (await system.result("echo", unschedulable))["status"] == "SCHEDULING_TIMEOUT"
+        assert await complete(unschedulable, "complete-success.json") == (
+            202,
+            {"requestId": unschedulable, "status": "SCHEDULING_FAILED"},
+        )
+        status, answer, _ = await system.call(
+            "POST", f"{V1}/cancel/echo/requests/{unschedulable}", json={}
+        )
+        assert status == 409 and "SCHEDULING_FAILED" in answer["message"], answer
+
         status, tagged, _ = await system.call("GET", f"{V1}/results/tags/go-structs-batch")
         assert status == 200
         assert {(r["requestId"], r["status"]) for r in tagged} == {
             (succeeded, "COMPLETED"),
             (failed, "FAILED"),
             (cancelled, "CANCELLED"),
+            (unschedulable, "SCHEDULING_FAILED"),
         }
 
 
