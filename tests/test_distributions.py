@@ -16,8 +16,10 @@ directory lands in it), offline: ``--no-build-isolation`` with the pinned setupt
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.devprocess import DevProcess
 
 from nexus_sdk.cli import ENTRY_POINT_GROUP, PROVIDERS, installed, load
 
@@ -37,6 +40,7 @@ UNCOPIED = shutil.ignore_patterns(
 )
 SERVER_COMMANDS = {"scheduler", "receiver", "maintainer", "migrate", "settings"}
 DEV_COMMANDS = {"dev", "devcluster"}
+CLIENT_COMMANDS = {"run", "submit", "wait", "status", "result", "cancel"}
 SERVER_DEPENDENCIES = ("aiohttp", "asyncpg", "redis", "aiobotocore", "orjson", "yaml", "uvloop")
 
 
@@ -111,6 +115,7 @@ def test_the_sdk_wheel_has_the_sdk_alone_and_depends_on_httpx(wheels: dict[str, 
     [httpx] = sdk.requires()
     assert re.fullmatch(r"httpx[<>=,.0-9 ]+", httpx) and "==" not in httpx, httpx
     assert sdk.entries("console_scripts") == {"nexus": "nexus_sdk.cli:main"}
+    assert set(sdk.entries(ENTRY_POINT_GROUP)) == CLIENT_COMMANDS
 
 
 def test_the_development_wheel_has_the_development_package_alone(
@@ -143,7 +148,7 @@ def sdk_alone(wheels: dict[str, Wheel], tmp_path_factory: pytest.TempPathFactory
     return venv
 
 
-def _run(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+def _run(venv: Path, *argv: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(venv / "bin" / argv[0]), *argv[1:]],
         capture_output=True,
@@ -151,7 +156,7 @@ def _run(venv: Path, *argv: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
         cwd=venv,  # not the repository: nothing of it may be importable
-        env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin"},
+        env={"PATH": f"{venv / 'bin'}:/usr/bin:/bin", **env},
     )
 
 
@@ -169,7 +174,8 @@ def test_the_sdk_alone_imports_and_runs_without_the_server(sdk_alone: Path) -> N
 
     listing = _run(sdk_alone, "nexus", "--help")
     assert listing.returncode == 0, listing.stderr
-    assert "(none installed)" in listing.stdout
+    for name in CLIENT_COMMANDS:
+        assert f"\n  {name} " in listing.stdout, listing.stdout
     assert "scheduler, receiver, maintainer, migrate, settings: install the nexus package" in (
         listing.stdout
     )
@@ -184,6 +190,56 @@ def test_the_sdk_alone_imports_and_runs_without_the_server(sdk_alone: Path) -> N
 
     example = _run(sdk_alone, "python", "-m", "nexus_sdk.examples")
     assert example.returncode == 2 and "echo" in example.stderr, example.stderr
+
+
+SDK_ALONE_SCRIPT = """
+import asyncio, json
+from nexus_sdk.client import AsyncClient
+from nexus_sdk.syncclient import Client
+from nexus_sdk.errors import NotFound
+
+with Client() as nexus:
+    outcomes = nexus.submit_many("echo", [{"n": n} for n in range(20)], tag="alone")
+    ids = [o.request_id for o in outcomes]
+    done = {s.request_id: s for s in nexus.as_completed("echo", ids, timeout=60)}
+    results = [nexus.fetch_result(done[i]).decoded() for i in ids]
+
+async def main():
+    async with AsyncClient() as nexus:
+        run_id = await nexus.submit("echo-stored", {"stored": True})
+        stored = await nexus.result("echo-stored", run_id, timeout=60)
+        summary = [s async for s in nexus.wait_tag("echo", "alone", timeout=60)][-1]
+        try:
+            await nexus.status("echo", "00000000-0000-4000-8000-000000000000")
+        except NotFound:
+            missing = True
+        return stored, summary.total, summary.finished, missing
+
+print(json.dumps([results, *asyncio.run(main())]))
+"""
+
+
+def test_the_sdk_alone_drives_a_local_system(sdk_alone: Path) -> None:
+    """Installed alone, the SDK's client commands and both clients work against the whole
+    local system (``nexus dev``), with only the two exported variables to go on."""
+    dev = DevProcess("--mode", "simulated")
+    try:
+        ready = dev.ready()
+        env = {"NEXUS_URL": ready["scheduler"], "NEXUS_TOKEN": ready["token"]}
+        done = _run(sdk_alone, "nexus", "run", "echo", "--params", '{"alone": 1}', "--wait", **env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"alone": 1}
+        done = _run(sdk_alone, "python", "-c", SDK_ALONE_SCRIPT, **env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [
+            [{"n": n} for n in range(20)],
+            {"stored": True},
+            20,
+            True,
+            True,
+        ]
+    finally:
+        dev.finish(signal.SIGTERM)
 
 
 def test_every_installed_command_is_registered_by_the_package_named_for_it() -> None:

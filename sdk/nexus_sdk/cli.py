@@ -3,11 +3,11 @@
 ``nexus <command> [options]`` runs the subcommand registered under that name in the
 entry-point group ``nexus.commands``. Each installed distribution contributes its own: the
 server (``nexus``) ``scheduler``, ``receiver``, ``maintainer``, ``migrate`` and
-``settings``; the development package (``nexus-dev``) ``dev`` and ``devcluster``. So the
-same command lists and runs what is there — in the production image, in a developer's
-virtual environment, and on a machine with the SDK alone. The client commands (``run``,
-``submit``, ``wait``, ``status``, ``result``, ``cancel``) will be this distribution's own
-entries in the same group (``sdk/pyproject.toml``).
+``settings``; the development package (``nexus-dev``) ``dev`` and ``devcluster``; this
+one (``nexus-sdk``) the client commands ``run``, ``submit``, ``wait``, ``status``,
+``result`` and ``cancel`` (:mod:`nexus_sdk.commands`). So the same command lists and runs
+what is there — in the production image, in a developer's virtual environment, and on a
+machine with the SDK alone.
 
 Guarantees:
 
