@@ -8,7 +8,9 @@ example algorithms installed. Guarantees:
 * exactly one line ``NEXUS READY {json}`` goes to stdout, once every component answers;
   the JSON holds what a client needs (the scheduler and receiver URLs, a bearer token,
   each local cluster's kubeconfig, the algorithms) and every connection detail and log
-  path, and the status file. Logs go to stderr, so a script can wait for that line;
+  path, and the status file. Logs go to stderr, so a script can wait for that line; so
+  do, right after it, the two lines to paste into a shell for the client commands and
+  the SDK (``export NEXUS_URL=…``, ``export NEXUS_TOKEN=…``);
 * SIGTERM, SIGINT (Ctrl-C), SIGHUP (its terminal closed) or SIGQUIT stops every component,
   in reverse order, and the command exits with status 0, leaving no process behind; a
   signal during start-up stops what was started so far; a signal ignored when the
@@ -327,6 +329,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def exports(ready: dict[str, Any]) -> str:
+    """The two lines a shell evaluates to point the client commands and SDK at this system."""
+    return f"export NEXUS_URL={ready.get('scheduler')}\nexport NEXUS_TOKEN={ready.get('token')}"
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["status"]:
         return status.main(argv[1:])
@@ -359,6 +366,7 @@ def main(argv: list[str]) -> int:
         else:
             supervisor.set_state("running")
             print(READY_PREFIX + json.dumps(ready, separators=(",", ":")), flush=True)
+            print(exports(ready), file=sys.stderr, flush=True)
             exit_code = EXIT_OK if supervisor.run(stop_requested) else EXIT_CRASHED
     except (NexusError, OSError) as exc:  # OSError: a server that cannot be reached
         log.error("cannot start: %s", exc)

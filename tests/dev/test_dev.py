@@ -83,6 +83,8 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
 
     code, err = dev.finish(sig)
     assert code == 0, err
+    exports = f"export NEXUS_URL={ready['scheduler']}\nexport NEXUS_TOKEN={ready['token']}\n"
+    assert exports in err  # for a shell, after the READY line
     assert [pid for pid in children if is_alive(pid)] == []
     assert not workdir.exists()
     assert [line for line in dev.lines if line.startswith(READY_PREFIX)] == dev.lines  # one line
