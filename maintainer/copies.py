@@ -26,7 +26,9 @@ source uid agree; labels and annotations others add to a copy on a shard are kep
 **References.** A template references the Secrets and ConfigMaps named in its
 ``runtimeEnvironment.mappedEnvironmentVariables`` (``secretRef``/``configMapRef``: the
 algorithm container's ``envFrom``) and, as templates of the earlier system may carry
-them, in ``environmentVariables[].valueFrom`` (``secretKeyRef``/``configMapKeyRef``).
+them, in ``environmentVariables[].valueFrom`` (``secretKeyRef``/``configMapKeyRef``); also
+the ConfigMap of its mounted configuration (``runtimeEnvironment.configuration.configMap``)
+and the Secrets a request may map (``runtimeEnvironment.allowedSecrets``).
 """
 
 from __future__ import annotations
@@ -198,6 +200,12 @@ def references(template: Obj) -> tuple[set[str], set[str]]:
         if isinstance(source, dict):
             _add(secrets, source.get("secretKeyRef"))
             _add(config_maps, source.get("configMapKeyRef"))
+    mounted = runtime.get("configuration")
+    if isinstance(mounted, dict):
+        _add(config_maps, {"name": mounted.get("configMap")})
+    allowed = runtime.get("allowedSecrets")
+    for name in allowed if isinstance(allowed, list) else ():
+        _add(secrets, {"name": name})
     return secrets, config_maps
 
 

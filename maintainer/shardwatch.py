@@ -57,11 +57,17 @@ from maintainer.signals import (
     run_of_pod,
 )
 from nexus.core.errors import DependencyError, NexusError, ShardThrottled
-from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL
+from nexus.core.labels import (
+    ALGORITHM_LABEL,
+    JOB_NAME_LABEL,
+    REQUEST_LABEL,
+    copy_names,
+    speculative_copy,
+)
 from nexus.core.labels import ALGORITHM_RUN_SELECTOR as RUNS
 from nexus.core.listwatch import follow
 from nexus.core.runs import Stage, Transition
-from nexus.core.shards import EVENTS, JOBS, PODS, ShardClient, WatchEvent
+from nexus.core.shards import CALL_ERRORS, EVENTS, JOBS, PODS, ShardClient, WatchEvent
 from nexus.core.waiting import Backoff, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -115,12 +121,16 @@ class ShardWatch:
         """Jobs deleted soon after they succeeded (a short ``ttlSecondsAfterFinished``),
         remembered as in :attr:`succeeded` for a completion grace and two sweeps more."""
         self._deleted: OrderedDict[str, Timer] = OrderedDict()
+        self._retired: OrderedDict[str, None] = OrderedDict()
+        """Copies of runs (``speculativeAttempts``) deleted because another copy ended."""
+        self._group: asyncio.TaskGroup | None = None
         self._loop = asyncio.get_running_loop()
 
     async def run(self, stopping: asyncio.Event) -> None:
         CONNECTED.labels(self.shard).set(0)
         try:
             async with asyncio.TaskGroup() as group:
+                self._group = group
                 # Of all Events only FailedCreate matters here; the API server filters, so
                 # the many Normal events of every run never reach (or cost) this process.
                 # Of the Job and Pod events, those the rules ignore are passed over unparsed.
@@ -185,7 +195,9 @@ class ShardWatch:
             self._failures.pop(name, None)
             self._started.pop(name, None)
             self._forget_success(name)
-            if algorithm is not None and meta.get("uid") not in self._decided:
+            if name in self._retired:  # deleted as a copy of a run another copy ended
+                del self._retired[name]
+            elif algorithm is not None and meta.get("uid") not in self._decided:
                 due = self._loop.time() + self.section.job_lost_grace
                 self._deleted.setdefault(name, Timer(due, algorithm))
             return
@@ -198,6 +210,9 @@ class ShardWatch:
         outcome = job_outcome(job)
         if outcome is None:
             return
+        copy = speculative_copy(meta.get("annotations"))
+        if copy is not None and (outcome[0] == "succeeded" or copy[0] == 1):
+            self._retire_other_copies(meta, name, copy[1])
         self._started.pop(name, None)  # its completion (or the verdict below) settles it
         if _seen(self._decided, meta.get("uid", name)):
             return
@@ -213,6 +228,29 @@ class ShardWatch:
             name, algorithm, verdict.stage, verdict.cause, verdict.details, verdict.action
         ):
             self._decided.pop(meta.get("uid", name), None)  # dropped: the next relist decides
+
+    def _retire_other_copies(self, meta: dict[str, Any], name: str, copies: int) -> None:
+        """A copy of a run started in several ended in a way that decides the run (any
+        copy succeeded: its report is in, or due; the first failed: the run fails): the
+        other copies are deleted, once each."""
+        request_id = (meta.get("labels") or {}).get(REQUEST_LABEL)
+        if not request_id or self._group is None:
+            return
+        for other in copy_names(request_id, copies):
+            if other == name or other in self._retired:
+                continue
+            self._retired[other] = None
+            while len(self._retired) > 100_000:
+                self._retired.popitem(last=False)
+            self._group.create_task(self._delete_copy(other), name=f"maintainer:retire:{other}")
+
+    async def _delete_copy(self, name: str) -> None:
+        try:
+            if await self.client.delete_job(name):
+                log.info("deleted a copy of a run another copy ended", extra={"job": name})
+        except CALL_ERRORS as exc:  # it ends by its own deadline; a relist tries again
+            self._retired.pop(name, None)
+            log.warning("could not delete a copy of a finished run: %s", exc, extra={"job": name})
 
     def succeeded_at(self, name: str) -> float | None:
         """When the Job ``name`` was seen to succeed, if it did (and is there, or was

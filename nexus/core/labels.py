@@ -21,3 +21,29 @@ ALGORITHM_RUN_SELECTOR = f"{COMPONENT_LABEL}={ALGORITHM_RUN}"
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 """Set by Kubernetes on the pods of a Job: the Job's name."""
+
+SPECULATIVE_ANNOTATION = "science.sneaksanddata.com/speculative-copy"
+"""On each Job of a run started in several copies (``customConfiguration.
+speculativeAttempts``): ``"<copy>/<copies>"``, the first copy being the Job named after the
+request id."""
+
+
+def copy_name(request_id: str, copy: int) -> str:
+    """The Job name of a run's ``copy`` (1: the request id itself)."""
+    return request_id if copy == 1 else f"{request_id}-copy-{copy}"
+
+
+def copy_names(request_id: str, copies: int) -> list[str]:
+    """The Job names of every copy of a run started in ``copies`` copies."""
+    return [copy_name(request_id, copy) for copy in range(1, max(copies, 1) + 1)]
+
+
+def speculative_copy(annotations: dict[str, str] | None) -> tuple[int, int] | None:
+    """(copy, copies) of a Job's :data:`SPECULATIVE_ANNOTATION`, or ``None``."""
+    text = (annotations or {}).get(SPECULATIVE_ANNOTATION)
+    if not text:
+        return None
+    copy, _, copies = text.partition("/")
+    if not (copy.isdigit() and copies.isdigit()) or not 1 <= int(copy) <= int(copies):
+        return None
+    return int(copy), int(copies)

@@ -56,7 +56,7 @@ MAX_ENTRIES = 100
 the Job object, which the API server keeps under 1.5 MiB)."""
 MAX_VALUE = 32 * 1024
 """The longest ``env`` or ``args`` value, in characters."""
-MAX_SPECULATIVE_ATTEMPTS = 1
+MAX_SPECULATIVE_ATTEMPTS = 5
 """Copies of one run at most: each is a Job created against the shard's creation rate."""
 
 V12_ONLY = ("env", "args", "secrets", "speculativeAttempts")

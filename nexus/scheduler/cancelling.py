@@ -24,6 +24,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.compatibility import v12_status
 from nexus.core.errors import RunNotFound, TransitionRejected
 from nexus.core.httpapi import bad_request
+from nexus.core.labels import copy_names
 from nexus.core.runs import TERMINAL, Checkpoint, Stage, Transition
 from nexus.core.shards import (
     CALL_ERRORS,
@@ -101,9 +102,11 @@ class Canceller:
         client = self.shards.get(shard or "")
         if client is None:
             return
+        copies = run.applied_configuration.get("speculativeAttempts", 1)
         try:
-            deleted = await client.delete_job(str(run.id), policy)
-            log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
+            for name in copy_names(str(run.id), copies):  # every copy of the run
+                deleted = await client.delete_job(name, policy)
+                log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
         except CALL_ERRORS as exc:
             # The run is cancelled; its Job, if any, expires with its deadline and TTL.
             log.warning("cancelled, but the job could not be deleted: %s", exc)

@@ -21,6 +21,11 @@ created. Outcomes:
   until the shard answers (a 409 then shows the Job was made), or until the maintainer
   ends its wait in the queue.
 
+A run started in several copies (``speculativeAttempts``) has its other copies created once
+its first Job is, each with a creation token of its own; a copy that cannot be created is
+logged and left out (the run has its first Job). The maintainer deletes the others once
+one of them ends (:mod:`maintainer.shardwatch`).
+
 Failures are written only over ``BUFFERED`` (compare-and-set), so a pod that still holds a
 run another pod has adopted and dispatched cannot fail it.
 
@@ -41,6 +46,7 @@ from prometheus_client import Counter, Histogram
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import CheckpointRejected, DependencyError, ShardUnavailable
+from nexus.core.labels import copy_name, copy_names
 from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
@@ -257,7 +263,9 @@ class Dispatcher:
                     await self._creating[shard].acquire()
                     creations.append(
                         asyncio.create_task(
-                            self._create(shard, run, checkpoint, parents.get(checkpoint.key))
+                            self._create(
+                                shard, run, checkpoint, parents.get(checkpoint.key), stopping
+                            )
                         )
                     )
         except BaseException:
@@ -316,13 +324,59 @@ class Dispatcher:
         return result
 
     async def _create(
-        self, shard: str, run: QueuedRun, checkpoint: Checkpoint, parent: ParentJob | None
+        self,
+        shard: str,
+        run: QueuedRun,
+        checkpoint: Checkpoint,
+        parent: ParentJob | None,
+        stopping: asyncio.Event,
     ) -> Outcome:
         request_id.set(str(run.key.id))
         outcome = await self._call_create(shard, run, checkpoint, parent)
         if outcome.kind == "failed" and self._last_attempt(checkpoint):
             outcome = await self._look_for_job(shard, outcome)
+        if (
+            outcome.kind == "created"
+            and checkpoint.applied_configuration.get("speculativeAttempts", 1) > 1
+        ):
+            await self._create_copies(shard, checkpoint, parent, stopping)
         return outcome
+
+    async def _create_copies(
+        self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None, stopping: asyncio.Event
+    ) -> None:
+        """The second and later copies of a run whose first Job exists, each taking a
+        creation token; one that cannot be created is logged and left out."""
+        copies = checkpoint.applied_configuration.get("speculativeAttempts", 1)
+        workgroup = self.catalog.workgroup(checkpoint.applied_configuration["workgroup"])
+        throttle = self.throttles[shard]
+        for copy in range(2, copies + 1):
+            if not await throttle.acquire(1, stopping):
+                return  # stopping: the run has its first Job
+            await self._creating[shard].acquire()
+            try:
+                body = self._job(shard, checkpoint, parent, workgroup, copy)
+                result = await self.shards[shard].create_job(body)
+            except ShardUnavailable as exc:
+                CREATES.labels(shard, "failed").inc()
+                log.warning("a copy of the run could not be created: %s", exc)
+                continue
+            finally:
+                self._creating[shard].release()
+            if result.created:
+                CREATES.labels(shard, "created" if result.status != 409 else "exists").inc()
+                continue
+            if result.status == 429:
+                CREATES.labels(shard, "throttled").inc()
+                await throttle.rejected(result.retry_after)
+            else:
+                CREATES.labels(shard, "rejected").inc()
+            log.warning(
+                "a copy of the run was not created: %s %s",
+                result.status,
+                result.message,
+                extra={"job": copy_name(str(checkpoint.id), copy)},
+            )
 
     def _last_attempt(self, checkpoint: Checkpoint) -> bool:
         return checkpoint.attempts + 1 >= self.settings.max_dispatch_attempts
@@ -384,7 +438,12 @@ class Dispatcher:
         return replace(failed, kind="created", uid=uid, message="")
 
     def _job(
-        self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None, workgroup: Workgroup
+        self,
+        shard: str,
+        checkpoint: Checkpoint,
+        parent: ParentJob | None,
+        workgroup: Workgroup | None,
+        copy: int = 1,
     ) -> bytes:
         links = RunLinks(
             input_url=self.links.input_url(checkpoint),
@@ -399,6 +458,7 @@ class Dispatcher:
             workgroup=workgroup,
             parent=parent,
             ttl_after_finished=self.settings.job_ttl_after_finished,
+            copy=copy,
         )
         return serialise(job)
 
@@ -502,8 +562,10 @@ class Dispatcher:
             run = current.get(change.key) if current is not None else None
             if current is not None and (run is None or run.stage not in ABANDONED):
                 continue
+            copies = run.applied_configuration.get("speculativeAttempts", 1) if run else 1
             try:
-                await self.shards[shard].delete_job(str(change.id))
+                for name in copy_names(str(change.id), copies):
+                    await self.shards[shard].delete_job(name)
             except CALL_ERRORS as exc:
                 log.warning("cannot delete the job of a finished run: %s", exc)
                 continue

@@ -31,6 +31,8 @@ from nexus.core.labels import (
     COMPONENT_LABEL,
     REQUEST_LABEL,
     SHARD_ANNOTATION,
+    SPECULATIVE_ANNOTATION,
+    copy_name,
 )
 from nexus.core.runs import Checkpoint
 from nexus.core.templates import Workgroup, restricted_security_context
@@ -91,10 +93,14 @@ def build_job(
     workgroup: Workgroup | None,
     parent: ParentJob | None,
     ttl_after_finished: int,
+    copy: int = 1,
 ) -> dict[str, Any]:
-    """The Job object for ``run``."""
+    """The Job object for ``run``; for a run started in several copies
+    (``speculativeAttempts``), that of its ``copy``: named ``<id>-copy-<n>`` from the
+    second on, its container still named after the request id."""
     config = run.applied_configuration
     name = str(run.id)
+    copies = config.get("speculativeAttempts", 1)
     image = config["image"]
     if config.get("registry"):
         image = f"{config['registry']}/{image}"
@@ -115,6 +121,8 @@ def build_job(
     }
     if links.result_inline_limit:
         env["NEXUS__RESULT_INLINE_LIMIT"] = str(links.result_inline_limit)
+    if copies > 1:
+        env["NEXUS__SPECULATIVE_COPY"] = f"{copy}/{copies}"
     if run.parent:
         env["NEXUS__PARENT_REQUEST_ID"] = run.parent["requestId"]
         env["NEXUS__PARENT_ALGORITHM_NAME"] = run.parent["algorithmName"]
@@ -180,10 +188,12 @@ def build_job(
         # algorithm failing: it is started again, and does not use up a retry
         spec["podFailurePolicy"] = {"rules": [DISRUPTION_RULE, *rules]}
     metadata: dict[str, Any] = {
-        "name": name,
+        "name": copy_name(name, copy),
         "labels": labels,
         "annotations": {SHARD_ANNOTATION: config["shard"]},
     }
+    if copies > 1:
+        metadata["annotations"][SPECULATIVE_ANNOTATION] = f"{copy}/{copies}"
     if parent is not None:
         metadata["ownerReferences"] = [
             {

@@ -58,6 +58,17 @@ def test_references_come_from_env_from_and_value_from() -> None:
     assert references({}) == (set(), set())
 
 
+def test_the_mounted_configuration_and_the_allowed_secrets_are_references() -> None:
+    runtime = {
+        "configuration": {"configMap": "forecast-config", "mountPath": "/etc/forecast"},
+        "allowedSecrets": ["forecast-credentials", "", 7],
+    }
+    assert references({"spec": {"runtimeEnvironment": runtime}}) == (
+        {"forecast-credentials"},
+        {"forecast-config"},
+    )
+
+
 def test_a_copy_carries_the_content_and_the_mark_not_the_sources_metadata() -> None:
     copy = copy_of(TEMPLATE, source(spec={"container": {"image": "a"}}, status={"x": 1}))
     body = MARK.body(copy)
