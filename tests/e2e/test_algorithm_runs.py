@@ -43,3 +43,36 @@ async def test_a_completion_is_delivered_once_the_receiver_is_back(servers: Serv
                 assert state.error_message == "RequestedFailure: as asked"
         finally:
             await proxy.stop()
+
+
+async def test_small_results_inline_and_large_ones_in_storage_both_read_back(
+    servers: Servers,
+) -> None:
+    async with (
+        local_system(
+            servers,
+            shards=[ShardSpec(name="shard-0", mode="process")],
+            templates=[template("echo")],
+            section={"result_inline_limit": 1000},
+        ) as system,
+        AsyncClient(system.balancer_url, TOKEN) as nexus,
+    ):
+        small = {"small": "é" * 10}
+        large = {"large": "x" * 5000}
+        small_id = await nexus.submit("echo", small)
+        large_id = await nexus.submit("echo", large)
+        assert await nexus.result("echo", small_id, timeout=60) == small
+        assert await nexus.result("echo", large_id, timeout=60) == large
+
+        small_state = await nexus.status("echo", small_id)
+        large_state = await nexus.status("echo", large_id)
+        assert small_state.result_uri and large_state.result_uri
+        # the small one never touched object storage: the scheduler serves it, signed
+        assert small_state.result_uri.startswith(system.balancer_url)
+        assert "/content?" in small_state.result_uri
+        assert large_state.result_uri.startswith(servers.s3.endpoint_url)
+        assert system.bucket is not None
+        stored = [key for key in system.bucket.keys() if "results/" in key]  # noqa: SIM118
+        assert any(large_id in key for key in stored) and not any(small_id in k for k in stored)
+        fetched = await nexus.fetch_result(small_state)
+        assert fetched.content_type is not None and "json" in fetched.content_type
