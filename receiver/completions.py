@@ -54,6 +54,7 @@ from nexus.core.runs import Stage, Transition, may_move
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
 from nexus.core.templates import DNS_LABEL
+from nexus.core.visibility import SYSTEM
 from receiver.settings import ReceiverSection
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ async def complete(request: web.Request) -> web.Response:
             (_COMPLETED if cause is None else _FAILED).inc()
             done: RunStatus = {"requestId": rid, "status": v12_status(change.to)}
             return json_response(done)
-        current = await receiver.store.result(algorithm, run_id)
+        current = await receiver.store.result(algorithm, run_id, SYSTEM)
         if current is None:
             _REFUSED.inc()
             raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")

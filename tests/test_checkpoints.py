@@ -31,6 +31,7 @@ from nexus.core.migrations import (
     wait_for_schema,
 )
 from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
+from nexus.core.visibility import SYSTEM, Viewer
 from receiver.app import create_app as create_receiver
 from receiver.settings import ReceiverSettings
 
@@ -239,11 +240,11 @@ async def test_both_transition_writers_stamp_last_modified(store: CheckpointStor
             [Transition(run.algorithm, run.id, Stage.COMPLETED)]
         ),
     ):
-        before = await store.get(run.algorithm, run.id)
+        before = await store.get(run.algorithm, run.id, SYSTEM)
         assert before is not None
         await asyncio.sleep(0.01)
         assert await apply() in (True, [True])
-        after = await store.get(run.algorithm, run.id)
+        after = await store.get(run.algorithm, run.id, SYSTEM)
         assert after is not None
         stamps.append(after.last_modified > before.last_modified)
     assert stamps == [True, True]
@@ -291,7 +292,7 @@ async def test_every_transition_is_enforced_in_sql(
             assert await store.transition(Transition(run.algorithm, run.id, step))
     applied = await store.transition(Transition(run.algorithm, run.id, target, cause="x"))
     assert applied == ((source, target) in ALLOWED)
-    stored = await store.get(run.algorithm, run.id)
+    stored = await store.get(run.algorithm, run.id, SYSTEM)
     assert stored is not None
     assert stored.stage == (target if applied else source)
 
@@ -333,7 +334,7 @@ async def test_concurrent_writers_racing_on_one_run_leave_one_winner(
             )
             assert sum(results) == 1
             winner = changes[results.index(True)]
-            stored = await stores[1].get(run.algorithm, run.id)
+            stored = await stores[1].get(run.algorithm, run.id, SYSTEM)
             assert stored is not None
             assert stored.stage == winner.to
             assert stored.failure_cause == winner.cause
@@ -372,7 +373,7 @@ async def test_a_change_waiting_for_another_writer_is_judged_by_the_stage_it_lef
                 await asyncio.sleep(0.02)
             assert waiting and not cancel.done()
         assert await cancel
-        stored = await store.get(run.algorithm, run.id)
+        stored = await store.get(run.algorithm, run.id, SYSTEM)
         assert stored is not None and stored.stage == Stage.CANCELLED
     finally:
         await holder.close()
@@ -386,7 +387,7 @@ async def test_a_run_named_twice_in_one_batch_gets_both_changes(store: Checkpoin
         store.transition(Transition(run.algorithm, run.id, Stage.COMPLETED, result_uri="r")),
     )
     assert (running, done) == (True, True)
-    stored = await store.get(run.algorithm, run.id)
+    stored = await store.get(run.algorithm, run.id, SYSTEM)
     assert stored is not None
     assert (stored.stage, stored.job_uid, stored.result_uri) == (Stage.COMPLETED, "uid-1", "r")
 
@@ -409,7 +410,8 @@ async def test_a_bad_change_in_a_later_round_keeps_no_part_of_its_batch(
     )
     assert results[0] is True and results[1] is True and results[3] is True
     assert isinstance(results[2], CheckpointRejected)
-    stored_x, stored_y = await store.get(x.algorithm, x.id), await store.get(y.algorithm, y.id)
+    stored_x = await store.get(x.algorithm, x.id, SYSTEM)
+    stored_y = await store.get(y.algorithm, y.id, SYSTEM)
     assert stored_x is not None and stored_y is not None
     assert (stored_x.stage, stored_x.result_uri) == (Stage.COMPLETED, "r")
     assert (stored_y.stage, stored_y.attempts, stored_y.job_uid) == (Stage.RUNNING, 1, "u")
@@ -431,7 +433,7 @@ async def test_free_text_with_nul_is_kept_and_a_change_the_store_cannot_hold_fai
         Transition(c.algorithm, c.id, Stage.BUFFERED, attempts=2**31),  # beyond its column
     ]
     assert await store.transition_skipping_held(batch) == [True, None]  # the second: cannot be held
-    stored = [await store.get(r.algorithm, r.id) for r in (a, b, c)]
+    stored = [await store.get(r.algorithm, r.id, SYSTEM) for r in (a, b, c)]
     assert [(s.stage, s.failure_cause, s.failure_details) for s in stored if s] == [
         (Stage.FAILED, "Error\ufffd", "out\ufffdput"),
         (Stage.FAILED, "x\ufffd", "\ufffd"),
@@ -446,7 +448,7 @@ async def test_expected_stage_narrows_a_transition(store: CheckpointStore) -> No
     # the watch marks RUNNING only what is still BUFFERED
     again = Transition(run.algorithm, run.id, Stage.RUNNING, expect=Stage.BUFFERED, attempts=1)
     assert not await store.transition(again)
-    stored = await store.get(run.algorithm, run.id)
+    stored = await store.get(run.algorithm, run.id, SYSTEM)
     assert stored is not None
     assert stored.attempts == 0
 
@@ -472,7 +474,7 @@ async def test_a_background_batch_applies_refuses_or_skips_what_another_writer_h
         assert await store.transition_skipping_held(changes[2:3]) == [True]
     finally:
         await other.close()
-    stored = [await store.get(r.algorithm, r.id) for r in (fresh, finished, held)]
+    stored = [await store.get(r.algorithm, r.id, SYSTEM) for r in (fresh, finished, held)]
     assert [c.stage if c else None for c in stored] == [
         Stage.COMPLETED,
         Stage.FAILED,
@@ -488,7 +490,7 @@ async def test_group_commit_every_caller_sees_its_own_row(store: CheckpointStore
 
     async def submit_and_read(run: NewRun) -> bool:
         admission = await store.insert(run)
-        stored = await store.get(run.algorithm, run.id)  # read-your-writes
+        stored = await store.get(run.algorithm, run.id, SYSTEM)  # read-your-writes
         return admission.created and stored is not None and stored.id == run.id
 
     runs = [new_run(configuration={"n": i}) for i in range(2000)]
@@ -511,7 +513,7 @@ async def test_one_bad_run_does_not_fail_its_batch(store: CheckpointStore) -> No
     assert all(
         not isinstance(r, BaseException) and r.created for i, r in enumerate(results) if i != 10
     )
-    assert await store.get(bad.algorithm, bad.id) is None
+    assert await store.get(bad.algorithm, bad.id, SYSTEM) is None
 
 
 async def test_transitions_are_group_committed(store: CheckpointStore) -> None:
@@ -536,7 +538,7 @@ async def test_idempotency_key_returns_the_first_run(store: CheckpointStore) -> 
     assert admitted.created
     assert all(d.id == first.id and not d.created for d in duplicates)
     for r in others:
-        assert await store.get(r.algorithm, r.id) is None
+        assert await store.get(r.algorithm, r.id, SYSTEM) is None
     # another caller's identical key is another run
     other_caller = new_run(key="order-17", caller="someone-else")
     assert (await store.insert(other_caller)).created
@@ -575,8 +577,8 @@ async def test_a_key_whose_first_run_is_gone_fails_only_its_own_insert(
     assert batches == [2]  # one batch
     assert answers[0] == Admission(neighbour.id, True, neighbour.algorithm)
     assert isinstance(answers[1], StoreUnavailable), answers[1]
-    assert await store.get(neighbour.algorithm, neighbour.id) is not None
-    assert await store.get(duplicate.algorithm, duplicate.id) is None
+    assert await store.get(neighbour.algorithm, neighbour.id, SYSTEM) is not None
+    assert await store.get(duplicate.algorithm, duplicate.id, SYSTEM) is None
 
 
 @pytest.mark.parametrize(
@@ -606,7 +608,7 @@ async def test_a_store_lost_after_the_insert_fails_only_the_duplicates(
     )
     assert answers[0] == Admission(fresh.id, True, fresh.algorithm)
     assert isinstance(answers[1], StoreUnavailable), answers[1]
-    assert await store.get(fresh.algorithm, fresh.id) is not None
+    assert await store.get(fresh.algorithm, fresh.id, SYSTEM) is not None
 
 
 async def test_a_store_lost_while_a_bad_batch_is_written_run_by_run_fails_that_run_alone(
@@ -629,7 +631,7 @@ async def test_a_store_lost_while_a_bad_batch_is_written_run_by_run_fails_that_r
     assert answers[0] == Admission(good.id, True, good.algorithm)
     assert isinstance(answers[1], CheckpointRejected), answers[1]
     assert isinstance(answers[2], StoreNotReached), answers[2]
-    assert await store.get(good.algorithm, good.id) is not None
+    assert await store.get(good.algorithm, good.id, SYSTEM) is not None
 
 
 async def test_idempotency_key_expires_after_24_hours(
@@ -652,12 +654,36 @@ async def test_idempotency_key_expires_after_24_hours(
 async def test_by_tag_and_inline_payload(store: CheckpointStore) -> None:
     tagged = [new_run(tag="batch-1") for _ in range(3)]
     await asyncio.gather(*(store.insert(r) for r in [*tagged, new_run(tag="other")]))
-    found = await store.results_by_tag("echo", "batch-1")
+    found = await store.results_by_tag("echo", "batch-1", SYSTEM)
     assert {c.id for c in found} == {r.id for r in tagged}
     assert {c.stage for c in found} == {Stage.BUFFERED}
-    one = await store.result("echo", tagged[0].id)
+    one = await store.result("echo", tagged[0].id, SYSTEM)
     assert one is not None
     assert (one.stage, one.result_uri, one.failure_cause) == (Stage.BUFFERED, None, None)
-    assert await store.result("echo", uuid.uuid4()) is None
+    assert await store.result("echo", uuid.uuid4(), SYSTEM) is None
     assert await store.inline_payload("echo", tagged[0].id) == b'{"x": 1}'
-    assert await store.results_by_tag("echo", "nothing") == []
+    assert await store.results_by_tag("echo", "nothing", SYSTEM) == []
+
+
+async def test_reads_find_only_what_the_viewer_may_see(store: CheckpointStore) -> None:
+    mine = [new_run(caller="alice", tag="batch"), new_run("other", caller="alice", tag="batch")]
+    theirs = new_run(caller="bob", tag="batch")
+    await asyncio.gather(*(store.insert(r) for r in [*mine, theirs]))
+    alice, bob = Viewer("alice"), Viewer("bob")
+    # another caller's run reads exactly as one that does not exist
+    assert await store.get("echo", theirs.id, alice) is None
+    assert await store.result("echo", theirs.id, alice) is None
+    assert await store.get("echo", mine[0].id, bob) is None
+    assert (await store.get("echo", mine[0].id, alice)) is not None
+    assert (await store.result("echo", theirs.id, bob)) is not None
+    # tags are per caller
+    assert [r.id for r in await store.results_by_tag("echo", "batch", alice)] == [mine[0].id]
+    assert [r.id for r in await store.results_by_tag("echo", "batch", bob)] == [theirs.id]
+    # a grant of one algorithm sees every caller's runs of it, and only of it
+    support = Viewer("support", frozenset({"echo"}))
+    assert {r.id for r in await store.results_by_tag("echo", "batch", support)} == {
+        mine[0].id,
+        theirs.id,
+    }
+    assert await store.get("other", mine[1].id, support) is None
+    assert await store.get("other", mine[1].id, Viewer("ops", frozenset({"*"}))) is not None

@@ -34,6 +34,7 @@ from nexus.core.shards import ShardClient
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import apply, parse_template, parse_workgroup
+from nexus.core.visibility import SYSTEM
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.links import Links
@@ -133,7 +134,7 @@ class Dispatch:
         return run
 
     async def checkpoint(self, run: NewRun) -> Checkpoint:
-        found = await self.store.get(run.algorithm, run.id)
+        found = await self.store.get(run.algorithm, run.id, SYSTEM)
         assert found is not None
         return found
 

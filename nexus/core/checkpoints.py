@@ -14,6 +14,9 @@ Guarantees:
 * **Counted.** Every transition to a finished stage that applied is observed, once, in
   ``nexus_run_duration_seconds{stage}``: the time from the run's receipt to that write, by
   the database's clock, in whichever process wrote it.
+* **A reader finds only what it may see.** The reads that answer clients take a
+  :class:`~nexus.core.visibility.Viewer` and filter by its caller in the same statement:
+  another caller's run reads as ``None``, exactly as a run that does not exist.
 * **Idempotency keys.** The same ``(caller, Idempotency-Key)`` names one run for 24 hours;
   a second insert returns the first run's id and creates nothing.
 
@@ -43,6 +46,7 @@ from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
+from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
@@ -362,13 +366,14 @@ class CheckpointStore:
 
     # -- reads ---------------------------------------------------------------------------
 
-    async def get(self, algorithm: str, run_id: UUID) -> Checkpoint | None:
-        """The run's checkpoint, or ``None`` when there is none."""
+    async def get(self, algorithm: str, run_id: UUID, viewer: Viewer) -> Checkpoint | None:
+        """The run's checkpoint, or ``None`` when there is none that ``viewer`` may see."""
         async with self.connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {sql.COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
+                f"SELECT {sql.COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2{sql.SEEN_BY}",
                 algorithm,
                 run_id,
+                viewer.owner(algorithm),
             )
         return None if row is None else _checkpoint(row)
 
@@ -387,28 +392,33 @@ class CheckpointStore:
         found = (_checkpoint(row) for row in rows)
         return {c.key: c for c in found}
 
-    async def result(self, algorithm: str, run_id: UUID) -> RunResult | None:
-        """How the run stands, without reading its whole checkpoint."""
+    async def result(self, algorithm: str, run_id: UUID, viewer: Viewer) -> RunResult | None:
+        """How the run stands, without reading its whole checkpoint; ``None`` when there is
+        no run ``viewer`` may see."""
         async with self.connection() as conn:
             row = await conn.fetchrow(
-                f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2",
+                f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND id = $2"
+                f"{sql.SEEN_BY}",
                 algorithm,
                 run_id,
+                viewer.owner(algorithm),
             )
         return None if row is None else _result(row)
 
     async def results_by_tag(
-        self, algorithm: str, tag: str, limit: int = MAX_TAG_RESULTS
+        self, algorithm: str, tag: str, viewer: Viewer, limit: int = MAX_TAG_RESULTS
     ) -> list[RunResult]:
-        """How the runs of ``algorithm`` carrying ``tag`` stand, newest first, at most
-        ``limit`` of them (an answer is built in memory: a tag is not a listing API)."""
+        """How the runs of ``algorithm`` carrying ``tag`` that ``viewer`` may see stand,
+        newest first, at most ``limit`` of them (an answer is built in memory: a tag is not
+        a listing API)."""
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
-                " ORDER BY received_at DESC LIMIT $3",
+                " AND ($4::text IS NULL OR caller = $4) ORDER BY received_at DESC LIMIT $3",
                 algorithm,
                 tag,
                 limit,
+                viewer.owner(algorithm),
             )
         return [_result(row) for row in rows]
 

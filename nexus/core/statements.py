@@ -87,6 +87,12 @@ idempotency_key, result_inline IS NOT NULL AS has_inline_result
 """
 
 
+# Appended to a read by key: $3 is the caller whose runs the reader may see, or NULL for
+# every caller's (nexus.core.visibility). The row is found by its key first; the caller is
+# a filter on that one row, so a limited reader costs what an unlimited one does.
+SEEN_BY = " AND ($3::text IS NULL OR caller = $3)"
+
+
 RESULT_COLUMNS = (
     "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause,"
     " algorithm_failure_details, result_inline IS NOT NULL AS has_inline_result"

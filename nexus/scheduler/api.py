@@ -1,7 +1,10 @@
 """The public HTTP API v1.2 (DESIGN §2): run, results, tags, metadata, payload, cancel.
 
 Handlers are thin: they authenticate, validate what the path carries, call the submitter,
-the canceller, the checkpoint store or the queue, and shape the answer. Path parameters are
+the canceller, the checkpoint store or the queue, and shape the answer. What a caller may
+see is decided in one place, :mod:`nexus.core.visibility`: each route reads the store with
+the caller's :class:`~nexus.core.visibility.Viewer`, so a run of another caller is not
+found, and answers the same 404 as a run that does not exist. Path parameters are
 checked before anything else: an algorithm name must be a DNS-1123 label and a request id
 a UUID, so that no path trick reaches a key, a URL or a query.
 """
@@ -31,6 +34,7 @@ from nexus.core.queues import QueueBackend
 from nexus.core.runs import Checkpoint, ParentRef, RunKey, RunResult, Stage
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
+from nexus.core.visibility import Viewer
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.cancelling import Cancellation, Canceller
 from nexus.scheduler.fairshare import FairShare
@@ -134,16 +138,25 @@ def _request_id(request: web.Request) -> uuid.UUID:
     return parsed
 
 
-async def _authorized(request: web.Request, algorithm: str) -> None:
-    await request.app[SCHEDULER].authenticator.authorize(
+async def _viewer(request: web.Request, algorithm: str) -> Viewer:
+    """The caller, if it may use ``algorithm``, as what it may see of its runs."""
+    principal = await request.app[SCHEDULER].authenticator.authorize(
         request.headers.get("Authorization"), algorithm
     )
+    return principal.viewer
 
 
-async def _checkpoint(request: web.Request, algorithm: str, run_id: uuid.UUID) -> Checkpoint:
-    run = await request.app[SCHEDULER].store.get(algorithm, run_id)
+def not_found(algorithm: str, run_id: uuid.UUID) -> ApiError:
+    """The one answer for a run that does not exist and one the caller may not see."""
+    return ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+
+
+async def _checkpoint(
+    request: web.Request, algorithm: str, run_id: uuid.UUID, viewer: Viewer
+) -> Checkpoint:
+    run = await request.app[SCHEDULER].store.get(algorithm, run_id, viewer)
     if run is None:
-        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+        raise not_found(algorithm, run_id)
     return run
 
 
@@ -175,30 +188,30 @@ async def run(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _authorized(request, algorithm)
+    viewer = await _viewer(request, algorithm)
     scheduler = request.app[SCHEDULER]
-    found = await scheduler.store.result(algorithm, run_id)
+    found = await scheduler.store.result(algorithm, run_id, viewer)
     if found is None:
-        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+        raise not_found(algorithm, run_id)
     return json_response(_result(scheduler, found))
 
 
 async def results_by_tag(request: web.Request) -> web.Response:
     algorithm = _algorithm(request)
-    await _authorized(request, algorithm)
+    viewer = await _viewer(request, algorithm)
     tag = request.match_info["tag"]
     scheduler = request.app[SCHEDULER]
     if not tag.isprintable():  # no run carries one, and PostgreSQL text cannot hold NUL
         raise bad_request("tag: must not contain control characters")
-    runs = await scheduler.store.results_by_tag(algorithm, tag)
+    runs = await scheduler.store.results_by_tag(algorithm, tag, viewer)
     return json_response([_result(scheduler, run) for run in runs])
 
 
 async def metadata(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _authorized(request, algorithm)
+    viewer = await _viewer(request, algorithm)
     scheduler = request.app[SCHEDULER]
-    run = await _checkpoint(request, algorithm, run_id)
+    run = await _checkpoint(request, algorithm, run_id, viewer)
     body: RunMetadata = {
         "algorithm": run.algorithm,
         "requestId": str(run.id),
@@ -248,8 +261,8 @@ async def metadata(request: web.Request) -> web.Response:
 
 async def payload(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _authorized(request, algorithm)
-    run = await _checkpoint(request, algorithm, run_id)
+    viewer = await _viewer(request, algorithm)
+    run = await _checkpoint(request, algorithm, run_id, viewer)
     url = request.app[SCHEDULER].links.input_url(run, for_client=True)
     raise web.HTTPFound(url)
 
@@ -296,7 +309,7 @@ async def cancel(request: web.Request) -> web.Response:
     )
     body = await read_json_object(request) if request.can_read_body else {}
     await scheduler.canceller.cancel(
-        algorithm, run_id, Cancellation.from_body(body, principal.caller)
+        algorithm, run_id, Cancellation.from_body(body, principal.caller), principal.viewer
     )
     answer: RunStatus = {"requestId": str(run_id), "status": v12_status(Stage.CANCELLED)}
     return json_response(answer)

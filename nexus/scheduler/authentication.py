@@ -4,12 +4,12 @@ Two kinds of bearer credentials are accepted on every client route (probes and m
 need none):
 
 * **service tokens** from configuration, stored only as SHA-256 digests; each names its
-  caller and the algorithms it may run;
+  caller, the algorithms it may run and the grants that widen what it sees;
 * **JWTs** whose issuer and audience are checked, whose caller is the ``sub`` claim and
   whose algorithms claim lists what the bearer may run, with the same meaning as a token's
-  list. They are signed with a static key — HS256 (shared secret) or RS256 (public key) —
-  or with a key of the identity provider's key set (:mod:`nexus.scheduler.jwks`: a JWKS
-  URL or OIDC discovery; RS*, PS*, ES*, EdDSA).
+  list (its grants claim likewise). They are signed with a static key — HS256 (shared
+  secret) or RS256 (public key) — or with a key of the identity provider's key set
+  (:mod:`nexus.scheduler.jwks`: a JWKS URL or OIDC discovery; RS*, PS*, ES*, EdDSA).
 
 Which key checks a JWT: the key set's key its ``kid`` names, if the set has it; else the
 static key of its ``alg``; else the key set fetched again (an unknown kid). The ``alg`` is
@@ -37,6 +37,7 @@ from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
+from nexus.core.visibility import Viewer
 from nexus.scheduler.jwks import ALGORITHMS, JwksKeys, unauthorized
 from nexus.scheduler.settings import AuthSettings
 
@@ -51,9 +52,16 @@ class Principal:
     algorithms: frozenset[str]
     weight: float | None = None
     """Fair-share weight the credential carries (a token's ``weight``, a JWT's claim)."""
+    grants: frozenset[str] = frozenset()
+    """Algorithms whose runs of every caller it sees (``*``: all); else only its own."""
 
     def may_run(self, algorithm: str) -> bool:
         return "*" in self.algorithms or algorithm in self.algorithms
+
+    @property
+    def viewer(self) -> Viewer:
+        """What this caller may see of the runs (the store filters its reads by it)."""
+        return Viewer(self.caller, self.grants)
 
 
 def _prepared(algorithm: HMACAlgorithm | RSAAlgorithm, key: str, setting: str) -> Any:
@@ -65,12 +73,25 @@ def _prepared(algorithm: HMACAlgorithm | RSAAlgorithm, key: str, setting: str) -
         raise ConfigError(f"{setting}: not a usable key ({exc})") from exc
 
 
+def _names(claims: dict[str, Any], claim: str) -> list[str]:
+    """A claim listing algorithm names (a single name counts as a list of one); absent is
+    empty; anything else is 401."""
+    names = claims.get(claim, [])
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(a, str) for a in names):
+        raise unauthorized(f"the JWT's {claim} claim must be a list of algorithm names")
+    return names
+
+
 class Authenticator:
     """Turns an ``Authorization`` header into a :class:`Principal` or a 401."""
 
     def __init__(self, settings: AuthSettings) -> None:
         self._tokens = {
-            t.sha256.lower(): Principal(t.caller, frozenset(t.algorithms), t.weight)
+            t.sha256.lower(): Principal(
+                t.caller, frozenset(t.algorithms), t.weight, frozenset(t.grants)
+            )
             for t in settings.service_tokens
         }
         for token in settings.service_tokens:
@@ -160,13 +181,8 @@ class Authenticator:
             raise unauthorized("the JWT has expired") from exc
         except jwt.InvalidTokenError as exc:
             raise unauthorized(f"the JWT is not valid: {exc}") from exc
-        allowed = claims.get(s.jwt_algorithms_claim, [])
-        if isinstance(allowed, str):
-            allowed = [allowed]
-        if not isinstance(allowed, list) or not all(isinstance(a, str) for a in allowed):
-            raise unauthorized(
-                f"the JWT's {s.jwt_algorithms_claim} claim must be a list of algorithm names"
-            )
+        allowed = _names(claims, s.jwt_algorithms_claim)
+        grants = _names(claims, s.jwt_grants_claim)
         caller = claims[s.jwt_caller_claim]
         if not isinstance(caller, str) or not caller.strip():
             raise unauthorized(f"the JWT's {s.jwt_caller_claim} claim must name the caller")
@@ -175,7 +191,12 @@ class Authenticator:
             isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0
         ):
             raise unauthorized(f"the JWT's {s.jwt_weight_claim} claim must be a number > 0")
-        principal = Principal(caller, frozenset(allowed), None if weight is None else float(weight))
+        principal = Principal(
+            caller,
+            frozenset(allowed),
+            None if weight is None else float(weight),
+            frozenset(grants),
+        )
         self._verified[token] = (principal, float(claims["exp"]))
         if len(self._verified) > _CACHE_SIZE:
             self._verified.popitem(last=False)

@@ -10,6 +10,8 @@ Guarantees:
 * **The Job is deleted when there can be one** (the run was queued or running), with the
   caller's deletion policy. A shard that cannot be reached does not undo the
   cancellation: the Job then ends with its deadline and TTL.
+* **Only what the caller may see** (:mod:`nexus.core.visibility`): another caller's run is
+  not found (404), exactly as a run that does not exist.
 * **Bad input names its field** (400), before anything is read or written.
 """
 
@@ -33,6 +35,7 @@ from nexus.core.shards import (
     Propagation,
     ShardClient,
 )
+from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +75,12 @@ class Canceller:
         self.store = store
         self.shards = shards
 
-    async def cancel(self, algorithm: str, run_id: uuid.UUID, cancellation: Cancellation) -> None:
-        """Cancel the run; :class:`RunNotFound` if there is none, :class:`TransitionRejected`
-        if it has finished (then it is left as it is)."""
-        run = await self._checkpoint(algorithm, run_id)
+    async def cancel(
+        self, algorithm: str, run_id: uuid.UUID, cancellation: Cancellation, viewer: Viewer
+    ) -> None:
+        """Cancel the run; :class:`RunNotFound` if there is none ``viewer`` may see,
+        :class:`TransitionRejected` if it has finished (then it is left as it is)."""
+        run = await self._checkpoint(algorithm, run_id, viewer)
         if run.stage in TERMINAL:
             raise TransitionRejected(f"run {run_id} is already {v12_status(run.stage)}")
         change = Transition(
@@ -86,13 +91,13 @@ class Canceller:
             details=f"{cancellation.reason} (by {cancellation.initiator})",
         )
         if not await self.store.transition(change):
-            current = await self._checkpoint(algorithm, run_id)
+            current = await self._checkpoint(algorithm, run_id, viewer)
             raise TransitionRejected(f"run {run_id} is already {v12_status(current.stage)}")
         if run.stage in (Stage.BUFFERED, Stage.RUNNING):
             await self._delete_job(run, cancellation.policy)
 
-    async def _checkpoint(self, algorithm: str, run_id: uuid.UUID) -> Checkpoint:
-        run = await self.store.get(algorithm, run_id)
+    async def _checkpoint(self, algorithm: str, run_id: uuid.UUID, viewer: Viewer) -> Checkpoint:
+        run = await self.store.get(algorithm, run_id, viewer)
         if run is None:
             raise RunNotFound(f"no run {run_id} of algorithm {algorithm!r}")
         return run

@@ -39,6 +39,11 @@ def _error(description: str) -> dict[str, Any]:
     }
 
 
+# A caller sees only its own runs unless its credential grants more (nexus.core.visibility):
+# another caller's run is answered exactly as a run that does not exist.
+_UNSEEN = _error("No such run among those the caller may see (its own, or granted)")
+
+
 def _json(schema: str, description: str) -> dict[str, Any]:
     return {
         "description": description,
@@ -396,13 +401,13 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json("Result", "The run"),
                     **_COMMON,
-                    "404": _error("Unknown run"),
+                    "404": _UNSEEN,
                 },
             }
         },
         "/algorithm/v1.2/results/{algorithmName}/tags/{tag}": {
             "get": {
-                "summary": "Runs carrying a tag",
+                "summary": "The caller's runs carrying a tag (tags are per caller)",
                 "parameters": [
                     _ALG,
                     {"name": "tag", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -420,7 +425,7 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json("Checkpoint", "The checkpoint"),
                     **_COMMON,
-                    "404": _error("Unknown run"),
+                    "404": _UNSEEN,
                 },
             }
         },
@@ -431,7 +436,7 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "302": {"description": "Location holds the input URL"},
                     **_COMMON,
-                    "404": _error("Unknown run"),
+                    "404": _UNSEEN,
                 },
             }
         },
@@ -449,7 +454,7 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json("RunStatus", "Cancelled"),
                     **_COMMON,
-                    "404": _error("Unknown run"),
+                    "404": _UNSEEN,
                     "409": _error("The run has already finished"),
                     "413": _error("Body too large"),
                     "415": _error("A Content-Encoding other than gzip, deflate, br or zstd"),

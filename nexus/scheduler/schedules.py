@@ -33,6 +33,7 @@ from nexus.core.errors import DependencyError
 from nexus.core.httpapi import ApiError, json_errors, json_response
 from nexus.core.queues import QueueBackend
 from nexus.core.ticks import Tick, claim, last_ticks, record
+from nexus.core.visibility import SYSTEM
 from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.authentication import Authenticator, Principal
 from nexus.scheduler.cancelling import Cancellation, Canceller
@@ -171,7 +172,7 @@ class Ticker:
         """Why the tick starts no run (``Forbid``), or ``None``; ``Replace`` cancels."""
         if schedule.concurrency == "Allow" or previous is None:
             return None
-        run = await self.store.get(previous.algorithm, previous.request_id)
+        run = await self.store.get(previous.algorithm, previous.request_id, SYSTEM)
         if run is None or run.stage.terminal:
             return None
         if schedule.concurrency == "Forbid":
@@ -180,7 +181,7 @@ class Ticker:
             {"reason": f"replaced by the next tick of schedule {schedule.name}"}, schedule.caller
         )
         with contextlib.suppress(ApiError):  # it finished meanwhile
-            await self.canceller.cancel(run.algorithm, run.id, cancellation)
+            await self.canceller.cancel(run.algorithm, run.id, cancellation, SYSTEM)
         return None
 
     async def listing(self) -> list[ScheduleAnswer]:

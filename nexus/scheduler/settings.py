@@ -35,6 +35,10 @@ class ServiceToken:
     """Algorithms the caller may run; ``*`` means all."""
     weight: float | None = None
     """The caller's fair-share weight, unless ``teams.callers`` gives one."""
+    grants: tuple[str, ...] = ()
+    """Algorithms whose runs of every caller this one may see, read, list and cancel
+    (``*``: all), as an operator's or a support tool's token must; without a grant a caller
+    sees only the runs it submitted."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +46,10 @@ class AuthSettings:
     """Who may call the public API (every route except probes and metrics)."""
 
     service_tokens: tuple[ServiceToken, ...] = field(default=(), repr=False, metadata=secret())
-    """Bearer tokens, as JSON ``[{"caller", "sha256", "algorithms", "weight"}]``: each names
-    its caller, the hex SHA-256 of its token, the algorithms it may run (``["*"]`` for
-    all) and, optionally, its fair-share weight."""
+    """Bearer tokens, as JSON ``[{"caller", "sha256", "algorithms", "weight", "grants"}]``:
+    each names its caller, the hex SHA-256 of its token, the algorithms it may run
+    (``["*"]`` for all) and, optionally, its fair-share weight and the algorithms whose
+    runs of every caller it may see (``["*"]`` for all; by default only its own runs)."""
     jwt_hs256_secret: str = field(default="", repr=False, metadata=secret())
     """Shared secret for HS256 JWTs (at least 32 bytes); empty disables HS256."""
     jwt_rs256_public_key: str = ""
@@ -74,6 +79,9 @@ class AuthSettings:
     """Required ``aud`` of JWTs."""
     jwt_algorithms_claim: str = "nexus/algorithms"
     """Claim listing the algorithms a JWT's bearer may run (``*`` for all), like tokens do."""
+    jwt_grants_claim: str = "nexus/grants"
+    """Claim listing the algorithms whose runs of every caller the bearer may see, read,
+    list and cancel (``*`` for all), like a token's ``grants``; absent, only its own."""
     jwt_caller_claim: str = "sub"
     """Claim naming the caller (recorded with every run it submits)."""
     jwt_weight_claim: str = "nexus/weight"

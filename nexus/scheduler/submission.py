@@ -240,7 +240,9 @@ class Submitter:
             )
         if (
             parent is not None
-            and await self.store.get(parent["algorithmName"], uuid.UUID(parent["requestId"]))
+            and await self.store.get(
+                parent["algorithmName"], uuid.UUID(parent["requestId"]), principal.viewer
+            )
             is None
         ):
             raise bad_request(

@@ -181,7 +181,12 @@ async def test_scheduler_refuses_missing_and_bad_credentials(servers: Servers) -
         await accepted(system, "HS256", f"Bearer {hs256()}")
         await accepted(system, "expired within the leeway", f"Bearer {hs256(exp=int(time.time()) - 5)}")  # fmt: skip
         request_id = await accepted(system, "RS256", f"Bearer {rs256(sub='rs-caller')}")
-        status, body = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
+        (
+            status,
+            body,
+        ) = await system.get(  # its caller reads it (no other: tests/e2e/test_isolation.py)
+            f"/algorithm/v1.2/metadata/echo/requests/{request_id}", rs256(sub="rs-caller")
+        )
         assert (status, body["caller"]) == (200, "rs-caller"), (status, body)
         # a subject the checkpoint cannot hold: bad input, and nothing stored
         before = await system.stored()
@@ -298,7 +303,10 @@ async def test_scheduler_with_an_identity_provider_that_starts_down(servers: Ser
             request_id = await accepted(
                 system, "RS256 of the provider", signed(key_a, sub="oidc-user")
             )
-            status, body = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
+            status, body = await system.get(
+                f"/algorithm/v1.2/metadata/echo/requests/{request_id}",
+                signed(key_a, sub="oidc-user")[len("Bearer ") :],
+            )
             assert (status, body["caller"]) == (200, "oidc-user"), (status, body)
             provider.served = [key_a.jwk, key_b.jwk]
             await accepted(system, "after a rotation", signed(key_b))

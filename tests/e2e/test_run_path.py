@@ -19,6 +19,7 @@ from prometheus_client import REGISTRY
 from support.proxy import Proxy, proxied_kubeconfigs
 from support.system import (
     NAMESPACE,
+    OPS_TOKEN,
     OTHER_TOKEN,
     SIGNING_KEY,
     System,
@@ -794,7 +795,7 @@ async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: 
         await state.store.insert(broken)
         await state.queues.queue(scheduler.pod).push([QueuedRun("shard-0", broken.key, 0.0)])
         healthy = await system.submit("echo")
-        answer = await system.wait_for("echo", str(broken.id))
+        answer = await system.wait_for("echo", str(broken.id), token=OPS_TOKEN)
         assert answer["status"] == "SCHEDULING_TIMEOUT"
         assert "cannot make a Job" in answer["runErrorMessage"]
         assert (await system.wait_for("echo", healthy))["status"] == "COMPLETED"

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 from harness import Servers
-from support.system import NAMESPACE, OTHER_TOKEN, System, local_system, template
+from support.system import NAMESPACE, OPS_TOKEN, OTHER_TOKEN, System, local_system, template
 
 from nexus.core.ticks import claim
 from nexus.scheduler.schedules import TICKER, Ticker
@@ -55,7 +55,9 @@ async def test_a_flood_does_not_hold_back_another_callers_runs(
             for _ in range(3)
         ]
         for request_id in mine:
-            await system.wait_for("echo", request_id, "RUNNING", "COMPLETED", timeout=30)
+            await system.wait_for(
+                "echo", request_id, "RUNNING", "COMPLETED", timeout=30, token=OTHER_TOKEN
+            )
         waiting = (await stages(system, "tester")).get("BUFFERED", 0)
         if fair:  # dispatched within a batch or two, the flood mostly still queued
             assert waiting >= 120, waiting
@@ -184,7 +186,7 @@ async def test_an_unfinished_runs_quota_frees_as_runs_finish(servers: Servers) -
         status, usage, _ = await system.call("GET", "/algorithm/v1.2/usage", token=OTHER_TOKEN)
         assert (usage["unfinishedRuns"], usage["maxUnfinished"]) == (2, 2)
         for request_id in first:
-            await system.wait_for("echo", request_id, "COMPLETED")
+            await system.wait_for("echo", request_id, "COMPLETED", token=OTHER_TOKEN)
         await system.submit("echo", url=system.balancer_url, token=OTHER_TOKEN)
 
 
@@ -243,7 +245,7 @@ async def test_each_tick_starts_exactly_one_run_across_pods_and_restarts(
         fresh.clock = lambda: later
         await fresh.check()
         assert [r for r, _ in await scheduled_runs(system, "schedule/hourly")] == [runs[0][0]]
-        await system.wait_for("echo", runs[0][0], "COMPLETED")
+        await system.wait_for("echo", runs[0][0], "COMPLETED", token=OPS_TOKEN)
         # the next hour's tick: one more run; the listing shows the last and the next tick
         fresh.clock = lambda: later + timedelta(hours=1)
         await fresh.check()

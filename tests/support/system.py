@@ -44,6 +44,8 @@ from receiver.settings import ReceiverSection, ReceiverSettings
 
 TOKEN = "test-token-" + "x" * 20
 OTHER_TOKEN = "limited-token-" + "y" * 20
+OPS_TOKEN = "ops-token-" + "z" * 24
+"""An operator's token: granted every caller's runs (to watch runs no test token made)."""
 SIGNING_KEY = "signing-key-for-tests-0123456789"
 NAMESPACE = "nexus"
 GROUP = "/apis/science.sneaksanddata.com/v1/namespaces/nexus"
@@ -94,6 +96,11 @@ def template(
             **spec,
         },
     }
+
+
+def service_token(caller: str, token: str, **options: Any) -> ServiceToken:
+    """A service token of ``caller`` for :func:`local_system` (``grants=…``, say)."""
+    return ServiceToken(caller, hashlib.sha256(token.encode()).hexdigest(), **options)
 
 
 def workgroup(name: str, shard: str) -> dict[str, Any]:
@@ -224,15 +231,23 @@ class System:
             await connection.close()
         return rows, {key for key in self.bucket.keys() if "inputs/" in key}  # noqa: SIM118
 
-    async def result(self, algorithm: str, request_id: str) -> dict[str, Any]:
-        status, body = await self.get(f"/algorithm/v1.2/results/{algorithm}/requests/{request_id}")
+    async def result(self, algorithm: str, request_id: str, token: str = TOKEN) -> dict[str, Any]:
+        status, body = await self.get(
+            f"/algorithm/v1.2/results/{algorithm}/requests/{request_id}", token
+        )
         assert status == 200, (status, body)
         return dict(body)
 
     async def wait_for(
-        self, algorithm: str, request_id: str, *statuses: str, timeout: float = 30.0
+        self,
+        algorithm: str,
+        request_id: str,
+        *statuses: str,
+        timeout: float = 30.0,
+        token: str = TOKEN,
     ) -> dict[str, Any]:
-        """Poll the result until the run is in one of ``statuses`` (default: any terminal)."""
+        """Poll the result until the run is in one of ``statuses`` (default: any terminal),
+        as the caller of ``token`` (who must be able to see the run)."""
         wanted = set(statuses) or {
             "COMPLETED",
             "FAILED",
@@ -243,7 +258,7 @@ class System:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            answer = await self.result(algorithm, request_id)
+            answer = await self.result(algorithm, request_id, token)
             if answer["status"] in wanted:
                 return answer
             if loop.time() > deadline:
@@ -396,9 +411,11 @@ async def local_system(
     store: dict[str, Any] | None = None,
     storage: dict[str, Any] | None = None,
     teams: TeamSettings | None = None,
+    tokens: Sequence[ServiceToken] = (),
 ) -> AsyncIterator[System]:
     """The whole system; ``auth`` adds settings (JWT keys, issuer…) to the schedulers'
-    :class:`AuthSettings`, next to the test tokens ``TOKEN`` and ``OTHER_TOKEN``, ``store``
+    :class:`AuthSettings`, and ``tokens`` more service tokens (see :func:`service_token`),
+    next to the test tokens ``TOKEN``, ``OTHER_TOKEN`` and ``OPS_TOKEN``, ``store``
     to every service's :class:`PostgresSettings` and ``storage`` to its
     :class:`StorageSettings`."""
     tmp_path, postgres_dsn, s3 = servers.tmp_path, servers.postgres_dsn, servers.s3
@@ -456,6 +473,10 @@ async def local_system(
                     ServiceToken(
                         "limited", hashlib.sha256(OTHER_TOKEN.encode()).hexdigest(), ("echo",)
                     ),
+                    ServiceToken(
+                        "ops", hashlib.sha256(OPS_TOKEN.encode()).hexdigest(), grants=("*",)
+                    ),
+                    *tokens,
                 ),
                 **(auth or {}),
             ),
