@@ -423,17 +423,22 @@ class CheckpointStore:
         return [_result(row) for row in rows]
 
     async def results_by_tag_across(
-        self, algorithms: Sequence[str], tag: str, limit: int = MAX_TAG_RESULTS
+        self, algorithms: Sequence[str], tag: str, viewer: Viewer, limit: int = MAX_TAG_RESULTS
     ) -> list[RunResult]:
-        """How the runs carrying ``tag`` of any of ``algorithms`` stand, newest first, at
-        most ``limit`` of them; one indexed scan of ``(algorithm, tag)`` per algorithm."""
+        """How the runs carrying ``tag`` of any of ``algorithms`` that ``viewer`` may see
+        stand, newest first, at most ``limit`` of them; one indexed scan of
+        ``(algorithm, tag)`` per algorithm."""
+        granted = [a for a in algorithms if viewer.owner(a) is None]
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = ANY($1::text[])"
-                " AND tag = $2 ORDER BY received_at DESC LIMIT $3",
+                " AND tag = $2 AND (caller = $4 OR algorithm = ANY($5::text[]))"
+                " ORDER BY received_at DESC LIMIT $3",
                 list(algorithms),
                 tag,
                 limit,
+                viewer.caller,
+                granted,
             )
         return [_result(row) for row in rows]
 

@@ -44,7 +44,8 @@ from nexus.core.httpapi import (
     read_json_object,
 )
 from nexus.core.runs import Checkpoint, NewRun, RunResult, Stage
-from nexus.scheduler.api import SCHEDULER, Scheduler, _algorithm, _request_id
+from nexus.core.visibility import Viewer
+from nexus.scheduler.api import SCHEDULER, Scheduler, _algorithm, _request_id, not_found
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.cancelling import Cancellation
 from nexus.scheduler.goshapes import (
@@ -106,24 +107,30 @@ async def _principal(request: web.Request, algorithm: str) -> Principal:
 # -- reads: the one place each kind of read of a client's runs is made ----------------------
 
 
-async def _read_checkpoint(scheduler: Scheduler, algorithm: str, run_id: uuid.UUID) -> Checkpoint:
-    run = await scheduler.store.get(algorithm, run_id)
+async def _read_checkpoint(
+    scheduler: Scheduler, algorithm: str, run_id: uuid.UUID, viewer: Viewer
+) -> Checkpoint:
+    run = await scheduler.store.get(algorithm, run_id, viewer)
     if run is None:
-        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+        raise not_found(algorithm, run_id)
     return run
 
 
-async def _read_result(scheduler: Scheduler, algorithm: str, run_id: uuid.UUID) -> RunResult:
-    found = await scheduler.store.result(algorithm, run_id)
+async def _read_result(
+    scheduler: Scheduler, algorithm: str, run_id: uuid.UUID, viewer: Viewer
+) -> RunResult:
+    found = await scheduler.store.result(algorithm, run_id, viewer)
     if found is None:
-        raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
+        raise not_found(algorithm, run_id)
     return found
 
 
 async def _read_tagged(scheduler: Scheduler, principal: Principal, tag: str) -> list[RunResult]:
     names = {n for n in scheduler.submitter.catalog.templates if principal.may_run(n)}
     names |= principal.algorithms - {"*"}  # named ones whose template may be gone
-    found = await scheduler.store.results_by_tag_across(sorted(names), tag, MAX_TAG_RESULTS + 1)
+    found = await scheduler.store.results_by_tag_across(
+        sorted(names), tag, principal.viewer, MAX_TAG_RESULTS + 1
+    )
     if len(found) > MAX_TAG_RESULTS:
         raise bad_request(
             f"tag: {tag!r} has more than {MAX_TAG_RESULTS} runs; read them per algorithm, page"
@@ -232,9 +239,10 @@ async def run(request: web.Request) -> web.Response:
 
 async def result(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _principal(request, algorithm)
+    viewer = (await _principal(request, algorithm)).viewer
     scheduler = request.app[SCHEDULER]
-    return json_response(_result(scheduler, await _read_result(scheduler, algorithm, run_id)))
+    found = await _read_result(scheduler, algorithm, run_id, viewer)
+    return json_response(_result(scheduler, found))
 
 
 async def results_by_tag(request: web.Request) -> web.Response:
@@ -252,9 +260,9 @@ async def results_by_tag(request: web.Request) -> web.Response:
 
 async def metadata(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _principal(request, algorithm)
+    viewer = (await _principal(request, algorithm)).viewer
     scheduler = request.app[SCHEDULER]
-    run = await _read_checkpoint(scheduler, algorithm, run_id)
+    run = await _read_checkpoint(scheduler, algorithm, run_id, viewer)
     body: GoCheckpoint = {
         "algorithm": run.algorithm,
         "id": str(run.id),
@@ -288,18 +296,18 @@ async def metadata(request: web.Request) -> web.Response:
 
 async def payload(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _principal(request, algorithm)
+    viewer = (await _principal(request, algorithm)).viewer
     scheduler = request.app[SCHEDULER]
-    run = await _read_checkpoint(scheduler, algorithm, run_id)
+    run = await _read_checkpoint(scheduler, algorithm, run_id, viewer)
     raise web.HTTPFound(scheduler.links.input_url(run, for_client=True))
 
 
 async def buffer(request: web.Request) -> web.Response:
     """The run's Job (as the Go scheduler answered its buffered entry: JSON as text)."""
     algorithm, run_id = _algorithm(request), _request_id(request)
-    await _principal(request, algorithm)
+    viewer = (await _principal(request, algorithm)).viewer
     scheduler = request.app[SCHEDULER]
-    run = await _read_checkpoint(scheduler, algorithm, run_id)
+    run = await _read_checkpoint(scheduler, algorithm, run_id, viewer)
     return web.Response(text=_job_text(scheduler, run, planned=False), content_type="text/plain")
 
 
@@ -310,9 +318,9 @@ async def cancel(request: web.Request) -> web.Response:
     body = await read_json_object(request) if request.can_read_body else {}
     cancellation = Cancellation.from_body(body, principal.caller)
     try:
-        await scheduler.canceller.cancel(algorithm, run_id, cancellation)
+        await scheduler.canceller.cancel(algorithm, run_id, cancellation, principal.viewer)
     except TransitionRejected as exc:  # say how it ended in the Go vocabulary
-        run = await _read_checkpoint(scheduler, algorithm, run_id)
+        run = await _read_checkpoint(scheduler, algorithm, run_id, principal.viewer)
         raise ApiError(409, "conflict", f"run {run_id} is already {run.stage.value}") from exc
     return web.Response(text="", content_type="text/plain")  # Go's answer: 200, no body
 

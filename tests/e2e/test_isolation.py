@@ -42,6 +42,12 @@ ROUTES = {
     "metadata": ("GET", "/algorithm/v1.2/metadata/{algorithm}/requests/{id}"),
     "payload": ("GET", "/algorithm/v1.2/payload/{algorithm}/requests/{id}"),
     "cancel": ("POST", "/algorithm/v1.2/cancel/{algorithm}/requests/{id}"),
+    # the Go Nexus v1 routes, over the same store
+    "v1 result": ("GET", "/algorithm/v1/results/{algorithm}/requests/{id}"),
+    "v1 metadata": ("GET", "/algorithm/v1/metadata/{algorithm}/requests/{id}"),
+    "v1 payload": ("GET", "/algorithm/v1/payload/{algorithm}/requests/{id}"),
+    "v1 buffer": ("GET", "/algorithm/v1/buffer/{algorithm}/requests/{id}"),
+    "v1 cancel": ("POST", "/algorithm/v1/cancel/{algorithm}/requests/{id}"),
 }
 
 
@@ -135,6 +141,8 @@ async def test_another_caller_finds_nothing_of_a_callers_runs(servers: Servers) 
         assert (status, [r["requestId"] for r in listed]) == (200, [runs["inline"][1]])
         status, listed = await system.get("/algorithm/v1.2/results/parked/tags/nightly", carol)
         assert (status, listed) == (200, [])
+        status, listed = await system.get("/algorithm/v1/results/tags/nightly", BOB)
+        assert (status, [r["requestId"] for r in listed]) == (200, [bobs])
 
         # a parent must be a run the caller may see: refused exactly as one that is not
         def child(parent: str) -> dict[str, Any]:
@@ -221,14 +229,18 @@ async def test_a_grant_widens_what_a_caller_sees(servers: Servers) -> None:
         inline, stored, waiting = runs["inline"][1], runs["stored"][1], runs["waiting"][1]
         support_jwt = _jwt("helpdesk", **{"nexus/grants": ["echo"]})
         for support in (SUPPORT, support_jwt):  # a grant of echo: every caller's echo runs
-            for route in ("result", "metadata", "payload"):
+            for route in ("result", "metadata", "payload", "v1 result", "v1 buffer"):
                 status, _ = await _refusal(system, route, "echo", inline, support)
                 assert status in (200, 302), (route, status)
             status, listed = await system.get("/algorithm/v1.2/results/echo/tags/nightly", support)
             assert [r["requestId"] for r in listed] == [inline]
+            status, listed = await system.get("/algorithm/v1/results/tags/nightly", support)
+            assert [r["requestId"] for r in listed] == [inline]  # not the other algorithms'
             # and only those: Alice's other algorithms stay hers
             assert (await _refusal(system, "metadata", "echo-stored", stored, support))[0] == 404
             assert (await _refusal(system, "cancel", "parked", waiting, support))[0] == 404
+        status, listed = await system.get("/algorithm/v1/results/tags/nightly", OPS)
+        assert {r["requestId"] for r in listed} == {inline, stored, waiting}
         # a grant of everything: operators read and cancel any run
         ops_jwt = _jwt("operator", **{"nexus/grants": "*"})
         assert (await _refusal(system, "metadata", "echo-stored", stored, ops_jwt))[0] == 200
