@@ -64,6 +64,8 @@ from nexus.scheduler.jobs import RunLinks, build_job, serialise
 
 PREFIX = "/algorithm/v1"
 API_VERSION = "v1"
+V12_SECRETS = "customConfiguration.secrets["
+GO_SECRETS = "customConfiguration.runtimeEnvironment.mappedEnvironmentVariables["
 WITHHELD = "(withheld: made when the Job is created)"
 """What the answered Job carries instead of the run's token and result upload URL."""
 
@@ -230,6 +232,8 @@ async def run(request: web.Request) -> web.Response:
     except ApiError as exc:
         if exc.code == "unknown_algorithm":  # the Go scheduler's answer: a 400
             raise bad_request(exc.message, exc.code) from exc
+        if V12_SECRETS in exc.message:  # a Secret the template does not allow: its Go name
+            exc.message = exc.message.replace(V12_SECRETS, GO_SECRETS)
         raise
     answer: GoAccepted = {"requestId": str(accepted.request_id)}
     if accepted.planned is not None:

@@ -54,7 +54,9 @@ SCHEMAS: dict[str, Any] = {
         "description": "A NexusAlgorithmSpec. As a run's customConfiguration: container"
         " (image, registry, versionTag), computeResources (cpuLimit, memoryLimit,"
         " customResources), workgroupRef (name), runtimeEnvironment (deadlineSeconds,"
-        " maximumRetries) and payloadConfiguration.payloadValidFor take effect; null, empty"
+        " maximumRetries, environmentVariables with values, mappedEnvironmentVariables of"
+        " Secrets the template allows) and payloadConfiguration.payloadValidFor take effect;"
+        " null, empty"
         " strings, lists and objects are absent; any other field set is refused with a 400"
         " naming it.",
         "additionalProperties": True,

@@ -9,7 +9,9 @@ the request Nexus' submitter takes, and Nexus' checkpoints into the others.
 Guarantees:
 
 * **A value takes effect or is refused.** Each field of ``customConfiguration`` either maps
-  onto a Nexus override (and then goes through the same validation as a v1.2 request) or,
+  onto a Nexus override (and then goes through the same validation as a v1.2 request:
+  ``runtimeEnvironment.environmentVariables`` are v1.2's ``env``, the Secrets of
+  ``mappedEnvironmentVariables`` its ``secrets``, allowed only as the template allows) or,
   when set, is refused with a 400 naming it (``customConfiguration.runtimeEnvironment.
   annotations``) and saying why. The Go scheduler ignored such fields without a word.
 * **Go's zero values are absent.** ``null``, ``""``, ``[]`` and ``{}`` mean "not given", as
@@ -24,6 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
 from nexus.core.httpapi import bad_request, json_type
+from nexus.core.overrides import normalise
 from nexus.core.runs import TERMINAL, Checkpoint, ParentRef, RunResult, Stage
 from nexus.core.templates import (
     AppliedConfiguration,
@@ -55,8 +58,6 @@ _TEMPLATE_ONLY: dict[tuple[str, str], str] = {
     ("computeResources", "defaultResourceQuota"): "requests equal limits in Nexus",
     ("computeResources", "requests"): "requests equal limits in Nexus",
     ("computeResources", "limits"): "use computeResources.cpuLimit and memoryLimit",
-    ("runtimeEnvironment", "environmentVariables"): "the environment is the template's",
-    ("runtimeEnvironment", "mappedEnvironmentVariables"): "the environment is the template's",
     ("runtimeEnvironment", "configurationFileMounts"): "mounts are the template's",
     ("runtimeEnvironment", "secretFileMounts"): "mounts are the template's",
     ("runtimeEnvironment", "storageMounts"): "mounts are the template's",
@@ -174,6 +175,12 @@ def _overrides(raw: Any) -> tuple[dict[str, Any], Any]:
             at = f"{where}.{name}"
             if part == "payloadConfiguration" and name == "payloadValidFor":
                 valid_for = given if _given(given) else None
+            elif part == "runtimeEnvironment" and name == "environmentVariables":
+                if _given(given):
+                    overrides["env"] = _environment(at, given)
+            elif part == "runtimeEnvironment" and name == "mappedEnvironmentVariables":
+                if _given(given):
+                    overrides["secrets"] = _secrets(at, given)
             elif (part, name) in _MAPPED:
                 if _given(given):
                     overrides[_MAPPED[part, name]] = _checked(at, _MAPPED[part, name], given)
@@ -187,6 +194,66 @@ def _overrides(raw: Any) -> tuple[dict[str, Any], Any]:
             else:
                 raise _refused(at, "unknown field")
     return overrides, valid_for
+
+
+def _environment(where: str, value: Any) -> list[dict[str, Any]]:
+    """Go ``EnvVar``s (``{name, value}``) as v1.2 ``env`` entries, checked as v1.2's."""
+    if not isinstance(value, list):
+        raise _refused(where, f"expected a list of {{name, value}}, got {json_type(value)}")
+    entries = []
+    for i, variable in enumerate(value):
+        if not isinstance(variable, dict):
+            raise _refused(f"{where}[{i}]", f"expected {{name, value}}, got {json_type(variable)}")
+        unknown = set(variable) - {"name", "value", "valueFrom"}
+        if unknown:
+            raise _refused(f"{where}[{i}].{min(unknown)}", "unknown field")
+        if _given(variable.get("valueFrom")):
+            raise _refused(
+                f"{where}[{i}].valueFrom",
+                "values from Secrets and ConfigMaps are the template's; give a value",
+            )
+        entries.append(
+            {
+                "name": variable.get("name"),
+                "value": variable.get("value") or "",
+                "valueType": "PLAIN",
+            }
+        )
+    checked: list[dict[str, Any]] = _as_v12(where, "env", entries)
+    return checked
+
+
+def _secrets(where: str, value: Any) -> list[str]:
+    """Go ``EnvFromSource``s naming Secrets (``{secretRef: {name}}``) as v1.2 ``secrets``."""
+    if not isinstance(value, list):
+        raise _refused(where, f"expected a list of {{secretRef}}, got {json_type(value)}")
+    names = []
+    for i, source in enumerate(value):
+        if not isinstance(source, dict):
+            raise _refused(f"{where}[{i}]", f"expected {{secretRef}}, got {json_type(source)}")
+        for other in sorted(set(source) - {"secretRef"}):
+            if _given(source[other]):
+                raise _refused(
+                    f"{where}[{i}].{other}",
+                    "only whole Secrets (secretRef) may be added per run",
+                )
+        secret = source.get("secretRef")
+        name = secret.get("name") if isinstance(secret, dict) else None
+        if not _given(name):
+            raise _refused(f"{where}[{i}].secretRef.name", "expected the name of a Secret")
+        names.append(name)
+    checked: list[str] = _as_v12(where, "secrets", names)
+    return checked
+
+
+def _as_v12(where: str, name: str, value: Any) -> Any:
+    """``value`` as v1.2's override ``name``, errors renamed to where the Go body has it."""
+    try:
+        normalised = normalise({name: value})
+    except InvalidConfiguration as exc:
+        field = exc.field.replace(f"customConfiguration.{name}", where, 1)
+        raise _refused(field, exc.message) from exc
+    return normalised.get(name, [])
 
 
 def _checked(where: str, name: str, value: Any) -> Any:
@@ -282,6 +349,17 @@ def overrides_spec(overrides: ConfigurationOverrides) -> dict[str, Any]:
             spec.setdefault(part, {})[name] = value
     if "workgroupRef" in spec:
         spec["workgroupRef"] = _workgroup_ref(spec["workgroupRef"]["name"])
+    environment = spec.get("runtimeEnvironment", {})
+    if overrides.get("env"):
+        environment["environmentVariables"] = [
+            {"name": e["name"], "value": e["value"]} for e in overrides["env"]
+        ]
+    if overrides.get("secrets"):
+        environment["mappedEnvironmentVariables"] = [
+            {"secretRef": {"name": name}} for name in overrides["secrets"]
+        ]
+    if environment:
+        spec["runtimeEnvironment"] = environment
     return spec
 
 

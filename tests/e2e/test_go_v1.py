@@ -27,6 +27,7 @@ FIXTURES = Path(__file__).parent.parent / "fixtures" / "go-v1"
 V1 = "/algorithm/v1"
 MAYBE_FAIL = ("python", "-m", "nexus_sdk.examples", "maybe-fail")
 RESULT_FIELDS = {"requestId", "status", "resultUri", "runErrorMessage"}
+ALLOWING_SECRET = {"deadlineSeconds": 60, "maximumRetries": 0, "allowedSecrets": ["go-credentials"]}
 TERMINAL = {"COMPLETED", "FAILED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -112,6 +113,7 @@ async def test_a_go_client_runs_with_overrides_and_reads_in_the_go_vocabulary(
         assert container["resources"]["limits"] == {"cpu": "500m", "memory": "2Gi"}
         assert job["spec"]["activeDeadlineSeconds"] == 120
         assert job["spec"]["backoffLimit"] == 2
+        assert env_of(job)["GO_FEATURE"] == "on"
 
         metadata = await metadata_v1(system, "echo", request_id)
         assert metadata["id"] == request_id and metadata["algorithm"] == "echo"
@@ -128,7 +130,10 @@ async def test_a_go_client_runs_with_overrides_and_reads_in_the_go_vocabulary(
         assert applied["runtimeEnvironment"]["deadlineSeconds"] == 120
         overrides = metadata["configuration_overrides"]
         assert overrides["container"] == {"versionTag": "2.0"}
-        assert overrides["runtimeEnvironment"] == {"deadlineSeconds": 120, "maximumRetries": 2}
+        assert overrides["runtimeEnvironment"] == body["customConfiguration"]["runtimeEnvironment"]
+        assert {"name": "GO_FEATURE", "value": "on"} in applied["runtimeEnvironment"][
+            "environmentVariables"
+        ]
         for moment in ("received_at", "sent_at", "last_modified"):
             assert datetime.fromisoformat(metadata[moment]).year > 2000, metadata[moment]
         assert metadata["result_uri"] and metadata["payload_valid_for"] == "1h0m0s"
@@ -291,7 +296,7 @@ async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) ->
     async with local_system(
         servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
-        templates=[template("echo", inline=False)],
+        templates=[template("echo", inline=False, runtimeEnvironment=ALLOWING_SECRET)],
         workgroups=[("default", "shard-0"), ("second", "shard-0")],
     ) as system:
         before = await system.stored()
@@ -306,6 +311,7 @@ async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) ->
         assert container["resources"]["limits"] == {"cpu": "500m", "memory": "2Gi"}
         assert job["spec"]["activeDeadlineSeconds"] == 120 and job["spec"]["backoffLimit"] == 2
         assert env_of(job)["NEXUS__RUN_TOKEN"] == WITHHELD
+        assert env_of(job)["GO_FEATURE"] == "on"
         await asyncio.sleep(0.3)  # time for a dispatcher to act, had anything been queued
         assert await system.stored() == before
         assert job_of(system, answer["requestId"]) is None
@@ -326,6 +332,9 @@ async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) ->
             "customConfiguration": {
                 "computeResources": {"customResources": {"nvidia.com/gpu": "1"}},
                 "payloadConfiguration": {"payloadValidFor": "30m"},
+                "runtimeEnvironment": {
+                    "mappedEnvironmentVariables": [{"secretRef": {"name": "go-credentials"}}]
+                },
             },
         }
         status, answer, _ = await system.call("POST", f"{V1}/run/echo?dryRun=true", json=child)
@@ -333,10 +342,12 @@ async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) ->
         job = orjson.loads(answer["job"])
         assert container_of(job)["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert env_of(job)["NEXUS__PARENT_REQUEST_ID"] == request_id
+        assert {"secretRef": {"name": "go-credentials"}} in container_of(job)["envFrom"]
         child_id = await submit_v1(system, "echo", child)
         metadata = await metadata_v1(system, "echo", child_id)
         assert metadata["payload_valid_for"] == "30m0s"
         assert metadata["parent"] == {"requestId": request_id, "algorithmName": "echo"}
         assert metadata["configuration_overrides"] == {
-            "computeResources": {"customResources": {"nvidia.com/gpu": "1"}}
+            "computeResources": {"customResources": {"nvidia.com/gpu": "1"}},
+            "runtimeEnvironment": child["customConfiguration"]["runtimeEnvironment"],
         }
