@@ -18,7 +18,8 @@ Guarantees:
   :class:`~nexus.core.visibility.Viewer` and filter by its caller in the same statement:
   another caller's run reads as ``None``, exactly as a run that does not exist.
 * **Idempotency keys.** The same ``(caller, Idempotency-Key)`` names one run for 24 hours;
-  a second insert returns the first run's id and creates nothing.
+  a second insert returns the first run's id and creates nothing, and names the fields in
+  which it asked for something else (:attr:`Admission.conflicts`).
 
 The schema it needs is made, or waited for, by :mod:`nexus.core.migrations`; the
 maintainer's sweeps read it through :mod:`nexus.core.sweeps`.
@@ -117,11 +118,29 @@ class Admission:
     """Outcome of an insert: the run's id and algorithm, and whether this call created it.
 
     An idempotency key names one run per caller, whatever its algorithm: a repeat for
-    another algorithm finds the first run, whose ``algorithm`` then differs."""
+    another algorithm finds the first run, whose ``algorithm`` then differs. A repeat that
+    asked for anything else than the first run did names what differs in ``conflicts``
+    (the request's field names), so that it is refused rather than silently answered with
+    a run it did not ask for."""
 
     id: UUID
     created: bool
     algorithm: str
+    conflicts: tuple[str, ...] = ()
+
+
+def _conflicts(run: NewRun, first: asyncpg.Record) -> tuple[str, ...]:
+    """The request fields in which ``run`` differs from the ``first`` run of its key."""
+    differs = {
+        "algorithmName": run.algorithm != first["algorithm"],
+        "algorithmParameters": run.content_hash != first["content_hash"],
+        "customConfiguration": (run.configuration_overrides or None)
+        != (first["configuration_overrides"] or None),
+        "tag": run.tag != first["tag"],
+        "parentRequest": run.parent != first["parent"],
+        "payloadValidFor": run.payload_valid_for != first["payload_valid_for"],
+    }
+    return tuple(name for name, different in differs.items() if different)
 
 
 def _result(row: asyncpg.Record) -> RunResult:
@@ -307,7 +326,9 @@ class CheckpointStore:
                 # only this run fails: its neighbours are written, and must hear so
                 results[i] = StoreUnavailable("idempotency key conflict unresolved; retry")
                 continue
-            results[i] = Admission(owner["id"], owner["id"] == run.id, owner["algorithm"])
+            created = owner["id"] == run.id
+            conflicts = () if created else _conflicts(run, owner)
+            results[i] = Admission(owner["id"], created, owner["algorithm"], conflicts)
 
     async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
         try:

@@ -23,7 +23,8 @@ RETURNING id
 
 
 IDEMPOTENT_MATCHES = """
-SELECT r.caller, r.idempotency_key, r.id, r.algorithm,
+SELECT r.caller, r.idempotency_key, r.id, r.algorithm, r.content_hash,
+       r.configuration_overrides, r.tag, r.parent, r.payload_valid_for,
        r.received_at < now() - $3::interval AS expired
 FROM runs r JOIN unnest($1::text[], $2::text[]) AS k(caller, key)
   ON r.caller = k.caller AND r.idempotency_key = k.key

@@ -354,7 +354,14 @@ DOCUMENT: dict[str, Any] = {
                     "202": _json("Accepted", "Accepted; the run is durable"),
                     **_COMMON,
                     "404": _error("Unknown algorithm"),
-                    "409": _error("The Idempotency-Key names a run of another algorithm"),
+                    "409": _error(
+                        "A request with this Idempotency-Key is still being accepted;"
+                        " send again after Retry-After"
+                    ),
+                    "422": _error(
+                        "The Idempotency-Key names a run asked for with another body"
+                        " (the message names the fields that differ)"
+                    ),
                     "413": _error("Body too large"),
                     "415": _error("A Content-Encoding other than gzip, deflate, br or zstd"),
                     "429": _error(

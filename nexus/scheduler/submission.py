@@ -15,7 +15,11 @@ Guarantees:
   checkpoint landed, the client still gets its 202: the run is durable, and the
   maintainer's sweep queues ``BUFFERED`` runs that no queue holds.
 * **Idempotency.** With an ``Idempotency-Key``, a repeat of the same caller's request
-  within 24 hours returns the first run's id and creates nothing.
+  within 24 hours returns the first run's id and creates nothing; the same key with another
+  body (parameters, configuration, tag, parent, algorithm, validity) is refused with 422
+  naming what differs; the same key while this pod still accepts the first request is 409
+  with ``Retry-After`` (on two pods at once, the store makes them one run, whose id both
+  answers carry).
 """
 
 from __future__ import annotations
@@ -156,6 +160,7 @@ class Submitter:
         self.fair_share = fair_share or FairShare(TeamSettings())
         self.quotas = quotas
         self.recent_inputs = RecentInputs(settings.recent_inputs)
+        self._in_flight: set[tuple[str, str]] = set()  # (caller, Idempotency-Key) being accepted
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
         self._pushes: GroupCommitter[QueuedRun, None] = GroupCommitter(
@@ -277,6 +282,28 @@ class Submitter:
         )
         if dry_run:  # every check passed; nothing was taken, and nothing is written
             return Accepted(run_id, created=False, planned=run)
+        if idempotency_key is None:
+            return await self._accept(principal, run, key, payload, inline)
+        keyed = (principal.caller, idempotency_key)
+        if keyed in self._in_flight:
+            raise ApiError(
+                409,
+                "idempotency_key_in_use",
+                f"Idempotency-Key {idempotency_key[:80]!r}: a request with this key is still"
+                " being processed; send it again once that one is answered",
+                {"Retry-After": "1"},
+            )
+        self._in_flight.add(keyed)
+        try:
+            return await self._accept(principal, run, key, payload, inline)
+        finally:
+            self._in_flight.discard(keyed)
+
+    async def _accept(
+        self, principal: Principal, run: NewRun, key: str | None, payload: bytes, inline: bool
+    ) -> Accepted:
+        """Take the quota, upload the input, write the checkpoint and queue the run."""
+        algorithm, run_id, shard = run.algorithm, run.id, run.applied_configuration["shard"]
         quota = None
         if self.quotas is not None:  # the last check: a 429 here leaves nothing stored
             quota = await self.quotas.take(principal.caller, RunKey(algorithm, run_id))
@@ -303,12 +330,13 @@ class Submitter:
             await self._give_back(quota)
             if key is not None and admission.id != run_id:  # the same id: the same input
                 await self._forget_input(key)
-            if admission.algorithm != algorithm:  # its id would not be found under this one
+            if admission.conflicts:  # not a repeat: another request under the same key
                 raise ApiError(
-                    409,
-                    "conflict",
-                    f"Idempotency-Key already names run {admission.id} of algorithm"
-                    f" {admission.algorithm}",
+                    422,
+                    "idempotency_conflict",
+                    f"Idempotency-Key {run.idempotency_key!r} already names run {admission.id}"
+                    f" of algorithm {admission.algorithm!r}, asked for with another"
+                    f" {', '.join(admission.conflicts)}; a different request needs a new key",
                 )
             return Accepted(admission.id, created=False)
         try:

@@ -13,6 +13,7 @@ they are, and templates keep inputs in S3, so that a stray upload would show.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import uuid
@@ -475,20 +476,51 @@ async def expect_4xx(check: Checker, name: str, method: str, path: str) -> None:
     assert status == 200, f"after {name}: {status} {body!r}"
 
 
-async def test_an_idempotency_key_names_one_run_of_one_algorithm(servers: Servers) -> None:
-    """A key reused for another algorithm cannot return the first run's id: that id is not
-    found under the other algorithm's routes. It is a conflict, and nothing is stored."""
+async def test_an_idempotency_key_names_one_request(servers: Servers) -> None:
+    """A key reused for anything but the same request is refused (422, naming what differs)
+    and stores nothing; the same key while the first request is still being accepted is 409
+    with Retry-After; a repeat of the same request is answered as the first was."""
     async with checker(servers) as check:
-        first = await check.system.submit("echo", VALID, **{"Idempotency-Key": "order-7"})
-        path = "/algorithm/v1.2/run/other"
-        case = Case(
-            "key of an echo run", first, json=VALID, path=path,
-            headers={"Idempotency-Key": "order-7"}, status=409, code="conflict",
-        )  # fmt: skip
-        answer = await check.refused(case)
-        assert "echo" in answer["message"], answer
-        again = await check.system.submit("echo", VALID, **{"Idempotency-Key": "order-7"})
-        assert again == first
+        keyed = {"Idempotency-Key": "order-7"}
+        tagged = {**VALID, "tag": "a"}
+        first = await check.system.submit("echo", tagged, **keyed)
+        conflicts = [
+            ("another algorithm", "algorithmName", tagged, "/algorithm/v1.2/run/other"),
+            ("other parameters", "algorithmParameters", {**tagged, "algorithmParameters": {"x": 2}}, RUN),
+            ("another tag", "tag", {**VALID, "tag": "b"}, RUN),
+            ("no tag", "tag", VALID, RUN),
+            ("an override", "customConfiguration", {**tagged, "customConfiguration": {"deadlineSeconds": 30}}, RUN),
+            ("another validity", "payloadValidFor", {**tagged, "payloadValidFor": "2h"}, RUN),
+        ]  # fmt: skip
+        for name, field_name, body, path in conflicts:
+            case = Case(
+                f"key of an echo run, {name}", field_name, json=body, path=path,
+                headers=keyed, status=422, code="idempotency_conflict",
+            )  # fmt: skip
+            answer = await check.refused(case)
+            assert first in answer["message"], answer
+        # the same request, even written otherwise (nulls, key order), is the same run
+        same = {"tag": "a", "customConfiguration": None, "algorithmParameters": {"x": 1}}
+        assert await check.system.submit("echo", same, **keyed) == first
+
+        # many at once with a new key, on one pod: one run; each answer is its id, or 409
+        # while the first is still being accepted
+        async def send() -> tuple[int, Any, Any]:
+            return await check.system.call(
+                "POST", RUN, json=VALID, headers={"Idempotency-Key": "order-8"}
+            )
+
+        before = await check.stored()
+        answers = await asyncio.gather(*(send() for _ in range(20)))
+        ids = {body["requestId"] for status, body, _ in answers if status == 202}
+        busy = [(body, headers) for status, body, headers in answers if status == 409]
+        assert len(ids) == 1 and len(busy) + sum(s == 202 for s, _, _ in answers) == 20
+        assert busy, "none of 20 requests sent at once found the first still in flight"
+        for body, headers in busy:
+            assert body["error"] == "idempotency_key_in_use" and headers["Retry-After"] == "1"
+        rows, _ = await check.stored()
+        assert rows == before[0] + 1
+        assert await check.system.submit("echo", VALID, **{"Idempotency-Key": "order-8"}) in ids
 
 
 async def test_bad_cancellations_change_nothing(servers: Servers) -> None:
