@@ -184,6 +184,7 @@ def test_the_environment_of_a_run_is_read_whole() -> None:
         "NEXUS__RUN_TOKEN": "tok",
         "NEXUS__RESULT_UPLOAD_URL": "http://s3/put",
         "NEXUS__SCHEDULER_URL": "http://scheduler",
+        "NEXUS__RUN_CREDENTIAL": "nexus-run.echo.x",
         "NEXUS__RESULT_INLINE_LIMIT": "262144",
         "NEXUS__SDK_RETRY_SECONDS": "90",
     }
@@ -194,9 +195,12 @@ def test_the_environment_of_a_run_is_read_whole() -> None:
             f"http://receiver/algorithm/v1.2/complete/echo/requests/{RUN_ID}"
         )
         assert run.context.inline_limit == 262144 and run.retry.total == 90
-        assert run.context.credential == f"nexus-run.echo.{RUN_ID}.tok"
+        assert run.context.children() == ("http://scheduler", "nexus-run.echo.x")
     finally:
         run.close()
+    alone = Run.from_environment(argv, {k: v for k, v in env.items() if "SCHEDULER" not in k})
+    with alone, pytest.raises(ContractError, match="cannot start child runs"):
+        alone.start("echo", {})
     with pytest.raises(ContractError, match="NEXUS__RUN_TOKEN is not set"):
         Run.from_environment(argv, {k: v for k, v in env.items() if k != "NEXUS__RUN_TOKEN"})
     assert RetryPolicy.for_algorithm({}).total == 600  # minutes by default

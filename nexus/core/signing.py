@@ -3,6 +3,11 @@
 * A **run token** proves that a completion comes from the run it names: the receiver
   recomputes ``HMAC(key, "run:<algorithm>/<id>")`` and compares in constant time. It is
   handed to the algorithm container in ``NEXUS__RUN_TOKEN`` and never stored.
+* A **run credential** lets a running algorithm start child runs as its run's caller: the
+  scheduler checks ``nexus-run.<algorithm>.<id>.<expires>.<caller>.<mac>`` (the caller in
+  unpadded URL-safe base64) against ``HMAC(key, "run-credential:<algorithm>/<id>/<expires>/
+  <caller>")``, again without a database read; it is handed out in
+  ``NEXUS__RUN_CREDENTIAL`` and expires with the run's deadline.
 * A **signed URL** lets a container fetch an input kept inline with its checkpoint from the
   scheduler until an expiry time, without a bearer token: the query carries ``expires`` and
   ``signature = HMAC(key, "<path>\\n<expires>")``; altering either makes it invalid.
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from nexus.core.errors import ConfigError
 
 MIN_KEY_LENGTH = 16
+RUN_CREDENTIAL_PREFIX = "nexus-run."
 
 _BLOCK = 64  # SHA-256's block size in bytes
 _INNER_PAD = bytes(byte ^ 0x36 for byte in range(256))
@@ -83,6 +89,35 @@ class Signer:
 
     def check_run_token(self, algorithm: str, run_id: str, token: str) -> bool:
         return self._verify(f"run:{algorithm}/{run_id}", token)
+
+    # -- run credentials -------------------------------------------------------------------
+
+    def run_credential(self, algorithm: str, run_id: str, caller: str, expires: int) -> str:
+        """The bearer credential with which run ``algorithm/run_id`` starts children as
+        ``caller`` until ``expires`` (a Unix time)."""
+        name = base64.urlsafe_b64encode(caller.encode()).decode().rstrip("=")
+        mac = self._mac(self._keys[0], f"run-credential:{algorithm}/{run_id}/{expires}/{caller}")
+        return f"{RUN_CREDENTIAL_PREFIX}{algorithm}.{run_id}.{expires}.{name}.{mac}"
+
+    def check_run_credential(
+        self, credential: str, now: float | None = None
+    ) -> tuple[str, str, str] | None:
+        """(algorithm, run id, caller) of a valid, unexpired run credential, else ``None``."""
+        parts = credential.removeprefix(RUN_CREDENTIAL_PREFIX).split(".")
+        if not credential.startswith(RUN_CREDENTIAL_PREFIX) or len(parts) != 5:
+            return None
+        algorithm, run_id, expires, name, mac = parts
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+            return None
+        try:
+            caller = base64.urlsafe_b64decode(name + "=" * (-len(name) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+        if not self._verify(f"run-credential:{algorithm}/{run_id}/{expires}/{caller}", mac):
+            return None
+        if (time.time() if now is None else now) > int(expires):
+            return None
+        return algorithm, run_id, caller
 
     # -- signed URLs -----------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 async def create_app(settings: SchedulerSettings) -> web.Application:
     # Credentials are checked before anything connects: a bad key is a configuration error.
     signer = Signer(settings.signing.keys)
-    authenticator = Authenticator(settings.auth)
+    authenticator = Authenticator(settings.auth, signer)
     app = create_base_app("scheduler", settings.http)
     add_routes(app)
     add_go_routes(app)

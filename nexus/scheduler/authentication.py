@@ -17,6 +17,10 @@ checked against the key, never trusted to pick one: ``none`` is refused, an HS25
 only ever checked with the HS256 secret and an asymmetric one only with a public key, so a
 public key cannot be abused as an HMAC secret.
 
+A running algorithm authenticates with its **run credential** (``NEXUS__RUN_CREDENTIAL``,
+:mod:`nexus.core.signing`) to start child runs: it acts as its run's caller, with that
+caller's service-token rights, and may start children of its own run only.
+
 Verified JWTs are remembered until they expire (bounded), so a busy client does not pay for
 a signature check on every request; the memory is cleared when the provider's key set
 changes, so a withdrawn key's JWTs are checked again. 401 means no valid credential; 403
@@ -37,6 +41,7 @@ from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
 
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
+from nexus.core.signing import RUN_CREDENTIAL_PREFIX, Signer
 from nexus.core.visibility import Viewer
 from nexus.scheduler.jwks import ALGORITHMS, JwksKeys, unauthorized
 from nexus.scheduler.settings import AuthSettings
@@ -54,6 +59,9 @@ class Principal:
     """Fair-share weight the credential carries (a token's ``weight``, a JWT's claim)."""
     grants: frozenset[str] = frozenset()
     """Algorithms whose runs of every caller it sees (``*``: all); else only its own."""
+    run: tuple[str, str] | None = None
+    """(algorithm, request id) of the run whose credential this is: it may start child
+    runs of that run only (:meth:`Authenticator.authenticate`)."""
 
     def may_run(self, algorithm: str) -> bool:
         return "*" in self.algorithms or algorithm in self.algorithms
@@ -87,7 +95,8 @@ def _names(claims: dict[str, Any], claim: str) -> list[str]:
 class Authenticator:
     """Turns an ``Authorization`` header into a :class:`Principal` or a 401."""
 
-    def __init__(self, settings: AuthSettings) -> None:
+    def __init__(self, settings: AuthSettings, signer: Signer | None = None) -> None:
+        self._signer = signer
         self._tokens = {
             t.sha256.lower(): Principal(
                 t.caller, frozenset(t.algorithms), t.weight, frozenset(t.grants)
@@ -131,6 +140,12 @@ class Authenticator:
             )
         self._settings = settings
         self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()
+        self._rights: dict[str, frozenset[str]] = {}
+        """What each caller of a service token may run (the union of its tokens')."""
+        for principal in self._tokens.values():
+            known = self._rights.get(principal.caller, frozenset())
+            self._rights[principal.caller] = known | principal.algorithms
+        self._weights = {p.caller: p.weight for p in self._tokens.values()}
 
     def forget_verified(self) -> None:
         """Check every JWT again from now on (the keys that signed them may be gone)."""
@@ -151,7 +166,20 @@ class Authenticator:
             return principal
         if credential.count(".") == 2 and (self._keys or self.jwks):
             return await self._jwt(credential)
+        if credential.startswith(RUN_CREDENTIAL_PREFIX) and self._signer is not None:
+            return self._run(credential, self._signer)
         raise unauthorized("the bearer token is not valid")
+
+    def _run(self, credential: str, signer: Signer) -> Principal:
+        """A running algorithm, starting children as its run's caller: with the rights of
+        that caller's service tokens (none for a caller known only by its JWTs, whose
+        rights live in JWTs the run never sees), seeing only the caller's own runs."""
+        checked = signer.check_run_credential(credential)
+        if checked is None:
+            raise unauthorized("the run credential is not valid, or its run's deadline passed")
+        algorithm, run_id, caller = checked
+        rights = self._rights.get(caller, frozenset())
+        return Principal(caller, rights, self._weights.get(caller), run=(algorithm, run_id))
 
     async def _jwt(self, token: str) -> Principal:
         now = time.time()

@@ -451,6 +451,8 @@ class Dispatcher:
             receiver_url=self.links.receiver_url(shard),
             run_token=self.links.run_token(checkpoint),
             result_inline_limit=self.settings.result_inline_limit,
+            scheduler_url=self.links.scheduler_url,
+            run_credential=self.links.run_credential(checkpoint),
         )
         job = build_job(
             checkpoint,

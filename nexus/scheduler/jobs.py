@@ -57,6 +57,10 @@ class RunLinks:
     run_token: str
     result_inline_limit: int = 0
     """Bytes of result the receiver takes inside a completion (0: none)."""
+    scheduler_url: str | None = None
+    """Where the run starts child runs (the scheduler's public URL)."""
+    run_credential: str | None = None
+    """The bearer credential of those child runs, as the run's caller."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +125,9 @@ def build_job(
     }
     if links.result_inline_limit:
         env["NEXUS__RESULT_INLINE_LIMIT"] = str(links.result_inline_limit)
+    if links.scheduler_url and links.run_credential:
+        env["NEXUS__SCHEDULER_URL"] = links.scheduler_url
+        env["NEXUS__RUN_CREDENTIAL"] = links.run_credential
     if copies > 1:
         env["NEXUS__SPECULATIVE_COPY"] = f"{copy}/{copies}"
     if run.parent:

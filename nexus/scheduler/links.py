@@ -1,4 +1,5 @@
-"""The URLs a run hands out: its input, its result upload, its result, its receiver.
+"""The URLs a run hands out: its input, its result upload, its result, its receiver, and
+where and as whom it starts child runs.
 
 Every URL is made when it is handed out, never stored, so none expires before it is used:
 inputs in object storage get a presigned GET valid for the run's ``payloadValidFor``;
@@ -9,6 +10,8 @@ with HMAC for an hour (any scheduler pod checks it without a database read).
 """
 
 from __future__ import annotations
+
+import time
 
 from nexus.core.runs import Checkpoint, RunResult
 from nexus.core.signing import Signer
@@ -68,3 +71,15 @@ class Links:
 
     def run_token(self, run: Checkpoint) -> str:
         return self.signer.run_token(run.algorithm, str(run.id))
+
+    @property
+    def scheduler_url(self) -> str:
+        """Where a running algorithm starts child runs."""
+        return self._public
+
+    def run_credential(self, run: Checkpoint) -> str:
+        """The run's credential for starting children as its caller, valid until its
+        deadline (plus the margin result uploads get)."""
+        deadline = run.applied_configuration.get("deadlineSeconds", DEFAULT_DEADLINE_SECONDS)
+        expires = int(time.time() + float(deadline) + self._margin)
+        return self.signer.run_credential(run.algorithm, str(run.id), run.caller, expires)

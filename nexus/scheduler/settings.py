@@ -105,7 +105,8 @@ class SchedulerSection:
     """This process's identity: names its queue and heartbeat. Unique per process."""
     public_url: str = "http://127.0.0.1:8080"
     """Base URL clients and algorithm containers use to reach the scheduler (for signed
-    links to inline inputs)."""
+    links to inline inputs and results, and ``NEXUS__SCHEDULER_URL``, where algorithms
+    start child runs)."""
     receiver_url: str = "http://127.0.0.1:8081"
     """Receiver base URL given to algorithm containers, unless ``receiver_urls`` names one
     for the run's shard."""

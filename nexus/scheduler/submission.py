@@ -217,6 +217,15 @@ class Submitter:
         if tag in (".", ".."):  # a path segment no URL can carry: never found by tag
             raise bad_request(f"tag: {tag!r} cannot be looked up; choose another")
         parent = _parent(body)
+        if principal.run is not None:  # a running algorithm: children of its own run only
+            own: ParentRef = {"algorithmName": principal.run[0], "requestId": principal.run[1]}
+            if parent is None:
+                parent = own
+            elif (parent["algorithmName"], str(uuid.UUID(parent["requestId"]))) != principal.run:
+                raise ApiError(
+                    403, "forbidden", "parentRequest: a run's credential starts children of"
+                    f" run {own['requestId']} of {own['algorithmName']!r} only",
+                )  # fmt: skip
         if idempotency_key is not None and (
             not idempotency_key
             or len(idempotency_key) > MAX_IDEMPOTENCY_KEY

@@ -150,11 +150,8 @@ class Run:
     def client(self) -> Client:
         """A client of the scheduler acting as this run's caller."""
         if self._children is None:
-            if not self.context.scheduler_url:
-                raise ContractError("this run cannot start children: NEXUS__SCHEDULER_URL is unset")
-            self._children = Client(
-                self.context.scheduler_url, self.context.credential, retry=self.retry
-            )
+            url, credential = self.context.children()
+            self._children = Client(url, credential, retry=self.retry)
         return self._children
 
     def start(self, algorithm: str, parameters: Any, *, tag: str | None = None) -> str:
@@ -274,11 +271,8 @@ class AsyncRun:
 
     def client(self) -> AsyncClient:
         if self._children is None:
-            if not self.context.scheduler_url:
-                raise ContractError("this run cannot start children: NEXUS__SCHEDULER_URL is unset")
-            self._children = AsyncClient(
-                self.context.scheduler_url, self.context.credential, retry=self.retry
-            )
+            url, credential = self.context.children()
+            self._children = AsyncClient(url, credential, retry=self.retry)
         return self._children
 
     async def start(self, algorithm: str, parameters: Any, *, tag: str | None = None) -> str:

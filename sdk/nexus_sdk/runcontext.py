@@ -42,6 +42,8 @@ class RunContext:
     parent_algorithm: str | None = None
     scheduler_url: str | None = None
     """Where child runs are submitted (absent on schedulers that do not say)."""
+    run_credential: str | None = None
+    """The bearer credential of child runs: they belong to this run's caller."""
     inline_limit: int | None = None
     """The largest result the receiver takes inline, in bytes (absent: none is sent)."""
 
@@ -66,6 +68,7 @@ class RunContext:
                 parent_request_id=env.get("NEXUS__PARENT_REQUEST_ID"),
                 parent_algorithm=env.get("NEXUS__PARENT_ALGORITHM_NAME"),
                 scheduler_url=env.get("NEXUS__SCHEDULER_URL") or None,
+                run_credential=env.get("NEXUS__RUN_CREDENTIAL") or None,
                 inline_limit=int(limit) if limit.isdigit() else None,
             )
         except KeyError as exc:
@@ -76,10 +79,14 @@ class RunContext:
         route = f"/algorithm/v1.2/complete/{self.algorithm}/requests/{self.request_id}"
         return self.receiver_url + route
 
-    @property
-    def credential(self) -> str:
-        """What this run shows the scheduler to start children as its caller."""
-        return f"nexus-run.{self.algorithm}.{self.request_id}.{self.run_token}"
+    def children(self) -> tuple[str, str]:
+        """Where and with which credential this run starts child runs."""
+        if not self.scheduler_url or not self.run_credential:
+            raise ContractError(
+                "this run cannot start child runs: its scheduler gives no NEXUS__SCHEDULER_URL"
+                " and NEXUS__RUN_CREDENTIAL"
+            )
+        return self.scheduler_url, self.run_credential
 
     @property
     def as_parent(self) -> ParentRequest:

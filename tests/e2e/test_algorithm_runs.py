@@ -1,16 +1,23 @@
 """Algorithms written with the SDK, run as real processes by the local cluster, against the
-real receiver: a receiver that is unreachable for seconds fails no run that did its work."""
+real receiver and scheduler: a receiver that is unreachable for seconds fails no run that
+did its work; small results travel inline, large ones through S3; child runs started with
+a run's credential belong to its caller, and that credential starts nothing else."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
+import asyncpg
+import pytest
 from harness import Servers
 from support.proxy import Proxy
-from support.system import TOKEN, local_system, template
+from support.system import NAMESPACE, SIGNING_KEY, TOKEN, System, local_system, template
 
+from nexus.core.signing import Signer
 from nexus_dev.cluster.emulators import ShardSpec
 from nexus_sdk.client import AsyncClient
+from nexus_sdk.errors import Forbidden, Unauthorized
 from nexus_sdk.models import Status
 
 MAYBE_FAIL = ("python", "-m", "nexus_sdk.examples", "maybe-fail")
@@ -76,3 +83,76 @@ async def test_small_results_inline_and_large_ones_in_storage_both_read_back(
         assert any(large_id in key for key in stored) and not any(small_id in k for k in stored)
         fetched = await nexus.fetch_result(small_state)
         assert fetched.content_type is not None and "json" in fetched.content_type
+
+
+FAN_OUT = ("python", "-m", "nexus_sdk.examples", "fan-out")
+
+
+async def test_an_algorithm_maps_child_runs_that_belong_to_its_caller(servers: Servers) -> None:
+    async with (
+        local_system(
+            servers,
+            shards=[ShardSpec(name="shard-0", mode="process")],
+            templates=[template("echo"), template("fan-out", command=FAN_OUT, deadline=300)],
+        ) as system,
+        AsyncClient(system.balancer_url, TOKEN) as nexus,
+    ):
+        inputs = [{"part": n} for n in range(3)]
+        parent = await nexus.submit("fan-out", {"algorithm": "echo", "inputs": inputs})
+        assert await nexus.result("fan-out", parent, timeout=120) == inputs
+
+        job = system.cluster["shard-0"].store.get("jobs", NAMESPACE, parent)
+        assert job is not None
+        env = {
+            e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["NEXUS__SCHEDULER_URL"] == system.balancer_url
+        credential = env["NEXUS__RUN_CREDENTIAL"]
+        assert credential.startswith(f"nexus-run.fan-out.{parent}.")
+        # the children are the caller's own runs, each naming the parent
+        children = await children_of(system, parent)
+        assert len(children) == 3
+        for child in children:
+            metadata = await nexus.metadata("echo", child)
+            assert metadata.caller == "tester"
+            assert metadata.raw["parent"] == {"requestId": parent, "algorithmName": "fan-out"}
+
+
+async def children_of(system: System, parent: str) -> list[str]:
+    connection = await asyncpg.connect(system.postgres_dsn)
+    try:
+        rows = await connection.fetch("SELECT id FROM runs WHERE parent->>'requestId' = $1", parent)
+    finally:
+        await connection.close()
+    return [str(row["id"]) for row in rows]
+
+
+async def test_a_run_credential_starts_children_of_its_run_only(servers: Servers) -> None:
+    signer = Signer([SIGNING_KEY])
+    async with local_system(servers, templates=[template("echo"), template("other")]) as system:
+        async with AsyncClient(system.balancer_url, TOKEN) as nexus:
+            parent = await nexus.submit("echo", {})
+            elsewhere = await nexus.submit("echo", {})
+        later = int(time.time()) + 600
+        credential = signer.run_credential("echo", parent, "tester", later)
+        async with AsyncClient(system.balancer_url, credential) as run:
+            child = await run.submit("echo", {"child": True})  # parentRequest filled in
+            metadata = await run.metadata("echo", child)
+            assert metadata.raw["parent"] == {"requestId": parent, "algorithmName": "echo"}
+            assert metadata.caller == "tester"
+            with pytest.raises(Forbidden, match="children of run"):
+                await run.submit(
+                    "echo", {}, parent={"requestId": elsewhere, "algorithmName": "echo"}
+                )
+        # the caller's rights come along: "limited" may run echo alone
+        limited = signer.run_credential("echo", parent, "limited", later)
+        async with AsyncClient(system.balancer_url, limited) as run:
+            with pytest.raises(Forbidden, match="may not run algorithm 'other'"):
+                await run.submit("other", {})
+        expired = signer.run_credential("echo", parent, "tester", int(time.time()) - 1)
+        forged = credential[:-4] + ("AAAA" if not credential.endswith("AAAA") else "BBBB")
+        other_caller = credential.replace(".dGVzdGVy.", ".bGltaXRlZA.")  # "limited"
+        for bad in (expired, forged, other_caller):
+            async with AsyncClient(system.balancer_url, bad) as run:
+                with pytest.raises(Unauthorized, match="run credential is not valid"):
+                    await run.submit("echo", {})

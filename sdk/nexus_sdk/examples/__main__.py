@@ -6,6 +6,8 @@
   ``{"exitCode": <n>}`` exits with that code without reporting anything (as a crashing
   container would); ``{"sleepSeconds": <s>}`` waits first (to try cancellation and
   deadlines).
+* ``fan-out``: ``{"algorithm": "<name>", "inputs": [...]}`` runs the algorithm on each
+  input as a child run (``Run.map``) and reports their results, in order, as its own.
 """
 
 from __future__ import annotations
@@ -17,12 +19,15 @@ from nexus_sdk.algorithm import Run
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("echo", "maybe-fail"):
+    if not argv or argv[0] not in ("echo", "maybe-fail", "fan-out"):
         print(__doc__, file=sys.stderr)
         return 2
     name, rest = argv[0], argv[1:]
     with Run.from_environment(rest) as run:
         parameters = run.input()
+        if name == "fan-out":
+            run.succeed(run.map(parameters["algorithm"], parameters["inputs"], timeout=600))
+            return 0
         if name == "maybe-fail" and isinstance(parameters, dict):
             time.sleep(float(parameters.get("sleepSeconds", 0)))
             if "exitCode" in parameters:
