@@ -39,7 +39,7 @@ from nexus_sdk import calls
 from nexus_sdk.calls import Call, RunSpec
 from nexus_sdk.errors import ConnectionFailed, NotFound, Refused, RunFailed, WaitTimeout
 from nexus_sdk.models import ParentRequest, Result, RunMetadata, RunState, Submitted, TagSummary
-from nexus_sdk.retrying import RETRYABLE_STATUSES, LongPoll, RetryPolicy, retry_after_seconds
+from nexus_sdk.retrying import LongPoll, RetryPolicy, retry_after_seconds, transient
 
 DEFAULT_TIMEOUT = 30.0
 """Seconds for one request (connect, each read), on top of a ``?wait`` it asks for."""
@@ -112,9 +112,10 @@ class AsyncClient:
                     target = url or f"{self.url}{call.path}"
                     raise ConnectionFailed(f"{call.method} {target}: {exc!r}") from exc
             else:
-                if response.status_code not in RETRYABLE_STATUSES:
+                header = response.headers.get("Retry-After")
+                if not transient(response.status_code, header):
                     return response
-                retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+                retry_after = retry_after_seconds(header)
                 delay = attempts.next_delay(retry_after)
                 if delay is None:
                     raise calls.error_of(response, retry_after)

@@ -44,6 +44,12 @@ RETRY_SECONDS_ENV = "NEXUS__SDK_RETRY_SECONDS"
 Clock = Callable[[], float]
 
 
+def transient(status: int, retry_after: str | None) -> bool:
+    """Whether an answer says "not now": a retryable status, or a 409 that names a time to
+    come back (an idempotency key whose first request is still being accepted)."""
+    return status in RETRYABLE_STATUSES or (status == 409 and retry_after is not None)
+
+
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     """A ``Retry-After`` header in seconds from now (``None`` when absent or unreadable)."""
     if not value:

@@ -161,9 +161,13 @@ async def front(system: System, answer: Any) -> AsyncIterator[str]:
 
 async def test_a_retried_submit_whose_answer_was_lost_creates_one_run(servers: Servers) -> None:
     async def answer(request: web.Request, n: int, body: bytes) -> Any:
-        if n == 1:
-            return web.Response(status=503, headers={"Retry-After": "1"}, text="busy")
-        return "lose" if n == 2 else None  # the second attempt is stored, its answer lost
+        if n == 1:  # another request with the key is being accepted: come back in 1 s
+            in_use = b'{"error": "idempotency_key_in_use", "message": "being accepted"}'
+            headers = {"Retry-After": "1"}
+            return web.Response(status=409, headers=headers, body=in_use)
+        if n == 2:
+            return web.Response(status=503, headers={"Retry-After": "0"}, text="busy")
+        return "lose" if n == 3 else None  # the third attempt is stored, its answer lost
 
     async with (
         local_system(servers, templates=[template("echo")]) as system,
