@@ -143,7 +143,7 @@ def algorithm_job() -> dict[str, Any]:
     template = catalog.templates["echo"]
     run = checkpoint(apply(template, {}, catalog.workgroups))
     workgroup = catalog.workgroups[template.workgroup]
-    return build_job(run, LINKS, workgroup=workgroup, parent=None, ttl_after_finished=60)
+    return build_job(run, LINKS, workgroup=workgroup, ttl_after_finished=60)
 
 
 # -- what each overlay holds -------------------------------------------------------------

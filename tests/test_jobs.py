@@ -8,10 +8,16 @@ from uuid import UUID
 
 import orjson
 
-from nexus.core.labels import ALGORITHM_LABEL, COMPONENT_LABEL, REQUEST_LABEL, SHARD_ANNOTATION
+from nexus.core.labels import (
+    ALGORITHM_LABEL,
+    COMPONENT_LABEL,
+    PARENT_LABEL,
+    REQUEST_LABEL,
+    SHARD_ANNOTATION,
+)
 from nexus.core.runs import Checkpoint, Stage
 from nexus.core.templates import Workgroup
-from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
+from nexus.scheduler.jobs import RunLinks, build_job, serialise
 
 RUN = UUID("5f0c4f3e-8a43-4c8e-9d0b-2f7d7c1e9a11")
 PARENT = "0b6c8f5e-8a1c-4b7e-9d1e-2f3a4b5c6d7e"
@@ -68,25 +74,22 @@ def test_the_job_carries_the_whole_contract() -> None:
         checkpoint(APPLIED, parent),
         LINKS,
         workgroup=GPU_POOL,
-        parent=ParentJob(PARENT, "uid-of-parent"),
         ttl_after_finished=300,
     )
     name = str(RUN)
-    labels = {ALGORITHM_LABEL: "forecast", COMPONENT_LABEL: "algorithm-run", REQUEST_LABEL: name}
+    labels = {
+        ALGORITHM_LABEL: "forecast",
+        COMPONENT_LABEL: "algorithm-run",
+        REQUEST_LABEL: name,
+        PARENT_LABEL: PARENT,
+    }
     assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
+    # a label names the parent; no owner reference: the child's Job must outlive the
+    # parent's (Kubernetes deletes a Job with its owner)
     assert job["metadata"] == {
         "name": name,
         "labels": labels,
         "annotations": {SHARD_ANNOTATION: "shard-gpu"},
-        "ownerReferences": [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": PARENT,
-                "uid": "uid-of-parent",
-                "blockOwnerDeletion": False,
-            }
-        ],
     }
     spec = job["spec"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"]) == (2, 600)
@@ -147,13 +150,11 @@ def test_exit_codes_make_a_policy_kubernetes_takes() -> None:
     """Ordered, each once, and no 0 among the fatal ones (a success cannot fail a Job);
     also for configurations stored before templates were checked for these."""
     config = {**APPLIED, "fatalExitCodes": [0, 3, 2, 3], "transientExitCodes": [143, 0, 143]}
-    job = build_job(checkpoint(config), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    job = build_job(checkpoint(config), LINKS, workgroup=None, ttl_after_finished=60)
     rules = job["spec"]["podFailurePolicy"]["rules"]
     assert [r.get("onExitCodes", {}).get("values") for r in rules] == [None, [2, 3], [0, 143]]
     only_zero = {**APPLIED, "fatalExitCodes": [0], "transientExitCodes": []}
-    job = build_job(
-        checkpoint(only_zero), LINKS, workgroup=None, parent=None, ttl_after_finished=60
-    )
+    job = build_job(checkpoint(only_zero), LINKS, workgroup=None, ttl_after_finished=60)
     assert "podFailurePolicy" not in job["spec"]
 
 
@@ -165,7 +166,7 @@ def test_a_plain_template_gets_the_contracts_default_arguments_and_nothing_optio
             "deadlineSeconds", "maximumRetries",
         )
     }  # fmt: skip
-    job = build_job(checkpoint(plain), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    job = build_job(checkpoint(plain), LINKS, workgroup=None, ttl_after_finished=60)
     name = str(RUN)
     assert "ownerReferences" not in job["metadata"]
     assert "podFailurePolicy" not in job["spec"]
@@ -182,7 +183,7 @@ def test_a_plain_template_gets_the_contracts_default_arguments_and_nothing_optio
 
 def test_a_run_without_security_contexts_gets_the_restricted_profile() -> None:
     """Templates that keep the defaults, and runs accepted before templates had them."""
-    job = build_job(checkpoint(APPLIED), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    job = build_job(checkpoint(APPLIED), LINKS, workgroup=None, ttl_after_finished=60)
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["securityContext"] == {
         "runAsNonRoot": True,
@@ -200,7 +201,7 @@ def test_a_run_carries_its_templates_security_contexts() -> None:
         "container": {"readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
     }
     config = {**APPLIED, "securityContext": security}
-    job = build_job(checkpoint(config), LINKS, workgroup=None, parent=None, ttl_after_finished=60)
+    job = build_job(checkpoint(config), LINKS, workgroup=None, ttl_after_finished=60)
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["securityContext"] == security["pod"]
     assert pod_spec["containers"][0]["securityContext"] == security["container"]

@@ -56,6 +56,9 @@ _Result = TypeVar("_Result")
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 """How long an Idempotency-Key names its first run (DESIGN §2)."""
 
+MAX_DESCENDANT_DEPTH = 32
+"""How many generations below a run its cancellation reaches."""
+
 MAX_TAG_RESULTS = 1000
 """The most runs the results-by-tag route answers with: the newest of them."""
 
@@ -472,6 +475,15 @@ class CheckpointStore:
                 run_id,
             )
         return None if value is None else bytes(value)
+
+    async def unfinished_descendants(
+        self, algorithm: str, run_id: UUID, max_depth: int = MAX_DESCENDANT_DEPTH
+    ) -> list[Checkpoint]:
+        """Every unfinished run started below this one (its children, theirs, …), whoever
+        submitted them: what cancelling it must cancel too."""
+        async with self.connection() as conn:
+            rows = await conn.fetch(sql.DESCENDANTS, algorithm, run_id, max_depth)
+        return [_checkpoint(row) for row in rows]
 
     async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The input kept with the checkpoint, or ``None``."""

@@ -192,3 +192,22 @@ WHERE ctid = ANY(ARRAY(
     LIMIT $2))
 RETURNING id
 """
+
+
+# Every run below a parent (children, their children, …), depth-first by the index of
+# 0007_runs_by_parent, each level one probe per run; a cycle cannot arise (a parent exists
+# before its child) but the depth is bounded anyway. Only unfinished descendants are
+# returned; finished ones are walked through, as their children may still run.
+DESCENDANTS = f"""
+WITH RECURSIVE tree(algorithm, id, depth) AS (
+    SELECT $1::text, $2::uuid, 0
+    UNION
+    SELECT r.algorithm, r.id, t.depth + 1
+    FROM tree t JOIN runs r
+      ON r.parent->>'requestId' = t.id::text AND r.parent->>'algorithmName' = t.algorithm
+    WHERE r.parent IS NOT NULL AND t.depth < $3
+)
+SELECT {COLUMNS} FROM runs
+WHERE (algorithm, id) IN (SELECT algorithm, id FROM tree WHERE depth > 0)
+  AND lifecycle_stage NOT IN {TERMINAL_STAGES}
+"""

@@ -10,6 +10,12 @@ Guarantees:
 * **The Job is deleted when there can be one** (the run was queued or running), with the
   caller's deletion policy. A shard that cannot be reached does not undo the
   cancellation: the Job then ends with its deadline and TTL.
+* **Children go with their parent.** Cancelling a run cancels every unfinished run below
+  it (children, theirs, …; queued or running, on any shard, whoever submitted them) as
+  ``CANCELLED``, naming the parent as the reason, and deletes their Jobs. Their Jobs are
+  not owned by the parent's (:mod:`nexus.scheduler.jobs`), so Kubernetes never deletes a
+  child's Job with its parent's before the child finished. Cancelling a cancelled parent
+  again reaches children a failure left running (and answers 409 as before).
 * **Only what the caller may see** (:mod:`nexus.core.visibility`): another caller's run is
   not found (404), exactly as a run that does not exist.
 * **Bad input names its field** (400), before anything is read or written.
@@ -17,6 +23,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -38,6 +45,9 @@ from nexus.core.shards import (
 from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
+
+MAX_DELETIONS = 32
+"""Job deletions in flight at once when a parent's cancellation reaches many children."""
 
 MAX_TEXT = 1000
 """The longest ``reason`` or ``initiator`` a cancellation may give."""
@@ -82,6 +92,8 @@ class Canceller:
         :class:`TransitionRejected` if it has finished (then it is left as it is)."""
         run = await self._checkpoint(algorithm, run_id, viewer)
         if run.stage in TERMINAL:
+            if run.stage == Stage.CANCELLED:  # again: reach the children a crash left
+                await self._cancel_descendants(run, cancellation)
             raise TransitionRejected(f"run {run_id} is already {v12_status(run.stage)}")
         change = Transition(
             algorithm,
@@ -95,6 +107,32 @@ class Canceller:
             raise TransitionRejected(f"run {run_id} is already {v12_status(current.stage)}")
         if run.stage in (Stage.BUFFERED, Stage.RUNNING):
             await self._delete_job(run, cancellation.policy)
+        await self._cancel_descendants(run, cancellation)
+
+    async def _cancel_descendants(self, parent: Checkpoint, cancellation: Cancellation) -> None:
+        """Cancel every unfinished run below ``parent`` — queued, running, on any shard,
+        whoever submitted it — naming the parent as the reason, and delete their Jobs."""
+        below = await self.store.unfinished_descendants(parent.algorithm, parent.id)
+        if not below:
+            return
+        why = (
+            f"parent run {parent.id} of algorithm {parent.algorithm!r} was cancelled:"
+            f" {cancellation.reason} (by {cancellation.initiator})"
+        )
+        changes = [
+            Transition(run.algorithm, run.id, Stage.CANCELLED, cause="cancelled", details=why)
+            for run in below
+        ]
+        applied = await asyncio.gather(*(self.store.transition(c) for c in changes))
+        gone = [run for run, done in zip(below, applied, strict=True) if done]
+        log.info("cancelled with their parent", extra={"children": len(gone)})
+        deleting = asyncio.Semaphore(MAX_DELETIONS)
+
+        async def delete(run: Checkpoint) -> None:
+            async with deleting:
+                await self._delete_job(run, cancellation.policy)
+
+        await asyncio.gather(*(delete(run) for run in gone))
 
     async def _checkpoint(self, algorithm: str, run_id: uuid.UUID, viewer: Viewer) -> Checkpoint:
         run = await self.store.get(algorithm, run_id, viewer)

@@ -40,7 +40,6 @@ import logging
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
-from uuid import UUID
 
 from prometheus_client import Counter, Histogram
 
@@ -49,12 +48,12 @@ from nexus.core.errors import CheckpointRejected, DependencyError, ShardUnavaila
 from nexus.core.labels import copy_name, copy_names
 from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
-from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
+from nexus.core.runs import Checkpoint, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
-from nexus.scheduler.jobs import ParentJob, RunLinks, build_job, serialise
+from nexus.scheduler.jobs import RunLinks, build_job, serialise
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -248,7 +247,6 @@ class Dispatcher:
             ready = await self._still_buffered(runs)
             if self.limits is not None:  # runs over a limit wait, parked, for a slot
                 ready = await self.limits.admit(ready)
-            parents = await self._parents([c for _, c in ready])
             throttle = self.throttles[shard]
             pending = ready
             waited = 0.0  # for creation tokens, since the checkpoints were read
@@ -262,11 +260,7 @@ class Dispatcher:
                 for run, checkpoint in chunk:
                     await self._creating[shard].acquire()
                     creations.append(
-                        asyncio.create_task(
-                            self._create(
-                                shard, run, checkpoint, parents.get(checkpoint.key), stopping
-                            )
-                        )
+                        asyncio.create_task(self._create(shard, run, checkpoint, stopping))
                     )
         except BaseException:
             await asyncio.gather(*creations, return_exceptions=True)
@@ -296,54 +290,26 @@ class Dispatcher:
             await self.queue.settle(stale)
         return ready
 
-    async def _parents(self, checkpoints: list[Checkpoint]) -> dict[RunKey, ParentJob]:
-        """The parent Job of each run whose parent was dispatched to the same shard and
-        has not finished: a finished parent's Job may be gone already, and Kubernetes
-        deletes a Job whose owner is missing."""
-        wanted = {
-            c.key: RunKey(c.parent["algorithmName"], UUID(c.parent["requestId"]))
-            for c in checkpoints
-            if c.parent
-        }
-        if not wanted:
-            return {}
-        found = await self.store.get_many(set(wanted.values()))
-        result = {}
-        for child, parent_key in wanted.items():
-            parent = found.get(parent_key)
-            child_shard = next(c for c in checkpoints if c.key == child).applied_configuration[
-                "shard"
-            ]
-            if (
-                parent
-                and parent.job_uid
-                and parent.shard == child_shard
-                and not parent.stage.terminal
-            ):
-                result[child] = ParentJob(str(parent.id), parent.job_uid)
-        return result
-
     async def _create(
         self,
         shard: str,
         run: QueuedRun,
         checkpoint: Checkpoint,
-        parent: ParentJob | None,
         stopping: asyncio.Event,
     ) -> Outcome:
         request_id.set(str(run.key.id))
-        outcome = await self._call_create(shard, run, checkpoint, parent)
+        outcome = await self._call_create(shard, run, checkpoint)
         if outcome.kind == "failed" and self._last_attempt(checkpoint):
             outcome = await self._look_for_job(shard, outcome)
         if (
             outcome.kind == "created"
             and checkpoint.applied_configuration.get("speculativeAttempts", 1) > 1
         ):
-            await self._create_copies(shard, checkpoint, parent, stopping)
+            await self._create_copies(shard, checkpoint, stopping)
         return outcome
 
     async def _create_copies(
-        self, shard: str, checkpoint: Checkpoint, parent: ParentJob | None, stopping: asyncio.Event
+        self, shard: str, checkpoint: Checkpoint, stopping: asyncio.Event
     ) -> None:
         """The second and later copies of a run whose first Job exists, each taking a
         creation token; one that cannot be created is logged and left out."""
@@ -355,7 +321,7 @@ class Dispatcher:
                 return  # stopping: the run has its first Job
             await self._creating[shard].acquire()
             try:
-                body = self._job(shard, checkpoint, parent, workgroup, copy)
+                body = self._job(shard, checkpoint, workgroup, copy)
                 result = await self.shards[shard].create_job(body)
             except ShardUnavailable as exc:
                 CREATES.labels(shard, "failed").inc()
@@ -381,9 +347,7 @@ class Dispatcher:
     def _last_attempt(self, checkpoint: Checkpoint) -> bool:
         return checkpoint.attempts + 1 >= self.settings.max_dispatch_attempts
 
-    async def _call_create(
-        self, shard: str, run: QueuedRun, checkpoint: Checkpoint, parent: ParentJob | None
-    ) -> Outcome:
+    async def _call_create(self, shard: str, run: QueuedRun, checkpoint: Checkpoint) -> Outcome:
         try:
             try:
                 name = checkpoint.applied_configuration["workgroup"]
@@ -394,7 +358,7 @@ class Dispatcher:
                     CREATES.labels(shard, "failed").inc()
                     message = f"workgroup {name!r} is gone (deleted, or no longer valid)"
                     return Outcome(run, checkpoint, "failed", message=message)
-                body = self._job(shard, checkpoint, parent, workgroup)
+                body = self._job(shard, checkpoint, workgroup)
             except (KeyError, TypeError, ValueError) as exc:
                 # A checkpoint written by hand or by an older version: it will never make
                 # a Job, and it must not stop the dispatch of every other run.
@@ -441,7 +405,6 @@ class Dispatcher:
         self,
         shard: str,
         checkpoint: Checkpoint,
-        parent: ParentJob | None,
         workgroup: Workgroup | None,
         copy: int = 1,
     ) -> bytes:
@@ -458,7 +421,6 @@ class Dispatcher:
             checkpoint,
             links,
             workgroup=workgroup,
-            parent=parent,
             ttl_after_finished=self.settings.job_ttl_after_finished,
             copy=copy,
         )

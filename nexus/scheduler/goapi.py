@@ -168,7 +168,6 @@ def _job_text(scheduler: Scheduler, run: Checkpoint, *, planned: bool) -> str:
             run_token=WITHHELD,
         ),
         workgroup=catalog.workgroup(config.get("workgroup", "")),
-        parent=None,  # set on creation, when the parent's Job runs on the same shard
         ttl_after_finished=scheduler.submitter.settings.job_ttl_after_finished,
     )
     return serialise(job).decode()

@@ -29,6 +29,7 @@ from nexus.core.labels import (
     ALGORITHM_LABEL,
     ALGORITHM_RUN,
     COMPONENT_LABEL,
+    PARENT_LABEL,
     REQUEST_LABEL,
     SHARD_ANNOTATION,
     SPECULATIVE_ANNOTATION,
@@ -63,14 +64,6 @@ class RunLinks:
     """The bearer credential of those child runs, as the run's caller."""
 
 
-@dataclass(frozen=True, slots=True)
-class ParentJob:
-    """The parent run's Job, when it runs on the same shard (owner references are local)."""
-
-    name: str
-    uid: str
-
-
 def _arguments(template_args: list[str], values: dict[str, str]) -> list[str]:
     if not template_args:
         return [f"--sas-uri={values['{sas-uri}']}", f"--request-id={values['{request-id}']}"]
@@ -95,7 +88,6 @@ def build_job(
     links: RunLinks,
     *,
     workgroup: Workgroup | None,
-    parent: ParentJob | None,
     ttl_after_finished: int,
     copy: int = 1,
 ) -> dict[str, Any]:
@@ -131,6 +123,10 @@ def build_job(
     if copies > 1:
         env["NEXUS__SPECULATIVE_COPY"] = f"{copy}/{copies}"
     if run.parent:
+        # A label, not an owner reference: Kubernetes would delete the child's Job with
+        # its parent's (finished, cancelled) while the child still runs. Cancelling a
+        # parent cancels its children explicitly (nexus.scheduler.cancelling).
+        labels[PARENT_LABEL] = run.parent["requestId"]
         env["NEXUS__PARENT_REQUEST_ID"] = run.parent["requestId"]
         env["NEXUS__PARENT_ALGORITHM_NAME"] = run.parent["algorithmName"]
     values = {"{sas-uri}": links.input_url, "{request-id}": name, "{algorithm-name}": run.algorithm}
@@ -201,16 +197,6 @@ def build_job(
     }
     if copies > 1:
         metadata["annotations"][SPECULATIVE_ANNOTATION] = f"{copy}/{copies}"
-    if parent is not None:
-        metadata["ownerReferences"] = [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": parent.name,
-                "uid": parent.uid,
-                "blockOwnerDeletion": False,
-            }
-        ]
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 
 

@@ -29,6 +29,7 @@ from support.system import (
 )
 
 from nexus.core import sigv4
+from nexus.core.labels import PARENT_LABEL
 from nexus.core.queues import QueuedRun
 from nexus.core.runs import NewRun, Stage
 from nexus.core.signing import Signer
@@ -286,62 +287,101 @@ async def test_results_by_tag_and_idempotency(servers: Servers) -> None:
         assert different != first
 
 
-async def test_a_child_run_is_owned_by_its_parent_job_while_the_parent_runs(
-    servers: Servers,
-) -> None:
+def _child(parent: str, algorithm: str, **parameters: Any) -> dict[str, Any]:
+    return {
+        "algorithmParameters": parameters,
+        "parentRequest": {"requestId": parent, "algorithmName": algorithm},
+    }
+
+
+async def test_a_childs_job_outlives_its_parents_job(servers: Servers) -> None:
     async with local_system(
         servers,
         shards=[ShardSpec(name="shard-0", mode="process")],
         templates=[template("maybe-fail", command=MAYBE_FAIL), template("echo")],
     ) as system:
-        parent = await system.submit("maybe-fail", {"algorithmParameters": {"sleepSeconds": 20}})
+        parent = await system.submit("maybe-fail", {"algorithmParameters": {"sleepSeconds": 30}})
         await system.wait_for("maybe-fail", parent, "RUNNING")
-        child = await system.submit(
-            "echo",
-            {
-                "algorithmParameters": {"child": True},
-                "parentRequest": {"requestId": parent, "algorithmName": "maybe-fail"},
-            },
-        )
-        await system.wait_for("echo", child)
+        child = await system.submit("maybe-fail", _child(parent, "maybe-fail", sleepSeconds=2))
+        await system.wait_for("maybe-fail", child, "RUNNING")
         job = job_of(system, "shard-0", child)
-        parent_job = job_of(system, "shard-0", parent)
-        assert job is not None and parent_job is not None
-        owners = job["metadata"]["ownerReferences"]
-        assert owners == [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": parent,
-                "uid": parent_job["metadata"]["uid"],
-                "blockOwnerDeletion": False,
-            }
-        ]
+        assert job is not None
+        assert not job["metadata"].get("ownerReferences")  # its own: not the parent's
+        assert job["metadata"]["labels"][PARENT_LABEL] == parent
         env = {
             e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
         }
         assert env["NEXUS__PARENT_REQUEST_ID"] == parent
         assert env["NEXUS__PARENT_ALGORITHM_NAME"] == "maybe-fail"
-        _status, metadata = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{child}")
-        assert metadata["parent"] == {"requestId": parent, "algorithmName": "maybe-fail"}
-        # a finished parent's Job may be gone (Kubernetes deletes a Job whose owner is):
-        # a child sent after its parent ended is a Job of its own, and completes
-        async with system.session.post(
-            f"{system.url}/algorithm/v1.2/cancel/maybe-fail/requests/{parent}",
-            json={"reason": "done with it", "initiator": "test"},
-            headers=system.headers(),
-        ) as response:
-            assert response.status == 200
-        late = await system.submit(
-            "echo",
-            {
-                "algorithmParameters": {"child": True},
-                "parentRequest": {"requestId": parent, "algorithmName": "maybe-fail"},
-            },
+        _status, metadata = await system.get(
+            f"/algorithm/v1.2/metadata/maybe-fail/requests/{child}"
         )
-        assert (await system.wait_for("echo", late))["status"] == "COMPLETED"
-        late_job = job_of(system, "shard-0", late)
-        assert late_job is not None and not late_job["metadata"].get("ownerReferences")
+        assert metadata["parent"] == {"requestId": parent, "algorithmName": "maybe-fail"}
+        # the parent's Job goes (its TTL, kubectl delete) while the child runs: Kubernetes'
+        # garbage collector leaves the child's Job alone, and the child completes
+        shard = system.cluster["shard-0"]
+        async with system.session.delete(
+            f"{shard.url}/apis/batch/v1/namespaces/{NAMESPACE}/jobs/{parent}",
+            json={"propagationPolicy": "Background"},
+            headers={"Authorization": f"Bearer {shard.token}"},
+        ) as response:
+            assert response.status == 200, await response.text()
+        assert (await system.wait_for("maybe-fail", child))["status"] == "COMPLETED"
+        assert job_of(system, "shard-0", parent) is None
+
+
+async def test_cancelling_a_parent_cancels_every_child_queued_running_on_any_shard(
+    servers: Servers,
+) -> None:
+    async with local_system(
+        servers,
+        shards=[
+            ShardSpec(name="shard-0", mode="process"),
+            ShardSpec(name="shard-1", mode="off"),  # Jobs made, pods never start
+            ShardSpec(name="shard-2", mode="simulated"),
+        ],
+        workgroups=[("default", "shard-0"), ("far", "shard-1"), ("slow", "shard-2")],
+        templates=[
+            template("maybe-fail", command=MAYBE_FAIL),
+            template("far", workgroup="far"),
+            template("slow", workgroup="slow"),
+        ],
+        create_rate={"shard-2": 0.001},  # a Job a quarter of an hour: runs there stay queued
+    ) as system:
+        parent = await system.submit("maybe-fail", {"algorithmParameters": {"sleepSeconds": 30}})
+        unrelated = await system.submit("maybe-fail", {"algorithmParameters": {"sleepSeconds": 30}})
+        blocker = await system.submit("slow")  # takes shard-2's one token
+        await system.wait_for("maybe-fail", parent, "RUNNING")
+        await system.wait_for("slow", blocker, "RUNNING", "COMPLETED")
+        running = await system.submit("maybe-fail", _child(parent, "maybe-fail", sleepSeconds=30))
+        elsewhere = await system.submit("far", _child(parent, "maybe-fail"))
+        queued = await system.submit("slow", _child(parent, "maybe-fail"))
+        await system.wait_for("maybe-fail", running, "RUNNING")
+        await system.wait_for("far", elsewhere, "RUNNING")
+        # a grandchild, queued, below the running child
+        grandchild = await system.submit("slow", _child(running, "maybe-fail"))
+        for algorithm, request_id in (("slow", queued), ("slow", grandchild)):
+            assert (await system.result(algorithm, request_id))["status"] == "BUFFERED"
+        assert job_of(system, "shard-0", running) is not None
+        assert job_of(system, "shard-1", elsewhere) is not None
+
+        status, body, _ = await system.call(
+            "POST",
+            f"/algorithm/v1.2/cancel/maybe-fail/requests/{parent}",
+            json={"reason": "wrong input", "initiator": "planner"},
+        )
+        assert status == 200, body
+        for algorithm, request_id in (
+            ("maybe-fail", running), ("far", elsewhere), ("slow", queued), ("slow", grandchild),
+        ):  # fmt: skip
+            answer = await system.result(algorithm, request_id)
+            assert answer["status"] == "CANCELLED", (algorithm, answer)
+            message = answer["runErrorMessage"]
+            assert f"parent run {parent}" in message and "wrong input (by planner)" in message
+        assert job_of(system, "shard-0", running) is None
+        assert job_of(system, "shard-1", elsewhere) is None
+        assert job_of(system, "shard-2", queued) is None  # never made
+        assert (await system.result("maybe-fail", unrelated))["status"] == "RUNNING"
 
 
 # -- shards, throttling, scheduler pods --------------------------------------------------------
