@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -114,6 +114,9 @@ def test_times_and_durations_are_written_as_go_writes_them() -> None:
     assert go_time(datetime(2026, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)) == (
         "2026-01-02T03:04:05.600000Z"
     )
+    whole = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
+    assert go_time(whole) == "2026-01-02T01:04:05.000000Z"  # sorts as a string does
+    assert go_time(whole) < go_time(whole + timedelta(microseconds=1))
     assert go_duration(timedelta(hours=24)) == "24h0m0s"
     assert go_duration(timedelta(minutes=90)) == "1h30m0s"
     assert go_duration(timedelta(seconds=90)) == "1m30s"

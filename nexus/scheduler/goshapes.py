@@ -22,7 +22,7 @@ Guarantees:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
 from nexus.core.httpapi import bad_request, json_type
@@ -280,10 +280,12 @@ def error_message(run: Checkpoint | RunResult) -> str:
 
 
 def go_time(moment: datetime | None) -> str:
-    """A time as Go writes one (RFC 3339 in UTC; the zero time for none)."""
+    """A time in RFC 3339, in UTC with microseconds always written (the zero time for
+    none): fixed width, so that two compare as strings as they do as times (the Go SDK
+    picks a tag's most recent run by comparing ``received_at`` strings)."""
     if moment is None:
         return GO_ZERO_TIME
-    return moment.isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def go_duration(span: timedelta) -> str:
