@@ -23,6 +23,7 @@ from nexus.core import statements as sql
 from nexus.core.checkpoints import PLAN_SETTINGS, Admission, CheckpointStore
 from nexus.core.config import PostgresSettings, SigningSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
+from nexus.core.listings import Listings, TagPosition
 from nexus.core.migrations import (
     _MIGRATION_LOCK,
     apply_migrations,
@@ -654,15 +655,24 @@ async def test_idempotency_key_expires_after_24_hours(
 async def test_by_tag_and_inline_payload(store: CheckpointStore) -> None:
     tagged = [new_run(tag="batch-1") for _ in range(3)]
     await asyncio.gather(*(store.insert(r) for r in [*tagged, new_run(tag="other")]))
-    found = await store.results_by_tag("echo", "batch-1", SYSTEM)
+    listings = Listings(store)
+    found = [entry.run for entry in await listings.page("echo", "batch-1", SYSTEM, None, 10)]
     assert {c.id for c in found} == {r.id for r in tagged}
     assert {c.stage for c in found} == {Stage.BUFFERED}
+    # pages of one, each after the last: every run once, in (received_at, id) order
+    first = await listings.page("echo", "batch-1", SYSTEM, None, 1)
+    second = await listings.page("echo", "batch-1", SYSTEM, first[0].position, 2)
+    assert [e.run.id for e in [*first, *second]] == [c.id for c in found]
+    assert await listings.page("echo", "batch-1", SYSTEM, second[-1].position, 5) == []
+    assert TagPosition.decode(second[0].position.encode()) == second[0].position
+    assert await listings.counts("echo", "batch-1", SYSTEM) == {Stage.BUFFERED: 3}
+    assert await listings.counts("echo", "nothing", SYSTEM) == {}
     one = await store.result("echo", tagged[0].id, SYSTEM)
     assert one is not None
     assert (one.stage, one.result_uri, one.failure_cause) == (Stage.BUFFERED, None, None)
     assert await store.result("echo", uuid.uuid4(), SYSTEM) is None
     assert await store.inline_payload("echo", tagged[0].id) == b'{"x": 1}'
-    assert await store.results_by_tag("echo", "nothing", SYSTEM) == []
+    assert await listings.page("echo", "nothing", SYSTEM, None, 10) == []
 
 
 async def test_reads_find_only_what_the_viewer_may_see(store: CheckpointStore) -> None:
@@ -677,11 +687,13 @@ async def test_reads_find_only_what_the_viewer_may_see(store: CheckpointStore) -
     assert (await store.get("echo", mine[0].id, alice)) is not None
     assert (await store.result("echo", theirs.id, bob)) is not None
     # tags are per caller
-    assert [r.id for r in await store.results_by_tag("echo", "batch", alice)] == [mine[0].id]
-    assert [r.id for r in await store.results_by_tag("echo", "batch", bob)] == [theirs.id]
+    listings = Listings(store)
+    assert [e.run.id for e in await listings.page("echo", "batch", alice, None, 9)] == [mine[0].id]
+    assert [e.run.id for e in await listings.page("echo", "batch", bob, None, 9)] == [theirs.id]
+    assert await listings.counts("echo", "batch", alice) == {Stage.BUFFERED: 1}
     # a grant of one algorithm sees every caller's runs of it, and only of it
     support = Viewer("support", frozenset({"echo"}))
-    assert {r.id for r in await store.results_by_tag("echo", "batch", support)} == {
+    assert {e.run.id for e in await listings.page("echo", "batch", support, None, 9)} == {
         mine[0].id,
         theirs.id,
     }

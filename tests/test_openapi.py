@@ -10,6 +10,7 @@ from nexus.core.config import HttpSettings
 from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
+from nexus.scheduler.batches import add_batch_routes
 from nexus.scheduler.goapi import GoAccepted, add_go_routes
 from nexus.scheduler.goshapes import GoRequestResult, GoTaggedResult
 from nexus.scheduler.openapi import add_openapi_route, document
@@ -22,6 +23,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
     document names none it does not serve; the tag limit is the deployment's."""
     app = create_base_app("scheduler", HttpSettings())
     add_routes(app)
+    add_batch_routes(app)
     add_go_routes(app)
     add_schedule_routes(app)
     add_openapi_route(app, max_tag_length=64)

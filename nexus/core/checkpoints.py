@@ -60,7 +60,8 @@ MAX_DESCENDANT_DEPTH = 32
 """How many generations below a run its cancellation reaches."""
 
 MAX_TAG_RESULTS = 1000
-"""The most runs the results-by-tag route answers with: the newest of them."""
+"""The most runs the Go v1 tag route (across algorithms) answers; over it, it refuses
+(the v1.2 route lists every run, :mod:`nexus.core.listings`)."""
 
 CONNECTION_ERRORS = (
     OSError,
@@ -146,7 +147,8 @@ def _conflicts(run: NewRun, first: asyncpg.Record) -> tuple[str, ...]:
     return tuple(name for name, different in differs.items() if different)
 
 
-def _result(row: asyncpg.Record) -> RunResult:
+def result_of(row: asyncpg.Record) -> RunResult:
+    """A run's result as :data:`sql.RESULT_COLUMNS` read it (for companion modules too)."""
     return RunResult(
         algorithm=row["algorithm"],
         id=row["id"],
@@ -427,24 +429,7 @@ class CheckpointStore:
                 run_id,
                 viewer.owner(algorithm),
             )
-        return None if row is None else _result(row)
-
-    async def results_by_tag(
-        self, algorithm: str, tag: str, viewer: Viewer, limit: int = MAX_TAG_RESULTS
-    ) -> list[RunResult]:
-        """How the runs of ``algorithm`` carrying ``tag`` that ``viewer`` may see stand,
-        newest first, at most ``limit`` of them (an answer is built in memory: a tag is not
-        a listing API)."""
-        async with self.connection() as conn:
-            rows = await conn.fetch(
-                f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = $1 AND tag = $2"
-                " AND ($4::text IS NULL OR caller = $4) ORDER BY received_at DESC LIMIT $3",
-                algorithm,
-                tag,
-                limit,
-                viewer.owner(algorithm),
-            )
-        return [_result(row) for row in rows]
+        return None if row is None else result_of(row)
 
     async def results_by_tag_across(
         self, algorithms: Sequence[str], tag: str, viewer: Viewer, limit: int = MAX_TAG_RESULTS
@@ -464,7 +449,7 @@ class CheckpointStore:
                 viewer.caller,
                 granted,
             )
-        return [_result(row) for row in rows]
+        return [result_of(row) for row in rows]
 
     async def inline_result(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The result document kept with the checkpoint, or ``None``."""

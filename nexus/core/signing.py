@@ -119,6 +119,22 @@ class Signer:
             return None
         return algorithm, run_id, caller
 
+    # -- sealed values ---------------------------------------------------------------------
+
+    def seal(self, context: str, value: str) -> str:
+        """``value`` with a MAC binding it to ``context``: ``<value>.<mac>`` (URL-safe when
+        ``value`` is), for tokens a client hands back, such as a listing's cursor."""
+        mac = self._mac(self._keys[0], context + "\n" + value)
+        return f"{value}.{mac}"
+
+    def unseal(self, context: str, sealed: str) -> str | None:
+        """The value :meth:`seal` sealed for this ``context``, or ``None`` if ``sealed`` was
+        made for another context, altered, or not made here at all."""
+        value, dot, signature = sealed.rpartition(".")
+        if not dot or not self._verify(context + "\n" + value, signature):
+            return None
+        return value
+
     # -- signed URLs -----------------------------------------------------------------------
 
     def sign_path(self, path: str, valid_for: float, now: float | None = None) -> str:

@@ -100,6 +100,23 @@ RESULT_COLUMNS = (
 )
 
 
+# A tag's runs in keyset order (runs_by_tag_order): a page is one index range scan.
+TAG_PAGE = f"""
+SELECT {RESULT_COLUMNS}, received_at FROM runs
+WHERE algorithm = $1 AND tag = $2 AND ($3::text IS NULL OR caller = $3)
+  AND (received_at, id) > ($4::timestamptz, $5::uuid)
+ORDER BY received_at, id
+LIMIT $6
+"""
+
+
+TAG_COUNTS = """
+SELECT lifecycle_stage, count(*) AS runs FROM runs
+WHERE algorithm = $1 AND tag = $2 AND ($3::text IS NULL OR caller = $3)
+GROUP BY lifecycle_stage
+"""
+
+
 # The literal IN (...) lets the planner use the partial index runs_unfinished_by_age also
 # under a generic plan of the prepared statement, where $1 alone proves nothing.
 SWEEP_PAGE = """

@@ -196,17 +196,6 @@ async def result(request: web.Request) -> web.Response:
     return json_response(_result(scheduler, found))
 
 
-async def results_by_tag(request: web.Request) -> web.Response:
-    algorithm = _algorithm(request)
-    viewer = await _viewer(request, algorithm)
-    tag = request.match_info["tag"]
-    scheduler = request.app[SCHEDULER]
-    if not tag.isprintable():  # no run carries one, and PostgreSQL text cannot hold NUL
-        raise bad_request("tag: must not contain control characters")
-    runs = await scheduler.store.results_by_tag(algorithm, tag, viewer)
-    return json_response([_result(scheduler, run) for run in runs])
-
-
 async def metadata(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
     viewer = await _viewer(request, algorithm)
@@ -331,7 +320,6 @@ def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_post(f"{PREFIX}/run/{{algorithm}}", json_errors(run))
     r.add_get(f"{PREFIX}/results/{{algorithm}}/requests/{{request_id}}", json_errors(result))
-    r.add_get(f"{PREFIX}/results/{{algorithm}}/tags/{{tag}}", json_errors(results_by_tag))
     r.add_get(f"{PREFIX}/metadata/{{algorithm}}/requests/{{request_id}}", json_errors(metadata))
     r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}", json_errors(payload))
     content = f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}/content"

@@ -25,6 +25,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import finish_routes
 from nexus.core.lifecycle import LIFECYCLE, create_base_app
+from nexus.core.listings import Listings
 from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend, RunQueue
 from nexus.core.shards import open_controller, open_shards
@@ -35,6 +36,7 @@ from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.backpressure import BackPressure, measure_depth
+from nexus.scheduler.batches import LISTINGS, add_batch_routes
 from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
@@ -58,6 +60,7 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     authenticator = Authenticator(settings.auth, signer)
     app = create_base_app("scheduler", settings.http)
     add_routes(app)
+    add_batch_routes(app)
     add_go_routes(app)
     add_openapi_route(app, settings.scheduler.max_tag_length)
     add_schedule_routes(app)
@@ -177,6 +180,7 @@ async def _open(
         quotas=quotas,
         fair_share=FairShare(s.teams),
     )
+    app[LISTINGS] = Listings(store)
     ticker = Ticker(
         catalog=catalog,
         store=store,

@@ -34,6 +34,11 @@ class Links:
         self._receivers = {k: v.rstrip("/") for k, v in settings.receiver_urls.items()}
         self._margin = settings.result_url_margin
 
+    @property
+    def public_url(self) -> str:
+        """The scheduler's base URL as clients reach it (no trailing slash)."""
+        return self._public
+
     def input_url(self, run: Checkpoint, *, for_client: bool = False) -> str:
         """Where the algorithm (or, ``for_client``, an API client) reads the run's input."""
         valid_for = run.payload_valid_for.total_seconds()

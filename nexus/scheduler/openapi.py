@@ -12,7 +12,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from nexus.core.checkpoints import MAX_TAG_RESULTS
 from nexus.core.compatibility import V12_STATUSES
 from nexus.core.httpapi import json_errors
 from nexus.core.overrides import MAX_SPECULATIVE_ATTEMPTS
@@ -54,6 +53,13 @@ def _json(schema: str, description: str) -> dict[str, Any]:
 def _query(name: str, kind: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": True, "schema": {"type": kind}}
 
+
+def _optional_query(name: str, kind: str, description: str) -> dict[str, Any]:
+    schema = {"type": kind}
+    return {"name": name, "in": "query", "description": description, "schema": schema}
+
+
+_TAG = {"name": "tag", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _COMMON = {
     "401": _error("No valid bearer token"),
@@ -231,6 +237,22 @@ DOCUMENT: dict[str, Any] = {
                 },
             },
             "Results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+            "TagSummary": {
+                "type": "object",
+                "required": ["total", "byStatus", "finished"],
+                "properties": {
+                    "total": {"type": "integer"},
+                    "byStatus": {
+                        "type": "object",
+                        "additionalProperties": {"type": "integer"},
+                        "description": "Runs by v1.2 status; every status named, 0 when none",
+                    },
+                    "finished": {
+                        "type": "boolean",
+                        "description": "The tag has runs and every one is terminal",
+                    },
+                },
+            },
             "RunStatus": {
                 "type": "object",
                 "required": ["requestId", "status"],
@@ -414,15 +436,25 @@ DOCUMENT: dict[str, Any] = {
         },
         "/algorithm/v1.2/results/{algorithmName}/tags/{tag}": {
             "get": {
-                "summary": "The caller's runs carrying a tag (tags are per caller)",
+                "summary": "The caller's runs carrying a tag (tags are per caller), every one,"
+                " oldest first; streamed whole, or in pages with ?limit (Link rel=next)",
                 "parameters": [
                     _ALG,
-                    {"name": "tag", "in": "path", "required": True, "schema": {"type": "string"}},
+                    _TAG,
+                    _optional_query("limit", "integer", "Runs per page, 1 to 10000"),
+                    _optional_query("after", "string", "The cursor of a Link rel=next"),
                 ],
                 "responses": {
-                    "200": _json("Results", f"The runs, newest first: at most {MAX_TAG_RESULTS}"),
+                    "200": _json("Results", "The runs (all of them, or one page)"),
                     **_COMMON,
                 },
+            }
+        },
+        "/algorithm/v1.2/results/{algorithmName}/tags/{tag}/summary": {
+            "get": {
+                "summary": "How many runs of a tag are in each status, and whether all finished",
+                "parameters": [_ALG, _TAG],
+                "responses": {"200": _json("TagSummary", "The batch's progress"), **_COMMON},
             }
         },
         "/algorithm/v1.2/metadata/{algorithmName}/requests/{requestId}": {

@@ -1,0 +1,162 @@
+"""A batch's runs by tag (DESIGN §2): the complete listing, its pages, and its summary.
+
+``GET /algorithm/v1.2/results/{algorithmName}/tags/{tag}`` answers **every** run of the
+tag the caller may see (tags are per caller, :mod:`nexus.core.visibility`), oldest first. Without ``limit`` the answer is streamed: the runs are read a page of
+:data:`STREAM_PAGE` at a time and written as they are read, so a tag of any size costs
+this pod one page of memory. Should the store fail in the middle, the connection is
+closed before the closing ``]``: a client can never take a cut listing for a whole one.
+With ``?limit=N`` (1 to :data:`MAX_PAGE`) the answer is one page, and while more runs
+follow, ``Link: <…?limit=N&after=CURSOR>; rel="next"`` names the next. A cursor is the
+last run's position sealed with the signing keys and bound to the algorithm, the tag and
+the caller's view: a forged or altered cursor, or one from another listing, is refused
+with 400.
+
+``GET …/tags/{tag}/summary`` answers ``{"total", "byStatus", "finished"}``: how many runs
+are in each v1.2 status (every status named, 0 when none), and whether the batch is
+finished — it has runs and every one is terminal.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TypedDict
+
+import orjson
+from aiohttp import web
+
+from nexus.core.compatibility import v12_status
+from nexus.core.errors import DependencyError
+from nexus.core.httpapi import bad_request, json_errors, json_response
+from nexus.core.listings import Listings, TagPosition
+from nexus.core.runs import TERMINAL, Stage
+from nexus.core.visibility import Viewer
+from nexus.scheduler.api import PREFIX, SCHEDULER, RunAnswer, _algorithm, _result, _viewer
+
+log = logging.getLogger(__name__)
+
+STREAM_PAGE = 1000
+"""Runs read per round trip while a whole listing is streamed: its memory per request."""
+MAX_PAGE = 10_000
+"""The largest ``limit`` of a page."""
+LISTINGS = web.AppKey("nexus.listings", Listings)
+
+
+class TagSummary(TypedDict):
+    """The progress of a batch: its runs by status."""
+
+    total: int
+    byStatus: dict[str, int]
+    finished: bool
+    """Whether the tag has runs and every one of them is terminal."""
+
+
+def _tag(request: web.Request) -> str:
+    tag = request.match_info["tag"]
+    if not tag.isprintable():  # no run carries one, and PostgreSQL text cannot hold NUL
+        raise bad_request("tag: must not contain control characters")
+    return tag
+
+
+def _cursor_context(algorithm: str, tag: str, viewer: Viewer) -> str:
+    """What a cursor is bound to: the listing it came from, as its caller sees it."""
+    return f"tag-cursor:{algorithm}\n{tag}\n{viewer.owner(algorithm) or '*'}"
+
+
+def _limit(request: web.Request) -> int | None:
+    raw = request.query.get("limit")
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw[:6]) <= MAX_PAGE):
+        raise bad_request(f"limit: expected a whole number from 1 to {MAX_PAGE}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _after(request: web.Request, algorithm: str, tag: str, viewer: Viewer) -> TagPosition | None:
+    raw = request.query.get("after")
+    if raw is None:
+        return None
+    value = request.app[SCHEDULER].signer.unseal(_cursor_context(algorithm, tag, viewer), raw)
+    position = None if value is None else TagPosition.decode(value)
+    if position is None:
+        raise bad_request(
+            "after: not a cursor of this tag's listing (use the Link of the previous page)",
+            "invalid_cursor",
+        )
+    return position
+
+
+async def results_by_tag(request: web.Request) -> web.StreamResponse:
+    algorithm = _algorithm(request)
+    viewer = await _viewer(request, algorithm)
+    tag = _tag(request)
+    limit = _limit(request)
+    after = _after(request, algorithm, tag, viewer)
+    if limit is None:
+        return await _stream(request, algorithm, tag, viewer, after)
+    scheduler = request.app[SCHEDULER]
+    entries = await request.app[LISTINGS].page(algorithm, tag, viewer, after, limit + 1)
+    answer: list[RunAnswer] = [_result(scheduler, e.run) for e in entries[:limit]]
+    headers = {}
+    if len(entries) > limit:
+        cursor = scheduler.signer.seal(
+            _cursor_context(algorithm, tag, viewer), entries[limit - 1].position.encode()
+        )
+        following = request.rel_url.update_query(limit=str(limit), after=cursor)
+        headers["Link"] = f'<{scheduler.links.public_url}{following}>; rel="next"'
+    return json_response(answer, headers=headers)
+
+
+async def _stream(
+    request: web.Request, algorithm: str, tag: str, viewer: Viewer, after: TagPosition | None
+) -> web.StreamResponse:
+    scheduler = request.app[SCHEDULER]
+    listings = request.app[LISTINGS]
+    entries = await listings.page(algorithm, tag, viewer, after, STREAM_PAGE)  # failing: 503
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    try:
+        separator = b"["
+        while True:
+            if entries:
+                body = orjson.dumps([_result(scheduler, e.run) for e in entries])
+                await response.write(separator + body[1:-1])
+                separator = b","
+            if len(entries) < STREAM_PAGE:
+                break
+            last = entries[-1].position
+            entries = await listings.page(algorithm, tag, viewer, last, STREAM_PAGE)
+        await response.write(b"]" if separator == b"," else b"[]")
+    except DependencyError as exc:
+        # The status is sent: the only honest answer left is an unfinished body.
+        log.warning("a listing broke off: %s", exc, extra={"tag": tag})
+        if request.transport is not None:
+            request.transport.abort()
+        return response
+    await response.write_eof()
+    return response
+
+
+async def tag_summary(request: web.Request) -> web.Response:
+    algorithm = _algorithm(request)
+    viewer = await _viewer(request, algorithm)
+    tag = _tag(request)
+    counts = await request.app[LISTINGS].counts(algorithm, tag, viewer)
+    return json_response(summarise(counts))
+
+
+def summarise(counts: dict[Stage, int]) -> TagSummary:
+    """The summary of a tag whose runs are ``counts`` by stage."""
+    by_status = {v12_status(stage): 0 for stage in Stage}
+    for stage, runs in counts.items():
+        by_status[v12_status(stage)] += runs
+    total = sum(counts.values())
+    unfinished = sum(runs for stage, runs in counts.items() if stage not in TERMINAL)
+    return {"total": total, "byStatus": by_status, "finished": total > 0 and unfinished == 0}
+
+
+def add_batch_routes(app: web.Application) -> None:
+    """The tag routes; the :class:`Listings` is set at start-up (``app[LISTINGS]``)."""
+    r = app.router
+    r.add_get(f"{PREFIX}/results/{{algorithm}}/tags/{{tag}}", json_errors(results_by_tag))
+    r.add_get(f"{PREFIX}/results/{{algorithm}}/tags/{{tag}}/summary", json_errors(tag_summary))
