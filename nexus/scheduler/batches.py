@@ -1,7 +1,8 @@
 """A batch's runs by tag (DESIGN §2): the complete listing, its pages, and its summary.
 
 ``GET /algorithm/v1.2/results/{algorithmName}/tags/{tag}`` answers **every** run of the
-tag the caller may see (tags are per caller, :mod:`nexus.core.visibility`), oldest first. Without ``limit`` the answer is streamed: the runs are read a page of
+tag the caller may see (tags are per caller, :mod:`nexus.core.visibility`), oldest first.
+Without ``limit`` the answer is streamed: the runs are read a page of
 :data:`STREAM_PAGE` at a time and written as they are read, so a tag of any size costs
 this pod one page of memory. Should the store fail in the middle, the connection is
 closed before the closing ``]``: a client can never take a cut listing for a whole one.
