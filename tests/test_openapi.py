@@ -12,7 +12,7 @@ from nexus.core.lifecycle import create_base_app
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
 from nexus.scheduler.batches import add_batch_routes
 from nexus.scheduler.goapi import GoAccepted, add_go_routes
-from nexus.scheduler.goshapes import GoRequestResult, GoTaggedResult
+from nexus.scheduler.goshapes import GoCheckpoint, GoRequestResult, GoTaggedResult
 from nexus.scheduler.openapi import add_openapi_route, document
 from nexus.scheduler.quotas import UsageAnswer
 from nexus.scheduler.schedules import ScheduleAnswer, add_schedule_routes
@@ -55,6 +55,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
         ("GoAccepted", GoAccepted),
         ("GoRequestResult", GoRequestResult),
         ("GoTaggedResult", GoTaggedResult),
+        ("GoCheckpoint", GoCheckpoint),
     ],
 )
 def test_each_answer_is_documented_with_the_fields_it_has(schema: str, answer: type) -> None:

@@ -41,6 +41,8 @@ _COMMON = {
 }
 _READ = {**_COMMON, "404": _error("Unknown run")}
 _TAGS = ["v1 (Go Nexus)"]
+_OMITTED = ("tag", "job_uid")
+"""Left out when there is none, as Go's ``omitempty`` leaves them out."""
 _CHECKPOINT_STRINGS = (
     "algorithm", "id", "lifecycle_stage", "payload_uri", "result_uri",
     "algorithm_failure_cause", "algorithm_failure_details", "received_by_host",
@@ -123,6 +125,9 @@ SCHEMAS: dict[str, Any] = {
     },
     "GoCheckpoint": {
         "type": "object",
+        "required": [
+            n for n in (*_CHECKPOINT_STRINGS, "applied_configuration") if n not in _OMITTED
+        ],
         "properties": {
             **{name: _STR for name in _CHECKPOINT_STRINGS},
             "applied_configuration": _ref("GoAlgorithmSpec"),
