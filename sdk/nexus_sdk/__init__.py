@@ -1,6 +1,6 @@
 """The light side of Nexus: what clients and algorithm containers install, without the server.
 
-Its one dependency is httpx (a range, never a pin), so any Python 3.11+ image can carry it:
+It depends on httpx (and sniffio), as ranges, never pins, so any Python 3.11+ image can carry it:
 
 * :mod:`nexus_sdk.client` (``AsyncClient``) and :mod:`nexus_sdk.syncclient` (``Client``) —
   the HTTP API (DESIGN §2, §8): submit one run or many, wait, read results, cancel, list
