@@ -135,8 +135,8 @@ async def _read_tagged(scheduler: Scheduler, principal: Principal, tag: str) -> 
     )
     if len(found) > MAX_TAG_RESULTS:
         raise bad_request(
-            f"tag: {tag!r} has more than {MAX_TAG_RESULTS} runs; read them per algorithm, page"
-            " by page, at /algorithm/v1.2/results/{algorithmName}/tags/{tag}"
+            f"requestTag: {tag!r} has more than {MAX_TAG_RESULTS} runs; read them per algorithm,"
+            " page by page, at /algorithm/v1.2/results/{algorithmName}/tags/{tag}"
         )
     return found
 

@@ -16,10 +16,12 @@ from typing import Any
 
 import asyncpg
 import orjson
+import pytest
 from harness import Servers
 from support.system import NAMESPACE, SIGNING_KEY, System, local_system, template
 
 from nexus.core.signing import Signer
+from nexus.scheduler import goapi
 from nexus.scheduler.goapi import WITHHELD
 from nexus_dev.cluster.emulators import ShardSpec
 
@@ -187,7 +189,9 @@ async def test_a_go_client_runs_with_overrides_and_reads_in_the_go_vocabulary(
         assert (await result_v1(system, "echo", request_id))["status"] == "COMPLETED"
 
 
-async def test_go_containers_complete_through_the_v1_receiver_route(servers: Servers) -> None:
+async def test_go_containers_complete_through_the_v1_receiver_route(
+    servers: Servers, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A container reports with the Go receiver's body at /algorithm/v1/complete/…, with its
     run token: 202 once recorded, the first report stands, and a client reads both outcomes
     through v1. The runs are submitted in the shape Go model structs marshal to."""
@@ -288,6 +292,10 @@ async def test_go_containers_complete_through_the_v1_receiver_route(servers: Ser
             (cancelled, "CANCELLED"),
             (unschedulable, "SCHEDULING_FAILED"),
         }
+        # a tag with more runs than one answer holds is refused, never cut short
+        monkeypatch.setattr(goapi, "MAX_TAG_RESULTS", 3)
+        status, answer, _ = await system.call("GET", f"{V1}/results/tags/go-structs-batch")
+        assert status == 400 and "requestTag" in answer["message"], answer
 
 
 async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) -> None:
