@@ -30,6 +30,7 @@ V1 = "/algorithm/v1"
 MAYBE_FAIL = ("python", "-m", "nexus_sdk.examples", "maybe-fail")
 RESULT_FIELDS = {"requestId", "status", "resultUri", "runErrorMessage"}
 ALLOWING_SECRET = {"deadlineSeconds": 60, "maximumRetries": 0, "allowedSecrets": ["go-credentials"]}
+VALID = {"algorithmParameters": {"x": 1}}
 TERMINAL = {"COMPLETED", "FAILED", "SCHEDULING_FAILED", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -332,6 +333,17 @@ async def test_a_dry_run_answers_the_job_and_stores_nothing(servers: Servers) ->
         request_id = await submit_v1(system, "echo", fixture("run-sdk.json"), "?dryRun=false")
         assert (await system.stored())[0] == before[0] + 1
         assert (await result_v1(system, "echo", request_id))["status"] in {"BUFFERED", "RUNNING"}
+
+        # an Idempotency-Key works as on v1.2: a repeat names the first run; a dry run with
+        # the key first reserves nothing
+        keyed = {"Idempotency-Key": "go-batch-7"}
+        rows = (await system.stored())[0]
+        dry = await system.call("POST", f"{V1}/run/echo?dryRun=true", json=VALID, headers=keyed)
+        first = await system.call("POST", f"{V1}/run/echo", json=VALID, headers=keyed)
+        again = await system.call("POST", f"{V1}/run/echo", json=VALID, headers=keyed)
+        assert dry[0] == first[0] == again[0] == 202, (dry, first, again)
+        assert first[1]["requestId"] == again[1]["requestId"] != dry[1]["requestId"]
+        assert (await system.stored())[0] == rows + 1
 
         # the rest of what a run may set: more resources, a parent, the input's validity
         child = {
