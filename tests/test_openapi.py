@@ -11,6 +11,7 @@ from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
 from nexus.scheduler.batches import add_batch_routes
+from nexus.scheduler.bulk import add_bulk_routes
 from nexus.scheduler.goapi import GoAccepted, add_go_routes
 from nexus.scheduler.goshapes import GoCheckpoint, GoRequestResult, GoTaggedResult
 from nexus.scheduler.openapi import add_openapi_route, document
@@ -24,6 +25,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
     app = create_base_app("scheduler", HttpSettings())
     add_routes(app)
     add_batch_routes(app)
+    add_bulk_routes(app)
     add_go_routes(app)
     add_schedule_routes(app)
     add_openapi_route(app, max_tag_length=64)

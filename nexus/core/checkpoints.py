@@ -266,6 +266,11 @@ class CheckpointStore:
         """Record a new run; with an idempotency key already used, return the first run."""
         return await self._inserts.submit(run)
 
+    async def insert_many(self, runs: Sequence[NewRun]) -> list[Admission | Exception]:
+        """Record ``runs`` in one group-committed batch (see :meth:`insert`): each run's
+        admission, or the error that run alone failed with."""
+        return await self._inserts.submit_many(runs)
+
     async def transition(self, change: Transition) -> bool:
         """Apply ``change`` if the run's current stage allows it; return whether it did."""
         return await self._transitions.submit(change)

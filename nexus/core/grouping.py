@@ -114,6 +114,35 @@ class GroupCommitter(Generic[T, R]):
         self._start_flusher()
         return await future
 
+    async def submit_many(self, items: Sequence[T]) -> list[R | Exception]:
+        """Write ``items`` together, in as few batches as ``max_batch`` allows (one, when
+        they fit and nothing else waits): each item's result, or the error it failed with.
+        Refused as a whole, with the ``overloaded`` error, when they would take the waiting
+        items beyond ``max_pending``."""
+        if self._closed:
+            raise RuntimeError(f"{self.name} writer is closed")
+        if len(self._waiting) + len(items) > self._max_pending:
+            self._refused.inc(len(items))
+            raise self._overloaded()
+        if not items:
+            return []
+        loop = self._running_loop()
+        if not self._waiting:
+            self._since = loop.time()
+        futures: list[asyncio.Future[R]] = []
+        for item in items:
+            future: asyncio.Future[R] = loop.create_future()
+            self._waiting.append((item, future))
+            futures.append(future)
+        if self._filled is not None and len(self._waiting) >= self._min_batch:
+            _settle(self._filled)
+        self._start_flusher()
+        answers = await asyncio.gather(*futures, return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, BaseException) and not isinstance(answer, Exception):
+                raise answer  # a cancellation is the caller's, not an item's
+        return answers  # type: ignore[return-value]  # BaseExceptions were raised above
+
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The loop this writer works on, looked up once: on Python 3.11 every
         ``asyncio.get_running_loop()`` is a ``getpid()`` system call, which profiles of

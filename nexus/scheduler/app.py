@@ -37,6 +37,7 @@ from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.backpressure import BackPressure, measure_depth
 from nexus.scheduler.batches import LISTINGS, add_batch_routes
+from nexus.scheduler.bulk import add_bulk_routes
 from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
@@ -61,6 +62,7 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     app = create_base_app("scheduler", settings.http)
     add_routes(app)
     add_batch_routes(app)
+    add_bulk_routes(app)
     add_go_routes(app)
     add_openapi_route(app, settings.scheduler.max_tag_length)
     add_schedule_routes(app)

@@ -237,6 +237,37 @@ DOCUMENT: dict[str, Any] = {
                 },
             },
             "Results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+            "BulkRuns": {
+                "type": "object",
+                "required": ["runs"],
+                "properties": {
+                    "runs": {
+                        "type": "array",
+                        "maxItems": 1000,
+                        "items": {
+                            "allOf": [{"$ref": "#/components/schemas/RunRequest"}],
+                            "description": "A run request, with an optional idempotencyKey",
+                        },
+                    }
+                },
+            },
+            "BulkAnswer": {
+                "type": "object",
+                "required": ["runs"],
+                "properties": {
+                    "runs": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "requestId": {"type": "string", "format": "uuid"},
+                                "error": {"type": "string"},
+                                "message": {"type": "string"},
+                            },
+                        },
+                    }
+                },
+            },
             "TagSummary": {
                 "type": "object",
                 "required": ["total", "byStatus", "finished"],
@@ -447,6 +478,24 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "200": _json("Results", "The runs (all of them, or one page)"),
                     **_COMMON,
+                },
+            }
+        },
+        "/algorithm/v1.2/runs/{algorithmName}": {
+            "post": {
+                "summary": "Bulk submit: up to 1000 runs, each judged alone, answered in order",
+                "parameters": [_ALG],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/BulkRuns"}}
+                    },
+                },
+                "responses": {
+                    "200": _json("BulkAnswer", "Each run's requestId, or its error"),
+                    **_COMMON,
+                    "413": _error("More than 1000 runs, or a body too large"),
+                    "429": _error("Too many runs are waiting; retry after Retry-After"),
                 },
             }
         },

@@ -94,6 +94,8 @@ class Accepted:
     created: bool
     planned: NewRun | None = None
     """For a dry run: the run that would have been stored (nothing was)."""
+    payload: bytes | None = None
+    """For a dry run: the input as it would be stored."""
 
 
 def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
@@ -160,7 +162,8 @@ class Submitter:
         self.fair_share = fair_share or FairShare(TeamSettings())
         self.quotas = quotas
         self.recent_inputs = RecentInputs(settings.recent_inputs)
-        self._in_flight: set[tuple[str, str]] = set()  # (caller, Idempotency-Key) being accepted
+        self.keys_in_flight: set[tuple[str, str]] = set()
+        """(caller, Idempotency-Key) of the requests being accepted now."""
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
         self._pushes: GroupCommitter[QueuedRun, None] = GroupCommitter(
@@ -180,6 +183,18 @@ class Submitter:
         for shard in {r.shard for r in runs}:
             self._pushed(shard)
         return [None] * len(runs)
+
+    async def push_many(self, runs: list[QueuedRun]) -> None:
+        """Queue ``runs`` in one pipelined push (a bulk submit's); if Redis fails they
+        stay durable, and the maintainer's sweep queues them."""
+        try:
+            for outcome in await self._pushes.submit_many(runs):
+                if isinstance(outcome, Exception):
+                    raise outcome
+        except QueueUnavailable as exc:
+            QUEUE_LATER.inc(len(runs))
+            self.pressure.queue_failed()
+            log.warning("runs accepted but not queued; the sweep will queue them: %s", exc)
 
     async def close(self) -> None:
         await self._pushes.close()
@@ -290,11 +305,11 @@ class Submitter:
             api_version=api_version,
         )
         if dry_run:  # every check passed; nothing was taken, and nothing is written
-            return Accepted(run_id, created=False, planned=run)
+            return Accepted(run_id, created=False, planned=run, payload=payload)
         if idempotency_key is None:
             return await self._accept(principal, run, key, payload, inline)
         keyed = (principal.caller, idempotency_key)
-        if keyed in self._in_flight:
+        if keyed in self.keys_in_flight:
             raise ApiError(
                 409,
                 "idempotency_key_in_use",
@@ -302,11 +317,11 @@ class Submitter:
                 " being processed; send it again once that one is answered",
                 {"Retry-After": "1"},
             )
-        self._in_flight.add(keyed)
+        self.keys_in_flight.add(keyed)
         try:
             return await self._accept(principal, run, key, payload, inline)
         finally:
-            self._in_flight.discard(keyed)
+            self.keys_in_flight.discard(keyed)
 
     async def _accept(
         self, principal: Principal, run: NewRun, key: str | None, payload: bytes, inline: bool

@@ -1,0 +1,119 @@
+"""Bulk submit through the real scheduler, PostgreSQL, Redis, SeaweedFS and local cluster:
+each item judged alone, accepted ones durable before the answer and run to the end, bad
+ones refused naming the field; whole-request refusals store nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from harness import Servers
+from support.system import System, local_system, template
+
+BULK = "/algorithm/v1.2/runs/echo"
+
+
+async def bulk(system: System, body: Any, **options: Any) -> tuple[int, Any, Any]:
+    return await system.call("POST", BULK, json=body, **options)
+
+
+async def test_bulk_with_good_and_bad_items_answers_each_in_order(servers: Servers) -> None:
+    async with local_system(
+        servers, templates=[template("echo"), template("stored", inline=False)]
+    ) as system:
+        good = {"algorithmParameters": {"n": 1}, "tag": "bulk-1"}
+        items: list[tuple[dict[str, Any], str | None]] = [
+            (good, None),
+            ({"algorithmParameters": {"n": 2}, "tag": "bulk-1", "idempotencyKey": "k-2"}, None),
+            ({"tag": "bulk-1"}, "algorithmParameters"),
+            ({"algorithmParameters": [1, 2]}, "algorithmParameters"),
+            ({"algorithmParameters": {}, "idempotencyKey": "k-2"}, "idempotencyKey"),
+            ({"algorithmParameters": {}, "idempotencyKey": 7}, "idempotencyKey"),
+            ({"algorithmParameters": {}, "tag": "bad\ttag"}, "tag"),
+            (
+                {"algorithmParameters": {}, "customConfiguration": {"workgroup": "nowhere"}},
+                "workgroup",
+            ),
+            ({"algorithmParameters": {}, "algorithmName": "other"}, "algorithmName"),
+            ({"algorithmParameters": {"n": 3}, "tag": "bulk-1", "idempotencyKey": "k-3"}, None),
+        ]
+        rows_before, _ = await system.stored()
+        status, body, _ = await bulk(system, {"runs": [item for item, _ in items]})
+        assert status == 200, body
+        answers = body["runs"]
+        assert len(answers) == len(items)
+        accepted = []
+        for (item, names), answer in zip(items, answers, strict=True):
+            if names is None:
+                assert set(answer) == {"requestId"}, (item, answer)
+                accepted.append(answer["requestId"])
+            else:
+                assert set(answer) == {"error", "message"}, (item, answer)
+                assert names in answer["message"], (item, answer)
+        # durable before the answer: each is read at once, and nothing else was stored
+        for request_id in accepted:
+            assert (await system.result("echo", request_id))["status"] in (
+                "BUFFERED", "RUNNING", "COMPLETED",
+            )  # fmt: skip
+        rows, _ = await system.stored()
+        assert rows - rows_before == 3
+        for request_id in accepted:  # queued, dispatched and run to the end
+            assert (await system.wait_for("echo", request_id))["status"] == "COMPLETED"
+
+        # the same request again: the keyed runs are the first ones, the unkeyed one new
+        status, again, _ = await bulk(system, {"runs": [item for item, _ in items]})
+        assert status == 200
+        assert again["runs"][1] == answers[1] and again["runs"][9] == answers[9]
+        assert again["runs"][0]["requestId"] != answers[0]["requestId"]
+        rows, _ = await system.stored()
+        assert rows - rows_before == 4
+        # a key reused with another body is refused for that item alone
+        status, body, _ = await bulk(
+            system,
+            {"runs": [{"algorithmParameters": {"n": 99}, "idempotencyKey": "k-3"}, good]},
+        )
+        assert status == 200
+        assert body["runs"][0]["error"] == "idempotency_conflict", body
+        assert "requestId" in body["runs"][1]
+
+        # inputs kept in S3 are uploaded for the accepted runs only
+        status, body, _ = await system.call(
+            "POST",
+            "/algorithm/v1.2/runs/stored",
+            json={"runs": [{"algorithmParameters": {"s": 1}}, {"algorithmParameters": 5}]},
+        )
+        assert status == 200 and "requestId" in body["runs"][0] and "error" in body["runs"][1]
+        _, inputs = await system.stored()
+        assert any(body["runs"][0]["requestId"] in key for key in inputs)
+        answer = await system.wait_for("stored", body["runs"][0]["requestId"])
+        assert answer["status"] == "COMPLETED", answer
+
+
+async def test_bad_bulk_requests_are_refused_whole_and_store_nothing(servers: Servers) -> None:
+    async with local_system(
+        servers,
+        templates=[template("echo")],
+        store={"max_pending": 5},  # as many checkpoint writes as the store takes at once
+    ) as system:
+        before = await system.stored()
+        one = {"algorithmParameters": {}}
+        for case, body, status, names in (
+            ("not an object", [one], 400, "object"),
+            ("no runs", {"run": [one]}, 400, "runs"),
+            ("runs not a list", {"runs": {"a": one}}, 400, "runs"),
+            ("too many", {"runs": [one] * 1001}, 413, "1000"),
+            ("an item not an object", {"runs": [one, "run", one]}, 400, "runs[1]"),
+            ("an item a list", {"runs": [[one]]}, 400, "runs[0]"),
+            ("more than the store takes", {"runs": [one] * 6}, 503, "saturated"),
+        ):
+            got, answer, headers = await bulk(system, body)
+            assert got == status, (case, got, answer)
+            assert set(answer) == {"error", "message"} and names in answer["message"], (case, answer)  # fmt: skip
+            if status == 503:
+                assert headers.get("Retry-After"), case
+            assert await system.stored() == before, case
+        got, answer, _ = await bulk(system, {"runs": []})
+        assert (got, answer) == (200, {"runs": []})
+        got, answer, _ = await bulk(system, {"runs": [one] * 5})
+        assert got == 200 and all("requestId" in a for a in answer["runs"]), answer
+        status, _ = await system.get("/health/ready")
+        assert status == 200
