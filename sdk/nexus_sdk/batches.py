@@ -126,6 +126,8 @@ def follow(client: Client, algorithm: str, tag: str, timeout: float | None) -> i
     last: TagSummary | None = None
     try:
         for last in client.wait_tag(algorithm, tag, timeout=timeout, every=2):
+            if last.total == 0:  # a typo in the tag, or runs not submitted: nothing to follow
+                break
             progress.show(progress_line(last, progress.width))
     finally:
         progress.close()

@@ -132,7 +132,8 @@ class RunState:
 
 @dataclass(frozen=True, slots=True)
 class TagSummary:
-    """The progress of a batch: its runs by status, and whether every one has finished."""
+    """The progress of a batch: its runs by status, and whether it has runs and every one
+    has finished (a tag without runs is not finished: its runs may be on their way)."""
 
     total: int
     by_status: Mapping[Status, int]
@@ -164,7 +165,7 @@ class TagSummary:
         counts: dict[Status, int] = {}
         for run in runs:
             counts[run.status] = counts.get(run.status, 0) + 1
-        return cls(len(runs), counts, all(run.finished for run in runs))
+        return cls(len(runs), counts, bool(runs) and all(run.finished for run in runs))
 
 
 @dataclass(frozen=True, slots=True)

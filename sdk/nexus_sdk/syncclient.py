@@ -76,7 +76,7 @@ class Client:
             try:
                 if url is None:
                     response = self._http.request(
-                        call.method, call.path, params=call.params, json=call.body,
+                        call.method, call.path, params=call.params or None, json=call.body,
                         headers={**self._headers, **call.headers}, timeout=self.timeout + wait,
                     )  # fmt: skip
                 else:  # a presigned URL: no token

@@ -64,6 +64,17 @@ async def test_run_status_result_and_cancel(servers: Servers, tmp_path: Path) ->
         assert code == 1 and out == b""
         assert "Conflict (409)" in err and err[-1] == "\n" and err.count("\n") == 1, err
 
+        code, out, err = await nexus(system, "wait", "echo", "--tag", "nothing-here")
+        assert code == 1 and "no runs of echo are tagged 'nothing-here'" in err, err
+
+        mixed = tmp_path / "mixed.jsonl"
+        mixed.write_text('{"good": 1}\n[1, 2]\n{nope\n{"good": 2}\n')
+        code, out, err = await nexus(system, "submit", "echo", "--from", str(mixed), "--tag", "m")
+        assert code == 1 and json.loads(out) == {"tag": "m", "submitted": 2, "refused": 2}
+        assert "line 2: invalid_request: algorithmParameters" in err, err
+        assert "line 3: not JSON" in err, err
+        assert await runs_tagged(system, "m") == 2
+
         code, out, err = await nexus(system, "status", "echo", "not-an-id")
         assert code == 1 and "Refused (400): requestId" in err, err
         code, out, err = await nexus(system, "run", "echo", "--params", "{nope")

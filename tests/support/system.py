@@ -335,7 +335,7 @@ class System:
 def _balancer(system: System) -> Any:
     """A handler passing each request to the next running scheduler, as a load balancer."""
     turn = iter(range(10**9))
-    passed = ("content-type", "location", "retry-after", "www-authenticate")
+    passed = ("content-type", "link", "location", "retry-after", "www-authenticate")
 
     async def forward(request: web.Request) -> web.Response:
         live = [s for s in system.schedulers if not s.stopped]
