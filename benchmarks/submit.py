@@ -1,6 +1,7 @@
 """Submission throughput and latency of one scheduler process.
 
     .venv/bin/python benchmarks/submit.py [--seconds 15] [--connections 64] [--rate 2000]
+                                          [--body minimal|python-client|overrides]
 
 Starts the local system (real PostgreSQL, Redis, SeaweedFS, one local cluster with pods
 off, one scheduler, one receiver) and measures, from a separate load-generator process:
@@ -10,6 +11,10 @@ off, one scheduler, one receiver) and measures, from a separate load-generator p
 2. **inline inputs, latency at ``--rate``/s** — open loop: p50/p99 from each request's
    scheduled start;
 3. **inputs in SeaweedFS, maximum throughput** (``echo-stored``).
+
+``--body`` chooses the run body: ``minimal`` (``algorithmParameters`` alone),
+``python-client`` (as the v1.2 Python client sends it: every field, null when unset, down
+to each ``customConfiguration`` field) or ``overrides`` (that, with env, args and limits).
 
 By default the scheduler's dispatch is throttled to 0.01 Jobs/s, so the figures are those
 of acceptance alone; ``--with-dispatch`` lets it create Jobs (into the pod-less cluster) at
@@ -33,12 +38,39 @@ from cpu import CpuMeter
 from loadgen import closed_loop, open_loop, request_bytes
 from stack import StackOptions, local_stack
 
+_UNSET = dict.fromkeys(
+    ["imageRepository", "imageTag", "deadlineSeconds", "maximumRetries", "env", "secrets",
+     "args", "cpuLimit", "memoryLimit", "workgroup", "additionalWorkgroups", "version",
+     "monitoringParameters", "customResources", "speculativeAttempts"]
+)  # fmt: skip
+_OVERRIDES = {
+    **_UNSET,
+    "env": [{"name": "MODE", "value": "fast", "valueType": "PLAIN"}],
+    "args": [{"name": "max-iterations", "value": "10", "valueType": None}],
+    "cpuLimit": "250m",
+    "deadlineSeconds": 300,
+}
 
-def run_request(url: str, algorithm: str, token: str) -> object:
+
+def run_body(kind: str, algorithm: str, parameters: dict[str, object]) -> dict[str, object]:
+    if kind == "minimal":
+        return {"algorithmParameters": parameters}
+    configuration = _UNSET if kind == "python-client" else _OVERRIDES
+    return {
+        "algorithmParameters": parameters,
+        "algorithmName": algorithm,
+        "customConfiguration": configuration,
+        "parentRequest": None,
+        "tag": None,
+    }
+
+
+def run_request(url: str, algorithm: str, token: str, kind: str = "minimal") -> object:
     headers = {"Authorization": f"Bearer {token}"}
 
     def make(index: int) -> bytes:
-        body = orjson.dumps({"algorithmParameters": {"index": index, "text": "x" * 64}})
+        parameters = {"index": index, "text": "x" * 64}
+        body = orjson.dumps(run_body(kind, algorithm, parameters))
         return request_bytes("POST", f"{url}/algorithm/v1.2/run/{algorithm}", body, headers)
 
     return make
@@ -48,7 +80,7 @@ async def measure(
     url: str, token: str, args: argparse.Namespace, meter: CpuMeter
 ) -> dict[str, object]:
     figures: dict[str, object] = {}
-    inline = run_request(url, "echo", token)
+    inline = run_request(url, "echo", token, args.body)
     await closed_loop(url, inline, connections=8, duration=2)  # warm up connections and caches
 
     meter.start()
@@ -65,7 +97,7 @@ async def measure(
     figures["inline_at_rate"] = {"rate": args.rate, **result.summary()}
     print(f"inline, open loop at {args.rate}/s: {result.summary()}")
 
-    stored = run_request(url, "echo-stored", token)
+    stored = run_request(url, "echo-stored", token, args.body)
     meter.start()
     result = await closed_loop(url, stored, connections=args.connections, duration=args.seconds)
     cpu = meter.stop()
@@ -87,6 +119,12 @@ def main() -> int:
     parser.add_argument(
         "--with-dispatch", action="store_true", help="let the scheduler create Jobs meanwhile"
     )
+    parser.add_argument(
+        "--body",
+        choices=("minimal", "python-client", "overrides"),
+        default="minimal",
+        help="the run body sent (see above)",
+    )
     args = parser.parse_args()
     options = StackOptions(
         tls=False,
@@ -107,6 +145,7 @@ def main() -> int:
         meter = CpuMeter({k: pids[k] for k in ("scheduler-0", "postgres", "redis", "seaweedfs")})
         figures = asyncio.run(measure(url, stack.token, args, meter))
     figures["dispatch"] = "on" if args.with_dispatch else "throttled to 0.01/s"
+    figures["body"] = args.body
     print(json.dumps({"benchmark": "submit", **figures}))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -11,6 +12,7 @@ import orjson
 from nexus.core.labels import (
     ALGORITHM_LABEL,
     COMPONENT_LABEL,
+    CONTRACT_ENV,
     PARENT_LABEL,
     REQUEST_LABEL,
     SHARD_ANNOTATION,
@@ -140,6 +142,8 @@ def test_the_job_carries_the_whole_contract() -> None:
         "NEXUS__RECEIVER_URL": "https://receiver-gpu",
         "NEXUS__RUN_TOKEN": "token-abc",
         "NEXUS__RESULT_UPLOAD_URL": LINKS.result_upload_url,
+        "NEXUS__CRYSTAL_RECEIVER_URL": "https://receiver-gpu",
+        "CRYSTAL__ALGORITHM_NAME": "forecast",
         "NEXUS__PARENT_REQUEST_ID": PARENT,
         "NEXUS__PARENT_ALGORITHM_NAME": "planner",
     }
@@ -205,3 +209,19 @@ def test_a_run_carries_its_templates_security_contexts() -> None:
     pod_spec = job["spec"]["template"]["spec"]
     assert pod_spec["securityContext"] == security["pod"]
     assert pod_spec["containers"][0]["securityContext"] == security["container"]
+
+
+def test_every_variable_nexus_sets_is_one_a_request_cannot() -> None:
+    applied = {**APPLIED, "env": {}, "speculativeAttempts": 2}
+    links = dataclasses.replace(LINKS, result_inline_limit=1024)
+    parent = {"requestId": PARENT, "algorithmName": "planner"}
+    for copy in (1, 2):
+        job = build_job(
+            checkpoint(applied, parent),
+            links,
+            workgroup=GPU_POOL,
+            ttl_after_finished=300,
+            copy=copy,
+        )
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert {e["name"] for e in container["env"]} == CONTRACT_ENV

@@ -107,6 +107,12 @@ def test_pascal_case_overrides_are_read() -> None:
 # -- what each field does ----------------------------------------------------------------
 
 
+def test_a_containers_own_nexus_variables_may_be_set() -> None:
+    # containers built on the v1.2 Python client read their settings from NEXUS__* names
+    applied = applied_with({"env": [{"name": "NEXUS__LOG_LEVEL", "value": "DEBUG"}]})
+    assert applied["env"]["NEXUS__LOG_LEVEL"] == "DEBUG"
+
+
 def test_env_goes_over_the_templates_and_relative_references_resolve_in_its_mount() -> None:
     applied = applied_with(
         {

@@ -58,21 +58,21 @@ class GivenTwice(ValueError):
 class FieldNames:
     """The canonical names of an object's fields, found from any letter case."""
 
-    __slots__ = ("_by_folded", "_names")
+    __slots__ = ("_by_folded", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
-        self._names: frozenset[str] = frozenset(names)
-        self._by_folded: dict[str, str] = {name.casefold(): name for name in self._names}
+        self.names: frozenset[str] = frozenset(names)
+        self._by_folded: dict[str, str] = {name.casefold(): name for name in self.names}
 
     def __contains__(self, name: object) -> bool:
-        return name in self._names
+        return name in self.names
 
     def __iter__(self) -> Any:
-        return iter(sorted(self._names))
+        return iter(sorted(self.names))
 
     def get(self, given: str) -> str | None:
         """The canonical name of ``given`` in any letter case, or ``None``."""
-        if given in self._names:
+        if given in self.names:
             return given
         return self._by_folded.get(given.casefold())
 
@@ -81,11 +81,8 @@ def canonical(obj: dict[str, Any], names: FieldNames, where: str = "") -> dict[s
     """``obj`` with its ``null`` fields dropped and its known fields under their canonical
     names (see the module docstring); :class:`GivenTwice` when one is given twice.
     ``where`` is the object's place in the body, for the message."""
-    for key, value in obj.items():
-        if value is None or key not in names:
-            break
-    else:
-        return obj  # the common case: already canonical
+    if obj.keys() <= names.names and None not in obj.values():
+        return obj  # the common case, checked in C: already canonical
     result: dict[str, Any] = {}
     spelt: dict[str, str] = {}
     for key, value in obj.items():

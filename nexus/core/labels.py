@@ -24,6 +24,20 @@ ALGORITHM_RUN_SELECTOR = f"{COMPONENT_LABEL}={ALGORITHM_RUN}"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 """Set by Kubernetes on the pods of a Job: the Job's name."""
 
+CONTRACT_ENV = frozenset(
+    {
+        "NEXUS__ALGORITHM_NAME", "NEXUS__SHARD_NAME", "NEXUS__REQUEST_ID",
+        "NEXUS__RECEIVER_URL", "NEXUS__RUN_TOKEN", "NEXUS__RESULT_UPLOAD_URL",
+        "NEXUS__RESULT_INLINE_LIMIT", "NEXUS__PARENT_REQUEST_ID",
+        "NEXUS__PARENT_ALGORITHM_NAME", "NEXUS__SPECULATIVE_COPY",
+        "NEXUS__CRYSTAL_RECEIVER_URL", "CRYSTAL__ALGORITHM_NAME",
+    }
+)  # fmt: skip
+"""The environment variables Nexus sets in an algorithm's container (DESIGN §3): a
+request's ``customConfiguration.env`` cannot set them. ``NEXUS__CRYSTAL_RECEIVER_URL`` and
+``CRYSTAL__ALGORITHM_NAME`` are the receiver and the algorithm under the names containers
+built on the v1.2 Python client read."""
+
 SPECULATIVE_ANNOTATION = "science.sneaksanddata.com/speculative-copy"
 """On each Job of a run started in several copies (``customConfiguration.
 speculativeAttempts``): ``"<copy>/<copies>"``, the first copy being the Job named after the

@@ -11,8 +11,8 @@ resources) are :mod:`nexus.core.templates`'; the others are here:
   template's. ``valueType`` ``PLAIN`` (or unset) is the value as given;
   ``RELATIVE_REFERENCE`` is a path relative to the template's mounted configuration
   (``runtimeEnvironment.configuration``), resolved to the absolute path in the container,
-  and refused when the template mounts none. Names starting ``NEXUS__`` are the algorithm
-  contract's and cannot be set.
+  and refused when the template mounts none. The variables of the algorithm contract
+  (:data:`nexus.core.labels.CONTRACT_ENV`) cannot be set.
 * ``args`` — the same entries → ``--name=value`` arguments after the template's;
   ``sas-uri`` and ``request-id`` are the contract's.
 * ``secrets`` — Secret names → ``envFrom`` of each, **only** those the template's
@@ -38,6 +38,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from nexus.core.compatibility import FieldNames, GivenTwice, canonical
+from nexus.core.labels import CONTRACT_ENV
 from nexus.core.templates import (
     OVERRIDE_ALIASES,
     OVERRIDES,
@@ -71,7 +72,6 @@ FIELDS = FieldNames((*OVERRIDES, *OVERRIDE_ALIASES, *V12_ONLY, *UNSUPPORTED))
 ENTRY_FIELDS = FieldNames(("name", "value", "valueType"))
 VALUE_TYPES = {"PLAIN": "PLAIN", "RELATIVE_REFERENCE": "RELATIVE_REFERENCE"}
 RESERVED_ARGS = frozenset({"sas-uri", "request-id"})
-CONTRACT_ENV = "NEXUS__"
 
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]{0,252}\Z")
 _ARG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
@@ -135,6 +135,8 @@ def apply(
     mount = template.configuration
     if mount is not None:
         applied["configuration"] = {**mount}
+    if overrides.keys().isdisjoint(V12_ONLY):
+        return applied  # the common case: nothing more to do
     for i, entry in enumerate(overrides.get("env", ())):
         applied["env"][entry["name"]] = _resolved(template, "env", i, entry)
     extra = [
@@ -196,10 +198,8 @@ def _entry(field: str, where: str, item: Any) -> ConfigurationEntry:
     if field == "env":
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             raise InvalidConfiguration(f"{where}.name", "expected an environment variable name")
-        if name.startswith(CONTRACT_ENV):
-            raise InvalidConfiguration(
-                f"{where}.name", f"{CONTRACT_ENV}* variables are set by Nexus for every run"
-            )
+        if name in CONTRACT_ENV:
+            raise InvalidConfiguration(f"{where}.name", f"{name} is set by Nexus for every run")
     else:
         if not isinstance(name, str) or not _ARG_NAME.match(name):
             raise InvalidConfiguration(

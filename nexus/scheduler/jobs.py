@@ -114,6 +114,9 @@ def build_job(
         "NEXUS__RECEIVER_URL": links.receiver_url,
         "NEXUS__RUN_TOKEN": links.run_token,
         "NEXUS__RESULT_UPLOAD_URL": links.result_upload_url,
+        # the same, as containers built on the v1.2 Python client read them
+        "NEXUS__CRYSTAL_RECEIVER_URL": links.receiver_url,
+        "CRYSTAL__ALGORITHM_NAME": run.algorithm,
     }
     if links.result_inline_limit:
         env["NEXUS__RESULT_INLINE_LIMIT"] = str(links.result_inline_limit)

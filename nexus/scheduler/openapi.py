@@ -134,7 +134,8 @@ _CUSTOM_CONFIGURATION = {
             "maxItems": 100,
             "items": _ENTRY,
             "description": "Environment variables of the container, over the template's."
-            " Names starting NEXUS__ are Nexus' own and refused.",
+            " Those Nexus sets for every run (NEXUS__REQUEST_ID, NEXUS__RUN_TOKEN, …) are"
+            " refused.",
         },
         "args": {
             "type": "array",
