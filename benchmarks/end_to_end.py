@@ -11,9 +11,12 @@ to the receiver with their run token), the scheduler(s), the receiver and the ma
 A load generator submits ``echo`` runs at ``--rate`` per second (open loop, so a slow system
 cannot slow the offered load) for ``--seconds``, each tagged with the 100 ms slot it was
 sent in; a poller reads the results by tag through the API, as a client would (each tag at
-most once a second), until every run is COMPLETED with a result URL. Reported: offered
-and completed runs/s, the completion rate over the steady part of the window, when the
-last run finished, and CPU microseconds per run of every process. Prints human lines,
+most once a second), until every run is COMPLETED with a result URL, and reads each result
+back from that URL (checking it is the run's parameters). Reported: offered and completed
+runs/s, the completion rate over the steady part of the window, when the last run
+finished, the results read, the latency from submission to COMPLETED (p50/p90/p99, from
+the receiver's histogram), and CPU microseconds per run of every process, the load
+generator's own included. Prints human lines,
 then one JSON line. ``--profile DIR`` samples every Python process of the system with
 py-spy during the submission window (see ``profiles.py``, which summarises them).
 """
@@ -23,12 +26,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu import CpuMeter
@@ -37,13 +42,55 @@ from profiles import record
 from stack import StackOptions, local_stack
 
 SLOT = 0.1  # seconds of submissions sharing one tag
+READERS = 8
+"""Connections reading results back, each one GET at a time."""
 PLAIN = ("postgres", "redis", "seaweedfs")
 """Processes that are not Python: py-spy cannot sample them."""
 FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_TIMEOUT", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
+def _own_cpu() -> float:
+    """The load generator's CPU seconds (its children, the system, are measured apart)."""
+    times = os.times()
+    return times.user + times.system
+
+
+async def finished_latency(receiver: str) -> dict[str, float]:
+    """p50/p90/p99 of submission → COMPLETED written (from then on the result is readable),
+    in ms, from the receiver's ``nexus_run_duration_seconds`` histogram: by the database's
+    clock, interpolated within buckets as Prometheus' ``histogram_quantile`` does."""
+    connection = await _Connection.open(receiver)
+    try:
+        _, text = await connection.exchange(request_bytes("GET", f"{receiver}/metrics"))
+    finally:
+        connection.close()
+    buckets: list[tuple[float, float]] = []
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            if (
+                sample.name == "nexus_run_duration_seconds_bucket"
+                and sample.labels.get("stage") == "COMPLETED"
+            ):
+                buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    found: dict[str, float] = {}
+    for p in (50, 90, 99):
+        rank, low, below = total * p / 100, 0.0, 0.0
+        for upper, count in buckets:
+            if count >= rank and total:
+                if upper == float("inf"):
+                    found[f"p{p}"] = round(low * 1000, 1)
+                else:
+                    share = (rank - below) / max(count - below, 1e-9)
+                    found[f"p{p}"] = round((low + (upper - low) * share) * 1000, 1)
+                break
+            low, below = upper, count
+    return found
+
+
 async def run(
-    urls: list[str], token: str, args: argparse.Namespace, meter: CpuMeter
+    urls: list[str], receiver: str, token: str, args: argparse.Namespace, meter: CpuMeter
 ) -> dict[str, object]:
     headers = {"Authorization": f"Bearer {token}"}
     started = time.time()
@@ -64,6 +111,30 @@ async def run(
         )
 
     polled: dict[str, float] = {}
+    to_read: asyncio.Queue[str] = asyncio.Queue()
+    read = {"ok": 0, "bad": 0}
+
+    async def read_results() -> None:
+        """GET each COMPLETED run's resultUri (a signed link of the API, or of S3) and
+        check it is the run's parameters, as a client reading its results would."""
+        connections: dict[str, _Connection] = {}
+        try:
+            while True:
+                url = await to_read.get()
+                origin = "/".join(url.split("/", 3)[:3])
+                try:
+                    if origin not in connections:
+                        connections[origin] = await _Connection.open(origin)
+                    status, body = await connections[origin].exchange(request_bytes("GET", url))
+                except (OSError, asyncio.IncompleteReadError):
+                    connections.pop(origin).close()
+                    status, body = 0, b""
+                ok = status == 200 and "index" in orjson.loads(body or b"{}")
+                read["ok" if ok else "bad"] += 1
+                to_read.task_done()
+        finally:
+            for connection in connections.values():
+                connection.close()
 
     async def poll(stop: asyncio.Event) -> None:
         """Read results by tag, as a client would (each tag at most once a second), until
@@ -93,6 +164,8 @@ async def run(
                             label = answer["status"]
                             if label == "COMPLETED" and not answer["resultUri"]:
                                 label = "COMPLETED without resultUri"
+                            elif label == "COMPLETED":
+                                to_read.put_nowait(answer["resultUri"])
                             statuses[label] = statuses.get(label, 0) + 1
                     if finished == made[tag] and tag != tag_of(int((now - started) * args.rate)):
                         complete.add(tag)
@@ -102,6 +175,8 @@ async def run(
 
     stop = asyncio.Event()
     meter.start()
+    own_before = _own_cpu()
+    readers = [asyncio.create_task(read_results()) for _ in range(READERS)]
     recorders = []
     if args.profile is not None:
         python = {k: v for k, v in meter.roots.items() if k not in PLAIN}
@@ -111,15 +186,20 @@ async def run(
     submitted_for = time.time() - started
     stop.set()
     await poller
-    cpu = meter.stop()
+    await asyncio.wait_for(to_read.join(), timeout=60)
+    for reader in readers:
+        reader.cancel()
+    cpu = {**meter.stop(), "loadgen": _own_cpu() - own_before}
+    latency = await finished_latency(receiver)
     for recorder in recorders:
         recorder.wait()
     completed = statuses.get("COMPLETED", 0)
-    steady = [t for t in done_at.values() if started + 10 <= t <= started + args.seconds]
-    steady_rate = len(steady) / max(1e-9, args.seconds - 10)
+    warm = min(10.0, args.seconds / 3)  # the steady part starts once the pipeline is full
+    steady = [t for t in done_at.values() if started + warm <= t <= started + args.seconds]
+    steady_rate = len(steady) / max(1e-9, args.seconds - warm)
     finished_by = max(done_at.values(), default=started) - started
     per_run = {name: round(seconds / max(1, completed) * 1e6, 1) for name, seconds in cpu.items()}
-    ours = sum(v for k, v in per_run.items() if k not in ("devcluster", "seaweedfs"))
+    ours = sum(v for k, v in per_run.items() if k not in ("devcluster", "seaweedfs", "loadgen"))
     figures = {
         "offered_per_second": args.rate,
         "submit": load.summary(),
@@ -128,15 +208,18 @@ async def run(
         "completed_per_second_steady": round(steady_rate, 1),
         "all_finished_after_seconds": round(finished_by, 1),
         "submitted_for_seconds": round(submitted_for, 1),
+        "results_read": read,
+        "latency_ms": latency,
         "cpu_us_per_run": per_run,
         "cpu_us_per_run_nexus_postgres_redis": round(ours, 1),
     }
     print(f"submitted for {submitted_for:.1f} s at {args.rate}/s: {load.summary()}")
     print(
         f"finished: {statuses}, unfinished: {figures['unfinished']}; steady completion rate"
-        f" {steady_rate:.0f}/s (from 10 s to {args.seconds:.0f} s);"
+        f" {steady_rate:.0f}/s (from {warm:.0f} s to {args.seconds:.0f} s);"
         f" all finished after {finished_by:.1f} s"
     )
+    print(f"results read back through the API: {read}; submit → COMPLETED: {latency} ms")
     print(f"CPU µs per run: {per_run}; Nexus + PostgreSQL + Redis: {ours:.0f} µs")
     return figures
 
@@ -176,7 +259,7 @@ def main() -> int:
         for url in stack.schedulers:  # warm: connections, catalog, first Jobs
             with urllib.request.urlopen(f"{url}/health/ready", timeout=5):
                 pass
-        figures = asyncio.run(run(stack.schedulers, stack.token, args, meter))
+        figures = asyncio.run(run(stack.schedulers, stack.receiver, stack.token, args, meter))
     print(json.dumps({"benchmark": "end-to-end", **figures}))
     return 0
 
