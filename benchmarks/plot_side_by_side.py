@@ -11,15 +11,11 @@ Nexus' own processes with PostgreSQL and Redis, and the emulator apart) and
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 
 COLOURS = {"nexus": "C0", "nexus-s3": "C4", "dramatiq": "C1", "celery": "C2", "arq": "C3"}
 
@@ -41,7 +37,18 @@ def _series(runs: list[dict[str, Any]], key: str, flat_x: float) -> dict[str, Po
 
 
 def main() -> int:
-    source, outdir = Path(sys.argv[1]), Path(sys.argv[2])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("source", type=Path, help="the report's JSON")
+    parser.add_argument("outdir", type=Path, help="where the PNGs go")
+    args = parser.parse_args()
+    import matplotlib  # only in the report's own environment (see side_by_side.py)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    source, outdir = args.source, args.outdir
     report = json.loads(source.read_text())
     runs = report["runs"]
     offered = [r["offered_per_second"] for r in runs if r["offered_per_second"]]
