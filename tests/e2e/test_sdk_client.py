@@ -16,6 +16,7 @@ from support.standin import refused_address
 from support.system import OTHER_TOKEN, TOKEN, System, local_system, template
 
 from nexus_dev.cluster.emulators import ShardSpec
+from nexus_sdk.calls import RunSpec
 from nexus_sdk.client import AsyncClient
 from nexus_sdk.errors import (
     ApiError,
@@ -69,6 +70,15 @@ async def test_the_async_client_submits_waits_reads_lists_and_cancels(servers: S
         counted = {status: n for status, n in last.by_status.items() if n}
         assert last.finished and last.total == 23 and counted == {Status.COMPLETED: 23}
         assert last.unsuccessful == 0 and last.done == 23
+
+        mixed = await nexus.submit_many(
+            "echo", [{"ok": 1}, [1, 2], RunSpec({"ok": 2}, payload_valid_for="forever")]
+        )
+        assert [(o.index, o.accepted) for o in mixed] == [(0, True), (1, False), (2, False)]
+        assert mixed[1].error == "invalid_request" and "algorithmParameters" in str(
+            mixed[1].message
+        )
+        assert "payloadValidFor" in str(mixed[2].message)
 
         with pytest.raises(Conflict) as finished_already:
             await nexus.cancel("echo", run_id)
