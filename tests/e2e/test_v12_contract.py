@@ -148,10 +148,23 @@ async def test_the_clients_run_bodies_are_accepted_and_take_effect(servers: Serv
             "algorithmName": ALGORITHM,
         }, metadata
         assert metadata["configurationOverrides"] is None, metadata  # every field was null
+        # the bulk route takes the same bodies, item by item
+        bodies = [orjson.loads(fixture(name, **values)) for name in (
+            "python-run-overrides", "dotnet-run-overrides", "python-run-plain",
+        )]  # fmt: skip
+        status, bulk, _ = await system.call(
+            "POST", f"/algorithm/v1.2/runs/{ALGORITHM}", json={"runs": bodies}
+        )
+        assert status == 200 and all(set(item) == {"requestId"} for item in bulk["runs"]), bulk
+        assert_carries_the_overrides(await dispatched(system, bulk["runs"][1]["requestId"]))
         status, listed = await system.get(f"/algorithm/v1.2/results/{ALGORITHM}/tags/{tag}")
-        assert status == 200 and len(listed) == 1, listed
+        assert status == 200 and len(listed) == 2, listed  # tagged: one alone, one in bulk
         for answer in listed:
             assert_parseable(answer)
+        status, summary = await system.get(
+            f"/algorithm/v1.2/results/{ALGORITHM}/tags/{tag}/summary"
+        )
+        assert status == 200 and set(summary["byStatus"]) <= set(STATUSES["python"]), summary
 
 
 async def test_the_containers_completions_are_read_back_in_the_v12_vocabulary(
