@@ -36,6 +36,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings
 from nexus.core.runs import NewRun, Stage, Transition
 from nexus.core.shards import ShardClient, WatchEvent
+from nexus.core.visibility import SYSTEM
 from nexus_dev.cluster.emulators import ShardSpec
 from nexus_dev.cluster.kubelet import KubeletSettings
 from nexus_dev.cluster.simulation import SimulationSettings
@@ -92,7 +93,7 @@ async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_g
                 ] == "COMPLETED"
         # each grace period counted from when the returning maintainer saw the state
         for algorithm, request_id in (("silent", silent), ("image", image)):
-            run = await store.get(algorithm, uuid.UUID(request_id))
+            run = await store.get(algorithm, uuid.UUID(request_id), SYSTEM)
             assert run is not None
             waited = run.last_modified.timestamp() - back
             assert waited >= GRACE - 0.1, (algorithm, waited)
@@ -246,7 +247,7 @@ async def test_a_change_never_tried_keeps_its_job(postgres_dsn: str, tmp_path: P
             await client.close()
     finally:
         await other.close()
-    stored = {run_id: await store.get("echo", run_id) for run_id in (held, free)}
+    stored = {run_id: await store.get("echo", run_id, SYSTEM) for run_id in (held, free)}
     await store.close()
     assert deleted == [str(free)]
     assert [stored[r].stage for r in (held, free) if stored[r]] == [

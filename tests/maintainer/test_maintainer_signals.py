@@ -28,6 +28,7 @@ from support.system import NAMESPACE, System, local_system, template
 
 from nexus.core.labels import ALGORITHM_LABEL, ALGORITHM_RUN, COMPONENT_LABEL, REQUEST_LABEL
 from nexus.core.runs import NewRun, Stage
+from nexus.core.visibility import SYSTEM
 from nexus_dev.cluster.emulators import ShardSpec
 from nexus_dev.cluster.jobcontroller import JobControllerSettings
 from nexus_dev.cluster.kubelet import KubeletSettings
@@ -193,11 +194,11 @@ async def test_lost_jobs_failed_creates_and_pods_started_behind_the_scheduler(
         created = await create_job(system, "shard-0", bare_job("hang", str(run_id)))
 
         async def running() -> bool:
-            found = await store.get("hang", run_id)
+            found = await store.get("hang", run_id, SYSTEM)
             return found is not None and found.stage == Stage.RUNNING
 
         await wait_until(running, what="RUNNING from the pod's start")
-        found = await store.get("hang", run_id)
+        found = await store.get("hang", run_id, SYSTEM)
         assert found is not None and (found.job_uid, found.shard) == (
             created["metadata"]["uid"],
             "shard-0",

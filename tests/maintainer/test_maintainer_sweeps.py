@@ -31,6 +31,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings, RedisSettings
 from nexus.core.queues import QueueBackend
 from nexus.core.runs import NewRun, Stage, Transition
+from nexus.core.visibility import SYSTEM
 from nexus_dev.cluster.emulators import ShardSpec
 from nexus_dev.cluster.simulation import SimulationSettings
 
@@ -82,7 +83,7 @@ async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(servers: Se
     ):
         model = await system.submit("echo")
         await system.wait_for("echo", model)
-        first = await store.get("echo", uuid.UUID(model))
+        first = await store.get("echo", uuid.UUID(model), SYSTEM)
         assert first is not None
 
         async def stuck(**payload: object) -> str:
@@ -209,7 +210,7 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
 
             async def swept() -> bool:
                 old = ("old", "old-pointing", "old-inline")
-                return all([await store.get("echo", made[n]) is None for n in old])
+                return all([await store.get("echo", made[n], SYSTEM) is None for n in old])
 
             await wait_until(swept, what="the old finished run deleted")
         for kind in ("inputs", "results"):
@@ -217,10 +218,10 @@ async def test_retention_deletes_old_finished_runs_and_their_objects_and_clears_
         assert await store.inline_result("echo", made["old-inline"]) is None  # with its row
         for name in ("old-running", "recent"):
             assert await payloads.get(f"inputs/algorithm=echo/{made[name]}") is not None
-            assert await store.get("echo", made[name]) is not None
+            assert await store.get("echo", made[name], SYSTEM) is not None
         assert await payloads.get(f"results/algorithm=echo/{made['recent']}") is not None
-        old_running = await store.get("echo", made["old-running"])
-        recent = await store.get("echo", made["recent"])
+        old_running = await store.get("echo", made["old-running"], SYSTEM)
+        recent = await store.get("echo", made["recent"], SYSTEM)
         assert old_running is not None and old_running.idempotency_key is None
         assert recent is not None and recent.idempotency_key == "key-recent"
 
@@ -257,7 +258,7 @@ async def test_a_queued_run_is_judged_only_on_a_shard_whose_jobs_are_known(
         )  # fmt: skip
 
         async def stages() -> list[Stage]:
-            found = [await store.get("echo", run_id) for run_id in (made, never)]
+            found = [await store.get("echo", run_id, SYSTEM) for run_id in (made, never)]
             return [run.stage for run in found if run]
 
         await sweeper._stage(Stage.BUFFERED, 0, sweeper._buffered)
