@@ -18,6 +18,10 @@ resources) are :mod:`nexus.core.templates`'; the others are here:
 * ``secrets`` — Secret names → ``envFrom`` of each, **only** those the template's
   ``runtimeEnvironment.allowedSecrets`` lists; another is refused with 403 naming it
   (:class:`ForbiddenConfiguration`).
+* ``image``/``registry`` (:mod:`nexus.core.templates`) — **only** an image the template's
+  ``container.allowedImages`` lists (or its own): another is refused with 403 naming it
+  (:func:`nexus.core.templatechecks.check_image`), as the pod runs with the template's
+  service account and Secrets.
 * ``speculativeAttempts`` — N from 0 to :data:`MAX_SPECULATIVE_ATTEMPTS`: N copies of the
   run start at once; the first to report decides it, and the others are deleted. 0 and 1
   are one copy.
@@ -39,6 +43,7 @@ from typing import Any
 
 from nexus.core.compatibility import FieldNames, GivenTwice, canonical
 from nexus.core.labels import CONTRACT_ENV
+from nexus.core.templatechecks import check_image
 from nexus.core.templates import (
     OVERRIDE_ALIASES,
     OVERRIDES,
@@ -130,8 +135,14 @@ def apply(
     template: Template, overrides: ConfigurationOverrides, workgroups: Mapping[str, Workgroup]
 ) -> AppliedConfiguration:
     """The applied configuration of a run: :func:`nexus.core.templates.apply`, then the
-    fields of this module; :class:`ForbiddenConfiguration` for a Secret not allowed."""
+    fields of this module; :class:`ForbiddenConfiguration` for a Secret or an image the
+    template does not allow."""
     applied = apply_template(template, overrides, workgroups)
+    if "image" in overrides or "registry" in overrides:  # run with the template's rights
+        not_allowed = check_image(template, applied)
+        if not_allowed is not None:
+            field = "image" if "image" in overrides else "registry"
+            raise ForbiddenConfiguration(f"customConfiguration.{field}", not_allowed)
     mount = template.configuration
     if mount is not None:
         applied["configuration"] = {**mount}

@@ -390,8 +390,10 @@ class ShardClient:
 
     # -- generic writes (the configuration copies) -----------------------------------------
 
-    async def _write(self, method: str, path: str, body: dict[str, Any]) -> Written:
-        response = await self._call(method, path, body=body)
+    async def _write(
+        self, method: str, path: str, body: dict[str, Any], content_type: str = "application/json"
+    ) -> Written:
+        response = await self._call(method, path, body=body, content_type=content_type)
         try:
             answer = await response.read()
         except _NETWORK_ERRORS as exc:
@@ -420,6 +422,16 @@ class ShardClient:
         makes the write conditional (409 when the object changed since)."""
         name = body["metadata"]["name"]
         return await self._write("PUT", resource.path(namespace or self.namespace, name), body)
+
+    async def patch_status(
+        self, resource: Resource, name: str, status: dict[str, Any], namespace: str | None = None
+    ) -> Written:
+        """Merge ``status`` into the object's ``status`` subresource (a CRD declaring one):
+        nothing else of the object changes."""
+        path = f"{resource.path(namespace or self.namespace, name)}/status"
+        return await self._write(
+            "PATCH", path, {"status": status}, content_type="application/merge-patch+json"
+        )
 
     async def delete_object(
         self,

@@ -216,6 +216,10 @@ class Template:
     allowed_secrets: frozenset[str] = frozenset()
     """``runtimeEnvironment.allowedSecrets``: the Secrets a request may name in
     ``customConfiguration.secrets`` (none unless listed)."""
+    allowed_images: tuple[str, ...] = ()
+    """``container.allowedImages``: images (``registry/repository``, or a prefix ending in
+    ``/*``) a request may run instead of the template's own (see
+    :mod:`nexus.core.templatechecks`)."""
 
 
 def _get(obj: dict[str, Any], path: str, default: Any = None) -> Any:
@@ -418,6 +422,9 @@ def parse_template(obj: dict[str, Any]) -> Template:
         max_running=_max_running(spec, where),
         configuration=_configuration(runtime.get("configuration"), f"{rt}.configuration"),
         allowed_secrets=frozenset(_strings(runtime.get("allowedSecrets"), f"{rt}.allowedSecrets")),
+        allowed_images=tuple(
+            _strings(_get(spec, "container.allowedImages"), f"{where}.container.allowedImages")
+        ),
     )
 
 

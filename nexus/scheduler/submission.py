@@ -251,6 +251,12 @@ class Submitter:
             )
         template = self.catalog.template(algorithm)
         if template is None:
+            problem = self.catalog.invalid_templates.get(algorithm)
+            if problem is not None:  # it exists, and none of its runs could run
+                raise bad_request(
+                    f"algorithm {algorithm!r} cannot run: its template is invalid: {problem}",
+                    "invalid_template",
+                )
             raise ApiError(404, "unknown_algorithm", f"no algorithm named {algorithm!r} is defined")
         try:
             overrides = normalise(body.get("customConfiguration"))

@@ -41,6 +41,12 @@ COMPRESSIONS: dict[str, Callable[[bytes], bytes]] = {
 MAX_BODY = 1024**2  # the default NEXUS__HTTP__MAX_BODY_SIZE
 ABSENT: Any = object()
 VALID = {"algorithmParameters": {"x": 1}}
+ECHO_CONTAINER = {
+    "image": "algorithms/echo",
+    "registry": "example.io",
+    "versionTag": "1.0",
+    "allowedImages": ["example.io/team/*"],  # a request may run team/other instead
+}
 
 
 @dataclass
@@ -112,7 +118,10 @@ async def checker(servers: Servers) -> AsyncIterator[Checker]:
     async with local_system(
         servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
-        templates=[template("echo", inline=False), template("other", inline=False)],
+        templates=[
+            template("echo", inline=False, container=ECHO_CONTAINER),
+            template("other", inline=False),
+        ],
         workgroups=[("default", "shard-0"), ("second", "shard-0"), ("elsewhere", "shard-9")],
     ) as system:
         yield Checker(system)

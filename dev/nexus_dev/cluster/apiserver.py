@@ -63,6 +63,10 @@ def _body(request: Request) -> Any:
         raise ApiError.bad_request(f"the body of the request is not valid JSON: {exc}") from exc
 
 
+STATUS_SUBRESOURCE = frozenset({"nexusalgorithmtemplates"})
+"""Custom resources whose CRD declares ``subresources: {status: {}}``."""
+
+
 class ApiServer:
     """Handlers of one shard's API; :meth:`server` is the aiohttp server that runs them."""
 
@@ -224,6 +228,8 @@ class ApiServer:
     def _subresource(self, request: Request, params: Params) -> Answer:
         resource, _ = self._resource(params)
         namespace, name, sub = params["namespace"], params["name"], params["sub"]
+        if sub == "status" and resource.plural in STATUS_SUBRESOURCE:
+            return self._status(request, resource, namespace, name)
         if request.method != "GET" or (resource.plural, sub) not in (
             ("pods", "log"),
             ("jobs", "status"),
@@ -245,6 +251,43 @@ class ApiServer:
         finally:
             if release:
                 self.fairness.release("get")
+
+    def _status(self, request: Request, resource: Resource, namespace: str, name: str) -> Answer:
+        """The ``status`` subresource of a custom resource that declares one: a GET reads
+        the object; a PUT or PATCH changes its ``status`` alone (and a write of the object
+        itself keeps the status it had), as the API server does for such a CRD."""
+        verb = {"GET": "get", "PUT": "update", "PATCH": "patch"}.get(request.method)
+        if verb is None:
+            raise ApiError.method_not_allowed()
+        release = self.fairness.admit(verb, f"{resource.plural}/status")
+        try:
+            old = self.store.require(resource.plural, namespace, name)
+            if verb == "get":
+                return _json(old)
+            body = _body(request)
+            if verb == "patch":
+                content_type = request.headers.get("content-type", _JSON)
+                body = apply_patch(old, content_type, body)
+            if not isinstance(body, dict):
+                raise ApiError.bad_request("the body of an update must be a JSON object")
+            wanted = (body.get("metadata") or {}).get("resourceVersion")
+            if wanted and wanted != old["metadata"]["resourceVersion"]:
+                raise ApiError.conflict(
+                    resource.group,
+                    resource.plural,
+                    name,
+                    "the object has been modified; please apply your changes "
+                    "to the latest version and try again",
+                )
+            obj: Obj = {**old, "metadata": dict(old["metadata"])}
+            if body.get("status") is None:
+                obj.pop("status", None)
+            else:
+                obj["status"] = body["status"]
+            return _json(self.store.replace(resource.plural, obj))
+        finally:
+            if release:
+                self.fairness.release(verb)
 
     # -- verbs ---------------------------------------------------------------------------
 
@@ -280,6 +323,8 @@ class ApiServer:
                 )
             if resource.group:
                 metadata["generation"] = 1
+            if resource.plural in STATUS_SUBRESOURCE:
+                obj.pop("status", None)  # the status is written through …/status
             elif resource.plural in configdata.KINDS:
                 configdata.prepare(resource.plural, obj)
         if query.get("dryRun") == "All":
@@ -326,6 +371,10 @@ class ApiServer:
             obj["status"] = old.get("status", {})
         elif resource.plural in configdata.KINDS:
             configdata.prepare(resource.plural, obj, old)
+        elif resource.plural in STATUS_SUBRESOURCE:  # written through …/status alone
+            obj.pop("status", None)
+            if "status" in old:
+                obj["status"] = old["status"]
         if query.get("dryRun") == "All":
             return _json(obj)
         changed = obj.get("spec") != old.get("spec")
