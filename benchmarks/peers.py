@@ -8,10 +8,11 @@ the standard library, the peer and ``cpu.py``. Redis, started by the caller, is 
 result store. Workers run as each peer runs in production (``dramatiq``, ``celery worker
 --pool prefork``, ``arq``), ``--processes`` of them; the client sends every task, paced at
 ``--rate`` per second (open loop) or all at once (flat out), while it reads every result
-back; a task counts when its result has been read. Reported as one JSON line: tasks per
-second from the first send to the last result read, latency from each task's scheduled
-send to its result read (p50, p90, p99), and CPU microseconds per task of the client, the
-workers and Redis, with their sum.
+back; a task counts when its result has been read, within ``--limit`` seconds (a peer that
+falls behind is cut off there: what it read counts). Reported as one JSON line: tasks
+read per second from the first send to the last result read (or the limit), latency
+from each task's scheduled send to its result read (p50, p90, p99, of the tasks read),
+and CPU microseconds per task read of the client, the workers and Redis, with their sum.
 """
 
 from __future__ import annotations
@@ -118,11 +119,15 @@ def _workers(peer: str, url: str, processes: int) -> list[subprocess.Popen[bytes
 
 
 def _threaded(
-    send: Callable[[int], Any], read: Callable[[list[Any]], Any], tasks: int, rate: float | None
+    send: Callable[[int], Any],
+    read: Callable[[Any, float], Any],
+    tasks: int,
+    rate: float | None,
+    limit: float,
 ) -> tuple[float, list[float]]:
     """Send ``tasks`` (paced, or all at once) from this thread while another reads the
-    results in order, every handle sent so far at a time (``read(handles)`` returns when
-    all of their results are there); (seconds from first send to last result, latencies)."""
+    results in order (``read(handle, timeout)`` returns when its result is there), for at
+    most ``limit`` seconds; (seconds from first send to last result read, latencies)."""
     sent: queue.SimpleQueue[tuple[float, Any]] = queue.SimpleQueue()
     latencies: list[float] = []
     failed: list[BaseException] = []
@@ -134,17 +139,28 @@ def _threaded(
                 batch = [sent.get()]
                 while not sent.empty() and len(batch) < 1000:
                     batch.append(sent.get())
-                read([handle for _, handle in batch])
-                now = time.perf_counter()
-                latencies.extend(now - scheduled for scheduled, _ in batch)
+                for scheduled, handle in batch:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        return
+                    try:
+                        read(handle, remaining)
+                    except Exception as exc:
+                        if time.perf_counter() >= deadline:
+                            return  # over the deadline: what was read counts
+                        raise exc
+                    latencies.append(time.perf_counter() - scheduled)
                 left -= len(batch)
         except BaseException as exc:  # the figures would be wrong: stop the benchmark
             failed.append(exc)
 
     thread = threading.Thread(target=reader)
     began = time.perf_counter()
+    deadline = began + limit
     thread.start()
     for index in range(tasks):
+        if time.perf_counter() > deadline:
+            break
         scheduled = began + index / rate if rate else began
         delay = scheduled - time.perf_counter()
         if delay > 0.002:
@@ -153,10 +169,10 @@ def _threaded(
     thread.join()
     if failed:
         raise failed[0]
-    return time.perf_counter() - began, latencies
+    return min(time.perf_counter(), deadline) - began, latencies
 
 
-async def _arq(url: str, tasks: int, rate: float | None) -> tuple[float, list[float]]:
+async def _arq(url: str, tasks: int, rate: float | None, limit: float) -> tuple[float, list[float]]:
     """ARQ's client: enqueue paced (or all at once) while one reader awaits each result in
     order (``Job.result`` polls Redis; one poller at a time keeps that cheap)."""
     from arq import create_pool
@@ -169,12 +185,21 @@ async def _arq(url: str, tasks: int, rate: float | None) -> tuple[float, list[fl
     async def reader() -> None:
         for _ in range(tasks):
             scheduled, job = await sent.get()
-            await job.result(timeout=300, poll_delay=0.005)
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            try:
+                await job.result(timeout=remaining, poll_delay=0.005)
+            except TimeoutError:
+                return  # over the deadline: what was read counts
             latencies.append(time.perf_counter() - scheduled)
 
     began = time.perf_counter()
+    deadline = began + limit
     reading = asyncio.ensure_future(reader())
     for index in range(tasks):
+        if time.perf_counter() > deadline:
+            break
         scheduled = began + index / rate if rate else began
         delay = scheduled - time.perf_counter()
         if delay > 0.002:
@@ -183,30 +208,29 @@ async def _arq(url: str, tasks: int, rate: float | None) -> tuple[float, list[fl
         assert job is not None
         sent.put_nowait((scheduled, job))
     await reading
-    seconds = time.perf_counter() - began
+    seconds = min(time.perf_counter(), deadline) - began
     await pool.aclose()
     return seconds, latencies
 
 
-def _client(peer: str, url: str) -> Callable[[int, float | None], tuple[float, list[float]]]:
-    """``measure(tasks, rate)`` for the peer's own client API."""
+Measure = Callable[[int, float | None, float], tuple[float, list[float]]]
+
+
+def _client(peer: str, url: str) -> Measure:
+    """``measure(tasks, rate, limit)`` for the peer's own client API."""
     if peer == "dramatiq":
         sender = _dramatiq(url)
 
-        def read_dramatiq(messages: list[Any]) -> None:
-            for message in messages:
-                message.get_result(block=True, timeout=300_000)
+        def read_dramatiq(message: Any, timeout: float) -> None:
+            message.get_result(block=True, timeout=int(timeout * 1000))
 
-        return lambda tasks, rate: _threaded(sender.send, read_dramatiq, tasks, rate)
+        return lambda tasks, rate, limit: _threaded(sender.send, read_dramatiq, tasks, rate, limit)
     if peer == "celery":
         _, task = _celery(url)
-
-        def read_celery(results: list[Any]) -> None:
-            for result in results:
-                result.get(timeout=300)
-
-        return lambda tasks, rate: _threaded(task.delay, read_celery, tasks, rate)
-    return lambda tasks, rate: asyncio.run(_arq(url, tasks, rate))
+        return lambda tasks, rate, limit: _threaded(
+            task.delay, lambda result, timeout: result.get(timeout=timeout), tasks, rate, limit
+        )
+    return lambda tasks, rate, limit: asyncio.run(_arq(url, tasks, rate, limit))
 
 
 def _percentile(values: list[float], p: float) -> float:
@@ -223,12 +247,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     workers = _workers(args.peer, args.redis, args.processes)
     client = _client(args.peer, args.redis)
     try:
-        client(WARM, None)
+        client(WARM, None, 120.0)
         roots = {f"workers-{i}": w.pid for i, w in enumerate(workers)}
         meter = CpuMeter({**roots, "redis": args.redis_pid})
         meter.start()
         before = _own_cpu()
-        seconds, latencies = client(args.tasks, args.rate)
+        seconds, latencies = client(args.tasks, args.rate, args.limit)
         used = {"client": _own_cpu() - before, **meter.stop()}
     finally:
         for worker in workers:
@@ -237,14 +261,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             worker.wait(timeout=30)
     workers_cpu = sum(v for k, v in used.items() if k.startswith("workers-"))
     used = {"client": used["client"], "workers": workers_cpu, "redis": used["redis"]}
-    per_task = {name: round(s / args.tasks * 1e6, 1) for name, s in used.items()}
+    done = max(1, len(latencies))
+    per_task = {name: round(s / done * 1e6, 1) for name, s in used.items()}
     return {
         "system": args.peer,
         "offered_per_second": args.rate,
         "tasks": args.tasks,
+        "completed": len(latencies),
         "processes": args.processes,
         "seconds": round(seconds, 2),
-        "completed_per_second": round(args.tasks / seconds, 1),
+        "completed_per_second": round(len(latencies) / seconds, 1),
         "latency_ms": {f"p{p}": round(_percentile(latencies, p) * 1000, 1) for p in (50, 90, 99)},
         "cpu_us_per_run": per_task,
         "cpu_us_per_run_total": round(sum(per_task.values()), 1),
@@ -261,6 +287,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000)
     parser.add_argument("--rate", type=float, help="tasks sent per second (default: flat out)")
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument(
+        "--limit", type=float, default=120.0, help="seconds, then what was read counts"
+    )
     args = parser.parse_args()
     print(json.dumps(measure(args)))
     return 0

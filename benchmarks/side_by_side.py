@@ -135,7 +135,8 @@ def nexus(rate: float, seconds: float, settings: list[str]) -> dict[str, Any]:
     }
 
 
-def peer(name: str, python: Path, tasks: int, rate: float | None) -> dict[str, Any]:
+def peer(name: str, python: Path, tasks: int, rate: float | None, limit: float) -> dict[str, Any]:
+    """One peer's run; one that falls behind is cut off after ``limit`` seconds."""
     from nexus_dev.servers.databases import LocalRedis
 
     with tempfile.TemporaryDirectory(prefix="nexus-peer-") as directory:
@@ -148,8 +149,8 @@ def peer(name: str, python: Path, tasks: int, rate: float | None) -> dict[str, A
             ]  # fmt: skip
             if rate is not None:
                 command += ["--rate", str(rate)]
-            expected = tasks / rate if rate else tasks / 200
-            return _run(command, timeout=max(120.0, 3 * expected + 60))
+            command += ["--limit", str(limit)]
+            return _run(command, timeout=limit + 120)
         finally:
             redis.stop()
 
@@ -195,7 +196,8 @@ def main() -> int:
             found = nexus(rate, args.seconds, [INLINE_OFF] if variant else [])
         else:
             tasks = int(offered * args.seconds) if offered else args.flat_tasks
-            found = peer(system, pythons[system], tasks, offered)
+            limit = 2 * args.seconds  # a peer that falls behind is cut off there
+            found = peer(system, pythons[system], tasks, offered, limit)
         found.update(system=system + variant, offered_per_second=offered, timeit_ms=timeit())
         report["runs"].append(found)
         print(f"  {json.dumps(_brief(found))}", flush=True)
