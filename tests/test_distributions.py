@@ -224,14 +224,19 @@ print(json.dumps([results, *asyncio.run(main())]))
 
 def test_the_sdk_alone_drives_a_local_system(sdk_alone: Path) -> None:
     """Installed alone, the SDK's client commands and both clients work against the whole
-    local system (``nexus dev``), with only the two exported variables to go on."""
-    dev = DevProcess("--mode", "simulated")
+    local system (``nexus dev``, its runs real processes), with only the two exported
+    variables to go on; an algorithm there starts child runs."""
+    dev = DevProcess("--mode", "process")
     try:
         ready = dev.ready()
         env = {"NEXUS_URL": ready["scheduler"], "NEXUS_TOKEN": ready["token"]}
         done = _run(sdk_alone, "nexus", "run", "echo", "--params", '{"alone": 1}', "--wait", **env)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == {"alone": 1}
+        fan_out = '{"algorithm": "echo", "inputs": [{"n": 1}, {"n": 2}, {"n": 3}]}'
+        done = _run(sdk_alone, "nexus", "run", "fan-out", "--params", fan_out, "--wait", **env)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [{"n": 1}, {"n": 2}, {"n": 3}]  # three child runs
         done = _run(sdk_alone, "python", "-c", SDK_ALONE_SCRIPT, **env)
         assert done.returncode == 0, done.stderr
         assert json.loads(done.stdout) == [

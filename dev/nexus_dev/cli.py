@@ -199,8 +199,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description=(
             "Run Nexus locally: throwaway real PostgreSQL, Redis and S3 servers, local "
             "Kubernetes clusters, the receiver, the scheduler(s) and the maintainer, with the "
-            "example algorithms echo and maybe-fail installed. Prints one line "
-            "'NEXUS READY {json}' with the scheduler URL, a bearer token and every connection "
+            "example algorithms echo, maybe-fail, echo-stored and fan-out installed. Prints one "
+            "line 'NEXUS READY {json}' with the scheduler URL, a bearer token and every connection "
             "detail when ready; Ctrl-C, SIGTERM or a closed terminal stops everything."
         ),
         epilog=(

@@ -53,7 +53,7 @@ CLUSTER_LOST_ON_RESTART = (
     "settles their runs (FAILED, job lost) unless their completion had arrived"
 )
 GROUP = "science.sneaksanddata.com"
-EXAMPLES = ("echo", "maybe-fail", "echo-stored")
+EXAMPLES = ("echo", "maybe-fail", "echo-stored", "fan-out")
 """``echo-stored`` is ``echo`` with its inputs kept in S3 instead of with the checkpoint."""
 
 
@@ -279,8 +279,9 @@ def example_config_map() -> dict[str, Any]:
 
 
 def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
-    """``echo`` returns its input; ``maybe-fail`` also fails, exits or sleeps on request."""
-    program = "maybe-fail" if name == "maybe-fail" else "echo"
+    """``echo`` returns its input; ``maybe-fail`` also fails, exits or sleeps on request;
+    ``fan-out`` runs another algorithm on each of its inputs as child runs."""
+    program = name if name in ("maybe-fail", "fan-out") else "echo"
     return {
         "apiVersion": f"{GROUP}/v1",
         "kind": "NexusAlgorithmTemplate",
