@@ -11,6 +11,7 @@ import orjson
 
 from nexus.core.labels import (
     ALGORITHM_LABEL,
+    ATTEMPT_LABEL,
     COMPONENT_LABEL,
     CONTRACT_ENV,
     PARENT_LABEL,
@@ -84,6 +85,7 @@ def test_the_job_carries_the_whole_contract() -> None:
         COMPONENT_LABEL: "algorithm-run",
         REQUEST_LABEL: name,
         PARENT_LABEL: PARENT,
+        ATTEMPT_LABEL: "1",
     }
     assert job["apiVersion"] == "batch/v1" and job["kind"] == "Job"
     # a label names the parent; no owner reference: the child's Job must outlive the
@@ -225,3 +227,14 @@ def test_every_variable_nexus_sets_is_one_a_request_cannot() -> None:
         )
         (container,) = job["spec"]["template"]["spec"]["containers"]
         assert {e["name"] for e in container["env"]} == CONTRACT_ENV
+
+
+def test_a_later_attempt_is_a_job_of_its_own_name_with_the_same_container() -> None:
+    run = dataclasses.replace(checkpoint(APPLIED, None), attempt=3)
+    job = build_job(run, LINKS, workgroup=GPU_POOL, ttl_after_finished=300)
+    assert job["metadata"]["name"] == f"{RUN}-a3"
+    assert job["metadata"]["labels"][ATTEMPT_LABEL] == "3"
+    assert job["metadata"]["labels"][REQUEST_LABEL] == str(RUN)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == str(RUN)
+    assert {"name": "NEXUS__REQUEST_ID", "value": str(RUN)} in container["env"]

@@ -9,6 +9,7 @@ import pytest
 from nexus.core.config import HttpSettings
 from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
+from nexus.core.retrying import AttemptRecord
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
 from nexus.scheduler.batches import add_batch_routes
 from nexus.scheduler.bulk import add_bulk_routes
@@ -58,6 +59,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
         ("GoRequestResult", GoRequestResult),
         ("GoTaggedResult", GoTaggedResult),
         ("GoCheckpoint", GoCheckpoint),
+        ("FailedAttempt", AttemptRecord),
     ],
 )
 def test_each_answer_is_documented_with_the_fields_it_has(schema: str, answer: type) -> None:

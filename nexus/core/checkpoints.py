@@ -33,7 +33,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from uuid import UUID
 
@@ -46,6 +46,7 @@ from nexus.core import statements as sql
 from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
+from nexus.core.retrying import AttemptRecord
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
 from nexus.core.visibility import Viewer
 
@@ -187,6 +188,9 @@ def _checkpoint(row: asyncpg.Record) -> Checkpoint:
         attempts=row["attempts"],
         idempotency_key=row["idempotency_key"],
         has_inline_result=row["has_inline_result"],
+        attempt=row["run_attempt"],
+        retries=row["retries"],
+        retry_at=row["retry_at"],
     )
 
 
@@ -395,6 +399,27 @@ class CheckpointStore:
                     raise StoreUnavailable(f"transitions kept deadlocking: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def retry(
+        self,
+        run: RunKey,
+        attempt: int,
+        failed: AttemptRecord,
+        *,
+        memory: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> str | None:
+        """Start attempt ``attempt + 1`` of ``run`` if its current attempt is ``attempt`` and
+        it is unfinished: back to ``BUFFERED``, ``failed`` appended to its retries, with
+        ``memory`` as its memory limit from now on and dispatched no sooner than
+        ``retry_at``. The shard it goes to when it did, ``None`` when it did not (another
+        process did it first, or the run moved on); exactly one caller per attempt gets a
+        shard, whoever asks and however often."""
+        async with self.connection() as conn:
+            row = await conn.fetchrow(
+                sql.RETRY, run.algorithm, run.id, attempt, failed, memory, retry_at
+            )
+        return None if row is None else str(row["shard"] or "")
+
     # -- reads ---------------------------------------------------------------------------
 
     async def get(self, algorithm: str, run_id: UUID, viewer: Viewer) -> Checkpoint | None:
@@ -595,6 +620,7 @@ def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
         [c.sent_at for c in batch],
         [c.attempts for c in batch],
         [c.result_inline for c in batch],
+        [c.at_attempt for c in batch],
     ]
 
 

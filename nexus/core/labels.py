@@ -11,9 +11,11 @@ ALGORITHM_LABEL = "science.sneaksanddata.com/algorithm-template-name"
 COMPONENT_LABEL = "science.sneaksanddata.com/nexus-component"
 """Which part of Nexus an object belongs to; algorithm Jobs and pods carry ``ALGORITHM_RUN``."""
 REQUEST_LABEL = "science.sneaksanddata.com/request-id"
-"""The run's request id (also the Job's and the container's name)."""
+"""The run's request id (also the container's name, and the Job's for its first attempt)."""
 PARENT_LABEL = "science.sneaksanddata.com/parent-request-id"
 """On the Job and pods of a child run: its parent's request id (``kubectl get jobs -l``)."""
+ATTEMPT_LABEL = "science.sneaksanddata.com/attempt"
+"""The run's attempt the Job is (1, 2, …; see :mod:`nexus.core.retrying`)."""
 SHARD_ANNOTATION = "science.sneaksanddata.com/shard"
 """The shard a Job was created for."""
 ALGORITHM_RUN = "algorithm-run"
@@ -29,7 +31,7 @@ CONTRACT_ENV = frozenset(
         "NEXUS__ALGORITHM_NAME", "NEXUS__SHARD_NAME", "NEXUS__REQUEST_ID",
         "NEXUS__RECEIVER_URL", "NEXUS__RUN_TOKEN", "NEXUS__RESULT_UPLOAD_URL",
         "NEXUS__RESULT_INLINE_LIMIT", "NEXUS__PARENT_REQUEST_ID",
-        "NEXUS__PARENT_ALGORITHM_NAME", "NEXUS__SPECULATIVE_COPY",
+        "NEXUS__PARENT_ALGORITHM_NAME", "NEXUS__SPECULATIVE_COPY", "NEXUS__ATTEMPT",
         "NEXUS__CRYSTAL_RECEIVER_URL", "CRYSTAL__ALGORITHM_NAME",
     }
 )  # fmt: skip

@@ -7,8 +7,9 @@ Kubernetes Jobs only ever point at a checkpoint.
 Lifecycle::
 
     NEW ──► BUFFERED ──► RUNNING ──► COMPLETED
-     │         │  ▲         │        FAILED
-     │         │  └─retry   │        DEADLINE_EXCEEDED
+     │         │  ▲ ▲       │        FAILED
+     │         │  │ └───────┘        DEADLINE_EXCEEDED
+     │         │  └─retry  new attempt
      └─────────┴────────────┴──────► SCHEDULING_FAILED
                                      CANCELLED
 
@@ -19,16 +20,22 @@ terminal: once there, a run never changes again. The same table is enforced in S
 same moves), so that no writer, however buggy or late, can move a terminal run;
 :data:`ALLOWED` here mirrors it for code that wants to know in advance, and tests keep the
 three equal.
+
+``RUNNING → BUFFERED`` is not among them: it is the start of a new attempt (a retry by
+failure class, :mod:`nexus.core.retrying`), made only by
+:meth:`~nexus.core.checkpoints.CheckpointStore.retry`, which raises the attempt number in
+the same statement; the trigger lets the move through only with that raise.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypedDict
 from uuid import UUID
 
+from nexus.core.retrying import AttemptRecord
 from nexus.core.templates import AppliedConfiguration, ConfigurationOverrides
 
 
@@ -157,6 +164,7 @@ class Transition:
     shard: str | None = None
     sent_at: datetime | None = None
     attempts: int = 0
+    at_attempt: int | None = None
 
     @property
     def key(self) -> RunKey:
@@ -194,6 +202,12 @@ class Checkpoint:
     has_inline_result: bool = False
     """Whether the result document is kept with the checkpoint (then ``result_uri`` is
     ``None`` and the scheduler serves it from a signed link)."""
+    attempt: int = 1
+    """The current attempt: 1, or more after retries (its Job is named after it)."""
+    retries: list[AttemptRecord] = field(default_factory=list)
+    """The attempts that failed and were retried, oldest first."""
+    retry_at: datetime | None = None
+    """When the current attempt may be dispatched, if it must wait (a retry's delay)."""
 
     @property
     def key(self) -> RunKey:

@@ -68,14 +68,36 @@ UPDATE runs r SET
     last_modified = now()
 FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
-            $12::bytea[])
+            $12::bytea[], $13::int[])
      AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-          sent_at, attempts, result_inline)
+          sent_at, attempts, result_inline, at_attempt)
 WHERE r.algorithm = u.algorithm AND r.id = u.id
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+  AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
   AND EXISTS (SELECT 1 FROM run_transitions t
               WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage OFFSET 0)
 RETURNING r.algorithm, r.id, {AGE}
+"""
+
+
+# A new attempt of one run (nexus/core/retrying.py): compare-and-set on the attempt number,
+# so of every process that saw attempt $3 fail, one starts attempt $3 + 1 and the others
+# change nothing. The failed attempt is appended to retries; a retry with more memory
+# changes the memory of the configuration the next Job is made from. One row by key: the
+# statement holds one lock and waits for no other, so it takes part in no lock cycle.
+RETRY = """
+UPDATE runs SET
+    lifecycle_stage = 'BUFFERED',
+    run_attempt = run_attempt + 1,
+    retries = retries || jsonb_build_array($4::jsonb),
+    applied_configuration = CASE WHEN $5::text IS NULL THEN applied_configuration
+        ELSE jsonb_set(applied_configuration, '{memoryLimit}', to_jsonb($5::text)) END,
+    retry_at = $6::timestamptz,
+    job_uid = NULL,
+    last_modified = now()
+WHERE algorithm = $1 AND id = $2 AND run_attempt = $3
+  AND lifecycle_stage IN ('BUFFERED', 'RUNNING')
+RETURNING caller, COALESCE(shard, applied_configuration->>'shard') AS shard
 """
 
 
@@ -84,7 +106,8 @@ algorithm, id, lifecycle_stage, caller, received_by_host, received_at, last_modi
 applied_configuration, payload_valid_for, payload_uri, payload_inline IS NOT NULL AS has_inline,
 result_uri, algorithm_failure_cause, algorithm_failure_details, sent_at,
 configuration_overrides, content_hash, tag, api_version, job_uid, parent, shard, attempts,
-idempotency_key, result_inline IS NOT NULL AS has_inline_result
+idempotency_key, result_inline IS NOT NULL AS has_inline_result, run_attempt, retries,
+retry_at
 """
 
 
@@ -123,7 +146,7 @@ SWEEP_PAGE = """
 SELECT algorithm, id, lifecycle_stage, received_at, last_modified, sent_at,
        COALESCE(shard, applied_configuration->>'shard') AS shard,
        (applied_configuration->>'deadlineSeconds')::float8 AS deadline_seconds,
-       attempts, job_uid, payload_uri, payload_inline IS NOT NULL AS has_inline
+       attempts, job_uid, payload_uri, payload_inline IS NOT NULL AS has_inline, run_attempt
 FROM runs
 WHERE lifecycle_stage = $1 AND lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
   AND last_modified < now() - $2::interval
@@ -143,11 +166,12 @@ TRANSITION_SKIP_LOCKED = f"""
 WITH candidates AS (
     SELECT u.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                           $11::int[], $12::bytea[])
+                           $11::int[], $12::bytea[], $13::int[])
         AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-             sent_at, attempts, result_inline)
+             sent_at, attempts, result_inline, at_attempt)
     JOIN runs r ON r.algorithm = u.algorithm AND r.id = u.id
     WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+      AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
       AND EXISTS (SELECT 1 FROM run_transitions t
                   WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
 ), locked AS MATERIALIZED (
@@ -168,6 +192,7 @@ WITH candidates AS (
     FROM locked u
     WHERE r.algorithm = u.algorithm AND r.id = u.id
       AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
+      AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
       AND EXISTS (SELECT 1 FROM run_transitions t
                   WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
     RETURNING r.algorithm, r.id, {AGE}

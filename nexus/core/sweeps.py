@@ -24,6 +24,7 @@ from uuid import UUID
 
 from nexus.core import statements as sql
 from nexus.core.checkpoints import CheckpointStore
+from nexus.core.retrying import job_name
 from nexus.core.runs import RunKey, Stage
 
 
@@ -62,10 +63,17 @@ class SweepRow:
     job_uid: str | None
     payload_uri: str | None
     has_inline_payload: bool
+    attempt: int = 1
+    """The current attempt (:mod:`nexus.core.retrying`): its Job is the run's Job now."""
 
     @property
     def key(self) -> RunKey:
         return RunKey(self.algorithm, self.id)
+
+    @property
+    def job(self) -> str:
+        """The name of the current attempt's Job."""
+        return job_name(self.id, self.attempt)
 
     @property
     def cursor(self) -> SweepCursor:
@@ -160,4 +168,5 @@ def _sweep_row(row: _Row) -> SweepRow:
         job_uid=row["job_uid"],
         payload_uri=row["payload_uri"],
         has_inline_payload=row["has_inline"],
+        attempt=row["run_attempt"],
     )

@@ -30,6 +30,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 import orjson
 
 from nexus.core.config import parse_duration
+from nexus.core.retrying import PolicyError, RetryPolicy, for_run, parse_policy
 from nexus.core.sigv4 import MAX_PRESIGN_SECONDS
 
 # Patterns end in \Z, not $ ($ also matches before a final newline) and spell digits
@@ -151,6 +152,9 @@ class AppliedConfiguration(TypedDict):
     maximumRetries: int
     transientExitCodes: list[int]
     fatalExitCodes: list[int]
+    retryPolicy: NotRequired[RetryPolicy]
+    """The template's retry policy by failure class (:mod:`nexus.core.retrying`), only
+    when it retries anything."""
     securityContext: NotRequired[dict[str, dict[str, Any]]]
     """The pod's and the container's security context, only when the template's differs
     from :func:`restricted_security_context` (which a run without it gets)."""
@@ -220,6 +224,8 @@ class Template:
     """``container.allowedImages``: images (``registry/repository``, or a prefix ending in
     ``/*``) a request may run instead of the template's own (see
     :mod:`nexus.core.templatechecks`)."""
+    retry_policy: RetryPolicy = field(default_factory=dict)
+    """``spec.retryPolicy``, normalised: the failure classes retried, and how."""
 
 
 def _get(obj: dict[str, Any], path: str, default: Any = None) -> Any:
@@ -425,6 +431,7 @@ def parse_template(obj: dict[str, Any]) -> Template:
         allowed_images=tuple(
             _strings(_get(spec, "container.allowedImages"), f"{where}.container.allowedImages")
         ),
+        retry_policy=_retry_policy(spec.get("retryPolicy"), f"{where}.retryPolicy"),
     )
 
 
@@ -444,6 +451,13 @@ def _configuration(value: Any, where: str) -> ConfigurationMount | None:
     if not isinstance(path, str) or not _MOUNT_PATH.match(path) or "/../" in f"{path}/":
         raise InvalidConfiguration(f"{where}.mountPath", "expected an absolute path")
     return {"configMap": name, "mountPath": path}
+
+
+def _retry_policy(value: Any, where: str) -> RetryPolicy:
+    try:
+        return parse_policy(value, where)
+    except PolicyError as exc:
+        raise InvalidConfiguration(exc.field, exc.message) from exc
 
 
 # -- overrides ---------------------------------------------------------------------------
@@ -610,6 +624,8 @@ def apply(
         "transientExitCodes": list(template.transient_exit_codes),
         "fatalExitCodes": list(template.fatal_exit_codes),
     }
+    if template.retry_policy:
+        applied["retryPolicy"] = for_run(template.retry_policy, applied["memoryLimit"])
     if template.security_context != _RESTRICTED:  # the defaults are not stored with each run
         applied["securityContext"] = _json_copy(template.security_context, "template")
     return applied

@@ -31,6 +31,7 @@ from nexus.core.httpapi import (
 )
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
+from nexus.core.retrying import AttemptRecord
 from nexus.core.runs import Checkpoint, ParentRef, RunKey, RunResult, Stage
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
@@ -90,6 +91,13 @@ class RunMetadata(TypedDict):
     payloadValidFor: str
     shard: str | None
     attempts: int
+    attempt: int
+    """The run's current attempt: 1, or more once it was retried (its Job's name says it)."""
+    retries: list[AttemptRecord]
+    """The attempts that failed and were retried, oldest first, each with its failure
+    class, cause and details (:mod:`nexus.core.retrying`)."""
+    retryAt: str | None
+    """When the current attempt may start, while a retry waits for its delay."""
     caller: str
     queuePosition: int | None
     """The run's place in its pod's queue while it waits (``BUFFERED``), else null."""
@@ -224,6 +232,9 @@ async def metadata(request: web.Request) -> web.Response:
         "payloadValidFor": f"{int(run.payload_valid_for.total_seconds())}s",
         "shard": run.shard or run.applied_configuration.get("shard"),
         "attempts": run.attempts,
+        "attempt": run.attempt,
+        "retries": run.retries,
+        "retryAt": run.retry_at.isoformat() if run.retry_at else None,
         "caller": run.caller,
         "queuePosition": None,
     }

@@ -34,6 +34,7 @@ from nexus.core.compatibility import v12_status
 from nexus.core.errors import RunNotFound, TransitionRejected
 from nexus.core.httpapi import bad_request
 from nexus.core.labels import copy_names
+from nexus.core.retrying import job_name
 from nexus.core.runs import TERMINAL, Checkpoint, Stage, Transition
 from nexus.core.shards import (
     CALL_ERRORS,
@@ -147,7 +148,7 @@ class Canceller:
             return
         copies = run.applied_configuration.get("speculativeAttempts", 1)
         try:
-            for name in copy_names(str(run.id), copies):  # every copy of the run
+            for name in copy_names(job_name(run.id, run.attempt), copies):  # every copy of the run
                 deleted = await client.delete_job(name, policy)
                 log.info("cancelled", extra={"jobDeleted": deleted, "policy": policy})
         except CALL_ERRORS as exc:

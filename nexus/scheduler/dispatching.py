@@ -29,6 +29,11 @@ one of them ends (:mod:`maintainer.shardwatch`).
 Failures are written only over ``BUFFERED`` (compare-and-set), so a pod that still holds a
 run another pod has adopted and dispatched cannot fail it.
 
+A retried run (:mod:`nexus.core.retrying`) is dispatched as its current attempt: the Job is
+named after it, ``RUNNING`` is written only while the run is still at that attempt (a pod
+that made an earlier attempt's Job late changes nothing, and that Job is deleted), and an
+attempt that must wait (``retry_at``) is given back to the queue until it is due.
+
 Checkpoint writes are group-committed and only after they land are runs removed from the
 in-flight set.
 """
@@ -48,6 +53,7 @@ from nexus.core.errors import CheckpointRejected, DependencyError, ShardUnavaila
 from nexus.core.labels import copy_name, copy_names
 from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
+from nexus.core.retrying import job_name
 from nexus.core.runs import Checkpoint, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Workgroup
@@ -279,15 +285,23 @@ class Dispatcher:
         found = await self.store.get_many(r.key for r in runs)
         ready: list[tuple[QueuedRun, Checkpoint]] = []
         stale: list[QueuedRun] = []
+        later: dict[str, list[tuple[QueuedRun, float]]] = {}
+        now = datetime.now(UTC)
         for run in runs:
             checkpoint = found.get(run.key)
             if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
                 stale.append(run)
+            elif checkpoint.retry_at is not None and checkpoint.retry_at > now:
+                wait = (checkpoint.retry_at - now).total_seconds()
+                later.setdefault(run.shard, []).append((run, wait))
             else:
                 ready.append((run, checkpoint))
         if stale:
             SKIPPED.inc(len(stale))
             await self.queue.settle(stale)
+        for shard, waiting in later.items():  # a retry's delay: back when it is due
+            for run, wait in waiting:
+                await self.queue.delay(shard, [run], wait)
         return ready
 
     async def _create(
@@ -341,7 +355,7 @@ class Dispatcher:
                 "a copy of the run was not created: %s %s",
                 result.status,
                 result.message,
-                extra={"job": copy_name(str(checkpoint.id), copy)},
+                extra={"job": copy_name(job_name(checkpoint.id, checkpoint.attempt), copy)},
             )
 
     def _last_attempt(self, checkpoint: Checkpoint) -> bool:
@@ -391,7 +405,8 @@ class Dispatcher:
         run is running; if it is not, the run fails; if that cannot be told, the outcome
         is ``unknown``: failing the run could leave its Job running."""
         try:
-            job = await self.shards[shard].get(JOBS, str(failed.checkpoint.id))
+            name = job_name(failed.checkpoint.id, failed.checkpoint.attempt)
+            job = await self.shards[shard].get(JOBS, name)
         except CALL_ERRORS as exc:
             message = f"{failed.message} (nor could the job be looked up: {exc})"
             return replace(failed, kind="unknown", message=message)
@@ -438,7 +453,12 @@ class Dispatcher:
         for o in outcomes:
             match o.kind:
                 case "created":
-                    changes.append(_transition(o, Stage.RUNNING, shard, job_uid=o.uid, sent_at=now))
+                    at = o.checkpoint.attempt
+                    changes.append(
+                        _transition(
+                            o, Stage.RUNNING, shard, job_uid=o.uid, sent_at=now, at_attempt=at
+                        )
+                    )
                     settled.append(o.run)
                 case "rejected":
                     details = f"shard {shard} refused the job: {o.message}"
@@ -514,9 +534,10 @@ class Dispatcher:
         return applied
 
     async def _undo(self, shard: str, refused: list[Transition]) -> None:
-        """Jobs created for runs that finished meanwhile: delete those whose run was
-        cancelled or failed (a run that completed may have done so in this very Job, which
-        is then left to its TTL). If the stages cannot be read, every such Job goes."""
+        """Jobs created for runs that finished or moved on meanwhile: delete those whose run
+        was cancelled or failed, or is at another attempt now (the Job was made late, for
+        an attempt already over). A run that completed may have done so in this very Job,
+        which is then left to its TTL. If the stages cannot be read, every such Job goes."""
         try:
             current = await self.store.get_many(c.key for c in refused)
         except DependencyError as exc:
@@ -524,16 +545,17 @@ class Dispatcher:
             current = None
         for change in refused:
             run = current.get(change.key) if current is not None else None
-            if current is not None and (run is None or run.stage not in ABANDONED):
+            moved_on = run is not None and run.attempt != change.at_attempt
+            if current is not None and not moved_on and (run is None or run.stage not in ABANDONED):
                 continue
             copies = run.applied_configuration.get("speculativeAttempts", 1) if run else 1
             try:
-                for name in copy_names(str(change.id), copies):
+                for name in copy_names(job_name(change.id, change.at_attempt or 1), copies):
                     await self.shards[shard].delete_job(name)
             except CALL_ERRORS as exc:
                 log.warning("cannot delete the job of a finished run: %s", exc)
                 continue
             log.info(
-                "deleted the job of a run that finished while it was created",
-                extra={"requestId": str(change.id)},
+                "deleted the job of a run that finished or moved on while it was created",
+                extra={"requestId": str(change.id), "attempt": change.at_attempt},
             )

@@ -1,10 +1,12 @@
 """The Kubernetes Job of a run (DESIGN §3), built from its applied configuration.
 
 The Job and its single container are named after the request id, so creating it twice is
-harmless (the second answer is 409). The container gets the input URL and the request id
-through the template's ``args`` placeholders (``{sas-uri}``, ``{request-id}``), and the
-``NEXUS__*`` environment of the algorithm contract, including a run token that proves its
-completion to the receiver and a presigned URL for uploading the result.
+harmless (the second answer is 409); a retried run's later attempts are Jobs named
+``<id>-a<n>`` (:func:`nexus.core.retrying.job_name`), each harmless to create twice too.
+The container gets the input URL and the request id through the template's ``args``
+placeholders (``{sas-uri}``, ``{request-id}``), and the ``NEXUS__*`` environment of the
+algorithm contract, including a run token that proves its completion to the receiver and a
+presigned URL for uploading the result.
 
 The pod and its container get the template's security contexts, which hold the Pod
 Security "restricted" defaults unless the template relaxed them; a configuration stored
@@ -28,6 +30,7 @@ import orjson
 from nexus.core.labels import (
     ALGORITHM_LABEL,
     ALGORITHM_RUN,
+    ATTEMPT_LABEL,
     COMPONENT_LABEL,
     PARENT_LABEL,
     REQUEST_LABEL,
@@ -35,6 +38,7 @@ from nexus.core.labels import (
     SPECULATIVE_ANNOTATION,
     copy_name,
 )
+from nexus.core.retrying import job_name
 from nexus.core.runs import Checkpoint
 from nexus.core.templates import Workgroup, restricted_security_context
 
@@ -97,6 +101,7 @@ def build_job(
     config = run.applied_configuration
     name = str(run.id)
     copies = config.get("speculativeAttempts", 1)
+    job = job_name(run.id, run.attempt)
     image = config["image"]
     if config.get("registry"):
         image = f"{config['registry']}/{image}"
@@ -105,12 +110,14 @@ def build_job(
         ALGORITHM_LABEL: run.algorithm,
         COMPONENT_LABEL: ALGORITHM_RUN,
         REQUEST_LABEL: name,
+        ATTEMPT_LABEL: str(run.attempt),
     }
     env = {
         **config.get("env", {}),
         "NEXUS__ALGORITHM_NAME": run.algorithm,
         "NEXUS__SHARD_NAME": config["shard"],
         "NEXUS__REQUEST_ID": name,
+        "NEXUS__ATTEMPT": str(run.attempt),
         "NEXUS__RECEIVER_URL": links.receiver_url,
         "NEXUS__RUN_TOKEN": links.run_token,
         "NEXUS__RESULT_UPLOAD_URL": links.result_upload_url,
@@ -194,7 +201,7 @@ def build_job(
         # algorithm failing: it is started again, and does not use up a retry
         spec["podFailurePolicy"] = {"rules": [DISRUPTION_RULE, *rules]}
     metadata: dict[str, Any] = {
-        "name": copy_name(name, copy),
+        "name": copy_name(job, copy),
         "labels": labels,
         "annotations": {SHARD_ANNOTATION: config["shard"]},
     }

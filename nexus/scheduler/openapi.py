@@ -15,6 +15,7 @@ from aiohttp import web
 from nexus.core.compatibility import V12_STATUSES
 from nexus.core.httpapi import json_errors
 from nexus.core.overrides import MAX_SPECULATIVE_ATTEMPTS
+from nexus.core.retrying import FAILURE_CLASSES
 from nexus.scheduler import goopenapi
 
 _ID = {
@@ -359,6 +360,25 @@ DOCUMENT: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": True,
                 "properties": {
+                    "attempt": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "The current attempt: 1, or more once the run was"
+                        " retried by its template's retryPolicy (its Job is <requestId> for"
+                        " the first attempt, <requestId>-a<n> after)",
+                    },
+                    "retries": {
+                        "type": "array",
+                        "description": "The attempts that failed and were retried, oldest first",
+                        "items": {"$ref": "#/components/schemas/FailedAttempt"},
+                    },
+                    "retryAt": {
+                        "type": "string",
+                        "format": "date-time",
+                        "nullable": True,
+                        "description": "When the current attempt may start, while a retry"
+                        " waits for its policy's delay",
+                    },
                     "waitingFor": {
                         "description": "While the run waits for a full concurrency limit",
                         "type": "object",
@@ -373,6 +393,33 @@ DOCUMENT: dict[str, Any] = {
                             "running": {"type": "integer"},
                             "position": {"type": "integer", "description": "0: next"},
                         },
+                    },
+                },
+            },
+            "FailedAttempt": {
+                "type": "object",
+                "required": ["attempt", "job", "failureClass", "cause", "details", "endedAt"],
+                "properties": {
+                    "attempt": {"type": "integer"},
+                    "job": {"type": "string", "description": "The attempt's Job"},
+                    "failureClass": {
+                        "type": "string",
+                        "enum": list(FAILURE_CLASSES),
+                        "description": "outOfMemory (OOMKilled), schedulingFailure (image"
+                        " pull failing, pod unschedulable), nodeLost (pod evicted, node"
+                        " gone) or algorithmFailure (a completion with a cause)",
+                    },
+                    "cause": {"type": "string", "example": "OOMKilled"},
+                    "details": {"type": "string"},
+                    "endedAt": {"type": "string", "format": "date-time"},
+                    "memoryLimit": {
+                        "type": "string",
+                        "description": "The attempt's memory limit, when the next had more",
+                    },
+                    "retryAt": {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "When the next attempt was due, when it waited",
                     },
                 },
             },
