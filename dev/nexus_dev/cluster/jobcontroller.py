@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nexus.core.waiting import Backoff
+from nexus_dev.cluster import podstatus
 from nexus_dev.cluster.deletion import GarbageCollector
 from nexus_dev.cluster.events import NODE_NAME, EventRecorder
 from nexus_dev.cluster.kubelet import Kubelet
@@ -321,7 +322,7 @@ class JobController:
         }
         if template_meta.get("annotations"):
             metadata["annotations"] = template_meta["annotations"]
-        pod = {
+        pod: dict[str, Any] = {
             "kind": "Pod",
             "apiVersion": "v1",
             "metadata": metadata,
@@ -330,6 +331,23 @@ class JobController:
                 "nodeName": NODE_NAME,
                 "serviceAccountName": pod_spec.get("serviceAccountName", "default"),
             },
+            "status": {},
+        }
+        fault = self.kubelet.fault_for(pod)
+        if fault == "unschedulable":  # no node takes it: it waits, Pending, on no kubelet
+            del pod["spec"]["nodeName"]
+            pod["status"] = podstatus.unschedulable(pod, now)
+            self.store.create("pods", pod)
+            state.active.add(name)
+            self.recorder.record(
+                job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT
+            )
+            self.recorder.record(
+                pod, "Warning", "FailedScheduling", podstatus.UNSCHEDULABLE, "default-scheduler"
+            )
+            return
+        pod = {
+            **pod,
             "status": {
                 "phase": "Pending",
                 "conditions": [
@@ -353,7 +371,7 @@ class JobController:
             f"Successfully assigned {state.namespace}/{name} to {NODE_NAME}",
             "default-scheduler",
         )
-        self.kubelet.admit(pod)
+        self.kubelet.admit(pod, fault)
 
 
 def _policy_action(policy: dict[str, Any] | None, pod: Obj) -> tuple[str | None, str]:

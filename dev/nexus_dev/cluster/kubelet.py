@@ -32,10 +32,16 @@ from nexus_dev.cluster import podstatus
 from nexus_dev.cluster.events import EventRecorder
 from nexus_dev.cluster.statuses import ApiError, now_iso
 from nexus_dev.cluster.store import Obj, ObjectStore
+from nexus_dev.cluster.validation import memory_bytes
 
 #: Env variable or annotation naming the fault a pod must show (see :mod:`.simulation`).
 FAULT_ENV = "NEXUS_DEVCLUSTER_FAULT"
 FAULT_ANNOTATION = "devcluster.nexus/fault"
+#: Annotation: only the first N pods of a run (by request id, else Job) show the fault.
+FAULT_PODS_ANNOTATION = "devcluster.nexus/fault-pods"
+#: Annotation: the memory the algorithm needs; a container limited to less is OOMKilled.
+MEMORY_ANNOTATION = "devcluster.nexus/memory-needed"
+REQUEST_LABEL = "science.sneaksanddata.com/request-id"
 MAX_PULL_BACKOFF = 300.0
 """The longest image-pull back-off, in seconds, as the kubelet's."""
 
@@ -106,27 +112,48 @@ class Kubelet:
         """Faults injected from Python for every pod of a Job: (namespace, job) → fault."""
         self.terminated: dict[str, int] = {}
         """Containers ended, by reason (Completed, Error, OOMKilled, StartError)."""
+        self.faulted: dict[tuple[str, str], int] = {}
+        """Pods that showed a hinted fault, by (namespace, run): for ``fault-pods``."""
         store.subscribe("pods", self._on_pod_change)
 
     # -- starting ------------------------------------------------------------------------
 
-    def admit(self, pod: Obj) -> None:
-        """Take a newly created pod; its container starts after ``start_delay``."""
+    def fault_for(self, pod: Obj) -> str | None:
+        """The fault a new pod must show: injected for its Job, hinted by its env or its
+        (or its Job's) annotations — for the first ``fault-pods`` pods of its run only,
+        when that is given — or ``oom`` when its memory limit is below ``memory-needed``.
+        Counts the pod: ask once per pod."""
+        metadata, container = pod["metadata"], pod["spec"]["containers"][0]
+        env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or ()}
+        annotations = dict(metadata.get("annotations") or {})
+        labels = metadata.get("labels") or {}
+        namespace, job = metadata["namespace"], labels.get("batch.kubernetes.io/job-name", "")
+        if job:
+            owner = self.store.get("jobs", namespace, job)
+            if owner is not None:
+                annotations = {**(owner["metadata"].get("annotations") or {}), **annotations}
+        forced = self.forced_faults.get((namespace, job))
+        if forced:
+            return forced
+        fault = env.get(FAULT_ENV) or annotations.get(FAULT_ANNOTATION) or None
+        if fault is not None and annotations.get(FAULT_PODS_ANNOTATION):
+            key = (namespace, labels.get(REQUEST_LABEL) or job)
+            seen = self.faulted[key] = self.faulted.get(key, 0) + 1
+            if seen > int(annotations[FAULT_PODS_ANNOTATION]):
+                fault = None
+        needed = annotations.get(MEMORY_ANNOTATION)
+        limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
+        if fault is None and needed and limit and memory_bytes(limit) < memory_bytes(needed):
+            fault = "oom"
+        return fault
+
+    def admit(self, pod: Obj, fault: str | None = None) -> None:
+        """Take a newly created pod (showing ``fault``, else the one :meth:`fault_for`
+        finds); its container starts after ``start_delay``."""
         metadata, spec = pod["metadata"], pod["spec"]
         container = spec["containers"][0]
         env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or ()}
-        annotations = metadata.get("annotations") or {}
-        job = (metadata.get("labels") or {}).get("batch.kubernetes.io/job-name", "")
-        fault = (
-            self.forced_faults.get((metadata["namespace"], job))
-            or env.get(FAULT_ENV)
-            or annotations.get(FAULT_ANNOTATION)
-            or None
-        )
-        if fault is None and job:
-            owner = self.store.get("jobs", metadata["namespace"], job)
-            if owner is not None:
-                fault = (owner["metadata"].get("annotations") or {}).get(FAULT_ANNOTATION)
+        fault = fault or self.fault_for(pod)
         run = PodRun(
             namespace=metadata["namespace"],
             name=metadata["name"],
@@ -254,6 +281,27 @@ class Kubelet:
         )
 
     # -- stopping ------------------------------------------------------------------------
+
+    def disrupted(self, run: PodRun, kind: str) -> None:
+        """The pod is stopped by the cluster, not its container: ``evicted`` by this
+        kubelet under memory pressure, or its node lost (``node-lost``: marked failed by
+        the pod garbage collector), as :func:`.podstatus.disrupted` writes it."""
+        if run.exited:
+            return
+        run.exited = True
+        reason = "Evicted" if kind == "evicted" else "ContainerStatusUnknown"
+        self.terminated[reason] = self.terminated.get(reason, 0) + 1
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        pod = self._pod(run)
+        if pod is not None:
+            status = podstatus.disrupted(pod, run, kind, now_iso())
+            self.store.update("pods", run.namespace, run.name, status=status)
+            if kind == "evicted":
+                self.recorder.record(pod, "Warning", "Evicted", status["message"], "kubelet")
+        if run.deleting:
+            self.store.delete("pods", run.namespace, run.name)
 
     def exited(self, run: PodRun, exit_code: int, reason: str, message: str | None = None) -> None:
         """The runtime reports that ``run``'s container stopped with ``exit_code``."""

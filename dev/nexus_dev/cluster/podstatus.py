@@ -118,6 +118,66 @@ def terminated(
     return status
 
 
+EVICTION_MESSAGE = (
+    "The node was low on resource: memory. Threshold quantity: 100Mi, available: 64Mi. "
+    "Container {container} was using {memory}, request is {memory}, has larger consumption "
+    "of memory. "
+)
+NODE_GONE = "PodGC: node no longer exists"
+UNKNOWN_CONTAINER = "The container could not be located when the pod was terminated"
+UNSCHEDULABLE = (
+    "0/1 nodes are available: 1 Insufficient memory. preemption: 0/1 nodes are available: "
+    "1 No preemption victims found for incoming pod."
+)
+
+
+def disrupted(pod: Obj, run: Container, kind: str, now: str) -> dict[str, Any]:
+    """The pod stopped by the cluster: ``evicted`` by the kubelet under node pressure
+    (phase ``Failed``, reason ``Evicted``, a ``DisruptionTarget`` condition with reason
+    ``TerminationByKubelet``, its container killed: exit 137), or its node lost
+    (``node-lost``: marked ``Failed`` by the pod garbage collector with a
+    ``DisruptionTarget`` condition, reason ``DeletionByPodGC``; the container's end unknown)."""
+    name = run.container["name"]
+    memory = ((run.container.get("resources") or {}).get("requests") or {}).get("memory", "0")
+    status = _base(pod, now)
+    status["phase"] = "Failed"
+    if kind == "evicted":
+        message = EVICTION_MESSAGE.format(container=name, memory=memory)
+        status["reason"], status["message"] = "Evicted", message
+        target = {**condition("DisruptionTarget", True, now, "TerminationByKubelet")}
+        ended = {"exitCode": 137, "reason": "Error"}
+    else:
+        message = NODE_GONE
+        target = {**condition("DisruptionTarget", True, now, "DeletionByPodGC")}
+        ended = {"exitCode": 137, "reason": "ContainerStatusUnknown", "message": UNKNOWN_CONTAINER}
+    target["message"] = message
+    status["conditions"] = [
+        target,
+        condition("PodReadyToStartContainers", False, now),
+        condition("Initialized", True, run.started_at or now, "PodFailed"),
+        condition("Ready", False, now, "PodFailed"),
+        condition("ContainersReady", False, now, "PodFailed"),
+        _scheduled(pod),
+    ]
+    detail = {**ended, "startedAt": run.started_at or now, "finishedAt": now}
+    if run.container_id:
+        detail["containerID"] = run.container_id
+    status["containerStatuses"] = [_container(run, {"terminated": detail}, ready=False)]
+    return status
+
+
+def unschedulable(pod: Obj, now: str) -> dict[str, Any]:
+    """A pod no node can take: ``Pending``, ``PodScheduled`` false with reason
+    ``Unschedulable`` and the scheduler's message; no node, no container status."""
+    entry = condition("PodScheduled", False, now, "Unschedulable")
+    entry["message"] = UNSCHEDULABLE
+    return {
+        "phase": "Pending",
+        "conditions": [entry],
+        "qosClass": (pod.get("status") or {}).get("qosClass", "BestEffort"),
+    }
+
+
 def _scheduled(pod: Obj) -> dict[str, Any]:
     return condition("PodScheduled", True, pod["metadata"]["creationTimestamp"])
 

@@ -25,7 +25,19 @@ annotation ``devcluster.nexus/fault``:
 ``exit``       reads its input, reports a *failure* completion
                (``{"cause": "AlgorithmFailed", "message": ...}``), then exits 1;
 ``silent``     exits 0 after the duration without reporting anything;
-``hang``       runs until killed (``activeDeadlineSeconds`` or deletion).
+``hang``       runs until killed (``activeDeadlineSeconds`` or deletion);
+``evicted``    evicted by its kubelet after the duration: ``Failed``, reason ``Evicted``, a
+               ``DisruptionTarget`` condition, exit 137 (played by the kubelet);
+``node-lost``  its node lost after the duration: ``Failed`` with a ``DisruptionTarget``
+               condition from the pod garbage collector (played by the kubelet);
+``unschedulable`` never placed: ``PodScheduled`` false, reason ``Unschedulable`` (played by
+               the Job controller, which then hands the pod to no kubelet).
+
+Annotations (on the pod template or the Job) choose faults per run rather than per pod:
+``devcluster.nexus/fault-pods: "N"`` shows the fault on the first N pods of each run only
+(a retried run's next attempt then succeeds), and ``devcluster.nexus/memory-needed:
+"1500Mi"`` makes a container whose memory limit is below that ``OOMKilled``, as an
+algorithm that needs that much would be.
 
 All simulated pods share one :class:`nexus.core.httpcalls.HttpCalls` client (kept-alive connections,
 at most ``concurrency`` per host) and a fixed pool of worker tasks that performs the HTTP
@@ -48,7 +60,7 @@ from nexus_dev.cluster.kubelet import PodRun
 if TYPE_CHECKING:
     from nexus_dev.cluster.kubelet import Kubelet
 
-FAULTS = ("oom", "image-pull", "exit", "silent", "hang")
+FAULTS = ("oom", "image-pull", "exit", "silent", "hang", "evicted", "node-lost", "unschedulable")
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -175,6 +187,8 @@ class SimulatedRuntime:
         delay = self.duration()
         if run.fault == "oom":
             run.timer = loop.call_later(delay, self.kubelet.exited, run, 137, "OOMKilled")
+        elif run.fault in ("evicted", "node-lost"):
+            run.timer = loop.call_later(delay, self.kubelet.disrupted, run, run.fault)
         elif run.fault == "silent":
             run.timer = loop.call_later(delay, self.kubelet.exited, run, 0, "Completed")
         else:
@@ -236,7 +250,12 @@ class SimulatedRuntime:
         }
         if run.fault == "exit":
             if completion_url:
-                failure = {"cause": "AlgorithmFailed", "message": "simulated failure: exit 1"}
+                failure: dict[str, object] = {
+                    "cause": "AlgorithmFailed",
+                    "message": "simulated failure: exit 1",
+                }
+                if env.get("NEXUS__ATTEMPT", "").isdigit():  # which attempt failed
+                    failure["attempt"] = int(env["NEXUS__ATTEMPT"])
                 await self._call("POST", completion_url, orjson.dumps(failure), headers)
                 self._log(run, "reported failure")
             self._log(run, "exiting with code 1")
