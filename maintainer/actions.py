@@ -35,6 +35,7 @@ from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError, ShardRejected, ShardThrottled
+from nexus.core.retrying import job_name
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import ShardClient
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
@@ -79,6 +80,8 @@ class Act:
     delete_job: bool = False
     """Delete the run's Job once the change is applied, or refused (the run is over)."""
     tries: int = 0
+    job: str = ""
+    """The Job to delete, when it is not the current attempt's of the change."""
 
 
 class Actions:
@@ -193,7 +196,7 @@ class Actions:
         client = self.shards.get(act.shard)
         if client is None:
             return
-        name = str(act.change.id)
+        name = act.job or job_name(act.change.id, act.change.at_attempt or 1)
         try:
             if await client.delete_job(name):
                 JOBS_DELETED.labels(act.shard).inc()

@@ -31,6 +31,7 @@ from maintainer.adoption import Adopter
 from maintainer.leadership import Leadership
 from maintainer.limits import SlotReconciler
 from maintainer.replication import Replicator
+from maintainer.retries import Retrier
 from maintainer.settings import MaintainerSettings
 from maintainer.shardwatch import ShardWatch
 from maintainer.sweeping import Sweeper
@@ -57,6 +58,7 @@ class Term:
     adopter: Adopter
     reconciler: SlotReconciler | None = None
     replicator: Replicator | None = None
+    retrier: Retrier | None = None
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -67,6 +69,8 @@ class Term:
                 group.create_task(self.replicator.run(self.stopping), name="maintainer:copies")
             group.create_task(self.sweeper.run(self.stopping), name="maintainer:sweep")
             group.create_task(self.adopter.run(self.stopping), name="maintainer:adopt")
+            if self.retrier is not None:
+                group.create_task(self.retrier.run(self.stopping), name="maintainer:retries")
             if self.reconciler is not None:
                 group.create_task(self.reconciler.run(self.stopping), name="maintainer:slots")
             # last out: writes what the others submitted before they stopped
@@ -92,7 +96,10 @@ class Maintainer:
             return self.leadership.active
 
         actions = Actions(self.store, self.shards, leading)
-        watches = {name: ShardWatch(c, actions, section) for name, c in self.shards.items()}
+        retrier = Retrier(actions, self.queues, leading)
+        watches = {
+            name: ShardWatch(c, actions, section, retrier) for name, c in self.shards.items()
+        }
         sweeper = Sweeper(
             store=self.store,
             queues=self.queues,
@@ -116,7 +123,7 @@ class Maintainer:
         reconciler = SlotReconciler(
             self.store, Slots(self.queues), section.limit_reconcile_interval, leading
         )
-        return Term(actions, watches, sweeper, adopter, reconciler, replicator)
+        return Term(actions, watches, sweeper, adopter, reconciler, replicator, retrier)
 
     async def lead(self, stopping: asyncio.Event) -> None:
         """Run a term whenever this process leads, until ``stopping``."""

@@ -51,6 +51,13 @@ class MaintainerSection:
     """A pod whose image has failed to pull for this long (as observed by this process)
     fails its run (``SCHEDULING_FAILED``) and its Job is deleted. Registries hiccup; two
     minutes covers the kubelet's first back-offs."""
+    unschedulable_grace: Seconds = field(default=300.0, metadata=positive())
+    """A pod the cluster has not been able to place for this long (``PodScheduled`` false,
+    reason ``Unschedulable``) is a scheduling failure, for templates whose
+    ``retryPolicy.schedulingFailure`` retries those: its Job is deleted and the run tried
+    again, or failed once its retries are spent. Elsewhere the pod waits (a node group
+    scaling up takes minutes) until the run's deadline. Five minutes covers a cluster
+    autoscaler adding a node."""
     completion_grace: Seconds = field(default=30.0, metadata=positive())
     """A Job that succeeded without its run's completion arriving within this long (from
     when this process saw it succeed) fails the run, at the next sweep of ``RUNNING``

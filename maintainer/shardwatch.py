@@ -31,7 +31,6 @@ declared only on a shard whose Job list is current (listed since the watch last
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 from collections import OrderedDict
@@ -43,11 +42,13 @@ from uuid import UUID
 from prometheus_client import Counter, Gauge
 
 from maintainer.actions import Act, Actions
+from maintainer.retries import Failure, Retrier
 from maintainer.settings import MaintainerSection
 from maintainer.signals import (
     JOB_LOST,
     PodFailure,
     container_state,
+    disruption,
     failed_verdict,
     job_of_no_interest,
     job_outcome,
@@ -55,6 +56,7 @@ from maintainer.signals import (
     pod_of_no_interest,
     pull_error,
     run_of_pod,
+    unschedulable,
 )
 from nexus.core.errors import DependencyError, NexusError, ShardThrottled
 from nexus.core.labels import (
@@ -66,6 +68,7 @@ from nexus.core.labels import (
 )
 from nexus.core.labels import ALGORITHM_RUN_SELECTOR as RUNS
 from nexus.core.listwatch import follow
+from nexus.core.retrying import FailureClass, parse_job_name
 from nexus.core.runs import Stage, Transition
 from nexus.core.shards import CALL_ERRORS, EVENTS, JOBS, PODS, ShardClient, WatchEvent
 from nexus.core.waiting import Backoff, sleep_or_stop
@@ -101,8 +104,16 @@ class Timer:
 class ShardWatch:
     """Follows one shard and acts on what it says about algorithm runs."""
 
-    def __init__(self, client: ShardClient, actions: Actions, section: MaintainerSection) -> None:
+    def __init__(
+        self,
+        client: ShardClient,
+        actions: Actions,
+        section: MaintainerSection,
+        retrier: Retrier | None = None,
+    ) -> None:
         self.client = client
+        self.retrier = retrier
+        """Decides the failures a retry policy may retry (none without it)."""
         self.shard = client.name
         self.actions = actions
         self.section = section
@@ -115,6 +126,8 @@ class ShardWatch:
         self._decided: OrderedDict[str, None] = OrderedDict()  # Job uids already acted on
         self._started: OrderedDict[str, Timer] = OrderedDict()
         self._pulls: OrderedDict[str, Timer] = OrderedDict()
+        self._unplaced: OrderedDict[str, Timer] = OrderedDict()
+        """Pods the cluster cannot place (unschedulable), by Job."""
         self.succeeded: dict[str, float] = {}
         """Jobs that succeeded: name → when this process saw it (loop time)."""
         self._succeeded_gone: OrderedDict[str, float] = OrderedDict()
@@ -194,6 +207,8 @@ class ShardWatch:
             algorithm = self.jobs.pop(name, None)
             self._failures.pop(name, None)
             self._started.pop(name, None)
+            self._pulls.pop(name, None)
+            self._unplaced.pop(name, None)
             self._forget_success(name)
             if name in self._retired:  # deleted as a copy of a run another copy ended
                 del self._retired[name]
@@ -225,7 +240,13 @@ class ShardWatch:
             last = await self._last_failure(name)
         verdict = failed_verdict(reason, message, last)
         if not self._finish(
-            name, algorithm, verdict.stage, verdict.cause, verdict.details, verdict.action
+            name,
+            algorithm,
+            verdict.stage,
+            verdict.cause,
+            verdict.details,
+            verdict.action,
+            failure_class=verdict.failure_class,
         ):
             self._decided.pop(meta.get("uid", name), None)  # dropped: the next relist decides
 
@@ -279,7 +300,7 @@ class ShardWatch:
             return None  # the verdict is made without the exit code
         for pod in pods.items:
             state = container_state(pod)
-            failure = pod_failure(pod, state) if state else None
+            failure = disruption(pod) or (pod_failure(pod, state) if state else None)
             if failure is not None:
                 return failure
         return None
@@ -290,8 +311,20 @@ class ShardWatch:
         if event.type == "DELETED":
             return
         pod = event.object
+        disrupted = disruption(pod)  # before its container: a lost node's pod says running
+        if disrupted is not None:
+            run = run_of_pod(pod)
+            if run is not None:
+                self._remember_failure(run[1], disrupted)
+            return
         state = container_state(pod)
         if state is None:
+            message = unschedulable(pod)
+            run = run_of_pod(pod) if message else None
+            if message and run is not None:
+                due = self._loop.time() + self.section.unschedulable_grace
+                timer = Timer(due, run[0], message, pod["metadata"]["name"])
+                self._unplaced.setdefault(run[1], timer)
             return
         if "running" in state:
             run = run_of_pod(pod)
@@ -299,19 +332,22 @@ class ShardWatch:
                 return
             algorithm, name = run
             self._pulls.pop(name, None)
+            self._unplaced.pop(name, None)
             meta = pod["metadata"]
             owner = (meta.get("ownerReferences") or [{}])[0].get("uid")
             # the pod's creation stands in for the Job's: the deadline counts from it
             created = _timestamp(meta.get("creationTimestamp"))
-            with contextlib.suppress(ValueError):
+            attempt = parse_job_name(name)
+            if attempt is not None:
                 change = Transition(
                     algorithm,
-                    UUID(name),
+                    attempt[0],
                     Stage.RUNNING,
                     expect=Stage.BUFFERED,
                     job_uid=owner,
                     shard=self.shard,
                     sent_at=created,
+                    at_attempt=attempt[1],
                 )
                 if name not in self._started:
                     due = self._loop.time() + self.section.started_grace
@@ -320,6 +356,7 @@ class ShardWatch:
             message = pull_error(state)
             run = run_of_pod(pod) if message else None
             if message and run is not None:
+                self._unplaced.pop(run[1], None)
                 due = self._loop.time() + self.section.image_pull_grace
                 timer = Timer(due, run[0], message, pod["metadata"]["name"])
                 self._pulls.setdefault(run[1], timer)
@@ -327,10 +364,13 @@ class ShardWatch:
             failure = pod_failure(pod, state)
             run = run_of_pod(pod) if failure else None
             if failure is not None and run is not None:
-                self._failures[run[1]] = failure
-                self._failures.move_to_end(run[1])
-                if len(self._failures) > self.section.remembered_failures:
-                    self._failures.popitem(last=False)
+                self._remember_failure(run[1], failure)
+
+    def _remember_failure(self, job: str, failure: PodFailure) -> None:
+        self._failures[job] = failure
+        self._failures.move_to_end(job)
+        if len(self._failures) > self.section.remembered_failures:
+            self._failures.popitem(last=False)
 
     # -- events ------------------------------------------------------------------------
 
@@ -366,7 +406,11 @@ class ShardWatch:
             for _, timer in _due(self._started, now):
                 if timer.change is not None:
                     self.actions.submit(Act(timer.change, "started", self.shard))
-            for timers, recheck in ((self._deleted, self._lost), (self._pulls, self._pulling)):
+            for timers, recheck in (
+                (self._deleted, self._lost),
+                (self._pulls, self._pulling),
+                (self._unplaced, self._unschedulable),
+            ):
                 due = _due(timers, now) if now >= paused_until else []
                 for index, (name, timer) in enumerate(due):
                     try:
@@ -398,14 +442,17 @@ class ShardWatch:
         """A Job was deleted: fail its run, if still RUNNING and the Job is really gone."""
         if await self.client.get(JOBS, name) is not None:
             return  # there after all
-        # only a RUNNING run is lost: a BUFFERED one is still queued and dispatched again
+        # only a RUNNING run is lost: a BUFFERED one is still queued and dispatched again;
+        # and only at this Job's attempt: an earlier attempt's Job goes when it is retried
+        run_id, attempt = parse_job_name(name) or (UUID(int=0), 0)  # not a run's: no match
         change = Transition(
             timer.algorithm,
-            _uuid(name),
+            run_id,
             Stage.FAILED,
             expect=Stage.RUNNING,
             cause="JobLost",
             details=JOB_LOST,
+            at_attempt=attempt,
         )
         self.actions.submit(Act(change, "job_lost", self.shard))
 
@@ -419,7 +466,31 @@ class ShardWatch:
         details = f"{timer.message} (failing for {self.section.image_pull_grace:g} s"
         details += f"; now {message})" if message != timer.message else ")"
         stage, cause = Stage.SCHEDULING_FAILED, "ImagePullFailed"
-        self._finish(name, timer.algorithm, stage, cause, details, "image_pull", True)
+        self._finish(
+            name, timer.algorithm, stage, cause, details, "image_pull", True, "schedulingFailure"
+        )
+
+    async def _unschedulable(self, name: str, timer: Timer) -> None:
+        """A pod could not be placed for the whole grace period: unless it has been since.
+        Only a template that retries scheduling failures acts on it (then, once its retries
+        are spent, the run fails); elsewhere the pod waits, as for a node group scaling up,
+        until the run's deadline."""
+        pod = await self.client.get(PODS, timer.pod)
+        message = unschedulable(pod) if pod else None
+        if message is None or (pod and container_state(pod)):
+            return  # placed, or gone, since
+        details = f"{message} (unschedulable for {self.section.unschedulable_grace:g} s)"
+        self._finish(
+            name,
+            timer.algorithm,
+            Stage.SCHEDULING_FAILED,
+            "Unschedulable",
+            details,
+            "unschedulable",
+            True,
+            "schedulingFailure",
+            only_if_retried=True,
+        )
 
     def _finish(
         self,
@@ -430,14 +501,29 @@ class ShardWatch:
         details: str,
         action: str,
         delete_job: bool = False,
+        failure_class: FailureClass | None = None,
+        *,
+        only_if_retried: bool = False,
     ) -> bool:
-        """Submit the run's change; whether it was taken (a full queue drops it)."""
-        try:
-            run_id = UUID(name)
-        except ValueError:
+        """Submit the end of the run whose attempt is the Job ``name`` — or, for a failure
+        its template may retry, hand it to the retrier, which decides. Whether it was taken
+        (a full queue drops it)."""
+        attempt = parse_job_name(name)
+        if attempt is None:
             return True  # labelled like a run, but not named like one: not ours
-        change = Transition(algorithm, run_id, stage, cause=cause, details=details)
-        return self.actions.submit(Act(change, action, self.shard, delete_job))
+        run_id, number = attempt
+        if failure_class is not None and self.retrier is not None:
+            failure = Failure(
+                algorithm, run_id, number, self.shard, failure_class,
+                stage, cause, details, action, delete_job, only_if_retried,
+            )  # fmt: skip
+            return self.retrier.submit(failure)
+        if only_if_retried:
+            return True
+        change = Transition(
+            algorithm, run_id, stage, cause=cause, details=details, at_attempt=number
+        )
+        return self.actions.submit(Act(change, action, self.shard, delete_job, job=name))
 
 
 def _due(timers: OrderedDict[str, Timer], now: float) -> list[tuple[str, Timer]]:
@@ -460,13 +546,6 @@ def _seen(decided: OrderedDict[str, None], uid: str) -> bool:
     if len(decided) > 100_000:
         decided.popitem(last=False)
     return False
-
-
-def _uuid(name: str) -> UUID:
-    try:
-        return UUID(name)
-    except ValueError:
-        return UUID(int=0)  # matches no run
 
 
 def _timestamp(text: str | None) -> datetime | None:

@@ -26,6 +26,16 @@ The rules:
   algorithm exited without reporting a result.
 * **``FailedCreate``** Event on a Job → ``SCHEDULING_FAILED`` with the Event's message, and
   the Job deleted (it would otherwise start the run later, behind its failure).
+* **Pod unschedulable** (``PodScheduled`` ``False``, reason ``Unschedulable``) for a grace
+  period → a scheduling failure, acted on only where the template retries those.
+* **Pod disrupted** (``Evicted`` by its kubelet, its node lost: the pod ``Failed`` with
+  reason ``Evicted``/``NodeLost`` or a ``DisruptionTarget`` condition) → remembered as the
+  failed attempt, like an exit code; a Job failing after it fails the run as ``NodeLost``
+  or ``Evicted``.
+
+Each verdict names its *failure class* when a template's retry policy may retry it
+(:mod:`nexus.core.retrying`): out of memory, scheduling failure, node lost. Then the run
+gets another attempt, a new Job, instead of its end, while its policy allows.
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from nexus.core.labels import ALGORITHM_LABEL, JOB_NAME_LABEL, REQUEST_LABEL
+from nexus.core.retrying import FailureClass
 from nexus.core.runs import Stage
 
 PULL_ERRORS = frozenset(
@@ -51,6 +62,12 @@ NO_RESULT = "the algorithm exited without reporting a result"
 JOB_LOST = "the job of this run was deleted before the run reported an outcome"
 
 
+DISRUPTED = frozenset(
+    {"Evicted", "NodeLost", "Preempting", "Terminated", "UnexpectedAdmissionError"}
+)
+"""Pod ``status.reason`` values of a pod stopped by the cluster, not by its container."""
+
+
 @dataclass(frozen=True, slots=True)
 class PodFailure:
     """How an attempt (a pod) of a Job ended."""
@@ -59,6 +76,8 @@ class PodFailure:
     reason: str
     exit_code: int
     message: str
+    disrupted: bool = False
+    """Stopped by the cluster (evicted, its node lost), not by the algorithm."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,14 +88,63 @@ class Verdict:
     cause: str
     details: str
     action: str
+    failure_class: FailureClass | None = None
+    """The class a retry policy may retry, if any."""
 
 
 def run_of_pod(pod: dict[str, Any]) -> tuple[str, str] | None:
-    """(algorithm, request id) of an algorithm pod."""
-    labels = pod["metadata"].get("labels") or {}
+    """(algorithm, Job name) of an algorithm pod: the Job is the run's attempt."""
+    meta = pod["metadata"]
+    labels = meta.get("labels") or {}
     algorithm = labels.get(ALGORITHM_LABEL)
-    name = labels.get(REQUEST_LABEL) or labels.get(JOB_NAME_LABEL)
+    owners = meta.get("ownerReferences") or [{}]
+    name = labels.get(JOB_NAME_LABEL) or owners[0].get("name") or labels.get(REQUEST_LABEL)
     return (algorithm, name) if algorithm and name else None
+
+
+def disruption(pod: dict[str, Any]) -> PodFailure | None:
+    """The failed attempt of a pod the cluster stopped: evicted by its kubelet (reason
+    ``Evicted``), its node lost (``NodeLost``; or marked by the taint manager or pod GC),
+    preempted — what a ``DisruptionTarget`` condition or the pod's reason says."""
+    status = pod.get("status") or {}
+    if status.get("phase") != "Failed":
+        return None
+    reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    target = next(
+        (
+            c
+            for c in status.get("conditions") or ()
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
+    if reason not in DISRUPTED and target is None:
+        return None
+    if not reason:  # marked by the control plane: its condition says why
+        reason = "NodeLost" if target and "PodGC" in str(target.get("reason")) else "Disrupted"
+        if target and "Taint" in str(target.get("reason")):
+            reason = "NodeLost"
+    message = message or str((target or {}).get("message") or "the pod was disrupted")
+    statuses = status.get("containerStatuses") or [{}]
+    ended = (statuses[0].get("state") or {}).get("terminated") or {}
+    code = int(ended.get("exitCode") or 137)
+    return PodFailure(str(statuses[0].get("name", "")), reason, code, message, disrupted=True)
+
+
+def unschedulable(pod: dict[str, Any]) -> str | None:
+    """The scheduler's message, while a pod cannot be placed on any node."""
+    status = pod.get("status") or {}
+    if status.get("phase") not in (None, "Pending"):
+        return None
+    for condition in status.get("conditions") or ():
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return str(condition.get("message") or "no node can take the pod")
+    return None
 
 
 def pod_of_no_interest(line: bytes) -> bool:
@@ -89,7 +157,12 @@ def pod_of_no_interest(line: bytes) -> bool:
     escapes."""
     return (
         line.startswith(b'{"type":"DELETED"')
-        or b'"containerStatuses"' not in line
+        or (
+            b'"containerStatuses"' not in line
+            and b'"Unschedulable"' not in line
+            and b'"DisruptionTarget"' not in line
+            and b'"phase":"Failed"' not in line
+        )
         or (b'"phase":"Succeeded"' in line and b'"OOMKilled"' not in line)
     )
 
@@ -162,7 +235,12 @@ def failed_verdict(reason: str, message: str, last: PodFailure | None) -> Verdic
             f"container {last.container} was killed for exceeding its memory limit"
             f" (exit code {last.exit_code})"
         )
-        return Verdict(Stage.FAILED, "OOMKilled", _join(details, message), "oom_killed")
+        return Verdict(
+            Stage.FAILED, "OOMKilled", _join(details, message), "oom_killed", "outOfMemory"
+        )
+    if last is not None and last.disrupted:
+        details = f"{last.message} (exit code {last.exit_code})"
+        return Verdict(Stage.FAILED, last.reason, _join(details, message), "node_lost", "nodeLost")
     action = {"BackoffLimitExceeded": "backoff_limit", "PodFailurePolicy": "failure_policy"}
     detail = message or "the job failed"
     if last is not None:

@@ -163,11 +163,12 @@ class Sweeper:
             watch = self.watches.get(row.shard or "")
             if watch is not None and not watch.synced:
                 continue  # whether its Job exists cannot be told now: a later sweep decides
-            if watch is not None and str(row.id) in watch.jobs:
-                # its Job was created, the RUNNING write was lost
+            if watch is not None and row.job in watch.jobs:
+                # its (current attempt's) Job was created, the RUNNING write was lost
                 change = Transition(
-                    row.algorithm, row.id, Stage.RUNNING, expect=Stage.BUFFERED, shard=row.shard
-                )
+                    row.algorithm, row.id, Stage.RUNNING, expect=Stage.BUFFERED, shard=row.shard,
+                    at_attempt=row.attempt,
+                )  # fmt: skip
                 acts.append(Act(change, "found_running", watch.shard))
                 continue
             if s.max_queue_time and now - row.received_at > timedelta(seconds=s.max_queue_time):
@@ -271,12 +272,12 @@ class Sweeper:
             watch = self.watches.get(row.shard or "")
             if watch is None or not watch.synced:
                 continue  # unknown or unreachable shard: nothing can be concluded
-            succeeded = watch.succeeded_at(str(row.id))
+            succeeded = watch.succeeded_at(row.job)
             if succeeded is not None:  # its Job is there and done: only the report is missing
                 if succeeded <= seen_by:
                     change = Transition(
                         row.algorithm, row.id, Stage.FAILED, expect=Stage.RUNNING,
-                        cause="NoResult", details=NO_RESULT,
+                        cause="NoResult", details=NO_RESULT, at_attempt=row.attempt,
                     )  # fmt: skip
                     acts.append(Act(change, "no_result", watch.shard))
                 continue
@@ -285,12 +286,12 @@ class Sweeper:
                 and row.deadline_seconds is not None
                 and now > row.sent_at + timedelta(seconds=row.deadline_seconds) + slack
             )
-            if str(row.id) not in watch.jobs or overdue:
+            if row.job not in watch.jobs or overdue:
                 checks.append((row, watch, overdue))
         for start in range(0, len(checks), 16):
             chunk = checks[start : start + 16]
             found = await asyncio.gather(
-                *(w.client.get(JOBS, str(r.id)) for r, w, _ in chunk), return_exceptions=True
+                *(w.client.get(JOBS, r.job) for r, w, _ in chunk), return_exceptions=True
             )
             for (row, watch, overdue), job in zip(chunk, found, strict=True):
                 if isinstance(job, NexusError):
@@ -300,7 +301,7 @@ class Sweeper:
                 if job is None:
                     change = Transition(
                         row.algorithm, row.id, Stage.FAILED, expect=Stage.RUNNING,
-                        cause="JobLost", details=JOB_LOST,
+                        cause="JobLost", details=JOB_LOST, at_attempt=row.attempt,
                     )  # fmt: skip
                     acts.append(Act(change, "job_lost", watch.shard))
                 elif overdue and job_outcome(job) is None:
@@ -310,7 +311,7 @@ class Sweeper:
                     )
                     change = Transition(
                         row.algorithm, row.id, Stage.DEADLINE_EXCEEDED, expect=Stage.RUNNING,
-                        cause="DeadlineExceeded", details=details,
+                        cause="DeadlineExceeded", details=details, at_attempt=row.attempt,
                     )  # fmt: skip
                     acts.append(Act(change, "job_deadline", watch.shard, delete_job=True))
         await self.actions.apply(acts)

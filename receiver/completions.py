@@ -7,7 +7,11 @@ path's). ``null`` is absent, and field names are read in any letter case
 (:mod:`nexus.core.compatibility`); the answer's ``status`` is in the v1.2 vocabulary.
 No cause means ``COMPLETED``, with the result at ``sasUri`` or, when that is
 absent, at the run's default result location (stored as a key, presigned on every read);
-a cause means ``FAILED`` with that cause and message. A completion without a cause may
+a cause means ``FAILED`` with that cause and message — or, when the run's template retries
+algorithm failures (``retryPolicy.algorithmFailure``, never by default) and the completion
+names the ``attempt`` that failed (its ``NEXUS__ATTEMPT``), a new attempt of the run (see
+:mod:`nexus.core.retrying`), which the maintainer's sweep queues; a report of an attempt
+that is over changes nothing. A completion without a cause may
 instead carry the result document itself, ``"result"`` (any JSON value, at most
 ``max_inline_result`` bytes as compact JSON): it is written by the same UPDATE that makes
 the run ``COMPLETED``, and the scheduler serves it from a signed link. A larger one is
@@ -31,6 +35,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -50,6 +55,7 @@ from nexus.core.httpapi import (
     read_json_object,
 )
 from nexus.core.logs import request_id as current_request
+from nexus.core.retrying import Retry, decide, record
 from nexus.core.runs import Stage, Transition, may_move
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
@@ -66,10 +72,21 @@ COMPLETIONS = Counter(
 )
 MAX_URI = 4096
 COMPLETION_FIELDS = FieldNames(
-    ("cause", "message", "sasUri", "errorCause", "errorDetails", "resultUri", "requestId", "result")
+    (
+        "cause",
+        "message",
+        "sasUri",
+        "errorCause",
+        "errorDetails",
+        "resultUri",
+        "requestId",
+        "result",
+        "attempt",
+    )
 )
 """The fields of a completion, as :func:`canonical` finds them in any letter case
-(``requestId``: older containers repeat the path's id in the body)."""
+(``requestId``: older containers repeat the path's id in the body; ``attempt``: the
+attempt that reports, ``NEXUS__ATTEMPT``)."""
 # bound once: looking a labelled child up costs as much as counting
 _COMPLETED, _FAILED, _DUPLICATE, _REFUSED = (
     COMPLETIONS.labels(outcome) for outcome in ("completed", "failed", "duplicate", "refused")
@@ -193,6 +210,11 @@ async def complete(request: web.Request) -> web.Response:
             "result: a completion carries either the result, or a location (sasUri),"
             " or a failure (cause), not two of them"
         )
+    attempt = _attempt(body)
+    if cause is not None and attempt is not None:
+        retried = await _retry(receiver, algorithm, run_id, attempt, cause, message)
+        if retried is not None:
+            return json_response(retried)
     if inline is not None:
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_inline=inline)
     elif cause is None:
@@ -200,7 +222,9 @@ async def complete(request: web.Request) -> web.Response:
         result = _result_location(location, own, receiver.names) if location else own
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_uri=result)
     else:
-        change = Transition(algorithm, run_id, Stage.FAILED, cause=cause, details=message)
+        change = Transition(
+            algorithm, run_id, Stage.FAILED, cause=cause, details=message, at_attempt=attempt
+        )
     for _ in range(3):
         if await receiver.store.transition(change):
             (_COMPLETED if cause is None else _FAILED).inc()
@@ -224,6 +248,52 @@ async def complete(request: web.Request) -> web.Response:
     raise ApiError(
         503, "unavailable", "the completion could not be recorded; retry", {"Retry-After": "1"}
     )
+
+
+def _attempt(body: dict[str, Any]) -> int | None:
+    value = body.get("attempt")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise bad_request(f"attempt: expected a whole number from 1, got {json_type(value)}")
+    return value
+
+
+async def _retry(
+    receiver: Receiver,
+    algorithm: str,
+    run_id: uuid.UUID,
+    attempt: int,
+    cause: str,
+    message: str | None,
+) -> RunStatus | None:
+    """The answer when the failure of ``attempt`` is settled here: a report of an attempt
+    that is over (nothing changes), or a new attempt its template's policy asks for.
+    ``None``: the run ends as reported, by the caller."""
+    run = await receiver.store.get(algorithm, run_id)
+    if run is None or run.stage == Stage.NEW:
+        return None  # answered by the usual path (404, 409)
+    if run.stage.terminal or run.attempt != attempt:
+        _DUPLICATE.inc()
+        return {"requestId": str(run_id), "status": run.stage.value}
+    decision = decide(run.applied_configuration, run.retries, "algorithmFailure")
+    if not isinstance(decision, Retry):
+        return None
+    now = datetime.now(UTC)
+    retry_at = now + timedelta(seconds=decision.delay) if decision.delay > 0 else None
+    failed = record(
+        run_id, attempt, "algorithmFailure", cause, message or "", now, retry_at=retry_at
+    )
+    if await receiver.store.retry(run.key, attempt, failed, retry_at=retry_at) is None:
+        current = await receiver.store.result(algorithm, run_id)  # decided meanwhile
+        _DUPLICATE.inc()
+        return {"requestId": str(run_id), "status": current.stage.value if current else "NEW"}
+    _FAILED.inc()
+    log.info(
+        "run retried: algorithmFailure",
+        extra={"action": "retried", "attempt": attempt + 1, "cause": cause},
+    )
+    return {"requestId": str(run_id), "status": Stage.BUFFERED.value}
 
 
 def add_routes(app: web.Application) -> None:

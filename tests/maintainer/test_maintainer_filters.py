@@ -83,6 +83,38 @@ PODS = {
     "failed": ("MODIFIED", pod("Failed", ended(3, "Error"))),
     "out of memory": ("MODIFIED", pod("Failed", ended(137, "OOMKilled"))),
     "out of memory, exit code 0": ("MODIFIED", pod("Succeeded", ended(0, "OOMKilled"))),
+    "unschedulable": (
+        "MODIFIED",
+        {
+            **pod("Pending", None),
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+                ],
+            },
+        },
+    ),
+    "evicted": (
+        "MODIFIED",
+        {
+            **pod("Failed", ended(137, "Error")),
+            "status": {"phase": "Failed", "reason": "Evicted", "message": "low on memory"},
+        },
+    ),
+    "node lost, still running as last reported": (
+        "MODIFIED",
+        {
+            **pod("Failed", {"running": {}}),
+            "status": {
+                "phase": "Failed",
+                "conditions": [
+                    {"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC"}
+                ],
+                "containerStatuses": [{"name": RUN, "state": {"running": {}}}],
+            },
+        },
+    ),
     "deleted while running": ("DELETED", pod("Running", {"running": {}})),
     "deleted after failing": ("DELETED", pod("Failed", ended(1, "Error"))),
 }
@@ -105,7 +137,14 @@ def line(kind: str, obj: dict[str, Any]) -> bytes:
 
 def trace(watch: ShardWatch, actions: Recorded) -> Any:
     """Everything the handlers can change."""
-    kept = (watch._started, watch._pulls, watch._failures, watch.succeeded, watch._deleted)
+    kept = (
+        watch._started,
+        watch._pulls,
+        watch._unplaced,
+        watch._failures,
+        watch.succeeded,
+        watch._deleted,
+    )
     return (dict(watch.jobs), [dict(timers) for timers in kept], list(actions.acts))
 
 
@@ -136,6 +175,8 @@ async def test_a_pod_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> 
     # and the skip is worth having: what is ignored for sure is skipped
     if case in ("pending, no status yet", "succeeded", "deleted while running"):
         assert skipped
+    if case in ("unschedulable", "evicted", "node lost, still running as last reported"):
+        assert not ignored  # timed, or remembered as the failed attempt
 
 
 @pytest.mark.parametrize("case", JOBS)
