@@ -257,7 +257,8 @@ class ShardWatch:
         request_id = (meta.get("labels") or {}).get(REQUEST_LABEL)
         if not request_id or self._group is None:
             return
-        for other in copy_names(request_id, copies):
+        first = name.rsplit("-copy-", 1)[0]  # the attempt's first copy, named after it
+        for other in copy_names(first if first.startswith(request_id) else request_id, copies):
             if other == name or other in self._retired:
                 continue
             self._retired[other] = None

@@ -270,7 +270,7 @@ async def _retry(
     """The answer when the failure of ``attempt`` is settled here: a report of an attempt
     that is over (nothing changes), or a new attempt its template's policy asks for.
     ``None``: the run ends as reported, by the caller."""
-    run = await receiver.store.get(algorithm, run_id)
+    run = await receiver.store.get(algorithm, run_id, SYSTEM)
     if run is None or run.stage == Stage.NEW:
         return None  # answered by the usual path (404, 409)
     if run.stage.terminal or run.attempt != attempt:
@@ -285,7 +285,7 @@ async def _retry(
         run_id, attempt, "algorithmFailure", cause, message or "", now, retry_at=retry_at
     )
     if await receiver.store.retry(run.key, attempt, failed, retry_at=retry_at) is None:
-        current = await receiver.store.result(algorithm, run_id)  # decided meanwhile
+        current = await receiver.store.result(algorithm, run_id, SYSTEM)  # decided meanwhile
         _DUPLICATE.inc()
         return {"requestId": str(run_id), "status": current.stage.value if current else "NEW"}
     _FAILED.inc()

@@ -27,6 +27,7 @@ from nexus.core.retrying import (
 )
 from nexus.core.runs import NewRun, RunKey, Stage, Transition
 from nexus.core.templates import InvalidConfiguration, apply, parse_template, parse_workgroup
+from nexus.core.visibility import SYSTEM
 
 WORKGROUP = parse_workgroup({"metadata": {"name": "default"}, "spec": {"cluster": "shard-0"}})
 
@@ -160,7 +161,7 @@ async def test_of_many_writers_retrying_one_attempt_exactly_one_starts_the_next(
         *(store.retry(key, 1, failed, memory="2Gi", retry_at=later) for _ in range(12))
     )
     assert sorted(outcomes, key=str) == [None] * 11 + ["shard-0"]
-    run = await store.get(key.algorithm, key.id)
+    run = await store.get(key.algorithm, key.id, SYSTEM)
     assert run is not None
     assert (run.stage, run.attempt, run.retry_at) == (Stage.BUFFERED, 2, later)
     assert run.applied_configuration["memoryLimit"] == "2Gi"

@@ -36,6 +36,7 @@ from support.system import System, free_port, local_system, template
 
 from nexus.core.retrying import record
 from nexus.core.runs import RunKey
+from nexus.core.visibility import SYSTEM
 from nexus.scheduler.api import SCHEDULER
 from nexus_dev.cluster.emulators import ShardSpec
 from nexus_dev.cluster.jobcontroller import JobControllerSettings
@@ -304,7 +305,7 @@ async def test_algorithm_failures_are_never_retried_unless_the_policy_says_so(
 
 async def checkpoint_of(system: System, algorithm: str, request_id: str) -> Any:
     async with open_store(system) as store:
-        return await store.get(algorithm, uuid.UUID(request_id))
+        return await store.get(algorithm, uuid.UUID(request_id), SYSTEM)
 
 
 async def stored_attempts(dsn: str, algorithm: str) -> dict[str, tuple[str, int]]:
@@ -409,7 +410,7 @@ async def test_a_crash_in_the_middle_of_retries_makes_exactly_one_new_attempt_ea
             assert any(line.get("action") == "retried" for line in second.lines())
             async with open_store(system) as store:
                 for request_id, algorithm in ids.items():
-                    run = await store.get(algorithm, uuid.UUID(request_id))
+                    run = await store.get(algorithm, uuid.UUID(request_id), SYSTEM)
                     assert run is not None and len(run.retries) == 1, run
 
 
