@@ -141,6 +141,7 @@ def test_the_job_carries_the_whole_contract() -> None:
         "NEXUS__ALGORITHM_NAME": "forecast",
         "NEXUS__SHARD_NAME": "shard-gpu",
         "NEXUS__REQUEST_ID": name,
+        "NEXUS__ATTEMPT": "1",
         "NEXUS__RECEIVER_URL": "https://receiver-gpu",
         "NEXUS__RUN_TOKEN": "token-abc",
         "NEXUS__RESULT_UPLOAD_URL": LINKS.result_upload_url,

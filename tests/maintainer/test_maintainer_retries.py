@@ -397,7 +397,11 @@ async def test_a_crash_in_the_middle_of_retries_makes_exactly_one_new_attempt_ea
             await wait_until(all_completed, 90, "every run COMPLETED", dsn)
             assert set((await all_attempts(dsn)).values()) == {("COMPLETED", 2)}
             for request_id in ids:
-                assert set(jobs_of(system, request_id)) == {request_id, f"{request_id}-a2"}
+                # the second attempt's Job, and no third; the first attempt's may be gone: a
+                # pod that held the run when it was retried deletes the Job it tried to make
+                jobs = set(jobs_of(system, request_id))
+                assert f"{request_id}-a2" in jobs, jobs
+                assert jobs <= {request_id, f"{request_id}-a2"}, jobs
             retried = Counter(
                 line["requestId"]
                 for process in (first, second)
