@@ -42,6 +42,9 @@ from profiles import record
 from stack import StackOptions, local_stack
 
 SLOT = 0.1  # seconds of submissions sharing one tag
+PAGE = 10_000
+"""Runs per listing page: more than a tag ever holds, so one page (with a Content-Length:
+the whole listing without ``limit`` is streamed, chunked) answers each poll."""
 READERS = 8
 """Connections reading results back, each one GET at a time."""
 PLAIN = ("postgres", "redis", "seaweedfs")
@@ -148,9 +151,8 @@ async def run(
                 due = [t for t in waiting if time.time() - polled.get(t, 0.0) >= 1.0]
                 for tag in due[:50]:
                     polled[tag] = time.time()
-                    request = request_bytes(
-                        "GET", f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}", b"", headers
-                    )
+                    listing = f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}?limit={PAGE}"
+                    request = request_bytes("GET", listing, b"", headers)
                     status, body = await connection.exchange(request)
                     if status != 200:
                         continue
