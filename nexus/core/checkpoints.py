@@ -461,6 +461,21 @@ class CheckpointStore:
             )
         return None if row is None else result_of(row)
 
+    async def results_many(self, keys: Sequence[RunKey]) -> dict[RunKey, RunResult]:
+        """How the runs ``keys`` stand, in one round trip, whoever submitted them (for work
+        that already knows its caller may see them); missing runs are absent."""
+        if not keys:
+            return {}
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {sql.RESULT_COLUMNS} FROM runs r JOIN unnest($1::text[], $2::uuid[])"
+                " AS k(a, i) ON r.algorithm = k.a AND r.id = k.i",
+                [k.algorithm for k in keys],
+                [k.id for k in keys],
+            )
+        found = (result_of(row) for row in rows)
+        return {RunKey(r.algorithm, r.id): r for r in found}
+
     async def results_by_tag_across(
         self, algorithms: Sequence[str], tag: str, viewer: Viewer, limit: int = MAX_TAG_RESULTS
     ) -> list[RunResult]:

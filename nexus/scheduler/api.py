@@ -43,6 +43,7 @@ from nexus.scheduler.limits import ConcurrencyLimits, ConcurrencyWait
 from nexus.scheduler.links import CONTENT_ROUTE, RESULT_CONTENT_ROUTE, Links
 from nexus.scheduler.quotas import Quotas
 from nexus.scheduler.submission import Submitter
+from nexus.scheduler.waiters import Waiters, wait_for, wait_seconds
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,8 @@ class Scheduler:
     limits: ConcurrencyLimits | None = None
     quotas: Quotas | None = None
     fair_share: FairShare | None = None
+    waiters: Waiters | None = None
+    """This pod's ``?wait`` requests, woken by announcements of finished runs."""
 
 
 SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
@@ -198,9 +201,26 @@ async def result(request: web.Request) -> web.Response:
     algorithm, run_id = _algorithm(request), _request_id(request)
     viewer = await _viewer(request, algorithm)
     scheduler = request.app[SCHEDULER]
-    found = await scheduler.store.result(algorithm, run_id, viewer)
-    if found is None:
-        raise not_found(algorithm, run_id)
+    try:
+        wait = wait_seconds(request.query.get("wait"))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    if not wait or scheduler.waiters is None:
+        found = await scheduler.store.result(algorithm, run_id, viewer)
+        if found is None:
+            raise not_found(algorithm, run_id)
+        return json_response(_result(scheduler, found))
+    key = RunKey(algorithm, run_id)
+    finished = scheduler.waiters.watch_run(key)  # before the read: no announcement slips by
+    try:
+        found = await scheduler.store.result(algorithm, run_id, viewer)
+        if found is None:
+            raise not_found(algorithm, run_id)
+        if not found.stage.terminal:
+            announced = await wait_for(finished, wait)
+            found = announced or await scheduler.store.result(algorithm, run_id, viewer) or found
+    finally:
+        scheduler.waiters.forget_run(key, finished)
     return json_response(_result(scheduler, found))
 
 

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from nexus.core.announcements import FinishedRuns
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import finish_routes
@@ -51,6 +52,7 @@ from nexus.scheduler.schedules import TICKER, Ticker, add_schedule_routes
 from nexus.scheduler.settings import SchedulerSettings
 from nexus.scheduler.submission import Submitter
 from nexus.scheduler.throttling import ShardThrottle
+from nexus.scheduler.waiters import Waiters
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +185,10 @@ async def _open(
         fair_share=FairShare(s.teams),
     )
     app[LISTINGS] = Listings(store)
+    waiters = app[SCHEDULER].waiters = Waiters(store, app[LISTINGS])
+    stack.push_async_callback(waiters.close)
+    announcements = FinishedRuns(s.postgres.dsn, waiters.finished, waiters.gap)
+    lifecycle.start_loop("announcements", announcements.run(lifecycle.stopping))
     ticker = Ticker(
         catalog=catalog,
         store=store,

@@ -14,7 +14,9 @@ with 400.
 
 ``GET …/tags/{tag}/summary`` answers ``{"total", "byStatus", "finished"}``: how many runs
 are in each v1.2 status (every status named, 0 when none), and whether the batch is
-finished — it has runs and every one is terminal.
+finished — it has runs and every one is terminal. With ``?wait=S`` (0 to 60 seconds) it
+answers the moment the batch is finished, or after S seconds as it stands
+(:mod:`nexus.scheduler.waiters`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from nexus.core.listings import Listings, TagPosition
 from nexus.core.runs import TERMINAL, Stage
 from nexus.core.visibility import Viewer
 from nexus.scheduler.api import PREFIX, SCHEDULER, RunAnswer, _algorithm, _result, _viewer
+from nexus.scheduler.waiters import is_finished, wait_for, wait_seconds
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +145,20 @@ async def tag_summary(request: web.Request) -> web.Response:
     algorithm = _algorithm(request)
     viewer = await _viewer(request, algorithm)
     tag = _tag(request)
-    counts = await request.app[LISTINGS].counts(algorithm, tag, viewer)
+    try:
+        wait = wait_seconds(request.query.get("wait"))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from None
+    listings, waiters = request.app[LISTINGS], request.app[SCHEDULER].waiters
+    if not wait or waiters is None:
+        return json_response(summarise(await listings.counts(algorithm, tag, viewer)))
+    finished = waiters.watch_tag(algorithm, tag, viewer)  # before the count: none slips by
+    try:
+        counts = await listings.counts(algorithm, tag, viewer)
+        if not is_finished(counts):
+            counts = await wait_for(finished, wait) or await listings.counts(algorithm, tag, viewer)
+    finally:
+        waiters.forget_tag(algorithm, tag, viewer, finished)
     return json_response(summarise(counts))
 
 

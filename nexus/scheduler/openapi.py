@@ -60,6 +60,9 @@ def _optional_query(name: str, kind: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "description": description, "schema": schema}
 
 
+_WAIT = _optional_query(
+    "wait", "number", "Seconds (0 to 60) to wait for the end before answering as it stands"
+)
 _TAG = {"name": "tag", "in": "path", "required": True, "schema": {"type": "string"}}
 
 _COMMON = {
@@ -504,8 +507,9 @@ DOCUMENT: dict[str, Any] = {
         },
         "/algorithm/v1.2/results/{algorithmName}/requests/{requestId}": {
             "get": {
-                "summary": "A run's status and result",
-                "parameters": [_ALG, _ID],
+                "summary": "A run's status and result; with ?wait=S, answered once the run is"
+                " finished or after S seconds",
+                "parameters": [_ALG, _ID, _WAIT],
                 "responses": {
                     "200": _json("Result", "The run"),
                     **_COMMON,
@@ -549,8 +553,9 @@ DOCUMENT: dict[str, Any] = {
         },
         "/algorithm/v1.2/results/{algorithmName}/tags/{tag}/summary": {
             "get": {
-                "summary": "How many runs of a tag are in each status, and whether all finished",
-                "parameters": [_ALG, _TAG],
+                "summary": "How many runs of a tag are in each status, and whether all finished;"
+                " with ?wait=S, answered once all finished or after S seconds",
+                "parameters": [_ALG, _TAG, _WAIT],
                 "responses": {"200": _json("TagSummary", "The batch's progress"), **_COMMON},
             }
         },

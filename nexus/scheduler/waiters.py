@@ -1,0 +1,192 @@
+"""Waiting without polling (DESIGN §2, ``?wait=S``): this pod's waiters, woken by the
+announcements of finished runs (:mod:`nexus.core.announcements`).
+
+A request that waits registers here *before* it reads the store, then waits for its
+future or its ``S`` seconds, whichever comes first; so a run that finishes between the
+read and the wait still wakes it. Guarantees:
+
+* **One read per burst, not per waiter.** A burst of announcements is answered with one
+  store read of every announced run that has waiters on this pod, whose results are handed
+  to all of them; a tag with waiters is counted again once per burst, one count in flight
+  per tag (announcements arriving meanwhile cause one more), and its waiters are answered
+  when it is finished. Nothing polls the store on a waiter's behalf.
+* **Nothing missed is waited for longer than asked.** After a gap in the announcements (a
+  reconnection), every run and tag waited for is read again at once, in one read and one
+  count per tag; and every waiter answers at its ``S`` in any case.
+* **Failures stay bounded.** A read that fails leaves the waiters waiting (their ``S``
+  still holds) and is logged once per burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Awaitable
+from typing import TypeAlias, TypeVar
+
+from nexus.core.announcements import Finished
+from nexus.core.checkpoints import CheckpointStore
+from nexus.core.errors import DependencyError
+from nexus.core.listings import Listings
+from nexus.core.runs import TERMINAL, RunKey, RunResult, Stage
+from nexus.core.visibility import Viewer
+
+log = logging.getLogger(__name__)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+TagKey: TypeAlias = tuple[str, str, str | None]
+"""(algorithm, tag, owner): a tag as one caller's view counts it (owner ``None``: all)."""
+Counts: TypeAlias = dict[Stage, int]
+
+
+MAX_WAIT = 60.0
+"""The longest ``?wait`` in seconds (DESIGN §2)."""
+
+
+def wait_seconds(raw: str | None) -> float | None:
+    """The ``wait`` query parameter as seconds (0 to :data:`MAX_WAIT`), ``None`` when
+    absent; :class:`ValueError` naming the problem otherwise."""
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw) if raw.strip() == raw and len(raw) <= 20 else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_WAIT:  # NaN, infinities and negatives fail too
+        raise ValueError(f"wait: expected seconds from 0 to {MAX_WAIT:g}, got {raw[:40]!r}")
+    return seconds
+
+
+async def wait_for(future: asyncio.Future[_V], seconds: float) -> _V | None:
+    """``future``'s result, or ``None`` after ``seconds``; the future is left as it is."""
+    try:
+        return await asyncio.wait_for(asyncio.shield(future), seconds)
+    except TimeoutError:
+        return None
+
+
+def is_finished(counts: Counts) -> bool:
+    """Whether a tag with these counts has runs and every one is terminal."""
+    return bool(counts) and all(stage in TERMINAL for stage in counts)
+
+
+class Waiters:
+    """The runs and tags this pod's requests wait for, and their wake-ups."""
+
+    def __init__(self, store: CheckpointStore, listings: Listings) -> None:
+        self._store = store
+        self._listings = listings
+        self._runs: dict[RunKey, set[asyncio.Future[RunResult]]] = {}
+        self._tags: dict[TagKey, set[asyncio.Future[Counts]]] = {}
+        self._counting: dict[TagKey, bool] = {}  # tags being counted: whether to count again
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return sum(map(len, self._runs.values())) + sum(map(len, self._tags.values()))
+
+    # -- waiting ---------------------------------------------------------------------------
+
+    def watch_run(self, key: RunKey) -> asyncio.Future[RunResult]:
+        """A future set to the run's result once it is announced finished."""
+        future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
+        self._runs.setdefault(key, set()).add(future)
+        return future
+
+    def watch_tag(self, algorithm: str, tag: str, viewer: Viewer) -> asyncio.Future[Counts]:
+        """A future set to the tag's counts (as ``viewer`` sees them) once it is finished."""
+        future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
+        self._tags.setdefault(_tag_key(algorithm, tag, viewer), set()).add(future)
+        return future
+
+    def forget_run(self, key: RunKey, future: asyncio.Future[RunResult]) -> None:
+        _discard(self._runs, key, future)
+
+    def forget_tag(
+        self, algorithm: str, tag: str, viewer: Viewer, future: asyncio.Future[Counts]
+    ) -> None:
+        _discard(self._tags, _tag_key(algorithm, tag, viewer), future)
+
+    # -- waking ----------------------------------------------------------------------------
+
+    def finished(self, runs: list[Finished]) -> None:
+        """Announced: ``runs`` reached a terminal stage."""
+        keys = [f.key for f in runs if f.key in self._runs]
+        if keys:
+            self._spawn(self._read(keys))
+        if self._tags:
+            announced = {(f.key.algorithm, f.tag) for f in runs if f.tag is not None}
+            for tag_key in [k for k in self._tags if (k[0], k[1]) in announced]:
+                self._count(tag_key)
+
+    def gap(self) -> None:
+        """Announcements may have been missed: look at everything waited for again."""
+        if self._runs:
+            self._spawn(self._read(list(self._runs)))
+        for tag_key in list(self._tags):
+            self._count(tag_key)
+
+    async def close(self) -> None:
+        """Stop the reads and counts in flight (waiters answer at their ``S``)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _read(self, keys: list[RunKey]) -> None:
+        try:
+            found = await self._store.results_many(keys)
+        except DependencyError as exc:
+            log.warning("finished runs could not be read for their waiters: %s", exc)
+            return
+        for key, result in found.items():
+            if result.stage.terminal:
+                for future in self._runs.pop(key, ()):
+                    if not future.done():
+                        future.set_result(result)
+
+    def _count(self, tag_key: TagKey) -> None:
+        if tag_key in self._counting:
+            self._counting[tag_key] = True  # counted again once this count is done
+            return
+        self._counting[tag_key] = False
+        self._spawn(self._counts(tag_key))
+
+    async def _counts(self, tag_key: TagKey) -> None:
+        algorithm, tag, owner = tag_key
+        viewer = Viewer(owner, frozenset()) if owner is not None else Viewer("", frozenset({"*"}))
+        try:
+            while True:
+                self._counting[tag_key] = False
+                try:
+                    counts = await self._listings.counts(algorithm, tag, viewer)
+                except DependencyError as exc:
+                    log.warning("a tag could not be counted for its waiters: %s", exc)
+                    return
+                if is_finished(counts):
+                    for future in self._tags.pop(tag_key, ()):
+                        if not future.done():
+                            future.set_result(counts)
+                if not self._counting[tag_key]:
+                    return
+        finally:
+            self._counting.pop(tag_key, None)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _tag_key(algorithm: str, tag: str, viewer: Viewer) -> TagKey:
+    return (algorithm, tag, viewer.owner(algorithm))
+
+
+def _discard(
+    waiting: dict[_K, set[asyncio.Future[_V]]], key: _K, future: asyncio.Future[_V]
+) -> None:
+    found = waiting.get(key)
+    if found is not None:
+        found.discard(future)
+        if not found:
+            del waiting[key]
