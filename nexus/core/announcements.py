@@ -1,7 +1,7 @@
 """Runs that finished, as PostgreSQL announces them: one ``LISTEN`` per process.
 
 Every move of a run to a terminal stage is announced once, by the database itself (the
-trigger of migration 0009 sends ``NOTIFY nexus_finished`` in the transaction that makes
+trigger of migration 0010 sends ``NOTIFY nexus_finished`` in the transaction that makes
 the move, whichever process wrote it), so an announcement arrives when and only when the
 move has committed. :class:`FinishedRuns` keeps one dedicated connection listening on the
 channel and hands each burst of announcements to a callback, once, in arrival order.
@@ -39,7 +39,7 @@ from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 log = logging.getLogger(__name__)
 
 CHANNEL = "nexus_finished"
-"""The channel migration 0009's trigger notifies."""
+"""The channel migration 0010's trigger notifies."""
 APPLICATION_NAME = "nexus-announcements"
 """How the listening connection names itself (``pg_stat_activity.application_name``)."""
 
