@@ -132,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-timeout",
         type=float,
         default=10.0,
-        help="seconds before a simulated pod's HTTP call fails",
+        help="seconds before a simulated pod's HTTP call fails (and is retried)",
+    )
+    group.add_argument(
+        "--retry-for",
+        type=float,
+        default=300.0,
+        help="seconds a simulated pod keeps retrying a call that failed in a way that may "
+        "pass (no answer, 408, 425, 429, 5xx), honouring Retry-After",
     )
     group.add_argument(
         "--start-delay",
@@ -235,7 +242,11 @@ def shard_specs(args: argparse.Namespace) -> list[ShardSpec]:
         tls=not args.plain_http,
         limits=limits,
         simulation=SimulationSettings(
-            args.duration, args.faults, args.concurrency, args.request_timeout
+            args.duration,
+            args.faults,
+            args.concurrency,
+            args.request_timeout,
+            retry_for=args.retry_for,
         ),
         processes=ProcessSettings(args.memory_poll_interval),
         kubelet=KubeletSettings(args.start_delay, args.image_pull_backoff, args.log_limit),

@@ -14,8 +14,19 @@ and after a duration drawn from the shard's distribution:
    sends it.
    A larger one, or one the receiver refuses as too large (413), is ``PUT`` to
    ``NEXUS__RESULT_UPLOAD_URL`` first and the completion carries no ``result``;
-4. exits 0. A step that fails (non-2xx, connection error, timeout) ends the container with
-   exit code 1 and a log line saying why, as a real container would.
+4. exits 0.
+
+A step that fails in a way that may pass — no answer (connection refused or reset, a
+timeout), ``408``, ``425``, ``429`` or a ``5xx`` — is tried again, as the algorithm SDK
+does: after a back-off doubling from ``retry_first`` to ``retry_cap`` seconds, or after the
+answer's ``Retry-After`` when it names one (never past the cap), for up to ``retry_for``
+seconds from the step's first failure. So a receiver restarting, an object store or a
+checkpoint store away for a while, costs a run time, not its outcome. Another ``4xx``, or a
+step still failing when its time is up, ends the container with exit code 1 and a log line
+saying why, as a real container would — except a completion that could not be delivered
+when the result can be uploaded: the result is then (or was already) at its default
+location, the container exits 0 without reporting, and the maintainer finds the result
+there and completes the run.
 
 Faults, drawn per pod from the shard's mix or forced by env ``NEXUS_DEVCLUSTER_FAULT`` /
 annotation ``devcluster.nexus/fault``:
@@ -54,7 +65,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from nexus.core.httpcalls import CallFailed, HttpCalls
+from nexus.core.httpcalls import Answer, CallFailed, HttpCalls
+from nexus.core.waiting import Backoff
 from nexus_dev.cluster.kubelet import PodRun
 
 if TYPE_CHECKING:
@@ -62,6 +74,9 @@ if TYPE_CHECKING:
 
 FAULTS = ("oom", "image-pull", "exit", "silent", "hang", "evicted", "node-lost", "unschedulable")
 _JSON_HEADERS = {"Content-Type": "application/json"}
+RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
+"""Answers a step is tried again after: the server is busy, restarting or missing a
+dependency for now. (Another 4xx says the request itself is wrong; trying again is futile.)"""
 
 
 def parse_distribution(text: str) -> Callable[[], float]:
@@ -113,11 +128,36 @@ class SimulationSettings:
     concurrency: int = 64
     """Worker tasks (and pooled connections) performing simulated pods' HTTP calls."""
     request_timeout: float = 10.0
-    """Seconds before a simulated pod gives up on one HTTP call (and fails)."""
+    """Seconds before one HTTP call of a simulated pod counts as failed (and is retried)."""
+    retry_for: float = 300.0
+    """Seconds a simulated pod keeps trying a step that fails in a way that may pass,
+    counted from the step's first failure. Five minutes outlast a rolling update of the
+    receiver or a store's restart; past them the pod fails as a real container would."""
+    retry_first: float = 0.2
+    """Seconds before the first retry of a failed step; doubled after each failure."""
+    retry_cap: float = 5.0
+    """The longest wait between two tries of a step (also for a longer ``Retry-After``):
+    a server back after an outage is found within this long."""
 
 
 class _StepFailed(Exception):
     pass
+
+
+class _GaveUp(_StepFailed):
+    """A step that kept failing in a way that may pass, until its ``retry_for`` was over."""
+
+
+def retry_after(answer: Answer) -> float | None:
+    """The seconds an answer's ``Retry-After`` asks for, when it names a number of them."""
+    value = answer.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP date: the back-off decides
+    return seconds if seconds >= 0 else None
 
 
 def _argument(args: list[str], name: str) -> str | None:
@@ -214,16 +254,65 @@ class SimulatedRuntime:
         run.write_log(line.encode() + b"\n", self.kubelet.settings.log_limit)
 
     async def _call(
-        self, method: str, url: str, body: bytes = b"", headers: dict[str, str] | None = None
+        self,
+        run: PodRun,
+        method: str,
+        url: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
     ) -> bytes:
+        """The answer's body of a step that must succeed (2xx); see :meth:`_exchange`."""
+        return (await self._exchange(run, method, url, body, headers)).body
+
+    async def _call_status(
+        self, run: PodRun, method: str, url: str, body: bytes, headers: dict[str, str]
+    ) -> int:
+        """The status of a step that may also be refused as too large (413)."""
+        return (await self._exchange(run, method, url, body, headers, also=413)).status
+
+    async def _exchange(
+        self,
+        run: PodRun,
+        method: str,
+        url: str,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        *,
+        also: int | None = None,
+    ) -> Answer:
+        """The answer of a step (2xx, or ``also``), tried again while it fails in a way
+        that may pass (see the module docstring); :class:`_GaveUp` once that is over,
+        :class:`_StepFailed` at once for an answer that will not change."""
         assert self.calls is not None
-        try:
-            status, answer = await self.calls.request(method, url, body, headers)
-        except CallFailed as exc:
-            raise _StepFailed(f"{method} {url} failed: {exc}") from exc
-        if not 200 <= status < 300:
-            raise _StepFailed(f"{method} {url} answered {status}: {answer[:200]!r}")
-        return answer
+        loop = asyncio.get_running_loop()
+        settings = self.settings
+        backoff = Backoff(settings.retry_first, settings.retry_cap, jitter=0.5)
+        give_up: float | None = None
+        while True:
+            try:
+                answer = await self.calls.call(method, url, body, headers, idempotent=True)
+            except CallFailed as exc:
+                problem, wait = f"{method} {url} failed: {exc}", None
+            else:
+                if 200 <= answer.status < 300 or answer.status == also:
+                    return answer
+                problem = f"{method} {url} answered {answer.status}: {answer.body[:200]!r}"
+                if answer.status not in RETRYABLE:
+                    raise _StepFailed(problem)
+                wait = retry_after(answer)
+            now = loop.time()
+            if give_up is None:
+                give_up = now + settings.retry_for
+            delay = backoff.failed()
+            if wait is not None:
+                delay = min(max(wait, delay), settings.retry_cap)
+            if now + delay > give_up or _stopped(run):
+                raise _GaveUp(f"{problem} (gave up after {backoff.failures} tries)")
+            if backoff.failures == 1:
+                self._log(run, f"{problem}; trying again for up to {settings.retry_for:g} s")
+            await asyncio.sleep(delay)
+            if _stopped(run):
+                raise _StepFailed(f"{problem} (stopped while waiting to try again)")
 
     async def _play(self, run: PodRun) -> None:
         env = run.env
@@ -235,7 +324,7 @@ class SimulatedRuntime:
         upload_url = env.get("NEXUS__RESULT_UPLOAD_URL")
         body = b""
         if input_url:
-            body = await self._call("GET", input_url)
+            body = await self._call(run, "GET", input_url)
             self._log(run, f"read {len(body)} bytes of input")
         if _stopped(run):
             return
@@ -256,7 +345,7 @@ class SimulatedRuntime:
                 }
                 if env.get("NEXUS__ATTEMPT", "").isdigit():  # which attempt failed
                     failure["attempt"] = int(env["NEXUS__ATTEMPT"])
-                await self._call("POST", completion_url, orjson.dumps(failure), headers)
+                await self._call(run, "POST", completion_url, orjson.dumps(failure), headers)
                 self._log(run, "reported failure")
             self._log(run, "exiting with code 1")
             self.kubelet.exited(run, 1, "Error")
@@ -269,30 +358,38 @@ class SimulatedRuntime:
         inline_limit = env.get("NEXUS__RESULT_INLINE_LIMIT", "")
         if completion_url and inline_limit.isdigit() and len(result) <= int(inline_limit):
             inline = b'{"cause":null,"message":null,"sasUri":null,"result":' + result + b"}"
-            status = await self._complete(completion_url, inline, headers)
+            try:
+                status = await self._call_status(run, "POST", completion_url, inline, headers)
+            except _GaveUp as failure:
+                if not upload_url or _stopped(run):
+                    raise
+                # not delivered: the result goes where the maintainer looks for it
+                self._log(run, f"error: {failure}; uploading the result instead")
+                await self._call(run, "PUT", upload_url, result, _JSON_HEADERS)
+                self._log(run, "exiting with the result uploaded")
+                self.kubelet.exited(run, 0, "Completed")
+                return
             if status != 413:
                 self._log(run, "reported completion with its result inline")
-                self.kubelet.exited(run, 0, "Completed")
+                if not _stopped(run):
+                    self.kubelet.exited(run, 0, "Completed")
                 return
             self._log(run, "the receiver refused the result inline as too large")
         if upload_url:
-            await self._call("PUT", upload_url, result, _JSON_HEADERS)
+            await self._call(run, "PUT", upload_url, result, _JSON_HEADERS)
             self._log(run, "uploaded result")
         if _stopped(run):
             return
         if completion_url:
             completion = {"cause": None, "message": None, "sasUri": None}
-            await self._call("POST", completion_url, orjson.dumps(completion), headers)
-            self._log(run, "reported completion")
-        self.kubelet.exited(run, 0, "Completed")
-
-    async def _complete(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        """POST a completion; its status when 2xx or 413 (too large), else the step fails."""
-        assert self.calls is not None
-        try:
-            status, answer = await self.calls.request("POST", url, body, headers)
-        except CallFailed as exc:
-            raise _StepFailed(f"POST {url} failed: {exc}") from exc
-        if not (200 <= status < 300 or status == 413):
-            raise _StepFailed(f"POST {url} answered {status}: {answer[:200]!r}")
-        return status
+            try:
+                await self._call(run, "POST", completion_url, orjson.dumps(completion), headers)
+            except _GaveUp as failure:
+                if not upload_url or _stopped(run):
+                    raise
+                # the result is where the maintainer looks for it: the run is not lost
+                self._log(run, f"error: {failure}; exiting with the result uploaded")
+            else:
+                self._log(run, "reported completion")
+        if not _stopped(run):
+            self.kubelet.exited(run, 0, "Completed")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,9 @@ class Recorded:
     requests: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
     input_status: int = 200
     input_body: bytes = b'{"x": 1}'
+    failures: dict[str, list[tuple[int, dict[str, str]]]] = field(default_factory=dict)
+    """Answers given, one per request, to a method before it is served as usual."""
+    times: list[tuple[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -50,6 +55,11 @@ async def algorithm() -> AsyncIterator[Algorithm]:
     async def handle(request: web.Request) -> web.Response:
         body = await request.read()
         recorded.requests.append((request.method, request.path_qs, dict(request.headers), body))
+        recorded.times.append((request.method, asyncio.get_running_loop().time()))
+        failures = recorded.failures.get(request.method)
+        if failures:
+            status, headers = failures.pop(0)
+            return web.Response(status=status, headers=headers, text="not now")
         if request.path.startswith("/inputs/"):
             return web.Response(body=recorded.input_body, status=recorded.input_status)
         return web.Response(status=201 if request.method == "PUT" else 200)
@@ -117,6 +127,58 @@ async def test_failed_call_fails_the_pod_with_a_log_line(
     log = await core.read_namespaced_pod_log(pod.metadata.name, NS)
     assert "answered 403" in log
     assert [m for m, *_ in algorithm.recorded.requests] == ["GET"]
+
+
+async def test_calls_that_may_pass_are_tried_again_honouring_retry_after(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    """A store away (503), a server error (500) and a receiver asking for time (503 with
+    ``Retry-After``) cost the run tries, not its outcome; the wait follows Retry-After."""
+    algorithm.recorded.failures = {
+        "GET": [(503, {})],
+        "PUT": [(500, {}), (502, {})],
+        "POST": [(503, {"Retry-After": "0.5"}), (429, {"Retry-After": "0.5"})],
+    }
+    await batch.create_namespaced_job(NS, algorithm.manifest("again"))
+    job = await finished_job(batch, "again")
+    assert job.status.succeeded == 1
+    assert [m for m, *_ in algorithm.recorded.requests] == [
+        "GET", "GET", "PUT", "PUT", "PUT", "POST", "POST", "POST"
+    ]  # fmt: skip
+    posts = [at for method, at in algorithm.recorded.times if method == "POST"]
+    assert posts[1] - posts[0] >= 0.45 and posts[2] - posts[1] >= 0.45
+    log = await core.read_namespaced_pod_log((await pod_of(core, "again")).metadata.name, NS)
+    assert "answered 503" in log and "trying again" in log and "reported completion" in log
+
+
+async def test_a_receiver_away_past_the_retries_leaves_the_uploaded_result(
+    shard: Shard, batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    """The completion keeps failing until its time is up: the pod exits 0 without
+    reporting, its result uploaded (the maintainer completes the run from it); an input
+    that keeps failing fails the pod."""
+    assert shard.simulated is not None
+    settings = shard.simulated.settings
+    shard.simulated.settings = dataclasses.replace(settings, retry_for=0.6, retry_cap=0.2)
+    try:
+        algorithm.recorded.failures = {"POST": [(503, {"Retry-After": "1"})] * 100}
+        await batch.create_namespaced_job(NS, algorithm.manifest("away"))
+        job = await finished_job(batch, "away")
+        assert job.status.succeeded == 1
+        methods = [m for m, *_ in algorithm.recorded.requests]
+        assert methods[:2] == ["GET", "PUT"] and set(methods[2:]) == {"POST"}
+        assert len(methods) >= 4  # tried again, each wait capped below Retry-After
+        log = await core.read_namespaced_pod_log((await pod_of(core, "away")).metadata.name, NS)
+        assert "gave up" in log and "exiting with the result uploaded" in log
+
+        algorithm.recorded.requests.clear()
+        algorithm.recorded.failures = {"GET": [(503, {})] * 100}
+        await batch.create_namespaced_job(NS, algorithm.manifest("no-input"))
+        job = await finished_job(batch, "no-input")
+        assert job.status.failed == 1
+        assert {m for m, *_ in algorithm.recorded.requests} == {"GET"}
+    finally:
+        shard.simulated.settings = settings
 
 
 async def test_oom_fault(
