@@ -4,7 +4,8 @@ Start-up: migrations (or a wait for a migration Job), then clients (Postgres, Re
 every shard, and the controller cluster when the configuration controller is enabled),
 then two loops: the lease (:mod:`maintainer.leadership`) and the *term* runner. Every
 time this process becomes the leader it starts a fresh :class:`Term` — a watch per shard,
-the sweeper, the adopter, the action writer and, when enabled, the configuration copies
+the sweeper, the adopter, the healer of a Redis that lost its data
+(:mod:`maintainer.healing`), the action writer and, when enabled, the configuration copies
 (:mod:`maintainer.replication`), with empty caches and grace timers that start now — and
 stops it the moment it stops leading. Nothing at start-up waits for a shard to answer.
 A standby process is ready (it answers its probes) but does nothing else, so a brief
@@ -28,6 +29,7 @@ from aiohttp import web
 
 from maintainer.actions import Actions
 from maintainer.adoption import Adopter
+from maintainer.healing import Healer
 from maintainer.leadership import Leadership
 from maintainer.limits import SlotReconciler
 from maintainer.replication import Replicator
@@ -56,6 +58,7 @@ class Term:
     watches: dict[str, ShardWatch]
     sweeper: Sweeper
     adopter: Adopter
+    healer: Healer
     reconciler: SlotReconciler | None = None
     replicator: Replicator | None = None
     retrier: Retrier | None = None
@@ -71,6 +74,7 @@ class Term:
             group.create_task(self.adopter.run(self.stopping), name="maintainer:adopt")
             if self.retrier is not None:
                 group.create_task(self.retrier.run(self.stopping), name="maintainer:retries")
+            group.create_task(self.healer.run(self.sweeper, self.stopping), name="maintainer:heal")
             if self.reconciler is not None:
                 group.create_task(self.reconciler.run(self.stopping), name="maintainer:slots")
             # last out: writes what the others submitted before they stopped
@@ -88,6 +92,8 @@ class Maintainer:
     controller: ShardClient | None = None
     """The controller cluster (templates, workgroups), when copies are kept on shards."""
     term: Term | None = None
+    healer: Healer | None = None
+    """Kept across terms: a Redis that lost its data also lost the lease."""
 
     def new_term(self) -> Term:
         section = self.settings.maintainer
@@ -123,7 +129,11 @@ class Maintainer:
         reconciler = SlotReconciler(
             self.store, Slots(self.queues), section.limit_reconcile_interval, leading
         )
-        return Term(actions, watches, sweeper, adopter, reconciler, replicator, retrier)
+        if self.healer is None:
+            self.healer = Healer(self.queues, section, leading)
+        return Term(
+            actions, watches, sweeper, adopter, self.healer, reconciler, replicator, retrier
+        )
 
     async def lead(self, stopping: asyncio.Event) -> None:
         """Run a term whenever this process leads, until ``stopping``."""

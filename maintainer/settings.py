@@ -89,6 +89,14 @@ class MaintainerSection:
     sweep_max_rows: int = field(default=50_000, metadata=positive())
     """Rows of one kind looked at per sweep; the next sweep continues where this one
     stopped, so one sweep stays bounded however large the backlog."""
+    redis_check_interval: Seconds = field(default=2.0, metadata=positive())
+    """How often the leader looks for Redis' marker key, whose absence shows that Redis
+    lost its data; the queued runs are then queued again at once from the checkpoints
+    (one ``SET NX`` per look: a loss costs runs seconds, not the minute of the queue grace)."""
+    heal_grace: Seconds = field(default=2.0, metadata=positive())
+    """After Redis lost its data, ``BUFFERED`` runs changed more recently than this are
+    left to a second pass this much later: they may be between their checkpoint and their
+    push (which then lands in the new Redis)."""
     queue_grace: Seconds = field(default=60.0, metadata=positive())
     """A ``BUFFERED`` run modified more recently than this is left alone: it may be between
     its checkpoint and its push, or just taken off a queue."""

@@ -16,10 +16,12 @@ period are looked at, by the database's clock.
 * ``NEW`` — stuck between its first checkpoint and ``BUFFERED``: its input exists →
   ``BUFFERED`` and queued; otherwise ``SCHEDULING_FAILED``, "submission lost".
 * ``RUNNING`` — its Job succeeded ``completion_grace`` ago (as the shard's watch saw it)
-  and no completion came → ``FAILED``, no result; its Job is not on its shard (the shard's
-  Job list is current and a GET answers 404) → ``FAILED``, job lost; its Job is still
-  active ``deadline_slack`` past the run's deadline → ``DEADLINE_EXCEEDED`` and the Job
-  deleted.
+  and no completion came → ``COMPLETED`` if its result is at the run's default result
+  location (the container did its work; only its report was lost, say to a receiver away
+  longer than the container's retries), else ``FAILED``, no result; its Job is not on its
+  shard (the shard's Job list is current and a GET answers 404) → ``FAILED``, job lost;
+  its Job is still active ``deadline_slack`` past the run's deadline →
+  ``DEADLINE_EXCEEDED`` and the Job deleted.
 * a census: how many runs are in each unfinished stage (``nexus_runs{stage}``, set by the
   leader; finished runs are counted where they finish, ``nexus_run_duration_seconds``).
 * finished runs past ``retention`` → their input and result objects, then their
@@ -133,8 +135,29 @@ class Sweeper:
         for stage, runs in (await self.sweeps.count_unfinished()).items():
             UNFINISHED.labels(stage.value).set(runs)
 
+    async def heal(self, grace: float) -> tuple[int, bool]:
+        """Every ``BUFFERED`` run unchanged for ``grace`` s that no queue holds, pushed back
+        now (Redis lost its data: :mod:`maintainer.healing`), from the oldest; how many
+        were, and whether every run was judged (``False``: a shard's Jobs could not be
+        known, or no scheduler pod was alive to queue on; try again)."""
+        cursor: SweepCursor | None = None
+        queued, complete = 0, True
+        older_than = timedelta(seconds=grace)
+        while self._leading():
+            rows = await self.sweeps.page(
+                Stage.BUFFERED, older_than, cursor, self.section.sweep_batch
+            )
+            SWEPT.labels("heal").inc(len(rows))
+            if rows:
+                pushed, judged = await self._buffered(rows)
+                queued, complete = queued + pushed, complete and judged
+            if len(rows) < self.section.sweep_batch:
+                return queued, complete
+            cursor = rows[-1].cursor
+        return queued, False
+
     async def _stage(
-        self, stage: Stage, grace: float, handle: Callable[[list[SweepRow]], Awaitable[None]]
+        self, stage: Stage, grace: float, handle: Callable[[list[SweepRow]], Awaitable[object]]
     ) -> None:
         async for rows in self._pages(stage, grace):
             SWEPT.labels(stage.value.lower()).inc(len(rows))
@@ -155,13 +178,16 @@ class Sweeper:
 
     # -- BUFFERED --------------------------------------------------------------------------
 
-    async def _buffered(self, rows: list[SweepRow]) -> None:
+    async def _buffered(self, rows: list[SweepRow]) -> tuple[int, bool]:
+        """How many of ``rows`` were queued again, and whether all were judged."""
         s, now = self.section, datetime.now(UTC)
         acts: list[Act] = []
         by_shard: dict[str, list[SweepRow]] = defaultdict(list)
+        judged = True
         for row in rows:
             watch = self.watches.get(row.shard or "")
             if watch is not None and not watch.synced:
+                judged = False
                 continue  # whether its Job exists cannot be told now: a later sweep decides
             if watch is not None and row.job in watch.jobs:
                 # its (current attempt's) Job was created, the RUNNING write was lost
@@ -181,19 +207,23 @@ class Sweeper:
                 continue
             by_shard[row.shard or ""].append(row)
         await self.actions.apply(acts)
+        queued = 0
         if by_shard:
             pods = await self.queues.pods()
             for shard, group in by_shard.items():
-                await self._requeue(shard, group, pods.live, pods.dead)
+                pushed, placed = await self._requeue(shard, group, pods.live, pods.dead)
+                queued, judged = queued + pushed, judged and placed
+        return queued, judged
 
     async def _requeue(
         self, shard: str, rows: list[SweepRow], live: list[str], dead: list[str]
-    ) -> None:
-        """Push back the runs of ``rows`` that no queue holds (a dead pod's is adopted)."""
+    ) -> tuple[int, bool]:
+        """Push back the runs of ``rows`` that no queue holds (a dead pod's is adopted);
+        how many were, and ``False`` if some could not be for want of a live pod."""
         held = await self.queues.missing(shard, [r.key for r in rows], [*live, *dead])
         lost = [r for r in rows if r.key in held]
         if not lost:
-            return
+            return 0, True
         failed = [r for r in lost if r.attempts >= self.section.max_requeues]
         again = [r for r in lost if r.attempts < self.section.max_requeues]
         acts = []
@@ -214,6 +244,7 @@ class Sweeper:
         elif again:
             log.warning("runs in no queue, and no live scheduler pod to queue them on")
         await self.actions.apply(acts)
+        return (len(again), True) if live else (0, not again)
 
     async def _push(self, shard: str, rows: Sequence[SweepRow], live: list[str]) -> None:
         """Queue ``rows`` on a live pod ahead of newer runs, in the order they came."""
@@ -267,6 +298,7 @@ class Sweeper:
         now, slack = datetime.now(UTC), timedelta(seconds=self.section.deadline_slack)
         seen_by = asyncio.get_running_loop().time() - self.section.completion_grace
         checks: list[tuple[SweepRow, ShardWatch, bool]] = []
+        unreported: list[tuple[SweepRow, ShardWatch]] = []
         acts: list[Act] = []
         for row in rows:
             watch = self.watches.get(row.shard or "")
@@ -275,11 +307,7 @@ class Sweeper:
             succeeded = watch.succeeded_at(row.job)
             if succeeded is not None:  # its Job is there and done: only the report is missing
                 if succeeded <= seen_by:
-                    change = Transition(
-                        row.algorithm, row.id, Stage.FAILED, expect=Stage.RUNNING,
-                        cause="NoResult", details=NO_RESULT, at_attempt=row.attempt,
-                    )  # fmt: skip
-                    acts.append(Act(change, "no_result", watch.shard))
+                    unreported.append((row, watch))
                 continue
             overdue = (
                 row.sent_at is not None
@@ -314,7 +342,38 @@ class Sweeper:
                         cause="DeadlineExceeded", details=details, at_attempt=row.attempt,
                     )  # fmt: skip
                     acts.append(Act(change, "job_deadline", watch.shard, delete_job=True))
+        acts.extend(await self._unreported(unreported))
         await self.actions.apply(acts)
+
+    async def _unreported(self, rows: list[tuple[SweepRow, ShardWatch]]) -> list[Act]:
+        """Runs whose Job succeeded and whose completion never came: ``COMPLETED`` where
+        the result is at the run's default location, ``FAILED`` (no result) where it is
+        not. Object storage that cannot be asked leaves them to the next sweep."""
+        acts: list[Act] = []
+        for start in range(0, len(rows), 16):
+            chunk = rows[start : start + 16]
+            keys = [self.payloads.result_key(row.algorithm, str(row.id)) for row, _ in chunk]
+            found = await asyncio.gather(
+                *(self.payloads.exists(key) for key in keys), return_exceptions=True
+            )
+            for (row, watch), key, there in zip(chunk, keys, found, strict=True):
+                if isinstance(there, NexusError):
+                    continue  # ask again at the next sweep
+                if isinstance(there, BaseException):
+                    raise there
+                if there:
+                    change = Transition(
+                        row.algorithm, row.id, Stage.COMPLETED, expect=Stage.RUNNING,
+                        result_uri=self.payloads.uri(key), at_attempt=row.attempt,
+                    )  # fmt: skip
+                    acts.append(Act(change, "result_found", watch.shard))
+                else:
+                    change = Transition(
+                        row.algorithm, row.id, Stage.FAILED, expect=Stage.RUNNING,
+                        cause="NoResult", details=NO_RESULT, at_attempt=row.attempt,
+                    )  # fmt: skip
+                    acts.append(Act(change, "no_result", watch.shard))
+        return acts
 
     # -- retention -------------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from nexus.core import statements as sql
 from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
+from nexus.core.outages import Outage
 from nexus.core.retrying import AttemptRecord
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
 from nexus.core.visibility import Viewer
@@ -68,12 +69,13 @@ CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection failed
     asyncpg.ConnectionDoesNotExistError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.QueryCanceledError,
-    asyncpg.AdminShutdownError,
+    asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory
+    asyncpg.OperatorInterventionError,  # class 57: shutting down, starting up, cancelled
 )
+"""Errors that say the store cannot be had now, not that a statement is wrong: answered
+503 with ``Retry-After`` (callers try again), and said once per outage in the log."""
 # A value PostgreSQL cannot hold (e.g. NUL in a string): the item's fault, not the batch's.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _DEADLOCK_RETRIES = 3
@@ -218,6 +220,8 @@ class CheckpointStore:
 
     def __init__(self, pool: asyncpg.Pool, settings: PostgresSettings) -> None:
         self._pool = pool
+        self._acquire_timeout = settings.acquire_timeout
+        self.outage = Outage("postgres", "the checkpoint store")
         self.max_pending_writes = settings.max_pending
         self._batch_max = settings.batch_max_size
         options: dict[str, Any] = {
@@ -240,12 +244,14 @@ class CheckpointStore:
     @classmethod
     async def open(cls, settings: PostgresSettings) -> CheckpointStore:
         """Connect a pool to the store (the schema must be migrated already)."""
+        _quiet_pool_floor()
         try:
             pool = await asyncpg.create_pool(
                 settings.dsn,
                 min_size=settings.pool_min_size,
                 max_size=settings.pool_max_size,
                 command_timeout=settings.command_timeout,
+                timeout=settings.connect_timeout,
                 init=_init_connection,
                 reset=_keep_session,
                 server_settings=PLAN_SETTINGS,
@@ -343,6 +349,30 @@ class CheckpointStore:
             created = owner["id"] == run.id
             conflicts = () if created else _conflicts(run, owner)
             results[i] = Admission(owner["id"], created, owner["algorithm"], conflicts)
+
+    async def record_sent(self, changes: Sequence[Transition]) -> int:
+        """Keep the Job facts (``job_uid``, ``shard``, ``sent_at``) of ``RUNNING`` changes
+        the store refused, on runs that lack them: a run another writer failed or
+        finished while its Job was being created still says which Job ran it, and when.
+        Nothing else of the run changes. How many runs gained a fact."""
+        if not changes:
+            return 0
+        ordered = sorted(changes, key=lambda c: (c.algorithm, c.id))
+        columns = [
+            [c.algorithm for c in ordered],
+            [c.id for c in ordered],
+            [c.job_uid for c in ordered],
+            [c.shard for c in ordered],
+            [c.sent_at for c in ordered],
+        ]
+        for attempt in range(_DEADLOCK_RETRIES):
+            try:
+                async with self.connection() as conn:
+                    return len(await conn.fetch(sql.RECORD_SENT, *columns))
+            except asyncpg.DeadlockDetectedError as exc:
+                if attempt == _DEADLOCK_RETRIES - 1:
+                    raise StoreUnavailable(f"keeping job facts kept deadlocking: {exc}") from exc
+        raise AssertionError("unreachable")
 
     async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
         try:
@@ -531,7 +561,7 @@ class CheckpointStore:
         """``async with`` a pooled connection, for the store's own companion modules
         (:mod:`nexus.core.sweeps`): no connection to be had is :class:`StoreNotReached`,
         a connection failing while used :class:`StoreUnavailable`."""
-        return _Connection(self._pool)
+        return _Connection(self._pool, self._acquire_timeout, self.outage)
 
     # -- the maintainer's writes ----------------------------------------------------------
 
@@ -566,6 +596,25 @@ class CheckpointStore:
                         if key in ages:
                             _observe_finished(changes[i], ages[key])
         return results
+
+
+_POOL_FLOOR = "Failed to restore the pool connection floor"
+
+
+class _PoolFloor(logging.Filter):
+    """asyncpg's pool logs a warning with a whole traceback at every failed try to make
+    its ``min_size`` connections again (tries 1 s apart, doubling): a traceback per
+    connection for as long as the server is away. The store's :class:`Outage` says once
+    that it is down and once that it is back; those lines say nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and record.msg.startswith(_POOL_FLOOR))
+
+
+def _quiet_pool_floor() -> None:
+    pool_log = logging.getLogger("asyncpg.pool")
+    if not any(isinstance(f, _PoolFloor) for f in pool_log.filters):
+        pool_log.addFilter(_PoolFloor())
 
 
 def _insert_row(run: NewRun) -> tuple[Any, ...]:
@@ -640,18 +689,24 @@ def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
 
 
 class _Connection:
-    """``async with`` a pooled connection. No connection to be had is StoreNotReached;
-    connection-level failures while it is used become StoreUnavailable."""
+    """``async with`` a pooled connection. No connection to be had within the acquire
+    timeout is StoreNotReached; connection-level failures while it is used become
+    StoreUnavailable. Either is reported to the store's :class:`Outage`, as is the
+    first success after them."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, timeout: float, outage: Outage) -> None:
         self._pool = pool
+        self._timeout = timeout
+        self._outage = outage
         self._conn: Connection | None = None
 
     async def __aenter__(self) -> Connection:
         try:
-            conn = await self._pool.acquire()
+            conn = await self._pool.acquire(timeout=self._timeout)
         except CONNECTION_ERRORS as exc:
-            raise StoreNotReached(f"checkpoint store unavailable: {exc}") from exc
+            problem = str(exc) or "no connection within the acquire timeout"
+            self._outage.down(problem)
+            raise StoreNotReached(f"checkpoint store unavailable: {problem}") from exc
         self._conn = conn
         return conn
 
@@ -659,4 +714,7 @@ class _Connection:
         assert self._conn is not None
         await self._pool.release(self._conn)
         if isinstance(exc, CONNECTION_ERRORS):
+            self._outage.down(str(exc) or type(exc).__name__)
             raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc
+        if exc is None:
+            self._outage.up()

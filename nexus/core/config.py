@@ -169,6 +169,14 @@ class PostgresSettings:
     the server memory and context switches."""
     command_timeout: Seconds = field(default=10.0, metadata=positive())
     """A statement that takes longer is cancelled and the caller gets a 503."""
+    connect_timeout: Seconds = field(default=5.0, metadata=positive())
+    """A new connection not made within this long counts as the store being down (503).
+    asyncpg's own default, 60 s, would hold a request and a pool slot for a minute where
+    a server vanished without refusing (a firewall dropping packets)."""
+    acquire_timeout: Seconds = field(default=10.0, metadata=positive())
+    """The longest a call waits for a pooled connection (all busy, or being made) before
+    it is answered 503 with ``Retry-After``: no wait without a deadline. As long as a
+    statement may take, so a pool kept busy by slow statements refuses, not queues."""
     batch_max_size: int = field(default=500, metadata=positive())
     """Largest number of writes group-committed in one round trip."""
     batch_max_delay: Seconds = field(default=0.01, metadata=at_least(0))

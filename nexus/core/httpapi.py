@@ -211,8 +211,9 @@ def json_errors(handler: Handler) -> Handler:
         except TransitionRejected as exc:  # e.g. cancelling a run that has finished
             return error_response(409, "conflict", str(exc))
         except DependencyError as exc:
-            # the client learns what is down, not where it runs (the log has the details)
-            log.warning("dependency unavailable: %s", exc, extra={"path": request.path})
+            # the client learns what is down, not where it runs; the log learns it once
+            # per outage, from the client of that component (nexus.core.outages)
+            log.debug("dependency unavailable: %s", exc, extra={"path": request.path})
             what = next((v for k, v in _UNAVAILABLE.items() if isinstance(exc, k)), None)
             message = f"{what or 'a service Nexus depends on'} is unavailable"
             return error_response(

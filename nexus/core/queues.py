@@ -43,6 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from nexus.core.config import RedisSettings
 from nexus.core.errors import QueueUnavailable
+from nexus.core.outages import Outage
 from nexus.core.runs import RunKey
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -126,6 +127,13 @@ class KeySpace:
         """String: the holder of a named lease."""
         return f"{self.prefix}:lease:{name}"
 
+    @property
+    def generation(self) -> str:
+        """String: set once and never deleted, so its absence shows that Redis lost its
+        data (restarted empty, failed over to an empty replica, flushed): the maintainer
+        then queues the runs again from the checkpoints at once."""
+        return f"{self._queues}:generation"
+
 
 @dataclass(frozen=True, slots=True)
 class Share:
@@ -181,6 +189,7 @@ class QueueBackend:
     def __init__(self, client: aioredis.Redis | RedisCluster, keys: KeySpace) -> None:
         self.client = client
         self.keys = keys
+        self.outage = Outage("redis", "redis (the queues)")
         self._scripts: dict[str, AsyncScript] = {}
         # every script of the folder: those of the modules built on this one (concurrency
         # slots, quotas) too, which run them through run()
@@ -213,17 +222,34 @@ class QueueBackend:
     async def run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one of the scripts; Redis failures become :class:`QueueUnavailable`."""
         try:
-            return await self._scripts[script](keys=list(keys), args=list(args))
+            answer = await self._scripts[script](keys=list(keys), args=list(args))
         except _UNAVAILABLE as exc:
+            self.outage.down(exc)
             raise QueueUnavailable(f"redis unavailable: {exc}") from exc
         except RedisError as exc:
             raise QueueUnavailable(f"redis refused {script}: {exc}") from exc
+        self.outage.up()
+        return answer
 
     async def ping(self) -> None:
         try:
             await self.client.ping()
         except (*_UNAVAILABLE, RedisError) as exc:
             raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+
+    async def keep_generation(self, mark: str) -> bool:
+        """Set the :attr:`KeySpace.generation` marker to ``mark`` unless it is there;
+        ``True`` if it was missing: Redis lost its data since it was last set (or it is
+        the first time this deployment used Redis)."""
+        try:
+            created = await self.client.set(self.keys.generation, mark, nx=True)
+        except _UNAVAILABLE as exc:
+            self.outage.down(exc)
+            raise QueueUnavailable(f"redis unavailable: {exc}") from exc
+        except RedisError as exc:
+            raise QueueUnavailable(f"redis refused to keep its marker: {exc}") from exc
+        self.outage.up()
+        return bool(created)
 
     def queue(self, pod: str) -> RunQueue:
         return RunQueue(self, pod)

@@ -56,6 +56,7 @@ from nexus.core import sigv4
 from nexus.core.config import StorageSettings
 from nexus.core.errors import ConfigError, StorageUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
+from nexus.core.outages import Outage
 from nexus.core.storagecredentials import StorageCredentials
 from nexus.core.waiting import Backoff
 
@@ -115,6 +116,7 @@ class PayloadStore(ObjectNames):
         credentials: StorageCredentials | None = None,
     ) -> None:
         super().__init__(settings)
+        self.outage = Outage("s3", "object storage")
         self._client = client
         self._stack = stack
         self._uploads = uploads
@@ -242,12 +244,15 @@ class PayloadStore(ObjectNames):
                 problem = str(exc) or type(exc).__name__
                 continue
             if answer.status < 300:
+                self.outage.up()
                 return
             found = dict(_S3_ERROR.findall(answer.body))
             detail = b": ".join(v for v in (found.get(b"Code"), found.get(b"Message")) if v)
             problem = f"{answer.status} {detail.decode(errors='replace')}".rstrip()
             if answer.status < 500 and answer.status not in (408, 429):
                 break  # it would be refused again
+        else:
+            self.outage.down(problem)
         raise StorageUnavailable(f"cannot store {key}: {problem}")
 
     async def get(self, key: str) -> bytes | None:
@@ -255,13 +260,31 @@ class PayloadStore(ObjectNames):
         try:
             answer = await self._client.get_object(Bucket=self.bucket, Key=key)
             async with answer["Body"] as stream:
-                return await stream.read()
+                body = await stream.read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                self.outage.up()
                 return None
             raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
         except (BotoCoreError, OSError) as exc:
+            self.outage.down(exc)
             raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+        self.outage.up()
+        return body
+
+    async def exists(self, key: str) -> bool:
+        """Whether the object is there (a ``HEAD``: its bytes are not read)."""
+        try:
+            await self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return False
+            raise StorageUnavailable(f"cannot look for {key}: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:
+            self.outage.down(exc)
+            raise StorageUnavailable(f"cannot look for {key}: {exc}") from exc
+        self.outage.up()
+        return True
 
     async def delete(self, keys: list[str]) -> None:
         """Delete objects (absent ones are fine), 1,000 per request."""

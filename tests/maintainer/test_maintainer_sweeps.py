@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from harness import Servers
 from maintaining import (
     create_job,
+    faulty,
     open_payloads,
     open_store,
     running_maintainer,
@@ -70,6 +71,85 @@ async def test_redis_flushed_under_load_every_buffered_run_is_queued_again_and_c
         statuses = [(await system.wait_for("echo", i, timeout=40))["status"] for i in ids]
         assert statuses == ["COMPLETED"] * len(ids)
         assert actions("requeued") > requeued
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_redis_emptied_is_noticed_within_seconds_and_its_runs_queued_again_at_once(
+    servers: Servers,
+) -> None:
+    """The regular sweep would wait for its queue grace (here ten minutes): the missing
+    marker tells the leader at once, and each run waiting is queued again exactly once —
+    no run is dispatched twice (a second creation would answer 409, counted as exists)."""
+    shard = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:0.01"))
+    async with (
+        local_system(
+            servers, shards=[shard], templates=[template("echo")], create_rate={"shard-0": 40}
+        ) as system,
+        running_maintainer(
+            settings_for(
+                system,
+                queue_grace=600.0,
+                sweep_interval=600.0,
+                redis_check_interval=0.2,
+                heal_grace=0.5,
+            )
+        ),
+    ):
+        losses = sample("nexus_maintainer_redis_losses_total")
+        requeued, exists = (
+            actions("requeued"),
+            sample("nexus_job_creates_total", shard="shard-0", outcome="exists"),
+        )
+        ids = await asyncio.gather(
+            *(system.submit("echo", {"algorithmParameters": {"i": i}}) for i in range(200))
+        )
+        await asyncio.sleep(0.5)  # the maintainer has set its marker
+        client = aioredis.Redis.from_url(servers.redis_url)
+        try:  # every key of this deployment, as a Redis restarted empty would have
+            keys = [k async for k in client.scan_iter(match=f"{servers.redis_prefix}*", count=1000)]
+            await client.delete(*keys)
+        finally:
+            await client.aclose()
+        statuses = [(await system.wait_for("echo", i, timeout=30))["status"] for i in ids]
+        assert statuses == ["COMPLETED"] * len(ids)
+        assert sample("nexus_maintainer_redis_losses_total") == losses + 1
+        assert actions("requeued") > requeued  # not all had been dispatched: some waited
+        assert sample("nexus_job_creates_total", shard="shard-0", outcome="exists") == exists
+
+
+async def test_a_run_whose_report_never_came_is_completed_from_its_uploaded_result(
+    servers: Servers,
+) -> None:
+    """No receiver answers (its URL leads nowhere): the pod uploads its result, tries its
+    completion until its time is up and exits 0. The run is COMPLETED from the result at
+    its default location; a run that exited without uploading anything still FAILs."""
+    shard = ShardSpec(
+        name="shard-0",
+        simulation=SimulationSettings(duration="fixed:0.01", retry_for=0.5, retry_cap=0.1),
+    )
+    async with (
+        local_system(
+            servers,
+            shards=[shard],
+            templates=[template("echo"), faulty(template("silent"), "silent")],
+            section={"receiver_url": "http://127.0.0.1:9"},  # the discard port: refused
+        ) as system,
+        running_maintainer(settings_for(system)),
+    ):
+        found = actions("result_found")
+        done = await system.submit("echo", {"algorithmParameters": {"kept": True}})
+        silent = await system.submit("silent")
+        answer = await system.wait_for("echo", done, timeout=30)
+        assert answer["status"] == "COMPLETED", answer
+        async with system.session.get(answer["resultUri"]) as response:
+            assert response.status == 200
+            assert await response.json(content_type=None) == {"kept": True}
+        answer = await system.wait_for("silent", silent, timeout=30)
+        assert answer["status"] == "FAILED" and answer["runErrorMessage"].startswith("NoResult")
+        assert actions("result_found") == found + 1
 
 
 async def test_runs_stuck_new_are_recovered_or_failed_by_their_input(servers: Servers) -> None:

@@ -482,13 +482,15 @@ async def local_system(
             ),
             signing=signing,
             scheduler=SchedulerSection(
-                receiver_url=f"http://127.0.0.1:{receiver_port}",
-                heartbeat_interval=0.5,
-                heartbeat_ttl=3,
-                dispatch_idle_poll=0.05,
-                retry_base_delay=0.2,
-                retry_max_delay=1,
-                **(section or {}),
+                **{
+                    "receiver_url": f"http://127.0.0.1:{receiver_port}",
+                    "heartbeat_interval": 0.5,
+                    "heartbeat_ttl": 3,
+                    "dispatch_idle_poll": 0.05,
+                    "retry_base_delay": 0.2,
+                    "retry_max_delay": 1,
+                    **(section or {}),
+                }
             ),
             teams=teams or TeamSettings(),
         )
