@@ -364,6 +364,34 @@ async def test_a_job_made_for_a_run_cancelled_meanwhile_is_deleted(options: Opti
         await d.settled(runs[2], Stage.RUNNING)
 
 
+async def test_a_run_failed_while_its_job_was_created_keeps_the_jobs_facts(
+    options: Options,
+) -> None:
+    """The maintainer fails the run (say its pod failed at once) while the RUNNING write
+    is in flight: the run stays FAILED with its cause, and still names its Job."""
+    stand_in = StandIn()
+    async with dispatching(*options, stand_in) as d:
+
+        async def failed_meanwhile(name: str) -> None:
+            change = Transition(
+                "echo", uuid.UUID(name), Stage.FAILED, cause="OOMKilled", details="exit 137"
+            )
+            assert await d.store.transition(change)
+
+        stand_in.on_create = failed_meanwhile
+        run = await d.submit()
+        stored = await d.settled(run, Stage.FAILED)
+        for _ in range(50):  # the facts are written right after the refused RUNNING write
+            stored = await d.checkpoint(run)
+            if stored.job_uid is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert (stored.stage, stored.failure_cause) == (Stage.FAILED, "OOMKilled")
+        assert stored.job_uid == f"uid-{run.id}" and stored.shard == SHARD
+        assert stored.sent_at is not None
+        assert stand_in.deleted == []  # a failed run's Job is kept (its logs say why)
+
+
 async def test_a_failure_never_overwrites_a_run_another_pod_dispatched(options: Options) -> None:
     """Two pods may hold one run (its queue adopted while the first pod still lived): the
     one whose create is refused must not fail the run the other has started."""

@@ -364,6 +364,7 @@ class CheckpointStore:
             [c.job_uid for c in ordered],
             [c.shard for c in ordered],
             [c.sent_at for c in ordered],
+            [c.at_attempt for c in ordered],
         ]
         for attempt in range(_DEADLOCK_RETRIES):
             try:

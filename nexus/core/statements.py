@@ -101,6 +101,25 @@ RETURNING caller, COALESCE(shard, applied_configuration->>'shard') AS shard
 """
 
 
+# The facts of a Job that was made, kept on a run whose RUNNING write was refused because
+# another writer had moved it on (failed or finished it) while the Job was being created:
+# only what is still unknown is filled in, and the stage, result and failure stay as they
+# are (the guard trigger lets such an update through); a later attempt's run gains nothing
+# from an earlier attempt's Job. Rows are visited in key order.
+RECORD_SENT = """
+UPDATE runs r SET
+    job_uid = COALESCE(r.job_uid, u.job_uid),
+    shard = COALESCE(r.shard, u.shard),
+    sent_at = COALESCE(r.sent_at, u.sent_at)
+FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[])
+     AS u(algorithm, id, job_uid, shard, sent_at, at_attempt)
+WHERE r.algorithm = u.algorithm AND r.id = u.id
+  AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
+  AND (r.job_uid IS NULL OR r.sent_at IS NULL OR r.shard IS NULL)
+RETURNING r.algorithm, r.id
+"""
+
+
 COLUMNS = """
 algorithm, id, lifecycle_stage, caller, received_by_host, received_at, last_modified,
 applied_configuration, payload_valid_for, payload_uri, payload_inline IS NOT NULL AS has_inline,

@@ -9,7 +9,9 @@ creates the Jobs with bounded concurrency. Runs that waited for their tokens lon
 created. Outcomes:
 
 * created (201) or already there (409) → ``RUNNING`` with ``job_uid``, ``shard``,
-  ``sent_at`` — unless the run was cancelled (or failed) meanwhile, then its Job is deleted;
+  ``sent_at`` — unless the run was cancelled (or failed) meanwhile: then the run keeps
+  its stage but gains those facts all the same (its Job was made), and a cancelled run's
+  Job is deleted;
 * 429 → the shard is paused for its ``Retry-After`` and slowed for every pod; the run goes
   back to the queue with its priority, not counted as an attempt;
 * another 4xx → ``SCHEDULING_FAILED`` with the cluster's message (it will keep refusing);
@@ -501,6 +503,7 @@ class Dispatcher:
             c for c, ok in zip(changes, applied, strict=True) if not ok and c.to == Stage.RUNNING
         ]
         if refused:
+            await self._keep_facts(refused)
             await self._undo(shard, refused)
         for delay, runs in retry.items():
             await self._give_back(shard, runs, delay, stopping)
@@ -532,6 +535,15 @@ class Dispatcher:
             else:
                 applied.append(result)
         return applied
+
+    async def _keep_facts(self, refused: list[Transition]) -> None:
+        """A run failed or finished by another writer (the maintainer seeing its pod
+        fail, its completion arriving) while its Job was being created keeps the Job's
+        uid, shard and sending time all the same: the Job ran, and says so."""
+        try:
+            await self.store.record_sent(refused)
+        except DependencyError as exc:
+            log.warning("cannot keep the job facts of runs that finished meanwhile: %s", exc)
 
     async def _undo(self, shard: str, refused: list[Transition]) -> None:
         """Jobs created for runs that finished or moved on meanwhile: delete those whose run
