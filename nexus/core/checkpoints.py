@@ -69,6 +69,7 @@ CONNECTION_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection broken mid-operation
     asyncpg.PostgresConnectionError,  # class 08: the connection failed
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InsufficientResourcesError,  # class 53: too many connections, out of memory

@@ -256,6 +256,12 @@ class StorageSettings:
     elsewhere. Presigned URLs, uploads and downloads all use it."""
     max_connections: int = field(default=64, metadata=positive())
     """Concurrent connections to the storage endpoint per process."""
+    request_timeout: Seconds = field(default=10.0, metadata=positive())
+    """The longest an upload (retries included) or a read of an object may take before it
+    counts as storage being unavailable (a submission then answers 503). Without it a
+    store that accepts connections but does not answer — SeaweedFS starting, a frozen
+    host — held submissions for as long as 90 s (three tries of 30 s) and the
+    maintainer's sweeps with them."""
 
 
 @dataclass(frozen=True)

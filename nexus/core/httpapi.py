@@ -44,6 +44,10 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 JSON = "application/json"
 TOO_LARGE = "the request body is larger than this server accepts (NEXUS__HTTP__MAX_BODY_SIZE)"
+RETRY_AFTER = "2"
+"""Seconds a client is asked to wait after a 503 for a component that is unavailable: an
+outage is over in seconds more often than not (a restart, a fail-over), and clients that
+honour it come back soon enough to find it over, not all at once in a storm."""
 DECODED = ("gzip", "deflate", "br", "zstd")
 """Content-Encodings of request bodies that aiohttp decodes; another is answered 415."""
 _UNAVAILABLE: dict[type[DependencyError], str] = {
@@ -217,7 +221,7 @@ def json_errors(handler: Handler) -> Handler:
             what = next((v for k, v in _UNAVAILABLE.items() if isinstance(exc, k)), None)
             message = f"{what or 'a service Nexus depends on'} is unavailable"
             return error_response(
-                503, "unavailable", f"{message}; retry later", {"Retry-After": "5"}
+                503, "unavailable", f"{message}; retry later", {"Retry-After": RETRY_AFTER}
             )
         except web.HTTPRequestEntityTooLarge:
             return error_response(413, "payload_too_large", TOO_LARGE)

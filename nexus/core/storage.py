@@ -69,7 +69,6 @@ MAX_PRESIGN_SECONDS = sigv4.MAX_PRESIGN_SECONDS
 _UPLOAD_ATTEMPTS = 3
 _UPLOAD_RETRY = Backoff(first=0.1, cap=1.0)
 """Pauses between upload attempts: 0.1 s, then 0.2 s."""
-_UPLOAD_TIMEOUT = 30.0
 _S3_ERROR = re.compile(rb"<(Code|Message)>([^<]{0,300})</")
 
 
@@ -117,6 +116,7 @@ class PayloadStore(ObjectNames):
     ) -> None:
         super().__init__(settings)
         self.outage = Outage("s3", "object storage")
+        self._timeout = settings.request_timeout
         self._client = client
         self._stack = stack
         self._uploads = uploads
@@ -152,8 +152,8 @@ class PayloadStore(ObjectNames):
             s3={"addressing_style": settings.addressing_style},
             max_pool_connections=settings.max_connections,
             retries={"max_attempts": 3, "mode": "standard"},
-            connect_timeout=5,
-            read_timeout=30,
+            connect_timeout=min(5.0, settings.request_timeout),
+            read_timeout=settings.request_timeout,
         )
         options: dict[str, Any] = {"region_name": settings.region, "config": config}
         if settings.endpoint_url:
@@ -175,7 +175,7 @@ class PayloadStore(ObjectNames):
         cafile = session.get_config_variable("ca_bundle") or get_cert_path(True)
         uploads = HttpCalls(
             limit=settings.max_connections,
-            timeout=_UPLOAD_TIMEOUT,
+            timeout=settings.request_timeout,
             tls=ssl.create_default_context(cafile=cafile) if https else None,
         )
         stack.push_async_callback(uploads.close)
@@ -227,15 +227,22 @@ class PayloadStore(ObjectNames):
         if calls is None:
             raise StorageUnavailable(f"cannot store {key}: this store was not opened to upload")
         problem = ""
+        loop = asyncio.get_running_loop()
+        # a try is begun only within the timeout (each may then take all of it): a store
+        # that does not answer holds the caller one timeout, not one per try
+        give_up = loop.time() + self._timeout
         for attempt in range(_UPLOAD_ATTEMPTS):
             if attempt:
-                await asyncio.sleep(_UPLOAD_RETRY.delay(attempt))
+                pause = _UPLOAD_RETRY.delay(attempt)
+                if loop.time() + pause >= give_up:
+                    break
+                await asyncio.sleep(pause)
             url = self.credentials.signer.presign_object(
                 "PUT",
                 self._store_endpoint,
                 self.bucket,
                 key,
-                expires_in=int(_UPLOAD_TIMEOUT) * 2,
+                expires_in=int(self._timeout) * 2 + 60,
                 virtual_host=self._virtual,
             )
             try:
@@ -250,39 +257,43 @@ class PayloadStore(ObjectNames):
             detail = b": ".join(v for v in (found.get(b"Code"), found.get(b"Message")) if v)
             problem = f"{answer.status} {detail.decode(errors='replace')}".rstrip()
             if answer.status < 500 and answer.status not in (408, 429):
-                break  # it would be refused again
-        else:
-            self.outage.down(problem)
+                raise StorageUnavailable(f"cannot store {key}: {problem}")  # no use retrying
+        self.outage.down(problem)
         raise StorageUnavailable(f"cannot store {key}: {problem}")
+
+    def _why(self, exc: BaseException) -> str:
+        return str(exc) or f"no answer within {self._timeout:g} s"
 
     async def get(self, key: str) -> bytes | None:
         """The object's bytes, or ``None`` when there is no such object."""
         try:
-            answer = await self._client.get_object(Bucket=self.bucket, Key=key)
-            async with answer["Body"] as stream:
-                body = await stream.read()
+            async with asyncio.timeout(self._timeout):  # botocore's retries included
+                answer = await self._client.get_object(Bucket=self.bucket, Key=key)
+                async with answer["Body"] as stream:
+                    body = await stream.read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 self.outage.up()
                 return None
             raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
-        except (BotoCoreError, OSError) as exc:
-            self.outage.down(exc)
-            raise StorageUnavailable(f"cannot read {key}: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:  # TimeoutError is an OSError
+            self.outage.down(self._why(exc))
+            raise StorageUnavailable(f"cannot read {key}: {self._why(exc)}") from exc
         self.outage.up()
         return body
 
     async def exists(self, key: str) -> bool:
         """Whether the object is there (a ``HEAD``: its bytes are not read)."""
         try:
-            await self._client.head_object(Bucket=self.bucket, Key=key)
+            async with asyncio.timeout(self._timeout):
+                await self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return False
             raise StorageUnavailable(f"cannot look for {key}: {exc}") from exc
         except (BotoCoreError, OSError) as exc:
-            self.outage.down(exc)
-            raise StorageUnavailable(f"cannot look for {key}: {exc}") from exc
+            self.outage.down(self._why(exc))
+            raise StorageUnavailable(f"cannot look for {key}: {self._why(exc)}") from exc
         self.outage.up()
         return True
 
@@ -291,12 +302,13 @@ class PayloadStore(ObjectNames):
         try:
             for start in range(0, len(keys), 1000):
                 chunk = keys[start : start + 1000]
-                await self._client.delete_objects(
-                    Bucket=self.bucket,
-                    Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
-                )
-        except (BotoCoreError, ClientError, OSError) as exc:
-            raise StorageUnavailable(f"cannot delete objects: {exc}") from exc
+                async with asyncio.timeout(self._timeout):
+                    await self._client.delete_objects(
+                        Bucket=self.bucket,
+                        Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True},
+                    )
+        except (BotoCoreError, ClientError, OSError) as exc:  # TimeoutError is an OSError
+            raise StorageUnavailable(f"cannot delete objects: {self._why(exc)}") from exc
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (local and test set-ups)."""
