@@ -108,7 +108,8 @@ class RunFailed(NexusError):
         self.algorithm = algorithm
         self.run = run
         why = f": {run.error_message}" if run.error_message else ""
-        super().__init__(f"run {run.request_id} of {algorithm} is {run.status}{why}")
+        of = f" of {algorithm}" if algorithm else ""
+        super().__init__(f"run {run.request_id}{of} is {run.status}{why}")
 
 
 class WaitTimeout(NexusError, TimeoutError):
