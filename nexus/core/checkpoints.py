@@ -5,6 +5,9 @@ Guarantees:
 
 * **Durable before acknowledged.** :meth:`CheckpointStore.insert` returns only after the row
   is committed, so a read right after it (on any pod) finds the run.
+* **Grouped inline reads.** Inline inputs and results, fetched one GET at a time by
+  algorithms and clients, are read together when they arrive together: one statement per
+  batch, no delay added.
 * **Group commit.** Inserts and transitions from any number of concurrent callers are
   written as one ``INSERT … SELECT FROM unnest(…)`` / ``UPDATE … FROM unnest(…)`` per batch
   (see :mod:`nexus.core.grouping`): one round trip for hundreds of runs.
@@ -34,6 +37,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from uuid import UUID
 
@@ -242,6 +246,23 @@ class CheckpointStore:
             **{**options, "max_delay": settings.transition_max_delay},
         )
 
+        # Inline inputs and results are read by their algorithms and clients one GET at a
+        # time: reads that arrive together share one statement (no delay is added: a read
+        # goes at once, with whatever arrived while the previous one was out).
+        reads: dict[str, Any] = {
+            "overloaded": lambda: StoreNotReached("too many inline reads are waiting"),
+            "max_batch": settings.batch_max_size,
+            "max_delay": 0.0,
+            "max_in_flight": 2,
+            "max_pending": settings.max_pending,
+        }
+        self._inline_reads: dict[str, GroupCommitter[RunKey, bytes | None]] = {
+            column: GroupCommitter(
+                f"inline-read-{column}", partial(self._read_inline, column), **reads
+            )
+            for column in ("payload_inline", "result_inline")
+        }
+
     @classmethod
     async def open(cls, settings: PostgresSettings) -> CheckpointStore:
         """Connect a pool to the store (the schema must be migrated already)."""
@@ -265,6 +286,8 @@ class CheckpointStore:
         """Write what is waiting, then close every connection."""
         await self._inserts.close()
         await self._transitions.close()
+        for reads in self._inline_reads.values():
+            await reads.close()
         await self._pool.close()
 
     @property
@@ -530,13 +553,18 @@ class CheckpointStore:
 
     async def inline_result(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The result document kept with the checkpoint, or ``None``."""
+        return await self._inline_reads["result_inline"].submit(RunKey(algorithm, run_id))
+
+    async def _read_inline(self, column: str, keys: Sequence[RunKey]) -> list[bytes | None]:
+        """``column`` of each run of ``keys`` (``None`` for none), in one statement."""
+        statement = sql.INLINE_PAYLOADS if column == "payload_inline" else sql.INLINE_RESULTS
         async with self.connection() as conn:
-            value = await conn.fetchval(
-                "SELECT result_inline FROM runs WHERE algorithm = $1 AND id = $2",
-                algorithm,
-                run_id,
-            )
-        return None if value is None else bytes(value)
+            rows = await conn.fetch(statement, [k.algorithm for k in keys], [k.id for k in keys])
+        found = {(r["algorithm"], r["id"]): r["content"] for r in rows}
+        return [
+            None if (value := found.get((k.algorithm, k.id))) is None else bytes(value)
+            for k in keys
+        ]
 
     async def unfinished_descendants(
         self, algorithm: str, run_id: UUID, max_depth: int = MAX_DESCENDANT_DEPTH
@@ -549,13 +577,7 @@ class CheckpointStore:
 
     async def inline_payload(self, algorithm: str, run_id: UUID) -> bytes | None:
         """The input kept with the checkpoint, or ``None``."""
-        async with self.connection() as conn:
-            value = await conn.fetchval(
-                "SELECT payload_inline FROM runs WHERE algorithm = $1 AND id = $2",
-                algorithm,
-                run_id,
-            )
-        return None if value is None else bytes(value)
+        return await self._inline_reads["payload_inline"].submit(RunKey(algorithm, run_id))
 
     # -- plumbing ------------------------------------------------------------------------
 

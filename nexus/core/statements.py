@@ -222,6 +222,19 @@ SELECT algorithm, id, true, age FROM updated
 """
 
 
+# Inline inputs and results of the runs named, read together (a run not found is absent).
+INLINE_PAYLOADS = """
+SELECT r.algorithm, r.id, r.payload_inline AS content
+FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
+  ON r.algorithm = k.algorithm AND r.id = k.id
+"""
+INLINE_RESULTS = """
+SELECT r.algorithm, r.id, r.result_inline AS content
+FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
+  ON r.algorithm = k.algorithm AND r.id = k.id
+"""
+
+
 # Served by the partial index runs_unfinished_by_age alone: finished runs are never read.
 COUNT_UNFINISHED = """
 SELECT lifecycle_stage, count(*) AS runs FROM runs
