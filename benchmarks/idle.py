@@ -1,6 +1,7 @@
 """What the local system costs at rest: CPU of every process while nothing is submitted.
 
     .venv/bin/python benchmarks/idle.py [--seconds 30] [--schedulers 1] [--profile DIR]
+        [--setting NEXUS__SECTION__KEY=VALUE ...]
 
 Starts the same local system as end_to_end.py (every process on its own), lets it settle
 for ``--settle`` seconds, then reads each process tree's CPU over ``--seconds`` of rest.
@@ -33,11 +34,21 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=10.0, help="rest before measuring")
     parser.add_argument("--schedulers", type=int, default=1)
     parser.add_argument("--profile", type=Path, metavar="DIR")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="NEXUS__SECTION__KEY=VALUE",
+        help="a setting for every Nexus process (repeatable), e.g. to compare two values",
+    )
     args = parser.parse_args()
+    settings = dict(item.split("=", 1) for item in args.setting)
+    if any(not key.startswith("NEXUS__") for key in settings):
+        parser.error("--setting takes NEXUS__SECTION__KEY=VALUE")
     options = StackOptions(
         tls=False, mode="simulated", maintainer=True, schedulers=args.schedulers,
         duration="fixed:0.01", create_rate=100_000, log_format="json",
-        environment={"NEXUS__LOG__LEVEL": "WARNING"},
+        environment={"NEXUS__LOG__LEVEL": "WARNING", **settings},
     )  # fmt: skip
     with local_stack(options) as stack:
         time.sleep(args.settle)
