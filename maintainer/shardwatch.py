@@ -19,6 +19,10 @@ What it keeps in memory, all bounded by what the shard holds:
 * grace timers: pods running whose run may not say so yet, image pulls failing, Jobs
   deleted under a running run.
 
+**Runs in several copies** (``speculativeAttempts``): once any copy's Job succeeds, the
+other copies are deleted (the first report decides the run, at the receiver); a copy's
+Job failing fails the run only when no other copy still runs (then with that failure).
+
 **Outages are not the runs' fault.** Grace timers start when *this process* observes a
 state (never from timestamps in the objects), so time the maintainer or a shard's watch
 was away never counts against a run; and before a run is failed because of a timer, the
@@ -136,6 +140,8 @@ class ShardWatch:
         self._deleted: OrderedDict[str, Timer] = OrderedDict()
         self._retired: OrderedDict[str, None] = OrderedDict()
         """Copies of runs (``speculativeAttempts``) deleted because another copy ended."""
+        self._copies_failed: OrderedDict[str, set[str]] = OrderedDict()
+        """Runs started in several copies: request id → the copies whose Jobs failed."""
         self._group: asyncio.TaskGroup | None = None
         self._loop = asyncio.get_running_loop()
 
@@ -226,7 +232,7 @@ class ShardWatch:
         if outcome is None:
             return
         copy = speculative_copy(meta.get("annotations"))
-        if copy is not None and (outcome[0] == "succeeded" or copy[0] == 1):
+        if copy is not None and outcome[0] == "succeeded":
             self._retire_other_copies(meta, name, copy[1])
         self._started.pop(name, None)  # its completion (or the verdict below) settles it
         if _seen(self._decided, meta.get("uid", name)):
@@ -239,6 +245,11 @@ class ShardWatch:
         if last is None and reason in ("BackoffLimitExceeded", "PodFailurePolicy"):
             last = await self._last_failure(name)
         verdict = failed_verdict(reason, message, last)
+        if copy is not None:  # one of several copies: the run fails when the last one does
+            run = self._last_copy_failed(meta, name, copy[1])
+            if run is None:
+                return
+            name = run
         if not self._finish(
             name,
             algorithm,
@@ -250,15 +261,37 @@ class ShardWatch:
         ):
             self._decided.pop(meta.get("uid", name), None)  # dropped: the next relist decides
 
+    def _last_copy_failed(self, meta: dict[str, Any], name: str, copies: int) -> str | None:
+        """The Job ``name``, one of the ``copies`` copies of a run's attempt, failed: the
+        attempt's first Job name when no other copy is still running (this failure decides
+        the run), else ``None`` (another copy may still report)."""
+        first = _first_copy(meta, name)
+        if first is None:
+            return None
+        failed = self._copies_failed.setdefault(first, set())
+        failed.add(name)
+        while len(self._copies_failed) > 100_000:
+            self._copies_failed.popitem(last=False)
+        running = [
+            other
+            for other in copy_names(first, copies)
+            if other in self.jobs and other not in failed and other not in self.succeeded
+        ]
+        if running:
+            return None
+        del self._copies_failed[first]
+        return first
+
     def _retire_other_copies(self, meta: dict[str, Any], name: str, copies: int) -> None:
-        """A copy of a run started in several ended in a way that decides the run (any
-        copy succeeded: its report is in, or due; the first failed: the run fails): the
+        """A copy of a run started in several succeeded (its report is in, or due): the
         other copies are deleted, once each."""
-        request_id = (meta.get("labels") or {}).get(REQUEST_LABEL)
-        if not request_id or self._group is None:
+        first = _first_copy(meta, name)
+        if first is None or self._group is None:
             return
-        first = name.rsplit("-copy-", 1)[0]  # the attempt's first copy, named after it
-        for other in copy_names(first if first.startswith(request_id) else request_id, copies):
+        self._copies_failed.pop(first, None)
+        if name != first:  # the run's work is done: its report is due, as if the first
+            self.succeeded.setdefault(first, self._loop.time())  # copy had succeeded
+        for other in copy_names(first, copies):
             if other == name or other in self._retired:
                 continue
             self._retired[other] = None
@@ -273,6 +306,12 @@ class ShardWatch:
         except CALL_ERRORS as exc:  # it ends by its own deadline; a relist tries again
             self._retired.pop(name, None)
             log.warning("could not delete a copy of a finished run: %s", exc, extra={"job": name})
+
+    def copies_running(self, job: str) -> bool:
+        """Whether a copy of the attempt whose first Job is ``job`` (of a run started in
+        several copies) failed while others still run: the run is theirs to decide, and
+        that first Job may be gone."""
+        return job in self._copies_failed
 
     def succeeded_at(self, name: str) -> float | None:
         """When the Job ``name`` was seen to succeed, if it did (and is there, or was
@@ -525,6 +564,16 @@ class ShardWatch:
             algorithm, run_id, stage, cause=cause, details=details, at_attempt=number
         )
         return self.actions.submit(Act(change, action, self.shard, delete_job, job=name))
+
+
+def _first_copy(meta: dict[str, Any], name: str) -> str | None:
+    """The name of the first Job of the attempt the copy ``name`` belongs to (the attempt's
+    own name: ``<request id>`` or ``<request id>-a<n>``)."""
+    request_id = (meta.get("labels") or {}).get(REQUEST_LABEL)
+    if not request_id:
+        return None
+    first = name.rsplit("-copy-", 1)[0]
+    return first if first.startswith(request_id) else str(request_id)
 
 
 def _due(timers: OrderedDict[str, Timer], now: float) -> list[tuple[str, Timer]]:

@@ -21,7 +21,9 @@ period are looked at, by the database's clock.
   longer than the container's retries), else ``FAILED``, no result; its Job is not on its
   shard (the shard's Job list is current and a GET answers 404) → ``FAILED``, job lost;
   its Job is still active ``deadline_slack`` past the run's deadline →
-  ``DEADLINE_EXCEEDED`` and the Job deleted.
+  ``DEADLINE_EXCEEDED`` and the Job deleted. A run started in several copies whose first
+  Job failed while others still run is left to them
+  (:meth:`maintainer.shardwatch.ShardWatch.copies_running`).
 * a census: how many runs are in each unfinished stage (``nexus_runs{stage}``, set by the
   leader; finished runs are counted where they finish, ``nexus_run_duration_seconds``).
 * finished runs past ``retention`` → their input and result objects, then their
@@ -309,6 +311,8 @@ class Sweeper:
                 if succeeded <= seen_by:
                     unreported.append((row, watch))
                 continue
+            if watch.copies_running(row.job):
+                continue  # its first Job failed, other copies still run: theirs to decide
             overdue = (
                 row.sent_at is not None
                 and row.deadline_seconds is not None

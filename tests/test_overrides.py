@@ -15,6 +15,7 @@ from nexus.core.compatibility import (
     v12_error_message,
     v12_status,
 )
+from nexus.core.labels import SPECULATIVE_ANNOTATION, copy_names, speculative_copy
 from nexus.core.overrides import ForbiddenConfiguration, apply, normalise
 from nexus.core.runs import Stage
 from nexus.core.templates import InvalidConfiguration, Workgroup, parse_template
@@ -249,3 +250,12 @@ def test_the_mounted_configuration_is_a_volume_of_the_job() -> None:
         "configMap": "c",
         "mountPath": "/etc/nexus/configuration",
     }
+
+
+def test_the_copies_of_a_run_are_named_and_numbered() -> None:
+    assert copy_names("id", 3) == ["id", "id-copy-2", "id-copy-3"]
+    assert copy_names("id", 0) == ["id"]
+    assert speculative_copy({SPECULATIVE_ANNOTATION: "2/3"}) == (2, 3)
+    for broken in ("", "2", "4/3", "0/3", "a/b", "-1/3"):
+        assert speculative_copy({SPECULATIVE_ANNOTATION: broken}) is None, broken
+    assert speculative_copy(None) is None

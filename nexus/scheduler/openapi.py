@@ -457,6 +457,10 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "202": _json("Accepted", "Accepted; the run is durable"),
                     **_COMMON,
+                    "403": _error(
+                        "The caller may not run this algorithm, or customConfiguration.secrets"
+                        " names a Secret the template does not allow (the message names it)"
+                    ),
                     "404": _error("Unknown algorithm"),
                     "409": _error(
                         "A request with this Idempotency-Key is still being accepted;"

@@ -14,13 +14,17 @@ from support.system import NAMESPACE, System, local_system, template
 
 from nexus_dev.cluster.emulators import ShardSpec
 
-# copy 2 reports at once, with its copy number; the others (and all, if slow) take a minute
+# copy 2 reports at once, with its copy number; the others (and all, if slow) take a minute;
+# the copies listed in "crash" exit at once without a report
 COPIES = """
 import os, sys, time
 from nexus_sdk.algorithm import Run
 copy = os.environ.get("NEXUS__SPECULATIVE_COPY", "1/1")
 with Run.from_environment(sys.argv[1:]) as run:
     given = run.input()
+    if copy.split("/")[0] in given.get("crash", ""):
+        sys.exit(3)
+    time.sleep(given.get("wait", 0))
     if given.get("slow") or not copy.startswith("2/"):
         time.sleep(60)
     run.succeed({"copy": copy, "input": given})
@@ -88,3 +92,38 @@ async def test_the_first_copy_to_report_wins_and_the_others_are_deleted(
             lambda: all(job_of(system, name) is None for name in copies(slow)),
             what="every copy of the cancelled run deleted",
         )
+
+
+async def test_a_copy_that_crashes_leaves_the_run_to_the_others(servers: Servers) -> None:
+    racing = template("racing", command=("python", "-c", COPIES))
+    async with (
+        local_system(
+            servers, shards=[ShardSpec(name="shard-0", mode="process")], templates=[racing]
+        ) as system,
+        running_maintainer(settings_for(system)),
+    ):
+        # the first copy crashes at once; the second reports 2 s later; the third is slow
+        parameters = {"crash": "1", "wait": 2}
+        request_id = await system.submit(
+            "racing",
+            {"algorithmParameters": parameters, "customConfiguration": {"speculativeAttempts": 3}},
+        )
+        answer = await system.wait_for("racing", request_id, timeout=30)
+        assert answer["status"] == "COMPLETED", answer
+        async with system.session.get(answer["resultUri"]) as response:
+            assert (await response.json())["copy"] == "2/3"
+        await wait_until(
+            lambda: job_of(system, f"{request_id}-copy-3") is None, what="the slow copy deleted"
+        )
+        # every copy crashing fails the run, with the last failure
+        doomed = await system.submit(
+            "racing",
+            {
+                "algorithmParameters": {"crash": "12"},
+                "customConfiguration": {"speculativeAttempts": 2},
+            },
+        )
+        answer = await system.wait_for("racing", doomed, timeout=30)
+        assert answer["status"] == "FAILED", answer
+        assert answer["runErrorMessage"].startswith("BackoffLimitExceeded: "), answer
+        assert answer["runErrorMessage"].endswith("exited with code 3"), answer
