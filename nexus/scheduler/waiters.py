@@ -25,6 +25,8 @@ import math
 from collections.abc import Awaitable
 from typing import TypeAlias, TypeVar
 
+from prometheus_client import Gauge
+
 from nexus.core.announcements import Finished
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
@@ -33,6 +35,7 @@ from nexus.core.runs import TERMINAL, RunKey, RunResult, Stage
 from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
+WAITING = Gauge("nexus_waiting_requests", "Requests waiting (?wait) for runs or tags to finish.")
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -92,20 +95,24 @@ class Waiters:
         """A future set to the run's result once it is announced finished."""
         future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
         self._runs.setdefault(key, set()).add(future)
+        WAITING.inc()
         return future
 
     def watch_tag(self, algorithm: str, tag: str, viewer: Viewer) -> asyncio.Future[Counts]:
         """A future set to the tag's counts (as ``viewer`` sees them) once it is finished."""
         future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
         self._tags.setdefault(_tag_key(algorithm, tag, viewer), set()).add(future)
+        WAITING.inc()
         return future
 
     def forget_run(self, key: RunKey, future: asyncio.Future[RunResult]) -> None:
+        WAITING.dec()
         _discard(self._runs, key, future)
 
     def forget_tag(
         self, algorithm: str, tag: str, viewer: Viewer, future: asyncio.Future[Counts]
     ) -> None:
+        WAITING.dec()
         _discard(self._tags, _tag_key(algorithm, tag, viewer), future)
 
     # -- waking ----------------------------------------------------------------------------
