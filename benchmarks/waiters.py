@@ -1,7 +1,7 @@
 """Many requests waiting (?wait) on one scheduler pod: CPU while idle, and how fast an
 announcement of a finished run reaches its waiter.
 
-    .venv/bin/python benchmarks/waiters.py [--waiters 10000] [--batch 500] [--interval 0.1]
+    .venv/bin/python benchmarks/waiters.py [--waiters 10000] [--batch 50] [--interval 0.05]
 
 Starts the local system (real PostgreSQL, Redis, SeaweedFS, one local cluster with pods
 off, one scheduler with dispatch throttled, so runs stay queued), submits ``--waiters``
@@ -36,6 +36,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu import CpuMeter
 from loadgen import _Connection, request_bytes
+from profiles import record
 from stack import StackOptions, local_stack
 
 
@@ -108,6 +109,8 @@ async def measure(
 
     committed: dict[str, float] = {}
     connection = await asyncpg.connect(dsn)
+    seconds = len(ids) / args.batch * args.interval + 2
+    recorders = record(meter.roots, args.profile, seconds) if args.profile else []
     meter.start()
     try:
         for start in range(0, len(ids), args.batch):
@@ -124,6 +127,8 @@ async def measure(
     finally:
         await connection.close()
     busy = meter.stop()
+    for recorder in recorders:
+        recorder.wait()
     completed = sum(
         1
         for _, answer in answers.values()
@@ -158,8 +163,11 @@ def main() -> int:
     )
     parser.add_argument("--waiters", type=int, default=10_000, help="concurrent waiters")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds measured idle")
-    parser.add_argument("--batch", type=int, default=500, help="runs finished per commit")
-    parser.add_argument("--interval", type=float, default=0.1, help="seconds between commits")
+    parser.add_argument("--batch", type=int, default=50, help="runs finished per commit")
+    parser.add_argument("--interval", type=float, default=0.05, help="seconds between commits")
+    parser.add_argument(
+        "--profile", type=Path, help="record py-spy profiles of the answering into this folder"
+    )
     args = parser.parse_args()
     options = StackOptions(
         tls=False,
