@@ -249,3 +249,91 @@ async def test_random_fault_mix(shard: Shard, batch: client.BatchV1Api) -> None:
     await batch.create_namespaced_job(NS, job_manifest("mixed", backoffLimit=0))
     job = await finished_job(batch, "mixed")
     assert job.status.failed == 1
+
+
+async def test_evicted_fault_fails_the_pod_as_the_kubelet_evicts(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("evicted", "evicted"))
+    job = await finished_job(batch, "evicted")
+    assert job.status.conditions[-1].reason == "BackoffLimitExceeded"
+    pod = await pod_of(core, "evicted")
+    assert (pod.status.phase, pod.status.reason) == ("Failed", "Evicted")
+    assert "The node was low on resource: memory" in pod.status.message
+    target = next(c for c in pod.status.conditions if c.type == "DisruptionTarget")
+    assert (target.status, target.reason) == ("True", "TerminationByKubelet")
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert terminated.exit_code == 137
+    reasons = {(kind, reason) for kind, reason, _ in await events_for(core, pod.metadata.name)}
+    assert ("Warning", "Evicted") in reasons
+    assert not algorithm.recorded.requests
+
+
+async def test_node_lost_fault_fails_the_pod_as_the_pod_collector_marks_it(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("lost", "node-lost"))
+    await finished_job(batch, "lost")
+    pod = await pod_of(core, "lost")
+    assert pod.status.phase == "Failed"
+    target = next(c for c in pod.status.conditions if c.type == "DisruptionTarget")
+    assert (target.status, target.reason, target.message) == (
+        "True",
+        "DeletionByPodGC",
+        "PodGC: node no longer exists",
+    )
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("ContainerStatusUnknown", 137)
+
+
+async def test_unschedulable_fault_leaves_the_pod_pending_on_no_node(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    await batch.create_namespaced_job(NS, algorithm.manifest("unplaced", "unschedulable"))
+    pod = await eventually(lambda: pod_of(core, "unplaced"))
+    assert pod.status.phase == "Pending" and not pod.spec.node_name
+    assert not pod.status.container_statuses
+    (scheduled,) = pod.status.conditions
+    assert (scheduled.type, scheduled.status, scheduled.reason) == (
+        "PodScheduled",
+        "False",
+        "Unschedulable",
+    )
+    assert "Insufficient memory" in scheduled.message
+    events = await events_for(core, pod.metadata.name)
+    assert any(reason == "FailedScheduling" for _, reason, _ in events)
+    # deleting the Job takes the pod that never ran with it
+    await batch.delete_namespaced_job("unplaced", NS, propagation_policy="Foreground")
+
+    async def gone() -> bool:
+        pods = await core.list_namespaced_pod(NS, label_selector="job-name=unplaced")
+        return not pods.items
+
+    await eventually(gone)
+
+
+async def test_memory_needed_and_fault_pods_annotations(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    """``memory-needed`` kills a container limited to less (OOMKilled, 137) and spares one
+    given enough; ``fault-pods`` shows a fault on a run's first pods only."""
+    for name, memory in (("small", "512Mi"), ("large", "2Gi")):
+        manifest = algorithm.manifest(name)
+        template = manifest["spec"]["template"]
+        template.setdefault("metadata", {})["annotations"] = {
+            "devcluster.nexus/memory-needed": "1Gi"
+        }
+        template["spec"]["containers"][0]["resources"] = {"limits": {"memory": memory}}
+        await batch.create_namespaced_job(NS, manifest)
+    assert (await finished_job(batch, "small")).status.failed == 1
+    terminated = (await pod_of(core, "small")).status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("OOMKilled", 137)
+    assert (await finished_job(batch, "large")).status.succeeded == 1
+
+    manifest = algorithm.manifest("once", "exit")
+    manifest["spec"]["backoffLimit"] = 1
+    template = manifest["spec"]["template"]
+    template.setdefault("metadata", {})["annotations"] = {"devcluster.nexus/fault-pods": "1"}
+    await batch.create_namespaced_job(NS, manifest)
+    job = await finished_job(batch, "once", timeout=10)
+    assert (job.status.failed, job.status.succeeded) == (1, 1)
