@@ -9,6 +9,7 @@ shard's API server is played, by a small HTTP server that records every call.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -21,13 +22,16 @@ from typing import Any
 
 import orjson
 import pytest
+import yarl
 from aiohttp import web
 from harness import S3Bucket
+from support.proxy import Proxy
 from support.standin import refused_address, stand_in_shard, write_kubeconfig
 from support.system import template, workgroup
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings, RedisSettings, StorageSettings
+from nexus.core.errors import StoreUnavailable
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import Checkpoint, NewRun, Stage, Transition
 from nexus.core.shards import ShardClient
@@ -390,6 +394,56 @@ async def test_a_run_failed_while_its_job_was_created_keeps_the_jobs_facts(
         assert stored.job_uid == f"uid-{run.id}" and stored.shard == SHARD
         assert stored.sent_at is not None
         assert stand_in.deleted == []  # a failed run's Job is kept (its logs say why)
+
+
+async def test_a_job_whose_record_failed_is_undone_once_its_run_is_known_cancelled(
+    options: Options,
+) -> None:
+    """The run is cancelled while its Job is created, and the store is cut off (every
+    connection closed, none taken) before the RUNNING write: the batch is not recorded and
+    the run is passed over when it comes back (it is not BUFFERED). Its Job is deleted
+    all the same, once the store answers again; a run that is not cancelled gets its Job
+    recorded."""
+    postgres_dsn, *rest = options
+    target = yarl.URL(postgres_dsn.replace("postgresql://", "http://", 1))
+    proxy = Proxy(target.port or 5432)
+    await proxy.start()
+    proxied = postgres_dsn.replace(f":{target.port}/", f":{proxy.port}/", 1)
+    stand_in = StandIn()
+    reopening: list[asyncio.Task[None]] = []
+
+    async def reopen() -> None:
+        await asyncio.sleep(1.5)  # the store is down for a while
+        proxy.restore()
+
+    try:
+        async with dispatching(proxied, *rest, stand_in) as d:  # type: ignore[arg-type]
+
+            async def cancel_and_cut(name: str) -> None:
+                if name != str(cancelled.id):
+                    return
+                change = Transition("echo", cancelled.id, Stage.CANCELLED, cause="cancelled")
+                assert await d.store.transition(change)
+                proxy.cut()
+                reopening.append(asyncio.create_task(reopen()))
+
+            stand_in.on_create = cancel_and_cut
+            cancelled = await d.submit()
+            deadline = time.monotonic() + 15
+            while not stand_in.deleted:
+                assert time.monotonic() < deadline, "the unrecorded job was never deleted"
+                await asyncio.sleep(0.05)
+            assert stand_in.deleted == [str(cancelled.id)] and not stand_in.jobs
+            await asyncio.gather(*reopening)
+            for _ in range(8):  # the pool's closed connections fail once each
+                with contextlib.suppress(StoreUnavailable):
+                    await d.settled(cancelled, Stage.CANCELLED)
+                    break
+            stand_in.on_create = None
+            kept = await d.submit()
+            assert (await d.settled(kept, Stage.RUNNING)).job_uid == f"uid-{kept.id}"
+    finally:
+        await proxy.stop()
 
 
 async def test_a_failure_never_overwrites_a_run_another_pod_dispatched(options: Options) -> None:

@@ -314,7 +314,7 @@ class CheckpointStore:
             return await self._insert_batch(runs)
         except _DATA_ERRORS as exc:
             if len(runs) == 1:
-                return [CheckpointRejected(f"the run cannot be stored: {exc}")]
+                return [_rejected("the run", runs[0].id, exc)]
         return await _each_alone(self._write_inserts, runs)  # one bad run fails alone
 
     async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission | Exception]:
@@ -404,7 +404,7 @@ class CheckpointStore:
             return await self._transition_waiting_for_held(changes)
         except (*_DATA_ERRORS, asyncpg.CheckViolationError) as exc:
             if len(changes) == 1:
-                return [CheckpointRejected(f"the change cannot be stored: {exc}")]
+                return [_rejected("the change", changes[0].id, exc)]
         return await _each_alone(self._write_transitions, changes)  # one bad change fails alone
 
     async def _transition_waiting_for_held(self, changes: Sequence[Transition]) -> list[bool]:
@@ -639,6 +639,18 @@ def _quiet_pool_floor() -> None:
     pool_log = logging.getLogger("asyncpg.pool")
     if not any(isinstance(f, _PoolFloor) for f in pool_log.filters):
         pool_log.addFilter(_PoolFloor())
+
+
+def _rejected(what: str, run_id: UUID, exc: Exception) -> CheckpointRejected:
+    """The refusal a client hears: what could not be stored, never the store's own words
+    (they name columns, encodings and statements), which are logged here instead."""
+    log.warning("the store refused %s: %s", what, exc, extra={"requestId": str(run_id)})
+    rejected = CheckpointRejected(
+        f"{what} cannot be stored: one of its values is not one the checkpoint store can hold"
+        " (text with a NUL character, say)"
+    )
+    rejected.__cause__ = exc
+    return rejected
 
 
 def _insert_row(run: NewRun) -> tuple[Any, ...]:

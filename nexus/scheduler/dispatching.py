@@ -11,7 +11,8 @@ created. Outcomes:
 * created (201) or already there (409) → ``RUNNING`` with ``job_uid``, ``shard``,
   ``sent_at`` — unless the run was cancelled (or failed) meanwhile: then the run keeps
   its stage but gains those facts all the same (its Job was made), and a cancelled run's
-  Job is deleted;
+  Job is deleted (when the store cannot take the record, once it can say which runs
+  ended);
 * 429 → the shard is paused for its ``Retry-After`` and slowed for every pod; the run goes
   back to the queue with its priority, not counted as an attempt;
 * another 4xx → ``SCHEDULING_FAILED`` with the cluster's message (it will keep refusing);
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
@@ -56,7 +58,7 @@ from nexus.core.labels import copy_name, copy_names
 from nexus.core.logs import request_id
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.retrying import job_name
-from nexus.core.runs import Checkpoint, Stage, Transition
+from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
@@ -162,6 +164,7 @@ class Dispatcher:
             shard: asyncio.Semaphore(settings.dispatch_concurrency) for shard in shards
         }
         self._retry = Backoff(first=settings.retry_base_delay, cap=settings.retry_max_delay)
+        self._background: set[asyncio.Task[None]] = set()  # undoing unrecorded batches
         """The delay before a run's next attempt, by the attempts it has made."""
 
     def notify(self, shard: str) -> None:
@@ -171,9 +174,14 @@ class Dispatcher:
             event.set()
 
     async def run(self, stopping: asyncio.Event) -> None:
-        async with asyncio.TaskGroup() as group:
-            for shard in self.shards:
-                group.create_task(self._loop(shard, stopping), name=f"dispatch:{shard}")
+        try:
+            async with asyncio.TaskGroup() as group:
+                for shard in self.shards:
+                    group.create_task(self._loop(shard, stopping), name=f"dispatch:{shard}")
+        finally:  # they end when stopping is set; a crash ends them too
+            for task in list(self._background):
+                task.cancel()
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _loop(self, shard: str, stopping: asyncio.Event) -> None:
         batches: set[asyncio.Task[None]] = set()
@@ -498,7 +506,16 @@ class Dispatcher:
         if throttled:
             await self.throttles[shard].rejected(retry_after)
             await self._give_back(shard, throttled, retry_after, stopping)
-        applied = await self._write(changes)
+        try:
+            applied = await self._write(changes)
+        except DependencyError:
+            # Not recorded: the batch is queued again, and a run cancelled meanwhile is then
+            # passed over as settled, its Job never looked at. Its Job is undone here, once
+            # the store can say which runs ended (in the background: the batch goes on).
+            made = [c for c in changes if c.to == Stage.RUNNING]
+            if made:
+                self._spawn(self._undo_when_known(shard, made, stopping))
+            raise
         refused = [
             c for c, ok in zip(changes, applied, strict=True) if not ok and c.to == Stage.RUNNING
         ]
@@ -545,6 +562,28 @@ class Dispatcher:
         except DependencyError as exc:
             log.warning("cannot keep the job facts of runs that finished meanwhile: %s", exc)
 
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _undo_when_known(
+        self, shard: str, made: list[Transition], stopping: asyncio.Event
+    ) -> None:
+        """Jobs created by a batch whose record failed: once the store answers, delete
+        those of runs that ended meanwhile (cancelled, failed); the others are dispatched
+        again (their Job exists: 409) and recorded then. Until the process stops."""
+        backoff = Backoff(first=0.5, cap=10.0)
+        while not stopping.is_set():
+            try:
+                current = await self.store.get_many(c.key for c in made)
+            except DependencyError as exc:
+                log.info("cannot yet read runs whose jobs were not recorded: %s", exc)
+                await sleep_or_stop(stopping, backoff.failed())
+                continue
+            await self._delete_abandoned(shard, made, current)
+            return
+
     async def _undo(self, shard: str, refused: list[Transition]) -> None:
         """Jobs created for runs that finished or moved on meanwhile: delete those whose run
         was cancelled or failed, or is at another attempt now (the Job was made late, for
@@ -555,6 +594,13 @@ class Dispatcher:
         except DependencyError as exc:
             log.warning("cannot read runs whose jobs were refused; deleting them: %s", exc)
             current = None
+        await self._delete_abandoned(shard, refused, current)
+
+    async def _delete_abandoned(
+        self, shard: str, refused: list[Transition], current: dict[RunKey, Checkpoint] | None
+    ) -> None:
+        """Delete the Jobs of ``refused`` runs that ``current`` says ended without running
+        to completion (all of them when ``current`` is unknown)."""
         for change in refused:
             run = current.get(change.key) if current is not None else None
             moved_on = run is not None and run.attempt != change.at_attempt

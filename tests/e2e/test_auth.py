@@ -194,6 +194,7 @@ async def test_scheduler_refuses_missing_and_bad_credentials(servers: Servers) -
         status, body, _ = await system.call("POST", RUN, token=None, headers=nul, json=VALID)
         assert (status, body["error"]) == (400, "invalid_request"), (status, body)
         assert "cannot be stored" in body["message"] and await system.stored() == before
+        assert "UTF8" not in body["message"] and "0x00" not in body["message"]  # not the store's
         # accepted again (the JWT cache itself: tests/test_authentication.py)
         twice = f"Bearer {hs256(sub='cached')}"
         await accepted(system, "HS256 once", twice)
