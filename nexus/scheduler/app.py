@@ -204,6 +204,7 @@ async def _open(
     if jwks is not None:
         lifecycle.start_loop("jwks", jwks.run(lifecycle.stopping))
     lifecycle.start_loop("dispatch", dispatcher.run(lifecycle.stopping))
+    lifecycle.start_loop("queue-later", submitter.push_later(lifecycle.stopping))
     lifecycle.start_loop("concurrency-limits", limits.run(lifecycle.stopping))
     lifecycle.start_loop(
         "heartbeat",

@@ -56,6 +56,7 @@ from nexus.core.templates import (
     MIN_PAYLOAD_VALID_FOR,
     InvalidConfiguration,
 )
+from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.backpressure import BackPressure
 from nexus.scheduler.catalog import Catalog
@@ -70,8 +71,11 @@ log = logging.getLogger(__name__)
 ACCEPTED = Counter("nexus_runs_accepted_total", "Runs accepted (202), by algorithm.", ["algorithm"])
 QUEUE_LATER = Counter(
     "nexus_runs_queued_later_total",
-    "Accepted runs whose queue push failed; the maintainer's sweep queues them.",
+    "Accepted runs whose queue push failed; pushed again as soon as Redis answers.",
 )
+MAX_LATER = 100_000
+"""Accepted runs whose push failed kept in memory to push again; past it, the maintainer's
+sweep of runs in no queue queues the others (after its queue grace)."""
 
 MAX_IDEMPOTENCY_KEY = 256
 RUN_FIELDS = FieldNames(
@@ -166,6 +170,9 @@ class Submitter:
         """(caller, Idempotency-Key) of the requests being accepted now."""
         self._pushed = pushed  # called with the shard after a successful push
         self._queue = queue
+        self._later: list[QueuedRun] = []
+        """Accepted runs whose push failed, pushed again by :meth:`push_later`."""
+        self._later_due = asyncio.Event()
         self._pushes: GroupCommitter[QueuedRun, None] = GroupCommitter(
             "queue-push",
             self._push,
@@ -192,9 +199,44 @@ class Submitter:
                 if isinstance(outcome, Exception):
                     raise outcome
         except QueueUnavailable as exc:
-            QUEUE_LATER.inc(len(runs))
-            self.pressure.queue_failed()
-            log.warning("runs accepted but not queued; the sweep will queue them: %s", exc)
+            self._keep_for_later(runs, exc)
+
+    def _keep_for_later(self, runs: list[QueuedRun], exc: QueueUnavailable) -> None:
+        """Accepted runs whose push failed: durable in their checkpoints, pushed again by
+        :meth:`push_later` as soon as Redis answers (not after the sweep's queue grace).
+        Redis' outage is logged once, by the queue's client; each run at debug level."""
+        QUEUE_LATER.inc(len(runs))
+        self.pressure.queue_failed()
+        room = MAX_LATER - len(self._later)
+        self._later.extend(runs[: max(0, room)])
+        self._later_due.set()
+        log.debug("runs accepted but not queued yet: %s", exc, extra={"runs": len(runs)})
+
+    async def push_later(self, stopping: asyncio.Event) -> None:
+        """Push again the runs accepted while Redis failed, with back-off, until
+        ``stopping``. A run pushed twice (the sweep found it too) is dispatched once: a
+        dispatcher skips a run that is no longer ``BUFFERED``."""
+        backoff = Backoff(0.2, 5.0, jitter=0.2)
+        while not stopping.is_set():
+            if not self._later:
+                self._later_due.clear()
+                if await first_of(stopping, self._later_due) == 0:
+                    return
+                continue
+            runs, self._later = self._later, []
+            try:
+                await self._queue.push(runs)
+            except QueueUnavailable:
+                self._later = runs + self._later
+                if await sleep_or_stop(stopping, backoff.failed()):
+                    return
+                continue
+            backoff.succeeded()
+            for shard in {r.shard for r in runs}:
+                self._pushed(shard)
+            log.info(
+                "queued runs accepted while the queue was unavailable", extra={"runs": len(runs)}
+            )
 
     async def close(self) -> None:
         await self._pushes.close()
@@ -369,13 +411,11 @@ class Submitter:
                     f" {', '.join(admission.conflicts)}; a different request needs a new key",
                 )
             return Accepted(admission.id, created=False)
+        queued = QueuedRun(shard, run.key, 0.0, self.fair_share.share(principal))
         try:
-            share = self.fair_share.share(principal)
-            await self._pushes.submit(QueuedRun(shard, run.key, 0.0, share))
+            await self._pushes.submit(queued)
         except QueueUnavailable as exc:
-            QUEUE_LATER.inc()
-            self.pressure.queue_failed()
-            log.warning("run accepted but not queued; the sweep will queue it: %s", exc)
+            self._keep_for_later([queued], exc)
         if inline:
             self.recent_inputs.remember(run.key, payload)
         ACCEPTED.labels(algorithm).inc()
