@@ -241,7 +241,9 @@ async def complete(request: web.Request) -> web.Response:
         if not may_move(current.stage, change.to):  # NEW: not even queued, so no Job
             _REFUSED.inc()
             raise ApiError(
-                409, "conflict", f"run {run_id} is {current.stage.value}: it has not been sent"
+                409,
+                "conflict",
+                f"run {run_id} is {v12_status(current.stage)}: it has not been sent",
             )
         # An unfinished run must take a completion; never answer 2xx without recording it.
     log.error("a completion could not be recorded on an unfinished run")
@@ -275,7 +277,7 @@ async def _retry(
         return None  # answered by the usual path (404, 409)
     if run.stage.terminal or run.attempt != attempt:
         _DUPLICATE.inc()
-        return {"requestId": str(run_id), "status": run.stage.value}
+        return {"requestId": str(run_id), "status": v12_status(run.stage)}
     decision = decide(run.applied_configuration, run.retries, "algorithmFailure")
     if not isinstance(decision, Retry):
         return None
@@ -287,13 +289,14 @@ async def _retry(
     if await receiver.store.retry(run.key, attempt, failed, retry_at=retry_at) is None:
         current = await receiver.store.result(algorithm, run_id, SYSTEM)  # decided meanwhile
         _DUPLICATE.inc()
-        return {"requestId": str(run_id), "status": current.stage.value if current else "NEW"}
+        status = v12_status(current.stage) if current else "NEW"
+        return {"requestId": str(run_id), "status": status}
     _FAILED.inc()
     log.info(
         "run retried: algorithmFailure",
         extra={"action": "retried", "attempt": attempt + 1, "cause": cause},
     )
-    return {"requestId": str(run_id), "status": Stage.BUFFERED.value}
+    return {"requestId": str(run_id), "status": v12_status(Stage.BUFFERED)}
 
 
 def add_routes(app: web.Application) -> None:
