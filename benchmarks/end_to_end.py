@@ -1,15 +1,16 @@
 """End to end: submit → Job → simulated pod → completion → result readable, sustained.
 
     .venv/bin/python benchmarks/end_to_end.py [--rate 2000] [--seconds 60] [--schedulers 1]
-        [--setting NEXUS__SECTION__KEY=VALUE ...] [--profile DIR]
+        [--setting NEXUS__SECTION__KEY=VALUE ...] [--bulk N] [--profile DIR]
 
 The local system runs as separate processes: PostgreSQL, Redis, SeaweedFS, one local
 cluster whose simulated pods play the whole algorithm contract (GET their input from the
 scheduler's signed link, PUT the result to S3 with the presigned URL, POST the completion
 to the receiver with their run token), the scheduler(s), the receiver and the maintainer.
 
-A load generator submits ``echo`` runs at ``--rate`` per second (open loop, so a slow system
-cannot slow the offered load) for ``--seconds``, each tagged with the 100 ms slot it was
+A load generator submits ``echo`` runs at ``--rate`` per second, one per request or, with
+``--bulk N``, N per request through bulk submit (open loop, so a slow system cannot slow
+the offered load) for ``--seconds``, each tagged with the 100 ms slot it was
 sent in; a poller reads the results by tag through the API, as a client would (each tag at
 most once a second), until every run is COMPLETED with a result URL, and reads each result
 back from that URL (checking it is the run's parameters). Reported: offered and completed
@@ -106,12 +107,20 @@ async def run(
         return f"e2e-{int(index / args.rate / SLOT)}"
 
     def make(index: int) -> bytes:
+        url = urls[index % len(urls)]
+        if args.bulk > 1:  # request i carries runs i*N … i*N+N-1, all of one tag
+            first = index * args.bulk
+            tag = tag_of(first)
+            made[tag] = made.get(tag, 0) + args.bulk
+            runs = [
+                {"algorithmParameters": {"index": first + j}, "tag": tag} for j in range(args.bulk)
+            ]
+            body = orjson.dumps({"runs": runs})
+            return request_bytes("POST", f"{url}/algorithm/v1.2/runs/echo", body, headers)
         tag = tag_of(index)
         made[tag] = made.get(tag, 0) + 1
         body = orjson.dumps({"algorithmParameters": {"index": index}, "tag": tag})
-        return request_bytes(
-            "POST", f"{urls[index % len(urls)]}/algorithm/v1.2/run/echo", body, headers
-        )
+        return request_bytes("POST", f"{url}/algorithm/v1.2/run/echo", body, headers)
 
     polled: dict[str, float] = {}
     to_read: asyncio.Queue[str] = asyncio.Queue()
@@ -184,7 +193,8 @@ async def run(
         python = {k: v for k, v in meter.roots.items() if k not in PLAIN}
         recorders = record(python, args.profile, args.seconds)
     poller = asyncio.create_task(poll(stop))
-    load = await open_loop(urls, make, rate=args.rate, duration=args.seconds, max_connections=512)
+    requests = args.rate / max(1, args.bulk)
+    load = await open_loop(urls, make, rate=requests, duration=args.seconds, max_connections=512)
     submitted_for = time.time() - started
     stop.set()
     await poller
@@ -242,6 +252,13 @@ def main() -> int:
         default=[],
         metavar="NEXUS__SECTION__KEY=VALUE",
         help="a setting for every Nexus process (repeatable), e.g. to compare two values",
+    )
+    parser.add_argument(
+        "--bulk",
+        type=int,
+        default=1,
+        metavar="N",
+        help="submit N runs per request (bulk submit, at most 1,000) instead of one",
     )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy every Python process into DIR"

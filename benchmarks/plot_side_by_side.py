@@ -17,7 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COLOURS = {"nexus": "C0", "nexus-s3": "C4", "dramatiq": "C1", "celery": "C2", "arq": "C3"}
+COLOURS = {
+    "nexus": "C0",
+    "nexus-s3": "C4",
+    "nexus-bulk": "C5",
+    "dramatiq": "C1",
+    "celery": "C2",
+    "arq": "C3",
+}
 
 
 Points = list[tuple[float, float]]

@@ -17,8 +17,9 @@ noisy minute of a shared machine falls on every system in turn:
    over the steady part is its capacity), each peer sent ``--flat-tasks`` at once;
 2. the same offered load for all, for ``--seconds`` each: half of Nexus' flat-out rate
    (the latency target is read there) and each of ``--loads``;
-3. Nexus with results in S3 instead of inline (``NEXUS__SCHEDULER__RESULT_INLINE_LIMIT=0``),
-   flat out and at half of the inline capacity.
+3. Nexus flat out with its runs submitted 100 per request (bulk submit), and with results
+   in S3 instead of inline (``NEXUS__SCHEDULER__RESULT_INLINE_LIMIT=0``) flat out and at
+   half of the inline capacity.
 
 Bounded: every run has a timeout, and once ``--budget`` minutes have passed no new run
 starts (those left are listed as skipped). Writes ``benchmarks/results/side_by_side.json``
@@ -52,6 +53,8 @@ PEERS: dict[str, list[str]] = {
 }
 PLOTS = ["matplotlib==3.10.9"]
 INLINE_OFF = "NEXUS__SCHEDULER__RESULT_INLINE_LIMIT=0"
+BULK = 100
+"""Runs per request of the bulk-submit variant (the peers' clients send one at a time)."""
 NEXUS_OWN = ("scheduler", "receiver", "maintainer", "postgres", "redis")
 """Nexus' own processes: the CPU the targets count (the emulator and S3 apart)."""
 
@@ -108,10 +111,10 @@ def _run(command: list[str], timeout: float) -> dict[str, Any]:
     return _last_json(out)
 
 
-def nexus(rate: float, seconds: float, settings: list[str]) -> dict[str, Any]:
+def nexus(rate: float, seconds: float, settings: list[str], bulk: int = 1) -> dict[str, Any]:
     command = [
         sys.executable, str(HERE / "end_to_end.py"), "--rate", str(rate),
-        "--seconds", str(seconds), "--drain", "60",
+        "--seconds", str(seconds), "--drain", "60", "--bulk", str(bulk),
     ]  # fmt: skip
     for setting in settings:
         command += ["--setting", setting]
@@ -193,7 +196,8 @@ def main() -> int:
         print(f"running {label} ...", flush=True)
         if system == "nexus":
             rate = offered or args.flat_rate
-            found = nexus(rate, args.seconds, [INLINE_OFF] if variant else [])
+            settings = [INLINE_OFF] if variant == "-s3" else []
+            found = nexus(rate, args.seconds, settings, BULK if variant == "-bulk" else 1)
         else:
             tasks = int(offered * args.seconds) if offered else args.flat_tasks
             limit = 2 * args.seconds  # a peer that falls behind is cut off there
@@ -217,6 +221,7 @@ def main() -> int:
     for offered in loads:
         round_of(offered)
     if "nexus" in systems:
+        one("nexus", None, "-bulk")
         one("nexus", None, "-s3")
         one("nexus", half, "-s3")
     report["timeit_ms_after"] = timeit()
