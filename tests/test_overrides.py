@@ -16,10 +16,11 @@ from nexus.core.compatibility import (
     v12_status,
 )
 from nexus.core.labels import SPECULATIVE_ANNOTATION, copy_names, speculative_copy
-from nexus.core.overrides import ForbiddenConfiguration, apply, normalise
+from nexus.core.overrides import FIELDS, ForbiddenConfiguration, apply, normalise
 from nexus.core.runs import Stage
 from nexus.core.templates import InvalidConfiguration, Workgroup, parse_template
 from nexus.scheduler.jobs import CONFIGURATION_VOLUME
+from nexus.scheduler.openapi import DOCUMENT
 
 TEMPLATE: dict[str, Any] = {
     "metadata": {"name": "forecast"},
@@ -259,3 +260,9 @@ def test_the_copies_of_a_run_are_named_and_numbered() -> None:
     for broken in ("", "2", "4/3", "0/3", "a/b", "-1/3"):
         assert speculative_copy({SPECULATIVE_ANNOTATION: broken}) is None, broken
     assert speculative_copy(None) is None
+
+
+def test_the_openapi_description_documents_every_field_of_customconfiguration() -> None:
+    described = DOCUMENT["components"]["schemas"]["CustomConfiguration"]["properties"]
+    assert set(described) == set(FIELDS), set(described) ^ set(FIELDS)
+    assert all(field.get("description") for field in described.values())
