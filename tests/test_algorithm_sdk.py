@@ -9,6 +9,7 @@ same code in real algorithm processes against the real receiver.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -210,3 +211,23 @@ def test_retry_after_is_read_in_seconds_or_as_a_date() -> None:
     assert retry_after_seconds("7") == 7.0
     assert retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT", now=1445412470.0) == 10.0
     assert retry_after_seconds("soon") is None and retry_after_seconds(None) is None
+
+
+async def test_a_failure_names_the_attempt_the_job_says_it_is() -> None:
+    async with stand_in() as fake:
+        env = {
+            "NEXUS__ALGORITHM_NAME": "echo",
+            "NEXUS__RECEIVER_URL": "http://receiver/",
+            "NEXUS__RUN_TOKEN": "t",
+            "NEXUS__RESULT_UPLOAD_URL": "http://s3/r",
+        }
+        argv = ["--sas-uri=http://s3/i", "--request-id=r"]
+        assert RunContext.from_environment(argv, env).attempt is None
+        second = RunContext.from_environment(argv, {**env, "NEXUS__ATTEMPT": "2"})
+        assert second.attempt == 2
+        context = dataclasses.replace(fake.context(), attempt=2)
+        async with AsyncRun(context, retry=QUICK) as run:
+            await run.fail("BadInput", "odd")
+        assert [json.loads(body) for body in fake.of("complete")] == [
+            {"cause": "BadInput", "message": "odd", "sasUri": None, "attempt": 2}
+        ]

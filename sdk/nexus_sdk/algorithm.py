@@ -138,8 +138,9 @@ class Run:
         self._report({"cause": None, "message": None, "sasUri": None})
 
     def fail(self, cause: str, message: str) -> None:
-        """Report that the run failed, with a short cause and a longer message."""
-        self._report({"cause": cause, "message": message, "sasUri": None})
+        """Report that the run failed, with a short cause and a longer message (and this
+        attempt, when the Job says which it is)."""
+        self._report(self.context.failure(cause, message))
 
     def _report(self, body: dict[str, Any]) -> None:
         content = json.dumps(body).encode()
@@ -261,7 +262,7 @@ class AsyncRun:
         await self._report({"cause": None, "message": None, "sasUri": None})
 
     async def fail(self, cause: str, message: str) -> None:
-        await self._report({"cause": cause, "message": message, "sasUri": None})
+        await self._report(self.context.failure(cause, message))
 
     async def _report(self, body: dict[str, Any]) -> None:
         content = json.dumps(body).encode()

@@ -46,6 +46,10 @@ class RunContext:
     """The bearer credential of child runs: they belong to this run's caller."""
     inline_limit: int | None = None
     """The largest result the receiver takes inline, in bytes (absent: none is sent)."""
+    attempt: int | None = None
+    """Which attempt of the run this container is (``NEXUS__ATTEMPT``: 1, or more once the
+    run was retried); a failure names it, so that a template that retries algorithm
+    failures can retry exactly this attempt."""
 
     @classmethod
     def from_environment(
@@ -57,6 +61,7 @@ class RunContext:
         parser.add_argument("--request-id", required=True)
         args, _ = parser.parse_known_args(argv)
         limit = env.get("NEXUS__RESULT_INLINE_LIMIT", "")
+        attempt = env.get("NEXUS__ATTEMPT", "")
         try:
             return cls(
                 algorithm=env["NEXUS__ALGORITHM_NAME"],
@@ -70,9 +75,17 @@ class RunContext:
                 scheduler_url=env.get("NEXUS__SCHEDULER_URL") or None,
                 run_credential=env.get("NEXUS__RUN_CREDENTIAL") or None,
                 inline_limit=int(limit) if limit.isdigit() else None,
+                attempt=int(attempt) if attempt.isdigit() and int(attempt) > 0 else None,
             )
         except KeyError as exc:
             raise ContractError(f"not started by Nexus: {exc.args[0]} is not set") from exc
+
+    def failure(self, cause: str, message: str) -> dict[str, Any]:
+        """The completion body of a failure of this attempt."""
+        body: dict[str, Any] = {"cause": cause, "message": message, "sasUri": None}
+        if self.attempt is not None:
+            body["attempt"] = self.attempt
+        return body
 
     @property
     def completion_url(self) -> str:

@@ -303,6 +303,39 @@ async def test_algorithm_failures_are_never_retried_unless_the_policy_says_so(
         assert (await metadata(system, "asked", asked))["retries"] == meta["retries"]
 
 
+async def test_an_algorithm_using_the_sdk_is_retried_when_it_reports_a_failure(
+    servers: Servers,
+) -> None:
+    """A real process (the SDK's ``maybe-fail`` example) reports a failure with the attempt
+    its Job says it is; its template retries algorithm failures once, so the run fails on
+    its second attempt, with the first in its retries."""
+    processes_shard = ShardSpec(
+        name="shard-p", mode="process", jobs=JobControllerSettings(retry_backoff=0.1)
+    )
+    asked = template(
+        "maybe-fail", command=("python", "-m", "nexus_sdk.examples", "maybe-fail"),
+        workgroup="processes",
+    )  # fmt: skip
+    asked["spec"]["retryPolicy"] = {"algorithmFailure": {"maxRetries": 1}}
+    async with (
+        local_system(
+            servers,
+            shards=[SIMULATED, processes_shard],
+            workgroups=[("default", "shard-0"), ("processes", "shard-p")],
+            templates=[asked],
+        ) as system,
+        running_maintainer(settings_for(system)),
+    ):
+        run = await system.submit("maybe-fail", {"algorithmParameters": {"fail": "bad input"}})
+        answer = await finished(system, "maybe-fail", run)
+        assert answer["status"] == "FAILED", answer
+        meta = await metadata(system, "maybe-fail", run)
+        assert meta["attempt"] == 2, meta
+        (failed,) = meta["retries"]
+        assert (failed["attempt"], failed["failureClass"]) == (1, "algorithmFailure")
+        assert set(jobs_of(system, run, "shard-p")) == {run, f"{run}-a2"}
+
+
 async def checkpoint_of(system: System, algorithm: str, request_id: str) -> Any:
     async with open_store(system) as store:
         return await store.get(algorithm, uuid.UUID(request_id), SYSTEM)
