@@ -20,6 +20,8 @@ Guarantees:
   naming what differs; the same key while this pod still accepts the first request is 409
   with ``Retry-After`` (on two pods at once, the store makes them one run, whose id both
   answers carry).
+* **A run's credential starts children of its run only, while that run is unfinished**
+  (403 otherwise), so that no child escapes its parent's cascading cancel.
 """
 
 from __future__ import annotations
@@ -315,17 +317,22 @@ class Submitter:
                 f" {shard!r}, which this scheduler cannot reach",
                 "invalid_configuration",
             )
-        if (
-            parent is not None
-            and await self.store.get(
+        if parent is not None:
+            above = await self.store.get(
                 parent["algorithmName"], uuid.UUID(parent["requestId"]), principal.viewer
             )
-            is None
-        ):
-            raise bad_request(
-                f"parentRequest: no run {parent['requestId']}"
-                f" of algorithm {parent['algorithmName']!r}"
-            )
+            if above is None:
+                raise bad_request(
+                    f"parentRequest: no run {parent['requestId']}"
+                    f" of algorithm {parent['algorithmName']!r}"
+                )
+            if principal.run is not None and above.stage.terminal:
+                # its children would escape the cascading cancel, and a credential must
+                # not outlive its run: it is valid until the deadline, for a leaked copy too
+                raise ApiError(
+                    403, "forbidden", f"parentRequest: run {above.id} of {above.algorithm!r}"
+                    f" has finished ({above.stage.value}): its credential starts no more runs",
+                )  # fmt: skip
         self.pressure.refuse_if_overloaded(shard)
 
         run_id = run_id or uuid.uuid4()

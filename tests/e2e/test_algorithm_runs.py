@@ -129,27 +129,32 @@ async def children_of(system: System, parent: str) -> list[str]:
 
 async def test_a_run_credential_starts_children_of_its_run_only(servers: Servers) -> None:
     signer = Signer([SIGNING_KEY])
-    async with local_system(servers, templates=[template("echo"), template("other")]) as system:
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="simulated"), ShardSpec(name="shard-1", mode="off")],
+        workgroups=[("default", "shard-0"), ("parked", "shard-1")],
+        templates=[template("echo"), template("other"), template("parked", workgroup="parked")],
+    ) as system:
         async with AsyncClient(system.balancer_url, TOKEN) as nexus:
-            parent = await nexus.submit("echo", {})
+            parent = await nexus.submit("parked", {})  # unfinished: its pod never starts
             elsewhere = await nexus.submit("echo", {})
         later = int(time.time()) + 600
-        credential = signer.run_credential("echo", parent, "tester", later)
+        credential = signer.run_credential("parked", parent, "tester", later)
         async with AsyncClient(system.balancer_url, credential) as run:
             child = await run.submit("echo", {"child": True})  # parentRequest filled in
             metadata = await run.metadata("echo", child)
-            assert metadata.raw["parent"] == {"requestId": parent, "algorithmName": "echo"}
+            assert metadata.raw["parent"] == {"requestId": parent, "algorithmName": "parked"}
             assert metadata.caller == "tester"
             with pytest.raises(Forbidden, match="children of run"):
                 await run.submit(
                     "echo", {}, parent={"requestId": elsewhere, "algorithmName": "echo"}
                 )
         # the caller's rights come along: "limited" may run echo alone
-        limited = signer.run_credential("echo", parent, "limited", later)
+        limited = signer.run_credential("parked", parent, "limited", later)
         async with AsyncClient(system.balancer_url, limited) as run:
             with pytest.raises(Forbidden, match="may not run algorithm 'other'"):
                 await run.submit("other", {})
-        expired = signer.run_credential("echo", parent, "tester", int(time.time()) - 1)
+        expired = signer.run_credential("parked", parent, "tester", int(time.time()) - 1)
         forged = credential[:-4] + ("AAAA" if not credential.endswith("AAAA") else "BBBB")
         other_caller = credential.replace(".dGVzdGVy.", ".bGltaXRlZA.")  # "limited"
         for bad in (expired, forged, other_caller):
