@@ -140,7 +140,7 @@ class Retrier:
         for failure in batch:
             run = found.get(failure.key)
             if run is None or run.stage.terminal or run.attempt != failure.attempt:
-                if failure.delete_job and (run is None or run.attempt != failure.attempt):
+                if failure.delete_job:  # the attempt is over: its Job would wait on
                     over.append(failure)
                 continue
             decision = decide(run.applied_configuration, run.retries, failure.failure_class)
