@@ -8,7 +8,8 @@ Guarantees:
   for a run that is then not stored is given back. If the checkpoint cannot be written, the
   client gets a 503 (400 for data the store refuses), and an input already uploaded is
   deleted again when nothing can have been stored; when the write failed after it was
-  sent, the run may exist, and its input stays.
+  sent, the run may exist, and its input stays until the store says it does not
+  (:mod:`nexus.scheduler.strayinputs`).
 * **Durable before acknowledged.** The checkpoint insert is group-committed and awaited, so
   the run is readable (from any pod) the moment the 202 is sent.
 * **Queued, or found.** The queue push is pipelined in batches. If Redis fails after the
@@ -66,6 +67,7 @@ from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.quotas import Quotas, Taken
 from nexus.scheduler.settings import SchedulerSection
+from nexus.scheduler.strayinputs import StrayInputs
 from nexus.scheduler.teamsettings import TeamSettings
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,7 @@ class Submitter:
         self.fair_share = fair_share or FairShare(TeamSettings())
         self.quotas = quotas
         self.recent_inputs = RecentInputs(settings.recent_inputs)
+        self.stray_inputs = StrayInputs(store, payloads)
         self.keys_in_flight: set[tuple[str, str]] = set()
         """(caller, Idempotency-Key) of the requests being accepted now."""
         self._pushed = pushed  # called with the shard after a successful push
@@ -242,6 +245,7 @@ class Submitter:
 
     async def close(self) -> None:
         await self._pushes.close()
+        await self.stray_inputs.close()
 
     async def submit(
         self,
@@ -401,9 +405,9 @@ class Submitter:
             raise
         except BaseException:
             # the write may have landed before the failure was seen: the run may exist,
-            # and its input must then stay (an unused object costs less than a lost input)
+            # and its input stays until the store says it does not
             if key is not None:
-                log.warning("an input kept: its run may have been stored", extra={"key": key})
+                self.stray_inputs.settle(run.key, key)
             raise
         if not admission.created:
             await self._give_back(quota)

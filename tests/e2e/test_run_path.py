@@ -839,3 +839,42 @@ async def test_a_run_whose_configuration_cannot_make_a_job_fails_alone(servers: 
         assert answer["status"] == "SCHEDULING_TIMEOUT"
         assert "cannot make a Job" in answer["runErrorMessage"]
         assert (await system.wait_for("echo", healthy))["status"] == "COMPLETED"
+
+
+async def test_an_input_whose_run_was_not_stored_after_all_is_deleted(servers: Servers) -> None:
+    """The checkpoint write is sent and times out (the runs table is locked for longer
+    than the store's command timeout): the client hears 503, and the input uploaded for
+    it stays while the run may exist. Once the store answers, there is no run, and the
+    input goes; a run that was stored keeps its input."""
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="off")],
+        templates=[template("echo-stored", inline=False)],
+        store={"command_timeout": 1.0},
+    ) as system:
+        kept = await system.submit("echo-stored", {"algorithmParameters": {"n": 1}})
+        before = await system.stored()
+        assert before[0] == 1 and len(before[1]) == 1
+        locker = await asyncpg.connect(system.postgres_dsn)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE runs IN ACCESS EXCLUSIVE MODE")
+                status, body, _ = await system.call(
+                    "POST",
+                    "/algorithm/v1.2/run/echo-stored",
+                    json={"algorithmParameters": {"n": 2}},
+                )
+                assert (status, body["error"]) == (503, "unavailable"), body
+                assert system.bucket is not None
+                inputs = {k for k in system.bucket.keys() if "inputs/" in k}  # noqa: SIM118
+                assert len(inputs) == 2  # kept for now: the run may have been stored
+                await asyncio.sleep(3)  # the store stays locked past the first look
+        finally:
+            await locker.close()
+        for _ in range(100):  # the next look, after its backoff
+            stored = await system.stored()
+            if stored == before:
+                break
+            await asyncio.sleep(0.2)
+        assert stored == before
+        assert (await system.result("echo-stored", kept))["status"] in ("BUFFERED", "RUNNING")
