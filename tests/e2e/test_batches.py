@@ -1,8 +1,8 @@
 """A batch by its tag: every run listed, paged without loss, summarised; bad cursors refused.
 
-Through a real scheduler and PostgreSQL: 20,000 runs of one tag are listed whole (streamed,
-chunked), page by page along the Link headers, and counted by status; the listings of
-another tag and of another algorithm are untouched by them.
+Through a real scheduler, Redis and PostgreSQL: 20,000 runs of one tag, submitted in bulk,
+are listed whole (streamed, chunked), page by page along the Link headers, and counted by
+status; the listings of another tag and of another algorithm are untouched by them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 from harness import Servers
-from support.system import System, local_system, template
+from support.system import OTHER_TOKEN, System, local_system, template
 
 from nexus_dev.cluster.emulators import ShardSpec
 
@@ -49,6 +49,45 @@ async def seed(system: System, algorithm: str, tag: str, count: int) -> list[uui
     return [ids[n] for n in order]
 
 
+async def submitted(system: System, algorithm: str, tag: str, count: int) -> list[uuid.UUID]:
+    """``count`` runs submitted with ``tag`` by bulk submit, then moved to the stages of
+    :data:`STAGES` in turn (each run by its place in the listing's order, which is that of
+    their checkpoints: by received_at, then id), half of the completed ones with an inline
+    result. Their ids in the listing's order."""
+    for start in range(0, count, 1000):
+        runs = [
+            {"algorithmParameters": {"n": n}, "tag": tag}
+            for n in range(start, min(count, start + 1000))
+        ]
+        status, body, _ = await system.call(
+            "POST", f"/algorithm/v1.2/runs/{algorithm}", json={"runs": runs}
+        )
+        assert status == 200 and all("requestId" in a for a in body["runs"]), body
+    connection = await asyncpg.connect(system.postgres_dsn)
+    try:
+        ids = await connection.fetch(
+            "SELECT id FROM runs WHERE algorithm = $1 AND tag = $2 ORDER BY received_at, id",
+            algorithm,
+            tag,
+        )
+        ordered = [row["id"] for row in ids]
+        await connection.execute(
+            """
+            UPDATE runs r SET
+                lifecycle_stage = ($2::text[])[1 + (i.n - 1) % cardinality($2::text[])],
+                result_inline = CASE WHEN i.n % 2 = 1 THEN '{"r": 1}'::bytea END
+            FROM unnest($1::uuid[]) WITH ORDINALITY AS i(id, n)
+            WHERE r.id = i.id
+            """,
+            ordered,
+            list(STAGES),
+        )
+    finally:
+        await connection.close()
+    assert len(ordered) == count
+    return ordered
+
+
 async def listing(system: System, path: str) -> tuple[int, Any, dict[str, str]]:
     status, body, headers = await system.call("GET", path)
     return status, body, dict(headers)
@@ -74,8 +113,10 @@ async def test_a_20000_run_batch_is_listed_whole_paged_and_summarised(servers: S
         servers,
         shards=[ShardSpec(name="shard-0", mode="off")],
         templates=[template("echo"), template("other")],
+        create_rate={"shard-0": 0.001},  # the runs stay queued: no 20,000 Jobs meanwhile
+        section={"max_queue_depth": 10 * TAGGED},
     ) as system:
-        ids = await seed(system, "echo", "big-batch", TAGGED)
+        ids = await submitted(system, "echo", "big-batch", TAGGED)
         others = await seed(system, "echo", "small-batch", 5)
         await seed(system, "other", "big-batch", 3)  # the same tag, another algorithm
         base = "/algorithm/v1.2/results/echo/tags/big-batch"
@@ -166,5 +207,17 @@ async def test_bad_paging_is_refused_naming_the_problem(servers: Servers) -> Non
             system, f"/algorithm/v1.2/results/other/tags/one?limit=2&after={cursor}"
         )
         assert status == 400, body
+        # tags are per caller: another caller's listing, summary, cursor and wait
+        status, body = await system.get(f"{base}/one", token=OTHER_TOKEN)
+        assert (status, body) == (200, [])
+        status, body = await system.get(f"{base}/one/summary?wait=1", token=OTHER_TOKEN)
+        assert (status, body["total"], body["finished"]) == (200, 0, False)
+        status, body = await system.get(f"{base}/one?limit=2&after={cursor}", token=OTHER_TOKEN)
+        assert status == 400, body
+        theirs = (await listing(system, f"{base}/one"))[1][0]["requestId"]
+        status, body = await system.get(
+            f"/algorithm/v1.2/results/echo/requests/{theirs}?wait=1", token=OTHER_TOKEN
+        )
+        assert status == 404, body
         status, _ = await system.get("/health/ready")
         assert status == 200
