@@ -124,8 +124,12 @@ def nexus(rate: float, seconds: float, settings: list[str], bulk: int = 1) -> di
     cpu = found["cpu_us_per_run"]
     own = sum(v for k, v in cpu.items() if k.startswith(NEXUS_OWN))
     finished = found["finished"].get("COMPLETED", 0)
+    # as for the peers: runs completed (and read) from the first submission to the last
+    # result seen, so a flat-out run counts its backlog's drain too
+    finished_after = max(1e-9, found["all_finished_after_seconds"])
     return {
-        "completed_per_second": found["completed_per_second_steady"],
+        "completed_per_second": round(finished / finished_after, 1),
+        "completed_per_second_steady": found["completed_per_second_steady"],
         "completed": finished,
         "unfinished": found["unfinished"],
         "results_read": found["results_read"],
