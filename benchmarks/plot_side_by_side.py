@@ -6,7 +6,8 @@ matplotlib of its own virtual environment).
 Writes ``throughput.png`` (completed per second against offered load, flat out at the
 right), ``cpu.png`` (CPU microseconds per run against offered load: each peer's whole,
 Nexus' own processes with PostgreSQL and Redis, and the emulator apart) and
-``latency.png`` (p50 and p99 at each offered load).
+``latency.png`` (p50 and p99 at each offered load), and ``side_by_side.md``, the runs as a
+Markdown table.
 """
 
 from __future__ import annotations
@@ -106,7 +107,36 @@ def main() -> int:
     ax.set_yscale("log")
     ax.legend(fontsize=8, ncol=2)
     figure.savefig(outdir / "latency.png", dpi=110, bbox_inches="tight")
+    (outdir / "side_by_side.md").write_text(table(report))
     return 0
+
+
+def table(report: dict[str, Any]) -> str:
+    """The runs as a Markdown table, for the README."""
+    lines = [
+        "| system | offered/s | completed/s | p50 / p99 ms | CPU µs per run |",
+        "|---|---|---|---|---|",
+    ]
+    for run in sorted(report["runs"], key=lambda r: (r["offered_per_second"] or 1e9, r["system"])):
+        offered = run["offered_per_second"]
+        where = f"{offered:,.0f}" if offered else "flat out"
+        if run.get("skipped") or "error" in run:
+            lines.append(f"| {run['system']} | {where} | {run.get('error', 'skipped')} | | |")
+            continue
+        latency = run.get("latency_ms", {})
+        if run["system"].startswith("nexus"):
+            cpu = (
+                f"{run['cpu_us_per_run_nexus']:,.0f} Nexus + PostgreSQL + Redis,"
+                f" {run['cpu_us_per_run_emulator']:,.0f} emulator,"
+                f" {run['cpu_us_per_run_total']:,.0f} in all"
+            )
+        else:
+            cpu = f"{run['cpu_us_per_run_total']:,.0f} (client, workers, Redis)"
+        lines.append(
+            f"| {run['system']} | {where} | {run['completed_per_second']:,.0f} |"
+            f" {latency.get('p50', 0):,.0f} / {latency.get('p99', 0):,.0f} | {cpu} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
