@@ -485,6 +485,7 @@ class CheckpointStore:
                 algorithm,
                 run_id,
                 viewer.owner(algorithm),
+                viewer.parent,
             )
         return None if row is None else _checkpoint(row)
 
@@ -513,6 +514,7 @@ class CheckpointStore:
                 algorithm,
                 run_id,
                 viewer.owner(algorithm),
+                viewer.parent,
             )
         return None if row is None else result_of(row)
 
@@ -542,12 +544,14 @@ class CheckpointStore:
             rows = await conn.fetch(
                 f"SELECT {sql.RESULT_COLUMNS} FROM runs WHERE algorithm = ANY($1::text[])"
                 " AND tag = $2 AND (caller = $4 OR algorithm = ANY($5::text[]))"
+                " AND ($6::text IS NULL OR parent = $6::jsonb)"
                 " ORDER BY received_at DESC LIMIT $3",
                 list(algorithms),
                 tag,
                 limit,
                 viewer.caller,
                 granted,
+                viewer.parent,
             )
         return [result_of(row) for row in rows]
 

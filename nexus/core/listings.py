@@ -84,7 +84,14 @@ class Listings:
         owner = viewer.owner(algorithm)
         async with self._store.connection() as conn:
             rows = await conn.fetch(
-                sql.TAG_PAGE, algorithm, tag, owner, start.received_at, start.id, limit
+                sql.TAG_PAGE,
+                algorithm,
+                tag,
+                owner,
+                start.received_at,
+                start.id,
+                limit,
+                viewer.parent,
             )
         return [
             TagEntry(result_of(row), TagPosition(row["received_at"], row["id"])) for row in rows
@@ -94,5 +101,7 @@ class Listings:
         """How many runs of ``algorithm`` carrying ``tag`` that ``viewer`` may see are in
         each stage (stages without runs are absent)."""
         async with self._store.connection() as conn:
-            rows = await conn.fetch(sql.TAG_COUNTS, algorithm, tag, viewer.owner(algorithm))
+            rows = await conn.fetch(
+                sql.TAG_COUNTS, algorithm, tag, viewer.owner(algorithm), viewer.parent
+            )
         return {Stage(row["lifecycle_stage"]): int(row["runs"]) for row in rows}

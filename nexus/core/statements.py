@@ -131,9 +131,10 @@ retry_at
 
 
 # Appended to a read by key: $3 is the caller whose runs the reader may see, or NULL for
-# every caller's (nexus.core.visibility). The row is found by its key first; the caller is
-# a filter on that one row, so a limited reader costs what an unlimited one does.
-SEEN_BY = " AND ($3::text IS NULL OR caller = $3)"
+# every caller's, and $4 the parent (JSON) of the only runs it may see, or NULL for any
+# (nexus.core.visibility). The row is found by its key first; the caller and the parent
+# are a filter on that one row, so a limited reader costs what an unlimited one does.
+SEEN_BY = " AND ($3::text IS NULL OR caller = $3) AND ($4::text IS NULL OR parent = $4::jsonb)"
 
 
 RESULT_COLUMNS = (
@@ -146,6 +147,7 @@ RESULT_COLUMNS = (
 TAG_PAGE = f"""
 SELECT {RESULT_COLUMNS}, received_at FROM runs
 WHERE algorithm = $1 AND tag = $2 AND ($3::text IS NULL OR caller = $3)
+  AND ($7::text IS NULL OR parent = $7::jsonb)
   AND (received_at, id) > ($4::timestamptz, $5::uuid)
 ORDER BY received_at, id
 LIMIT $6
@@ -155,6 +157,7 @@ LIMIT $6
 TAG_COUNTS = """
 SELECT lifecycle_stage, count(*) AS runs FROM runs
 WHERE algorithm = $1 AND tag = $2 AND ($3::text IS NULL OR caller = $3)
+  AND ($4::text IS NULL OR parent = $4::jsonb)
 GROUP BY lifecycle_stage
 """
 

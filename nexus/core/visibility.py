@@ -17,6 +17,9 @@ Guarantees:
   can carry it, whatever the route does with what it reads.
 * **Tags are per caller.** A listing by tag holds the viewer's own runs of that tag (a
   grant's holder: every caller's).
+* **A run's credential sees its children only.** A viewer that is a running algorithm
+  (:attr:`Viewer.below`: a run's credential, which anyone who reads its Job can read too)
+  sees the runs started as children of its run, and no other run of its caller.
 * **Signed links are capabilities.** A signed URL already handed out (an input, a result)
   is not checked against a viewer: whoever holds it may use it until it expires, as with
   S3's own presigned URLs. Only who may be handed one is decided here.
@@ -27,7 +30,10 @@ completions, the maintainer) reads with :data:`SYSTEM`, which sees every run.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+import orjson
 
 ALL = "*"
 """A grant naming every algorithm."""
@@ -40,6 +46,16 @@ class Viewer:
     caller: str
     grants: frozenset[str] = frozenset()
     """Algorithms whose every run this viewer sees; ``*`` for all of them."""
+    below: tuple[str, str] | None = None
+    """(algorithm, request id) of a run: the viewer then sees that run's children only."""
+
+    @property
+    def parent(self) -> str | None:
+        """The ``parent`` (JSON) of the only runs this viewer sees, or ``None`` for any:
+        what the store filters its rows by, besides :meth:`owner`."""
+        if self.below is None:
+            return None
+        return orjson.dumps({"requestId": self.below[1], "algorithmName": self.below[0]}).decode()
 
     def owner(self, algorithm: str) -> str | None:
         """The caller whose runs of ``algorithm`` this viewer may see, or ``None`` for
@@ -48,9 +64,14 @@ class Viewer:
             return None
         return self.caller
 
-    def may_see(self, algorithm: str, caller: str) -> bool:
-        """Whether a run of ``algorithm`` submitted by ``caller`` is visible."""
+    def may_see(self, algorithm: str, caller: str, parent: Mapping[str, str] | None = None) -> bool:
+        """Whether a run of ``algorithm`` submitted by ``caller`` below ``parent`` is
+        visible."""
         owner = self.owner(algorithm)
+        if self.below is not None and (
+            parent is None or (parent.get("algorithmName"), parent.get("requestId")) != self.below
+        ):
+            return False
         return owner is None or owner == caller
 
     @property

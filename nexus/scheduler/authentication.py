@@ -19,7 +19,8 @@ public key cannot be abused as an HMAC secret.
 
 A running algorithm authenticates with its **run credential** (``NEXUS__RUN_CREDENTIAL``,
 :mod:`nexus.core.signing`) to start child runs: it acts as its run's caller, with that
-caller's service-token rights, and may start children of its own run only.
+caller's service-token rights, and may start children of its own run only, while that run is
+unfinished; it sees (reads, lists, cancels) those children and no other run of its caller.
 
 Verified JWTs are remembered until they expire (bounded), so a busy client does not pay for
 a signature check on every request; the memory is cleared when the provider's key set
@@ -69,7 +70,7 @@ class Principal:
     @property
     def viewer(self) -> Viewer:
         """What this caller may see of the runs (the store filters its reads by it)."""
-        return Viewer(self.caller, self.grants)
+        return Viewer(self.caller, self.grants, self.run)
 
 
 def _prepared(algorithm: HMACAlgorithm | RSAAlgorithm, key: str, setting: str) -> Any:

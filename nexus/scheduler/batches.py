@@ -63,7 +63,8 @@ def _tag(request: web.Request) -> str:
 
 def _cursor_context(algorithm: str, tag: str, viewer: Viewer) -> str:
     """What a cursor is bound to: the listing it came from, as its caller sees it."""
-    return f"tag-cursor:{algorithm}\n{tag}\n{viewer.owner(algorithm) or '*'}"
+    below = "" if viewer.parent is None else f"\n{viewer.parent}"
+    return f"tag-cursor:{algorithm}\n{tag}\n{viewer.owner(algorithm) or '*'}{below}"
 
 
 def _limit(request: web.Request) -> int | None:

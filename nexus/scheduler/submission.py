@@ -28,6 +28,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import uuid
@@ -322,8 +323,10 @@ class Submitter:
                 "invalid_configuration",
             )
         if parent is not None:
+            # a run's credential sees only the children of its run, which is the parent here
+            viewer = dataclasses.replace(principal.viewer, below=None)
             above = await self.store.get(
-                parent["algorithmName"], uuid.UUID(parent["requestId"]), principal.viewer
+                parent["algorithmName"], uuid.UUID(parent["requestId"]), viewer
             )
             if above is None:
                 raise bad_request(

@@ -39,8 +39,9 @@ WAITING = Gauge("nexus_waiting_requests", "Requests waiting (?wait) for runs or 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
-TagKey: TypeAlias = tuple[str, str, str | None]
-"""(algorithm, tag, owner): a tag as one caller's view counts it (owner ``None``: all)."""
+TagKey: TypeAlias = tuple[str, str, str | None, tuple[str, str] | None]
+"""(algorithm, tag, owner, below): a tag as one view counts it (owner ``None``: every
+caller's; below: the children of that run only, as a run's credential sees them)."""
 Counts: TypeAlias = dict[Stage, int]
 
 
@@ -172,8 +173,8 @@ class Waiters:
         self._spawn(self._counts(tag_key))
 
     async def _counts(self, tag_key: TagKey) -> None:
-        algorithm, tag, owner = tag_key
-        viewer = Viewer(owner, frozenset()) if owner is not None else Viewer("", frozenset({"*"}))
+        algorithm, tag, owner, below = tag_key
+        viewer = Viewer(owner or "", frozenset() if owner is not None else frozenset("*"), below)
         try:
             while True:
                 self._counting[tag_key] = False
@@ -198,7 +199,7 @@ class Waiters:
 
 
 def _tag_key(algorithm: str, tag: str, viewer: Viewer) -> TagKey:
-    return (algorithm, tag, viewer.owner(algorithm))
+    return (algorithm, tag, viewer.owner(algorithm), viewer.below)
 
 
 def _discard(

@@ -7,6 +7,7 @@ the parent's cascading cancel."""
 from __future__ import annotations
 
 import time
+import uuid
 
 from harness import Servers
 from support.system import SIGNING_KEY, local_system, template
@@ -19,6 +20,17 @@ ROUTES = (
     ("/algorithm/v1.2/run/echo", {"algorithmParameters": {}}),
     ("/algorithm/v1/run/echo", {"algorithmParameters": {}}),
 )
+ROUTES_BY_ID = {
+    "result": ("GET", "/algorithm/v1.2/results/{algorithm}/requests/{id}"),
+    "wait": ("GET", "/algorithm/v1.2/results/{algorithm}/requests/{id}?wait=1"),
+    "metadata": ("GET", "/algorithm/v1.2/metadata/{algorithm}/requests/{id}"),
+    "payload": ("GET", "/algorithm/v1.2/payload/{algorithm}/requests/{id}"),
+    "cancel": ("POST", "/algorithm/v1.2/cancel/{algorithm}/requests/{id}"),
+    "v1 result": ("GET", "/algorithm/v1/results/{algorithm}/requests/{id}"),
+    "v1 metadata": ("GET", "/algorithm/v1/metadata/{algorithm}/requests/{id}"),
+    "v1 buffer": ("GET", "/algorithm/v1/buffer/{algorithm}/requests/{id}"),
+    "v1 cancel": ("POST", "/algorithm/v1/cancel/{algorithm}/requests/{id}"),
+}
 
 
 async def test_a_run_credential_starts_no_children_once_its_run_has_finished(
@@ -66,3 +78,60 @@ async def test_a_run_credential_starts_no_children_once_its_run_has_finished(
         credential = signer.run_credential("parked", running, "tester", later)
         child = await system.submit("echo", token=credential)
         assert (await system.wait_for("echo", child))["status"] == "COMPLETED"
+
+
+async def test_a_run_credential_reads_and_cancels_the_children_of_its_run_only(
+    servers: Servers,
+) -> None:
+    """A credential can be read by whoever reads the Job: it sees the children of its run,
+    and not one other run of its caller — those are as absent as runs that do not exist."""
+    signer = Signer([SIGNING_KEY])
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="simulated"), PARKED],
+        workgroups=[("default", "shard-0"), ("parked", "shard-1")],
+        templates=[template("echo"), template("parked", workgroup="parked")],
+    ) as system:
+        tagged = {"algorithmParameters": {}, "tag": "nightly"}
+        parent = await system.submit("parked", tagged)
+        await system.wait_for("parked", parent, "RUNNING")
+        others = {
+            "finished": ("echo", await system.submit("echo", tagged)),
+            "waiting": ("parked", await system.submit("parked", tagged)),
+        }
+        await system.wait_for(*others["finished"])
+        credential = signer.run_credential("parked", parent, "tester", int(time.time()) + 600)
+        child = await system.submit("parked", tagged, token=credential)
+
+        for name, (algorithm, run_id) in (*others.items(), ("itself", ("parked", parent))):
+            absent = str(uuid.uuid4())
+            for route, (method, path) in ROUTES_BY_ID.items():
+                answers = []
+                for which in (run_id, absent):
+                    status, body, _ = await system.call(
+                        method, path.format(algorithm=algorithm, id=which), token=credential,
+                        json={},
+                    )  # fmt: skip
+                    answers.append((status, str(body).replace(which, "<id>")))
+                assert answers[0][0] == 404 and answers[0] == answers[1], (name, route, answers)
+        for path in ("/algorithm/v1.2/results/parked/tags/nightly",):
+            status, listed = await system.get(path, credential)
+            assert (status, [r["requestId"] for r in listed]) == (200, [child])
+        status, summary = await system.get(
+            "/algorithm/v1.2/results/parked/tags/nightly/summary", credential
+        )
+        assert (status, summary["total"]) == (200, 1)
+        status, listed = await system.get("/algorithm/v1/results/tags/nightly", credential)
+        assert (status, [r["requestId"] for r in listed]) == (200, [child])
+
+        # its own child it reads and cancels; the caller's other runs are untouched
+        status, _ = await system.get(
+            f"/algorithm/v1.2/metadata/parked/requests/{child}", credential
+        )
+        assert status == 200
+        status, body, _ = await system.call(
+            "POST", f"/algorithm/v1.2/cancel/parked/requests/{child}", token=credential, json={}
+        )
+        assert (status, body["status"]) == (200, "CANCELLED")
+        for algorithm, run_id in (*others.values(), ("parked", parent)):
+            assert (await system.result(algorithm, run_id))["status"] != "CANCELLED"
