@@ -216,7 +216,12 @@ def test_a_run_carries_its_templates_security_contexts() -> None:
 
 def test_every_variable_nexus_sets_is_one_a_request_cannot() -> None:
     applied = {**APPLIED, "env": {}, "speculativeAttempts": 2}
-    links = dataclasses.replace(LINKS, result_inline_limit=1024)
+    links = dataclasses.replace(
+        LINKS,
+        result_inline_limit=1024,
+        scheduler_url="https://scheduler",
+        run_credential="nexus-run.forecast.x",
+    )
     parent = {"requestId": PARENT, "algorithmName": "planner"}
     for copy in (1, 2):
         job = build_job(
