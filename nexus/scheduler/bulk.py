@@ -6,9 +6,10 @@ Guarantees:
 
 * **Each run judged alone.** Every item passes exactly the checks of a single submit (the
   submitter's own, run as a dry run, so none is forgotten here); one bad item is answered
-  with its error and never fails the others. An item's ``idempotencyKey`` is its
-  ``Idempotency-Key``: a repeat within 24 hours answers the first run's id; a key given to
-  two items of one request is refused for the later ones.
+  with its error and never fails the others. An item's ``idempotencyKey`` (in any letter
+  case, as the run's own fields) is its ``Idempotency-Key``: a repeat within 24 hours
+  answers the first run's id; a key given to two items of one request is refused for the
+  later ones.
 * **The request as a whole, before anything is stored.** A body that is not an object with
   a list of objects, or more than :data:`MAX_RUNS` of them (413), is refused whole; so is
   a request this pod cannot take now (429/503 with ``Retry-After``: a full queue, Redis
@@ -29,6 +30,7 @@ from typing import Any, NotRequired, TypedDict
 
 from aiohttp import web
 
+from nexus.core.compatibility import FieldNames
 from nexus.core.errors import CheckpointRejected, DependencyError, StoreNotReached
 from nexus.core.httpapi import (
     ApiError,
@@ -49,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MAX_RUNS = 1000
 """The most runs one bulk request may carry."""
+KEY_FIELD = FieldNames(("idempotencyKey",))
+"""An item's idempotency key, found in any letter case as the run's own fields are."""
 
 
 class ItemAnswer(TypedDict):
@@ -92,8 +96,16 @@ def _keys(items: list[dict[str, Any]]) -> tuple[list[str | None], dict[int, ApiE
     first: dict[str, int] = {}
     refused: dict[int, ApiError] = {}
     for index, item in enumerate(items):
-        key = item.pop("idempotencyKey", None)
-        if key is not None and not isinstance(key, str):
+        spelt = [name for name in item if KEY_FIELD.get(name) is not None]
+        given = [(name, item.pop(name)) for name in spelt]  # off the run's body, in any case
+        given = [(name, value) for name, value in given if value is not None]
+        key = given[0][1] if given else None
+        if len(given) > 1:
+            refused[index] = bad_request(
+                f"idempotencyKey: given twice, as {given[0][0]!r} and {given[1][0]!r}"
+            )
+            key = None
+        elif key is not None and not isinstance(key, str):
             refused[index] = bad_request(f"idempotencyKey: expected a string, got {json_type(key)}")
             key = None
         elif key is not None and key in first:
