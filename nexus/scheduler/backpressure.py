@@ -8,7 +8,8 @@ one of three signals says this pod could not keep its promises about it:
   at once; the next heartbeat that succeeds says it is back;
 * **the shard's queue is full**: more than ``max_queue_depth`` runs wait on this pod's
   queue for the run's shard: 429 with ``Retry-After: 10``. :func:`measure_depth` reads the
-  depths once a second (and exports them, ``nexus_queue_depth{pod,shard}``);
+  depths once a second, every five while all are empty (and exports them,
+  ``nexus_queue_depth{pod,shard}``);
 * **the checkpoint store is saturated**: as many writes wait for it as it takes
   (``max_pending``): 503 with ``Retry-After: 2``, read from the store at each request.
 
@@ -34,11 +35,14 @@ REFUSED = Counter(
 )
 DEPTH = Gauge(
     "nexus_queue_depth",
-    "Runs waiting on a scheduler pod's queue for a shard, read every second.",
+    "Runs waiting on a scheduler pod's queue for a shard, read every second (5 s while empty).",
     ["pod", "shard"],
 )
 DEPTH_INTERVAL = 1.0
-"""Seconds between two readings of the queue depths."""
+"""Seconds between two readings of the queue depths while runs wait."""
+EMPTY_INTERVAL = 5.0
+"""Seconds between two readings while every queue of the pod was empty: a pod at rest
+then costs next to nothing, and no queue fills to ``max_queue_depth`` in that time."""
 
 
 class BackPressure:
@@ -95,14 +99,17 @@ class BackPressure:
 async def measure_depth(
     queue: RunQueue, pressure: BackPressure, shards: list[str], stopping: asyncio.Event
 ) -> None:
-    """Read the depth of this pod's queue for each shard, every :data:`DEPTH_INTERVAL`,
-    until ``stopping``."""
+    """Read the depth of this pod's queue for each shard, every :data:`DEPTH_INTERVAL`
+    (every :data:`EMPTY_INTERVAL` while all are empty), until ``stopping``."""
     while not stopping.is_set():
+        waiting = False
         for shard in shards:
             try:
                 depth = await queue.depth(shard)
-                pressure.depth_measured(shard, depth)
-                DEPTH.labels(queue.pod, shard).set(depth)
             except DependencyError:
-                break  # the heartbeat reports Redis trouble
-        await sleep_or_stop(stopping, DEPTH_INTERVAL)
+                waiting = True  # the heartbeat reports Redis trouble; look again soon
+                break
+            pressure.depth_measured(shard, depth)
+            DEPTH.labels(queue.pod, shard).set(depth)
+            waiting = waiting or depth > 0
+        await sleep_or_stop(stopping, DEPTH_INTERVAL if waiting else EMPTY_INTERVAL)
