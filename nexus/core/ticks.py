@@ -17,15 +17,15 @@ from uuid import UUID
 from nexus.core.checkpoints import CheckpointStore
 
 CLAIM = """
-WITH claimed AS (
-    INSERT INTO schedule_ticks (schedule, tick, algorithm, request_id)
-    VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING
-    RETURNING request_id, outcome
-)
-SELECT request_id, outcome, true AS fresh FROM claimed
-UNION ALL
-SELECT request_id, outcome, false FROM schedule_ticks WHERE schedule = $1 AND tick = $2
+INSERT INTO schedule_ticks (schedule, tick, algorithm, request_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT (schedule, tick) DO UPDATE SET request_id = schedule_ticks.request_id
+RETURNING request_id, outcome
 """
+"""One row, always: the new claim, or the first claim's row as committed. A claim racing
+another's uncommitted insert of the tick waits for it, then locks and answers that row.
+(``DO NOTHING`` plus a read of the table in the same statement answers nothing in that
+race: the read sees the statement's snapshot, taken before the other claim committed.)
+The update writes nothing new: the first claim's request id and outcome stay."""
 
 OUTCOME = "UPDATE schedule_ticks SET outcome = $3 WHERE schedule = $1 AND tick = $2"
 
@@ -53,8 +53,8 @@ async def claim(
 ) -> Tick:
     """The tick's row: this claim's if it is the first, else the first claim's."""
     async with store.connection() as conn:
-        rows = await conn.fetch(CLAIM, schedule, tick, algorithm, request_id)
-    row = rows[0]  # the fresh claim, or the existing row (a CTE's insert is not visible)
+        row = await conn.fetchrow(CLAIM, schedule, tick, algorithm, request_id)
+    assert row is not None  # an upsert's RETURNING answers its one row
     return Tick(schedule, tick, algorithm, row["request_id"], row["outcome"])
 
 
