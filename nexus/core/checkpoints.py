@@ -518,6 +518,28 @@ class CheckpointStore:
             )
         return None if row is None else result_of(row)
 
+    async def results_seen(
+        self, wanted: Sequence[tuple[RunKey, str | None]]
+    ) -> list[RunResult | None]:
+        """How each run stands as its caller may see it (``(key, owner)``, the owner as
+        :meth:`Viewer.owner` gives it: ``None`` for any caller's run), in one statement:
+        ``None`` for a run that does not exist or the caller may not see."""
+        if not wanted:
+            return []
+        async with self.connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT {sql.RESULT_COLUMNS}, k.n FROM runs r"
+                " JOIN unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS k(a, i, o, n)"
+                " ON r.algorithm = k.a AND r.id = k.i AND (k.o IS NULL OR r.caller = k.o)",
+                [key.algorithm for key, _ in wanted],
+                [key.id for key, _ in wanted],
+                [owner for _, owner in wanted],
+            )
+        found: list[RunResult | None] = [None] * len(wanted)
+        for row in rows:
+            found[row["n"] - 1] = result_of(row)
+        return found
+
     async def results_many(self, keys: Sequence[RunKey]) -> dict[RunKey, RunResult]:
         """How the runs ``keys`` stand, in one round trip, whoever submitted them (for work
         that already knows its caller may see them); missing runs are absent."""

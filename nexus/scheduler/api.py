@@ -210,17 +210,16 @@ async def result(request: web.Request) -> web.Response:
         if found is None:
             raise not_found(algorithm, run_id)
         return json_response(_result(scheduler, found))
-    key = RunKey(algorithm, run_id)
-    finished = scheduler.waiters.watch_run(key)  # before the read: no announcement slips by
+    key, waiters = RunKey(algorithm, run_id), scheduler.waiters
+    finished = waiters.watch_run(key)  # before the read: no announcement slips by
     try:
-        found = await scheduler.store.result(algorithm, run_id, viewer)
+        found = await waiters.read(key, viewer)
         if found is None:
             raise not_found(algorithm, run_id)
         if not found.stage.terminal:
-            announced = await wait_for(finished, wait)
-            found = announced or await scheduler.store.result(algorithm, run_id, viewer) or found
+            found = await wait_for(finished, wait) or await waiters.read(key, viewer) or found
     finally:
-        scheduler.waiters.forget_run(key, finished)
+        waiters.forget_run(key, finished)
     return json_response(_result(scheduler, found))
 
 

@@ -13,6 +13,9 @@ read and the wait still wakes it. Guarantees:
 * **Nothing missed is waited for longer than asked.** After a gap in the announcements (a
   reconnection), every run and tag waited for is read again at once, in one read and one
   count per tag; and every waiter answers at its ``S`` in any case.
+* **Herds read together.** The first read of each waiter (and its read at ``S``) share
+  one statement with the other waiters' reads arriving meanwhile, so a thousand waiters
+  arriving at once take one or two pooled connections, not a thousand.
 * **Failures stay bounded.** A read that fails leaves the waiters waiting (their ``S``
   still holds) and is logged once per burst.
 """
@@ -29,7 +32,8 @@ from prometheus_client import Gauge
 
 from nexus.core.announcements import Finished
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.errors import DependencyError
+from nexus.core.errors import DependencyError, StoreNotReached
+from nexus.core.grouping import GroupCommitter
 from nexus.core.listings import Listings
 from nexus.core.runs import TERMINAL, RunKey, RunResult, Stage
 from nexus.core.visibility import Viewer
@@ -94,6 +98,17 @@ class Waiters:
     def __init__(self, store: CheckpointStore, listings: Listings) -> None:
         self._store = store
         self._listings = listings
+        # Waiters arrive in herds (a client waiting on a whole batch, run by run): their
+        # reads share one statement, instead of each taking a pooled connection.
+        self._reads: GroupCommitter[tuple[RunKey, str | None], RunResult | None] = GroupCommitter(
+            "wait-reads",
+            store.results_seen,
+            overloaded=lambda: StoreNotReached("too many waiting reads"),
+            max_batch=500,
+            max_delay=0.0,
+            max_in_flight=2,
+            max_pending=100_000,
+        )
         self._runs: dict[RunKey, set[asyncio.Future[RunResult]]] = {}
         self._tags: dict[TagKey, set[asyncio.Future[Counts]]] = {}
         self._counting: dict[TagKey, bool] = {}  # tags being counted: whether to count again
@@ -103,6 +118,11 @@ class Waiters:
         return sum(map(len, self._runs.values())) + sum(map(len, self._tags.values()))
 
     # -- waiting ---------------------------------------------------------------------------
+
+    async def read(self, key: RunKey, viewer: Viewer) -> RunResult | None:
+        """How the run stands as ``viewer`` may see it (``None``: not to be seen), read
+        together with the other waiters' reads."""
+        return await self._reads.submit((key, viewer.owner(key.algorithm)))
 
     def watch_run(self, key: RunKey) -> asyncio.Future[RunResult]:
         """A future set to the run's result once it is announced finished."""
@@ -149,6 +169,7 @@ class Waiters:
 
     async def close(self) -> None:
         """Stop the reads and counts in flight (waiters answer at their ``S``)."""
+        await self._reads.close()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
