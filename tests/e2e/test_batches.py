@@ -10,10 +10,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import aiohttp
 import asyncpg
+import pytest
 from harness import Servers
 from support.system import OTHER_TOKEN, System, local_system, template
 
+from nexus.core.errors import StoreUnavailable
+from nexus.scheduler.batches import LISTINGS
 from nexus_dev.cluster.emulators import ShardSpec
 
 TAGGED = 20_000
@@ -221,3 +225,32 @@ async def test_bad_paging_is_refused_naming_the_problem(servers: Servers) -> Non
         assert status == 404, body
         status, _ = await system.get("/health/ready")
         assert status == 200
+
+
+async def test_a_listing_the_store_fails_in_the_middle_of_is_never_taken_for_a_whole_one(
+    servers: Servers,
+) -> None:
+    async with local_system(
+        servers, shards=[ShardSpec(name="shard-0", mode="off")], templates=[template("echo")]
+    ) as system:
+        await seed(system, "echo", "long", 1500)  # two pages of the stream
+        listings = system.schedulers[0].app[LISTINGS]
+        pages = 0
+        real_page = listings.page
+
+        async def failing_page(*args: Any) -> Any:
+            nonlocal pages
+            pages += 1
+            if pages == 2:
+                raise StoreUnavailable("the store went away")
+            return await real_page(*args)
+
+        listings.page = failing_page  # type: ignore[method-assign]
+        url = f"{system.schedulers[0].url}/algorithm/v1.2/results/echo/tags/long"
+        async with system.session.get(url, headers=system.headers()) as response:
+            assert response.status == 200  # sent before the second page was read
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        listings.page = real_page  # type: ignore[method-assign]
+        status, body = await system.get("/algorithm/v1.2/results/echo/tags/long")
+        assert status == 200 and len(body) == 1500
