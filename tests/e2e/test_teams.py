@@ -38,6 +38,15 @@ async def flood(system: System, count: int) -> None:
         )
 
 
+async def flood_until_queued(system: System, backlog: int, timeout: float = 60) -> None:
+    """Runs of ``tester`` until at least ``backlog`` of them wait (``BUFFERED``) at once,
+    however slowly this machine submits them while the pods dispatch."""
+    async with asyncio.timeout(timeout):
+        while (waiting := (await stages(system, "tester")).get("BUFFERED", 0)) < backlog:
+            await flood(system, 50)
+    assert waiting >= backlog
+
+
 @pytest.mark.parametrize("fair", [True, False], ids=["fair-share", "first-come"])
 async def test_a_flood_does_not_hold_back_another_callers_runs(
     servers: Servers, fair: bool
@@ -49,14 +58,15 @@ async def test_a_flood_does_not_hold_back_another_callers_runs(
         create_rate={"shard-0": 40},
         teams=TeamSettings(fair_share=fair),
     ) as system:
-        await flood(system, 240)  # six seconds' worth of Job creations, on both pods
+        # queued: eight seconds' worth of Job creations, on both pods
+        await flood_until_queued(system, 320)
         mine = [
             await system.submit("echo", url=system.balancer_url, token=OTHER_TOKEN)
             for _ in range(3)
         ]
         for request_id in mine:
             await system.wait_for(
-                "echo", request_id, "RUNNING", "COMPLETED", timeout=30, token=OTHER_TOKEN
+                "echo", request_id, "RUNNING", "COMPLETED", timeout=60, token=OTHER_TOKEN
             )
         waiting = (await stages(system, "tester")).get("BUFFERED", 0)
         if fair:  # dispatched within a batch or two, the flood mostly still queued
