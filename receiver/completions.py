@@ -41,7 +41,6 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
-from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.compatibility import FieldNames, GivenTwice, canonical, v12_status
@@ -55,6 +54,7 @@ from nexus.core.httpapi import (
     read_json_object,
 )
 from nexus.core.logs import request_id as current_request
+from nexus.core.meters import LoopCounter
 from nexus.core.retrying import Retry, decide, record
 from nexus.core.runs import Stage, Transition, may_move
 from nexus.core.signing import Signer
@@ -65,7 +65,7 @@ from receiver.settings import ReceiverSection
 
 log = logging.getLogger(__name__)
 
-COMPLETIONS = Counter(
+COMPLETIONS = LoopCounter(
     "nexus_completions_total",
     "Completions received, by outcome (completed, failed, duplicate, refused).",
     ["outcome"],

@@ -44,12 +44,12 @@ from uuid import UUID
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
-from prometheus_client import Histogram
 
 from nexus.core import statements as sql
 from nexus.core.config import PostgresSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.grouping import GroupCommitter
+from nexus.core.meters import LoopHistogram
 from nexus.core.outages import Outage
 from nexus.core.retrying import AttemptRecord
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
@@ -99,7 +99,7 @@ PLAN_SETTINGS = {
     "enable_mergejoin": "off",
 }
 
-FINISHED_SECONDS = Histogram(
+FINISHED_SECONDS = LoopHistogram(
     "nexus_run_duration_seconds",
     "Time from a run's receipt to its finished stage being written, by that stage (the"
     " _count is the number of runs finished).",

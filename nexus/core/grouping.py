@@ -34,24 +34,24 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
-from prometheus_client import Counter, Histogram
+from nexus.core.meters import LoopCounter, LoopHistogram
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-BATCH_SIZE = Histogram(
+BATCH_SIZE = LoopHistogram(
     "nexus_group_commit_batch_size",
     "Items written per group-committed batch.",
     ["writer"],
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
-BATCH_SECONDS = Histogram(
+BATCH_SECONDS = LoopHistogram(
     "nexus_group_commit_batch_seconds",
     "Time to write one group-committed batch.",
     ["writer"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
-REFUSED = Counter(
+REFUSED = LoopCounter(
     "nexus_group_commit_refused_total",
     "Writes refused because too many were already waiting.",
     ["writer"],

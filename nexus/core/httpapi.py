@@ -25,7 +25,6 @@ from typing import Any, TypedDict
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import Histogram
 
 from nexus.core.errors import (
     CheckpointRejected,
@@ -37,6 +36,7 @@ from nexus.core.errors import (
     StoreUnavailable,
     TransitionRejected,
 )
+from nexus.core.meters import HistogramChild, LoopHistogram
 
 log = logging.getLogger(__name__)
 
@@ -57,15 +57,15 @@ _UNAVAILABLE: dict[type[DependencyError], str] = {
     ShardUnavailable: "the cluster's API server",
 }
 
-REQUEST_SECONDS = Histogram(
+REQUEST_SECONDS = LoopHistogram(
     "nexus_http_request_duration_seconds",
     "Time from a request's handler taking it to its answer, by route template, method and"
     " status (the _count is the number of requests).",
     ["route", "method", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
 )
-_TIMED: dict[tuple[str, str, int], Any] = {}
-"""The histogram's children by labels, looked up once each (``labels()`` takes a lock)."""
+_TIMED: dict[tuple[str, str, int], HistogramChild] = {}
+"""The histogram's children by labels (no status spelt again for each answer)."""
 NO_ROUTE = "(no route)"
 """The route label of a request no route takes: its path is the client's, not ours."""
 

@@ -50,12 +50,13 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import CheckpointRejected, DependencyError, ShardUnavailable
 from nexus.core.labels import copy_name, copy_names
 from nexus.core.logs import request_id
+from nexus.core.meters import LoopCounter, LoopHistogram
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.retrying import job_name
 from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
@@ -78,13 +79,13 @@ anything else (a busy event loop) does not count: an unthrottled shard reads onc
 ABANDONED = frozenset({Stage.CANCELLED, Stage.DEADLINE_EXCEEDED, Stage.SCHEDULING_FAILED})
 """Stages in which a run's Job, created while the stage changed, must not run."""
 
-CREATES = Counter(
+CREATES = LoopCounter(
     "nexus_job_creates_total", "Job creation calls by shard and outcome.", ["shard", "outcome"]
 )
 SKIPPED = Counter(
     "nexus_dispatch_skipped_total", "Queued runs dropped because they were no longer BUFFERED."
 )
-QUEUE_SECONDS = Histogram(
+QUEUE_SECONDS = LoopHistogram(
     "nexus_dispatch_delay_seconds",
     "Time from acceptance to Job creation.",
     ["shard"],

@@ -50,6 +50,7 @@ from nexus.core.errors import (
 )
 from nexus.core.grouping import GroupCommitter
 from nexus.core.httpapi import ApiError, bad_request, json_type
+from nexus.core.meters import LoopCounter
 from nexus.core.overrides import ForbiddenConfiguration, apply, normalise
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage
@@ -73,7 +74,9 @@ from nexus.scheduler.teamsettings import TeamSettings
 
 log = logging.getLogger(__name__)
 
-ACCEPTED = Counter("nexus_runs_accepted_total", "Runs accepted (202), by algorithm.", ["algorithm"])
+ACCEPTED = LoopCounter(
+    "nexus_runs_accepted_total", "Runs accepted (202), by algorithm.", ["algorithm"]
+)
 QUEUE_LATER = Counter(
     "nexus_runs_queued_later_total",
     "Accepted runs whose queue push failed; pushed again as soon as Redis answers.",
