@@ -200,7 +200,7 @@ def _entry(field: str, where: str, item: Any) -> ConfigurationEntry:
         item = canonical(item, ENTRY_FIELDS, where)
     except GivenTwice as exc:
         raise InvalidConfiguration(where, str(exc).split(": ", 1)[1]) from None
-    unknown = sorted(k for k in item if k not in ENTRY_FIELDS)
+    unknown = [] if item.keys() <= ENTRY_FIELDS.names else sorted(set(item) - ENTRY_FIELDS.names)
     if unknown:
         raise InvalidConfiguration(
             f"{where}.{unknown[0]}", "unknown field (allowed: name, value, valueType)"
