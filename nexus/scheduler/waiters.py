@@ -28,7 +28,7 @@ import math
 from collections.abc import Awaitable
 from typing import TypeAlias, TypeVar
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 
 from nexus.core.announcements import Finished
 from nexus.core.checkpoints import CheckpointStore
@@ -40,6 +40,13 @@ from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
 WAITING = Gauge("nexus_waiting_requests", "Requests waiting (?wait) for runs or tags to finish.")
+WAITS = Counter(
+    "nexus_waits_total",
+    "Requests that waited (?wait), by how their wait ended: finished (woken by the run or"
+    " batch finishing) or timed_out (answered at S as it stood).",
+    ["outcome"],
+)
+_FINISHED, _TIMED_OUT = WAITS.labels("finished"), WAITS.labels("timed_out")
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 
@@ -84,7 +91,11 @@ async def wait_for(future: asyncio.Future[_V], seconds: float) -> _V | None:
     finally:
         timer.cancel()
         future.remove_done_callback(wake)
-    return future.result() if future.done() and not future.cancelled() else None
+    if future.done() and not future.cancelled():
+        _FINISHED.inc()
+        return future.result()
+    _TIMED_OUT.inc()
+    return None
 
 
 def is_finished(counts: Counts) -> bool:

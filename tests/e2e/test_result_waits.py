@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 from harness import Servers
+from prometheus_client import REGISTRY
 from support.system import SIGNING_KEY, System, local_system, template
 
 from nexus.core.announcements import APPLICATION_NAME
@@ -51,6 +52,10 @@ async def complete(system: System, request_id: str) -> None:
     assert status == 200, body
 
 
+def waits(outcome: str) -> float:
+    return REGISTRY.get_sample_value("nexus_waits_total", {"outcome": outcome}) or 0.0
+
+
 def waiting(system: System) -> int:
     return sum(len(s.app[SCHEDULER].waiters or ()) for s in system.schedulers)
 
@@ -82,7 +87,7 @@ async def test_a_thousand_waiters_on_two_pods_are_woken_by_their_runs_finishing(
                 assert response.status == 200, await response.text()
                 answered[request_id] = (time.monotonic(), await response.json())
 
-        started = time.monotonic()
+        timed_out = waits("timed_out")
         waiters = [asyncio.create_task(wait(rid, i % 2)) for i, rid in enumerate(ids)]
         await until(lambda: waiting(system) == 1000, "every waiter registered")
         assert answered == {}  # nothing finished: every request waits
@@ -102,12 +107,12 @@ async def test_a_thousand_waiters_on_two_pods_are_woken_by_their_runs_finishing(
         finally:
             await session.close()
         # every waiter was woken by its own run's completion: answered after it was sent,
-        # with the run completed, long before its 50 s were up
+        # with the run completed, and not one of them at its S
         assert set(answered) == set(ids)
         for request_id, (when, body) in answered.items():
             assert body["status"] == "COMPLETED" and body["resultUri"], body
             assert when >= sent[request_id]
-        assert max(when for when, _ in answered.values()) - started < 40
+        assert waits("timed_out") == timed_out
         for name, start in (("sent", sent), ("acknowledged", done)):
             lags = sorted(answered[rid][0] - start[rid] for rid in ids)
             print(f"completion {name} to answer: p50 {statistics.median(lags) * 1000:.0f} ms,"
@@ -166,18 +171,19 @@ async def test_a_lost_announcement_never_keeps_a_waiter_past_its_wait(servers: S
                     )
 
             # no announcement and nothing else: answered at its S, as the run stands
+            timed_out = waits("timed_out")
             started = time.monotonic()
             waiter = asyncio.create_task(system.call("GET", RESULT.format(first) + "?wait=2"))
             await until(lambda: waiting(system) == 1, "the waiter")
             await finish_unannounced(first)
             status, body, _ = await waiter
             assert status == 200 and body["status"] == "COMPLETED", body
-            assert 2 <= time.monotonic() - started < 10
+            assert time.monotonic() - started >= 2 and waits("timed_out") == timed_out + 1
 
             # the pod's listening connection cut meanwhile: when it listens again, it
-            # looks again at what it waits for, long before the waiter's 50 s
-            started = time.monotonic()
-            waiter = asyncio.create_task(system.call("GET", RESULT.format(second) + "?wait=50"))
+            # looks again at what it waits for, and wakes the waiter before its S
+            finished = waits("finished")
+            waiter = asyncio.create_task(system.call("GET", RESULT.format(second) + "?wait=60"))
             await until(lambda: waiting(system) == 1, "the waiter")
             await finish_unannounced(second)
             cut = await connection.fetchval(
@@ -186,7 +192,8 @@ async def test_a_lost_announcement_never_keeps_a_waiter_past_its_wait(servers: S
                 APPLICATION_NAME,
             )
             assert cut == 1
-            _status, body, _ = await waiter
-            assert body["status"] == "COMPLETED" and time.monotonic() - started < 30
+            status, body, _ = await waiter
+            assert body["status"] == "COMPLETED", body
+            assert waits("finished") == finished + 1 and waits("timed_out") == timed_out + 1
         finally:
             await connection.close()
