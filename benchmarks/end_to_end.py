@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -198,7 +199,9 @@ async def run(
     submitted_for = time.time() - started
     stop.set()
     await poller
-    await asyncio.wait_for(to_read.join(), timeout=60)
+    with contextlib.suppress(TimeoutError):  # what is left unread is reported as such
+        await asyncio.wait_for(to_read.join(), timeout=60)
+    read["unread"] = to_read.qsize()
     for reader in readers:
         reader.cancel()
     cpu = {**meter.stop(), "loadgen": _own_cpu() - own_before}

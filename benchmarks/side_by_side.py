@@ -203,6 +203,8 @@ def main() -> int:
         print(f"running {label} ...", flush=True)
         if system == "nexus":
             rate = offered or args.flat_rate
+            if variant and not offered:  # twice its capacity: a backlog it can drain
+                rate = min(rate, 2 * capacity)
             settings = [INLINE_OFF] if variant == "-s3" else []
             found = nexus(rate, args.seconds, settings, BULK if variant == "-bulk" else 1)
         else:
@@ -220,8 +222,9 @@ def main() -> int:
         rotation += 1
         return {system: one(system, offered) for system in order}
 
+    capacity = 400.0
     flat = round_of(None)
-    capacity = flat.get("nexus", {}).get("completed_per_second") or 400.0
+    capacity = flat.get("nexus", {}).get("completed_per_second") or capacity
     half = round(capacity / 2 / 10) * 10 or 10
     report["nexus_half_capacity"] = half
     if "nexus" in systems:
