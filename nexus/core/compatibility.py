@@ -83,11 +83,12 @@ def canonical(obj: dict[str, Any], names: FieldNames, where: str = "") -> dict[s
     ``where`` is the object's place in the body, for the message."""
     if obj.keys() <= names.names and None not in obj.values():
         return obj  # the common case, checked in C: already canonical
+    present = {key: value for key, value in obj.items() if value is not None}
+    if present.keys() <= names.names:
+        return present  # as the Python client sends it: nulls, names spelt right
     result: dict[str, Any] = {}
     spelt: dict[str, str] = {}
-    for key, value in obj.items():
-        if value is None:
-            continue
+    for key, value in present.items():
         name = names.get(key) if isinstance(key, str) else None
         if name is None:
             name = key  # unknown in any casing: kept as given, for the unknown-field rule
