@@ -255,6 +255,9 @@ async def _store(
         queued.append(QueuedRun(run.applied_configuration["shard"], run.key, 0.0, share))
         if run.payload_inline is not None:
             submitter.recent_inputs.remember(run.key, run.payload_inline)
+    stored = {q.key for q in queued}
+    if await submitter.cancel_orphans(principal, [r for r in runs if r.key in stored]):
+        return answers  # children of a parent that finished meanwhile: cancelled, not queued
     await submitter.push_many(queued)
     if queued:
         ACCEPTED.labels(queued[0].key.algorithm).inc(len(queued))

@@ -15,7 +15,9 @@ Guarantees:
   ``CANCELLED``, naming the parent as the reason, and deletes their Jobs. Their Jobs are
   not owned by the parent's (:mod:`nexus.scheduler.jobs`), so Kubernetes never deletes a
   child's Job with its parent's before the child finished. Cancelling a cancelled parent
-  again reaches children a failure left running (and answers 409 as before).
+  again reaches children a failure left running (and answers 409 as before). A child being
+  stored while its parent is cancelled is cancelled by its submitter
+  (:meth:`~nexus.scheduler.submission.Submitter.cancel_orphans`).
 * **Only what the caller may see** (:mod:`nexus.core.visibility`): another caller's run is
   not found (404), exactly as a run that does not exist.
 * **Bad input names its field** (400), before anything is read or written.

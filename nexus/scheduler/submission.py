@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -40,7 +41,7 @@ import orjson
 from prometheus_client import Counter
 
 from nexus.core.checkpoints import CheckpointStore
-from nexus.core.compatibility import FieldNames, GivenTwice, canonical
+from nexus.core.compatibility import FieldNames, GivenTwice, canonical, v12_status
 from nexus.core.config import parse_duration
 from nexus.core.errors import (
     CheckpointRejected,
@@ -53,7 +54,7 @@ from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.meters import LoopCounter
 from nexus.core.overrides import ForbiddenConfiguration, apply, normalise
 from nexus.core.queues import QueuedRun, RunQueue
-from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage
+from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage, Transition
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import (
     DNS_LABEL,
@@ -61,6 +62,7 @@ from nexus.core.templates import (
     MIN_PAYLOAD_VALID_FOR,
     InvalidConfiguration,
 )
+from nexus.core.visibility import SYSTEM
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.backpressure import BackPressure
@@ -428,6 +430,8 @@ class Submitter:
                     f" {', '.join(admission.conflicts)}; a different request needs a new key",
                 )
             return Accepted(admission.id, created=False)
+        if await self.cancel_orphans(principal, [run]):
+            return Accepted(run_id, created=True)
         queued = QueuedRun(shard, run.key, 0.0, self.fair_share.share(principal))
         try:
             await self._pushes.submit(queued)
@@ -437,6 +441,30 @@ class Submitter:
             self.recent_inputs.remember(run.key, payload)
         ACCEPTED.labels(algorithm).inc()
         return Accepted(run_id, created=True)
+
+    async def cancel_orphans(self, principal: Principal, runs: Sequence[NewRun]) -> bool:
+        """Cancel ``runs``, children just stored with a run's credential, if their parent
+        finished meanwhile; whether it had. The parent was unfinished when they were
+        checked, but its cancellation may have looked for its children before they were
+        stored: one of the two reads sees the other's write, so no child stays unfinished
+        below a finished parent, out of reach of any cancellation."""
+        if principal.run is None or not runs:
+            return False
+        algorithm, run_id = principal.run
+        parent = await self.store.result(algorithm, uuid.UUID(run_id), SYSTEM)
+        if parent is None or not parent.stage.terminal:
+            return False
+        why = (
+            f"parent run {run_id} of algorithm {algorithm!r} was {v12_status(parent.stage)}"
+            " when this run was stored"
+        )
+        changes = [
+            Transition(r.algorithm, r.id, Stage.CANCELLED, cause="cancelled", details=why)
+            for r in runs
+        ]
+        await asyncio.gather(*(self.store.transition(change) for change in changes))
+        log.info("children cancelled with their finished parent", extra={"children": len(runs)})
+        return True
 
     async def queue_position(self, run: Checkpoint, pods: list[str]) -> tuple[str, int] | None:
         """(pod, rank) of a queued run among ``pods``' queues for its shard, if waiting."""

@@ -6,9 +6,12 @@ the parent's cascading cancel."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 
+import asyncpg
+import pytest
 from harness import Servers
 from support.system import SIGNING_KEY, local_system, template
 
@@ -135,3 +138,75 @@ async def test_a_run_credential_reads_and_cancels_the_children_of_its_run_only(
         assert (status, body["status"]) == (200, "CANCELLED")
         for algorithm, run_id in (*others.values(), ("parked", parent)):
             assert (await system.result(algorithm, run_id))["status"] != "CANCELLED"
+
+
+@pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
+async def test_a_child_accepted_while_its_parent_is_cancelled_is_cancelled_too(
+    servers: Servers, bulk: bool
+) -> None:
+    """The parent's cancellation and a child's acceptance, interleaved at the worst moment:
+    the child passed the check of its parent, then its insert waited (here on a lock, held
+    by another transaction that takes its idempotency key), and the parent's cancellation
+    looked for children in between and found none. The child must not stay unfinished
+    below a cancelled parent, where no cancellation would ever reach it."""
+    signer = Signer([SIGNING_KEY])
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="simulated"), PARKED],
+        workgroups=[("default", "shard-0"), ("parked", "shard-1")],
+        templates=[template("echo"), template("parked", workgroup="parked")],
+    ) as system:
+        parent = await system.submit("parked")
+        await system.wait_for("parked", parent, "RUNNING")
+        credential = signer.run_credential("parked", parent, "tester", int(time.time()) + 600)
+        holder = await asyncpg.connect(system.postgres_dsn)
+        try:
+            held = holder.transaction()
+            await held.start()
+            await holder.execute(
+                "CREATE TEMP TABLE held AS SELECT * FROM runs WHERE id = $1", uuid.UUID(parent)
+            )
+            await holder.execute(  # a row under the child's key, not yet committed
+                "UPDATE held SET id = gen_random_uuid(), idempotency_key = 'child-1';"
+                " INSERT INTO runs SELECT * FROM held"
+            )
+            if bulk:
+                item = {"algorithmParameters": {}, "idempotencyKey": "child-1"}
+                path, options = "/algorithm/v1.2/runs/parked", {"json": {"runs": [item]}}
+            else:
+                path = "/algorithm/v1.2/run/parked"
+                options = {
+                    "json": {"algorithmParameters": {}},
+                    "headers": {"Idempotency-Key": "child-1"},
+                }
+            accepting = asyncio.create_task(system.call("POST", path, token=credential, **options))
+            await _until_waiting_on_a_lock(system.postgres_dsn)
+            status, _, _ = await system.call(
+                "POST", f"/algorithm/v1.2/cancel/parked/requests/{parent}", json={}
+            )
+            assert status == 200
+            await held.rollback()  # the insert goes on: the child is stored now
+            status, answer, _ = await accepting
+        finally:
+            await holder.close()
+        assert status == (200 if bulk else 202), answer
+        child = (answer["runs"][0] if bulk else answer)["requestId"]
+        state = await system.result("parked", child)  # settled before the answer
+        assert state["status"] == "CANCELLED", state
+        assert parent in state["runErrorMessage"]
+
+
+async def _until_waiting_on_a_lock(dsn: str) -> None:
+    connection = await asyncpg.connect(dsn)  # outside the holder's transaction and snapshot
+    try:
+        for _ in range(100):
+            waiting = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND query LIKE '%INSERT INTO runs%'"
+            )
+            if waiting:
+                return
+            await asyncio.sleep(0.05)
+    finally:
+        await connection.close()
+    raise AssertionError("the child's insert never waited for the held key")
