@@ -519,21 +519,25 @@ class CheckpointStore:
         return None if row is None else result_of(row)
 
     async def results_seen(
-        self, wanted: Sequence[tuple[RunKey, str | None]]
+        self, wanted: Sequence[tuple[RunKey, str | None, str | None]]
     ) -> list[RunResult | None]:
-        """How each run stands as its caller may see it (``(key, owner)``, the owner as
-        :meth:`Viewer.owner` gives it: ``None`` for any caller's run), in one statement:
-        ``None`` for a run that does not exist or the caller may not see."""
+        """How each run stands as its caller may see it (``(key, owner, parent)``, as
+        :meth:`Viewer.owner` and :attr:`Viewer.parent` give them: ``None`` for any
+        caller's, any parent's), in one statement: ``None`` for a run that does not exist
+        or the caller may not see."""
         if not wanted:
             return []
         async with self.connection() as conn:
             rows = await conn.fetch(
                 f"SELECT {sql.RESULT_COLUMNS}, k.n FROM runs r"
-                " JOIN unnest($1::text[], $2::uuid[], $3::text[]) WITH ORDINALITY AS k(a, i, o, n)"
-                " ON r.algorithm = k.a AND r.id = k.i AND (k.o IS NULL OR r.caller = k.o)",
-                [key.algorithm for key, _ in wanted],
-                [key.id for key, _ in wanted],
-                [owner for _, owner in wanted],
+                " JOIN unnest($1::text[], $2::uuid[], $3::text[], $4::text[])"
+                " WITH ORDINALITY AS k(a, i, o, p, n)"
+                " ON r.algorithm = k.a AND r.id = k.i AND (k.o IS NULL OR r.caller = k.o)"
+                " AND (k.p IS NULL OR r.parent = k.p::jsonb)",
+                [key.algorithm for key, _, _ in wanted],
+                [key.id for key, _, _ in wanted],
+                [owner for _, owner, _ in wanted],
+                [parent for _, _, parent in wanted],
             )
         found: list[RunResult | None] = [None] * len(wanted)
         for row in rows:

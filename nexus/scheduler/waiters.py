@@ -111,14 +111,16 @@ class Waiters:
         self._listings = listings
         # Waiters arrive in herds (a client waiting on a whole batch, run by run): their
         # reads share one statement, instead of each taking a pooled connection.
-        self._reads: GroupCommitter[tuple[RunKey, str | None], RunResult | None] = GroupCommitter(
-            "wait-reads",
-            store.results_seen,
-            overloaded=lambda: StoreNotReached("too many waiting reads"),
-            max_batch=500,
-            max_delay=0.0,
-            max_in_flight=2,
-            max_pending=100_000,
+        self._reads: GroupCommitter[tuple[RunKey, str | None, str | None], RunResult | None] = (
+            GroupCommitter(
+                "wait-reads",
+                store.results_seen,
+                overloaded=lambda: StoreNotReached("too many waiting reads"),
+                max_batch=500,
+                max_delay=0.0,
+                max_in_flight=2,
+                max_pending=100_000,
+            )
         )
         self._runs: dict[RunKey, set[asyncio.Future[RunResult]]] = {}
         self._tags: dict[TagKey, set[asyncio.Future[Counts]]] = {}
@@ -133,7 +135,7 @@ class Waiters:
     async def read(self, key: RunKey, viewer: Viewer) -> RunResult | None:
         """How the run stands as ``viewer`` may see it (``None``: not to be seen), read
         together with the other waiters' reads."""
-        return await self._reads.submit((key, viewer.owner(key.algorithm)))
+        return await self._reads.submit((key, viewer.owner(key.algorithm), viewer.parent))
 
     def watch_run(self, key: RunKey) -> asyncio.Future[RunResult]:
         """A future set to the run's result once it is announced finished."""
