@@ -99,6 +99,9 @@ class StubWatch:
     def succeeded_at(self, name: str) -> float | None:
         return self.succeeded.get(name)
 
+    def copies_running(self, job: str) -> bool:
+        return False  # no run here was started in several copies
+
 
 @dataclass
 class Timing:
