@@ -45,7 +45,7 @@ from nexus.core.runs import NewRun
 from nexus.scheduler.api import PREFIX, SCHEDULER, _algorithm
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.quotas import Taken
-from nexus.scheduler.submission import ACCEPTED, Accepted, Submitter
+from nexus.scheduler.submission import ACCEPTED, Accepted, Submitter, conflict_message
 
 log = logging.getLogger(__name__)
 
@@ -243,10 +243,7 @@ async def _store(
             if admission.conflicts:
                 answers[index] = {
                     "error": "idempotency_conflict",
-                    "message": f"idempotencyKey {run.idempotency_key!r} already names run"
-                    f" {admission.id} of algorithm {admission.algorithm!r}, asked for with"
-                    f" another {', '.join(admission.conflicts)}; a different request needs a"
-                    " new key",
+                    "message": conflict_message(principal, "idempotencyKey", run, admission),
                 }
             else:
                 answers[index] = {"requestId": str(admission.id)}

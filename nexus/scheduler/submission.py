@@ -40,7 +40,7 @@ from typing import Any
 import orjson
 from prometheus_client import Counter
 
-from nexus.core.checkpoints import CheckpointStore
+from nexus.core.checkpoints import Admission, CheckpointStore
 from nexus.core.compatibility import FieldNames, GivenTwice, canonical, v12_status
 from nexus.core.config import parse_duration
 from nexus.core.errors import (
@@ -147,6 +147,19 @@ def _parent(body: dict[str, Any]) -> ParentRef | None:
     if not isinstance(algorithm, str) or not DNS_LABEL.match(algorithm):
         raise bad_request("parentRequest.algorithmName: expected an algorithm name")
     return {"requestId": str(parsed), "algorithmName": algorithm}
+
+
+def conflict_message(principal: Principal, field: str, run: NewRun, first: Admission) -> str:
+    """Why ``run`` is refused: its idempotency key (given as ``field``) names the ``first``
+    run, asked for otherwise. That run is named unless ``principal`` may not see it: with a
+    run's credential, a first run of another parent is not one of that run's children."""
+    named = f"run {first.id} of algorithm {first.algorithm!r}"
+    if principal.run is not None and "parentRequest" in first.conflicts:
+        named = "another run of this caller"
+    return (
+        f"{field} {run.idempotency_key!r} already names {named}, asked for with another"
+        f" {', '.join(first.conflicts)}; a different request needs a new key"
+    )
 
 
 class Submitter:
@@ -425,9 +438,7 @@ class Submitter:
                 raise ApiError(
                     422,
                     "idempotency_conflict",
-                    f"Idempotency-Key {run.idempotency_key!r} already names run {admission.id}"
-                    f" of algorithm {admission.algorithm!r}, asked for with another"
-                    f" {', '.join(admission.conflicts)}; a different request needs a new key",
+                    conflict_message(principal, "Idempotency-Key", run, admission),
                 )
             return Accepted(admission.id, created=False)
         if await self.cancel_orphans(principal, [run]):

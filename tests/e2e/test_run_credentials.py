@@ -210,3 +210,40 @@ async def _until_waiting_on_a_lock(dsn: str) -> None:
     finally:
         await connection.close()
     raise AssertionError("the child's insert never waited for the held key")
+
+
+async def test_a_run_credential_learns_no_id_of_its_callers_other_runs_by_their_keys(
+    servers: Servers,
+) -> None:
+    """An Idempotency-Key the caller gave one of its own runs, reused with a run's
+    credential, is refused (422) without naming that run, which the credential may not see;
+    the key of a child of its run names that child, as for any caller."""
+    signer = Signer([SIGNING_KEY])
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="simulated"), PARKED],
+        workgroups=[("default", "shard-0"), ("parked", "shard-1")],
+        templates=[template("echo"), template("parked", workgroup="parked")],
+    ) as system:
+        parent = await system.submit("parked")
+        hidden = await system.submit("echo", **{"Idempotency-Key": "nightly-1"})
+        credential = signer.run_credential("parked", parent, "tester", int(time.time()) + 600)
+        body = {"algorithmParameters": {}}
+        for path, options in (
+            ("/algorithm/v1.2/run/echo", {"json": body, "headers": {"Idempotency-Key": "nightly-1"}}),
+            ("/algorithm/v1.2/runs/echo", {"json": {"runs": [{**body, "idempotencyKey": "nightly-1"}]}}),
+        ):  # fmt: skip
+            status, answer, _ = await system.call("POST", path, token=credential, **options)
+            refusal = answer["runs"][0] if "runs" in answer else answer
+            assert refusal.get("error") == "idempotency_conflict", (path, answer)
+            assert hidden not in str(answer), (path, answer)
+        child = await system.submit("echo", token=credential, **{"Idempotency-Key": "child-1"})
+        status, answer, _ = await system.call(
+            "POST",
+            "/algorithm/v1.2/run/echo",
+            token=credential,
+            json={"algorithmParameters": {"other": 1}},
+            headers={"Idempotency-Key": "child-1"},
+        )
+        assert (status, answer["error"]) == (422, "idempotency_conflict")
+        assert child in answer["message"]
