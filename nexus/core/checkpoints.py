@@ -323,7 +323,7 @@ class CheckpointStore:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
         async with self.connection() as conn:  # one statement: atomic on its own
-            inserted = {row["id"] for row in await conn.fetch(sql.INSERT, *columns)}
+            inserted = {row["id"] for row in await conn.fetch(sql.INSERT, *map(_array, columns))}
             results: list[Admission | Exception] = [
                 Admission(run.id, True, run.algorithm) for run in runs
             ]
@@ -437,7 +437,7 @@ class CheckpointStore:
         return applied
 
     async def _update(
-        self, conn: Connection, rounds: list[list[list[Any]]]
+        self, conn: Connection, rounds: list[list[list[Any] | None]]
     ) -> list[list[asyncpg.Record]]:
         """The rows each round's UPDATE changed. Several rounds are one transaction: if a
         later one fails, none is kept, and the batch can be retried change by change."""
@@ -736,21 +736,35 @@ def _text(message: str | None) -> str | None:
     return message.replace("\x00", "\ufffd") if message and "\x00" in message else message
 
 
-def _transition_columns(batch: Sequence[Transition]) -> list[list[Any]]:
+def _array(values: list[Any]) -> list[Any] | None:
+    """``values`` as an array parameter, or NULL when every one is ``None``.
+
+    asyncpg checks each element of an array it sends against two ``collections.abc``
+    classes, about 2,400 instructions a check, and most columns of a write are unset for
+    most runs (a completion's cause, Job and shard; a submission's tag and parent...).
+    Every write's multi-argument ``unnest`` pads a NULL array with NULLs: the rows are
+    those the array of NULLs gives."""
+    return None if values.count(None) == len(values) else values
+
+
+def _transition_columns(batch: Sequence[Transition]) -> list[list[Any] | None]:
     return [
-        [c.algorithm for c in batch],
-        [c.id for c in batch],
-        [c.to.value for c in batch],
-        [c.expect.value if c.expect else None for c in batch],
-        [c.result_uri for c in batch],
-        [_text(c.cause) for c in batch],
-        [_text(c.details) for c in batch],
-        [c.job_uid for c in batch],
-        [c.shard for c in batch],
-        [c.sent_at for c in batch],
-        [c.attempts for c in batch],
-        [c.result_inline for c in batch],
-        [c.at_attempt for c in batch],
+        _array(column)
+        for column in (
+            [c.algorithm for c in batch],
+            [c.id for c in batch],
+            [c.to.value for c in batch],
+            [c.expect.value if c.expect else None for c in batch],
+            [c.result_uri for c in batch],
+            [_text(c.cause) for c in batch],
+            [_text(c.details) for c in batch],
+            [c.job_uid for c in batch],
+            [c.shard for c in batch],
+            [c.sent_at for c in batch],
+            [c.attempts for c in batch],
+            [c.result_inline for c in batch],
+            [c.at_attempt for c in batch],
+        )
     ]
 
 
