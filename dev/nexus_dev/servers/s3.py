@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from nexus.core import sigv4
-from nexus_dev.servers.databases import LocalServer
+from nexus_dev.servers.lifecycle import LocalServer
 from nexus_dev.servers.supervision import BinarySource, find_weed, free_ports
 
 STOP_GRACE = 3.0
