@@ -121,7 +121,8 @@ def table(report: dict[str, Any]) -> str:
         offered = run["offered_per_second"]
         where = f"{offered:,.0f}" if offered else "flat out"
         if run.get("skipped") or "error" in run:
-            lines.append(f"| {run['system']} | {where} | {run.get('error', 'skipped')} | | |")
+            problem = run.get("error", "skipped").splitlines()[0][:60]
+            lines.append(f"| {run['system']} | {where} | {problem} | | |")
             continue
         latency = run.get("latency_ms", {})
         if run["system"].startswith("nexus"):
