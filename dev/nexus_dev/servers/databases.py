@@ -45,14 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from nexus_dev.servers.binaries import BinarySource, find_postgres, find_redis
 from nexus_dev.servers.lifecycle import LocalServer
 from nexus_dev.servers.supervision import (
-    BinarySource,
     LocalServiceError,
     RunAs,
     child_environment,
-    find_postgres,
-    find_redis,
     run,
     unprivileged_user,
 )

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
+from nexus_dev.servers.binaries import BinarySource
 from nexus_dev.servers.supervision import (
-    BinarySource,
     LocalServiceError,
     RunAs,
     ServerProcess,

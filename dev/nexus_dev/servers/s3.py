@@ -49,8 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from nexus.core import sigv4
+from nexus_dev.servers.binaries import BinarySource, find_weed
 from nexus_dev.servers.lifecycle import LocalServer
-from nexus_dev.servers.supervision import BinarySource, find_weed, free_ports
+from nexus_dev.servers.supervision import free_ports
 
 STOP_GRACE = 3.0
 """Seconds a stop waits for SeaweedFS to exit by itself (see the module docstring)."""

@@ -33,10 +33,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nexus_dev.servers.binaries import BinarySource, binary_source
 from nexus_dev.servers.databases import LocalPostgres, LocalRedis, PostgresInfo, RedisInfo
 from nexus_dev.servers.lifecycle import LocalServer
 from nexus_dev.servers.s3 import LocalS3, S3Info
-from nexus_dev.servers.supervision import BinarySource, LocalServiceError, binary_source
+from nexus_dev.servers.supervision import LocalServiceError
 
 __all__ = [
     "LocalPostgres",
