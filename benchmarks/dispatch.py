@@ -41,7 +41,7 @@ from nexus.core.config import PostgresSettings, RedisSettings
 from nexus.core.queues import QueueBackend, QueuedRun
 from nexus.core.runs import NewRun, Stage
 from nexus.core.templates import apply, parse_template, parse_workgroup
-from nexus_dev.stack import example_template, example_workgroup
+from nexus_dev.catalog import example_template, example_workgroup
 
 
 async def fill(stack: Stack, pods: list[str], runs_per_pod: int) -> None:

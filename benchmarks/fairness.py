@@ -41,7 +41,7 @@ from nexus.core.templates import AppliedConfiguration, apply, parse_template, pa
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.teamsettings import TeamSettings
-from nexus_dev.stack import example_template, example_workgroup
+from nexus_dev.catalog import example_template, example_workgroup
 
 PODS = ("bench-scheduler-a", "bench-scheduler-b")
 

@@ -6,7 +6,8 @@ real servers: the local clusters (``nexus devcluster``), the receiver, the sched
 the maintainer, each a child process of its own — as in production, so that a benchmark
 measures each one's CPU and a test can kill one — plus the example catalog (a workgroup per
 shard, the ``echo`` and ``maybe-fail`` algorithms, and the ConfigMap their containers read
-their environment from) installed in the controller cluster, which is the first shard. The
+their environment from; :mod:`nexus_dev.catalog`) installed in the controller cluster, which
+is the first shard. The
 maintainer runs the configuration controller, so the other shards get copies of it.
 
 Every component starts only when the previous ones are ready and is ready itself only when
@@ -29,7 +30,6 @@ import hashlib
 import json
 import os
 import secrets
-import ssl
 import sys
 import time
 import urllib.error
@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from nexus_dev.cluster.certificates import trusting
+from nexus_dev.catalog import EXAMPLES, install_examples
 from nexus_dev.servers.supervision import LocalServiceError, ServerProcess, free_ports
 from nexus_dev.status import ServiceDetails
 
@@ -52,9 +52,6 @@ CLUSTER_LOST_ON_RESTART = (
     "catalog is installed again; the Jobs and pods it held are gone, and the maintainer "
     "settles their runs (FAILED, job lost) unless their completion had arrived"
 )
-GROUP = "science.sneaksanddata.com"
-EXAMPLES = ("echo", "maybe-fail", "echo-stored", "fan-out")
-"""``echo-stored`` is ``echo`` with its inputs kept in S3 instead of with the checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -211,22 +208,7 @@ class ClusterComponent:
 
     def _install_examples(self) -> None:
         names = sorted(self.shards)
-        controller = self.shards[names[0]]
-        config = yaml.safe_load(Path(controller["kubeconfig"]).read_text())
-        token = config["users"][0]["user"]["token"]
-        authority = config["clusters"][0]["cluster"].get("certificate-authority-data")
-        trust = None if authority is None else trusting(authority)
-
-        def create(plural: str, obj: dict[str, Any]) -> None:
-            _create(controller["url"], token, plural, obj, trust)
-
-        for shard in names:
-            create("nexusalgorithmworkgroups", example_workgroup(shard, shard))
-        create("nexusalgorithmworkgroups", example_workgroup("default", names[0]))
-        create("configmaps", example_config_map())
-        for name in EXAMPLES:
-            inline = self.options.inline_inputs and name != "echo-stored"
-            create("nexusalgorithmtemplates", example_template(name, inline=inline))
+        install_examples(self.shards[names[0]], names, inline=self.options.inline_inputs)
 
     def stop(self) -> None:
         self.process.stop(timeout=15)
@@ -254,73 +236,6 @@ class ClusterComponent:
 
     def processes(self) -> Sequence[ClusterComponent]:
         return [self]
-
-
-def example_workgroup(name: str, shard: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/v1",
-        "kind": "NexusAlgorithmWorkgroup",
-        "metadata": {"name": name},
-        "spec": {"description": f"local machines of {shard}", "cluster": shard},
-    }
-
-
-EXAMPLE_CONFIG_MAP = "nexus-examples"
-
-
-def example_config_map() -> dict[str, Any]:
-    """Environment the example algorithms get (``envFrom``), copied to every shard."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": EXAMPLE_CONFIG_MAP},
-        "data": {"NEXUS_EXAMPLE_GREETING": "hello from the controller cluster"},
-    }
-
-
-def example_template(name: str, *, inline: bool = True) -> dict[str, Any]:
-    """``echo`` returns its input; ``maybe-fail`` also fails, exits or sleeps on request;
-    ``fan-out`` runs another algorithm on each of its inputs as child runs."""
-    program = name if name in ("maybe-fail", "fan-out") else "echo"
-    return {
-        "apiVersion": f"{GROUP}/v1",
-        "kind": "NexusAlgorithmTemplate",
-        "metadata": {"name": name},
-        "spec": {
-            "container": {"image": "nexus", "registry": "local", "versionTag": "dev"},
-            "computeResources": {"cpuLimit": "500m", "memoryLimit": "256Mi"},
-            "workgroupRef": {"name": "default", "group": GROUP, "kind": "NexusAlgorithmWorkgroup"},
-            "command": ["python", "-m", "nexus_sdk.examples", program],
-            "args": ["--sas-uri={sas-uri}", "--request-id={request-id}"],
-            "runtimeEnvironment": {
-                "deadlineSeconds": 600,
-                "maximumRetries": 0,
-                "mappedEnvironmentVariables": [{"configMapRef": {"name": EXAMPLE_CONFIG_MAP}}],
-            },
-            "errorHandlingBehaviour": {"transientExitCodes": [], "fatalExitCodes": []},
-            "payloadConfiguration": {"payloadValidFor": "24h", "inline": inline},
-        },
-    }
-
-
-def _create(
-    url: str, token: str, plural: str, obj: dict[str, Any], trust: ssl.SSLContext | None
-) -> None:
-    prefix = "/api/v1" if obj["apiVersion"] == "v1" else f"/apis/{GROUP}/v1"
-    request = urllib.request.Request(
-        f"{url}{prefix}/namespaces/nexus/{plural}",
-        data=json.dumps(obj).encode(),
-        method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10, context=trust):
-            pass
-    except urllib.error.HTTPError as exc:
-        if exc.code != 409:
-            raise LocalServiceError(
-                f"cannot install {plural}/{obj['metadata']['name']}: {exc}"
-            ) from exc
 
 
 def _python_environment() -> dict[str, str]:
