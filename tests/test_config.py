@@ -133,7 +133,7 @@ def test_file_values_and_environment_precedence(tmp_path: Path, suffix: str) -> 
         ),
         (
             {"NEXUS__POSTGRES__DNS": "x"},
-            "NEXUS__POSTGRES__DNS: unknown setting (this section has: batch_max_delay",
+            "NEXUS__POSTGRES__DNS: unknown setting (this section has: acquire_timeout, batch_max_delay",
         ),
         ({"NEXUS__CONFIG_FILE": "/nonexistent/nexus.yaml"}, "NEXUS__CONFIG_FILE: cannot read"),
     ],

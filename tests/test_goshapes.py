@@ -95,7 +95,7 @@ def test_go_zero_values_are_absent() -> None:
         ({"runtimeEnvironment": {"storageMounts": {"pvc": {"name": "x"}}}}, "customConfiguration.runtimeEnvironment.storageMounts"),
         ({"workgroupRef": {"kind": "Pod"}}, "customConfiguration.workgroupRef.kind"),
         ({"container": {"versionTag": "a b"}}, "customConfiguration.container.versionTag"),
-        ({"runtimeEnvironment": {"environmentVariables": [{"name": "NEXUS__X", "value": "1"}]}}, "customConfiguration.runtimeEnvironment.environmentVariables[0].name"),
+        ({"runtimeEnvironment": {"environmentVariables": [{"name": "NEXUS__REQUEST_ID", "value": "1"}]}}, "customConfiguration.runtimeEnvironment.environmentVariables[0].name"),
         ({"runtimeEnvironment": {"mappedEnvironmentVariables": [{"secretRef": {"name": "s"}, "prefix": "P_"}]}}, "customConfiguration.runtimeEnvironment.mappedEnvironmentVariables[0].prefix"),
         ({"shape": {}}, "customConfiguration.shape"),
     ],

@@ -266,7 +266,7 @@ def test_kubectl_works_with_nexus_dev(tmp_path: Path) -> None:
         templates = shard.kubectl("get", "nexusalgorithmtemplates", "-o", "name").split()
         assert sorted(templates) == [
             f"nexusalgorithmtemplate.science.sneaksanddata.com/{name}"
-            for name in ("echo", "echo-stored", "maybe-fail")
+            for name in ("echo", "echo-stored", "fan-out", "maybe-fail")
         ]
         headers = {"Authorization": f"Bearer {ready['token']}", "Content-Type": "application/json"}
         request = urllib.request.Request(
