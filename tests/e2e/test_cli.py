@@ -14,6 +14,7 @@ import threading
 from pathlib import Path
 
 from harness import Servers
+from support.devprocess import as_from_a_terminal
 from support.system import TOKEN, System, local_system, template
 
 from nexus_dev.cluster.emulators import ShardSpec
@@ -153,6 +154,7 @@ async def test_ctrl_c_leaves_nothing_a_rerun_would_duplicate(
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "nexus_sdk", *command, env=environment(system),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=as_from_a_terminal,
         )  # fmt: skip
         assert process.stderr is not None
         first = await asyncio.wait_for(process.stderr.readline(), 60)

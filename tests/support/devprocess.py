@@ -32,6 +32,18 @@ EXTERNAL = {"PGHOST", "NEXUS_REDIS_URL", "NEXUS_S3_ENDPOINT_URL"}
 UNFINISHED = {"NEW", "BUFFERED", "RUNNING"}
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM)
+
+
+def as_from_a_terminal(ignore: signal.Signals | None = None) -> None:
+    """In a child before it runs: the stop signals as a shell gives them (default, not
+    blocked), whatever the test process inherited or set, then ``ignore`` ignored (as
+    ``nohup`` does). Run as ``preexec_fn``."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN if sig == ignore else signal.SIG_DFL)
+
+
 class DevProcess:
     """``nexus dev`` in a subprocess, its stdout read by a thread (so waits have deadlines)."""
 
@@ -45,7 +57,7 @@ class DevProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
-            preexec_fn=None if ignore is None else lambda: signal.signal(ignore, signal.SIG_IGN),
+            preexec_fn=lambda: as_from_a_terminal(ignore),
         )
         self.lines: list[str] = []
         """stdout, line by line."""
