@@ -27,7 +27,9 @@ Guarantees:
 The schema it needs is made, or waited for, by :mod:`nexus.core.migrations`; the
 maintainer's sweeps read it through :mod:`nexus.core.sweeps`.
 
-Connection, protocol and timeout errors surface as :class:`StoreUnavailable`.
+Connection, protocol and timeout errors, and those of a server that cannot do the work
+now (in recovery, a standby during a fail-over: :data:`NOT_READY_STATES`), surface as
+:class:`StoreUnavailable`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,35 @@ CONNECTION_ERRORS = (
 )
 """Errors that say the store cannot be had now, not that a statement is wrong: answered
 503 with ``Retry-After`` (callers try again), and said once per outage in the log."""
+NOT_READY_STATES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: connected to a standby, a fail-over under way
+        "55000",  # object_not_in_prerequisite_state: "recovery is in progress" and the like
+        "55006",  # object_in_use: held by another session (maintenance) for now
+        "55P03",  # lock_not_available: a lock wait ran out
+        "58030",  # io_error: the server could not read or write its disk
+    }
+)
+"""SQLSTATEs of a server that answers but cannot do the work *now*: the same statement
+succeeds once a fail-over or a recovery has ended, or a lock is let go. Counted as the
+store being unavailable, like :data:`CONNECTION_ERRORS`. Left out on purpose: the rest
+of class 55 (55P02, a setting that cannot change now; 55P04, an enum value used too
+soon) and class 58 (a missing file), which no waiting mends, and class 40 (a deadlock,
+a serialization failure), which says nothing about the store's health."""
+RECONNECT_STATES = frozenset({"25006", "55000"})
+"""Of :data:`NOT_READY_STATES`, those that say this connection reached a server in
+recovery or a standby: the connection is closed rather than pooled again, so that the
+next one is made anew, to the primary once a fail-over has moved the address."""
+
+
+def not_ready(exc: BaseException) -> bool:
+    """Whether ``exc`` says that the store cannot be had now (see :data:`CONNECTION_ERRORS`
+    and :data:`NOT_READY_STATES`), not that the statement is wrong."""
+    return isinstance(exc, CONNECTION_ERRORS) or (
+        isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in NOT_READY_STATES
+    )
+
+
 # A value PostgreSQL cannot hold (e.g. NUL in a string): the item's fault, not the batch's.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _DEADLOCK_RETRIES = 3
@@ -770,9 +801,9 @@ def _transition_columns(batch: Sequence[Transition]) -> list[list[Any] | None]:
 
 class _Connection:
     """``async with`` a pooled connection. No connection to be had within the acquire
-    timeout is StoreNotReached; connection-level failures while it is used become
-    StoreUnavailable. Either is reported to the store's :class:`Outage`, as is the
-    first success after them."""
+    timeout is StoreNotReached; connection-level failures while it is used, and a server
+    not ready for the work (:func:`not_ready`), become StoreUnavailable. Either is
+    reported to the store's :class:`Outage`, as is the first success after them."""
 
     def __init__(self, pool: asyncpg.Pool, timeout: float, outage: Outage) -> None:
         self._pool = pool
@@ -792,8 +823,10 @@ class _Connection:
 
     async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         assert self._conn is not None
+        if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in RECONNECT_STATES:
+            self._conn.terminate()  # a standby's, or a recovering server's: never reused
         await self._pool.release(self._conn)
-        if isinstance(exc, CONNECTION_ERRORS):
+        if exc is not None and not_ready(exc):
             self._outage.down(str(exc) or type(exc).__name__)
             raise StoreUnavailable(f"checkpoint store unavailable: {exc}") from exc
         if exc is None:
