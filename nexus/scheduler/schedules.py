@@ -12,7 +12,10 @@ again: exactly one run per tick. A claim whose submission was never answered (th
 died) is submitted again at the next check; one refused (a quota, an unknown algorithm)
 is recorded as such and not tried again.
 
-``GET /algorithm/v1.2/schedules`` lists the schedules with their last and next ticks.
+``GET /algorithm/v1.2/schedules`` lists the schedules with their last and next ticks. A
+tick's run is a run like any other (:mod:`nexus.core.visibility`): the listing names it,
+and says why a tick started none, only to a caller who may see the schedule's runs; to
+others it says when the last tick was and what kind of outcome it had, nothing more.
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import ApiError, json_errors, json_response
 from nexus.core.queues import QueueBackend
+from nexus.core.runs import RunKey
 from nexus.core.ticks import Tick, claim, last_ticks, record
-from nexus.core.visibility import SYSTEM
+from nexus.core.visibility import SYSTEM, Viewer
 from nexus.core.waiting import sleep_or_stop
 from nexus.scheduler.authentication import Authenticator, Principal
 from nexus.scheduler.cancelling import Cancellation, Canceller
@@ -184,13 +188,18 @@ class Ticker:
             await self.canceller.cancel(run.algorithm, run.id, cancellation, SYSTEM)
         return None
 
-    async def listing(self) -> list[ScheduleAnswer]:
+    async def listing(self, viewer: Viewer) -> list[ScheduleAnswer]:
+        """The schedules, each with its last tick's run as far as ``viewer`` may see it."""
         schedules = sorted(self.catalog.schedules.values(), key=lambda s: s.name)
         last = await last_ticks(self.store, [s.uid for s in schedules])
+        shown = await self._visible([(s, last[s.uid]) for s in schedules if s.uid in last], viewer)
         now = self.clock()
         answers: list[ScheduleAnswer] = []
         for s in schedules:
             previous = last.get(s.uid)
+            outcome = previous.outcome if previous else None
+            if previous is not None and previous.request_id not in shown:
+                outcome = outcome.partition(":")[0] if outcome else None
             upcoming = next(iter(s.ticks(max(now, previous.tick if previous else now))), None)
             answers.append(
                 {
@@ -202,12 +211,35 @@ class Ticker:
                     "concurrencyPolicy": s.concurrency,
                     "missedRunPolicy": s.missed,
                     "lastTick": previous.tick.isoformat() if previous else None,
-                    "lastRequestId": str(previous.request_id) if previous else None,
-                    "lastOutcome": previous.outcome if previous else None,
+                    "lastRequestId": (
+                        str(previous.request_id)
+                        if previous and previous.request_id in shown
+                        else None
+                    ),
+                    "lastOutcome": outcome,
                     "nextTick": upcoming.astimezone(UTC).isoformat() if upcoming else None,
                 }
             )
         return answers
+
+    async def _visible(self, ticks: list[tuple[Schedule, Tick]], viewer: Viewer) -> set[uuid.UUID]:
+        """The request ids of ``ticks`` whose run ``viewer`` may see: the store decides for
+        runs that exist; a tick whose run was never made (refused) is the schedule's
+        caller's, as its run would have been."""
+        if (viewer.sees_everything and viewer.below is None) or not ticks:
+            return {tick.request_id for _, tick in ticks}
+        keys = [RunKey(tick.algorithm, tick.request_id) for _, tick in ticks]
+        seen = await self.store.results_seen(
+            [(key, viewer.owner(key.algorithm), viewer.parent) for key in keys]
+        )
+        hidden = {key for key, result in zip(keys, seen, strict=True) if result is None}
+        existing = await self.store.results_many(list(hidden))
+        return {
+            key.id
+            for (schedule, _), key in zip(ticks, keys, strict=True)
+            if key not in hidden
+            or (key not in existing and viewer.may_see(key.algorithm, schedule.caller))
+        }
 
 
 TICKER = web.AppKey("nexus.schedules", Ticker)
@@ -215,8 +247,8 @@ TICKER = web.AppKey("nexus.schedules", Ticker)
 
 async def list_schedules(request: web.Request) -> web.Response:
     ticker = request.app[TICKER]
-    await ticker.authenticator.authenticate(request.headers.get("Authorization"))
-    return json_response(await ticker.listing())
+    principal = await ticker.authenticator.authenticate(request.headers.get("Authorization"))
+    return json_response(await ticker.listing(principal.viewer))
 
 
 def add_schedule_routes(app: web.Application) -> None:

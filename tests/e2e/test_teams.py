@@ -260,10 +260,16 @@ async def test_each_tick_starts_exactly_one_run_across_pods_and_restarts(
         fresh.clock = lambda: later + timedelta(hours=1)
         await fresh.check()
         assert len(await scheduled_runs(system, "schedule/hourly")) == 2
-        status, listed = await system.get("/algorithm/v1.2/schedules")
+        status, listed = await system.get("/algorithm/v1.2/schedules", token=OPS_TOKEN)
         assert status == 200
         (entry,) = listed
         assert entry["name"] == "hourly" and entry["lastOutcome"] == "started"
+        last = (await scheduled_runs(system, "schedule/hourly"))[-1][0]
+        assert entry["lastRequestId"] == last
+        # a caller who may not see the schedule's runs is not told which run it started
+        _, (theirs,) = await system.get("/algorithm/v1.2/schedules")
+        assert (theirs["lastRequestId"], theirs["lastOutcome"]) == (None, "started")
+        assert theirs["lastTick"] == entry["lastTick"]
         assert datetime.fromisoformat(entry["lastTick"]) == later.replace(second=0) + timedelta(
             hours=1
         )
@@ -312,5 +318,8 @@ async def test_forbid_skips_a_tick_while_the_previous_run_is_unfinished(
         ticker.clock = lambda: first.astimezone(UTC) + timedelta(days=1, seconds=1)
         await ticker.check()  # pods never run here: the first run is unfinished
         assert len(await scheduled_runs(system, "schedule/daily")) == 1
-        _, listed = await system.get("/algorithm/v1.2/schedules")
+        _, listed = await system.get("/algorithm/v1.2/schedules", token=OPS_TOKEN)
         assert listed[0]["lastOutcome"].startswith("skipped: the previous run")
+        assert listed[0]["lastRequestId"] is not None  # the skipped tick's, never made
+        _, listed = await system.get("/algorithm/v1.2/schedules")  # the previous run unnamed
+        assert (listed[0]["lastRequestId"], listed[0]["lastOutcome"]) == (None, "skipped")
