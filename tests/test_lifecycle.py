@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import aiohttp.web
 import pytest
 from support.system import free_port
 
@@ -154,3 +155,42 @@ def test_the_metrics_port_is_a_setting() -> None:
     assert load_settings(ReceiverSettings, env={}).http.metrics_port is None
     with pytest.raises(ConfigError, match="NEXUS__HTTP__METRICS_PORT"):
         load_settings(ReceiverSettings, env={"NEXUS__HTTP__METRICS_PORT": "0"})
+
+
+async def test_a_replacement_shares_the_port_and_the_old_process_hands_its_clients_over() -> None:
+    """Two processes of one service on one port (``reuse_port``), as a rolling restart on
+    one host has them: the new one listens beside the old, the old one stops and closes
+    the connections its clients keep alive, and their next request reaches the new one."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        pytest.skip("no SO_REUSEPORT on this platform")
+    thresholds = gc.get_threshold()
+    http = HttpSettings(host="127.0.0.1", port=free_port(), drain_delay=0, reuse_port=True)
+    apps, serving = [], []
+    for name in ("old", "new"):
+        app = create_base_app("sample", http)
+
+        async def who(request: aiohttp.web.Request, name: str = name) -> aiohttp.web.Response:
+            return aiohttp.web.Response(text=name)
+
+        app.router.add_get("/who", who)
+        listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        apps.append(app)
+        serving.append(asyncio.create_task(run_app(app, http, on_listening=listening.set_result)))
+        await asyncio.wait_for(listening, 30)
+        if name == "old":  # a client keeps a connection to the old one alive
+            session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
+            async with session.get(f"http://127.0.0.1:{http.port}/who") as response:
+                assert await response.text() == "old"
+    try:
+        apps[0][LIFECYCLE].stop_requested.set()
+        assert await serving[0] == 0
+        async with session.get(f"http://127.0.0.1:{http.port}/who") as response:
+            assert await response.text() == "new"  # the kept-alive connection was closed
+    finally:
+        await session.close()
+        apps[1][LIFECYCLE].stop_requested.set()
+        try:
+            assert await serving[1] == 0
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)

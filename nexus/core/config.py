@@ -152,6 +152,11 @@ class HttpSettings:
     """Largest request body accepted; larger ones get 413."""
     backlog: int = field(default=1024, metadata=positive())
     """Listen backlog; bursts of thousands of connections must not be refused."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``, so that several processes on one host share ``port``
+    and the kernel spreads new connections over those listening (Linux), as a Service
+    spreads them over its pods: a replacement starts listening beside the old process,
+    which then stops gracefully. Off in a pod, where each process has its own address."""
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,11 @@ Guarantees:
   shutdown begins; ``/health/live`` answers 200 while the event loop turns.
 * SIGTERM or SIGINT → not ready → ``drain_delay`` (load balancers notice) → the listener
   closes → loops are told to stop taking work and get until the shutdown deadline to
-  finish → in-flight requests finish within ``shutdown_timeout`` → clients are closed →
-  exit status 0. A separate metrics listener opens before the API's and closes after it,
-  so the whole shutdown can be scraped.
+  finish → in-flight requests finish within ``shutdown_timeout`` (idle kept-alive
+  connections are closed at once, so their clients connect anew, elsewhere) → clients
+  are closed → exit status 0. With ``reuse_port`` a replacement process listens on the
+  same port beforehand and takes the new connections. A separate metrics listener opens
+  before the API's and closes after it, so the whole shutdown can be scraped.
 * A background loop that ends with an exception stops the process with exit status 1: a
   half-working pod is worse than a restarted one.
 """
@@ -184,7 +186,14 @@ async def run_app(
     try:
         metrics = await _start_metrics_listener(http)
         await runner.setup()  # on_startup and cleanup_ctx up to their yield
-        site = web.TCPSite(runner, http.host, http.port, backlog=http.backlog, reuse_address=True)
+        site = web.TCPSite(
+            runner,
+            http.host,
+            http.port,
+            backlog=http.backlog,
+            reuse_address=True,
+            reuse_port=http.reuse_port or None,
+        )
         await site.start()
         port = _bound_port(runner)
         _settle_garbage_collector()
