@@ -20,7 +20,13 @@ from prometheus_client import REGISTRY
 from support.system import SIGNING_KEY
 
 from nexus.core import statements as sql
-from nexus.core.checkpoints import PLAN_SETTINGS, Admission, CheckpointStore
+from nexus.core.checkpoints import (
+    MAX_SHAPES,
+    PLAN_SETTINGS,
+    Admission,
+    CheckpointStore,
+    _insert_arguments,
+)
 from nexus.core.config import PostgresSettings, SigningSettings
 from nexus.core.errors import CheckpointRejected, StoreNotReached, StoreUnavailable
 from nexus.core.listings import Listings, TagPosition
@@ -515,6 +521,47 @@ async def test_one_bad_run_does_not_fail_its_batch(store: CheckpointStore) -> No
         not isinstance(r, BaseException) and r.created for i, r in enumerate(results) if i != 10
     )
     assert await store.get(bad.algorithm, bad.id, SYSTEM) is None
+
+
+@pytest.mark.parametrize("tags", [3, MAX_SHAPES + 1], ids=["few-shapes", "many-shapes"])
+async def test_a_batch_stores_each_runs_own_columns_whatever_it_shares(
+    store: CheckpointStore, tags: int
+) -> None:
+    shared = {"image": "echo:1", "shard": "shard-0"}  # one object, as runs without overrides
+    parent = {"requestId": str(uuid.uuid4()), "algorithmName": "echo"}
+    runs = [
+        replace(
+            new_run(configuration=shared, tag=f"t{i % tags}", key=f"k{i}" if i % 4 == 0 else None),
+            caller=f"caller-{i % 2}",
+            parent={**parent} if i % 3 == 0 else None,
+            configuration_overrides={"cpuLimit": "2"} if i % 5 == 0 else None,
+            payload_inline=None if i % 6 == 0 else f'{{"i": {i}}}'.encode(),
+            payload_uri=f"s3://bucket/inputs/{i}" if i % 6 == 0 else None,
+            content_hash=f"hash-{i}",
+            payload_valid_for=timedelta(hours=1 + i % 2),
+        )
+        for i in range(40)
+    ]
+    statement, _ = _insert_arguments(runs)
+    assert statement == (sql.INSERT_SHAPED if tags <= MAX_SHAPES else sql.INSERT)
+    admissions = await store.insert_many(runs)
+    assert all(isinstance(a, Admission) and a.created for a in admissions)
+    found = await store.get_many(r.key for r in runs)
+    for i, run in enumerate(runs):
+        stored = found[run.key]
+        assert (stored.caller, stored.tag, stored.idempotency_key) == (
+            run.caller, run.tag, run.idempotency_key
+        ), i  # fmt: skip
+        assert (stored.parent, stored.configuration_overrides) == (
+            run.parent, run.configuration_overrides
+        ), i  # fmt: skip
+        assert (stored.payload_uri, stored.has_inline_payload, stored.content_hash) == (
+            run.payload_uri, run.payload_inline is not None, run.content_hash
+        ), i  # fmt: skip
+        assert stored.payload_valid_for == run.payload_valid_for, i
+        assert stored.applied_configuration == shared
+        if run.payload_inline is not None:
+            assert await store.inline_payload(run.algorithm, run.id) == run.payload_inline
 
 
 async def test_transitions_are_group_committed(store: CheckpointStore) -> None:

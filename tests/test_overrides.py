@@ -266,3 +266,15 @@ def test_the_openapi_description_documents_every_field_of_customconfiguration() 
     described = DOCUMENT["components"]["schemas"]["CustomConfiguration"]["properties"]
     assert set(described) == set(FIELDS), set(described) ^ set(FIELDS)
     assert all(field.get("description") for field in described.values())
+
+
+def test_runs_without_overrides_share_one_applied_configuration_per_template_version() -> None:
+    template = configured()
+    first = apply(template, normalise(None), WORKGROUPS)
+    assert apply(template, normalise({}), WORKGROUPS) is first
+    assert apply(template, normalise({"cpuLimit": "2"}), WORKGROUPS) is not first
+    # a template or a workgroup replaced (a changed resource) gives its own
+    assert apply(configured(), {}, WORKGROUPS) is not first
+    moved = {"default": Workgroup("default", "shard-1")}
+    assert apply(template, {}, moved)["shard"] == "shard-1"
+    assert apply(template, {}, WORKGROUPS)["shard"] == "shard-0"

@@ -349,15 +349,15 @@ class CheckpointStore:
         return await _each_alone(self._write_inserts, runs)  # one bad run fails alone
 
     async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission | Exception]:
-        columns: list[list[Any]] = [[] for _ in range(15)]
-        for run in runs:
-            for column, value in zip(columns, _insert_row(run), strict=True):
-                column.append(value)
+        statement, arguments = _insert_arguments(runs)
         async with self.connection() as conn:  # one statement: atomic on its own
-            inserted = {row["id"] for row in await conn.fetch(sql.INSERT, *map(_array, columns))}
+            rows = await conn.fetch(statement, *arguments)
             results: list[Admission | Exception] = [
                 Admission(run.id, True, run.algorithm) for run in runs
             ]
+            if len(rows) == len(runs):  # every run inserted (each row is a run of the batch)
+                return results
+            inserted = {row["id"] for row in rows}
             losers = [i for i, run in enumerate(runs) if run.id not in inserted]
             if losers:
                 try:
@@ -712,6 +712,68 @@ def _rejected(what: str, run_id: UUID, exc: Exception) -> CheckpointRejected:
     )
     rejected.__cause__ = exc
     return rejected
+
+
+MAX_SHAPES = 16
+"""The most shapes a batch is sent in by :data:`sql.INSERT_SHAPED`; a batch of more
+(single submits of many callers, tags or parents) is sent row by row, :data:`sql.INSERT`."""
+
+
+def _insert_arguments(runs: Sequence[NewRun]) -> tuple[str, list[Any]]:
+    """The statement that inserts ``runs``, and its arguments.
+
+    Runs that differ only in their id, input and idempotency key share a shape: the
+    applied configuration (one object for the runs of a template without overrides),
+    caller, tag, parent, … of many runs are then sent, encoded and parsed once. Encoding
+    a run's columns is most of a submission's cost in asyncpg, and parsing its applied
+    configuration's JSON much of PostgreSQL's."""
+    shapes: dict[tuple[Any, ...], int] = {}
+    indices: list[int] = []
+    for run in runs:
+        parent = run.parent
+        shape = (
+            run.algorithm, run.stage, run.caller, run.received_by_host,
+            id(run.applied_configuration), id(run.configuration_overrides),
+            run.payload_valid_for, run.tag, run.api_version,
+            None if parent is None else (parent["requestId"], parent["algorithmName"]),
+        )  # fmt: skip
+        index = shapes.get(shape)
+        if index is None:
+            if len(shapes) == MAX_SHAPES:
+                return sql.INSERT, _columns(runs)
+            index = shapes[shape] = len(shapes) + 1
+        indices.append(index)
+    first: dict[int, NewRun] = {}
+    for run, index in zip(runs, indices, strict=True):
+        first.setdefault(index, run)
+    shaped = list(first.values())
+    return sql.INSERT_SHAPED, [
+        [run.id for run in runs],
+        indices,
+        _array([run.payload_uri for run in runs]),
+        _array([run.payload_inline for run in runs]),
+        _array([run.content_hash for run in runs]),
+        _array([run.idempotency_key for run in runs]),
+        [run.algorithm for run in shaped],
+        [run.stage.value for run in shaped],
+        [run.caller for run in shaped],
+        [run.received_by_host for run in shaped],
+        [run.applied_configuration for run in shaped],
+        _array([run.configuration_overrides for run in shaped]),
+        [run.payload_valid_for for run in shaped],
+        _array([run.tag for run in shaped]),
+        [run.api_version for run in shaped],
+        _array([run.parent for run in shaped]),
+    ]
+
+
+def _columns(runs: Sequence[NewRun]) -> list[list[Any] | None]:
+    """The arguments of :data:`sql.INSERT`: each column of ``runs`` an array."""
+    columns: list[list[Any]] = [[] for _ in range(15)]
+    for run in runs:
+        for column, value in zip(columns, _insert_row(run), strict=True):
+            column.append(value)
+    return [_array(column) for column in columns]
 
 
 def _insert_row(run: NewRun) -> tuple[Any, ...]:

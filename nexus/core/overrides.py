@@ -131,12 +131,39 @@ def normalise(raw: Any) -> ConfigurationOverrides:
     return result
 
 
+_PLAIN: dict[int, tuple[Template, Workgroup | None, AppliedConfiguration]] = {}
+"""The applied configuration of runs without overrides, by template: ``(template, its
+workgroup, applied)`` as they were when it was made."""
+_MAX_PLAIN = 1024
+
+
 def apply(
     template: Template, overrides: ConfigurationOverrides, workgroups: Mapping[str, Workgroup]
 ) -> AppliedConfiguration:
     """The applied configuration of a run: :func:`nexus.core.templates.apply`, then the
     fields of this module; :class:`ForbiddenConfiguration` for a Secret or an image the
-    template does not allow."""
+    template does not allow.
+
+    Runs without overrides share one applied configuration per template and workgroup
+    (both are replaced, never changed, when their resources change): the caller reads
+    it and must not change it. Building it is a tenth of a submission's CPU, and the
+    store sends a shared one once for a whole batch of runs."""
+    if overrides:
+        return _apply(template, overrides, workgroups)
+    workgroup = workgroups.get(template.workgroup)
+    made = _PLAIN.get(id(template))
+    if made is not None and made[0] is template and made[1] is workgroup:
+        return made[2]
+    applied = _apply(template, overrides, workgroups)
+    if len(_PLAIN) >= _MAX_PLAIN:  # templates replaced many times: start again
+        _PLAIN.clear()
+    _PLAIN[id(template)] = (template, workgroup, applied)
+    return applied
+
+
+def _apply(
+    template: Template, overrides: ConfigurationOverrides, workgroups: Mapping[str, Workgroup]
+) -> AppliedConfiguration:
     applied = apply_template(template, overrides, workgroups)
     if "image" in overrides or "registry" in overrides:  # run with the template's rights
         not_allowed = check_image(template, applied)

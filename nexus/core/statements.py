@@ -21,6 +21,29 @@ ON CONFLICT DO NOTHING
 RETURNING id
 """
 
+# The same insert for a batch whose runs share a few shapes: everything but a run's own
+# id, input and idempotency key (algorithm, caller, pod, applied configuration, …; the
+# runs of one bulk submit have one shape). Each shape is sent, and its JSON parsed by
+# PostgreSQL, once; each run names its shape by position (a nested loop over a handful
+# of shapes: the store sends this only while they are few).
+INSERT_SHAPED = """
+INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,
+                  applied_configuration, configuration_overrides, payload_valid_for,
+                  payload_uri, payload_inline, content_hash, tag, api_version, parent,
+                  idempotency_key)
+SELECT s.algorithm, r.id, s.stage, s.caller, s.host, s.applied, s.overrides, s.valid_for,
+       r.uri, r.inline, r.hash, s.tag, s.api_version, s.parent, r.key
+FROM unnest($1::uuid[], $2::int[], $3::text[], $4::bytea[], $5::text[], $6::text[])
+       AS r(id, shape, uri, inline, hash, key)
+JOIN unnest($7::text[], $8::text[], $9::text[], $10::text[], $11::jsonb[], $12::jsonb[],
+            $13::interval[], $14::text[], $15::text[], $16::jsonb[])
+       WITH ORDINALITY AS s(algorithm, stage, caller, host, applied, overrides, valid_for,
+                            tag, api_version, parent, n)
+  ON s.n = r.shape
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
 
 IDEMPOTENT_MATCHES = """
 SELECT r.caller, r.idempotency_key, r.id, r.algorithm, r.content_hash,
