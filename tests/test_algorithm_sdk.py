@@ -125,6 +125,32 @@ async def test_the_sync_run_retries_as_the_async_one() -> None:
         ]
 
 
+async def test_an_input_the_job_carries_is_read_without_a_request() -> None:
+    async with stand_in() as fake:
+        env = {
+            "NEXUS__ALGORITHM_NAME": "echo",
+            "NEXUS__RECEIVER_URL": fake.url,
+            "NEXUS__RUN_TOKEN": "token",
+            "NEXUS__RESULT_UPLOAD_URL": f"{fake.url}/result",
+            "NEXUS__INPUT": '{"n": 8, "text": "héllo"}',
+        }
+        argv = [f"--sas-uri={fake.url}/input?signature=x", f"--request-id={RUN_ID}"]
+        context = RunContext.from_environment(argv, env)
+        async with AsyncRun(context, retry=QUICK) as run:
+            assert await run.input() == {"n": 8, "text": "héllo"}
+
+        def algorithm() -> Any:
+            with Run(context, retry=QUICK) as run:
+                return run.input()
+
+        assert await asyncio.to_thread(algorithm) == {"n": 8, "text": "héllo"}
+        assert fake.of("input") == []  # never fetched
+        env.pop("NEXUS__INPUT")
+        async with AsyncRun(RunContext.from_environment(argv, env), retry=QUICK) as run:
+            assert await run.input() == {"n": 7}  # from the link, as before
+        assert len(fake.of("input")) == 1
+
+
 async def test_retries_stop_when_the_budget_is_spent() -> None:
     async with stand_in() as fake:
         fake.plan = {"complete": [unavailable("0")] * 1000}

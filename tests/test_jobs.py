@@ -186,6 +186,21 @@ def test_a_plain_template_gets_the_contracts_default_arguments_and_nothing_optio
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     env = {e["name"] for e in container["env"]}
     assert "NEXUS__RUN_TOKEN" in env and "NEXUS__PARENT_REQUEST_ID" not in env
+    assert "NEXUS__INPUT" not in env  # the container fetches its input from the link
+
+
+def test_a_small_input_travels_in_the_job_and_only_the_runs_own() -> None:
+    links = dataclasses.replace(LINKS, input_content='{"horizon": 7, "text": "héllo"}')
+    job = build_job(checkpoint(APPLIED), links, workgroup=None, ttl_after_finished=60)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert orjson.loads(env["NEXUS__INPUT"]) == {"horizon": 7, "text": "héllo"}
+    assert container["args"][0] == f"--sas-uri={LINKS.input_url}"  # for older containers
+    # a template's own NEXUS__INPUT never stands for a run's input
+    posing = {**APPLIED, "env": {"NEXUS__INPUT": "{}"}}
+    job = build_job(checkpoint(posing), LINKS, workgroup=None, ttl_after_finished=60)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert "NEXUS__INPUT" not in {e["name"] for e in container["env"]}
 
 
 def test_a_run_without_security_contexts_gets_the_restricted_profile() -> None:
@@ -221,6 +236,7 @@ def test_every_variable_nexus_sets_is_one_a_request_cannot() -> None:
         result_inline_limit=1024,
         scheduler_url="https://scheduler",
         run_credential="nexus-run.forecast.x",
+        input_content='{"horizon": 7}',
     )
     parent = {"requestId": PARENT, "algorithmName": "planner"}
     for copy in (1, 2):

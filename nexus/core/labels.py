@@ -33,7 +33,7 @@ CONTRACT_ENV = frozenset(
         "NEXUS__RESULT_INLINE_LIMIT", "NEXUS__PARENT_REQUEST_ID",
         "NEXUS__PARENT_ALGORITHM_NAME", "NEXUS__SPECULATIVE_COPY", "NEXUS__ATTEMPT",
         "NEXUS__CRYSTAL_RECEIVER_URL", "CRYSTAL__ALGORITHM_NAME", "NEXUS__SCHEDULER_URL",
-        "NEXUS__RUN_CREDENTIAL",
+        "NEXUS__RUN_CREDENTIAL", "NEXUS__INPUT",
     }
 )  # fmt: skip
 """The environment variables Nexus sets in an algorithm's container (DESIGN §3): a

@@ -44,6 +44,7 @@ from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.fairshare import FairShare
 from nexus.scheduler.goapi import add_go_routes
+from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.openapi import add_openapi_route
@@ -145,6 +146,7 @@ async def _open(
         for name in shards
     }
     limits = ConcurrencyLimits(Slots(queues), catalog, s.teams, store, section.pod_name)
+    recent_inputs = RecentInputs(section.recent_inputs)
     dispatcher = Dispatcher(
         queue=queue,
         store=store,
@@ -154,6 +156,7 @@ async def _open(
         catalog=catalog,
         settings=section,
         limits=limits,
+        recent_inputs=recent_inputs,
     )
     pressure = BackPressure(store, section.max_queue_depth)
     quotas = Quotas(queues, store, s.teams)
@@ -168,6 +171,7 @@ async def _open(
         pushed=dispatcher.notify,
         fair_share=FairShare(s.teams),
         quotas=quotas,
+        recent_inputs=recent_inputs,
     )
     # closed in reverse: pending pushes land first, then the queue is handed over
     stack.push_async_callback(_hand_over, queues, queue)

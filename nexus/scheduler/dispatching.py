@@ -64,6 +64,7 @@ from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
+from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.jobs import RunLinks, build_job, serialise
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
@@ -150,8 +151,11 @@ class Dispatcher:
         catalog: Catalog,
         settings: SchedulerSection,
         limits: ConcurrencyLimits | None = None,
+        recent_inputs: RecentInputs | None = None,
     ) -> None:
         self.queue = queue
+        self.recent_inputs = recent_inputs
+        """Inline inputs this pod took lately: the small ones travel inside their Jobs."""
         self.limits = limits
         """Concurrency limits: a run's slots are taken before its Job is created."""
         self.store = store
@@ -442,6 +446,7 @@ class Dispatcher:
             result_inline_limit=self.settings.result_inline_limit,
             scheduler_url=self.links.scheduler_url,
             run_credential=self.links.run_credential(checkpoint),
+            input_content=self._input_content(checkpoint),
         )
         job = build_job(
             checkpoint,
@@ -451,6 +456,19 @@ class Dispatcher:
             copy=copy,
         )
         return serialise(job)
+
+    def _input_content(self, checkpoint: Checkpoint) -> str | None:
+        """The run's input as the text its Job carries, when it is inline, small, and still
+        remembered here (else its container fetches it from the input URL)."""
+        if not checkpoint.has_inline_payload or self.recent_inputs is None:
+            return None
+        content = self.recent_inputs.recall(checkpoint.key)
+        if content is None or len(content) > self.settings.job_input_limit:
+            return None
+        try:
+            return content.decode()
+        except UnicodeDecodeError:
+            return None
 
     async def _record(self, shard: str, outcomes: list[Outcome], stopping: asyncio.Event) -> None:
         """Write what became of each creation, then hand each run on: off the in-flight

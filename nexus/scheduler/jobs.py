@@ -6,7 +6,10 @@ harmless (the second answer is 409); a retried run's later attempts are Jobs nam
 The container gets the input URL and the request id through the template's ``args``
 placeholders (``{sas-uri}``, ``{request-id}``), and the ``NEXUS__*`` environment of the
 algorithm contract, including a run token that proves its completion to the receiver and a
-presigned URL for uploading the result.
+presigned URL for uploading the result. A small input kept inline also travels in the Job
+itself, as ``NEXUS__INPUT`` (the document's UTF-8 text): an algorithm that reads it there
+needs no request for its input; the input URL is given all the same, for containers that
+do not know the variable.
 
 The pod and its container get the template's security contexts, which hold the Pod
 Security "restricted" defaults unless the template relaxed them; a configuration stored
@@ -66,6 +69,8 @@ class RunLinks:
     """Where the run starts child runs (the scheduler's public URL)."""
     run_credential: str | None = None
     """The bearer credential of those child runs, as the run's caller."""
+    input_content: str | None = None
+    """The input itself, when small enough to travel inside the Job (``NEXUS__INPUT``)."""
 
 
 def _arguments(template_args: list[str], values: dict[str, str]) -> list[str]:
@@ -125,6 +130,10 @@ def build_job(
         "NEXUS__CRYSTAL_RECEIVER_URL": links.receiver_url,
         "CRYSTAL__ALGORITHM_NAME": run.algorithm,
     }
+    if links.input_content is not None:
+        env["NEXUS__INPUT"] = links.input_content
+    else:  # never another input than the run's, whatever the template's env says
+        env.pop("NEXUS__INPUT", None)
     if links.result_inline_limit:
         env["NEXUS__RESULT_INLINE_LIMIT"] = str(links.result_inline_limit)
     if links.scheduler_url and links.run_credential:

@@ -178,6 +178,7 @@ class Submitter:
         pushed: Any,
         fair_share: FairShare | None = None,
         quotas: Quotas | None = None,
+        recent_inputs: RecentInputs | None = None,
     ) -> None:
         self.store = store
         self.payloads = payloads
@@ -188,7 +189,10 @@ class Submitter:
         self.pressure = pressure
         self.fair_share = fair_share or FairShare(TeamSettings())
         self.quotas = quotas
-        self.recent_inputs = RecentInputs(settings.recent_inputs)
+        self.recent_inputs = (
+            RecentInputs(settings.recent_inputs) if recent_inputs is None else recent_inputs
+        )
+        """The newest inline inputs, shared with the dispatcher that puts them in Jobs."""
         self.stray_inputs = StrayInputs(store, payloads)
         self.keys_in_flight: set[tuple[str, str]] = set()
         """(caller, Idempotency-Key) of the requests being accepted now."""
@@ -443,13 +447,13 @@ class Submitter:
             return Accepted(admission.id, created=False)
         if await self.cancel_orphans(principal, [run]):
             return Accepted(run_id, created=True)
+        if inline:  # before the push: its Job may be made the moment it is queued
+            self.recent_inputs.remember(run.key, payload)
         queued = QueuedRun(shard, run.key, 0.0, self.fair_share.share(principal))
         try:
             await self._pushes.submit(queued)
         except QueueUnavailable as exc:
             self._keep_for_later([queued], exc)
-        if inline:
-            self.recent_inputs.remember(run.key, payload)
         ACCEPTED.labels(algorithm).inc()
         return Accepted(run_id, created=True)
 

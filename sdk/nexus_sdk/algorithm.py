@@ -2,7 +2,8 @@
 
 A container started by Nexus gets ``--sas-uri=<input url> --request-id=<id>`` and the
 ``NEXUS__*`` environment. :class:`Run` (synchronous) and :class:`AsyncRun` read both, fetch
-the input, start child runs, and report the outcome the way the receiver expects::
+the input (or take it from ``NEXUS__INPUT``, where Nexus puts a small one), start child
+runs, and report the outcome the way the receiver expects::
 
     with Run.from_environment() as run:
         params = run.input()
@@ -118,6 +119,8 @@ class Run:
     # -- the run's own input and outcome -----------------------------------------------------
 
     def input_bytes(self) -> bytes:
+        if self.context.input_content is not None:
+            return self.context.input_content
         return self._call("GET", self.context.input_url, None, {})
 
     def input(self) -> Any:
@@ -240,6 +243,8 @@ class AsyncRun:
             await asyncio.sleep(delay)
 
     async def input_bytes(self) -> bytes:
+        if self.context.input_content is not None:
+            return self.context.input_content
         return await self._call("GET", self.context.input_url, None, {})
 
     async def input(self) -> Any:

@@ -46,6 +46,9 @@ class RunContext:
     """The bearer credential of child runs: they belong to this run's caller."""
     inline_limit: int | None = None
     """The largest result the receiver takes inline, in bytes (absent: none is sent)."""
+    input_content: bytes | None = None
+    """The input itself, when the Job carries it (``NEXUS__INPUT``, small inline inputs):
+    then it is not fetched from ``input_url``."""
     attempt: int | None = None
     """Which attempt of the run this container is (``NEXUS__ATTEMPT``: 1, or more once the
     run was retried); a failure names it, so that a template that retries algorithm
@@ -62,6 +65,7 @@ class RunContext:
         args, _ = parser.parse_known_args(argv)
         limit = env.get("NEXUS__RESULT_INLINE_LIMIT", "")
         attempt = env.get("NEXUS__ATTEMPT", "")
+        content = env.get("NEXUS__INPUT")
         try:
             return cls(
                 algorithm=env["NEXUS__ALGORITHM_NAME"],
@@ -75,6 +79,7 @@ class RunContext:
                 scheduler_url=env.get("NEXUS__SCHEDULER_URL") or None,
                 run_credential=env.get("NEXUS__RUN_CREDENTIAL") or None,
                 inline_limit=int(limit) if limit.isdigit() else None,
+                input_content=None if content is None else content.encode(),
                 attempt=int(attempt) if attempt.isdigit() and int(attempt) > 0 else None,
             )
         except KeyError as exc:

@@ -5,7 +5,8 @@ A simulated pod reads what a real algorithm container would — ``--sas-uri=<url
 ``NEXUS__RESULT_UPLOAD_URL``, ``NEXUS__ALGORITHM_NAME``, ``NEXUS__REQUEST_ID`` in its env —
 and after a duration drawn from the shard's distribution:
 
-1. ``GET`` the input URL (if given);
+1. read the input from ``NEXUS__INPUT`` when the Job carries it, else ``GET`` the input
+   URL (if given);
 2. make its result: the input itself when it is JSON, else ``{"requestId": ..., "ok": true}``;
 3. ``POST {"cause": null, "message": null, "sasUri": null, "result": <result>}`` to
    ``{NEXUS__RECEIVER_URL}/algorithm/v1.2/complete/{algorithm}/requests/{id}`` with
@@ -323,7 +324,9 @@ class SimulatedRuntime:
         receiver = env.get("NEXUS__RECEIVER_URL", "").rstrip("/")
         upload_url = env.get("NEXUS__RESULT_UPLOAD_URL")
         body = b""
-        if input_url:
+        if "NEXUS__INPUT" in env:  # a small input travels inside the Job
+            body = env["NEXUS__INPUT"].encode()
+        elif input_url:
             body = await self._call(run, "GET", input_url)
             self._log(run, f"read {len(body)} bytes of input")
         if _stopped(run):
