@@ -1,19 +1,24 @@
 """End to end: submit → Job → simulated pod → completion → result readable, sustained.
 
     .venv/bin/python benchmarks/end_to_end.py [--rate 2000] [--seconds 60] [--schedulers 1]
-        [--setting NEXUS__SECTION__KEY=VALUE ...] [--bulk N] [--profile DIR]
+        [--setting NEXUS__SECTION__KEY=VALUE ...] [--bulk N] [--read listing|each]
+        [--profile DIR]
 
 The local system runs as separate processes: PostgreSQL, Redis, SeaweedFS, one local
-cluster whose simulated pods play the whole algorithm contract (GET their input from the
-scheduler's signed link, PUT the result to S3 with the presigned URL, POST the completion
-to the receiver with their run token), the scheduler(s), the receiver and the maintainer.
+cluster whose simulated pods play the whole algorithm contract (read their input from the
+Job, or GET it from the scheduler's signed link when it is too large to travel there, send
+a small result inline or PUT it to S3 with the presigned URL, POST the completion to the
+receiver with their run token), the scheduler(s), the receiver and the maintainer.
 
 A load generator submits ``echo`` runs at ``--rate`` per second, one per request or, with
 ``--bulk N``, N per request through bulk submit (open loop, so a slow system cannot slow
 the offered load) for ``--seconds``, each tagged with the 100 ms slot it was
 sent in; a poller reads the results by tag through the API, as a client would (each tag at
 most once a second), until every run is COMPLETED with a result URL, and reads each result
-back from that URL (checking it is the run's parameters). Reported: offered and completed
+back (checking it is the run's parameters): with ``--read listing`` (the default) from the
+listing itself (``?include=result``: inline results come with their runs, one request per
+page), falling back to the result URL for a result in S3; with ``--read each`` from each
+run's result URL, one GET per run. Reported: offered and completed
 runs/s, the completion rate over the steady part of the window, when the last run
 finished, the results read, the latency from submission to COMPLETED (p50/p90/p99, from
 the receiver's histogram), and CPU microseconds per run of every process, the load
@@ -162,6 +167,8 @@ async def run(
                 for tag in due[:50]:
                     polled[tag] = time.time()
                     listing = f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}?limit={PAGE}"
+                    if args.read == "listing":
+                        listing += "&include=result"
                     request = request_bytes("GET", listing, b"", headers)
                     status, body = await connection.exchange(request)
                     if status != 200:
@@ -176,6 +183,11 @@ async def run(
                             label = answer["status"]
                             if label == "COMPLETED" and not answer["resultUri"]:
                                 label = "COMPLETED without resultUri"
+                            elif label == "COMPLETED" and "result" in answer:
+                                ok = isinstance(answer["result"], dict) and (
+                                    "index" in answer["result"]
+                                )
+                                read["ok" if ok else "bad"] += 1
                             elif label == "COMPLETED":
                                 to_read.put_nowait(answer["resultUri"])
                             statuses[label] = statuses.get(label, 0) + 1
@@ -217,6 +229,7 @@ async def run(
     ours = sum(v for k, v in per_run.items() if k not in ("devcluster", "seaweedfs", "loadgen"))
     figures = {
         "offered_per_second": args.rate,
+        "results_read_by": args.read,
         "submit": load.summary(),
         "finished": statuses,
         "unfinished": sum(made.values()) - len(done_at),
@@ -262,6 +275,12 @@ def main() -> int:
         default=1,
         metavar="N",
         help="submit N runs per request (bulk submit, at most 1,000) instead of one",
+    )
+    parser.add_argument(
+        "--read",
+        choices=("listing", "each"),
+        default="listing",
+        help="read inline results with the tag listings (default), or each from its URL",
     )
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy every Python process into DIR"

@@ -11,7 +11,7 @@ from nexus.core.httpapi import ErrorAnswer, RunStatus
 from nexus.core.lifecycle import create_base_app
 from nexus.core.retrying import AttemptRecord
 from nexus.scheduler.api import AcceptedAnswer, RunAnswer, add_routes
-from nexus.scheduler.batches import add_batch_routes
+from nexus.scheduler.batches import ListedRun, add_batch_routes
 from nexus.scheduler.bulk import add_bulk_routes
 from nexus.scheduler.goapi import GoAccepted, add_go_routes
 from nexus.scheduler.goshapes import GoCheckpoint, GoRequestResult, GoTaggedResult
@@ -52,6 +52,7 @@ def test_the_openapi_document_describes_every_route_and_no_other() -> None:
         ("Error", ErrorAnswer),
         ("Accepted", AcceptedAnswer),
         ("Result", RunAnswer),
+        ("ListedResult", ListedRun),
         ("RunStatus", RunStatus),
         ("Usage", UsageAnswer),
         ("Schedule", ScheduleAnswer),

@@ -12,7 +12,8 @@ with the statements of :mod:`nexus.core.statements`. Guarantees:
   page at a time in constant memory.
 * **Per caller.** A listing and its counts hold only the runs the :class:`Viewer` may see
   (:mod:`nexus.core.visibility`): the store's filter, in the same statement.
-* **Narrow rows.** Only what a result answer needs is read (no inputs, no inline results).
+* **Narrow rows.** Only what a result answer needs is read (no inputs; inline results only
+  when asked for, so that a client reads a batch's results with its listing).
 * **Counts in one statement.** A summary is one grouped count over the same index.
 """
 
@@ -67,6 +68,8 @@ class TagEntry:
 
     run: RunResult
     position: TagPosition
+    result: bytes | None = None
+    """The result kept inline (compact JSON), when the page was asked for with results."""
 
 
 class Listings:
@@ -76,15 +79,23 @@ class Listings:
         self._store = store
 
     async def page(
-        self, algorithm: str, tag: str, viewer: Viewer, after: TagPosition | None, limit: int
+        self,
+        algorithm: str,
+        tag: str,
+        viewer: Viewer,
+        after: TagPosition | None,
+        limit: int,
+        *,
+        results: bool = False,
     ) -> list[TagEntry]:
         """At most ``limit`` runs of ``algorithm`` carrying ``tag`` that ``viewer`` may see,
-        oldest first, after ``after`` (from the start when ``None``)."""
+        oldest first, after ``after`` (from the start when ``None``); with ``results``,
+        each with its result when that is kept inline."""
         start = after or TagPosition.START
         owner = viewer.owner(algorithm)
         async with self._store.connection() as conn:
             rows = await conn.fetch(
-                sql.TAG_PAGE,
+                sql.TAG_PAGE_WITH_RESULTS if results else sql.TAG_PAGE,
                 algorithm,
                 tag,
                 owner,
@@ -94,7 +105,12 @@ class Listings:
                 viewer.parent,
             )
         return [
-            TagEntry(result_of(row), TagPosition(row["received_at"], row["id"])) for row in rows
+            TagEntry(
+                result_of(row),
+                TagPosition(row["received_at"], row["id"]),
+                row["result_inline"] if results else None,
+            )
+            for row in rows
         ]
 
     async def counts(self, algorithm: str, tag: str, viewer: Viewer) -> dict[Stage, int]:

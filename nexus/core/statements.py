@@ -167,14 +167,17 @@ RESULT_COLUMNS = (
 
 
 # A tag's runs in keyset order (runs_by_tag_order): a page is one index range scan.
-TAG_PAGE = f"""
-SELECT {RESULT_COLUMNS}, received_at FROM runs
+_TAG_PAGE = """
+SELECT {columns}, received_at FROM runs
 WHERE algorithm = $1 AND tag = $2 AND ($3::text IS NULL OR caller = $3)
   AND ($7::text IS NULL OR parent = $7::jsonb)
   AND (received_at, id) > ($4::timestamptz, $5::uuid)
 ORDER BY received_at, id
 LIMIT $6
 """
+TAG_PAGE = _TAG_PAGE.format(columns=RESULT_COLUMNS)
+TAG_PAGE_WITH_RESULTS = _TAG_PAGE.format(columns=f"{RESULT_COLUMNS}, result_inline")
+"""The same page with the results kept inline themselves."""
 
 
 TAG_COUNTS = """

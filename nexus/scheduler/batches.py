@@ -10,7 +10,10 @@ With ``?limit=N`` (1 to :data:`MAX_PAGE`) the answer is one page, and while more
 follow, ``Link: <…?limit=N&after=CURSOR>; rel="next"`` names the next. A cursor is the
 last run's position sealed with the signing keys and bound to the algorithm, the tag and
 the caller's view: a forged or altered cursor, or one from another listing, is refused
-with 400.
+with 400. With ``?include=result`` each run whose result is kept inline (DESIGN §3) carries
+it too, as ``"result"`` (the document itself, beside its ``resultUri``): a client reads the
+results of a whole batch with its listing, one request for a page of runs instead of one
+per run.
 
 ``GET …/tags/{tag}/summary`` answers ``{"total", "byStatus", "finished"}``: how many runs
 are in each v1.2 status (every status named, 0 when none), and whether the batch is
@@ -30,10 +33,18 @@ from aiohttp import web
 from nexus.core.compatibility import v12_status
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import bad_request, json_errors, json_response
-from nexus.core.listings import Listings, TagPosition
+from nexus.core.listings import Listings, TagEntry, TagPosition
 from nexus.core.runs import TERMINAL, Stage
 from nexus.core.visibility import Viewer
-from nexus.scheduler.api import PREFIX, SCHEDULER, RunAnswer, _algorithm, _result, _viewer
+from nexus.scheduler.api import (
+    PREFIX,
+    SCHEDULER,
+    RunAnswer,
+    Scheduler,
+    _algorithm,
+    _result,
+    _viewer,
+)
 from nexus.scheduler.waiters import is_finished, wait_for, wait_seconds
 
 log = logging.getLogger(__name__)
@@ -43,6 +54,13 @@ STREAM_PAGE = 1000
 MAX_PAGE = 10_000
 """The largest ``limit`` of a page."""
 LISTINGS = web.AppKey("nexus.listings", Listings)
+
+
+class ListedRun(RunAnswer, total=False):
+    """A run of a listing: with ``?include=result``, its inline result too."""
+
+    result: orjson.Fragment
+    """The result document as the algorithm reported it (compact JSON)."""
 
 
 class TagSummary(TypedDict):
@@ -76,6 +94,22 @@ def _limit(request: web.Request) -> int | None:
     return int(raw)
 
 
+def _with_results(request: web.Request) -> bool:
+    raw = request.query.get("include")
+    if raw is None:
+        return False
+    if raw != "result":
+        raise bad_request(f"include: expected 'result', got {raw[:40]!r}")
+    return True
+
+
+def _listed(scheduler: Scheduler, entry: TagEntry) -> ListedRun:
+    answer: ListedRun = {**_result(scheduler, entry.run)}  # type: ignore[typeddict-item]
+    if entry.result is not None:
+        answer["result"] = orjson.Fragment(entry.result)
+    return answer
+
+
 def _after(request: web.Request, algorithm: str, tag: str, viewer: Viewer) -> TagPosition | None:
     raw = request.query.get("after")
     if raw is None:
@@ -96,11 +130,13 @@ async def results_by_tag(request: web.Request) -> web.StreamResponse:
     tag = _tag(request)
     limit = _limit(request)
     after = _after(request, algorithm, tag, viewer)
+    results = _with_results(request)
     if limit is None:
-        return await _stream(request, algorithm, tag, viewer, after)
+        return await _stream(request, algorithm, tag, viewer, after, results)
     scheduler = request.app[SCHEDULER]
-    entries = await request.app[LISTINGS].page(algorithm, tag, viewer, after, limit + 1)
-    answer: list[RunAnswer] = [_result(scheduler, e.run) for e in entries[:limit]]
+    listings = request.app[LISTINGS]
+    entries = await listings.page(algorithm, tag, viewer, after, limit + 1, results=results)
+    answer = [_listed(scheduler, e) for e in entries[:limit]]
     headers = {}
     if len(entries) > limit:
         cursor = scheduler.signer.seal(
@@ -112,11 +148,17 @@ async def results_by_tag(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
-    request: web.Request, algorithm: str, tag: str, viewer: Viewer, after: TagPosition | None
+    request: web.Request,
+    algorithm: str,
+    tag: str,
+    viewer: Viewer,
+    after: TagPosition | None,
+    results: bool,
 ) -> web.StreamResponse:
     scheduler = request.app[SCHEDULER]
     listings = request.app[LISTINGS]
-    entries = await listings.page(algorithm, tag, viewer, after, STREAM_PAGE)  # failing: 503
+    # failing: 503
+    entries = await listings.page(algorithm, tag, viewer, after, STREAM_PAGE, results=results)
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()
     await response.prepare(request)
@@ -124,13 +166,15 @@ async def _stream(
         separator = b"["
         while True:
             if entries:
-                body = orjson.dumps([_result(scheduler, e.run) for e in entries])
+                body = orjson.dumps([_listed(scheduler, e) for e in entries])
                 await response.write(separator + body[1:-1])
                 separator = b","
             if len(entries) < STREAM_PAGE:
                 break
             last = entries[-1].position
-            entries = await listings.page(algorithm, tag, viewer, last, STREAM_PAGE)
+            entries = await listings.page(
+                algorithm, tag, viewer, last, STREAM_PAGE, results=results
+            )
         await response.write(b"]" if separator == b"," else b"[]")
     except DependencyError as exc:
         # The status is sent: the only honest answer left is an unfinished body.

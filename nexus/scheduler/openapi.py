@@ -241,7 +241,24 @@ DOCUMENT: dict[str, Any] = {
                     "runErrorMessage": {"type": "string", "nullable": True},
                 },
             },
-            "Results": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
+            "ListedResult": {
+                "type": "object",
+                "required": ["requestId", "status"],
+                "properties": {
+                    "requestId": {"type": "string", "format": "uuid"},
+                    "status": {"type": "string", "enum": _STATUSES},
+                    "resultUri": {"type": "string", "nullable": True},
+                    "runErrorMessage": {"type": "string", "nullable": True},
+                    "result": {
+                        "description": "The result document itself, when it is kept inline:"
+                        " only in a listing asked for with ?include=result",
+                    },
+                },
+            },
+            "Results": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/ListedResult"},
+            },
             "BulkRuns": {
                 "type": "object",
                 "required": ["runs"],
@@ -530,6 +547,9 @@ DOCUMENT: dict[str, Any] = {
                     _TAG,
                     _optional_query("limit", "integer", "Runs per page, 1 to 10000"),
                     _optional_query("after", "string", "The cursor of a Link rel=next"),
+                    _optional_query(
+                        "include", "string", "result: each run with its result, when kept inline"
+                    ),
                 ],
                 "responses": {
                     "200": _json("Results", "The runs (all of them, or one page)"),

@@ -238,12 +238,12 @@ async def test_a_listing_the_store_fails_in_the_middle_of_is_never_taken_for_a_w
         pages = 0
         real_page = listings.page
 
-        async def failing_page(*args: Any) -> Any:
+        async def failing_page(*args: Any, **options: Any) -> Any:
             nonlocal pages
             pages += 1
             if pages == 2:
                 raise StoreUnavailable("the store went away")
-            return await real_page(*args)
+            return await real_page(*args, **options)
 
         listings.page = failing_page  # type: ignore[method-assign]
         url = f"{system.schedulers[0].url}/algorithm/v1.2/results/echo/tags/long"

@@ -1,4 +1,5 @@
-"""Small results kept with their checkpoint, large ones in S3: both readable from resultUri.
+"""Small results kept with their checkpoint, large ones in S3: both readable from resultUri,
+and the small ones from a tag's listing too (``?include=result``).
 
 Through the real receiver, scheduler, PostgreSQL, SeaweedFS and the local cluster: the
 simulated pods report a small result inside their completion and PUT a large one; the
@@ -64,8 +65,8 @@ async def test_small_results_inline_and_large_ones_in_s3_are_both_readable(
     ) as system:
         small = {"score": 0.93, "label": "héllo", "items": list(range(50))}
         large = {"blob": "x" * (300 * 1024)}  # over the 256 KiB kept inline
-        small_id = await system.submit("echo", {"algorithmParameters": small})
-        large_id = await system.submit("echo", {"algorithmParameters": large})
+        small_id = await system.submit("echo", {"algorithmParameters": small, "tag": "mix"})
+        large_id = await system.submit("echo", {"algorithmParameters": large, "tag": "mix"})
 
         answer = await system.wait_for("echo", small_id)
         assert answer["status"] == "COMPLETED", answer
@@ -83,6 +84,21 @@ async def test_small_results_inline_and_large_ones_in_s3_are_both_readable(
         assert inline is None and location is not None, location
         assert "X-Amz-Signature=" in answer["resultUri"], answer
         assert await read(system, answer["resultUri"]) == (200, large)
+
+        # a listing asked for results carries the inline one itself, the other by its link
+        listing = "/algorithm/v1.2/results/echo/tags/mix"
+        for query in ("?include=result", "?include=result&limit=10"):  # streamed, and a page
+            status, listed, _ = await system.call("GET", listing + query)
+            assert status == 200, listed
+            by_id = {run["requestId"]: run for run in listed}
+            assert by_id[small_id]["result"] == small, query
+            assert by_id[small_id]["resultUri"], query
+            assert "result" not in by_id[large_id], query
+            assert "X-Amz-Signature=" in by_id[large_id]["resultUri"], query
+        status, plain, _ = await system.call("GET", listing)
+        assert status == 200 and all("result" not in run for run in plain), plain
+        status, refused, _ = await system.call("GET", listing + "?include=input")
+        assert status == 400 and "include" in refused["message"], refused
 
         # only the link the scheduler signed opens the result: not altered, not expired
         signature = dict(parse_qsl(urlsplit(link).query))["signature"]
