@@ -82,6 +82,8 @@ class SteadyLoad:
         """Request id → when it was first seen finished, and how."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._submitted = threading.Event()
+        """Set once every submitting thread has returned: no acknowledgement comes after it."""
         self._given_up = threading.Event()
         self._turn = 0
         self._threads = [
@@ -96,10 +98,13 @@ class SteadyLoad:
         self._watcher.start()
 
     def stop(self) -> None:
-        """Stop submitting (the watcher goes on until :meth:`settle`)."""
+        """Stop submitting: returns once no submission is in flight (the watcher goes on
+        until :meth:`settle`). A submission sent before the stop may be acknowledged after
+        it (a scheduler waiting on a store answers late): it is followed like the others."""
         self._stop.set()
         for thread in self._threads:
-            thread.join(timeout=30)
+            thread.join(timeout=60)
+        self._submitted.set()
 
     def _next(self) -> str:
         with self._lock:
@@ -149,6 +154,7 @@ class SteadyLoad:
 
     def _watch(self) -> None:
         while True:
+            submitted = self._submitted.is_set()  # before the copy: it then holds them all
             statuses = self._statuses()
             now = time.monotonic()
             if statuses is not None:
@@ -157,7 +163,7 @@ class SteadyLoad:
                         self.finished[run] = (now, status)
                 with self._lock:
                     accepted = set(self.accepted)
-                if self._stop.is_set() and accepted <= set(self.finished):
+                if submitted and accepted <= set(self.finished):
                     return
             if self._given_up.wait(0.2):
                 return

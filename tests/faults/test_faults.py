@@ -69,6 +69,7 @@ CASES: dict[str, Callable[[LocalSystem], tuple[Callable[[], None], str | None]]]
     "redis-killed-restarted-empty": lambda s: (s.kill("redis"), None),
     "s3-frozen-4s": lambda s: (s.freeze("s3", 4.0), None),
     "s3-restarted": lambda s: (s.restart("s3"), None),
+    "s3-killed": lambda s: (s.kill("s3"), None),
     "receiver-killed": lambda s: (s.kill("receiver"), None),
     "receiver-restarted": lambda s: (s.restart("receiver"), None),
     "scheduler-killed": lambda s: (s.kill("scheduler-0"), _scheduler_url(s, "scheduler-0")),
