@@ -46,20 +46,39 @@ APPLICATION_NAME = "nexus-announcements"
 
 @dataclass(frozen=True, slots=True)
 class Finished:
-    """A run that reached a terminal stage."""
+    """A run that reached a terminal stage, as announced.
 
-    key: RunKey
+    ``run`` is the announcement's ``algorithm\\tid`` text, kept as it came: a pod hears
+    every run that finishes anywhere, and most have no waiter on it, so an announcement
+    is matched against :func:`announced` keys as text, and only a run that is waited for
+    here is ever turned into a :class:`RunKey` (:func:`run_key`)."""
+
+    run: str
     tag: str | None
 
 
-def parse(payload: str) -> Finished | None:
-    """The run a notification names (``algorithm\\tid\\ttag``), or ``None`` if malformed."""
-    algorithm, _, rest = payload.partition("\t")
-    raw_id, _, tag = rest.partition("\t")
+def announced(key: RunKey) -> str:
+    """How announcements name the run ``key`` (``algorithm\\tid``, the id as PostgreSQL
+    writes a uuid: lower-case, hyphenated)."""
+    return f"{key.algorithm}\t{key.id}"
+
+
+def run_key(run: str) -> RunKey | None:
+    """The run an announcement names, or ``None`` if it names none."""
+    algorithm, _, raw_id = run.partition("\t")
     try:
-        return Finished(RunKey(algorithm, UUID(raw_id)), tag or None)
+        return RunKey(algorithm, UUID(raw_id))
     except ValueError:
         return None
+
+
+def parse(payload: str) -> Finished | None:
+    """The run a notification names (``algorithm\\tid\\ttag``), or ``None`` if it has not
+    that shape; the id is checked only when the run is looked up (:func:`run_key`)."""
+    run, tab, tag = payload.rpartition("\t")
+    if not tab or "\t" not in run:
+        return None
+    return Finished(run, tag or None)
 
 
 class FinishedRuns:

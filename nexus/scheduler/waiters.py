@@ -30,7 +30,7 @@ from typing import TypeAlias, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from nexus.core.announcements import Finished
+from nexus.core.announcements import Finished, announced, run_key
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError, StoreNotReached
 from nexus.core.grouping import GroupCommitter
@@ -74,28 +74,24 @@ def wait_seconds(raw: str | None) -> float | None:
     return seconds
 
 
-async def wait_for(future: asyncio.Future[_V], seconds: float) -> _V | None:
-    """``future``'s result, or ``None`` after ``seconds``. A timer on the loop, not a task
-    and a shield per waiter (:func:`asyncio.wait_for`): ten thousand waiters cost ten
-    thousand timer entries and nothing more."""
-    woken: asyncio.Future[None] = future.get_loop().create_future()
-
-    def wake(_: object = None) -> None:
-        if not woken.done():
-            woken.set_result(None)
-
-    timer = future.get_loop().call_later(seconds, wake)
-    future.add_done_callback(wake)
+async def wait_for(future: asyncio.Future[_V | None], seconds: float) -> _V | None:
+    """``future``'s result, or ``None`` after ``seconds``, when a timer on the loop sets it
+    to ``None`` (whoever sets it must not set a future that is done). Not a task and a
+    shield per waiter (:func:`asyncio.wait_for`), nor a second future to race the first:
+    ten thousand waiters cost ten thousand timer entries and nothing more, and a waiter
+    woken is one hop of the loop away from its answer."""
+    timer = future.get_loop().call_later(seconds, _expire, future)
     try:
-        await woken
+        result = await future
     finally:
         timer.cancel()
-        future.remove_done_callback(wake)
-    if future.done() and not future.cancelled():
-        _FINISHED.inc()
-        return future.result()
-    _TIMED_OUT.inc()
-    return None
+    (_TIMED_OUT if result is None else _FINISHED).inc()
+    return result
+
+
+def _expire(future: asyncio.Future[_V | None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def is_finished(counts: Counts) -> bool:
@@ -122,8 +118,10 @@ class Waiters:
                 max_pending=100_000,
             )
         )
-        self._runs: dict[RunKey, set[asyncio.Future[RunResult]]] = {}
-        self._tags: dict[TagKey, set[asyncio.Future[Counts]]] = {}
+        # runs by how announcements name them (announced()): most runs announced have no
+        # waiter here, and are passed over without being parsed
+        self._runs: dict[str, set[asyncio.Future[RunResult | None]]] = {}
+        self._tags: dict[TagKey, set[asyncio.Future[Counts | None]]] = {}
         self._counting: dict[TagKey, bool] = {}  # tags being counted: whether to count again
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -137,26 +135,28 @@ class Waiters:
         together with the other waiters' reads."""
         return await self._reads.submit((key, viewer.owner(key.algorithm), viewer.parent))
 
-    def watch_run(self, key: RunKey) -> asyncio.Future[RunResult]:
-        """A future set to the run's result once it is announced finished."""
-        future: asyncio.Future[RunResult] = asyncio.get_running_loop().create_future()
-        self._runs.setdefault(key, set()).add(future)
+    def watch_run(self, key: RunKey) -> asyncio.Future[RunResult | None]:
+        """A future set to the run's result once it is announced finished (to ``None`` by
+        :func:`wait_for` at its time)."""
+        future: asyncio.Future[RunResult | None] = asyncio.get_running_loop().create_future()
+        self._runs.setdefault(announced(key), set()).add(future)
         WAITING.inc()
         return future
 
-    def watch_tag(self, algorithm: str, tag: str, viewer: Viewer) -> asyncio.Future[Counts]:
-        """A future set to the tag's counts (as ``viewer`` sees them) once it is finished."""
-        future: asyncio.Future[Counts] = asyncio.get_running_loop().create_future()
+    def watch_tag(self, algorithm: str, tag: str, viewer: Viewer) -> asyncio.Future[Counts | None]:
+        """A future set to the tag's counts (as ``viewer`` sees them) once it is finished
+        (to ``None`` by :func:`wait_for` at its time)."""
+        future: asyncio.Future[Counts | None] = asyncio.get_running_loop().create_future()
         self._tags.setdefault(_tag_key(algorithm, tag, viewer), set()).add(future)
         WAITING.inc()
         return future
 
-    def forget_run(self, key: RunKey, future: asyncio.Future[RunResult]) -> None:
+    def forget_run(self, key: RunKey, future: asyncio.Future[RunResult | None]) -> None:
         WAITING.dec()
-        _discard(self._runs, key, future)
+        _discard(self._runs, announced(key), future)
 
     def forget_tag(
-        self, algorithm: str, tag: str, viewer: Viewer, future: asyncio.Future[Counts]
+        self, algorithm: str, tag: str, viewer: Viewer, future: asyncio.Future[Counts | None]
     ) -> None:
         WAITING.dec()
         _discard(self._tags, _tag_key(algorithm, tag, viewer), future)
@@ -165,12 +165,12 @@ class Waiters:
 
     def finished(self, runs: list[Finished]) -> None:
         """Announced: ``runs`` reached a terminal stage."""
-        keys = [f.key for f in runs if f.key in self._runs]
-        if keys:
-            self._spawn(self._read(keys))
+        watched = [f.run for f in runs if f.run in self._runs]
+        if watched:
+            self._spawn(self._read(watched))
         if self._tags:
-            announced = {(f.key.algorithm, f.tag) for f in runs if f.tag is not None}
-            for tag_key in [k for k in self._tags if (k[0], k[1]) in announced]:
+            tags = {(f.run.partition("\t")[0], f.tag) for f in runs if f.tag is not None}
+            for tag_key in [k for k in self._tags if (k[0], k[1]) in tags]:
                 self._count(tag_key)
 
     def gap(self) -> None:
@@ -187,7 +187,8 @@ class Waiters:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _read(self, keys: list[RunKey]) -> None:
+    async def _read(self, runs: list[str]) -> None:
+        keys = [key for key in map(run_key, runs) if key is not None]
         try:
             found = await self._store.results_many(keys)
         except DependencyError as exc:
@@ -195,7 +196,7 @@ class Waiters:
             return
         for key, result in found.items():
             if result.stage.terminal:
-                for future in self._runs.pop(key, ()):
+                for future in self._runs.pop(announced(key), ()):
                     if not future.done():
                         future.set_result(result)
 
@@ -237,7 +238,7 @@ def _tag_key(algorithm: str, tag: str, viewer: Viewer) -> TagKey:
 
 
 def _discard(
-    waiting: dict[_K, set[asyncio.Future[_V]]], key: _K, future: asyncio.Future[_V]
+    waiting: dict[_K, set[asyncio.Future[_V | None]]], key: _K, future: asyncio.Future[_V | None]
 ) -> None:
     found = waiting.get(key)
     if found is not None:
