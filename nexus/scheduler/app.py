@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from nexus.core.announcements import FinishedRuns
+from nexus.core.callerrights import CallerRights
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import finish_routes
@@ -91,6 +92,7 @@ async def _open(
     await prepare_schema(s.postgres)
     store = await CheckpointStore.open(s.postgres)
     stack.push_async_callback(store.close)
+    authenticator.caller_rights = CallerRights(store)
     queues = QueueBackend.connect(s.redis)
     stack.push_async_callback(queues.close)
     await queues.ping()

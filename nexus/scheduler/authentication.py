@@ -19,8 +19,11 @@ public key cannot be abused as an HMAC secret.
 
 A running algorithm authenticates with its **run credential** (``NEXUS__RUN_CREDENTIAL``,
 :mod:`nexus.core.signing`) to start child runs: it acts as its run's caller, with that
-caller's service-token rights, and may start children of its own run only, while that run is
-unfinished; it sees (reads, lists, cancels) those children and no other run of its caller.
+caller's rights, and may start children of its own run only, while that run is unfinished;
+it sees (reads, lists, cancels) those children and no other run of its caller. A caller's
+rights are those of its service tokens; a caller known only by its JWTs has those of its
+latest JWT, which the scheduler stores (:mod:`nexus.core.callerrights`) before it serves a
+request of that JWT, since the run's container never sees it.
 
 Verified JWTs are remembered until they expire (bounded), so a busy client does not pay for
 a signature check on every request; the memory is cleared when the provider's key set
@@ -40,6 +43,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import HMACAlgorithm, RSAAlgorithm
 
+from nexus.core.callerrights import NONE, CallerRights, Rights
 from nexus.core.errors import ConfigError
 from nexus.core.httpapi import ApiError
 from nexus.core.signing import RUN_CREDENTIAL_PREFIX, Signer
@@ -127,6 +131,9 @@ class Authenticator:
                 settings.jwt_rs256_public_key,
                 "NEXUS__AUTH__JWT_RS256_PUBLIC_KEY",
             )
+        self.caller_rights: CallerRights | None = None
+        """Where the rights of callers known by their JWTs are kept for their runs'
+        credentials (set once the store is open); without it, such runs start no children."""
         self.jwks: JwksKeys | None = None
         """The identity provider's keys, when configured: fetched and refreshed by the
         service (:meth:`JwksKeys.refresh` at start, :meth:`JwksKeys.run` as a loop)."""
@@ -168,19 +175,25 @@ class Authenticator:
         if credential.count(".") == 2 and (self._keys or self.jwks):
             return await self._jwt(credential)
         if credential.startswith(RUN_CREDENTIAL_PREFIX) and self._signer is not None:
-            return self._run(credential, self._signer)
+            return await self._run(credential, self._signer)
         raise unauthorized("the bearer token is not valid")
 
-    def _run(self, credential: str, signer: Signer) -> Principal:
+    async def _run(self, credential: str, signer: Signer) -> Principal:
         """A running algorithm, starting children as its run's caller: with the rights of
-        that caller's service tokens (none for a caller known only by its JWTs, whose
-        rights live in JWTs the run never sees), seeing only the caller's own runs."""
+        that caller's service tokens, or for a caller known only by its JWTs those its
+        latest JWT carried (stored, as the run never sees a JWT), seeing only the children
+        of its run."""
         checked = signer.check_run_credential(credential)
         if checked is None:
             raise unauthorized("the run credential is not valid, or its run's deadline passed")
         algorithm, run_id, caller = checked
-        rights = self._rights.get(caller, frozenset())
-        return Principal(caller, rights, self._weights.get(caller), run=(algorithm, run_id))
+        rights = self._rights.get(caller)
+        if rights is not None:
+            weight = self._weights.get(caller)
+        else:
+            known = NONE if self.caller_rights is None else await self.caller_rights.of(caller)
+            rights, weight = known.algorithms, known.weight
+        return Principal(caller, rights, weight, run=(algorithm, run_id))
 
     async def _jwt(self, token: str) -> Principal:
         now = time.time()
@@ -250,8 +263,17 @@ class Authenticator:
         return await jwks.key(kid, algorithm)
 
     async def authorize(self, header: str | None, algorithm: str) -> Principal:
-        """The caller, if it may run ``algorithm``; else 401, 403 or 503."""
+        """The caller, if it may run ``algorithm``; else 401, 403 or 503. The rights of a
+        caller known only by its JWT are stored first, for its runs' credentials."""
         principal = await self.authenticate(header)
+        if (
+            self.caller_rights is not None
+            and principal.run is None
+            and principal.caller not in self._rights
+        ):
+            await self.caller_rights.remember(
+                principal.caller, Rights(principal.algorithms, principal.weight)
+            )
         if not principal.may_run(algorithm):
             raise ApiError(
                 403,

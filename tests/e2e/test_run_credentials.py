@@ -11,12 +11,16 @@ import time
 import uuid
 
 import asyncpg
+import jwt
 import pytest
 from harness import Servers
 from support.system import SIGNING_KEY, local_system, template
 
 from nexus.core.signing import Signer
 from nexus_dev.cluster.emulators import ShardSpec
+
+ISSUER = "https://issuer.example"
+HS_SECRET = "hs256-secret-for-tests-0123456789abcdef"
 
 PARKED = ShardSpec(name="shard-1", mode="off")  # pods stay Pending: runs stay unfinished
 ROUTES = (
@@ -247,3 +251,44 @@ async def test_a_run_credential_learns_no_id_of_its_callers_other_runs_by_their_
         )
         assert (status, answer["error"]) == (422, "idempotency_conflict")
         assert child in answer["message"]
+
+
+async def test_a_run_of_a_caller_known_only_by_its_jwt_starts_children_with_its_rights(
+    servers: Servers,
+) -> None:
+    """A JWT's rights are in the JWT, which the run's container never sees: the scheduler
+    keeps them for the caller, and its runs' credentials start children with them, on any
+    pod, as a service token caller's do with the token's."""
+    signer = Signer([SIGNING_KEY])
+    now = int(time.time())
+    claims = {"iss": ISSUER, "aud": "nexus", "sub": "jwt-only", "iat": now, "exp": now + 600}
+    token = jwt.encode(
+        {**claims, "nexus/algorithms": ["parked", "echo"]}, HS_SECRET, algorithm="HS256"
+    )
+    async with local_system(
+        servers,
+        shards=[ShardSpec(name="shard-0", mode="simulated"), PARKED],
+        workgroups=[("default", "shard-0"), ("parked", "shard-1")],
+        templates=[template("echo"), template("parked", workgroup="parked"), template("other")],
+        schedulers=2,
+        auth={"jwt_hs256_secret": HS_SECRET, "jwt_issuer": ISSUER},
+    ) as system:
+        first, second = (s.url for s in system.schedulers)
+        parent = await system.submit("parked", url=first, token=token)
+        await system.wait_for("parked", parent, "RUNNING", token=token)
+        credential = signer.run_credential("parked", parent, "jwt-only", now + 600)
+        child = await system.submit("echo", url=second, token=credential)  # the other pod
+        assert (await system.wait_for("echo", child, token=token))["status"] == "COMPLETED"
+        metadata = await system.call("GET", f"/algorithm/v1.2/metadata/echo/requests/{child}", token=token)  # fmt: skip
+        assert metadata[1]["parent"] == {"requestId": parent, "algorithmName": "parked"}
+        # what its JWT does not allow, its runs may not start either
+        status, answer, _ = await system.call(
+            "POST", "/algorithm/v1.2/run/other", token=credential, json={"algorithmParameters": {}}
+        )
+        assert (status, answer["error"]) == (403, "forbidden"), answer
+        # and a caller nothing is known of starts nothing
+        stranger = signer.run_credential("parked", parent, "nobody-known", now + 600)
+        status, answer, _ = await system.call(
+            "POST", "/algorithm/v1.2/run/echo", token=stranger, json={"algorithmParameters": {}}
+        )
+        assert (status, answer["error"]) == (403, "forbidden"), answer

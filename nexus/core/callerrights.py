@@ -1,0 +1,99 @@
+"""What callers known only by their JWTs may run, kept for their runs' credentials.
+
+A running algorithm starts child runs with its run's credential, as its run's caller and
+with that caller's rights. A service token's rights are in configuration, which every
+scheduler pod reads; a JWT's are in the JWT, which the run's container never sees. So the
+scheduler keeps the rights of each caller known by its JWTs here (table ``caller_rights``,
+migration 0011), and a run credential of such a caller is given them.
+
+Guarantees:
+
+* **Stored before they are relied on.** A pod writes a caller's rights before it serves
+  the request whose JWT carried them: a run accepted with a JWT has its caller's rights in
+  the store before its 202, so its children, started later from any pod, find them.
+* **The latest JWT wins.** A caller's rights are those of the last JWT with other rights
+  that a pod served: rights the identity provider takes away stop applying to the
+  caller's runs once a JWT without them is used, as a service token's do once it is
+  removed from configuration.
+* **Cheap.** A pod writes a caller's rights once per change it sees (a dictionary lookup
+  otherwise), and reads them for run credentials at most once per ``ttl`` seconds.
+
+It reads and writes through the store's connections (:meth:`CheckpointStore.connection`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from nexus.core.checkpoints import CheckpointStore
+
+UPSERT = """
+INSERT INTO caller_rights (caller, algorithms, weight) VALUES ($1, $2, $3)
+ON CONFLICT (caller) DO UPDATE
+SET algorithms = excluded.algorithms, weight = excluded.weight, updated_at = now()
+"""
+SELECT = "SELECT algorithms, weight FROM caller_rights WHERE caller = $1"
+
+
+@dataclass(frozen=True, slots=True)
+class Rights:
+    """What a caller may run, and its fair-share weight."""
+
+    algorithms: frozenset[str]
+    weight: float | None = None
+
+
+NONE = Rights(frozenset())
+"""The rights of a caller nothing is known of: it may run nothing."""
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL's text can hold ``text`` (no NUL, valid UTF-8)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\0" not in text
+
+
+class CallerRights:
+    """The rights of callers known by their JWTs, written by the pods that see them."""
+
+    def __init__(self, store: CheckpointStore, ttl: float = 10.0) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._written: dict[str, Rights] = {}
+        """What this pod last wrote for each caller (most callers keep their rights)."""
+        self._read: dict[str, tuple[float, Rights]] = {}
+
+    async def remember(self, caller: str, rights: Rights) -> None:
+        """Store ``rights`` as ``caller``'s, unless this pod stored just these already.
+        A caller or algorithm name the store cannot hold is not stored (nothing of that
+        caller can be: its submissions are refused as bad input)."""
+        if self._written.get(caller) == rights:
+            return
+        names = sorted(rights.algorithms)
+        if not all(map(_storable, [caller, *names])):
+            return
+        async with self._store.connection() as conn:
+            await conn.execute(UPSERT, caller, names, rights.weight)
+        self._written[caller] = rights
+        self._read.pop(caller, None)
+
+    async def of(self, caller: str) -> Rights:
+        """``caller``'s rights as stored (:data:`NONE` when none are), at most ``ttl``
+        seconds old."""
+        now = time.monotonic()
+        cached = self._read.get(caller)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        if not _storable(caller):
+            return NONE
+        async with self._store.connection() as conn:
+            row = await conn.fetchrow(SELECT, caller)
+        rights = NONE if row is None else Rights(frozenset(row["algorithms"]), row["weight"])
+        if len(self._read) >= 10_000:  # bounded: the oldest entry goes
+            del self._read[next(iter(self._read))]
+        self._read[caller] = (now + self._ttl, rights)
+        return rights
