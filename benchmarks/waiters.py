@@ -18,7 +18,11 @@ runs by bulk submit, and opens one connection per run, each asking
    be ``COMPLETED``. CPU per answered waiter of the scheduler and PostgreSQL, and of
    this client (it shares the machine's cores: under uvloop it takes about half what it
    took with asyncio's own loop, and it is reported so that a client short of CPU is
-   seen, not mistaken for a slow server).
+   seen, not mistaken for a slow server);
+3. **announcements nobody here waits for** — ``--unwaited`` more runs (submitted at the
+   start, never waited for) are finished at the same pace: the scheduler's CPU per
+   announcement it hears and has no waiter for. Every pod hears every run that finishes
+   anywhere, so this is what each pod pays per finished run of the whole system.
 
 Prints human lines, then one JSON line with every figure.
 """
@@ -77,7 +81,8 @@ async def measure(
     url: str, token: str, dsn: str, args: argparse.Namespace, meter: CpuMeter
 ) -> dict[str, object]:
     ids = await submit(url, token, args.waiters)
-    print(f"{len(ids)} runs submitted")
+    unwaited = await submit(url, token, args.unwaited)
+    print(f"{len(ids)} runs submitted to be waited for, {len(unwaited)} not")
     answers: dict[str, tuple[float, bytes]] = {}
     headers = {"Authorization": f"Bearer {token}"}
 
@@ -113,28 +118,36 @@ async def measure(
 
     committed: dict[str, float] = {}
     connection = await asyncpg.connect(dsn)
-    seconds = len(ids) / args.batch * args.interval + 2
-    recorders = record(meter.roots, args.profile, seconds) if args.profile else []
-    meter.start()
-    client_started = time.process_time()  # this process only: the servers are children
-    try:
-        for start in range(0, len(ids), args.batch):
-            batch = ids[start : start + args.batch]
+
+    async def finish(runs: list[str]) -> None:
+        for start in range(0, len(runs), args.batch):
+            batch = runs[start : start + args.batch]
             await connection.execute(
                 "UPDATE runs SET lifecycle_stage = 'COMPLETED', result_inline = '{}'::bytea"
                 " WHERE algorithm = 'echo' AND id = ANY($1::uuid[])",
                 batch,
             )
-            now = time.monotonic()
-            committed.update(dict.fromkeys(batch, now))
+            committed.update(dict.fromkeys(batch, time.monotonic()))
             await asyncio.sleep(args.interval)
+
+    seconds = len(ids) / args.batch * args.interval + 2
+    recorders = record(meter.roots, args.profile, seconds) if args.profile else []
+    meter.start()
+    client_started = time.process_time()  # this process only: the servers are children
+    try:
+        await finish(ids)
         await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        busy = meter.stop()
+        busy["client"] = time.process_time() - client_started
+        for recorder in recorders:
+            recorder.wait()
+        await asyncio.sleep(1)  # what answering left behind (closing connections) settles
+        meter.start()
+        await finish(unwaited)
+        await asyncio.sleep(1)  # the last announcements are heard
+        bystanding = meter.stop()
     finally:
         await connection.close()
-    busy = meter.stop()
-    busy["client"] = time.process_time() - client_started
-    for recorder in recorders:
-        recorder.wait()
     completed = sum(
         1
         for _, answer in answers.values()
@@ -156,10 +169,17 @@ async def measure(
         "cpu_us_per_answered_waiter": {
             k: round(v / max(1, len(answers)) * 1e6, 1) for k, v in busy.items()
         },
+        "unwaited": len(unwaited),
+        "cpu_us_per_unwaited_announcement": {
+            k: round(v / max(1, len(unwaited)) * 1e6, 1) for k, v in bystanding.items()
+        },
     }
     print(f"answered {len(answers)}, COMPLETED {completed}")
     print(f"announcement to answer: {figures['announcement_to_answer_ms']}")
     print(f"CPU µs per answered waiter: {figures['cpu_us_per_answered_waiter']}")
+    print(
+        f"CPU µs per announcement without a waiter: {figures['cpu_us_per_unwaited_announcement']}"
+    )
     return figures
 
 
@@ -168,6 +188,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--waiters", type=int, default=10_000, help="concurrent waiters")
+    parser.add_argument(
+        "--unwaited", type=int, default=10_000, help="runs finished with no waiter (phase 3)"
+    )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds measured idle")
     parser.add_argument("--batch", type=int, default=50, help="runs finished per commit")
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between commits")
