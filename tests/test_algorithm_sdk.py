@@ -151,6 +151,29 @@ async def test_an_input_the_job_carries_is_read_without_a_request() -> None:
         assert len(fake.of("input")) == 1
 
 
+async def test_an_input_not_in_storage_fails_the_run_saying_so() -> None:
+    missing = lambda: web.Response(status=404, text="<Code>NoSuchKey</Code>")  # noqa: E731
+    async with stand_in() as fake:
+        fake.plan = {"input": [missing]}
+        async with AsyncRun(fake.context(), retry=QUICK) as run:
+            with pytest.raises(ContractError, match="answered 404") as raised:
+                await run.input()
+        assert raised.value.status == 404
+        fake.plan = {"input": [missing]}
+
+        def algorithm() -> None:
+            with Run(fake.context(), retry=QUICK) as run:
+                run.input()
+
+        with pytest.raises(ContractError, match="answered 404"):
+            await asyncio.to_thread(algorithm)
+        assert len(fake.of("input")) == 2  # a 404 is not tried again
+        reports = [json.loads(body) for body in fake.of("complete")]
+        assert [r["cause"] for r in reports] == ["InputNotFound", "InputNotFound"]
+        assert "not in object storage" in reports[0]["message"]
+        assert "signature" not in reports[0]["message"]  # the link stays out of the run
+
+
 async def test_retries_stop_when_the_budget_is_spent() -> None:
     async with stand_in() as fake:
         fake.plan = {"complete": [unavailable("0")] * 1000}

@@ -28,6 +28,10 @@ Guarantees:
   scheduler (``NEXUS__SCHEDULER_URL``) with this run's credential, naming this run as
   their parent; their idempotency keys derive from this run's id and the child's place,
   so a container that Kubernetes starts again finds the children it started before.
+* **A run whose input is gone fails saying so.** An input link answered ``404`` (the input
+  expired, or the store lost it) is reported as a failure with cause ``InputNotFound``
+  before :class:`ContractError` is raised, rather than leaving the run to fail as an
+  unexplained non-zero exit.
 * A report that still cannot be delivered raises :class:`ContractError`, so the container
   exits non-zero and Kubernetes (and then the maintainer) see the failure.
 """
@@ -35,6 +39,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -121,7 +126,13 @@ class Run:
     def input_bytes(self) -> bytes:
         if self.context.input_content is not None:
             return self.context.input_content
-        return self._call("GET", self.context.input_url, None, {})
+        try:
+            return self._call("GET", self.context.input_url, None, {})
+        except ContractError as exc:
+            if exc.status == 404:
+                with contextlib.suppress(ContractError):  # the container fails with the GET's
+                    self._report(self.context.input_not_found())
+            raise
 
     def input(self) -> Any:
         """The run's ``algorithmParameters``."""
@@ -245,7 +256,13 @@ class AsyncRun:
     async def input_bytes(self) -> bytes:
         if self.context.input_content is not None:
             return self.context.input_content
-        return await self._call("GET", self.context.input_url, None, {})
+        try:
+            return await self._call("GET", self.context.input_url, None, {})
+        except ContractError as exc:
+            if exc.status == 404:
+                with contextlib.suppress(ContractError):  # the container fails with the GET's
+                    await self._report(self.context.input_not_found())
+            raise
 
     async def input(self) -> Any:
         return json.loads(await self.input_bytes())

@@ -23,6 +23,8 @@ from nexus_sdk.errors import ContractError
 from nexus_sdk.models import ParentRequest, Submitted
 from nexus_sdk.retrying import RETRYABLE_STATUSES, Attempts, retry_after_seconds
 
+INPUT_NOT_FOUND = "InputNotFound"
+"""The cause of a run whose input is not in storage when its container reads it."""
 TIMEOUT = 30.0
 """Seconds for one request to Nexus or object storage (each attempt)."""
 JSON = "application/json"
@@ -84,6 +86,15 @@ class RunContext:
             )
         except KeyError as exc:
             raise ContractError(f"not started by Nexus: {exc.args[0]} is not set") from exc
+
+    def input_not_found(self) -> dict[str, Any]:
+        """The completion body of a run whose input is not in storage (reading it answered
+        404): it expired, or the store lost it. The run fails saying so."""
+        return self.failure(
+            INPUT_NOT_FOUND,
+            "the run's input is not in object storage (reading it answered 404): it expired"
+            " or the store lost it",
+        )
 
     def failure(self, cause: str, message: str) -> dict[str, Any]:
         """The completion body of a failure of this attempt."""

@@ -27,7 +27,10 @@ step still failing when its time is up, ends the container with exit code 1 and 
 saying why, as a real container would — except a completion that could not be delivered
 when the result can be uploaded: the result is then (or was already) at its default
 location, the container exits 0 without reporting, and the maintainer finds the result
-there and completes the run.
+there and completes the run. An input that is not in storage (its ``GET`` answered
+``404``: expired, or lost by the store) is reported as a failure with cause
+``InputNotFound`` before the container exits 1, as the algorithm SDK does, so that the run
+fails saying why.
 
 Faults, drawn per pod from the shard's mix or forced by env ``NEXUS_DEVCLUSTER_FAULT`` /
 annotation ``devcluster.nexus/fault``:
@@ -75,6 +78,8 @@ if TYPE_CHECKING:
 
 FAULTS = ("oom", "image-pull", "exit", "silent", "hang", "evicted", "node-lost", "unschedulable")
 _JSON_HEADERS = {"Content-Type": "application/json"}
+INPUT_NOT_FOUND = "InputNotFound"
+"""The failure cause a run's container reports when its input is not in storage."""
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 """Answers a step is tried again after: the server is busy, restarting or missing a
 dependency for now. (Another 4xx says the request itself is wrong; trying again is futile.)"""
@@ -142,7 +147,10 @@ class SimulationSettings:
 
 
 class _StepFailed(Exception):
-    pass
+    def __init__(self, problem: str, status: int | None = None) -> None:
+        super().__init__(problem)
+        self.status = status
+        """The answer's status, when the step was answered."""
 
 
 class _GaveUp(_StepFailed):
@@ -299,7 +307,7 @@ class SimulatedRuntime:
                     return answer
                 problem = f"{method} {url} answered {answer.status}: {answer.body[:200]!r}"
                 if answer.status not in RETRYABLE:
-                    raise _StepFailed(problem)
+                    raise _StepFailed(problem, answer.status)
                 wait = retry_after(answer)
             now = loop.time()
             if give_up is None:
@@ -315,6 +323,31 @@ class SimulatedRuntime:
             if _stopped(run):
                 raise _StepFailed(f"{problem} (stopped while waiting to try again)")
 
+    @staticmethod
+    def _failure(run: PodRun, cause: str, message: str) -> bytes:
+        """A failure completion's body (with the attempt that failed, when the Job says)."""
+        failure: dict[str, object] = {"cause": cause, "message": message}
+        if run.env.get("NEXUS__ATTEMPT", "").isdigit():
+            failure["attempt"] = int(run.env["NEXUS__ATTEMPT"])
+        return orjson.dumps(failure)
+
+    async def _input_not_found(
+        self, run: PodRun, completion_url: str, headers: dict[str, str]
+    ) -> None:
+        """Report that the run's input is not in storage (reading it answered 404), as the
+        algorithm SDK does, so that the run fails saying why; the pod then exits 1."""
+        message = (
+            "the run's input is not in object storage (reading it answered 404): it expired"
+            " or the store lost it"
+        )
+        body = self._failure(run, INPUT_NOT_FOUND, message)
+        try:
+            await self._call(run, "POST", completion_url, body, headers)
+        except _StepFailed as failure:
+            self._log(run, f"error: could not report the missing input: {failure}")
+        else:
+            self._log(run, "reported failure: input not found")
+
     async def _play(self, run: PodRun) -> None:
         env = run.env
         args = [str(a) for a in (run.container.get("args") or ())]
@@ -323,14 +356,6 @@ class SimulatedRuntime:
         algorithm = env.get("NEXUS__ALGORITHM_NAME", "")
         receiver = env.get("NEXUS__RECEIVER_URL", "").rstrip("/")
         upload_url = env.get("NEXUS__RESULT_UPLOAD_URL")
-        body = b""
-        if "NEXUS__INPUT" in env:  # a small input travels inside the Job
-            body = env["NEXUS__INPUT"].encode()
-        elif input_url:
-            body = await self._call(run, "GET", input_url)
-            self._log(run, f"read {len(body)} bytes of input")
-        if _stopped(run):
-            return
         completion_url = (
             f"{receiver}/algorithm/v1.2/complete/{algorithm}/requests/{request_id}"
             if receiver
@@ -340,15 +365,23 @@ class SimulatedRuntime:
             "Authorization": f"Bearer {env.get('NEXUS__RUN_TOKEN', '')}",
             "Content-Type": "application/json",
         }
+        body = b""
+        if "NEXUS__INPUT" in env:  # a small input travels inside the Job
+            body = env["NEXUS__INPUT"].encode()
+        elif input_url:
+            try:
+                body = await self._call(run, "GET", input_url)
+            except _StepFailed as failure:
+                if failure.status == 404 and completion_url and not _stopped(run):
+                    await self._input_not_found(run, completion_url, headers)
+                raise
+            self._log(run, f"read {len(body)} bytes of input")
+        if _stopped(run):
+            return
         if run.fault == "exit":
             if completion_url:
-                failure: dict[str, object] = {
-                    "cause": "AlgorithmFailed",
-                    "message": "simulated failure: exit 1",
-                }
-                if env.get("NEXUS__ATTEMPT", "").isdigit():  # which attempt failed
-                    failure["attempt"] = int(env["NEXUS__ATTEMPT"])
-                await self._call(run, "POST", completion_url, orjson.dumps(failure), headers)
+                report = self._failure(run, "AlgorithmFailed", "simulated failure: exit 1")
+                await self._call(run, "POST", completion_url, report, headers)
                 self._log(run, "reported failure")
             self._log(run, "exiting with code 1")
             self.kubelet.exited(run, 1, "Error")

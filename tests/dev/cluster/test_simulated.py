@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -127,6 +128,27 @@ async def test_failed_call_fails_the_pod_with_a_log_line(
     log = await core.read_namespaced_pod_log(pod.metadata.name, NS)
     assert "answered 403" in log
     assert [m for m, *_ in algorithm.recorded.requests] == ["GET"]
+
+
+async def test_an_input_not_in_storage_is_reported_as_a_failure_saying_so(
+    batch: client.BatchV1Api, core: client.CoreV1Api, algorithm: Algorithm
+) -> None:
+    algorithm.recorded.input_status = 404  # expired, or lost by the store
+    await batch.create_namespaced_job(NS, algorithm.manifest("lost-input"))
+    job = await finished_job(batch, "lost-input")
+    assert job.status.failed == 1
+    calls = [(m, p) for m, p, _, _ in algorithm.recorded.requests]
+    assert calls == [
+        ("GET", "/inputs/lost-input?sig=abc"),
+        ("POST", "/algorithm/v1.2/complete/algo/requests/lost-input"),
+    ]
+    report = json.loads(algorithm.recorded.requests[1][3])
+    assert report["cause"] == "InputNotFound"
+    assert "not in object storage" in report["message"]
+    assert "sig=" not in report["message"]  # the presigned URL stays in the pod's log
+    pod = await pod_of(core, "lost-input")
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.reason, terminated.exit_code) == ("Error", 1)
 
 
 async def test_calls_that_may_pass_are_tried_again_honouring_retry_after(
