@@ -23,7 +23,10 @@ Guarantees beyond the common ones:
   the admin UI, IAM, Iceberg and Lance endpoints are off.
 * **Ready means readable.** After a restart, :meth:`~LocalServer.start` also waits until
   the volume server has reported its volumes to the master, so objects written before
-  the restart can be read as soon as it returns.
+  the restart can be read as soon as it returns. Not always writable: a master that
+  takes the lead once the volume server has reported its volumes refuses new writes for
+  15 s ("warming up": three heartbeat periods of 5 s) and the gateway holds uploads
+  meanwhile, retrying; which of the two comes first after a restart is a race.
 * **Ports are checked.** ``weed mini`` silently moves to another port when one is taken;
   its log line saying so fails the start instead (and a first start retries elsewhere).
 * **Stopped within seconds.** A graceful stop takes 1.2-1.5 s, but after load the volume
