@@ -340,6 +340,11 @@ class CheckpointStore:
         """Apply ``change`` if the run's current stage allows it; return whether it did."""
         return await self._transitions.submit(change)
 
+    async def transition_many(self, changes: Sequence[Transition]) -> list[bool | Exception]:
+        """Apply ``changes`` together (see :meth:`transition`), with no task per change:
+        whether each was applied, or the error that change failed with."""
+        return await self._transitions.submit_many(changes)
+
     async def _write_inserts(self, runs: Sequence[NewRun]) -> Sequence[Admission | Exception]:
         try:
             return await self._insert_batch(runs)

@@ -558,9 +558,7 @@ class Dispatcher:
     async def _write(self, changes: list[Transition]) -> list[bool]:
         """Whether each change was applied. A change the store cannot hold is logged and
         counts as not applied; a store that cannot be reached fails the whole batch."""
-        results = await asyncio.gather(
-            *(self.store.transition(c) for c in changes), return_exceptions=True
-        )
+        results = await self.store.transition_many(changes)
         applied = []
         for change, result in zip(changes, results, strict=True):
             if isinstance(result, CheckpointRejected):
