@@ -122,8 +122,10 @@ def status(algorithm: str, request_id: str, wait: float | None = None) -> Call:
     return Call("GET", path, params=params)
 
 
-def tag_listing(algorithm: str, tag: str, limit: int | None = None) -> Call:
+def tag_listing(algorithm: str, tag: str, limit: int | None = None, results: bool = False) -> Call:
     params = {} if limit is None else {"limit": str(limit)}
+    if results:  # each result kept inline comes with its run
+        params["include"] = "result"
     return Call("GET", f"{PREFIX}/results/{segment(algorithm)}/tags/{segment(tag)}", params=params)
 
 

@@ -119,6 +119,14 @@ class RunState:
     def completed(self) -> bool:
         return self.status == Status.COMPLETED
 
+    @property
+    def listed_result(self) -> Result | None:
+        """The result itself, when a listing asked for with results carried it (a result
+        kept inline): then reading it needs no request."""
+        if "result" not in self.raw or not self.completed:
+            return None
+        return Result(json.dumps(self.raw["result"]).encode(), "application/json")
+
     @classmethod
     def from_wire(cls, answer: Mapping[str, Any]) -> RunState:
         return cls(

@@ -212,6 +212,9 @@ class Client:
         """The result document of a completed run (inline or in object storage)."""
         if not state.completed or not state.result_uri:
             raise RunFailed("", state)
+        listed = state.listed_result
+        if listed is not None:
+            return listed
         response = self._send(Call("GET", ""), url=state.result_uri)
         if response.status_code >= 400:
             raise calls.error_of(response)
@@ -240,10 +243,18 @@ class Client:
         self._json(calls.cancel(algorithm, request_id, reason, initiator, policy))
 
     def runs_by_tag(
-        self, algorithm: str, tag: str, *, page_size: int | None = None
+        self,
+        algorithm: str,
+        tag: str,
+        *,
+        page_size: int | None = None,
+        with_results: bool = False,
     ) -> Iterator[RunState]:
-        """Every run of the tag, page by page (``Link: rel="next"``)."""
-        response = self._send(calls.tag_listing(algorithm, tag, page_size))
+        """Every run of the tag, page by page (``Link: rel="next"``); ``with_results``:
+        each result kept inline comes with its run, and :meth:`fetch_result` then reads it
+        without a request."""
+        listing = calls.tag_listing(algorithm, tag, page_size, with_results)
+        response = self._send(listing)
         while True:
             for item in calls.json_of(response):
                 yield RunState.from_wire(item)

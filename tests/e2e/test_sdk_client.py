@@ -65,6 +65,12 @@ async def test_the_async_client_submits_waits_reads_lists_and_cancels(servers: S
         assert {s.status for s in finished} == {Status.COMPLETED}
         listed = [s async for s in nexus.runs_by_tag("echo", "batch", page_size=10)]
         assert sorted(s.request_id for s in listed) == sorted(ids)
+        assert all(s.listed_result is None for s in listed)
+        listed = [s async for s in nexus.runs_by_tag("echo", "batch", with_results=True)]
+        assert sorted(s.request_id for s in listed) == sorted(ids)
+        results = [(await nexus.fetch_result(s)).decoded() for s in listed]  # no request
+        assert sorted(r["i"] for r in results) == list(range(23))
+        assert all(s.listed_result is not None for s in listed)
         summaries = [s async for s in nexus.wait_tag("echo", "batch", timeout=30, every=2)]
         last = summaries[-1]
         counted = {status: n for status, n in last.by_status.items() if n}
@@ -288,6 +294,8 @@ async def test_the_sync_client_does_what_the_async_one_does(servers: Servers) ->
                 assert sorted(s.request_id for s in done) == sorted(ids)
                 assert {s.status for s in done} == {Status.COMPLETED}
                 assert [s.request_id for s in nexus.runs_by_tag("echo", "sync")] == [run_id]
+                (listed,) = nexus.runs_by_tag("echo", "sync", with_results=True)
+                assert nexus.fetch_result(listed).decoded() == {"sync": True}
                 summary = list(nexus.wait_tag("echo", "sync", timeout=30))[-1]
                 assert summary.finished and summary.total == 1
                 assert nexus.metadata("echo", run_id).caller == "tester"
