@@ -1,10 +1,12 @@
 """The fault suite, longer and heavier: each real part fails under a steady load, in turn.
 
-Starts ``nexus dev --mode simulated --schedulers 2`` (real PostgreSQL, Redis, SeaweedFS,
-the Kubernetes emulator, the receiver, two schedulers and the maintainer, each restarted
-by its supervisor as a kubelet would), then for each fault: ``--before`` seconds of load
-at ``--rate`` runs a second (``echo-stored``: input in S3), the fault, ``--after``
-seconds more, and every acknowledged run followed to its end (:mod:`nexus_dev.faults`).
+Starts ``nexus dev --mode simulated --schedulers 2 --receivers 2`` (real PostgreSQL,
+Redis, SeaweedFS, the Kubernetes emulator, two receivers behind one address, two
+schedulers and the maintainer, each restarted by its supervisor as a kubelet would), then
+for each fault (the receivers' are done to both: killed or stopped together, or replaced
+one at a time as a rolling update does): ``--before`` seconds of load at ``--rate`` runs
+a second (``echo-stored``: input in S3), the fault, ``--after`` seconds more, and every
+acknowledged run followed to its end (:mod:`nexus_dev.faults`).
 Prints one line of figures per fault (runs accepted, lost, wrongly failed, refused,
 recovery seconds) and a final JSON line with all of them; exits 1 if any run was lost or
 wrongly failed, or a store's outage was answered otherwise than 503/429 with Retry-After.
@@ -36,10 +38,13 @@ FAULTS = (
     "s3-killed",
     "receiver-killed",
     "receiver-restarted",
+    "receiver-rolling-restart",
     "scheduler-killed",
     "scheduler-restarted",
     "maintainer-killed",
 )
+
+RECEIVERS = ("receiver-0", "receiver-1")
 
 
 def start(restart_delay: float) -> tuple[subprocess.Popen[str], dict[str, Any]]:
@@ -53,7 +58,7 @@ def start(restart_delay: float) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     }
     dev = subprocess.Popen(
         [sys.executable, "-m", "nexus", "dev", "--mode", "simulated", "--schedulers", "2",
-         "--restart-delay", str(restart_delay)],
+         "--receivers", str(len(RECEIVERS)), "--restart-delay", str(restart_delay)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=environment,
     )  # fmt: skip
     assert dev.stdout is not None
@@ -97,9 +102,11 @@ def one(system: LocalSystem, fault: str, args: argparse.Namespace) -> CaseResult
         case "s3-killed":
             action = system.kill("s3")
         case "receiver-killed":
-            action = system.kill("receiver")
+            action = system.kill(*RECEIVERS)
         case "receiver-restarted":
-            action = system.restart("receiver")
+            action = system.restart(*RECEIVERS)
+        case "receiver-rolling-restart":
+            action = system.roll_out(*RECEIVERS)
         case "scheduler-killed":
             killed = system.service("scheduler-0")["url"]
             action = system.kill("scheduler-0")

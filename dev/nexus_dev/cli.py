@@ -23,7 +23,10 @@ example algorithms installed. Guarantees:
 * with ``--fail-fast`` the first death stops everything instead (status 1), as before
   restarts existed, for CI; a component that fails to start during start-up, or any
   other failure, always does; the working directory is then kept, logs included;
-* otherwise the working directory is removed at exit unless ``--keep``.
+* otherwise the working directory is removed at exit unless ``--keep``;
+* with ``--receivers N`` (N > 1, Linux) the receivers share one port, as pods behind a
+  Service (:mod:`nexus_dev.replicas`), and SIGUSR1 restarts them one at a time, each new
+  process ready before its old one drains, as a rolling update does.
 
 The local servers are restarted too, as a StatefulSet restarts its pods: on the same
 ports and data directory, so PostgreSQL keeps every commit it acknowledged and S3 every
@@ -54,7 +57,7 @@ from nexus.core.config import LogSettings
 from nexus.core.errors import NexusError, StorageUnavailable
 from nexus.core.lifecycle import EXIT_CRASHED, EXIT_OK
 from nexus.core.logs import configure as configure_logs
-from nexus_dev import status
+from nexus_dev import replicas, status
 from nexus_dev.restarts import Restartable, RestartPolicy, Supervisor
 from nexus_dev.servers.services import LocalRedis, LocalServer, LocalServices
 from nexus_dev.stack import ClusterComponent, Credentials, NexusComponent, StackOptions
@@ -157,6 +160,7 @@ def build_components(args: argparse.Namespace) -> tuple[LocalServices, list[Comp
         shards=args.shards,
         mode=args.mode,
         schedulers=args.schedulers,
+        receivers=args.receivers,
         maintainer=args.maintainer,
         duration=args.duration,
         faults=args.faults,
@@ -251,6 +255,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--schedulers", type=_positive, default=1, help="scheduler processes (default: 1)"
     )
     system.add_argument(
+        "--receivers",
+        type=_positive,
+        default=1,
+        help="receiver processes, sharing one port (SO_REUSEPORT, Linux) when more than one; "
+        "SIGUSR1 to nexus dev then restarts them one at a time (default: 1)",
+    )
+    system.add_argument(
         "--no-maintainer",
         dest="maintainer",
         action="store_false",
@@ -326,6 +337,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.policy = RestartPolicy(args.restart_delay, args.restart_delay_max, args.fail_fast)
     except ValueError as exc:
         parser.error(f"--restart-delay-max: {exc}")
+    if args.receivers > 1 and not replicas.SUPPORTED:
+        parser.error("--receivers: more than one needs Linux (SO_REUSEPORT spreads connections)")
     return args
 
 
@@ -356,6 +369,8 @@ def main(argv: list[str]) -> int:
     try:
         services, components = build_components(args)
         supervisor = Supervisor(args.policy, services.directory / status.STATUS_FILE)
+        rolling = supervisor.roll_out
+        previous.setdefault(signal.SIGUSR1, signal.signal(signal.SIGUSR1, lambda *_: rolling()))
         ready: dict[str, Any] = {"status": str(supervisor.status_path)}
         for component in components:
             if stop_requested.is_set():  # stopped while starting

@@ -33,6 +33,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from signal import Signals
 from typing import Any
 
 UNFINISHED = frozenset({"NEW", "BUFFERED", "RUNNING"})
@@ -235,19 +236,33 @@ class LocalSystem:
                 raise TimeoutError(f"{name} did not come back: {now}")
             time.sleep(0.02)
 
-    def kill(self, name: str) -> Callable[[], None]:
-        """A fault: SIGKILL ``name``, back once the supervisor has restarted it."""
+    def kill(self, *names: str) -> Callable[[], None]:
+        """A fault: SIGKILL ``names`` at once, back once the supervisor has restarted them."""
+        return self._signalled(names, signal.SIGKILL)
 
+    def restart(self, *names: str) -> Callable[[], None]:
+        """A fault: SIGTERM ``names`` at once (a graceful stop, as a rolling update does to
+        a pod), back once the supervisor has restarted them."""
+        return self._signalled(names, signal.SIGTERM)
+
+    def _signalled(self, names: Sequence[str], sig: Signals) -> Callable[[], None]:
         def fault() -> None:
-            self.back(name, self.signal(name, signal.SIGKILL))
+            before = {name: self.signal(name, sig) for name in names}
+            for name in names:
+                self.back(name, before[name])
 
         return fault
 
-    def restart(self, name: str) -> Callable[[], None]:
-        """A fault: SIGTERM ``name`` (a graceful stop, as a rolling update does)."""
+    def roll_out(self, *names: str) -> Callable[[], None]:
+        """A fault: a rolling restart of the replicas ``names`` (SIGUSR1 to ``nexus dev``,
+        :mod:`nexus_dev.replicas`): one at a time, each new process listening beside the
+        old one before the old one is stopped gracefully; back once all are replaced."""
 
         def fault() -> None:
-            self.back(name, self.signal(name, signal.SIGTERM))
+            before = {name: self.service(name) for name in names}
+            os.kill(json.loads(self.status_file.read_text())["pid"], signal.SIGUSR1)
+            for name in names:
+                self.back(name, before[name], timeout=120)
 
         return fault
 

@@ -25,6 +25,10 @@ gives ``nexus dev`` the same life, so that this can be watched on one machine:
   processes still being restarted and waits for those restarts to give up.
 * **Fail fast on request.** With ``fail_fast`` the first death stops the whole system
   (exit status 1), as CI wants.
+* **Rolling restarts.** :meth:`Supervisor.roll_out` replaces the replicas that share a
+  port one at a time, as a Deployment's rolling update does (:mod:`nexus_dev.replicas`):
+  the next starts only once the previous one's new process listens and its old one has
+  drained. A replacement that fails leaves the old process serving.
 
 The supervisor looks at its processes every :data:`CHECK_INTERVAL` from one thread, the
 caller's; nothing here touches a process it was not given.
@@ -32,6 +36,7 @@ caller's; nothing here touches a process it was not given.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
@@ -41,7 +46,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 from nexus.core.waiting import Backoff
 from nexus_dev.status import (
@@ -148,6 +153,18 @@ class Restartable(Protocol):
     def details(self) -> ServiceDetails: ...
 
 
+class Replaceable(Restartable, Protocol):
+    """A replica that can be replaced while it serves (:mod:`nexus_dev.replicas`)."""
+
+    @property
+    def replaceable(self) -> bool: ...
+
+    def replace(self) -> None:
+        """Start a new process beside the running one, and once it is ready stop the old
+        one gracefully; raise (the old one still serving) if the new one does not start."""
+        ...
+
+
 @dataclass
 class _Watched:
     service: Restartable
@@ -162,6 +179,8 @@ class _Watched:
     next_start: float = 0.0
     delay: float | None = None
     starting: concurrent.futures.Future[None] | None = None
+    replacing: bool = False
+    """Whether ``starting`` is a replacement beside a process still serving."""
 
 
 class Supervisor:
@@ -181,6 +200,7 @@ class Supervisor:
         self.started_at = time.time()
         self._watched: list[_Watched] = []
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._rollout: collections.deque[_Watched] = collections.deque()
         self._write()
 
     def watch(self, services: Sequence[Restartable]) -> None:
@@ -202,9 +222,14 @@ class Supervisor:
                 return False
         return True
 
+    def roll_out(self) -> None:
+        """Replace every replica that shares a port, one at a time (from the next
+        :meth:`check` on; safe to call from a signal handler)."""
+        self._rollout.extend(w for w in self._watched if _replaceable(w.service))
+
     def check(self) -> bool:
         """One look at every process; ``False`` when the system must stop (``fail_fast``)."""
-        changed = False
+        changed = self._next_replacement()
         keep_going = True
         for watched in self._watched:
             match watched.state:
@@ -225,6 +250,9 @@ class Supervisor:
                     watched.starting = None
                     if error is None:
                         self._back(watched)
+                    elif watched.replacing:  # the old process serves on
+                        watched.replacing, watched.state = False, "running"
+                        log.error("%s was not replaced: %s", watched.service.name, error)
                     else:
                         watched.service.kill()  # e.g. not ready in time: it goes for good
                         reason = str(error).splitlines()[0] if str(error) else repr(error)
@@ -281,6 +309,20 @@ class Supervisor:
 
     # -- transitions --------------------------------------------------------------------
 
+    def _next_replacement(self) -> bool:
+        """Start the next replacement of a rollout once none is under way."""
+        if not self._rollout or any(w.replacing for w in self._watched):
+            return False
+        watched = self._rollout.popleft()
+        if watched.state != "running":  # dead meanwhile: its restart is its replacement
+            return False
+        log.info("replacing %s (pid %s)", watched.service.name, watched.service.pid)
+        service = watched.service
+        assert _replaceable(service)
+        self._start_again(watched, service.replace)
+        watched.replacing = True
+        return True
+
     def _died(self, watched: _Watched, code: int | None, reason: str | None) -> bool:
         now, service = self.clock(), watched.service
         up_for = now - watched.up_since if reason is None else 0.0
@@ -309,7 +351,7 @@ class Supervisor:
         )
         return True
 
-    def _start_again(self, watched: _Watched) -> None:
+    def _start_again(self, watched: _Watched, start: Callable[[], None] | None = None) -> None:
         if self._pool is None:  # a thread for each process: no restart waits for another
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=len(self._watched), thread_name_prefix="restart"
@@ -317,10 +359,11 @@ class Supervisor:
         watched.state, watched.since = "restarting", time.time()
         watched.restarts += 1
         watched.next_start, watched.delay = 0.0, None
-        watched.starting = self._pool.submit(watched.service.restart)
+        watched.starting = self._pool.submit(start or watched.service.restart)
 
     def _back(self, watched: _Watched) -> None:
         service = watched.service
+        watched.replacing = False
         watched.state, watched.since = "running", time.time()
         watched.up_since = self.clock()
         lost = service.lost_on_restart
@@ -347,6 +390,10 @@ class Supervisor:
 
     def _write(self) -> None:
         write(self.status_path, self.status())
+
+
+def _replaceable(service: Restartable) -> TypeGuard[Replaceable]:
+    return bool(getattr(service, "replaceable", False))
 
 
 def _last_exit(code: int | None, reason: str | None) -> LastExit:

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from nexus_dev import replicas
 from nexus_dev.catalog import EXAMPLES, install_examples
 from nexus_dev.servers.supervision import LocalServiceError, ServerProcess, free_ports
 from nexus_dev.status import ServiceDetails
@@ -62,6 +63,8 @@ class StackOptions:
     mode: str = "process"
     """How pods run: ``process`` (their command, locally), ``simulated`` or ``off``."""
     schedulers: int = 1
+    receivers: int = 1
+    """Receiver processes, sharing one port (:mod:`nexus_dev.replicas`) when more than one."""
     maintainer: bool = True
     duration: str = "fixed:0.05"
     """Simulated run time (``fixed:S``, ``uniform:A,B``, ``exponential:MEAN``)."""
@@ -95,10 +98,20 @@ class ProcessComponent:
     """A Nexus service as a child process, ready when its ``/health/ready`` answers 200."""
 
     def __init__(
-        self, name: str, argv: list[str], env: dict[str, str], port: int, workdir: Path
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        port: int,
+        workdir: Path,
+        *,
+        shared_port: bool = False,
     ) -> None:
         self.name = name
         self.port = port
+        self.shared_port = shared_port
+        """Replicas share ``port``: ready when *this* process listens (a probe through
+        the port may reach another), and replaced one at a time by :meth:`replace`."""
         self.url = f"http://127.0.0.1:{port}"
         self.log_path = workdir / "logs" / f"{name}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +121,9 @@ class ProcessComponent:
 
     def start(self) -> dict[str, Any]:
         self.process.start()
+        if self.shared_port:
+            replicas.wait_listening(self.process, self.port, READY_TIMEOUT)
+            return {}
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.exited() is not None:
@@ -128,6 +144,14 @@ class ProcessComponent:
 
     def restart(self) -> None:
         self.start()
+
+    @property
+    def replaceable(self) -> bool:
+        return self.shared_port
+
+    def replace(self) -> None:
+        """A new process beside this one, then the old one stopped gracefully."""
+        replicas.replace(self, READY_TIMEOUT)
 
     def kill(self) -> None:
         self.process.kill()
@@ -298,14 +322,20 @@ def nexus_components(
         **options.environment,
     }
     nexus = [sys.executable, "-m", "nexus"]
+    shared = options.receivers > 1  # behind one address, as a Service spreads over pods
+    receiver_env = {**common, "NEXUS__HTTP__PORT": str(receiver_port)}
+    if shared:
+        receiver_env["NEXUS__HTTP__REUSE_PORT"] = "true"
     components = [
         ProcessComponent(
-            "receiver",
+            f"receiver-{index}" if shared else "receiver",
             [*nexus, "receiver"],
-            {**common, "NEXUS__HTTP__PORT": str(receiver_port)},
+            receiver_env,
             receiver_port,
             workdir,
+            shared_port=shared,
         )
+        for index in range(options.receivers)
     ]
     for index, port in enumerate(scheduler_ports):
         env = {
@@ -382,11 +412,13 @@ class NexusComponent:
 def describe(components: list[ProcessComponent], credentials: Credentials) -> dict[str, Any]:
     """What the READY line tells about the Nexus processes."""
     schedulers = [c.url for c in components if c.name.startswith("scheduler")]
+    receivers = [c.name for c in components if c.name.startswith("receiver")]
     found = {c.name: c for c in components}
     return {
         "scheduler": schedulers[0] if schedulers else None,
         "schedulers": schedulers,
-        "receiver": found["receiver"].url if "receiver" in found else None,
+        "receiver": found[receivers[0]].url if receivers else None,
+        "receivers": receivers,
         "maintainer": found["maintainer"].url if "maintainer" in found else None,
         "token": credentials.token,
         "algorithms": list(EXAMPLES),

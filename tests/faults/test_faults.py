@@ -1,11 +1,13 @@
 """The fault suite: each real part of the local system fails under a steady load.
 
-One ``nexus dev --mode simulated --schedulers 2`` serves every case (real PostgreSQL,
-Redis, SeaweedFS, the Kubernetes emulator, the receiver, two schedulers and the
-maintainer, each a process its supervisor restarts as a kubelet would). Each case
-submits ``echo-stored`` runs (input in S3) at a steady rate to both schedulers in turn,
-does one thing to one process, keeps the load on a few seconds more, and follows every
-acknowledged run to its end (:mod:`nexus_dev.faults`). Every case asserts:
+One ``nexus dev --mode simulated --schedulers 2 --receivers 2`` serves every case (real
+PostgreSQL, Redis, SeaweedFS, the Kubernetes emulator, two receivers behind one address,
+two schedulers and the maintainer, each a process its supervisor restarts as a kubelet
+would). Each case submits ``echo-stored`` runs (input in S3) at a steady rate to both
+schedulers in turn, does one thing to one process (or to both receivers: killed or
+stopped together, or replaced one at a time as a rolling update does), keeps the load
+on a few seconds more, and follows every acknowledged run to its end
+(:mod:`nexus_dev.faults`). Every case asserts:
 
 * no acknowledged run lost or stuck;
 * no run failed whose algorithm succeeded (simulated algorithms all succeed);
@@ -34,12 +36,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 RATE = 25.0
 """Runs submitted a second, across both schedulers."""
+RECEIVERS = ("receiver-0", "receiver-1")
+"""Both receivers: killed or stopped together (none left), or replaced one at a time."""
 
 
 @pytest.fixture(scope="module")
 def system() -> Iterator[LocalSystem]:
     dev = DevProcess(
-        "--mode", "simulated", "--schedulers", "2", "--restart-delay", "0.2",
+        "--mode", "simulated", "--schedulers", "2", "--receivers", "2", "--restart-delay", "0.2",
         env={
             # a maintainer restarted takes its lease back at once; its sweeps run often
             "NEXUS__MAINTAINER__INSTANCE": "maintainer-faults",
@@ -70,8 +74,9 @@ CASES: dict[str, Callable[[LocalSystem], tuple[Callable[[], None], str | None]]]
     "s3-frozen-4s": lambda s: (s.freeze("s3", 4.0), None),
     "s3-restarted": lambda s: (s.restart("s3"), None),
     "s3-killed": lambda s: (s.kill("s3"), None),
-    "receiver-killed": lambda s: (s.kill("receiver"), None),
-    "receiver-restarted": lambda s: (s.restart("receiver"), None),
+    "receiver-killed": lambda s: (s.kill(*RECEIVERS), None),
+    "receiver-restarted": lambda s: (s.restart(*RECEIVERS), None),
+    "receiver-rolling-restart": lambda s: (s.roll_out(*RECEIVERS), None),
     "scheduler-killed": lambda s: (s.kill("scheduler-0"), _scheduler_url(s, "scheduler-0")),
     "scheduler-rolling-restart": lambda s: (
         s.restart("scheduler-1"),
