@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds from pod creation to a running container",
     )
     group.add_argument(
+        "--relist-interval",
+        type=float,
+        default=1.0,
+        help="seconds between the kubelet's looks at its containers, when a started one is "
+        "reported Running (one that ends before is never reported Running); 0: at once",
+    )
+    group.add_argument(
         "--image-pull-backoff",
         type=float,
         default=10.0,
@@ -249,7 +256,9 @@ def shard_specs(args: argparse.Namespace) -> list[ShardSpec]:
             retry_for=args.retry_for,
         ),
         processes=ProcessSettings(args.memory_poll_interval),
-        kubelet=KubeletSettings(args.start_delay, args.image_pull_backoff, args.log_limit),
+        kubelet=KubeletSettings(
+            args.start_delay, args.image_pull_backoff, args.log_limit, args.relist_interval
+        ),
         jobs=JobControllerSettings(args.retry_backoff, args.retry_backoff_max),
         watch=WatchSettings(
             bookmark_interval=args.bookmark_interval,

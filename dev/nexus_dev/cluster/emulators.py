@@ -176,6 +176,7 @@ class Shard:
         for run in self.kubelet.runs.values():
             if run.timer is not None:
                 run.timer.cancel()
+        self.kubelet.stop()
         self.recorder.stop()
 
     def _write_kubeconfig(self) -> None:

@@ -16,6 +16,9 @@ Guarantees:
   after SIGKILL), as in Kubernetes;
 * the kubelet runs on timers (``loop.call_later``) — no task per pod; the runtimes decide
   how many tasks they need (a fixed worker pool for simulated pods);
+* a started container is reported ``Running`` at the kubelet's next relist of its
+  containers (``relist_interval``), not at once: a pod whose container ends before that
+  goes from ``Pending`` to ``Succeeded``/``Failed`` in one status write, as on a real node;
 * container logs are kept per pod, bounded to ``log_limit`` bytes (the newest kept), until
   the pod is deleted.
 """
@@ -56,6 +59,12 @@ class KubeletSettings:
     """First image-pull back-off in seconds; doubles per retry up to 300, as the kubelet."""
     log_limit: int = 1024 * 1024
     """Bytes of container output kept per pod (the newest)."""
+    relist_interval: float = 1.0
+    """Seconds between the kubelet's looks at its containers (the PLEG relist, 1 s in the
+    kubelet), which is when a started container is first reported ``Running``. A container
+    that ends before the next look goes from ``Pending`` straight to ``Succeeded`` or
+    ``Failed``, as on a real node; its ``Started`` Event and its terminated state's
+    ``startedAt`` still say when it started. 0 reports ``Running`` at once."""
 
 
 @dataclass(eq=False)
@@ -76,6 +85,8 @@ class PodRun:
     timer: asyncio.TimerHandle | None = None
     exited: bool = False
     deleting: bool = False
+    reported: bool = False
+    """Reported ``Running`` in the pod's status."""
     pulls_failed: int = 0
     handle: Any = None  # runtime-specific state
 
@@ -114,6 +125,9 @@ class Kubelet:
         """Containers ended, by reason (Completed, Error, OOMKilled, StartError)."""
         self.faulted: dict[tuple[str, str], int] = {}
         """Pods that showed a hinted fault, by (namespace, run): for ``fault-pods``."""
+        self._unreported: list[PodRun] = []
+        """Containers started since the last relist, not yet reported ``Running``."""
+        self._relist: asyncio.TimerHandle | None = None
         store.subscribe("pods", self._on_pod_change)
 
     # -- starting ------------------------------------------------------------------------
@@ -171,11 +185,15 @@ class Kubelet:
             loop = asyncio.get_running_loop()
             run.timer = loop.call_later(self.settings.start_delay, self._start, run)
         else:
-            # An image already on the node: the container starts at once. The pod was
-            # stored Pending first and watchers still see Pending, then Running; the Job
-            # controller, which syncs after this, writes its status once for both — as the
-            # real one, which batches a Job's pod changes, does for a pod this quick.
+            # An image already on the node: the container starts at once; the pod is
+            # reported Running at the next relist, if it still runs then.
             self._start(run)
+
+    def stop(self) -> None:
+        """Cancel the relist timer (a shard stopping)."""
+        if self._relist is not None:
+            self._relist.cancel()
+            self._relist = None
 
     def _pod(self, run: PodRun) -> Obj | None:
         return self.store.get("pods", run.namespace, run.name)
@@ -234,12 +252,34 @@ class Kubelet:
             "kubelet",
             field_path=container_path,
         )
-        now = now_iso()
-        run.started_at = now
+        run.started_at = now_iso()
         run.container_id = f"containerd://{random.getrandbits(256):064x}"
-        status = podstatus.running(pod, run, now)
-        self.store.update("pods", run.namespace, run.name, status=status)
+        interval = self.settings.relist_interval
+        if interval > 0:
+            self._unreported.append(run)
+            if self._relist is None:  # armed only while containers wait: nothing at rest
+                self._relist = asyncio.get_running_loop().call_later(interval, self._relisted)
+        else:
+            self._report_running(run)
         self.runtime.start(run)
+
+    def _relisted(self) -> None:
+        """The relist: every container started since the last one and still running is
+        reported ``Running`` now."""
+        self._relist = None
+        started, self._unreported = self._unreported, []
+        for run in started:
+            self._report_running(run)
+
+    def _report_running(self, run: PodRun) -> None:
+        if run.exited or run.deleting or run.reported:
+            return
+        pod = self._pod(run)
+        if pod is None:
+            return
+        run.reported = True
+        status = podstatus.running(pod, run, now_iso())
+        self.store.update("pods", run.namespace, run.name, status=status)
 
     def _pull_failed(self, run: PodRun, pulling: bool = True) -> None:
         """Image pull fails forever: each attempt ErrImagePull, then ImagePullBackOff."""

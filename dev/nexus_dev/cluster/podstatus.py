@@ -63,7 +63,8 @@ def running(pod: Obj, run: Container, now: str) -> dict[str, Any]:
         condition(kind, True, now)
         for kind in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady")
     ] + [_scheduled(pod)]
-    status["containerStatuses"] = [_container(run, {"running": {"startedAt": now}}, ready=True)]
+    state = {"running": {"startedAt": run.started_at or now}}
+    status["containerStatuses"] = [_container(run, state, ready=True)]
     return status
 
 

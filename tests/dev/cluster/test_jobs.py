@@ -157,14 +157,32 @@ async def test_fault_hints(
     assert expected in conditions(job)
 
 
-@pytest.mark.parametrize("start_delay", [0.0, 0.05])
-async def test_status_writes_of_a_quick_pod(tmp_path: Path, start_delay: float) -> None:
-    """Pods show Pending, Running, Succeeded; a Job's status is written once per decision.
+@pytest.mark.parametrize(
+    ("start_delay", "relist", "phases", "statuses"),
+    [
+        (0.0, 0.0, ["Pending", "Running", "Succeeded"], [(1, 1), (None, 0)]),
+        (0.05, 0.0, ["Pending", "Running", "Succeeded"], [(1, 0), (1, 1), (None, 0)]),
+        (0.0, 0.5, ["Pending", "Succeeded"], [(1, 0), (None, 0)]),
+        (0.0, 0.005, ["Pending", "Running", "Succeeded"], [(1, 0), (1, 1), (None, 0)]),
+    ],
+    ids=["at-once", "start-delay", "ended-before-relist", "running-at-relist"],
+)
+async def test_status_writes_of_a_quick_pod(
+    tmp_path: Path,
+    start_delay: float,
+    relist: float,
+    phases: list[str],
+    statuses: list[tuple[int | None, int]],
+) -> None:
+    """Pods show Pending, Running (if still running at the kubelet's next relist),
+    Succeeded; a Job's status is written once per decision.
 
-    Without a start delay the pod runs before the Job controller writes the Job's status,
-    which then says active and ready at once — as the real controller's batched sync does.
+    Reported Running at once, the pod runs before the Job controller writes the Job's
+    status, which then says active and ready at once — as the real controller's batched
+    sync does. A 10 ms container that ends before the relist is never reported Running.
     """
-    spec = fast_spec(kubelet=KubeletSettings(start_delay=start_delay))
+    kubelet = KubeletSettings(start_delay=start_delay, relist_interval=relist)
+    spec = fast_spec(kubelet=kubelet)
     async with DevCluster([spec], tmp_path) as cluster:
         store = cluster["shard"].store
         pods, jobs = Watcher(NS, None, 1 << 24), Watcher(NS, None, 1 << 24)
@@ -176,15 +194,13 @@ async def test_status_writes_of_a_quick_pod(tmp_path: Path, start_delay: float) 
             await batch.create_namespaced_job(NS, job_manifest("quick"))
             await finished_job(batch, "quick")
     pod_events = [orjson.loads(line) for line in pods.take().splitlines()]
-    phases = [(e["type"], e["object"]["status"]["phase"]) for e in pod_events]
-    assert phases == [("ADDED", "Pending"), ("MODIFIED", "Running"), ("MODIFIED", "Succeeded")]
+    seen = [(e["type"], e["object"]["status"]["phase"]) for e in pod_events]
+    assert seen == [("ADDED", "Pending")] + [("MODIFIED", phase) for phase in phases[1:]]
+    terminated = pod_events[-1]["object"]["status"]["containerStatuses"][0]["state"]
+    assert terminated["terminated"]["startedAt"]
     job_events = [orjson.loads(line) for line in jobs.take().splitlines()]
-    statuses = [
+    assert [
         (e["object"]["status"].get("active"), e["object"]["status"].get("ready"))
         for e in job_events[1:]
-    ]
-    if start_delay:
-        assert statuses == [(1, 0), (1, 1), (None, 0)]
-    else:
-        assert statuses == [(1, 1), (None, 0)]
+    ] == statuses
     assert job_events[-1]["object"]["status"]["succeeded"] == 1
