@@ -19,7 +19,9 @@ runs almost at native speed and only the measured windows are counted:
   zeroed, continued, and counted until every run is RUNNING (Jobs created in the local
   cluster, whose own work is not counted);
 * **submit** — a second scheduler whose dispatch is throttled to 0.01 Jobs/s takes
-  ``--runs`` inline ``POST /algorithm/v1.2/run/echo`` (202 each).
+  ``--runs`` inline ``POST /algorithm/v1.2/run/echo`` (202 each);
+* **bulk** — the same, with ``--runs`` inline runs in ``POST /algorithm/v1.2/runs/echo``
+  of 100 runs each, 4 requests in flight (every item must be accepted).
 
 Each window follows a warm-up of the same requests and a full garbage collection (a
 collection of the oldest generation falling in a window would swamp it); an idle window of
@@ -58,7 +60,9 @@ from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-PATHS = ("submit", "completion", "dispatch")
+PATHS = ("submit", "completion", "dispatch", "bulk")
+BULK = 100
+"""Runs per request of the bulk path, as benchmarks/bulk_submit.py sends them."""
 WARMUP = 40
 NATIVE = r"""
 #include <valgrind/callgrind.h>
@@ -252,6 +256,41 @@ async def submits(url: str, token: str, counted: Counted, runs: int, concurrency
     return figure(busy, idle, seconds, runs)
 
 
+async def bulk_submits(url: str, token: str, counted: Counted, runs: int, concurrency: int) -> Any:
+    """``runs`` accepted by bulk submits of :data:`BULK` inline runs each (every item must
+    be accepted)."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    requests = [
+        json.dumps(
+            {"runs": [{"algorithmParameters": {"index": i * BULK + j, "text": "x" * 64}}
+                      for j in range(BULK)]}
+        ).encode()
+        for i in range((runs + WARMUP) // BULK + 1)
+    ]  # fmt: skip
+    warm, measured = requests[:1], requests[1 : 1 + runs // BULK]
+
+    async def send(bodies: list[bytes]) -> None:
+        pending = iter(bodies)
+
+        async def client(session: aiohttp.ClientSession) -> None:
+            for body in pending:
+                async with session.post(f"{url}/algorithm/v1.2/runs/echo", data=body,
+                                        headers=headers) as answer:  # fmt: skip
+                    items = (await answer.json())["runs"]
+                    if answer.status != 200 or not all("requestId" in i for i in items):
+                        raise RuntimeError(f"bulk submit: {answer.status} {items[:3]}")
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
+            await asyncio.gather(*(client(session) for _ in range(concurrency)))
+
+    counted.zero()
+    await send(warm)
+    busy, idle, seconds = await counted.window(lambda: send(measured))
+    return figure(busy, idle, seconds, len(measured) * BULK)
+
+
 async def dispatches(stack: Any, counted: Counted, pod: str, tree: Path, runs: int) -> Any:
     filling = load("hotpaths_dispatch_bench", tree / "benchmarks" / "dispatch.py")
     dsn = stack.environment()["NEXUS__POSTGRES__DSN"]
@@ -357,29 +396,36 @@ async def measure_tree(
             )
             print(f"  dispatch: {results['dispatch']}", file=sys.stderr, flush=True)
             scheduler.stop()
-        if "submit" in paths:
+        for path in ("submit", "bulk"):
+            if path not in paths:
+                continue
             port = free_port()
             env = {
                 **scheduler.process.env,
                 "NEXUS__HTTP__PORT": str(port),
-                "NEXUS__SCHEDULER__POD_NAME": "hotpaths-submit",
+                "NEXUS__SCHEDULER__POD_NAME": f"hotpaths-{path}",
                 "NEXUS__SCHEDULER__PUBLIC_URL": f"http://127.0.0.1:{port}",
                 "NEXUS__SHARDS__CREATE_RATE": json.dumps({"shard-0": 0.01}),
                 "NEXUS__SCHEDULER__MAX_QUEUE_DEPTH": "10000000",
             }
             argv = [sys.executable, "-m", "nexus", "scheduler"]
             component = stack_module.ProcessComponent(
-                "scheduler-submit", argv, env, port, stack.workdir
+                f"scheduler-{path}", argv, env, port, stack.workdir
             )
-            submitter = under_callgrind(component, library, directory / "submit.out")
+            submitter = under_callgrind(component, library, directory / f"{path}.out")
             component.start()
             try:
-                results["submit"] = await submits(
-                    component.url, stack.token, submitter, runs, concurrency
-                )
+                if path == "submit":
+                    results[path] = await submits(
+                        component.url, stack.token, submitter, runs, concurrency
+                    )
+                else:  # 4 requests in flight: batches as large as the benchmark's
+                    results[path] = await bulk_submits(
+                        component.url, stack.token, submitter, runs, min(concurrency, 4)
+                    )
             finally:
                 component.stop()
-            print(f"  submit: {results['submit']}", file=sys.stderr, flush=True)
+            print(f"  {path}: {results[path]}", file=sys.stderr, flush=True)
     return results
 
 

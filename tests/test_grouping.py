@@ -190,3 +190,33 @@ async def test_close_writes_what_is_still_waiting_then_refuses() -> None:
     assert [task.result() for task in submitted] == [0, 1, 2]
     with pytest.raises(RuntimeError, match="closed"):
         await committer.submit(3)
+
+
+async def test_submit_many_answers_each_item_across_batches_and_a_cancelled_caller_writes_no_more(
+) -> None:  # fmt: skip
+    written: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[int | Exception]:
+        written.append(list(items))
+        if items[0] >= 100:
+            await release.wait()
+        return [ValueError(f"bad item {i}") if i % 5 == 0 else i * 10 for i in items]
+
+    committer = committer_for(write, max_batch=4, max_in_flight=1)
+    answers = await asyncio.wait_for(committer.submit_many(list(range(1, 11))), 2)
+    assert [type(a) if isinstance(a, Exception) else a for a in answers] == [
+        10, 20, 30, 40, ValueError, 60, 70, 80, 90, ValueError,
+    ]  # fmt: skip
+    assert written == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+    # a caller gone while its first batch is written: the rest of its items stay unwritten
+    caller = asyncio.create_task(committer.submit_many(list(range(100, 110))))
+    await asyncio.sleep(0.01)
+    assert written[-1] == [100, 101, 102, 103]
+    caller.cancel()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert await asyncio.wait_for(committer.submit_many([7]), 2) == [70]
+    assert written[-2:] == [[100, 101, 102, 103], [7]]
+    await asyncio.wait_for(committer.close(), 2)

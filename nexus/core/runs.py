@@ -30,6 +30,7 @@ the same statement; the trigger lets the move through only with that raise.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TypedDict
@@ -104,6 +105,20 @@ class ParentRef(TypedDict):
 
     requestId: str
     algorithmName: str
+
+
+_VERSION_BITS = (0xF000 << 64) | (0xC000 << 48)
+_VERSION_4 = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_run_ids(count: int) -> list[UUID]:
+    """``count`` new request ids: random UUIDs (version 4, as ``uuid.uuid4``), from one read
+    of the system's random source for all of them instead of one system call each."""
+    pool = os.urandom(16 * count)
+    return [
+        UUID(int=int.from_bytes(pool[i : i + 16]) & ~_VERSION_BITS | _VERSION_4)
+        for i in range(0, 16 * count, 16)
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ from nexus.core.httpapi import (
     read_json_object,
 )
 from nexus.core.queues import QueuedRun
-from nexus.core.runs import NewRun
+from nexus.core.runs import NewRun, new_run_ids
 from nexus.scheduler.api import PREFIX, SCHEDULER, _algorithm
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.quotas import Taken
@@ -130,13 +130,14 @@ async def submit_runs(request: web.Request) -> web.Response:
     submitter = scheduler.submitter
     answers: list[ItemAnswer | None] = [None] * len(items)
     plans: dict[int, Accepted] = {}
+    ids = new_run_ids(len(items))
     for index, item in enumerate(items):
         if index in refused:
             answers[index] = _refused(refused[index])
             continue
         try:
             plans[index] = await submitter.submit(
-                principal, algorithm, item, keys[index], dry_run=True
+                principal, algorithm, item, keys[index], run_id=ids[index], dry_run=True
             )
         except ApiError as exc:
             if exc.status in (429, 503):  # this pod cannot take runs now: none of them
@@ -166,6 +167,9 @@ async def _accept(
     answers: dict[int, ItemAnswer] = {}
     taken: dict[int, Taken | None] = {}
     keyed: dict[int, tuple[str, str]] = {}
+    quotas = submitter.quotas
+    if quotas is not None and not quotas.apply_to(principal.caller):
+        quotas = None  # none to take for any run
     for index, plan in plans.items():
         run = plan.planned
         assert run is not None
@@ -179,14 +183,13 @@ async def _accept(
                 ))  # fmt: skip
                 continue
             keyed[index] = pair
-        if submitter.quotas is not None:
+        if quotas is not None:
             try:
-                taken[index] = await submitter.quotas.take(principal.caller, run.key)
+                taken[index] = await quotas.take(principal.caller, run.key)
             except ApiError as exc:
                 answers[index] = _refused(exc)
                 keyed.pop(index, None)
                 continue
-        taken.setdefault(index, None)
     going = [i for i in plans if i not in answers]
     submitter.keys_in_flight.update(keyed.values())
     try:
@@ -213,17 +216,17 @@ async def _store(
             for i, k in uploads.items():
                 uploading.create_task(submitter.payloads.put(k, plans[i].payload or b""))
     except BaseExceptionGroup as group:
-        await _give_back(submitter, [taken[i] for i in going])
+        await _give_back(submitter, [taken.get(i) for i in going])
         await _forget(submitter, list(uploads.values()))
         raise group.exceptions[0] from None
     except BaseException:
-        await _give_back(submitter, [taken[i] for i in going])
+        await _give_back(submitter, [taken.get(i) for i in going])
         await _forget(submitter, list(uploads.values()))
         raise
     try:
         admissions = await submitter.store.insert_many(runs)
     except DependencyError:  # refused whole (too many writes waiting): nothing was stored
-        await _give_back(submitter, [taken[i] for i in going])
+        await _give_back(submitter, [taken.get(i) for i in going])
         await _forget(submitter, list(uploads.values()))
         raise
     answers: dict[int, ItemAnswer] = {}
@@ -233,11 +236,11 @@ async def _store(
         if isinstance(admission, Exception):
             answers[index] = _failed(admission)
             if isinstance(admission, CheckpointRejected | StoreNotReached):  # not stored
-                await _give_back(submitter, [taken[index]])
+                await _give_back(submitter, [taken.get(index)])
                 await _forget(submitter, [uploads[index]] if index in uploads else [])
             continue  # else the write may have landed: the run may exist, its input stays
         if not admission.created:
-            await _give_back(submitter, [taken[index]])
+            await _give_back(submitter, [taken.get(index)])
             if index in uploads and admission.id != run.id:
                 await _forget(submitter, [uploads[index]])
             if admission.conflicts:
@@ -249,12 +252,14 @@ async def _store(
                 answers[index] = {"requestId": str(admission.id)}
             continue
         answers[index] = {"requestId": str(run.id)}
-        queued.append(QueuedRun(run.applied_configuration["shard"], run.key, 0.0, share))
+        key = run.key
+        queued.append(QueuedRun(run.applied_configuration["shard"], key, 0.0, share))
         if run.payload_inline is not None:
-            submitter.recent_inputs.remember(run.key, run.payload_inline)
-    stored = {q.key for q in queued}
-    if await submitter.cancel_orphans(principal, [r for r in runs if r.key in stored]):
-        return answers  # children of a parent that finished meanwhile: cancelled, not queued
+            submitter.recent_inputs.remember(key, run.payload_inline)
+    if principal.run is not None:  # a run's credential: children of its run
+        stored = {q.key for q in queued}
+        if await submitter.cancel_orphans(principal, [r for r in runs if r.key in stored]):
+            return answers  # their parent finished meanwhile: cancelled, not queued
     await submitter.push_many(queued)
     if queued:
         ACCEPTED.labels(queued[0].key.algorithm).inc(len(queued))

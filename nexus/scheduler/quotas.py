@@ -87,6 +87,13 @@ class Quotas:
         self.store = store
         self.teams = teams
 
+    def apply_to(self, caller: str) -> bool:
+        """Whether ``caller`` has a quota (else :meth:`take` takes nothing)."""
+        return (
+            self.teams.runs_per_day(caller) is not None
+            or self.teams.max_unfinished(caller) is not None
+        )
+
     async def take(self, caller: str, key: RunKey) -> Taken | None:
         """Count run ``key`` against ``caller``'s quotas, or raise the 429."""
         per_day, most = self.teams.runs_per_day(caller), self.teams.max_unfinished(caller)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import logging
 import uuid
@@ -110,6 +111,13 @@ class Accepted:
     """For a dry run: the run that would have been stored (nothing was)."""
     payload: bytes | None = None
     """For a dry run: the input as it would be stored."""
+
+
+@functools.lru_cache(maxsize=64)
+def _period(seconds: float) -> timedelta:
+    """An input's validity as a duration: one of a few values (the templates' defaults and
+    what callers ask for), made once each."""
+    return timedelta(seconds=seconds)
 
 
 def _text_field(body: dict[str, Any], name: str, limit: int) -> str | None:
@@ -378,7 +386,7 @@ class Submitter:
             caller=principal.caller,
             received_by_host=self.host,
             applied_configuration=applied,
-            payload_valid_for=timedelta(seconds=valid_for),
+            payload_valid_for=_period(valid_for),
             payload_uri=self.payloads.uri(key) if key else None,
             payload_inline=payload if inline else None,
             configuration_overrides=overrides or None,

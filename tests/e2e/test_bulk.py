@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 from harness import Servers
-from support.system import System, local_system, template
+from support.system import OTHER_TOKEN, System, local_system, template
+
+from nexus.scheduler.teamsettings import CallerPolicy, TeamSettings
 
 BULK = "/algorithm/v1.2/runs/echo"
 
@@ -117,3 +119,20 @@ async def test_bad_bulk_requests_are_refused_whole_and_store_nothing(servers: Se
         assert got == 200 and all("requestId" in a for a in answer["runs"]), answer
         status, _ = await system.get("/health/ready")
         assert status == 200
+
+
+async def test_a_callers_quota_is_taken_run_by_run_and_others_pay_none(servers: Servers) -> None:
+    teams = TeamSettings(callers={"limited": CallerPolicy(runs_per_day=3)})
+    async with local_system(servers, templates=[template("echo")], teams=teams) as system:
+        runs = {"runs": [{"algorithmParameters": {"n": n}} for n in range(5)]}
+        status, body, _ = await bulk(system, runs, token=OTHER_TOKEN)
+        assert status == 200, body
+        assert [set(a) for a in body["runs"]] == [{"requestId"}] * 3 + [{"error", "message"}] * 2
+        assert all(a["error"] == "quota_exceeded" for a in body["runs"][3:]), body
+        rows, _ = await system.stored()
+        assert rows == 3
+        status, usage, _ = await system.call("GET", "/algorithm/v1.2/usage", token=OTHER_TOKEN)
+        assert (usage["runsToday"], usage["runsPerDay"]) == (3, 3)
+        # a caller without a quota is not held back by another's
+        status, body, _ = await bulk(system, runs)
+        assert status == 200 and all("requestId" in a for a in body["runs"]), body
