@@ -137,6 +137,33 @@ async def test_push_is_idempotent_and_keeps_the_first_place(backend: QueueBacken
     assert [(r.key, r.priority) for r in popped] == [(early.key, 100), (late.key, 200)]
 
 
+async def test_a_large_push_of_one_caller_queues_each_new_run_once_in_fair_share_order(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue("pod-1")
+    share = Share("caller", 0.5)
+    flying, queued = replace(run(0), share=share), run(7)
+    await queue.push([flying])
+    assert [r.key for r in await queue.pop(SHARD, 1)] == [flying.key]
+    await queue.push([queued])
+    fresh = [replace(run(0), share=share) for _ in range(2500)]  # several of the script's chunks
+    mixed = [*fresh[:1200], flying, fresh[5], queued, *fresh[1200:], fresh[5]]
+    plain = run(3)
+    await queue.push([*mixed, plain])
+    assert await queue.depth(SHARD) == 1 + 2500 + 1
+    assert await places(backend, "pod-1", flying) == ["inflight"]
+    popped = await queue.pop(SHARD, 2502)
+    ours = {r.key for r in fresh}
+    caller = [r for r in popped if r.key in ours]
+    assert [r.key for r in caller] == [r.key for r in fresh]  # in the order pushed, once each
+    steps = {round(b.priority - a.priority, 6) for a, b in itertools.pairwise(caller)}
+    assert steps == {0.5}
+    assert {(r.key, r.priority) for r in popped if r.key not in ours} == {
+        (queued.key, 7),
+        (plain.key, 3),
+    }
+
+
 async def test_a_run_in_flight_is_not_queued_twice(backend: QueueBackend) -> None:
     queue = backend.queue("pod-1")
     item = run(100)

@@ -401,15 +401,24 @@ class RunQueue:
 
     async def push(self, runs: Sequence[QueuedRun]) -> None:
         """Put ``runs`` on this pod's queues (one script per shard, pipelined)."""
-        by_shard: dict[str, list[Any]] = defaultdict(list)
+        # Runs of one shard that share a kind and value go as one group, their members in
+        # one argument: a bulk submit's hundred runs are three arguments, not three hundred
+        # (each one encoded by redis-py, and parsed by Redis).
+        groups: dict[str, dict[tuple[str, Any], list[str]]] = defaultdict(dict)
         for run in runs:
             share = run.share
             if share is None:
-                by_shard[run.shard] += ["p", run.priority, run.member]
+                group = ("p", run.priority)
             elif share is AHEAD or not share.flow:
-                by_shard[run.shard] += ["a", 0, run.member]
+                group = ("a", 0)
             else:
-                by_shard[run.shard] += ["f:" + share.flow, share.step, run.member]
+                group = ("f:" + share.flow, share.step)
+            groups[run.shard].setdefault(group, []).append(run.member)
+        by_shard = {
+            shard: [arg for (kind, value), members in found.items()
+                    for arg in (kind, value, " ".join(members))]
+            for shard, found in groups.items()
+        }  # fmt: skip
         if not by_shard:
             return
         if len(by_shard) == 1 or isinstance(self.backend.client, RedisCluster):
