@@ -147,7 +147,8 @@ def main() -> int:
             print(
                 f"{fault:22} accepted {result.accepted:6}  lost {result.lost}"
                 f"  wrongly failed {result.wrongly_failed}  refused {result.refused:5}"
-                f"  bad answers {len(result.bad_answers)}  recovery {result.recovery_s:6.2f} s",
+                f"  bad answers {len(result.bad_answers)}  recovery {result.recovery_s:6.2f} s"
+                f" (fault {result.fault_s:.2f} s)",
                 flush=True,
             )
             for bad in result.bad_answers[:3]:

@@ -14,7 +14,9 @@ judged by what an operator asks of an outage:
 * **bad answers**: refusals other than ``429``/``503`` with ``Retry-After`` from a
   scheduler that was up (no answer at all counts only from a scheduler being killed);
 * **recovery**: seconds from the fault until every run acknowledged before the system was
-  back has finished and submissions are accepted again.
+  back has finished and submissions are accepted again;
+* **fault**: seconds from the fault until its process was back (a rolling restart: until
+  the last replica was replaced), within the recovery.
 
 Standard library only on the client side (threads and ``urllib``), so the load keeps its
 pace whatever the system under test does to an event loop.
@@ -192,6 +194,7 @@ class CaseResult:
     bad_answers: list[str]
     recovery_s: float
     outcomes: dict[str, int] = field(default_factory=dict)
+    fault_s: float = 0.0
 
     def figures(self) -> dict[str, Any]:
         return {
@@ -202,6 +205,7 @@ class CaseResult:
             "refused": self.refused,
             "badAnswers": len(self.bad_answers),
             "recoverySeconds": round(self.recovery_s, 2),
+            "faultSeconds": round(self.fault_s, 2),
         }
 
 
@@ -333,4 +337,5 @@ def run_case(
         bad_answers=bad,
         recovery_s=max(0.0, recovery),
         outcomes=outcomes,
+        fault_s=back - started,
     )
