@@ -12,7 +12,10 @@ The store plays etcd and the API server's watch cache in one. Guarantees:
   are kept for watches that resume from a version; a watch from a version older than the
   oldest kept change gets ``410 Expired``, as from a real server after compaction.
 * **Cheap fan-out.** A change is serialised at most once per event type (lazily, only if
-  a watcher wants it) and the bytes are appended to each matching watcher's buffer. A
+  a watcher wants it) and the bytes are appended to each matching watcher's buffer. An
+  object's ``spec``, the bulk of a Job or Pod, is the same dict in every version a status
+  write makes, so its bytes are kept for a while (:func:`encoded`) and spliced into the
+  next event or answer that carries it rather than serialised again. A
   watcher whose buffer exceeds its byte budget is closed, as a real server drops a watcher
   that cannot keep up; the client then resumes from its last version.
 * **Selector transitions.** A watcher with a selector sees ``ADDED`` when a modified object
@@ -54,6 +57,50 @@ class Resource:
         return f"{self.group}/{self.version}" if self.group else self.version
 
 
+class _SpecBytes:
+    """The serialised ``spec`` of recently written objects, by the spec dict's identity.
+
+    Two generations of at most ``limit`` entries each: a spec asked for again is found in
+    either; when the young one is full the old one is dropped. Entries hold their dict, so
+    an identity is never reused while it is kept. Safe because stored objects are never
+    mutated: a dict that is another object's spec now is the same spec it was.
+    """
+
+    __slots__ = ("limit", "old", "young")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.young: dict[int, tuple[Obj, orjson.Fragment]] = {}
+        self.old: dict[int, tuple[Obj, orjson.Fragment]] = {}
+
+    def fragment(self, spec: Obj) -> orjson.Fragment:
+        key = id(spec)
+        entry = self.young.get(key)
+        if entry is None:
+            entry = self.old.get(key)
+            if entry is None or entry[0] is not spec:
+                entry = (spec, orjson.Fragment(orjson.dumps(spec)))
+            if len(self.young) >= self.limit:
+                self.old, self.young = self.young, {}
+            self.young[key] = entry
+        elif entry[0] is not spec:  # pragma: no cover - a kept dict's id is never reused
+            entry = (spec, orjson.Fragment(orjson.dumps(spec)))
+            self.young[key] = entry
+        return entry[1]
+
+
+_SPECS = _SpecBytes(2048)
+"""Shared by every shard of the process: a spec is the same bytes wherever it is sent."""
+
+
+def encoded(obj: Obj) -> Obj:
+    """``obj`` ready for ``orjson.dumps``: its ``spec`` as the bytes kept for it."""
+    spec = obj.get("spec")
+    if not spec or type(spec) is not dict:
+        return obj
+    return {**obj, "spec": _SPECS.fragment(spec)}
+
+
 class Change:
     """One write, as kept in the history and sent to watchers."""
 
@@ -73,7 +120,8 @@ class Change:
             lines = self.lines = {}
         cached = lines.get(event_type)
         if cached is None:
-            body = {"type": event_type.rstrip("*"), "object": self.final() if obj is None else obj}
+            target = self.final() if obj is None else obj
+            body = {"type": event_type.rstrip("*"), "object": encoded(target)}
             cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
             lines[event_type] = cached
         return cached

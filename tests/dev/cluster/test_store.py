@@ -77,3 +77,27 @@ def test_deletion_carries_its_own_version_to_watchers() -> None:
         ("ADDED", "2"),
         ("DELETED", "3"),
     ]
+
+
+def test_events_carry_each_version_of_an_object_as_written() -> None:
+    """A spec kept serialised from an earlier version is sent byte for byte as the object
+    stands: the status writes that share it, and a new spec written in its place."""
+    store = ObjectStore([PODS], history_size=10)
+    watcher = Watcher(None, None, budget=1 << 20)
+    store.collection("pods").watchers.add(watcher)
+    spec = {"containers": [{"name": "c", "env": [{"name": "A", "value": 'é"\n'}]}]}
+    versions = [store.create("pods", {**pod("a", "p"), "spec": spec, "status": {}})]
+    for phase in ("Running", "Succeeded"):
+        updated = store.update("pods", "a", "p", status={"phase": phase})
+        assert updated is not None
+        versions.append(updated)
+    replaced = {**versions[-1], "spec": {"containers": [{"name": "d"}]}}
+    versions.append(store.replace("pods", replaced))
+    change = store.delete("pods", "a", "p")
+    assert change is not None
+    types = ["ADDED", "MODIFIED", "MODIFIED", "MODIFIED", "DELETED"]
+    expected = [
+        orjson.dumps({"type": kind, "object": obj}) + b"\n"
+        for kind, obj in zip(types, [*versions, change.final()], strict=True)
+    ]
+    assert watcher.take().splitlines(keepends=True) == expected
