@@ -6,8 +6,9 @@ announcement of a finished run reaches its waiter.
 Starts the local system (real PostgreSQL, Redis, SeaweedFS, one local cluster with pods
 off, one scheduler with dispatch throttled, so runs stay queued), submits ``--waiters``
 runs by bulk submit, and opens one connection per run, each asking
-``GET …/results/echo/requests/{id}?wait=60``. Once the scheduler reports them all waiting
-(``nexus_waiting_requests``), it measures:
+``GET …/results/echo/requests/{id}?wait=60`` and closed after its answer (with
+``--keep-alive`` kept open, as a pooled client such as the SDK's keeps it). Once the
+scheduler reports them all waiting (``nexus_waiting_requests``), it measures:
 
 1. **idle** — the scheduler's CPU over ``--idle`` seconds with every request waiting and
    nothing finishing (no per-waiter polling: this should be about what an idle pod costs);
@@ -85,6 +86,7 @@ async def measure(
     print(f"{len(ids)} runs submitted to be waited for, {len(unwaited)} not")
     answers: dict[str, tuple[float, bytes]] = {}
     headers = {"Authorization": f"Bearer {token}"}
+    kept: list[asyncio.StreamWriter] = []  # --keep-alive: closed once everything is measured
 
     async def wait(request_id: str) -> None:
         parts = urlsplit(url)
@@ -97,7 +99,10 @@ async def measure(
             body = await reader.readexactly(length)
             answers[request_id] = (time.monotonic(), head[9:12] + b" " + body)
         finally:
-            writer.close()
+            if args.keep_alive:
+                kept.append(writer)
+            else:
+                writer.close()
 
     tasks = []
     for index, request_id in enumerate(ids):
@@ -148,6 +153,8 @@ async def measure(
         bystanding = meter.stop()
     finally:
         await connection.close()
+        for writer in kept:
+            writer.close()
     completed = sum(
         1
         for _, answer in answers.values()
@@ -166,6 +173,7 @@ async def measure(
         "announcement_to_answer_ms": {"p50": pct(50), "p99": pct(99), "max": pct(100)},
         "finish_batch": args.batch,
         "finish_interval_s": args.interval,
+        "keep_alive": args.keep_alive,
         "cpu_us_per_answered_waiter": {
             k: round(v / max(1, len(answers)) * 1e6, 1) for k, v in busy.items()
         },
@@ -190,6 +198,12 @@ def main() -> int:
     parser.add_argument("--waiters", type=int, default=10_000, help="concurrent waiters")
     parser.add_argument(
         "--unwaited", type=int, default=10_000, help="runs finished with no waiter (phase 3)"
+    )
+    parser.add_argument(
+        "--keep-alive",
+        action="store_true",
+        help="keep each connection open after its answer, as a pooled client (the SDK's)"
+        " does, instead of closing it; closed once everything is measured",
     )
     parser.add_argument("--idle", type=float, default=10.0, help="seconds measured idle")
     parser.add_argument("--batch", type=int, default=50, help="runs finished per commit")

@@ -168,3 +168,33 @@ async def test_after_a_gap_every_run_waited_for_is_read_again(looptime: float) -
     for key, future in zip(keys, futures, strict=True):
         waiters.forget_run(key, future)
     await waiters.close()
+
+
+async def test_runs_announced_with_their_answers_are_answered_without_a_read(
+    looptime: float,
+) -> None:
+    store = Store()
+    waiters = waiters_on(store)
+    answered, unanswered, garbled = new_key(), new_key(), new_key()
+    futures = [waiters.watch_run(k) for k in (answered, answered, unanswered, garbled)]
+    store.stages.update({unanswered: Stage.COMPLETED, garbled: Stage.CANCELLED})
+    waiters.finished(
+        [
+            Finished(announced(answered), None, '["FAILED", false, null, "boom", "it broke"]'),
+            Finished(announced(unanswered), None),  # too long for a notification: read
+            Finished(announced(garbled), None, "[not json"),  # read as well
+        ]
+    )
+    for future in futures[:2]:  # at once: nothing to wait for
+        assert future.result() == RunResult(
+            "echo", answered.id, Stage.FAILED, None, "boom", "it broke"
+        )
+    await settle()
+    assert [sorted(map(str, read)) for read in store.reads] == [
+        sorted(map(str, (unanswered, garbled)))
+    ]
+    assert futures[2].result().stage is Stage.COMPLETED  # type: ignore[union-attr]
+    assert futures[3].result().stage is Stage.CANCELLED  # type: ignore[union-attr]
+    for key, future in zip((answered, answered, unanswered, garbled), futures, strict=True):
+        waiters.forget_run(key, future)
+    await waiters.close()

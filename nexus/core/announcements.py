@@ -1,10 +1,12 @@
 """Runs that finished, as PostgreSQL announces them: one ``LISTEN`` per process.
 
 Every move of a run to a terminal stage is announced once, by the database itself (the
-trigger of migration 0010 sends ``NOTIFY nexus_finished`` in the transaction that makes
-the move, whichever process wrote it), so an announcement arrives when and only when the
-move has committed. :class:`FinishedRuns` keeps one dedicated connection listening on the
-channel and hands each burst of announcements to a callback, once, in arrival order.
+trigger of migrations 0010 and 0012 sends ``NOTIFY nexus_finished`` in the transaction
+that makes the move, whichever process wrote it), so an announcement arrives when and only
+when the move has committed. It carries the run's answer (:func:`answer_of`) whenever that
+fits in a notification, so that its waiters need no read of the store.
+:class:`FinishedRuns` keeps one dedicated connection listening on the channel and hands
+each burst of announcements to a callback, once, in arrival order.
 
 Guarantees:
 
@@ -14,8 +16,9 @@ Guarantees:
   A connection that stops answering is found by a ping every ``ping_interval``.
 * **Survives any outage.** Connection failures are retried with a capped back-off, for as
   long as they last; each loss and each return is logged once.
-* **Cheap per announcement.** Announcements arriving together are parsed and handed over
-  as one list, on the next turn of the event loop.
+* **Cheap per announcement.** Announcements arriving together are handed over as one
+  list, on the next turn of the event loop; an announcement is split at its tabs, and its
+  answer decoded only for a run that is waited for.
 
 Like :mod:`nexus.core.checkpoints`, it talks to PostgreSQL (asyncpg) directly: LISTEN
 needs a connection of its own, outside the store's pool.
@@ -31,9 +34,10 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
 from nexus.core.checkpoints import CONNECTION_ERRORS
-from nexus.core.runs import RunKey
+from nexus.core.runs import RunKey, RunResult, Stage
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,9 @@ class Finished:
 
     run: str
     tag: str | None
+    answer: str | None = None
+    """The run's answer as announced (see :func:`answer_of`), or ``None`` when it did not
+    fit in the notification: then the run is to be read."""
 
 
 def announced(key: RunKey) -> str:
@@ -73,12 +80,35 @@ def run_key(run: str) -> RunKey | None:
 
 
 def parse(payload: str) -> Finished | None:
-    """The run a notification names (``algorithm\\tid\\ttag``), or ``None`` if it has not
-    that shape; the id is checked only when the run is looked up (:func:`run_key`)."""
-    run, tab, tag = payload.rpartition("\t")
-    if not tab or "\t" not in run:
+    """The run a notification names (``algorithm\\tid\\ttag``, then ``\\tanswer`` when
+    it fits), or ``None`` if it has not that shape; the id is checked only when the run is
+    looked up (:func:`run_key`), the answer decoded only when it is waited for."""
+    first = payload.find("\t")
+    second = payload.find("\t", first + 1)
+    if first < 0 or second < 0:
         return None
-    return Finished(run, tag or None)
+    tag, _, answer = payload[second + 1 :].partition("\t")
+    return Finished(payload[:second], tag or None, answer or None)
+
+
+def answer_of(run: str, answer: str) -> RunResult | None:
+    """The result of the run ``run`` (``algorithm\\tid``) from its announced answer, a JSON
+    array ``[stage, has inline result, result uri, failure cause, failure details]``;
+    ``None`` if it is not one (the run is then read)."""
+    key = run_key(run)
+    if key is None:
+        return None
+    try:
+        stage, inline, uri, cause, details = orjson.loads(answer)
+        found = Stage(stage)
+    except (ValueError, TypeError):  # not JSON, not five items, not a stage
+        return None
+    texts = (uri, cause, details)
+    if not found.terminal or type(inline) is not bool:
+        return None
+    if not all(text is None or type(text) is str for text in texts):
+        return None
+    return RunResult(key.algorithm, key.id, found, uri, cause, details, inline)
 
 
 class FinishedRuns:

@@ -5,11 +5,13 @@ A request that waits registers here *before* it reads the store, then waits for 
 future or its ``S`` seconds, whichever comes first; so a run that finishes between the
 read and the wait still wakes it. Guarantees:
 
-* **One read per burst, not per waiter.** A burst of announcements is answered with one
-  store read of every announced run that has waiters on this pod, whose results are handed
-  to all of them; a tag with waiters is counted again once per burst, one count in flight
-  per tag (announcements arriving meanwhile cause one more), and its waiters are answered
-  when it is finished. Nothing polls the store on a waiter's behalf.
+* **No read for most answers, one per burst for the rest.** An announcement carries the
+  run's answer when it fits in a notification: the run's waiters on this pod are answered
+  from it. The runs announced without it that have waiters here are read in one statement
+  per burst, whose results are handed to all their waiters. A tag with waiters is
+  counted again once per burst, one count in flight per tag (announcements arriving
+  meanwhile cause one more), and its waiters are answered when it is finished. Nothing
+  polls the store on a waiter's behalf.
 * **Nothing missed is waited for longer than asked.** After a gap in the announcements (a
   reconnection), every run and tag waited for is read again at once, in one read and one
   count per tag; and every waiter answers at its ``S`` in any case.
@@ -30,7 +32,7 @@ from typing import TypeAlias, TypeVar
 
 from prometheus_client import Counter, Gauge
 
-from nexus.core.announcements import Finished, announced, run_key
+from nexus.core.announcements import Finished, announced, answer_of, run_key
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError, StoreNotReached
 from nexus.core.grouping import GroupCommitter
@@ -165,9 +167,17 @@ class Waiters:
 
     def finished(self, runs: list[Finished]) -> None:
         """Announced: ``runs`` reached a terminal stage."""
-        watched = [f.run for f in runs if f.run in self._runs]
-        if watched:
-            self._spawn(self._read(watched))
+        unread: list[str] = []
+        for finished in runs:
+            if finished.run not in self._runs:
+                continue
+            answer = finished.answer and answer_of(finished.run, finished.answer)
+            if answer:
+                self._answer(finished.run, answer)
+            else:
+                unread.append(finished.run)
+        if unread:
+            self._spawn(self._read(unread))
         if self._tags:
             tags = {(f.run.partition("\t")[0], f.tag) for f in runs if f.tag is not None}
             for tag_key in [k for k in self._tags if (k[0], k[1]) in tags]:
@@ -196,9 +206,12 @@ class Waiters:
             return
         for key, result in found.items():
             if result.stage.terminal:
-                for future in self._runs.pop(announced(key), ()):
-                    if not future.done():
-                        future.set_result(result)
+                self._answer(announced(key), result)
+
+    def _answer(self, run: str, result: RunResult) -> None:
+        for future in self._runs.pop(run, ()):
+            if not future.done():
+                future.set_result(result)
 
     def _count(self, tag_key: TagKey) -> None:
         if tag_key in self._counting:
