@@ -24,6 +24,8 @@ period are looked at, by the database's clock.
   ``DEADLINE_EXCEEDED`` and the Job deleted. A run started in several copies whose first
   Job failed while others still run is left to them
   (:meth:`maintainer.shardwatch.ShardWatch.copies_running`).
+* unfinished children of a ``CANCELLED`` parent → ``CANCELLED`` naming the parent, their
+  Jobs deleted (:mod:`maintainer.cascading`).
 * a census: how many runs are in each unfinished stage (``nexus_runs{stage}``, set by the
   leader; finished runs are counted where they finish, ``nexus_run_duration_seconds``).
 * finished runs past ``retention`` → their input and result objects, then their
@@ -46,6 +48,7 @@ from functools import partial
 from prometheus_client import Counter, Gauge, Histogram
 
 from maintainer.actions import Act, Actions
+from maintainer.cascading import cancel_children_of_cancelled
 from maintainer.settings import MaintainerSection
 from maintainer.shardwatch import ShardWatch
 from maintainer.signals import JOB_LOST, NO_RESULT, job_outcome
@@ -116,10 +119,14 @@ class Sweeper:
     async def sweep(self) -> None:
         """One sweep of every kind; a kind whose dependency fails is left for the next."""
         s = self.section
-        kinds: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+        kinds: list[tuple[str, Callable[[], Awaitable[object]]]] = [
             ("new", partial(self._stage, Stage.NEW, s.new_grace, self._new)),
             ("buffered", partial(self._stage, Stage.BUFFERED, s.queue_grace, self._buffered)),
             ("running", partial(self._stage, Stage.RUNNING, s.running_grace, self._running)),
+            (
+                "cascade",
+                partial(cancel_children_of_cancelled, self.sweeps, self.actions, s.sweep_batch),
+            ),
             ("retention", self._retention),
             ("idempotency", self._idempotency),
             ("census", self._census),

@@ -204,6 +204,25 @@ LIMIT $6
 """
 
 
+# Unfinished children whose parent is CANCELLED, through runs_unfinished_children (only
+# unfinished children are in it) and a key probe of each parent; the oldest change first.
+CHILDREN_OF_CANCELLED = """
+SELECT c.algorithm, c.id, c.lifecycle_stage, c.received_at, c.last_modified, c.sent_at,
+       COALESCE(c.shard, c.applied_configuration->>'shard') AS shard,
+       (c.applied_configuration->>'deadlineSeconds')::float8 AS deadline_seconds,
+       c.attempts, c.job_uid, c.payload_uri, c.payload_inline IS NOT NULL AS has_inline,
+       c.run_attempt, p.algorithm AS parent_algorithm, p.id AS parent_id,
+       p.algorithm_failure_details AS parent_details
+FROM runs c
+JOIN runs p ON p.algorithm = c.parent->>'algorithmName'
+           AND p.id = (c.parent->>'requestId')::uuid
+WHERE c.parent IS NOT NULL AND c.lifecycle_stage IN ('NEW', 'BUFFERED', 'RUNNING')
+  AND p.lifecycle_stage = 'CANCELLED'
+  AND c.last_modified < now() - $1::interval
+ORDER BY c.last_modified
+LIMIT $2
+"""
+
 # Candidates are read from the statement's snapshot; those another transaction has locked
 # are skipped (SKIP LOCKED), to be tried again. Each candidate comes back once with
 # applied = false and, if it was changed, once more with applied = true; rows not among

@@ -128,6 +128,19 @@ class Sweeps:
         counts.update({Stage(r["lifecycle_stage"]): int(r["runs"]) for r in rows})
         return counts
 
+    async def children_of_cancelled(
+        self, older_than: timedelta, limit: int
+    ) -> list[tuple[SweepRow, RunKey, str | None]]:
+        """Unfinished runs not modified for ``older_than`` whose parent run is
+        ``CANCELLED``, oldest change first, at most ``limit``: each with its parent and
+        the parent's cancellation details."""
+        async with self._store.connection() as conn:
+            rows = await conn.fetch(sql.CHILDREN_OF_CANCELLED, older_than, limit)
+        return [
+            (_sweep_row(r), RunKey(r["parent_algorithm"], r["parent_id"]), r["parent_details"])
+            for r in rows
+        ]
+
     async def expired_runs(self, older_than: timedelta, limit: int) -> list[ExpiredRun]:
         """Finished runs received more than ``older_than`` ago, at most ``limit``."""
         async with self._store.connection() as conn:
