@@ -21,6 +21,7 @@ from nexus.core.labels import (
 from nexus.core.runs import Checkpoint, Stage
 from nexus.core.templates import Workgroup
 from nexus.scheduler.jobs import RunLinks, build_job, serialise
+from nexus_dev.cluster.expansion import container_env
 
 RUN = UUID("5f0c4f3e-8a43-4c8e-9d0b-2f7d7c1e9a11")
 PARENT = "0b6c8f5e-8a1c-4b7e-9d1e-2f3a4b5c6d7e"
@@ -196,6 +197,13 @@ def test_a_small_input_travels_in_the_job_and_only_the_runs_own() -> None:
     env = {e["name"]: e["value"] for e in container["env"]}
     assert orjson.loads(env["NEXUS__INPUT"]) == {"horizon": 7, "text": "héllo"}
     assert container["args"][0] == f"--sas-uri={LINKS.input_url}"  # for older containers
+    # Kubernetes expands $(VAR) in env values: the input reaches its container unchanged,
+    # and no other variable's value (the run token here) is spliced into it
+    document = '{"price": "$$5", "ref": "$(NEXUS__RUN_TOKEN)", "open": "$(", "end": "$"}'
+    links = dataclasses.replace(LINKS, input_content=document)
+    job = build_job(checkpoint(APPLIED), links, workgroup=None, ttl_after_finished=60)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container_env(container)["NEXUS__INPUT"] == document
     # a template's own NEXUS__INPUT never stands for a run's input
     posing = {**APPLIED, "env": {"NEXUS__INPUT": "{}"}}
     job = build_job(checkpoint(posing), LINKS, workgroup=None, ttl_after_finished=60)

@@ -7,7 +7,8 @@ The container gets the input URL and the request id through the template's ``arg
 placeholders (``{sas-uri}``, ``{request-id}``), and the ``NEXUS__*`` environment of the
 algorithm contract, including a run token that proves its completion to the receiver and a
 presigned URL for uploading the result. A small input kept inline also travels in the Job
-itself, as ``NEXUS__INPUT`` (the document's UTF-8 text): an algorithm that reads it there
+itself, as ``NEXUS__INPUT`` (the document's UTF-8 text, each ``$`` doubled so that
+Kubernetes' ``$(VAR)`` expansion gives it back unchanged): an algorithm that reads it there
 needs no request for its input; the input URL is given all the same, for containers that
 do not know the variable.
 
@@ -131,7 +132,10 @@ def build_job(
         "CRYSTAL__ALGORITHM_NAME": run.algorithm,
     }
     if links.input_content is not None:
-        env["NEXUS__INPUT"] = links.input_content
+        # Kubernetes expands $(VAR) in an env value and reads $$ as $: with every $
+        # doubled, the container reads the document as it was sent, never another
+        # variable's value (a Secret's, the run token) spliced into it
+        env["NEXUS__INPUT"] = links.input_content.replace("$", "$$")
     else:  # never another input than the run's, whatever the template's env says
         env.pop("NEXUS__INPUT", None)
     if links.result_inline_limit:

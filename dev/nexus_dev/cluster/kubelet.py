@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from nexus.core.waiting import Backoff
 from nexus_dev.cluster import podstatus
 from nexus_dev.cluster.events import EventRecorder
+from nexus_dev.cluster.expansion import container_env
 from nexus_dev.cluster.statuses import ApiError, now_iso
 from nexus_dev.cluster.store import Obj, ObjectStore
 from nexus_dev.cluster.validation import memory_bytes
@@ -166,7 +167,7 @@ class Kubelet:
         finds); its container starts after ``start_delay``."""
         metadata, spec = pod["metadata"], pod["spec"]
         container = spec["containers"][0]
-        env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or ()}
+        env = container_env(container)  # $(VAR) and $$ resolved, as a real kubelet does
         fault = fault or self.fault_for(pod)
         run = PodRun(
             namespace=metadata["namespace"],
