@@ -13,7 +13,9 @@ the caller's view: a forged or altered cursor, or one from another listing, is r
 with 400. With ``?include=result`` each run whose result is kept inline (DESIGN §3) carries
 it too, as ``"result"`` (the document itself, beside its ``resultUri``): a client reads the
 results of a whole batch with its listing, one request for a page of runs instead of one
-per run.
+per run. Such a listing reads at most :data:`RESULTS_PAGE` runs at a time, whatever
+``limit`` asks: a page of it may hold fewer runs than ``limit`` while a ``Link`` names
+the next.
 
 ``GET …/tags/{tag}/summary`` answers ``{"total", "byStatus", "finished"}``: how many runs
 are in each v1.2 status (every status named, 0 when none), and whether the batch is
@@ -53,6 +55,11 @@ STREAM_PAGE = 1000
 """Runs read per round trip while a whole listing is streamed: its memory per request."""
 MAX_PAGE = 10_000
 """The largest ``limit`` of a page."""
+RESULTS_PAGE = 100
+"""Runs read per round trip, and at most per page, when their inline results come too
+(``?include=result``): each result may be as large as the receivers take inline (256 KiB
+by default), so this bounds a request's memory (about 25 MiB read, and as much again
+encoded) where a page of :data:`MAX_PAGE` such runs would hold gigabytes."""
 LISTINGS = web.AppKey("nexus.listings", Listings)
 
 
@@ -135,12 +142,13 @@ async def results_by_tag(request: web.Request) -> web.StreamResponse:
         return await _stream(request, algorithm, tag, viewer, after, results)
     scheduler = request.app[SCHEDULER]
     listings = request.app[LISTINGS]
-    entries = await listings.page(algorithm, tag, viewer, after, limit + 1, results=results)
-    answer = [_listed(scheduler, e) for e in entries[:limit]]
+    size = min(limit, RESULTS_PAGE) if results else limit
+    entries = await listings.page(algorithm, tag, viewer, after, size + 1, results=results)
+    answer = [_listed(scheduler, e) for e in entries[:size]]
     headers = {}
-    if len(entries) > limit:
+    if len(entries) > size:
         cursor = scheduler.signer.seal(
-            _cursor_context(algorithm, tag, viewer), entries[limit - 1].position.encode()
+            _cursor_context(algorithm, tag, viewer), entries[size - 1].position.encode()
         )
         following = request.rel_url.update_query(limit=str(limit), after=cursor)
         headers["Link"] = f'<{scheduler.links.public_url}{following}>; rel="next"'
@@ -157,8 +165,8 @@ async def _stream(
 ) -> web.StreamResponse:
     scheduler = request.app[SCHEDULER]
     listings = request.app[LISTINGS]
-    # failing: 503
-    entries = await listings.page(algorithm, tag, viewer, after, STREAM_PAGE, results=results)
+    size = RESULTS_PAGE if results else STREAM_PAGE
+    entries = await listings.page(algorithm, tag, viewer, after, size, results=results)  # 503
     response = web.StreamResponse(headers={"Content-Type": "application/json"})
     response.enable_chunked_encoding()
     await response.prepare(request)
@@ -169,12 +177,10 @@ async def _stream(
                 body = orjson.dumps([_listed(scheduler, e) for e in entries])
                 await response.write(separator + body[1:-1])
                 separator = b","
-            if len(entries) < STREAM_PAGE:
+            if len(entries) < size:
                 break
             last = entries[-1].position
-            entries = await listings.page(
-                algorithm, tag, viewer, last, STREAM_PAGE, results=results
-            )
+            entries = await listings.page(algorithm, tag, viewer, last, size, results=results)
         await response.write(b"]" if separator == b"," else b"[]")
     except DependencyError as exc:
         # The status is sent: the only honest answer left is an unfinished body.

@@ -548,7 +548,10 @@ DOCUMENT: dict[str, Any] = {
                     _optional_query("limit", "integer", "Runs per page, 1 to 10000"),
                     _optional_query("after", "string", "The cursor of a Link rel=next"),
                     _optional_query(
-                        "include", "string", "result: each run with its result, when kept inline"
+                        "include",
+                        "string",
+                        "result: each run with its result, when kept inline (at most 100"
+                        " runs a page then, whatever the limit)",
                     ),
                 ],
                 "responses": {

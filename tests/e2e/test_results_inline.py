@@ -20,6 +20,7 @@ from harness import Servers
 from support.system import SIGNING_KEY, System, local_system, template
 
 from nexus.core.signing import Signer
+from nexus.scheduler import batches
 from nexus_dev.cluster.emulators import ShardSpec
 from receiver.settings import ReceiverSection
 
@@ -56,7 +57,7 @@ def with_query(url: str, **changes: str) -> str:
 
 @pytest.mark.parametrize("mode", ["simulated", "process"])  # process: the algorithm SDK
 async def test_small_results_inline_and_large_ones_in_s3_are_both_readable(
-    servers: Servers, mode: str
+    servers: Servers, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with local_system(
         servers,
@@ -97,6 +98,20 @@ async def test_small_results_inline_and_large_ones_in_s3_are_both_readable(
             assert "X-Amz-Signature=" in by_id[large_id]["resultUri"], query
         status, plain, _ = await system.call("GET", listing)
         assert status == 200 and all("result" not in run for run in plain), plain
+        # with results, a page holds RESULTS_PAGE runs at most, whatever limit asks, and
+        # its Link names the next; a streamed listing is read that many at a time
+        monkeypatch.setattr(batches, "RESULTS_PAGE", 1)
+        status, first, headers = await system.call("GET", listing + "?include=result&limit=10")
+        assert status == 200 and len(first) == 1 and "Link" in headers, first
+        following = headers["Link"][1 : headers["Link"].index(">")]
+        following = following.removeprefix(system.balancer_url)
+        status, second, headers = await system.call("GET", following)
+        assert status == 200 and len(second) == 1 and "Link" not in headers, second
+        assert {run["requestId"] for run in first + second} == {small_id, large_id}
+        status, streamed, _ = await system.call("GET", listing + "?include=result")
+        assert status == 200 and [run["requestId"] for run in streamed] == [
+            run["requestId"] for run in first + second
+        ]
         status, refused, _ = await system.call("GET", listing + "?include=input")
         assert status == 400 and "include" in refused["message"], refused
 
