@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,6 +32,7 @@ from nexus.core.shards import (
     ResourceExpired,
     ShardClient,
     WatchEvent,
+    created_uid,
     open_shards,
 )
 from nexus_dev.cluster.emulators import DevCluster, ShardSpec
@@ -691,3 +693,23 @@ async def test_watch_events_are_whole_however_the_stream_is_cut_and_skip_reads_n
             await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=lambda line: True))
     finally:
         await client.close()
+
+
+def test_a_created_objects_uid_is_read_from_its_top_level_metadata_only() -> None:
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "r", "namespace": "n", "uid": "top-1", "labels": {"a": "b"}},
+        "spec": {"template": {"metadata": {"annotations": {"uid": "annotation"}}}},
+        "status": {},
+    }
+    assert created_uid(orjson.dumps(job)) == "top-1"
+    assert created_uid(json.dumps(job, indent=2).encode()) == "top-1"
+    spec_first = {"spec": job["spec"], "metadata": job["metadata"], "kind": "Job"}
+    assert created_uid(orjson.dumps(spec_first)) == "top-1"  # parsed whole
+    no_uid = {**job, "metadata": {"name": "r", "annotations": {"spec": "x"}}}
+    assert created_uid(orjson.dumps(no_uid)) is None
+    escaped = {**job, "metadata": {"name": "r", "uid": 'a"b'}}
+    assert created_uid(orjson.dumps(escaped)) == 'a"b'  # parsed whole
+    assert created_uid(b"{not json") is None
+    assert created_uid(b"[]") is None

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import ssl
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
@@ -189,6 +190,27 @@ def _message(body: bytes) -> str:
     else:
         text = str(status.get("message", "")) if isinstance(status, dict) else str(status)
     return text.replace("\x00", "\ufffd")
+
+
+_UID = re.compile(rb'"uid"\s*:\s*"([^"\\]{1,128})"')
+
+
+def created_uid(answer: bytes) -> str | None:
+    """The ``metadata.uid`` of a created object, from the API server's answer. The answer is
+    the whole object (some kilobytes for a Job), read only for its uid: the uid is found in
+    the top-level ``metadata``, which API servers write before ``spec`` (and its ``uid``
+    before any ``ownerReferences``), without parsing the rest; an answer laid out otherwise
+    is parsed whole."""
+    metadata, spec = answer.find(b'"metadata"'), answer.find(b'"spec"')
+    if metadata >= 0 and (spec < 0 or metadata < spec):
+        found = _UID.search(answer, metadata, spec if spec >= 0 else len(answer))
+        if found is not None:
+            return found.group(1).decode()
+    try:
+        uid = orjson.loads(answer).get("metadata", {}).get("uid")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None  # created all the same; the watch will tell the uid
+    return uid if isinstance(uid, str) else None
 
 
 class ShardClient:
@@ -370,11 +392,7 @@ class ShardClient:
             raise ShardUnavailable(f"shard {self.name}: create job: {exc!r}") from exc
         retry_after = _retry_after(found) if status == 429 else 0.0
         if status in (200, 201, 202):
-            try:
-                uid = orjson.loads(answer).get("metadata", {}).get("uid")
-            except (orjson.JSONDecodeError, AttributeError):
-                uid = None  # created all the same; the watch will tell the uid
-            return CreateResult(status, uid=uid)
+            return CreateResult(status, uid=created_uid(answer))
         return CreateResult(status, message=_message(answer), retry_after=retry_after)
 
     async def delete_job(self, name: str, propagation: Propagation = DEFAULT_PROPAGATION) -> bool:
