@@ -85,16 +85,16 @@ class DevProcess:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.05)
-        self.proc.kill()
-        _, err = self.wait(timeout=30)
+        _, err = self.kill()  # its servers too: they run in sessions of their own
         raise AssertionError(f"no READY line; stdout {self.lines}, stderr:\n{err}")
 
-    def kill(self) -> None:
-        """Whatever is still running, killed: a failed test leaves nothing behind."""
+    def kill(self) -> tuple[int, str]:
+        """Whatever is still running, killed: a failed test leaves nothing behind. Its
+        exit status and everything it logged."""
         for pid in [*descendants(self.proc.pid), self.proc.pid]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self.wait(timeout=30)
+        return self.wait(timeout=30)
 
     def wait(self, timeout: float) -> tuple[int, str]:
         """Its exit status and everything it logged, once it has exited by itself."""
