@@ -19,6 +19,7 @@ from nexus.core.config import (
     parse_size,
 )
 from nexus.core.errors import ConfigError
+from nexus.scheduler.settings import SchedulerSection
 
 
 @dataclass(frozen=True)
@@ -196,3 +197,17 @@ def test_process_exits_with_one_line_naming_the_key() -> None:
         "nexus migrate: configuration error: NEXUS__POSTGRES__POOL_MAX_SIZE: "
         "expected an integer, got 'lots'"
     ]
+
+
+@dataclass(frozen=True)
+class WithScheduler:
+    scheduler: SchedulerSection = field(default_factory=SchedulerSection)
+
+
+def test_a_job_input_limit_no_process_could_start_with_is_refused() -> None:
+    """Linux refuses an environment string over 128 KiB: an input carried in NEXUS__INPUT
+    beyond that would keep its container from starting."""
+    env = {"NEXUS__SCHEDULER__JOB_INPUT_LIMIT": "64KiB"}
+    assert load_settings(WithScheduler, env=env).scheduler.job_input_limit == 64 * 1024
+    with pytest.raises(ConfigError, match="JOB_INPUT_LIMIT: expected a size from 0 to 64 KiB"):
+        load_settings(WithScheduler, env={"NEXUS__SCHEDULER__JOB_INPUT_LIMIT": "1MiB"})

@@ -18,6 +18,7 @@ from nexus.core.config import (
     SigningSettings,
     StorageSettings,
     at_least,
+    check,
     positive,
     secret,
 )
@@ -155,12 +156,17 @@ class SchedulerSection:
     (``NEXUS__RESULT_INLINE_LIMIT`` in its Job); larger ones go to the presigned PUT. Keep
     it at most the receivers' ``max_inline_result`` (which refuses more with 413, and the
     SDK then falls back to the PUT); 0 tells algorithms to always PUT."""
-    job_input_limit: Bytes = field(default=16 * 1024, metadata=at_least(0))
+    job_input_limit: Bytes = field(
+        default=16 * 1024,
+        metadata=check(lambda v: 0 <= v <= 64 * 1024, "a size from 0 to 64 KiB"),
+    )
     """Largest inline input carried inside its Job (``NEXUS__INPUT``), so that its algorithm
     reads it there instead of fetching it from the scheduler: one HTTP exchange fewer per
     run. Bounded because the input is then stored in the Job and its Pod, and every watch of
     them carries it; larger inputs, and inputs this pod no longer remembers, are fetched
-    from the signed link as before (0: always)."""
+    from the signed link as before (0: always). At most 64 KiB: Linux starts no process
+    with an environment variable over 128 KiB, so a larger limit would let runs fail to
+    start."""
     recent_inputs: Bytes = field(default=32 * 1024**2, metadata=at_least(0))
     """Memory for the newest inline inputs, served to their algorithms without a database
     read (0 turns it off)."""
