@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from nexus.core import callerrights
 from nexus.core.callerrights import NONE, CallerRights, Rights
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings
@@ -54,3 +55,15 @@ async def test_a_name_the_store_cannot_hold_is_not_stored(store: CheckpointStore
     await rights.remember("\ud800", Rights(frozenset({"a"})))
     assert await rights.of("a\0b") == NONE and await rights.of("fine") == NONE
     assert await rights.of("\ud800") == NONE
+
+
+async def test_a_pod_remembers_a_bounded_number_of_callers(
+    store: CheckpointStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(callerrights, "REMEMBERED", 2)
+    rights = CallerRights(store, ttl=3600)
+    for caller in ("first", "second", "third"):
+        await rights.remember(caller, Rights(frozenset({"a"})))
+        assert await rights.of(caller) == Rights(frozenset({"a"}))
+    assert set(rights._written) == set(rights._read) == {"second", "third"}
+    assert await rights.of("first") == Rights(frozenset({"a"}))  # read again from the store

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from nexus.core.checkpoints import CheckpointStore
 
@@ -34,6 +35,9 @@ ON CONFLICT (caller) DO UPDATE
 SET algorithms = excluded.algorithms, weight = excluded.weight, updated_at = now()
 """
 SELECT = "SELECT algorithms, weight FROM caller_rights WHERE caller = $1"
+REMEMBERED = 10_000
+"""Callers a pod remembers, as written and as read: a bound on its memory however many
+callers an identity provider knows."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,7 @@ class CallerRights:
             return
         async with self._store.connection() as conn:
             await conn.execute(UPSERT, caller, names, rights.weight)
+        _bounded(self._written)
         self._written[caller] = rights
         self._read.pop(caller, None)
 
@@ -93,7 +98,13 @@ class CallerRights:
         async with self._store.connection() as conn:
             row = await conn.fetchrow(SELECT, caller)
         rights = NONE if row is None else Rights(frozenset(row["algorithms"]), row["weight"])
-        if len(self._read) >= 10_000:  # bounded: the oldest entry goes
-            del self._read[next(iter(self._read))]
+        _bounded(self._read)
         self._read[caller] = (now + self._ttl, rights)
         return rights
+
+
+def _bounded(memory: dict[str, Any]) -> None:
+    """Make room for one more entry in ``memory``, at most :data:`REMEMBERED` callers: the
+    oldest entry goes (a caller forgotten is written or read once more, nothing worse)."""
+    if len(memory) >= REMEMBERED:
+        del memory[next(iter(memory))]
