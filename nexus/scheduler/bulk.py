@@ -45,12 +45,20 @@ from nexus.core.runs import NewRun, new_run_ids
 from nexus.scheduler.api import PREFIX, SCHEDULER, _algorithm
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.quotas import Taken
-from nexus.scheduler.submission import ACCEPTED, Accepted, Submitter, conflict_message
+from nexus.scheduler.submission import (
+    ACCEPTED,
+    RUN_FIELDS,
+    Accepted,
+    Submitter,
+    conflict_message,
+)
 
 log = logging.getLogger(__name__)
 
 MAX_RUNS = 1000
 """The most runs one bulk request may carry."""
+BARE = frozenset(("algorithmParameters",))
+"""The fields of an item that gives nothing but its parameters (as most bulk items do)."""
 KEY_FIELD = FieldNames(("idempotencyKey",))
 """An item's idempotency key, found in any letter case as the run's own fields are."""
 
@@ -96,6 +104,9 @@ def _keys(items: list[dict[str, Any]]) -> tuple[list[str | None], dict[int, ApiE
     first: dict[str, int] = {}
     refused: dict[int, ApiError] = {}
     for index, item in enumerate(items):
+        if item.keys() <= RUN_FIELDS.names:  # no key in any spelling (checked in C)
+            keys.append(None)
+            continue
         spelt = [name for name in item if KEY_FIELD.get(name) is not None]
         given = [(name, item.pop(name)) for name in spelt]  # off the run's body, in any case
         given = [(name, value) for name, value in given if value is not None]
@@ -131,14 +142,24 @@ async def submit_runs(request: web.Request) -> web.Response:
     answers: list[ItemAnswer | None] = [None] * len(items)
     plans: dict[int, Accepted] = {}
     ids = new_run_ids(len(items))
+    bare: Accepted | None = None  # the plan of an item whose one field is its parameters
     for index, item in enumerate(items):
         if index in refused:
             answers[index] = _refused(refused[index])
             continue
+        alone = keys[index] is None and principal.run is None and item.keys() == BARE
+        if alone and bare is not None:  # judged as submit would, the rest known from bare
+            plan = submitter.plan_alike(bare, item["algorithmParameters"], ids[index])
+            if plan is not None:
+                plans[index] = plan
+                continue
+        bare = None  # whatever this item is, another one awaits submit next
         try:
             plans[index] = await submitter.submit(
                 principal, algorithm, item, keys[index], run_id=ids[index], dry_run=True
             )
+            if alone:
+                bare = plans[index]
         except ApiError as exc:
             if exc.status in (429, 503):  # this pod cannot take runs now: none of them
                 raise

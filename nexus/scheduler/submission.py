@@ -62,6 +62,7 @@ from nexus.core.templates import (
     MAX_PAYLOAD_VALID_FOR,
     MIN_PAYLOAD_VALID_FOR,
     InvalidConfiguration,
+    Template,
 )
 from nexus.core.visibility import SYSTEM
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
@@ -377,8 +378,7 @@ class Submitter:
             payload = orjson.dumps(parameters)
         except orjson.JSONEncodeError as exc:  # parsed 1024 levels deep, written only 254
             raise bad_request(f"algorithmParameters: cannot be stored: {exc}") from exc
-        inline = template.inline_payloads and len(payload) <= template.inline_limit
-        key = None if inline else self.payloads.input_key(algorithm, str(run_id))
+        inline, key = self._input_place(template, algorithm, run_id, payload)
         run = NewRun(
             algorithm=algorithm,
             id=run_id,
@@ -414,6 +414,47 @@ class Submitter:
             return await self._accept(principal, run, key, payload, inline)
         finally:
             self.keys_in_flight.discard(keyed)
+
+    def _input_place(
+        self, template: Template, algorithm: str, run_id: uuid.UUID, payload: bytes
+    ) -> tuple[bool, str | None]:
+        """Whether a run's input is kept with its checkpoint, else its key in S3."""
+        if template.inline_payloads and len(payload) <= template.inline_limit:
+            return True, None
+        return False, self.payloads.input_key(algorithm, str(run_id))
+
+    def plan_alike(self, first: Accepted, parameters: Any, run_id: uuid.UUID) -> Accepted | None:
+        """What :meth:`submit` plans in a dry run for a request whose one field is
+        ``algorithmParameters`` (``parameters``), given ``first``: its plan of such a
+        request of the same caller for the same algorithm, made without an await since
+        (so with the same catalog and pressure) and without a run's credential. Every
+        check but those of the parameters depends on the other fields, the caller and
+        that state alone, and passed for ``first``: only the parameters are judged here.
+        ``None`` when they are not an object or cannot be stored (:meth:`submit` says
+        why), or the template is gone."""
+        run = first.planned
+        template = None if run is None else self.catalog.template(run.algorithm)
+        if run is None or template is None or type(parameters) is not dict:
+            return None
+        try:
+            payload = orjson.dumps(parameters)
+        except orjson.JSONEncodeError:
+            return None
+        inline, key = self._input_place(template, run.algorithm, run_id, payload)
+        planned = NewRun(
+            algorithm=run.algorithm,
+            id=run_id,
+            stage=run.stage,
+            caller=run.caller,
+            received_by_host=run.received_by_host,
+            applied_configuration=run.applied_configuration,
+            payload_valid_for=run.payload_valid_for,
+            payload_uri=self.payloads.uri(key) if key else None,
+            payload_inline=payload if inline else None,
+            content_hash=hashlib.sha256(payload).hexdigest(),
+            api_version=run.api_version,
+        )
+        return Accepted(run_id, created=False, planned=planned, payload=payload)
 
     async def _accept(
         self, principal: Principal, run: NewRun, key: str | None, payload: bytes, inline: bool

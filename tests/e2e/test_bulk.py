@@ -4,8 +4,10 @@ ones refused naming the field; whole-request refusals store nothing."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import orjson
 from harness import Servers
 from support.system import OTHER_TOKEN, System, local_system, template
 
@@ -136,3 +138,40 @@ async def test_a_callers_quota_is_taken_run_by_run_and_others_pay_none(servers: 
         # a caller without a quota is not held back by another's
         status, body, _ = await bulk(system, runs)
         assert status == 200 and all("requestId" in a for a in body["runs"]), body
+
+
+async def test_items_of_parameters_alone_are_each_judged_and_stored_as_a_single_submit(
+    servers: Servers,
+) -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(300):  # parsed, but deeper than JSON is written
+        deep = {"a": deep}
+    params: list[Any] = [{"n": 1}, {"n": 2}, [1], {"n": 3}, {"n": 4}, "x", {"n": 5}, {"n": 6}]
+    big = {"n": 10, "big": "y" * 100_000}  # over the inline limit: kept in S3
+    params += [deep, {"n": 7}, {"n": 8}, None, {"n": 9}, big]
+    async with local_system(servers, templates=[template("echo")]) as system:
+        single = await system.submit("echo", {"algorithmParameters": {"n": 0}})
+        status, body, _ = await bulk(system, {"runs": [{"algorithmParameters": p} for p in params]})
+        assert status == 200, body
+        answers = body["runs"]
+        for p, answer in zip(params, answers, strict=True):
+            if isinstance(p, dict) and p is not deep:
+                assert set(answer) == {"requestId"}, (p, answer)
+            else:
+                assert answer["error"] == "invalid_request", (p, answer)
+                assert "algorithmParameters" in answer["message"], (p, answer)
+        assert "cannot be stored" in answers[8]["message"]
+        path = "/algorithm/v1.2/metadata/echo/requests/"
+        _, expected = await system.get(path + single)
+        same = ("caller", "tag", "parent", "apiVersion", "payloadValidFor",
+                "appliedConfiguration", "configurationOverrides", "receivedByHost")  # fmt: skip
+        for p, answer in zip(params, answers, strict=True):
+            if "requestId" not in answer:
+                continue
+            status, stored = await system.get(path + answer["requestId"])
+            assert status == 200, stored
+            assert {k: stored[k] for k in same} == {k: expected[k] for k in same}
+            assert stored["contentHash"] == hashlib.sha256(orjson.dumps(p)).hexdigest()
+            assert stored["payloadInline"] is (p is not big)
+        _, inputs = await system.stored()
+        assert any(answers[-1]["requestId"] in key for key in inputs)
