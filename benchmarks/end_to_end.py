@@ -34,10 +34,12 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
@@ -51,11 +53,14 @@ from stack import StackOptions, local_stack
 SLOT = 0.1  # seconds of submissions sharing one tag
 PAGE = 10_000
 """Runs per listing page: more than a tag ever holds, so one page (with a Content-Length:
-the whole listing without ``limit`` is streamed, chunked) answers each poll."""
+the whole listing without ``limit`` is streamed, chunked) answers each poll; with results
+the scheduler answers fewer a page, and the poller follows each page's Link."""
 READERS = 8
 """Connections reading results back, each one GET at a time."""
 PLAIN = ("postgres", "redis", "seaweedfs")
 """Processes that are not Python: py-spy cannot sample them."""
+NEXT_PAGE = re.compile(rb'(?im)^link:\s*<([^>]+)>;\s*rel="next"')
+"""The next page of a listing (a listing with results holds at most 100 runs a page)."""
 FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_TIMEOUT", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -169,12 +174,20 @@ async def run(
                     listing = f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}?limit={PAGE}"
                     if args.read == "listing":
                         listing += "&include=result"
-                    request = request_bytes("GET", listing, b"", headers)
-                    status, body = await connection.exchange(request)
-                    if status != 200:
+                    runs: list[Any] | None = []
+                    while listing and runs is not None:
+                        request = request_bytes("GET", listing, b"", headers)
+                        status, body, head = await connection.exchange_head(request)
+                        if status != 200:
+                            runs = None
+                            break
+                        runs.extend(orjson.loads(body))
+                        following = NEXT_PAGE.search(head)
+                        listing = following.group(1).decode() if following else ""
+                    if runs is None:
                         continue
                     now, finished = time.time(), 0
-                    for answer in orjson.loads(body):
+                    for answer in runs:
                         if answer["status"] not in FINISHED:
                             continue
                         finished += 1

@@ -94,6 +94,11 @@ class _Connection:
         return cls(reader, writer)
 
     async def exchange(self, request: bytes) -> tuple[int, bytes]:
+        status, body, _ = await self.exchange_head(request)
+        return status, body
+
+    async def exchange_head(self, request: bytes) -> tuple[int, bytes, bytes]:
+        """Status, body and the answer's head (its status line and headers)."""
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -103,7 +108,7 @@ class _Connection:
                 length = int(line[15:])
                 break
         body = await self.reader.readexactly(length) if length else b""
-        return status, body
+        return status, body, head
 
     def close(self) -> None:
         self.writer.close()
