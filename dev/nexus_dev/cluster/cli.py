@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument(
         "--watch-coalesce",
         type=float,
-        default=0.005,
+        default=0.025,
         help="seconds a watch waits after a change for more before writing (0: at once)",
     )
     group = parser.add_argument_group("process")
