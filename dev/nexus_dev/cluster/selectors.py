@@ -197,18 +197,31 @@ def parse_field_selector(text: str | None, resource: str) -> list[tuple[str, boo
 
 def field_value(obj: Mapping[str, Any], path: str) -> str:
     """The string a field selector compares for ``path`` (``""`` when absent)."""
+    return _field_reader(path)(obj)
+
+
+def _field_reader(path: str) -> Callable[[Mapping[str, Any]], str]:
+    """A function that reads ``path`` of an object as :func:`field_value` does, with the
+    path split once: a watch applies its selector to every change of its resource."""
     if path == "source":  # events: ``source`` means ``source.component``
         path = "source.component"
-    node: Any = obj
-    for part in path.split("."):
-        if not isinstance(node, Mapping):
+    parts = tuple(path.split("."))
+
+    def read(obj: Mapping[str, Any]) -> str:
+        node: Any = obj
+        for part in parts:
+            if not isinstance(node, Mapping):
+                return ""
+            node = node.get(part)
+        if node is None:
             return ""
-        node = node.get(part)
-    if node is None:
-        return ""
-    if isinstance(node, bool):
-        return "true" if node else "false"
-    return str(node)
+        if node.__class__ is str:
+            return node
+        if isinstance(node, bool):
+            return "true" if node else "false"
+        return str(node)
+
+    return read
 
 
 def compile_predicate(
@@ -218,7 +231,7 @@ def compile_predicate(
     if not labels and not fields:
         return None
     label_terms = tuple(labels)
-    field_terms = tuple(fields)
+    field_terms = tuple((_field_reader(path), equal, value) for path, equal, value in fields)
 
     def predicate(obj: Mapping[str, Any]) -> bool:
         if label_terms:
@@ -226,7 +239,10 @@ def compile_predicate(
             for requirement in label_terms:
                 if not requirement.matches(object_labels):
                     return False
-        return all((field_value(obj, path) == value) == equal for path, equal, value in field_terms)
+        for read, equal, value in field_terms:  # noqa: SIM110 (all() adds a generator per call)
+            if (read(obj) == value) != equal:
+                return False
+        return True
 
     return predicate
 
