@@ -4,8 +4,9 @@ Start-up: migrations (or a wait for a migration Job), then clients (Postgres, Re
 every shard, and the controller cluster when the configuration controller is enabled),
 then two loops: the lease (:mod:`maintainer.leadership`) and the *term* runner. Every
 time this process becomes the leader it starts a fresh :class:`Term` — a watch per shard,
-the sweeper, the adopter, the healer of a Redis that lost its data
-(:mod:`maintainer.healing`), the action writer and, when enabled, the configuration copies
+the sweeper, the crawl of stored inputs without a run (:mod:`maintainer.orphans`), the
+adopter, the healer of a Redis that lost its data (:mod:`maintainer.healing`), the action
+writer and, when enabled, the configuration copies
 (:mod:`maintainer.replication`), with empty caches and grace timers that start now — and
 stops it the moment it stops leading. Nothing at start-up waits for a shard to answer.
 A standby process is ready (it answers its probes) but does nothing else, so a brief
@@ -32,6 +33,7 @@ from maintainer.adoption import Adopter
 from maintainer.healing import Healer
 from maintainer.leadership import Leadership
 from maintainer.limits import SlotReconciler
+from maintainer.orphans import OrphanInputs
 from maintainer.replication import Replicator
 from maintainer.retries import Retrier
 from maintainer.settings import MaintainerSettings
@@ -45,6 +47,7 @@ from nexus.core.queues import QueueBackend
 from nexus.core.shards import ShardClient, open_controller, open_shards
 from nexus.core.slots import Slots
 from nexus.core.storage import PayloadStore
+from nexus.core.sweeps import Sweeps
 from nexus.core.waiting import first_of
 
 log = logging.getLogger(__name__)
@@ -59,6 +62,7 @@ class Term:
     sweeper: Sweeper
     adopter: Adopter
     healer: Healer
+    orphans: OrphanInputs
     reconciler: SlotReconciler | None = None
     replicator: Replicator | None = None
     retrier: Retrier | None = None
@@ -71,6 +75,7 @@ class Term:
             if self.replicator is not None:
                 group.create_task(self.replicator.run(self.stopping), name="maintainer:copies")
             group.create_task(self.sweeper.run(self.stopping), name="maintainer:sweep")
+            group.create_task(self.orphans.run(self.stopping), name="maintainer:orphans")
             group.create_task(self.adopter.run(self.stopping), name="maintainer:adopt")
             if self.retrier is not None:
                 group.create_task(self.retrier.run(self.stopping), name="maintainer:retries")
@@ -116,6 +121,7 @@ class Maintainer:
             leading=leading,
         )
         adopter = Adopter(self.queues, section.adopt_interval, leading)
+        orphans = OrphanInputs(Sweeps(self.store), self.payloads, section, leading)
         replicator = None
         if self.controller is not None:
             replicator = Replicator(
@@ -132,8 +138,9 @@ class Maintainer:
         if self.healer is None:
             self.healer = Healer(self.queues, section, leading)
         return Term(
-            actions, watches, sweeper, adopter, self.healer, reconciler, replicator, retrier
-        )
+            actions, watches, sweeper, adopter, self.healer, orphans, reconciler, replicator,
+            retrier,
+        )  # fmt: skip
 
     async def lead(self, stopping: asyncio.Event) -> None:
         """Run a term whenever this process leads, until ``stopping``."""

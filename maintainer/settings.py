@@ -119,6 +119,19 @@ class MaintainerSection:
     """Finished runs received longer ago than this are deleted with their stored input
     and result; 0 (the default) keeps everything, because deleting is the operator's
     decision."""
+    orphan_interval: Seconds = field(default=3600.0, metadata=at_least(0))
+    """Time from the end of one crawl of the stored inputs to the start of the next: inputs
+    older than ``orphan_age`` whose run was never recorded (a scheduler died between the
+    upload and the checkpoint, an upload landed after it was given up on) are deleted
+    (:mod:`maintainer.orphans`); 0: never. Hourly, because they cost only storage."""
+    orphan_age: Seconds = field(default=3600.0, metadata=at_least(600))
+    """A stored input younger than this (by its ``LastModified``) is left alone by the
+    crawl, whether its run exists or not: its submission may still be writing the run.
+    A submission takes seconds, and a scheduler's own look at an input whose run it could
+    not record gives up after 10 minutes (the least allowed); an hour leaves a wide margin."""
+    orphan_page_pause: Seconds = field(default=2.0, metadata=at_least(0))
+    """Pause between pages (1,000 inputs) of the crawl, so that it costs next to nothing
+    while it runs: a million stored inputs are crawled in about 35 minutes."""
     limit_reconcile_interval: Seconds = field(default=30.0, metadata=positive())
     """How often the concurrency limits' slot sets are made to agree with the checkpoints
     (finished runs let go, RUNNING runs counted). The scheduler pods let finished runs go

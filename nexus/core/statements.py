@@ -299,6 +299,14 @@ LIMIT $2
 """
 
 
+# One probe of the primary key per pair: a page of the inputs crawl in one round trip.
+EXISTING_RUNS = """
+SELECT r.algorithm, r.id
+FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
+  ON r.algorithm = k.algorithm AND r.id = k.id
+"""
+
+
 DELETE_FINISHED = f"""
 DELETE FROM runs r USING unnest($1::text[], $2::uuid[]) AS k(algorithm, id)
 WHERE r.algorithm = k.algorithm AND r.id = k.id AND r.lifecycle_stage IN {TERMINAL_STAGES}

@@ -13,6 +13,9 @@ Presigning is on the hot path (every dispatch, every results read), so it uses t
 project's SigV4 signer (:mod:`nexus.core.sigv4`, checked byte for byte against botocore's)
 at ~20 µs instead of botocore's ~140 µs.
 
+The maintainer pages through the inputs (:meth:`PayloadStore.list_page`) to delete those
+left without a run (:mod:`maintainer.orphans`).
+
 Uploads are on the hot path too (every run submitted with its input in storage):
 :meth:`PayloadStore.put` sends the object to a URL presigned for the store's own endpoint,
 over the kept-alive connections of :mod:`nexus.core.httpcalls` — 122-151 µs of CPU per
@@ -44,7 +47,7 @@ import re
 import ssl
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
@@ -72,15 +75,32 @@ _UPLOAD_RETRY = Backoff(first=0.1, cap=1.0)
 _S3_ERROR = re.compile(rb"<(Code|Message)>([^<]{0,300})</")
 
 
+class StoredObject(NamedTuple):
+    key: str
+    last_modified: datetime
+
+
 class ObjectNames:
     """Where inputs and results live, and the references stored for them."""
 
     def __init__(self, settings: StorageSettings) -> None:
         self.bucket = settings.bucket
         self._prefix = settings.prefix
+        self.inputs_prefix = f"{settings.prefix}inputs/"
 
     def input_key(self, algorithm: str, run_id: str) -> str:
-        return f"{self._prefix}inputs/algorithm={algorithm}/{run_id}"
+        return f"{self.inputs_prefix}algorithm={algorithm}/{run_id}"
+
+    def input_run(self, key: str) -> tuple[str, str] | None:
+        """The (algorithm, run id) whose input :meth:`input_key` names ``key``; ``None``
+        for a key laid out otherwise."""
+        if not key.startswith(self.inputs_prefix):
+            return None
+        folder, _, run_id = key[len(self.inputs_prefix) :].partition("/")
+        algorithm = folder.removeprefix("algorithm=")
+        if not run_id or "/" in run_id or algorithm == folder or not algorithm:
+            return None
+        return algorithm, run_id
 
     def result_key(self, algorithm: str, run_id: str) -> str:
         return f"{self._prefix}results/algorithm={algorithm}/{run_id}"
@@ -309,6 +329,23 @@ class PayloadStore(ObjectNames):
                     )
         except (BotoCoreError, ClientError, OSError) as exc:  # TimeoutError is an OSError
             raise StorageUnavailable(f"cannot delete objects: {self._why(exc)}") from exc
+
+    async def list_page(self, prefix: str, after: str, limit: int) -> list[StoredObject]:
+        """Up to ``limit`` (at most 1,000) objects whose keys start with ``prefix``, in key
+        order, from the first key after ``after`` (``""``: from the start)."""
+        options: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix, "MaxKeys": limit}
+        if after:
+            options["StartAfter"] = after
+        try:
+            async with asyncio.timeout(self._timeout):
+                answer = await self._client.list_objects_v2(**options)
+        except ClientError as exc:
+            raise StorageUnavailable(f"cannot list {prefix}: {exc}") from exc
+        except (BotoCoreError, OSError) as exc:  # TimeoutError is an OSError
+            self.outage.down(self._why(exc))
+            raise StorageUnavailable(f"cannot list {prefix}: {self._why(exc)}") from exc
+        self.outage.up()
+        return [StoredObject(o["Key"], o["LastModified"]) for o in answer.get("Contents", ())]
 
     async def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (local and test set-ups)."""

@@ -1,5 +1,6 @@
-"""The maintainer's sweeps of the checkpoint store: keyset pages of unfinished runs, and
-retention (finished runs and old idempotency keys).
+"""The maintainer's sweeps of the checkpoint store: keyset pages of unfinished runs,
+retention (finished runs and old idempotency keys), and which runs exist (for the inputs
+crawl, :mod:`maintainer.orphans`).
 
 :class:`Sweeps` reads through the store's connections (:meth:`CheckpointStore.connection`)
 with the statements of :mod:`nexus.core.statements`. Guarantees:
@@ -148,6 +149,16 @@ class Sweeps:
         return [
             ExpiredRun(r["algorithm"], r["id"], r["payload_uri"], r["result_uri"]) for r in rows
         ]
+
+    async def existing(self, keys: Sequence[RunKey]) -> set[RunKey]:
+        """Those of ``keys`` that have a checkpoint, in any stage."""
+        if not keys:
+            return set()
+        async with self._store.connection() as conn:
+            rows = await conn.fetch(
+                sql.EXISTING_RUNS, [k.algorithm for k in keys], [k.id for k in keys]
+            )
+        return {RunKey(r["algorithm"], r["id"]) for r in rows}
 
     async def delete_finished(self, keys: Sequence[RunKey]) -> int:
         """Delete the checkpoints of ``keys`` that are finished; how many were deleted."""
