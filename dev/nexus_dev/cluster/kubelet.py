@@ -139,7 +139,10 @@ class Kubelet:
         when that is given — or ``oom`` when its memory limit is below ``memory-needed``.
         Counts the pod: ask once per pod."""
         metadata, container = pod["metadata"], pod["spec"]["containers"][0]
-        env = {e["name"]: str(e.get("value", "")) for e in container.get("env") or ()}
+        hinted = next(
+            (str(e.get("value", "")) for e in container.get("env") or () if e["name"] == FAULT_ENV),
+            None,
+        )
         annotations = dict(metadata.get("annotations") or {})
         labels = metadata.get("labels") or {}
         namespace, job = metadata["namespace"], labels.get("batch.kubernetes.io/job-name", "")
@@ -150,7 +153,7 @@ class Kubelet:
         forced = self.forced_faults.get((namespace, job))
         if forced:
             return forced
-        fault = env.get(FAULT_ENV) or annotations.get(FAULT_ANNOTATION) or None
+        fault = hinted or annotations.get(FAULT_ANNOTATION) or None
         if fault is not None and annotations.get(FAULT_PODS_ANNOTATION):
             key = (namespace, labels.get(REQUEST_LABEL) or job)
             seen = self.faulted[key] = self.faulted.get(key, 0) + 1

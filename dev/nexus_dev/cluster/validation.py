@@ -16,6 +16,7 @@ look like a real cluster's.
 
 from __future__ import annotations
 
+import functools
 import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -60,6 +61,7 @@ FAILURE_POLICY_ACTIONS = ("FailJob", "FailIndex", "Ignore", "Count")
 MAX_EXIT_CODE_VALUES = 255
 
 
+@functools.lru_cache(maxsize=1024)  # a few distinct quantities, in every Job of a template
 def parse_quantity(text: str | int | float) -> Decimal:
     """The value of a Kubernetes quantity (``256Mi`` → 268435456); ``ValueError`` if bad."""
     if isinstance(text, int | float):
