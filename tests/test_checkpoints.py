@@ -564,6 +564,42 @@ async def test_a_batch_stores_each_runs_own_columns_whatever_it_shares(
             assert await store.inline_payload(run.algorithm, run.id) == run.payload_inline
 
 
+@pytest.mark.parametrize(
+    "inputs",
+    [[None], [b""], [b"{}", None, b'{"a": "\\u0000"}', b"", b"[1]"]],
+    ids=["one-in-s3", "one-empty", "mixed"],
+)
+async def test_a_batch_of_one_shape_stores_each_runs_input_and_hash(
+    store: CheckpointStore, inputs: list[bytes | None]
+) -> None:
+    shared = {"image": "echo:1", "shard": "shard-0"}
+    runs = [
+        replace(
+            new_run(configuration=shared),
+            payload_inline=payload,
+            payload_uri="s3://bucket/inputs/x" if payload is None else None,
+            content_hash=None if i % 2 else f"{i:064x}",
+        )
+        for i, payload in enumerate(inputs)
+    ]
+    assert _insert_arguments(runs)[0] == sql.INSERT_SHAPED
+    admissions = await store.insert_many(runs)
+    assert [a.id for a in admissions if isinstance(a, Admission)] == [r.id for r in runs]
+    found = await store.get_many(r.key for r in runs)
+    for run in runs:
+        stored = found[run.key]
+        assert (stored.content_hash, stored.payload_uri) == (run.content_hash, run.payload_uri)
+        assert await store.inline_payload(run.algorithm, run.id) == run.payload_inline
+
+
+async def test_a_hash_with_a_comma_is_stored_as_given(store: CheckpointStore) -> None:
+    runs = [replace(new_run(), content_hash=h) for h in ("a,b", "c")]
+    assert _insert_arguments(runs)[0] == sql.INSERT
+    await store.insert_many(runs)
+    found = await store.get_many(r.key for r in runs)
+    assert [found[r.key].content_hash for r in runs] == ["a,b", "c"]
+
+
 async def test_transitions_are_group_committed(store: CheckpointStore) -> None:
     runs = [new_run() for _ in range(500)]
     await asyncio.gather(*(store.insert(r) for r in runs))

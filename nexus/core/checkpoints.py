@@ -748,16 +748,35 @@ def _insert_arguments(runs: Sequence[NewRun]) -> tuple[str, list[Any]]:
                 return sql.INSERT, _columns(runs)
             index = shapes[shape] = len(shapes) + 1
         indices.append(index)
+    hashes = ",".join([run.content_hash or "" for run in runs])
+    if hashes.count(",") != len(runs) - 1:  # a hash with a comma in it (none of ours)
+        return sql.INSERT, _columns(runs)
     first: dict[int, NewRun] = {}
     for run, index in zip(runs, indices, strict=True):
         first.setdefault(index, run)
     shaped = list(first.values())
+    inputs: list[bytes] = []
+    starts: list[str] = []
+    lengths: list[str] = []
+    at = 1  # PostgreSQL's substr counts from 1
+    for run in runs:
+        payload = run.payload_inline
+        if payload is None:
+            starts.append("0")
+            lengths.append("0")
+        else:
+            inputs.append(payload)
+            starts.append(str(at))
+            lengths.append(str(len(payload)))
+            at += len(payload)
     return sql.INSERT_SHAPED, [
-        [run.id for run in runs],
-        indices,
+        b"".join([run.id.bytes for run in runs]),
+        bytes(indices),
         _array([run.payload_uri for run in runs]),
-        _array([run.payload_inline for run in runs]),
-        _array([run.content_hash for run in runs]),
+        b"".join(inputs),
+        ",".join(starts),
+        ",".join(lengths),
+        hashes,
         _array([run.idempotency_key for run in runs]),
         [run.algorithm for run in shaped],
         [run.stage.value for run in shaped],
