@@ -19,13 +19,14 @@ import pytest_asyncio
 import trustme
 from aiohttp import web
 from botocore.config import Config
+from botocore.utils import parse_timestamp
 from harness import S3Bucket
 from yarl import URL
 
 from nexus.core import sigv4
 from nexus.core.config import StorageSettings
 from nexus.core.errors import ConfigError, StorageUnavailable
-from nexus.core.storage import MAX_PRESIGN_SECONDS, ObjectNames, PayloadStore
+from nexus.core.storage import MAX_PRESIGN_SECONDS, ObjectNames, PayloadStore, _timestamp
 from nexus.core.storagecredentials import StorageCredentials
 
 NOW = datetime(2026, 11, 22, 2, 0, 0, tzinfo=UTC)
@@ -413,3 +414,15 @@ async def test_uploads_trust_the_certificates_botocore_trusts(
         assert stored == [b"{}"]
     finally:
         await runner.cleanup()
+
+
+def test_answer_timestamps_are_read_as_botocore_reads_them() -> None:
+    for text in (
+        "2026-12-06T23:35:00.000Z",  # a listing's LastModified
+        "2026-12-06T23:35:00Z",
+        "2026-12-06T23:35:00.123456+02:00",
+        "Sun, 06 Dec 2026 23:35:00 GMT",  # a Last-Modified header
+        "2026-12-06T23:35:00",  # no zone: as botocore decides
+    ):
+        assert _timestamp(text) == parse_timestamp(text), text
+    assert _timestamp("2026-12-06T23:35:00.000Z") == datetime(2026, 12, 6, 23, 35, tzinfo=UTC)

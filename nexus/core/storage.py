@@ -14,7 +14,8 @@ project's SigV4 signer (:mod:`nexus.core.sigv4`, checked byte for byte against b
 at ~20 µs instead of botocore's ~140 µs.
 
 The maintainer pages through the inputs (:meth:`PayloadStore.list_page`) to delete those
-left without a run (:mod:`maintainer.orphans`).
+left without a run (:mod:`maintainer.orphans`); the timestamps of a listing, one per
+object, are parsed with :meth:`datetime.fromisoformat`, not dateutil.
 
 Uploads are on the hot path too (every run submitted with its input in storage):
 :meth:`PayloadStore.put` sends the object to a URL presigned for the store's own endpoint,
@@ -54,6 +55,7 @@ from aiobotocore.session import AioSession, get_session
 from botocore.credentials import RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.httpsession import get_cert_path
+from botocore.utils import parse_timestamp
 
 from nexus.core import sigv4
 from nexus.core.config import StorageSettings
@@ -179,6 +181,9 @@ class PayloadStore(ObjectNames):
         if settings.endpoint_url:
             options["endpoint_url"] = settings.endpoint_url
         session = get_session()
+        session.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_timestamp
+        )
         if settings.access_key_id:
             options["aws_access_key_id"] = settings.access_key_id
             options["aws_secret_access_key"] = settings.secret_access_key
@@ -375,6 +380,19 @@ class PayloadStore(ObjectNames):
                 raise StorageUnavailable(f"cannot create bucket {self.bucket}: {exc}") from exc
         except (BotoCoreError, OSError) as exc:
             raise StorageUnavailable(f"storage unavailable: {exc}") from exc
+
+
+def _timestamp(text: str) -> datetime:
+    """A timestamp of an S3 answer: ISO 8601 ones (``2026-12-06T23:35:00.000Z``, one per
+    object listed) in about a microsecond, the rest as botocore parses them (with
+    dateutil, ~0.8 ms each: 70 % of the CPU a listing took)."""
+    try:
+        found = datetime.fromisoformat(text)
+    except (TypeError, ValueError):
+        found = None
+    if found is None or found.tzinfo is None:
+        return parse_timestamp(text)
+    return found
 
 
 def _virtual_host(settings: StorageSettings, endpoints: tuple[str, ...]) -> bool:
