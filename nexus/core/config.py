@@ -156,7 +156,9 @@ class HttpSettings:
     """Listen with ``SO_REUSEPORT``, so that several processes on one host share ``port``
     and the kernel spreads new connections over those listening (Linux), as a Service
     spreads them over its pods: a replacement starts listening beside the old process,
-    which then stops gracefully. Off in a pod, where each process has its own address."""
+    which then stops gracefully. Off in a pod, where each process has its own address.
+    ``metrics_port`` is not shared: leave it unset with this, or the second process cannot
+    start (``/metrics`` is then served on ``port``, each scrape by one of the processes)."""
 
 
 @dataclass(frozen=True)
