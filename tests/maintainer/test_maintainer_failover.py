@@ -87,6 +87,9 @@ async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none
         assert await stage_counts(servers.postgres_dsn) == {"COMPLETED": len(ids)}
 
 
+CRAWLED = "crawled the stored inputs for ones without a run"
+
+
 async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
     servers: Servers,
 ) -> None:
@@ -134,6 +137,13 @@ async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
             # change, so only this shows that the standby stood by)
             early = [line for line in second.lines() if line.get("action") and at(line) < took_over]
             assert not early, early[:3]
+            # only the leader crawls the stored inputs (maintainer/orphans.py)
+            crawled = {
+                name: [at(line) for line in process.lines() if line.get("message") == CRAWLED]
+                for name, process in started.items()
+            }
+            assert crawled["first"] and crawled["second"], crawled
+            assert min(crawled["second"]) > took_over, (crawled, took_over)
             acted = Counter(
                 line["requestId"]
                 for process in (first, second)
