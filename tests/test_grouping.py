@@ -220,3 +220,27 @@ async def test_submit_many_answers_each_item_across_batches_and_a_cancelled_call
     assert await asyncio.wait_for(committer.submit_many([7]), 2) == [70]
     assert written[-2:] == [[100, 101, 102, 103], [7]]
     await asyncio.wait_for(committer.close(), 2)
+
+
+async def test_submit_many_shares_batches_with_single_submits_and_hears_a_failed_batch() -> None:
+    written: list[list[int]] = []
+
+    async def write(items: Sequence[int]) -> list[int | Exception]:
+        written.append(list(items))
+        if 0 in items:
+            raise ConnectionError("store down")
+        if -1 in items:
+            return []  # fewer results than items: which is whose is unknown
+        return [i * 10 for i in items]
+
+    committer = committer_for(write, max_batch=10, max_in_flight=1, max_delay=0.05, min_batch=5)
+    single = asyncio.create_task(committer.submit(1))
+    await asyncio.sleep(0)
+    assert await asyncio.wait_for(committer.submit_many([2, 3, 4, 5]), 2) == [20, 30, 40, 50]
+    assert await single == 10
+    assert written == [[1, 2, 3, 4, 5]]
+    failed = await asyncio.wait_for(committer.submit_many([6, 0, 7]), 2)
+    assert [type(a) for a in failed] == [ConnectionError] * 3
+    miscounted = await asyncio.wait_for(committer.submit_many([8, -1]), 2)
+    assert [type(a) for a in miscounted] == [RuntimeError] * 2
+    await asyncio.wait_for(committer.close(), 2)
