@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib.resources
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, cast
 from uuid import UUID
 
@@ -163,10 +163,13 @@ class QueuedRun:
     key: RunKey
     priority: float
     share: Share | None = None
+    text: str | None = field(default=None, compare=False, repr=False)
+    """Its member (``algorithm/id``) when the pusher has made it already: a bulk submit
+    formats each run's id once, for its answer and its queue."""
 
     @property
     def member(self) -> str:
-        return f"{self.key.algorithm}/{self.key.id}"
+        return self.text or f"{self.key.algorithm}/{self.key.id}"
 
     @classmethod
     def parse(cls, shard: str, member: str | bytes, priority: Any) -> QueuedRun:

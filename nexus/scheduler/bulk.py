@@ -41,7 +41,7 @@ from nexus.core.httpapi import (
     read_json_object,
 )
 from nexus.core.queues import QueuedRun
-from nexus.core.runs import NewRun, new_run_ids
+from nexus.core.runs import NewRun, RunKey, new_run_ids
 from nexus.scheduler.api import PREFIX, SCHEDULER, _algorithm
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.quotas import Taken
@@ -272,9 +272,11 @@ async def _store(
             else:
                 answers[index] = {"requestId": str(admission.id)}
             continue
-        answers[index] = {"requestId": str(run.id)}
-        key = run.key
-        queued.append(QueuedRun(run.applied_configuration["shard"], key, 0.0, share))
+        text = str(run.id)  # formatted once, for its answer and its queue member
+        answers[index] = {"requestId": text}
+        key = RunKey(run.algorithm, run.id)
+        member = f"{run.algorithm}/{text}"
+        queued.append(QueuedRun(run.applied_configuration["shard"], key, 0.0, share, member))
         if run.payload_inline is not None:
             submitter.recent_inputs.remember(key, run.payload_inline)
     if principal.run is not None:  # a run's credential: children of its run
