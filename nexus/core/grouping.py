@@ -67,15 +67,15 @@ class _Many(Generic[R]):
     once every item has one (or cancelled with the caller, leaving the items not yet
     taken unwritten)."""
 
-    __slots__ = ("future", "left", "outcomes")
+    __slots__ = ("done", "future", "left", "outcomes")
 
     def __init__(self, future: asyncio.Future[list[R | Exception]], count: int) -> None:
         self.future = future
+        self.done: Callable[[], bool] = future.done
+        """Whether the caller is answered or gone: the future's own method, no call of
+        ours, as it is asked of every item when its batch is taken."""
         self.outcomes: list[R | Exception] = [None] * count  # type: ignore[list-item]
         self.left = count
-
-    def done(self) -> bool:
-        return self.future.done()
 
     def settle(self, index: int, outcome: R | Exception) -> None:
         self.outcomes[index] = outcome
