@@ -48,7 +48,6 @@ from nexus.scheduler.quotas import Taken
 from nexus.scheduler.submission import (
     ACCEPTED,
     RUN_FIELDS,
-    Accepted,
     Submitter,
     conflict_message,
 )
@@ -140,26 +139,33 @@ async def submit_runs(request: web.Request) -> web.Response:
     keys, refused = _keys(items)
     submitter = scheduler.submitter
     answers: list[ItemAnswer | None] = [None] * len(items)
-    plans: dict[int, Accepted] = {}
+    plans: dict[int, NewRun] = {}
+    payloads: dict[int, bytes] = {}  # the inputs to upload to S3, of the runs that have one
     ids = new_run_ids(len(items))
-    bare: Accepted | None = None  # the plan of an item whose one field is its parameters
+    bare: NewRun | None = None  # the plan of an item whose one field is its parameters
     for index, item in enumerate(items):
         if index in refused:
             answers[index] = _refused(refused[index])
             continue
         alone = keys[index] is None and principal.run is None and item.keys() == BARE
         if alone and bare is not None:  # judged as submit would, the rest known from bare
-            plan = submitter.plan_alike(bare, item["algorithmParameters"], ids[index])
-            if plan is not None:
-                plans[index] = plan
+            alike = submitter.plan_alike(bare, item["algorithmParameters"], ids[index])
+            if alike is not None:
+                plans[index], payload = alike
+                if alike[0].payload_inline is None:
+                    payloads[index] = payload
                 continue
         bare = None  # whatever this item is, another one awaits submit next
         try:
-            plans[index] = await submitter.submit(
+            plan = await submitter.submit(
                 principal, algorithm, item, keys[index], run_id=ids[index], dry_run=True
             )
+            assert plan.planned is not None
+            plans[index] = plan.planned
+            if plan.planned.payload_inline is None:
+                payloads[index] = plan.payload or b""
             if alone:
-                bare = plans[index]
+                bare = plan.planned
         except ApiError as exc:
             if exc.status in (429, 503):  # this pod cannot take runs now: none of them
                 raise
@@ -174,7 +180,7 @@ async def submit_runs(request: web.Request) -> web.Response:
             "the checkpoint store is saturated; retry later",
             {"Retry-After": "2"},
         )
-    for index, outcome in (await _accept(submitter, principal, plans)).items():
+    for index, outcome in (await _accept(submitter, principal, plans, payloads)).items():
         answers[index] = outcome
     body: BulkAnswer = {"runs": [a for a in answers if a is not None]}
     assert len(body["runs"]) == len(items)
@@ -182,7 +188,10 @@ async def submit_runs(request: web.Request) -> web.Response:
 
 
 async def _accept(
-    submitter: Submitter, principal: Principal, plans: dict[int, Accepted]
+    submitter: Submitter,
+    principal: Principal,
+    plans: dict[int, NewRun],
+    payloads: dict[int, bytes],
 ) -> dict[int, ItemAnswer]:
     """Take quotas, upload inputs, write the checkpoints as one batch and queue the runs."""
     answers: dict[int, ItemAnswer] = {}
@@ -191,9 +200,7 @@ async def _accept(
     quotas = submitter.quotas
     if quotas is not None and not quotas.apply_to(principal.caller):
         quotas = None  # none to take for any run
-    for index, plan in plans.items():
-        run = plan.planned
-        assert run is not None
+    for index, run in plans.items():
         if run.idempotency_key is not None:
             pair = (principal.caller, run.idempotency_key)
             if pair in submitter.keys_in_flight:
@@ -214,7 +221,8 @@ async def _accept(
     going = [i for i in plans if i not in answers]
     submitter.keys_in_flight.update(keyed.values())
     try:
-        return {**answers, **await _store(submitter, principal, plans, going, taken)}
+        stored = await _store(submitter, principal, plans, payloads, going, taken)
+        return {**answers, **stored}
     finally:
         submitter.keys_in_flight.difference_update(keyed.values())
 
@@ -222,11 +230,12 @@ async def _accept(
 async def _store(
     submitter: Submitter,
     principal: Principal,
-    plans: dict[int, Accepted],
+    plans: dict[int, NewRun],
+    payloads: dict[int, bytes],
     going: list[int],
     taken: dict[int, Taken | None],
 ) -> dict[int, ItemAnswer]:
-    runs: list[NewRun] = [plans[i].planned for i in going]  # type: ignore[misc]
+    runs = [plans[i] for i in going]
     uploads = {
         i: submitter.payloads.input_key(run.algorithm, str(run.id))
         for i, run in zip(going, runs, strict=True)
@@ -235,7 +244,7 @@ async def _store(
     try:
         async with asyncio.TaskGroup() as uploading:  # one failing stops the others
             for i, k in uploads.items():
-                uploading.create_task(submitter.payloads.put(k, plans[i].payload or b""))
+                uploading.create_task(submitter.payloads.put(k, payloads[i]))
     except BaseExceptionGroup as group:
         await _give_back(submitter, [taken.get(i) for i in going])
         await _forget(submitter, list(uploads.values()))

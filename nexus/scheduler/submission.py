@@ -423,18 +423,20 @@ class Submitter:
             return True, None
         return False, self.payloads.input_key(algorithm, str(run_id))
 
-    def plan_alike(self, first: Accepted, parameters: Any, run_id: uuid.UUID) -> Accepted | None:
+    def plan_alike(
+        self, run: NewRun, parameters: Any, run_id: uuid.UUID
+    ) -> tuple[NewRun, bytes] | None:
         """What :meth:`submit` plans in a dry run for a request whose one field is
-        ``algorithmParameters`` (``parameters``), given ``first``: its plan of such a
+        ``algorithmParameters`` (``parameters``), given ``run``: its plan of such a
         request of the same caller for the same algorithm, made without an await since
         (so with the same catalog and pressure) and without a run's credential. Every
         check but those of the parameters depends on the other fields, the caller and
-        that state alone, and passed for ``first``: only the parameters are judged here.
-        ``None`` when they are not an object or cannot be stored (:meth:`submit` says
-        why), or the template is gone."""
-        run = first.planned
-        template = None if run is None else self.catalog.template(run.algorithm)
-        if run is None or template is None or type(parameters) is not dict:
+        that state alone, and passed for ``run``: only the parameters are judged here.
+        The run planned and its input (as ``planned`` and ``payload`` of a dry run's
+        :class:`Accepted`, without one made per item); ``None`` when they are not an
+        object or cannot be stored (:meth:`submit` says why), or the template is gone."""
+        template = self.catalog.template(run.algorithm)
+        if template is None or type(parameters) is not dict:
             return None
         try:
             payload = orjson.dumps(parameters)
@@ -454,7 +456,7 @@ class Submitter:
             content_hash=hashlib.sha256(payload).hexdigest(),
             api_version=run.api_version,
         )
-        return Accepted(run_id, created=False, planned=planned, payload=payload)
+        return planned, payload
 
     async def _accept(
         self, principal: Principal, run: NewRun, key: str | None, payload: bytes, inline: bool
