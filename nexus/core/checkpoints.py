@@ -356,13 +356,14 @@ class CheckpointStore:
     async def _insert_batch(self, runs: Sequence[NewRun]) -> list[Admission | Exception]:
         statement, arguments = _insert_arguments(runs)
         async with self.connection() as conn:  # one statement: atomic on its own
-            rows = await conn.fetch(statement, *arguments)
+            row = await conn.fetchrow(statement, *arguments, len(runs))
             results: list[Admission | Exception] = [
                 Admission(run.id, True, run.algorithm) for run in runs
             ]
-            if len(rows) == len(runs):  # every run inserted (each row is a run of the batch)
+            assert row is not None  # an aggregate's one row
+            if row["n"] == len(runs):  # every run inserted (all are new)
                 return results
-            inserted = {row["id"] for row in rows}
+            inserted = set(row["ids"] or ())
             losers = [i for i, run in enumerate(runs) if run.id not in inserted]
             if losers:
                 try:
@@ -396,7 +397,7 @@ class CheckpointStore:
         if any(row["expired"] for row in rows):
             await conn.execute(sql.EXPIRE_KEYS, callers, keys, IDEMPOTENCY_WINDOW)
             for i in keyed:  # rare: one statement each keeps this path simple
-                await conn.fetch(sql.INSERT, *([value] for value in _insert_row(runs[i])))
+                await conn.fetch(sql.INSERT, *([value] for value in _insert_row(runs[i])), 1)
             rows = await conn.fetch(sql.IDEMPOTENT_MATCHES, callers, keys, IDEMPOTENCY_WINDOW)
         first = {(row["caller"], row["idempotency_key"]): row for row in rows}
         for i in keyed:
