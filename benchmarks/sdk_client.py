@@ -66,7 +66,7 @@ def measured(meter: CpuMeter, runs: int, work: Callable[[], Any]) -> dict[str, A
 
 async def async_phases(url: str, token: str, args: argparse.Namespace, meter: CpuMeter) -> Any:
     results: dict[str, Any] = {}
-    async with AsyncClient(url, token, max_connections=args.concurrency) as client:
+    async with AsyncClient(url, token) as client:
         await asyncio.gather(*(client.submit("echo", params(i)) for i in range(200)))  # warm
 
         async def submit_all() -> None:

@@ -45,6 +45,12 @@ DEFAULT_TIMEOUT = 30.0
 """Seconds for one request (connect, each read), on top of a ``?wait`` it asks for."""
 ONE_BY_ONE = 16
 """Submits in flight at once where the server has no bulk route."""
+MAX_CONNECTIONS = 16
+"""Connections kept to the server by default. More cost more than they bring: the HTTP
+pool looks at every connection each time a request ends, so 64 tasks submitting one run a
+request cost 6 to 8 ms of client CPU per run on 64 connections and 2.4 to 2.9 ms on 16
+(``benchmarks/sdk_client.py``); bulk submit (:meth:`AsyncClient.submit_many`) is the fast
+path either way."""
 
 
 def settings(url: str | None, token: str | None) -> tuple[str, str | None]:
@@ -65,7 +71,7 @@ class AsyncClient:
         *,
         retry: RetryPolicy | None = None,
         timeout: float = DEFAULT_TIMEOUT,
-        max_connections: int = 100,
+        max_connections: int = MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.url, token = settings(url, token)
@@ -75,7 +81,9 @@ class AsyncClient:
         self._http = httpx.AsyncClient(
             base_url=self.url,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
             transport=transport,
             follow_redirects=False,
         )
