@@ -21,7 +21,7 @@ from nexus.core.labels import (
 from nexus.core.runs import Checkpoint, Stage
 from nexus.core.templates import Workgroup
 from nexus.scheduler.jobs import RunLinks, build_job, serialise
-from nexus_dev.cluster.expansion import container_env
+from nexus_dev.cluster.expansion import container_env, expand
 
 RUN = UUID("5f0c4f3e-8a43-4c8e-9d0b-2f7d7c1e9a11")
 PARENT = "0b6c8f5e-8a1c-4b7e-9d1e-2f3a4b5c6d7e"
@@ -209,6 +209,33 @@ def test_a_small_input_travels_in_the_job_and_only_the_runs_own() -> None:
     job = build_job(checkpoint(posing), LINKS, workgroup=None, ttl_after_finished=60)
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert "NEXUS__INPUT" not in {e["name"] for e in container["env"]}
+
+
+def test_a_callers_env_and_args_reach_the_container_as_sent() -> None:
+    """Kubernetes expands $(VAR) and reads $$ as $ in env values and arguments: what a
+    caller sets is taken literally, what the template sets stays the operator's template."""
+    value = "$(NEXUS__RUN_TOKEN) costs $$5, $(MODE) $("
+    applied = {
+        **APPLIED,
+        "env": {"MODE": "fast", "FROM_TEMPLATE": "$(MODE)", "MINE": value, "PATH_OF": "/c/$(x)"},
+        "extraArgs": [f"--mine={value}"],
+    }
+    overrides: Any = {
+        "env": [
+            {"name": "MINE", "value": value, "valueType": "PLAIN"},
+            {"name": "PATH_OF", "value": "$(x)", "valueType": "RELATIVE_REFERENCE"},
+        ],
+        "args": [{"name": "mine", "value": value, "valueType": "PLAIN"}],
+    }
+    run = dataclasses.replace(checkpoint(applied), configuration_overrides=overrides)
+    job = build_job(run, LINKS, workgroup=None, ttl_after_finished=60)
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = container_env(container)
+    assert env["MINE"] == value and env["PATH_OF"] == "/c/$(x)"
+    assert env["FROM_TEMPLATE"] == "fast"  # the operator's reference, resolved
+    assert env["NEXUS__RUN_TOKEN"] == LINKS.run_token  # the contract's own, as written
+    assert [expand(arg, env) for arg in container["args"][3:]] == [f"--mine={value}"]
+    assert [expand(arg, env) for arg in container["args"][:3]] == container["args"][:3]
 
 
 def test_a_run_without_security_contexts_gets_the_restricted_profile() -> None:

@@ -10,7 +10,10 @@ presigned URL for uploading the result. A small input kept inline also travels i
 itself, as ``NEXUS__INPUT`` (the document's UTF-8 text, each ``$`` doubled so that
 Kubernetes' ``$(VAR)`` expansion gives it back unchanged): an algorithm that reads it there
 needs no request for its input; the input URL is given all the same, for containers that
-do not know the variable.
+do not know the variable. What a caller sets in ``customConfiguration`` (its ``env``
+values, its ``args``) is written the same way, so that it reaches the container as sent and
+never splices another variable (a template's Secret, the run token) into it; the template's
+own values are the operator's, and stay Kubernetes templates.
 
 The pod and its container get the template's security contexts, which hold the Pod
 Security "restricted" defaults unless the template relaxed them; a configuration stored
@@ -44,7 +47,11 @@ from nexus.core.labels import (
 )
 from nexus.core.retrying import job_name
 from nexus.core.runs import Checkpoint
-from nexus.core.templates import Workgroup, restricted_security_context
+from nexus.core.templates import (
+    ConfigurationOverrides,
+    Workgroup,
+    restricted_security_context,
+)
 
 PLACEHOLDERS = ("{sas-uri}", "{request-id}", "{algorithm-name}")
 CONFIGURATION_VOLUME = "nexus-configuration"
@@ -85,6 +92,24 @@ def _arguments(template_args: list[str], values: dict[str, str]) -> list[str]:
     return result
 
 
+def _literal(value: str) -> str:
+    """``value`` as Kubernetes gives it back after its ``$(VAR)`` expansion of an env value
+    or an argument: each ``$`` doubled (``$$`` reads as ``$``)."""
+    return value.replace("$", "$$")
+
+
+def _caller_literal(
+    env: dict[str, str], overrides: ConfigurationOverrides | None
+) -> dict[str, str]:
+    """The applied ``env`` with the values a caller set (``customConfiguration.env``, of
+    either API) made literal; the template's own values are the operator's and stay
+    templates, free to reference the variables defined before them."""
+    own = (overrides or {}).get("env")
+    if not own:
+        return env
+    return {**env, **{e["name"]: _literal(env[e["name"]]) for e in own if e["name"] in env}}
+
+
 def _exit_code_rule(container: str, operator: str, codes: list[int]) -> dict[str, Any]:
     values = sorted(set(codes))  # Kubernetes takes them ordered and each once
     return {
@@ -119,7 +144,7 @@ def build_job(
         ATTEMPT_LABEL: str(run.attempt),
     }
     env = {
-        **config.get("env", {}),
+        **_caller_literal(config.get("env", {}), run.configuration_overrides),
         "NEXUS__ALGORITHM_NAME": run.algorithm,
         "NEXUS__SHARD_NAME": config["shard"],
         "NEXUS__REQUEST_ID": name,
@@ -135,7 +160,7 @@ def build_job(
         # Kubernetes expands $(VAR) in an env value and reads $$ as $: with every $
         # doubled, the container reads the document as it was sent, never another
         # variable's value (a Secret's, the run token) spliced into it
-        env["NEXUS__INPUT"] = links.input_content.replace("$", "$$")
+        env["NEXUS__INPUT"] = _literal(links.input_content)
     else:  # never another input than the run's, whatever the template's env says
         env.pop("NEXUS__INPUT", None)
     if links.result_inline_limit:
@@ -161,7 +186,8 @@ def build_job(
     container: dict[str, Any] = {
         "name": name,
         "image": image,
-        "args": _arguments(config.get("args") or [], values) + config.get("extraArgs", []),
+        "args": _arguments(config.get("args") or [], values)
+        + [_literal(arg) for arg in config.get("extraArgs", ())],
         "env": [{"name": k, "value": v} for k, v in env.items()],
         "resources": {
             "limits": limits,

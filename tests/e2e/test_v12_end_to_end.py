@@ -21,6 +21,9 @@ FIXTURES = Path(__file__).parent.parent / "contracts" / "v12"
 STATUSES = orjson.loads((FIXTURES / "statuses.json").read_bytes())
 ALGORITHM = "forecast"
 MOUNT = "/etc/forecast"
+# Kubernetes expands $(VAR) and reads $$ as $ in env values and arguments: a caller's value
+# must reach the algorithm as sent, never with another variable (the run token) spliced in
+LITERAL = "debug $(NEXUS__RUN_TOKEN) $$5 $(MODE) $("
 # reports what it was given: its input, the overridden environment and its arguments
 REPORTER = """
 import os, sys, time
@@ -81,10 +84,14 @@ async def test_a_v12_client_submits_with_overrides_and_reads_every_outcome(
         overrides = {
             "env": [
                 {"name": "MODE", "value": "fast", "valueType": "PLAIN"},
-                {"name": "MODEL_CONFIG", "value": "m/a.json", "valueType": "RELATIVE_REFERENCE"},
-                {"name": "LEVEL", "value": "debug", "valueType": None},
+                {
+                    "name": "MODEL_CONFIG",
+                    "value": "m/$(MODE).json",
+                    "valueType": "RELATIVE_REFERENCE",
+                },
+                {"name": "LEVEL", "value": LITERAL, "valueType": None},
             ],
-            "args": [{"name": "max-iterations", "value": "10", "valueType": None}],
+            "args": [{"name": "max-iterations", "value": LITERAL, "valueType": None}],
             "secrets": ["forecast-credentials"],
             "cpuLimit": "250m",
             "deadlineSeconds": 120,
@@ -101,10 +108,10 @@ async def test_a_v12_client_submits_with_overrides_and_reads_every_outcome(
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert (env["MODE"], env["MODEL_CONFIG"], env["LEVEL"]) == (
             "fast",
-            f"{MOUNT}/m/a.json",
-            "debug",
+            f"{MOUNT}/m/$$(MODE).json",
+            LITERAL.replace("$", "$$"),  # written for Kubernetes' expansion
         )
-        assert container["args"][-1] == "--max-iterations=10"
+        assert container["args"][-1] == f"--max-iterations={LITERAL}".replace("$", "$$")
         assert {"secretRef": {"name": "forecast-credentials"}} in container["envFrom"]
         assert container["resources"]["limits"]["cpu"] == "250m"
         assert job["spec"]["activeDeadlineSeconds"] == 120
@@ -117,10 +124,10 @@ async def test_a_v12_client_submits_with_overrides_and_reads_every_outcome(
         assert result["input"] == parameters
         assert result["env"] == {
             "MODE": "fast",
-            "MODEL_CONFIG": f"{MOUNT}/m/a.json",
-            "LEVEL": "debug",
+            "MODEL_CONFIG": f"{MOUNT}/m/$(MODE).json",
+            "LEVEL": LITERAL,
         }
-        assert result["args"][-1] == "--max-iterations=10"
+        assert result["args"][-1] == f"--max-iterations={LITERAL}"
 
         failing = await system.submit(
             ALGORITHM, python_client_body({"fail": "horizon must be positive"})

@@ -8,8 +8,11 @@ cluster's containers see their environment resolved the same way, so that a valu
 Nexus writes for Kubernetes (a ``$`` meant literally is doubled) arrives as a real
 container would see it.
 
+A container's ``command`` and ``args`` are expanded the same way, against its whole
+environment (:func:`container_argv`).
+
 Not modelled: ``envFrom`` sources and a Service's variables as targets of a reference
-(the local cluster resolves neither), and references in ``command`` and ``args``.
+(the local cluster resolves neither).
 """
 
 from __future__ import annotations
@@ -49,3 +52,10 @@ def container_env(container: Mapping[str, Any]) -> dict[str, str]:
     for entry in container.get("env") or ():
         env[entry["name"]] = expand(str(entry.get("value", "")), env)
     return env
+
+
+def container_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> list[str]:
+    """The ``command`` then ``args`` ``container`` starts with, each expanded against its
+    environment ``env`` (:func:`container_env`), as the kubelet expands them."""
+    given = [*(container.get("command") or ()), *(container.get("args") or ())]
+    return [expand(str(arg), env) for arg in given]

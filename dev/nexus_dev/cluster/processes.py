@@ -1,7 +1,8 @@
 """Containers as local processes: a pod's ``command`` + ``args`` run on this machine.
 
 The image is ignored; the container's ``command`` followed by its ``args`` is executed with
-the container's ``env`` values (``valueFrom`` is ignored) plus ``PATH``, ``HOME`` and
+the container's ``env`` values (``valueFrom`` is ignored; ``$(VAR)`` references in env, command
+and args expanded as a kubelet does) plus ``PATH``, ``HOME`` and
 ``HOSTNAME`` = the pod name. A first element ``python``/``python3`` becomes the emulator's
 own interpreter, so the project's example algorithms run without PATH tricks.
 
@@ -31,6 +32,7 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from nexus_dev.cluster.expansion import container_argv
 from nexus_dev.cluster.kubelet import PodRun
 from nexus_dev.cluster.validation import memory_bytes
 
@@ -128,9 +130,7 @@ class ProcessRuntime:
 
     async def _spawn(self, run: PodRun) -> None:
         container = run.container
-        argv = [str(a) for a in (container.get("command") or ())] + [
-            str(a) for a in (container.get("args") or ())
-        ]
+        argv = container_argv(container, run.env)  # $(VAR) and $$ resolved
         if argv and argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         env = {

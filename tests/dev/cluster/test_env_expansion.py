@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nexus_dev.cluster.expansion import container_env, expand
+from nexus_dev.cluster.expansion import container_argv, container_env, expand
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,13 @@ def test_a_reference_sees_only_the_variables_defined_before_it() -> None:
         "LATER": "2",
         "FROM_SECRET": "",
     }
+
+
+def test_command_and_args_are_expanded_against_the_whole_environment() -> None:
+    container = {
+        "command": ["run", "$(LATER)"],
+        "args": ["--a=$(FIRST)", "--b=$$(FIRST)", "--c=$("],
+        "env": [{"name": "FIRST", "value": "1"}, {"name": "LATER", "value": "2"}],
+    }
+    argv = container_argv(container, container_env(container))
+    assert argv == ["run", "2", "--a=1", "--b=$(FIRST)", "--c=$("]
