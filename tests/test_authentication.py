@@ -273,3 +273,14 @@ def test_a_short_hs256_secret_is_a_configuration_error() -> None:
         ConfigError, match="NEXUS__AUTH__JWT_HS256_SECRET: expected at least 32 bytes"
     ):
         Authenticator(AuthSettings(jwt_hs256_secret="too-short", jwt_issuer="issuer"))
+
+
+async def test_a_jwt_is_issued_at_its_iat_else_its_nbf_else_when_first_verified() -> None:
+    """The issue time orders a caller's JWTs when their rights are stored."""
+    auth, now = authenticator(), int(time.time())
+    assert (await auth.authenticate(f"Bearer {token(iat=now - 30, nbf=now - 20)}")).issued == now - 30  # fmt: skip
+    assert (await auth.authenticate(f"Bearer {token(nbf=now - 20)}")).issued == now - 20
+    before = time.time()
+    issued = (await auth.authenticate(f"Bearer {token()}")).issued
+    assert issued is not None and before <= issued <= time.time()
+    assert (await auth.authenticate(f"Bearer {TOKEN}")).issued is None  # not a JWT

@@ -11,12 +11,16 @@ Guarantees:
 * **Stored before they are relied on.** A pod writes a caller's rights before it serves
   the request whose JWT carried them: a run accepted with a JWT has its caller's rights in
   the store before its 202, so its children, started later from any pod, find them.
-* **The latest JWT wins.** A caller's rights are those of the last JWT with other rights
+* **The most recently issued JWT wins.** A caller's rights are those of the JWT with the
+  latest issue time (``iat``, else ``nbf``, else when first seen valid: migration 0014)
   that a pod served: rights the identity provider takes away stop applying to the
   caller's runs once a JWT without them is used, as a service token's do once it is
-  removed from configuration.
-* **Cheap.** A pod writes a caller's rights once per change it sees (a dictionary lookup
-  otherwise), and reads them for run credentials at most once per ``ttl`` seconds.
+  removed from configuration, and an older JWT still valid, used later on another pod,
+  does not bring them back. A write carries the JWT's issue time and changes the row only
+  when it is no older than the stored one, so the order in which pods write is irrelevant.
+* **Cheap.** A pod writes a caller's rights once per JWT issued later than the last it
+  wrote, or with other rights issued at the same time (a dictionary lookup otherwise), and
+  reads them for run credentials at most once per ``ttl`` seconds.
 
 It reads and writes through the store's connections (:meth:`CheckpointStore.connection`).
 """
@@ -30,9 +34,12 @@ from typing import Any
 from nexus.core.checkpoints import CheckpointStore
 
 UPSERT = """
-INSERT INTO caller_rights (caller, algorithms, weight) VALUES ($1, $2, $3)
+INSERT INTO caller_rights (caller, algorithms, weight, issued)
+VALUES ($1, $2, $3, to_timestamp($4))
 ON CONFLICT (caller) DO UPDATE
-SET algorithms = excluded.algorithms, weight = excluded.weight, updated_at = now()
+SET algorithms = excluded.algorithms, weight = excluded.weight, issued = excluded.issued,
+    updated_at = now()
+WHERE caller_rights.issued <= excluded.issued
 """
 SELECT = "SELECT algorithms, weight FROM caller_rights WHERE caller = $1"
 REMEMBERED = 10_000
@@ -67,23 +74,28 @@ class CallerRights:
     def __init__(self, store: CheckpointStore, ttl: float = 10.0) -> None:
         self._store = store
         self._ttl = ttl
-        self._written: dict[str, Rights] = {}
-        """What this pod last wrote for each caller (most callers keep their rights)."""
+        self._written: dict[str, tuple[Rights, float]] = {}
+        """What this pod last wrote for each caller, and the issue time of the JWT that
+        carried it (most callers keep their rights; JWTs are renewed every few minutes)."""
         self._read: dict[str, tuple[float, Rights]] = {}
 
-    async def remember(self, caller: str, rights: Rights) -> None:
-        """Store ``rights`` as ``caller``'s, unless this pod stored just these already.
-        A caller or algorithm name the store cannot hold is not stored (nothing of that
-        caller can be: its submissions are refused as bad input)."""
-        if self._written.get(caller) == rights:
+    async def remember(self, caller: str, rights: Rights, issued: float) -> None:
+        """Store ``rights`` as ``caller``'s, carried by a JWT issued at ``issued`` (Unix
+        seconds), unless the store has rights of a later JWT. Skipped when this pod wrote
+        these rights of this JWT's time already, or those of a later JWT (the store's row is
+        then no older, so the write would change nothing). A caller or algorithm name the
+        store cannot hold is not stored (nothing of that caller can be: its submissions are
+        refused as bad input)."""
+        written = self._written.get(caller)
+        if written is not None and (written[1] > issued or written == (rights, issued)):
             return
         names = sorted(rights.algorithms)
         if not all(map(_storable, [caller, *names])):
             return
         async with self._store.connection() as conn:
-            await conn.execute(UPSERT, caller, names, rights.weight)
+            await conn.execute(UPSERT, caller, names, rights.weight, issued)
         _bounded(self._written)
-        self._written[caller] = rights
+        self._written[caller] = (rights, issued)
         self._read.pop(caller, None)
 
     async def of(self, caller: str) -> Rights:

@@ -22,8 +22,8 @@ A running algorithm authenticates with its **run credential** (``NEXUS__RUN_CRED
 caller's rights, and may start children of its own run only, while that run is unfinished;
 it sees (reads, lists, cancels) those children and no other run of its caller. A caller's
 rights are those of its service tokens; a caller known only by its JWTs has those of its
-latest JWT, which the scheduler stores (:mod:`nexus.core.callerrights`) before it serves a
-request of that JWT, since the run's container never sees it.
+most recently issued JWT, which the scheduler stores (:mod:`nexus.core.callerrights`)
+before it serves a request of that JWT, since the run's container never sees it.
 
 Verified JWTs are remembered until they expire (bounded), so a busy client does not pay for
 a signature check on every request; the memory is cleared when the provider's key set
@@ -67,6 +67,9 @@ class Principal:
     run: tuple[str, str] | None = None
     """(algorithm, request id) of the run whose credential this is: it may start child
     runs of that run only (:meth:`Authenticator.authenticate`)."""
+    issued: float | None = None
+    """When a JWT was issued (Unix seconds, :func:`_issued`): the most recently issued of a
+    caller's JWTs gives its rights (:mod:`nexus.core.callerrights`)."""
 
     def may_run(self, algorithm: str) -> bool:
         return "*" in self.algorithms or algorithm in self.algorithms
@@ -84,6 +87,17 @@ def _prepared(algorithm: HMACAlgorithm | RSAAlgorithm, key: str, setting: str) -
         return algorithm.prepare_key(key)
     except (jwt.InvalidKeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{setting}: not a usable key ({exc})") from exc
+
+
+def _issued(claims: dict[str, Any], now: float) -> float:
+    """When a verified JWT was issued: its ``iat``, else its ``nbf`` (it was issued no later
+    than it became valid), else ``now``, as it is first seen valid. PyJWT has checked both
+    claims are whole numbers no later than ``now`` plus the leeway. ``exp`` says nothing of
+    the order: lifetimes differ."""
+    for claim in ("iat", "nbf"):
+        if claims.get(claim) is not None:
+            return float(int(claims[claim]))
+    return now
 
 
 def _names(claims: dict[str, Any], claim: str) -> list[str]:
@@ -181,8 +195,8 @@ class Authenticator:
     async def _run(self, credential: str, signer: Signer) -> Principal:
         """A running algorithm, starting children as its run's caller: with the rights of
         that caller's service tokens, or for a caller known only by its JWTs those its
-        latest JWT carried (stored, as the run never sees a JWT), seeing only the children
-        of its run."""
+        most recently issued JWT carried (stored, as the run never sees a JWT), seeing only
+        the children of its run."""
         checked = signer.check_run_credential(credential)
         if checked is None:
             raise unauthorized("the run credential is not valid, or its run's deadline passed")
@@ -238,6 +252,7 @@ class Authenticator:
             frozenset(allowed),
             None if weight is None else float(weight),
             frozenset(grants),
+            issued=_issued(claims, now),
         )
         self._verified[token] = (principal, float(claims["exp"]))
         if len(self._verified) > _CACHE_SIZE:
@@ -272,7 +287,9 @@ class Authenticator:
             and principal.caller not in self._rights
         ):
             await self.caller_rights.remember(
-                principal.caller, Rights(principal.algorithms, principal.weight)
+                principal.caller,
+                Rights(principal.algorithms, principal.weight),
+                principal.issued if principal.issued is not None else time.time(),
             )
         if not principal.may_run(algorithm):
             raise ApiError(
