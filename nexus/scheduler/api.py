@@ -18,6 +18,7 @@ from typing import NotRequired, TypedDict
 
 from aiohttp import web
 
+from nexus.core.announcements import FinishedRuns
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.compatibility import v12_error_message, v12_status
 from nexus.core.errors import DependencyError
@@ -124,6 +125,8 @@ class Scheduler:
     fair_share: FairShare | None = None
     waiters: Waiters | None = None
     """This pod's ``?wait`` requests, woken by announcements of finished runs."""
+    announcements: FinishedRuns | None = None
+    """What hears those announcements (``listening`` while it does)."""
 
 
 SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)

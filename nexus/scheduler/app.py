@@ -194,6 +194,7 @@ async def _open(
     waiters = app[SCHEDULER].waiters = Waiters(store, app[LISTINGS])
     stack.push_async_callback(waiters.close)
     announcements = FinishedRuns(s.postgres.dsn, waiters.finished, waiters.gap)
+    app[SCHEDULER].announcements = announcements
     lifecycle.start_loop("announcements", announcements.run(lifecycle.stopping))
     ticker = Ticker(
         catalog=catalog,

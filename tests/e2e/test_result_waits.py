@@ -60,6 +60,11 @@ def waiting(system: System) -> int:
     return sum(len(s.app[SCHEDULER].waiters or ()) for s in system.schedulers)
 
 
+def listening(system: System) -> Any:
+    announcements = [s.app[SCHEDULER].announcements for s in system.schedulers]
+    return lambda: all(a is not None and a.listening.is_set() for a in announcements)
+
+
 async def until(condition: Any, what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -159,6 +164,9 @@ async def test_a_lost_announcement_never_keeps_a_waiter_past_its_wait(servers: S
         servers, shards=[ShardSpec(name="shard-0", mode="off")], templates=[template("echo")]
     ) as system:
         first, second = await submit_many(system, 2)
+        # a pod that starts listening looks again at every run waited for (announcements
+        # before that moment were not heard): the waiter below must come after it
+        await until(listening(system), "the pod listening")
         connection = await asyncpg.connect(system.postgres_dsn)
         try:
 

@@ -413,8 +413,9 @@ async def test_a_crash_in_the_middle_of_retries_makes_exactly_one_new_attempt_ea
 
             async def some_retried() -> bool:
                 attempts = await all_attempts(dsn)
-                return sum(a == 2 for _, a in attempts.values()) >= 15
+                return sum(a == 2 for _, a in attempts.values()) >= 5
 
+            # early, so that the crash falls among runs retried, failing and not yet tried
             await wait_until(some_retried, 30, "some runs retried", dsn)
             before = await all_attempts(dsn)
             first.kill()
