@@ -1,8 +1,8 @@
 """End to end: submit → Job → simulated pod → completion → result readable, sustained.
 
     .venv/bin/python benchmarks/end_to_end.py [--rate 2000] [--seconds 60] [--schedulers 1]
-        [--setting NEXUS__SECTION__KEY=VALUE ...] [--bulk N] [--read listing|each]
-        [--profile DIR]
+        [--runs N [--connections 32]] [--setting NEXUS__SECTION__KEY=VALUE ...] [--bulk N]
+        [--read listing|each] [--profile DIR]
 
 The local system runs as separate processes: PostgreSQL, Redis, SeaweedFS, one local
 cluster whose simulated pods play the whole algorithm contract (read their input from the
@@ -10,21 +10,30 @@ Job, or GET it from the scheduler's signed link when it is too large to travel t
 a small result inline or PUT it to S3 with the presigned URL, POST the completion to the
 receiver with their run token), the scheduler(s), the receiver and the maintainer.
 
-A load generator submits ``echo`` runs at ``--rate`` per second, one per request or, with
-``--bulk N``, N per request through bulk submit (open loop, so a slow system cannot slow
-the offered load) for ``--seconds``, each tagged with the 100 ms slot it was
-sent in; a poller reads the results by tag through the API, as a client would (each tag at
-most once a second), until every run is COMPLETED with a result URL, and reads each result
-back (checking it is the run's parameters): with ``--read listing`` (the default) from the
-listing itself (``?include=result``: inline results come with their runs, one request per
-page), falling back to the result URL for a result in S3; with ``--read each`` from each
-run's result URL, one GET per run. Reported: offered and completed
-runs/s, the completion rate over the steady part of the window, when the last run
-finished, the results read, the latency from submission to COMPLETED (p50/p90/p99, from
-the receiver's histogram), and CPU microseconds per run of every process, the load
-generator's own included. Prints human lines,
-then one JSON line. ``--profile DIR`` samples every Python process of the system with
-py-spy during the submission window (see ``profiles.py``, which summarises them).
+A load generator submits ``echo`` runs, one per request or, with ``--bulk N``, N per
+request through bulk submit:
+
+* at ``--rate`` per second for ``--seconds`` (open loop, so a slow system cannot slow the
+  offered load), each run tagged with the 100 ms slot it was sent in;
+* or, with ``--runs N``, flat out: N runs submitted as fast as ``--connections`` clients
+  get their answers (each sends its next request when its last is answered; a system
+  cannot be offered more than it accepts), tagged in blocks of 100 — the way the peers'
+  clients send their tasks flat out in ``peers.py``.
+
+Results are read as a client waiting for its batches would: ``WAITERS`` connections each
+take the oldest tag whose runs are all submitted, hold ``GET …/tags/{tag}/summary?wait=30``
+until the scheduler answers that every run of the tag is finished (no polling), then read
+the tag's listing and check every run is COMPLETED with its result (the run's
+parameters): with ``--read listing`` (the default) from the listing itself
+(``?include=result``: inline results come with their runs, 100 a page), falling back to
+the result URL for a result in S3; with ``--read each`` from each run's result URL, one GET
+per run. Reported: offered and completed runs/s (completed from the first submission to
+the last run seen finished), the completion rate over the steady part of the window, the
+results read, the latency from submission to COMPLETED (p50/p90/p99, from the receiver's
+histogram), and CPU microseconds per run of every process, the load generator's own
+included. Prints human lines, then one JSON line. ``--profile DIR`` samples every Python
+process of the system with py-spy during the submission window (see ``profiles.py``,
+which summarises them).
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 from cpu import CpuMeter
-from loadgen import _Connection, open_loop, request_bytes
+from loadgen import _Connection, closed_loop, open_loop, request_bytes
 from profiles import record
 from stack import StackOptions, local_stack
 
@@ -61,6 +70,14 @@ PLAIN = ("postgres", "redis", "seaweedfs")
 """Processes that are not Python: py-spy cannot sample them."""
 NEXT_PAGE = re.compile(rb'(?im)^link:\s*<([^>]+)>;\s*rel="next"')
 """The next page of a listing (a listing with results holds at most 100 runs a page)."""
+WAITERS = 16
+"""Connections waiting for tags to finish (``summary?wait``), each on the oldest tag not yet
+taken: tags finish roughly in the order they were made."""
+WAIT = 30
+"""Seconds each ``summary?wait`` may be held."""
+FLAT_TAG_RUNS = 100
+"""Runs per tag when submitting flat out (``--runs``)."""
+INF = float("inf")
 FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_TIMEOUT", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -112,28 +129,38 @@ async def run(
     made: dict[str, int] = {}  # tag -> runs submitted with it
     done_at: dict[str, float] = {}  # request id -> when the poller first saw it finished
     statuses: dict[str, int] = {}
-    complete: set[str] = set()
+    closed: asyncio.Queue[str | None] = asyncio.Queue()  # tags all submitted, in order
+    deadline = [INF]  # when the waiters give up: set once the load has ended
 
     def tag_of(index: int) -> str:
+        if args.runs:  # flat out: runs in blocks
+            return f"e2e-{index // FLAT_TAG_RUNS}"
         return f"e2e-{int(index / args.rate / SLOT)}"
+
+    def note(tag: str, runs: int) -> None:
+        """Count ``runs`` submitted with ``tag``; the tag before it is then closed."""
+        if tag not in made:
+            if made:
+                closed.put_nowait(next(reversed(made)))
+            made[tag] = 0
+        made[tag] += runs
 
     def make(index: int) -> bytes:
         url = urls[index % len(urls)]
         if args.bulk > 1:  # request i carries runs i*N … i*N+N-1, all of one tag
             first = index * args.bulk
             tag = tag_of(first)
-            made[tag] = made.get(tag, 0) + args.bulk
+            note(tag, args.bulk)
             runs = [
                 {"algorithmParameters": {"index": first + j}, "tag": tag} for j in range(args.bulk)
             ]
             body = orjson.dumps({"runs": runs})
             return request_bytes("POST", f"{url}/algorithm/v1.2/runs/echo", body, headers)
         tag = tag_of(index)
-        made[tag] = made.get(tag, 0) + 1
+        note(tag, 1)
         body = orjson.dumps({"algorithmParameters": {"index": index}, "tag": tag})
         return request_bytes("POST", f"{url}/algorithm/v1.2/run/echo", body, headers)
 
-    polled: dict[str, float] = {}
     to_read: asyncio.Queue[str] = asyncio.Queue()
     read = {"ok": 0, "bad": 0}
 
@@ -159,58 +186,72 @@ async def run(
             for connection in connections.values():
                 connection.close()
 
-    async def poll(stop: asyncio.Event) -> None:
-        """Read results by tag, as a client would (each tag at most once a second), until
-        every run has finished."""
-        connection = await _Connection.open(urls[0])
+    async def exchange(connection: list[_Connection], url: str) -> tuple[int, bytes, bytes]:
+        """One GET on the waiter's connection, made anew if the server closed it."""
         try:
-            while time.time() < started + args.seconds + args.drain:
-                waiting = [t for t in made if t not in complete]
-                if stop.is_set() and not waiting:
-                    return
-                due = [t for t in waiting if time.time() - polled.get(t, 0.0) >= 1.0]
-                for tag in due[:50]:
-                    polled[tag] = time.time()
-                    listing = f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}?limit={PAGE}"
-                    if args.read == "listing":
-                        listing += "&include=result"
-                    runs: list[Any] | None = []
-                    while listing and runs is not None:
-                        request = request_bytes("GET", listing, b"", headers)
-                        status, body, head = await connection.exchange_head(request)
-                        if status != 200:
-                            runs = None
-                            break
-                        runs.extend(orjson.loads(body))
-                        following = NEXT_PAGE.search(head)
-                        listing = following.group(1).decode() if following else ""
-                    if runs is None:
-                        continue
-                    now, finished = time.time(), 0
-                    for answer in runs:
-                        if answer["status"] not in FINISHED:
-                            continue
-                        finished += 1
-                        if answer["requestId"] not in done_at:
-                            done_at[answer["requestId"]] = now
-                            label = answer["status"]
-                            if label == "COMPLETED" and not answer["resultUri"]:
-                                label = "COMPLETED without resultUri"
-                            elif label == "COMPLETED" and "result" in answer:
-                                ok = isinstance(answer["result"], dict) and (
-                                    "index" in answer["result"]
-                                )
-                                read["ok" if ok else "bad"] += 1
-                            elif label == "COMPLETED":
-                                to_read.put_nowait(answer["resultUri"])
-                            statuses[label] = statuses.get(label, 0) + 1
-                    if finished == made[tag] and tag != tag_of(int((now - started) * args.rate)):
-                        complete.add(tag)
-                await asyncio.sleep(0.2)
-        finally:
-            connection.close()
+            return await connection[0].exchange_head(request_bytes("GET", url, b"", headers))
+        except (OSError, asyncio.IncompleteReadError):
+            connection[0].close()
+            connection[0] = await _Connection.open(urls[0])
+            return 0, b"", b""
 
-    stop = asyncio.Event()
+    async def finished(connection: list[_Connection], tag: str) -> bool:
+        """Wait for the tag's batch to finish as a client would: ``summary?wait``, answered
+        by the scheduler as soon as every run of the tag is finished (no polling)."""
+        summary = f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}/summary"
+        while (left := deadline[0] - time.time()) > 0:
+            wait = max(1, int(min(WAIT, left)))
+            status, body, _ = await exchange(connection, f"{summary}?wait={wait}")
+            if status != 200:
+                await asyncio.sleep(0.5)
+                continue
+            answer = orjson.loads(body)
+            if answer["finished"] and (answer["total"] >= made[tag] or deadline[0] < INF):
+                return True  # (once the load is over, every submission has been answered)
+            if answer["finished"]:  # some of its submissions are still being answered
+                await asyncio.sleep(0.05)
+        return False
+
+    async def collect(connection: list[_Connection], tag: str) -> None:
+        """Read a finished tag's runs (with their inline results) and check each."""
+        listing = f"{urls[0]}/algorithm/v1.2/results/echo/tags/{tag}?limit={PAGE}"
+        if args.read == "listing":
+            listing += "&include=result"
+        runs: list[Any] = []
+        while listing:
+            status, body, head = await exchange(connection, listing)
+            if status != 200:
+                await asyncio.sleep(0.5)
+                continue
+            runs.extend(orjson.loads(body))
+            following = NEXT_PAGE.search(head)
+            listing = following.group(1).decode() if following else ""
+        now = time.time()
+        for answer in runs:
+            if answer["status"] not in FINISHED or answer["requestId"] in done_at:
+                continue
+            done_at[answer["requestId"]] = now
+            label = answer["status"]
+            if label == "COMPLETED" and not answer["resultUri"]:
+                label = "COMPLETED without resultUri"
+            elif label == "COMPLETED" and "result" in answer:
+                ok = isinstance(answer["result"], dict) and "index" in answer["result"]
+                read["ok" if ok else "bad"] += 1
+            elif label == "COMPLETED":
+                to_read.put_nowait(answer["resultUri"])
+            statuses[label] = statuses.get(label, 0) + 1
+
+    async def wait_tags() -> None:
+        """Take the oldest closed tag, wait for it to finish, read it; until none is left."""
+        connection = [await _Connection.open(urls[0])]
+        try:
+            while (tag := await closed.get()) is not None:
+                if await finished(connection, tag):
+                    await collect(connection, tag)
+            closed.put_nowait(None)  # for the other waiters
+        finally:
+            connection[0].close()
+
     meter.start()
     own_before = _own_cpu()
     readers = [asyncio.create_task(read_results()) for _ in range(READERS)]
@@ -218,12 +259,23 @@ async def run(
     if args.profile is not None:
         python = {k: v for k, v in meter.roots.items() if k not in PLAIN}
         recorders = record(python, args.profile, args.seconds)
-    poller = asyncio.create_task(poll(stop))
-    requests = args.rate / max(1, args.bulk)
-    load = await open_loop(urls, make, rate=requests, duration=args.seconds, max_connections=512)
+    waiters = [asyncio.create_task(wait_tags()) for _ in range(WAITERS)]
+    if args.runs:
+        requests = -(-args.runs // max(1, args.bulk))
+        load = await closed_loop(
+            urls, make, connections=args.connections, duration=args.drain, total=requests
+        )
+    else:
+        requests = args.rate / max(1, args.bulk)
+        load = await open_loop(
+            urls, make, rate=requests, duration=args.seconds, max_connections=512
+        )
     submitted_for = time.time() - started
-    stop.set()
-    await poller
+    if made:
+        closed.put_nowait(next(reversed(made)))
+    closed.put_nowait(None)
+    deadline[0] = time.time() + args.drain
+    await asyncio.gather(*waiters)
     with contextlib.suppress(TimeoutError):  # what is left unread is reported as such
         await asyncio.wait_for(to_read.join(), timeout=60)
     read["unread"] = to_read.qsize()
@@ -234,14 +286,19 @@ async def run(
     for recorder in recorders:
         recorder.wait()
     completed = statuses.get("COMPLETED", 0)
-    warm = min(10.0, args.seconds / 3)  # the steady part starts once the pipeline is full
-    steady = [t for t in done_at.values() if started + warm <= t <= started + args.seconds]
-    steady_rate = len(steady) / max(1e-9, args.seconds - warm)
     finished_by = max(done_at.values(), default=started) - started
+    # the steady part starts once the pipeline is full and ends with the load (flat out:
+    # a second before the last run finished, as the last tags finish together)
+    warm = min(10.0, args.seconds / 3) if not args.runs else min(2.0, finished_by / 4)
+    end = args.seconds if not args.runs else max(warm + 1.0, finished_by - 1.0)
+    steady = [t for t in done_at.values() if started + warm <= t <= started + end]
+    steady_rate = len(steady) / max(1e-9, end - warm)
     per_run = {name: round(seconds / max(1, completed) * 1e6, 1) for name, seconds in cpu.items()}
     ours = sum(v for k, v in per_run.items() if k not in ("devcluster", "seaweedfs", "loadgen"))
     figures = {
-        "offered_per_second": args.rate,
+        "offered_per_second": None if args.runs else args.rate,
+        "flat_out_runs": args.runs or None,
+        "completed_per_second": round(completed / max(1e-9, finished_by), 1),
         "results_read_by": args.read,
         "submit": load.summary(),
         "finished": statuses,
@@ -254,11 +311,12 @@ async def run(
         "cpu_us_per_run": per_run,
         "cpu_us_per_run_nexus_postgres_redis": round(ours, 1),
     }
-    print(f"submitted for {submitted_for:.1f} s at {args.rate}/s: {load.summary()}")
+    offered = f"flat out on {args.connections} connections" if args.runs else f"at {args.rate}/s"
+    print(f"submitted for {submitted_for:.1f} s {offered}: {load.summary()}")
     print(
         f"finished: {statuses}, unfinished: {figures['unfinished']}; steady completion rate"
-        f" {steady_rate:.0f}/s (from {warm:.0f} s to {args.seconds:.0f} s);"
-        f" all finished after {finished_by:.1f} s"
+        f" {steady_rate:.0f}/s (from {warm:.0f} s to {end:.0f} s);"
+        f" all finished after {finished_by:.1f} s: {figures['completed_per_second']}/s"
     )
     print(f"results read back through the API: {read}; submit → COMPLETED: {latency} ms")
     print(f"CPU µs per run: {per_run}; Nexus + PostgreSQL + Redis: {ours:.0f} µs")
@@ -271,6 +329,16 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=float, default=2000.0, help="runs submitted per second")
     parser.add_argument("--seconds", type=float, default=60.0, help="how long runs are submitted")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="flat out instead: N runs submitted as fast as --connections clients get answers",
+    )
+    parser.add_argument(
+        "--connections", type=int, default=32, help="clients submitting flat out (--runs)"
+    )
     parser.add_argument("--drain", type=float, default=60.0, help="longest wait for the last runs")
     parser.add_argument("--schedulers", type=int, default=1)
     parser.add_argument("--no-maintainer", dest="maintainer", action="store_false")

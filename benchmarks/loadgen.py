@@ -8,7 +8,8 @@ request bytes on persistent connections and parses only the status line and the
 Two shapes of load:
 
 * :func:`closed_loop` — ``connections`` clients each sending the next request as soon as
-  the previous answer arrives: the server's maximum throughput;
+  the previous answer arrives, for a time or a number of requests: the server's maximum
+  throughput;
 * :func:`open_loop` — requests started at a fixed rate regardless of answers (on as many
   connections as needed): latency at a given load, without coordinated omission.
 
@@ -115,38 +116,46 @@ class _Connection:
 
 
 async def closed_loop(
-    url: str,
+    url: str | list[str],
     make_request: Callable[[int], bytes],
     *,
     connections: int,
     duration: float,
+    total: int | None = None,
     keep_bodies: bool = False,
 ) -> Results:
-    """As fast as ``connections`` sequential clients can go, for ``duration`` seconds."""
+    """As fast as ``connections`` sequential clients can go, for ``duration`` seconds or
+    until ``total`` requests are answered, whichever comes first.
+
+    With several URLs, client ``c`` talks to ``url[c % len(url)]``."""
     results = Results()
-    counter = iter(range(10**12))
+    urls = [url] if isinstance(url, str) else list(url)
+    counter = iter(range(10**12 if total is None else total))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration
 
-    async def client() -> None:
-        connection = await _Connection.open(url)
+    async def client(target: str) -> None:
+        connection = await _Connection.open(target)
         try:
             while loop.time() < deadline:
-                request = make_request(next(counter))
+                index = next(counter, None)
+                if index is None:
+                    return
+                request = make_request(index)
                 started = time.perf_counter()
                 try:
                     status, body = await connection.exchange(request)
                 except (OSError, asyncio.IncompleteReadError):
                     results.errors += 1
                     connection.close()
-                    connection = await _Connection.open(url)
+                    connection = await _Connection.open(target)
                     continue
                 results.record(status, time.perf_counter() - started, body, keep_bodies)
         finally:
             connection.close()
 
     started = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(connections)))
+    await asyncio.gather(*(client(urls[c % len(urls)]) for c in range(connections)))
     results.seconds = time.perf_counter() - started
     return results
 

@@ -1,7 +1,7 @@
 """Nexus end to end beside Dramatiq, Celery (prefork) and ARQ, in one invocation.
 
     .venv/bin/python benchmarks/side_by_side.py [--loads 400,800] [--seconds 30]
-        [--flat-rate 3000] [--flat-tasks 10000] [--budget 30] [--only nexus,dramatiq,...]
+        [--flat-tasks 10000] [--connections 32] [--budget 30] [--only nexus,dramatiq,...]
 
 Each peer runs no-op tasks with Redis (a throwaway server per run) as broker and result
 store, from its own virtual environment, which this script makes on first use from the
@@ -13,9 +13,11 @@ each a process on this machine, every result read back through the API.
 Rounds, each system once per round, in an order that rotates from round to round, so a
 noisy minute of a shared machine falls on every system in turn:
 
-1. flat out: Nexus offered ``--flat-rate`` runs/s for ``--seconds``, each peer sent
-   ``--flat-tasks`` at once; then Nexus flat out with its runs submitted 100 per request
-   (bulk submit), and with results in S3 instead of inline
+1. flat out: every system sent ``--flat-tasks`` as fast as its client gets them accepted
+   (each peer's client sends them one after another; Nexus's load generator on
+   ``--connections`` keep-alive connections, each sending its next run when its last is
+   answered, as a client with a pool of connections does); then Nexus flat out with its
+   runs submitted 100 per request (bulk submit), and with results in S3 instead of inline
    (``NEXUS__SCHEDULER__RESULT_INLINE_LIMIT=0``);
 2. the same offered load for all, for ``--seconds`` each: half of Nexus' flat-out rate
    (the latency target is read there; Nexus with results in S3 too), then each of
@@ -114,10 +116,16 @@ def _run(command: list[str], timeout: float) -> dict[str, Any]:
     return _last_json(out)
 
 
-def nexus(rate: float, seconds: float, settings: list[str], bulk: int = 1) -> dict[str, Any]:
+def nexus(
+    rate: float | None, seconds: float, settings: list[str], bulk: int, flat: tuple[int, int]
+) -> dict[str, Any]:
+    """Nexus end to end at ``rate`` runs/s for ``seconds``, or (``rate`` None) flat out:
+    ``flat`` = (runs, connections)."""
+    load = ["--rate", str(rate), "--seconds", str(seconds)] if rate else []
+    if rate is None:
+        load = ["--runs", str(flat[0]), "--connections", str(flat[1])]
     command = [
-        sys.executable, str(HERE / "end_to_end.py"), "--rate", str(rate),
-        "--seconds", str(seconds), "--drain", "60", "--bulk", str(bulk),
+        sys.executable, str(HERE / "end_to_end.py"), *load, "--drain", "60", "--bulk", str(bulk),
     ]  # fmt: skip
     for setting in settings:
         command += ["--setting", setting]
@@ -171,8 +179,10 @@ def main() -> int:
     )
     parser.add_argument("--loads", default="400,800", help="offered loads, runs/s")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each run")
-    parser.add_argument("--flat-rate", type=float, default=3000.0, help="Nexus flat out")
-    parser.add_argument("--flat-tasks", type=int, default=10_000, help="peers flat out")
+    parser.add_argument("--flat-tasks", type=int, default=10_000, help="runs sent flat out")
+    parser.add_argument(
+        "--connections", type=int, default=32, help="Nexus's client connections flat out"
+    )
     parser.add_argument("--budget", type=float, default=30.0, help="minutes, then no new run")
     parser.add_argument("--only", default="nexus,dramatiq,celery,arq")
     parser.add_argument("--output", type=Path, default=RESULTS)
@@ -202,11 +212,10 @@ def main() -> int:
             return {"system": system + variant, "offered_per_second": offered, "skipped": True}
         print(f"running {label} ...", flush=True)
         if system == "nexus":
-            rate = offered or args.flat_rate
-            if variant and not offered:  # twice its capacity: a backlog it can drain
-                rate = min(rate, 2 * capacity)
             settings = [INLINE_OFF] if variant == "-s3" else []
-            found = nexus(rate, args.seconds, settings, BULK if variant == "-bulk" else 1)
+            flat = (args.flat_tasks, args.connections)
+            bulk = BULK if variant == "-bulk" else 1
+            found = nexus(offered, args.seconds, settings, bulk, flat)
         else:
             tasks = int(offered * args.seconds) if offered else args.flat_tasks
             limit = 2 * args.seconds  # a peer that falls behind is cut off there

@@ -46,3 +46,22 @@ def test_the_maintainer_sweep_benchmark_runs_at_a_small_size() -> None:
     figures = json.loads(done.stdout.splitlines()[-1])
     assert figures["sweep"]["running_sweep_ms_per_10k"] > 0, figures
     assert figures["adoption"]["queued"] == 100, figures
+
+
+def test_the_end_to_end_benchmark_reads_every_result_back() -> None:
+    """The figure the side-by-side report rests on: every run submitted flat out is seen
+    finished through its tag's summary and read back with its result."""
+    flat = ["--runs", "300", "--connections", "4", "--drain", "60"]
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "end_to_end.py"), *flat],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert figures["submit"]["ok"] == 300, figures
+    assert figures["finished"] == {"COMPLETED": 300}, figures
+    assert figures["unfinished"] == 0, figures
+    assert figures["results_read"] == {"ok": 300, "bad": 0, "unread": 0}, figures
