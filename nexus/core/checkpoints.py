@@ -186,12 +186,16 @@ def _conflicts(run: NewRun, first: asyncpg.Record) -> tuple[str, ...]:
     return tuple(name for name, different in differs.items() if different)
 
 
+_STAGES = {stage.value: stage for stage in Stage}
+"""Stages by their stored name: a dictionary look-up, not an Enum call, per row read."""
+
+
 def result_of(row: asyncpg.Record) -> RunResult:
     """A run's result as :data:`sql.RESULT_COLUMNS` read it (for companion modules too)."""
     return RunResult(
         algorithm=row["algorithm"],
         id=row["id"],
-        stage=Stage(row["lifecycle_stage"]),
+        stage=_STAGES[row["lifecycle_stage"]],
         result_uri=row["result_uri"],
         failure_cause=row["algorithm_failure_cause"],
         failure_details=row["algorithm_failure_details"],
@@ -203,7 +207,7 @@ def _checkpoint(row: asyncpg.Record) -> Checkpoint:
     return Checkpoint(
         algorithm=row["algorithm"],
         id=row["id"],
-        stage=Stage(row["lifecycle_stage"]),
+        stage=_STAGES[row["lifecycle_stage"]],
         caller=row["caller"],
         received_by_host=row["received_by_host"],
         received_at=row["received_at"],

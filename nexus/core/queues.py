@@ -175,7 +175,7 @@ class QueuedRun:
     def parse(cls, shard: str, member: str | bytes, priority: Any) -> QueuedRun:
         text = member.decode() if isinstance(member, bytes) else member
         algorithm, _, run_id = text.partition("/")
-        return cls(shard, RunKey(algorithm, UUID(run_id)), float(priority))
+        return cls(shard, RunKey(algorithm, UUID(run_id)), float(priority), text=text)
 
 
 @dataclass(frozen=True, slots=True)

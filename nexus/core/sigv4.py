@@ -171,8 +171,9 @@ class Signer:
         stamp = _timestamp(now)
         scope = f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
         origin, host, prefix = _endpoint(endpoint_url, bucket, virtual_host)
-        path = f"{prefix}/{uri_encode(key, keep_slash=True)}"
-        credential = uri_encode(f"{self.access_key_id}/{scope}")
+        folder, slash, name = key.rpartition("/")  # a run's key: a shared folder, its id
+        path = f"{prefix}/{_encoded_folder(folder + slash)}{uri_encode(name)}"
+        credential = _encoded_credential(self.access_key_id, scope)
         # In canonical (sorted) order: Algorithm, Credential, Date, Expires, Security-Token,
         # SignedHeaders. The URL puts the token after SignedHeaders, as botocore does.
         common = (
@@ -316,12 +317,35 @@ def request(
         connection.close()
 
 
+@functools.lru_cache(maxsize=256)
+def _encoded_folder(folder: str) -> str:
+    """``folder`` (a key's part up to its last ``/``) percent-encoded: the few folders of
+    the inputs and results of each algorithm are encoded once each, not once per URL
+    (their ``=`` is a Python call each in :func:`uri_encode`)."""
+    return uri_encode(folder, keep_slash=True)
+
+
+@functools.lru_cache(maxsize=16)
+def _encoded_credential(access_key_id: str, scope: str) -> str:
+    """``X-Amz-Credential``'s value, percent-encoded once a day (its scope is the day's)."""
+    return uri_encode(f"{access_key_id}/{scope}")
+
+
 def _query_pairs(query: str) -> list[tuple[str, str]]:
     """Decoded ``(name, value)`` pairs of a query string (``?acl`` gives ``("acl", "")``)."""
     return parse_qsl(query, keep_blank_values=True)
 
 
+_STAMP: list[tuple[int, str]] = [(-1, "")]
+"""The last second stamped and its stamp: URLs made in the same second share it."""
+
+
 def _timestamp(now: datetime | None) -> str:
     if now is None:
-        return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        second = int(time.time())
+        last, stamp = _STAMP[0]
+        if second != last:
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            _STAMP[0] = (second, stamp)
+        return stamp
     return now.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")

@@ -31,7 +31,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.queues import QueuedRun
 from nexus.core.runs import Checkpoint, RunKey
-from nexus.core.slots import Limit, Slots, parse_label
+from nexus.core.slots import Limit, LimitKind, Slots, parse_label
 from nexus.core.usage import stages
 from nexus.core.waiting import first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
@@ -85,9 +85,9 @@ class ConcurrencyLimits:
     def size(self, label: str) -> int | None:
         """The size of the limit ``label`` now, or ``None`` when it has none."""
         parsed = parse_label(label)
-        if parsed is None:
-            return None
-        kind, name = parsed
+        return None if parsed is None else self._size(*parsed)
+
+    def _size(self, kind: LimitKind, name: str) -> int | None:
         match kind:
             case "algorithm":
                 template = self.catalog.template(name)
@@ -104,14 +104,15 @@ class ConcurrencyLimits:
     def limits_of(self, run: Checkpoint) -> list[Limit]:
         """The limits ``run`` counts against."""
         found = []
-        for kind, name in (
+        kinds: tuple[tuple[LimitKind, str], ...] = (
             ("algorithm", run.algorithm),
             ("workgroup", run.applied_configuration.get("workgroup", "")),
             ("caller", run.caller),
-        ):
-            size = self.size(f"{kind}/{name}")
+        )
+        for kind, name in kinds:
+            size = self._size(kind, name)
             if size is not None:
-                found.append(Limit(kind, name, size))  # type: ignore[arg-type]
+                found.append(Limit(kind, name, size))
         return found
 
     async def admit(
