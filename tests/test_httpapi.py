@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from aiohttp import web
+from prometheus_client import REGISTRY
 
 from nexus.core.errors import (
     DependencyError,
@@ -68,6 +70,10 @@ async def fine(request: web.Request) -> web.Response:
     return json_response({"ok": True})
 
 
+async def any_method(request: web.Request) -> web.Response:
+    return json_response({"method": request.method})
+
+
 @pytest_asyncio.fixture
 async def base_url() -> AsyncIterator[str]:
     app = web.Application(client_max_size=MAX_BODY)
@@ -78,6 +84,7 @@ async def base_url() -> AsyncIterator[str]:
     app.router.add_get("/crash", json_errors(crash))
     app.router.add_get("/redirect", json_errors(redirect))
     app.router.add_get("/fine", json_errors(fine))
+    app.router.add_route("*", "/any/{name}", json_errors(any_method))
     finish_routes(app)
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -156,6 +163,19 @@ async def test_bad_bodies_are_400_naming_the_problem(
     assert fragment in answer["message"]
 
 
+async def test_a_body_that_arrives_in_pieces_is_read_whole(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    async def pieces(*parts: bytes) -> AsyncIterator[bytes]:
+        for part in parts:
+            await asyncio.sleep(0.05)  # the handler starts before the rest has come
+            yield part
+
+    body = pieces(b'{"a": [1, ', b'2, 3], "b": ', b'"x"}')
+    status, _, answer = await call(http, "POST", f"{base_url}/echo", data=body)
+    assert (status, answer) == (201, {"got": {"a": [1, 2, 3], "b": "x"}})
+
+
 async def test_oversize_body_is_413(http: aiohttp.ClientSession, base_url: str) -> None:
     status, _, answer = await call(
         http, "POST", f"{base_url}/echo", data=b"[" + b"1," * MAX_BODY + b"1]"
@@ -214,6 +234,32 @@ async def test_routing_errors_are_json_too(http: aiohttp.ClientSession, base_url
     assert status == 405
     assert answer["error"] == "method_not_allowed"
     assert "GET" in headers["Allow"]
+
+
+def _answered(route: str, method: str, status: str) -> float:
+    labels = {"route": route, "method": method, "status": status}
+    return REGISTRY.get_sample_value("nexus_http_request_duration_seconds_count", labels) or 0.0
+
+
+async def test_answers_are_counted_by_route_template_method_and_status(
+    http: aiohttp.ClientSession, base_url: str
+) -> None:
+    asked = [
+        ("GET", "/fine", "/fine", "200"),
+        ("HEAD", "/fine", "/fine", "200"),
+        ("POST", "/any/a", "/any/{name}", "200"),
+        ("PUT", "/any/b", "/any/{name}", "200"),
+        ("GET", "/crash", "/crash", "500"),
+        ("GET", "/redirect", "/redirect", "302"),
+        ("POST", "/fine", "/fine", "405"),
+        ("GET", "/no/such/route", "(no route)", "404"),
+    ]
+    before = [_answered(route, method, status) for method, _, route, status in asked]
+    for _ in range(2):  # the second time from what the first one kept
+        for method, path, _, _ in asked:
+            await call(http, method, f"{base_url}{path}")
+    after = [_answered(route, method, status) for method, _, route, status in asked]
+    assert [b + 2 for b in before] == after
 
 
 async def test_redirects_are_not_errors(http: aiohttp.ClientSession, base_url: str) -> None:
