@@ -178,6 +178,16 @@ def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id:
         raise ApiError(401, "unauthorized", "the run token does not match this run")
 
 
+def _is_canonical(parsed: str) -> bool:
+    """Whether ``parsed``, a string ``uuid.UUID`` took, is spelt as ``str()`` spells that
+    UUID: 36 characters, lower case, hyphens at 8, 13, 18 and 23."""
+    return (
+        len(parsed) == 36
+        and parsed[8] == parsed[13] == parsed[18] == parsed[23] == "-"
+        and (parsed.islower() or parsed.replace("-", "").isdigit())
+    )
+
+
 async def complete(request: web.Request) -> web.Response:
     receiver = request.app[RECEIVER]
     algorithm = request.match_info["algorithm"]
@@ -188,7 +198,8 @@ async def complete(request: web.Request) -> web.Response:
         run_id = uuid.UUID(raw_id)
     except ValueError:
         raise bad_request(f"requestId: {raw_id[:80]!r} is not a request id (UUID)") from None
-    rid = str(run_id)  # canonical, whatever spelling the path used
+    # canonical, whatever spelling the path used; nearly always the path's own already
+    rid = raw_id if _is_canonical(raw_id) else str(run_id)
     current_request.set(rid)
     _authorize(receiver, request, algorithm, rid)
     body = await read_json_object(request)

@@ -112,6 +112,9 @@ def not_ready(exc: BaseException) -> bool:
     )
 
 
+_ABSENT: Any = object()
+"""What a look-up finds for a key that is not there (a value may be ``None``)."""
+
 # A value PostgreSQL cannot hold (e.g. NUL in a string): the item's fault, not the batch's.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _DEADLOCK_RETRIES = 3
@@ -454,27 +457,32 @@ class CheckpointStore:
         way); for each change, whether it applied."""
         # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
         # twice in one batch has its later changes applied in a following statement.
+        # Runs are told apart by algorithm and the id's number: a tuple of a str and an
+        # int is hashed, compared and sorted in C, a UUID in Python (uuid.UUID's __hash__,
+        # __eq__ and __lt__ were 10 calls of Python per completion). The order is the
+        # same: a UUID sorts by its number, as PostgreSQL sorts uuid.
+        keys = [(change.algorithm, change.id.int) for change in changes]
         rounds: list[list[int]] = []
-        seen: dict[RunKey, int] = {}
-        for index, change in enumerate(changes):
-            depth = seen.get(change.key, 0)
-            seen[change.key] = depth + 1
+        seen: dict[tuple[str, int], int] = {}
+        for index, key in enumerate(keys):
+            depth = seen.get(key, 0)
+            seen[key] = depth + 1
             if depth == len(rounds):
                 rounds.append([])
             rounds[depth].append(index)
         for indices in rounds:
-            indices.sort(key=lambda i: (changes[i].algorithm, changes[i].id))
+            indices.sort(key=keys.__getitem__)
         columns = [_transition_columns([changes[i] for i in indices]) for indices in rounds]
         async with self.connection() as conn:
             answers = await self._update(conn, columns)
         applied: list[bool] = [False] * len(changes)
         for indices, rows in zip(rounds, answers, strict=True):
-            done = {(row["algorithm"], row["id"]): row["age"] for row in rows}
+            done = {(row["algorithm"], row["id"].int): row["age"] for row in rows}
             for i in indices:
-                key = (changes[i].algorithm, changes[i].id)
-                if key in done:
+                age = done.get(keys[i], _ABSENT)
+                if age is not _ABSENT:
                     applied[i] = True
-                    _observe_finished(changes[i], done[key])
+                    _observe_finished(changes[i], age)
         return applied
 
     async def _update(

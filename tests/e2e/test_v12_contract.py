@@ -177,8 +177,9 @@ async def test_the_containers_completions_are_read_back_in_the_v12_vocabulary(
         receiver=ReceiverSection(allow_tokenless_completions=True),
     ) as system:
         plain = fixture("python-run-plain", algorithm=ALGORITHM)
-        succeeded, failed, older, tokened = [await submit(system, plain) for _ in range(4)]
-        for request_id in (succeeded, failed, older, tokened):
+        runs = [await submit(system, plain) for _ in range(5)]
+        succeeded, failed, older, tokened, shouted = runs
+        for request_id in runs:
             await dispatched(system, request_id)
         location = "https://results.example.com/forecast/out.json"
 
@@ -215,6 +216,10 @@ async def test_the_containers_completions_are_read_back_in_the_v12_vocabulary(
         # a repeat changes nothing, and says so in the v1.2 vocabulary
         status, answer = await complete(system, failed, body, None)
         assert (status, answer) == (200, {"requestId": failed, "status": "FAILED"})
+        # an id spelt otherwise in the path is the run's, answered as the run's own
+        status, answer = await complete(system, shouted.upper(), body, None)
+        assert (status, answer) == (200, {"requestId": shouted, "status": "COMPLETED"})
+        assert (await system.result(ALGORITHM, shouted))["status"] == "COMPLETED"
 
 
 async def test_a_run_that_cannot_be_scheduled_is_a_scheduling_timeout(servers: Servers) -> None:
