@@ -17,7 +17,8 @@ idle window of the same wall time. The figure is the watcher's (window - idle) /
   the machine's load, since its wake-ups and batching change with it);
 * with ``--callgrind``, instructions per run instead (the watcher runs under
   ``valgrind --tool=callgrind --instr-atstart=no``, switched on and zeroed with
-  ``callgrind_control`` for the window): load-independent, about 50 times slower;
+  ``callgrind_control`` for the window): load-independent, about 50 times slower; with
+  ``--keep`` its dumps stay (their paths printed) for ``callgrind_annotate``;
 * with ``--profile FILE``, the window under cProfile (call counts per run: exactly
   repeatable), written to FILE (``python -m pstats FILE``).
 
@@ -130,8 +131,9 @@ async def control(*args: str) -> None:
         raise RuntimeError(f"callgrind_control {' '.join(args)} failed")
 
 
-def counted(pattern: str) -> list[int]:
-    """The instruction totals of callgrind's dumps, in dump order (the files removed)."""
+def counted(pattern: str, keep: bool) -> list[int]:
+    """The instruction totals of callgrind's dumps, in dump order (the files removed unless
+    ``keep``)."""
     found = []
     for path in sorted(glob.glob(pattern), key=lambda p: int(p.rsplit(".", 1)[1])):
         with open(path) as dump:
@@ -139,7 +141,8 @@ def counted(pattern: str) -> list[int]:
                 if line.startswith(("summary:", "totals:")):
                     found.append(int(line.split()[1]))
                     break
-        os.remove(path)
+        if not keep:
+            os.remove(path)
     return found
 
 
@@ -230,7 +233,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 idle = await watcher.seen(total) - last
                 if args.callgrind:
                     await control("-d", pid)
-                    window, quiet = counted(f"{out}.*")[:2]
+                    window, quiet = counted(f"{out}.*", args.keep)[:2]
                     figure = {"instructions_per_run": round((window - quiet) / args.runs)}
                 else:
                     per_run = (last - first - idle) / args.runs * 1e6
@@ -248,6 +251,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             if process.returncode is None:
                 process.terminate()
                 await process.wait()
+    if args.keep:
+        print(f"callgrind's dumps: {out}.*", flush=True)
     key = "instructions_per_run" if args.callgrind else "cpu_us_per_run"
     return {
         "runs": args.runs,
@@ -266,6 +271,9 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="creations in flight")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--callgrind", action="store_true", help="instructions, not CPU time")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep callgrind's dumps (callgrind_annotate)"
+    )
     parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the window")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

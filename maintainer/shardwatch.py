@@ -3,9 +3,10 @@
 :class:`ShardWatch` follows three kinds of object on a shard with
 :func:`nexus.core.listwatch.follow` (list, then watch from the list's resourceVersion,
 resume, relist on 410, back off while the shard is unreachable) and applies the rules of
-:mod:`maintainer.signals`. Half of a run's events are passed over unparsed (pods not yet
-started, succeeded or deleted; Jobs changed without a condition); for the others it reads
-a few keys of a raw dict and, rarely, submits an action; it never waits for the store.
+:mod:`maintainer.signals`. Of most of a run's events only the object's status is read
+(pods not yet started, succeeded or deleted; Jobs changed without a condition: see
+:mod:`nexus.core.watchevents`), and of none the spec; for the others it reads a few keys of
+a raw dict and, rarely, submits an action; it never waits for the store.
 
 What it keeps in memory, all bounded by what the shard holds:
 
@@ -54,10 +55,10 @@ from maintainer.signals import (
     container_state,
     disruption,
     failed_verdict,
-    job_of_no_interest,
+    job_matters,
     job_outcome,
     pod_failure,
-    pod_of_no_interest,
+    pod_matters,
     pull_error,
     run_of_pod,
     unschedulable,
@@ -152,10 +153,11 @@ class ShardWatch:
                 self._group = group
                 # Of all Events only FailedCreate matters here; the API server filters, so
                 # the many Normal events of every run never reach (or cost) this process.
-                # Of the Job and Pod events, those the rules ignore are passed over unparsed.
-                for resource, on_sync, on_event, selector, fields, skip in (
-                    (JOBS, self._sync_jobs, self._on_job, RUNS, None, job_of_no_interest),
-                    (PODS, self._sync(self._on_pod), self._on_pod, RUNS, None, pod_of_no_interest),
+                # Of the Job and Pod events, only the status is read of those the rules
+                # ignore, and no spec of any (nothing here reads one).
+                for resource, on_sync, on_event, selector, fields, sift in (
+                    (JOBS, self._sync_jobs, self._on_job, RUNS, None, job_matters),
+                    (PODS, self._sync(self._on_pod), self._on_pod, RUNS, None, pod_matters),
                     (EVENTS, self._sync(self._on_event), self._on_event, None, FAILED_CREATE, None),
                 ):
                     group.create_task(
@@ -170,7 +172,7 @@ class ShardWatch:
                             watch_timeout=self.section.watch_timeout,
                             max_backoff=self.section.watch_max_backoff,
                             on_connected=self._connected(resource.plural),
-                            skip=skip,
+                            sift=sift,
                         ),
                         name=f"maintainer:watch:{self.shard}:{resource.plural}",
                     )

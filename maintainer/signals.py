@@ -147,30 +147,36 @@ def unschedulable(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def pod_of_no_interest(line: bytes) -> bool:
-    """Whether a pod's watch event, as raw JSON, is one the rules above ignore, so that it
-    need not be parsed: a pod deleted, not yet reported on by the kubelet (no container
-    status), or succeeded (unless out of memory). That is three of a run's four events.
+def pod_matters(kind: str, status: dict[str, Any]) -> bool:
+    """Whether a pod's watch event is one the rules above act on, from its ``status`` alone
+    (:data:`nexus.core.watchevents.Sift`), so that the rest of it need not be read: not a
+    pod deleted, not yet reported on by the kubelet (no container status), creating its
+    container, or succeeded (unless out of memory) — most of a run's pod events.
 
-    It may keep what it need not (another spelling of the same JSON is simply parsed), but
-    never drops what matters: a key cannot be faked by a string value, whose quotes JSON
-    escapes."""
-    return (
-        line.startswith(b'{"type":"DELETED"')
-        or (
-            b'"containerStatuses"' not in line
-            and b'"Unschedulable"' not in line
-            and b'"DisruptionTarget"' not in line
-            and b'"phase":"Failed"' not in line
-        )
-        or (b'"phase":"Succeeded"' in line and b'"OOMKilled"' not in line)
-    )
+    It asks the very functions the rules use, of the status alone: they read nothing
+    else of a pod."""
+    if kind == "DELETED":
+        return False
+    pod = {"status": status}
+    if disruption(pod) is not None:
+        return True
+    state = container_state(pod)
+    if state is None:
+        return unschedulable(pod) is not None
+    if "running" in state:
+        return True
+    if "waiting" in state:
+        return pull_error(state) is not None
+    if "terminated" in state:
+        return pod_failure(pod, state) is not None
+    return False
 
 
-def job_of_no_interest(line: bytes) -> bool:
-    """Whether a Job's watch event, as raw JSON, can be passed over: a change to a Job
-    without conditions says nothing new (its ADDED event, or the list, named it already)."""
-    return line.startswith(b'{"type":"MODIFIED"') and b'"conditions"' not in line
+def job_matters(kind: str, status: dict[str, Any]) -> bool:
+    """Whether a Job's watch event is worth reading (:data:`nexus.core.watchevents.Sift`):
+    a change to a Job without conditions says nothing new (its ADDED event, or the list,
+    named it already)."""
+    return kind != "MODIFIED" or bool(status.get("conditions"))
 
 
 def container_state(pod: dict[str, Any]) -> dict[str, Any] | None:

@@ -652,45 +652,53 @@ async def test_a_broken_watch_stream_is_unavailable(stand_in: tuple[Path, dict[s
         await client.close()
 
 
-async def test_watch_events_are_whole_however_the_stream_is_cut_and_skip_reads_none(
+async def test_watch_events_are_whole_however_the_stream_is_cut_and_sifted_by_status(
     stand_in: tuple[Path, dict[str, Any]],
 ) -> None:
     path, behaviour = stand_in
     client = await ShardClient.from_kubeconfig("s", path, NS)
     try:
         events: list[dict[str, Any]] = [
-            {"type": "ADDED", "object": {"metadata": {"name": f"j{i}", "resourceVersion": str(i)}}}
+            {
+                "type": "ADDED",
+                "object": {
+                    "metadata": {"name": f"j{i}", "resourceVersion": str(i)},
+                    "spec": {"n": i},
+                    "status": {"i": i},
+                },
+            }
             for i in range(6)
         ]
-        events[3]["object"]["data"] = "x" * 300_000  # spans many chunks
-        stream = b"\n".join(orjson.dumps(event) for event in events) + b"\n\n"
+        events[3]["object"]["spec"]["data"] = "x" * 300_000  # spans many chunks
+        stream = b"\n".join(orjson.dumps(event) for event in events) + b"\n\r\n"
         cuts = [0, 7, 8, 40, 41, len(stream) // 3, len(stream) - 30, len(stream) - 1, len(stream)]
         behaviour["watch"] = [stream[a:b] for a, b in itertools.pairwise(cuts)]
-        names = [
-            event.object["metadata"]["name"]
-            for event in await collect(client.watch(JOBS, "1", timeout_seconds=1))
-        ]
-        assert names == ["j0", "j1", "j2", "j3", "j4", "j5"]
+        got = await collect(client.watch(JOBS, "1", timeout_seconds=1))
+        assert [event.object for event in got] == [event["object"] for event in events]
 
-        declined: list[bytes] = []
+        sifted: list[tuple[str, dict[str, Any]]] = []
 
-        def skip(line: bytes) -> bool:
-            declined.append(line)
-            return b'"j1"' in line or b'"j3"' in line
+        def sift(kind: str, status: dict[str, Any]) -> bool:
+            sifted.append((kind, status))
+            return status["i"] not in (1, 3)
 
-        got = await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=skip))
-        assert [event.object["metadata"]["name"] for event in got] == ["j0", "j2", "j4", "j5"]
-        assert [orjson.loads(line) for line in declined] == events  # each line whole, once
+        got = await collect(client.watch(JOBS, "1", timeout_seconds=1, sift=sift))
+        assert [event.object for event in got] == [
+            {"metadata": event["object"]["metadata"], "status": event["object"]["status"]}
+            for event in events
+            if event["object"]["status"]["i"] not in (1, 3)
+        ]  # without their spec
+        assert sifted == [("ADDED", {"i": i}) for i in range(6)]  # each event once
 
-        # a BOOKMARK and an ERROR are always read, whatever skip says
+        # a BOOKMARK and an ERROR are always read, whatever the sift says
         bookmark = {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": "9"}}}
         behaviour["watch"] = [orjson.dumps(events[0]) + b"\n", orjson.dumps(bookmark) + b"\n"]
-        got = await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=lambda line: True))
+        got = await collect(client.watch(JOBS, "1", timeout_seconds=1, sift=lambda *_: False))
         assert [(event.type, event.object) for event in got] == [("BOOKMARK", bookmark["object"])]
         error = {"type": "ERROR", "object": {"code": 410, "message": "too old resource version"}}
         behaviour["watch"] = [orjson.dumps(events[0]) + b"\n", orjson.dumps(error) + b"\n"]
         with pytest.raises(ResourceExpired):
-            await collect(client.watch(JOBS, "1", timeout_seconds=1, skip=lambda line: True))
+            await collect(client.watch(JOBS, "1", timeout_seconds=1, sift=lambda *_: False))
     finally:
         await client.close()
 

@@ -32,6 +32,7 @@ from prometheus_client import Counter
 from nexus.core.errors import NexusError, ShardThrottled
 from nexus.core.shards import WATCH_SECONDS, Resource, ResourceExpired, ShardClient, WatchEvent
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
+from nexus.core.watchevents import Sift
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,13 @@ async def follow(
     watch_timeout: int = WATCH_SECONDS,
     max_backoff: float = MAX_BACKOFF,
     on_connected: Callable[[bool], None] | None = None,
-    skip: Callable[[bytes], bool] | None = None,
+    sift: Sift | None = None,
 ) -> None:
     """List and watch ``resource`` on ``client`` until ``stopping`` is set.
 
-    ``skip`` declines watch events unread, from their raw text (:meth:`ShardClient.watch`).
+    ``sift`` declines watch events from their object's status, the rest of them unread, and
+    the events handed over lack their objects' spec (:meth:`ShardClient.watch`); the lists
+    handed to ``on_sync`` are whole.
     """
     labels = {"shard": client.name, "resource": resource.plural}
     loop = asyncio.get_running_loop()
@@ -86,7 +89,7 @@ async def follow(
             label_selector=label_selector,
             field_selector=field_selector,
             timeout_seconds=watch_timeout,
-            skip=skip,
+            sift=sift,
         )
         async with contextlib.aclosing(stream):  # closes the response if on_event raises
             async for event in stream:

@@ -29,7 +29,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -43,6 +43,8 @@ from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 from nexus.core.config import ShardSettings
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
+from nexus.core.watchevents import BrokenEvent, Sift, sifted_event
+from nexus.core.watchevents import WatchEvent as WatchEvent  # where callers have found it
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +131,6 @@ class Written:
 
 _ANSWERS = frozenset({404, 409, 422})
 """Statuses a write of an object returns as a :class:`Written` rather than raising."""
-
-
-@dataclass(frozen=True, slots=True)
-class WatchEvent:
-    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK
-    object: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,6 +504,22 @@ class ShardClient:
             meta.get("continue") or None,
         )
 
+    def _event(
+        self, text: bytes, start: int, end: int, resource: Resource, sift: Sift | None
+    ) -> WatchEvent | None:
+        """The event of the line ``text[start:end]`` of a watch (``None``: blank, or
+        declined by ``sift``); a broken line or an ``ERROR`` event raises."""
+        try:
+            event = sifted_event(text, sift, start, end)
+        except BrokenEvent as exc:
+            raise ShardUnavailable(f"shard {self.name}: watch {resource.plural}: {exc}") from exc
+        if event is not None and event.type == "ERROR":
+            status = event.object
+            if status.get("code") == 410:
+                raise ResourceExpired(f"shard {self.name}: {status.get('message')}")
+            raise ShardUnavailable(f"shard {self.name}: watch error: {status.get('message')}")
+        return event
+
     async def list_all(self, resource: Resource, **kwargs: Any) -> Listing:
         """Every object, following pages; the resourceVersion is the first page's."""
         first = await self.list(resource, **kwargs)
@@ -527,15 +539,17 @@ class ShardClient:
         label_selector: str | None = None,
         field_selector: str | None = None,
         timeout_seconds: int = WATCH_SECONDS,
-        skip: Callable[[bytes], bool] | None = None,
+        sift: Sift | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Changes after ``resource_version`` until the server ends the watch.
 
         Raises :class:`ResourceExpired` when the version is too old to resume from.
-        ``skip`` sees each event's raw line first: an event it declines is neither parsed
-        nor yielded (so it never advances a resumed watch's version either). It must only
-        decline what its caller would ignore; a line saying ``"ERROR"`` or ``"BOOKMARK"`` is
-        always read, so a quiet watch still resumes from a recent version.
+        With ``sift`` (:mod:`nexus.core.watchevents`), each event's object is read for its
+        ``status`` first: an event the sift declines is not read further nor yielded (so it
+        never advances a resumed watch's version either), and the others come with their
+        ``metadata`` and ``status`` but without their ``spec``. It must only decline what
+        its caller would ignore; ``BOOKMARK`` and ``ERROR`` events are always read, so a
+        quiet watch still resumes from a recent version.
         """
         query: list[tuple[str, Any]] = [
             ("watch", "true"),
@@ -566,51 +580,45 @@ class ShardClient:
                 )
             if response.status >= 400:
                 self._raise_for(response, await response.read(), f"watch {resource.plural}")
-            async for line in _lines(response.content):
-                if (
-                    skip is not None
-                    and skip(line)
-                    and b'"ERROR"' not in line
-                    and not line.startswith(b'{"type":"BOOKMARK"')  # how API servers write it
-                ):
-                    continue
-                try:
-                    event = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:  # cut off mid-line by a dropped stream
-                    raise ShardUnavailable(
-                        f"shard {self.name}: watch {resource.plural}: broken event: {exc}"
-                    ) from exc
-                if event.get("type") == "ERROR":
-                    status = event.get("object") or {}
-                    if status.get("code") == 410:
-                        raise ResourceExpired(f"shard {self.name}: {status.get('message')}")
-                    raise ShardUnavailable(
-                        f"shard {self.name}: watch error: {status.get('message')}"
-                    )
-                if not isinstance(event, dict) or not isinstance(event.get("type"), str):
-                    raise ShardUnavailable(
-                        f"shard {self.name}: watch: not an event: {line[:200]!r}"
-                    )
-                yield WatchEvent(event["type"], event.get("object") or {})
+            # Lines are found in each chunk as it came (memchr), and read where they lie:
+            # only a line cut by a chunk's end is copied. Not by a generator of lines: a
+            # busy watch brings many events per chunk, and each step of one costs.
+            parts: list[bytes] = []  # the start of a line cut by the end of a chunk
+            cut = 0
+            async for chunk in response.content.iter_any():
+                begin = 0
+                if parts:
+                    newline = chunk.find(b"\n")
+                    if newline < 0:
+                        parts.append(chunk)
+                        cut += len(chunk)
+                        if cut > _MAX_EVENT:
+                            raise ValueError(f"a watch event longer than {_MAX_EVENT} bytes")
+                        continue
+                    parts.append(chunk[:newline])
+                    line, parts, cut = b"".join(parts), [], 0
+                    event = self._event(line, 0, len(line), resource, sift)
+                    if event is not None:
+                        yield event
+                    begin = newline + 1
+                while (newline := chunk.find(b"\n", begin)) >= 0:
+                    if newline > begin:
+                        event = self._event(chunk, begin, newline, resource, sift)
+                        if event is not None:
+                            yield event
+                    begin = newline + 1
+                if begin < len(chunk):
+                    parts.append(chunk[begin:])
+                    cut = len(chunk) - begin
+                    if cut > _MAX_EVENT:
+                        raise ValueError(f"a watch event longer than {_MAX_EVENT} bytes")
+            if parts:
+                line = b"".join(parts)  # cut off: fails to parse, a broken event
+                self._event(line, 0, len(line), resource, sift)
         except (*_NETWORK_ERRORS, ValueError) as exc:  # ValueError: a line over the buffer
             raise ShardUnavailable(f"shard {self.name}: watch {resource.plural}: {exc!r}") from exc
         finally:
             response.close()  # an unfinished stream must not go back to the pool
-
-
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The non-blank lines of a stream, read a chunk at a time: a busy watch brings many
-    events per chunk, and reading it line by line costs several Python calls per line."""
-    rest = b""
-    async for chunk in content.iter_any():
-        *lines, rest = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield line
-        if len(rest) > _MAX_EVENT:
-            raise ValueError(f"a watch event longer than {_MAX_EVENT} bytes")
-    if rest.strip():
-        yield rest  # cut off: fails to parse, as a broken event
 
 
 async def open_shards(directory: Path, namespace: str, timeout: float) -> dict[str, ShardClient]:

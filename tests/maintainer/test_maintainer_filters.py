@@ -1,23 +1,28 @@
 """The maintainer passes over watch events unread only when its rules would ignore them.
 
-``pod_of_no_interest`` and ``job_of_no_interest`` look at raw JSON; each case here is
-also handed, parsed, to the real handlers of :class:`maintainer.shardwatch.ShardWatch`,
-and an event may be skipped only if the handler leaves no trace of it.
+``pod_matters`` and ``job_matters`` sift the events from their objects' status alone, as
+the shard client reads them (:func:`nexus.core.watchevents.sifted_event`, from the line
+an API server writes); each case here is also handed, parsed whole, to the real handlers
+of :class:`maintainer.shardwatch.ShardWatch`, and an event may be declined only if the
+handler leaves no trace of it — and one not declined must leave the same trace when
+handed over as the sift reads it (without its spec).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import orjson
 import pytest
 
 from maintainer.settings import MaintainerSection
-from maintainer.shardwatch import ShardWatch
-from maintainer.signals import job_of_no_interest, pod_of_no_interest
+from maintainer.shardwatch import ShardWatch, Timer
+from maintainer.signals import job_matters, pod_matters
 from nexus.core.labels import ALGORITHM_LABEL, COMPONENT_LABEL, REQUEST_LABEL
 from nexus.core.shards import WatchEvent
+from nexus.core.watchevents import sifted_event
 
 
 class Shard:
@@ -49,7 +54,8 @@ def pod(phase: str, state: dict[str, Any] | None, **extra: Any) -> dict[str, Any
     if state is not None:
         status["containerStatuses"] = [{"name": RUN, "state": state}]
     meta = {"name": f"{RUN}-abcde", "uid": "p-1", "labels": LABELS, **extra}
-    return {"kind": "Pod", "metadata": meta, "status": status}
+    spec = {"containers": [{"name": RUN, "image": "x"}], "nodeName": "node-1"}
+    return {"kind": "Pod", "metadata": meta, "spec": spec, "status": status}
 
 
 def job(conditions: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -59,6 +65,7 @@ def job(conditions: list[dict[str, Any]] | None) -> dict[str, Any]:
     return {
         "kind": "Job",
         "metadata": {"name": RUN, "uid": "j-1", "labels": LABELS},
+        "spec": {"template": {"metadata": {"labels": LABELS}, "spec": {"containers": []}}},
         "status": status,
     }
 
@@ -148,6 +155,18 @@ def trace(watch: ShardWatch, actions: Recorded) -> Any:
     return (dict(watch.jobs), [dict(timers) for timers in kept], list(actions.acts))
 
 
+def timeless(traced: Any) -> Any:
+    """A trace without the loop times in it (when a timer is due, when a success was seen)."""
+    jobs, kept, acts = traced
+
+    def value(kept: Any) -> Any:
+        if isinstance(kept, Timer):
+            return replace(kept, due=0.0)
+        return None if isinstance(kept, float) else kept
+
+    return jobs, [{name: value(v) for name, v in timers.items()} for timers in kept], acts
+
+
 async def watching() -> tuple[ShardWatch, Recorded]:
     actions = Recorded()
     watch = ShardWatch(Shard(), actions, MaintainerSection())  # type: ignore[arg-type]
@@ -156,24 +175,36 @@ async def watching() -> tuple[ShardWatch, Recorded]:
 
 
 async def judged(resource: str, kind: str, obj: dict[str, Any]) -> tuple[bool, bool]:
-    """Whether the event's raw line is skipped, and whether its handler leaves no trace."""
+    """Whether the event's line is declined, and whether its handler leaves no trace."""
     watch, actions = await watching()
     before = trace(watch, actions)
-    handle, skip = (
-        (watch._on_pod, pod_of_no_interest)
-        if resource == "pod"
-        else (watch._on_job, job_of_no_interest)
+    handle, sift = (
+        (watch._on_pod, pod_matters) if resource == "pod" else (watch._on_job, job_matters)
     )
     await handle(WatchEvent(kind, obj))
-    return skip(line(kind, obj)), trace(watch, actions) == before
+    after = trace(watch, actions)
+    sifted = sifted_event(line(kind, obj), sift)
+    if sifted is not None:  # as the watch hands it over: the same trace
+        assert "spec" not in sifted.object
+        again, actions_again = await watching()
+        await (again._on_pod if resource == "pod" else again._on_job)(sifted)
+        assert timeless(trace(again, actions_again)) == timeless(after)
+    return sifted is None, after == before
 
 
 @pytest.mark.parametrize("case", PODS)
 async def test_a_pod_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> None:
     skipped, ignored = await judged("pod", *PODS[case])
     assert not skipped or ignored, f"{case}: skipped, but it matters"
-    # and the skip is worth having: what is ignored for sure is skipped
-    if case in ("pending, no status yet", "succeeded", "deleted while running"):
+    # and the sift is worth having: what is ignored for sure is declined
+    if case in (
+        "pending, no status yet",
+        "pending, status text in an annotation",
+        "waiting to be created",
+        "succeeded",
+        "deleted while running",
+        "deleted after failing",
+    ):
         assert skipped
     if case in ("unschedulable", "evicted", "node lost, still running as last reported"):
         assert not ignored  # timed, or remembered as the failed attempt

@@ -1,0 +1,128 @@
+"""Watch events read from an API server's JSON lines, parsing no more than decides.
+
+A watch stream is one JSON line per event, ``{"type": …, "object": {…}}``, and most of a
+line is its object's ``spec`` (a Job's pod template, env and arguments: some kilobytes),
+which a watcher of Jobs and pods never reads. :func:`read_event` parses a whole line;
+:func:`sifted_event`, given a :data:`Sift`, parses its object's ``status`` first, asks the
+sift whether the event matters, and for one that does parses its ``metadata`` — the rest
+of the line is not looked at. The object handed over then has no ``spec``.
+
+It relies on the layout every API server writes (Go's JSON encoder keeps the order of a
+type's fields: ``kind``, ``apiVersion``, ``metadata``, ``spec``, ``status``; a watch event
+is ``{"type":"…","object":{…}}`` and nothing else), and proves it on every line rather than
+trust it:
+
+* the event's type is read from the line's first bytes, and only ``ADDED``, ``MODIFIED``
+  and ``DELETED`` are sifted (``BOOKMARK``, ``ERROR`` and anything else: parsed whole);
+* the status is the text after the last ``,"status":{`` up to the line's last ``}``,
+  parsed as an object of its own: that parses only where the key sits right in the
+  event's object (one level deeper or shallower leaves a brace over or missing, and
+  ``"`` is escaped inside JSON strings, so a value cannot hold the key);
+* the metadata likewise: the line up to the first ``,"spec":{`` (or up to the status)
+  with the object and the event closed after it parses only where the cut is right in
+  the object, and it must hold the ``metadata``.
+
+A line laid out any other way is parsed whole (and sifted on its status, once): the sift
+sees the same status either way, so no event it wants is ever dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+Sift = Callable[[str, dict[str, Any]], bool]
+"""Whether a watch event matters, from its type and its object's ``status`` alone."""
+
+_SIFTED = {b"ADDED": "ADDED", b"MODIFIED": "MODIFIED", b"DELETED": "DELETED"}
+_START = b'{"type":"'
+_OBJECT = b',"object":{'
+_STATUS = b',"status":{'
+_SPEC = b',"spec":{'
+_BLANK = frozenset(b" \t\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    type: str  # ADDED, MODIFIED, DELETED, BOOKMARK (ERROR never reaches a caller)
+    object: dict[str, Any]
+
+
+class BrokenEvent(ValueError):
+    """A line that is not a watch event: not JSON (cut off mid-line), or not an event."""
+
+
+def read_event(line: bytes | memoryview) -> tuple[str, dict[str, Any]] | None:
+    """The type and object of a watch event's line, parsed whole; ``None`` for a blank line."""
+    try:
+        event = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:  # cut off mid-line by a dropped stream
+        if not bytes(line).strip():
+            return None
+        raise BrokenEvent(f"broken event: {exc}") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("type"), str):
+        raise BrokenEvent(f"not an event: {bytes(line[:200])!r}")
+    obj = event.get("object") or {}
+    return event["type"], obj if isinstance(obj, dict) else {}
+
+
+def sifted_event(
+    text: bytes, sift: Sift | None, start: int = 0, end: int | None = None
+) -> WatchEvent | None:
+    """The event of the line ``text[start:end]``, or ``None`` for a blank line or one
+    ``sift`` declines; with a sift, its object's ``spec`` is left unread when the line is
+    laid out as API servers write it. Nothing is copied of a line but what is parsed.
+
+    A ``BOOKMARK`` always matters; an ``ERROR`` comes back as a ``WatchEvent`` of type
+    ``ERROR`` for the caller to raise."""
+    end = len(text) if end is None else end
+    while end > start and text[end - 1] in _BLANK:
+        end -= 1
+    if sift is not None and text.startswith(_START, start):
+        close = text.find(b'"', start + 9, start + 20)
+        kind = _SIFTED.get(text[start + 9 : close]) if close > 0 else None
+        if kind is not None and text.startswith(_OBJECT, close + 1):
+            found = _sparse(text, start, end, kind, sift)
+            if found is not False:
+                return found
+    read = read_event(memoryview(text)[start:end])
+    if read is None:
+        return None
+    kind, obj = read
+    if sift is not None and kind in ("ADDED", "MODIFIED", "DELETED"):
+        status = obj.get("status")
+        if not sift(kind, status if isinstance(status, dict) else {}):
+            return None
+    return WatchEvent(kind, obj)
+
+
+def _sparse(
+    text: bytes, start: int, end: int, kind: str, sift: Sift
+) -> WatchEvent | Literal[False] | None:
+    """The event of a line in the API servers' layout, read as the module says; ``False``
+    when the line is not in that layout (it is to be parsed whole)."""
+    if not text.startswith(b"}}", end - 2):
+        return False
+    at = text.rfind(_STATUS, start, end)
+    if at < 0:
+        return False
+    try:
+        status = orjson.loads(b"{" + text[at + 1 : end - 1])["status"]
+    except orjson.JSONDecodeError:
+        return False
+    if not sift(kind, status):
+        return None
+    spec = text.find(_SPEC, start, at)
+    try:
+        event = orjson.loads(text[start : spec if spec >= 0 else at] + b"}}")
+    except orjson.JSONDecodeError:
+        event = None
+    obj = event["object"] if event is not None else None
+    if not isinstance(obj, dict) or "metadata" not in obj:  # laid out otherwise: read whole
+        read = read_event(memoryview(text)[start:end])
+        return WatchEvent(*read) if read is not None else None
+    obj["status"] = status
+    return WatchEvent(kind, obj)
