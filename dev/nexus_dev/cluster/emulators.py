@@ -173,6 +173,7 @@ class Shard:
             await self.kubelet.runtime.close()
         for state in self.controller.jobs.values():
             state.cancel_timers()
+        self.controller.timeline.close()
         for run in self.kubelet.runs.values():
             if run.timer is not None:
                 run.timer.cancel()

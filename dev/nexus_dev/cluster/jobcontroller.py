@@ -18,7 +18,8 @@ conditions and Events:
   that many seconds.
 
 Work is batched: a change only marks its Job dirty, and all dirty Jobs are synchronised in
-one callback per loop turn. Deadlines, back-offs and TTLs are ``loop.call_later`` timers.
+one callback per loop turn. Deadlines, back-offs and TTLs are timers of one
+:class:`~.timeline.Timeline` (a heap on a single loop timer), not a loop timer each.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from nexus_dev.cluster.events import NODE_NAME, EventRecorder
 from nexus_dev.cluster.kubelet import Kubelet
 from nexus_dev.cluster.statuses import new_uid, now_iso, random_suffix
 from nexus_dev.cluster.store import Change, Obj, ObjectStore
+from nexus_dev.cluster.timeline import Timeline, Timer
 
 COMPONENT = "job-controller"
 BACKOFF_MESSAGE = "Job has reached the specified backoff limit"
@@ -64,7 +66,7 @@ class JobState:
     failing: tuple[str, str] | None = None
     finished: bool = False
     retry_pending: bool = False
-    timers: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    timers: dict[str, Timer] = field(default_factory=dict)
 
     def cancel_timers(self) -> None:
         for timer in self.timers.values():
@@ -100,6 +102,7 @@ class JobController:
         self.collector = collector
         self.settings = settings
         self.jobs: dict[str, JobState] = {}
+        self.timeline = Timeline()
         self._dirty: dict[str, JobState] = {}
         self._syncing: JobState | None = None
         store.subscribe("jobs", self._on_job)
@@ -186,9 +189,7 @@ class JobController:
             delay = retry.delay(state.failed)
             if delay > 0:
                 state.retry_pending = True
-                state.timers["retry"] = asyncio.get_running_loop().call_later(
-                    delay, self._retry, state
-                )
+                state.timers["retry"] = self.timeline.call_later(delay, self._retry, state)
 
     def _retry(self, state: JobState) -> None:
         state.retry_pending = False
@@ -225,9 +226,7 @@ class JobController:
         state.cancel_timers()
         ttl = job["spec"].get("ttlSecondsAfterFinished")
         if ttl is not None:
-            state.timers["ttl"] = asyncio.get_running_loop().call_later(
-                float(ttl), self._expire, state
-            )
+            state.timers["ttl"] = self.timeline.call_later(float(ttl), self._expire, state)
 
     def _expire(self, state: JobState) -> None:
         state.timers.pop("ttl", None)
@@ -247,7 +246,7 @@ class JobController:
             state.start_time = now
             deadline = spec.get("activeDeadlineSeconds")
             if deadline is not None:
-                state.timers["deadline"] = asyncio.get_running_loop().call_later(
+                state.timers["deadline"] = self.timeline.call_later(
                     float(deadline), self._deadline, state
                 )
         deleting = bool(job["metadata"].get("deletionTimestamp"))
@@ -301,7 +300,11 @@ class JobController:
         name = f"{state.name}-"[:58] + random_suffix()
         now = now_iso()
         pod_spec = template["spec"]
-        has_resources = any(c.get("resources") for c in pod_spec.get("containers", ()))
+        has_resources = False
+        for container in pod_spec.get("containers", ()):
+            if container.get("resources"):
+                has_resources = True
+                break
         metadata: dict[str, Any] = {
             "name": name,
             "generateName": f"{state.name}-",
@@ -331,23 +334,6 @@ class JobController:
                 "nodeName": NODE_NAME,
                 "serviceAccountName": pod_spec.get("serviceAccountName", "default"),
             },
-            "status": {},
-        }
-        fault = self.kubelet.fault_for(pod)
-        if fault == "unschedulable":  # no node takes it: it waits, Pending, on no kubelet
-            del pod["spec"]["nodeName"]
-            pod["status"] = podstatus.unschedulable(pod, now)
-            self.store.create("pods", pod)
-            state.active.add(name)
-            self.recorder.record(
-                job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT
-            )
-            self.recorder.record(
-                pod, "Warning", "FailedScheduling", podstatus.UNSCHEDULABLE, "default-scheduler"
-            )
-            return
-        pod = {
-            **pod,
             "status": {
                 "phase": "Pending",
                 "conditions": [
@@ -361,6 +347,20 @@ class JobController:
                 "qosClass": "Burstable" if has_resources else "BestEffort",
             },
         }
+        fault = self.kubelet.fault_for(pod)
+        if fault == "unschedulable":  # no node takes it: it waits, Pending, on no kubelet
+            del pod["spec"]["nodeName"]
+            pod["status"] = {}
+            pod["status"] = podstatus.unschedulable(pod, now)
+            self.store.create("pods", pod)
+            state.active.add(name)
+            self.recorder.record(
+                job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT
+            )
+            self.recorder.record(
+                pod, "Warning", "FailedScheduling", podstatus.UNSCHEDULABLE, "default-scheduler"
+            )
+            return
         self.store.create("pods", pod)
         state.active.add(name)
         self.recorder.record(job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT)
