@@ -46,6 +46,7 @@ FAULT_PODS_ANNOTATION = "devcluster.nexus/fault-pods"
 #: Annotation: the memory the algorithm needs; a container limited to less is OOMKilled.
 MEMORY_ANNOTATION = "devcluster.nexus/memory-needed"
 REQUEST_LABEL = "science.sneaksanddata.com/request-id"
+_NO_ANNOTATIONS: dict[str, str] = {}
 MAX_PULL_BACKOFF = 300.0
 """The longest image-pull back-off, in seconds, as the kubelet's."""
 
@@ -139,20 +140,23 @@ class Kubelet:
         when that is given — or ``oom`` when its memory limit is below ``memory-needed``.
         Counts the pod: ask once per pod."""
         metadata, container = pod["metadata"], pod["spec"]["containers"][0]
-        hinted = next(
-            (str(e.get("value", "")) for e in container.get("env") or () if e["name"] == FAULT_ENV),
-            None,
-        )
-        annotations = dict(metadata.get("annotations") or {})
+        hinted = None
+        for entry in container.get("env") or ():
+            if entry["name"] == FAULT_ENV:
+                hinted = str(entry.get("value", ""))
+                break
+        annotations = metadata.get("annotations") or _NO_ANNOTATIONS
         labels = metadata.get("labels") or {}
         namespace, job = metadata["namespace"], labels.get("batch.kubernetes.io/job-name", "")
+        if self.forced_faults:
+            forced = self.forced_faults.get((namespace, job))
+            if forced:
+                return forced
         if job:
             owner = self.store.get("jobs", namespace, job)
-            if owner is not None:
-                annotations = {**(owner["metadata"].get("annotations") or {}), **annotations}
-        forced = self.forced_faults.get((namespace, job))
-        if forced:
-            return forced
+            owned = owner["metadata"].get("annotations") if owner is not None else None
+            if owned:  # the pod's own annotations win over its Job's
+                annotations = {**owned, **annotations}
         fault = hinted or annotations.get(FAULT_ANNOTATION) or None
         if fault is not None and annotations.get(FAULT_PODS_ANNOTATION):
             key = (namespace, labels.get(REQUEST_LABEL) or job)

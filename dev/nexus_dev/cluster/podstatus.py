@@ -189,7 +189,8 @@ def _base(pod: Obj, now: str) -> dict[str, Any]:
     if ip:
         ips = old["podIPs"]
     else:
-        ip = f"10.244.{random.randint(0, 255)}.{random.randint(1, 254)}"
+        bits = random.getrandbits(16)  # one draw, not two randint calls
+        ip = f"10.244.{bits >> 8}.{(bits & 0xFF) % 254 + 1}"
         ips = [{"ip": ip}]
     return {
         "hostIP": _HOST_IP,

@@ -210,7 +210,8 @@ def _field_reader(path: str) -> Callable[[Mapping[str, Any]], str]:
     def read(obj: Mapping[str, Any]) -> str:
         node: Any = obj
         for part in parts:
-            if not isinstance(node, Mapping):
+            # stored objects are plain dicts: the exact type check spares the ABC's
+            if node.__class__ is not dict and not isinstance(node, Mapping):
                 return ""
             node = node.get(part)
         if node is None:
@@ -232,6 +233,21 @@ def compile_predicate(
         return None
     label_terms = tuple(labels)
     field_terms = tuple((_field_reader(path), equal, value) for path, equal, value in fields)
+    if not label_terms and len(field_terms) == 1:  # one field (``reason=FailedCreate``)
+        read, equal, value = field_terms[0]
+
+        def one_field(obj: Mapping[str, Any]) -> bool:
+            return (read(obj) == value) == equal
+
+        return one_field
+    if not field_terms and len(label_terms) == 1 and label_terms[0].operator in ("=", "in"):
+        key, values = label_terms[0].key, label_terms[0].values  # one label (``component=run``)
+
+        def one_label(obj: Mapping[str, Any]) -> bool:
+            value = (obj.get("metadata", {}).get("labels") or {}).get(key)
+            return value is not None and value in values
+
+        return one_label
 
     def predicate(obj: Mapping[str, Any]) -> bool:
         if label_terms:

@@ -169,14 +169,24 @@ def retry_after(answer: Answer) -> float | None:
     return seconds if seconds >= 0 else None
 
 
-def _argument(args: list[str], name: str) -> str | None:
-    flag = f"--{name}"
+_ARGUMENTS = frozenset({"sas-uri", "request-id"})
+
+
+def _arguments(args: list[str]) -> tuple[str | None, str | None]:
+    """The ``--sas-uri`` and ``--request-id`` among a container's args (``--flag=value``
+    or ``--flag value``; the first of each wins), in one pass."""
+    found: dict[str, str] = {}
     for i, arg in enumerate(args):
-        if arg.startswith(flag + "="):
-            return arg[len(flag) + 1 :]
-        if arg == flag and i + 1 < len(args):
-            return args[i + 1]
-    return None
+        if not arg.startswith("--"):
+            continue
+        flag, equals, value = arg[2:].partition("=")
+        if flag not in _ARGUMENTS or flag in found:
+            continue
+        if equals:
+            found[flag] = value
+        elif i + 1 < len(args):
+            found[flag] = args[i + 1]
+    return found.get("sas-uri"), found.get("request-id")
 
 
 def _stopped(run: PodRun) -> bool:
@@ -292,14 +302,13 @@ class SimulatedRuntime:
         """The answer of a step (2xx, or ``also``), tried again while it fails in a way
         that may pass (see the module docstring); :class:`_GaveUp` once that is over,
         :class:`_StepFailed` at once for an answer that will not change."""
-        assert self.calls is not None
-        loop = asyncio.get_running_loop()
-        settings = self.settings
-        backoff = Backoff(settings.retry_first, settings.retry_cap, jitter=0.5)
-        give_up: float | None = None
+        calls = self.calls
+        assert calls is not None
+        backoff: Backoff | None = None  # made at the first failure: most steps have none
+        give_up = 0.0
         while True:
             try:
-                answer = await self.calls.call(method, url, body, headers, idempotent=True)
+                answer = await calls.call(method, url, body, headers, idempotent=True)
             except CallFailed as exc:
                 problem, wait = f"{method} {url} failed: {exc}", None
             else:
@@ -309,8 +318,10 @@ class SimulatedRuntime:
                 if answer.status not in RETRYABLE:
                     raise _StepFailed(problem, answer.status)
                 wait = retry_after(answer)
-            now = loop.time()
-            if give_up is None:
+            settings = self.settings
+            now = asyncio.get_running_loop().time()
+            if backoff is None:
+                backoff = Backoff(settings.retry_first, settings.retry_cap, jitter=0.5)
                 give_up = now + settings.retry_for
             delay = backoff.failed()
             if wait is not None:
@@ -350,9 +361,8 @@ class SimulatedRuntime:
 
     async def _play(self, run: PodRun) -> None:
         env = run.env
-        args = [str(a) for a in (run.container.get("args") or ())]
-        input_url = _argument(args, "sas-uri")
-        request_id = _argument(args, "request-id") or env.get("NEXUS__REQUEST_ID", "")
+        input_url, request_id = _arguments([str(a) for a in run.container.get("args") or ()])
+        request_id = request_id or env.get("NEXUS__REQUEST_ID", "")
         algorithm = env.get("NEXUS__ALGORITHM_NAME", "")
         receiver = env.get("NEXUS__RECEIVER_URL", "").rstrip("/")
         upload_url = env.get("NEXUS__RESULT_UPLOAD_URL")

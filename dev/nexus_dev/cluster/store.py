@@ -174,11 +174,15 @@ class Watcher:
             waiter.set_result(None)
 
     def take(self) -> bytes:
-        """Everything buffered, joined into one write."""
-        data = b"".join(self.lines)
-        self.lines.clear()
+        """Everything buffered, joined."""
+        return b"".join(self.take_lines())
+
+    def take_lines(self) -> list[bytes]:
+        """Everything buffered, line by line, for one write (the caller's from now on)."""
+        lines = self.lines
+        self.lines = []
         self.buffered = 0
-        return data
+        return lines
 
     def offer(self, change: Change) -> None:
         """Push ``change`` if this watcher selects it, with selector transitions applied."""
@@ -341,12 +345,14 @@ class ObjectStore:
         collection = self.collections[plural]
         metadata = obj["metadata"]
         key = (metadata["namespace"], metadata["name"])
-        if key in collection.objects:
+        objects = collection.objects
+        if key in objects:
             raise ApiError.already_exists(collection.resource.group, plural, metadata["name"])
-        rv = self._next_rv()
+        self.rv = rv = self.rv + 1
         metadata["resourceVersion"] = str(rv)
-        collection.objects[key] = obj
-        collection.order.add(key)
+        objects[key] = obj
+        if collection.order.sorted is not None:  # kept only while somebody lists
+            collection.order.add(key)
         collection.record(Change(rv, "ADDED", obj))
         return obj
 
