@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
@@ -54,7 +53,7 @@ from nexus.core.grouping import GroupCommitter
 from nexus.core.meters import LoopHistogram
 from nexus.core.outages import Outage
 from nexus.core.retrying import AttemptRecord
-from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition
+from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition, record
 from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
@@ -159,7 +158,7 @@ else:
 # -- the store -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Admission:
     """Outcome of an insert: the run's id and algorithm, and whether this call created it.
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import importlib.resources
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, cast
 from uuid import UUID
 
@@ -44,7 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from nexus.core.config import RedisSettings
 from nexus.core.errors import QueueUnavailable
 from nexus.core.outages import Outage
-from nexus.core.runs import RunKey
+from nexus.core.runs import RunKey, record
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -135,7 +135,7 @@ class KeySpace:
         return f"{self._queues}:generation"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Share:
     """Whose share a run pushed to a queue counts against, and how much it costs.
 
@@ -152,7 +152,7 @@ AHEAD = Share("", 0.0)
 the pod queued since, whoever's it is."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class QueuedRun:
     """A run on a queue: which shard it is for, which run, and its priority (its tag).
 
@@ -178,7 +178,7 @@ class QueuedRun:
         return cls(shard, RunKey(algorithm, UUID(run_id)), float(priority), text=text)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Pods:
     """Scheduler pods known to Redis, by whether their heartbeat is current."""
 

@@ -33,11 +33,27 @@ import enum
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TypedDict
+from typing import TypedDict, TypeVar, dataclass_transform
 from uuid import UUID
 
 from nexus.core.retrying import AttemptRecord
 from nexus.core.templates import AppliedConfiguration, ConfigurationOverrides
+
+_Record = TypeVar("_Record")
+
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[_Record]) -> type[_Record]:
+    """A dataclass with slots, immutable to the type checker (as ``frozen=True``), whose
+    ``__init__`` sets its fields as a plain class's does.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``:
+    about 340 instructions a field (callgrind), and the records made per run are wide (a
+    checkpoint has 28 fields, a transition 13): a tenth of dispatch's instructions went
+    there. ``mypy --strict`` refuses any assignment to a field, as for a frozen class;
+    equality, ``hash`` (from the fields, as frozen ones have it) and
+    :func:`dataclasses.replace` are those of a frozen dataclass."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
 class Stage(enum.StrEnum):
@@ -121,7 +137,7 @@ def new_run_ids(count: int) -> list[UUID]:
     ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunKey:
     """Identifies a run: the algorithm it runs and its request id."""
 
@@ -132,7 +148,7 @@ class RunKey:
         return f"{self.algorithm}/{self.id}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NewRun:
     """What the scheduler writes when it accepts a run (the first checkpoint)."""
 
@@ -157,7 +173,7 @@ class NewRun:
         return RunKey(self.algorithm, self.id)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Transition:
     """A move of one run to ``to``; the fields that are not ``None`` are recorded with it.
 
@@ -186,7 +202,7 @@ class Transition:
         return RunKey(self.algorithm, self.id)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Checkpoint:
     """A run as stored: everything known about it."""
 
@@ -229,7 +245,7 @@ class Checkpoint:
         return RunKey(self.algorithm, self.id)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunResult:
     """What a client asks for most: how a run ended and where its result is (a narrow read
     of the checkpoint, for the results routes)."""

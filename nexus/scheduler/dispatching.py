@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Literal, assert_never
 
@@ -59,7 +59,7 @@ from nexus.core.logs import request_id
 from nexus.core.meters import LoopCounter, LoopHistogram
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.retrying import job_name
-from nexus.core.runs import Checkpoint, RunKey, Stage, Transition
+from nexus.core.runs import Checkpoint, RunKey, Stage, Transition, record
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
@@ -101,7 +101,7 @@ refused), ``failed`` (5xx, 401, the network; tried again) or ``unknown`` (the la
 failed and the Job may exist all the same)."""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Outcome:
     run: QueuedRun
     checkpoint: Checkpoint

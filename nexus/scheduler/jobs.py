@@ -29,7 +29,6 @@ that Kubernetes disrupted (eviction, preemption, a node scaled away): its exit c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -46,7 +45,7 @@ from nexus.core.labels import (
     copy_name,
 )
 from nexus.core.retrying import job_name
-from nexus.core.runs import Checkpoint
+from nexus.core.runs import Checkpoint, record
 from nexus.core.templates import (
     ConfigurationOverrides,
     Workgroup,
@@ -63,7 +62,7 @@ DISRUPTION_RULE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RunLinks:
     """The per-run URLs and secrets a Job carries."""
 

@@ -34,7 +34,6 @@ import hashlib
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -55,7 +54,7 @@ from nexus.core.httpapi import ApiError, bad_request, json_type
 from nexus.core.meters import LoopCounter
 from nexus.core.overrides import ForbiddenConfiguration, apply, normalise
 from nexus.core.queues import QueuedRun, RunQueue
-from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage, Transition
+from nexus.core.runs import Checkpoint, NewRun, ParentRef, RunKey, Stage, Transition, record
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import (
     DNS_LABEL,
@@ -104,7 +103,7 @@ RUN_FIELDS = FieldNames(
 PARENT_FIELDS = FieldNames(("requestId", "algorithmName"))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Accepted:
     request_id: uuid.UUID
     created: bool
