@@ -510,6 +510,31 @@ async def test_group_commit_every_caller_sees_its_own_row(store: CheckpointStore
     assert found[runs[7].key].applied_configuration == {"n": 7}
 
 
+async def test_shared_reads_decode_each_applied_configuration_once(
+    store: CheckpointStore,
+) -> None:
+    template = {"image": "echo:1", "env": {"MODE": "fast"}, "args": ["--a", "--b"]}
+    plain = [new_run(configuration=template) for _ in range(3)]
+    other = new_run(configuration={**template, "image": "echo:2"})
+    await store.insert_many([*plain, other])
+    keys = [r.key for r in [*plain, other]]
+    found = await store.get_many(keys, shared=True)
+    assert [found[k].applied_configuration for k in keys] == [template] * 3 + [
+        other.applied_configuration
+    ]
+    first = found[plain[0].key].applied_configuration
+    assert all(found[r.key].applied_configuration is first for r in plain)
+    assert found[other.key].applied_configuration is not first
+    again = await store.get_many(keys[:1], shared=True)  # a later read: the same object
+    assert again[plain[0].key].applied_configuration is first
+    alone = await store.get_many(keys)  # an ordinary read: each run its own
+    assert alone[plain[0].key].applied_configuration == template
+    assert (
+        alone[plain[0].key].applied_configuration is not alone[plain[1].key].applied_configuration
+    )
+    assert alone == found  # every other field read alike
+
+
 async def test_one_bad_run_does_not_fail_its_batch(store: CheckpointStore) -> None:
     good = [new_run() for _ in range(20)]
     bad = new_run(configuration={"text": "nul \u0000 inside"})

@@ -54,11 +54,16 @@ from nexus.core.meters import LoopHistogram
 from nexus.core.outages import Outage
 from nexus.core.retrying import AttemptRecord
 from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition, record
+from nexus.core.templates import AppliedConfiguration
 from nexus.core.visibility import Viewer
 
 log = logging.getLogger(__name__)
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
+
+MAX_SHARED_CONFIGURATIONS = 256
+"""Applied configurations kept decoded for shared reads; past it, all are dropped (a few
+templates' runs share a handful; runs with overrides each have their own)."""
 
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 """How long an Idempotency-Key names its first run (DESIGN §2)."""
@@ -205,7 +210,7 @@ def result_of(row: asyncpg.Record) -> RunResult:
     )
 
 
-def _checkpoint(row: asyncpg.Record) -> Checkpoint:
+def _checkpoint(row: asyncpg.Record, applied: AppliedConfiguration | None = None) -> Checkpoint:
     return Checkpoint(
         algorithm=row["algorithm"],
         id=row["id"],
@@ -214,7 +219,7 @@ def _checkpoint(row: asyncpg.Record) -> Checkpoint:
         received_by_host=row["received_by_host"],
         received_at=row["received_at"],
         last_modified=row["last_modified"],
-        applied_configuration=row["applied_configuration"],
+        applied_configuration=row["applied_configuration"] if applied is None else applied,
         payload_valid_for=row["payload_valid_for"],
         payload_uri=row["payload_uri"],
         has_inline_payload=row["has_inline"],
@@ -274,6 +279,8 @@ class CheckpointStore:
             "max_pending": settings.max_pending,
             "min_batch": settings.batch_min_size,
         }
+        self._configurations: dict[str, AppliedConfiguration] = {}
+        """Applied configurations by their JSON text, for ``get_many(shared=True)``."""
         self._inserts: GroupCommitter[NewRun, Admission] = GroupCommitter(
             "checkpoint-insert", self._write_inserts, **options
         )
@@ -537,20 +544,41 @@ class CheckpointStore:
             )
         return None if row is None else _checkpoint(row)
 
-    async def get_many(self, keys: Iterable[RunKey]) -> dict[RunKey, Checkpoint]:
-        """Checkpoints of ``keys`` in one round trip; missing runs are absent from the result."""
+    async def get_many(
+        self, keys: Iterable[RunKey], *, shared: bool = False
+    ) -> dict[RunKey, Checkpoint]:
+        """Checkpoints of ``keys`` in one round trip; missing runs are absent from the result.
+
+        With ``shared``, runs whose applied configurations are equal (the runs of a
+        template without overrides) share one object of it, decoded once and kept for
+        the next reads: the caller reads it and must not change it. Dispatch reads every
+        run's checkpoint, and decoding its configuration was a thirtieth of a Job's
+        instructions."""
         keys = list(keys)
         if not keys:
             return {}
+        columns = sql.COLUMNS_SHARED if shared else sql.COLUMNS
         async with self.connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {sql.COLUMNS} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
+                f"SELECT {columns} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
                 " ON r.algorithm = k.a AND r.id = k.i",
                 [k.algorithm for k in keys],
                 [k.id for k in keys],
             )
-        found = (_checkpoint(row) for row in rows)
-        return {c.key: c for c in found}
+        if not shared:
+            return {c.key: c for c in map(_checkpoint, rows)}
+        found = {}
+        configurations = self._configurations
+        for row in rows:
+            text = row["applied_configuration"]
+            applied = configurations.get(text)
+            if applied is None:
+                if len(configurations) >= MAX_SHARED_CONFIGURATIONS:
+                    configurations.clear()
+                applied = configurations[text] = orjson.loads(text)
+            checkpoint = _checkpoint(row, applied)
+            found[checkpoint.key] = checkpoint
+        return found
 
     async def result(self, algorithm: str, run_id: UUID, viewer: Viewer) -> RunResult | None:
         """How the run stands, without reading its whole checkpoint; ``None`` when there is

@@ -43,6 +43,7 @@ from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 from nexus.core.config import ShardSettings
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
 from nexus.core.httpcalls import CallFailed, HttpCalls
+from nexus.core.runs import record
 from nexus.core.watchevents import BrokenEvent, Sift, sifted_event
 from nexus.core.watchevents import WatchEvent as WatchEvent  # where callers have found it
 
@@ -95,7 +96,7 @@ WORKGROUPS = Resource("science.sneaksanddata.com", "v1", "nexusalgorithmworkgrou
 SCHEDULES = Resource("science.sneaksanddata.com", "v1", "nexusschedules")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CreateResult:
     """What a shard said to a Job creation."""
 
@@ -247,6 +248,8 @@ class ShardClient:
         if rest.server_hostname:
             self._connection["server_hostname"] = rest.server_hostname
         self._calls: HttpCalls | None = None  # made on first use, in the running loop
+        self._headers: tuple[tuple[str | None, str | None], Mapping[str, str]] | None = None
+        """The bearer token and prefix, and the headers of Job creations made with them."""
 
     @classmethod
     async def from_kubeconfig(
@@ -300,10 +303,24 @@ class ShardClient:
         except Exception as exc:  # a plugin or an identity provider may raise anything
             log.warning("cannot refresh the credentials of shard %s: %s", self.name, exc)
 
-    async def _auth_headers(self) -> dict[str, str]:
+    async def _auth_headers(self) -> Mapping[str, str]:
+        """The headers of a Job creation, with the credentials in use: made again only when
+        the bearer token changes (a refresh), not with three coroutines of the client
+        library per Job. A configuration with a refresh hook (in-cluster tokens) asks the
+        library every time: its hook may change the token on any call. The client's
+        default headers are those it was made with (nothing here changes them)."""
         await self._fresh_credentials()
+        configuration = self._api.configuration
+        token = (
+            configuration.api_key.get("BearerToken"),
+            configuration.api_key_prefix.get("BearerToken"),
+        )
+        made = self._headers
+        if made is not None and made[0] == token and configuration.refresh_api_key_hook is None:
+            return made[1]
         headers = {**_JSON, **self._api.default_headers}
         await self._api.update_params_for_auth(headers, [], ["BearerToken"])
+        self._headers = (token, headers)
         return headers
 
     async def _call(

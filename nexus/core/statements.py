@@ -180,6 +180,12 @@ retry_at
 SEEN_BY = " AND ($3::text IS NULL OR caller = $3) AND ($4::text IS NULL OR parent = $4::jsonb)"
 
 
+# COLUMNS with the applied configuration as its JSON text, for reads whose runs share
+# one decoded configuration per text (CheckpointStore.get_many(shared=True)).
+COLUMNS_SHARED = COLUMNS.replace(
+    "applied_configuration,", "applied_configuration::text AS applied_configuration,"
+)
+
 RESULT_COLUMNS = (
     "algorithm, id, lifecycle_stage, result_uri, algorithm_failure_cause,"
     " algorithm_failure_details, result_inline IS NOT NULL AS has_inline_result"

@@ -297,7 +297,7 @@ class Dispatcher:
     async def _still_buffered(self, runs: list[QueuedRun]) -> list[tuple[QueuedRun, Checkpoint]]:
         """The runs still waiting for their Job, with their checkpoints; the others are
         settled (taken off the in-flight set)."""
-        found = await self.store.get_many(r.key for r in runs)
+        found = await self.store.get_many((r.key for r in runs), shared=True)
         ready: list[tuple[QueuedRun, Checkpoint]] = []
         stale: list[QueuedRun] = []
         later: dict[str, list[tuple[QueuedRun, float]]] = {}
@@ -326,7 +326,7 @@ class Dispatcher:
         checkpoint: Checkpoint,
         stopping: asyncio.Event,
     ) -> Outcome:
-        request_id.set(str(run.key.id))
+        request_id.set(str(checkpoint.id))  # the store's UUID: formatted in C
         outcome = await self._call_create(shard, run, checkpoint)
         if outcome.kind == "failed" and self._last_attempt(checkpoint):
             outcome = await self._look_for_job(shard, outcome)
