@@ -57,7 +57,7 @@ async def one_round(
         for run in runs:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
-        await conn.fetch(INSERT, *columns)
+        await conn.fetch(INSERT, *columns, len(runs))  # $16: the batch's size
         state = "ENABLE" if announce else "DISABLE"
         await conn.execute(f"ALTER TABLE runs {state} TRIGGER runs_announce_finished")
         meter.start()

@@ -1,0 +1,194 @@
+"""Instructions PostgreSQL spends per run that a group-committed transition finishes,
+counted with callgrind inside PostgreSQL itself: its triggers, its NOTIFY, its WAL.
+
+    .venv/bin/python benchmarks/transition_sql.py [--runs 1600] [--batch 16] [--before 14]
+        [--inline]
+
+A throwaway PostgreSQL (as the tests use) gets two databases: one with every migration of
+this tree, one with migrations 1..``--before`` only (the schema before a change of its
+triggers), each filled with ``--runs`` BUFFERED runs per variant. The server is then
+stopped and each variant runs as one ``postgres --single`` session under
+``valgrind --tool=callgrind``, with the store's own connection settings: the store's
+``TRANSITION`` statement, prepared once and executed for ``--batch`` runs at a time (each
+its own transaction, as group commit sends them), moving every run to COMPLETED with a
+result location (``--inline``: with an inline result instead). The variants: the earlier
+schema, this tree's, and this tree's with its UPDATE triggers disabled (what announcing
+and guarding cost); a session that only prepares the statement gives the start-up cost
+that is taken off. Single-user mode has no listener, no autovacuum and no other session,
+so a figure repeats within about 2 %; CPU seconds of a busy shared machine do not.
+Prints a line per variant, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).parent))
+from checkpoints import new_run
+
+from nexus.core.checkpoints import PLAN_SETTINGS, _insert_row
+from nexus.core.migrations import apply_migrations, migrations
+from nexus.core.runs import NewRun
+from nexus.core.statements import INSERT, TRANSITION
+from nexus_dev.servers.services import LocalPostgres
+
+PARAMETERS = "text[], uuid[], text[], text[], text[], text[], text[], text[], text[]," \
+    " timestamptz[], int[], bytea[], int[]"  # fmt: skip
+SILENT = (
+    "ALTER TABLE runs DISABLE TRIGGER runs_announce_finished;"
+    " ALTER TABLE runs DISABLE TRIGGER runs_guard"
+)
+
+
+def one_line(sql: str) -> str:
+    """``sql`` as one line (single-user mode ends a command at a newline)."""
+    lines = (line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return " ".join(line.strip() for line in lines if line.strip())
+
+
+async def fill(dsn: str, count: int) -> list[NewRun]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.set_type_codec(
+            "jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
+        )
+        runs = [new_run() for _ in range(count)]
+        columns: list[list[object]] = [[] for _ in range(15)]
+        for run in runs:
+            for column, value in zip(columns, _insert_row(run), strict=True):
+                column.append(value)
+        await conn.fetch(INSERT, *columns, len(runs))
+    finally:
+        await conn.close()
+    return sorted(runs, key=lambda r: r.id.int)  # as group commit sorts a batch
+
+
+async def prepare(dsn: str, before: int, runs: int) -> dict[str, tuple[str, list[NewRun]]]:
+    """The databases and runs of each variant, by name."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE DATABASE earlier")
+    finally:
+        await conn.close()
+    earlier = dsn.rsplit("/", 1)[0] + "/earlier"
+    conn = await asyncpg.connect(earlier)
+    try:
+        for version, _, sql in migrations():
+            if version <= before:
+                await conn.execute(sql)
+    finally:
+        await conn.close()
+    await apply_migrations(dsn)
+    current = dsn.rsplit("/", 1)[1]
+    return {
+        "empty": (current, []),
+        f"migrations 1..{before}": ("earlier", await fill(earlier, runs)),
+        "this tree": (current, await fill(dsn, runs)),
+        "this tree, triggers off": (current, await fill(dsn, runs)),
+    }
+
+
+def session(runs: list[NewRun], batch: int, inline: bool, prelude: str) -> str:
+    lines = [prelude] if prelude else []
+    lines.append(f"PREPARE t({PARAMETERS}) AS {one_line(TRANSITION)}")
+    for start in range(0, len(runs), batch):
+        chunk = runs[start : start + batch]
+        ids = ",".join(str(r.id) for r in chunk)
+        names = ",".join(r.algorithm for r in chunk)
+        stages = ",".join("COMPLETED" for _ in chunk)
+        zeros = ",".join("0" for _ in chunk)
+        if inline:
+            documents = ",".join(
+                f"convert_to('{{\"requestId\": \"{r.id}\"}}', 'UTF8')" for r in chunk
+            )
+            uri, result = "NULL", f"ARRAY[{documents}]::bytea[]"
+        else:
+            uri, result = "'{" + ",".join("s3://bucket/result" for _ in chunk) + "}'", "NULL"
+        lines.append(
+            f"EXECUTE t('{{{names}}}', '{{{ids}}}', '{{{stages}}}', NULL, {uri}, NULL, NULL,"
+            f" NULL, NULL, NULL, '{{{zeros}}}', {result}, NULL)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def counted(server: LocalPostgres, home: Path, name: str, database: str, text: str) -> int:
+    """Instructions of one single-user session running ``text``."""
+    script = home / f"{name.replace(' ', '_').replace(',', '')}.sql"
+    script.write_text(text)
+    os.chmod(script, 0o644)
+    out = script.with_suffix(".callgrind")
+    settings = ["fsync=off", "full_page_writes=off", "wal_level=minimal", "max_wal_senders=0"]
+    settings += ["jit=off", *(f"{k}={v}" for k, v in PLAN_SETTINGS.items())]
+    argv = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        str(server.bin_dir / "postgres"), "--single", "-D", str(server.data_directory),
+        *(item for setting in settings for item in ("-c", setting)), database,
+    ]  # fmt: skip
+    run_as = server._run_as()
+    if run_as is not None:
+        argv = ["runuser", "-u", run_as.name, "--", *argv]
+    with open(script) as stdin:
+        done = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, cwd=home)
+    errors = [line for line in done.stdout.splitlines() if "ERROR" in line]
+    if errors:
+        raise RuntimeError(f"{name}: {errors[:3]}")
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise RuntimeError(f"{name}: no count from callgrind:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=1600, help="runs finished per variant")
+    parser.add_argument("--batch", type=int, default=16, help="runs per statement")
+    parser.add_argument("--before", type=int, default=len(migrations()) - 1,
+                        help="the earlier schema: migrations 1..N")  # fmt: skip
+    parser.add_argument("--inline", action="store_true", help="inline results, no location")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is needed")
+    directory = Path(os.environ.get("TMPDIR", "/tmp")) / f"nexus-bench-{uuid.uuid4().hex[:8]}"
+    directory.mkdir(mode=0o755)
+    server = LocalPostgres(directory / "postgres")
+    try:
+        info = server.start()
+        variants = asyncio.run(prepare(info.dsn, args.before, args.runs))
+        server.stop()
+        home = server.data_directory.parent
+        totals = {}
+        for name, (database, runs) in variants.items():
+            prelude = SILENT if name.endswith("triggers off") else ""
+            text = session(runs, args.batch, args.inline, prelude)
+            totals[name] = counted(server, home, name, database, text)
+        per_run = {
+            name: round((total - totals["empty"]) / args.runs)
+            for name, total in totals.items()
+            if name != "empty"
+        }
+        for name, figure in per_run.items():
+            print(f"  {name:28} {figure:>9,} instructions per finished run")
+    finally:
+        server.stop()
+        server.close()
+        shutil.rmtree(directory, ignore_errors=True)
+    figures = {"runs": args.runs, "batch": args.batch, "inline": args.inline}
+    print(json.dumps({"benchmark": "transition_sql", **figures, "per_run": per_run}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
