@@ -78,6 +78,27 @@ async def test_a_finished_run_is_announced_once_with_its_answer(
     )
 
 
+async def test_runs_finished_together_are_each_announced_once(
+    store: CheckpointStore, heard: asyncio.Queue[str]
+) -> None:
+    runs = [await stored(store, tag="together") for _ in range(20)]
+    changes = [
+        Transition("echo", run.id, Stage.COMPLETED, result_uri=f"s3://bucket/{run.id}")
+        for run in runs
+    ]
+    assert all(await asyncio.gather(*(store.transition(change) for change in changes)))
+    payloads = [await asyncio.wait_for(heard.get(), 5) for _ in runs]
+    await asyncio.sleep(0.2)
+    assert heard.empty()
+    finished = [parse(payload) for payload in payloads]
+    assert sorted(f.run for f in finished if f) == sorted(announced(r.key) for r in runs)
+    for one in finished:
+        assert one is not None and one.tag == "together" and one.answer is not None
+        result = answer_of(one.run, one.answer)
+        assert result is not None and result.stage == Stage.COMPLETED
+        assert result.result_uri == f"s3://bucket/{result.id}"
+
+
 async def test_an_answer_too_long_for_a_notification_is_left_out(
     store: CheckpointStore, heard: asyncio.Queue[str]
 ) -> None:

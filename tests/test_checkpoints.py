@@ -208,8 +208,9 @@ async def test_sql_transition_table_matches_the_model(postgres_dsn: str) -> None
 async def test_the_guard_trigger_allows_exactly_the_moves_of_the_model(
     postgres_dsn: str,
 ) -> None:
-    """The trigger's WHEN clause lists the allowed moves itself; any writer, raw SQL too,
-    is refused every other move, and allowed every listed one."""
+    """The trigger lists the allowed moves itself (its function judges the moves its WHEN
+    clause lets through); any writer, raw SQL too, is refused every other move, and
+    allowed every listed one."""
     conn = await asyncpg.connect(postgres_dsn)
     try:
         refused: set[tuple[Stage, Stage, str]] = set()

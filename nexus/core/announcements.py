@@ -1,7 +1,7 @@
 """Runs that finished, as PostgreSQL announces them: one ``LISTEN`` per process.
 
 Every move of a run to a terminal stage is announced once, by the database itself (the
-trigger of migrations 0010 and 0012 sends ``NOTIFY nexus_finished`` in the transaction
+trigger of migrations 0010, 0012 and 0015 sends ``NOTIFY nexus_finished`` in the transaction
 that makes the move, whichever process wrote it), so an announcement arrives when and only
 when the move has committed. It carries the run's answer (:func:`answer_of`) whenever that
 fits in a notification, so that its waiters need no read of the store.
