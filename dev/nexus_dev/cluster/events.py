@@ -56,6 +56,7 @@ class EventRecorder:
         self._second = -1
         self._stamp = ""
         self._sources: dict[str, dict[str, str]] = {}
+        self._shapes: dict[tuple[str, str, str], Obj] = {}
         self._involved: tuple[Obj | None, str | None, dict[str, Any]] = (None, None, {})
         """The last Event's object, field path and ``involvedObject``, which the next
         Event about the same version of the same object shares (never changed)."""
@@ -113,33 +114,20 @@ class EventRecorder:
             if field_path:
                 involved_object["fieldPath"] = field_path
             self._involved = (involved, field_path, involved_object)
-        source = self._sources.get(component)
-        if source is None:
-            source = self._source(component)
-        self.store.create(
-            "events",
-            {
-                "kind": "Event",
-                "apiVersion": "v1",
-                "metadata": {
-                    "name": name,
-                    "namespace": namespace,
-                    "uid": new_uid(),
-                    "creationTimestamp": stamp,
-                },
-                "involvedObject": involved_object,
-                "reason": reason,
-                "message": message,
-                "source": source,
-                "firstTimestamp": stamp,
-                "lastTimestamp": stamp,
-                "count": 1,
-                "type": event_type,
-                "eventTime": None,
-                "reportingComponent": component,
-                "reportingInstance": source.get("host", ""),
-            },
-        )
+        shape = self._shapes.get((reason, component, event_type))
+        if shape is None:
+            shape = self._shape(reason, component, event_type)
+        event = shape.copy()  # a copy of a dict of these keys: cheaper than building it
+        event["metadata"] = {
+            "name": name,
+            "namespace": namespace,
+            "uid": new_uid(),
+            "creationTimestamp": stamp,
+        }
+        event["involvedObject"] = involved_object
+        event["message"] = message
+        event["firstTimestamp"] = event["lastTimestamp"] = stamp
+        self.store.create("events", event)
         live[key] = (namespace, name, now)
         if len(live) > self.max_events:
             self._expire_oldest()
@@ -159,14 +147,32 @@ class EventRecorder:
         self._live.move_to_end(key)
         return True
 
-    def _source(self, component: str) -> dict[str, str]:
-        """The ``source`` of ``component``'s Events, one dict shared by all of them (stored
+    def _shape(self, reason: str, component: str, event_type: str) -> Obj:
+        """The fields every new Event of ``reason`` from ``component`` has, in their order;
+        ``None`` where each has its own. Its ``source`` is shared by all of them (stored
         objects are never changed)."""
-        source = {"component": component}
-        if component == "kubelet":
-            source["host"] = NODE_NAME
-        self._sources[component] = source
-        return source
+        source = self._sources.get(component)
+        if source is None:
+            source = self._sources[component] = {"component": component}
+            if component == "kubelet":
+                source["host"] = NODE_NAME
+        shape = self._shapes[(reason, component, event_type)] = {
+            "kind": "Event",
+            "apiVersion": "v1",
+            "metadata": None,
+            "involvedObject": None,
+            "reason": reason,
+            "message": None,
+            "source": source,
+            "firstTimestamp": None,
+            "lastTimestamp": None,
+            "count": 1,
+            "type": event_type,
+            "eventTime": None,
+            "reportingComponent": component,
+            "reportingInstance": NODE_NAME if component == "kubelet" else "",
+        }
+        return shape
 
     def track(self, event: Obj) -> None:
         """Expire an Event created through the API like the recorder's own."""

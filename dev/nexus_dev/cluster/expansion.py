@@ -50,7 +50,10 @@ def container_env(container: Mapping[str, Any]) -> dict[str, str]:
     variables defined before it (an entry ``valueFrom`` a source reads as empty here)."""
     env: dict[str, str] = {}
     for entry in container.get("env") or ():
-        env[entry["name"]] = expand(str(entry.get("value", "")), env)
+        value = entry.get("value", "")
+        if value.__class__ is not str:
+            value = str(value)
+        env[entry["name"]] = expand(value, env) if "$" in value else value
     return env
 
 

@@ -17,6 +17,16 @@ conditions and Events:
 * ``ttlSecondsAfterFinished`` deletes the finished Job and its pods (background) after
   that many seconds.
 
+What it writes, and when, is what Nexus and kubectl read from a real controller, with the
+steps neither reads left out: a Job's status is written at most once per sync (its
+``active`` count and ``startTime`` in the sync that creates its pod, its conditions and
+``completionTime`` in the sync after the pod ends), three writes in a run's life; the
+real controller's intermediate ``uncountedTerminatedPods`` write and the pods' tracking
+finalizer are not modelled. Pod changes sync their Job at the next loop turn, not after
+Kubernetes' one-second ``syncJobBatchPeriod``: with one pod per Job that batching would
+coalesce nothing (a pod's creation is counted in the sync that made it, its end is a
+single change) and would only delay every finished Job by up to a second.
+
 Work is batched: a change only marks its Job dirty, and all dirty Jobs are synchronised in
 one callback per loop turn. Deadlines, back-offs and TTLs are timers of one
 :class:`~.timeline.Timeline` (a heap on a single loop timer), not a loop timer each.
@@ -28,19 +38,23 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from nexus.core.waiting import Backoff
 from nexus_dev.cluster import podstatus
 from nexus_dev.cluster.deletion import GarbageCollector
 from nexus_dev.cluster.events import NODE_NAME, EventRecorder
 from nexus_dev.cluster.kubelet import Kubelet
 from nexus_dev.cluster.statuses import new_uid, now_iso, random_suffix
-from nexus_dev.cluster.store import Change, Obj, ObjectStore
+from nexus_dev.cluster.store import Change, Obj, ObjectStore, derived_spec
 from nexus_dev.cluster.timeline import Timeline, Timer
 
 COMPONENT = "job-controller"
 BACKOFF_MESSAGE = "Job has reached the specified backoff limit"
 DEADLINE_MESSAGE = "Job was active longer than specified deadline"
 _NOTHING_UNCOUNTED: dict[str, Any] = {}  # shared by every status: stored objects never change
+_ON_THE_NODE = b'"nodeName":%b,"serviceAccountName":"default"' % orjson.dumps(NODE_NAME)
+"""What a pod's spec adds to its template's, serialised (:func:`.store.derived_spec`)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,7 @@ class JobControllerSettings:
     """Longest delay between replacements, seconds (Kubernetes: 6 minutes)."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class JobState:
     namespace: str
     name: str
@@ -361,6 +375,8 @@ class JobController:
                 pod, "Warning", "FailedScheduling", podstatus.UNSCHEDULABLE, "default-scheduler"
             )
             return
+        if "nodeName" not in pod_spec and "serviceAccountName" not in pod_spec:
+            derived_spec(pod["spec"], pod_spec, _ON_THE_NODE)
         self.store.create("pods", pod)
         state.active.add(name)
         self.recorder.record(job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT)

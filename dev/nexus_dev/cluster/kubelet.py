@@ -69,7 +69,7 @@ class KubeletSettings:
     ``startedAt`` still say when it started. 0 reports ``Running`` at once."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class PodRun:
     """One pod's container as the kubelet runs it."""
 

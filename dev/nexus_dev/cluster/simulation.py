@@ -56,7 +56,11 @@ algorithm that needs that much would be.
 
 All simulated pods share one :class:`nexus.core.httpcalls.HttpCalls` client (kept-alive connections,
 at most ``concurrency`` per host) and a fixed pool of worker tasks that performs the HTTP
-steps; the waiting itself is a timer.
+steps; the waiting itself is a timer. The steps stay real HTTP requests, one per step as
+a container sends them: the receiver and the stores must see what they see in
+production. They are a tenth to a fifth of the emulator's CPU, most of it the kernel's
+socket writes, and what is left of the client's own work is small (a step's back-off is
+only made once it fails).
 """
 
 from __future__ import annotations

@@ -64,29 +64,49 @@ class _SpecBytes:
     either; when the young one is full the old one is dropped. Entries hold their dict, so
     an identity is never reused while it is kept. Safe because stored objects are never
     mutated: a dict that is another object's spec now is the same spec it was.
+
+    A spec with a pod ``template`` (a Job's) is serialised with its template's ``spec``
+    kept as an entry of its own, so that the pods made from it can be given their spec's
+    bytes without serialising it again (:func:`derived_spec`).
     """
 
     __slots__ = ("limit", "old", "young")
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.young: dict[int, tuple[Obj, orjson.Fragment]] = {}
-        self.old: dict[int, tuple[Obj, orjson.Fragment]] = {}
+        self.young: dict[int, tuple[Obj, orjson.Fragment, bytes]] = {}
+        self.old: dict[int, tuple[Obj, orjson.Fragment, bytes]] = {}
 
     def fragment(self, spec: Obj) -> orjson.Fragment:
         key = id(spec)
         entry = self.young.get(key)
-        if entry is None:
-            entry = self.old.get(key)
-            if entry is None or entry[0] is not spec:
-                entry = (spec, orjson.Fragment(orjson.dumps(spec)))
-            if len(self.young) >= self.limit:
-                self.old, self.young = self.young, {}
-            self.young[key] = entry
-        elif entry[0] is not spec:  # pragma: no cover - a kept dict's id is never reused
-            entry = (spec, orjson.Fragment(orjson.dumps(spec)))
-            self.young[key] = entry
+        if entry is not None and entry[0] is spec:
+            return entry[1]
+        entry = self.old.get(key)
+        if entry is None or entry[0] is not spec:
+            entry = self._serialised(spec)
+        self.keep(key, entry)
         return entry[1]
+
+    def known(self, spec: Obj) -> bytes | None:
+        """The bytes kept for ``spec``, if they are."""
+        key = id(spec)
+        entry = self.young.get(key) or self.old.get(key)
+        return entry[2] if entry is not None and entry[0] is spec else None
+
+    def keep(self, key: int, entry: tuple[Obj, orjson.Fragment, bytes]) -> None:
+        if len(self.young) >= self.limit:
+            self.old, self.young = self.young, {}
+        self.young[key] = entry
+
+    def _serialised(self, spec: Obj) -> tuple[Obj, orjson.Fragment, bytes]:
+        template = spec.get("template")
+        if type(template) is dict and type(template.get("spec")) is dict:
+            pod_spec = self.fragment(template["spec"])
+            data = orjson.dumps({**spec, "template": {**template, "spec": pod_spec}})
+        else:
+            data = orjson.dumps(spec)
+        return (spec, orjson.Fragment(data), data)
 
 
 _SPECS = _SpecBytes(2048)
@@ -99,6 +119,17 @@ def encoded(obj: Obj) -> Obj:
     if not spec or type(spec) is not dict:
         return obj
     return {**obj, "spec": _SPECS.fragment(spec)}
+
+
+def derived_spec(spec: Obj, base: Obj, added: bytes) -> None:
+    """Note that ``spec`` is ``{**base, <added>}``: ``base`` and then keys ``base`` does not
+    have, which serialise as ``added`` (``"key":value,...``). A pod's spec is its Job's
+    template spec and its node: when the template's bytes are kept, the pod's are them
+    and ``added``, exactly what ``orjson.dumps(spec)`` would give, without serialising."""
+    data = _SPECS.known(base)
+    if data is not None and len(data) > 2:
+        derived = data[:-1] + b"," + added + b"}"
+        _SPECS.keep(id(spec), (spec, orjson.Fragment(derived), derived))
 
 
 class Change:

@@ -175,29 +175,33 @@ def _resource_causes(resources: dict[str, Any], where: str) -> list[dict[str, st
     for section in ("limits", "requests"):
         parsed[section] = {}
         for resource, quantity in (resources.get(section) or {}).items():
-            at = f"{where}.{section}[{resource}]"
             try:
                 value = parse_quantity(quantity)
             except ValueError:
                 causes.append(
                     field_cause(
-                        at,
+                        f"{where}.{section}[{resource}]",
                         f'Invalid value: "{quantity}": quantities must match the regular '
                         "expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'",
                     )
                 )
                 continue
-            if _standard_resource(resource):
+            if resource in _STANDARD_RESOURCES or _standard_resource(resource):
                 parsed[section][resource] = value
             elif "/" not in resource or resource.split("/")[0].endswith("kubernetes.io"):
                 causes.append(
                     field_cause(
-                        at,
+                        f"{where}.{section}[{resource}]",
                         f'Invalid value: "{resource}": must be a standard resource for containers',
                     )
                 )
             elif value != int(value):
-                causes.append(field_cause(at, f'Invalid value: "{quantity}": must be an integer'))
+                causes.append(
+                    field_cause(
+                        f"{where}.{section}[{resource}]",
+                        f'Invalid value: "{quantity}": must be an integer',
+                    )
+                )
             else:
                 parsed[section][resource] = value
     for resource, request in parsed["requests"].items():
@@ -223,8 +227,11 @@ def _resource_causes(resources: dict[str, Any], where: str) -> list[dict[str, st
     return causes
 
 
+_STANDARD_RESOURCES = frozenset({"cpu", "memory", "ephemeral-storage"})
+
+
 def _standard_resource(name: str) -> bool:
-    return name in ("cpu", "memory", "ephemeral-storage") or name.startswith("hugepages-")
+    return name in _STANDARD_RESOURCES or name.startswith("hugepages-")
 
 
 def validate_job(job: dict[str, Any]) -> None:

@@ -7,7 +7,14 @@ import random
 import orjson
 import pytest
 
-from nexus_dev.cluster.store import Collection, ObjectStore, Resource, Watcher
+from nexus_dev.cluster.store import (
+    Collection,
+    ObjectStore,
+    Resource,
+    Watcher,
+    derived_spec,
+    encoded,
+)
 
 PODS = Resource("", "v1", "pods", "Pod")
 
@@ -101,3 +108,16 @@ def test_events_carry_each_version_of_an_object_as_written() -> None:
         for kind, obj in zip(types, [*versions, change.final()], strict=True)
     ]
     assert watcher.take().splitlines(keepends=True) == expected
+
+
+def test_a_pod_spec_derived_from_its_template_serialises_as_itself() -> None:
+    template_spec = {"containers": [{"name": "c", "image": "i", "env": [{"name": "A"}]}]}
+    job_spec = {"backoffLimit": 0, "template": {"metadata": {}, "spec": template_spec}}
+    assert orjson.dumps(encoded({"spec": job_spec})) == orjson.dumps({"spec": job_spec})
+    pod_spec = {**template_spec, "nodeName": "n", "serviceAccountName": "default"}
+    derived_spec(pod_spec, template_spec, b'"nodeName":"n","serviceAccountName":"default"')
+    assert orjson.dumps(encoded({"spec": pod_spec})) == orjson.dumps({"spec": pod_spec})
+    unknown = {"containers": []}  # never serialised: nothing to derive from, serialised anew
+    other = {**unknown, "nodeName": "n"}
+    derived_spec(other, unknown, b'"nodeName":"wrong"')
+    assert orjson.loads(orjson.dumps(encoded({"spec": other})))["spec"]["nodeName"] == "n"
