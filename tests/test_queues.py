@@ -192,6 +192,25 @@ async def test_pop_moves_runs_in_flight_until_settled(backend: QueueBackend) -> 
     await queue.settle([])  # nothing to do
 
 
+async def test_a_large_pop_and_settle_move_every_run_and_keep_its_priority(
+    backend: QueueBackend,
+) -> None:
+    """More runs than one Redis command of the pop script takes (1,000 per command)."""
+    queue = backend.queue("pod-1")
+    runs = [run(i + 0.5) for i in range(2500)]
+    await queue.push(runs)
+    popped = await queue.pop(SHARD, 2400)
+    assert [(r.key, r.priority) for r in popped] == [(r.key, r.priority) for r in runs[:2400]]
+    assert await places(backend, "pod-1", runs[0]) == ["inflight"]
+    assert await places(backend, "pod-1", runs[2399]) == ["inflight"]
+    assert await places(backend, "pod-1", runs[2400]) == ["ready"]
+    await queue.settle(popped)
+    assert await backend.missing(SHARD, [r.key for r in runs[:2400]], ["pod-1"]) == {
+        r.key for r in runs[:2400]
+    }
+    assert [r.key for r in await queue.pop(SHARD, 1000)] == [r.key for r in runs[2400:]]
+
+
 async def test_delayed_run_comes_back_when_due_ahead_of_newer_ones(backend: QueueBackend) -> None:
     queue = backend.queue("pod-1")
     old = run(100)

@@ -457,7 +457,8 @@ class RunQueue:
             k.ready(self.pod, shard), k.delayed(self.pod, shard), k.inflight(self.pod),
             k.clocks(shard),
         ]  # fmt: skip
-        flat = await self.backend.run("pop", keys, [count, shard, self.pod])
+        taken = await self.backend.run("pop", keys, [count, shard, self.pod])
+        flat = (taken.decode() if isinstance(taken, bytes) else taken).split()
         return [QueuedRun.parse(shard, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 
     async def settle(self, runs: Sequence[QueuedRun]) -> None:
@@ -467,8 +468,8 @@ class RunQueue:
             return
         shards = sorted({r.shard for r in runs})
         keys = [self._keys.inflight(self.pod), *(self._keys.delayed(self.pod, s) for s in shards)]
-        members = [f"{r.shard}/{r.member}" for r in runs]
-        await self.backend.run("settle", keys, [len(shards), *shards, *members])
+        members = " ".join([f"{r.shard}/{r.member}" for r in runs])  # one argument to encode
+        await self.backend.run("settle", keys, [len(shards), *shards, members])
 
     async def delay(self, shard: str, runs: Sequence[QueuedRun], seconds: float) -> None:
         """Give in-flight ``runs`` back to the queue after ``seconds``, at their priority.

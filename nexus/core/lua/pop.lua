@@ -5,6 +5,8 @@
 -- (settled, or handed to another pod meanwhile) is dropped: it is recorded elsewhere.
 -- The pod's virtual time becomes the highest tag it has popped (push.lua tags from it).
 -- KEYS: ready, delayed, inflight, clocks        ARGV: count, shard, pod
+-- Returns the runs taken as one string, 'member tag member tag ...' (members and tags have
+-- no spaces): one reply to read, not two per run.
 local ready, delayed, inflight = KEYS[1], KEYS[2], KEYS[3]
 local count, shard = tonumber(ARGV[1]), ARGV[2]
 local clock = redis.call('TIME')
@@ -20,17 +22,27 @@ for _, member in ipairs(due) do
   redis.call('ZREM', delayed, member)
 end
 if count < 1 then
-  return {}
+  return ''
 end
 local taken = redis.call('ZRANGE', ready, 0, count - 1, 'WITHSCORES')
+if #taken == 0 then
+  return ''
+end
+-- one ZREM and one ZADD for the whole batch, in chunks Lua's unpack can take
+local members, held = {}, {}
 for i = 1, #taken, 2 do
-  redis.call('ZREM', ready, taken[i])
-  redis.call('ZADD', inflight, taken[i + 1], shard .. '/' .. taken[i])
+  members[#members + 1] = taken[i]
+  held[#held + 1] = taken[i + 1]
+  held[#held + 1] = shard .. '/' .. taken[i]
 end
-if #taken > 0 then
-  local before = redis.call('HGET', KEYS[4], ARGV[3])
-  if not before or tonumber(taken[#taken]) > tonumber(before) then
-    redis.call('HSET', KEYS[4], ARGV[3], taken[#taken])
-  end
+for i = 1, #members, 1000 do
+  redis.call('ZREM', ready, unpack(members, i, math.min(i + 999, #members)))
 end
-return taken
+for i = 1, #held, 2000 do
+  redis.call('ZADD', inflight, unpack(held, i, math.min(i + 1999, #held)))
+end
+local before = redis.call('HGET', KEYS[4], ARGV[3])
+if not before or tonumber(taken[#taken]) > tonumber(before) then
+  redis.call('HSET', KEYS[4], ARGV[3], taken[#taken])
+end
+return table.concat(taken, ' ')
