@@ -189,6 +189,12 @@ def _is_canonical(parsed: str) -> bool:
 
 
 async def complete(request: web.Request) -> web.Response:
+    return json_response(await record_completion(request))
+
+
+async def record_completion(request: web.Request) -> RunStatus:
+    """Record the completion ``request`` carries; the run and the stage it is in now (in
+    the v1.2 vocabulary), for either route to answer in its own way."""
     receiver = request.app[RECEIVER]
     algorithm = request.match_info["algorithm"]
     raw_id = request.match_info["request_id"]
@@ -225,7 +231,7 @@ async def complete(request: web.Request) -> web.Response:
     if cause is not None and attempt is not None:
         retried = await _retry(receiver, algorithm, run_id, attempt, cause, message)
         if retried is not None:
-            return json_response(retried)
+            return retried
     if inline is not None:
         change = Transition(algorithm, run_id, Stage.COMPLETED, result_inline=inline)
     elif cause is None:
@@ -239,16 +245,14 @@ async def complete(request: web.Request) -> web.Response:
     for _ in range(3):
         if await receiver.store.transition(change):
             (_COMPLETED if cause is None else _FAILED).inc()
-            done: RunStatus = {"requestId": rid, "status": v12_status(change.to)}
-            return json_response(done)
+            return {"requestId": rid, "status": v12_status(change.to)}
         current = await receiver.store.result(algorithm, run_id, SYSTEM)
         if current is None:
             _REFUSED.inc()
             raise ApiError(404, "not_found", f"no run {run_id} of algorithm {algorithm!r}")
         if current.stage.terminal:  # already finished: the first report stands
             _DUPLICATE.inc()
-            already: RunStatus = {"requestId": rid, "status": v12_status(current.stage)}
-            return json_response(already)
+            return {"requestId": rid, "status": v12_status(current.stage)}
         if not may_move(current.stage, change.to):  # NEW: not even queued, so no Job
             _REFUSED.inc()
             raise ApiError(

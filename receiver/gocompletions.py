@@ -3,7 +3,7 @@
 ``POST /algorithm/v1/complete/{algorithmName}/requests/{requestId}`` with the Go receiver's
 body ``{"resultUri", "errorCause", "errorDetails"}``: no ``errorCause`` means ``COMPLETED``
 with the result at ``resultUri``, one means ``FAILED`` with that cause and details. It is
-the v1.2 completion (:func:`receiver.completions.complete`, which reads these names too)
+the v1.2 completion (:func:`receiver.completions.record_completion`, which reads these names too)
 under the Go path, answered ``202`` as the Go receiver answered, with ``{"requestId",
 "status"}`` (a map of strings, what Go clients read) and the status in the Go vocabulary,
 which names a run that could not be scheduled ``SCHEDULING_FAILED``.
@@ -16,13 +16,12 @@ not changed.
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 
 from nexus.core.compatibility import v12_status
-from nexus.core.httpapi import RunStatus, json_errors, json_response
+from nexus.core.httpapi import json_errors, json_response
 from nexus.core.runs import Stage
-from receiver.completions import complete
+from receiver.completions import record_completion
 
 PATH = "/algorithm/v1/complete/{algorithm}/requests/{request_id}"
 
@@ -32,8 +31,7 @@ GO_STATUS = {v12_status(stage): stage.value for stage in Stage}
 
 
 async def complete_v1(request: web.Request) -> web.Response:
-    answer = await complete(request)  # committed (or found finished) when it returns
-    done: RunStatus = orjson.loads(answer.text or "")
+    done = await record_completion(request)  # committed (or found finished) when it returns
     done["status"] = GO_STATUS.get(done["status"], done["status"])
     return json_response(done, status=202)
 
