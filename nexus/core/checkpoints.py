@@ -905,16 +905,18 @@ def _array(values: list[Any]) -> list[Any] | None:
 
 
 def _transition_columns(batch: Sequence[Transition]) -> list[list[Any] | None]:
+    # A Stage is a str (StrEnum), sent as its value; .value is a Python descriptor call.
+    # A failure's text is looked at only when there is one (most changes have none).
     return [
         _array(column)
         for column in (
             [c.algorithm for c in batch],
             [c.id for c in batch],
-            [c.to.value for c in batch],
-            [c.expect.value if c.expect else None for c in batch],
+            [c.to for c in batch],
+            [c.expect for c in batch],
             [c.result_uri for c in batch],
-            [_text(c.cause) for c in batch],
-            [_text(c.details) for c in batch],
+            [None if c.cause is None else _text(c.cause) for c in batch],
+            [None if c.details is None else _text(c.details) for c in batch],
             [c.job_uid for c in batch],
             [c.shard for c in batch],
             [c.sent_at for c in batch],
