@@ -22,6 +22,10 @@ idle window of the same wall time. The figure is the watcher's (window - idle) /
 * with ``--profile FILE``, the window under cProfile (call counts per run: exactly
   repeatable), written to FILE (``python -m pstats FILE``).
 
+``--compare DIR`` runs a second watcher, of the Nexus tree in DIR (a checkout, or
+``git archive REV nexus maintainer | tar -x -C DIR``), on the same shard in the same
+windows: two revisions measured side by side under the very same load and events.
+
 ``--rounds`` repeats the window (the figure of each round is printed; the JSON line has
 all of them and their median). Every process started is stopped at the end. Prints one
 line per round, then one JSON line.
@@ -52,12 +56,17 @@ PYTHON = sys.executable
 SHARD = "bench"
 
 
-async def child(kubeconfig: Path, profile: Path | None) -> None:
+async def child(kubeconfig: Path, profile: Path | None, tree: Path | None) -> None:
     """The watcher: a ShardWatch of the shard, answering the driver's lines on stdin.
 
     ``seen N`` — once N Jobs were seen to succeed: ``SEEN <cpu seconds> <actions>``;
-    ``start`` / ``stop`` — the cProfile window (``stop`` writes it to ``profile``)."""
+    ``start`` / ``stop`` — the cProfile window (``stop`` writes it to ``profile``).
+    With ``tree``, Nexus's packages are imported from that directory instead."""
     import cProfile
+
+    if tree is not None:  # ahead of the editable install's finder of this tree
+        sys.meta_path[:] = [f for f in sys.meta_path if "__editable___nexus_0" not in repr(f)]
+        sys.path.insert(0, str(tree))
 
     from maintainer.actions import Act
     from maintainer.settings import MaintainerSection
@@ -181,10 +190,19 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         watcher = Watcher(watcher_process)
-        assert watcher_process.stdout is not None
-        ready = (await watcher_process.stdout.readline()).decode().strip()
-        if ready != "READY":
-            raise RuntimeError(f"the watcher did not start: {ready!r}")
+        compared: Watcher | None = None
+        if args.compare:
+            compared = Watcher(
+                await start(
+                    PYTHON, __file__, "--child", f"{directory}/{SHARD}.kubeconfig",
+                    "--tree", str(args.compare), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                )
+            )  # fmt: skip
+        for each in (watcher, compared) if compared else (watcher,):
+            assert each.process.stdout is not None
+            ready = (await each.process.stdout.readline()).decode().strip()
+            if ready != "READY":
+                raise RuntimeError(f"the watcher did not start: {ready!r}")
         headers = {"Authorization": f"Bearer {SHARD}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(headers=headers) as session:
 
@@ -221,9 +239,11 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     await control("-i", "on", pid)
                     await control("-z", pid)
                 began, first = time.monotonic(), await watcher.seen(total)
+                other_first = await compared.seen(total) if compared else 0.0
                 await batch(args.runs)
                 total += args.runs
                 last = await watcher.seen(total)
+                other_last = await compared.seen(total) if compared else 0.0
                 busy = time.monotonic() - began
                 if args.callgrind:
                     await control("-d", pid)
@@ -231,6 +251,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     await watcher.ask("stop")
                 await asyncio.sleep(busy)
                 idle = await watcher.seen(total) - last
+                other_idle = (await compared.seen(total) - other_last) if compared else 0.0
                 if args.callgrind:
                     await control("-d", pid)
                     window, quiet = counted(f"{out}.*", args.keep)[:2]
@@ -238,14 +259,18 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     per_run = (last - first - idle) / args.runs * 1e6
                     figure = {"cpu_us_per_run": round(per_run, 1)}
+                    if compared:
+                        other = (other_last - other_first - other_idle) / args.runs * 1e6
+                        figure["compared_cpu_us_per_run"] = round(other, 1)
                 figure |= {"window_seconds": round(busy, 1), "idle_cpu_ms": round(idle * 1e3, 1)}
                 print(json.dumps(figure), flush=True)
                 rounds.append(figure)
                 if args.profile:
                     break
-        assert watcher_process.stdin is not None
-        watcher_process.stdin.close()
-        await asyncio.wait_for(watcher_process.wait(), 60)
+        for each in (watcher, compared) if compared else (watcher,):
+            assert each.process.stdin is not None
+            each.process.stdin.close()
+            await asyncio.wait_for(each.process.wait(), 60)
     finally:
         for process in reversed(processes):
             if process.returncode is None:
@@ -253,11 +278,16 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 await process.wait()
     if args.keep:
         print(f"callgrind's dumps: {out}.*", flush=True)
-    key = "instructions_per_run" if args.callgrind else "cpu_us_per_run"
+    keys = ["instructions_per_run"] if args.callgrind else ["cpu_us_per_run"]
+    if args.compare:
+        keys.append("compared_cpu_us_per_run")
+    medians = {key: statistics.median(figure[key] for figure in rounds) for key in keys}
+    compared_tree = {"compared_tree": str(args.compare)} if args.compare else {}
     return {
         "runs": args.runs,
         "concurrency": args.concurrency,
-        key: statistics.median(figure[key] for figure in rounds),
+        **medians,
+        **compared_tree,
         "rounds": rounds,
     }
 
@@ -275,13 +305,23 @@ def main() -> int:
         "--keep", action="store_true", help="keep callgrind's dumps (callgrind_annotate)"
     )
     parser.add_argument("--profile", type=Path, metavar="FILE", help="cProfile the window")
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        metavar="DIR",
+        help="also a watcher of the tree in DIR (a checkout or `git archive` of another"
+        " revision), measured in the same windows",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
         import uvloop
 
-        uvloop.run(child(args.child, args.profile))
+        uvloop.run(child(args.child, args.profile, args.tree))
         return 0
+    if args.compare and (args.callgrind or args.profile):
+        parser.error("--compare measures CPU time only")
     result = asyncio.run(measure(args))
     print(json.dumps({"benchmark": "maintainer-watch", **result}))
     return 0
