@@ -103,7 +103,9 @@ class Timer:
     algorithm: str
     message: str = ""
     pod: str = ""
-    change: Transition | None = None
+    job_uid: str | None = None
+    """Of a pod seen running: its Job's uid, and when it was created."""
+    created: str | None = None
 
 
 class ShardWatch:
@@ -375,25 +377,13 @@ class ShardWatch:
             algorithm, name = run
             self._pulls.pop(name, None)
             self._unplaced.pop(name, None)
-            meta = pod["metadata"]
-            owner = (meta.get("ownerReferences") or [{}])[0].get("uid")
-            # the pod's creation stands in for the Job's: the deadline counts from it
-            created = _timestamp(meta.get("creationTimestamp"))
-            attempt = parse_job_name(name)
-            if attempt is not None:
-                change = Transition(
-                    algorithm,
-                    attempt[0],
-                    Stage.RUNNING,
-                    expect=Stage.BUFFERED,
-                    job_uid=owner,
-                    shard=self.shard,
-                    sent_at=created,
-                    at_attempt=attempt[1],
+            if name not in self._started:  # the run's change is made only if it is due
+                meta = pod["metadata"]
+                owner = (meta.get("ownerReferences") or [{}])[0].get("uid")
+                due = self._loop.time() + self.section.started_grace
+                self._started[name] = Timer(
+                    due, algorithm, job_uid=owner, created=meta.get("creationTimestamp")
                 )
-                if name not in self._started:
-                    due = self._loop.time() + self.section.started_grace
-                    self._started[name] = Timer(due, algorithm, change=change)
         elif "waiting" in state:
             message = pull_error(state)
             run = run_of_pod(pod) if message else None
@@ -445,9 +435,10 @@ class ShardWatch:
         refusals = Backoff(first=2 * self.section.check_interval, cap=60.0)
         while not stopping.is_set():
             now = self._loop.time()
-            for _, timer in _due(self._started, now):
-                if timer.change is not None:
-                    self.actions.submit(Act(timer.change, "started", self.shard))
+            for name, timer in _due(self._started, now):
+                change = self._started_change(name, timer)
+                if change is not None:
+                    self.actions.submit(Act(change, "started", self.shard))
             for timers, recheck in (
                 (self._deleted, self._lost),
                 (self._pulls, self._pulling),
@@ -479,6 +470,24 @@ class ShardWatch:
                         )
                         break
             await sleep_or_stop(stopping, self.section.check_interval)
+
+    def _started_change(self, name: str, timer: Timer) -> Transition | None:
+        """A pod of the Job ``name`` has been running for a grace: its run to ``RUNNING``,
+        if still ``BUFFERED`` (``None`` for a Job not named like a run's attempt)."""
+        attempt = parse_job_name(name)
+        if attempt is None:
+            return None
+        return Transition(
+            timer.algorithm,
+            attempt[0],
+            Stage.RUNNING,
+            expect=Stage.BUFFERED,
+            job_uid=timer.job_uid,
+            shard=self.shard,
+            # the pod's creation stands in for the Job's: the deadline counts from it
+            sent_at=_timestamp(timer.created),
+            at_attempt=attempt[1],
+        )
 
     async def _lost(self, name: str, timer: Timer) -> None:
         """A Job was deleted: fail its run, if still RUNNING and the Job is really gone."""
