@@ -608,7 +608,7 @@ async def test_a_batch_of_one_shape_stores_each_runs_input_and_hash(
         )
         for i, payload in enumerate(inputs)
     ]
-    assert _insert_arguments(runs)[0] == sql.INSERT_SHAPED
+    assert _insert_arguments(runs)[0] == sql.INSERT_ONE_SHAPE
     admissions = await store.insert_many(runs)
     assert [a.id for a in admissions if isinstance(a, Admission)] == [r.id for r in runs]
     found = await store.get_many(r.key for r in runs)
@@ -616,6 +616,42 @@ async def test_a_batch_of_one_shape_stores_each_runs_input_and_hash(
         stored = found[run.key]
         assert (stored.content_hash, stored.payload_uri) == (run.content_hash, run.payload_uri)
         assert await store.inline_payload(run.algorithm, run.id) == run.payload_inline
+
+
+@pytest.mark.parametrize("optional", [False, True], ids=["nulls", "every-column"])
+async def test_a_batch_of_one_shape_stores_the_shapes_columns(
+    store: CheckpointStore, optional: bool
+) -> None:
+    shared = {"image": "echo:1", "shard": "shard-0"}
+    parent = {"requestId": str(uuid.uuid4()), "algorithmName": "planner"}
+    runs = [
+        replace(
+            new_run(configuration=shared, tag="nightly" if optional else None),
+            parent=parent if optional else None,
+            configuration_overrides={"cpuLimit": "2"} if optional else None,
+            payload_valid_for=timedelta(minutes=90),
+            api_version="v1",
+            received_by_host="pod-7",
+        )
+        for _ in range(3)
+    ]
+    runs = [replace(r, parent=parent, configuration_overrides=runs[0].configuration_overrides)
+            if optional else r for r in runs]  # fmt: skip
+    assert _insert_arguments(runs)[0] == sql.INSERT_ONE_SHAPE
+    await store.insert_many(runs)
+    found = await store.get_many(r.key for r in runs)
+    for run in runs:
+        stored = found[run.key]
+        assert (stored.algorithm, stored.stage, stored.caller, stored.received_by_host) == (
+            run.algorithm, run.stage, run.caller, "pod-7"
+        )  # fmt: skip
+        assert (stored.applied_configuration, stored.payload_valid_for) == (
+            shared, timedelta(minutes=90)
+        )  # fmt: skip
+        assert (stored.tag, stored.parent, stored.configuration_overrides) == (
+            run.tag, run.parent, run.configuration_overrides
+        )  # fmt: skip
+        assert stored.api_version == "v1"
 
 
 async def test_a_hash_with_a_comma_is_stored_as_given(store: CheckpointStore) -> None:

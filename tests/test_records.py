@@ -1,8 +1,11 @@
-"""Run records (:func:`nexus.core.runs.record`) behave as frozen dataclasses do."""
+"""Run records (:func:`nexus.core.runs.record`) behave as frozen dataclasses do; new runs get
+new request ids."""
 
 from __future__ import annotations
 
 import dataclasses
+import uuid
+from typing import Any
 from uuid import UUID
 
 from nexus.core.queues import QueuedRun
@@ -27,3 +30,14 @@ def test_a_record_is_replaced_not_changed() -> None:
     later = dataclasses.replace(change, to=Stage.COMPLETED)
     assert (change.to, later.to, later.shard) == (Stage.RUNNING, Stage.COMPLETED, "shard-0")
     assert not hasattr(change, "__dict__")  # slots: no attribute beyond the fields
+
+
+def test_single_submits_take_new_version_4_ids_from_a_batch_made_ahead() -> None:
+    from types import SimpleNamespace
+
+    from nexus.scheduler.submission import IDS_AT_ONCE, Submitter
+
+    submitter: Any = SimpleNamespace(_ids=[])
+    ids = [Submitter._new_id(submitter) for _ in range(3 * IDS_AT_ONCE + 1)]
+    assert len(set(ids)) == len(ids)
+    assert {i.version for i in ids} == {4} and {i.variant for i in ids} == {uuid.RFC_4122}

@@ -771,7 +771,8 @@ def _insert_arguments(runs: Sequence[NewRun]) -> tuple[str, list[Any]]:
     applied configuration (one object for the runs of a template without overrides),
     caller, tag, parent, … of many runs are then sent, encoded and parsed once. Encoding
     a run's columns is most of a submission's cost in asyncpg, and parsing its applied
-    configuration's JSON much of PostgreSQL's."""
+    configuration's JSON much of PostgreSQL's. A batch of one shape (the usual one) sends
+    the shape's columns as scalars (:data:`sql.INSERT_ONE_SHAPE`)."""
     shapes: dict[tuple[Any, ...], int] = {}
     indices: list[int] = []
     for run in runs:
@@ -809,7 +810,29 @@ def _insert_arguments(runs: Sequence[NewRun]) -> tuple[str, list[Any]]:
             starts.append(str(at))
             lengths.append(str(len(payload)))
             at += len(payload)
-    return sql.INSERT_SHAPED, [
+    if len(shaped) == 1:  # the shape's columns as scalars: no array to check
+        (run,) = shaped
+        shaped_columns: list[Any] = [
+            run.algorithm, run.stage.value, run.caller, run.received_by_host,
+            run.applied_configuration, run.configuration_overrides, run.payload_valid_for,
+            run.tag, run.api_version, run.parent,
+        ]  # fmt: skip
+        statement = sql.INSERT_ONE_SHAPE
+    else:
+        shaped_columns = [
+            [run.algorithm for run in shaped],
+            [run.stage.value for run in shaped],
+            [run.caller for run in shaped],
+            [run.received_by_host for run in shaped],
+            [run.applied_configuration for run in shaped],
+            _array([run.configuration_overrides for run in shaped]),
+            [run.payload_valid_for for run in shaped],
+            _array([run.tag for run in shaped]),
+            [run.api_version for run in shaped],
+            _array([run.parent for run in shaped]),
+        ]
+        statement = sql.INSERT_SHAPED
+    return statement, [
         b"".join([run.id.bytes for run in runs]),
         bytes(indices),
         _array([run.payload_uri for run in runs]),
@@ -818,16 +841,7 @@ def _insert_arguments(runs: Sequence[NewRun]) -> tuple[str, list[Any]]:
         ",".join(lengths),
         hashes,
         _array([run.idempotency_key for run in runs]),
-        [run.algorithm for run in shaped],
-        [run.stage.value for run in shaped],
-        [run.caller for run in shaped],
-        [run.received_by_host for run in shaped],
-        [run.applied_configuration for run in shaped],
-        _array([run.configuration_overrides for run in shaped]),
-        [run.payload_valid_for for run in shaped],
-        _array([run.tag for run in shaped]),
-        [run.api_version for run in shaped],
-        _array([run.parent for run in shaped]),
+        *shaped_columns,
     ]
 
 
