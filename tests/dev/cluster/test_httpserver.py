@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable
 
 import pytest
@@ -22,6 +23,18 @@ async def _stream_numbers(request: Request, count: int, done: asyncio.Event) -> 
         done.set()
 
 
+async def _stream_bytes(request: Request, chunks: int, done: asyncio.Event) -> None:
+    """``chunks`` pieces of 64 KiB."""
+    stream = request.stream(200, {"Content-Type": "application/octet-stream"})
+    try:
+        for _ in range(chunks):
+            await stream.write(b"x" * 65536)
+            await asyncio.sleep(0)
+        stream.finish()
+    finally:
+        done.set()
+
+
 class App:
     def __init__(self) -> None:
         self.seen: list[Request] = []
@@ -35,6 +48,8 @@ class App:
         if request.path == "/stream":
             count = int(request.query.get("n", "3"))
             return _stream_numbers(request, count, self.stream_done)
+        if request.path == "/bytes":
+            return _stream_bytes(request, int(request.query["chunks"]), self.stream_done)
         if request.path == "/hold":
             return self._hold(request)
         return Answer(200, b"echo:" + request.body, headers={"X-Query": request.query.get("q", "")})
@@ -152,19 +167,29 @@ async def test_stream_then_next_request_on_the_same_connection(
 
 async def test_slow_reader_holds_the_stream_back(served: tuple[App, HttpServer, int]) -> None:
     app, _, port = served
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    # A small receive buffer, fixed (no autotuning, which takes megabytes on loopback), and
+    # a stream far larger than it and the server's send buffer (4 MiB at most here, see
+    # net.ipv4.tcp_wmem) together: the server can finish only by buffering what the client
+    # has not read, which it must not do.
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    client.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(client, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=client, limit=1 << 16)
     writer.transport.pause_reading()  # type: ignore[attr-defined]
-    writer.write(b"GET /stream?n=200000 HTTP/1.1\r\n\r\n")
-    await asyncio.sleep(0.3)
+    chunks = 160  # 10 MiB
+    writer.write(b"GET /bytes?chunks=%d HTTP/1.1\r\n\r\n" % chunks)
+    await asyncio.sleep(0.3)  # the whole stream is written in milliseconds where not held
     assert not app.stream_done.is_set()  # the server waits for the client to read
     writer.transport.resume_reading()  # type: ignore[attr-defined]
     total = 0
-    while not app.stream_done.is_set() or total < 100:
+    while not app.stream_done.is_set() or total < chunks << 16:
         chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
         if not chunk:
             break
         total += len(chunk)
     assert app.stream_done.is_set()
+    assert total > chunks << 16  # all of it, with the chunks' framing
     writer.close()
 
 
