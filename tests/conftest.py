@@ -36,6 +36,8 @@ from harness import (
     leaked_tasks,
     unique_name,
 )
+from xdist.remote import Producer
+from xdist.scheduler import LoadGroupScheduling
 
 from nexus_dev.servers.services import LocalPostgres, LocalRedis, LocalS3, LocalServices
 
@@ -47,6 +49,48 @@ def pytest_configure(config: pytest.Config) -> None:
     # (pytest-dev/pytest-asyncio#724). Setting "no loop" once makes the question fail
     # instead, which pytest-asyncio handles.
     asyncio.set_event_loop(None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` first, the rest in their order (see :class:`_Scheduling`)."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+SHARING_MODULES = frozenset(
+    {
+        "tests/faults/test_faults.py",  # one nexus dev for every fault
+        "tests/dev/test_dev_restarts.py",  # two nexus dev, each for several tests
+        "tests/dev/test_kubectl.py",  # a devcluster of two shards
+        "tests/test_distributions.py",  # three wheels, and the SDK's own environment
+    }
+)
+"""Modules whose tests share what is costly to make (module-scoped fixtures): each runs
+on one worker, so that it is made once, not once per worker its tests land on."""
+
+
+class _Scheduling(LoadGroupScheduling):
+    """How ``-n`` hands out the tests (instead of pytest-xdist's ``--dist load``, which
+    queues runs of consecutive tests on each worker in file order, so that the last long
+    test often finishes alone while the others wait): a worker gets the next
+    test, or group of tests, whenever it is nearly idle; groups go out first, then the
+    tests in their collection order, the slow ones first. Started first, the long tests
+    overlap and the short ones fill the gaps.
+
+    A group is a module of :data:`SHARING_MODULES`, or the tests marked ``xdist_group``
+    with one name: that mark works with pytest-xdist 3.8 on pytest up to 8 only (it
+    renames ``item._nodeid``, which pytest 9 no longer reads).
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0]
+        return module if module in SHARING_MODULES else super()._split_scope(nodeid)
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> _Scheduling | None:
+    """:class:`_Scheduling` for ``-n`` (``--dist load``, its default); another ``--dist``
+    as asked."""
+    return _Scheduling(config, log) if config.getvalue("dist") == "load" else None
 
 
 # -- session-wide servers ---------------------------------------------------------------
