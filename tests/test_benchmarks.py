@@ -31,6 +31,7 @@ def test_benchmark_script_starts(script: str) -> None:
     assert done.stdout.startswith("usage:"), done.stdout[:500]
 
 
+@pytest.mark.slow
 def test_the_maintainer_sweep_benchmark_runs_at_a_small_size() -> None:
     """The one benchmark that drives the maintainer's classes in-process (the others start
     its processes), so a change to those must not leave it behind: run it small."""

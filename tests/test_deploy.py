@@ -252,6 +252,7 @@ def test_the_configuration_roles_allow_what_the_maintainer_calls(
 # -- valid Kubernetes --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 def test_every_rendered_object_is_valid_kubernetes(rendered: dict[str, Any], version: str) -> None:
     objects = [o for objects in rendered.values() for o in objects] + [algorithm_job()]

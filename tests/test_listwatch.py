@@ -389,6 +389,7 @@ async def test_a_throttled_watch_waits_for_its_retry_after(tmp_path: Path) -> No
     assert calls[1] - calls[0] >= 0.95  # not the 0.2 s backoff
 
 
+@pytest.mark.slow
 @pytest.mark.looptime
 async def test_an_unreachable_shard_is_retried_for_ever_at_the_longest_backoff(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, looptime: float

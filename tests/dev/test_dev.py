@@ -29,6 +29,7 @@ from nexus_dev.servers.services import LocalPostgres, PostgresInfo, S3Info
 from nexus_dev.servers.supervision import descendants
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None:
     dev = DevProcess()
@@ -90,6 +91,7 @@ def test_dev_serves_real_services_and_stops_cleanly(sig: signal.Signals) -> None
     assert [line for line in dev.lines if line.startswith(READY_PREFIX)] == dev.lines  # one line
 
 
+@pytest.mark.slow
 def test_dev_with_two_shards_copies_the_catalog_to_the_second() -> None:
     """The example catalog lives in the controller cluster (the first shard); the
     maintainer's configuration controller keeps copies of it on the second."""
@@ -155,6 +157,7 @@ def test_dev_stops_cleanly_when_its_terminal_closes(sig: signal.Signals) -> None
     assert not workdir.exists()
 
 
+@pytest.mark.slow
 def test_dev_under_nohup_ignores_a_hang_up() -> None:
     """Started with SIGHUP ignored (``nohup``), a hang-up changes nothing."""
     dev = DevProcess("--services-only", ignore=signal.SIGHUP)
@@ -169,6 +172,7 @@ def test_dev_under_nohup_ignores_a_hang_up() -> None:
         dev.kill()
 
 
+@pytest.mark.slow
 def test_dev_fails_fast_and_keeps_the_logs_of_a_crash() -> None:
     """With ``--fail-fast`` a server that dies stops everything: the command exits 1, and
     the working directory (the logs it points to, the status saying who died) stays."""

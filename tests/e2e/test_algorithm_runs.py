@@ -23,6 +23,7 @@ from nexus_sdk.models import Status
 MAYBE_FAIL = ("python", "-m", "nexus_sdk.examples", "maybe-fail")
 
 
+@pytest.mark.slow
 async def test_a_completion_is_delivered_once_the_receiver_is_back(servers: Servers) -> None:
     async with local_system(
         servers,

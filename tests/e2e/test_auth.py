@@ -22,6 +22,7 @@ from typing import Any
 
 import jwt
 import orjson
+import pytest
 from harness import Servers
 from support.identity import Key, identity_provider, rsa_key
 from support.keys import rsa_key_pair
@@ -141,6 +142,7 @@ async def accepted(system: System, case: str, authorization: str, algorithm: str
 # -- scheduler ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_scheduler_refuses_missing_and_bad_credentials(servers: Servers) -> None:
     auth = {"jwt_hs256_secret": HS_SECRET, "jwt_rs256_public_key": RSA_PUBLIC, "jwt_issuer": ISSUER}
     past = int(time.time()) - 3600

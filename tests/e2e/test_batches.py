@@ -112,6 +112,7 @@ async def follow(system: System, path: str | None) -> list[list[dict[str, Any]]]
     return pages
 
 
+@pytest.mark.slow
 async def test_a_20000_run_batch_is_listed_whole_paged_and_summarised(servers: Servers) -> None:
     async with local_system(
         servers,

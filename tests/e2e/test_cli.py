@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from harness import Servers
 from support.devprocess import as_from_a_terminal
 from support.system import TOKEN, System, local_system, template
@@ -44,6 +45,7 @@ async def runs_tagged(system: System, tag: str) -> int:
     return len(body)
 
 
+@pytest.mark.slow
 async def test_run_status_result_and_cancel(servers: Servers, tmp_path: Path) -> None:
     async with local_system(servers, templates=[template("echo")]) as system:
         code, out, err = await nexus(system, "run", "echo", "--params", '{"a": [1, "é"]}', "--wait")
@@ -84,6 +86,7 @@ async def test_run_status_result_and_cancel(servers: Servers, tmp_path: Path) ->
         assert code == 2 and "cannot read /no/such/file" in err, err
 
 
+@pytest.mark.slow
 async def test_a_bulk_file_driven_to_the_end_with_a_progress_bar(
     servers: Servers, tmp_path: Path
 ) -> None:
@@ -144,6 +147,7 @@ async def under_terminal(system: System, *argv: str) -> tuple[int, str]:
     return code, b"".join(drawn).decode(errors="replace")
 
 
+@pytest.mark.slow
 async def test_ctrl_c_leaves_nothing_a_rerun_would_duplicate(
     servers: Servers, tmp_path: Path
 ) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+import pytest
 from harness import Servers
 from support.system import SIGNING_KEY, System, local_system, template
 
@@ -145,6 +146,7 @@ RUN_CASES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_run_requests_and_their_dry_runs(servers: Servers) -> None:
     async with checker(servers) as check:
         for case in RUN_CASES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import pytest
 import redis.asyncio as aioredis
 from harness import Servers
 from prometheus_client.parser import text_string_to_metric_families
@@ -80,6 +81,7 @@ async def test_requests_runs_queues_and_creations_are_exported_with_bounded_labe
         assert all("{" in dict(labels)["route"] for labels in completions)
 
 
+@pytest.mark.slow
 async def test_the_queue_depth_is_what_waits_on_the_pods_queue(servers: Servers) -> None:
     async with local_system(
         servers,

@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 from harness import Servers
 from prometheus_client import REGISTRY
 from support.system import SIGNING_KEY, System, local_system, template
@@ -72,6 +73,7 @@ async def until(condition: Any, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_a_thousand_waiters_on_two_pods_are_woken_by_their_runs_finishing(
     servers: Servers,
 ) -> None:

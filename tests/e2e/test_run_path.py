@@ -412,6 +412,7 @@ async def test_runs_land_on_the_shard_of_their_workgroup(servers: Servers) -> No
         assert metadata["appliedConfiguration"]["workgroup"] == "group-b"
 
 
+@pytest.mark.slow
 async def test_a_throttled_shard_slows_down_and_every_run_completes(servers: Servers) -> None:
     # The API server takes 20 creations a second (5 at once); the scheduler was told 200
     # (20 at once): it meets 429s, and must slow down to what the shard takes.

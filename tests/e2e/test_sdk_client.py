@@ -224,6 +224,7 @@ async def test_throttling_that_lasts_is_raised_after_the_retries(servers: Server
         assert isinstance(throttled.value, ApiError)
 
 
+@pytest.mark.slow
 async def test_waiting_polls_slowly_where_the_server_does_not_hold_reads(
     servers: Servers,
 ) -> None:

@@ -47,6 +47,7 @@ async def flood_until_queued(system: System, backlog: int, timeout: float = 60) 
     assert waiting >= backlog
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fair", [True, False], ids=["fair-share", "first-come"])
 async def test_a_flood_does_not_hold_back_another_callers_runs(
     servers: Servers, fair: bool

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
+import pytest
 from harness import Servers
 from maintaining import create_job, open_store, running_maintainer, settings_for, wait_until
 from support.system import local_system, template
@@ -35,6 +36,7 @@ async def stored(
     return run_id
 
 
+@pytest.mark.slow
 async def test_children_left_unfinished_under_a_cancelled_parent_are_cancelled_and_their_jobs_deleted(
     servers: Servers,
 ) -> None:

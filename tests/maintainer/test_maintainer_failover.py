@@ -8,6 +8,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
+import pytest
 from harness import Servers
 from maintaining import (
     environment,
@@ -30,6 +31,7 @@ from nexus_dev.cluster.simulation import SimulationSettings
 QUICK = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:0.02"))
 
 
+@pytest.mark.slow
 async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none(
     servers: Servers,
 ) -> None:
@@ -90,6 +92,7 @@ async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none
 CRAWLED = "crawled the stored inputs for ones without a run"
 
 
+@pytest.mark.slow
 async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
     servers: Servers,
 ) -> None:

@@ -54,6 +54,7 @@ async def statuses(system: System, runs: dict[str, str]) -> dict[str, str]:
     return {i: (await system.result(a, i))["status"] for i, a in runs.items()}
 
 
+@pytest.mark.slow
 async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_gap(
     servers: Servers,
 ) -> None:
@@ -99,6 +100,7 @@ async def test_a_maintainer_down_longer_than_its_timeouts_fails_no_run_for_the_g
             assert waited >= GRACE - 0.1, (algorithm, waited)
 
 
+@pytest.mark.slow
 async def test_a_shard_unreachable_for_a_while_then_back(servers: Servers) -> None:
     shard = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:5"))
     async with local_system(
@@ -286,6 +288,7 @@ def unchanged(action: str) -> float:
     return value or 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.looptime
 async def test_the_action_writer_outlasts_a_store_outage_of_any_length(
     caplog: pytest.LogCaptureFixture, looptime: float
@@ -321,6 +324,7 @@ async def test_the_action_writer_outlasts_a_store_outage_of_any_length(
         await store.close()
 
 
+@pytest.mark.slow
 @pytest.mark.looptime
 async def test_a_shard_refusing_rechecks_for_days_is_asked_ever_less_often(
     tmp_path: Path, looptime: float

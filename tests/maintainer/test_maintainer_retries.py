@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import pytest
 from harness import Servers
 from maintaining import (
     environment,
@@ -204,6 +205,7 @@ async def test_evicted_and_lost_nodes_are_retried_and_a_retried_run_counts_once(
         assert status == 200 and usage["unfinishedRuns"] == 0, usage
 
 
+@pytest.mark.slow
 async def test_scheduling_failures_are_retried_after_their_delay(servers: Servers) -> None:
     """An image that does not pull and a pod no node takes are scheduling failures: the
     attempt's Job is deleted and the run tried again after the policy's delay; without a
@@ -352,6 +354,7 @@ async def stored_attempts(dsn: str, algorithm: str) -> dict[str, tuple[str, int]
     return {str(r["id"]): (r["lifecycle_stage"], r["run_attempt"]) for r in rows}
 
 
+@pytest.mark.slow
 async def test_a_crash_in_the_middle_of_retries_makes_exactly_one_new_attempt_each(
     servers: Servers,
 ) -> None:

@@ -7,6 +7,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
+import pytest
 import redis.asyncio as aioredis
 from harness import Servers
 from maintaining import (
@@ -44,6 +45,7 @@ def actions(action: str, shard: str = "shard-0") -> float:
     return value or 0.0
 
 
+@pytest.mark.slow
 async def test_redis_flushed_under_load_every_buffered_run_is_queued_again_and_completes(
     servers: Servers,
 ) -> None:
@@ -77,6 +79,7 @@ def sample(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+@pytest.mark.slow
 async def test_redis_emptied_is_noticed_within_seconds_and_its_runs_queued_again_at_once(
     servers: Servers,
 ) -> None:

@@ -520,6 +520,7 @@ async def test_the_controller_cluster_as_its_own_shard_is_left_as_it_is(tmp_path
             await itself.close()
 
 
+@pytest.mark.slow
 async def test_a_standby_maintainer_takes_over_the_copies_without_redoing_them(
     servers: Servers,
 ) -> None:

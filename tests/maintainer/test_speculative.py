@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from harness import Servers
 from maintaining import running_maintainer, settings_for, wait_until
 from support.system import NAMESPACE, System, local_system, template
@@ -94,6 +95,7 @@ async def test_the_first_copy_to_report_wins_and_the_others_are_deleted(
         )
 
 
+@pytest.mark.slow
 async def test_a_copy_that_crashes_leaves_the_run_to_the_others(servers: Servers) -> None:
     racing = template("racing", command=("python", "-c", COPIES))
     async with (
