@@ -43,8 +43,20 @@ from nexus.core.runs import NewRun
 from nexus.core.statements import INSERT, TRANSITION
 from nexus_dev.servers.services import LocalPostgres
 
-PARAMETERS = "text[], uuid[], text[], text[], text[], text[], text[], text[], text[]," \
-    " timestamptz[], int[], bytea[], int[]"  # fmt: skip
+PARAMETERS = ", ".join(
+    [
+        "text",
+        "uuid[]",
+        "text",
+        *["text[]"] * 6,
+        "timestamptz[]",
+        "int[]",
+        "bytea[]",
+        "int[]",
+        "text",
+    ]
+)
+"""The types of the store's TRANSITION statement's parameters, $1 to $14."""
 SILENT = (
     "ALTER TABLE runs DISABLE TRIGGER runs_announce_finished;"
     " ALTER TABLE runs DISABLE TRIGGER runs_guard"
@@ -105,7 +117,7 @@ def session(runs: list[NewRun], batch: int, inline: bool, prelude: str) -> str:
     for start in range(0, len(runs), batch):
         chunk = runs[start : start + batch]
         ids = ",".join(str(r.id) for r in chunk)
-        names = ",".join(r.algorithm for r in chunk)
+        names = ",".join(r.algorithm for r in chunk)  # joined as the store joins them
         stages = ",".join("COMPLETED" for _ in chunk)
         zeros = ",".join("0" for _ in chunk)
         if inline:
@@ -116,8 +128,8 @@ def session(runs: list[NewRun], batch: int, inline: bool, prelude: str) -> str:
         else:
             uri, result = "'{" + ",".join("s3://bucket/result" for _ in chunk) + "}'", "NULL"
         lines.append(
-            f"EXECUTE t('{{{names}}}', '{{{ids}}}', '{{{stages}}}', NULL, {uri}, NULL, NULL,"
-            f" NULL, NULL, NULL, '{{{zeros}}}', {result}, NULL)"
+            f"EXECUTE t('{names}', '{{{ids}}}', '{stages}', NULL, {uri}, NULL, NULL,"
+            f" NULL, NULL, NULL, '{{{zeros}}}', {result}, NULL, ',')"
         )
     return "\n".join(lines) + "\n"
 

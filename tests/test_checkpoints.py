@@ -305,6 +305,25 @@ async def test_every_transition_is_enforced_in_sql(
     assert stored.stage == (target if applied else source)
 
 
+async def test_changes_of_any_algorithm_names_apply_together(store: CheckpointStore) -> None:
+    """A batch sends its algorithms and stages as one text each, joined: a name holding
+    the usual separator (no Kubernetes name does) still names its own run alone."""
+    names = ["echo", "a,b", "a", "b", "\x01,", "echo"]
+    runs = [new_run(name) for name in names]
+    for run in runs:
+        assert (await store.insert(run)).created
+    changes = [Transition(r.algorithm, r.id, Stage.COMPLETED, result_uri=f"s3://b/{r.id}")
+               for r in runs]  # fmt: skip
+    assert all(await asyncio.gather(*(store.transition(change) for change in changes)))
+    assert await store.transition_skipping_held(
+        [Transition(r.algorithm, r.id, Stage.CANCELLED) for r in runs]
+    ) == [False] * len(runs)  # finished already
+    for run in runs:
+        result = await store.result(run.algorithm, run.id, SYSTEM)
+        assert result is not None and result.stage == Stage.COMPLETED
+        assert result.result_uri == f"s3://b/{run.id}"
+
+
 async def test_terminal_run_cannot_be_moved_even_by_raw_sql(
     store: CheckpointStore, postgres_dsn: str
 ) -> None:

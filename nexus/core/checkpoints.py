@@ -492,7 +492,7 @@ class CheckpointStore:
         return applied
 
     async def _update(
-        self, conn: Connection, rounds: list[list[list[Any] | None]]
+        self, conn: Connection, rounds: list[list[Any]]
     ) -> list[list[asyncpg.Record]]:
         """The rows each round's UPDATE changed. Several rounds are one transaction: if a
         later one fails, none is kept, and the batch can be retried change by change."""
@@ -918,27 +918,40 @@ def _array(values: list[Any]) -> list[Any] | None:
     return None if values.count(None) == len(values) else values
 
 
-def _transition_columns(batch: Sequence[Transition]) -> list[list[Any] | None]:
+def _transition_columns(batch: Sequence[Transition]) -> list[Any]:
+    """The parameters of :data:`sql.TRANSITION` and :data:`sql.TRANSITION_SKIP_LOCKED`: the
+    algorithms and target stages joined into one text each, the rest as arrays."""
     # A Stage is a str (StrEnum), sent as its value; .value is a Python descriptor call.
     # A failure's text is looked at only when there is one (most changes have none).
+    names = [c.algorithm for c in batch]
+    stages: list[str] = [c.to for c in batch]
+    separator = _separator(names, stages)
     return [
-        _array(column)
-        for column in (
-            [c.algorithm for c in batch],
-            [c.id for c in batch],
-            [c.to for c in batch],
-            [c.expect for c in batch],
-            [c.result_uri for c in batch],
-            [None if c.cause is None else _text(c.cause) for c in batch],
-            [None if c.details is None else _text(c.details) for c in batch],
-            [c.job_uid for c in batch],
-            [c.shard for c in batch],
-            [c.sent_at for c in batch],
-            [c.attempts for c in batch],
-            [c.result_inline for c in batch],
-            [c.at_attempt for c in batch],
-        )
+        separator.join(names),
+        _array([c.id for c in batch]),
+        separator.join(stages),
+        _array([c.expect for c in batch]),
+        _array([c.result_uri for c in batch]),
+        _array([None if c.cause is None else _text(c.cause) for c in batch]),
+        _array([None if c.details is None else _text(c.details) for c in batch]),
+        _array([c.job_uid for c in batch]),
+        _array([c.shard for c in batch]),
+        _array([c.sent_at for c in batch]),
+        _array([c.attempts for c in batch]),
+        _array([c.result_inline for c in batch]),
+        _array([c.at_attempt for c in batch]),
+        separator,
     ]
+
+
+def _separator(*columns: list[str]) -> str:
+    """A character that no value of ``columns`` holds, to join each of them with: a comma
+    (an algorithm is a Kubernetes name, a stage a capitalised word), else the first
+    character that none holds."""
+    joined = "".join("".join(column) for column in columns)
+    if "," not in joined:
+        return ","
+    return next(c for c in map(chr, range(1, 0xD800)) if c not in joined)
 
 
 class _Connection:

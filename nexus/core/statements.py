@@ -110,6 +110,9 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # waited for a row rechecks the new row against the rows it had joined, so a join would
 # judge a cancel against the move it first matched (BUFFERED to CANCELLED) when the row
 # has become RUNNING meanwhile, and drop it; the subquery is asked again.
+# The algorithms ($1) and target stages ($3) come as one text each, joined by a separator
+# ($14) that none of them holds: asyncpg checks each element of an array parameter against
+# collections.abc (about 2,400 instructions a str), and every change has both.
 # The seconds since the run was received, by the database's clock: the metrics' time from
 # submission to a finished stage.
 AGE = "extract(epoch FROM clock_timestamp() - r.received_at)::float8 AS age"
@@ -126,7 +129,8 @@ UPDATE runs r SET
     sent_at = COALESCE(u.sent_at, r.sent_at),
     attempts = r.attempts + u.attempts,
     last_modified = now()
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
+            string_to_array($3::text, $14::text), $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
             $12::bytea[], $13::int[])
      AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
@@ -274,7 +278,8 @@ LIMIT $2
 # grows with the batch, not with its square (the CTEs have no indexes).
 TRANSITION_SKIP_LOCKED = f"""
 WITH candidates AS (
-    SELECT u.* FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+    SELECT u.* FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
+                           string_to_array($3::text, $14::text), $4::text[], $5::text[],
                            $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
                            $11::int[], $12::bytea[], $13::int[])
         AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
