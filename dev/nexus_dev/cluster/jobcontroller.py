@@ -361,7 +361,7 @@ class JobController:
                 "qosClass": "Burstable" if has_resources else "BestEffort",
             },
         }
-        fault = self.kubelet.fault_for(pod)
+        fault = self.kubelet.fault_for(pod, job)
         if fault == "unschedulable":  # no node takes it: it waits, Pending, on no kubelet
             del pod["spec"]["nodeName"]
             pod["status"] = {}
@@ -387,7 +387,7 @@ class JobController:
             f"Successfully assigned {state.namespace}/{name} to {NODE_NAME}",
             "default-scheduler",
         )
-        self.kubelet.admit(pod, fault)
+        self.kubelet.admit(pod, fault, asked=True)
 
 
 def _policy_action(policy: dict[str, Any] | None, pod: Obj) -> tuple[str | None, str]:

@@ -134,11 +134,11 @@ class Kubelet:
 
     # -- starting ------------------------------------------------------------------------
 
-    def fault_for(self, pod: Obj) -> str | None:
+    def fault_for(self, pod: Obj, owner: Obj | None = None) -> str | None:
         """The fault a new pod must show: injected for its Job, hinted by its env or its
         (or its Job's) annotations — for the first ``fault-pods`` pods of its run only,
         when that is given — or ``oom`` when its memory limit is below ``memory-needed``.
-        Counts the pod: ask once per pod."""
+        Counts the pod: ask once per pod. ``owner``: its Job, when the caller has it."""
         metadata, container = pod["metadata"], pod["spec"]["containers"][0]
         hinted = None
         for entry in container.get("env") or ():
@@ -153,7 +153,8 @@ class Kubelet:
             if forced:
                 return forced
         if job:
-            owner = self.store.get("jobs", namespace, job)
+            if owner is None:
+                owner = self.store.get("jobs", namespace, job)
             owned = owner["metadata"].get("annotations") if owner is not None else None
             if owned:  # the pod's own annotations win over its Job's
                 annotations = {**owned, **annotations}
@@ -169,13 +170,15 @@ class Kubelet:
             fault = "oom"
         return fault
 
-    def admit(self, pod: Obj, fault: str | None = None) -> None:
+    def admit(self, pod: Obj, fault: str | None = None, *, asked: bool = False) -> None:
         """Take a newly created pod (showing ``fault``, else the one :meth:`fault_for`
-        finds); its container starts after ``start_delay``."""
+        finds, unless the caller ``asked`` it already); its container starts after
+        ``start_delay``."""
         metadata, spec = pod["metadata"], pod["spec"]
         container = spec["containers"][0]
         env = container_env(container)  # $(VAR) and $$ resolved, as a real kubelet does
-        fault = fault or self.fault_for(pod)
+        if fault is None and not asked:
+            fault = self.fault_for(pod)
         run = PodRun(
             namespace=metadata["namespace"],
             name=metadata["name"],
