@@ -78,8 +78,9 @@ class Request:
         query = self._query
         if isinstance(query, str):
             parsed: dict[str, str] = {}
-            for key, value in parse_qsl(query, keep_blank_values=True):
-                parsed.setdefault(key, value)
+            if query:  # most requests have none: parse_qsl's checks cost microseconds
+                for key, value in parse_qsl(query, keep_blank_values=True):
+                    parsed.setdefault(key, value)
             query = self._query = parsed
         return query
 

@@ -20,6 +20,8 @@ from typing import Any
 import orjson
 
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # Kubernetes' utilrand alphabet
+_PAIRS = tuple(a + b for a in _SUFFIX_ALPHABET for b in _SUFFIX_ALPHABET)
+_SUFFIXES = 27**5
 
 
 def _uid_prefix() -> str:
@@ -85,8 +87,18 @@ def new_uid() -> str:
 
 
 def random_suffix(length: int = 5) -> str:
-    """``generateName``-style suffix: lower-case consonants and digits, as Kubernetes uses."""
-    return "".join(random.choices(_SUFFIX_ALPHABET, k=length))
+    """``generateName``-style suffix: lower-case consonants and digits, as Kubernetes uses.
+
+    Five characters (every pod's) come from one draw of 24 random bits: 27⁵ is below 2²⁴,
+    so a draw below it (six in seven are) is a uniform choice among all suffixes."""
+    if length != 5:
+        return "".join(random.choices(_SUFFIX_ALPHABET, k=length))
+    while True:
+        drawn = random.getrandbits(24)
+        if drawn < _SUFFIXES:
+            rest, last = divmod(drawn, 27)
+            first, middle = divmod(rest, 729)
+            return _PAIRS[first] + _PAIRS[middle] + _SUFFIX_ALPHABET[last]
 
 
 def status_body(
