@@ -619,9 +619,11 @@ class ShardClient:
                         yield event
                     begin = newline + 1
                 while (newline := chunk.find(b"\n", begin)) >= 0:
-                    if newline > begin:
-                        event = self._event(chunk, begin, newline, resource, sift)
+                    if newline > begin:  # a broken line raises BrokenEvent, a ValueError
+                        event = sifted_event(chunk, sift, begin, newline)
                         if event is not None:
+                            if event.type == "ERROR":
+                                self._event(chunk, begin, newline, resource, sift)  # raises
                             yield event
                     begin = newline + 1
                 if begin < len(chunk):

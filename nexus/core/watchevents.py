@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
@@ -78,16 +78,29 @@ def sifted_event(
 
     A ``BOOKMARK`` always matters; an ``ERROR`` comes back as a ``WatchEvent`` of type
     ``ERROR`` for the caller to raise."""
-    end = len(text) if end is None else end
-    while end > start and text[end - 1] in _BLANK:
-        end -= 1
+    if end is None:
+        end = len(text)
     if sift is not None and text.startswith(_START, start):
+        while end > start and text[end - 1] in _BLANK:  # a line may end in "\r"
+            end -= 1
         close = text.find(b'"', start + 9, start + 20)
         kind = _SIFTED.get(text[start + 9 : close]) if close > 0 else None
-        if kind is not None and text.startswith(_OBJECT, close + 1):
-            found = _sparse(text, start, end, kind, sift)
-            if found is not False:
-                return found
+        # the status, where API servers write it: last in the object (see above)
+        at = text.rfind(_STATUS, start, end) if kind is not None else -1
+        if (
+            kind is not None
+            and at > start
+            and text.startswith(_OBJECT, close + 1)
+            and text.startswith(b"}}", end - 2)
+        ):
+            try:
+                status = orjson.loads(b"{" + text[at + 1 : end - 1])["status"]
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                if not sift(kind, status):
+                    return None
+                return _with_metadata(text, start, end, at, kind, status)
     read = read_event(memoryview(text)[start:end])
     if read is None:
         return None
@@ -99,22 +112,11 @@ def sifted_event(
     return WatchEvent(kind, obj)
 
 
-def _sparse(
-    text: bytes, start: int, end: int, kind: str, sift: Sift
-) -> WatchEvent | Literal[False] | None:
-    """The event of a line in the API servers' layout, read as the module says; ``False``
-    when the line is not in that layout (it is to be parsed whole)."""
-    if not text.startswith(b"}}", end - 2):
-        return False
-    at = text.rfind(_STATUS, start, end)
-    if at < 0:
-        return False
-    try:
-        status = orjson.loads(b"{" + text[at + 1 : end - 1])["status"]
-    except orjson.JSONDecodeError:
-        return False
-    if not sift(kind, status):
-        return None
+def _with_metadata(
+    text: bytes, start: int, end: int, at: int, kind: str, status: dict[str, Any]
+) -> WatchEvent | None:
+    """The event whose object's status (at ``at``) was read and wanted: its metadata read
+    up to its spec, or, in another layout, the line read whole."""
     spec = text.find(_SPEC, start, at)
     try:
         event = orjson.loads(text[start : spec if spec >= 0 else at] + b"}}")
