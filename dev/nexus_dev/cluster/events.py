@@ -16,12 +16,13 @@ Guarantees:
   ``Completed`` on its Job, ``Scheduled``, ``Pulled``, ``Created``, ``Started`` on its
   pod) are the six a real cluster writes, each on its own object version, so none of them
   folds into another by the rule above (nor by client-go's similar-event aggregation,
-  which needs ten of one reason on one object). They cost a fifth of the emulator's CPU,
-  so each is built cheaply: timestamps formatted once a second, one ``involvedObject``
-  shared by the Events about one version of one object (the kubelet's three), no copy
-  of anything already built. Leaving them unwritten while nobody watches was weighed
-  and refused: ``kubectl describe`` and ``get events`` list them later, and a watch
-  resumed from an older version must find them in the history.
+  which needs ten of one reason on one object). They cost a sixth of the emulator's
+  instructions, so each is built cheaply: a copy of its reason's shape with its own
+  fields set, timestamps formatted once a second, one ``involvedObject`` shared by the
+  Events about one version of one object (the kubelet's three). Leaving them unwritten
+  while nobody watches was weighed and refused: ``kubectl describe`` and ``get events``
+  list them later, and a watch resumed from an older version must find them in the
+  history.
 * **Bounded:** an Event is deleted ``ttl`` seconds after its last update (the API server's
   ``--event-ttl``, one hour by default), and beyond ``max_events`` the oldest go first,
   so a long benchmark does not grow without limit. Expiry is one timer per shard that
