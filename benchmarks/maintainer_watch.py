@@ -26,6 +26,10 @@ idle window of the same wall time. The figure is the watcher's (window - idle) /
 ``git archive REV nexus maintainer | tar -x -C DIR``), on the same shard in the same
 windows: two revisions measured side by side under the very same load and events.
 
+``--tree DIR`` measures that tree alone (with ``--callgrind`` too: run it next to a
+measure of this tree, as callgrind's counts move a little with how the emulator's writes
+are batched).
+
 ``--rounds`` repeats the window (the figure of each round is printed; the JSON line has
 all of them and their median). Every process started is stopped at the end. Prints one
 line per round, then one JSON line.
@@ -187,6 +191,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         watcher_process = await start(
             *prefix, PYTHON, __file__, "--child", f"{directory}/{SHARD}.kubeconfig",
             *(["--profile", str(args.profile)] if args.profile else []),
+            *(["--tree", str(args.tree)] if args.tree else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )  # fmt: skip
         watcher = Watcher(watcher_process)
@@ -313,7 +318,9 @@ def main() -> int:
         " revision), measured in the same windows",
     )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--tree", type=Path, metavar="DIR", help="measure the tree in DIR (as --compare's)"
+    )
     args = parser.parse_args()
     if args.child is not None:
         import uvloop
