@@ -32,6 +32,7 @@ QUICK = ShardSpec(name="shard-0", simulation=SimulationSettings(duration="fixed:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(360)  # its own deadlines: 60 s to submit, then 120 s + 1 s per 50 runs
 async def test_a_scheduler_killed_with_thousands_queued_and_in_flight_loses_none(
     servers: Servers,
 ) -> None:
