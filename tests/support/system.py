@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import socket
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +38,7 @@ from nexus.scheduler.app import create_app as create_scheduler
 from nexus.scheduler.settings import AuthSettings, SchedulerSection, SchedulerSettings, ServiceToken
 from nexus.scheduler.teamsettings import TeamSettings
 from nexus_dev.cluster.emulators import DevCluster, ShardSpec
+from nexus_dev.servers.supervision import free_ports
 from receiver.app import create_app as create_receiver
 from receiver.settings import ReceiverSection, ReceiverSettings
 
@@ -57,9 +57,10 @@ _PLURALS = {
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port for a server the test starts later: from below the ephemeral range (as the
+    local servers' ports are), so no outgoing connection of any process takes it between
+    its choice and the server's bind."""
+    return free_ports(1)[0]
 
 
 def template(
