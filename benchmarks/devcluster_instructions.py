@@ -138,8 +138,9 @@ def job(name: str, stub: str) -> dict[str, Any]:
     }
 
 
-def counted(pattern: str) -> list[int]:
-    """The instruction totals of callgrind's dumps, in dump order."""
+def counted(pattern: str, keep: bool = False) -> list[int]:
+    """The instruction totals of callgrind's dumps, in dump order (the files removed unless
+    ``keep``)."""
     found = []
     for path in sorted(glob.glob(pattern), key=lambda p: int(p.rsplit(".", 1)[1])):
         with open(path) as dump:
@@ -147,17 +148,46 @@ def counted(pattern: str) -> list[int]:
                 if line.startswith(("summary:", "totals:")):
                     found.append(int(line.split()[1]))
                     break
-        os.remove(path)
+        if not keep:
+            os.remove(path)
     return found
 
 
 async def control(*args: str) -> None:
-    """``callgrind_control`` on the emulator: switch counting on, zero or dump it."""
+    """``callgrind_control`` on the process under callgrind: switch counting on, zero or
+    dump it."""
     process = await asyncio.create_subprocess_exec(
         "callgrind_control", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     if await process.wait():
         raise RuntimeError(f"callgrind_control {' '.join(args)} failed")
+
+
+async def run_batch(
+    session: aiohttp.ClientSession, base: str, stub_url: str, runs: int, concurrency: int
+) -> None:
+    """Create ``runs`` Jobs, ``concurrency`` at a time, and return once the stub server has
+    seen every one's completion (ten minutes at most)."""
+
+    async def completions() -> int:
+        async with session.get(f"{stub_url}/completions") as response:
+            return int(await response.text())
+
+    slots = asyncio.Semaphore(concurrency)
+    jobs = f"{base}/apis/batch/v1/namespaces/nexus/jobs"
+
+    async def create() -> None:
+        body = json.dumps(job(str(uuid.uuid4()), stub_url))
+        async with slots, session.post(jobs, data=body) as response:
+            assert response.status == 201, (response.status, await response.text())
+
+    before = await completions()
+    await asyncio.gather(*(create() for _ in range(runs)))
+    for _ in range(3000):
+        if await completions() >= before + runs:
+            return
+        await asyncio.sleep(0.2)
+    raise RuntimeError("the runs did not complete")
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,25 +232,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
 
             drains = [asyncio.create_task(drain(r)) for r in watches]
 
-            async def completions() -> int:
-                async with session.get(f"{stub_url}/completions") as response:
-                    return int(await response.text())
-
             async def batch(runs: int) -> None:
-                slots = asyncio.Semaphore(args.concurrency)
-                jobs = f"{base}/apis/batch/v1/namespaces/nexus/jobs"
-
-                async def create() -> None:
-                    body = json.dumps(job(str(uuid.uuid4()), stub_url))
-                    async with slots, session.post(jobs, data=body) as response:
-                        assert response.status == 201, (response.status, await response.text())
-
-                before = await completions()
-                await asyncio.gather(*(create() for _ in range(runs)))
-                for _ in range(3000):  # ten minutes at most
-                    if await completions() >= before + runs:
-                        break
-                    await asyncio.sleep(0.2)
+                await run_batch(session, base, stub_url, runs, args.concurrency)
                 await asyncio.sleep(2.0)
 
             await batch(args.warmup)

@@ -39,22 +39,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).parent))
-from devcluster_instructions import STUB, job
+from devcluster_instructions import STUB, control, counted, run_batch
 
 PYTHON = sys.executable
 SHARD = "bench"
@@ -135,30 +132,6 @@ class Watcher:
         return float(answer[1])
 
 
-async def control(*args: str) -> None:
-    """``callgrind_control`` on the watcher: switch counting on, zero or dump it."""
-    process = await asyncio.create_subprocess_exec(
-        "callgrind_control", *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    if await process.wait():
-        raise RuntimeError(f"callgrind_control {' '.join(args)} failed")
-
-
-def counted(pattern: str, keep: bool) -> list[int]:
-    """The instruction totals of callgrind's dumps, in dump order (the files removed unless
-    ``keep``)."""
-    found = []
-    for path in sorted(glob.glob(pattern), key=lambda p: int(p.rsplit(".", 1)[1])):
-        with open(path) as dump:
-            for line in dump:
-                if line.startswith(("summary:", "totals:")):
-                    found.append(int(line.split()[1]))
-                    break
-        if not keep:
-            os.remove(path)
-    return found
-
-
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     directory = tempfile.mkdtemp(prefix="maintainer-watch-")
     out = f"{directory}/callgrind.out"
@@ -211,26 +184,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {SHARD}", "Content-Type": "application/json"}
         async with aiohttp.ClientSession(headers=headers) as session:
 
-            async def completions() -> int:
-                async with session.get(f"{stub_url}/completions") as response:
-                    return int(await response.text())
-
             async def batch(runs: int) -> None:
-                slots = asyncio.Semaphore(args.concurrency)
-                jobs = f"{base}/apis/batch/v1/namespaces/nexus/jobs"
-
-                async def create() -> None:
-                    body = json.dumps(job(str(uuid.uuid4()), stub_url))
-                    async with slots, session.post(jobs, data=body) as response:
-                        assert response.status == 201, (response.status, await response.text())
-
-                before = await completions()
-                await asyncio.gather(*(create() for _ in range(runs)))
-                for _ in range(3000):  # ten minutes at most
-                    if await completions() >= before + runs:
-                        return
-                    await asyncio.sleep(0.2)
-                raise RuntimeError("the runs did not complete")
+                await run_batch(session, base, stub_url, runs, args.concurrency)
 
             total = args.warmup
             await batch(args.warmup)
