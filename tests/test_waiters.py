@@ -16,6 +16,7 @@ from nexus.core.announcements import Finished, announced, parse, run_key
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.listings import Listings
 from nexus.core.runs import RunKey, RunResult, Stage
+from nexus.core.visibility import Viewer
 from nexus.scheduler.waiters import Waiters, wait_for
 
 pytestmark = pytest.mark.looptime
@@ -197,4 +198,120 @@ async def test_runs_announced_with_their_answers_are_answered_without_a_read(
     assert futures[3].result().stage is Stage.CANCELLED  # type: ignore[union-attr]
     for key, future in zip((answered, answered, unanswered, garbled), futures, strict=True):
         waiters.forget_run(key, future)
+    await waiters.close()
+
+
+class Tags:
+    """Stands in for :class:`Listings`: counts a tag's runs from a dict (as every caller's
+    viewer sees them), remembers every count, and holds each count until ``hold`` is set."""
+
+    def __init__(self) -> None:
+        self.stages: dict[RunKey, Stage] = {}
+        self.counted = 0
+        self.hold = asyncio.Event()
+        self.hold.set()
+
+    async def counts(self, algorithm: str, tag: str, viewer: Any) -> dict[Stage, int]:
+        self.counted += 1
+        found: dict[Stage, int] = {}
+        for stage in self.stages.values():  # read when sent, answered when let through
+            found[stage] = found.get(stage, 0) + 1
+        await self.hold.wait()
+        return found
+
+
+def tag_waiters(tags: Tags) -> Waiters:
+    return Waiters(cast(CheckpointStore, Store()), cast(Listings, tags))
+
+
+EVERYONE = Viewer("someone", frozenset("*"))
+
+
+async def test_a_tag_is_counted_when_its_announcements_may_have_finished_it_not_per_burst(
+    looptime: float,
+) -> None:
+    tags = Tags()
+    waiters = tag_waiters(tags)
+    keys = [new_key() for _ in range(20)]
+    tags.stages.update(dict.fromkeys(keys, Stage.RUNNING))
+    future = waiters.watch_tag("echo", "batch", EVERYONE)
+    assert sum((await waiters.count("echo", "batch", EVERYONE)).values()) == 20
+    for key in keys[:-1]:  # one burst each: 19 announcements, none may finish the tag
+        tags.stages[key] = Stage.COMPLETED
+        waiters.finished(heard(key, tag="batch"))
+        await settle()
+    assert tags.counted == 1 and not future.done()
+    tags.stages[keys[-1]] = Stage.FAILED
+    waiters.finished(heard(keys[-1], tag="batch"))
+    await settle()
+    assert tags.counted == 2
+    assert future.result() == {Stage.COMPLETED: 19, Stage.FAILED: 1}
+    waiters.forget_tag("echo", "batch", EVERYONE, future)
+    assert len(waiters) == 0
+    await waiters.close()
+
+
+async def test_a_tag_finished_while_it_was_counted_is_counted_again(looptime: float) -> None:
+    tags = Tags()
+    waiters = tag_waiters(tags)
+    keys = [new_key() for _ in range(3)]
+    tags.stages.update(dict.fromkeys(keys, Stage.RUNNING))
+    future = waiters.watch_tag("echo", "batch", EVERYONE)
+    tags.hold.clear()
+    first = asyncio.ensure_future(waiters.count("echo", "batch", EVERYONE))
+    await settle()  # the count is sent: it sees three runs unfinished
+    for key in keys:  # all finish and are announced before it comes back
+        tags.stages[key] = Stage.COMPLETED
+        waiters.finished(heard(key, tag="batch"))
+    await settle()
+    tags.hold.set()
+    assert (await first) == {Stage.RUNNING: 3}
+    await settle()
+    assert future.result() == {Stage.COMPLETED: 3} and looptime == 0
+    waiters.forget_tag("echo", "batch", EVERYONE, future)
+    await waiters.close()
+
+
+async def test_announcements_of_runs_others_see_cost_a_count_and_keep_the_waiter(
+    looptime: float,
+) -> None:
+    tags = Tags()
+    waiters = tag_waiters(tags)
+    mine = new_key()
+    tags.stages[mine] = Stage.RUNNING
+    future = waiters.watch_tag("echo", "batch", EVERYONE)
+    await waiters.count("echo", "batch", EVERYONE)
+    waiters.finished(heard(new_key(), tag="batch"))  # a run this count does not hold
+    await settle()
+    assert tags.counted == 2 and not future.done()  # counted early, still unfinished
+    tags.stages[mine] = Stage.COMPLETED
+    waiters.finished(heard(mine, tag="batch"))
+    await settle()
+    assert tags.counted == 3 and future.result() == {Stage.COMPLETED: 1}
+    waiters.forget_tag("echo", "batch", EVERYONE, future)
+    await waiters.close()
+
+
+async def test_after_a_gap_a_tag_is_counted_per_burst_until_a_count_comes_back(
+    looptime: float,
+) -> None:
+    tags = Tags()
+    waiters = tag_waiters(tags)
+    keys = [new_key() for _ in range(10)]
+    tags.stages.update(dict.fromkeys(keys, Stage.RUNNING))
+    future = waiters.watch_tag("echo", "batch", EVERYONE)
+    await waiters.count("echo", "batch", EVERYONE)
+    tags.hold.clear()
+    for key in keys[:5]:  # finished, never announced (the connection was lost)
+        tags.stages[key] = Stage.COMPLETED
+    waiters.gap()  # counts at once; until it is back, a burst asks for another
+    await settle()
+    assert tags.counted == 2
+    for key in keys[5:]:
+        tags.stages[key] = Stage.COMPLETED
+    waiters.finished(heard(*keys[5:], tag="batch"))  # five announced: all ten finished
+    tags.hold.set()
+    await settle()
+    assert tags.counted == 3 and future.result() == {Stage.COMPLETED: 10}
+    waiters.forget_tag("echo", "batch", EVERYONE, future)
     await waiters.close()

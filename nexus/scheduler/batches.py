@@ -205,7 +205,7 @@ async def tag_summary(request: web.Request) -> web.Response:
         return json_response(summarise(await listings.counts(algorithm, tag, viewer)))
     finished = waiters.watch_tag(algorithm, tag, viewer)  # before the count: none slips by
     try:
-        counts = await listings.counts(algorithm, tag, viewer)
+        counts = await waiters.count(algorithm, tag, viewer)
         if not is_finished(counts):
             counts = await wait_for(finished, wait) or await listings.counts(algorithm, tag, viewer)
     finally:

@@ -9,9 +9,20 @@ read and the wait still wakes it. Guarantees:
   run's answer when it fits in a notification: the run's waiters on this pod are answered
   from it. The runs announced without it that have waiters here are read in one statement
   per burst, whose results are handed to all their waiters. A tag with waiters is
-  counted again once per burst, one count in flight per tag (announcements arriving
-  meanwhile cause one more), and its waiters are answered when it is finished. Nothing
-  polls the store on a waiter's behalf.
+  counted again only when its announcements may have finished it: each count of it
+  leaves how many of its runs were unfinished, each announcement of one of its runs
+  since takes one off, and only when none may be left is it counted (one count in
+  flight per tag) — a tag of a hundred runs costs its waiter two counts, not one per
+  burst. Its waiters are answered by a count that finds it finished. Nothing polls the
+  store on a waiter's behalf.
+* **A finished tag is never missed.** A run is announced after its move has committed,
+  so every run that finished after a count was sent is announced after it was sent:
+  runs left unfinished by the count, less the tag's announcements heard since it was
+  sent, is never more than the runs still unfinished (announcements of runs the viewer
+  does not see, or of runs added since, only make it less, and cost a count early).
+  When the tag's last run is announced, that figure is at most 0 and the tag is
+  counted. After a gap nothing is taken off what was missed: the tag is counted again
+  on every burst until a count sent after the gap comes back.
 * **Nothing missed is waited for longer than asked.** After a gap in the announcements (a
   reconnection), every run and tag waited for is read again at once, in one read and one
   count per tag; and every waiter answers at its ``S`` in any case.
@@ -56,6 +67,25 @@ TagKey: TypeAlias = tuple[str, str, str | None, tuple[str, str] | None]
 """(algorithm, tag, owner, below): a tag as one view counts it (owner ``None``: every
 caller's; below: the children of that run only, as a run's credential sees them)."""
 Counts: TypeAlias = dict[Stage, int]
+
+
+class _Tally:
+    """What the counts and announcements of one tag with waiters say of it: how many of
+    its runs are unfinished at most (see the module's second guarantee)."""
+
+    __slots__ = ("heard", "heard_then", "unfinished")
+
+    def __init__(self) -> None:
+        self.heard = 0
+        """Announcements of the tag's runs heard since this tally began."""
+        self.unfinished: int | None = None
+        """Runs unfinished by the latest count sent since the last gap (None: none)."""
+        self.heard_then = 0
+        """``heard`` when that count was sent."""
+
+    def may_be_finished(self) -> bool:
+        """Whether the announcements may have finished the tag since its last count."""
+        return self.unfinished is None or self.unfinished <= self.heard - self.heard_then
 
 
 MAX_WAIT = 60.0
@@ -124,6 +154,8 @@ class Waiters:
         # waiter here, and are passed over without being parsed
         self._runs: dict[str, set[asyncio.Future[RunResult | None]]] = {}
         self._tags: dict[TagKey, set[asyncio.Future[Counts | None]]] = {}
+        self._tallies: dict[TagKey, _Tally] = {}  # of the tags in _tags
+        self._gaps = 0  # gaps so far: a count sent before the last gap sets no tally
         self._counting: dict[TagKey, bool] = {}  # tags being counted: whether to count again
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -149,9 +181,21 @@ class Waiters:
         """A future set to the tag's counts (as ``viewer`` sees them) once it is finished
         (to ``None`` by :func:`wait_for` at its time)."""
         future: asyncio.Future[Counts | None] = asyncio.get_running_loop().create_future()
-        self._tags.setdefault(_tag_key(algorithm, tag, viewer), set()).add(future)
+        tag_key = _tag_key(algorithm, tag, viewer)
+        self._tags.setdefault(tag_key, set()).add(future)
+        if tag_key not in self._tallies:
+            self._tallies[tag_key] = _Tally()
         WAITING.inc()
         return future
+
+    async def count(self, algorithm: str, tag: str, viewer: Viewer) -> Counts:
+        """The tag's counts as ``viewer`` sees them (the first count of a waiter, after
+        :meth:`watch_tag`): they tell the tag's tally how many runs are left."""
+        tag_key = _tag_key(algorithm, tag, viewer)
+        sent = self._sent(tag_key)
+        counts = await self._listings.counts(algorithm, tag, viewer)
+        self._counted(tag_key, sent, counts)
+        return counts
 
     def forget_run(self, key: RunKey, future: asyncio.Future[RunResult | None]) -> None:
         WAITING.dec()
@@ -161,7 +205,10 @@ class Waiters:
         self, algorithm: str, tag: str, viewer: Viewer, future: asyncio.Future[Counts | None]
     ) -> None:
         WAITING.dec()
-        _discard(self._tags, _tag_key(algorithm, tag, viewer), future)
+        tag_key = _tag_key(algorithm, tag, viewer)
+        _discard(self._tags, tag_key, future)
+        if tag_key not in self._tags:
+            self._tallies.pop(tag_key, None)
 
     # -- waking ----------------------------------------------------------------------------
 
@@ -179,14 +226,25 @@ class Waiters:
         if unread:
             self._spawn(self._read(unread))
         if self._tags:
-            tags = {(f.run.partition("\t")[0], f.tag) for f in runs if f.tag is not None}
-            for tag_key in [k for k in self._tags if (k[0], k[1]) in tags]:
-                self._count(tag_key)
+            tags: dict[tuple[str, str], int] = {}
+            for f in runs:
+                if f.tag is not None:
+                    tag = (f.run.partition("\t")[0], f.tag)
+                    tags[tag] = tags.get(tag, 0) + 1
+            for tag_key, tally in list(self._tallies.items()):
+                heard = tags.get((tag_key[0], tag_key[1]))
+                if heard is not None:
+                    tally.heard += heard
+                    if tally.may_be_finished():
+                        self._count(tag_key)
 
     def gap(self) -> None:
         """Announcements may have been missed: look at everything waited for again."""
         if self._runs:
             self._spawn(self._read(list(self._runs)))
+        self._gaps += 1
+        for tally in self._tallies.values():
+            tally.unfinished = None  # what was missed is not taken off
         for tag_key in list(self._tags):
             self._count(tag_key)
 
@@ -226,19 +284,47 @@ class Waiters:
         try:
             while True:
                 self._counting[tag_key] = False
+                sent = self._sent(tag_key)
                 try:
                     counts = await self._listings.counts(algorithm, tag, viewer)
                 except DependencyError as exc:
                     log.warning("a tag could not be counted for its waiters: %s", exc)
                     return
                 if is_finished(counts):
+                    self._tallies.pop(tag_key, None)
                     for future in self._tags.pop(tag_key, ()):
                         if not future.done():
                             future.set_result(counts)
-                if not self._counting[tag_key]:
                     return
+                tally = self._counted(tag_key, sent, counts)
+                if tally is None:
+                    return  # nobody waits for it any more
+                if tally.unfinished is None:  # a gap came between: counted again if asked
+                    if not self._counting[tag_key]:
+                        return
+                elif not (tally.heard > tally.heard_then and tally.may_be_finished()):
+                    return  # no announcement since it was sent may have finished it
         finally:
             self._counting.pop(tag_key, None)
+
+    def _sent(self, tag_key: TagKey) -> tuple[_Tally | None, int, int]:
+        """What a count about to be sent must know when it is back: the tally it sets,
+        the announcements heard so far and the gaps so far."""
+        tally = self._tallies.get(tag_key)
+        return tally, tally.heard if tally is not None else 0, self._gaps
+
+    def _counted(
+        self, tag_key: TagKey, sent: tuple[_Tally | None, int, int], counts: Counts
+    ) -> _Tally | None:
+        """The tag's tally, set from ``counts`` (a count sent when :meth:`_sent` said
+        ``sent``) unless a gap came between or the tally began anew meanwhile."""
+        tally, heard, gaps = sent
+        if tally is None or self._tallies.get(tag_key) is not tally:
+            return None
+        if gaps == self._gaps:
+            tally.unfinished = sum(n for stage, n in counts.items() if stage not in TERMINAL)
+            tally.heard_then = heard
+        return tally
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
