@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import product
 
 import asyncpg
@@ -259,7 +259,14 @@ async def test_both_transition_writers_stamp_last_modified(store: CheckpointStor
 
 
 @pytest.mark.parametrize(
-    "name", ["TRANSITION", "TRANSITION_SKIP_LOCKED", "IDEMPOTENT_MATCHES", "DELETE_FINISHED"]
+    "name",
+    [
+        "TRANSITION",
+        "TRANSITION_KEEPING_JOBS",
+        "TRANSITION_SKIP_LOCKED",
+        "IDEMPOTENT_MATCHES",
+        "DELETE_FINISHED",
+    ],
 )
 async def test_statements_joining_keys_probe_runs_by_key_even_on_an_empty_table(
     postgres_dsn: str, name: str
@@ -478,6 +485,59 @@ async def test_expected_stage_narrows_a_transition(store: CheckpointStore) -> No
     stored = await store.get(run.algorithm, run.id, SYSTEM)
     assert stored is not None
     assert stored.attempts == 0
+
+
+async def test_a_refused_dispatch_keeps_its_jobs_facts_in_the_same_write(
+    store: CheckpointStore,
+) -> None:
+    """A RUNNING write that keeps its Job's facts (the dispatcher's), refused because the
+    run finished or failed meanwhile, leaves its stage, outcome and last_modified as they
+    are, and fills in only the facts it lacks; in the same batch a run still waiting moves,
+    a change without the flag and one of an attempt that is over keep nothing."""
+    finished, failed, waiting, plain, late = (new_run() for _ in range(5))
+    for run in (finished, failed, waiting, plain, late):
+        await store.insert(run)
+    done = Transition(finished.algorithm, finished.id, Stage.COMPLETED, result_uri="s3://b/r")
+    assert await store.transition(done)
+    known = Transition(failed.algorithm, failed.id, Stage.FAILED, cause="x", shard="known")
+    assert await store.transition(known)
+    for run in (plain, late):
+        assert await store.transition(Transition(run.algorithm, run.id, Stage.CANCELLED))
+    before = {r.id: await store.get(r.algorithm, r.id, SYSTEM) for r in (finished, failed)}
+    sent = datetime.now(UTC)
+
+    def dispatched(run: NewRun, keep: bool = True, attempt: int = 1) -> Transition:
+        return Transition(run.algorithm, run.id, Stage.RUNNING, job_uid=f"uid-{run.id}",
+                          shard="s1", sent_at=sent, at_attempt=attempt, keep_job=keep)  # fmt: skip
+
+    changes = [dispatched(finished), dispatched(failed), dispatched(waiting),
+               dispatched(plain, keep=False), dispatched(late, attempt=2)]  # fmt: skip
+    assert await store.transition_many(changes) == [False, False, True, False, False]
+    stored = {r.id: await store.get(r.algorithm, r.id, SYSTEM) for r in (finished, failed, waiting,
+              plain, late)}  # fmt: skip
+    facts = {
+        i: (s.stage, s.job_uid, s.shard, s.sent_at is not None) for i, s in stored.items() if s
+    }
+    assert facts == {
+        finished.id: (Stage.COMPLETED, f"uid-{finished.id}", "s1", True),
+        failed.id: (Stage.FAILED, f"uid-{failed.id}", "known", True),  # what it knew stays
+        waiting.id: (Stage.RUNNING, f"uid-{waiting.id}", "s1", True),
+        plain.id: (Stage.CANCELLED, None, None, False),
+        late.id: (Stage.CANCELLED, None, None, False),
+    }
+    for run_id, earlier in before.items():
+        now = stored[run_id]
+        assert earlier is not None and now is not None
+        assert (now.last_modified, now.result_uri, now.failure_cause, now.attempts) == (
+            earlier.last_modified,
+            earlier.result_uri,
+            earlier.failure_cause,
+            earlier.attempts,
+        )
+    # a second refused write changes nothing more: the facts are there
+    assert await store.transition_many([replace(dispatched(finished), job_uid="other")]) == [False]
+    kept = await store.get(finished.algorithm, finished.id, SYSTEM)
+    assert kept is not None and kept.job_uid == f"uid-{finished.id}"
 
 
 async def test_a_background_batch_applies_refuses_or_skips_what_another_writer_holds(

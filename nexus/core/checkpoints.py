@@ -116,9 +116,6 @@ def not_ready(exc: BaseException) -> bool:
     )
 
 
-_ABSENT: Any = object()
-"""What a look-up finds for a key that is not there (a value may be ``None``)."""
-
 # A value PostgreSQL cannot hold (e.g. NUL in a string): the item's fault, not the batch's.
 _DATA_ERRORS = (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError)
 _DEADLOCK_RETRIES = 3
@@ -424,31 +421,6 @@ class CheckpointStore:
             conflicts = () if created else _conflicts(run, owner)
             results[i] = Admission(owner["id"], created, owner["algorithm"], conflicts)
 
-    async def record_sent(self, changes: Sequence[Transition]) -> int:
-        """Keep the Job facts (``job_uid``, ``shard``, ``sent_at``) of ``RUNNING`` changes
-        the store refused, on runs that lack them: a run another writer failed or
-        finished while its Job was being created still says which Job ran it, and when.
-        Nothing else of the run changes. How many runs gained a fact."""
-        if not changes:
-            return 0
-        ordered = sorted(changes, key=lambda c: (c.algorithm, c.id))
-        columns = [
-            [c.algorithm for c in ordered],
-            [c.id for c in ordered],
-            [c.job_uid for c in ordered],
-            [c.shard for c in ordered],
-            [c.sent_at for c in ordered],
-            [c.at_attempt for c in ordered],
-        ]
-        for attempt in range(_DEADLOCK_RETRIES):
-            try:
-                async with self.connection() as conn:
-                    return len(await conn.fetch(sql.RECORD_SENT, *columns))
-            except asyncpg.DeadlockDetectedError as exc:
-                if attempt == _DEADLOCK_RETRIES - 1:
-                    raise StoreUnavailable(f"keeping job facts kept deadlocking: {exc}") from exc
-        raise AssertionError("unreachable")
-
     async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
         try:
             return await self._transition_waiting_for_held(changes)
@@ -483,12 +455,12 @@ class CheckpointStore:
             answers = await self._update(conn, columns)
         applied: list[bool] = [False] * len(changes)
         for indices, rows in zip(rounds, answers, strict=True):
-            done = {(row["algorithm"], row["id"].int): row["age"] for row in rows}
+            done = {(row["algorithm"], row["id"].int): row for row in rows}
             for i in indices:
-                age = done.get(keys[i], _ABSENT)
-                if age is not _ABSENT:
+                row = done.get(keys[i])
+                if row is not None and row.get("moved", True):  # moved, not only kept facts
                     applied[i] = True
-                    _observe_finished(changes[i], age)
+                    _observe_finished(changes[i], row["age"])
         return applied
 
     async def _update(
@@ -499,9 +471,12 @@ class CheckpointStore:
         for attempt in range(_DEADLOCK_RETRIES):
             try:
                 if len(rounds) == 1:  # one statement is atomic on its own
-                    return [await conn.fetch(sql.TRANSITION, *rounds[0])]
+                    return [await conn.fetch(_transition_statement(rounds[0]), *rounds[0])]
                 async with conn.transaction():
-                    return [await conn.fetch(sql.TRANSITION, *columns) for columns in rounds]
+                    return [
+                        await conn.fetch(_transition_statement(columns), *columns)
+                        for columns in rounds
+                    ]
             except asyncpg.DeadlockDetectedError as exc:
                 # Sorted batches do not deadlock each other; another writer may still.
                 # What failed was rolled back as a whole, so trying again is safe.
@@ -872,7 +847,9 @@ async def _skip_locked(
     answered as not applied (as for a run held: nothing is known of its stage); its
     neighbours are still written."""
     try:
-        rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
+        rows = await conn.fetch(
+            sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch, keeping=False)
+        )
     except _DATA_ERRORS as exc:
         if len(batch) == 1:
             change = batch[0]
@@ -918,14 +895,23 @@ def _array(values: list[Any]) -> list[Any] | None:
     return None if values.count(None) == len(values) else values
 
 
-def _transition_columns(batch: Sequence[Transition]) -> list[Any]:
+def _transition_statement(columns: list[Any]) -> str:
+    """The statement that takes ``columns`` (:func:`_transition_columns`): with a 15th,
+    the one that keeps refused changes' Job facts."""
+    return sql.TRANSITION if len(columns) == 14 else sql.TRANSITION_KEEPING_JOBS
+
+
+def _transition_columns(batch: Sequence[Transition], keeping: bool = True) -> list[Any]:
     """The parameters of :data:`sql.TRANSITION` and :data:`sql.TRANSITION_SKIP_LOCKED`: the
-    algorithms and target stages joined into one text each, the rest as arrays."""
+    algorithms and target stages joined into one text each, the rest as arrays; when a
+    change keeps its Job's facts if refused (and ``keeping``), whether each does, joined as
+    well (:data:`sql.TRANSITION_KEEPING_JOBS`)."""
     # A Stage is a str (StrEnum), sent as its value; .value is a Python descriptor call.
     # A failure's text is looked at only when there is one (most changes have none).
     names = [c.algorithm for c in batch]
     stages: list[str] = [c.to for c in batch]
     separator = _separator(names, stages)
+    keep = keeping and any([c.keep_job for c in batch])
     return [
         separator.join(names),
         _array([c.id for c in batch]),
@@ -941,6 +927,7 @@ def _transition_columns(batch: Sequence[Transition]) -> list[Any]:
         _array([c.result_inline for c in batch]),
         _array([c.at_attempt for c in batch]),
         separator,
+        *([separator.join(["t" if c.keep_job else "f" for c in batch])] if keep else []),
     ]
 
 

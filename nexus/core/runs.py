@@ -196,6 +196,11 @@ class Transition:
     sent_at: datetime | None = None
     attempts: int = 0
     at_attempt: int | None = None
+    keep_job: bool = False
+    """When the move is refused (another writer finished or failed the run meanwhile), keep
+    the ``job_uid``, ``shard`` and ``sent_at`` the run lacks all the same, in the same
+    write, and nothing else: the Job was made, and the run says which one. For a change to
+    ``RUNNING`` or ``BUFFERED`` without a result or failure (the dispatcher's)."""
 
     @property
     def key(self) -> RunKey:

@@ -7,6 +7,10 @@ Every statement is sent by the store (:mod:`nexus.core.checkpoints`, and its swe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from nexus.core.runs import ALLOWED, Stage
+
 TERMINAL_STAGES = "('COMPLETED', 'FAILED', 'SCHEDULING_FAILED', 'DEADLINE_EXCEEDED', 'CANCELLED')"
 
 # Both inserts answer with one row: how many runs they inserted, and which, only when that
@@ -105,17 +109,53 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # share runs then take their locks in the same order and cannot deadlock each other. (A
 # CTE that locks first and a join that updates after is no alternative: when a concurrent
 # writer changes a row in between, PostgreSQL's recheck of the join can drop the row, and
-# a transition that should apply silently does not.) For the same reason the allowed-moves
-# lookup is kept a subquery (OFFSET 0 stops PostgreSQL making it a join): an UPDATE that
-# waited for a row rechecks the new row against the rows it had joined, so a join would
-# judge a cancel against the move it first matched (BUFFERED to CANCELLED) when the row
-# has become RUNNING meanwhile, and drop it; the subquery is asked again.
+# a transition that should apply silently does not.) For the same reason the allowed moves
+# are an expression of the row's stage (MOVES), never a join on it: an UPDATE that waited
+# for a row rechecks the new row against the rows it had joined, so a join would judge a
+# cancel against the move it first matched (BUFFERED to CANCELLED) when the row has become
+# RUNNING meanwhile, and drop it; an expression is evaluated again on the new row.
 # The algorithms ($1) and target stages ($3) come as one text each, joined by a separator
 # ($14) that none of them holds: asyncpg checks each element of an array parameter against
 # collections.abc (about 2,400 instructions a str), and every change has both.
 # The seconds since the run was received, by the database's clock: the metrics' time from
 # submission to a finished stage.
 AGE = "extract(epoch FROM clock_timestamp() - r.received_at)::float8 AS age"
+
+
+def _moves() -> str:
+    """Whether run ``r`` may move to ``u.to_stage``: the moves of ``run_transitions``
+    (which the guard trigger enforces, and tests keep equal to :data:`ALLOWED`), as a CASE
+    over the target with the stages it may be reached from. It replaced a subquery of
+    ``run_transitions`` per row, a sixth of PostgreSQL's instructions per transition."""
+    # The usual moves' branch first (to COMPLETED, RUNNING, FAILED), each list in the
+    # order of the stages (BUFFERED before RUNNING): a CASE stops at the first match.
+    sources: dict[tuple[Stage, ...], list[Stage]] = {}
+    for target in dict.fromkeys((Stage.COMPLETED, Stage.RUNNING, *Stage)):
+        froms = tuple(s for s in Stage if (s, target) in ALLOWED)
+        if froms:
+            sources.setdefault(froms, []).append(target)
+    branches = " ".join(
+        f"WHEN u.to_stage IN ({_listed(targets)}) THEN r.lifecycle_stage IN ({_listed(froms)})"
+        for froms, targets in sources.items()
+    )
+    return f"(CASE {branches} ELSE false END)"
+
+
+def _listed(stages: Iterable[Stage]) -> str:
+    return ", ".join(f"'{stage.value}'" for stage in stages)
+
+
+MOVES = _moves()
+
+_TRANSITION_FROM = """FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
+            string_to_array($3::text, $14::text), $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
+            $12::bytea[], $13::int[]{keep_column})
+     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
+          sent_at, attempts, result_inline, at_attempt{keep_name})
+WHERE r.algorithm = u.algorithm AND r.id = u.id
+  AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
+"""
 
 TRANSITION = f"""
 UPDATE runs r SET
@@ -129,18 +169,52 @@ UPDATE runs r SET
     sent_at = COALESCE(u.sent_at, r.sent_at),
     attempts = r.attempts + u.attempts,
     last_modified = now()
-FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
-            string_to_array($3::text, $14::text), $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
-            $12::bytea[], $13::int[])
-     AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-          sent_at, attempts, result_inline, at_attempt)
-WHERE r.algorithm = u.algorithm AND r.id = u.id
-  AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
-  AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
-  AND EXISTS (SELECT 1 FROM run_transitions t
-              WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage OFFSET 0)
+{_TRANSITION_FROM.format(keep_column="", keep_name="")}\
+  AND (u.expect IS NULL OR r.lifecycle_stage = u.expect) AND {MOVES}
 RETURNING r.algorithm, r.id, {AGE}
+"""
+
+# TRANSITION for a batch in which some changes keep their Job's facts when refused
+# (Transition.keep_job: the dispatcher's RUNNING writes, $15 a 't' or 'f' per change,
+# joined as $1 is): a run that another writer finished or failed while its Job was being
+# created does not move, but gains the job_uid, shard and sent_at it lacks, in the same
+# statement (it was a second statement, after the refusal, for most runs dispatched under
+# load: their completion arrives before the RUNNING write). Its stage, result, failure and
+# last_modified stay as they are (the guard lets such an update through), and a later
+# attempt's run gains nothing from an earlier attempt's Job. A change that keeps facts is
+# one to a stage its run is not in already, so "moved" is whether the row's stage is now
+# the change's target.
+_MOVED = f"((u.expect IS NULL OR r.lifecycle_stage = u.expect) AND {MOVES})"
+
+
+def _kept(column: str, given: str) -> str:
+    return (
+        f"{column} = CASE WHEN {_MOVED} THEN COALESCE(u.{given}, r.{column})"
+        f" ELSE COALESCE(r.{column}, u.{given}) END"
+    )
+
+
+TRANSITION_KEEPING_JOBS = f"""
+UPDATE runs r SET
+    lifecycle_stage = CASE WHEN {_MOVED} THEN u.to_stage ELSE r.lifecycle_stage END,
+    result_uri = COALESCE(u.result_uri, r.result_uri),
+    result_inline = COALESCE(u.result_inline, r.result_inline),
+    algorithm_failure_cause = COALESCE(u.cause, r.algorithm_failure_cause),
+    algorithm_failure_details = COALESCE(u.details, r.algorithm_failure_details),
+    {_kept("job_uid", "job_uid")},
+    {_kept("shard", "shard")},
+    {_kept("sent_at", "sent_at")},
+    attempts = r.attempts + CASE WHEN {_MOVED} THEN u.attempts ELSE 0 END,
+    last_modified = CASE WHEN {_MOVED} THEN now() ELSE r.last_modified END
+{
+    _TRANSITION_FROM.format(
+        keep_column=", string_to_array($15::text, $14::text)::boolean[]", keep_name=", keep"
+    )
+}\
+  AND ({_MOVED}
+       OR (u.keep AND r.lifecycle_stage <> u.to_stage
+           AND (r.job_uid IS NULL OR r.sent_at IS NULL OR r.shard IS NULL)))
+RETURNING r.algorithm, r.id, {AGE}, r.lifecycle_stage = u.to_stage AS moved
 """
 
 
@@ -162,25 +236,6 @@ UPDATE runs SET
 WHERE algorithm = $1 AND id = $2 AND run_attempt = $3
   AND lifecycle_stage IN ('BUFFERED', 'RUNNING')
 RETURNING caller, COALESCE(shard, applied_configuration->>'shard') AS shard
-"""
-
-
-# The facts of a Job that was made, kept on a run whose RUNNING write was refused because
-# another writer had moved it on (failed or finished it) while the Job was being created:
-# only what is still unknown is filled in, and the stage, result and failure stay as they
-# are (the guard trigger lets such an update through); a later attempt's run gains nothing
-# from an earlier attempt's Job. Rows are visited in key order.
-RECORD_SENT = """
-UPDATE runs r SET
-    job_uid = COALESCE(r.job_uid, u.job_uid),
-    shard = COALESCE(r.shard, u.shard),
-    sent_at = COALESCE(r.sent_at, u.sent_at)
-FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::timestamptz[], $6::int[])
-     AS u(algorithm, id, job_uid, shard, sent_at, at_attempt)
-WHERE r.algorithm = u.algorithm AND r.id = u.id
-  AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
-  AND (r.job_uid IS NULL OR r.sent_at IS NULL OR r.shard IS NULL)
-RETURNING r.algorithm, r.id
 """
 
 
@@ -287,8 +342,7 @@ WITH candidates AS (
     JOIN runs r ON r.algorithm = u.algorithm AND r.id = u.id
     WHERE (u.expect IS NULL OR r.lifecycle_stage = u.expect)
       AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
-      AND EXISTS (SELECT 1 FROM run_transitions t
-                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+      AND {MOVES}
 ), locked AS MATERIALIZED (
     SELECT c.* FROM candidates c JOIN runs r ON r.algorithm = c.algorithm AND r.id = c.id
     FOR UPDATE OF r SKIP LOCKED
@@ -308,8 +362,7 @@ WITH candidates AS (
     WHERE r.algorithm = u.algorithm AND r.id = u.id
       AND (u.expect IS NULL OR r.lifecycle_stage = u.expect)
       AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
-      AND EXISTS (SELECT 1 FROM run_transitions t
-                  WHERE t.from_stage = r.lifecycle_stage AND t.to_stage = u.to_stage)
+      AND {MOVES}
     RETURNING r.algorithm, r.id, {AGE}
 )
 SELECT algorithm, id, false AS applied, NULL::float8 AS age FROM candidates

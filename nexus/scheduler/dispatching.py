@@ -485,7 +485,13 @@ class Dispatcher:
                     at = o.checkpoint.attempt
                     changes.append(
                         _transition(
-                            o, Stage.RUNNING, shard, job_uid=o.uid, sent_at=now, at_attempt=at
+                            o,
+                            Stage.RUNNING,
+                            shard,
+                            job_uid=o.uid,
+                            sent_at=now,
+                            at_attempt=at,
+                            keep_job=True,  # kept by a run finished meanwhile all the same
                         )
                     )
                     settled.append(o.run)
@@ -539,7 +545,6 @@ class Dispatcher:
             c for c, ok in zip(changes, applied, strict=True) if not ok and c.to == Stage.RUNNING
         ]
         if refused:
-            await self._keep_facts(refused)
             await self._undo(shard, refused)
         for delay, runs in retry.items():
             await self._give_back(shard, runs, delay, stopping)
@@ -569,15 +574,6 @@ class Dispatcher:
             else:
                 applied.append(result)
         return applied
-
-    async def _keep_facts(self, refused: list[Transition]) -> None:
-        """A run failed or finished by another writer (the maintainer seeing its pod
-        fail, its completion arriving) while its Job was being created keeps the Job's
-        uid, shard and sending time all the same: the Job ran, and says so."""
-        try:
-            await self.store.record_sent(refused)
-        except DependencyError as exc:
-            log.warning("cannot keep the job facts of runs that finished meanwhile: %s", exc)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
