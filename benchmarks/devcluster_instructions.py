@@ -1,7 +1,7 @@
 """Instructions the local cluster spends per run, counted by callgrind (load-independent).
 
     .venv/bin/python benchmarks/devcluster_instructions.py [--runs 200] [--concurrency 16]
-        [--devcluster-option=--relist-interval=30 ...] [--profile FILE]
+        [--devcluster-option=--relist-interval=30 ...] [--profile FILE] [--tree DIR]
 
 A ``nexus devcluster`` process (one simulated shard, plain HTTP) runs under ``valgrind
 --tool=callgrind --instr-atstart=no``, watched as Nexus's maintainer watches a shard (Jobs
@@ -19,6 +19,10 @@ Callgrind runs the emulator some 50 times slower while the simulated durations a
 kubelet's relist stay in wall-clock seconds, so a pod that ends long before the relist on
 a native run may outlive it here: pass ``--devcluster-option=--relist-interval=30`` to
 count what a run costs when, as natively at the default 1 s, its 10 ms pod ends first.
+
+``--tree DIR`` runs the emulator from another checkout (``git archive REV | tar -x -C
+DIR``): its packages come first on ``PYTHONPATH``, ahead of this venv's editable ones, so
+two trees can be counted side by side with the same interpreter and dependencies.
 
 ``--profile FILE`` samples the emulator with py-spy instead (natively, no callgrind),
 for ``profiles.py FILE``. Prints one JSON line.
@@ -42,6 +46,7 @@ from typing import Any
 import aiohttp
 
 PYTHON = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
 SELECTOR = "science.sneaksanddata.com/nexus-component%3Dalgorithm-run"
 STUB = r"""
 from aiohttp import web
@@ -204,8 +209,13 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         directory, "--log-level", "WARNING", "--token", "bench", "--plain-http",
         "--mode", "simulated", "--duration", "fixed:0.01", *args.devcluster_option,
     ]  # fmt: skip
+    environment = dict(os.environ)
+    if args.tree is not None:
+        tree = args.tree
+        paths = [str(tree), str(tree / "dev"), environment.get("PYTHONPATH", "")]
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, paths))
     emulator = await asyncio.create_subprocess_exec(
-        *command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        *command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=environment
     )
     pid = str(emulator.pid)
     try:
@@ -271,6 +281,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "idle_per_run": round(idle / args.runs),
         "window_seconds": round(busy, 1),
         "options": args.devcluster_option,
+        "tree": str(args.tree or ROOT),
     }
 
 
@@ -283,7 +294,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="creations in flight")
     parser.add_argument("--devcluster-option", action="append", default=[], metavar="OPTION")
     parser.add_argument("--profile", type=Path, metavar="FILE", help="py-spy instead")
+    parser.add_argument("--tree", type=Path, metavar="DIR", help="run another checkout's code")
     args = parser.parse_args()
+    if args.tree is not None:
+        args.tree = args.tree.resolve()
     print(json.dumps({"benchmark": "devcluster-instructions", **asyncio.run(measure(args))}))
     return 0
 

@@ -32,7 +32,7 @@ from nexus_dev.cluster.patching import apply_patch
 from nexus_dev.cluster.routing import NoRoute, Params
 from nexus_dev.cluster.selectors import selector_predicate
 from nexus_dev.cluster.statuses import ApiError, new_uid, now_iso, random_suffix
-from nexus_dev.cluster.store import Collection, Obj, ObjectStore, Resource, encoded
+from nexus_dev.cluster.store import Collection, Obj, ObjectStore, Resource
 from nexus_dev.cluster.validation import check_name, default_job, validate_job
 from nexus_dev.cluster.watchstreams import WatchSettings, open_watch
 
@@ -332,7 +332,7 @@ class ApiServer:
         created = self.store.create(resource.plural, obj)
         if resource.plural == "events":
             self.recorder.track(created)
-        return _json(encoded(created), 201)
+        return Answer(201, self.store.serialised(resource.plural, created))
 
     def _replace(
         self, resource: Resource, old: Obj, body: Any, query: Any, *, patch: bool

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 from nexus_dev.cluster.statuses import iso, new_uid
@@ -53,6 +53,8 @@ class EventRecorder:
         self.enabled = True
         # aggregation key -> (namespace, name); ordered by last update, oldest first
         self._live: OrderedDict[tuple[str, ...], tuple[str, str, float]] = OrderedDict()
+        self._once: deque[tuple[str, str, float]] = deque()
+        """Unique Events (see :meth:`record`) as (namespace, name, time), oldest first."""
         self._sequence = 0
         self._second = -1
         self._stamp = ""
@@ -80,19 +82,26 @@ class EventRecorder:
         component: str,
         *,
         field_path: str | None = None,
+        unique: bool = False,
     ) -> None:
-        """Record that ``reason`` happened to ``involved`` (a Job or Pod as stored)."""
+        """Record that ``reason`` happened to ``involved`` (a Job or Pod as stored).
+
+        ``unique``: the caller knows it cannot happen again to the same object (a pod's
+        ``Scheduled``, its container's ``Pulled``, ``Created`` and ``Started`` — a Job's
+        pods are never restarted —, a Job's ``Completed``, a ``SuccessfulCreate`` naming
+        its new pod), so there is nothing to aggregate it with: no aggregation key is
+        made for it, and it expires by age and count like every other Event."""
         if not self.enabled:
             return
         metadata = involved["metadata"]
-        uid = metadata.get("uid", "")
-        key = (uid, reason, message, component, field_path or "")
-        live = self._live
         now_ns = time.time_ns()
         now = now_ns / 1e9
-        existing = live.get(key)
-        if existing is not None and self._count_again(key, existing, now):
-            return
+        key: tuple[str, ...] = ()
+        if not unique:
+            key = (metadata.get("uid", ""), reason, message, component, field_path or "")
+            existing = self._live.get(key)
+            if existing is not None and self._count_again(key, existing, now):
+                return
         second = int(now)
         if second != self._second:
             self._second, self._stamp = second, iso(now)
@@ -108,7 +117,7 @@ class EventRecorder:
                 "kind": involved.get("kind", ""),
                 "namespace": namespace,
                 "name": metadata["name"],
-                "uid": uid,
+                "uid": metadata.get("uid", ""),
                 "apiVersion": involved.get("apiVersion", ""),
                 "resourceVersion": metadata.get("resourceVersion", ""),
             }
@@ -129,8 +138,13 @@ class EventRecorder:
         event["message"] = message
         event["firstTimestamp"] = event["lastTimestamp"] = stamp
         self.store.create("events", event)
-        live[key] = (namespace, name, now)
-        if len(live) > self.max_events:
+        if unique:
+            self._once.append((namespace, name, now))
+            if len(self._once) + len(self._live) > self.max_events:
+                self._expire_oldest()
+            return
+        self._live[key] = (namespace, name, now)
+        if len(self._live) + len(self._once) > self.max_events:
             self._expire_oldest()
 
     def _count_again(
@@ -180,18 +194,35 @@ class EventRecorder:
         metadata = event["metadata"]
         key = ("api", metadata["namespace"], metadata["name"])
         self._live[key] = (metadata["namespace"], metadata["name"], time.time())
-        if len(self._live) > self.max_events:
+        if len(self._live) + len(self._once) > self.max_events:
             self._expire_oldest()
 
     def _expire_oldest(self) -> None:
-        _, (namespace, name, _) = self._live.popitem(last=False)
+        """Delete the Event updated longest ago, aggregated or unique."""
+        live, once = self._live, self._once
+        if once and (not live or once[0][2] <= next(iter(live.values()))[2]):
+            namespace, name, _ = once.popleft()
+        else:
+            _, (namespace, name, _) = live.popitem(last=False)
         self.store.delete("events", namespace, name)
+
+    def _oldest(self) -> float | None:
+        """When the Event updated longest ago was last updated (``None``: there is none)."""
+        live, once = self._live, self._once
+        oldest = once[0][2] if once else None
+        if live:
+            updated = next(iter(live.values()))[2]
+            if oldest is None or updated < oldest:
+                oldest = updated
+        return oldest
 
     def _sweep(self) -> None:
         deadline = time.time() - self.ttl
-        while self._live:
-            _, (_, _, updated) = next(iter(self._live.items()))
-            if updated > deadline and len(self._live) <= self.max_events:
+        while True:
+            oldest = self._oldest()
+            if oldest is None:
+                break
+            if oldest > deadline and len(self._live) + len(self._once) <= self.max_events:
                 break
             self._expire_oldest()
         self._timer = asyncio.get_running_loop().call_later(

@@ -282,7 +282,9 @@ class JobController:
                     _condition("Complete", "CompletionsReached", message, now),
                 ]
                 state.completion_time = now
-                self.recorder.record(job, "Normal", "Completed", "Job completed", COMPONENT)
+                self.recorder.record(
+                    job, "Normal", "Completed", "Job completed", COMPONENT, unique=True
+                )
                 self._finish(state, job)
             elif not deleting and not state.retry_pending and not spec.get("suspend"):
                 parallelism = int(spec.get("parallelism", 1))
@@ -379,13 +381,15 @@ class JobController:
             derived_spec(pod["spec"], pod_spec, _ON_THE_NODE)
         self.store.create("pods", pod)
         state.active.add(name)
-        self.recorder.record(job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT)
-        self.recorder.record(
+        record = self.recorder.record
+        record(job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT, unique=True)
+        record(
             pod,
             "Normal",
             "Scheduled",
             f"Successfully assigned {state.namespace}/{name} to {NODE_NAME}",
             "default-scheduler",
+            unique=True,
         )
         self.kubelet.admit(pod, fault, asked=True)
 

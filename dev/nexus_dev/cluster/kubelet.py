@@ -229,6 +229,7 @@ class Kubelet:
                 f'Pulling image "{run.image}"',
                 "kubelet",
                 field_path=container_path,
+                unique=True,
             )
             record(
                 pod,
@@ -237,6 +238,7 @@ class Kubelet:
                 f'Successfully pulled image "{run.image}" in 0s',
                 "kubelet",
                 field_path=container_path,
+                unique=True,
             )
         else:
             record(
@@ -246,6 +248,7 @@ class Kubelet:
                 f'Container image "{run.image}" already present on machine',
                 "kubelet",
                 field_path=container_path,
+                unique=True,
             )
         record(
             pod,
@@ -254,6 +257,7 @@ class Kubelet:
             f"Created container: {run.container['name']}",
             "kubelet",
             field_path=container_path,
+            unique=True,
         )
         record(
             pod,
@@ -262,6 +266,7 @@ class Kubelet:
             f"Started container {run.container['name']}",
             "kubelet",
             field_path=container_path,
+            unique=True,
         )
         run.started_at = now_iso()
         run.container_id = f"containerd://{random.getrandbits(256):064x}"

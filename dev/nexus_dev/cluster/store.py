@@ -132,28 +132,58 @@ def derived_spec(spec: Obj, base: Obj, added: bytes) -> None:
         _SPECS.keep(id(spec), (spec, orjson.Fragment(derived), derived))
 
 
+_LINE_HEADS = {
+    kind: b'{"type":"%b","object":' % kind.encode() for kind in ("ADDED", "MODIFIED", "DELETED")
+}
+_LINE_TAIL = b"}\n"
+
+
 class Change:
     """One write, as kept in the history and sent to watchers."""
 
-    __slots__ = ("lines", "obj", "old", "rv", "type")
+    __slots__ = ("data", "lines", "obj", "old", "rv", "type")
 
     def __init__(self, rv: int, type: str, obj: Obj, old: Obj | None = None) -> None:
         self.rv = rv
         self.type = type  # ADDED, MODIFIED, DELETED
         self.obj = obj
         self.old = old
+        self.data: bytes | None = None  # the object as written, serialised once if asked
         self.lines: dict[str, bytes] | None = None  # only made if a watcher wants a line
 
+    def encoded(self) -> bytes:
+        """The object as this change left it (:meth:`final`), serialised once for every
+        watch event and answer that carries it: cut from the change's own watch event
+        line when there is one (the history keeps one copy of the bytes, not two)."""
+        lines = self.lines
+        if lines is not None:
+            own = lines.get(self.type)
+            if own is not None:
+                return own[len(_LINE_HEADS[self.type]) : -len(_LINE_TAIL)]
+        data = self.data
+        if data is None:
+            data = self.data = orjson.dumps(encoded(self.final()))
+        return data
+
     def line(self, event_type: str, obj: Obj | None = None) -> bytes:
-        """The watch event line, serialised once per distinct event type."""
+        """The watch event line, made once per distinct event type: the object's bytes
+        (:meth:`encoded`) in the event's envelope, or ``obj``'s when the line carries
+        another object (a selector transition's ``DELETED*``)."""
         lines = self.lines
         if lines is None:
             lines = self.lines = {}
         cached = lines.get(event_type)
         if cached is None:
-            target = self.final() if obj is None else obj
-            body = {"type": event_type.rstrip("*"), "object": encoded(target)}
-            cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+            if obj is None:
+                data = self.data
+                if data is None:
+                    data = orjson.dumps(encoded(self.final()))
+                elif event_type == self.type:
+                    self.data = None  # the line keeps these bytes from now on
+                cached = b"".join((_LINE_HEADS[event_type], data, _LINE_TAIL))
+            else:
+                body = {"type": event_type.rstrip("*"), "object": encoded(obj)}
+                cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
             lines[event_type] = cached
         return cached
 
@@ -431,6 +461,16 @@ class ObjectStore:
         change = Change(rv, "DELETED", old)
         collection.record(change)
         return change
+
+    def serialised(self, plural: str, obj: Obj) -> bytes:
+        """``obj`` (as stored) as JSON: the bytes its watch events carry when it is the
+        latest write of ``plural`` (an answer to that write), else serialised now."""
+        history = self.collections[plural].history
+        if history:
+            change = history[-1]
+            if change.obj is obj and change.type != "DELETED":
+                return change.encoded()
+        return orjson.dumps(encoded(obj))
 
     def items(
         self, plural: str, namespace: str | None, predicate: Predicate | None = None

@@ -121,3 +121,42 @@ def test_a_pod_spec_derived_from_its_template_serialises_as_itself() -> None:
     other = {**unknown, "nodeName": "n"}
     derived_spec(other, unknown, b'"nodeName":"wrong"')
     assert orjson.loads(orjson.dumps(encoded({"spec": other})))["spec"]["nodeName"] == "n"
+
+
+def test_an_answer_carries_the_bytes_its_watch_event_carries() -> None:
+    """A write's answer is the object its watch event carries, byte for byte, whether a
+    watcher made the event first or the answer is asked before any watcher."""
+    store = ObjectStore([PODS], history_size=10)
+    spec = {"containers": [{"name": "c", "env": [{"name": "A", "value": "é"}]}]}
+    unwatched = store.create("pods", {**pod("a", "quiet"), "spec": spec})
+    assert store.serialised("pods", unwatched) == orjson.dumps(unwatched)
+    watcher = Watcher(None, None, budget=1 << 20)
+    store.collection("pods").watchers.add(watcher)
+    created = store.create("pods", {**pod("a", "p"), "spec": spec, "status": {}})
+    answer = store.serialised("pods", created)
+    assert answer == orjson.dumps(created)
+    assert watcher.take() == b'{"type":"ADDED","object":' + answer + b"}\n"
+    updated = store.update("pods", "a", "p", status={"phase": "Running"})
+    assert updated is not None
+    assert store.serialised("pods", updated) == orjson.dumps(updated)
+    assert store.serialised("pods", created) == orjson.dumps(created)  # no longer the latest
+    assert orjson.loads(watcher.take()) == {"type": "MODIFIED", "object": updated}
+
+
+def test_a_change_seen_through_a_selector_transition_is_serialised_as_itself() -> None:
+    """A status write that makes an object match a watcher's selector reaches it as
+    ``ADDED``, one that makes it stop matching as ``DELETED`` with the write's version."""
+    store = ObjectStore([PODS], history_size=10)
+    watcher = Watcher(None, lambda obj: obj.get("status", {}).get("phase") == "Running", 1 << 20)
+    store.collection("pods").watchers.add(watcher)
+    store.create("pods", {**pod("a", "p"), "status": {"phase": "Pending"}})
+    running = store.update("pods", "a", "p", status={"phase": "Running"})
+    done = store.update("pods", "a", "p", status={"phase": "Succeeded"})
+    assert running is not None and done is not None
+    lines = watcher.take().splitlines(keepends=True)
+    assert lines[0] == orjson.dumps({"type": "ADDED", "object": running}) + b"\n"
+    gone = orjson.loads(lines[1])
+    assert gone["type"] == "DELETED"
+    assert gone["object"]["status"] == {"phase": "Running"}
+    assert gone["object"]["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
+    assert store.serialised("pods", done) == orjson.dumps(done)
