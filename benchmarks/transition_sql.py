@@ -2,7 +2,7 @@
 counted with callgrind inside PostgreSQL itself: its triggers, its NOTIFY, its WAL.
 
     .venv/bin/python benchmarks/transition_sql.py [--runs 1600] [--batch 16] [--before 14]
-        [--inline]
+        [--inline] [--late-dispatch] [--statements REV]
 
 A throwaway PostgreSQL (as the tests use) gets two databases: one with every migration of
 this tree, one with migrations 1..``--before`` only (the schema before a change of its
@@ -14,7 +14,14 @@ its own transaction, as group commit sends them), moving every run to COMPLETED 
 result location (``--inline``: with an inline result instead). The variants: the earlier
 schema, this tree's, and this tree's with its UPDATE triggers disabled (what announcing
 and guarding cost); a session that only prepares the statement gives the start-up cost
-that is taken off. Single-user mode has no listener, no autovacuum and no other session,
+that is taken off. With ``--late-dispatch`` the runs are COMPLETED first (not counted)
+and the counted statements are instead the dispatcher's RUNNING write with its Job's
+facts, refused, the facts kept: what most runs cost when their completion outruns that
+write (one statement, TRANSITION_KEEPING_JOBS, or the refused TRANSITION and then
+RECORD_SENT in a tree that has no such statement). ``--statements REV`` has the earlier
+schema's variant send the statements of revision REV (its ``nexus/core/statements.py``)
+instead of this tree's.
+Single-user mode has no listener, no autovacuum and no other session,
 so a figure repeats within about 2 %; CPU seconds of a busy shared machine do not.
 Prints a line per variant, then one JSON line.
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import re
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import ModuleType
 
 import asyncpg
 
@@ -40,7 +49,7 @@ from checkpoints import new_run
 from nexus.core.checkpoints import PLAN_SETTINGS, _insert_row
 from nexus.core.migrations import apply_migrations, migrations
 from nexus.core.runs import NewRun
-from nexus.core.statements import INSERT, TRANSITION
+from nexus.core.statements import INSERT
 from nexus_dev.servers.services import LocalPostgres
 
 PARAMETERS = ", ".join(
@@ -56,7 +65,11 @@ PARAMETERS = ", ".join(
         "text",
     ]
 )
-"""The types of the store's TRANSITION statement's parameters, $1 to $14."""
+"""The types of the store's TRANSITION statement's parameters, $1 to $14 (a 15th, text, for
+TRANSITION_KEEPING_JOBS)."""
+SENT_PARAMETERS = "text[], uuid[], text[], text[], timestamptz[], int[]"
+"""The types of RECORD_SENT's parameters (the facts of a refused RUNNING write, sent after
+it by trees before TRANSITION_KEEPING_JOBS)."""
 SILENT = (
     "ALTER TABLE runs DISABLE TRIGGER runs_announce_finished;"
     " ALTER TABLE runs DISABLE TRIGGER runs_guard"
@@ -69,7 +82,24 @@ def one_line(sql: str) -> str:
     return " ".join(line.strip() for line in lines if line.strip())
 
 
-async def fill(dsn: str, count: int) -> list[NewRun]:
+def statements(revision: str | None) -> ModuleType:
+    """The store's statements module of ``revision`` (``None``: this tree's)."""
+    if revision is None:
+        from nexus.core import statements as current
+
+        return current
+    text = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "show", f"{revision}:nexus/core/statements.py"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    spec = importlib.util.spec_from_loader(f"statements_{revision}", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(text, f"{revision}:nexus/core/statements.py", "exec"), module.__dict__)
+    return module
+
+
+async def fill(dsn: str, count: int, completed: bool = False) -> list[NewRun]:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.set_type_codec(
@@ -81,12 +111,20 @@ async def fill(dsn: str, count: int) -> list[NewRun]:
             for column, value in zip(columns, _insert_row(run), strict=True):
                 column.append(value)
         await conn.fetch(INSERT, *columns, len(runs))
+        if completed:  # finished before the dispatcher's write (not counted)
+            await conn.execute(
+                "UPDATE runs SET lifecycle_stage = 'COMPLETED', result_uri = 's3://bucket/r'"
+                " WHERE id = ANY($1::uuid[])",
+                [run.id for run in runs],
+            )
     finally:
         await conn.close()
     return sorted(runs, key=lambda r: r.id.int)  # as group commit sorts a batch
 
 
-async def prepare(dsn: str, before: int, runs: int) -> dict[str, tuple[str, list[NewRun]]]:
+async def prepare(
+    dsn: str, before: int, runs: int, completed: bool
+) -> dict[str, tuple[str, list[NewRun]]]:
     """The databases and runs of each variant, by name."""
     conn = await asyncpg.connect(dsn)
     try:
@@ -105,21 +143,50 @@ async def prepare(dsn: str, before: int, runs: int) -> dict[str, tuple[str, list
     current = dsn.rsplit("/", 1)[1]
     return {
         "empty": (current, []),
-        f"migrations 1..{before}": ("earlier", await fill(earlier, runs)),
-        "this tree": (current, await fill(dsn, runs)),
-        "this tree, triggers off": (current, await fill(dsn, runs)),
+        f"migrations 1..{before}": ("earlier", await fill(earlier, runs, completed)),
+        "this tree": (current, await fill(dsn, runs, completed)),
+        "this tree, triggers off": (current, await fill(dsn, runs, completed)),
     }
 
 
-def session(runs: list[NewRun], batch: int, inline: bool, prelude: str) -> str:
+def session(
+    runs: list[NewRun], batch: int, inline: bool, prelude: str, sql: ModuleType, late: bool
+) -> str:
     lines = [prelude] if prelude else []
-    lines.append(f"PREPARE t({PARAMETERS}) AS {one_line(TRANSITION)}")
+    lines.append(f"PREPARE t({PARAMETERS}) AS {one_line(sql.TRANSITION)}")
+    keeping = getattr(sql, "TRANSITION_KEEPING_JOBS", None)
+    if late and keeping is not None:
+        lines.append(f"PREPARE k({PARAMETERS}, text) AS {one_line(keeping)}")
+    elif late:
+        lines.append(f"PREPARE s({SENT_PARAMETERS}) AS {one_line(sql.RECORD_SENT)}")
     for start in range(0, len(runs), batch):
         chunk = runs[start : start + batch]
         ids = ",".join(str(r.id) for r in chunk)
         names = ",".join(r.algorithm for r in chunk)  # joined as the store joins them
-        stages = ",".join("COMPLETED" for _ in chunk)
         zeros = ",".join("0" for _ in chunk)
+        if late:  # the dispatcher's RUNNING write, refused: the run finished meanwhile
+            stages = ",".join("RUNNING" for _ in chunk)
+            uids = "'{" + ",".join(f"uid-{r.id}" for r in chunk) + "}'"
+            shards = "'{" + ",".join("shard-a" for _ in chunk) + "}'"
+            sent = "'{" + ",".join('"2026-12-07 04:00:00+00"' for _ in chunk) + "}'"
+            ones = "'{" + ",".join("1" for _ in chunk) + "}'"
+            facts = f"{uids}, {shards}, {sent}::timestamptz[], '{{{zeros}}}', NULL, {ones}"
+            if keeping is not None:
+                keep = ",".join("t" for _ in chunk)
+                lines.append(
+                    f"EXECUTE k('{names}', '{{{ids}}}', '{stages}', NULL, NULL, NULL, NULL,"
+                    f" {facts}, ',', '{keep}')"
+                )
+            else:
+                lines.append(
+                    f"EXECUTE t('{names}', '{{{ids}}}', '{stages}', NULL, NULL, NULL, NULL,"
+                    f" {facts}, ',')"
+                )
+                lines.append(
+                    f"EXECUTE s('{{{names}}}', '{{{ids}}}', {uids}, {shards}, {sent}, {ones})"
+                )
+            continue
+        stages = ",".join("COMPLETED" for _ in chunk)
         if inline:
             documents = ",".join(
                 f"convert_to('{{\"requestId\": \"{r.id}\"}}', 'UTF8')" for r in chunk
@@ -170,6 +237,13 @@ def main() -> int:
     parser.add_argument("--before", type=int, default=len(migrations()) - 1,
                         help="the earlier schema: migrations 1..N")  # fmt: skip
     parser.add_argument("--inline", action="store_true", help="inline results, no location")
+    parser.add_argument(
+        "--late-dispatch",
+        action="store_true",
+        help="count refused RUNNING writes keeping their facts instead",
+    )
+    parser.add_argument("--statements", metavar="REV",
+                        help="the earlier schema's variant sends REV's statements")  # fmt: skip
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is needed")
@@ -178,13 +252,15 @@ def main() -> int:
     server = LocalPostgres(directory / "postgres")
     try:
         info = server.start()
-        variants = asyncio.run(prepare(info.dsn, args.before, args.runs))
+        variants = asyncio.run(prepare(info.dsn, args.before, args.runs, args.late_dispatch))
+        earlier = statements(args.statements)
         server.stop()
         home = server.data_directory.parent
         totals = {}
         for name, (database, runs) in variants.items():
             prelude = SILENT if name.endswith("triggers off") else ""
-            text = session(runs, args.batch, args.inline, prelude)
+            sql = earlier if name.startswith("migrations") else statements(None)
+            text = session(runs, args.batch, args.inline, prelude, sql, args.late_dispatch)
             totals[name] = counted(server, home, name, database, text)
         per_run = {
             name: round((total - totals["empty"]) / args.runs)
@@ -197,7 +273,8 @@ def main() -> int:
         server.stop()
         server.close()
         shutil.rmtree(directory, ignore_errors=True)
-    figures = {"runs": args.runs, "batch": args.batch, "inline": args.inline}
+    figures = {"runs": args.runs, "batch": args.batch, "inline": args.inline,
+               "late_dispatch": args.late_dispatch, "statements": args.statements}  # fmt: skip
     print(json.dumps({"benchmark": "transition_sql", **figures, "per_run": per_run}))
     return 0
 

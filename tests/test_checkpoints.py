@@ -238,6 +238,33 @@ async def test_the_guard_trigger_allows_exactly_the_moves_of_the_model(
         assert f"may not move from {before.value} to {after.value}" in message
 
 
+async def test_the_guard_is_not_called_for_updates_that_move_nothing(postgres_dsn: str) -> None:
+    """Keeping a Job's facts on a finished run changes no stage or outcome: the guard's
+    WHEN clause lets it through without calling its function (a PL/pgSQL call per run);
+    a change of the outcome of a finished run still calls it, and is refused."""
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        run_id = uuid.uuid4()
+        await conn.execute(
+            "INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,"
+            " applied_configuration, payload_valid_for, payload_inline, api_version)"
+            " VALUES ('echo', $1, 'COMPLETED', 'c', 'h', '{}', '1 hour', '\\x7b7d', 'v1.2')",
+            run_id,
+        )
+        calls = (
+            "SELECT COALESCE(sum(calls), 0) FROM pg_stat_xact_user_functions"
+            " WHERE funcname = 'runs_refuse_move'"
+        )
+        async with conn.transaction():
+            await conn.execute("SET LOCAL track_functions = 'pl'")
+            await conn.execute("UPDATE runs SET job_uid = 'u', shard = 's' WHERE id = $1", run_id)
+            assert await conn.fetchval(calls) == 0
+        with pytest.raises(asyncpg.CheckViolationError, match="may not move from COMPLETED"):
+            await conn.execute("UPDATE runs SET result_uri = 'x' WHERE id = $1", run_id)
+    finally:
+        await conn.close()
+
+
 async def test_both_transition_writers_stamp_last_modified(store: CheckpointStore) -> None:
     run = new_run()
     await store.insert(run)
