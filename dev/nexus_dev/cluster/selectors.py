@@ -235,6 +235,17 @@ def compile_predicate(
     field_terms = tuple((_field_reader(path), equal, value) for path, equal, value in fields)
     if not label_terms and len(field_terms) == 1:  # one field (``reason=FailedCreate``)
         read, equal, value = field_terms[0]
+        path = fields[0][0]
+        if "." not in path and path != "source":  # a top-level field: read inline
+            key = path
+
+            def top_field(obj: Mapping[str, Any]) -> bool:
+                node = obj.get(key)
+                if node.__class__ is str:  # what read() returns as it is
+                    return (node == value) == equal
+                return (read(obj) == value) == equal
+
+            return top_field
 
         def one_field(obj: Mapping[str, Any]) -> bool:
             return (read(obj) == value) == equal

@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -206,7 +207,10 @@ class SimulatedRuntime:
         self.settings = settings
         self.duration = parse_distribution(settings.duration)
         self.faults = parse_faults(settings.faults)
-        self.queue: asyncio.Queue[PodRun] = asyncio.Queue()
+        self.ready: deque[PodRun] = deque()
+        """Pods whose duration is over, waiting for a free worker (oldest first)."""
+        self._idle: list[asyncio.Future[PodRun]] = []
+        """Workers waiting for a pod: each is handed the next one directly."""
         self.calls: HttpCalls | None = None
         self.workers: list[asyncio.Task[None]] = []
 
@@ -255,15 +259,33 @@ class SimulatedRuntime:
         elif run.fault == "silent":
             run.timer = loop.call_later(delay, self.kubelet.exited, run, 0, "Completed")
         else:
-            run.timer = loop.call_later(delay, self.queue.put_nowait, run)
+            run.timer = loop.call_later(delay, self._hand_over, run)
 
     def kill(self, run: PodRun, grace: float) -> None:
         # A simulated container stops at once on SIGTERM (exit 143) or SIGKILL (137).
         self.kubelet.exited(run, 143 if grace > 0 else 137, "Error")
 
+    def _hand_over(self, run: PodRun) -> None:
+        """A pod's duration is over: to an idle worker at once, else to the next free one
+        (a future per idle worker, not an ``asyncio.Queue``'s bookkeeping per pod)."""
+        idle = self._idle
+        while idle:
+            waiter = idle.pop()
+            if not waiter.done():
+                waiter.set_result(run)
+                return
+        self.ready.append(run)
+
     async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready, idle = self.ready, self._idle
         while True:
-            run = await self.queue.get()
+            if ready:
+                run = ready.popleft()
+            else:
+                waiter: asyncio.Future[PodRun] = loop.create_future()
+                idle.append(waiter)
+                run = await waiter
             if run.exited or run.deleting:
                 continue
             try:

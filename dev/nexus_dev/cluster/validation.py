@@ -166,10 +166,37 @@ def validate_pod_spec(spec: Any, path: str, causes: list[dict[str, str]]) -> Non
         )
 
 
+_RESOURCES_JUDGED: dict[tuple[Any, ...], list[dict[str, str]]] = {}
+"""Causes found in resources already judged, by where they are and what they say: the
+Jobs of one template all carry the same few limits and requests."""
+
+
 def _resource_causes(resources: dict[str, Any], where: str) -> list[dict[str, str]]:
     """What the API server refuses in a container's resources: bad quantities, names that
     are neither a container's standard resource nor fully qualified, extended resources
-    in parts of a unit, or a request above its limit (an extended one must equal it)."""
+    in parts of a unit, or a request above its limit (an extended one must equal it).
+    Judged once per distinct resources (and place), then found again."""
+    limits, requests = resources.get("limits"), resources.get("requests")
+    try:
+        key: tuple[Any, ...] | None = (
+            where,
+            tuple(limits.items()) if isinstance(limits, dict) else limits,
+            tuple(requests.items()) if isinstance(requests, dict) else requests,
+        )
+        known = _RESOURCES_JUDGED.get(key)  # type: ignore[arg-type]
+    except TypeError:  # a value that cannot be a key (a list, a dict): judged afresh
+        key, known = None, None
+    if known is not None:
+        return list(known)
+    causes = _judge_resources(resources, where)
+    if key is not None:
+        if len(_RESOURCES_JUDGED) >= 1024:
+            _RESOURCES_JUDGED.clear()
+        _RESOURCES_JUDGED[key] = list(causes)
+    return causes
+
+
+def _judge_resources(resources: dict[str, Any], where: str) -> list[dict[str, str]]:
     causes = []
     parsed: dict[str, dict[str, Decimal]] = {}
     for section in ("limits", "requests"):
