@@ -2,7 +2,7 @@
 counted with callgrind inside PostgreSQL itself: its triggers, its NOTIFY, its WAL.
 
     .venv/bin/python benchmarks/transition_sql.py [--runs 1600] [--batch 16] [--before 14]
-        [--inline] [--late-dispatch] [--statements REV]
+        [--inline | --late-dispatch | --lifecycle] [--statements REV] [--keep DIR]
 
 A throwaway PostgreSQL (as the tests use) gets two databases: one with every migration of
 this tree, one with migrations 1..``--before`` only (the schema before a change of its
@@ -18,7 +18,11 @@ that is taken off. With ``--late-dispatch`` the runs are COMPLETED first (not co
 and the counted statements are instead the dispatcher's RUNNING write with its Job's
 facts, refused, the facts kept: what most runs cost when their completion outruns that
 write (one statement, TRANSITION_KEEPING_JOBS, or the refused TRANSITION and then
-RECORD_SENT in a tree that has no such statement). ``--statements REV`` has the earlier
+RECORD_SENT in a tree that has no such statement). ``--lifecycle`` counts every
+write of a run instead, as the system makes them under load, batch by batch: its insert,
+then for a third of the runs the RUNNING write and the completion, for the rest the
+completion and the refused RUNNING write (--keep DIR keeps each variant's profile and
+session for callgrind_annotate). ``--statements REV`` has the earlier
 schema's variant send the statements of revision REV (its ``nexus/core/statements.py``)
 instead of this tree's.
 Single-user mode has no listener, no autovacuum and no other session,
@@ -38,6 +42,8 @@ import shutil
 import subprocess
 import sys
 import uuid
+from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -99,13 +105,17 @@ def statements(revision: str | None) -> ModuleType:
     return module
 
 
-async def fill(dsn: str, count: int, completed: bool = False) -> list[NewRun]:
+async def fill(
+    dsn: str, count: int, completed: bool = False, lifecycle: bool = False
+) -> list[NewRun]:
     conn = await asyncpg.connect(dsn)
     try:
         await conn.set_type_codec(
             "jsonb", schema="pg_catalog", encoder=json.dumps, decoder=json.loads, format="text"
         )
         runs = [new_run() for _ in range(count)]
+        if lifecycle:  # inserted by the counted session, tagged as end_to_end.py tags them
+            return [replace(run, tag=f"slot-{i // 100}") for i, run in enumerate(runs)]
         columns: list[list[object]] = [[] for _ in range(15)]
         for run in runs:
             for column, value in zip(columns, _insert_row(run), strict=True):
@@ -123,7 +133,7 @@ async def fill(dsn: str, count: int, completed: bool = False) -> list[NewRun]:
 
 
 async def prepare(
-    dsn: str, before: int, runs: int, completed: bool
+    dsn: str, before: int, runs: int, completed: bool, lifecycle: bool
 ) -> dict[str, tuple[str, list[NewRun]]]:
     """The databases and runs of each variant, by name."""
     conn = await asyncpg.connect(dsn)
@@ -143,65 +153,135 @@ async def prepare(
     current = dsn.rsplit("/", 1)[1]
     return {
         "empty": (current, []),
-        f"migrations 1..{before}": ("earlier", await fill(earlier, runs, completed)),
-        "this tree": (current, await fill(dsn, runs, completed)),
-        "this tree, triggers off": (current, await fill(dsn, runs, completed)),
+        f"migrations 1..{before}": ("earlier", await fill(earlier, runs, completed, lifecycle)),
+        "this tree": (current, await fill(dsn, runs, completed, lifecycle)),
+        "this tree, triggers off": (current, await fill(dsn, runs, completed, lifecycle)),
     }
 
 
 def session(
-    runs: list[NewRun], batch: int, inline: bool, prelude: str, sql: ModuleType, late: bool
+    runs: list[NewRun],
+    batch: int,
+    inline: bool,
+    prelude: str,
+    sql: ModuleType,
+    late: bool,
+    lifecycle: bool = False,
 ) -> str:
     lines = [prelude] if prelude else []
     lines.append(f"PREPARE t({PARAMETERS}) AS {one_line(sql.TRANSITION)}")
     keeping = getattr(sql, "TRANSITION_KEEPING_JOBS", None)
-    if late and keeping is not None:
+    if (late or lifecycle) and keeping is not None:
         lines.append(f"PREPARE k({PARAMETERS}, text) AS {one_line(keeping)}")
-    elif late:
+    elif late or lifecycle:
         lines.append(f"PREPARE s({SENT_PARAMETERS}) AS {one_line(sql.RECORD_SENT)}")
+    if lifecycle:
+        lines.append(f"PREPARE i({INSERT_PARAMETERS}) AS {one_line(INSERT)}")
+        return "\n".join(lines + lifecycle_steps(runs, batch, keeping is not None)) + "\n"
     for start in range(0, len(runs), batch):
         chunk = runs[start : start + batch]
-        ids = ",".join(str(r.id) for r in chunk)
-        names = ",".join(r.algorithm for r in chunk)  # joined as the store joins them
-        zeros = ",".join("0" for _ in chunk)
         if late:  # the dispatcher's RUNNING write, refused: the run finished meanwhile
-            stages = ",".join("RUNNING" for _ in chunk)
-            uids = "'{" + ",".join(f"uid-{r.id}" for r in chunk) + "}'"
-            shards = "'{" + ",".join("shard-a" for _ in chunk) + "}'"
-            sent = "'{" + ",".join('"2026-12-07 04:00:00+00"' for _ in chunk) + "}'"
-            ones = "'{" + ",".join("1" for _ in chunk) + "}'"
-            facts = f"{uids}, {shards}, {sent}::timestamptz[], '{{{zeros}}}', NULL, {ones}"
-            if keeping is not None:
-                keep = ",".join("t" for _ in chunk)
-                lines.append(
-                    f"EXECUTE k('{names}', '{{{ids}}}', '{stages}', NULL, NULL, NULL, NULL,"
-                    f" {facts}, ',', '{keep}')"
-                )
-            else:
-                lines.append(
-                    f"EXECUTE t('{names}', '{{{ids}}}', '{stages}', NULL, NULL, NULL, NULL,"
-                    f" {facts}, ',')"
-                )
-                lines.append(
-                    f"EXECUTE s('{{{names}}}', '{{{ids}}}', {uids}, {shards}, {sent}, {ones})"
-                )
-            continue
-        stages = ",".join("COMPLETED" for _ in chunk)
-        if inline:
-            documents = ",".join(
-                f"convert_to('{{\"requestId\": \"{r.id}\"}}', 'UTF8')" for r in chunk
-            )
-            uri, result = "NULL", f"ARRAY[{documents}]::bytea[]"
+            lines += dispatched(chunk, keeping is not None, refused=True)
         else:
-            uri, result = "'{" + ",".join("s3://bucket/result" for _ in chunk) + "}'", "NULL"
-        lines.append(
-            f"EXECUTE t('{names}', '{{{ids}}}', '{stages}', NULL, {uri}, NULL, NULL,"
-            f" NULL, NULL, NULL, '{{{zeros}}}', {result}, NULL, ',')"
-        )
+            lines.append(completed(chunk, inline))
     return "\n".join(lines) + "\n"
 
 
-def counted(server: LocalPostgres, home: Path, name: str, database: str, text: str) -> int:
+def completed(chunk: list[NewRun], inline: bool = False) -> str:
+    """The receiver's write of ``chunk``'s completions."""
+    ids = ",".join(str(r.id) for r in chunk)
+    names = ",".join(r.algorithm for r in chunk)  # joined as the store joins them
+    zeros = ",".join("0" for _ in chunk)
+    stages = ",".join("COMPLETED" for _ in chunk)
+    if inline:
+        documents = ",".join(f"convert_to('{{\"requestId\": \"{r.id}\"}}', 'UTF8')" for r in chunk)
+        uri, result = "NULL", f"ARRAY[{documents}]::bytea[]"
+    else:
+        uri, result = "'{" + ",".join("s3://bucket/result" for _ in chunk) + "}'", "NULL"
+    return (
+        f"EXECUTE t('{names}', '{{{ids}}}', '{stages}', NULL, {uri}, NULL, NULL,"
+        f" NULL, NULL, NULL, '{{{zeros}}}', {result}, NULL, ',')"
+    )
+
+
+def dispatched(chunk: list[NewRun], keeping: bool, refused: bool) -> list[str]:
+    """The dispatcher's RUNNING write of ``chunk`` with its Jobs' facts; when ``refused``
+    (the runs finished meanwhile) in a tree without TRANSITION_KEEPING_JOBS, RECORD_SENT
+    after it."""
+    ids = ",".join(str(r.id) for r in chunk)
+    names = ",".join(r.algorithm for r in chunk)
+    zeros = ",".join("0" for _ in chunk)
+    stages = ",".join("RUNNING" for _ in chunk)
+    uids = "'{" + ",".join(f"uid-{r.id}" for r in chunk) + "}'"
+    shards = "'{" + ",".join("shard-a" for _ in chunk) + "}'"
+    sent = "'{" + ",".join('"2026-12-07 04:00:00+00"' for _ in chunk) + "}'"
+    ones = "'{" + ",".join("1" for _ in chunk) + "}'"
+    facts = f"{uids}, {shards}, {sent}::timestamptz[], '{{{zeros}}}', NULL, {ones}"
+    head = f"('{names}', '{{{ids}}}', '{stages}', NULL, NULL, NULL, NULL, {facts}, ','"
+    if keeping:
+        return [f"EXECUTE k{head}, '{','.join('t' for _ in chunk)}')"]
+    lines = [f"EXECUTE t{head})"]
+    if refused:
+        lines.append(f"EXECUTE s('{{{names}}}', '{{{ids}}}', {uids}, {shards}, {sent}, {ones})")
+    return lines
+
+
+INSERT_PARAMETERS = (
+    "text[], uuid[], text[], text[], text[], jsonb[], jsonb[], interval[], text[], bytea[],"
+    " text[], text[], text[], jsonb[], text[], int"
+)
+"""The types of the store's INSERT statement's parameters."""
+EARLY = 3
+"""One run in EARLY has its RUNNING write land before its completion (--lifecycle)."""
+
+
+def inserted(chunk: list[NewRun]) -> str:
+    """The scheduler's insert of ``chunk`` (the store's row-by-row INSERT)."""
+
+    def literal(value: object) -> str:
+        if value is None:
+            return "NULL"
+        if isinstance(value, bytes):
+            return f"'\\x{value.hex()}'"
+        if isinstance(value, dict):
+            value = json.dumps(value)
+        elif isinstance(value, timedelta):
+            value = f"{value.total_seconds()} seconds"
+        return "'" + str(value).replace("'", "''") + "'"
+
+    types = INSERT_PARAMETERS.split(", ")
+    columns = zip(*(_insert_row(run) for run in chunk), strict=True)
+    arrays = [
+        f"ARRAY[{', '.join(literal(v) for v in column)}]::{kind}"
+        for column, kind in zip(columns, types, strict=False)
+    ]
+    return f"EXECUTE i({', '.join(arrays)}, {len(chunk)})"
+
+
+def lifecycle_steps(runs: list[NewRun], batch: int, keeping: bool) -> list[str]:
+    """Every write of ``runs`` as the system makes them under load, batch by batch: a
+    batch is inserted; two batches later the first third of its runs is dispatched (their
+    RUNNING write lands first); a batch later all of it completes; a batch later still the
+    rest is dispatched, refused (their completion outran that write) with its Jobs' facts
+    kept."""
+    chunks = [runs[i : i + batch] for i in range(0, len(runs), batch)]
+    lines = []
+    for step in range(len(chunks) + 4):
+        if step < len(chunks):
+            lines.append(inserted(chunks[step]))
+        if 0 <= step - 2 < len(chunks):
+            lines += dispatched(chunks[step - 2][::EARLY], keeping, refused=False)
+        if 0 <= step - 3 < len(chunks):
+            lines.append(completed(chunks[step - 3]))
+        if 0 <= step - 4 < len(chunks):
+            late = [r for i, r in enumerate(chunks[step - 4]) if i % EARLY]
+            lines += dispatched(late, keeping, refused=True)
+    return lines
+
+
+def counted(
+    server: LocalPostgres, home: Path, name: str, database: str, text: str, keep: str | None
+) -> int:
     """Instructions of one single-user session running ``text``."""
     script = home / f"{name.replace(' ', '_').replace(',', '')}.sql"
     script.write_text(text)
@@ -222,6 +302,10 @@ def counted(server: LocalPostgres, home: Path, name: str, database: str, text: s
     errors = [line for line in done.stdout.splitlines() if "ERROR" in line]
     if errors:
         raise RuntimeError(f"{name}: {errors[:3]}")
+    if keep is not None:  # the profile and its session, for callgrind_annotate
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, keep)
+        shutil.copy(script, keep)
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:
         raise RuntimeError(f"{name}: no count from callgrind:\n{done.stderr[-2000:]}")
@@ -242,6 +326,10 @@ def main() -> int:
         action="store_true",
         help="count refused RUNNING writes keeping their facts instead",
     )
+    parser.add_argument(
+        "--lifecycle", action="store_true", help="count every write of a run instead"
+    )
+    parser.add_argument("--keep", metavar="DIR", help="keep each variant's profile in DIR")
     parser.add_argument("--statements", metavar="REV",
                         help="the earlier schema's variant sends REV's statements")  # fmt: skip
     args = parser.parse_args()
@@ -252,7 +340,9 @@ def main() -> int:
     server = LocalPostgres(directory / "postgres")
     try:
         info = server.start()
-        variants = asyncio.run(prepare(info.dsn, args.before, args.runs, args.late_dispatch))
+        variants = asyncio.run(
+            prepare(info.dsn, args.before, args.runs, args.late_dispatch, args.lifecycle)
+        )
         earlier = statements(args.statements)
         server.stop()
         home = server.data_directory.parent
@@ -260,8 +350,10 @@ def main() -> int:
         for name, (database, runs) in variants.items():
             prelude = SILENT if name.endswith("triggers off") else ""
             sql = earlier if name.startswith("migrations") else statements(None)
-            text = session(runs, args.batch, args.inline, prelude, sql, args.late_dispatch)
-            totals[name] = counted(server, home, name, database, text)
+            text = session(
+                runs, args.batch, args.inline, prelude, sql, args.late_dispatch, args.lifecycle
+            )
+            totals[name] = counted(server, home, name, database, text, args.keep)
         per_run = {
             name: round((total - totals["empty"]) / args.runs)
             for name, total in totals.items()
@@ -274,7 +366,8 @@ def main() -> int:
         server.close()
         shutil.rmtree(directory, ignore_errors=True)
     figures = {"runs": args.runs, "batch": args.batch, "inline": args.inline,
-               "late_dispatch": args.late_dispatch, "statements": args.statements}  # fmt: skip
+               "late_dispatch": args.late_dispatch, "lifecycle": args.lifecycle,
+               "statements": args.statements}  # fmt: skip
     print(json.dumps({"benchmark": "transition_sql", **figures, "per_run": per_run}))
     return 0
 
