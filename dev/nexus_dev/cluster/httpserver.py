@@ -260,7 +260,11 @@ class _Connection(asyncio.Protocol):
             if len(buffer) > _MAX_HEAD:
                 raise ValueError("request head too large")
             return None
-        lines = buffer[:end].decode("latin-1").split("\r\n")
+        view = memoryview(buffer)  # slices of it are copied once, not twice
+        try:
+            lines = str(view[:end], "latin-1").split("\r\n")
+        finally:
+            view.release()  # a bytearray with exports cannot be resized
         method, target, version = lines[0].split(" ")
         headers: dict[str, str] = {}
         for line in lines[1:]:
@@ -290,7 +294,8 @@ class _Connection(asyncio.Protocol):
             if len(buffer) < stop:
                 self._continue(headers)
                 return None
-            request.body = bytes(buffer[start:stop])
+            with memoryview(buffer) as view:
+                request.body = bytes(view[start:stop])
         del buffer[:stop]
         self._continued = False
         return request

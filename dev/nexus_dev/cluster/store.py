@@ -166,24 +166,25 @@ class Change:
         return data
 
     def line(self, event_type: str, obj: Obj | None = None) -> bytes:
-        """The watch event line, made once per distinct event type: the object's bytes
-        (:meth:`encoded`) in the event's envelope, or ``obj``'s when the line carries
-        another object (a selector transition's ``DELETED*``)."""
+        """The watch event line, made once per distinct event type: the object in the
+        event's envelope (the bytes :meth:`encoded` cuts an answer from), or ``obj`` when
+        the line carries another object (a selector transition's ``DELETED*``)."""
         lines = self.lines
         if lines is None:
             lines = self.lines = {}
         cached = lines.get(event_type)
         if cached is None:
-            if obj is None:
-                data = self.data
-                if data is None:
-                    data = orjson.dumps(encoded(self.final()))
-                elif event_type == self.type:
-                    self.data = None  # the line keeps these bytes from now on
-                cached = b"".join((_LINE_HEADS[event_type], data, _LINE_TAIL))
-            else:
+            data = self.data
+            if obj is not None:  # a selector transition's DELETED*: another object
                 body = {"type": event_type.rstrip("*"), "object": encoded(obj)}
                 cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+            elif data is None:  # serialised in its envelope: no copy made
+                body = {"type": event_type, "object": encoded(self.final())}
+                cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+            else:  # already serialised for an answer: wrapped
+                cached = b"".join((_LINE_HEADS[event_type], data, _LINE_TAIL))
+                if event_type == self.type:
+                    self.data = None  # the line keeps these bytes from now on
             lines[event_type] = cached
         return cached
 
