@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import orjson
 
@@ -20,7 +20,7 @@ from nexus.core.labels import (
 )
 from nexus.core.runs import Checkpoint, Stage
 from nexus.core.templates import Workgroup
-from nexus.scheduler.jobs import RunLinks, build_job, serialise
+from nexus.scheduler.jobs import JobBodies, RunLinks, build_job, serialise
 from nexus_dev.cluster.expansion import container_env, expand
 
 RUN = UUID("5f0c4f3e-8a43-4c8e-9d0b-2f7d7c1e9a11")
@@ -295,3 +295,56 @@ def test_a_later_attempt_is_a_job_of_its_own_name_with_the_same_container() -> N
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["name"] == str(RUN)
     assert {"name": "NEXUS__REQUEST_ID", "value": str(RUN)} in container["env"]
+
+
+def test_bodies_made_from_a_template_are_the_jobs_byte_for_byte() -> None:
+    """Each body is that of build_job, serialised, whichever run, links and configuration:
+    runs sharing a configuration object share its template, runs of another kind (a
+    parent, copies, a caller's env) are built the plain way, and a configuration holding
+    what a template would mistake for a run's value is built the plain way too."""
+    bodies = JobBodies()
+    credentialed = dataclasses.replace(
+        LINKS, scheduler_url="https://scheduler", run_credential="nxr.forecast.x.1.y.z"
+    )
+    odd = {
+        **APPLIED,
+        "env": {"MODE": '"quoted" \\ and \n newline', "ID": str(RUN)},
+        "args": ["{sas-uri}{request-id}", "\ue0001\ue001", "--id={request-id}"],
+    }
+    inputs = [None, '{"price": "$$5", "text": "héllo \\"x\\"\\n", "ctl": "\\u0001"}']
+    plain = {k: v for k, v in APPLIED.items() if k not in ("args", "command", "envFrom")}
+    overrides: Any = {"env": [{"name": "MODE", "value": "$x", "valueType": "PLAIN"}]}
+    kinds = [
+        dataclasses.replace(checkpoint(APPLIED), attempt=3),
+        checkpoint(plain),
+        checkpoint(odd),
+        checkpoint(APPLIED, parent={"requestId": PARENT, "algorithmName": "parent"}),
+        checkpoint({**APPLIED, "speculativeAttempts": 2}),
+        dataclasses.replace(
+            checkpoint(APPLIED),
+            configuration_overrides=overrides,
+        ),
+    ]
+    made = 0
+    for run in kinds:
+        for links in (LINKS, credentialed):
+            for content in inputs:
+                for workgroup in (None, GPU_POOL):
+                    for _ in range(3):  # another run of the same configuration each time
+                        each = dataclasses.replace(run, id=uuid4())
+                        given = dataclasses.replace(
+                            links,
+                            input_content=content,
+                            input_url=f'https://scheduler/in/{each.id}?s="{made}"',
+                            run_token=f"token-{made}",
+                        )
+                        expected = serialise(
+                            build_job(each, given, workgroup=workgroup, ttl_after_finished=60)
+                        )
+                        assert (
+                            bodies.body(each, given, workgroup=workgroup, ttl_after_finished=60)
+                            == expected
+                        )
+                        made += 1
+    assert made == len(kinds) * 2 * 2 * 2 * 3
+    assert bodies.templates == 2 * 8  # the first two kinds, in each of their 8 settings

@@ -65,7 +65,7 @@ from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.inputs import RecentInputs
-from nexus.scheduler.jobs import RunLinks, build_job, serialise
+from nexus.scheduler.jobs import JobBodies, RunLinks, build_job, serialise
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -169,8 +169,10 @@ class Dispatcher:
             shard: asyncio.Semaphore(settings.dispatch_concurrency) for shard in shards
         }
         self._retry = Backoff(first=settings.retry_base_delay, cap=settings.retry_max_delay)
-        self._background: set[asyncio.Task[None]] = set()  # undoing unrecorded batches
         """The delay before a run's next attempt, by the attempts it has made."""
+        self._background: set[asyncio.Task[None]] = set()  # undoing unrecorded batches
+        self._bodies = JobBodies()
+        """Job bodies made from one made before for the same configuration."""
 
     def notify(self, shard: str) -> None:
         """New runs are on the queue for ``shard``."""
@@ -448,14 +450,12 @@ class Dispatcher:
             run_credential=self.links.run_credential(checkpoint),
             input_content=self._input_content(checkpoint),
         )
-        job = build_job(
-            checkpoint,
-            links,
-            workgroup=workgroup,
-            ttl_after_finished=self.settings.job_ttl_after_finished,
-            copy=copy,
+        ttl = self.settings.job_ttl_after_finished
+        if copy == 1:
+            return self._bodies.body(checkpoint, links, workgroup=workgroup, ttl_after_finished=ttl)
+        return serialise(
+            build_job(checkpoint, links, workgroup=workgroup, ttl_after_finished=ttl, copy=copy)
         )
-        return serialise(job)
 
     def _input_content(self, checkpoint: Checkpoint) -> str | None:
         """The run's input as the text its Job carries, when it is inline, small, and still

@@ -29,6 +29,9 @@ that Kubernetes disrupted (eviction, preemption, a node scaled away): its exit c
 
 from __future__ import annotations
 
+import re
+import uuid
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -47,6 +50,7 @@ from nexus.core.labels import (
 from nexus.core.retrying import job_name
 from nexus.core.runs import Checkpoint, record
 from nexus.core.templates import (
+    AppliedConfiguration,
     ConfigurationOverrides,
     Workgroup,
     restricted_security_context,
@@ -250,3 +254,141 @@ def build_job(
 
 def serialise(job: dict[str, Any]) -> bytes:
     return orjson.dumps(job)
+
+
+_SLOT = "\ue000{}\ue001"
+"""A per-run value's place in a body made once (private-use characters around its number)."""
+_SLOTS = re.compile("\ue000([0-9])\ue001".encode())
+_TEMPLATE_ID = uuid.uuid4()
+"""The request id of the runs templates are made of (random: no template holds its text)."""
+_ID, _INPUT_URL, _RESULT_URL, _TOKEN, _CREDENTIAL, _INPUT = range(6)
+
+
+@record
+class _Body:
+    """A Job's JSON cut at its per-run values: ``pieces[i]`` comes before the value of
+    slot ``slots[i]``, and the last piece after them all."""
+
+    config: AppliedConfiguration
+    workgroup: Workgroup | None
+    pieces: list[bytes]
+    slots: list[int]
+
+
+class JobBodies:
+    """The bodies of Jobs (:func:`serialise` of :func:`build_job`), byte for byte, each made
+    from one made before for the same configuration: that one is cut where the run's own
+    values go (its id, links, token, credential and input), and a run's body is its
+    pieces joined with its values, each escaped as JSON escapes it inside a string.
+
+    Runs dispatched together share one configuration object (``get_many(shared=True)``):
+    a body then costs a join and a few escapes, not a Job built and serialised. A
+    template is checked when it is made: the run it is made for must come out exactly as
+    :func:`build_job` makes it, or runs of that configuration are built the plain way.
+    Runs with a parent, several copies or their caller's own environment values are
+    always built the plain way."""
+
+    MAX_TEMPLATES = 256
+
+    def __init__(self) -> None:
+        self._bodies: dict[tuple[Any, ...], _Body | None] = {}
+
+    @property
+    def templates(self) -> int:
+        """How many templates are in use (configurations built the plain way left out)."""
+        return sum(body is not None for body in self._bodies.values())
+
+    def body(
+        self,
+        run: Checkpoint,
+        links: RunLinks,
+        *,
+        workgroup: Workgroup | None,
+        ttl_after_finished: int,
+    ) -> bytes:
+        """The body of ``run``'s (first) Job."""
+        config = run.applied_configuration
+        overrides = run.configuration_overrides
+        if run.parent or config.get("speculativeAttempts", 1) != 1 or (overrides or {}).get("env"):
+            return serialise(
+                build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
+            )
+        credential = bool(links.scheduler_url and links.run_credential)
+        key = (
+            id(config), id(workgroup), run.algorithm, run.attempt, ttl_after_finished,
+            links.receiver_url, links.scheduler_url, links.result_inline_limit,
+            credential, links.input_content is not None,
+        )  # fmt: skip
+        values = [
+            str(run.id).encode(),
+            _escaped(links.input_url),
+            _escaped(links.result_upload_url),
+            _escaped(links.run_token),
+            _escaped(links.run_credential or "") if credential else b"",
+            _escaped(_literal(links.input_content)) if links.input_content is not None else b"",
+        ]
+        made = self._bodies.get(key, ...)
+        if made is ... or (
+            made is not None and (made.config is not config or made.workgroup is not workgroup)
+        ):
+            made = self._make(run, links, workgroup, ttl_after_finished, values)
+            if len(self._bodies) >= self.MAX_TEMPLATES:
+                self._bodies.clear()
+            self._bodies[key] = made
+        if made is None:
+            return serialise(
+                build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
+            )
+        return _joined(made, values)
+
+    def _make(
+        self,
+        run: Checkpoint,
+        links: RunLinks,
+        workgroup: Workgroup | None,
+        ttl_after_finished: int,
+        values: list[bytes],
+    ) -> _Body | None:
+        """The template of ``run``'s configuration, or ``None`` if it would not give
+        ``run``'s own body exactly."""
+        slot = _SLOT.format
+        template_links = replace(
+            links,
+            input_url=slot(_INPUT_URL),
+            result_upload_url=slot(_RESULT_URL),
+            run_token=slot(_TOKEN),
+            run_credential=slot(_CREDENTIAL) if links.run_credential else links.run_credential,
+            input_content=slot(_INPUT) if links.input_content is not None else None,
+        )
+        job = build_job(
+            replace(run, id=_TEMPLATE_ID),
+            template_links,
+            workgroup=workgroup,
+            ttl_after_finished=ttl_after_finished,
+        )
+        text = serialise(job).replace(str(_TEMPLATE_ID).encode(), slot(_ID).encode())
+        parts = _SLOTS.split(text)
+        made = _Body(
+            run.applied_configuration,
+            workgroup,
+            parts[0::2],
+            [int(number) for number in parts[1::2]],
+        )
+        expected = serialise(
+            build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
+        )
+        return made if _joined(made, values) == expected else None
+
+
+def _escaped(value: str) -> bytes:
+    """``value`` as it reads inside a JSON string (as orjson writes it)."""
+    return orjson.dumps(value)[1:-1]
+
+
+def _joined(body: _Body, values: list[bytes]) -> bytes:
+    pieces = body.pieces
+    out = [pieces[0]]
+    for piece, slot in zip(pieces[1:], body.slots, strict=True):
+        out.append(values[slot])
+        out.append(piece)
+    return b"".join(out)
