@@ -37,7 +37,7 @@ from nexus.core.migrations import (
     prepare_schema,
     wait_for_schema,
 )
-from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, Stage, Transition
+from nexus.core.runs import ALLOWED, TERMINAL, Kept, NewRun, RunKey, Stage, Transition
 from nexus.core.visibility import SYSTEM, Viewer
 from receiver.app import create_app as create_receiver
 from receiver.settings import ReceiverSettings
@@ -539,7 +539,13 @@ async def test_a_refused_dispatch_keeps_its_jobs_facts_in_the_same_write(
 
     changes = [dispatched(finished), dispatched(failed), dispatched(waiting),
                dispatched(plain, keep=False), dispatched(late, attempt=2)]  # fmt: skip
-    assert await store.transition_many(changes) == [False, False, True, False, False]
+    assert await store.transition_many(changes) == [
+        Kept(Stage.COMPLETED, 1),  # false: not applied, but kept, and where the run stands
+        Kept(Stage.FAILED, 1),
+        True,
+        False,
+        False,
+    ]
     stored = {r.id: await store.get(r.algorithm, r.id, SYSTEM) for r in (finished, failed, waiting,
               plain, late)}  # fmt: skip
     facts = {

@@ -383,6 +383,16 @@ async def test_a_run_failed_while_its_job_was_created_keeps_the_jobs_facts(
             assert await d.store.transition(change)
 
         stand_in.on_create = failed_meanwhile
+        reads_after: list[object] = []  # the store's answer says where the run stands
+        read = d.store.get_many
+
+        async def counted(keys: Any, **options: Any) -> Any:
+            keys = list(keys)
+            if stand_in.created_at:
+                reads_after.extend(keys)
+            return await read(keys, **options)
+
+        d.store.get_many = counted  # type: ignore[method-assign]
         run = await d.submit()
         stored = await d.settled(run, Stage.FAILED)
         for _ in range(50):  # the facts are written right after the refused RUNNING write
@@ -394,6 +404,7 @@ async def test_a_run_failed_while_its_job_was_created_keeps_the_jobs_facts(
         assert stored.job_uid == f"uid-{run.id}" and stored.shard == SHARD
         assert stored.sent_at is not None
         assert stand_in.deleted == []  # a failed run's Job is kept (its logs say why)
+        assert reads_after == []  # nor was the run read again to know it
 
 
 async def test_a_job_whose_record_failed_is_undone_once_its_run_is_known_cancelled(

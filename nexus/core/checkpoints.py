@@ -53,7 +53,16 @@ from nexus.core.grouping import GroupCommitter
 from nexus.core.meters import LoopHistogram
 from nexus.core.outages import Outage
 from nexus.core.retrying import AttemptRecord
-from nexus.core.runs import Checkpoint, NewRun, RunKey, RunResult, Stage, Transition, record
+from nexus.core.runs import (
+    Checkpoint,
+    Kept,
+    NewRun,
+    RunKey,
+    RunResult,
+    Stage,
+    Transition,
+    record,
+)
 from nexus.core.templates import AppliedConfiguration
 from nexus.core.visibility import Viewer
 
@@ -281,7 +290,7 @@ class CheckpointStore:
         self._inserts: GroupCommitter[NewRun, Admission] = GroupCommitter(
             "checkpoint-insert", self._write_inserts, **options
         )
-        self._transitions: GroupCommitter[Transition, bool] = GroupCommitter(
+        self._transitions: GroupCommitter[Transition, bool | Kept] = GroupCommitter(
             "checkpoint-transition",
             self._write_transitions,
             **{**options, "max_delay": settings.transition_max_delay},
@@ -346,11 +355,13 @@ class CheckpointStore:
         admission, or the error that run alone failed with."""
         return await self._inserts.submit_many(runs)
 
-    async def transition(self, change: Transition) -> bool:
-        """Apply ``change`` if the run's current stage allows it; return whether it did."""
+    async def transition(self, change: Transition) -> bool | Kept:
+        """Apply ``change`` if the run's current stage allows it; return whether it did (a
+        change that keeps its Job's facts and did not apply may be answered with
+        :class:`Kept`, which is false)."""
         return await self._transitions.submit(change)
 
-    async def transition_many(self, changes: Sequence[Transition]) -> list[bool | Exception]:
+    async def transition_many(self, changes: Sequence[Transition]) -> list[bool | Kept | Exception]:
         """Apply ``changes`` together (see :meth:`transition`), with no task per change:
         whether each was applied, or the error that change failed with."""
         return await self._transitions.submit_many(changes)
@@ -421,7 +432,9 @@ class CheckpointStore:
             conflicts = () if created else _conflicts(run, owner)
             results[i] = Admission(owner["id"], created, owner["algorithm"], conflicts)
 
-    async def _write_transitions(self, changes: Sequence[Transition]) -> Sequence[bool | Exception]:
+    async def _write_transitions(
+        self, changes: Sequence[Transition]
+    ) -> Sequence[bool | Kept | Exception]:
         try:
             return await self._transition_waiting_for_held(changes)
         except (*_DATA_ERRORS, asyncpg.CheckViolationError) as exc:
@@ -429,7 +442,9 @@ class CheckpointStore:
                 return [_rejected("the change", changes[0].id, exc)]
         return await _each_alone(self._write_transitions, changes)  # one bad change fails alone
 
-    async def _transition_waiting_for_held(self, changes: Sequence[Transition]) -> list[bool]:
+    async def _transition_waiting_for_held(
+        self, changes: Sequence[Transition]
+    ) -> list[bool | Kept]:
         """Apply a group-committed batch, waiting for runs another transaction holds (the
         request paths must get an answer; :meth:`transition_skipping_held` is the other
         way); for each change, whether it applied."""
@@ -453,14 +468,15 @@ class CheckpointStore:
         columns = [_transition_columns([changes[i] for i in indices]) for indices in rounds]
         async with self.connection() as conn:
             answers = await self._update(conn, columns)
-        applied: list[bool] = [False] * len(changes)
+        applied: list[bool | Kept] = [False] * len(changes)
         for indices, rows in zip(rounds, answers, strict=True):
-            done = {(row["algorithm"], row["id"].int): row for row in rows}
-            for i in indices:
-                row = done.get(keys[i])
-                if row is not None and row.get("moved", True):  # moved, not only kept facts
+            for row in rows:  # the change's position in its round; moved, or kept facts
+                i = indices[row[0] - 1]
+                if row.get("moved", True):
                     applied[i] = True
-                    _observe_finished(changes[i], row["age"])
+                    _observe_finished(changes[i], row[1])
+                else:
+                    applied[i] = Kept(_STAGES[row[3]], row[4])
         return applied
 
     async def _update(
@@ -923,7 +939,7 @@ def _transition_columns(batch: Sequence[Transition], keeping: bool = True) -> li
         _array([c.job_uid for c in batch]),
         _array([c.shard for c in batch]),
         _array([c.sent_at for c in batch]),
-        _array([c.attempts for c in batch]),
+        _array([c.attempts or None for c in batch]),
         _array([c.result_inline for c in batch]),
         _array([c.at_attempt for c in batch]),
         separator,

@@ -208,6 +208,20 @@ class Transition:
 
 
 @record
+class Kept:
+    """The outcome of a change that keeps its Job's facts (:attr:`Transition.keep_job`),
+    refused because another writer finished the run meanwhile, when its facts were kept:
+    the stage the run is in (a finished one, so for good) and its attempt. False, as the
+    outcome of a change that did not apply is."""
+
+    stage: Stage
+    attempt: int
+
+    def __bool__(self) -> bool:
+        return False
+
+
+@record
 class Checkpoint:
     """A run as stored: everything known about it."""
 

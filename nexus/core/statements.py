@@ -116,7 +116,10 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # RUNNING meanwhile, and drop it; an expression is evaluated again on the new row.
 # The algorithms ($1) and target stages ($3) come as one text each, joined by a separator
 # ($14) that none of them holds: asyncpg checks each element of an array parameter against
-# collections.abc (about 2,400 instructions a str), and every change has both.
+# collections.abc (about 2,400 instructions a str), and every change has both; for the
+# same reason the attempts to add ($11) are NULL, not zeros, when no change adds one (a
+# completion's). A row changed is answered with its change's position in the batch (n),
+# one integer to decode instead of its algorithm and id.
 # The seconds since the run was received, by the database's clock: the metrics' time from
 # submission to a finished stage.
 AGE = "extract(epoch FROM clock_timestamp() - r.received_at)::float8 AS age"
@@ -150,9 +153,9 @@ MOVES = _moves()
 _TRANSITION_FROM = """FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
             string_to_array($3::text, $14::text), $4::text[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
-            $12::bytea[], $13::int[]{keep_column})
+            $12::bytea[], $13::int[]{keep_column}) WITH ORDINALITY
      AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
-          sent_at, attempts, result_inline, at_attempt{keep_name})
+          sent_at, attempts, result_inline, at_attempt{keep_name}, n)
 WHERE r.algorithm = u.algorithm AND r.id = u.id
   AND (u.at_attempt IS NULL OR r.run_attempt = u.at_attempt)
 """
@@ -167,11 +170,11 @@ UPDATE runs r SET
     job_uid = COALESCE(u.job_uid, r.job_uid),
     shard = COALESCE(u.shard, r.shard),
     sent_at = COALESCE(u.sent_at, r.sent_at),
-    attempts = r.attempts + u.attempts,
+    attempts = r.attempts + COALESCE(u.attempts, 0),
     last_modified = now()
 {_TRANSITION_FROM.format(keep_column="", keep_name="")}\
   AND (u.expect IS NULL OR r.lifecycle_stage = u.expect) AND {MOVES}
-RETURNING r.algorithm, r.id, {AGE}
+RETURNING u.n::int, {AGE}
 """
 
 # TRANSITION for a batch in which some changes keep their Job's facts when refused
@@ -183,7 +186,7 @@ RETURNING r.algorithm, r.id, {AGE}
 # last_modified stay as they are (the guard lets such an update through), and a later
 # attempt's run gains nothing from an earlier attempt's Job. A change that keeps facts is
 # one to a stage its run is not in already, so "moved" is whether the row's stage is now
-# the change's target.
+# the change's target; a run that kept facts is answered with its stage and attempt.
 _MOVED = f"((u.expect IS NULL OR r.lifecycle_stage = u.expect) AND {MOVES})"
 
 
@@ -204,7 +207,7 @@ UPDATE runs r SET
     {_kept("job_uid", "job_uid")},
     {_kept("shard", "shard")},
     {_kept("sent_at", "sent_at")},
-    attempts = r.attempts + CASE WHEN {_MOVED} THEN u.attempts ELSE 0 END,
+    attempts = r.attempts + CASE WHEN {_MOVED} THEN COALESCE(u.attempts, 0) ELSE 0 END,
     last_modified = CASE WHEN {_MOVED} THEN now() ELSE r.last_modified END
 {
     _TRANSITION_FROM.format(
@@ -214,7 +217,8 @@ UPDATE runs r SET
   AND ({_MOVED}
        OR (u.keep AND r.lifecycle_stage <> u.to_stage
            AND (r.job_uid IS NULL OR r.sent_at IS NULL OR r.shard IS NULL)))
-RETURNING r.algorithm, r.id, {AGE}, r.lifecycle_stage = u.to_stage AS moved
+RETURNING u.n::int, {AGE}, r.lifecycle_stage = u.to_stage AS moved, r.lifecycle_stage,
+          r.run_attempt
 """
 
 
@@ -356,7 +360,7 @@ WITH candidates AS (
         job_uid = COALESCE(u.job_uid, r.job_uid),
         shard = COALESCE(u.shard, r.shard),
         sent_at = COALESCE(u.sent_at, r.sent_at),
-        attempts = r.attempts + u.attempts,
+        attempts = r.attempts + COALESCE(u.attempts, 0),
         last_modified = now()
     FROM locked u
     WHERE r.algorithm = u.algorithm AND r.id = u.id

@@ -59,7 +59,7 @@ from nexus.core.logs import request_id
 from nexus.core.meters import LoopCounter, LoopHistogram
 from nexus.core.queues import QueuedRun, RunQueue
 from nexus.core.retrying import job_name
-from nexus.core.runs import Checkpoint, RunKey, Stage, Transition, record
+from nexus.core.runs import Checkpoint, Kept, RunKey, Stage, Transition, record
 from nexus.core.shards import CALL_ERRORS, JOBS, ShardClient
 from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
@@ -114,6 +114,17 @@ class Outcome:
 def _transition(outcome: Outcome, to: Stage, shard: str, **recorded: Any) -> Transition:
     checkpoint = outcome.checkpoint
     return Transition(checkpoint.algorithm, checkpoint.id, to, shard=shard, **recorded)
+
+
+def _ran(change: Transition, outcome: bool | Kept) -> bool:
+    """Whether a refused RUNNING write's run, as the store answered it, ended in a way its
+    Job may have run to (completed, failed) at that Job's attempt: the Job is then kept
+    (to its TTL), and the run need not be read again to know it."""
+    return (
+        isinstance(outcome, Kept)
+        and outcome.stage not in ABANDONED
+        and outcome.attempt == change.at_attempt
+    )
 
 
 def _scheduling_failed(outcome: Outcome, shard: str, details: str, attempts: int = 0) -> Transition:
@@ -542,7 +553,9 @@ class Dispatcher:
                 self._spawn(self._undo_when_known(shard, made, stopping))
             raise
         refused = [
-            c for c, ok in zip(changes, applied, strict=True) if not ok and c.to == Stage.RUNNING
+            c
+            for c, ok in zip(changes, applied, strict=True)
+            if not ok and c.to == Stage.RUNNING and not _ran(c, ok)
         ]
         if refused:
             await self._undo(shard, refused)
@@ -560,11 +573,11 @@ class Dispatcher:
         except DependencyError as exc:
             log.warning("cannot give back concurrency slots now: %s", exc)
 
-    async def _write(self, changes: list[Transition]) -> list[bool]:
+    async def _write(self, changes: list[Transition]) -> list[bool | Kept]:
         """Whether each change was applied. A change the store cannot hold is logged and
         counts as not applied; a store that cannot be reached fails the whole batch."""
         results = await self.store.transition_many(changes)
-        applied = []
+        applied: list[bool | Kept] = []
         for change, result in zip(changes, results, strict=True):
             if isinstance(result, CheckpointRejected):
                 log.error("%s", result, extra={"requestId": str(change.id)})
