@@ -33,7 +33,7 @@ from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings, RedisSettings, StorageSettings
 from nexus.core.errors import StoreUnavailable
 from nexus.core.queues import QueueBackend, QueuedRun
-from nexus.core.runs import Checkpoint, NewRun, Stage, Transition
+from nexus.core.runs import Checkpoint, NewRun, RunKey, Stage, Transition
 from nexus.core.shards import ShardClient
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
@@ -526,3 +526,63 @@ async def test_the_pop_loop_outlasts_a_redis_outage_of_any_length(
         await task  # returns: no error, however many failures
         for close in (shard.close, payloads.close, backend.close, store.close):
             await close()
+
+
+class CountingQueue:
+    """A queue that hands out ``runs`` once, then nothing, and counts its pops."""
+
+    def __init__(self, runs: list[QueuedRun]) -> None:
+        self.runs = runs
+        self.pops: list[float] = []
+
+    async def pop(self, shard: str, count: int) -> list[QueuedRun]:
+        self.pops.append(asyncio.get_running_loop().time())
+        runs, self.runs = self.runs, []
+        return runs
+
+    async def settle(self, runs: Any) -> None:
+        pass
+
+
+class EmptyStore:
+    """A store that holds none of the runs: a popped run is passed over as settled."""
+
+    async def get_many(self, keys: Any, shared: bool = False) -> dict[Any, Any]:
+        return {}
+
+    async def transition_many(self, changes: Any) -> list[Any]:
+        return []
+
+
+@pytest.mark.looptime
+async def test_a_dispatcher_that_emptied_its_queue_waits_for_work_not_a_timer(
+    looptime: float,
+) -> None:
+    """After a batch that emptied the queue, the next pop waits until runs are queued here
+    (notify) or the idle poll is due: a pod at a few runs a second does not pop an empty
+    queue after every batch."""
+    run = QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), 1.0)
+    queue = CountingQueue([run])
+    settings = SchedulerSection(pod_name="pod-a", dispatch_linger=0.03, dispatch_idle_poll=0.25)
+    dispatcher = Dispatcher(
+        queue=queue,  # type: ignore[arg-type]
+        store=EmptyStore(),  # type: ignore[arg-type]
+        shards={SHARD: None},  # type: ignore[dict-item]
+        throttles={SHARD: ShardThrottle(None, SHARD, 100, burst_seconds=1, recovery=0.05)},  # type: ignore[arg-type]
+        links=None,  # type: ignore[arg-type]
+        catalog=Catalog(),
+        settings=settings,
+    )
+    stopping = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stopping))
+    try:
+        await asyncio.sleep(0.2)
+        assert queue.pops == [0]  # not again at 0.03, after the linger: nothing was queued
+        dispatcher.notify(SHARD)  # runs queued here: popped at once
+        await asyncio.sleep(0.01)
+        assert queue.pops == [0, 0.2]
+        await asyncio.sleep(0.5)  # others' runs (adopted, queued again) are looked for
+        assert len(queue.pops) == 3 and queue.pops[2] == pytest.approx(0.45)
+    finally:
+        stopping.set()
+        await task

@@ -241,8 +241,11 @@ class Dispatcher:
                 continue
             idle.succeeded()
             batches.add(asyncio.create_task(self._dispatch(shard, runs, gate, stopping)))
-            if len(runs) < count and self.settings.dispatch_linger:
-                await sleep_or_stop(stopping, self.settings.dispatch_linger)
+            if len(runs) < count:  # the queue is empty: the next pop waits for work
+                if self.settings.dispatch_linger:
+                    await sleep_or_stop(stopping, self.settings.dispatch_linger)
+                if not wake.is_set():  # nothing queued here since: no pop to find nothing
+                    await first_of(wake, stopping, timeout=s.dispatch_idle_poll)
         if batches:
             await asyncio.gather(*batches)
 
@@ -330,6 +333,7 @@ class Dispatcher:
         for shard, waiting in later.items():  # a retry's delay: back when it is due
             for run, wait in waiting:
                 await self.queue.delay(shard, [run], wait)
+                asyncio.get_running_loop().call_later(wait, self.notify, shard)
         return ready
 
     async def _create(

@@ -127,7 +127,8 @@ class SchedulerSection:
     dispatch_linger: Seconds = field(default=0.03, metadata=at_least(0))
     """After taking less than a full batch, wait this long before taking the next: a Job
     starts up to 30 ms later, and every queue, checkpoint and throttle call serves several
-    runs instead of one or two."""
+    runs instead of one or two. The next is taken only if runs were queued here meanwhile;
+    else at the next idle poll (``dispatch_idle_poll``) or as soon as some are."""
     dispatch_idle_poll: Seconds = field(default=0.25, metadata=positive())
     """How often a dispatcher that just found its queue empty looks again for runs that
     others put on it (adopted, queued again by the maintainer)."""
