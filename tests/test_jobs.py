@@ -335,7 +335,8 @@ def test_bodies_made_from_a_template_are_the_jobs_byte_for_byte() -> None:
                         given = dataclasses.replace(
                             links,
                             input_content=content,
-                            input_url=f'https://scheduler/in/{each.id}?s="{made}"',
+                            input_url=f'https://scheduler/in/{each.id}?s="{made}"'
+                            + ("&{request-id}" if made % 5 == 0 else ""),
                             run_token=f"token-{made}",
                         )
                         expected = serialise(

@@ -285,8 +285,9 @@ class JobBodies:
     a body then costs a join and a few escapes, not a Job built and serialised. A
     template is checked when it is made: the run it is made for must come out exactly as
     :func:`build_job` makes it, or runs of that configuration are built the plain way.
-    Runs with a parent, several copies or their caller's own environment values are
-    always built the plain way."""
+    Runs with a parent, several copies, their caller's own environment values or an input
+    URL holding a ``{`` (an argument's placeholder in it is filled too) are always built
+    the plain way."""
 
     MAX_TEMPLATES = 256
 
@@ -309,7 +310,12 @@ class JobBodies:
         """The body of ``run``'s (first) Job."""
         config = run.applied_configuration
         overrides = run.configuration_overrides
-        if run.parent or config.get("speculativeAttempts", 1) != 1 or (overrides or {}).get("env"):
+        if (
+            run.parent
+            or config.get("speculativeAttempts", 1) != 1
+            or (overrides or {}).get("env")
+            or "{" in links.input_url  # a placeholder in it would be filled in the args too
+        ):
             return serialise(
                 build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
             )
