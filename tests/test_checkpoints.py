@@ -786,6 +786,30 @@ async def test_transitions_are_group_committed(store: CheckpointStore) -> None:
     assert batches_after - batches_before < 100
 
 
+async def test_transitions_arriving_one_by_one_wait_for_company_past_the_inserts_minimum(
+    postgres_dsn: str,
+) -> None:
+    """Transitions go out at transition_min_size waiting (64), not at the inserts'
+    batch_min_size (16): 40 completions arriving a millisecond apart within the delay are
+    one statement (PostgreSQL's cost per statement is most of a small batch's)."""
+    settings = PostgresSettings(dsn=postgres_dsn, pool_max_size=2, transition_max_delay=2.0)
+    store = await CheckpointStore.open(settings)
+    try:
+        runs = [new_run() for _ in range(40)]
+        assert all(a.created for a in await store.insert_many(runs))  # type: ignore[union-attr]
+        batches_before, _ = batch_stats("checkpoint-transition")
+        pending = []
+        for run in runs:
+            change = Transition(run.algorithm, run.id, Stage.COMPLETED, result_uri="s3://b/r")
+            pending.append(asyncio.ensure_future(store.transition(change)))
+            await asyncio.sleep(0.001)
+        assert all(await asyncio.gather(*pending))
+        batches_after, _ = batch_stats("checkpoint-transition")
+        assert batches_after - batches_before == 1
+    finally:
+        await store.close()
+
+
 # -- idempotency ---------------------------------------------------------------------------
 
 

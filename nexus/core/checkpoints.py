@@ -293,7 +293,11 @@ class CheckpointStore:
         self._transitions: GroupCommitter[Transition, bool | Kept] = GroupCommitter(
             "checkpoint-transition",
             self._write_transitions,
-            **{**options, "max_delay": settings.transition_max_delay},
+            **{
+                **options,
+                "max_delay": settings.transition_max_delay,
+                "min_batch": settings.transition_min_size,
+            },
         )
 
         # Inline inputs and results are read by their algorithms and clients one GET at a

@@ -198,6 +198,14 @@ class PostgresSettings:
     """The same for lifecycle transitions (RUNNING, completions). Nobody waits on these
     but a container's completion call, so 30 ms buys batches several times larger at
     moderate load: fewer statements, less CPU per run."""
+    transition_min_size: int = field(default=64, metadata=positive())
+    """The ``batch_min_size`` of lifecycle transitions: under load they wait for this many
+    (or ``transition_max_delay``) rather than 16. PostgreSQL spends some 700,000
+    instructions on a statement whatever its rows (reading back the triggers' WHEN
+    clauses and the CHECKs, starting the executor), a fifth of a completion's at 16 runs a
+    statement: at 800 completions/s a batch holds 24 instead of 16 (189,000 -> 170,000
+    instructions a run, ``benchmarks/transition_sql.py --batch``), for 10 ms more before
+    a completion is recorded."""
     max_pending: int = field(default=20_000, metadata=positive())
     """Writes waiting for the store beyond this are refused (the API answers 503)."""
     migrate_at_start: bool = True
