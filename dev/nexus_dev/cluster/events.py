@@ -93,18 +93,64 @@ class EventRecorder:
         made for it, and it expires by age and count like every other Event."""
         if not self.enabled:
             return
+        if unique:
+            self.record_unique(
+                involved, component, ((event_type, reason, message),), field_path=field_path
+            )
+            return
         metadata = involved["metadata"]
         now_ns = time.time_ns()
         now = now_ns / 1e9
-        key: tuple[str, ...] = ()
-        if not unique:
-            key = (metadata.get("uid", ""), reason, message, component, field_path or "")
-            existing = self._live.get(key)
-            if existing is not None and self._count_again(key, existing, now):
-                return
-        second = int(now)
+        key = (metadata.get("uid", ""), reason, message, component, field_path or "")
+        existing = self._live.get(key)
+        if existing is not None and self._count_again(key, existing, now):
+            return
+        namespace, name = self._write(
+            involved, component, event_type, reason, message, field_path, now_ns
+        )
+        self._live[key] = (namespace, name, now)
+        if len(self._live) + len(self._once) > self.max_events:
+            self._expire_oldest()
+
+    def record_unique(
+        self,
+        involved: Obj,
+        component: str,
+        happenings: tuple[tuple[str, str, str], ...],
+        *,
+        field_path: str | None = None,
+    ) -> None:
+        """Record ``happenings`` — ``(type, reason, message)``, in order, none of which can
+        happen again to ``involved`` (see :meth:`record`) — at once: the kubelet's
+        ``Pulled``, ``Created`` and ``Started`` share their object, time and source."""
+        if not self.enabled:
+            return
+        now_ns = time.time_ns()
+        now = now_ns / 1e9
+        once = self._once
+        for event_type, reason, message in happenings:
+            namespace, name = self._write(
+                involved, component, event_type, reason, message, field_path, now_ns
+            )
+            once.append((namespace, name, now))
+        while len(once) + len(self._live) > self.max_events:
+            self._expire_oldest()
+
+    def _write(
+        self,
+        involved: Obj,
+        component: str,
+        event_type: str,
+        reason: str,
+        message: str,
+        field_path: str | None,
+        now_ns: int,
+    ) -> tuple[str, str]:
+        """Create one new Event; its namespace and name."""
+        metadata = involved["metadata"]
+        second = now_ns // 1_000_000_000
         if second != self._second:
-            self._second, self._stamp = second, iso(now)
+            self._second, self._stamp = second, iso(now_ns / 1e9)
         stamp = self._stamp
         self._sequence += 1
         name = f"{metadata['name']}.{now_ns + self._sequence:x}"
@@ -138,14 +184,7 @@ class EventRecorder:
         event["message"] = message
         event["firstTimestamp"] = event["lastTimestamp"] = stamp
         self.store.create("events", event)
-        if unique:
-            self._once.append((namespace, name, now))
-            if len(self._once) + len(self._live) > self.max_events:
-                self._expire_oldest()
-            return
-        self._live[key] = (namespace, name, now)
-        if len(self._live) + len(self._once) > self.max_events:
-            self._expire_oldest()
+        return namespace, name
 
     def _count_again(
         self, key: tuple[str, ...], existing: tuple[str, str, float], now: float

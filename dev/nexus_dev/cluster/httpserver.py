@@ -40,6 +40,8 @@ _JOIN_LIMIT = 64 * 1024
 """Bodies up to this size are joined to their head for one plain write (cheaper than a
 ``writev`` of two pieces); larger ones are written beside it, not copied."""
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
+_HEADS: dict[tuple[int, str], bytes] = {}
+"""An answer's first bytes, up to its ``Content-Length`` value, by status and type."""
 _SERVER_ERROR = b"500 Internal Server Error\n\nServer got itself in trouble"
 
 
@@ -232,13 +234,29 @@ class _Connection(asyncio.Protocol):
 
     def _answer(self, request: Request | None, answer: Answer) -> None:
         body = answer.body
+        keep_alive = request is not None and request.keep_alive
+        if keep_alive and not answer.headers and len(body) <= _JOIN_LIMIT:
+            # the common answer (a Job created, an object read): its head up to the length
+            # is made once per status and type, and one formatting joins it all
+            assert request is not None
+            key = (answer.status, answer.content_type)
+            start = _HEADS.get(key)
+            if start is None:
+                start = _HEADS[key] = (
+                    f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, '')}\r\n"
+                    f"Content-Type: {answer.content_type}\r\nContent-Length: "
+                ).encode("latin-1")
+            if request.method == "HEAD":
+                self.write(b"%b%d\r\n\r\n" % (start, len(body)))
+            else:
+                self.write(b"%b%d\r\n\r\n%b" % (start, len(body), body))
+            return
         head = [
             f"HTTP/1.1 {answer.status} {_REASONS.get(answer.status, '')}\r\n"
             f"Content-Type: {answer.content_type}\r\nContent-Length: {len(body)}\r\n"
         ]
         if answer.headers:
             head += [f"{name}: {value}\r\n" for name, value in answer.headers.items()]
-        keep_alive = request is not None and request.keep_alive
         if not keep_alive:
             head.append("Connection: close\r\n")
         head.append("\r\n")

@@ -220,53 +220,25 @@ class Kubelet:
         if run.fault == "image-pull":
             self._pull_failed(run)
             return
-        record = self.recorder.record
+        image, name = run.image, run.container["name"]
         if run.container.get("imagePullPolicy") == "Always":
-            record(
-                pod,
-                "Normal",
-                "Pulling",
-                f'Pulling image "{run.image}"',
-                "kubelet",
-                field_path=container_path,
-                unique=True,
-            )
-            record(
-                pod,
-                "Normal",
-                "Pulled",
-                f'Successfully pulled image "{run.image}" in 0s',
-                "kubelet",
-                field_path=container_path,
-                unique=True,
+            pulled: tuple[tuple[str, str, str], ...] = (
+                ("Normal", "Pulling", f'Pulling image "{image}"'),
+                ("Normal", "Pulled", f'Successfully pulled image "{image}" in 0s'),
             )
         else:
-            record(
-                pod,
-                "Normal",
-                "Pulled",
-                f'Container image "{run.image}" already present on machine',
-                "kubelet",
-                field_path=container_path,
-                unique=True,
+            pulled = (
+                ("Normal", "Pulled", f'Container image "{image}" already present on machine'),
             )
-        record(
+        self.recorder.record_unique(
             pod,
-            "Normal",
-            "Created",
-            f"Created container: {run.container['name']}",
             "kubelet",
+            (
+                *pulled,
+                ("Normal", "Created", f"Created container: {name}"),
+                ("Normal", "Started", f"Started container {name}"),
+            ),
             field_path=container_path,
-            unique=True,
-        )
-        record(
-            pod,
-            "Normal",
-            "Started",
-            f"Started container {run.container['name']}",
-            "kubelet",
-            field_path=container_path,
-            unique=True,
         )
         run.started_at = now_iso()
         run.container_id = f"containerd://{random.getrandbits(256):064x}"

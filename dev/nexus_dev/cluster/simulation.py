@@ -309,12 +309,6 @@ class SimulatedRuntime:
         """The answer's body of a step that must succeed (2xx); see :meth:`_exchange`."""
         return (await self._exchange(run, method, url, body, headers)).body
 
-    async def _call_status(
-        self, run: PodRun, method: str, url: str, body: bytes, headers: dict[str, str]
-    ) -> int:
-        """The status of a step that may also be refused as too large (413)."""
-        return (await self._exchange(run, method, url, body, headers, also=413)).status
-
     async def _exchange(
         self,
         run: PodRun,
@@ -406,7 +400,7 @@ class SimulatedRuntime:
             body = env["NEXUS__INPUT"].encode()
         elif input_url:
             try:
-                body = await self._call(run, "GET", input_url)
+                body = (await self._exchange(run, "GET", input_url)).body
             except _StepFailed as failure:
                 if failure.status == 404 and completion_url and not _stopped(run):
                     await self._input_not_found(run, completion_url, headers)
@@ -431,7 +425,9 @@ class SimulatedRuntime:
         if completion_url and inline_limit.isdigit() and len(result) <= int(inline_limit):
             inline = b'{"cause":null,"message":null,"sasUri":null,"result":' + result + b"}"
             try:
-                status = await self._call_status(run, "POST", completion_url, inline, headers)
+                answer = await self._exchange(
+                    run, "POST", completion_url, inline, headers, also=413
+                )
             except _GaveUp as failure:
                 if not upload_url or _stopped(run):
                     raise
@@ -441,7 +437,7 @@ class SimulatedRuntime:
                 self._log(run, "exiting with the result uploaded")
                 self.kubelet.exited(run, 0, "Completed")
                 return
-            if status != 413:
+            if answer.status != 413:
                 self._log(run, "reported completion with its result inline")
                 if not _stopped(run):
                     self.kubelet.exited(run, 0, "Completed")

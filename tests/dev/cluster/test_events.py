@@ -103,3 +103,23 @@ async def test_events_expire_by_age_unique_or_aggregated(monkeypatch: pytest.Mon
     finally:
         recorder.stop()
     await asyncio.sleep(0)
+
+
+def test_the_kubelets_events_of_one_start_are_written_together_in_order() -> None:
+    store = ObjectStore(RESOURCES, history_size=100)
+    recorder = EventRecorder(store, ttl=3600, max_events=2)
+    happenings = (
+        ("Normal", "Pulled", 'Container image "i" already present on machine'),
+        ("Normal", "Created", "Created container: c"),
+        ("Normal", "Started", "Started container c"),
+    )
+    recorder.record_unique(pod("p"), "kubelet", happenings, field_path="spec.containers{c}")
+    history = [c.obj for c in store.collection("events").history if c.type == "ADDED"]
+    assert [(e["type"], e["reason"], e["message"]) for e in history] == list(happenings)
+    assert len({e["metadata"]["name"] for e in history}) == 3
+    assert all(e["involvedObject"] is history[0]["involvedObject"] for e in history)
+    assert all(e["firstTimestamp"] == history[0]["firstTimestamp"] for e in history)
+    assert [e["reason"] for e in stored(store)] == ["Created", "Started"]  # at most two kept
+    recorder.enabled = False
+    recorder.record_unique(pod("q"), "kubelet", happenings)
+    assert len(stored(store)) == 2

@@ -52,6 +52,8 @@ class App:
             return _stream_bytes(request, int(request.query["chunks"]), self.stream_done)
         if request.path == "/hold":
             return self._hold(request)
+        if request.path == "/plain":  # no further headers: the head made once per status
+            return Answer(201, b'{"created":' + request.body + b"}")
         return Answer(200, b"echo:" + request.body, headers={"X-Query": request.query.get("q", "")})
 
     async def _hold(self, request: Request) -> None:
@@ -110,6 +112,26 @@ async def test_keep_alive_and_pipelined_requests(served: tuple[App, HttpServer, 
     assert second.endswith(b"echo:")
     assert [r.path for r in app.seen] == ["/a", "/b"]
     assert app.seen[0].host == "h"
+
+
+async def test_plain_answers_kept_alive_byte_for_byte(
+    served: tuple[App, HttpServer, int],
+) -> None:
+    _, _, port = served
+    requests = (
+        b"POST /plain HTTP/1.1\r\nContent-Length: 1\r\n\r\n1"
+        b"HEAD /plain HTTP/1.1\r\n\r\n"
+        b"POST /plain HTTP/1.1\r\nContent-Length: 2\r\n\r\n22"
+    )
+    received = await exchange(port, requests, expect=3)
+    head = b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: "
+    assert received == (
+        head + b'13\r\n\r\n{"created":1}'
+        + head + b"12\r\n\r\n"  # HEAD: the length of the body it would have, no body
+        + head + b'14\r\n\r\n{"created":22}'
+    )  # fmt: skip
+    closing = await exchange(port, b"POST /plain HTTP/1.1\r\nConnection: close\r\n\r\n")
+    assert closing == head + b'12\r\nConnection: close\r\n\r\n{"created":}'
 
 
 async def test_chunked_body_and_expect_continue(served: tuple[App, HttpServer, int]) -> None:
