@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ from nexus.core.storage import PayloadStore
 from nexus.core.templates import apply, parse_template, parse_workgroup
 from nexus.core.visibility import SYSTEM
 from nexus.scheduler.catalog import Catalog
-from nexus.scheduler.dispatching import Dispatcher
+from nexus.scheduler.dispatching import Dispatcher, Outcome
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
 from nexus.scheduler.throttling import ShardThrottle
@@ -529,60 +529,97 @@ async def test_the_pop_loop_outlasts_a_redis_outage_of_any_length(
 
 
 class CountingQueue:
-    """A queue that hands out ``runs`` once, then nothing, and counts its pops."""
+    """A queue that hands out ``runs`` once, then nothing; it notes each pop (when, and the
+    runs it settled) and each settle of its own."""
 
     def __init__(self, runs: list[QueuedRun]) -> None:
         self.runs = runs
-        self.pops: list[float] = []
+        self.pops: list[tuple[float, list[str]]] = []
+        self.settles: list[list[str]] = []
 
-    async def pop(self, shard: str, count: int) -> list[QueuedRun]:
-        self.pops.append(asyncio.get_running_loop().time())
+    async def pop(self, shard: str, count: int, settle: Any = ()) -> list[QueuedRun]:
+        self.pops.append((asyncio.get_running_loop().time(), [r.member for r in settle]))
         runs, self.runs = self.runs, []
         return runs
 
     async def settle(self, runs: Any) -> None:
-        pass
+        if runs:
+            self.settles.append([r.member for r in runs])
 
 
-class EmptyStore:
-    """A store that holds none of the runs: a popped run is passed over as settled."""
+class OneRunStore:
+    """A store holding one BUFFERED run, which it takes 50 ms to read; every change applies."""
+
+    def __init__(self, run: QueuedRun) -> None:
+        now = datetime.now(UTC)
+        self.checkpoint = Checkpoint(
+            algorithm=run.key.algorithm, id=run.key.id, stage=Stage.BUFFERED, caller="tests",
+            received_by_host="pod-a", received_at=now, last_modified=now,
+            applied_configuration={}, payload_valid_for=timedelta(hours=1), payload_uri=None,
+            has_inline_payload=True, result_uri=None, failure_cause=None, failure_details=None,
+            sent_at=None, configuration_overrides=None, content_hash=None, tag=None,
+            api_version="v1.2", job_uid=None, parent=None, shard=None, attempts=0,
+            idempotency_key=None,
+        )  # fmt: skip
 
     async def get_many(self, keys: Any, shared: bool = False) -> dict[Any, Any]:
-        return {}
+        await asyncio.sleep(0.05)
+        return {self.checkpoint.key: self.checkpoint}
 
     async def transition_many(self, changes: Any) -> list[Any]:
-        return []
+        return [True] * len(changes)
+
+
+class FreeThrottle:
+    burst = 100.0
+
+    async def acquire(self, want: int, stopping: asyncio.Event) -> int:
+        return want
 
 
 @pytest.mark.looptime
-async def test_a_dispatcher_that_emptied_its_queue_waits_for_work_not_a_timer(
+async def test_a_dispatcher_pops_when_there_is_work_and_settles_with_its_pops(
     looptime: float,
 ) -> None:
-    """After a batch that emptied the queue, the next pop waits until runs are queued here
-    (notify) or the idle poll is due: a pod at a few runs a second does not pop an empty
-    queue after every batch."""
+    """After a batch that emptied the queue, the next pop waits until there is work: runs
+    queued here (notify), runs of its batches to settle, or the idle poll; it never pops
+    an empty queue only because the linger is over. Settled runs leave the in-flight set
+    with a pop, in its round trip, not a call of their own (unless a batch waits for
+    creation tokens: no pop comes meanwhile); a stopping loop settles what is left."""
     run = QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), 1.0)
     queue = CountingQueue([run])
     settings = SchedulerSection(pod_name="pod-a", dispatch_linger=0.03, dispatch_idle_poll=0.25)
     dispatcher = Dispatcher(
         queue=queue,  # type: ignore[arg-type]
-        store=EmptyStore(),  # type: ignore[arg-type]
+        store=OneRunStore(run),  # type: ignore[arg-type]
         shards={SHARD: None},  # type: ignore[dict-item]
-        throttles={SHARD: ShardThrottle(None, SHARD, 100, burst_seconds=1, recovery=0.05)},  # type: ignore[arg-type]
+        throttles={SHARD: FreeThrottle()},  # type: ignore[dict-item]
         links=None,  # type: ignore[arg-type]
         catalog=Catalog(),
         settings=settings,
     )
+
+    async def created(shard: str, run: QueuedRun, checkpoint: Checkpoint) -> Any:
+        dispatcher._creating[shard].release()
+        return Outcome(run, checkpoint, "created", uid="uid-1")
+
+    dispatcher._call_create = created  # type: ignore[method-assign]
     stopping = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stopping))
     try:
         await asyncio.sleep(0.2)
-        assert queue.pops == [0]  # not again at 0.03, after the linger: nothing was queued
+        # not again at 0.03, after the linger: nothing was queued, nothing was recorded;
+        # at 0.05 its run is recorded RUNNING, and settled by the pop it brings about
+        assert queue.pops == [(0, []), (pytest.approx(0.05), [run.member])]
         dispatcher.notify(SHARD)  # runs queued here: popped at once
         await asyncio.sleep(0.01)
-        assert queue.pops == [0, 0.2]
-        await asyncio.sleep(0.5)  # others' runs (adopted, queued again) are looked for
-        assert len(queue.pops) == 3 and queue.pops[2] == pytest.approx(0.45)
+        assert queue.pops[2] == (pytest.approx(0.2), [])
+        await asyncio.sleep(0.6)  # others' runs (adopted, queued again) are looked for
+        assert len(queue.pops) == 4 and queue.pops[3][0] == pytest.approx(0.7)
+        assert queue.settles == []
+        left = QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), 2.0)
+        dispatcher._settled[SHARD].append(left)  # recorded just as the loop stops
     finally:
         stopping.set()
         await task
+    assert queue.settles == [[left.member]]

@@ -255,6 +255,25 @@ async def test_a_settled_run_never_comes_back(backend: QueueBackend) -> None:
     assert await places(backend, "pod-1", item) == []
 
 
+async def test_a_pop_settles_the_runs_it_is_given_first(backend: QueueBackend) -> None:
+    """Runs whose outcome is recorded leave the in-flight set (and their retry delay) in
+    the round trip of the next pop, which then takes what is ready."""
+    queue = backend.queue("pod-1")
+    done, delayed, waiting = run(1), run(2), run(3)
+    await queue.push([done, delayed])
+    held = await queue.pop(SHARD, 2)
+    await queue.delay(SHARD, [held[1]], 60)
+    await queue.push([waiting])
+    assert await places(backend, "pod-1", delayed) == ["delayed", "inflight"]
+    popped = await queue.pop(SHARD, 5, held)
+    assert [r.key for r in popped] == [waiting.key]
+    assert await places(backend, "pod-1", done) == []
+    assert await places(backend, "pod-1", delayed) == []
+    assert await places(backend, "pod-1", waiting) == ["inflight"]
+    assert await queue.pop(SHARD, 5, popped) == []  # settles, and finds nothing
+    assert await places(backend, "pod-1", waiting) == []
+
+
 async def test_pipelined_push_to_several_shards(backend: QueueBackend) -> None:
     queue = backend.queue("pod-1")
     items = [run(i, shard=f"shard-{i % 3}") for i in range(30)]

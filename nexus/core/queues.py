@@ -484,14 +484,20 @@ class RunQueue:
             k.shares(shard), k.clocks(shard),
         ]  # fmt: skip
 
-    async def pop(self, shard: str, count: int) -> list[QueuedRun]:
-        """Take up to ``count`` runs for ``shard``, oldest first, into the in-flight set."""
+    async def pop(
+        self, shard: str, count: int, settle: Sequence[QueuedRun] = ()
+    ) -> list[QueuedRun]:
+        """Take up to ``count`` runs for ``shard``, oldest first, into the in-flight set;
+        first :meth:`settle` ``settle`` (runs of ``shard``), in the same round trip."""
         k = self._keys
         keys = [
             k.ready(self.pod, shard), k.delayed(self.pod, shard), k.inflight(self.pod),
             k.clocks(shard),
         ]  # fmt: skip
-        taken = await self.backend.run("pop", keys, [count, shard, self.pod])
+        args: list[Any] = [count, shard, self.pod]
+        if settle:
+            args.append(" ".join([run.member for run in settle]))  # one argument to encode
+        taken = await self.backend.run("pop", keys, args)
         flat = (taken.decode() if isinstance(taken, bytes) else taken).split()
         return [QueuedRun.parse(shard, flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 

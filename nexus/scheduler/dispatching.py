@@ -38,7 +38,8 @@ that made an earlier attempt's Job late changes nothing, and that Job is deleted
 attempt that must wait (``retry_at``) is given back to the queue until it is due.
 
 Checkpoint writes are group-committed and only after they land are runs removed from the
-in-flight set.
+in-flight set, by the loop's next pop (in its round trip; a loop that stops removes them
+itself).
 """
 
 from __future__ import annotations
@@ -176,6 +177,10 @@ class Dispatcher:
         self.catalog = catalog
         self.settings = settings
         self._wake = {shard: asyncio.Event() for shard in shards}
+        self._settled: dict[str, list[QueuedRun]] = {shard: [] for shard in shards}
+        """Runs whose outcome is recorded, taken off the in-flight set by the next pop."""
+        self._gates = {shard: asyncio.Lock() for shard in shards}
+        """Held from a pop until its batch has its creation tokens: no pop meanwhile."""
         self._creating = {
             shard: asyncio.Semaphore(settings.dispatch_concurrency) for shard in shards
         }
@@ -204,7 +209,7 @@ class Dispatcher:
     async def _loop(self, shard: str, stopping: asyncio.Event) -> None:
         batches: set[asyncio.Task[None]] = set()
         wake = self._wake[shard]
-        gate = asyncio.Lock()
+        gate = self._gates[shard]
         backoff = Backoff(first=0.2, cap=5.0)  # while the queue cannot be popped
         # Take no more than the throttle can soon let through: what stays on the queue keeps
         # its place (and a queue position a client can see), and other pods can adopt it.
@@ -227,10 +232,12 @@ class Dispatcher:
             # has them, so runs wait on the queue, not in this process.
             await gate.acquire()
             wake.clear()
+            settled, self._settled[shard] = self._settled[shard], []
             try:
-                runs = await self.queue.pop(shard, count)
+                runs = await self.queue.pop(shard, count, settled)
                 backoff.succeeded()
             except DependencyError as exc:
+                self._settled[shard][:0] = settled  # with the next pop
                 gate.release()
                 log.warning("cannot pop the queue: %s", exc, extra={"shard": shard})
                 await sleep_or_stop(stopping, backoff.failed())
@@ -248,6 +255,24 @@ class Dispatcher:
                     await first_of(wake, stopping, timeout=s.dispatch_idle_poll)
         if batches:
             await asyncio.gather(*batches)
+        settled, self._settled[shard] = self._settled[shard], []
+        try:
+            await self.queue.settle(settled)
+        except DependencyError as exc:  # in flight, handed over or adopted: passed over then
+            log.warning("cannot settle dispatched runs: %s", exc, extra={"shard": shard})
+
+    async def _settle(self, shard: str, runs: list[QueuedRun]) -> None:
+        """``runs`` (of ``shard``) have their outcome recorded: off the in-flight set with
+        the next pop, in its round trip (one call fewer per batch), which they bring about
+        if none is coming; at once while a batch waits for creation tokens (no pop comes
+        until it has them)."""
+        if not runs:
+            return
+        if self._gates[shard].locked():
+            await self.queue.settle(runs)
+            return
+        self._settled[shard].extend(runs)
+        self.notify(shard)
 
     async def _dispatch(
         self, shard: str, runs: list[QueuedRun], gate: asyncio.Lock, stopping: asyncio.Event
@@ -329,7 +354,8 @@ class Dispatcher:
                 ready.append((run, checkpoint))
         if stale:
             SKIPPED.inc(len(stale))
-            await self.queue.settle(stale)
+            for run in stale:
+                await self._settle(run.shard, [run])
         for shard, waiting in later.items():  # a retry's delay: back when it is due
             for run, wait in waiting:
                 await self.queue.delay(shard, [run], wait)
@@ -565,7 +591,7 @@ class Dispatcher:
             await self._undo(shard, refused)
         for delay, runs in retry.items():
             await self._give_back(shard, runs, delay, stopping)
-        await self.queue.settle(settled)
+        await self._settle(shard, settled)
 
     async def _release(self, checkpoints: list[Checkpoint]) -> None:
         """Give back the concurrency slots of runs whose Job was not made; if Redis cannot

@@ -4,11 +4,20 @@
 -- original tag, so they go ahead of newer runs. A due entry whose run is no longer in flight
 -- (settled, or handed to another pod meanwhile) is dropped: it is recorded elsewhere.
 -- The pod's virtual time becomes the highest tag it has popped (push.lua tags from it).
--- KEYS: ready, delayed, inflight, clocks        ARGV: count, shard, pod
+-- Runs of the shard whose outcome is recorded may be settled first, in the same call
+-- (as settle.lua does): they leave the in-flight set and any retry delay.
+-- KEYS: ready, delayed, inflight, clocks        ARGV: count, shard, pod[, members to settle,
+--       'algorithm/id' separated by spaces (none has a space)]
 -- Returns the runs taken as one string, 'member tag member tag ...' (members and tags have
 -- no spaces): one reply to read, not two per run.
 local ready, delayed, inflight = KEYS[1], KEYS[2], KEYS[3]
 local count, shard = tonumber(ARGV[1]), ARGV[2]
+if ARGV[4] then
+  for member in string.gmatch(ARGV[4], '%S+') do
+    redis.call('ZREM', inflight, shard .. '/' .. member)
+    redis.call('ZREM', delayed, member)
+  end
+end
 local clock = redis.call('TIME')
 local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 local due = redis.call('ZRANGE', delayed, '-inf', now, 'BYSCORE', 'LIMIT', 0, 1000)
