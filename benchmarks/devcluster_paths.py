@@ -28,7 +28,6 @@ DIR``), its packages first on ``PYTHONPATH``. Prints one JSON line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import glob
 import json
@@ -39,6 +38,8 @@ import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("create", "start", "finish")
@@ -153,7 +154,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.inside:
         stage = STAGES.index(args.stage)
-        asyncio.run(_runs(args.runs, stage, not args.no_events, counted=True))
+        uvloop.run(_runs(args.runs, stage, not args.no_events, counted=True))  # as the emulator
         return 0
     if args.tree is not None:
         args.tree = args.tree.resolve()
