@@ -152,9 +152,13 @@ def validate_pod_spec(spec: Any, path: str, causes: list[dict[str, str]]) -> Non
             seen.add(name)
         if not container.get("image"):
             causes.append(_required(f"{where}.image"))
-        for j, env in enumerate(container.get("env") or []):
-            if not isinstance(env, dict) or not env.get("name"):
-                causes.append(_required(f"{where}.env[{j}].name"))
+        envs = container.get("env") or []
+        for env in envs:  # the common case, every entry named, checked without counting
+            if env.__class__ is not dict or not env.get("name"):
+                for j, env in enumerate(envs):
+                    if not isinstance(env, dict) or not env.get("name"):
+                        causes.append(_required(f"{where}.env[{j}].name"))
+                break
         causes.extend(_resource_causes(container.get("resources") or {}, f"{where}.resources"))
     grace = spec.get("terminationGracePeriodSeconds")
     if grace is not None and (not isinstance(grace, int) or grace < 0):
