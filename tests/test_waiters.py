@@ -315,3 +315,34 @@ async def test_after_a_gap_a_tag_is_counted_per_burst_until_a_count_comes_back(
     assert tags.counted == 3 and future.result() == {Stage.COMPLETED: 10}
     waiters.forget_tag("echo", "batch", EVERYONE, future)
     await waiters.close()
+
+
+async def test_a_waiter_that_came_while_a_left_waiters_count_was_out_is_answered(
+    looptime: float,
+) -> None:
+    """A count outlives its waiters (they left at their time) and a new waiter comes with
+    a tally of its own; the tag's last run is announced while that old count is still out,
+    which can only ask for another: the old count, back, must make it."""
+    tags = Tags()
+    waiters = tag_waiters(tags)
+    keys = [new_key() for _ in range(2)]
+    tags.stages.update(dict.fromkeys(keys, Stage.RUNNING))
+    first = waiters.watch_tag("echo", "batch", EVERYONE)
+    tags.hold.clear()
+    tags.stages[keys[0]] = Stage.COMPLETED
+    waiters.finished(heard(keys[0], tag="batch"))  # a count goes out and is held
+    await settle()
+    waiters.forget_tag("echo", "batch", EVERYONE, first)  # the first waiter's time is up
+    second = waiters.watch_tag("echo", "batch", EVERYONE)
+    tags.hold.set()
+    assert sum((await waiters.count("echo", "batch", EVERYONE)).values()) == 2
+    tags.hold.clear()  # the old count is out again, held
+    tags.stages[keys[1]] = Stage.COMPLETED
+    waiters.finished(heard(keys[1], tag="batch"))  # may have finished it: one more count
+    await settle()
+    tags.hold.set()
+    await settle()
+    await asyncio.sleep(1)
+    assert second.done() and second.result() == {Stage.COMPLETED: 2}
+    waiters.forget_tag("echo", "batch", EVERYONE, second)
+    await waiters.close()

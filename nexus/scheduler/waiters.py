@@ -297,8 +297,10 @@ class Waiters:
                             future.set_result(counts)
                     return
                 tally = self._counted(tag_key, sent, counts)
-                if tally is None:
-                    return  # nobody waits for it any more
+                if tally is None:  # its waiters left; those that came since began anew
+                    if tag_key in self._tags and self._counting[tag_key]:
+                        continue  # and were told of runs that may have finished it
+                    return
                 if tally.unfinished is None:  # a gap came between: counted again if asked
                     if not self._counting[tag_key]:
                         return
