@@ -238,6 +238,24 @@ def test_a_callers_env_and_args_reach_the_container_as_sent() -> None:
     assert [expand(arg, env) for arg in container["args"][:3]] == container["args"][:3]
 
 
+def test_placeholders_are_filled_once_and_a_value_is_never_read_for_more() -> None:
+    """An input URL the caller stored (an input given by reference) is the caller's text:
+    a placeholder in it, or one that it completes with the argument's own text around it,
+    is not filled; and a body made from a template is build_job's for every run of the
+    configuration, not only the first, whose body checked the template."""
+    applied = {**APPLIED, "args": ["--sas-uri={sas-uri}", "--x={req{sas-uri}-id}"]}
+    bodies = JobBodies()
+    for url in ("https://in/1", "https://in/{request-id}", "uest"):
+        run = dataclasses.replace(checkpoint(applied), id=uuid4())
+        links = dataclasses.replace(LINKS, input_url=url)
+        job = build_job(run, links, workgroup=None, ttl_after_finished=60)
+        (container,) = job["spec"]["template"]["spec"]["containers"]
+        assert container["args"][:2] == [f"--sas-uri={url}", f"--x={{req{url}-id}}"]
+        made = bodies.body(run, links, workgroup=None, ttl_after_finished=60)
+        assert made == serialise(job)
+    assert bodies.templates == 1
+
+
 def test_a_run_without_security_contexts_gets_the_restricted_profile() -> None:
     """Templates that keep the defaults, and runs accepted before templates had them."""
     job = build_job(checkpoint(APPLIED), LINKS, workgroup=None, ttl_after_finished=60)

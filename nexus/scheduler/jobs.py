@@ -84,15 +84,16 @@ class RunLinks:
     """The input itself, when small enough to travel inside the Job (``NEXUS__INPUT``)."""
 
 
+_PLACEHOLDER = re.compile("|".join(re.escape(p) for p in PLACEHOLDERS))
+
+
 def _arguments(template_args: list[str], values: dict[str, str]) -> list[str]:
+    """The template's arguments with each placeholder filled, in one pass: a value is never
+    read again for placeholders (an input URL the caller gave that holds ``{request-id}``,
+    or text that a value completes into a placeholder, stays as it is)."""
     if not template_args:
         return [f"--sas-uri={values['{sas-uri}']}", f"--request-id={values['{request-id}']}"]
-    result = []
-    for arg in template_args:
-        for placeholder, value in values.items():
-            arg = arg.replace(placeholder, value)
-        result.append(arg)
-    return result
+    return [_PLACEHOLDER.sub(lambda found: values[found.group()], arg) for arg in template_args]
 
 
 def _literal(value: str) -> str:
@@ -285,9 +286,8 @@ class JobBodies:
     a body then costs a join and a few escapes, not a Job built and serialised. A
     template is checked when it is made: the run it is made for must come out exactly as
     :func:`build_job` makes it, or runs of that configuration are built the plain way.
-    Runs with a parent, several copies, their caller's own environment values or an input
-    URL holding a ``{`` (an argument's placeholder in it is filled too) are always built
-    the plain way."""
+    Runs with a parent, several copies or their caller's own environment values are always
+    built the plain way."""
 
     MAX_TEMPLATES = 256
 
@@ -310,12 +310,7 @@ class JobBodies:
         """The body of ``run``'s (first) Job."""
         config = run.applied_configuration
         overrides = run.configuration_overrides
-        if (
-            run.parent
-            or config.get("speculativeAttempts", 1) != 1
-            or (overrides or {}).get("env")
-            or "{" in links.input_url  # a placeholder in it would be filled in the args too
-        ):
+        if run.parent or config.get("speculativeAttempts", 1) != 1 or (overrides or {}).get("env"):
             return serialise(
                 build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
             )
