@@ -340,22 +340,21 @@ class Dispatcher:
         settled (taken off the in-flight set)."""
         found = await self.store.get_many((r.key for r in runs), shared=True)
         ready: list[tuple[QueuedRun, Checkpoint]] = []
-        stale: list[QueuedRun] = []
+        stale: dict[str, list[QueuedRun]] = {}
         later: dict[str, list[tuple[QueuedRun, float]]] = {}
         now = datetime.now(UTC)
         for run in runs:
             checkpoint = found.get(run.key)
             if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
-                stale.append(run)
+                stale.setdefault(run.shard, []).append(run)
             elif checkpoint.retry_at is not None and checkpoint.retry_at > now:
                 wait = (checkpoint.retry_at - now).total_seconds()
                 later.setdefault(run.shard, []).append((run, wait))
             else:
                 ready.append((run, checkpoint))
-        if stale:
-            SKIPPED.inc(len(stale))
-            for run in stale:
-                await self._settle(run.shard, [run])
+        for shard, passed in stale.items():  # one settle a shard, not one a run
+            SKIPPED.inc(len(passed))
+            await self._settle(shard, passed)
         for shard, waiting in later.items():  # a retry's delay: back when it is due
             for run, wait in waiting:
                 await self.queue.delay(shard, [run], wait)
