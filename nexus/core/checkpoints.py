@@ -451,7 +451,8 @@ class CheckpointStore:
     ) -> list[bool | Kept]:
         """Apply a group-committed batch, waiting for runs another transaction holds (the
         request paths must get an answer; :meth:`transition_skipping_held` is the other
-        way); for each change, whether it applied."""
+        way); for each change, whether it applied, or :class:`Kept` when it did not but
+        kept its Job's facts."""
         # An UPDATE … FROM touches a row once even if it is listed twice, so a run named
         # twice in one batch has its later changes applied in a following statement.
         # Runs are told apart by algorithm and the id's number: a tuple of a str and an
@@ -469,9 +470,9 @@ class CheckpointStore:
             rounds[depth].append(index)
         for indices in rounds:
             indices.sort(key=keys.__getitem__)
-        columns = [_transition_columns([changes[i] for i in indices]) for indices in rounds]
+        statements = [_transition_round([changes[i] for i in indices]) for indices in rounds]
         async with self.connection() as conn:
-            answers = await self._update(conn, columns)
+            answers = await self._update(conn, statements)
         applied: list[bool | Kept] = [False] * len(changes)
         for indices, rows in zip(rounds, answers, strict=True):
             for row in rows:  # the change's position in its round; moved, or kept facts
@@ -484,19 +485,17 @@ class CheckpointStore:
         return applied
 
     async def _update(
-        self, conn: Connection, rounds: list[list[Any]]
+        self, conn: Connection, rounds: list[tuple[str, list[Any]]]
     ) -> list[list[asyncpg.Record]]:
         """The rows each round's UPDATE changed. Several rounds are one transaction: if a
         later one fails, none is kept, and the batch can be retried change by change."""
         for attempt in range(_DEADLOCK_RETRIES):
             try:
                 if len(rounds) == 1:  # one statement is atomic on its own
-                    return [await conn.fetch(_transition_statement(rounds[0]), *rounds[0])]
+                    statement, columns = rounds[0]
+                    return [await conn.fetch(statement, *columns)]
                 async with conn.transaction():
-                    return [
-                        await conn.fetch(_transition_statement(columns), *columns)
-                        for columns in rounds
-                    ]
+                    return [await conn.fetch(statement, *columns) for statement, columns in rounds]
             except asyncpg.DeadlockDetectedError as exc:
                 # Sorted batches do not deadlock each other; another writer may still.
                 # What failed was rolled back as a whole, so trying again is safe.
@@ -867,9 +866,7 @@ async def _skip_locked(
     answered as not applied (as for a run held: nothing is known of its stage); its
     neighbours are still written."""
     try:
-        rows = await conn.fetch(
-            sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch, keeping=False)
-        )
+        rows = await conn.fetch(sql.TRANSITION_SKIP_LOCKED, *_transition_columns(batch))
     except _DATA_ERRORS as exc:
         if len(batch) == 1:
             change = batch[0]
@@ -915,23 +912,27 @@ def _array(values: list[Any]) -> list[Any] | None:
     return None if values.count(None) == len(values) else values
 
 
-def _transition_statement(columns: list[Any]) -> str:
-    """The statement that takes ``columns`` (:func:`_transition_columns`): with a 15th,
-    the one that keeps refused changes' Job facts."""
-    return sql.TRANSITION if len(columns) == 14 else sql.TRANSITION_KEEPING_JOBS
+def _transition_round(batch: Sequence[Transition]) -> tuple[str, list[Any]]:
+    """The statement that writes ``batch`` and its parameters: :data:`sql.TRANSITION`, or
+    when a change keeps its Job's facts if refused, :data:`sql.TRANSITION_KEEPING_JOBS`
+    with whether each does as a 15th, joined as the algorithms are."""
+    columns = _transition_columns(batch)
+    if not any([c.keep_job for c in batch]):
+        return sql.TRANSITION, columns
+    separator = columns[-1]
+    columns.append(separator.join(["t" if c.keep_job else "f" for c in batch]))
+    return sql.TRANSITION_KEEPING_JOBS, columns
 
 
-def _transition_columns(batch: Sequence[Transition], keeping: bool = True) -> list[Any]:
+def _transition_columns(batch: Sequence[Transition]) -> list[Any]:
     """The parameters of :data:`sql.TRANSITION` and :data:`sql.TRANSITION_SKIP_LOCKED`: the
-    algorithms and target stages joined into one text each, the rest as arrays; when a
-    change keeps its Job's facts if refused (and ``keeping``), whether each does, joined as
-    well (:data:`sql.TRANSITION_KEEPING_JOBS`)."""
+    algorithms and target stages joined into one text each, the rest as arrays, then the
+    separator that joins them."""
     # A Stage is a str (StrEnum), sent as its value; .value is a Python descriptor call.
     # A failure's text is looked at only when there is one (most changes have none).
     names = [c.algorithm for c in batch]
     stages: list[str] = [c.to for c in batch]
     separator = _separator(names, stages)
-    keep = keeping and any([c.keep_job for c in batch])
     return [
         separator.join(names),
         _array([c.id for c in batch]),
@@ -947,7 +948,6 @@ def _transition_columns(batch: Sequence[Transition], keeping: bool = True) -> li
         _array([c.result_inline for c in batch]),
         _array([c.at_attempt for c in batch]),
         separator,
-        *([separator.join(["t" if c.keep_job else "f" for c in batch])] if keep else []),
     ]
 
 

@@ -16,10 +16,10 @@ Lifecycle::
 ``BUFFERED`` may go straight to a finished stage because a fast algorithm can report its
 completion before the batched ``RUNNING`` write lands. The five finished stages are
 terminal: once there, a run never changes again. The same table is enforced in SQL (the
-``run_transitions`` table the store's updates join, and a trigger whose condition lists the
-same moves), so that no writer, however buggy or late, can move a terminal run;
-:data:`ALLOWED` here mirrors it for code that wants to know in advance, and tests keep the
-three equal.
+``run_transitions`` table, and a trigger whose condition and function refuse every other
+move), so that no writer, however buggy or late, can move a terminal run; the store's
+updates judge a move by an expression made from :data:`ALLOWED` (``statements.MOVES``),
+and tests keep the three equal.
 
 ``RUNNING → BUFFERED`` is not among them: it is the start of a new attempt (a retry by
 failure class, :mod:`nexus.core.retrying`), made only by
@@ -210,9 +210,9 @@ class Transition:
 @record
 class Kept:
     """The outcome of a change that keeps its Job's facts (:attr:`Transition.keep_job`),
-    refused because another writer finished the run meanwhile, when its facts were kept:
-    the stage the run is in (a finished one, so for good) and its attempt. False, as the
-    outcome of a change that did not apply is."""
+    refused because another writer moved the run meanwhile (nearly always to a finished
+    stage: its completion came first), when its facts were kept: the stage the run is in
+    and its attempt. False, as the outcome of a change that did not apply is."""
 
     stage: Stage
     attempt: int
