@@ -61,9 +61,19 @@ FAILURE_POLICY_ACTIONS = ("FailJob", "FailIndex", "Ignore", "Count")
 MAX_EXIT_CODE_VALUES = 255
 
 
+def parse_quantity(text: object) -> Decimal:
+    """The value of a Kubernetes quantity (``256Mi`` → 268435456; ``null`` reads as zero, as
+    the API server reads it); ``ValueError`` if bad, as for a value of JSON that is no
+    quantity at all (a list, an object, true)."""
+    if text is None:
+        return Decimal(0)
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
+        raise ValueError(f"not a quantity: {text!r}")
+    return _parse_quantity(text)
+
+
 @functools.lru_cache(maxsize=1024)  # a few distinct quantities, in every Job of a template
-def parse_quantity(text: str | int | float) -> Decimal:
-    """The value of a Kubernetes quantity (``256Mi`` → 268435456); ``ValueError`` if bad."""
+def _parse_quantity(text: str | int | float) -> Decimal:
     if isinstance(text, int | float):
         return Decimal(text)
     match = _QUANTITY.match(text.strip())

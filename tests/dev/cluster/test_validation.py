@@ -47,3 +47,12 @@ def test_resources_judged_again_give_the_same_causes() -> None:
     bad = {"limits": {"memory": "lots"}}
     assert causes(job([], bad)) == causes(job([], dict(bad)))
     assert len(causes(job([], bad))) == 1
+
+
+@pytest.mark.parametrize("quantity", [["1Gi"], {"value": "1Gi"}, True])
+def test_a_quantity_that_is_no_json_quantity_is_refused_by_name(quantity: Any) -> None:
+    """A list, an object or a boolean where a quantity belongs is refused as the API server
+    refuses it, naming the field, never with an error of the server; null reads as zero."""
+    bad = {"limits": {"memory": quantity}, "requests": {"cpu": "1"}}
+    assert causes(job([], bad)) == ["spec.template.spec.containers[0].resources.limits[memory]"]
+    validate_job(job([], {"limits": {"memory": None}, "requests": {"cpu": "1"}}))
