@@ -35,6 +35,7 @@ import asyncio
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -274,7 +275,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         await emulator.wait()
         stub.terminate()
         await stub.wait()
-    window, idle = counted(f"{out}.*")[:2]
+    try:
+        window, idle = counted(f"{out}.*")[:2]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
     return {
         "runs": args.runs,
         "instructions_per_run": round((window - idle) / args.runs),

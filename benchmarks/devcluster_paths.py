@@ -32,6 +32,7 @@ import gc
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -64,7 +65,8 @@ async def _runs(runs: int, stage: int, events: bool, counted: bool) -> None:
     spec = ShardSpec(
         tls=False, token="bench", events=events, kubelet=KubeletSettings(relist_interval=30)
     )
-    shard = Shard(spec, Path(tempfile.mkdtemp(prefix="devcluster-paths-")))
+    home = tempfile.TemporaryDirectory(prefix="devcluster-paths-")  # removed when done
+    shard = Shard(spec, Path(home.name))
     watchers = []
     for plural, labels, fields in (
         ("jobs", SELECTOR, None),
@@ -131,8 +133,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             if line.startswith(("summary:", "totals:")):
                 total = int(line.split()[1])
                 break
-    for path in glob.glob(f"{out}*"):
-        os.remove(path)
+    shutil.rmtree(directory, ignore_errors=True)
     return {
         "runs": args.runs,
         "stage": args.stage,
