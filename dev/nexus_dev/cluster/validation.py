@@ -165,8 +165,8 @@ def validate_pod_spec(spec: Any, path: str, causes: list[dict[str, str]]) -> Non
         envs = container.get("env") or []
         for env in envs:  # the common case, every entry named, checked without counting
             if env.__class__ is not dict or not env.get("name"):
-                for j, env in enumerate(envs):
-                    if not isinstance(env, dict) or not env.get("name"):
+                for j, entry in enumerate(envs):
+                    if not isinstance(entry, dict) or not entry.get("name"):
                         causes.append(_required(f"{where}.env[{j}].name"))
                 break
         causes.extend(_resource_causes(container.get("resources") or {}, f"{where}.resources"))
@@ -192,11 +192,7 @@ def _resource_causes(resources: dict[str, Any], where: str) -> list[dict[str, st
     Judged once per distinct resources (and place), then found again."""
     limits, requests = resources.get("limits"), resources.get("requests")
     try:
-        key: tuple[Any, ...] | None = (
-            where,
-            tuple(limits.items()) if isinstance(limits, dict) else limits,
-            tuple(requests.items()) if isinstance(requests, dict) else requests,
-        )
+        key: tuple[Any, ...] | None = (where, _typed(limits), _typed(requests))
         known = _RESOURCES_JUDGED.get(key)  # type: ignore[arg-type]
     except TypeError:  # a value that cannot be a key (a list, a dict): judged afresh
         key, known = None, None
@@ -208,6 +204,14 @@ def _resource_causes(resources: dict[str, Any], where: str) -> list[dict[str, st
             _RESOURCES_JUDGED.clear()
         _RESOURCES_JUDGED[key] = list(causes)
     return causes
+
+
+def _typed(section: Any) -> Any:
+    """A section of resources as a key that tells ``true`` from ``1`` (equal in Python, and
+    hashed alike, but a quantity only the second is)."""
+    if isinstance(section, dict):
+        return tuple((name, value.__class__, value) for name, value in section.items())
+    return section
 
 
 def _judge_resources(resources: dict[str, Any], where: str) -> list[dict[str, str]]:

@@ -56,3 +56,16 @@ def test_a_quantity_that_is_no_json_quantity_is_refused_by_name(quantity: Any) -
     bad = {"limits": {"memory": quantity}, "requests": {"cpu": "1"}}
     assert causes(job([], bad)) == ["spec.template.spec.containers[0].resources.limits[memory]"]
     validate_job(job([], {"limits": {"memory": None}, "requests": {"cpu": "1"}}))
+
+
+def test_true_and_one_are_judged_each_for_itself_whichever_comes_first() -> None:
+    """Judged resources are kept by what they say: ``true`` is no quantity and ``1`` is,
+    though Python finds them equal and hashes them alike."""
+    validate_job(job([], {"limits": {"cpu": 1}}))
+    assert causes(job([], {"limits": {"cpu": True}})) == [
+        "spec.template.spec.containers[0].resources.limits[cpu]"
+    ]
+    assert causes(job([], {"limits": {"memory": True}})) == [
+        "spec.template.spec.containers[0].resources.limits[memory]"
+    ]
+    validate_job(job([], {"limits": {"memory": 1}}))
