@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -623,3 +624,70 @@ async def test_a_dispatcher_pops_when_there_is_work_and_settles_with_its_pops(
         stopping.set()
         await task
     assert queue.settles == [[left.member]]
+
+
+class OnePerPopQueue(CountingQueue):
+    """Hands out one run a pop."""
+
+    async def pop(self, shard: str, count: int, settle: Any = ()) -> list[QueuedRun]:
+        self.pops.append((asyncio.get_running_loop().time(), [r.member for r in settle]))
+        return [self.runs.pop(0)] if self.runs else []
+
+
+class SecondBatchWaits:
+    """A throttle that gives the first batch its token and holds the second's until
+    ``opened``."""
+
+    burst = 1.0
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.opened = asyncio.Event()
+
+    async def acquire(self, want: int, stopping: asyncio.Event) -> int:
+        self.asked += 1
+        if self.asked > 1:
+            await self.opened.wait()
+        return want
+
+
+class EveryRunStore(OneRunStore):
+    async def get_many(self, keys: Any, shared: bool = False) -> dict[Any, Any]:
+        return {k: dataclasses.replace(self.checkpoint, id=k.id) for k in keys}
+
+
+@pytest.mark.looptime
+async def test_runs_recorded_while_a_batch_waits_for_tokens_are_settled_at_once(
+    looptime: float,
+) -> None:
+    """A batch waiting for creation tokens holds its shard's gate, so no pop comes to carry
+    the settling of runs recorded meanwhile: they are settled on their own, at once."""
+    runs = [QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), float(i)) for i in range(2)]
+    queue = OnePerPopQueue(list(runs))
+    throttle = SecondBatchWaits()
+    settings = SchedulerSection(pod_name="pod-a", dispatch_linger=0, dispatch_idle_poll=0.25)
+    dispatcher = Dispatcher(
+        queue=queue,  # type: ignore[arg-type]
+        store=EveryRunStore(runs[0]),  # type: ignore[arg-type]
+        shards={SHARD: None},  # type: ignore[dict-item]
+        throttles={SHARD: throttle},  # type: ignore[dict-item]
+        links=None,  # type: ignore[arg-type]
+        catalog=Catalog(),
+        settings=settings,
+    )
+
+    async def created(shard: str, run: QueuedRun, checkpoint: Checkpoint) -> Any:
+        await asyncio.sleep(0.1)
+        dispatcher._creating[shard].release()
+        return Outcome(run, checkpoint, "created", uid="uid")
+
+    dispatcher._call_create = created  # type: ignore[method-assign]
+    stopping = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stopping))
+    try:
+        await asyncio.sleep(1)
+        assert queue.settles == [[runs[0].member]]
+    finally:
+        throttle.opened.set()
+        stopping.set()
+        await task

@@ -340,21 +340,21 @@ class Dispatcher:
         settled (taken off the in-flight set)."""
         found = await self.store.get_many((r.key for r in runs), shared=True)
         ready: list[tuple[QueuedRun, Checkpoint]] = []
-        stale: dict[str, list[QueuedRun]] = {}
+        stale: list[QueuedRun] = []
         later: dict[str, list[tuple[QueuedRun, float]]] = {}
         now = datetime.now(UTC)
         for run in runs:
             checkpoint = found.get(run.key)
             if checkpoint is None or checkpoint.stage != Stage.BUFFERED:
-                stale.setdefault(run.shard, []).append(run)
+                stale.append(run)
             elif checkpoint.retry_at is not None and checkpoint.retry_at > now:
                 wait = (checkpoint.retry_at - now).total_seconds()
                 later.setdefault(run.shard, []).append((run, wait))
             else:
                 ready.append((run, checkpoint))
-        for shard, passed in stale.items():  # one settle a shard, not one a run
-            SKIPPED.inc(len(passed))
-            await self._settle(shard, passed)
+        if stale:  # at once: this batch holds its gate, so no pop comes to carry them
+            SKIPPED.inc(len(stale))
+            await self.queue.settle(stale)
         for shard, waiting in later.items():  # a retry's delay: back when it is due
             for run, wait in waiting:
                 await self.queue.delay(shard, [run], wait)
