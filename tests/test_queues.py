@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -706,5 +707,94 @@ async def test_a_scheduler_restarted_under_its_pod_name_dispatches_what_it_had_p
             system.schedulers.append(await serve_scheduler(restarted))
             answer = await system.wait_for("echo", request_id, timeout=10)
             assert answer["status"] == "COMPLETED", answer
+        finally:
+            await backend.close()
+
+
+async def test_a_script_call_makes_no_task(backend: QueueBackend) -> None:
+    # redis-py bounds each write with asyncio.wait_for, a task per command on Python 3.11;
+    # a script call is bounded by one deadline instead, which needs none
+    queue = backend.queue("pod-1")
+    await queue.heartbeat(5)  # connected, its health check fresh, the scripts loaded
+    await queue.pop(SHARD, 1)
+    loop = asyncio.get_running_loop()
+    made: list[Any] = []
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **options: Any) -> asyncio.Task[Any]:
+        made.append(coro)
+        return asyncio.Task(coro, loop=loop, **options)
+
+    previous = loop.get_task_factory()
+    loop.set_task_factory(factory)
+    try:
+        for _ in range(5):
+            await queue.heartbeat(5)
+            assert await queue.pop(SHARD, 1) == []
+    finally:
+        loop.set_task_factory(previous)
+    assert made == []
+
+
+class Freezer:
+    """A TCP proxy to Redis that stops passing Redis's answers on while frozen."""
+
+    def __init__(self, upstream: str) -> None:
+        host, _, port = upstream.removeprefix("redis://").partition("/")[0].partition(":")
+        self.upstream = (host, int(port or 6379))
+        self.answering = asyncio.Event()
+        self.answering.set()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.answering.set()
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        self.writers += [writer, up_writer]
+
+        async def pump(
+            source: asyncio.StreamReader, sink: asyncio.StreamWriter, gate: bool
+        ) -> None:
+            with contextlib.suppress(OSError):
+                while data := await source.read(65536):
+                    if gate:
+                        await self.answering.wait()
+                    sink.write(data)
+                    await sink.drain()
+            sink.close()
+
+        await asyncio.gather(pump(reader, up_writer, False), pump(up_reader, writer, True))
+
+
+async def test_a_redis_that_stops_answering_mid_call_is_unavailable_within_the_deadline(
+    redis_url: str, redis_prefix: str
+) -> None:
+    freezer = Freezer(redis_url)
+    async with freezer as url:
+        settings = RedisSettings(url=url, key_prefix=redis_prefix, socket_timeout=0.5)
+        backend = QueueBackend.connect(settings)
+        try:
+            queue = backend.queue("pod-1")
+            await queue.heartbeat(5)
+            freezer.answering.clear()
+            with pytest.raises(QueueUnavailable, match="redis unavailable"):
+                await asyncio.wait_for(queue.pop(SHARD, 1), 10)
+            assert backend.outage.is_down
+            pool: Any = backend.client.connection_pool
+            assert not pool._in_use_connections  # the connection went back to the pool
+            freezer.answering.set()
+            assert await asyncio.wait_for(queue.pop(SHARD, 1), 10) == []
+            assert not pool._in_use_connections
         finally:
             await backend.close()

@@ -27,7 +27,9 @@ Connection and timeout errors surface as :class:`QueueUnavailable`.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.resources
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import field
@@ -36,7 +38,7 @@ from uuid import UUID
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import ConnectionPool
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
@@ -199,6 +201,11 @@ class QueueBackend:
             None if isinstance(client, RedisCluster) else client.connection_pool
         )
         """The plain client's pool, on which scripts are sent directly (:meth:`_evalsha`)."""
+        self._deadline: float | None = (
+            None if self._pool is None else self._pool.connection_kwargs.get("socket_timeout")
+        )
+        """Seconds a script sent directly may take in all: taking a connection (and making
+        it), sending and reading the answer (the client's socket timeout)."""
         # every script of the folder: those of the modules built on this one (concurrency
         # slots, quotas) too, which run them through run()
         folder = importlib.resources.files("nexus.core").joinpath("lua")
@@ -236,6 +243,8 @@ class QueueBackend:
                 answer = await self._evalsha(self._pool, self._scripts[script], keys, args)
         except _UNAVAILABLE as exc:
             self.outage.down(exc)
+            if isinstance(exc, TimeoutError):  # the deadline of _evalsha (no message)
+                exc = RedisTimeoutError(f"no answer to {script} within {self._deadline} s")
             raise QueueUnavailable(f"redis unavailable: {exc}") from exc
         except RedisError as exc:
             raise QueueUnavailable(f"redis refused {script}: {exc}") from exc
@@ -251,22 +260,38 @@ class QueueBackend:
         few hundred runs a second, most of it there. As with the client (no retries), a
         connection that fails is closed and the error raised; a script Redis no longer
         holds (a restart, ``SCRIPT FLUSH``) is sent again through the client, which loads
-        it."""
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        it.
+
+        One deadline (:attr:`_deadline`, ``asyncio.timeout``) bounds the whole call rather
+        than the connection's socket timeout around each write and read: redis-py puts
+        each write under ``asyncio.wait_for``, which makes a task per command before
+        Python 3.12. When it passes, the connection is closed and returned to the pool and
+        ``TimeoutError`` raised."""
+        conn: AbstractConnection | None = None
         try:
-            await conn.send_packed_command(
-                conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            )
-            answer = await conn.read_response()
+            async with asyncio.timeout(self._deadline):
+                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                writer = conn._writer
+                if writer is None or (
+                    conn.health_check_interval
+                    and asyncio.get_running_loop().time() > conn.next_health_check
+                ):
+                    await conn.send_packed_command(command)  # connects, or PINGs first
+                else:
+                    writer.writelines(command)
+                    await writer.drain()
+                return await conn.read_response(timeout=math.inf)  # under the deadline
         except NoScriptError:
-            await pool.release(conn)
-            return await script(keys=list(keys), args=list(args))
+            pass
         except BaseException:
-            await conn.disconnect()
-            await pool.release(conn)
+            if conn is not None:
+                await conn.disconnect(nowait=True)
             raise
-        await pool.release(conn)
-        return answer
+        finally:
+            if conn is not None:
+                await pool.release(conn)
+        return await script(keys=list(keys), args=list(args))
 
     async def ping(self) -> None:
         try:
