@@ -795,6 +795,24 @@ async def test_a_redis_that_stops_answering_mid_call_is_unavailable_within_the_d
             assert not pool._in_use_connections  # the connection went back to the pool
             freezer.answering.set()
             assert await asyncio.wait_for(queue.pop(SHARD, 1), 10) == []
-            assert not pool._in_use_connections
+            assert pool._in_use_connections == set(backend._spare)  # kept for the next
         finally:
             await backend.close()
+
+
+async def test_a_connection_redis_closed_while_idle_is_not_used_again(
+    backend: QueueBackend,
+) -> None:
+    queue = backend.queue("pod-1")
+    await queue.heartbeat(5)
+    [kept] = backend._spare  # its connection, kept for the next script
+    host, port = kept._writer.get_extra_info("sockname")[:2]  # type: ignore[union-attr]
+    assert await backend.client.client_kill_filter(addr=f"{host}:{port}") == 1
+    for _ in range(100):  # until this process has seen it closed
+        if await kept.can_read():
+            break
+        await asyncio.sleep(0.01)
+    # on a new connection: the pool (with maintenance notifications on, as with RESP3)
+    # hands out a connection Redis closed as it is, and its first command fails
+    await asyncio.wait_for(queue.heartbeat(5), 10)
+    assert (await backend.pods()).live == ["pod-1"]

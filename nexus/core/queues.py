@@ -50,6 +50,9 @@ from nexus.core.outages import Outage
 from nexus.core.runs import RunKey, record
 
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_SPARE = 2
+"""Connections a backend keeps between the scripts it sends directly, out of the pool's
+``max_connections``."""
 
 
 def _script(name: str) -> str:
@@ -206,6 +209,13 @@ class QueueBackend:
         )
         """Seconds a script sent directly may take in all: taking a connection (and making
         it), sending and reading the answer (the client's socket timeout)."""
+        self._spare: list[AbstractConnection] = []
+        """Connections taken from the pool and kept between scripts (at most
+        :attr:`_spares`): taking one from the pool and giving it back cost more than the
+        script's own I/O (the pool's lock, its metrics hooks and a readiness check)."""
+        self._spares = 0 if self._pool is None else min(_SPARE, self._pool.max_connections - 1)
+        """How many :attr:`_spare` may hold: always one connection less than the pool's
+        size, for the client's own commands."""
         # every script of the folder: those of the modules built on this one (concurrency
         # slots, quotas) too, which run them through run()
         folder = importlib.resources.files("nexus.core").joinpath("lua")
@@ -232,6 +242,9 @@ class QueueBackend:
         return cls(client, KeySpace(settings.key_prefix))
 
     async def close(self) -> None:
+        if self._pool is not None:
+            while self._spare:
+                await self._pool.release(self._spare.pop())
         await self.client.aclose()
 
     async def run(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -270,7 +283,7 @@ class QueueBackend:
         conn: AbstractConnection | None = None
         try:
             async with asyncio.timeout(self._deadline):
-                conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+                conn = await self._connection(pool)
                 command = conn.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
                 writer = conn._writer
                 if writer is None or (
@@ -286,12 +299,34 @@ class QueueBackend:
             pass
         except BaseException:
             if conn is not None:
-                await conn.disconnect(nowait=True)
+                failed, conn = conn, None
+                await failed.disconnect(nowait=True)
+                await pool.release(failed)
             raise
         finally:
-            if conn is not None:
+            if conn is not None and len(self._spare) < self._spares:
+                self._spare.append(conn)
+            elif conn is not None:
                 await pool.release(conn)
         return await script(keys=list(keys), args=list(args))
+
+    async def _connection(self, pool: ConnectionPool) -> AbstractConnection:
+        """A spare connection still fit to use (connected, nothing unread, not closed by
+        Redis), else one from the pool. An unfit one is closed before it goes back: the
+        pool, with maintenance notifications on (as with RESP3), hands out a connection
+        Redis closed as it is, and its first command fails."""
+        while self._spare:
+            conn = self._spare.pop()
+            try:
+                if conn.is_connected and not await conn.can_read():
+                    return conn
+            except (OSError, RedisError):
+                pass
+            try:
+                await conn.disconnect(nowait=True)
+            finally:
+                await pool.release(conn)
+        return await pool.get_connection()  # type: ignore[no-untyped-call,no-any-return]
 
     async def ping(self) -> None:
         try:
