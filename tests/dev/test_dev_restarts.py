@@ -192,8 +192,8 @@ def test_a_killed_scheduler_comes_back_under_its_pod_name_and_every_run_complete
     ).stdout  # fmt: skip
     row = next(line.split() for line in shown.splitlines() if line.startswith("scheduler-0 "))
     assert row[1:6] == ["running", str(after["pid"]), str(after["restarts"]), "killed", "by"]
-    assert "scheduler-0 was killed by SIGKILL after" in dev.logs
-    assert f"scheduler-0 is back (pid {after['pid']}, restart {after['restarts']})" in dev.logs
+    assert dev.logged("scheduler-0 was killed by SIGKILL after")
+    assert dev.logged(f"scheduler-0 is back (pid {after['pid']}, restart {after['restarts']})")
 
 
 def test_a_killed_receiver_comes_back_and_every_run_finishes(
@@ -220,7 +220,7 @@ def test_a_killed_receiver_comes_back_and_every_run_finishes(
         a for a in trickle.answers.values() if a["status"] != "COMPLETED"
     ]
     assert any(at > back for at, _ in trickle.accepted)
-    assert "receiver was killed by SIGKILL after" in dev.logs
+    assert dev.logged("receiver was killed by SIGKILL after")
 
 
 def test_a_killed_cluster_comes_back_empty_with_its_catalog(
@@ -235,7 +235,7 @@ def test_a_killed_cluster_comes_back_empty_with_its_catalog(
     os.kill(before["pid"], signal.SIGKILL)
     status = wait_for_status(ready, _restarted("devcluster", before["restarts"] + 1))
     assert kubeconfig.read_text() == config  # same port, same token: the clients' view holds
-    assert "devcluster is back" in dev.logs and "came back empty" in dev.logs
+    assert dev.logged("devcluster is back", "came back empty")
     assert service(status, "scheduler-0")["state"] == "running"
 
     with Trickle(ready) as trickle:  # the example catalog is there again, and Jobs run
@@ -256,7 +256,7 @@ def test_a_killed_postgres_comes_back_with_its_data(
     os.kill(before["pid"], signal.SIGKILL)
     wait_for_status(ready, _restarted("postgres", before["restarts"] + 1))
     assert client.psql("SELECT n FROM kept") == "42"  # same port, same data
-    assert "postgres is back" in dev.logs
+    assert dev.logged("postgres is back")
 
 
 def test_a_server_that_cannot_start_backs_off_with_growing_delays(
@@ -296,8 +296,8 @@ def test_a_server_that_cannot_start_backs_off_with_growing_delays(
     back = wait_for_status(ready, lambda s: service(s, "redis")["state"] == "running")
     # one restart per death: its port back, the next one brought it back
     assert service(back, "redis")["restarts"] - before["restarts"] >= max(seen)
-    assert "redis did not come back: " in dev.logs
-    assert "redis is back" in dev.logs and "came back empty" in dev.logs
+    assert dev.logged("redis did not come back: ")
+    assert dev.logged("redis is back", "came back empty")
 
 
 def test_a_server_restarting_when_the_system_stops_is_stopped_too() -> None:

@@ -75,6 +75,16 @@ class DevProcess:
     def logs(self) -> str:
         return "\n".join(self.errors)
 
+    def logged(self, *texts: str, timeout: float = 10) -> bool:
+        """Whether every one of ``texts`` is in the logs within ``timeout`` s: a line is read
+        from the process by a thread, after the status that it accompanies is written."""
+        deadline = time.monotonic() + timeout
+        while not all(text in self.logs for text in texts):
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def ready(self, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
