@@ -530,17 +530,19 @@ async def test_the_pop_loop_outlasts_a_redis_outage_of_any_length(
 
 
 class CountingQueue:
-    """A queue that hands out ``runs`` once, then nothing; it notes each pop (when, and the
-    runs it settled) and each settle of its own."""
+    """A queue that hands out ``runs`` (all at the first pop, or ``per_pop`` a pop), then
+    nothing; it notes each pop (when, and the runs it settled) and each settle of its own."""
 
-    def __init__(self, runs: list[QueuedRun]) -> None:
+    def __init__(self, runs: list[QueuedRun], per_pop: int | None = None) -> None:
         self.runs = runs
+        self.per_pop = per_pop
         self.pops: list[tuple[float, list[str]]] = []
         self.settles: list[list[str]] = []
 
     async def pop(self, shard: str, count: int, settle: Any = ()) -> list[QueuedRun]:
         self.pops.append((asyncio.get_running_loop().time(), [r.member for r in settle]))
-        runs, self.runs = self.runs, []
+        taken = len(self.runs) if self.per_pop is None else self.per_pop
+        runs, self.runs = self.runs[:taken], self.runs[taken:]
         return runs
 
     async def settle(self, runs: Any) -> None:
@@ -578,6 +580,35 @@ class FreeThrottle:
         return want
 
 
+def creating_dispatcher(
+    queue: CountingQueue,
+    store: OneRunStore,
+    throttle: Any,
+    settings: SchedulerSection,
+    *,
+    taking: float = 0.0,
+) -> Dispatcher:
+    """A dispatcher on these stand-ins whose every Job is created after ``taking`` s."""
+    dispatcher = Dispatcher(
+        queue=queue,  # type: ignore[arg-type]
+        store=store,  # type: ignore[arg-type]
+        shards={SHARD: None},  # type: ignore[dict-item]
+        throttles={SHARD: throttle},
+        links=None,  # type: ignore[arg-type]
+        catalog=Catalog(),
+        settings=settings,
+    )
+
+    async def created(shard: str, run: QueuedRun, checkpoint: Checkpoint) -> Any:
+        if taking:
+            await asyncio.sleep(taking)
+        dispatcher._creating[shard].release()
+        return Outcome(run, checkpoint, "created", uid="uid-1")
+
+    dispatcher._call_create = created  # type: ignore[method-assign]
+    return dispatcher
+
+
 @pytest.mark.looptime
 async def test_a_dispatcher_pops_when_there_is_work_and_settles_with_its_pops(
     looptime: float,
@@ -590,21 +621,7 @@ async def test_a_dispatcher_pops_when_there_is_work_and_settles_with_its_pops(
     run = QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), 1.0)
     queue = CountingQueue([run])
     settings = SchedulerSection(pod_name="pod-a", dispatch_linger=0.03, dispatch_idle_poll=0.25)
-    dispatcher = Dispatcher(
-        queue=queue,  # type: ignore[arg-type]
-        store=OneRunStore(run),  # type: ignore[arg-type]
-        shards={SHARD: None},  # type: ignore[dict-item]
-        throttles={SHARD: FreeThrottle()},  # type: ignore[dict-item]
-        links=None,  # type: ignore[arg-type]
-        catalog=Catalog(),
-        settings=settings,
-    )
-
-    async def created(shard: str, run: QueuedRun, checkpoint: Checkpoint) -> Any:
-        dispatcher._creating[shard].release()
-        return Outcome(run, checkpoint, "created", uid="uid-1")
-
-    dispatcher._call_create = created  # type: ignore[method-assign]
+    dispatcher = creating_dispatcher(queue, OneRunStore(run), FreeThrottle(), settings)
     stopping = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stopping))
     try:
@@ -624,14 +641,6 @@ async def test_a_dispatcher_pops_when_there_is_work_and_settles_with_its_pops(
         stopping.set()
         await task
     assert queue.settles == [[left.member]]
-
-
-class OnePerPopQueue(CountingQueue):
-    """Hands out one run a pop."""
-
-    async def pop(self, shard: str, count: int, settle: Any = ()) -> list[QueuedRun]:
-        self.pops.append((asyncio.get_running_loop().time(), [r.member for r in settle]))
-        return [self.runs.pop(0)] if self.runs else []
 
 
 class SecondBatchWaits:
@@ -663,25 +672,10 @@ async def test_runs_recorded_while_a_batch_waits_for_tokens_are_settled_at_once(
     """A batch waiting for creation tokens holds its shard's gate, so no pop comes to carry
     the settling of runs recorded meanwhile: they are settled on their own, at once."""
     runs = [QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), float(i)) for i in range(2)]
-    queue = OnePerPopQueue(list(runs))
+    queue = CountingQueue(list(runs), per_pop=1)
     throttle = SecondBatchWaits()
     settings = SchedulerSection(pod_name="pod-a", dispatch_linger=0, dispatch_idle_poll=0.25)
-    dispatcher = Dispatcher(
-        queue=queue,  # type: ignore[arg-type]
-        store=EveryRunStore(runs[0]),  # type: ignore[arg-type]
-        shards={SHARD: None},  # type: ignore[dict-item]
-        throttles={SHARD: throttle},  # type: ignore[dict-item]
-        links=None,  # type: ignore[arg-type]
-        catalog=Catalog(),
-        settings=settings,
-    )
-
-    async def created(shard: str, run: QueuedRun, checkpoint: Checkpoint) -> Any:
-        await asyncio.sleep(0.1)
-        dispatcher._creating[shard].release()
-        return Outcome(run, checkpoint, "created", uid="uid")
-
-    dispatcher._call_create = created  # type: ignore[method-assign]
+    dispatcher = creating_dispatcher(queue, EveryRunStore(runs[0]), throttle, settings, taking=0.1)
     stopping = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stopping))
     try:

@@ -66,7 +66,7 @@ from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.inputs import RecentInputs
-from nexus.scheduler.jobs import JobBodies, RunLinks, build_job, serialise
+from nexus.scheduler.jobs import JobBodies, RunLinks
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -491,10 +491,8 @@ class Dispatcher:
             input_content=self._input_content(checkpoint),
         )
         ttl = self.settings.job_ttl_after_finished
-        if copy == 1:
-            return self._bodies.body(checkpoint, links, workgroup=workgroup, ttl_after_finished=ttl)
-        return serialise(
-            build_job(checkpoint, links, workgroup=workgroup, ttl_after_finished=ttl, copy=copy)
+        return self._bodies.body(
+            checkpoint, links, workgroup=workgroup, ttl_after_finished=ttl, copy=copy
         )
 
     def _input_content(self, checkpoint: Checkpoint) -> str | None:

@@ -306,14 +306,18 @@ class JobBodies:
         *,
         workgroup: Workgroup | None,
         ttl_after_finished: int,
+        copy: int = 1,
     ) -> bytes:
-        """The body of ``run``'s (first) Job."""
+        """The body of ``run``'s Job (of its copy ``copy``, built the plain way)."""
         config = run.applied_configuration
         overrides = run.configuration_overrides
-        if run.parent or config.get("speculativeAttempts", 1) != 1 or (overrides or {}).get("env"):
-            return serialise(
-                build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
-            )
+        if (
+            copy != 1
+            or run.parent
+            or config.get("speculativeAttempts", 1) != 1
+            or (overrides or {}).get("env")
+        ):
+            return _plain(run, links, workgroup, ttl_after_finished, copy)
         credential = bool(links.scheduler_url and links.run_credential)
         key = (
             id(config), id(workgroup), run.algorithm, run.attempt, ttl_after_finished,
@@ -337,9 +341,7 @@ class JobBodies:
                 self._bodies.clear()
             self._bodies[key] = made
         if made is None:
-            return serialise(
-                build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
-            )
+            return _plain(run, links, workgroup, ttl_after_finished)
         return _joined(made, values)
 
     def _make(
@@ -375,10 +377,21 @@ class JobBodies:
             parts[0::2],
             [int(number) for number in parts[1::2]],
         )
-        expected = serialise(
-            build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished)
-        )
+        expected = _plain(run, links, workgroup, ttl_after_finished)
         return made if _joined(made, values) == expected else None
+
+
+def _plain(
+    run: Checkpoint,
+    links: RunLinks,
+    workgroup: Workgroup | None,
+    ttl_after_finished: int,
+    copy: int = 1,
+) -> bytes:
+    """The body built and serialised whole: what a template must give, byte for byte."""
+    return serialise(
+        build_job(run, links, workgroup=workgroup, ttl_after_finished=ttl_after_finished, copy=copy)
+    )
 
 
 def _escaped(value: str) -> bytes:
