@@ -56,8 +56,8 @@ async def _runs(runs: int, stage: int, events: bool, counted: bool) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from devcluster_instructions import job
 
+    from nexus.core.httpserver import Answer, Request
     from nexus_dev.cluster.emulators import Shard, ShardSpec
-    from nexus_dev.cluster.httpserver import Answer, Request
     from nexus_dev.cluster.kubelet import KubeletSettings
     from nexus_dev.cluster.selectors import selector_predicate
     from nexus_dev.cluster.store import Watcher

@@ -3,7 +3,8 @@
 Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
 (kubernetes-asyncio) over the real REST API. The pieces, from the wire inwards:
 
-* :mod:`.httpserver`, :mod:`.routing` — HTTP/1.1 in and out, paths to handlers;
+* :mod:`nexus.core.httpserver`, :mod:`.routing` — HTTP/1.1 in
+  and out, paths to handlers;
 * :mod:`.apiserver`, :mod:`.watchstreams`, :mod:`.discovery` — paths, verbs, watches, answers;
 * :mod:`.fairness` — emulated API Priority and Fairness (429) and request metrics;
 * :mod:`.store` — objects, the shared ``resourceVersion``, watch history and fan-out;

@@ -22,11 +22,11 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from nexus.core.httpserver import Answer, HttpServer, Request
 from nexus_dev.cluster import configdata, discovery, routing
 from nexus_dev.cluster.deletion import GarbageCollector, choose_policy
 from nexus_dev.cluster.events import EventRecorder
 from nexus_dev.cluster.fairness import Fairness
-from nexus_dev.cluster.httpserver import Answer, HttpServer, Request
 from nexus_dev.cluster.kubelet import Kubelet
 from nexus_dev.cluster.patching import apply_patch
 from nexus_dev.cluster.routing import NoRoute, Params
@@ -106,7 +106,7 @@ class ApiServer:
         }
 
     def server(self) -> HttpServer:
-        """The HTTP server that runs :meth:`handle` (:mod:`.httpserver`)."""
+        """The HTTP server that runs :meth:`handle` (:mod:`nexus.core.httpserver`)."""
         return HttpServer(self.handle, max_body=_MAX_BODY)
 
     def handle(self, request: Request) -> Answer | Awaitable[None]:

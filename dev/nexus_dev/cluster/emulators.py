@@ -38,13 +38,13 @@ from typing import Any, Literal
 import yaml
 from prometheus_client import CollectorRegistry
 
+from nexus.core.httpserver import HttpServer
 from nexus_dev.cluster.apiserver import ApiServer
 from nexus_dev.cluster.certificates import LocalAuthority
 from nexus_dev.cluster.deletion import GarbageCollector
 from nexus_dev.cluster.discovery import RESOURCES
 from nexus_dev.cluster.events import EventRecorder
 from nexus_dev.cluster.fairness import Fairness, Limits, gauge_collector
-from nexus_dev.cluster.httpserver import HttpServer
 from nexus_dev.cluster.jobcontroller import JobController, JobControllerSettings
 from nexus_dev.cluster.kubelet import Kubelet, KubeletSettings, Runtime
 from nexus_dev.cluster.processes import ProcessRuntime, ProcessSettings

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from nexus_dev.cluster.httpserver import Request, Stream
+from nexus.core.httpserver import Request, Stream
 from nexus_dev.cluster.selectors import Predicate
 from nexus_dev.cluster.statuses import ApiError
 from nexus_dev.cluster.store import Collection, ObjectStore, Watcher

@@ -1,10 +1,11 @@
-"""HTTP/1.1 for a shard's API: requests parsed as they arrive, answers written in one piece.
+"""A lean HTTP/1.1 server: requests parsed as they arrive, answers written in one piece.
 
-A shard answers thousands of Job creates a second on a machine it shares with Nexus, and
-aiohttp's server spent about 25 µs of CPU on each request before the handler ran
-(request and header objects, URL parsing, a task per connection, response machinery). The
-API's traffic is plain — small JSON requests with a ``Content-Length``, JSON answers, and
-chunked streams for watches — and this server handles exactly that for about 5 µs:
+The local cluster's shards answer thousands of Job creates a second on a machine they
+share with Nexus, and aiohttp's server spent about 25 µs of CPU on each request before the
+handler ran (request and header objects, URL parsing, a task per connection, response
+machinery). Their traffic is plain — small JSON requests with a ``Content-Length``, JSON
+answers, and chunked streams for watches — and this server handles exactly that for about
+5 µs:
 
 * **plain or TLS** (given an :class:`ssl.SSLContext`: the event loop's TLS, the same
   protocol on top);

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable
 import pytest
 import pytest_asyncio
 
-from nexus_dev.cluster.httpserver import Answer, HttpServer, Request
+from nexus.core.httpserver import Answer, HttpServer, Request
 
 
 async def _stream_numbers(request: Request, count: int, done: asyncio.Event) -> None:
