@@ -1,10 +1,11 @@
-"""The shard's HTTP server spoken to byte by byte: framing, keep-alive, streams, shutdown."""
+"""The lean HTTP server spoken to byte by byte: framing, keep-alive, answers computed later,
+streams, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio
@@ -40,6 +41,7 @@ class App:
         self.seen: list[Request] = []
         self.stream_done = asyncio.Event()
         self.release = asyncio.Event()
+        self.later_done = 0
 
     def handle(self, request: Request) -> Answer | Awaitable[None]:
         self.seen.append(request)
@@ -52,9 +54,23 @@ class App:
             return _stream_bytes(request, int(request.query["chunks"]), self.stream_done)
         if request.path == "/hold":
             return self._hold(request)
+        if request.path == "/later":
+            return self._later(request)
+        if request.path == "/later-boom":
+            return self._later_boom()
         if request.path == "/plain":  # no further headers: the head made once per status
             return Answer(201, b'{"created":' + request.body + b"}")
         return Answer(200, b"echo:" + request.body, headers={"X-Query": request.query.get("q", "")})
+
+    async def _later(self, request: Request) -> Answer:
+        """An answer that waits for :attr:`release` (a write to commit), then is sent."""
+        await self.release.wait()
+        self.later_done += 1
+        return Answer(202, b"later:" + request.body)
+
+    async def _later_boom(self) -> Answer:
+        await asyncio.sleep(0)
+        raise RuntimeError("boom, later")
 
     async def _hold(self, request: Request) -> None:
         stream = request.stream(200, {})
@@ -236,3 +252,82 @@ async def test_close_waits_for_streams_then_cuts_them() -> None:
     assert 0.15 < asyncio.get_running_loop().time() - started < 2
     assert await asyncio.wait_for(reader.read(), 2) == b""
     writer.close()
+
+
+async def test_an_answer_computed_later_holds_its_connection_not_others(
+    served: tuple[App, HttpServer, int],
+) -> None:
+    app, _, port = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1"
+        b"POST /plain HTTP/1.1\r\nContent-Length: 1\r\n\r\n2"
+    )
+    # another connection is answered while the first waits
+    other = await exchange(port, b"POST /plain HTTP/1.1\r\nContent-Length: 1\r\n\r\n3")
+    assert other.endswith(b'{"created":3}')
+    with pytest.raises(TimeoutError):  # the pipelined request waits for the one before
+        await asyncio.wait_for(reader.read(1), 0.1)
+    app.release.set()
+    head = b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 7\r\n\r\n"
+    assert await reader.readexactly(len(head) + 7) == head + b"later:1"
+    assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 201 Created\r\n")
+    assert await reader.readexactly(13) == b'{"created":2}'
+    writer.close()
+
+
+async def test_a_client_gone_while_its_answer_is_computed(
+    served: tuple[App, HttpServer, int],
+) -> None:
+    """The work goes on to its end (a commit is neither lost nor done twice); only its
+    answer has nowhere to go."""
+    app, server, port = served
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
+    await writer.drain()
+    await _until(lambda: bool(app.seen))
+    writer.transport.abort()  # type: ignore[attr-defined]
+    await _until(lambda: not server.connections)
+    app.release.set()
+    await _until(lambda: app.later_done > 0)
+    assert app.later_done == 1
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(200):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in 2 s")
+
+
+async def test_an_answer_computed_later_that_raises_is_a_500(
+    served: tuple[App, HttpServer, int],
+) -> None:
+    _, _, port = served
+    received = await exchange(port, b"GET /later-boom HTTP/1.1\r\n\r\nGET /x HTTP/1.1\r\n\r\n", 2)
+    first, second = received.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"500 Internal Server Error\r\n")
+    assert second.endswith(b"echo:")  # the connection serves on
+
+
+async def test_a_client_pipelining_while_it_waits_is_read_no_further() -> None:
+    app = App()
+    server = HttpServer(app.handle, max_body=10)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
+    flood = b"GET /x HTTP/1.1\r\n\r\n" * 40_000  # 840 kB
+    writer.write(flood)
+    await asyncio.sleep(0.3)
+    (connection,) = server.connections
+    # a head and a body's worth, and what the read that went past it brought (256 KiB)
+    assert len(connection.buffer) < 64 * 1024 + 10 + 2 * 256 * 1024
+    app.release.set()
+    received = b""
+    while received.count(b"HTTP/1.1 ") < 40_001:
+        chunk = await asyncio.wait_for(reader.read(1 << 20), 5)
+        assert chunk
+        received += chunk
+    writer.close()
+    await server.close(grace=0.5)

@@ -14,11 +14,19 @@ answers, and chunked streams for watches — and this server handles exactly tha
 * **bodies** by ``Content-Length`` or ``chunked``, up to ``max_body`` bytes (``413``
   beyond); ``Expect: 100-continue`` is answered;
 * **a handler answers at once** with an :class:`Answer` — no task, no await — or returns a
-  coroutine that streams (a watch): the connection is then its own until it returns, and
-  it writes through :meth:`Request.stream` (chunked; waits while the client's socket
-  buffer is full, raises :class:`ConnectionResetError` once the client is gone);
+  coroutine: the connection is then its own until it returns (what the client pipelines
+  meanwhile waits, and is read no further than one more request), other connections are
+  served meanwhile. The coroutine returns its :class:`Answer` when it has one to compute
+  (a write to commit first), or streams (a watch) through :meth:`Request.stream`
+  (chunked; waits while the client's socket buffer is full, raises
+  :class:`ConnectionResetError` once the client is gone) and returns ``None``. A client
+  that goes away while it runs does not stop it: its answer is then dropped;
 * a malformed request gets ``400`` and the connection is closed; a handler that raises
-  gets ``500`` and a log line, as from aiohttp;
+  gets ``500`` and a log line, as from aiohttp. What is taken is what an RFC 9112 reader
+  takes (``tests/test_httpserver_fuzz.py`` holds it to h11); where the framing could be
+  read two ways it is refused: bare ``LF`` line ends, whitespace before a header's colon,
+  folded header lines, a ``Transfer-Encoding`` other than ``chunked``, one beside a
+  ``Content-Length``, ``Content-Length`` fields that disagree;
 * :meth:`HttpServer.close` stops listening, closes idle connections and gives streams
   ``grace`` seconds to end before cutting them off.
 """
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -40,6 +49,14 @@ _MAX_HEAD = 64 * 1024
 _JOIN_LIMIT = 64 * 1024
 """Bodies up to this size are joined to their head for one plain write (cheaper than a
 ``writev`` of two pieces); larger ones are written beside it, not copied."""
+_TOKEN = r"[-!#$%&'*+.^_`|~0-9A-Za-z]+"
+_HEAD = re.compile(
+    rf"{_TOKEN} [\x21-\x7e]+ HTTP/1\.[01](?:\r\n{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*)*"
+)
+"""A request head as RFC 9112 spells it: the request line, then header fields (a token,
+a colon, a value of visible characters, spaces and tabs) — one match, no backtracking."""
+_TRAILERS = re.compile(rf"(?:{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _HEADS: dict[tuple[int, str], bytes] = {}
 """An answer's first bytes, up to its ``Content-Length`` value, by status and type."""
@@ -56,13 +73,22 @@ class Answer:
     headers: Mapping[str, str] | None = None
 
 
-Handler = Callable[["Request"], "Answer | Awaitable[None]"]
+Handler = Callable[["Request"], "Answer | Awaitable[Answer | None]"]
 
 
 class Request:
     """One request, its body already read. Header names are lower-case."""
 
-    __slots__ = ("_connection", "_query", "body", "headers", "keep_alive", "method", "path")
+    __slots__ = (
+        "_connection",
+        "_query",
+        "body",
+        "headers",
+        "keep_alive",
+        "method",
+        "path",
+        "streamed",
+    )
 
     def __init__(
         self, connection: _Connection, method: str, target: str, headers: dict[str, str]
@@ -74,6 +100,7 @@ class Request:
         self.headers = headers
         self.body = b""
         self.keep_alive = True
+        self.streamed = False
 
     @property
     def query(self) -> Mapping[str, str]:
@@ -101,6 +128,7 @@ class Request:
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\n"]
         lines += [f"{name}: {value}\r\n" for name, value in headers.items()]
         lines.append("Transfer-Encoding: chunked\r\n\r\n")
+        self.streamed = True
         self._connection.write("".join(lines).encode("latin-1"))
         return Stream(self._connection)
 
@@ -151,6 +179,7 @@ class _Connection(asyncio.Protocol):
         self.streaming: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._continued = False
+        self._reading = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -195,6 +224,11 @@ class _Connection(asyncio.Protocol):
         self.buffer += data
         if self.streaming is None:
             self._serve()
+        elif self._reading and len(self.buffer) > _MAX_HEAD + self.server.max_body:
+            # a client pipelining while its answer is computed: read on once it is sent
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self._reading = False
 
     def _serve(self) -> None:
         """Answer every complete request in the buffer, until one streams."""
@@ -218,19 +252,31 @@ class _Connection(asyncio.Protocol):
             else:
                 self.streaming = asyncio.ensure_future(self._stream(request, result))
 
-    async def _stream(self, request: Request, streaming: Awaitable[None]) -> None:
+    async def _stream(self, request: Request, streaming: Awaitable[Answer | None]) -> None:
         try:
-            await streaming
+            answer = await streaming
         except ConnectionError:
             self.close()
+            answer = None
         except Exception:
-            log.exception("error streaming an answer")
-            self.close()
+            if request.streamed:  # the head is out: the client learns from the cut
+                log.exception("error streaming an answer")
+                self.close()
+                answer = None
+            else:
+                log.exception("error handling request")
+                answer = Answer(500, _SERVER_ERROR, "text/plain; charset=utf-8")
         finally:
             self.streaming = None
-        if not request.keep_alive:
+        if answer is not None:
+            self._answer(request, answer)
+        elif not request.keep_alive:
             self.close()
-        elif self.buffer:
+        if not self._reading and not self.closed:
+            assert self.transport is not None
+            self.transport.resume_reading()
+            self._reading = True
+        if self.buffer:
             self._serve()
 
     def _answer(self, request: Request | None, answer: Answer) -> None:
@@ -275,38 +321,46 @@ class _Connection(asyncio.Protocol):
         """The next complete request in the buffer, or ``None`` until more arrives."""
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or end > _MAX_HEAD:
             if len(buffer) > _MAX_HEAD:
                 raise ValueError("request head too large")
             return None
         view = memoryview(buffer)  # slices of it are copied once, not twice
         try:
-            lines = str(view[:end], "latin-1").split("\r\n")
+            head = str(view[:end], "latin-1")
         finally:
             view.release()  # a bytearray with exports cannot be resized
+        if _HEAD.fullmatch(head) is None:
+            raise ValueError("malformed request head")
+        lines = head.split("\r\n")
         method, target, version = lines[0].split(" ")
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise ValueError(f"bad header line {line!r}")
-            headers[name.strip().lower()] = value.strip()
+            name, _, value = line.partition(":")
+            name = name.lower()
+            if name in headers:  # repeated: one list, as RFC 9110 joins them
+                headers[name] += ", " + value.strip()
+            else:
+                headers[name] = value.strip()
         request = Request(self, method, target, headers)
         connection = headers.get("connection", "").lower()
         request.keep_alive = connection != "close" and (
             version == "HTTP/1.1" or connection == "keep-alive"
         )
         start = end + 4
-        if "chunked" in headers.get("transfer-encoding", "").lower():
+        coding = headers.get("transfer-encoding")
+        if coding is not None:
+            if coding.lower() != "chunked":
+                raise ValueError(f"Transfer-Encoding {coding[:40]!r}: only chunked is read")
+            if "content-length" in headers:
+                raise ValueError("both Transfer-Encoding and Content-Length")
             found = _chunked_body(buffer, start, self.server.max_body)
             if found is None:
                 self._continue(headers)
                 return None
             request.body, stop = found
         else:
-            length = int(headers.get("content-length", "0"))
-            if length < 0:
-                raise ValueError("negative Content-Length")
+            length = _content_length(headers.get("content-length", "0"))
             if length > self.server.max_body:
                 raise _TooLarge(f"body of {length} bytes, at most {self.server.max_body}")
             stop = start + length
@@ -329,26 +383,63 @@ class _TooLarge(ValueError):
     pass
 
 
+def _content_length(value: str) -> int:
+    """The length a ``Content-Length`` field gives: digits, or the same digits repeated
+    (``5, 5``, from a repeated field) — never what ``int()`` alone would also take
+    (``+5``, ``1_0``)."""
+    if not (value.isdigit() and value.isascii()):
+        lengths = {length.strip() for length in value.split(",")}
+        if len(lengths) != 1:
+            raise ValueError("Content-Length fields that disagree")
+        value = lengths.pop()
+        if not (value.isdigit() and value.isascii()):
+            raise ValueError(f"bad Content-Length {value[:40]!r}")
+    return int(value)
+
+
 def _chunked_body(buffer: bytearray, start: int, limit: int) -> tuple[bytes, int] | None:
-    """A complete chunked body from ``start``, and where it ends; ``None`` if incomplete."""
+    """A complete chunked body from ``start``, and where it ends; ``None`` if incomplete.
+
+    Framing that keeps growing without completing a body (endless chunk extensions or
+    trailers) is refused once it is larger than any body's framing could be."""
     chunks: list[bytes] = []
     size_total = 0
     position = start
     while True:
         line_end = buffer.find(b"\r\n", position)
         if line_end < 0:
-            return None
-        size = int(bytes(buffer[position:line_end]).split(b";", 1)[0], 16)
+            return _incomplete(len(buffer) - start, limit)
+        size_line = _CHUNK_SIZE.fullmatch(buffer, position, line_end)
+        if size_line is None:
+            raise ValueError("bad chunk size line")
+        size = int(size_line[1], 16)
         if size == 0:
-            end = buffer.find(b"\r\n\r\n", line_end)
-            return None if end < 0 else (b"".join(chunks), end + 4)
+            if buffer.startswith(b"\r\n", line_end + 2):
+                return b"".join(chunks), line_end + 4
+            end = buffer.find(b"\r\n\r\n", line_end + 2)
+            if end < 0:
+                return _incomplete(len(buffer) - start, limit)
+            if _TRAILERS.fullmatch(str(buffer[line_end + 2 : end + 4], "latin-1")) is None:
+                raise ValueError("malformed trailer fields")
+            return b"".join(chunks), end + 4
         size_total += size
         if size_total > limit:
             raise _TooLarge(f"body larger than {limit} bytes")
-        if len(buffer) < line_end + 2 + size + 2:
-            return None
-        chunks.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
-        position = line_end + 2 + size + 2
+        data_end = line_end + 2 + size
+        if len(buffer) < data_end + 2:
+            return _incomplete(len(buffer) - start, limit)
+        if buffer[data_end : data_end + 2] != b"\r\n":
+            raise ValueError("a chunk does not end where its size says")
+        chunks.append(bytes(buffer[line_end + 2 : data_end]))
+        position = data_end + 2
+
+
+def _incomplete(framed: int, limit: int) -> tuple[bytes, int] | None:
+    """``None`` (the body is still on its way), unless its ``framed`` bytes so far are more
+    than the framing of any body up to ``limit`` needs."""
+    if framed > 2 * limit + _MAX_HEAD:
+        raise _TooLarge(f"chunked framing of a body larger than {limit} bytes")
+    return None
 
 
 class HttpServer:
