@@ -44,18 +44,12 @@ from aiohttp import web
 
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.compatibility import FieldNames, GivenTwice, canonical, v12_status
-from nexus.core.httpapi import (
-    ApiError,
-    RunStatus,
-    bad_request,
-    json_errors,
-    json_response,
-    json_type,
-    read_json_object,
-)
+from nexus.core.httpapi import ApiError, RunStatus, bad_request, json_type
+from nexus.core.httpserver import Answer, Request
 from nexus.core.logs import request_id as current_request
 from nexus.core.meters import LoopCounter
 from nexus.core.retrying import Retry, decide, record
+from nexus.core.routes import Params, Router, json_answer, request_json
 from nexus.core.runs import Stage, Transition, may_move
 from nexus.core.signing import Signer
 from nexus.core.storage import ObjectNames
@@ -99,6 +93,8 @@ class Receiver:
     signer: Signer
     names: ObjectNames
     settings: ReceiverSection
+    max_body: int
+    """The largest body a completion may have, decoded (``http.max_body_size``)."""
 
 
 RECEIVER = web.AppKey("nexus.receiver", Receiver)
@@ -163,8 +159,7 @@ def _inline_result(body: dict[str, Any], limit: int) -> bytes | None:
     return document
 
 
-def _authorize(receiver: Receiver, request: web.Request, algorithm: str, run_id: str) -> None:
-    header = request.headers.get("Authorization")
+def _authorize(receiver: Receiver, header: str | None, algorithm: str, run_id: str) -> None:
     if header is None:
         if receiver.settings.allow_tokenless_completions:
             return
@@ -188,16 +183,11 @@ def _is_canonical(parsed: str) -> bool:
     )
 
 
-async def complete(request: web.Request) -> web.Response:
-    return json_response(await record_completion(request))
-
-
-async def record_completion(request: web.Request) -> RunStatus:
+async def record_completion(receiver: Receiver, request: Request, params: Params) -> RunStatus:
     """Record the completion ``request`` carries; the run and the stage it is in now (in
     the v1.2 vocabulary), for either route to answer in its own way."""
-    receiver = request.app[RECEIVER]
-    algorithm = request.match_info["algorithm"]
-    raw_id = request.match_info["request_id"]
+    algorithm = params["algorithm"]
+    raw_id = params["request_id"]
     if not DNS_LABEL.match(algorithm):
         raise bad_request(f"algorithmName: {algorithm[:80]!r} is not a valid algorithm name")
     try:
@@ -207,8 +197,8 @@ async def record_completion(request: web.Request) -> RunStatus:
     # canonical, whatever spelling the path used; nearly always the path's own already
     rid = raw_id if _is_canonical(raw_id) else str(run_id)
     current_request.set(rid)
-    _authorize(receiver, request, algorithm, rid)
-    body = await read_json_object(request)
+    _authorize(receiver, request.headers.get("authorization"), algorithm, rid)
+    body = request_json(request, receiver.max_body)
     try:
         body = canonical(body, COMPLETION_FIELDS)
     except GivenTwice as exc:
@@ -314,6 +304,13 @@ async def _retry(
     return {"requestId": str(run_id), "status": v12_status(Stage.BUFFERED)}
 
 
-def add_routes(app: web.Application) -> None:
-    path = "/algorithm/v1.2/complete/{algorithm}/requests/{request_id}"
-    app.router.add_post(path, json_errors(complete))
+PATH = "/algorithm/v1.2/complete/{algorithm}/requests/{request_id}"
+
+
+def add_routes(router: Router, app: web.Application) -> None:
+    """The v1.2 completion on ``router``, recorded by the receiver ``app`` holds."""
+
+    async def complete(request: Request, params: Params) -> Answer:
+        return json_answer(await record_completion(app[RECEIVER], request, params))
+
+    router.add("POST", PATH, complete)

@@ -19,9 +19,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from nexus.core.compatibility import v12_status
-from nexus.core.httpapi import json_errors, json_response
+from nexus.core.httpserver import Answer, Request
+from nexus.core.routes import Params, Router, json_answer
 from nexus.core.runs import Stage
-from receiver.completions import record_completion
+from receiver.completions import RECEIVER, record_completion
 
 PATH = "/algorithm/v1/complete/{algorithm}/requests/{request_id}"
 
@@ -30,11 +31,13 @@ GO_STATUS = {v12_status(stage): stage.value for stage in Stage}
 """A status as v1.2 answers it → as the Go Nexus does (its stage names are Nexus')."""
 
 
-async def complete_v1(request: web.Request) -> web.Response:
-    done = await record_completion(request)  # committed (or found finished) when it returns
-    done["status"] = GO_STATUS.get(done["status"], done["status"])
-    return json_response(done, status=202)
+def add_go_routes(router: Router, app: web.Application) -> None:
+    """The Go path's completion on ``router``, recorded by the receiver ``app`` holds."""
 
+    async def complete_v1(request: Request, params: Params) -> Answer:
+        # committed (or found finished) when it returns
+        done = await record_completion(app[RECEIVER], request, params)
+        done["status"] = GO_STATUS.get(done["status"], done["status"])
+        return json_answer(done, 202)
 
-def add_go_routes(app: web.Application) -> None:
-    app.router.add_post(PATH, json_errors(complete_v1))
+    router.add("POST", PATH, complete_v1)

@@ -331,3 +331,38 @@ async def test_a_client_pipelining_while_it_waits_is_read_no_further() -> None:
         received += chunk
     writer.close()
     await server.close(grace=0.5)
+
+
+async def test_a_body_too_large_is_answered_then_read_and_dropped() -> None:
+    """The client still sending the body it was refused for reads its 413, not a reset;
+    the connection closes a second later."""
+    app = App()
+    server = HttpServer(app.handle, max_body=1000)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 3000000\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"Connection: close\r\n" in head
+    writer.write(b"x" * 3_000_000)  # the rest of the body, after the answer
+    await asyncio.wait_for(writer.drain(), 2)
+    started = asyncio.get_running_loop().time()
+    rest = await asyncio.wait_for(reader.read(), 3)  # the answer's body, then the close
+    assert rest.startswith(b"413: Request Entity Too Large")
+    assert asyncio.get_running_loop().time() - started < 2
+    assert app.seen == []
+    writer.close()
+    await server.close(grace=0.5)
+
+
+async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
+    app = App()
+    server = HttpServer(app.handle, max_body=10, keepalive_timeout=0.2)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    await reader.readuntil(b"echo:")
+    assert await asyncio.wait_for(reader.read(), 2) == b""  # closed within 0.3 s of quiet
+    assert not server.connections
+    writer.close()
+    await server.close(grace=0.5)

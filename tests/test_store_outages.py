@@ -25,6 +25,7 @@ from support.system import SIGNING_KEY, free_port
 
 from nexus.core.checkpoints import CheckpointStore, not_ready
 from nexus.core.config import HttpSettings, LogSettings, PostgresSettings, SigningSettings
+from nexus.core.lifecycle import listen
 from nexus.core.runs import NewRun, Stage, Transition
 from nexus.core.signing import Signer
 from nexus_dev.servers.databases import LocalPostgres
@@ -44,10 +45,11 @@ async def serving(dsn: str) -> AsyncIterator[str]:
     )
     runner = web.AppRunner(await create_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    listener = await listen(runner, settings.http)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        await listener.close()
         await runner.cleanup()
 
 

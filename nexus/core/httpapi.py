@@ -82,13 +82,13 @@ def _observe(request: web.Request, status: int, started: float) -> None:
     if child is None:
         resource = route.resource
         template = resource.canonical if resource is not None else NO_ROUTE
-        child = _child(template, request.method, status)
+        child = request_meter(template, request.method, status)
         if route.method in _METHODS:  # not "*": every answer of it has this method
             _BY_ROUTE[(route, status)] = child
     child.observe(time.perf_counter() - started)
 
 
-def _child(template: str, method: str, status: int) -> HistogramChild:
+def request_meter(template: str, method: str, status: int) -> HistogramChild:
     """The histogram's child for an answer of ``status`` to ``method`` on ``template``."""
     key = (template, method if method in _METHODS else "other", status)
     child = _TIMED.get(key)
@@ -180,6 +180,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(413, "payload_too_large", TOO_LARGE) from exc
     except RequestPayloadError as exc:  # e.g. a Content-Encoding the body does not have
         raise bad_request(f"the body cannot be read: {exc}", "malformed_body") from exc
+    return json_object(raw)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw``, a whole request body, as a JSON object, or a 400 naming what is wrong."""
     if not raw:
         raise bad_request("the body is empty; expected a JSON object", "malformed_json")
     try:
@@ -209,10 +214,13 @@ async def _body(request: web.Request) -> bytes:
 
 
 def _check_encoding(request: web.Request) -> None:
+    check_encoding(request.headers.getall("Content-Encoding"))
+
+
+def check_encoding(stated: list[str]) -> None:
     """aiohttp decodes a body whose one Content-Encoding is one of :data:`DECODED` and
     passes any other as it came, so a body in another, or in several, is refused, not
     misread."""
-    stated = request.headers.getall("Content-Encoding")
     if len(stated) > 1 or stated[0].lower() not in (*DECODED, "identity"):
         raise ApiError(
             415,
@@ -253,25 +261,29 @@ def json_errors(handler: Handler) -> Handler:
 
 def _error_answer(request: web.Request, exc: Exception) -> web.Response:
     """The JSON answer to what a handler raised (not an aiohttp ``HTTPException``)."""
+    return error_response(*error_of(exc, request.path))
+
+
+def error_of(exc: Exception, path: str) -> tuple[int, str, str, dict[str, str] | None]:
+    """The status, code, message and headers that answer what a handler of ``path``
+    raised (logged when it is unexpected), whichever server the answer goes out on."""
     if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return exc.status, exc.code, exc.message, exc.headers
     if isinstance(exc, CheckpointRejected):  # the request's data cannot be stored as it is
-        return error_response(400, "invalid_request", str(exc))
+        return 400, "invalid_request", str(exc), None
     if isinstance(exc, RunNotFound):
-        return error_response(404, "not_found", str(exc))
+        return 404, "not_found", str(exc), None
     if isinstance(exc, TransitionRejected):  # e.g. cancelling a run that has finished
-        return error_response(409, "conflict", str(exc))
+        return 409, "conflict", str(exc), None
     if isinstance(exc, DependencyError):
         # the client learns what is down, not where it runs; the log learns it once
         # per outage, from the client of that component (nexus.core.outages)
-        log.debug("dependency unavailable: %s", exc, extra={"path": request.path})
+        log.debug("dependency unavailable: %s", exc, extra={"path": path})
         what = next((v for k, v in _UNAVAILABLE.items() if isinstance(exc, k)), None)
         message = f"{what or 'a service Nexus depends on'} is unavailable"
-        return error_response(
-            503, "unavailable", f"{message}; retry later", {"Retry-After": RETRY_AFTER}
-        )
-    log.error("unexpected error", exc_info=exc, extra={"path": request.path})
-    return error_response(500, "internal_error", "an unexpected error occurred")
+        return 503, "unavailable", f"{message}; retry later", {"Retry-After": RETRY_AFTER}
+    log.error("unexpected error", exc_info=exc, extra={"path": path})
+    return 500, "internal_error", "an unexpected error occurred", None
 
 
 def _http_error(exc: web.HTTPException) -> web.Response:
@@ -307,12 +319,12 @@ def _method_not_allowed(template: str, methods: list[str]) -> Handler:
 
     async def refuse(request: web.Request) -> web.StreamResponse:
         message = f"{request.method} is not allowed here; use {allow}"
-        _child(template, request.method, 405).observe(0.0)
+        request_meter(template, request.method, 405).observe(0.0)
         return error_response(405, "method_not_allowed", message, {"Allow": allow})
 
     return refuse
 
 
 async def _no_route(request: web.Request) -> web.StreamResponse:
-    _child(NO_ROUTE, request.method, 404).observe(0.0)
+    request_meter(NO_ROUTE, request.method, 404).observe(0.0)
     return error_response(404, "not_found", "no such route")

@@ -27,6 +27,11 @@ answers, and chunked streams for watches — and this server handles exactly tha
   read two ways it is refused: bare ``LF`` line ends, whitespace before a header's colon,
   folded header lines, a ``Transfer-Encoding`` other than ``chunked``, one beside a
   ``Content-Length``, ``Content-Length`` fields that disagree;
+* a request refused for its body's size is answered ``413`` at once, and what the client
+  still sends in the next second is read and dropped before the connection closes (as
+  aiohttp lingers), so that its socket is not reset with the answer unread;
+* with ``keepalive_timeout``, a connection idle that long between requests is closed
+  (aiohttp's 75 s), so that clients gone without a word do not hold sockets for ever;
 * :meth:`HttpServer.close` stops listening, closes idle connections and gives streams
   ``grace`` seconds to end before cutting them off.
 """
@@ -37,6 +42,7 @@ import asyncio
 import logging
 import re
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -61,6 +67,8 @@ _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _HEADS: dict[tuple[int, str], bytes] = {}
 """An answer's first bytes, up to its ``Content-Length`` value, by status and type."""
 _SERVER_ERROR = b"500 Internal Server Error\n\nServer got itself in trouble"
+_LINGER = 1.0
+"""Seconds a refused client's further bytes are read and dropped before closing."""
 
 
 @dataclass(slots=True)
@@ -180,6 +188,8 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._continued = False
         self._reading = True
+        self.lingering = False
+        self.last_read = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -221,6 +231,9 @@ class _Connection(asyncio.Protocol):
         self.closed = True
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            return
+        self.last_read = time.monotonic()
         self.buffer += data
         if self.streaming is None:
             self._serve()
@@ -238,7 +251,11 @@ class _Connection(asyncio.Protocol):
             except ValueError as exc:
                 status = 413 if isinstance(exc, _TooLarge) else 400
                 text = f"{status}: {_REASONS[status]} ({exc})".encode()
-                self._answer(None, Answer(status, text, "text/plain; charset=utf-8"))
+                answer = Answer(status, text, "text/plain; charset=utf-8")
+                too_large = self.server.too_large
+                if isinstance(exc, _TooLarge) and exc.request is not None and too_large:
+                    answer = too_large(exc.request)
+                self._answer(None, answer, linger=isinstance(exc, _TooLarge))
                 return
             if request is None:
                 return
@@ -279,7 +296,7 @@ class _Connection(asyncio.Protocol):
         if self.buffer:
             self._serve()
 
-    def _answer(self, request: Request | None, answer: Answer) -> None:
+    def _answer(self, request: Request | None, answer: Answer, *, linger: bool = False) -> None:
         body = answer.body
         keep_alive = request is not None and request.keep_alive
         if keep_alive and not answer.headers and len(body) <= _JOIN_LIMIT:
@@ -314,7 +331,11 @@ class _Connection(asyncio.Protocol):
             self.writelines([data, body])  # one writev, no copy of a large body (a list)
         else:
             self.write(data + body)
-        if not keep_alive:
+        if linger and not self.closed:
+            self.lingering = True
+            self.buffer.clear()
+            asyncio.get_running_loop().call_later(_LINGER, self.close)
+        elif not keep_alive:
             self.close()
 
     def _parse(self) -> Request | None:
@@ -354,7 +375,11 @@ class _Connection(asyncio.Protocol):
                 raise ValueError(f"Transfer-Encoding {coding[:40]!r}: only chunked is read")
             if "content-length" in headers:
                 raise ValueError("both Transfer-Encoding and Content-Length")
-            found = _chunked_body(buffer, start, self.server.max_body)
+            try:
+                found = _chunked_body(buffer, start, self.server.max_body)
+            except _TooLarge as exc:
+                exc.request = request
+                raise
             if found is None:
                 self._continue(headers)
                 return None
@@ -362,7 +387,7 @@ class _Connection(asyncio.Protocol):
         else:
             length = _content_length(headers.get("content-length", "0"))
             if length > self.server.max_body:
-                raise _TooLarge(f"body of {length} bytes, at most {self.server.max_body}")
+                raise _TooLarge(f"body of {length} bytes, at most {self.server.max_body}", request)
             stop = start + length
             if len(buffer) < stop:
                 self._continue(headers)
@@ -380,7 +405,9 @@ class _Connection(asyncio.Protocol):
 
 
 class _TooLarge(ValueError):
-    pass
+    def __init__(self, message: str, request: Request | None = None) -> None:
+        super().__init__(message)
+        self.request = request
 
 
 def _content_length(value: str) -> int:
@@ -445,24 +472,65 @@ def _incomplete(framed: int, limit: int) -> tuple[bytes, int] | None:
 class HttpServer:
     """Listens on one address and hands every request to ``handler``."""
 
-    def __init__(self, handler: Handler, *, max_body: int) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        max_body: int,
+        too_large: Callable[[Request], Answer] | None = None,
+        keepalive_timeout: float | None = None,
+    ) -> None:
+        """``too_large`` answers a request whose body is over ``max_body`` (its body left
+        unread, the connection then closed) where a plain-text ``413`` will not do;
+        ``keepalive_timeout``: seconds a connection may wait idle for its next request."""
         self.handler = handler
         self.max_body = max_body
+        self.too_large = too_large
+        self.keepalive_timeout = keepalive_timeout
+        self._sweep: asyncio.TimerHandle | None = None
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(
-        self, host: str, port: int, *, backlog: int = 1024, tls: ssl.SSLContext | None = None
+        self,
+        host: str,
+        port: int,
+        *,
+        backlog: int = 1024,
+        tls: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> int:
         """Start listening, over TLS when given a context; the port (chosen by the system
-        when ``port`` is 0)."""
+        when ``port`` is 0). ``reuse_port``: ``SO_REUSEPORT``, shared with other processes."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), host, port, backlog=backlog, reuse_address=True, ssl=tls
+            lambda: _Connection(self),
+            host,
+            port,
+            backlog=backlog,
+            reuse_address=True,
+            reuse_port=reuse_port or None,
+            ssl=tls,
         )
+        if self.keepalive_timeout is not None:
+            self._sweep = loop.call_later(self.keepalive_timeout / 2, self._close_idle)
         return int(self._server.sockets[0].getsockname()[1])
 
+    def _close_idle(self) -> None:
+        """Close the connections idle for ``keepalive_timeout``: checked every half of it
+        (one timer for all, not one a request), so one is closed within 1.5 times it."""
+        assert self.keepalive_timeout is not None
+        quiet_since = time.monotonic() - self.keepalive_timeout
+        for connection in list(self.connections):
+            if connection.streaming is None and connection.last_read < quiet_since:
+                connection.close()
+        loop = asyncio.get_running_loop()
+        self._sweep = loop.call_later(self.keepalive_timeout / 2, self._close_idle)
+
     async def close(self, grace: float) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         if self._server is not None:
             self._server.close()
             self._server = None

@@ -5,7 +5,10 @@ A service is an aiohttp application built by a ``create_app(settings)`` factory.
 ``web.AppKey``\\ s; background loops are started there through :class:`Lifecycle` before the
 ``yield`` and are drained and cancelled after it. :func:`serve` adds the probes and the
 metrics route and runs the application under uvloop. ``/metrics`` is served on the API's
-port, or, when ``metrics_port`` is set, by a listener of its own on that port alone.
+port, or, when ``metrics_port`` is set, by a listener of its own on that port alone. An
+application made by :func:`create_lean_app` (the receiver) keeps that lifecycle, but its
+requests, probes and metrics included, are served by the lean HTTP server through its
+:class:`~nexus.core.routes.Router` (:func:`listen` starts whichever listener it has).
 
 Guarantees:
 
@@ -37,7 +40,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from nexus.core.config import HttpSettings, LogSettings
 from nexus.core.httpapi import json_errors
+from nexus.core.httpserver import Answer, HttpServer, Request
 from nexus.core.logs import configure as configure_logs
+from nexus.core.routes import Params, Router, error_answer, json_answer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +128,81 @@ def create_base_app(name: str, http: HttpSettings) -> web.Application:
     return app
 
 
+KEEPALIVE_TIMEOUT = 75.0
+"""Seconds an idle kept-alive connection stays open on the lean server: aiohttp's."""
+ROUTER = web.AppKey("nexus.router", Router)
+"""The routes of an application served by the lean HTTP server (:func:`create_lean_app`)."""
+
+
+def create_lean_app(name: str, http: HttpSettings) -> web.Application:
+    """An application with the lifecycle every service has, whose requests are all served
+    by the lean HTTP server: the probes and ``/metrics`` are on its :data:`ROUTER`, and
+    the service adds its own routes there."""
+    app = web.Application()
+    lifecycle = app[LIFECYCLE] = Lifecycle(name)
+    router = app[ROUTER] = Router()
+
+    def ready(request: Request, params: Params) -> Answer:
+        if lifecycle.ready:
+            return json_answer({"status": "ready"})
+        return error_answer(503, "not_ready", "the service is starting or stopping")
+
+    router.add("GET", "/health/live", lambda request, params: json_answer({"status": "live"}))
+    router.add("GET", "/health/ready", ready)
+    if http.metrics_port is None:
+        router.add("GET", "/metrics", _lean_metrics)
+    app.on_shutdown.append(_stop_loops_on_shutdown(http.shutdown_timeout))
+    return app
+
+
+def _lean_metrics(request: Request, params: Params) -> Answer:
+    return Answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+
+
+class Listener:
+    """The API's listener, on aiohttp's server or the lean one: its port, and how it
+    closes (the lean one: idle connections at once, requests in flight within the
+    shutdown timeout; aiohttp's closes with its runner)."""
+
+    def __init__(self, port: int, server: HttpServer | None = None, grace: float = 0.0) -> None:
+        self.port = port
+        self._server = server
+        self._grace = grace
+
+    async def close(self) -> None:
+        if self._server is not None:
+            await self._server.close(self._grace)
+
+
+async def listen(
+    runner: web.AppRunner, http: HttpSettings, *, host: str | None = None, port: int | None = None
+) -> Listener:
+    """Start listening for ``runner``'s application (set up) on ``http``'s address, or
+    ``host`` and ``port``: on the lean server when it has a :data:`ROUTER`."""
+    host = http.host if host is None else host
+    port = http.port if port is None else port
+    router = runner.app.get(ROUTER) if runner.app is not None else None
+    if router is not None:
+        server = HttpServer(
+            router.handle,
+            max_body=http.max_body_size,
+            too_large=router.too_large,
+            keepalive_timeout=KEEPALIVE_TIMEOUT,
+        )
+        bound = await server.start(host, port, backlog=http.backlog, reuse_port=http.reuse_port)
+        return Listener(bound, server, http.shutdown_timeout)
+    site = web.TCPSite(
+        runner,
+        host,
+        port,
+        backlog=http.backlog,
+        reuse_address=True,
+        reuse_port=http.reuse_port or None,
+    )
+    await site.start()
+    return Listener(_bound_port(runner))
+
+
 def _stop_loops_on_shutdown(timeout: float) -> Callable[[web.Application], Awaitable[None]]:
     async def stop(app: web.Application) -> None:
         await app[LIFECYCLE].stop_loops(timeout)
@@ -183,19 +263,12 @@ async def run_app(
         app, handle_signals=False, access_log=None, shutdown_timeout=http.shutdown_timeout
     )
     metrics: web.AppRunner | None = None
+    listener: Listener | None = None
     try:
         metrics = await _start_metrics_listener(http)
         await runner.setup()  # on_startup and cleanup_ctx up to their yield
-        site = web.TCPSite(
-            runner,
-            http.host,
-            http.port,
-            backlog=http.backlog,
-            reuse_address=True,
-            reuse_port=http.reuse_port or None,
-        )
-        await site.start()
-        port = _bound_port(runner)
+        listener = await listen(runner, http)
+        port = listener.port
         _settle_garbage_collector()
         if not lifecycle.stop_requested.is_set():
             lifecycle.ready = True
@@ -209,6 +282,8 @@ async def run_app(
             await asyncio.sleep(http.drain_delay)
     finally:
         lifecycle.ready = False
+        if listener is not None:  # the lean server's requests finish before clients close
+            await asyncio.shield(listener.close())
         await asyncio.shield(runner.cleanup())
         if metrics is not None:
             await asyncio.shield(metrics.cleanup())

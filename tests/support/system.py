@@ -33,7 +33,7 @@ from nexus.core.config import (
     SigningSettings,
     StorageSettings,
 )
-from nexus.core.lifecycle import LIFECYCLE
+from nexus.core.lifecycle import LIFECYCLE, listen
 from nexus.scheduler.app import create_app as create_scheduler
 from nexus.scheduler.settings import AuthSettings, SchedulerSection, SchedulerSettings, ServiceToken
 from nexus.scheduler.teamsettings import TeamSettings
@@ -457,8 +457,16 @@ async def local_system(
             receiver=receiver or ReceiverSection(),
         )
         receiver_app = await create_receiver(receiver_settings)
-        receiver_runner = await _serve(receiver_app, receiver_port)
+        receiver_runner = web.AppRunner(receiver_app, handle_signals=False)
+        await receiver_runner.setup()
         stack.push_async_callback(receiver_runner.cleanup)
+        # the lean server it runs on in production: its requests finish before its store
+        # closes, as in run_app
+        receiver_listener = await listen(
+            receiver_runner, replace(receiver_settings.http, shutdown_timeout=5), host="127.0.0.1"
+        )
+        stack.push_async_callback(receiver_listener.close)
+        receiver_app[LIFECYCLE].ready = True
         first_shard = shards[0].name
         base = SchedulerSettings(
             http=http,
