@@ -12,12 +12,14 @@ type's fields: ``kind``, ``apiVersion``, ``metadata``, ``spec``, ``status``; a w
 is ``{"type":"…","object":{…}}`` and nothing else), and proves it on every line rather than
 trust it:
 
-* the event's type is read from the line's first bytes, and only ``ADDED``, ``MODIFIED``
-  and ``DELETED`` are sifted (``BOOKMARK``, ``ERROR`` and anything else: parsed whole);
-* the status is the text after the last ``,"status":{`` up to the line's last ``}``,
-  parsed as an object of its own: that parses only where the key sits right in the
-  event's object (one level deeper or shallower leaves a brace over or missing, and
-  ``"`` is escaped inside JSON strings, so a value cannot hold the key);
+* the event's type is read from the line's first bytes (one match of a pattern, which
+  also proves the object follows), and only ``ADDED``, ``MODIFIED`` and ``DELETED`` are
+  sifted (``BOOKMARK``, ``ERROR`` and anything else: parsed whole);
+* the status is the value after the last ``,"status":`` up to the line's last two
+  ``}`` (the object's and the event's), parsed as an object of its own, where it lies:
+  that parses only where the key sits right in the event's object (one level deeper or
+  shallower leaves a brace over or missing, and ``"`` is escaped inside JSON strings, so
+  a value cannot hold the key);
 * the metadata likewise: the line up to the first ``,"spec":{`` (or up to the status)
   with the object and the event closed after it parses only where the cut is right in
   the object, and it must hold the ``metadata``.
@@ -28,6 +30,7 @@ sees the same status either way, so no event it wants is ever dropped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -37,12 +40,14 @@ import orjson
 Sift = Callable[[str, dict[str, Any]], bool]
 """Whether a watch event matters, from its type and its object's ``status`` alone."""
 
-_SIFTED = {b"ADDED": "ADDED", b"MODIFIED": "MODIFIED", b"DELETED": "DELETED"}
-_START = b'{"type":"'
-_OBJECT = b',"object":{'
+_HEAD = re.compile(rb'\{"type":"(?:(ADDED)|(MODIFIED)|(DELETED))","object":\{')
+"""The start of a line of an event to sift, as API servers write it: one match names the
+type (by the group that matched) and proves the object follows, in one call."""
+_KINDS = ("", "ADDED", "MODIFIED", "DELETED")  # by the number of the group that matched
 _STATUS = b',"status":{'
 _SPEC = b',"spec":{'
 _BLANK = frozenset(b" \t\r\n")
+_BRACE = ord("}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,21 +85,15 @@ def sifted_event(
     ``ERROR`` for the caller to raise."""
     if end is None:
         end = len(text)
-    if sift is not None and text.startswith(_START, start):
+    if sift is not None and (head := _HEAD.match(text, start, end)) is not None:
         while end > start and text[end - 1] in _BLANK:  # a line may end in "\r"
             end -= 1
-        close = text.find(b'"', start + 9, start + 20)
-        kind = _SIFTED.get(text[start + 9 : close]) if close > 0 else None
+        kind = _KINDS[head.lastindex or 0]
         # the status, where API servers write it: last in the object (see above)
-        at = text.rfind(_STATUS, start, end) if kind is not None else -1
-        if (
-            kind is not None
-            and at > start
-            and text.startswith(_OBJECT, close + 1)
-            and text.startswith(b"}}", end - 2)
-        ):
-            try:
-                status = orjson.loads(b"{" + text[at + 1 : end - 1])["status"]
+        at = text.rfind(_STATUS, start, end)
+        if at > start and text[end - 1] == _BRACE == text[end - 2]:
+            try:  # the status alone: the ``{…}`` between its key and the last two braces
+                status = orjson.loads(memoryview(text)[at + 10 : end - 2])
             except orjson.JSONDecodeError:
                 pass
             else:
