@@ -366,3 +366,23 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None
     assert not server.connections
     writer.close()
     await server.close(grace=0.5)
+
+
+async def test_a_connection_is_idle_from_its_last_answer_on() -> None:
+    """An answer computed for longer than the keep-alive timeout does not make its
+    connection look idle the moment it is sent."""
+    app = App()
+    server = HttpServer(app.handle, max_body=10, keepalive_timeout=1000)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
+    await asyncio.sleep(1.0)
+    app.release.set()
+    await reader.readuntil(b"later:1")
+    server.keepalive_timeout = 0.5
+    server._close_idle()  # a sweep right after the answer: 1 s after the request came
+    assert len(server.connections) == 1
+    writer.write(b"GET /x HTTP/1.1\r\n\r\n")
+    assert (await reader.readuntil(b"echo:")).startswith(b"HTTP/1.1 200 OK")
+    writer.close()
+    await server.close(grace=0.5)

@@ -285,6 +285,7 @@ class _Connection(asyncio.Protocol):
                 answer = Answer(500, _SERVER_ERROR, "text/plain; charset=utf-8")
         finally:
             self.streaming = None
+            self.last_read = time.monotonic()  # idle from its answer on, not its request
         if answer is not None:
             self._answer(request, answer)
         elif not request.keep_alive:
