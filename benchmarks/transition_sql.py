@@ -61,13 +61,15 @@ from nexus_dev.servers.services import LocalPostgres
 PARAMETERS = ", ".join(
     [
         "text",
-        "uuid[]",
         "text",
-        *["text[]"] * 6,
+        "text",
+        *["text[]"] * 4,
+        "text",
+        "text",
         "timestamptz[]",
         "int[]",
         "bytea[]",
-        "int[]",
+        "text",
         "text",
     ]
 )
@@ -189,8 +191,8 @@ def session(
 
 def completed(chunk: list[NewRun], inline: bool = False) -> str:
     """The receiver's write of ``chunk``'s completions."""
-    ids = ",".join(str(r.id) for r in chunk)
-    names = ",".join(r.algorithm for r in chunk)  # joined as the store joins them
+    ids = ",".join(f"{r.id.int:032x}" for r in chunk)  # joined as the store joins them
+    names = ",".join(r.algorithm for r in chunk)
     zeros = ",".join("0" for _ in chunk)
     stages = ",".join("COMPLETED" for _ in chunk)
     if inline:
@@ -199,7 +201,7 @@ def completed(chunk: list[NewRun], inline: bool = False) -> str:
     else:
         uri, result = "'{" + ",".join("s3://bucket/result" for _ in chunk) + "}'", "NULL"
     return (
-        f"EXECUTE t('{names}', '{{{ids}}}', '{stages}', NULL, {uri}, NULL, NULL,"
+        f"EXECUTE t('{names}', '{ids}', '{stages}', NULL, {uri}, NULL, NULL,"
         f" NULL, NULL, NULL, '{{{zeros}}}', {result}, NULL, ',')"
     )
 
@@ -208,21 +210,23 @@ def dispatched(chunk: list[NewRun], keeping: bool, refused: bool) -> list[str]:
     """The dispatcher's RUNNING write of ``chunk`` with its Jobs' facts; when ``refused``
     (the runs finished meanwhile) in a tree without TRANSITION_KEEPING_JOBS, RECORD_SENT
     after it."""
-    ids = ",".join(str(r.id) for r in chunk)
+    ids = ",".join(f"{r.id.int:032x}" for r in chunk)
     names = ",".join(r.algorithm for r in chunk)
     zeros = ",".join("0" for _ in chunk)
     stages = ",".join("RUNNING" for _ in chunk)
-    uids = "'{" + ",".join(f"uid-{r.id}" for r in chunk) + "}'"
-    shards = "'{" + ",".join("shard-a" for _ in chunk) + "}'"
+    uids = ",".join(f"uid-{r.id}" for r in chunk)
+    shards = ",".join("shard-a" for _ in chunk)
     sent = "'{" + ",".join('"2026-12-07 04:00:00+00"' for _ in chunk) + "}'"
-    ones = "'{" + ",".join("1" for _ in chunk) + "}'"
-    facts = f"{uids}, {shards}, {sent}::timestamptz[], '{{{zeros}}}', NULL, {ones}"
-    head = f"('{names}', '{{{ids}}}', '{stages}', NULL, NULL, NULL, NULL, {facts}, ','"
+    ones = ",".join("1" for _ in chunk)
+    facts = f"'{uids}', '{shards}', {sent}::timestamptz[], '{{{zeros}}}', NULL, '{ones}'"
+    head = f"('{names}', '{ids}', '{stages}', NULL, NULL, NULL, NULL, {facts}, ','"
     if keeping:
         return [f"EXECUTE k{head}, '{','.join('t' for _ in chunk)}')"]
     lines = [f"EXECUTE t{head})"]
-    if refused:
-        lines.append(f"EXECUTE s('{{{names}}}', '{{{ids}}}', {uids}, {shards}, {sent}, {ones})")
+    if refused:  # RECORD_SENT (trees before TRANSITION_KEEPING_JOBS) took arrays
+        listed = ",".join(str(r.id) for r in chunk)
+        arrays = f"'{{{uids}}}', '{{{shards}}}', {sent}, '{{{ones}}}'"
+        lines.append(f"EXECUTE s('{{{names}}}', '{{{listed}}}', {arrays})")
     return lines
 
 

@@ -35,6 +35,7 @@ now (in recovery, a standby during a fail-over: :data:`NOT_READY_STATES`), surfa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime, timedelta
@@ -216,37 +217,41 @@ def result_of(row: asyncpg.Record) -> RunResult:
     )
 
 
+_RENAMED = {
+    "lifecycle_stage": "stage",
+    "has_inline": "has_inline_payload",
+    "algorithm_failure_cause": "failure_cause",
+    "algorithm_failure_details": "failure_details",
+    "run_attempt": "attempt",
+}
+"""The columns of :data:`sql.COLUMNS` named otherwise in :class:`Checkpoint`."""
+
+
+def _in_field_order(columns: str) -> None:
+    """Refuse to start unless ``columns`` read a checkpoint's fields in their order (what
+    :func:`_checkpoint` relies on)."""
+    names = [_RENAMED.get(name, name) for name in (c.split()[-1] for c in columns.split(","))]
+    expected = [f.name for f in dataclasses.fields(Checkpoint)]
+    if names != expected:
+        raise RuntimeError(f"sql.COLUMNS reads {names}, not the fields of Checkpoint {expected}")
+
+
+_in_field_order(sql.COLUMNS)
+_in_field_order(sql.COLUMNS_SHARED)
+_STAGE, _APPLIED = 2, 7
+"""Where a row of :data:`sql.COLUMNS` has the stage and the applied configuration."""
+
+
 def _checkpoint(row: asyncpg.Record, applied: AppliedConfiguration | None = None) -> Checkpoint:
-    return Checkpoint(
-        algorithm=row["algorithm"],
-        id=row["id"],
-        stage=_STAGES[row["lifecycle_stage"]],
-        caller=row["caller"],
-        received_by_host=row["received_by_host"],
-        received_at=row["received_at"],
-        last_modified=row["last_modified"],
-        applied_configuration=row["applied_configuration"] if applied is None else applied,
-        payload_valid_for=row["payload_valid_for"],
-        payload_uri=row["payload_uri"],
-        has_inline_payload=row["has_inline"],
-        result_uri=row["result_uri"],
-        failure_cause=row["algorithm_failure_cause"],
-        failure_details=row["algorithm_failure_details"],
-        sent_at=row["sent_at"],
-        configuration_overrides=row["configuration_overrides"],
-        content_hash=row["content_hash"],
-        tag=row["tag"],
-        api_version=row["api_version"],
-        job_uid=row["job_uid"],
-        parent=row["parent"],
-        shard=row["shard"],
-        attempts=row["attempts"],
-        idempotency_key=row["idempotency_key"],
-        has_inline_result=row["has_inline_result"],
-        attempt=row["run_attempt"],
-        retries=row["retries"],
-        retry_at=row["retry_at"],
-    )
+    """A row of :data:`sql.COLUMNS` (or ``COLUMNS_SHARED``, with its configuration decoded
+    as ``applied``) as a checkpoint: its values in order, as positional arguments, not
+    each looked up in the row by its name and matched to its parameter by keyword (28 of
+    each for every run dispatched)."""
+    values = list(row)
+    values[_STAGE] = _STAGES[values[_STAGE]]
+    if applied is not None:
+        values[_APPLIED] = applied
+    return Checkpoint(*values)
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -552,12 +557,17 @@ class CheckpointStore:
         if not keys:
             return {}
         columns = sql.COLUMNS_SHARED if shared else sql.COLUMNS
+        # the keys as two texts, not arrays: no collections.abc check of each (see TRANSITION)
+        names = [k.algorithm for k in keys]
+        separator = _separator(names)
         async with self.connection() as conn:
             rows = await conn.fetch(
-                f"SELECT {columns} FROM runs r JOIN unnest($1::text[], $2::uuid[]) AS k(a, i)"
+                f"SELECT {columns} FROM runs r JOIN unnest(string_to_array($1::text, $3::text),"
+                " string_to_array($2::text, ',')::uuid[]) AS k(a, i)"
                 " ON r.algorithm = k.a AND r.id = k.i",
-                [k.algorithm for k in keys],
-                [k.id for k in keys],
+                separator.join(names),
+                ",".join([f"{k.id.int:032x}" for k in keys]),
+                separator,
             )
         if not shared:
             return {c.key: c for c in map(_checkpoint, rows)}
@@ -926,35 +936,44 @@ def _transition_round(batch: Sequence[Transition]) -> tuple[str, list[Any]]:
 
 def _transition_columns(batch: Sequence[Transition]) -> list[Any]:
     """The parameters of :data:`sql.TRANSITION` and :data:`sql.TRANSITION_SKIP_LOCKED`: the
-    algorithms and target stages joined into one text each, the rest as arrays, then the
-    separator that joins them."""
+    algorithms, target stages, Job uids and shards joined into one text each, the ids and
+    the attempts expected joined by commas, the rest as arrays, then the separator that
+    joins them."""
     # A Stage is a str (StrEnum), sent as its value; .value is a Python descriptor call.
-    # A failure's text is looked at only when there is one (most changes have none).
+    # A failure's text is looked at only when there is one (most changes have none). An id
+    # is formatted from its number in C (str() of a UUID is a Python call).
     names = [c.algorithm for c in batch]
     stages: list[str] = [c.to for c in batch]
-    separator = _separator(names, stages)
+    uids = [c.job_uid for c in batch]
+    shards = [c.shard for c in batch]
+    job_uids = None if uids.count(None) == len(uids) else ["" if u is None else u for u in uids]
+    on = None if shards.count(None) == len(shards) else ["" if s is None else s for s in shards]
+    separator = _separator(names, stages, job_uids or [], on or [])
+    attempts = [c.at_attempt for c in batch]
     return [
         separator.join(names),
-        _array([c.id for c in batch]),
+        ",".join([f"{c.id.int:032x}" for c in batch]),
         separator.join(stages),
         _array([c.expect for c in batch]),
         _array([c.result_uri for c in batch]),
         _array([None if c.cause is None else _text(c.cause) for c in batch]),
         _array([None if c.details is None else _text(c.details) for c in batch]),
-        _array([c.job_uid for c in batch]),
-        _array([c.shard for c in batch]),
+        None if job_uids is None else separator.join(job_uids),
+        None if on is None else separator.join(on),
         _array([c.sent_at for c in batch]),
         _array([c.attempts or None for c in batch]),
         _array([c.result_inline for c in batch]),
-        _array([c.at_attempt for c in batch]),
+        None
+        if attempts.count(None) == len(attempts)
+        else ",".join(["" if a is None else str(a) for a in attempts]),
         separator,
     ]
 
 
 def _separator(*columns: list[str]) -> str:
     """A character that no value of ``columns`` holds, to join each of them with: a comma
-    (an algorithm is a Kubernetes name, a stage a capitalised word), else the first
-    character that none holds."""
+    (an algorithm is a Kubernetes name, a stage a capitalised word, a Job uid a UUID), else
+    the first character that none holds."""
     joined = "".join("".join(column) for column in columns)
     if "," not in joined:
         return ","

@@ -116,7 +116,10 @@ WHERE r.caller = k.caller AND r.idempotency_key = k.key AND r.received_at < now(
 # RUNNING meanwhile, and drop it; an expression is evaluated again on the new row.
 # The algorithms ($1) and target stages ($3) come as one text each, joined by a separator
 # ($14) that none of them holds: asyncpg checks each element of an array parameter against
-# collections.abc (about 2,400 instructions a str), and every change has both; for the
+# collections.abc (about 2,400 instructions a str), and every change has both; so do the
+# Job uids and shards ($8, $9: every change of a dispatched run has both), an empty one
+# read as none (NULL), and the ids ($2, as 32 hex digits) and attempts expected ($13) joined
+# by commas; for the
 # same reason the attempts to add ($11) are NULL, not zeros, when no change adds one (a
 # completion's). A row changed is answered with its change's position in the batch (n),
 # one integer to decode instead of its algorithm and id.
@@ -150,10 +153,12 @@ def _listed(stages: Iterable[Stage]) -> str:
 
 MOVES = _moves()
 
-_TRANSITION_FROM = """FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
-            string_to_array($3::text, $14::text), $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[],
-            $12::bytea[], $13::int[]{keep_column}) WITH ORDINALITY
+_TRANSITION_FROM = """FROM unnest(string_to_array($1::text, $14::text),
+            string_to_array($2::text, ',')::uuid[], string_to_array($3::text, $14::text),
+            $4::text[], $5::text[], $6::text[], $7::text[],
+            string_to_array($8::text, $14::text, ''), string_to_array($9::text, $14::text, ''),
+            $10::timestamptz[], $11::int[], $12::bytea[],
+            string_to_array($13::text, ',', '')::int[]{keep_column}) WITH ORDINALITY
      AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
           sent_at, attempts, result_inline, at_attempt{keep_name}, n)
 WHERE r.algorithm = u.algorithm AND r.id = u.id
@@ -337,10 +342,13 @@ LIMIT $2
 # grows with the batch, not with its square (the CTEs have no indexes).
 TRANSITION_SKIP_LOCKED = f"""
 WITH candidates AS (
-    SELECT u.* FROM unnest(string_to_array($1::text, $14::text), $2::uuid[],
+    SELECT u.* FROM unnest(string_to_array($1::text, $14::text),
+                           string_to_array($2::text, ',')::uuid[],
                            string_to_array($3::text, $14::text), $4::text[], $5::text[],
-                           $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
-                           $11::int[], $12::bytea[], $13::int[])
+                           $6::text[], $7::text[], string_to_array($8::text, $14::text, ''),
+                           string_to_array($9::text, $14::text, ''), $10::timestamptz[],
+                           $11::int[], $12::bytea[],
+                           string_to_array($13::text, ',', '')::int[])
         AS u(algorithm, id, to_stage, expect, result_uri, cause, details, job_uid, shard,
              sent_at, attempts, result_inline, at_attempt)
     JOIN runs r ON r.algorithm = u.algorithm AND r.id = u.id
