@@ -42,7 +42,7 @@ from kubernetes_asyncio.config.kube_config import KubeConfigLoader
 
 from nexus.core.config import ShardSettings
 from nexus.core.errors import ShardRejected, ShardThrottled, ShardUnavailable
-from nexus.core.httpcalls import CallFailed, HttpCalls
+from nexus.core.httpcalls import CallFailed, HttpCalls, PreparedHeaders
 from nexus.core.runs import record
 from nexus.core.watchevents import BrokenEvent, Sift, sifted_event
 from nexus.core.watchevents import WatchEvent as WatchEvent  # where callers have found it
@@ -304,12 +304,18 @@ class ShardClient:
             log.warning("cannot refresh the credentials of shard %s: %s", self.name, exc)
 
     async def _auth_headers(self) -> Mapping[str, str]:
-        """The headers of a Job creation, with the credentials in use: made again only when
+        """The headers of a Job creation, with the credentials in use, their lines encoded
+        for the request once (:class:`PreparedHeaders`): made again only when
         the bearer token changes (a refresh), not with three coroutines of the client
         library per Job. A configuration with a refresh hook (in-cluster tokens) asks the
         library every time: its hook may change the token on any call. The client's
-        default headers are those it was made with (nothing here changes them)."""
-        await self._fresh_credentials()
+        default headers are those it was made with (nothing here changes them). The
+        credentials are looked at only when due: no coroutine per Job to find they are not."""
+        if (
+            self._credentials is not None
+            and time.monotonic() - self._credentials_checked >= CREDENTIALS_CHECK
+        ):
+            await self._fresh_credentials()
         configuration = self._api.configuration
         token = (
             configuration.api_key.get("BearerToken"),
@@ -320,8 +326,9 @@ class ShardClient:
             return made[1]
         headers = {**_JSON, **self._api.default_headers}
         await self._api.update_params_for_auth(headers, [], ["BearerToken"])
-        self._headers = (token, headers)
-        return headers
+        prepared = PreparedHeaders(headers)
+        self._headers = (token, prepared)
+        return prepared
 
     async def _call(
         self,
