@@ -91,7 +91,9 @@ class Signer:
         self._keys = [HmacKey(key.encode()) for key in keys]
 
     def _mac(self, key: HmacKey, message: str) -> str:
-        return _encoded_mac(key, message.encode()).decode()
+        # _encoded_mac's steps, one Python call fewer: each Job carries three MACs
+        mac = key.digest(message.encode())[:24]
+        return binascii.b2a_base64(mac, newline=False).translate(_URL_SAFE).decode()
 
     def _verify(self, message: str, signature: str) -> bool:
         # bytes, not str: compare_digest refuses str with non-ASCII characters (TypeError)

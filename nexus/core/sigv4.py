@@ -172,7 +172,9 @@ class Signer:
         scope = f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
         origin, host, prefix = _endpoint(endpoint_url, bucket, virtual_host)
         folder, slash, name = key.rpartition("/")  # a run's key: a shared folder, its id
-        path = f"{prefix}/{_encoded_folder(folder + slash)}{uri_encode(name)}"
+        if not (name.isascii() and name.replace("-", "").isalnum()):  # a run id needs none
+            name = uri_encode(name)
+        path = f"{prefix}/{_encoded_folder(folder + slash)}{name}"
         credential = _encoded_credential(self.access_key_id, scope)
         # In canonical (sorted) order: Algorithm, Credential, Date, Expires, Security-Token,
         # SignedHeaders. The URL puts the token after SignedHeaders, as botocore does.

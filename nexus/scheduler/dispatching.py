@@ -66,7 +66,7 @@ from nexus.core.templates import Workgroup
 from nexus.core.waiting import Backoff, first_of, sleep_or_stop
 from nexus.scheduler.catalog import Catalog
 from nexus.scheduler.inputs import RecentInputs
-from nexus.scheduler.jobs import JobBodies, RunLinks
+from nexus.scheduler.jobs import JobBodies
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
 from nexus.scheduler.settings import SchedulerSection
@@ -480,14 +480,10 @@ class Dispatcher:
         workgroup: Workgroup | None,
         copy: int = 1,
     ) -> bytes:
-        links = RunLinks(
-            input_url=self.links.input_url(checkpoint),
-            result_upload_url=self.links.result_upload_url(checkpoint),
-            receiver_url=self.links.receiver_url(shard),
-            run_token=self.links.run_token(checkpoint),
+        links = self.links.job_links(
+            checkpoint,
+            shard,
             result_inline_limit=self.settings.result_inline_limit,
-            scheduler_url=self.links.scheduler_url,
-            run_credential=self.links.run_credential(checkpoint),
             input_content=self._input_content(checkpoint),
         )
         ttl = self.settings.job_ttl_after_finished

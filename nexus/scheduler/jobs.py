@@ -324,12 +324,13 @@ class JobBodies:
             links.receiver_url, links.scheduler_url, links.result_inline_limit,
             credential, links.input_content is not None,
         )  # fmt: skip
+        dumps = orjson.dumps  # each value as it reads inside a JSON string (see _escaped)
         values = [
             str(run.id).encode(),
-            _escaped(links.input_url),
-            _escaped(links.result_upload_url),
-            _escaped(links.run_token),
-            _escaped(links.run_credential or "") if credential else b"",
+            dumps(links.input_url)[1:-1],
+            dumps(links.result_upload_url)[1:-1],
+            dumps(links.run_token)[1:-1],
+            dumps(links.run_credential or "")[1:-1] if credential else b"",
             _escaped(_literal(links.input_content)) if links.input_content is not None else b"",
         ]
         made = self._bodies.get(key, ...)

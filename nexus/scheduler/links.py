@@ -17,6 +17,7 @@ from nexus.core.runs import Checkpoint, RunResult
 from nexus.core.signing import Signer
 from nexus.core.storage import PayloadStore
 from nexus.core.templates import DEFAULT_DEADLINE_SECONDS
+from nexus.scheduler.jobs import RunLinks
 from nexus.scheduler.settings import SchedulerSection
 
 CONTENT_ROUTE = "/algorithm/v1.2/payload/{algorithm}/requests/{request_id}/content"
@@ -50,13 +51,6 @@ class Links:
         path = CONTENT_ROUTE.format(algorithm=run.algorithm, request_id=run.id)
         return self._public + self.signer.sign_path(path, valid_for)
 
-    def result_upload_url(self, run: Checkpoint) -> str:
-        deadline = run.applied_configuration.get("deadlineSeconds", DEFAULT_DEADLINE_SECONDS)
-        seconds = float(deadline) + self._margin
-        return self.payloads.presign_put(
-            self.payloads.result_key(run.algorithm, str(run.id)), seconds
-        )
-
     def result_url(self, run: Checkpoint | RunResult) -> str | None:
         """A fresh URL of the run's result, if it has one."""
         if run.has_inline_result:
@@ -77,14 +71,32 @@ class Links:
     def run_token(self, run: Checkpoint) -> str:
         return self.signer.run_token(run.algorithm, str(run.id))
 
-    @property
-    def scheduler_url(self) -> str:
-        """Where a running algorithm starts child runs."""
-        return self._public
-
-    def run_credential(self, run: Checkpoint) -> str:
-        """The run's credential for starting children as its caller, valid until its
-        deadline (plus the margin result uploads get)."""
+    def job_links(
+        self,
+        run: Checkpoint,
+        shard: str,
+        *,
+        result_inline_limit: int,
+        input_content: str | None,
+    ) -> RunLinks:
+        """What ``run``'s Job carries: its input URL, a presigned PUT for its result valid
+        until its deadline (plus a margin), its receiver, its run token, and where (the
+        public URL) and with what credential it starts children as its caller, valid as
+        long as the PUT. Made together, for
+        every Job: the run's id is formatted and its deadline read once, not once a link."""
+        algorithm, run_id = run.algorithm, str(run.id)
         deadline = run.applied_configuration.get("deadlineSeconds", DEFAULT_DEADLINE_SECONDS)
-        expires = int(time.time() + float(deadline) + self._margin)
-        return self.signer.run_credential(run.algorithm, str(run.id), run.caller, expires)
+        seconds = float(deadline) + self._margin
+        payloads, signer = self.payloads, self.signer
+        return RunLinks(
+            input_url=self.input_url(run),
+            result_upload_url=payloads.presign_put(payloads.result_key(algorithm, run_id), seconds),
+            receiver_url=self._receivers.get(shard, self._receiver),
+            run_token=signer.run_token(algorithm, run_id),
+            result_inline_limit=result_inline_limit,
+            scheduler_url=self._public,
+            run_credential=signer.run_credential(
+                algorithm, run_id, run.caller, int(time.time() + seconds)
+            ),
+            input_content=input_content,
+        )
