@@ -119,7 +119,17 @@ class ConcurrencyLimits:
         self, runs: list[tuple[QueuedRun, Checkpoint]]
     ) -> list[tuple[QueuedRun, Checkpoint]]:
         """The runs that hold their slots now; the others are parked."""
-        limited = [(run, c, self.limits_of(c)) for run, c in runs]
+        # The runs of a batch share a few (algorithm, workgroup, caller): each one's limits
+        # are looked up once per batch, not once per run (the catalog and the settings
+        # cannot change before this returns: nothing is awaited until they are all known).
+        known: dict[tuple[str, str, str], list[Limit]] = {}
+        limited = []
+        for run, c in runs:
+            which = (c.algorithm, c.applied_configuration.get("workgroup", ""), c.caller)
+            limits = known.get(which)
+            if limits is None:
+                limits = known[which] = self.limits_of(c)
+            limited.append((run, c, limits))
         wanting = [(run.key, limits) for run, _, limits in limited if limits]
         if not wanting:
             return runs

@@ -86,13 +86,21 @@ class Quotas:
         self.slots = Slots(backend)
         self.store = store
         self.teams = teams
+        self._everyone = (
+            teams.default_runs_per_day is not None or teams.default_max_unfinished is not None
+        )
+        """Whether every caller has a quota (a default one)."""
+        self._named = frozenset(
+            caller
+            for caller, policy in teams.callers.items()
+            if policy.runs_per_day is not None or policy.max_unfinished is not None
+        )
+        """The callers given a quota of their own."""
 
     def apply_to(self, caller: str) -> bool:
-        """Whether ``caller`` has a quota (else :meth:`take` takes nothing)."""
-        return (
-            self.teams.runs_per_day(caller) is not None
-            or self.teams.max_unfinished(caller) is not None
-        )
+        """Whether ``caller`` has a quota (else :meth:`take` takes nothing): known from the
+        settings once, not worked out again for every submit."""
+        return self._everyone or caller in self._named
 
     async def take(self, caller: str, key: RunKey) -> Taken | None:
         """Count run ``key`` against ``caller``'s quotas, or raise the 429."""

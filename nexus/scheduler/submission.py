@@ -58,7 +58,6 @@ from nexus.core.runs import (
     Checkpoint,
     NewRun,
     ParentRef,
-    RunKey,
     Stage,
     Transition,
     new_run_ids,
@@ -482,9 +481,12 @@ class Submitter:
     ) -> Accepted:
         """Take the quota, upload the input, write the checkpoint and queue the run."""
         algorithm, run_id, shard = run.algorithm, run.id, run.applied_configuration["shard"]
+        run_key = run.key
         quota = None
-        if self.quotas is not None:  # the last check: a 429 here leaves nothing stored
-            quota = await self.quotas.take(principal.caller, RunKey(algorithm, run_id))
+        quotas = self.quotas
+        if quotas is not None and quotas.apply_to(principal.caller):
+            # the last check: a 429 here leaves nothing stored
+            quota = await quotas.take(principal.caller, run_key)
         try:
             if key is not None:
                 await self.payloads.put(key, payload)
@@ -515,11 +517,11 @@ class Submitter:
                     conflict_message(principal, "Idempotency-Key", run, admission),
                 )
             return Accepted(admission.id, created=False)
-        if await self.cancel_orphans(principal, [run]):
+        if principal.run is not None and await self.cancel_orphans(principal, [run]):
             return Accepted(run_id, created=True)
         if inline:  # before the push: its Job may be made the moment it is queued
-            self.recent_inputs.remember(run.key, payload)
-        queued = QueuedRun(shard, run.key, 0.0, self.fair_share.share(principal))
+            self.recent_inputs.remember(run_key, payload)
+        queued = QueuedRun(shard, run_key, 0.0, self.fair_share.share(principal))
         try:
             await self._pushes.submit(queued)
         except QueueUnavailable as exc:

@@ -38,6 +38,11 @@ class CallerPolicy:
     are refused (429)."""
 
 
+_UNNAMED = CallerPolicy()
+"""The policy of a caller the section does not name (frozen: one object serves them all,
+not one made per run dispatched and per quota taken)."""
+
+
 @dataclass(frozen=True)
 class TeamSettings:
     """Fair share, concurrency limits and quotas of callers."""
@@ -64,7 +69,7 @@ class TeamSettings:
     of the runs holding the limit's slots in one query, done by one pod at a time."""
 
     def policy(self, caller: str) -> CallerPolicy:
-        return self.callers.get(caller) or CallerPolicy()
+        return self.callers.get(caller) or _UNNAMED
 
     def runs_per_day(self, caller: str) -> int | None:
         configured = self.policy(caller).runs_per_day
