@@ -147,15 +147,16 @@ def unschedulable(pod: dict[str, Any]) -> str | None:
     return None
 
 
-def pod_matters(kind: str, status: dict[str, Any]) -> bool:
+def pod_matters(kind: str, status: dict[str, Any] | None) -> bool:
     """Whether a pod's watch event is one the rules above act on, from its ``status`` alone
     (:data:`nexus.core.watchevents.Sift`), so that the rest of it need not be read: not a
-    pod deleted, not yet reported on by the kubelet (no container status), creating its
-    container, or succeeded (unless out of memory) — most of a run's pod events.
+    pod deleted (whatever its status: declined from the type alone, unread), not yet
+    reported on by the kubelet (no container status), creating its container, or
+    succeeded (unless out of memory) — most of a run's pod events.
 
     It asks the very functions the rules use, of the status alone: they read nothing
     else of a pod."""
-    if kind == "DELETED":
+    if kind == "DELETED" or status is None:
         return False
     pod = {"status": status}
     if disruption(pod) is not None:
@@ -172,11 +173,11 @@ def pod_matters(kind: str, status: dict[str, Any]) -> bool:
     return False
 
 
-def job_matters(kind: str, status: dict[str, Any]) -> bool:
+def job_matters(kind: str, status: dict[str, Any] | None) -> bool:
     """Whether a Job's watch event is worth reading (:data:`nexus.core.watchevents.Sift`):
     a change to a Job without conditions says nothing new (its ADDED event, or the list,
-    named it already)."""
-    return kind != "MODIFIED" or bool(status.get("conditions"))
+    named it already). Every deletion matters (whatever the status)."""
+    return kind != "MODIFIED" or status is None or bool(status.get("conditions"))
 
 
 def container_state(pod: dict[str, Any]) -> dict[str, Any] | None:

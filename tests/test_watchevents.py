@@ -128,3 +128,28 @@ def test_bookmarks_errors_and_blank_lines() -> None:
         sifted_event(b'{"type":"MODIFIED","object":{"metadata":{"name":"a"},"status":{', None)
     with pytest.raises(BrokenEvent, match="not an event"):
         sifted_event(b'{"kind":"Status"}', lambda *_: True)
+
+
+def test_a_deletion_is_put_to_the_sift_by_its_type_first() -> None:
+    """A sift that declines every deletion has none read; one that wants some is asked
+    again with the status, and gets the event as any other."""
+    obj = OBJECTS["as API servers write it"]
+    line = orjson.dumps(event(obj, "DELETED"))
+    asked: list[tuple[str, dict[str, Any] | None]] = []
+
+    def sift(kind: str, status: dict[str, Any] | None) -> bool:
+        asked.append((kind, status))
+        return status is None or status.get("phase") == "Running"
+
+    got = sifted_event(line, sift)
+    assert asked == [("DELETED", None), ("DELETED", STATUS)]
+    assert got == WatchEvent("DELETED", {"kind": "Job", "metadata": META, "status": STATUS})
+    # declined from its type: not a byte of its object is parsed (this one is no JSON)
+    unread = b'{"type":"DELETED","object":{"metadata":{"name":"a"},"status":{"phase" [}}'
+    assert sifted_event(unread, lambda kind, status: kind != "DELETED") is None
+    with pytest.raises(BrokenEvent):  # as any other deletion a sift may want is
+        sifted_event(unread, lambda *_: True)
+    # other types are not asked by their type alone
+    asked.clear()
+    assert sifted_event(orjson.dumps(event(obj, "MODIFIED")), sift) is not None
+    assert asked == [("MODIFIED", STATUS)]

@@ -24,8 +24,9 @@ trust it:
   with the object and the event closed after it parses only where the cut is right in
   the object, and it must hold the ``metadata``.
 
-A line laid out any other way is parsed whole (and sifted on its status, once): the sift
-sees the same status either way, so no event it wants is ever dropped.
+A deletion the sift declines from its type alone (see :data:`Sift`) is not read further
+than its type. A line laid out any other way is parsed whole (and sifted on its status,
+once): the sift sees the same status either way, so no event it wants is ever dropped.
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ from typing import Any
 
 import orjson
 
-Sift = Callable[[str, dict[str, Any]], bool]
-"""Whether a watch event matters, from its type and its object's ``status`` alone."""
+Sift = Callable[[str, dict[str, Any] | None], bool]
+"""Whether a watch event matters, from its type and its object's ``status`` alone.
+
+A ``DELETED`` event is first put to it with ``None`` for the status: from its type alone,
+before anything of its object is read. It answers ``False`` only if it declines every
+deletion (whatever the status); otherwise the status is read and it is asked again."""
 
 _HEAD = re.compile(rb'\{"type":"(?:(ADDED)|(MODIFIED)|(DELETED))","object":\{')
 """The start of a line of an event to sift, as API servers write it: one match names the
@@ -89,6 +94,9 @@ def sifted_event(
         while end > start and text[end - 1] in _BLANK:  # a line may end in "\r"
             end -= 1
         kind = _KINDS[head.lastindex or 0]
+        # (a line that does not end as an object does is read on: one cut off raises)
+        if kind == "DELETED" and text[end - 1] == _BRACE and not sift(kind, None):
+            return None  # every deletion declined: the object is not read at all
         # the status, where API servers write it: last in the object (see above)
         at = text.rfind(_STATUS, start, end)
         if at > start and text[end - 1] == _BRACE == text[end - 2]:

@@ -216,3 +216,23 @@ async def test_a_job_event_is_skipped_only_if_the_rules_ignore_it(case: str) -> 
     assert not skipped or ignored, f"{case}: skipped, but it matters"
     if case == "active":
         assert skipped
+
+
+async def test_deletions_are_sifted_by_their_type_alone_pods_unread_jobs_read() -> None:
+    """A pod's deletion is declined before its status is read (the rules ignore every one,
+    whatever it says: here a failure they would act on while the pod was there); a Job's
+    deletion, whatever its status says, is read and handled."""
+    failed = pod("Failed", ended(3, "Error"))
+    assert pod_matters("DELETED", None) is False
+    assert pod_matters("MODIFIED", failed["status"])  # a change that says as much matters
+    assert sifted_event(line("DELETED", failed), pod_matters) is None
+    unread = line("DELETED", failed).replace(b'"phase":"Failed"', b'"phase" [')
+    assert sifted_event(unread, pod_matters) is None  # not a byte of it parsed
+    for status in (None, {}, {"active": 1}):
+        assert job_matters("DELETED", status) is True
+    for deleted in (job(None), job([COMPLETE]), {**job(None), "status": {}}):
+        watch, actions = await watching()
+        sifted = sifted_event(line("DELETED", deleted), job_matters)
+        assert sifted is not None and sifted.type == "DELETED"
+        await watch._on_job(sifted)
+        assert RUN not in watch.jobs and RUN in watch._deleted  # gone, under a running run
