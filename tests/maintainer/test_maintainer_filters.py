@@ -231,7 +231,7 @@ async def test_deletions_are_sifted_by_their_type_alone_pods_unread_jobs_read() 
     for status in (None, {}, {"active": 1}):
         assert job_matters("DELETED", status) is True
     for deleted in (job(None), job([COMPLETE]), {**job(None), "status": {}}):
-        watch, actions = await watching()
+        watch, _ = await watching()
         sifted = sifted_event(line("DELETED", deleted), job_matters)
         assert sifted is not None and sifted.type == "DELETED"
         await watch._on_job(sifted)
