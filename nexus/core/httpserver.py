@@ -267,7 +267,8 @@ class _Connection(asyncio.Protocol):
             if isinstance(result, Answer):
                 self._answer(request, result)
             else:
-                self.streaming = asyncio.ensure_future(self._stream(request, result))
+                stream = self._stream(request, result)
+                self.streaming = asyncio.get_running_loop().create_task(stream)
 
     async def _stream(self, request: Request, streaming: Awaitable[Answer | None]) -> None:
         try:
