@@ -8,7 +8,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: dev check test lint lock clean
+.PHONY: dev check test lint lock clean devcluster-compiled devcluster-sources
 
 DISTRIBUTIONS := -e ./sdk -e '.[dev]' -e ./dev
 
@@ -48,5 +48,14 @@ lock:
 	mv requirements.lock.new requirements.lock
 	rm -rf $(VENV)-lock
 
+# The local cluster's hot modules compiled with mypyc (a C compiler needed): opt-in, ignored
+# once a source changes (nexus_dev.cluster.compiled); devcluster-sources removes them.
+devcluster-compiled: $(STAMP)
+	@$(BIN)/python -c 'from nexus_dev.cluster.compiled import build; build()' >&2
+
+devcluster-sources: $(STAMP)
+	@$(BIN)/python -c 'from nexus_dev.cluster.compiled import clean; clean()'
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .import_linter_cache
+	rm -f dev/nexus_dev/cluster/*.so dev/nexus_dev/cluster/compiled.json

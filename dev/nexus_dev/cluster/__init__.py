@@ -16,10 +16,15 @@ Development, tests, benchmarks and ``nexus dev`` talk to it with the real client
   their status and their containers (simulated ones call out over the pooled connections
   of :mod:`nexus.core.httpcalls`);
 * :mod:`.emulators`, :mod:`.cli`, :mod:`.heap` — running shards in-process or as
-  ``nexus devcluster`` (which keeps the garbage collector off the store).
+  ``nexus devcluster`` (which keeps the garbage collector off the store);
+* :mod:`.compiled` — the hot modules compiled with mypyc, when built (never when stale).
 """
 
-from nexus_dev.cluster.emulators import DevCluster, Shard, ShardSpec
-from nexus_dev.cluster.fairness import Limits
+from nexus_dev.cluster.compiled import use_sources_if_changed
+
+use_sources_if_changed()  # before any compiled module is imported
+
+from nexus_dev.cluster.emulators import DevCluster, Shard, ShardSpec  # noqa: E402
+from nexus_dev.cluster.fairness import Limits  # noqa: E402
 
 __all__ = ["DevCluster", "Limits", "Shard", "ShardSpec"]
