@@ -4,13 +4,15 @@ streams, shutdown."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio
 
-from nexus.core.httpserver import Answer, HttpServer, Request
+from nexus.core import httpserver
+from nexus.core.httpserver import Answer, HttpServer, Request, _Connection
 
 
 async def _stream_numbers(request: Request, count: int, done: asyncio.Event) -> None:
@@ -386,3 +388,149 @@ async def test_a_connection_is_idle_from_its_last_answer_on() -> None:
     assert (await reader.readuntil(b"echo:")).startswith(b"HTTP/1.1 200 OK")
     writer.close()
     await server.close(grace=0.5)
+
+
+class _Fed(asyncio.Transport):
+    """A connection's transport with no socket: what is written is kept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def _feed(server: HttpServer, pieces: list[bytes]) -> bytes:
+    """Hand ``pieces`` to one connection of ``server`` as reads; what it wrote."""
+    connection = _Connection(server)
+    transport = _Fed()
+    connection.connection_made(transport)
+    for piece in pieces:
+        connection.data_received(piece)
+    return bytes(transport.written)
+
+
+def _tiny_chunks(body: bytes) -> bytes:
+    return b"".join(b"1\r\n%b\r\n" % body[i : i + 1] for i in range(len(body))) + b"0\r\n\r\n"
+
+
+def _segments(data: bytes, size: int = 1448) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+async def test_a_body_of_one_byte_chunks_under_the_limit_is_taken() -> None:
+    """Its framing is six times its size, and it is still a body under the limit."""
+    taken: list[bytes] = []
+
+    def handle(request: Request) -> Answer:
+        taken.append(request.body)
+        return Answer(200)
+
+    body = bytes(range(256)) * 100  # 25,600 bytes, 153,605 framed
+    head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    written = _feed(HttpServer(handle, max_body=30_000), _segments(head + _tiny_chunks(body)))
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert taken == [body]
+
+
+async def test_a_chunked_body_is_parsed_once_however_it_arrives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each read parses only what is new: a body of N one-byte chunks arriving a segment
+    at a time costs about N chunk size lines read, not N² / segment (which took a minute of
+    CPU for 128 KiB)."""
+    pattern = httpserver._CHUNK_SIZE
+    read: list[int] = []
+
+    class Counting:
+        def fullmatch(self, buffer: bytearray, start: int, end: int) -> re.Match[bytes] | None:
+            read.append(1)
+            return pattern.fullmatch(buffer, start, end)
+
+    monkeypatch.setattr(httpserver, "_CHUNK_SIZE", Counting())
+    body = b"x" * 20_000
+    head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    pieces = _segments(head + _tiny_chunks(body), 600)  # 201 reads
+    written = _feed(HttpServer(lambda r: Answer(200), max_body=30_000), pieces)
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(read) <= len(body) + 1 + len(pieces)
+
+
+async def test_a_client_that_pipelines_and_never_reads_is_read_no_further() -> None:
+    """Answers wait in the server only up to the socket's high-water mark, then nothing
+    more is read until the client reads; every request is answered in the end."""
+    answer = b"m" * 20_000
+    server = HttpServer(lambda request: Answer(200, answer, "text/plain"), max_body=10)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    count = 20_000  # 420 kB asked, 400 MB to answer
+    writer.write(b"GET /metrics HTTP/1.1\r\n\r\n" * count)
+    await asyncio.sleep(0.5)
+    (connection,) = server.connections
+    assert connection.transport is not None
+    assert connection.transport.get_write_buffer_size() < 4 * 1024 * 1024
+    received = 0
+    while received < count * len(answer):
+        chunk = await asyncio.wait_for(reader.read(1 << 22), 5)
+        assert chunk
+        received += chunk.count(b"m")
+    assert received == count * len(answer)
+    writer.close()
+    await server.close(grace=0.5)
+
+
+async def test_close_waits_for_an_answer_whose_client_has_gone() -> None:
+    """Its work (a completion's commit) ends before the server's close returns, so what it
+    uses (the store) is still open."""
+    app = App()
+    server = HttpServer(app.handle, max_body=10)
+    port = await server.start("127.0.0.1", 0)
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
+    await writer.drain()
+    await _until(lambda: bool(app.seen))
+    writer.transport.abort()  # type: ignore[attr-defined]
+    await _until(lambda: not server.connections)
+    asyncio.get_running_loop().call_later(0.2, app.release.set)
+    await server.close(grace=5)
+    assert app.later_done == 1
+
+
+async def test_close_starts_nothing_a_client_pipelined_behind_a_running_answer() -> None:
+    app = App()
+    server = HttpServer(app.handle, max_body=10)
+    port = await server.start("127.0.0.1", 0)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1"
+        b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n2"
+    )
+    await writer.drain()
+    await _until(lambda: bool(app.seen))
+    asyncio.get_running_loop().call_later(0.2, app.release.set)
+    await server.close(grace=5)
+    assert [request.body for request in app.seen] == [b"1"]
+    assert app.later_done == 1
+    received = await asyncio.wait_for(reader.read(), 2)  # the first answered, then closed
+    assert received.startswith(b"HTTP/1.1 202 ") and received.endswith(b"later:1")
+    writer.close()
+
+
+async def test_connection_fields_are_lists() -> None:
+    server = HttpServer(lambda request: Answer(200, b"ok"), max_body=10)
+    kept = _feed(server, [b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"])
+    assert b"Connection: keep-alive\r\n" in kept  # or an HTTP/1.0 client closes
+    closing = _feed(server, [b"GET / HTTP/1.1\r\nConnection: Upgrade, close\r\n\r\n"])
+    assert b"Connection: close\r\n" in closing
+    twice = _feed(server, [b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: close\r\n\r\n"])
+    assert b"Connection: close\r\n" in twice

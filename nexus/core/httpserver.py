@@ -63,6 +63,8 @@ _HEAD = re.compile(
 a colon, a value of visible characters, spaces and tabs) — one match, no backtracking."""
 _TRAILERS = re.compile(rf"(?:{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
+_MAX_CHUNK_LINE = _MAX_HEAD
+"""Longest chunk size line (its extensions included) read: what a head may be."""
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _HEADS: dict[tuple[int, str], bytes] = {}
 """An answer's first bytes, up to its ``Content-Length`` value, by status and type."""
@@ -92,6 +94,7 @@ class Request:
         "_query",
         "body",
         "headers",
+        "http10",
         "keep_alive",
         "method",
         "path",
@@ -108,6 +111,7 @@ class Request:
         self.headers = headers
         self.body = b""
         self.keep_alive = True
+        self.http10 = False
         self.streamed = False
 
     @property
@@ -188,6 +192,11 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._continued = False
         self._reading = True
+        self._scanned = 0
+        self._request: Request | None = None
+        self._length = 0
+        self._chunks: bytearray | None = None
+        self._trailers = False
         self.lingering = False
         self.last_read = time.monotonic()
 
@@ -206,6 +215,22 @@ class _Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused = False
         self._wake_drain()
+        if self.streaming is None and not self.closed:
+            self._read_on()
+            if self.buffer:
+                self._serve()
+
+    def _hold(self) -> None:
+        """Read no further (the client pipelines faster than it reads its answers, or while
+        one is computed)."""
+        if self._reading and self.transport is not None:
+            self.transport.pause_reading()
+            self._reading = False
+
+    def _read_on(self) -> None:
+        if not self._reading and not self.closed and self.transport is not None:
+            self.transport.resume_reading()
+            self._reading = True
 
     def _wake_drain(self) -> None:
         if self._drain is not None and not self._drain.done():
@@ -237,15 +262,17 @@ class _Connection(asyncio.Protocol):
         self.buffer += data
         if self.streaming is None:
             self._serve()
-        elif self._reading and len(self.buffer) > _MAX_HEAD + self.server.max_body:
-            # a client pipelining while its answer is computed: read on once it is sent
-            assert self.transport is not None
-            self.transport.pause_reading()
-            self._reading = False
+        elif len(self.buffer) > _MAX_HEAD + self.server.max_body:
+            self._hold()  # a client pipelining while its answer is computed: until it is sent
 
     def _serve(self) -> None:
-        """Answer every complete request in the buffer, until one streams."""
+        """Answer every complete request in the buffer, until one streams or the client's
+        socket is full: then nothing more is read until it drains (what a client that
+        pipelines and does not read its answers costs is bounded)."""
         while not self.closed and self.streaming is None:
+            if self.paused:
+                self._hold()
+                return
             try:
                 request = self._parse()
             except ValueError as exc:
@@ -267,8 +294,10 @@ class _Connection(asyncio.Protocol):
             if isinstance(result, Answer):
                 self._answer(request, result)
             else:
-                stream = self._stream(request, result)
-                self.streaming = asyncio.get_running_loop().create_task(stream)
+                task = asyncio.get_running_loop().create_task(self._stream(request, result))
+                self.streaming = task
+                self.server.handling.add(task)
+                task.add_done_callback(self.server.handling.discard)
 
     async def _stream(self, request: Request, streaming: Awaitable[Answer | None]) -> None:
         try:
@@ -289,22 +318,25 @@ class _Connection(asyncio.Protocol):
             self.last_read = time.monotonic()  # idle from its answer on, not its request
         if answer is not None:
             self._answer(request, answer)
-        elif not request.keep_alive:
-            self.close()
-        if not self._reading and not self.closed:
-            assert self.transport is not None
-            self.transport.resume_reading()
-            self._reading = True
-        if self.buffer:
-            self._serve()
+        if not request.keep_alive or self.server.closing:
+            self.close()  # at shutdown, a request the client pipelined is not started
+        elif not self.paused:
+            self._read_on()
+            if self.buffer:
+                self._serve()
 
     def _answer(self, request: Request | None, answer: Answer, *, linger: bool = False) -> None:
         body = answer.body
         keep_alive = request is not None and request.keep_alive
-        if keep_alive and not answer.headers and len(body) <= _JOIN_LIMIT:
+        if (
+            keep_alive
+            and request is not None
+            and not request.http10
+            and not answer.headers
+            and len(body) <= _JOIN_LIMIT
+        ):
             # the common answer (a Job created, an object read): its head up to the length
             # is made once per status and type, and one formatting joins it all
-            assert request is not None
             key = (answer.status, answer.content_type)
             start = _HEADS.get(key)
             if start is None:
@@ -325,6 +357,8 @@ class _Connection(asyncio.Protocol):
             head += [f"{name}: {value}\r\n" for name, value in answer.headers.items()]
         if not keep_alive:
             head.append("Connection: close\r\n")
+        elif request is not None and request.http10:
+            head.append("Connection: keep-alive\r\n")
         head.append("\r\n")
         data = "".join(head).encode("latin-1")
         if request is not None and request.method == "HEAD":
@@ -341,13 +375,52 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def _parse(self) -> Request | None:
-        """The next complete request in the buffer, or ``None`` until more arrives."""
+        """The next complete request in the buffer, or ``None`` until more arrives.
+
+        Linear in what arrives however it is cut: the head is searched for only in bytes not
+        searched yet, a parsed head waits for its body without being read again, and a
+        chunked body's framing is consumed chunk by chunk (the buffer keeps only what is not
+        parsed yet, the body what its chunks carried)."""
+        request = self._request
+        if request is None:
+            request = self._parse_head()
+            if request is None:
+                return None
         buffer = self.buffer
-        end = buffer.find(b"\r\n\r\n")
-        if end < 0 or end > _MAX_HEAD:
+        if self._chunks is not None:
+            try:
+                complete = self._read_chunks()
+            except _TooLarge as exc:
+                exc.request = request
+                raise
+            if not complete:
+                self._continue(request.headers)
+                return None
+            request.body = bytes(self._chunks)
+            self._chunks = None
+        else:
+            stop = self._length
+            if len(buffer) < stop:
+                self._continue(request.headers)
+                return None
+            with memoryview(buffer) as view:
+                request.body = bytes(view[:stop])
+            del buffer[:stop]
+        self._request = None
+        self._continued = False
+        return request
+
+    def _parse_head(self) -> Request | None:
+        """The next request's head, taken from the buffer, with how its body is framed
+        (``_length`` or ``_chunks``); ``None`` until the head is complete."""
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), _MAX_HEAD + 4)
+        if end < 0:
             if len(buffer) > _MAX_HEAD:
                 raise ValueError("request head too large")
+            self._scanned = len(buffer)
             return None
+        self._scanned = 0
         view = memoryview(buffer)  # slices of it are copied once, not twice
         try:
             head = str(view[:end], "latin-1")
@@ -366,39 +439,71 @@ class _Connection(asyncio.Protocol):
             else:
                 headers[name] = value.strip()
         request = Request(self, method, target, headers)
-        connection = headers.get("connection", "").lower()
-        request.keep_alive = connection != "close" and (
-            version == "HTTP/1.1" or connection == "keep-alive"
-        )
-        start = end + 4
+        connection = headers.get("connection")
+        if version == "HTTP/1.1":
+            request.keep_alive = connection is None or "close" not in _tokens(connection)
+        else:  # HTTP/1.0 keeps a connection only when asked to, and is told it is kept
+            request.keep_alive = connection is not None and _tokens(connection) == {"keep-alive"}
+            request.http10 = True
+        del buffer[: end + 4]
         coding = headers.get("transfer-encoding")
         if coding is not None:
             if coding.lower() != "chunked":
                 raise ValueError(f"Transfer-Encoding {coding[:40]!r}: only chunked is read")
             if "content-length" in headers:
                 raise ValueError("both Transfer-Encoding and Content-Length")
-            try:
-                found = _chunked_body(buffer, start, self.server.max_body)
-            except _TooLarge as exc:
-                exc.request = request
-                raise
-            if found is None:
-                self._continue(headers)
-                return None
-            request.body, stop = found
+            self._chunks = bytearray()
+            self._trailers = False
         else:
             length = _content_length(headers.get("content-length", "0"))
             if length > self.server.max_body:
                 raise _TooLarge(f"body of {length} bytes, at most {self.server.max_body}", request)
-            stop = start + length
-            if len(buffer) < stop:
-                self._continue(headers)
-                return None
-            with memoryview(buffer) as view:
-                request.body = bytes(view[start:stop])
-        del buffer[:stop]
-        self._continued = False
+            self._length = length
+        self._request = request
         return request
+
+    def _read_chunks(self) -> bool:
+        """Take the complete chunks at the buffer's start into ``_chunks``; whether the
+        body is complete (its last chunk and trailer section read)."""
+        buffer = self.buffer
+        body = self._chunks
+        assert body is not None
+        while True:
+            if self._trailers:
+                if buffer.startswith(b"\r\n"):
+                    del buffer[:2]
+                    return True
+                end = buffer.find(b"\r\n\r\n", 0, _MAX_HEAD + 4)
+                if end < 0:
+                    if len(buffer) > _MAX_HEAD:
+                        raise ValueError("trailer section too large")
+                    return False
+                if _TRAILERS.fullmatch(str(buffer[: end + 4], "latin-1")) is None:
+                    raise ValueError("malformed trailer fields")
+                del buffer[: end + 4]
+                return True
+            line_end = buffer.find(b"\r\n", 0, _MAX_CHUNK_LINE + 2)
+            if line_end < 0:
+                if len(buffer) > _MAX_CHUNK_LINE:
+                    raise ValueError("chunk size line too long")
+                return False
+            size_line = _CHUNK_SIZE.fullmatch(buffer, 0, line_end)
+            if size_line is None:
+                raise ValueError("bad chunk size line")
+            size = int(size_line[1], 16)
+            if size == 0:
+                del buffer[: line_end + 2]
+                self._trailers = True
+                continue
+            if len(body) + size > self.server.max_body:
+                raise _TooLarge(f"body larger than {self.server.max_body} bytes")
+            data_end = line_end + 2 + size
+            if len(buffer) < data_end + 2:
+                return False  # its size line is read again with its data: a few bytes
+            if buffer[data_end : data_end + 2] != b"\r\n":
+                raise ValueError("a chunk does not end where its size says")
+            body += buffer[line_end + 2 : data_end]
+            del buffer[: data_end + 2]
 
     def _continue(self, headers: dict[str, str]) -> None:
         if not self._continued and headers.get("expect", "").lower() == "100-continue":
@@ -410,6 +515,11 @@ class _TooLarge(ValueError):
     def __init__(self, message: str, request: Request | None = None) -> None:
         super().__init__(message)
         self.request = request
+
+
+def _tokens(value: str) -> set[str]:
+    """The lower-cased tokens of a list-valued field (``Connection: keep-alive, Upgrade``)."""
+    return {token.strip().lower() for token in value.split(",")}
 
 
 def _content_length(value: str) -> int:
@@ -424,51 +534,6 @@ def _content_length(value: str) -> int:
         if not (value.isdigit() and value.isascii()):
             raise ValueError(f"bad Content-Length {value[:40]!r}")
     return int(value)
-
-
-def _chunked_body(buffer: bytearray, start: int, limit: int) -> tuple[bytes, int] | None:
-    """A complete chunked body from ``start``, and where it ends; ``None`` if incomplete.
-
-    Framing that keeps growing without completing a body (endless chunk extensions or
-    trailers) is refused once it is larger than any body's framing could be."""
-    chunks: list[bytes] = []
-    size_total = 0
-    position = start
-    while True:
-        line_end = buffer.find(b"\r\n", position)
-        if line_end < 0:
-            return _incomplete(len(buffer) - start, limit)
-        size_line = _CHUNK_SIZE.fullmatch(buffer, position, line_end)
-        if size_line is None:
-            raise ValueError("bad chunk size line")
-        size = int(size_line[1], 16)
-        if size == 0:
-            if buffer.startswith(b"\r\n", line_end + 2):
-                return b"".join(chunks), line_end + 4
-            end = buffer.find(b"\r\n\r\n", line_end + 2)
-            if end < 0:
-                return _incomplete(len(buffer) - start, limit)
-            if _TRAILERS.fullmatch(str(buffer[line_end + 2 : end + 4], "latin-1")) is None:
-                raise ValueError("malformed trailer fields")
-            return b"".join(chunks), end + 4
-        size_total += size
-        if size_total > limit:
-            raise _TooLarge(f"body larger than {limit} bytes")
-        data_end = line_end + 2 + size
-        if len(buffer) < data_end + 2:
-            return _incomplete(len(buffer) - start, limit)
-        if buffer[data_end : data_end + 2] != b"\r\n":
-            raise ValueError("a chunk does not end where its size says")
-        chunks.append(bytes(buffer[line_end + 2 : data_end]))
-        position = data_end + 2
-
-
-def _incomplete(framed: int, limit: int) -> tuple[bytes, int] | None:
-    """``None`` (the body is still on its way), unless its ``framed`` bytes so far are more
-    than the framing of any body up to ``limit`` needs."""
-    if framed > 2 * limit + _MAX_HEAD:
-        raise _TooLarge(f"chunked framing of a body larger than {limit} bytes")
-    return None
 
 
 class HttpServer:
@@ -491,6 +556,9 @@ class HttpServer:
         self.keepalive_timeout = keepalive_timeout
         self._sweep: asyncio.TimerHandle | None = None
         self.connections: set[_Connection] = set()
+        self.handling: set[asyncio.Task[None]] = set()
+        """Every handler's coroutine still running, its client gone or not."""
+        self.closing = False
         self._server: asyncio.AbstractServer | None = None
 
     async def start(
@@ -536,10 +604,11 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
             self._server = None
-        streams = [c.streaming for c in self.connections if c.streaming is not None]
+        self.closing = True  # what the clients pipelined behind those running is not started
         for connection in list(self.connections):
             if connection.streaming is None:
                 connection.close()
+        streams = list(self.handling)  # with those whose client has gone: they still work
         if streams:
             _, late = await asyncio.wait(streams, timeout=grace)
             for stream in late:
