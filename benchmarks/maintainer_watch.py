@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -236,6 +237,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             if process.returncode is None:
                 process.terminate()
                 await process.wait()
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
     if args.keep:
         print(f"callgrind's dumps: {out}.*", flush=True)
     keys = ["instructions_per_run"] if args.callgrind else ["cpu_us_per_run"]
