@@ -154,7 +154,10 @@ async def test_the_standby_takes_over_a_killed_leader_and_nothing_is_done_twice(
                 for line in process.lines()
                 if line.get("action") in ("no_result", "oom_killed")
             )
-            assert set(acted) == set(ids)
+            # a leader killed after its change committed and before it logged it leaves that
+            # change unlogged (every run is FAILED, above): only a run sent before the kill
+            assert set(acted) <= set(ids)
+            assert set(ids) - set(acted) <= set(ids[:21]), set(ids) - set(acted)
             for process in (first, second):  # both acted: the kill came mid-way
                 assert any(line.get("action") for line in process.lines()), process.log_path
             assert max(acted.values()) == 1, acted.most_common(3)  # each run changed once
