@@ -463,7 +463,14 @@ async def test_a_chunked_body_is_parsed_once_however_it_arrives(
     pieces = _segments(head + _tiny_chunks(body), 600)  # 201 reads
     written = _feed(HttpServer(lambda r: Answer(200), max_body=30_000), pieces)
     assert written.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert len(read) <= len(body) + 1 + len(pieces)
+    assert len(read) == len(body) + 1  # each size line once
+    read.clear()
+    one_chunk = b"%x;%b\r\n%b\r\n0\r\n\r\n" % (len(body), b"e" * 4000, body)
+    written = _feed(
+        HttpServer(lambda r: Answer(200), max_body=30_000), _segments(head + one_chunk, 128)
+    )
+    assert written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert len(read) == 2  # not once a read while its data comes
 
 
 async def test_a_client_that_pipelines_and_never_reads_is_read_no_further() -> None:
@@ -523,6 +530,7 @@ async def test_close_starts_nothing_a_client_pipelined_behind_a_running_answer()
     assert app.later_done == 1
     received = await asyncio.wait_for(reader.read(), 2)  # the first answered, then closed
     assert received.startswith(b"HTTP/1.1 202 ") and received.endswith(b"later:1")
+    assert b"\r\nConnection: close\r\n" in received  # said: the client sends nothing more
     writer.close()
 
 
@@ -534,3 +542,18 @@ async def test_connection_fields_are_lists() -> None:
     assert b"Connection: close\r\n" in closing
     twice = _feed(server, [b"GET / HTTP/1.1\r\nConnection: close\r\nConnection: close\r\n\r\n"])
     assert b"Connection: close\r\n" in twice
+    chunked = b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert b"Connection: close\r\n" in _feed(server, [chunked + b"0\r\n\r\n"])  # RFC 9112 6.1
+
+
+async def test_a_connection_made_while_the_server_closes_starts_nothing() -> None:
+    seen: list[Request] = []
+
+    def handle(request: Request) -> Answer:
+        seen.append(request)
+        return Answer(200)
+
+    server = HttpServer(handle, max_body=10)
+    server.closing = True  # as between close()'s start and its end: accepts may still land
+    assert _feed(server, [b"GET / HTTP/1.1\r\n\r\n"]) == b""
+    assert seen == []

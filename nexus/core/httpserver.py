@@ -63,8 +63,8 @@ _HEAD = re.compile(
 a colon, a value of visible characters, spaces and tabs) — one match, no backtracking."""
 _TRAILERS = re.compile(rf"(?:{_TOKEN}:[^\x00-\x08\x0a-\x1f\x7f]*\r\n)*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:;[^\r\n]*)?")
-_MAX_CHUNK_LINE = _MAX_HEAD
-"""Longest chunk size line (its extensions included) read: what a head may be."""
+_MAX_CHUNK_LINE = 4096
+"""Longest chunk size line read, its extensions included."""
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _HEADS: dict[tuple[int, str], bytes] = {}
 """An answer's first bytes, up to its ``Content-Length`` value, by status and type."""
@@ -196,6 +196,8 @@ class _Connection(asyncio.Protocol):
         self._request: Request | None = None
         self._length = 0
         self._chunks: bytearray | None = None
+        self._chunk_left = -1
+        """Bytes of the current chunk's data still to come; 0: its CRLF; -1: a size line."""
         self._trailers = False
         self.lingering = False
         self.last_read = time.monotonic()
@@ -270,6 +272,9 @@ class _Connection(asyncio.Protocol):
         socket is full: then nothing more is read until it drains (what a client that
         pipelines and does not read its answers costs is bounded)."""
         while not self.closed and self.streaming is None:
+            if self.server.closing:  # a connection accepted while the server closes
+                self.close()
+                return
             if self.paused:
                 self._hold()
                 return
@@ -316,9 +321,11 @@ class _Connection(asyncio.Protocol):
         finally:
             self.streaming = None
             self.last_read = time.monotonic()  # idle from its answer on, not its request
+        if self.server.closing:
+            request.keep_alive = False  # said in the answer: the client sends nothing more
         if answer is not None:
             self._answer(request, answer)
-        if not request.keep_alive or self.server.closing:
+        if not request.keep_alive:
             self.close()  # at shutdown, a request the client pipelined is not started
         elif not self.paused:
             self._read_on()
@@ -452,7 +459,10 @@ class _Connection(asyncio.Protocol):
                 raise ValueError(f"Transfer-Encoding {coding[:40]!r}: only chunked is read")
             if "content-length" in headers:
                 raise ValueError("both Transfer-Encoding and Content-Length")
+            if request.http10:  # RFC 9112 6.1: the framing is not to be trusted further
+                request.keep_alive = False
             self._chunks = bytearray()
+            self._chunk_left = -1
             self._trailers = False
         else:
             length = _content_length(headers.get("content-length", "0"))
@@ -463,47 +473,62 @@ class _Connection(asyncio.Protocol):
         return request
 
     def _read_chunks(self) -> bool:
-        """Take the complete chunks at the buffer's start into ``_chunks``; whether the
-        body is complete (its last chunk and trailer section read)."""
+        """Take what has come of the chunked body into ``_chunks``, each byte once: a chunk's
+        data as it comes, its size line and the trailer section once complete (searched for
+        only in bytes not searched yet); whether the body is complete."""
         buffer = self.buffer
         body = self._chunks
         assert body is not None
         while True:
-            if self._trailers:
+            left = self._chunk_left
+            if left > 0:
+                taken = buffer[:left]
+                body += taken
+                del buffer[: len(taken)]
+                self._chunk_left = left = left - len(taken)
+                if left:
+                    return False
+            if left == 0:  # a chunk's data ends with CRLF
+                if len(buffer) < 2:
+                    return False
+                if buffer[:2] != b"\r\n":
+                    raise ValueError("a chunk does not end where its size says")
+                del buffer[:2]
+                self._chunk_left = -1
+            elif self._trailers:
                 if buffer.startswith(b"\r\n"):
                     del buffer[:2]
                     return True
-                end = buffer.find(b"\r\n\r\n", 0, _MAX_HEAD + 4)
+                end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), _MAX_HEAD + 4)
                 if end < 0:
                     if len(buffer) > _MAX_HEAD:
                         raise ValueError("trailer section too large")
+                    self._scanned = len(buffer)
                     return False
+                self._scanned = 0
                 if _TRAILERS.fullmatch(str(buffer[: end + 4], "latin-1")) is None:
                     raise ValueError("malformed trailer fields")
                 del buffer[: end + 4]
                 return True
-            line_end = buffer.find(b"\r\n", 0, _MAX_CHUNK_LINE + 2)
-            if line_end < 0:
-                if len(buffer) > _MAX_CHUNK_LINE:
-                    raise ValueError("chunk size line too long")
-                return False
-            size_line = _CHUNK_SIZE.fullmatch(buffer, 0, line_end)
-            if size_line is None:
-                raise ValueError("bad chunk size line")
-            size = int(size_line[1], 16)
-            if size == 0:
+            else:
+                line_end = buffer.find(b"\r\n", max(0, self._scanned - 1), _MAX_CHUNK_LINE + 2)
+                if line_end < 0:
+                    if len(buffer) > _MAX_CHUNK_LINE:
+                        raise ValueError("chunk size line too long")
+                    self._scanned = len(buffer)
+                    return False
+                self._scanned = 0
+                size_line = _CHUNK_SIZE.fullmatch(buffer, 0, line_end)
+                if size_line is None:
+                    raise ValueError("bad chunk size line")
+                size = int(size_line[1], 16)
                 del buffer[: line_end + 2]
-                self._trailers = True
-                continue
-            if len(body) + size > self.server.max_body:
-                raise _TooLarge(f"body larger than {self.server.max_body} bytes")
-            data_end = line_end + 2 + size
-            if len(buffer) < data_end + 2:
-                return False  # its size line is read again with its data: a few bytes
-            if buffer[data_end : data_end + 2] != b"\r\n":
-                raise ValueError("a chunk does not end where its size says")
-            body += buffer[line_end + 2 : data_end]
-            del buffer[: data_end + 2]
+                if size == 0:
+                    self._trailers = True
+                elif len(body) + size > self.server.max_body:
+                    raise _TooLarge(f"body larger than {self.server.max_body} bytes")
+                else:
+                    self._chunk_left = size
 
     def _continue(self, headers: dict[str, str]) -> None:
         if not self._continued and headers.get("expect", "").lower() == "100-continue":
@@ -608,13 +633,15 @@ class HttpServer:
         for connection in list(self.connections):
             if connection.streaming is None:
                 connection.close()
-        streams = list(self.handling)  # with those whose client has gone: they still work
-        if streams:
-            _, late = await asyncio.wait(streams, timeout=grace)
-            for stream in late:
-                stream.cancel()
-            if late:
-                await asyncio.wait(late)
+        deadline = time.monotonic() + grace
+        while self.handling:  # with those whose client has gone: they still work
+            left = deadline - time.monotonic()
+            if left <= 0:
+                for stream in self.handling:
+                    stream.cancel()
+                await asyncio.wait(list(self.handling))
+                break
+            await asyncio.wait(list(self.handling), timeout=left)
         for connection in list(self.connections):
             if connection.transport is not None:
                 connection.transport.abort()
