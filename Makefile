@@ -51,10 +51,10 @@ lock:
 # The local cluster's hot modules compiled with mypyc (a C compiler needed): opt-in, ignored
 # once a source changes (nexus_dev.cluster.compiled); devcluster-sources removes them.
 devcluster-compiled: $(STAMP)
-	@$(BIN)/python -c 'from nexus_dev.cluster.compiled import build; build()' >&2
+	@$(BIN)/python -P dev/nexus_dev/cluster/compiled.py build >&2
 
 devcluster-sources: $(STAMP)
-	@$(BIN)/python -c 'from nexus_dev.cluster.compiled import clean; clean()'
+	@$(BIN)/python -P dev/nexus_dev/cluster/compiled.py clean
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .import_linter_cache

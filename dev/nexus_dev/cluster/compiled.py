@@ -1,7 +1,7 @@
 """The emulator's hot modules compiled with mypyc, when built, and never when stale.
 
-    make devcluster-compiled   # nexus_dev.cluster.compiled.build()
-    make devcluster-sources    # nexus_dev.cluster.compiled.clean()
+    make devcluster-compiled   # python -P dev/nexus_dev/cluster/compiled.py build
+    make devcluster-sources    # python -P dev/nexus_dev/cluster/compiled.py clean
 
 What a run costs the emulator is spread over thousands of small steps of Python (a store
 write, its watch line, an Event, a pod's status), each already cut to the few dictionary
@@ -14,13 +14,18 @@ Guarantees:
 
 * **Opt-in.** Nothing is compiled unless asked; without a build the sources run, as
   everywhere else (CI, a fresh checkout, a machine without a C compiler).
-* **Never stale.** The build records a digest of every source it compiled (``compiled.json``
-  beside them); at import, :func:`use_sources_if_changed` compares them, and when any
-  source has changed since, every compiled module is ignored and imported from its source
-  (with a logged warning naming the first changed one), because compiled modules call each other
-  directly, so one recompiled source cannot replace one module alone.
+* **Never stale.** The build records the digest of every source it compiled, taken before
+  compiling, and the extensions it made (``compiled.json`` beside them); at import,
+  :func:`use_sources_if_changed` compares them, and when any source has changed since, the
+  modules compiled are not those of :data:`MODULES`, an extension is there that the build
+  did not make (left by another version of this file) or extensions are there without
+  their record, every module of the package is imported from its source (with a logged
+  warning naming why), because compiled modules call each other directly, so one
+  recompiled source cannot replace one module alone.
 * **Generated, never committed**: the extensions, ``compiled.json`` and ``build/`` are
-  ignored by git; ``clean`` removes them.
+  ignored by git; ``clean`` removes every extension in the package's folder. Both are run
+  by this file's path, without importing the package (whose import a broken build would
+  break).
 """
 
 from __future__ import annotations
@@ -69,39 +74,56 @@ def _digest(module: str) -> str:
 
 
 class _Sources(importlib.abc.MetaPathFinder):
-    """Imports the compiled modules of :data:`MODULES` from their sources instead."""
+    """Imports every module of the package that has a source from it, not from an
+    extension beside it."""
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
         package, _, name = fullname.rpartition(".")
-        if package != PACKAGE or name not in MODULES:
+        source = HERE / f"{name}.py"
+        if package != PACKAGE or not source.is_file():
             return None
-        return importlib.util.spec_from_file_location(fullname, HERE / f"{name}.py")
+        return importlib.util.spec_from_file_location(fullname, source)
+
+
+def _stale() -> str | None:
+    """Why the extensions beside the sources must not be used, or ``None``."""
+    extensions = sorted(p.name for p in _compiled_files())
+    if not STAMP.exists():
+        return f"{extensions[0]} is there without compiled.json" if extensions else None
+    try:
+        built = json.loads(STAMP.read_text())
+        digests: dict[str, str] = built["modules"]
+        made: list[str] = built["extensions"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "compiled.json cannot be read"
+    if set(digests) != set(MODULES):
+        return "the modules compiled are not those this version compiles"
+    stray = next((name for name in extensions if name not in made), None)
+    if stray is not None:
+        return f"{stray} was not made by the last build"
+    changed = next((m for m in MODULES if digests[m] != _digest(m)), None)
+    return None if changed is None else f"{changed} changed since the local cluster was compiled"
 
 
 def use_sources_if_changed() -> None:
-    """Ignore the compiled modules if a source changed since they were built (see above).
+    """Ignore the compiled modules if they may not be those of these sources (see above).
     Called by the package before it imports any of them."""
-    if not STAMP.exists():
-        return
-    try:
-        built: dict[str, str] = json.loads(STAMP.read_text())
-        changed = next((m for m in MODULES if built.get(m) != _digest(m)), None)
-    except (OSError, ValueError):
-        changed = "compiled.json"
-    if changed is None:
+    why = _stale()
+    if why is None:
         return
     sys.meta_path.insert(0, _Sources())
     logging.getLogger(__name__).warning(
-        "%s changed since the local cluster was compiled: running from the sources "
-        "(make devcluster-compiled compiles it again)",
-        changed,
+        "%s: running the local cluster from its sources (make devcluster-compiled compiles "
+        "it again)",
+        why,
     )
 
 
 def _compiled_files() -> list[Path]:
-    return [p for p in HERE.glob("*.so") if p.name.split(".")[0] in (*MODULES, "native__mypyc")]
+    """Every extension in the package's folder: only a build of this file puts one there."""
+    return list(HERE.glob("*.so"))
 
 
 def clean() -> None:
@@ -119,6 +141,7 @@ def build() -> None:
     from setuptools import setup  # type: ignore[import-untyped, unused-ignore]
 
     clean()
+    digests = {m: _digest(m) for m in MODULES}  # what is compiled: a later edit is a change
     root = HERE.parent.parent  # dev/, the distribution's root
     repository = root.parent  # where mypy finds the nexus packages the modules import
     os.environ["MYPYPATH"] = os.pathsep.join((str(repository), str(repository / "sdk")))
@@ -129,4 +152,11 @@ def build() -> None:
         ext_modules=mypycify(paths, group_name=GROUP),
         script_args=["build_ext", "--inplace", "--build-temp", "build/compiled"],
     )
-    STAMP.write_text(json.dumps({m: _digest(m) for m in MODULES}, indent=1) + "\n")
+    made = sorted(p.name for p in _compiled_files())
+    STAMP.write_text(json.dumps({"modules": digests, "extensions": made}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    # run by path, so that a broken build cannot stop its own repair; with -P, so that this
+    # folder's modules (selectors.py) do not hide the standard library's
+    {"build": build, "clean": clean}[sys.argv[1]]()

@@ -29,12 +29,15 @@ def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _stamp(folder: Path) -> None:
+def _stamp(folder: Path, extensions: tuple[str, ...] = ()) -> None:
     digests = {
         name: hashlib.sha256((folder / f"{name}.py").read_bytes()).hexdigest()
         for name in ("alpha", "beta")
     }
-    (folder / "compiled.json").write_text(json.dumps(digests))
+    for name in extensions:
+        (folder / name).write_bytes(b"")
+    record = {"modules": digests, "extensions": sorted(extensions)}
+    (folder / "compiled.json").write_text(json.dumps(record))
 
 
 def _sources_first() -> bool:
@@ -81,3 +84,69 @@ def test_an_unreadable_stamp_counts_as_changed(package: Path) -> None:
     (package / "compiled.json").write_text("{not json")
     compiled.use_sources_if_changed()
     assert _sources_first()
+
+
+_SO = ".cpython-311-x86_64-linux-gnu.so"
+
+
+def test_extensions_without_their_record_are_not_used(package: Path) -> None:
+    (package / f"alpha{_SO}").write_bytes(b"")
+    compiled.use_sources_if_changed()
+    assert _sources_first()
+
+
+def test_an_extension_the_last_build_did_not_make_is_not_used(package: Path) -> None:
+    """One left by a build of another version of this file (compiling other modules)."""
+    _stamp(package, (f"alpha{_SO}", f"beta{_SO}"))
+    (package / f"gamma{_SO}").write_bytes(b"")
+    (package / "gamma.py").write_text("NAME = 'gamma'\n")
+    compiled.use_sources_if_changed()
+    assert _sources_first()
+    finder = next(f for f in sys.meta_path if isinstance(f, compiled._Sources))
+    spec = finder.find_spec(f"{compiled.PACKAGE}.gamma", None)  # not in MODULES: still
+    assert spec is not None and spec.origin == str(package / "gamma.py")
+
+
+def test_a_build_of_other_modules_is_not_used(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _stamp(package, (f"alpha{_SO}",))
+    monkeypatch.setattr(compiled, "MODULES", ("alpha",))
+    (package / "beta.py").unlink()
+    compiled.use_sources_if_changed()
+    assert _sources_first()
+
+
+def test_a_source_edited_while_it_compiles_counts_as_changed(
+    package: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The record holds the sources as they were when compiling began."""
+    import mypyc.build
+    import setuptools
+
+    def compile_while_edited(paths: list[str], group_name: str) -> list[object]:
+        (package / "beta.py").write_text("NAME = 'beta, saved meanwhile'\n")
+        return []
+
+    def made(**_: object) -> None:
+        for name in ("alpha", "beta"):
+            (package / f"{name}{_SO}").write_bytes(b"")
+
+    monkeypatch.setattr(mypyc.build, "mypycify", compile_while_edited)
+    monkeypatch.setattr(setuptools, "setup", made)
+    monkeypatch.chdir(package)  # build() moves to its distribution's folder: restored after
+    monkeypatch.setenv("MYPYPATH", "")
+    compiled.build()
+    assert json.loads((package / "compiled.json").read_text())["extensions"] == [
+        f"alpha{_SO}",
+        f"beta{_SO}",
+    ]
+    compiled.use_sources_if_changed()
+    assert _sources_first()
+
+
+def test_clean_removes_every_extension(package: Path) -> None:
+    _stamp(package, (f"alpha{_SO}",))
+    (package / f"routing{_SO}").write_bytes(b"")  # from a build that compiled more
+    compiled.clean()
+    assert not list(package.glob("*.so")) and not (package / "compiled.json").exists()
