@@ -100,19 +100,23 @@ async def test_watch_workgroups(api: client.ApiClient) -> None:
         "spec": {"description": "d", "cluster": "shard-a"},
     }
 
+    listed = await crd.list_namespaced_custom_object(GROUP, VERSION, NS, plural)
+    version = listed["metadata"]["resourceVersion"]
+
     async def changes() -> list[tuple[str, str]]:
+        """From the listed version on, however late the watch connects (a loaded machine)."""
         seen: list[tuple[str, str]] = []
         async with watch.Watch() as stream:
             async for event in stream.stream(
-                crd.list_namespaced_custom_object, GROUP, VERSION, NS, plural, timeout_seconds=1
-            ):
+                crd.list_namespaced_custom_object, GROUP, VERSION, NS, plural,
+                resource_version=version, timeout_seconds=10,
+            ):  # fmt: skip
                 seen.append((event["type"], event["object"]["spec"]["cluster"]))
                 if len(seen) == 3:
                     break
         return seen
 
     task = asyncio.create_task(changes())
-    await asyncio.sleep(0.05)
     await crd.create_namespaced_custom_object(GROUP, VERSION, NS, plural, body)
     await crd.patch_namespaced_custom_object(
         GROUP, VERSION, NS, plural, "wg", {"spec": {"cluster": "shard-b"}}, _content_type=MERGE
