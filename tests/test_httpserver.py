@@ -557,3 +557,30 @@ async def test_a_connection_made_while_the_server_closes_starts_nothing() -> Non
     server.closing = True  # as between close()'s start and its end: accepts may still land
     assert _feed(server, [b"GET / HTTP/1.1\r\n\r\n"]) == b""
     assert seen == []
+
+
+_LONGEST_HEAD = b"GET / HTTP/1.1\r\nX: " + b"v" * (65536 - 19)
+_LONGEST_SIZE_LINE = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1;" + b"e" * 4094
+
+
+@pytest.mark.parametrize(
+    ("line", "rest"),
+    [(_LONGEST_HEAD, b"\r\n\r\n"), (_LONGEST_SIZE_LINE, b"\r\nx\r\n0\r\n\r\n")],
+)
+async def test_a_longest_allowed_line_is_taken_however_it_is_cut(line: bytes, rest: bytes) -> None:
+    """Cut anywhere in its line end too: the limit is on what the line holds, not on where
+    a read ends; a byte more is refused."""
+    server = HttpServer(lambda request: Answer(200), max_body=10)
+    framed = line + rest
+    for cut in range(len(line) - 1, len(line) + 4):
+        written = _feed(server, [framed[:cut], framed[cut:]])
+        assert written.startswith(b"HTTP/1.1 200 OK\r\n"), (cut, written[:60])
+    longer = line + line[-1:] + rest
+    assert _feed(server, [longer]).startswith(b"HTTP/1.1 400 ")
+
+
+async def test_an_http_1_0_expectation_is_ignored() -> None:
+    head = b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    server = HttpServer(lambda request: Answer(200, request.body), max_body=10)
+    assert _feed(server, [head]) == b""  # no 100 Continue: RFC 9110 10.1.1
+    assert not _feed(server, [head, b"abc"]).startswith(b"HTTP/1.1 100")

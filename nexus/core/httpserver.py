@@ -401,14 +401,14 @@ class _Connection(asyncio.Protocol):
                 exc.request = request
                 raise
             if not complete:
-                self._continue(request.headers)
+                self._continue(request)
                 return None
             request.body = bytes(self._chunks)
             self._chunks = None
         else:
             stop = self._length
             if len(buffer) < stop:
-                self._continue(request.headers)
+                self._continue(request)
                 return None
             with memoryview(buffer) as view:
                 request.body = bytes(view[:stop])
@@ -423,7 +423,7 @@ class _Connection(asyncio.Protocol):
         buffer = self.buffer
         end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), _MAX_HEAD + 4)
         if end < 0:
-            if len(buffer) > _MAX_HEAD:
+            if len(buffer) > _MAX_HEAD + 3:  # not a head's end cut after its first bytes
                 raise ValueError("request head too large")
             self._scanned = len(buffer)
             return None
@@ -501,7 +501,7 @@ class _Connection(asyncio.Protocol):
                     return True
                 end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), _MAX_HEAD + 4)
                 if end < 0:
-                    if len(buffer) > _MAX_HEAD:
+                    if len(buffer) > _MAX_HEAD + 3:
                         raise ValueError("trailer section too large")
                     self._scanned = len(buffer)
                     return False
@@ -513,7 +513,7 @@ class _Connection(asyncio.Protocol):
             else:
                 line_end = buffer.find(b"\r\n", max(0, self._scanned - 1), _MAX_CHUNK_LINE + 2)
                 if line_end < 0:
-                    if len(buffer) > _MAX_CHUNK_LINE:
+                    if len(buffer) > _MAX_CHUNK_LINE + 1:  # not one cut between CR and LF
                         raise ValueError("chunk size line too long")
                     self._scanned = len(buffer)
                     return False
@@ -530,8 +530,11 @@ class _Connection(asyncio.Protocol):
                 else:
                     self._chunk_left = size
 
-    def _continue(self, headers: dict[str, str]) -> None:
-        if not self._continued and headers.get("expect", "").lower() == "100-continue":
+    def _continue(self, request: Request) -> None:
+        """``100 Continue`` once, to an HTTP/1.1 client that expects it (RFC 9110 10.1.1: an
+        HTTP/1.0 one's expectation is ignored)."""
+        expect = request.headers.get("expect", "")
+        if not self._continued and expect.lower() == "100-continue" and not request.http10:
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._continued = True
 
