@@ -18,10 +18,10 @@ Guarantees:
   compiling, and the extensions it made (``compiled.json`` beside them); at import,
   :func:`use_sources_if_changed` compares them, and when any source has changed since, the
   modules compiled are not those of :data:`MODULES`, an extension is there that the build
-  did not make (left by another version of this file) or extensions are there without
-  their record, every module of the package is imported from its source (with a logged
-  warning naming why), because compiled modules call each other directly, so one
-  recompiled source cannot replace one module alone.
+  did not make (left by another version of this file) or one it made is gone, or
+  extensions are there without their record, every module of the package is imported from
+  its source (with a logged warning naming why), because compiled modules call each other
+  directly, so one recompiled source cannot replace one module alone.
 * **Generated, never committed**: the extensions, ``compiled.json`` and ``build/`` are
   ignored by git; ``clean`` removes every extension in the package's folder. Both are run
   by this file's path, without importing the package (whose import a broken build would
@@ -103,6 +103,9 @@ def _stale() -> str | None:
     stray = next((name for name in extensions if name not in made), None)
     if stray is not None:
         return f"{stray} was not made by the last build"
+    missing = next((name for name in made if name not in extensions), None)
+    if missing is not None:  # the rest would call their own copy of it, not its source
+        return f"{missing} of the last build is gone"
     changed = next((m for m in MODULES if digests[m] != _digest(m)), None)
     return None if changed is None else f"{changed} changed since the local cluster was compiled"
 

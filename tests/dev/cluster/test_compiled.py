@@ -150,3 +150,11 @@ def test_clean_removes_every_extension(package: Path) -> None:
     (package / f"routing{_SO}").write_bytes(b"")  # from a build that compiled more
     compiled.clean()
     assert not list(package.glob("*.so")) and not (package / "compiled.json").exists()
+
+
+def test_a_build_with_one_of_its_extensions_gone_is_not_used(package: Path) -> None:
+    """The others would call their own compiled copy of it, beside its source's."""
+    _stamp(package, (f"alpha{_SO}", f"beta{_SO}"))
+    (package / f"beta{_SO}").unlink()
+    compiled.use_sources_if_changed()
+    assert _sources_first()
