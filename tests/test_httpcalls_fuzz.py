@@ -26,6 +26,7 @@ from typing import Literal
 
 import h11
 import pytest
+from support.fuzzing import chunked, mutate
 
 from nexus.core.httpcalls import Answer, CallFailed, HttpCalls, _Connection, _Host
 
@@ -99,7 +100,7 @@ def valid_answer(rng: random.Random) -> Case:
     raw += b"%s %d Status\r\n%s\r\n" % (version, status, lines)
     if not bodiless:
         if framing == "chunked":
-            raw += _chunked(rng, body)
+            raw += chunked(rng, body)
         else:
             raw += body
     end: End = rng.choice(["close", "reset", "silence"])
@@ -114,41 +115,10 @@ def valid_answer(rng: random.Random) -> Case:
     )
 
 
-def _chunked(rng: random.Random, body: bytes) -> bytes:
-    out, at = b"", 0
-    while at < len(body):
-        size = rng.randrange(1, len(body) - at + 1)
-        digits = b"%x" % size
-        digits = digits.upper() if rng.random() < 0.5 else digits
-        extension = b";name=value" if rng.random() < 0.2 else b""
-        out += digits + extension + b"\r\n" + body[at : at + size] + b"\r\n"
-        at += size
-    trailers = b"X-Checksum: abc\r\n" if rng.random() < 0.2 else b""
-    return out + b"0\r\n" + trailers + b"\r\n"
-
-
-def mutate(rng: random.Random, raw: bytes) -> bytes:
-    data = bytearray(raw)
-    for _ in range(rng.randrange(1, 4)):
-        at = rng.randrange(0, len(data) + 1)
-        match rng.randrange(5):
-            case 0 if data:  # one byte changed
-                data[min(at, len(data) - 1)] = rng.randrange(256)
-            case 1:  # bytes inserted
-                data[at:at] = rng.choice(_INSERTS) if rng.random() < 0.8 else rng.randbytes(3)
-            case 2:  # a range removed
-                del data[at : at + rng.randrange(1, 8)]
-            case 3:  # a range repeated
-                data[at:at] = data[at : at + rng.randrange(1, 30)]
-            case _:  # cut short
-                del data[at:]
-    return bytes(data)
-
-
 def generate(rng: random.Random) -> Case:
     case = valid_answer(rng)
     if rng.random() < 0.5:
-        case.raw, case.mutated, case.expected = mutate(rng, case.raw), True, None
+        case.raw, case.mutated, case.expected = mutate(rng, case.raw, _INSERTS), True, None
     case.cuts = (
         [rng.randrange(1, len(case.raw)) for _ in range(rng.randrange(0, 6))]
         if len(case.raw) > 1

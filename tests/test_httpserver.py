@@ -80,11 +80,18 @@ class App:
         stream.finish()
 
 
+async def _started(
+    *, max_body: int, keepalive_timeout: float | None = None
+) -> tuple[App, HttpServer, int]:
+    """A server answering with an :class:`App`, listening on a free loopback port."""
+    app = App()
+    server = HttpServer(app.handle, max_body=max_body, keepalive_timeout=keepalive_timeout)
+    return app, server, await server.start("127.0.0.1", 0)
+
+
 @pytest_asyncio.fixture
 async def served() -> AsyncIterator[tuple[App, HttpServer, int]]:
-    app = App()
-    server = HttpServer(app.handle, max_body=1000)
-    port = await server.start("127.0.0.1", 0)
+    app, server, port = await _started(max_body=1000)
     yield app, server, port
     await server.close(grace=0.5)
 
@@ -243,9 +250,7 @@ async def test_client_going_away_ends_the_stream(served: tuple[App, HttpServer, 
 
 
 async def test_close_waits_for_streams_then_cuts_them() -> None:
-    app = App()
-    server = HttpServer(app.handle, max_body=10)
-    port = await server.start("127.0.0.1", 0)
+    _, server, port = await _started(max_body=10)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /hold HTTP/1.1\r\n\r\n")
     await reader.readuntil(b"\r\n\r\n")
@@ -314,9 +319,7 @@ async def test_an_answer_computed_later_that_raises_is_a_500(
 
 
 async def test_a_client_pipelining_while_it_waits_is_read_no_further() -> None:
-    app = App()
-    server = HttpServer(app.handle, max_body=10)
-    port = await server.start("127.0.0.1", 0)
+    app, server, port = await _started(max_body=10)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
     flood = b"GET /x HTTP/1.1\r\n\r\n" * 40_000  # 840 kB
@@ -338,9 +341,7 @@ async def test_a_client_pipelining_while_it_waits_is_read_no_further() -> None:
 async def test_a_body_too_large_is_answered_then_read_and_dropped() -> None:
     """The client still sending the body it was refused for reads its 413, not a reset;
     the connection closes a second later."""
-    app = App()
-    server = HttpServer(app.handle, max_body=1000)
-    port = await server.start("127.0.0.1", 0)
+    app, server, port = await _started(max_body=1000)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /x HTTP/1.1\r\nContent-Length: 3000000\r\n\r\n")
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
@@ -358,9 +359,7 @@ async def test_a_body_too_large_is_answered_then_read_and_dropped() -> None:
 
 
 async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None:
-    app = App()
-    server = HttpServer(app.handle, max_body=10, keepalive_timeout=0.2)
-    port = await server.start("127.0.0.1", 0)
+    _, server, port = await _started(max_body=10, keepalive_timeout=0.2)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET /x HTTP/1.1\r\n\r\n")
     await reader.readuntil(b"echo:")
@@ -373,9 +372,7 @@ async def test_idle_connections_are_closed_after_the_keepalive_timeout() -> None
 async def test_a_connection_is_idle_from_its_last_answer_on() -> None:
     """An answer computed for longer than the keep-alive timeout does not make its
     connection look idle the moment it is sent."""
-    app = App()
-    server = HttpServer(app.handle, max_body=10, keepalive_timeout=1000)
-    port = await server.start("127.0.0.1", 0)
+    app, server, port = await _started(max_body=10, keepalive_timeout=1000)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
     await asyncio.sleep(1.0)
@@ -499,9 +496,7 @@ async def test_a_client_that_pipelines_and_never_reads_is_read_no_further() -> N
 async def test_close_waits_for_an_answer_whose_client_has_gone() -> None:
     """Its work (a completion's commit) ends before the server's close returns, so what it
     uses (the store) is still open."""
-    app = App()
-    server = HttpServer(app.handle, max_body=10)
-    port = await server.start("127.0.0.1", 0)
+    app, server, port = await _started(max_body=10)
     _, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1")
     await writer.drain()
@@ -514,9 +509,7 @@ async def test_close_waits_for_an_answer_whose_client_has_gone() -> None:
 
 
 async def test_close_starts_nothing_a_client_pipelined_behind_a_running_answer() -> None:
-    app = App()
-    server = HttpServer(app.handle, max_body=10)
-    port = await server.start("127.0.0.1", 0)
+    app, server, port = await _started(max_body=10)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(
         b"POST /later HTTP/1.1\r\nContent-Length: 1\r\n\r\n1"

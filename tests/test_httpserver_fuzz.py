@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import h11
 import pytest
+from support.fuzzing import chunked, mutate
 
 from nexus.core.httpserver import Answer, HttpServer, Request, _Connection
 
@@ -79,19 +80,6 @@ def _case_name(name: str, rng: random.Random) -> bytes:
     return "".join(c.upper() if rng.random() < 0.3 else c.lower() for c in name).encode()
 
 
-def _chunked(rng: random.Random, body: bytes) -> bytes:
-    out, at = b"", 0
-    while at < len(body):
-        size = rng.randrange(1, len(body) - at + 1)
-        digits = b"%x" % size
-        digits = digits.upper() if rng.random() < 0.5 else digits
-        extension = b";name=value" if rng.random() < 0.2 else b""
-        out += digits + extension + b"\r\n" + body[at : at + size] + b"\r\n"
-        at += size
-    trailers = b"X-Checksum: abc\r\n" if rng.random() < 0.2 else b""
-    return out + b"0\r\n" + trailers + b"\r\n"
-
-
 def valid_request(rng: random.Random, last: bool) -> tuple[bytes, int]:
     """One request, and the length of its body."""
     method = rng.choice([b"GET", b"POST", b"POST", b"PUT", b"HEAD", b"DELETE"])
@@ -116,26 +104,8 @@ def valid_request(rng: random.Random, last: bool) -> tuple[bytes, int]:
     if last and version == b"HTTP/1.1" and rng.random() < 0.3:
         lines += b"Connection: close\r\n"
     raw = b"%s %s %s\r\n%s\r\n" % (method, target, version, lines)
-    raw += _chunked(rng, body) if framing == "chunked" else body
+    raw += chunked(rng, body) if framing == "chunked" else body
     return raw, len(body)
-
-
-def mutate(rng: random.Random, raw: bytes) -> bytes:
-    data = bytearray(raw)
-    for _ in range(rng.randrange(1, 4)):
-        at = rng.randrange(0, len(data) + 1)
-        match rng.randrange(5):
-            case 0 if data:  # one byte changed
-                data[min(at, len(data) - 1)] = rng.randrange(256)
-            case 1:  # bytes inserted
-                data[at:at] = rng.choice(_INSERTS) if rng.random() < 0.8 else rng.randbytes(3)
-            case 2:  # a range removed
-                del data[at : at + rng.randrange(1, 8)]
-            case 3:  # a range repeated
-                data[at:at] = data[at : at + rng.randrange(1, 30)]
-            case _:  # cut short
-                del data[at:]
-    return bytes(data)
 
 
 def generate(rng: random.Random) -> Case:
@@ -150,7 +120,7 @@ def generate(rng: random.Random) -> Case:
         valid += 1
     case = Case(raw, mutated=False, cuts=[], valid_count=valid, too_large=too_large)
     if rng.random() < 0.5:
-        case.raw, case.mutated = mutate(rng, case.raw), True
+        case.raw, case.mutated = mutate(rng, case.raw, _INSERTS), True
     if len(case.raw) > 1:
         case.cuts = [rng.randrange(1, len(case.raw)) for _ in range(rng.randrange(1, 6))]
     return case

@@ -262,50 +262,45 @@ async def test_bodies_encoded_too_large_or_in_an_encoding_not_read(served: Serve
     assert _count(V12, "POST", 413) == before + 2
 
 
+class _HeldCommits:
+    """The receiver's store, each transition held (:attr:`held` set) until :attr:`release`;
+    what the store answered, in :attr:`committed`."""
+
+    def __init__(self, served: Served) -> None:
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.committed: list[bool] = []
+        store = served.app[RECEIVER].store
+        transition = store.transition
+
+        async def slow(change: Transition) -> bool:
+            self.held.set()
+            await self.release.wait()
+            self.committed.append(await transition(change))
+            return self.committed[-1]
+
+        store.transition = slow  # type: ignore[method-assign]
+
+
+def _completing(served: Served, run: str) -> asyncio.Task[tuple[int, Any, dict[str, str]]]:
+    path = f"/algorithm/v1.2/complete/echo/requests/{run}"
+    return asyncio.create_task(_call(served, "POST", path, json={}, headers=_token(run)))
+
+
 async def test_a_slow_commit_holds_only_its_own_connection(served: Served) -> None:
-    receiver = served.app[RECEIVER]
-    held = asyncio.Event()
-    release = asyncio.Event()
-    transition = receiver.store.transition
-
-    async def slow(change: Transition) -> bool:
-        held.set()
-        await release.wait()
-        return await transition(change)
-
-    receiver.store.transition = slow  # type: ignore[method-assign]
+    commits = _HeldCommits(served)
     run = await served.run()
-    completing = asyncio.create_task(
-        _call(
-            served,
-            "POST",
-            f"/algorithm/v1.2/complete/echo/requests/{run}",
-            json={},
-            headers=_token(run),
-        )
-    )
-    await asyncio.wait_for(held.wait(), 5)
+    completing = _completing(served, run)
+    await asyncio.wait_for(commits.held.wait(), 5)
     assert (await _call(served, "GET", "/health/live"))[0] == 200  # meanwhile, elsewhere
     assert not completing.done()
-    release.set()
+    commits.release.set()
     status, body, _ = await completing
     assert (status, body["status"]) == (200, "COMPLETED")
 
 
 async def test_a_completion_whose_client_left_is_committed(served: Served) -> None:
-    receiver = served.app[RECEIVER]
-    held = asyncio.Event()
-    release = asyncio.Event()
-    transition = receiver.store.transition
-    committed: list[bool] = []
-
-    async def slow(change: Transition) -> bool:
-        held.set()
-        await release.wait()
-        committed.append(await transition(change))
-        return committed[-1]
-
-    receiver.store.transition = slow  # type: ignore[method-assign]
+    commits = _HeldCommits(served)
     run = await served.run()
     body = b"{}"
     _, writer = await asyncio.open_connection("127.0.0.1", served.listener.port)
@@ -316,15 +311,15 @@ async def test_a_completion_whose_client_left_is_committed(served: Served) -> No
         + body
     )
     await writer.drain()
-    await asyncio.wait_for(held.wait(), 5)
+    await asyncio.wait_for(commits.held.wait(), 5)
     writer.transport.abort()  # type: ignore[attr-defined]
     await asyncio.sleep(0.05)
-    release.set()
+    commits.release.set()
     for _ in range(100):
-        if committed:
+        if commits.committed:
             break
         await asyncio.sleep(0.02)
-    assert committed == [True]  # once, not lost and not twice
+    assert commits.committed == [True]  # once, not lost and not twice
     done = await served.store.result("echo", uuid.UUID(run), SYSTEM)
     assert done is not None and done.stage == Stage.COMPLETED
 
@@ -332,27 +327,11 @@ async def test_a_completion_whose_client_left_is_committed(served: Served) -> No
 async def test_a_completion_in_flight_at_shutdown_is_answered_after_its_commit(
     served: Served,
 ) -> None:
-    receiver = served.app[RECEIVER]
-    held = asyncio.Event()
-    transition = receiver.store.transition
-
-    async def slow(change: Transition) -> bool:
-        held.set()
-        await asyncio.sleep(0.3)
-        return await transition(change)
-
-    receiver.store.transition = slow  # type: ignore[method-assign]
+    commits = _HeldCommits(served)
     run = await served.run()
-    completing = asyncio.create_task(
-        _call(
-            served,
-            "POST",
-            f"/algorithm/v1.2/complete/echo/requests/{run}",
-            json={},
-            headers=_token(run),
-        )
-    )
-    await asyncio.wait_for(held.wait(), 5)
+    completing = _completing(served, run)
+    await asyncio.wait_for(commits.held.wait(), 5)
+    asyncio.get_running_loop().call_later(0.3, commits.release.set)
     await served.listener.close()  # as run_app does: in-flight requests first, then the store
     status, body, _ = await completing
     assert (status, body["status"]) == (200, "COMPLETED")
