@@ -153,15 +153,17 @@ class JobController:
 
     def _on_pod(self, change: Change) -> None:
         pod = change.obj
+        metadata: Obj = pod["metadata"]  # typed: compiled, a dict's own lookups
         state = None
-        for owner in pod["metadata"].get("ownerReferences") or ():
+        for owner in metadata.get("ownerReferences") or ():
             if owner.get("controller"):
                 state = self.jobs.get(owner["uid"])
                 break
         if state is None:
             return
-        name = pod["metadata"]["name"]
-        phase = (pod.get("status") or {}).get("phase")
+        name = metadata["name"]
+        status = pod.get("status")
+        phase = status.get("phase") if isinstance(status, dict) else None
         if change.type == "DELETED" or phase in ("Succeeded", "Failed"):
             state.running.discard(name)
             if name in state.active:
@@ -254,7 +256,7 @@ class JobController:
         job = self.store.get("jobs", state.namespace, state.name)
         if job is None or job["metadata"]["uid"] != state.uid:
             return
-        spec = job["spec"]
+        spec: Obj = job["spec"]  # a dict (validated): compiled, its own lookups
         now = now_iso()
         if state.start_time is None and not spec.get("suspend"):
             state.start_time = now
@@ -311,13 +313,15 @@ class JobController:
             self.store.replace("jobs", {**job, "status": status})
 
     def _create_pod(self, state: JobState, job: Obj) -> None:
-        template = job["spec"]["template"]
-        template_meta = template.get("metadata") or {}
+        # dicts and a list of dicts (validated): compiled, read without method calls
+        template: Obj = job["spec"]["template"]
+        template_meta: Obj = template.get("metadata") or {}
         name = f"{state.name}-"[:58] + random_suffix()
         now = now_iso()
-        pod_spec = template["spec"]
+        pod_spec: Obj = template["spec"]
         has_resources = False
-        for container in pod_spec.get("containers", ()):
+        containers: list[Obj] = pod_spec.get("containers", [])
+        for container in containers:
             if container.get("resources"):
                 has_resources = True
                 break

@@ -47,6 +47,7 @@ FAULT_PODS_ANNOTATION = "devcluster.nexus/fault-pods"
 MEMORY_ANNOTATION = "devcluster.nexus/memory-needed"
 REQUEST_LABEL = "science.sneaksanddata.com/request-id"
 _NO_ANNOTATIONS: dict[str, str] = {}
+_BIT_256 = 1 << 256
 MAX_PULL_BACKOFF = 300.0
 """The longest image-pull back-off, in seconds, as the kubelet's."""
 
@@ -139,14 +140,17 @@ class Kubelet:
         (or its Job's) annotations — for the first ``fault-pods`` pods of its run only,
         when that is given — or ``oom`` when its memory limit is below ``memory-needed``.
         Counts the pod: ask once per pod. ``owner``: its Job, when the caller has it."""
-        metadata, container = pod["metadata"], pod["spec"]["containers"][0]
+        # typed as the dicts they are: compiled, their own lookups rather than method calls
+        metadata: Obj = pod["metadata"]
+        container: Obj = pod["spec"]["containers"][0]
         hinted = None
-        for entry in container.get("env") or ():
+        entries: list[Obj] = container.get("env") or []
+        for entry in entries:
             if entry["name"] == FAULT_ENV:
                 hinted = str(entry.get("value", ""))
                 break
-        annotations = metadata.get("annotations") or _NO_ANNOTATIONS
-        labels = metadata.get("labels") or {}
+        annotations: dict[str, Any] = metadata.get("annotations") or _NO_ANNOTATIONS
+        labels: dict[str, Any] = metadata.get("labels") or _NO_ANNOTATIONS
         namespace, job = metadata["namespace"], labels.get("batch.kubernetes.io/job-name", "")
         if self.forced_faults:
             forced = self.forced_faults.get((namespace, job))
@@ -241,7 +245,8 @@ class Kubelet:
             field_path=container_path,
         )
         run.started_at = now_iso()
-        run.container_id = f"containerd://{random.getrandbits(256):064x}"
+        # 64 hex digits, zero-padded: those of a 257-bit number whose top bit is set
+        run.container_id = "containerd://" + hex(random.getrandbits(256) | _BIT_256)[3:]
         interval = self.settings.relist_interval
         if interval > 0:
             self._unreported.append(run)

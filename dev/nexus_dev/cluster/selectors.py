@@ -21,7 +21,8 @@ from typing import Any
 
 from nexus_dev.cluster.statuses import ApiError
 
-Predicate = Callable[[Mapping[str, Any]], bool]
+Predicate = Callable[[dict[str, Any]], bool]
+"""Whether a stored object (a plain dict) is selected."""
 
 _KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -239,7 +240,7 @@ def compile_predicate(
         if "." not in path and path != "source":  # a top-level field: read inline
             key = path
 
-            def top_field(obj: Mapping[str, Any]) -> bool:
+            def top_field(obj: dict[str, Any]) -> bool:
                 node = obj.get(key)
                 if node.__class__ is str:  # what read() returns as it is
                     return (node == value) == equal
@@ -247,20 +248,23 @@ def compile_predicate(
 
             return top_field
 
-        def one_field(obj: Mapping[str, Any]) -> bool:
+        def one_field(obj: dict[str, Any]) -> bool:
             return (read(obj) == value) == equal
 
         return one_field
     if not field_terms and len(label_terms) == 1 and label_terms[0].operator in ("=", "in"):
         key, values = label_terms[0].key, label_terms[0].values  # one label (``component=run``)
 
-        def one_label(obj: Mapping[str, Any]) -> bool:
-            value = (obj.get("metadata", {}).get("labels") or {}).get(key)
+        def one_label(obj: dict[str, Any]) -> bool:
+            # isinstance, not ``or {}``: compiled, the dicts' own lookups, no method calls
+            metadata = obj.get("metadata")
+            labels = metadata.get("labels") if isinstance(metadata, dict) else None
+            value = labels.get(key) if isinstance(labels, dict) else None
             return value is not None and value in values
 
         return one_label
 
-    def predicate(obj: Mapping[str, Any]) -> bool:
+    def predicate(obj: dict[str, Any]) -> bool:
         if label_terms:
             object_labels = obj.get("metadata", {}).get("labels") or {}
             for requirement in label_terms:

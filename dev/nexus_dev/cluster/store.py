@@ -249,8 +249,10 @@ class Watcher:
     def offer(self, change: Change) -> None:
         """Push ``change`` if this watcher selects it, with selector transitions applied."""
         obj = change.obj
-        if self.namespace is not None and obj["metadata"].get("namespace") != self.namespace:
-            return
+        if self.namespace is not None:
+            metadata: Obj = obj["metadata"]  # typed: a dict's own lookup when compiled
+            if metadata.get("namespace") != self.namespace:
+                return
         predicate = self.predicate
         if predicate is None:
             self.push(change.line(change.type))

@@ -400,8 +400,9 @@ def _validate_failure_policy(policy: Any, restart: str, causes: list[dict[str, s
 def default_job(job: dict[str, Any], uid: str) -> None:
     """Fill in, in place, what the API server defaults on a freshly created Job."""
     name = job["metadata"]["name"]
-    spec = job["spec"]
-    template = spec["template"]
+    # dicts (validate_job saw to it): typed so, compiled, without method calls
+    spec: dict[str, Any] = job["spec"]
+    template: dict[str, Any] = spec["template"]
     template_meta = template.setdefault("metadata", {})
     generated = {
         "batch.kubernetes.io/controller-uid": uid,
@@ -433,7 +434,8 @@ def default_pod_spec(spec: dict[str, Any]) -> None:
     spec.setdefault("dnsPolicy", "ClusterFirst")
     spec.setdefault("schedulerName", "default-scheduler")
     spec.setdefault("securityContext", {})
-    for container in spec.get("containers") or []:
+    containers: list[dict[str, Any]] = spec.get("containers") or []
+    for container in containers:
         image = str(container.get("image", ""))
         tagged = ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest")
         container.setdefault("imagePullPolicy", "IfNotPresent" if tagged else "Always")
