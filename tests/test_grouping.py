@@ -244,3 +244,41 @@ async def test_submit_many_shares_batches_with_single_submits_and_hears_a_failed
     miscounted = await asyncio.wait_for(committer.submit_many([8, -1]), 2)
     assert [type(a) for a in miscounted] == [RuntimeError] * 2
     await asyncio.wait_for(committer.close(), 2)
+
+
+async def test_send_writes_with_the_others_without_a_waiter_and_hands_over_what_failed() -> None:
+    written: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def write(items: Sequence[int]) -> list[int | Exception]:
+        written.append(list(items))
+        await release.wait()
+        if 6 in items:
+            raise ConnectionError("the store went away")
+        return [ValueError(f"bad item {i}") if i == 2 else i for i in items]
+
+    committer = committer_for(write, max_batch=10, max_delay=0.05, max_pending=6)
+    failed: list[tuple[int, str]] = []
+
+    def note(item: int, exc: Exception) -> None:
+        failed.append((item, str(exc)))
+
+    single = asyncio.create_task(committer.submit(0))
+    await asyncio.sleep(0)  # item 0 waits first
+    committer.send([1, 2], note)  # returns at once: nobody waits for them
+    committer.send([3], note)
+    assert (committer.pending, written) == (4, [])  # they wait for company (max_delay)
+    await asyncio.sleep(0.1)
+    assert written == [[0, 1, 2, 3]]  # one batch, in arrival order
+    assert failed == []  # not before the write has ended
+    committer.send([4, 5, 6], note)
+    with pytest.raises(Overloaded):  # refused whole: 3 waiting + 4 > max_pending
+        committer.send([7, 8, 9, 10], note)
+    assert committer.pending == 3
+    release.set()
+    assert await asyncio.wait_for(single, 2) == 0
+    await asyncio.wait_for(committer.close(), 2)
+    assert written == [[0, 1, 2, 3], [4, 5, 6]]
+    assert failed == [(2, "bad item 2")] + [(i, "the store went away") for i in (4, 5, 6)]
+    with pytest.raises(RuntimeError, match="closed"):
+        committer.send([11], note)

@@ -54,7 +54,11 @@ async def test_runs_accepted_while_redis_failed_are_pushed_once_it_answers(
             QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), time.time() * 1000) for _ in range(3)
         ]
         later = QUEUE_LATER._value.get()
-        await submitter.push_many(runs)  # accepted runs: their push fails, nothing raised
+        submitter.push_many(runs)  # accepted runs: their push fails, nothing raised
+        for _ in range(100):  # sent after its delay, in the background
+            if QUEUE_LATER._value.get() == later + 3:
+                break
+            await asyncio.sleep(0.02)
         assert QUEUE_LATER._value.get() == later + 3
         await asyncio.sleep(0.5)  # tried again meanwhile, and failed
         await asyncio.to_thread(private_redis.restart)
@@ -77,3 +81,41 @@ async def _missing(backend: QueueBackend, runs: list[QueuedRun]) -> set[RunKey]:
         return await backend.missing(SHARD, [r.key for r in runs], ["pod-a"])
     except QueueUnavailable:  # Redis still starting
         return {r.key for r in runs}
+
+
+@pytest.mark.slow
+async def test_an_accepted_runs_push_waits_for_company_and_nobody_waits_for_it(
+    private_redis: LocalRedis, postgres_dsn: str
+) -> None:
+    store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=2))
+    backend = QueueBackend.connect(RedisSettings(url=private_redis.info.url, key_prefix="company"))
+    pushed: list[str] = []
+    submitter = Submitter(
+        store=store,
+        payloads=None,  # type: ignore[arg-type]  # nothing here reads or writes inputs
+        queue=backend.queue("pod-a"),
+        catalog=Catalog(),
+        shards=frozenset({SHARD}),
+        settings=SchedulerSection(pod_name="pod-a", queue_push_delay=0.3),
+        pressure=BackPressure(store, 1000),
+        pushed=pushed.append,
+    )
+    try:
+        runs = [
+            QueuedRun(SHARD, RunKey("echo", uuid.uuid4()), time.time() * 1000) for _ in range(4)
+        ]
+        submitter.push_many(runs[:1])  # returns at once: the run is answered meanwhile
+        submitter.push_many(runs[1:])
+        await asyncio.sleep(0.1)
+        assert await _missing(backend, runs) == {r.key for r in runs}  # waiting for company
+        assert pushed == []
+        for _ in range(100):
+            if not await _missing(backend, runs):
+                break
+            await asyncio.sleep(0.02)
+        assert not await _missing(backend, runs)
+        assert pushed == [SHARD]  # one push for them all
+    finally:
+        await submitter.close()
+        await backend.close()
+        await store.close()

@@ -29,6 +29,12 @@ Guarantees:
 ``submit_many`` waits on one future for all its items (a :class:`_Many`), not one each:
 a future, its await and its result were a few percent of a bulk submit's CPU per item
 and per group-committed write.
+
+``send`` hands an item over without waiting for it (a :class:`_Unawaited`): no future,
+and no step of the caller's task when its batch is written; an item that fails is handed
+to the caller's ``failed`` callback instead. It suits writes nobody needs to see land
+before going on (a queue push after the run is durable): they can then wait for company
+(``max_delay``) without keeping anyone waiting.
 """
 
 from __future__ import annotations
@@ -84,9 +90,27 @@ class _Many(Generic[R]):
             self.future.set_result(self.outcomes)
 
 
-_Waiting = tuple[T, "asyncio.Future[R] | _Many[R]", int]
+class _Unawaited(Generic[T, R]):
+    """The items given to ``send``: nobody waits for them; one that fails is handed,
+    with its error, to ``failed``."""
+
+    __slots__ = ("failed", "items")
+
+    def __init__(self, items: list[T], failed: Callable[[T, Exception], None]) -> None:
+        self.items = items
+        self.failed = failed
+
+    def done(self) -> bool:
+        return False  # always written: nobody is gone for whom it would not be
+
+    def settle(self, index: int, outcome: R | Exception) -> None:
+        if isinstance(outcome, Exception):
+            self.failed(self.items[index], outcome)
+
+
+_Waiting = tuple[T, "asyncio.Future[R] | _Many[R] | _Unawaited[T, R]", int]
 """An item, and who waits for it: a ``submit``'s future (index -1), or a ``submit_many``'s
-items and the item's index among them."""
+items (or ``send``'s) and the item's index among them."""
 
 
 class GroupCommitter(Generic[T, R]):
@@ -170,6 +194,27 @@ class GroupCommitter(Generic[T, R]):
         except BaseException:  # a cancellation is the caller's, not an item's
             many.future.cancel()  # the items not taken yet are not written
             raise
+
+    def send(self, items: list[T], failed: Callable[[T, Exception], None]) -> None:
+        """Write ``items`` with whatever else is waiting, without waiting for them: each
+        one that fails (alone or with its batch) is given to ``failed`` with its error,
+        once its batch has been written. Refused as a whole, raising the ``overloaded``
+        error, when they would take the waiting items beyond ``max_pending``. Must be
+        called on the loop the writer works on."""
+        if self._closed:
+            raise RuntimeError(f"{self.name} writer is closed")
+        if len(self._waiting) + len(items) > self._max_pending:
+            self._refused.inc(len(items))
+            raise self._overloaded()
+        if not items:
+            return
+        if not self._waiting:
+            self._since = self._running_loop().time()
+        unawaited: _Unawaited[T, R] = _Unawaited(items, failed)
+        self._waiting.extend([(item, unawaited, index) for index, item in enumerate(items)])
+        if self._filled is not None and len(self._waiting) >= self._min_batch:
+            _settle(self._filled)
+        self._start_flusher()
 
     def _running_loop(self) -> asyncio.AbstractEventLoop:
         """The loop this writer works on, looked up once: on Python 3.11 every

@@ -292,7 +292,7 @@ async def _store(
         stored = {q.key for q in queued}
         if await submitter.cancel_orphans(principal, [r for r in runs if r.key in stored]):
             return answers  # their parent finished meanwhile: cancelled, not queued
-    await submitter.push_many(queued)
+    submitter.push_many(queued)
     if queued:
         ACCEPTED.labels(queued[0].key.algorithm).inc(len(queued))
     return answers

@@ -129,6 +129,12 @@ class SchedulerSection:
     starts up to 30 ms later, and every queue, checkpoint and throttle call serves several
     runs instead of one or two. The next is taken only if runs were queued here meanwhile;
     else at the next idle poll (``dispatch_idle_poll``) or as soon as some are."""
+    queue_push_delay: Seconds = field(default=0.02, metadata=at_least(0))
+    """How long an accepted run may wait for company before its queue push is sent (one
+    round trip for all the runs that wait). Nobody waits for it: a run is durable and
+    answered (202) once its checkpoint is written, and queued after. At moderate load a
+    push then carries the runs of two or three checkpoint batches, not one; the first
+    Job is made up to this much later, within ``dispatch_linger`` when it lingers."""
     dispatch_idle_poll: Seconds = field(default=0.25, metadata=positive())
     """How often a dispatcher that just found its queue empty looks again for runs that
     others put on it (adopted, queued again by the maintainer)."""

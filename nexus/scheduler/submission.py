@@ -12,9 +12,11 @@ Guarantees:
   (:mod:`nexus.scheduler.strayinputs`).
 * **Durable before acknowledged.** The checkpoint insert is group-committed and awaited, so
   the run is readable (from any pod) the moment the 202 is sent.
-* **Queued, or found.** The queue push is pipelined in batches. If Redis fails after the
-  checkpoint landed, the client still gets its 202: the run is durable, and the
-  maintainer's sweep queues ``BUFFERED`` runs that no queue holds.
+* **Queued, or found.** The queue push is pipelined in batches, sent after the 202 (a
+  run is answered once durable: its push waits up to ``queue_push_delay`` for company,
+  and nobody waits for it). If Redis fails, the run is pushed again as soon as it
+  answers; should the pod end first, the maintainer's sweep queues ``BUFFERED`` runs that
+  no queue holds.
 * **Idempotency.** With an ``Idempotency-Key``, a repeat of the same caller's request
   within 24 hours returns the first run's id and creates nothing; the same key with another
   body (parameters, configuration, tag, parent, algorithm, validity) is refused with 422
@@ -226,9 +228,9 @@ class Submitter:
             self._push,
             overloaded=lambda: QueueUnavailable("too many queue pushes are waiting"),
             max_batch=500,
-            # Pushes come in clumps, the runs of one checkpoint batch at a time: waiting
-            # for more would only add latency.
-            max_delay=0,
+            # Nobody waits for a push (the run is answered once durable): the runs of a
+            # few checkpoint batches share one round trip, and one wake of this loop.
+            max_delay=settings.queue_push_delay,
             max_in_flight=2,
             max_pending=50_000,
         )
@@ -246,15 +248,21 @@ class Submitter:
             self._pushed(shard)
         return [None] * len(runs)
 
-    async def push_many(self, runs: list[QueuedRun]) -> None:
-        """Queue ``runs`` in one pipelined push (a bulk submit's); if Redis fails they
-        stay durable, and the maintainer's sweep queues them."""
+    def push_many(self, runs: list[QueuedRun]) -> None:
+        """Queue ``runs`` (accepted, durable) with the next pipelined push, without
+        waiting for it; those whose push fails are pushed again as soon as Redis answers
+        (:meth:`push_later`)."""
         try:
-            for outcome in await self._pushes.submit_many(runs):
-                if isinstance(outcome, Exception):
-                    raise outcome
-        except QueueUnavailable as exc:
+            self._pushes.send(runs, self._push_failed)
+        except QueueUnavailable as exc:  # too many pushes waiting
             self._keep_for_later(runs, exc)
+
+    def _push_failed(self, run: QueuedRun, exc: Exception) -> None:
+        if isinstance(exc, QueueUnavailable):
+            self._keep_for_later([run], exc)
+            return
+        # Not Redis' refusal: a bug. The run is durable; the maintainer's sweep queues it.
+        log.error("a queue push failed: %r", exc, extra={"requestId": str(run.key.id)})
 
     def _keep_for_later(self, runs: list[QueuedRun], exc: QueueUnavailable) -> None:
         """Accepted runs whose push failed: durable in their checkpoints, pushed again by
@@ -521,11 +529,7 @@ class Submitter:
             return Accepted(run_id, created=True)
         if inline:  # before the push: its Job may be made the moment it is queued
             self.recent_inputs.remember(run_key, payload)
-        queued = QueuedRun(shard, run_key, 0.0, self.fair_share.share(principal))
-        try:
-            await self._pushes.submit(queued)
-        except QueueUnavailable as exc:
-            self._keep_for_later([queued], exc)
+        self.push_many([QueuedRun(shard, run_key, 0.0, self.fair_share.share(principal))])
         ACCEPTED.labels(algorithm).inc()
         return Accepted(run_id, created=True)
 
