@@ -265,6 +265,39 @@ async def test_the_guard_is_not_called_for_updates_that_move_nothing(postgres_ds
         await conn.close()
 
 
+async def test_a_runs_transitions_are_written_on_its_own_page(
+    store: CheckpointStore, postgres_dsn: str
+) -> None:
+    """Pages of runs are filled to 70 % (0017): the versions a run's transitions write
+    stay on its page, where the write that keeps a Job's facts on a finished run is a HOT
+    update (no index entry). Packed full, the first page of a batch had no room, and
+    every change of its runs went to another page."""
+    runs = [new_run(tag="t") for _ in range(60)]
+    await store.insert_many(runs)
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        pages = "SELECT id, (ctid::text::point)[0]::int AS page FROM runs WHERE id = ANY($1)"
+        first = {r["id"]: r["page"] for r in await conn.fetch(pages, [r.id for r in runs])}
+        assert max(first.values()) >= 1  # the batch fills more than one page
+        moved = [r for r in runs if first[r.id] == 0][:2]
+        await store.transition_many([Transition(r.algorithm, r.id, Stage.RUNNING) for r in moved])
+        await store.transition_many(
+            [Transition(r.algorithm, r.id, Stage.COMPLETED, result_uri="s3://b/r") for r in moved]
+        )
+        after = {r["id"]: r["page"] for r in await conn.fetch(pages, [r.id for r in moved])}
+        options = await conn.fetch(
+            "SELECT relname, reloptions FROM pg_class WHERE relname = ANY($1)",
+            ["runs", "runs_pkey", "runs_by_tag_order", "runs_unfinished_by_age"],
+        )
+    finally:
+        await conn.close()
+    assert after == {r.id: 0 for r in moved}
+    assert {r["relname"]: r["reloptions"] for r in options} == {
+        name: ["fillfactor=70"]
+        for name in ("runs", "runs_pkey", "runs_by_tag_order", "runs_unfinished_by_age")
+    }
+
+
 async def test_both_transition_writers_stamp_last_modified(store: CheckpointStore) -> None:
     run = new_run()
     await store.insert(run)
