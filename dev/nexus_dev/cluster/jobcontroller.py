@@ -139,7 +139,7 @@ class JobController:
                 self._syncing = None
 
     def _on_job(self, change: Change) -> None:
-        metadata = change.obj["metadata"]
+        metadata: Obj = change.obj["metadata"]
         uid = metadata["uid"]
         if change.type == "ADDED":
             state = JobState(metadata["namespace"], metadata["name"], uid)
@@ -284,8 +284,8 @@ class JobController:
                     _condition("Complete", "CompletionsReached", message, now),
                 ]
                 state.completion_time = now
-                self.recorder.record(
-                    job, "Normal", "Completed", "Job completed", COMPONENT, unique=True
+                self.recorder.record_unique(
+                    job, COMPONENT, (("Normal", "Completed", "Job completed"),)
                 )
                 self._finish(state, job)
             elif not deleting and not state.retry_pending and not spec.get("suspend"):
@@ -385,16 +385,13 @@ class JobController:
             derived_spec(pod["spec"], pod_spec, _ON_THE_NODE)
         self.store.create("pods", pod)
         state.active.add(name)
-        record = self.recorder.record
-        record(job, "Normal", "SuccessfulCreate", f"Created pod: {name}", COMPONENT, unique=True)
-        record(
-            pod,
-            "Normal",
-            "Scheduled",
-            f"Successfully assigned {state.namespace}/{name} to {NODE_NAME}",
-            "default-scheduler",
-            unique=True,
+        # neither can happen again to its object (see EventRecorder.record)
+        recorder = self.recorder
+        recorder.record_unique(
+            job, COMPONENT, (("Normal", "SuccessfulCreate", f"Created pod: {name}"),)
         )
+        scheduled = f"Successfully assigned {state.namespace}/{name} to {NODE_NAME}"
+        recorder.record_unique(pod, "default-scheduler", (("Normal", "Scheduled", scheduled),))
         self.kubelet.admit(pod, fault, asked=True)
 
 

@@ -178,7 +178,8 @@ class Kubelet:
         """Take a newly created pod (showing ``fault``, else the one :meth:`fault_for`
         finds, unless the caller ``asked`` it already); its container starts after
         ``start_delay``."""
-        metadata, spec = pod["metadata"], pod["spec"]
+        metadata: Obj = pod["metadata"]
+        spec: Obj = pod["spec"]
         container = spec["containers"][0]
         env = container_env(container)  # $(VAR) and $$ resolved, as a real kubelet does
         if fault is None and not asked:

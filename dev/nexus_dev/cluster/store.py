@@ -179,7 +179,8 @@ class Change:
                 body = {"type": event_type.rstrip("*"), "object": encoded(obj)}
                 cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
             elif data is None:  # serialised in its envelope: no copy made
-                body = {"type": event_type, "object": encoded(self.final())}
+                final = self.obj if self.type != "DELETED" else self.final()
+                body = {"type": event_type, "object": encoded(final)}
                 cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
             else:  # already serialised for an answer: wrapped
                 cached = b"".join((_LINE_HEADS[event_type], data, _LINE_TAIL))
@@ -224,7 +225,9 @@ class Watcher:
             self.lines.clear()
             self.buffered = 0
             self.closed = True
-        self._wake()
+        waiter = self.waiter  # _wake, inline: once per line of every watch
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def close(self) -> None:
         self.closed = True
@@ -407,7 +410,7 @@ class ObjectStore:
     def create(self, plural: str, obj: Obj) -> Obj:
         """Store a new object (its metadata already complete but for the version)."""
         collection = self.collections[plural]
-        metadata = obj["metadata"]
+        metadata: Obj = obj["metadata"]  # typed: compiled, the dict's own item access
         key = (metadata["namespace"], metadata["name"])
         objects = collection.objects
         if key in objects:
@@ -427,7 +430,7 @@ class ObjectStore:
         with its ``metadata`` replaced by a copy that carries the new version.
         """
         collection = self.collections[plural]
-        metadata = obj["metadata"]
+        metadata: Obj = obj["metadata"]
         key = (metadata["namespace"], metadata["name"])
         old = collection.objects.get(key)
         if old is None:

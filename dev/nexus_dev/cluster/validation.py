@@ -210,7 +210,7 @@ def _typed(section: Any) -> Any:
     """A section of resources as a key that tells ``true`` from ``1`` (equal in Python, and
     hashed alike, but a quantity only the second is)."""
     if isinstance(section, dict):
-        return tuple((name, value.__class__, value) for name, value in section.items())
+        return tuple([(name, value.__class__, value) for name, value in section.items()])
     return section
 
 
