@@ -15,7 +15,7 @@ import pytest
 from nexus.core.announcements import CHANNEL, Finished, announced, answer_of, parse
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import PostgresSettings
-from nexus.core.runs import NewRun, RunResult, Stage, Transition
+from nexus.core.runs import ALLOWED, TERMINAL, NewRun, RunKey, RunResult, Stage, Transition
 
 
 @pytest.fixture
@@ -124,3 +124,39 @@ def test_an_answer_that_is_not_one_is_no_answer() -> None:
     ):
         assert answer_of(run, bad) is None, bad
     assert answer_of("echo\tnot-a-uuid", '["COMPLETED", false, null, null, null]') is None
+
+
+async def test_exactly_the_moves_that_finish_a_run_are_announced(
+    postgres_dsn: str, heard: asyncio.Queue[str]
+) -> None:
+    """Every allowed move, made by raw SQL as any writer may: announced when and only when
+    it takes an unfinished run to a finished stage."""
+    conn = await asyncpg.connect(postgres_dsn)
+    expected: set[str] = set()
+    try:
+        for before, after in sorted(ALLOWED):
+            run_id = uuid.uuid4()
+            await conn.execute(
+                "INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,"
+                " applied_configuration, payload_valid_for, payload_inline, api_version)"
+                " VALUES ('echo', $1, $2, 'c', 'h', '{}', '1 hour', '\\x7b7d', 'v1.2')",
+                run_id,
+                before.value,
+            )
+            await conn.execute(
+                "UPDATE runs SET lifecycle_stage = $2, result_uri = 'r' WHERE id = $1",
+                run_id,
+                after.value,
+            )
+            if before not in TERMINAL and after in TERMINAL:
+                expected.add(announced(RunKey("echo", run_id)))
+    finally:
+        await conn.close()
+    heard_runs: set[str] = set()
+    while len(heard_runs) < len(expected):
+        finished = parse(await asyncio.wait_for(heard.get(), 5))
+        assert finished is not None
+        heard_runs.add(finished.run)
+    await asyncio.sleep(0.2)
+    assert heard.empty()
+    assert heard_runs == expected

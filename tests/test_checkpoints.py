@@ -298,6 +298,24 @@ async def test_a_runs_transitions_are_written_on_its_own_page(
     }
 
 
+async def test_the_triggers_name_their_stages_as_array_constants(postgres_dsn: str) -> None:
+    """A trigger's WHEN clause is read back and prepared for every statement that updates
+    runs: a list of stages is stored as an array of constant nodes, read and folded again
+    each time; an array constant is one node (0018)."""
+    conn = await asyncpg.connect(postgres_dsn)
+    try:
+        clauses = await conn.fetch(
+            "SELECT tgname, tgqual FROM pg_trigger"
+            " WHERE tgrelid = 'runs'::regclass AND NOT tgisinternal"
+        )
+    finally:
+        await conn.close()
+    assert {r["tgname"] for r in clauses} == {"runs_guard", "runs_announce_finished"}
+    for clause in clauses:
+        assert "SCALARARRAYOPEXPR" in clause["tgqual"]
+        assert "ARRAYEXPR" not in clause["tgqual"].replace("SCALARARRAYOPEXPR", ""), clause
+
+
 async def test_both_transition_writers_stamp_last_modified(store: CheckpointStore) -> None:
     run = new_run()
     await store.insert(run)
