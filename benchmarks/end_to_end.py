@@ -30,10 +30,13 @@ the result URL for a result in S3; with ``--read each`` from each run's result U
 per run. Reported: offered and completed runs/s (completed from the first submission to
 the last run seen finished), the completion rate over the steady part of the window, the
 results read, the latency from submission to COMPLETED (p50/p90/p99, from the receiver's
-histogram), and CPU microseconds per run of every process, the load generator's own
-included. Prints human lines, then one JSON line. ``--profile DIR`` samples every Python
-process of the system with py-spy during the submission window (see ``profiles.py``,
-which summarises them).
+histogram), CPU microseconds per run of every process, the load generator's own
+included, and the round trips and wake-ups per run (:mod:`roundtrips`: Redis commands and
+scripts, PostgreSQL transactions, each Nexus process' group-committed batches by writer
+and its context switches), steadier from one invocation to the next than CPU time.
+Prints human lines, then one JSON line. ``--profile DIR`` samples every Python process of
+the system with py-spy during the submission window (see ``profiles.py``, which
+summarises them).
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from cpu import CpuMeter
 from loadgen import _Connection, closed_loop, open_loop, request_bytes
 from profiles import record
+from roundtrips import RoundTrips
 from stack import StackOptions, local_stack
 
 SLOT = 0.1  # seconds of submissions sharing one tag
@@ -122,7 +126,12 @@ async def finished_latency(receiver: str) -> dict[str, float]:
 
 
 async def run(
-    urls: list[str], receiver: str, token: str, args: argparse.Namespace, meter: CpuMeter
+    urls: list[str],
+    receiver: str,
+    token: str,
+    args: argparse.Namespace,
+    meter: CpuMeter,
+    counts: RoundTrips,
 ) -> dict[str, object]:
     headers = {"Authorization": f"Bearer {token}"}
     started = time.time()
@@ -252,6 +261,7 @@ async def run(
         finally:
             connection[0].close()
 
+    await counts.start()
     meter.start()
     own_before = _own_cpu()
     readers = [asyncio.create_task(read_results()) for _ in range(READERS)]
@@ -282,6 +292,7 @@ async def run(
     for reader in readers:
         reader.cancel()
     cpu = {**meter.stop(), "loadgen": _own_cpu() - own_before}
+    counted = await counts.stop(statuses.get("COMPLETED", 0))
     latency = await finished_latency(receiver)
     for recorder in recorders:
         recorder.wait()
@@ -310,6 +321,7 @@ async def run(
         "latency_ms": latency,
         "cpu_us_per_run": per_run,
         "cpu_us_per_run_nexus_postgres_redis": round(ours, 1),
+        "round_trips_per_run": counted,
     }
     offered = f"flat out on {args.connections} connections" if args.runs else f"at {args.rate}/s"
     print(f"submitted for {submitted_for:.1f} s {offered}: {load.summary()}")
@@ -320,6 +332,13 @@ async def run(
     )
     print(f"results read back through the API: {read}; submit → COMPLETED: {latency} ms")
     print(f"CPU µs per run: {per_run}; Nexus + PostgreSQL + Redis: {ours:.0f} µs")
+    services = counted["services"]
+    batches = {name: c["batches"] for name, c in services.items()}
+    switches = {name: c["switches"] for name, c in services.items()}
+    print(
+        f"per run: Redis scripts {counted['redis_scripts']}, PostgreSQL transactions"
+        f" {counted['postgres_transactions']}; batches {batches}; context switches {switches}"
+    )
     return figures
 
 
@@ -381,7 +400,15 @@ def main() -> int:
         for url in stack.schedulers:  # warm: connections, catalog, first Jobs
             with urllib.request.urlopen(f"{url}/health/ready", timeout=5):
                 pass
-        figures = asyncio.run(run(stack.schedulers, stack.receiver, stack.token, args, meter))
+        environment = stack.environment()
+        counts = RoundTrips(
+            environment["NEXUS__REDIS__URL"],
+            environment["NEXUS__POSTGRES__DSN"],
+            {c.name: (c.url, pids[c.name]) for c in stack.nexus.components if c.name in pids},
+        )
+        figures = asyncio.run(
+            run(stack.schedulers, stack.receiver, stack.token, args, meter, counts)
+        )
     print(json.dumps({"benchmark": "end-to-end", **figures}))
     return 0
 

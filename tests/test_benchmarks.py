@@ -66,3 +66,12 @@ def test_the_end_to_end_benchmark_reads_every_result_back() -> None:
     assert figures["finished"] == {"COMPLETED": 300}, figures
     assert figures["unfinished"] == 0, figures
     assert figures["results_read"] == {"ok": 300, "bad": 0, "unread": 0}, figures
+    # and what they took, per run: every run's checkpoint was inserted, in batches, and
+    # queued, popped and settled by scripts; the scheduler waited for something
+    counts = figures["round_trips_per_run"]
+    scheduler = counts["services"]["scheduler-0"]
+    assert 0 < scheduler["batches"]["checkpoint-insert"] <= 1, counts
+    assert 0 < scheduler["batches"]["queue-push"] <= 1, counts
+    assert counts["redis_scripts"] > 0 and counts["redis_commands"]["evalsha"] > 0, counts
+    assert counts["postgres_transactions"] > 0, counts
+    assert scheduler["switches"]["voluntary"] > 0, counts
