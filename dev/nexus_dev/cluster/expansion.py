@@ -54,7 +54,7 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
     entries: list[dict[str, Any]] = container.get("env") or []
     for entry in entries:
         value = entry.get("value", "")
-        if value.__class__ is not str:
+        if type(value) is not str:
             value = str(value)
         env[entry["name"]] = expand(value, env) if "$" in value else value
     return env

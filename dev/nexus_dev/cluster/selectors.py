@@ -212,12 +212,12 @@ def _field_reader(path: str) -> Callable[[Mapping[str, Any]], str]:
         node: Any = obj
         for part in parts:
             # stored objects are plain dicts: the exact type check spares the ABC's
-            if node.__class__ is not dict and not isinstance(node, Mapping):
+            if type(node) is not dict and not isinstance(node, Mapping):
                 return ""
             node = node.get(part)
         if node is None:
             return ""
-        if node.__class__ is str:
+        if type(node) is str:
             return node
         if isinstance(node, bool):
             return "true" if node else "false"
@@ -242,7 +242,7 @@ def compile_predicate(
 
             def top_field(obj: dict[str, Any]) -> bool:
                 node = obj.get(key)
-                if node.__class__ is str:  # what read() returns as it is
+                if type(node) is str:  # what read() returns as it is
                     return (node == value) == equal
                 return (read(obj) == value) == equal
 

@@ -164,7 +164,7 @@ def validate_pod_spec(spec: Any, path: str, causes: list[dict[str, str]]) -> Non
             causes.append(_required(f"{where}.image"))
         envs = container.get("env") or []
         for env in envs:  # the common case, every entry named, checked without counting
-            if env.__class__ is not dict or not env.get("name"):
+            if type(env) is not dict or not env.get("name"):
                 for j, entry in enumerate(envs):
                     if not isinstance(entry, dict) or not entry.get("name"):
                         causes.append(_required(f"{where}.env[{j}].name"))
@@ -210,7 +210,7 @@ def _typed(section: Any) -> Any:
     """A section of resources as a key that tells ``true`` from ``1`` (equal in Python, and
     hashed alike, but a quantity only the second is)."""
     if isinstance(section, dict):
-        return tuple([(name, value.__class__, value) for name, value in section.items()])
+        return tuple([(name, type(value), value) for name, value in section.items()])
     return section
 
 
