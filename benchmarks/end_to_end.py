@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/end_to_end.py [--rate 2000] [--seconds 60] [--schedulers 1]
         [--runs N [--connections 32]] [--setting NEXUS__SECTION__KEY=VALUE ...] [--bulk N]
-        [--read listing|each] [--profile DIR]
+        [--read listing|each] [--profile DIR] [--statements N]
 
 The local system runs as separate processes: PostgreSQL, Redis, SeaweedFS, one local
 cluster whose simulated pods play the whole algorithm contract (read their input from the
@@ -36,7 +36,10 @@ scripts, PostgreSQL transactions, each Nexus process' group-committed batches by
 and its context switches), steadier from one invocation to the next than CPU time.
 Prints human lines, then one JSON line. ``--profile DIR`` samples every Python process of
 the system with py-spy during the submission window (see ``profiles.py``, which
-summarises them).
+summarises them). ``--statements N`` loads pg_stat_statements into the local PostgreSQL
+and prints the N statements it spent most time executing during the submissions and the
+drain, with their calls and execution time per run (all of them counted in a total; rows
+are those a statement answered): which round trips a run costs PostgreSQL, and how much.
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from cpu import CpuMeter
 from loadgen import _Connection, closed_loop, open_loop, request_bytes
 from profiles import record
 from roundtrips import RoundTrips
-from stack import StackOptions, local_stack
+from stack import Stack, StackOptions, local_stack
 
 SLOT = 0.1  # seconds of submissions sharing one tag
 PAGE = 10_000
@@ -82,6 +85,12 @@ WAIT = 30
 FLAT_TAG_RUNS = 100
 """Runs per tag when submitting flat out (``--runs``)."""
 INF = float("inf")
+STATEMENTS = (
+    "SELECT calls, rows, total_exec_time, regexp_replace(query, '\\s+', ' ', 'g')"
+    " FROM pg_stat_statements ORDER BY total_exec_time DESC"
+)
+"""Every statement PostgreSQL ran since the reset, the costliest first (``--statements``):
+calls, rows, milliseconds executing, its text on one line."""
 FINISHED = {"COMPLETED", "FAILED", "SCHEDULING_TIMEOUT", "DEADLINE_EXCEEDED", "CANCELLED"}
 
 
@@ -342,6 +351,38 @@ async def run(
     return figures
 
 
+def statement_costs(stack: Stack, runs: int, top: int) -> dict[str, Any]:
+    """What PostgreSQL executed per run since the reset (``--statements``): the ``top``
+    statements by time executing, and the totals of all of them."""
+    listed = []
+    calls_total = ms_total = 0.0
+    for line in stack.services.postgres.psql(STATEMENTS).splitlines():
+        calls, rows, ms, query = line.split("|", 3)
+        calls_total += int(calls)
+        ms_total += float(ms)
+        listed.append({
+            "calls_per_run": round(int(calls) / max(1, runs), 4),
+            "rows_per_call": round(int(rows) / max(1, int(calls)), 1),
+            "exec_us_per_run": round(float(ms) * 1000 / max(1, runs), 1),
+            "query": query.strip()[:100],
+        })  # fmt: skip
+    figures = {
+        "calls_per_run": round(calls_total / max(1, runs), 3),
+        "exec_us_per_run": round(ms_total * 1000 / max(1, runs), 1),
+        "top": listed[:top],
+    }
+    print(
+        f"PostgreSQL per run: {figures['calls_per_run']} statements,"
+        f" {figures['exec_us_per_run']} µs executing them; the costliest:"
+    )
+    for one in figures["top"]:
+        print(
+            f"  {one['exec_us_per_run']:>7} µs {one['calls_per_run']:>7} calls"
+            f" {one['rows_per_call']:>6} rows/call  {one['query']}"
+        )
+    return figures
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -385,6 +426,13 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="py-spy every Python process into DIR"
     )
+    parser.add_argument(
+        "--statements",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print the N statements PostgreSQL spent most time executing, per run",
+    )
     args = parser.parse_args()
     settings = dict(item.split("=", 1) for item in args.setting)
     if any(not key.startswith("NEXUS__") for key in settings):
@@ -394,7 +442,8 @@ def main() -> int:
         duration=args.duration, create_rate=100_000, log_format="json",
         environment={"NEXUS__LOG__LEVEL": "WARNING", **settings},
     )  # fmt: skip
-    with local_stack(options) as stack:
+    preload = {"shared_preload_libraries": "pg_stat_statements"} if args.statements else None
+    with local_stack(options, postgres_settings=preload) as stack:
         pids = stack.pids()
         meter = CpuMeter(pids)
         for url in stack.schedulers:  # warm: connections, catalog, first Jobs
@@ -406,9 +455,17 @@ def main() -> int:
             environment["NEXUS__POSTGRES__DSN"],
             {c.name: (c.url, pids[c.name]) for c in stack.nexus.components if c.name in pids},
         )
+        if args.statements:
+            stack.services.postgres.psql(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements;"
+                " SELECT pg_stat_statements_reset()"
+            )
         figures = asyncio.run(
             run(stack.schedulers, stack.receiver, stack.token, args, meter, counts)
         )
+        if args.statements:
+            runs = sum(figures["finished"].values())
+            figures["statements"] = statement_costs(stack, runs, args.statements)
     print(json.dumps({"benchmark": "end-to-end", **figures}))
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,8 +59,10 @@ class Stack:
 
 
 @contextlib.contextmanager
-def local_stack(options: StackOptions) -> Iterator[Stack]:
-    services = LocalServices(None, env=os.environ)
+def local_stack(
+    options: StackOptions, postgres_settings: Mapping[str, str] | None = None
+) -> Iterator[Stack]:
+    services = LocalServices(None, env=os.environ, postgres_settings=postgres_settings)
     credentials = Credentials()
     workdir_component = ServicesComponent(services)
     cluster: ClusterComponent | None = None

@@ -51,8 +51,9 @@ def test_the_maintainer_sweep_benchmark_runs_at_a_small_size() -> None:
 
 def test_the_end_to_end_benchmark_reads_every_result_back() -> None:
     """The figure the side-by-side report rests on: every run submitted flat out is seen
-    finished through its tag's summary and read back with its result."""
-    flat = ["--runs", "300", "--connections", "4", "--drain", "60"]
+    finished through its tag's summary and read back with its result; and what PostgreSQL
+    executed for them, statement by statement."""
+    flat = ["--runs", "300", "--connections", "4", "--drain", "60", "--statements", "3"]
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "end_to_end.py"), *flat],
         capture_output=True,
@@ -75,3 +76,6 @@ def test_the_end_to_end_benchmark_reads_every_result_back() -> None:
     assert counts["redis_scripts"] > 0 and counts["redis_commands"]["evalsha"] > 0, counts
     assert counts["postgres_transactions"] > 0, counts
     assert scheduler["switches"]["voluntary"] > 0, counts
+    statements = figures["statements"]
+    assert len(statements["top"]) == 3 and statements["calls_per_run"] > 0, statements
+    assert any(" runs " in s["query"] for s in statements["top"]), statements

@@ -122,6 +122,19 @@ def test_postgres_stop_leaves_no_process(private_postgres: LocalPostgres) -> Non
     private_postgres.stop()  # stopping twice is harmless
 
 
+def test_postgres_takes_settings_beyond_ours() -> None:
+    """A benchmark's settings (pg_stat_statements preloaded, say) reach the server, and
+    replace ours where they name the same one."""
+    server = LocalPostgres(settings={"work_mem": "7MB", "jit": "on"})
+    server.start()
+    try:
+        assert server.psql("SHOW work_mem") == "7MB"
+        assert server.psql("SHOW jit") == "on"
+        assert server.psql("SHOW fsync") == "off"  # ours stay
+    finally:
+        server.close()
+
+
 # -- Redis ---------------------------------------------------------------------------------
 
 

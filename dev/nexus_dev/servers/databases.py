@@ -41,6 +41,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -101,10 +102,15 @@ class LocalPostgres(LocalServer[PostgresInfo]):
         external: PostgresInfo | None = None,
         binaries: BinarySource = "auto",
         bin_dir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
     ) -> None:
-        """``bin_dir``: an installation's ``bin`` directory to use instead of finding one."""
+        """``bin_dir``: an installation's ``bin`` directory to use instead of finding one;
+        ``settings``: server settings added to (or replacing) ours, e.g. a benchmark's
+        ``shared_preload_libraries`` (a server of its own only: an external one keeps its
+        own)."""
         super().__init__(directory, external=external, binaries=binaries)
         self._bin_dir = bin_dir
+        self._settings = dict(settings or {})
         self._home: Path | None = None
         """Where the data directory and the socket live: ``directory``, or a private
         directory of the server's user when that user cannot enter ``directory``."""
@@ -196,6 +202,7 @@ class LocalPostgres(LocalServer[PostgresInfo]):
             "max_wal_senders": 0,
             "jit": "off",  # compiling tiny test queries costs more than it saves
             "logging_collector": "off",
+            **self._settings,
         }
         argv = [str(self._server_bin / "postgres"), "-D", str(self._home / "data")]
         for key, value in settings.items():

@@ -94,7 +94,10 @@ class LocalServices:
         env: Mapping[str, str] | None = None,
         binaries: BinarySource | None = None,
         keep: bool = False,
+        postgres_settings: Mapping[str, str] | None = None,
     ) -> None:
+        """``postgres_settings``: settings of the local PostgreSQL beyond ours (see
+        :class:`LocalPostgres`)."""
         env = os.environ if env is None else env
         source = binaries or binary_source(env)
         parent = None if workdir is None else str(workdir)
@@ -105,7 +108,10 @@ class LocalServices:
         self.keep = keep
         postgres, redis, s3 = external_servers(env)
         self.postgres = LocalPostgres(
-            self.directory / "postgres", external=postgres, binaries=source
+            self.directory / "postgres",
+            external=postgres,
+            binaries=source,
+            settings=postgres_settings,
         )
         self.redis = LocalRedis(self.directory / "redis", external=redis, binaries=source)
         self.s3 = LocalS3(self.directory / "s3", external=s3, binaries=source)
