@@ -2,7 +2,7 @@
 counted with callgrind inside PostgreSQL itself: its triggers, its NOTIFY, its WAL.
 
     .venv/bin/python benchmarks/transition_sql.py [--runs 1600] [--batch 16] [--before 14]
-        [--inline | --late-dispatch | --lifecycle] [--statements REV] [--keep DIR]
+        [--inline | --late-dispatch | --lifecycle [--early N]] [--statements REV] [--keep DIR]
 
 A throwaway PostgreSQL (as the tests use) gets two databases: one with every migration of
 this tree, one with migrations 1..``--before`` only (the schema before a change of its
@@ -20,7 +20,8 @@ facts, refused, the facts kept: what most runs cost when their completion outrun
 write (one statement, TRANSITION_KEEPING_JOBS, or the refused TRANSITION and then
 RECORD_SENT in a tree that has no such statement). ``--lifecycle`` counts every
 write of a run instead, as the system makes them under load, batch by batch: its insert,
-then for a third of the runs the RUNNING write and the completion, for the rest the
+then for one run in ``--early`` (3; 1: every run, as at 800 runs/s end to end, where most
+RUNNING writes land first) the RUNNING write and the completion, for the rest the
 completion and the refused RUNNING write (--keep DIR keeps each variant's profile and
 session for callgrind_annotate). ``--statements REV`` has the earlier
 schema's variant send the statements of revision REV (its ``nexus/core/statements.py``)
@@ -169,6 +170,7 @@ def session(
     sql: ModuleType,
     late: bool,
     lifecycle: bool = False,
+    early: int = 3,
 ) -> str:
     lines = [prelude] if prelude else []
     lines.append(f"PREPARE t({PARAMETERS}) AS {one_line(sql.TRANSITION)}")
@@ -179,7 +181,8 @@ def session(
         lines.append(f"PREPARE s({SENT_PARAMETERS}) AS {one_line(sql.RECORD_SENT)}")
     if lifecycle:
         lines.append(f"PREPARE i({INSERT_PARAMETERS}) AS {one_line(INSERT)}")
-        return "\n".join(lines + lifecycle_steps(runs, batch, keeping is not None)) + "\n"
+        steps = lifecycle_steps(runs, batch, keeping is not None, early)
+        return "\n".join(lines + steps) + "\n"
     for start in range(0, len(runs), batch):
         chunk = runs[start : start + batch]
         if late:  # the dispatcher's RUNNING write, refused: the run finished meanwhile
@@ -235,8 +238,6 @@ INSERT_PARAMETERS = (
     " text[], text[], text[], jsonb[], text[], int"
 )
 """The types of the store's INSERT statement's parameters."""
-EARLY = 3
-"""One run in EARLY has its RUNNING write land before its completion (--lifecycle)."""
 
 
 def inserted(chunk: list[NewRun]) -> str:
@@ -262,9 +263,9 @@ def inserted(chunk: list[NewRun]) -> str:
     return f"EXECUTE i({', '.join(arrays)}, {len(chunk)})"
 
 
-def lifecycle_steps(runs: list[NewRun], batch: int, keeping: bool) -> list[str]:
+def lifecycle_steps(runs: list[NewRun], batch: int, keeping: bool, early: int) -> list[str]:
     """Every write of ``runs`` as the system makes them under load, batch by batch: a
-    batch is inserted; two batches later the first third of its runs is dispatched (their
+    batch is inserted; two batches later one of its runs in ``early`` is dispatched (their
     RUNNING write lands first); a batch later all of it completes; a batch later still the
     rest is dispatched, refused (their completion outran that write) with its Jobs' facts
     kept."""
@@ -274,11 +275,11 @@ def lifecycle_steps(runs: list[NewRun], batch: int, keeping: bool) -> list[str]:
         if step < len(chunks):
             lines.append(inserted(chunks[step]))
         if 0 <= step - 2 < len(chunks):
-            lines += dispatched(chunks[step - 2][::EARLY], keeping, refused=False)
+            lines += dispatched(chunks[step - 2][::early], keeping, refused=False)
         if 0 <= step - 3 < len(chunks):
             lines.append(completed(chunks[step - 3]))
         if 0 <= step - 4 < len(chunks):
-            late = [r for i, r in enumerate(chunks[step - 4]) if i % EARLY]
+            late = [r for i, r in enumerate(chunks[step - 4]) if i % early]
             lines += dispatched(late, keeping, refused=True)
     return lines
 
@@ -333,6 +334,10 @@ def main() -> int:
     parser.add_argument(
         "--lifecycle", action="store_true", help="count every write of a run instead"
     )
+    parser.add_argument(
+        "--early", type=int, default=3, metavar="N",
+        help="--lifecycle: one run in N has its RUNNING write land before its completion",
+    )  # fmt: skip
     parser.add_argument("--keep", metavar="DIR", help="keep each variant's profile in DIR")
     parser.add_argument("--statements", metavar="REV",
                         help="the earlier schema's variant sends REV's statements")  # fmt: skip
@@ -355,8 +360,9 @@ def main() -> int:
             prelude = SILENT if name.endswith("triggers off") else ""
             sql = earlier if name.startswith("migrations") else statements(None)
             text = session(
-                runs, args.batch, args.inline, prelude, sql, args.late_dispatch, args.lifecycle
-            )
+                runs, args.batch, args.inline, prelude, sql, args.late_dispatch, args.lifecycle,
+                args.early,
+            )  # fmt: skip
             totals[name] = counted(server, home, name, database, text, args.keep)
         per_run = {
             name: round((total - totals["empty"]) / args.runs)
@@ -371,7 +377,7 @@ def main() -> int:
         shutil.rmtree(directory, ignore_errors=True)
     figures = {"runs": args.runs, "batch": args.batch, "inline": args.inline,
                "late_dispatch": args.late_dispatch, "lifecycle": args.lifecycle,
-               "statements": args.statements}  # fmt: skip
+               "early": args.early, "statements": args.statements}  # fmt: skip
     print(json.dumps({"benchmark": "transition_sql", **figures, "per_run": per_run}))
     return 0
 
