@@ -33,7 +33,15 @@ answers, and chunked streams for watches — and this server handles exactly tha
 * with ``keepalive_timeout``, a connection idle that long between requests is closed
   (aiohttp's 75 s), so that clients gone without a word do not hold sockets for ever;
 * :meth:`HttpServer.close` stops listening, closes idle connections and gives streams
-  ``grace`` seconds to end before cutting them off.
+  ``grace`` seconds to end before cutting them off;
+* **with a fallback** (another server's protocol factory, e.g. aiohttp's ``web.Server``),
+  only the requests ``takes`` accepts are answered here, and only those whose head is
+  well formed and whose body has a ``Content-Length`` within ``max_body``; at the first
+  other request the connection is the fallback's for the rest of its life: once every
+  answer before it is written, the transport is given to a protocol of the fallback's,
+  which receives every byte from that request's first one on (reading resumed if it was
+  held). What the fallback answers — errors, 413s, refused framing — is then exactly its
+  own, and its server shuts those connections down, not this one.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import NoReturn, cast
 from urllib.parse import parse_qsl
 
 log = logging.getLogger(__name__)
@@ -84,6 +92,8 @@ class Answer:
 
 
 Handler = Callable[["Request"], "Answer | Awaitable[Answer | None]"]
+Fallback = Callable[[], asyncio.Protocol]
+"""Makes the protocol a connection is handed to (:class:`HttpServer`'s ``fallback``)."""
 
 
 class Request:
@@ -280,6 +290,9 @@ class _Connection(asyncio.Protocol):
                 return
             try:
                 request = self._parse()
+            except _Elsewhere:
+                self._hand_over()
+                return
             except ValueError as exc:
                 status = 413 if isinstance(exc, _TooLarge) else 400
                 text = f"{status}: {_REASONS[status]} ({exc})".encode()
@@ -331,6 +344,25 @@ class _Connection(asyncio.Protocol):
             self._read_on()
             if self.buffer:
                 self._serve()
+
+    def _hand_over(self) -> None:
+        """Give the connection, and what is buffered from its next request's first byte
+        on, to a protocol of the server's fallback: every answer before it is written."""
+        transport, fallback = self.transport, self.server.fallback
+        assert transport is not None
+        assert fallback is not None
+        protocol = fallback()
+        self.closed = True  # to this side: nothing more is read or written here
+        self.server.connections.discard(self)
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if not self._reading:
+            transport.resume_reading()
+            self._reading = True
+        if data:
+            protocol.data_received(data)
 
     def _answer(self, request: Request | None, answer: Answer, *, linger: bool = False) -> None:
         body = answer.body
@@ -424,7 +456,7 @@ class _Connection(asyncio.Protocol):
         end = buffer.find(b"\r\n\r\n", max(0, self._scanned - 3), _MAX_HEAD + 4)
         if end < 0:
             if len(buffer) > _MAX_HEAD + 3:  # not a head's end cut after its first bytes
-                raise ValueError("request head too large")
+                self._refuse_head("request head too large")
             self._scanned = len(buffer)
             return None
         self._scanned = 0
@@ -434,7 +466,7 @@ class _Connection(asyncio.Protocol):
         finally:
             view.release()  # a bytearray with exports cannot be resized
         if _HEAD.fullmatch(head) is None:
-            raise ValueError("malformed request head")
+            self._refuse_head("malformed request head")
         lines = head.split("\r\n")
         method, target, version = lines[0].split(" ")
         headers: dict[str, str] = {}
@@ -452,9 +484,11 @@ class _Connection(asyncio.Protocol):
         else:  # HTTP/1.0 keeps a connection only when asked to, and is told it is kept
             request.keep_alive = connection is not None and _tokens(connection) == {"keep-alive"}
             request.http10 = True
-        del buffer[: end + 4]
+        server = self.server
         coding = headers.get("transfer-encoding")
         if coding is not None:
+            if server.fallback is not None:
+                raise _Elsewhere  # the head still in the buffer, for the fallback
             if coding.lower() != "chunked":
                 raise ValueError(f"Transfer-Encoding {coding[:40]!r}: only chunked is read")
             if "content-length" in headers:
@@ -465,12 +499,26 @@ class _Connection(asyncio.Protocol):
             self._chunk_left = -1
             self._trailers = False
         else:
-            length = _content_length(headers.get("content-length", "0"))
-            if length > self.server.max_body:
-                raise _TooLarge(f"body of {length} bytes, at most {self.server.max_body}", request)
+            try:
+                length = _content_length(headers.get("content-length", "0"))
+            except ValueError as exc:
+                self._refuse_head(str(exc))
+            if length > server.max_body:
+                if server.fallback is not None:
+                    raise _Elsewhere
+                raise _TooLarge(f"body of {length} bytes, at most {server.max_body}", request)
+            if server.takes is not None and not server.takes(request):
+                raise _Elsewhere
             self._length = length
+        del buffer[: end + 4]
         self._request = request
         return request
+
+    def _refuse_head(self, problem: str) -> NoReturn:
+        """A head not taken: the fallback's to answer when there is one, else a 400."""
+        if self.server.fallback is not None:
+            raise _Elsewhere
+        raise ValueError(problem)
 
     def _read_chunks(self) -> bool:
         """Take what has come of the chunked body into ``_chunks``, each byte once: a chunk's
@@ -539,6 +587,10 @@ class _Connection(asyncio.Protocol):
             self._continued = True
 
 
+class _Elsewhere(Exception):
+    """The request at the buffer's start is the fallback's, from its first byte on."""
+
+
 class _TooLarge(ValueError):
     def __init__(self, message: str, request: Request | None = None) -> None:
         super().__init__(message)
@@ -574,11 +626,18 @@ class HttpServer:
         max_body: int,
         too_large: Callable[[Request], Answer] | None = None,
         keepalive_timeout: float | None = None,
+        fallback: Fallback | None = None,
+        takes: Callable[[Request], bool] | None = None,
     ) -> None:
         """``too_large`` answers a request whose body is over ``max_body`` (its body left
         unread, the connection then closed) where a plain-text ``413`` will not do;
-        ``keepalive_timeout``: seconds a connection may wait idle for its next request."""
+        ``keepalive_timeout``: seconds a connection may wait idle for its next request;
+        ``fallback``: what a connection is handed to at its first request that ``takes``
+        does not take or that is not plain enough to be taken (see the module docstring);
+        without one, every request is ``handler``'s."""
         self.handler = handler
+        self.fallback = fallback
+        self.takes = takes if fallback is not None else None
         self.max_body = max_body
         self.too_large = too_large
         self.keepalive_timeout = keepalive_timeout

@@ -8,7 +8,11 @@ metrics route and runs the application under uvloop. ``/metrics`` is served on t
 port, or, when ``metrics_port`` is set, by a listener of its own on that port alone. An
 application made by :func:`create_lean_app` (the receiver) keeps that lifecycle, but its
 requests, probes and metrics included, are served by the lean HTTP server through its
-:class:`~nexus.core.routes.Router` (:func:`listen` starts whichever listener it has).
+:class:`~nexus.core.routes.Router` (:func:`listen` starts whichever listener it has). An
+aiohttp application given a *partial* router (the scheduler: its submits) listens on the
+lean server too, which answers the router's routes and hands every connection whose
+request it does not take over to the application's aiohttp server for the rest of its
+life; the lean listener closes first at shutdown, then the runner those connections.
 
 Guarantees:
 
@@ -188,6 +192,8 @@ async def listen(
             max_body=http.max_body_size,
             too_large=router.too_large,
             keepalive_timeout=KEEPALIVE_TIMEOUT,
+            fallback=runner.server if router.partial else None,
+            takes=router.takes,
         )
         bound = await server.start(host, port, backlog=http.backlog, reuse_port=http.reuse_port)
         return Listener(bound, server, http.shutdown_timeout)

@@ -61,6 +61,15 @@ def error_answer(
     return json_answer({"error": code, "message": message}, status, headers)
 
 
+def header(request: Request, name: str) -> str | None:
+    """The value of the header ``name`` (lower-case) as aiohttp reads it: UTF-8, a byte
+    that is not part of UTF-8 as a surrogate (the server reads bytes as latin-1)."""
+    value = request.headers.get(name)
+    if value is None or value.isascii():
+        return value
+    return value.encode("latin-1").decode("utf-8", "surrogateescape")
+
+
 def request_json(request: Request, limit: int) -> dict[str, Any]:
     """The request's body as a JSON object, decoded from its Content-Encoding (at most
     ``limit`` bytes once decoded), or the 400/413/415 naming what is wrong with it."""
@@ -132,9 +141,22 @@ class _Route:
 class Router:
     """The routes of one service: the lean server's handler (:meth:`handle`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, partial: bool = False) -> None:
+        """``partial``: the service's aiohttp application answers every request these
+        routes do not take (:meth:`takes`): its connection is handed over to it."""
+        self.partial = partial
         self._by_length: dict[int, list[_Route]] = {}
         self._allowed: dict[str, str] = {}
+
+    def takes(self, request: Request) -> bool:
+        """Whether a route takes ``request``'s method on its path (a partial router's
+        other requests, 404s and 405s included, are the aiohttp application's)."""
+        method = request.method
+        segments = request.path.split("/")
+        for route in self._by_length.get(len(segments), ()):
+            if route.method == method and route.match(segments) is not None:
+                return True
+        return False
 
     def add(self, method: str, template: str, handler: RouteHandler) -> None:
         """Route ``method`` requests on ``template`` to ``handler`` (GET: HEAD too)."""

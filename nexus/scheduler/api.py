@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from aiohttp import web
 
@@ -30,9 +31,18 @@ from nexus.core.httpapi import (
     json_response,
     read_json_object,
 )
+from nexus.core.httpserver import Answer, Request
 from nexus.core.logs import request_id as current_request
 from nexus.core.queues import QueueBackend
 from nexus.core.retrying import AttemptRecord
+from nexus.core.routes import (
+    Params,
+    RouteHandler,
+    Router,
+    header,
+    json_answer,
+    request_json,
+)
 from nexus.core.runs import Checkpoint, ParentRef, RunKey, RunResult, Stage
 from nexus.core.signing import Signer
 from nexus.core.templates import DNS_LABEL, AppliedConfiguration, ConfigurationOverrides
@@ -133,7 +143,11 @@ SCHEDULER = web.AppKey("nexus.scheduler", Scheduler)
 
 
 def _algorithm(request: web.Request) -> str:
-    name = request.match_info["algorithm"]
+    return algorithm_name(request.match_info["algorithm"])
+
+
+def algorithm_name(name: str) -> str:
+    """``name`` from a path, if it is an algorithm's name, else the 400 saying why not."""
     if not DNS_LABEL.match(name):
         raise bad_request(
             f"algorithmName: {name[:80]!r} is not a valid algorithm name"
@@ -187,17 +201,54 @@ def _result(scheduler: Scheduler, run: Checkpoint | RunResult) -> RunAnswer:
 # -- handlers ------------------------------------------------------------------------------
 
 
-async def run(request: web.Request) -> web.Response:
-    algorithm = _algorithm(request)
-    scheduler = request.app[SCHEDULER]
-    authorization = request.headers.get("Authorization")
+JsonBody = Callable[[], "dict[str, Any] | Awaitable[dict[str, Any]]"]
+"""Reads a request's body as a JSON object (or raises its 400/413/415): called once the
+caller is authorized, so that a stranger learns nothing of how its body is read."""
+
+
+async def accept_run(
+    scheduler: Scheduler,
+    algorithm: str,
+    authorization: str | None,
+    read_body: JsonBody,
+    idempotency_key: str | None,
+) -> AcceptedAnswer:
+    """A v1.2 run request (its path's algorithm, its headers' credential and key, its
+    body) checked, authorized and submitted, on aiohttp or the lean server alike."""
+    algorithm = algorithm_name(algorithm)
     principal = await scheduler.authenticator.authorize(authorization, algorithm)
-    body = await read_json_object(request)
-    accepted = await scheduler.submitter.submit(
-        principal, algorithm, body, request.headers.get("Idempotency-Key")
+    body = read_body()
+    if not isinstance(body, dict):
+        body = await body
+    accepted = await scheduler.submitter.submit(principal, algorithm, body, idempotency_key)
+    return {"requestId": str(accepted.request_id)}
+
+
+async def run(request: web.Request) -> web.Response:
+    answer = await accept_run(
+        request.app[SCHEDULER],
+        request.match_info["algorithm"],
+        request.headers.get("Authorization"),
+        lambda: read_json_object(request),
+        request.headers.get("Idempotency-Key"),
     )
-    answer: AcceptedAnswer = {"requestId": str(accepted.request_id)}
     return json_response(answer, status=202)
+
+
+def lean_run(app: web.Application, max_body: int) -> RouteHandler:
+    """:func:`run` on the lean server (:func:`add_lean_routes`)."""
+
+    async def run(request: Request, params: Params) -> Answer:
+        answer = await accept_run(
+            app[SCHEDULER],
+            params["algorithm"],
+            header(request, "authorization"),
+            lambda: request_json(request, max_body),
+            header(request, "idempotency-key"),
+        )
+        return json_answer(answer, 202)
+
+    return run
 
 
 async def result(request: web.Request) -> web.Response:
@@ -349,9 +400,18 @@ async def usage(request: web.Request) -> web.Response:
     return json_response(answer)
 
 
+RUN_ROUTE = f"{PREFIX}/run/{{algorithm}}"
+
+
+def add_lean_routes(app: web.Application, router: Router, max_body: int) -> None:
+    """The routes of this module served by the lean server (every run's submit), the
+    same as on aiohttp (:func:`add_routes`), which answers their path's other methods."""
+    router.add("POST", RUN_ROUTE, lean_run(app, max_body))
+
+
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_post(f"{PREFIX}/run/{{algorithm}}", json_errors(run))
+    r.add_post(RUN_ROUTE, json_errors(run))
     r.add_get(f"{PREFIX}/results/{{algorithm}}/requests/{{request_id}}", json_errors(result))
     r.add_get(f"{PREFIX}/metadata/{{algorithm}}/requests/{{request_id}}", json_errors(metadata))
     r.add_get(f"{PREFIX}/payload/{{algorithm}}/requests/{{request_id}}", json_errors(payload))

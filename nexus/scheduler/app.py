@@ -26,16 +26,17 @@ from nexus.core.callerrights import CallerRights
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.errors import DependencyError
 from nexus.core.httpapi import finish_routes
-from nexus.core.lifecycle import LIFECYCLE, create_base_app
+from nexus.core.lifecycle import LIFECYCLE, ROUTER, create_base_app
 from nexus.core.listings import Listings
 from nexus.core.migrations import prepare_schema
 from nexus.core.queues import QueueBackend, RunQueue
+from nexus.core.routes import Router
 from nexus.core.shards import open_controller, open_shards
 from nexus.core.signing import Signer
 from nexus.core.slots import Slots
 from nexus.core.storage import PayloadStore
 from nexus.core.waiting import sleep_or_stop
-from nexus.scheduler.api import SCHEDULER, Scheduler, add_routes
+from nexus.scheduler.api import SCHEDULER, Scheduler, add_lean_routes, add_routes
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.backpressure import BackPressure, measure_depth
 from nexus.scheduler.batches import LISTINGS, add_batch_routes
@@ -64,6 +65,8 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     signer = Signer(settings.signing.keys)
     authenticator = Authenticator(settings.auth, signer)
     app = create_base_app("scheduler", settings.http)
+    router = app[ROUTER] = Router(partial=True)  # the submits: every other route on aiohttp
+    add_lean_routes(app, router, settings.http.max_body_size)
     add_routes(app)
     add_batch_routes(app)
     add_bulk_routes(app)

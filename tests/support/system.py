@@ -33,7 +33,7 @@ from nexus.core.config import (
     SigningSettings,
     StorageSettings,
 )
-from nexus.core.lifecycle import LIFECYCLE, listen
+from nexus.core.lifecycle import LIFECYCLE, Listener, listen
 from nexus.scheduler.app import create_app as create_scheduler
 from nexus.scheduler.settings import AuthSettings, SchedulerSection, SchedulerSettings, ServiceToken
 from nexus.scheduler.teamsettings import TeamSettings
@@ -125,6 +125,7 @@ class SchedulerProcess:
     settings: SchedulerSettings
     app: web.Application
     runner: web.AppRunner
+    listener: Listener
     stopped: bool = False
 
     @property
@@ -139,6 +140,7 @@ class SchedulerProcess:
         if not self.stopped:
             self.stopped = True
             self.app[LIFECYCLE].ready = False
+            await self.listener.close()  # its submits answered before its clients close
             await self.runner.cleanup()
 
 
@@ -388,19 +390,15 @@ async def send_raw(base: str, request: bytes, timeout: float = 10.0) -> tuple[in
         await writer.wait_closed()
 
 
-async def _serve(app: web.Application, port: int) -> web.AppRunner:
+async def serve_scheduler(settings: SchedulerSettings) -> SchedulerProcess:
+    """A scheduler with exactly these settings (its pod name included), serving as in
+    production: its submits on the lean server, every other request handed to aiohttp."""
+    app = await create_scheduler(settings)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    listener = await listen(runner, settings.http, host="127.0.0.1")
     app[LIFECYCLE].ready = True
-    return runner
-
-
-async def serve_scheduler(settings: SchedulerSettings) -> SchedulerProcess:
-    """A scheduler with exactly these settings (its pod name included), serving."""
-    app = await create_scheduler(settings)
-    runner = await _serve(app, settings.http.port)
-    return SchedulerProcess(settings, app, runner)
+    return SchedulerProcess(settings, app, runner, listener)
 
 
 @contextlib.asynccontextmanager

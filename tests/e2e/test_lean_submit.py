@@ -1,0 +1,90 @@
+"""The scheduler's submits on the lean server, every other request on aiohttp, on one
+connection: each answered as before and in order, the submits counted under their route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import yarl
+from harness import Servers
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from support.system import TOKEN, local_system, template
+
+from nexus.core.lifecycle import ROUTER
+from nexus_dev.cluster.emulators import ShardSpec
+
+RUN = "/algorithm/v1.2/run/echo"
+RUN_ROUTE = "/algorithm/v1.2/run/{algorithm}"
+
+
+def _submit(parameters: dict[str, Any], token: str = TOKEN) -> bytes:
+    body = orjson.dumps({"algorithmParameters": parameters})
+    return (
+        f"POST {RUN} HTTP/1.1\r\nHost: nexus\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], Any]:
+    """The next answer on the connection: status, headers (lower-case names), JSON body."""
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in head[1:] if line)
+    headers = {name.lower(): value for name, value in headers.items()}
+    body = await reader.readexactly(int(headers["content-length"]))
+    return int(head[0].split()[1]), headers, orjson.loads(body)
+
+
+def _answered(status: int) -> float:
+    """How many submits were answered ``status``, as /metrics says."""
+    for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
+        for sample in family.samples:
+            labels = sample.labels
+            if (
+                sample.name == "nexus_http_request_duration_seconds_count"
+                and labels["route"] == RUN_ROUTE
+                and labels["method"] == "POST"
+                and labels["status"] == str(status)
+            ):
+                return sample.value
+    return 0.0
+
+
+async def test_submits_and_other_routes_share_a_connection_in_order(servers: Servers) -> None:
+    async with local_system(
+        servers, shards=[ShardSpec(name="shard-0", mode="off")], templates=[template("echo")]
+    ) as system:
+        assert system.schedulers[0].app[ROUTER].partial  # served as in production
+        accepted, unauthorized = _answered(202), _answered(401)
+        url = yarl.URL(system.url)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            # pipelined: a lean submit, a refused one, then aiohttp's routes, and a submit
+            # again (aiohttp's now: the connection is handed over for good)
+            writer.write(
+                _submit({"n": 1})
+                + _submit({"n": 2}, token="not-a-token")
+                + b"GET /health/ready HTTP/1.1\r\nHost: nexus\r\n\r\n"
+                + f"GET {RUN} HTTP/1.1\r\nHost: nexus\r\n\r\n".encode()
+                + _submit({"n": 3})
+            )
+            await writer.drain()
+            answers = [await asyncio.wait_for(_answer(reader), 10) for _ in range(5)]
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        (first, _, one), (refused, _, why), (ready, _, health), (other, allow, no), third = answers
+        assert (first, set(one)) == (202, {"requestId"})
+        assert refused == 401
+        assert why["error"] == "unauthorized", why
+        assert (ready, health) == (200, {"status": "ready"})
+        assert (other, allow.get("allow"), no["error"]) == (405, "POST", "method_not_allowed")
+        assert (third[0], set(third[2])) == (202, {"requestId"})
+        assert (_answered(202) - accepted, _answered(401) - unauthorized) == (2, 1)
+        for request_id in (one["requestId"], third[2]["requestId"]):
+            status, run = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
+            assert status == 200
+            assert run["requestId"] == request_id
