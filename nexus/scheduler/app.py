@@ -40,7 +40,7 @@ from nexus.scheduler.api import SCHEDULER, Scheduler, add_lean_routes, add_route
 from nexus.scheduler.authentication import Authenticator
 from nexus.scheduler.backpressure import BackPressure, measure_depth
 from nexus.scheduler.batches import LISTINGS, add_batch_routes
-from nexus.scheduler.bulk import add_bulk_routes
+from nexus.scheduler.bulk import add_bulk_routes, add_lean_bulk_routes
 from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
@@ -65,8 +65,9 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     signer = Signer(settings.signing.keys)
     authenticator = Authenticator(settings.auth, signer)
     app = create_base_app("scheduler", settings.http)
-    router = app[ROUTER] = Router(partial=True)  # the submits: every other route on aiohttp
+    router = app[ROUTER] = Router(partial=True)  # the submits; every other route: aiohttp
     add_lean_routes(app, router, settings.http.max_body_size)
+    add_lean_bulk_routes(app, router, settings.http.max_body_size)
     add_routes(app)
     add_batch_routes(app)
     add_bulk_routes(app)

@@ -40,9 +40,11 @@ from nexus.core.httpapi import (
     json_type,
     read_json_object,
 )
+from nexus.core.httpserver import Answer, Request
 from nexus.core.queues import QueuedRun
+from nexus.core.routes import Params, RouteHandler, Router, header, json_answer, request_json
 from nexus.core.runs import NewRun, RunKey, new_run_ids
-from nexus.scheduler.api import PREFIX, SCHEDULER, _algorithm
+from nexus.scheduler.api import PREFIX, SCHEDULER, JsonBody, Scheduler, algorithm_name
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.quotas import Taken
 from nexus.scheduler.submission import (
@@ -130,12 +132,39 @@ def _keys(items: list[dict[str, Any]]) -> tuple[list[str | None], dict[int, ApiE
 
 
 async def submit_runs(request: web.Request) -> web.Response:
-    algorithm = _algorithm(request)
-    scheduler = request.app[SCHEDULER]
-    principal = await scheduler.authenticator.authorize(
-        request.headers.get("Authorization"), algorithm
+    answer = await accept_runs(
+        request.app[SCHEDULER],
+        request.match_info["algorithm"],
+        request.headers.get("Authorization"),
+        lambda: read_json_object(request),
     )
-    items = _items(await read_json_object(request))
+    return json_response(answer)
+
+
+def lean_submit_runs(app: web.Application, max_body: int) -> RouteHandler:
+    """:func:`submit_runs` on the lean server."""
+
+    async def submit(request: Request, params: Params) -> Answer:
+        answer = await accept_runs(
+            app[SCHEDULER],
+            params["algorithm"],
+            header(request, "authorization"),
+            lambda: request_json(request, max_body),
+        )
+        return json_answer(answer)
+
+    return submit
+
+
+async def accept_runs(
+    scheduler: Scheduler, algorithm: str, authorization: str | None, read_body: JsonBody
+) -> BulkAnswer:
+    """A bulk request (its path's algorithm, its credential, its body) checked, authorized
+    and each of its runs judged and submitted, on aiohttp or the lean server alike."""
+    algorithm = algorithm_name(algorithm)
+    principal = await scheduler.authenticator.authorize(authorization, algorithm)
+    read = read_body()
+    items = _items(read if isinstance(read, dict) else await read)
     keys, refused = _keys(items)
     submitter = scheduler.submitter
     answers: list[ItemAnswer | None] = [None] * len(items)
@@ -184,7 +213,7 @@ async def submit_runs(request: web.Request) -> web.Response:
         answers[index] = outcome
     body: BulkAnswer = {"runs": [a for a in answers if a is not None]}
     assert len(body["runs"]) == len(items)
-    return json_response(body)
+    return body
 
 
 async def _accept(
@@ -319,5 +348,13 @@ async def _forget(submitter: Submitter, keys: list[str]) -> None:
             log.warning("could not delete unused inputs: %s", exc)
 
 
+BULK_ROUTE = f"{PREFIX}/runs/{{algorithm}}"
+
+
+def add_lean_bulk_routes(app: web.Application, router: Router, max_body: int) -> None:
+    """The bulk submit on the lean server, as on aiohttp (:func:`add_bulk_routes`)."""
+    router.add("POST", BULK_ROUTE, lean_submit_runs(app, max_body))
+
+
 def add_bulk_routes(app: web.Application) -> None:
-    app.router.add_post(f"{PREFIX}/runs/{{algorithm}}", json_errors(submit_runs))
+    app.router.add_post(BULK_ROUTE, json_errors(submit_runs))

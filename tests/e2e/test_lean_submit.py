@@ -19,6 +19,8 @@ from nexus_dev.cluster.emulators import ShardSpec
 
 RUN = "/algorithm/v1.2/run/echo"
 RUN_ROUTE = "/algorithm/v1.2/run/{algorithm}"
+BULK = "/algorithm/v1.2/runs/echo"
+BULK_ROUTE = "/algorithm/v1.2/runs/{algorithm}"
 
 
 def _submit(parameters: dict[str, Any], token: str = TOKEN) -> bytes:
@@ -38,14 +40,22 @@ async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], An
     return int(head[0].split()[1]), headers, orjson.loads(body)
 
 
-def _answered(status: int) -> float:
+def _bulk(items: list[dict[str, Any]]) -> bytes:
+    body = orjson.dumps({"runs": items})
+    return (
+        f"POST {BULK} HTTP/1.1\r\nHost: nexus\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _answered(status: int, route: str = RUN_ROUTE) -> float:
     """How many submits were answered ``status``, as /metrics says."""
     for family in text_string_to_metric_families(generate_latest(REGISTRY).decode()):
         for sample in family.samples:
             labels = sample.labels
             if (
                 sample.name == "nexus_http_request_duration_seconds_count"
-                and labels["route"] == RUN_ROUTE
+                and labels["route"] == route
                 and labels["method"] == "POST"
                 and labels["status"] == str(status)
             ):
@@ -59,32 +69,41 @@ async def test_submits_and_other_routes_share_a_connection_in_order(servers: Ser
     ) as system:
         assert system.schedulers[0].app[ROUTER].partial  # served as in production
         accepted, unauthorized = _answered(202), _answered(401)
+        bulk_answered = _answered(200, BULK_ROUTE)
         url = yarl.URL(system.url)
         reader, writer = await asyncio.open_connection(url.host, url.port)
         try:
-            # pipelined: a lean submit, a refused one, then aiohttp's routes, and a submit
-            # again (aiohttp's now: the connection is handed over for good)
+            # pipelined: lean submits (one of them bulk, one refused), then aiohttp's
+            # routes, and a submit again (aiohttp's now: the connection is handed over)
             writer.write(
                 _submit({"n": 1})
+                + _bulk([{"algorithmParameters": {"n": 4}}, {"algorithmParameters": 5}])
                 + _submit({"n": 2}, token="not-a-token")
                 + b"GET /health/ready HTTP/1.1\r\nHost: nexus\r\n\r\n"
                 + f"GET {RUN} HTTP/1.1\r\nHost: nexus\r\n\r\n".encode()
                 + _submit({"n": 3})
             )
             await writer.drain()
-            answers = [await asyncio.wait_for(_answer(reader), 10) for _ in range(5)]
+            answers = [await asyncio.wait_for(_answer(reader), 10) for _ in range(6)]
         finally:
             writer.close()
             await writer.wait_closed()
-        (first, _, one), (refused, _, why), (ready, _, health), (other, allow, no), third = answers
+        # which server answered: aiohttp names itself, the lean server does not
+        assert ["server" in headers for _, headers, _ in answers] == [False] * 3 + [True] * 3
+        (first, _, one), (bulk, _, items), (refused, _, why), *rest = answers
+        (ready, _, health), (other, allow, no), third = rest
         assert (first, set(one)) == (202, {"requestId"})
+        assert bulk == 200
+        assert set(items["runs"][0]) == {"requestId"}
+        assert items["runs"][1]["error"] == "invalid_request", items  # judged alone
         assert refused == 401
         assert why["error"] == "unauthorized", why
         assert (ready, health) == (200, {"status": "ready"})
         assert (other, allow.get("allow"), no["error"]) == (405, "POST", "method_not_allowed")
         assert (third[0], set(third[2])) == (202, {"requestId"})
         assert (_answered(202) - accepted, _answered(401) - unauthorized) == (2, 1)
-        for request_id in (one["requestId"], third[2]["requestId"]):
+        assert _answered(200, BULK_ROUTE) - bulk_answered == 1
+        for request_id in (one["requestId"], items["runs"][0]["requestId"], third[2]["requestId"]):
             status, run = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
             assert status == 200
             assert run["requestId"] == request_id
