@@ -18,6 +18,10 @@ h11, an independent RFC 9112 reader:
 
 A second driver sends cases over loopback sockets to a listening server whose handler is
 sometimes a coroutine, so that pipelined requests also wait for an answer computed later.
+A third gives the server a fallback that takes the connection at the first request it
+does not take or would refuse: it then refuses nothing itself, answers what it takes as
+without one, and the fallback receives the rest from that request's first byte, however
+the stream is cut.
 """
 
 from __future__ import annotations
@@ -380,3 +384,97 @@ async def test_pipelined_requests_over_sockets_with_late_answers() -> None:
                 assert received.replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"") == written, case
     finally:
         await server.close(grace=0.5)
+
+
+class _Handed(asyncio.Protocol):
+    """A fallback's protocol: what it is given, kept."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
+class _Switching(_Transport):
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+
+def _taken(request: Request) -> bool:
+    """What the fuzzed server with a fallback takes: not DELETE, not a target with ``x``."""
+    return request.method != "DELETE" and "x" not in request.path
+
+
+def deliver_handing_over(pieces: list[bytes]) -> tuple[list[Seen], bytes, bytes | None]:
+    """Feed ``pieces`` to one connection of a server with a fallback: the requests handed
+    on, what it wrote, and what the fallback received (``None``: not handed over)."""
+    seen: list[Seen] = []
+
+    def handle(request: Request) -> Answer:
+        seen.append(Seen(request.method, _target(request), dict(request.headers), request.body))
+        return _answer(request)
+
+    handed: list[_Handed] = []
+
+    def fallback() -> _Handed:
+        handed.append(_Handed())
+        return handed[-1]
+
+    server = HttpServer(handle, max_body=MAX_BODY, fallback=fallback, takes=_taken)
+    connection = _Connection(server)
+    transport = _Switching()
+    transport.protocol = connection
+    connection.connection_made(transport)
+    for piece in pieces:
+        if transport.closing:
+            break
+        protocol = transport.protocol
+        assert isinstance(protocol, asyncio.Protocol)
+        protocol.data_received(piece)
+    assert len(handed) <= 1
+    written = bytes(transport.written).replace(b"HTTP/1.1 100 Continue\r\n\r\n", b"")
+    return seen, written, bytes(handed[0].received) if handed else None
+
+
+async def test_generated_requests_not_taken_are_handed_over_from_their_first_byte() -> None:
+    """With a fallback the server refuses nothing itself: it answers the requests it takes,
+    exactly as without one, up to the first it does not take or would refuse; the fallback
+    receives the rest of the stream from that request's first byte, however it is cut."""
+    rng = random.Random(SEED + 2)
+    failures: list[str] = []
+    kinds = {"handed over": 0, "all taken": 0, "cut at a refusal": 0}
+    for _ in range(1500):
+        case = generate(rng)
+        whole = deliver_handing_over([case.raw])
+        for cuts in (case.cuts, list(range(1, len(case.raw)))):
+            if deliver_handing_over(case.pieces(cuts)) != whole:
+                failures.append(f"{case!r}: cut at {cuts[:20]} handed over otherwise than whole")
+        seen, written, handed = whole
+        if b" 400 " in written or b" 413 " in written:
+            failures.append(f"{case!r}: refused it itself, {written!r}")
+        if handed is None:
+            kinds["all taken"] += 1
+            continue
+        kinds["handed over"] += 1
+        if not case.raw.endswith(handed):
+            failures.append(f"{case!r}: handed over {handed!r}, not the stream's end")
+            continue
+        # what came before the hand-over is the requests it took, answered as without one
+        before = case.raw[: len(case.raw) - len(handed)]
+        if deliver([before]) != (seen, written, False):
+            failures.append(f"{case!r}: before the hand-over, {seen!r} answered {written!r}")
+        alone, refused, _ = deliver([handed])
+        kinds["cut at a refusal"] += b" 400 " in refused or b" 413 " in refused
+        if alone and all(map(_taken_seen, alone[:1])) and b" 413 " not in refused:
+            framing = alone[0].headers.get("transfer-encoding")
+            if framing is None:
+                failures.append(f"{case!r}: handed over {alone[0]!r}, which it takes")
+        if len(failures) >= 5:
+            break
+    assert not failures, "\n".join(failures)
+    assert min(kinds.values()) > 50, kinds
+
+
+def _taken_seen(seen: Seen) -> bool:
+    return seen.method != "DELETE" and "x" not in seen.target.partition("?")[0]
