@@ -34,12 +34,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, Final
 
 from nexus_dev.cluster.statuses import iso, new_uid
 from nexus_dev.cluster.store import Obj, ObjectStore
 
 NODE_NAME = "devcluster-node"
+_hex: Final = hex
+"""The builtin as a name of this module: compiled, a C static rather than a lookup in the
+builtins module at every Event."""
 _SWEEP_INTERVAL = 1.0
 
 
@@ -154,7 +157,7 @@ class EventRecorder:
         stamp = self._stamp
         self._sequence += 1
         # hex() rather than a format spec: the same digits, a third of the cost compiled
-        name = metadata["name"] + "." + hex(now_ns + self._sequence)[2:]
+        name = metadata["name"] + "." + _hex(now_ns + self._sequence)[2:]
         namespace = metadata["namespace"]
         last = self._involved
         if last[0] is involved and last[1] == field_path:

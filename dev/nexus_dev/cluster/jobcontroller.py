@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -50,6 +50,9 @@ from nexus_dev.cluster.store import Change, Obj, ObjectStore, derived_spec
 from nexus_dev.cluster.timeline import Timeline, Timer
 
 COMPONENT = "job-controller"
+_running_loop: Final = asyncio.get_running_loop
+"""As a name of this module: compiled, a C static, not a module attribute looked up at
+every batch of dirty Jobs."""
 BACKOFF_MESSAGE = "Job has reached the specified backoff limit"
 DEADLINE_MESSAGE = "Job was active longer than specified deadline"
 _NOTHING_UNCOUNTED: dict[str, Any] = {}  # shared by every status: stored objects never change
@@ -126,7 +129,7 @@ class JobController:
 
     def _mark(self, state: JobState) -> None:
         if not self._dirty:
-            asyncio.get_running_loop().call_soon(self._flush)
+            _running_loop().call_soon(self._flush)
         self._dirty[state.uid] = state
 
     def _flush(self) -> None:

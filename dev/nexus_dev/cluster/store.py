@@ -32,7 +32,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -41,6 +41,12 @@ from nexus_dev.cluster.statuses import ApiError
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name)
+
+_dumps: Final = orjson.dumps
+"""``orjson.dumps``, and its option below, as names of this module: compiled, a Final
+name is a C static, where ``orjson.dumps`` is a module attribute looked up at each call
+(a dozen times a run)."""
+_NEWLINE: Final = orjson.OPT_APPEND_NEWLINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +168,7 @@ class Change:
                 return own[len(_LINE_HEADS[self.type]) : -len(_LINE_TAIL)]
         data = self.data
         if data is None:
-            data = self.data = orjson.dumps(encoded(self.final()))
+            data = self.data = _dumps(encoded(self.final()))
         return data
 
     def line(self, event_type: str, obj: Obj | None = None) -> bytes:
@@ -177,11 +183,11 @@ class Change:
             data = self.data
             if obj is not None:  # a selector transition's DELETED*: another object
                 body = {"type": event_type.rstrip("*"), "object": encoded(obj)}
-                cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+                cached = _dumps(body, option=_NEWLINE)
             elif data is None:  # serialised in its envelope: no copy made
                 final = self.obj if self.type != "DELETED" else self.final()
                 body = {"type": event_type, "object": encoded(final)}
-                cached = orjson.dumps(body, option=orjson.OPT_APPEND_NEWLINE)
+                cached = _dumps(body, option=_NEWLINE)
             else:  # already serialised for an answer: wrapped
                 cached = b"".join((_LINE_HEADS[event_type], data, _LINE_TAIL))
                 if event_type == self.type:
@@ -476,7 +482,7 @@ class ObjectStore:
             change = history[-1]
             if change.obj is obj and change.type != "DELETED":
                 return change.encoded()
-        return orjson.dumps(encoded(obj))
+        return _dumps(encoded(obj))
 
     def items(
         self, plural: str, namespace: str | None, predicate: Predicate | None = None

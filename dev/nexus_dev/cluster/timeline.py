@@ -27,13 +27,20 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 _RESOLUTION = 0.001
 """Seconds: what is due this close to now is due now, as the loop rounds its own timers
 (uvloop's to the millisecond)."""
 _COMPACT_AT = 1024
 """Cancelled timers kept at least before the heap is rebuilt without them."""
+
+_running_loop: Final = asyncio.get_running_loop
+_heappush: Final = heapq.heappush
+_heappop: Final = heapq.heappop
+"""``asyncio.get_running_loop`` and ``heapq``'s push and pop as names of this module:
+compiled, a Final name is a C static, where a module's attribute is looked up at every
+call (a timer or two per run)."""
 
 
 class Timer:
@@ -72,10 +79,10 @@ class Timeline:
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> Timer:
         """Run ``callback(*args)`` ``delay`` seconds from now (loop time)."""
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()
         when = loop.time() + delay
         timer = Timer(self, callback, args)
-        heapq.heappush(self._heap, (when, next(self._order), timer))
+        _heappush(self._heap, (when, next(self._order), timer))
         if when < self._armed_at:
             self._arm(loop, when)
         if self._cancelled > _COMPACT_AT and self._cancelled * 2 > len(self._heap):
@@ -102,11 +109,11 @@ class Timeline:
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = float("inf")
-        loop = asyncio.get_running_loop()
+        loop = _running_loop()
         due = loop.time() + _RESOLUTION
         heap = self._heap
         while heap and heap[0][0] <= due:
-            timer = heapq.heappop(heap)[2]
+            timer = _heappop(heap)[2]
             callback = timer.callback
             if callback is None:
                 self._cancelled -= 1
