@@ -45,7 +45,7 @@ from nexus.scheduler.cancelling import Canceller
 from nexus.scheduler.catalog import Catalog, CatalogWatcher
 from nexus.scheduler.dispatching import Dispatcher
 from nexus.scheduler.fairshare import FairShare
-from nexus.scheduler.goapi import add_go_routes
+from nexus.scheduler.goapi import add_go_routes, add_lean_go_routes
 from nexus.scheduler.inputs import RecentInputs
 from nexus.scheduler.limits import ConcurrencyLimits
 from nexus.scheduler.links import Links
@@ -68,6 +68,7 @@ async def create_app(settings: SchedulerSettings) -> web.Application:
     router = app[ROUTER] = Router(partial=True)  # the submits; every other route: aiohttp
     add_lean_routes(app, router, settings.http.max_body_size)
     add_lean_bulk_routes(app, router, settings.http.max_body_size)
+    add_lean_go_routes(app, router, settings.http.max_body_size)
     add_routes(app)
     add_batch_routes(app)
     add_bulk_routes(app)

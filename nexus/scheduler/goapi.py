@@ -39,13 +39,32 @@ from nexus.core.httpapi import (
     ApiError,
     Handler,
     bad_request,
+    error_of,
     json_errors,
     json_response,
     read_json_object,
 )
+from nexus.core.httpserver import Answer, Request
+from nexus.core.routes import (
+    Params,
+    RouteHandler,
+    Router,
+    error_answer,
+    header,
+    json_answer,
+    request_json,
+)
 from nexus.core.runs import Checkpoint, NewRun, RunResult, Stage
 from nexus.core.visibility import Viewer
-from nexus.scheduler.api import SCHEDULER, Scheduler, _algorithm, _request_id, not_found
+from nexus.scheduler.api import (
+    SCHEDULER,
+    JsonBody,
+    Scheduler,
+    _algorithm,
+    _request_id,
+    algorithm_name,
+    not_found,
+)
 from nexus.scheduler.authentication import Principal
 from nexus.scheduler.cancelling import Cancellation
 from nexus.scheduler.goshapes import (
@@ -203,8 +222,8 @@ def _as_checkpoint(run: NewRun) -> Checkpoint:
     )
 
 
-def _dry_run(request: web.Request) -> bool:
-    raw = request.query.get("dryRun", "false")
+def _dry_run(raw: str) -> bool:
+    """The ``dryRun`` query parameter, ``true`` or ``false``."""
     if raw not in ("true", "false"):
         raise bad_request(f"dryRun: expected true or false, got {raw[:20]!r}")
     return raw == "true"
@@ -214,17 +233,64 @@ def _dry_run(request: web.Request) -> bool:
 
 
 async def run(request: web.Request) -> web.Response:
-    algorithm = _algorithm(request)
-    dry_run = _dry_run(request)
-    principal = await _principal(request, algorithm)
-    scheduler = request.app[SCHEDULER]
-    body = run_body(await read_json_object(request))
+    answer = await accept_run(
+        request.app[SCHEDULER],
+        request.match_info["algorithm"],
+        request.query.get("dryRun", "false"),
+        request.headers.get("Authorization"),
+        lambda: read_json_object(request),
+        request.headers.get("Idempotency-Key"),
+    )
+    return json_response(answer, status=202)
+
+
+def lean_run(app: web.Application, max_body: int) -> RouteHandler:
+    """:func:`run` on the lean server, its errors answered as :func:`go_errors` answers
+    them (in plain text to a client that accepts only that)."""
+
+    async def run(request: Request, params: Params) -> Answer:
+        try:
+            answer = await accept_run(
+                app[SCHEDULER],
+                params["algorithm"],
+                request.query.get("dryRun", "false"),
+                header(request, "authorization"),
+                lambda: request_json(request, max_body),
+                header(request, "idempotency-key"),
+            )
+        except Exception as exc:
+            status, code, message, headers = error_of(exc, request.path)
+            accept = request.headers.get("accept", "")
+            if "text/plain" not in accept or "json" in accept:
+                return error_answer(status, code, message, headers)
+            return Answer(status, message.encode(), "text/plain; charset=utf-8", headers)
+        return json_answer(answer, 202)
+
+    return run
+
+
+async def accept_run(
+    scheduler: Scheduler,
+    algorithm: str,
+    dry_run_given: str,
+    authorization: str | None,
+    read_body: JsonBody,
+    idempotency_key: str | None,
+) -> GoAccepted:
+    """A Go v1 run request (its path's algorithm, its ``dryRun``, its headers' credential
+    and key, its body) checked, authorized and submitted — or, for a dry run, the Job it
+    would make — on aiohttp or the lean server alike."""
+    algorithm = algorithm_name(algorithm)
+    dry_run = _dry_run(dry_run_given)
+    principal = await scheduler.authenticator.authorize(authorization, algorithm)
+    read = read_body()
+    body = run_body(read if isinstance(read, dict) else await read)
     try:
         accepted = await scheduler.submitter.submit(
             principal,
             algorithm,
             body,
-            request.headers.get("Idempotency-Key"),
+            idempotency_key,
             dry_run=dry_run,
             api_version=API_VERSION,
         )
@@ -237,7 +303,7 @@ async def run(request: web.Request) -> web.Response:
     answer: GoAccepted = {"requestId": str(accepted.request_id)}
     if accepted.planned is not None:
         answer["job"] = _job_text(scheduler, _as_checkpoint(accepted.planned), planned=True)
-    return json_response(answer, status=202)
+    return answer
 
 
 async def result(request: web.Request) -> web.Response:
@@ -328,10 +394,18 @@ async def cancel(request: web.Request) -> web.Response:
     return web.Response(text="", content_type="text/plain")  # Go's answer: 200, no body
 
 
+RUN_ROUTE = f"{PREFIX}/run/{{algorithm}}"
+
+
+def add_lean_go_routes(app: web.Application, router: Router, max_body: int) -> None:
+    """The Go v1 submit on the lean server, as on aiohttp (:func:`add_go_routes`)."""
+    router.add("POST", RUN_ROUTE, lean_run(app, max_body))
+
+
 def add_go_routes(app: web.Application) -> None:
     r = app.router
     each = "{algorithm}/requests/{request_id}"
-    r.add_post(f"{PREFIX}/run/{{algorithm}}", go_errors(run))
+    r.add_post(RUN_ROUTE, go_errors(run))
     r.add_get(f"{PREFIX}/results/{each}", go_errors(result))
     r.add_get(f"{PREFIX}/results/tags/{{tag}}", go_errors(results_by_tag))
     r.add_get(f"{PREFIX}/metadata/{each}", go_errors(metadata))

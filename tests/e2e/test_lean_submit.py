@@ -32,18 +32,29 @@ def _submit(parameters: dict[str, Any], token: str = TOKEN) -> bytes:
 
 
 async def _answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], Any]:
-    """The next answer on the connection: status, headers (lower-case names), JSON body."""
+    """The next answer on the connection: status, headers (lower-case names), body (JSON
+    decoded, when it is JSON)."""
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     headers = dict(line.split(": ", 1) for line in head[1:] if line)
     headers = {name.lower(): value for name, value in headers.items()}
     body = await reader.readexactly(int(headers["content-length"]))
-    return int(head[0].split()[1]), headers, orjson.loads(body)
+    json = headers["content-type"].startswith("application/json")
+    return int(head[0].split()[1]), headers, orjson.loads(body) if json else body
 
 
 def _bulk(items: list[dict[str, Any]]) -> bytes:
     body = orjson.dumps({"runs": items})
     return (
         f"POST {BULK} HTTP/1.1\r\nHost: nexus\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _go_submit(query: str, accept: str) -> bytes:
+    body = orjson.dumps({"algorithmParameters": {"go": True}})
+    return (
+        f"POST /algorithm/v1/run/echo{query} HTTP/1.1\r\nHost: nexus\r\n"
+        f"Authorization: Bearer {TOKEN}\r\nAccept: {accept}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
@@ -73,25 +84,37 @@ async def test_submits_and_other_routes_share_a_connection_in_order(servers: Ser
         url = yarl.URL(system.url)
         reader, writer = await asyncio.open_connection(url.host, url.port)
         try:
-            # pipelined: lean submits (one of them bulk, one refused), then aiohttp's
+            # pipelined: lean submits (v1.2, bulk, Go v1; two refused), then aiohttp's
             # routes, and a submit again (aiohttp's now: the connection is handed over)
             writer.write(
                 _submit({"n": 1})
                 + _bulk([{"algorithmParameters": {"n": 4}}, {"algorithmParameters": 5}])
                 + _submit({"n": 2}, token="not-a-token")
+                + _go_submit("", "application/json")
+                + _go_submit("?dryRun=maybe", "text/plain")
                 + b"GET /health/ready HTTP/1.1\r\nHost: nexus\r\n\r\n"
                 + f"GET {RUN} HTTP/1.1\r\nHost: nexus\r\n\r\n".encode()
                 + _submit({"n": 3})
+                + _go_submit("?dryRun=maybe", "text/plain")
             )
             await writer.drain()
-            answers = [await asyncio.wait_for(_answer(reader), 10) for _ in range(6)]
+            answers = [await asyncio.wait_for(_answer(reader), 10) for _ in range(9)]
         finally:
             writer.close()
             await writer.wait_closed()
         # which server answered: aiohttp names itself, the lean server does not
-        assert ["server" in headers for _, headers, _ in answers] == [False] * 3 + [True] * 3
-        (first, _, one), (bulk, _, items), (refused, _, why), *rest = answers
-        (ready, _, health), (other, allow, no), third = rest
+        assert ["server" in headers for _, headers, _ in answers] == [False] * 5 + [True] * 4
+        (first, _, one), (bulk, _, items), (refused, _, why), go, go_refused, *rest = answers
+        assert (go[0], set(go[2])) == (202, {"requestId"})
+        # as the Go scheduler wrote its errors, to a client that accepts only text/plain
+        assert go_refused[0] == 400
+        assert go_refused[1]["content-type"] == "text/plain; charset=utf-8"
+        assert go_refused[2] == b"dryRun: expected true or false, got 'maybe'"
+        (ready, _, health), (other, allow, no), third, go_refused_by_aiohttp = rest
+        # and as aiohttp answers it
+        assert go_refused_by_aiohttp[0] == go_refused[0]
+        assert go_refused_by_aiohttp[2] == go_refused[2]
+        assert go_refused_by_aiohttp[1]["content-type"] == go_refused[1]["content-type"]
         assert (first, set(one)) == (202, {"requestId"})
         assert bulk == 200
         assert set(items["runs"][0]) == {"requestId"}
@@ -103,7 +126,8 @@ async def test_submits_and_other_routes_share_a_connection_in_order(servers: Ser
         assert (third[0], set(third[2])) == (202, {"requestId"})
         assert (_answered(202) - accepted, _answered(401) - unauthorized) == (2, 1)
         assert _answered(200, BULK_ROUTE) - bulk_answered == 1
-        for request_id in (one["requestId"], items["runs"][0]["requestId"], third[2]["requestId"]):
+        ids = [one["requestId"], items["runs"][0]["requestId"], go[2]["requestId"]]
+        for request_id in [*ids, third[2]["requestId"]]:
             status, run = await system.get(f"/algorithm/v1.2/metadata/echo/requests/{request_id}")
             assert status == 200
             assert run["requestId"] == request_id
