@@ -71,6 +71,36 @@ async def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
     assert lines == ["loop drained", "clients closed", "exit 0"]
 
 
+async def test_sigterm_answers_lean_and_handed_over_requests_before_clients_close(
+    tmp_path: Path,
+) -> None:
+    """A service on the lean server with aiohttp behind it: a lean request and one on a
+    connection handed over to aiohttp, both in flight at SIGTERM, are both answered; the
+    lean one before the loops stop, and both before the clients close."""
+    process, port = start(tmp_path, "partial")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as lean, aiohttp.ClientSession() as other:
+            lean_slow = asyncio.create_task(lean.post(f"{base}/lean-slow"))
+            slow = asyncio.create_task(other.get(f"{base}/slow"))  # handed over at once
+            await asyncio.sleep(0.2)
+            process.send_signal(signal.SIGTERM)
+            for answering, body in ((lean_slow, {"slow": "lean"}), (slow, {"slow": "done"})):
+                response = await answering
+                assert response.status == 200
+                assert await response.json() == body
+                if answering is slow:
+                    assert response.headers["Server"].startswith("Python")  # aiohttp's
+                else:
+                    assert "Server" not in response.headers  # the lean server's
+                response.release()
+        out, _ = await asyncio.to_thread(process.communicate, timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 0
+    assert out.splitlines() == ["lean request answered", "loop drained", "clients closed", "exit 0"]
+
+
 async def test_crashed_loop_stops_the_process_non_zero(tmp_path: Path) -> None:
     process, _ = start(tmp_path, "crash")
     try:

@@ -1,8 +1,10 @@
 """A minimal service on the shared lifecycle, run as a process by the lifecycle tests.
 
-``python -m tests.support.sample_service <port-file> [crash]``: serves ``/slow`` (answers
-after 1 s), runs one background loop that finishes its current tick when asked to stop,
-and prints lifecycle milestones on stdout.
+``python -m tests.support.sample_service <port-file> [crash] [partial]``: serves ``/slow``
+(answers after 1 s), runs one background loop that finishes its current tick when asked
+to stop, and prints lifecycle milestones on stdout. With ``partial``, it listens on the
+lean server, whose one route, ``POST /lean-slow``, answers after 1 s (and says so on
+stdout); every other request is handed over to aiohttp.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from pathlib import Path
 from aiohttp import web
 
 from nexus.core.config import HttpSettings, LogSettings
-from nexus.core.lifecycle import LIFECYCLE, Lifecycle, create_base_app, serve
+from nexus.core.httpserver import Answer, Request
+from nexus.core.lifecycle import LIFECYCLE, ROUTER, Lifecycle, create_base_app, serve
+from nexus.core.routes import Params, Router, json_answer
 
 HTTP = HttpSettings(host="127.0.0.1", port=0, drain_delay=0.5, shutdown_timeout=5)
 
@@ -35,12 +39,21 @@ async def slow(request: web.Request) -> web.Response:
     return web.json_response({"slow": "done"})
 
 
+async def lean_slow(request: Request, params: Params) -> Answer:
+    await asyncio.sleep(1.0)
+    print("lean request answered", flush=True)
+    return json_answer({"slow": "lean"})
+
+
 def main() -> int:
     port_file, crash = Path(sys.argv[1]), "crash" in sys.argv[2:]
 
     async def factory() -> web.Application:
         app = create_base_app("sample", HTTP)
         app.router.add_get("/slow", slow)
+        if "partial" in sys.argv[2:]:
+            router = app[ROUTER] = Router(partial=True)
+            router.add("POST", "/lean-slow", lean_slow)
 
         async def clients(app: web.Application) -> AsyncIterator[None]:
             await asyncio.sleep(0.3)  # start-up takes a while
