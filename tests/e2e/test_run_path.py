@@ -481,6 +481,11 @@ async def test_a_scheduler_stopped_mid_load_hands_its_queue_over(servers: Server
         # stops, and only the hand-over can get them to the second
         queues = second.app[SCHEDULER].queues  # the first pod's client closes when it stops
         first_queue, second_queue = queues.queue(first.pod), queues.queue(second.pod)
+        # a run is answered once durable and pushed within queue_push_delay after
+        for _ in range(100):
+            if await first_queue.depth("shard-0") > 0:
+                break
+            await asyncio.sleep(0.02)
         assert await first_queue.depth("shard-0") > 0
         await first.stop()
         assert await first_queue.depth("shard-0") == 0
