@@ -6,10 +6,15 @@ then the catalog of templates (listed before the pod reports ready), then the he
 then the runs a previous process of this pod left in flight go back on its queue, and
 finally the loops: catalog watches, identity provider keys, dispatch per shard, queue depth.
 
-Shutdown (see :mod:`nexus.core.lifecycle`): the listener closes, the dispatcher finishes the
-creations it started, in-flight requests finish, then this pod's queue — ready and in-flight
-runs alike — is handed over to a live pod in one atomic step (or, when none is alive, left
-for the maintainer to adopt), and the clients are closed.
+Requests: the submits (v1.2, bulk, Go v1) are answered by the lean HTTP server, which
+hands a connection over to aiohttp at its first other request, for the rest of its life
+(see :mod:`nexus.core.lifecycle`); every other route is aiohttp's.
+
+Shutdown (see :mod:`nexus.core.lifecycle`): the listener closes (the submits in flight on
+it are answered), the dispatcher finishes the creations it started, the requests in flight
+on aiohttp's connections finish, the submitter's pending queue pushes land, then this pod's
+queue — ready and in-flight runs alike — is handed over to a live pod in one atomic step
+(or, when none is alive, left for the maintainer to adopt), and the clients are closed.
 """
 
 from __future__ import annotations
