@@ -19,13 +19,13 @@ from typing import Any
 import asyncpg
 import orjson
 from aiohttp import web
-from support.system import NAMESPACE, System, _serve, free_port
+from support.system import NAMESPACE, System, free_port
 
 from maintainer.app import MAINTAINER, Maintainer, create_app
 from maintainer.settings import MaintainerSection, MaintainerSettings
 from nexus.core.checkpoints import CheckpointStore
 from nexus.core.config import HttpSettings, LogSettings
-from nexus.core.lifecycle import LIFECYCLE
+from nexus.core.lifecycle import LIFECYCLE, listen
 from nexus.core.storage import PayloadStore
 
 FAULT_ANNOTATION = "devcluster.nexus/fault"
@@ -98,7 +98,11 @@ class RunningMaintainer:
 async def running_maintainer(settings: MaintainerSettings) -> AsyncIterator[RunningMaintainer]:
     """The maintainer application, served in this event loop until the block ends."""
     app = await create_app(settings)
-    running = RunningMaintainer(settings, app, await _serve(app, settings.http.port))
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    await listen(runner, settings.http, host="127.0.0.1")
+    app[LIFECYCLE].ready = True
+    running = RunningMaintainer(settings, app, runner)
     try:
         yield running
     finally:
