@@ -138,6 +138,11 @@ async def test_the_first_request_not_taken_hands_the_connection_over_however_cut
             id="chunked",
         ),
         pytest.param(b"GET /" + b"x" * 70_000, id="head-too-large"),
+        pytest.param(
+            b"POST /lean HTTP/1.1\r\nAuthorization: Bearer a\r\nauthorization: Bearer b\r\n"
+            b"Content-Length: 3\r\n\r\nabc",
+            id="repeated-field",
+        ),
     ],
 )
 async def test_what_the_lean_server_would_refuse_is_the_fallbacks(request_bytes: bytes) -> None:

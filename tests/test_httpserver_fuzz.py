@@ -468,12 +468,20 @@ async def test_generated_requests_not_taken_are_handed_over_from_their_first_byt
         kinds["cut at a refusal"] += b" 400 " in refused or b" 413 " in refused
         if alone and all(map(_taken_seen, alone[:1])) and b" 413 " not in refused:
             framing = alone[0].headers.get("transfer-encoding")
-            if framing is None:
+            if framing is None and not _repeats_a_field(handed):
                 failures.append(f"{case!r}: handed over {alone[0]!r}, which it takes")
         if len(failures) >= 5:
             break
     assert not failures, "\n".join(failures)
     assert min(kinds.values()) > 50, kinds
+
+
+def _repeats_a_field(raw: bytes) -> bool:
+    """Whether the head at the start of ``raw`` names a field twice (handed over: the
+    fallback reads such a field as it does, not joined)."""
+    lines = raw.partition(b"\r\n\r\n")[0].split(b"\r\n")[1:]
+    names = [line.partition(b":")[0].lower() for line in lines]
+    return len(names) != len(set(names))
 
 
 def _taken_seen(seen: Seen) -> bool:

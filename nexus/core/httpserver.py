@@ -36,7 +36,9 @@ answers, and chunked streams for watches — and this server handles exactly tha
   ``grace`` seconds to end before cutting them off;
 * **with a fallback** (another server's protocol factory, e.g. aiohttp's ``web.Server``),
   only the requests ``takes`` accepts are answered here, and only those whose head is
-  well formed and whose body has a ``Content-Length`` within ``max_body``; at the first
+  well formed, names no field twice (a handler would read the fields joined, where the
+  fallback may read the first alone: aiohttp's ``Authorization``, ``Idempotency-Key``)
+  and whose body has a ``Content-Length`` within ``max_body``; at the first
   other request the connection is the fallback's for the rest of its life: once every
   answer before it is written, the transport is given to a protocol of the fallback's,
   which receives every byte from that request's first one on (reading resumed if it was
@@ -474,6 +476,8 @@ class _Connection(asyncio.Protocol):
             name, _, value = line.partition(":")
             name = name.lower()
             if name in headers:  # repeated: one list, as RFC 9110 joins them
+                if self.server.fallback is not None:
+                    raise _Elsewhere  # read as the fallback reads it (aiohttp: the first)
                 headers[name] += ", " + value.strip()
             else:
                 headers[name] = value.strip()
