@@ -5,6 +5,7 @@ after them on their connection, are another server's, which receives their bytes
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Awaitable
 
 import pytest
@@ -205,6 +206,32 @@ async def test_a_closing_server_hands_nothing_over() -> None:
     assert answer.endswith(b"later:xy")
     assert Recorder.made == []
     writer.close()
+
+
+class Witness(Recorder):
+    """A fallback protocol that notes the exception being handled when it is called."""
+
+    handling: list[BaseException | None] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        Witness.handling.append(sys.exc_info()[1])
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        Witness.handling.append(sys.exc_info()[1])
+        super().data_received(data)
+
+
+async def test_the_fallback_is_not_called_while_an_exception_is_handled() -> None:
+    """An error the fallback logs (aiohttp: a malformed request) names no exception of
+    this server as its context."""
+    Witness.handling.clear()
+    lean = Lean()
+    transport, recorder = _feed(_server(lean, Witness), [LEAN + OTHER, LEAN])
+    assert transport.written == LEAN_ANSWER
+    assert recorder is not None
+    assert recorder.received == OTHER + LEAN
+    assert Witness.handling == [None, None, None]
 
 
 async def _answer(request: web.BaseRequest) -> web.Response:

@@ -293,8 +293,7 @@ class _Connection(asyncio.Protocol):
             try:
                 request = self._parse()
             except _Elsewhere:
-                self._hand_over()
-                return
+                break  # handed over below, outside the except clause (see there)
             except ValueError as exc:
                 status = 413 if isinstance(exc, _TooLarge) else 400
                 text = f"{status}: {_REASONS[status]} ({exc})".encode()
@@ -318,6 +317,12 @@ class _Connection(asyncio.Protocol):
                 self.streaming = task
                 self.server.handling.add(task)
                 task.add_done_callback(self.server.handling.discard)
+        else:
+            return
+        # Not within ``except _Elsewhere``: what the fallback's protocol does with the bytes
+        # would run with that exception being handled, and an error it logs (aiohttp's, of a
+        # malformed request) would name it, and this server's frames, as its context.
+        self._hand_over()
 
     async def _stream(self, request: Request, streaming: Awaitable[Answer | None]) -> None:
         try:
