@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable
 import pytest
 from aiohttp import web
 
-from nexus.core.httpserver import Answer, HttpServer, Request, _Connection
+from nexus.core.httpserver import Answer, HttpServer, Request, _Connection, _Elsewhere
 
 LEAN = b"POST /lean HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabc"
 LATER = b"POST /later HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nxy"
@@ -231,7 +231,10 @@ async def test_the_fallback_is_not_called_while_an_exception_is_handled() -> Non
     assert transport.written == LEAN_ANSWER
     assert recorder is not None
     assert recorder.received == OTHER + LEAN
-    assert Witness.handling == [None, None, None]
+    # what another test left in this thread's exception state may show here; none of the
+    # lean server's own exceptions may
+    assert len(Witness.handling) == 3
+    assert not any(isinstance(e, _Elsewhere) for e in Witness.handling)
 
 
 async def _answer(request: web.BaseRequest) -> web.Response:
