@@ -229,6 +229,24 @@ class LocalSystem:
         os.kill(before["pid"], sig)
         return before
 
+    def whole(self, algorithm: str = "echo-stored", timeout: float = 60) -> None:
+        """Wait until every scheduler accepts a run of ``algorithm`` (its input in S3):
+        the stores a fault restarted may refuse writes for seconds after their processes
+        are back (a SeaweedFS master warming up), and a case begun then would measure the
+        last one's fault."""
+        deadline = time.monotonic() + timeout
+        body = {"algorithmParameters": {"probe": True}}
+        for base in self.ready["schedulers"]:
+            url = f"{base}/algorithm/v1.2/run/{algorithm}"
+            while True:
+                try:
+                    _call("POST", url, self.ready["token"], body, timeout=5)
+                    break
+                except (OSError, urllib.error.URLError) as exc:  # HTTPError included
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{base} accepts no run: {exc}") from exc
+                    time.sleep(0.5)
+
     def back(self, name: str, before: dict[str, Any], timeout: float = 60) -> None:
         """Wait until ``name`` runs again after the restart that follows ``before``."""
         deadline = time.monotonic() + timeout

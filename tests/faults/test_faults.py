@@ -88,6 +88,7 @@ CASES: dict[str, Callable[[LocalSystem], tuple[Callable[[], None], str | None]]]
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_fault_under_load_loses_nothing_and_fails_nothing(system: LocalSystem, case: str) -> None:
+    system.whole()  # the last case's stores back and taking writes
     fault, killed = CASES[case](system)
     result = run_case(system, case, fault, rate=RATE, killed=killed)
     figures: dict[str, Any] = {**result.figures(), "outcomes": result.outcomes}
