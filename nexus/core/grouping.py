@@ -174,21 +174,11 @@ class GroupCommitter(Generic[T, R]):
         they fit and nothing else waits): each item's result, or the error it failed with.
         Refused as a whole, with the ``overloaded`` error, when they would take the waiting
         items beyond ``max_pending``."""
-        if self._closed:
-            raise RuntimeError(f"{self.name} writer is closed")
-        if len(self._waiting) + len(items) > self._max_pending:
-            self._refused.inc(len(items))
-            raise self._overloaded()
+        self._check_room(len(items))
         if not items:
             return []
-        loop = self._running_loop()
-        if not self._waiting:
-            self._since = loop.time()
-        many: _Many[R] = _Many(loop.create_future(), len(items))
-        self._waiting.extend([(item, many, index) for index, item in enumerate(items)])
-        if self._filled is not None and len(self._waiting) >= self._min_batch:
-            _settle(self._filled)
-        self._start_flusher()
+        many: _Many[R] = _Many(self._running_loop().create_future(), len(items))
+        self._add(items, many)
         try:
             return await many.future
         except BaseException:  # a cancellation is the caller's, not an item's
@@ -201,17 +191,24 @@ class GroupCommitter(Generic[T, R]):
         once its batch has been written. Refused as a whole, raising the ``overloaded``
         error, when they would take the waiting items beyond ``max_pending``. Must be
         called on the loop the writer works on."""
+        self._check_room(len(items))
+        if items:
+            self._add(items, _Unawaited(items, failed))
+
+    def _check_room(self, count: int) -> None:
+        """Refuse ``count`` more items of ``submit_many`` or ``send``, as a whole, when
+        the writer is closed or they would take the waiting items beyond ``max_pending``."""
         if self._closed:
             raise RuntimeError(f"{self.name} writer is closed")
-        if len(self._waiting) + len(items) > self._max_pending:
-            self._refused.inc(len(items))
+        if len(self._waiting) + count > self._max_pending:
+            self._refused.inc(count)
             raise self._overloaded()
-        if not items:
-            return
+
+    def _add(self, items: Sequence[T], waiter: _Many[R] | _Unawaited[T, R]) -> None:
+        """Queue ``items`` for ``waiter`` (each with its index) and have them collected."""
         if not self._waiting:
             self._since = self._running_loop().time()
-        unawaited: _Unawaited[T, R] = _Unawaited(items, failed)
-        self._waiting.extend([(item, unawaited, index) for index, item in enumerate(items)])
+        self._waiting.extend([(item, waiter, index) for index, item in enumerate(items)])
         if self._filled is not None and len(self._waiting) >= self._min_batch:
             _settle(self._filled)
         self._start_flusher()
