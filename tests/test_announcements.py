@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import asyncpg
 import pytest
+from support.rawruns import insert_run_at
 
 from nexus.core.announcements import CHANNEL, Finished, announced, answer_of, parse
 from nexus.core.checkpoints import CheckpointStore
@@ -136,13 +137,7 @@ async def test_exactly_the_moves_that_finish_a_run_are_announced(
     try:
         for before, after in sorted(ALLOWED):
             run_id = uuid.uuid4()
-            await conn.execute(
-                "INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,"
-                " applied_configuration, payload_valid_for, payload_inline, api_version)"
-                " VALUES ('echo', $1, $2, 'c', 'h', '{}', '1 hour', '\\x7b7d', 'v1.2')",
-                run_id,
-                before.value,
-            )
+            await insert_run_at(conn, run_id, before.value)
             await conn.execute(
                 "UPDATE runs SET lifecycle_stage = $2, result_uri = 'r' WHERE id = $1",
                 run_id,

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 from prometheus_client import REGISTRY
+from support.rawruns import insert_run_at
 from support.system import SIGNING_KEY
 
 from nexus.core import statements as sql
@@ -216,13 +217,7 @@ async def test_the_guard_trigger_allows_exactly_the_moves_of_the_model(
         refused: set[tuple[Stage, Stage, str]] = set()
         for before, after in product(Stage, Stage):
             run_id = uuid.uuid4()
-            await conn.execute(
-                "INSERT INTO runs (algorithm, id, lifecycle_stage, caller, received_by_host,"
-                " applied_configuration, payload_valid_for, payload_inline, api_version)"
-                " VALUES ('echo', $1, $2, 'c', 'h', '{}', '1 hour', '\\x7b7d', 'v1.2')",
-                run_id,
-                before.value,
-            )
+            await insert_run_at(conn, run_id, before.value)
             try:  # a move to the same stage counts when the outcome changes
                 await conn.execute(
                     "UPDATE runs SET lifecycle_stage = $2, result_uri = 'r' WHERE id = $1",

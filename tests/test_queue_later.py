@@ -36,16 +36,7 @@ async def test_runs_accepted_while_redis_failed_are_pushed_once_it_answers(
         RedisSettings(url=private_redis.info.url, key_prefix="later", socket_timeout=1)
     )
     pushed: list[str] = []
-    submitter = Submitter(
-        store=store,
-        payloads=None,  # type: ignore[arg-type]  # nothing here reads or writes inputs
-        queue=backend.queue("pod-a"),
-        catalog=Catalog(),
-        shards=frozenset({SHARD}),
-        settings=SchedulerSection(pod_name="pod-a"),
-        pressure=BackPressure(store, 1000),
-        pushed=pushed.append,
-    )
+    submitter = _submitter(store, backend, pushed, SchedulerSection(pod_name="pod-a"))
     stopping = asyncio.Event()
     pushing = asyncio.create_task(submitter.push_later(stopping))
     try:
@@ -90,15 +81,8 @@ async def test_an_accepted_runs_push_waits_for_company_and_nobody_waits_for_it(
     store = await CheckpointStore.open(PostgresSettings(dsn=postgres_dsn, pool_max_size=2))
     backend = QueueBackend.connect(RedisSettings(url=private_redis.info.url, key_prefix="company"))
     pushed: list[str] = []
-    submitter = Submitter(
-        store=store,
-        payloads=None,  # type: ignore[arg-type]  # nothing here reads or writes inputs
-        queue=backend.queue("pod-a"),
-        catalog=Catalog(),
-        shards=frozenset({SHARD}),
-        settings=SchedulerSection(pod_name="pod-a", queue_push_delay=0.3),
-        pressure=BackPressure(store, 1000),
-        pushed=pushed.append,
+    submitter = _submitter(
+        store, backend, pushed, SchedulerSection(pod_name="pod-a", queue_push_delay=0.3)
     )
     try:
         runs = [
@@ -119,3 +103,19 @@ async def test_an_accepted_runs_push_waits_for_company_and_nobody_waits_for_it(
         await submitter.close()
         await backend.close()
         await store.close()
+
+
+def _submitter(
+    store: CheckpointStore, backend: QueueBackend, pushed: list[str], settings: SchedulerSection
+) -> Submitter:
+    """A submitter of pod-a's queue whose pushes are noted in ``pushed``."""
+    return Submitter(
+        store=store,
+        payloads=None,  # type: ignore[arg-type]  # nothing here reads or writes inputs
+        queue=backend.queue("pod-a"),
+        catalog=Catalog(),
+        shards=frozenset({SHARD}),
+        settings=settings,
+        pressure=BackPressure(store, 1000),
+        pushed=pushed.append,
+    )
