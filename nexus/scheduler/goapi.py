@@ -109,8 +109,7 @@ def go_errors(handler: Handler) -> Handler:
         answer = await wrapped(request)
         if answer.status < 400 or not isinstance(answer, web.Response):
             return answer
-        accept = request.headers.get("Accept", "")
-        if "text/plain" not in accept or "json" in accept or answer.body is None:
+        if not _wants_text(request.headers.get("Accept", "")) or answer.body is None:
             return answer
         error = orjson.loads(answer.body)  # type: ignore[arg-type]
         headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-type"}
@@ -118,6 +117,12 @@ def go_errors(handler: Handler) -> Handler:
         return web.Response(status=answer.status, text=error["message"], headers=headers)
 
     return handle
+
+
+def _wants_text(accept: str) -> bool:
+    """Whether a client with this ``Accept`` takes ``text/plain`` and not JSON: its errors
+    are then sent as their message in plain text."""
+    return "text/plain" in accept and "json" not in accept
 
 
 async def _principal(request: web.Request, algorithm: str) -> Principal:
@@ -260,8 +265,7 @@ def lean_run(app: web.Application, max_body: int) -> RouteHandler:
             )
         except Exception as exc:
             status, code, message, headers = error_of(exc, request.path)
-            accept = request.headers.get("accept", "")
-            if "text/plain" not in accept or "json" in accept:
+            if not _wants_text(request.headers.get("accept", "")):
                 return error_answer(status, code, message, headers)
             return Answer(status, message.encode(), "text/plain; charset=utf-8", headers)
         return json_answer(answer, 202)
